@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 machine (or CI runner) for the test suite, in one
+# idempotent command:
+#   1. install the host packages the tests use (QEMU, qemu-storage-daemon,
+#      QEMU's C virtiofsd, busybox-static, fio, ...), only if some are missing;
+#   2. add the `x86_64-unknown-none` Rust target (a failure is only a warning);
+#   3. fetch Debian's stable kernel package and unpack it into the guest kit;
+#   4. build the guest initramfs (busybox, virtio/fuse modules, tests/guest/init).
+#
+# Output: target/guest-kit/{vmlinuz,initrd.gz,kernel-version}
+# (override the directory with VUTEST_KIT_DIR). Work already done is skipped:
+# a second run takes well under a second.
+#
+# Runs as root (CI) or as a user with passwordless sudo. Never reads stdin.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+export LC_ALL=C
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KIT="${VUTEST_KIT_DIR:-$ROOT/target/guest-kit}"
+GUEST_SRC="$ROOT/tests/guest"
+
+PACKAGES=(
+    qemu-system-x86 qemu-system-common qemu-utils busybox-static kmod cpio
+    fio e2fsprogs iproute2 systemd gzip
+)
+# Loaded by the guest's init in this order (insmod, no modprobe needed).
+MODULES=(
+    virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+    failover net_failover virtio_net virtio_blk fuse virtiofs
+)
+
+SUMMARY=()
+log() { echo "setup.sh: $*" >&2; }
+die() {
+    echo "setup.sh: error: $*" >&2
+    exit 1
+}
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo -n)
+else
+    SUDO=()
+fi
+
+APT_UPDATED=0
+apt_update() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt-get update"
+        "${SUDO[@]}" apt-get update -q >&2 || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+}
+
+# --- 1. host packages -------------------------------------------------------
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_update
+    log "installing ${missing[*]}"
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+        || die "apt-get install ${missing[*]} failed"
+    SUMMARY+=("packages=installed(${#missing[@]})")
+else
+    SUMMARY+=("packages=ok")
+fi
+for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio gzip dpkg-deb; do
+    command -v "$bin" >/dev/null 2>&1 || die "$bin not found after installing packages"
+done
+[ -x /usr/lib/qemu/virtiofsd ] || die "/usr/lib/qemu/virtiofsd missing (package qemu-system-common)"
+
+# --- 2. Rust target for the freestanding test guest -------------------------
+if command -v rustup >/dev/null 2>&1; then
+    if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none; then
+        SUMMARY+=("rust-target=ok")
+    elif rustup target add x86_64-unknown-none >&2; then
+        SUMMARY+=("rust-target=added")
+    else
+        log "warning: 'rustup target add x86_64-unknown-none' failed; the freestanding guest tests will not build"
+        SUMMARY+=("rust-target=FAILED")
+    fi
+else
+    log "warning: rustup not found; cannot add x86_64-unknown-none"
+    SUMMARY+=("rust-target=no-rustup")
+fi
+
+# --- 3. Debian's kernel -----------------------------------------------------
+mkdir -p "$KIT/debs" "$KIT/kernel"
+
+kernel_pkg() {
+    apt-cache depends linux-image-amd64 2>/dev/null \
+        | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+KPKG="$(kernel_pkg || true)"
+if [ -z "$KPKG" ]; then
+    apt_update
+    KPKG="$(kernel_pkg || true)"
+fi
+if [ -z "$KPKG" ]; then
+    # Offline and apt knows nothing: reuse a kernel unpacked earlier, if any.
+    KPKG="$(cat "$KIT/kernel-package" 2>/dev/null || true)"
+    [ -n "$KPKG" ] || die "cannot resolve linux-image-amd64 with apt-cache depends"
+    log "warning: apt-cache cannot resolve linux-image-amd64; reusing $KPKG"
+fi
+KVER="${KPKG#linux-image-}"
+
+find_deb() { find "$KIT/debs" -maxdepth 1 -name "${KPKG}_*.deb" -print -quit; }
+DEB="$(find_deb)"
+UNPACKED="$KIT/kernel/$KPKG"
+# Only vmlinuz and the modules the guest loads are kept from the unpacked
+# package (a few MiB instead of ~400 MiB); the stamp records which modules.
+if [ -d "$UNPACKED" ] && [ "$(cat "$UNPACKED/.modules" 2>/dev/null || true)" = "${MODULES[*]}" ]; then
+    kernel_state=cached
+else
+    if [ -z "$DEB" ]; then
+        log "downloading $KPKG"
+        # apt-get download writes into the current directory; as root apt may
+        # warn that the _apt sandbox user cannot access it, which is harmless.
+        if ! (cd "$KIT/debs" && apt-get download -q "$KPKG" >&2); then
+            apt_update
+            (cd "$KIT/debs" && apt-get download -q "$KPKG" >&2) || die "apt-get download $KPKG failed"
+        fi
+        DEB="$(find_deb)"
+        [ -n "$DEB" ] || die "apt-get download $KPKG produced no .deb in $KIT/debs"
+        kernel_state=downloaded
+    else
+        kernel_state=unpacked
+    fi
+    log "unpacking $(basename "$DEB")"
+    tmp="$(mktemp -d "$KIT/kernel/.unpack.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+    dpkg-deb -x "$DEB" "$tmp" || die "dpkg-deb -x $DEB failed"
+    src_moddir=""
+    for d in "$tmp/lib/modules/$KVER" "$tmp/usr/lib/modules/$KVER"; do
+        [ -d "$d" ] && src_moddir="$d" && break
+    done
+    [ -n "$src_moddir" ] || die "no lib/modules/$KVER in $DEB"
+    [ -f "$tmp/boot/vmlinuz-$KVER" ] || die "no boot/vmlinuz-$KVER in $DEB"
+    pruned="$tmp/pruned"
+    mkdir -p "$pruned/boot" "$pruned/lib/modules/$KVER"
+    cp "$tmp/boot/vmlinuz-$KVER" "$pruned/boot/"
+    cp "$src_moddir/modules.builtin" "$pruned/lib/modules/$KVER/" 2>/dev/null || : >"$pruned/lib/modules/$KVER/modules.builtin"
+    for m in "${MODULES[@]}"; do
+        f="$(find "$src_moddir/kernel" -name "$m.ko" -print -quit)"
+        [ -n "$f" ] || continue
+        rel="${f#"$src_moddir"/}"
+        mkdir -p "$pruned/lib/modules/$KVER/$(dirname "$rel")"
+        cp -p "$f" "$pruned/lib/modules/$KVER/$rel"
+    done
+    echo "${MODULES[*]}" >"$pruned/.modules"
+    rm -rf "$UNPACKED"
+    mv "$pruned" "$UNPACKED"
+    rm -rf "$tmp"
+    trap - EXIT
+fi
+
+VMLINUZ_SRC="$UNPACKED/boot/vmlinuz-$KVER"
+[ -f "$VMLINUZ_SRC" ] || die "no boot/vmlinuz-$KVER in $UNPACKED"
+MODDIR="$UNPACKED/lib/modules/$KVER"
+[ -d "$MODDIR" ] || die "no lib/modules/$KVER in $UNPACKED"
+
+if [ ! -f "$KIT/vmlinuz" ] || ! cmp -s "$VMLINUZ_SRC" "$KIT/vmlinuz"; then
+    cp "$VMLINUZ_SRC" "$KIT/vmlinuz.tmp"
+    mv "$KIT/vmlinuz.tmp" "$KIT/vmlinuz"
+fi
+[ "$(cat "$KIT/kernel-version" 2>/dev/null || true)" = "$KVER" ] || echo "$KVER" >"$KIT/kernel-version"
+[ "$(cat "$KIT/kernel-package" 2>/dev/null || true)" = "$KPKG" ] || echo "$KPKG" >"$KIT/kernel-package"
+SUMMARY+=("kernel=$KVER($kernel_state)")
+
+# --- 4. initramfs -----------------------------------------------------------
+BUSYBOX="$(command -v busybox)"
+[ -f /bin/busybox ] && BUSYBOX=/bin/busybox
+MODULE_FILES=()
+for m in "${MODULES[@]}"; do
+    f="$(find "$MODDIR/kernel" -name "$m.ko" -print -quit 2>/dev/null || true)"
+    if [ -z "$f" ]; then
+        # Built into this kernel? Then there is nothing to load.
+        if grep -q "/$m.ko\$" "$MODDIR/modules.builtin" 2>/dev/null; then
+            continue
+        fi
+        die "module $m.ko not found under $MODDIR/kernel"
+    fi
+    MODULE_FILES+=("$f")
+done
+
+INITRD="$KIT/initrd.gz"
+STAMP="$KIT/initrd.inputs"
+inputs=("$GUEST_SRC"/* "$BUSYBOX" "${BASH_SOURCE[0]}" "${MODULE_FILES[@]}")
+want_stamp="$KVER ${MODULES[*]}"
+rebuild=0
+if [ ! -s "$INITRD" ] || [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_stamp" ]; then
+    rebuild=1
+else
+    for f in "${inputs[@]}"; do
+        if [ "$f" -nt "$INITRD" ]; then
+            rebuild=1
+            break
+        fi
+    done
+fi
+
+if [ "$rebuild" -eq 1 ]; then
+    [ -f "$GUEST_SRC/init" ] || die "$GUEST_SRC/init missing"
+    stage="$(mktemp -d "$KIT/.initrd-stage.XXXXXX")"
+    trap 'rm -rf "$stage"' EXIT
+    mkdir -p "$stage"/{bin,dev,proc,sys,tmp,mnt,etc,root,run,lib/modules,usr}
+    ln -s bin "$stage/sbin"
+    ln -s ../bin "$stage/usr/bin"
+    ln -s ../bin "$stage/usr/sbin"
+    cp "$BUSYBOX" "$stage/bin/busybox"
+    for applet in $("$BUSYBOX" --list); do
+        [ "$applet" = busybox ] || ln -sf busybox "$stage/bin/$applet"
+    done
+    install -m 0755 "$GUEST_SRC/init" "$stage/init"
+    for f in "$GUEST_SRC"/*; do
+        case "$(basename "$f")" in
+            init | *.md) ;;
+            *) install -m 0755 "$f" "$stage/bin/$(basename "$f")" ;;
+        esac
+    done
+    : >"$stage/lib/modules/load-order"
+    for f in "${MODULE_FILES[@]}"; do
+        cp "$f" "$stage/lib/modules/"
+        basename "$f" .ko >>"$stage/lib/modules/load-order"
+    done
+    echo "$KVER" >"$stage/etc/vutest-kernel"
+    # The kernel opens /dev/console for init before init mounts devtmpfs.
+    mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || true
+    (cd "$stage" && find . -mindepth 1 -print0 | sort -z \
+        | cpio --null --create --format=newc --owner=0:0 --quiet) \
+        | gzip -6 -n >"$INITRD.tmp"
+    mv "$INITRD.tmp" "$INITRD"
+    echo "$want_stamp" >"$STAMP"
+    rm -rf "$stage"
+    trap - EXIT
+    SUMMARY+=("initrd=rebuilt($(du -k "$INITRD" | cut -f1)KiB)")
+else
+    SUMMARY+=("initrd=up-to-date")
+fi
+
+echo "setup.sh: ${SUMMARY[*]} kit=$KIT"

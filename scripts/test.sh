@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: setup (idempotent), formatting, lints, the
+# one-version-per-rust-vmm-crate rule, and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== one version of each rust-vmm crate"
+dups=$(cargo tree -d --locked --depth 0 --prefix none -e normal,build \
+    | grep -E '^(vm-memory|virtio-queue|virtio-bindings|vhost|vhost-user-backend|vmm-sys-util|kvm-ioctls|kvm-bindings|linux-loader|vm-superio|fuse-backend-rs) v' \
+    | sort -u || true)
+if [ -n "$dups" ]; then
+    echo "duplicate rust-vmm crates in Cargo.lock:"; echo "$dups"; exit 1
+fi
+
+echo "== cargo test"
+cargo test --workspace --locked "$@"

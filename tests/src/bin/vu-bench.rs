@@ -1,0 +1,355 @@
+//! `vu-bench`: drives vhost-user backends through the userspace driver and
+//! prints one side-by-side table (plus JSON lines) for every workload.
+//!
+//! ```text
+//! vu-bench --start-references                  # qemu-storage-daemon + QEMU's C virtiofsd
+//! vu-bench --blk ours=/run/blk.sock,pid=1234 --blk qsd=/tmp/qsd.sock,pid=99
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use vu_driver::bench::fs::FsWorkload;
+use vu_driver::bench::{self, blk::BlkWorkload, Row};
+use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
+use vu_driver::fixture::{Daemon, QsdOpts};
+use vu_driver::fs::{FsClient, FsOptions};
+
+/// Benchmark vhost-user backends side by side.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// A vhost-user-blk backend: NAME=SOCKET[,pid=PID]. Repeatable.
+    #[arg(long = "blk", value_name = "NAME=SOCKET[,pid=PID]")]
+    blk: Vec<String>,
+    /// A virtio-fs backend: NAME=SOCKET,dir=SHARED_DIR[,pid=PID]. Repeatable.
+    /// The bench creates its files in SHARED_DIR (host side) before it starts.
+    #[arg(long = "fs", value_name = "NAME=SOCKET,dir=DIR[,pid=PID]")]
+    fs: Vec<String>,
+    /// Also start the references: qemu-storage-daemon (blk) and QEMU's C virtiofsd (fs),
+    /// with their image and share in --scratch-dir.
+    #[arg(long)]
+    start_references: bool,
+    /// Where --start-references puts images and shares (tmpfs by default).
+    #[arg(long, default_value = "/dev/shm")]
+    scratch_dir: PathBuf,
+    /// Size of the disk image --start-references creates, in MiB.
+    #[arg(long, default_value_t = 256)]
+    image_mib: u64,
+    /// Comma-separated workloads (default: all that apply to the given backends).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Seconds per repetition.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+    /// Repetitions per backend (alternating between backends).
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Append results as JSON lines to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A backend named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spec {
+    name: String,
+    socket: PathBuf,
+    pid: Option<u32>,
+    dir: Option<PathBuf>,
+}
+
+fn parse_spec(s: &str) -> Result<Spec, String> {
+    let mut parts = s.split(',');
+    let first = parts.next().unwrap_or_default();
+    let (name, socket) = first
+        .split_once('=')
+        .ok_or_else(|| format!("backend {s:?}: expected NAME=SOCKET"))?;
+    if name.is_empty() || socket.is_empty() {
+        return Err(format!("backend {s:?}: empty name or socket"));
+    }
+    let mut spec = Spec {
+        name: name.to_owned(),
+        socket: socket.into(),
+        pid: None,
+        dir: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("pid", v)) => {
+                spec.pid = Some(
+                    v.parse()
+                        .map_err(|_| format!("backend {name}: bad pid {v:?}"))?,
+                )
+            }
+            Some(("dir", v)) => spec.dir = Some(v.into()),
+            _ => return Err(format!("backend {name}: unknown option {p:?}")),
+        }
+    }
+    Ok(spec)
+}
+
+struct BlkTarget {
+    spec: Spec,
+    client: BlkClient,
+    capacity: u64,
+}
+
+fn wanted(args: &Args, name: &str) -> bool {
+    args.workloads.is_empty() || args.workloads.iter().any(|w| w == name)
+}
+
+fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let mut targets = Vec::new();
+    for s in specs {
+        let opts = BlkOptions {
+            max_io: 128 * 1024,
+            ..BlkOptions::default()
+        };
+        let mut client = BlkClient::connect(&s.socket, &opts)
+            .map_err(|e| format!("blk backend {}: {}", s.name, chain(&e)))?;
+        let capacity = client
+            .config()
+            .map_err(|e| format!("blk backend {}: {}", s.name, chain(&e)))?
+            .capacity
+            * SECTOR_SIZE;
+        targets.push(BlkTarget {
+            spec: s.clone(),
+            client,
+            capacity,
+        });
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    for w in bench::blk::STANDARD.iter().filter(|w| wanted(args, w.name)) {
+        let w: BlkWorkload = *w;
+        let mut seed = 1;
+        let samples = bench::alternate(
+            &mut targets,
+            args.reps,
+            |t| t.spec.pid,
+            |t| {
+                seed += 1;
+                w.run(&mut t.client, t.capacity, duration, seed)
+                    .map_err(|source| bench::BenchError::Blk {
+                        backend: t.spec.name.clone(),
+                        workload: w.name.to_owned(),
+                        source,
+                    })
+            },
+        )
+        .map_err(|e| chain(&e))?;
+        for (t, s) in targets.iter().zip(samples) {
+            rows.push(Row::from_samples(w.name, &t.spec.name, &s, t.spec.pid));
+        }
+        eprintln!("done: {}", w.name);
+    }
+    Ok(())
+}
+
+/// "error: cause: cause" for the whole source chain.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A directory of ours under --scratch-dir, removed at exit.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(base: &std::path::Path) -> std::io::Result<Self> {
+        let p = base.join(format!("vu-bench.{}", std::process::id()));
+        std::fs::create_dir(&p)?;
+        Ok(ScratchDir(p))
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct References {
+    // Declared first so the daemons stop before their directory goes.
+    _daemons: Vec<Daemon>,
+    _dir: ScratchDir,
+}
+
+fn start_references(
+    args: &Args,
+    blk: &mut Vec<Spec>,
+    fs: &mut Vec<Spec>,
+) -> Result<References, String> {
+    let dir = ScratchDir::new(&args.scratch_dir)
+        .map_err(|e| format!("scratch dir in {}: {e}", args.scratch_dir.display()))?;
+    let image = dir.join("qsd.img");
+    fill_image(&image, args.image_mib << 20).map_err(|e| format!("{}: {e}", image.display()))?;
+    let mut daemons = Vec::new();
+    let qsd = Daemon::qemu_storage_daemon_blk(&image, &dir.join("qsd.sock"), &QsdOpts::default())
+        .map_err(|e| chain(&e))?;
+    blk.push(Spec {
+        name: "qsd".into(),
+        socket: qsd.socket().to_owned(),
+        pid: Some(qsd.pid()),
+        dir: None,
+    });
+    daemons.push(qsd);
+    let share = dir.join("c-virtiofsd-share");
+    std::fs::create_dir(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+    let vfs =
+        Daemon::c_virtiofsd(&share, &dir.join("c-virtiofsd.sock"), &[]).map_err(|e| chain(&e))?;
+    fs.push(Spec {
+        name: "c-virtiofsd".into(),
+        socket: vfs.socket().to_owned(),
+        pid: Some(vfs.pid()),
+        dir: Some(share),
+    });
+    daemons.push(vfs);
+    Ok(References {
+        _daemons: daemons,
+        _dir: dir,
+    })
+}
+
+/// Writes non-zero data everywhere so reads are not served from holes.
+fn fill_image(path: &std::path::Path, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut rng = bench::Rng::new(42);
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..size.div_ceil(1 << 20) {
+        for c in buf.chunks_mut(8) {
+            c.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        f.write_all(&buf)?;
+    }
+    f.flush()
+}
+
+struct FsTarget {
+    spec: Spec,
+    client: FsClient,
+}
+
+fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String> {
+    let workloads: Vec<FsWorkload> = bench::fs::ALL
+        .iter()
+        .copied()
+        .filter(|w| wanted(args, w.name()))
+        .collect();
+    if specs.is_empty() || workloads.is_empty() {
+        return Ok(());
+    }
+    let mut targets = Vec::new();
+    for s in specs {
+        let dir = s
+            .dir
+            .as_ref()
+            .ok_or_else(|| format!("fs backend {}: needs dir=SHARED_DIR", s.name))?;
+        for w in &workloads {
+            w.prepare_host(dir).map_err(|e| chain(&e))?;
+        }
+        let client = FsClient::connect(&s.socket, FsOptions::default())
+            .map_err(|e| format!("fs backend {}: {}", s.name, chain(&e)))?;
+        targets.push(FsTarget {
+            spec: s.clone(),
+            client,
+        });
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    for w in workloads {
+        let mut rep = 0;
+        let samples = bench::alternate(
+            &mut targets,
+            args.reps,
+            |t| t.spec.pid,
+            |t| {
+                rep += 1;
+                w.run(&mut t.client, duration, rep)
+                    .map_err(|source| bench::BenchError::Fs {
+                        backend: t.spec.name.clone(),
+                        workload: w.name().to_owned(),
+                        source,
+                    })
+            },
+        )
+        .map_err(|e| chain(&e))?;
+        for (t, s) in targets.iter().zip(samples) {
+            rows.push(Row::from_samples(w.name(), &t.spec.name, &s, t.spec.pid));
+        }
+        eprintln!("done: {}", w.name());
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut blk: Vec<Spec> = args
+        .blk
+        .iter()
+        .map(|s| parse_spec(s))
+        .collect::<Result<_, _>>()?;
+    let mut fs: Vec<Spec> = args
+        .fs
+        .iter()
+        .map(|s| parse_spec(s))
+        .collect::<Result<_, _>>()?;
+    let _refs = if args.start_references {
+        Some(start_references(&args, &mut blk, &mut fs)?)
+    } else {
+        None
+    };
+    if blk.is_empty() && fs.is_empty() {
+        return Err("no backend given: use --blk, --fs or --start-references".into());
+    }
+    let mut rows = Vec::new();
+    run_blk(&args, &blk, &mut rows)?;
+    run_fs(&args, &fs, &mut rows)?;
+    print!("{}", bench::table(&rows));
+    if let Some(path) = &args.json {
+        bench::append_json(path, &rows).map_err(|e| chain(&e))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vu-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parsing() {
+        let s = parse_spec("ours=/tmp/a.sock,pid=12,dir=/srv").unwrap();
+        assert_eq!(s.name, "ours");
+        assert_eq!(s.socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(s.pid, Some(12));
+        assert_eq!(s.dir, Some(PathBuf::from("/srv")));
+        assert!(parse_spec("noequals").is_err());
+        assert!(parse_spec("a=/s,pid=x").is_err());
+        assert!(parse_spec("a=/s,bogus=1").is_err());
+        assert!(parse_spec("=/s").is_err());
+    }
+}

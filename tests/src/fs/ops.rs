@@ -1,0 +1,443 @@
+//! The typed FUSE operations of [`FsClient`].
+
+use fuse_backend_rs::abi::fuse_abi::{
+    AttrOut, CreateIn, EntryOut, FlushIn, ForgetIn, FsOptions as InitFlags, FsyncIn, GetattrIn,
+    InitIn, InitOut, Kstatfs, MkdirIn, Opcode, OpenIn, OpenOut, ReadIn, ReleaseIn, RenameIn,
+    SetattrIn, SetattrValid, StatfsOut, WriteIn, WriteOut, FSYNC_FDATASYNC, GETATTR_FH,
+    KERNEL_VERSION,
+};
+
+use super::wire::{self, body_struct, read_prefix, DirEntry, DirEntryPlus, Request};
+use super::{FsClient, FsError, Result, Session};
+
+/// FATTR_FH: `SetattrIn.fh` is valid (not among fuse-backend-rs's `SetattrValid`).
+const FATTR_FH: u32 = 0x40;
+/// Directory read size used by [`FsClient::list_dir`].
+const LIST_DIR_CHUNK: u32 = 64 * 1024;
+
+/// What a SETATTR changes; `None` leaves a field alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// Permission bits (and type bits, which servers ignore).
+    pub mode: Option<u32>,
+    /// Owner.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// Size (truncate or extend).
+    pub size: Option<u64>,
+    /// Access time (seconds, nanoseconds).
+    pub atime: Option<(u64, u32)>,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: Option<(u64, u32)>,
+    /// Open file handle to act through.
+    pub fh: Option<u64>,
+}
+
+impl SetAttr {
+    /// The `fuse_setattr_in` for these changes.
+    pub fn to_wire(&self) -> SetattrIn {
+        let mut s = SetattrIn::default();
+        let mut valid = SetattrValid::empty();
+        if let Some(m) = self.mode {
+            valid |= SetattrValid::MODE;
+            s.mode = m;
+        }
+        if let Some(u) = self.uid {
+            valid |= SetattrValid::UID;
+            s.uid = u;
+        }
+        if let Some(g) = self.gid {
+            valid |= SetattrValid::GID;
+            s.gid = g;
+        }
+        if let Some(sz) = self.size {
+            valid |= SetattrValid::SIZE;
+            s.size = sz;
+        }
+        if let Some((sec, nsec)) = self.atime {
+            valid |= SetattrValid::ATIME;
+            s.atime = sec;
+            s.atimensec = nsec;
+        }
+        if let Some((sec, nsec)) = self.mtime {
+            valid |= SetattrValid::MTIME;
+            s.mtime = sec;
+            s.mtimensec = nsec;
+        }
+        s.valid = valid.bits();
+        if let Some(fh) = self.fh {
+            s.valid |= FATTR_FH;
+            s.fh = fh;
+        }
+        s
+    }
+}
+
+fn size_of<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
+}
+
+impl FsClient {
+    /// Sends a request whose reply is exactly a `T`.
+    fn call_struct<T: vm_memory::ByteValued + Default>(&mut self, req: &Request) -> Result<T> {
+        let body = self.call(req, 0, size_of::<T>())?;
+        body_struct(req.op, &body)
+    }
+
+    /// Sends a request whose reply has no body.
+    fn call_empty(&mut self, req: &Request) -> Result<()> {
+        let body = self.call(req, 0, 0)?;
+        if body.is_empty() {
+            Ok(())
+        } else {
+            Err(FsError::BadReply {
+                op: req.op,
+                reason: format!("{} body bytes where none were expected", body.len()),
+            })
+        }
+    }
+
+    /// FUSE_INIT: offers version 7.`minor` and `init_flags` from the options;
+    /// remembers the reply (see [`FsClient::session`]).
+    pub fn init(&mut self) -> Result<Session> {
+        let flags = self.opts.init_flags.bits();
+        let arg = InitIn {
+            major: KERNEL_VERSION,
+            minor: self.opts.minor,
+            max_readahead: self.opts.max_io,
+            flags: flags as u32,
+        };
+        let req = Request::new("INIT", Opcode::Init, 0).arg(&arg);
+        let body = self.call(&req, 0, size_of::<InitOut>())?;
+        if body.len() < 8 {
+            return Err(FsError::BadReply {
+                op: "INIT",
+                reason: format!("fuse_init_out of {} bytes", body.len()),
+            });
+        }
+        let init: InitOut = read_prefix(&body);
+        if init.major != KERNEL_VERSION {
+            return Err(FsError::BadReply {
+                op: "INIT",
+                reason: format!("server speaks FUSE {}.{}", init.major, init.minor),
+            });
+        }
+        let returned = u64::from(init.flags) | (u64::from(init.flags2) << 32);
+        let session = Session {
+            init,
+            init_len: body.len(),
+            flags: InitFlags::from_bits_truncate(returned & flags),
+        };
+        self.session = Some(session);
+        Ok(session)
+    }
+
+    /// The server's `max_write` (the buffer size before INIT).
+    pub fn max_write(&self) -> u32 {
+        self.session
+            .map(|s| s.init.max_write)
+            .filter(|&w| w > 0)
+            .unwrap_or(self.opts.max_io)
+            .min(self.opts.max_io)
+    }
+
+    /// FUSE_LOOKUP of `name` in `parent`. A negative entry (node id 0) is
+    /// reported as ENOENT, as the kernel treats it.
+    pub fn lookup(&mut self, parent: u64, name: impl AsRef<[u8]>) -> Result<EntryOut> {
+        let req = Request::new("LOOKUP", Opcode::Lookup, parent).name(name.as_ref())?;
+        let e: EntryOut = self.call_struct(&req)?;
+        if e.nodeid == 0 {
+            return Err(FsError::Errno {
+                op: "LOOKUP",
+                errno: libc::ENOENT,
+            });
+        }
+        Ok(e)
+    }
+
+    /// FUSE_FORGET of `nlookup` references to `nodeid`, on the
+    /// high-priority queue. It has no reply; the chain comes back later
+    /// (see [`FsClient::wait_forgets`]).
+    pub fn forget(&mut self, nodeid: u64, nlookup: u64) -> Result<()> {
+        let req = Request::new("FORGET", Opcode::Forget, nodeid).arg(&ForgetIn { nlookup });
+        self.send_no_reply(&req)
+    }
+
+    /// FUSE_GETATTR, through `fh` if given.
+    pub fn getattr(&mut self, nodeid: u64, fh: Option<u64>) -> Result<AttrOut> {
+        let arg = GetattrIn {
+            flags: if fh.is_some() { GETATTR_FH } else { 0 },
+            dummy: 0,
+            fh: fh.unwrap_or(0),
+        };
+        self.call_struct(&Request::new("GETATTR", Opcode::Getattr, nodeid).arg(&arg))
+    }
+
+    /// FUSE_SETATTR.
+    pub fn setattr(&mut self, nodeid: u64, attr: &SetAttr) -> Result<AttrOut> {
+        self.call_struct(&Request::new("SETATTR", Opcode::Setattr, nodeid).arg(&attr.to_wire()))
+    }
+
+    /// FUSE_OPEN with `open(2)` flags.
+    pub fn open(&mut self, nodeid: u64, flags: i32) -> Result<OpenOut> {
+        let arg = OpenIn {
+            flags: flags as u32,
+            fuse_flags: 0,
+        };
+        self.call_struct(&Request::new("OPEN", Opcode::Open, nodeid).arg(&arg))
+    }
+
+    /// FUSE_OPENDIR.
+    pub fn opendir(&mut self, nodeid: u64) -> Result<OpenOut> {
+        let arg = OpenIn {
+            flags: libc::O_RDONLY as u32,
+            fuse_flags: 0,
+        };
+        self.call_struct(&Request::new("OPENDIR", Opcode::Opendir, nodeid).arg(&arg))
+    }
+
+    /// FUSE_CREATE of `name` in `parent` (umask 0): the new entry and its open handle.
+    pub fn create(
+        &mut self,
+        parent: u64,
+        name: impl AsRef<[u8]>,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(EntryOut, OpenOut)> {
+        let arg = CreateIn {
+            flags: flags as u32,
+            mode,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let req = Request::new("CREATE", Opcode::Create, parent)
+            .arg(&arg)
+            .name(name.as_ref())?;
+        let body = self.call(&req, 0, size_of::<EntryOut>() + size_of::<OpenOut>())?;
+        let entry: EntryOut = body_struct("CREATE", &body)?;
+        let open: OpenOut = body_struct(
+            "CREATE",
+            &body[body.len().min(std::mem::size_of::<EntryOut>())..],
+        )?;
+        Ok((entry, open))
+    }
+
+    /// FUSE_MKDIR of `name` in `parent` (umask 0).
+    pub fn mkdir(&mut self, parent: u64, name: impl AsRef<[u8]>, mode: u32) -> Result<EntryOut> {
+        let req = Request::new("MKDIR", Opcode::Mkdir, parent)
+            .arg(&MkdirIn { mode, umask: 0 })
+            .name(name.as_ref())?;
+        self.call_struct(&req)
+    }
+
+    /// FUSE_UNLINK.
+    pub fn unlink(&mut self, parent: u64, name: impl AsRef<[u8]>) -> Result<()> {
+        self.call_empty(&Request::new("UNLINK", Opcode::Unlink, parent).name(name.as_ref())?)
+    }
+
+    /// FUSE_RMDIR.
+    pub fn rmdir(&mut self, parent: u64, name: impl AsRef<[u8]>) -> Result<()> {
+        self.call_empty(&Request::new("RMDIR", Opcode::Rmdir, parent).name(name.as_ref())?)
+    }
+
+    /// FUSE_RENAME of `parent/name` to `newparent/newname`.
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: impl AsRef<[u8]>,
+        newparent: u64,
+        newname: impl AsRef<[u8]>,
+    ) -> Result<()> {
+        let req = Request::new("RENAME", Opcode::Rename, parent)
+            .arg(&RenameIn { newdir: newparent })
+            .name(name.as_ref())?
+            .name(newname.as_ref())?;
+        self.call_empty(&req)
+    }
+
+    /// FUSE_READ of up to `len` bytes at `offset`, leaving the data in the
+    /// preallocated reply buffer (see [`FsClient::read_data`],
+    /// [`FsClient::read_buf_addr`]). Returns the bytes read.
+    pub fn read_into(&mut self, fh: u64, nodeid: u64, offset: u64, len: u32) -> Result<u32> {
+        let arg = ReadIn {
+            fh,
+            offset,
+            size: len,
+            ..Default::default()
+        };
+        let req = Request::new("READ", Opcode::Read, nodeid).arg(&arg);
+        let n = self.call_in_place(&req, 0, len)?;
+        Ok(n)
+    }
+
+    /// FUSE_READ into a new vector.
+    pub fn read(&mut self, fh: u64, nodeid: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let n = self.read_into(fh, nodeid, offset, len)?;
+        self.read_data(n)
+    }
+
+    /// FUSE_WRITE of the first `len` bytes already in the write buffer
+    /// (see [`FsClient::fill_write_buf`]). Returns the bytes written.
+    pub fn write_from(&mut self, fh: u64, nodeid: u64, offset: u64, len: u32) -> Result<u32> {
+        let arg = WriteIn {
+            fh,
+            offset,
+            size: len,
+            ..Default::default()
+        };
+        let req = Request::new("WRITE", Opcode::Write, nodeid).arg(&arg);
+        let body = self.call(&req, len, size_of::<WriteOut>())?;
+        let out: WriteOut = body_struct("WRITE", &body)?;
+        Ok(out.size)
+    }
+
+    /// FUSE_WRITE of `data` at `offset`. Returns the bytes written.
+    pub fn write(&mut self, fh: u64, nodeid: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.fill_write_buf(data)?;
+        self.write_from(fh, nodeid, offset, data.len() as u32)
+    }
+
+    /// FUSE_READDIR: one batch of up to `size` bytes of entries from `offset`.
+    pub fn readdir(
+        &mut self,
+        fh: u64,
+        nodeid: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<DirEntry>> {
+        let req = self.dir_request("READDIR", Opcode::Readdir, fh, nodeid, offset, size);
+        let body = self.call(&req, 0, size)?;
+        wire::parse_dirents(&body).map_err(|reason| FsError::BadReply {
+            op: "READDIR",
+            reason,
+        })
+    }
+
+    /// FUSE_READDIRPLUS: one batch of up to `size` bytes of entries from `offset`.
+    /// Every entry with a non-zero node id counts as a lookup.
+    pub fn readdirplus(
+        &mut self,
+        fh: u64,
+        nodeid: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<DirEntryPlus>> {
+        let req = self.dir_request("READDIRPLUS", Opcode::Readdirplus, fh, nodeid, offset, size);
+        let body = self.call(&req, 0, size)?;
+        wire::parse_direntplus(&body).map_err(|reason| FsError::BadReply {
+            op: "READDIRPLUS",
+            reason,
+        })
+    }
+
+    fn dir_request(
+        &self,
+        op: &'static str,
+        opcode: Opcode,
+        fh: u64,
+        nodeid: u64,
+        offset: u64,
+        size: u32,
+    ) -> Request {
+        let arg = ReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        Request::new(op, opcode, nodeid).arg(&arg)
+    }
+
+    /// OPENDIR, READDIRPLUS until the end, RELEASEDIR: every entry of a directory.
+    pub fn list_dir(&mut self, nodeid: u64) -> Result<Vec<DirEntryPlus>> {
+        let fh = self.opendir(nodeid)?.fh;
+        let mut all = Vec::new();
+        let mut offset = 0;
+        let result = loop {
+            match self.readdirplus(fh, nodeid, offset, LIST_DIR_CHUNK) {
+                Ok(batch) if batch.is_empty() => break Ok(()),
+                Ok(batch) => {
+                    offset = batch.last().expect("not empty").dirent.off;
+                    all.extend(batch);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let released = self.releasedir(fh, nodeid);
+        result?;
+        released?;
+        Ok(all)
+    }
+
+    /// FUSE_RELEASE of a file handle.
+    pub fn release(&mut self, fh: u64, nodeid: u64, flags: i32) -> Result<()> {
+        let arg = ReleaseIn {
+            fh,
+            flags: flags as u32,
+            ..Default::default()
+        };
+        self.call_empty(&Request::new("RELEASE", Opcode::Release, nodeid).arg(&arg))
+    }
+
+    /// FUSE_RELEASEDIR of a directory handle.
+    pub fn releasedir(&mut self, fh: u64, nodeid: u64) -> Result<()> {
+        let arg = ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        self.call_empty(&Request::new("RELEASEDIR", Opcode::Releasedir, nodeid).arg(&arg))
+    }
+
+    /// FUSE_FLUSH (what `close(2)` sends before RELEASE).
+    pub fn flush(&mut self, fh: u64, nodeid: u64) -> Result<()> {
+        let arg = FlushIn {
+            fh,
+            ..Default::default()
+        };
+        self.call_empty(&Request::new("FLUSH", Opcode::Flush, nodeid).arg(&arg))
+    }
+
+    /// FUSE_FSYNC (fdatasync if `datasync`).
+    pub fn fsync(&mut self, fh: u64, nodeid: u64, datasync: bool) -> Result<()> {
+        let arg = FsyncIn {
+            fh,
+            fsync_flags: if datasync { FSYNC_FDATASYNC } else { 0 },
+            padding: 0,
+        };
+        self.call_empty(&Request::new("FSYNC", Opcode::Fsync, nodeid).arg(&arg))
+    }
+
+    /// FUSE_STATFS.
+    pub fn statfs(&mut self, nodeid: u64) -> Result<Kstatfs> {
+        let out: StatfsOut = self.call_struct(&Request::new("STATFS", Opcode::Statfs, nodeid))?;
+        Ok(out.st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setattr_sets_only_given_fields() {
+        let s = SetAttr {
+            size: Some(5),
+            mode: Some(0o600),
+            fh: Some(9),
+            ..Default::default()
+        }
+        .to_wire();
+        assert_eq!(s.valid, 0x8 | 0x1 | 0x40);
+        assert_eq!((s.size, s.mode, s.fh), (5, 0o600, 9));
+        assert_eq!(SetAttr::default().to_wire().valid, 0);
+        let t = SetAttr {
+            mtime: Some((7, 8)),
+            uid: Some(3),
+            ..Default::default()
+        }
+        .to_wire();
+        assert_eq!(t.valid, 0x20 | 0x2);
+        assert_eq!((t.mtime, t.mtimensec, t.uid), (7, 8, 3));
+    }
+}

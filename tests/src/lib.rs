@@ -1,0 +1,18 @@
+//! The userspace vhost-user driver: it plays both the VMM and the guest, with
+//! no VM at all, so any vhost-user backend can be tested and measured.
+//!
+//! - [`memory`]: shared "guest" memory handed over with SET_MEM_TABLE.
+//! - [`virtqueue`]: the driver side of a split virtqueue.
+//! - [`device`]: connection, feature negotiation, vring setup, config space.
+//! - [`blk`], [`fs`], [`net`]: device helpers on top.
+//! - [`fixture`]: reference daemons as RAII process guards; [`guest`]: the QEMU guest test kit.
+
+pub mod bench;
+pub mod blk;
+pub mod device;
+pub mod fixture;
+pub mod fs;
+pub mod guest;
+pub mod memory;
+pub mod net;
+pub mod virtqueue;

@@ -1,0 +1,606 @@
+//! The driver side of a virtio 1.x split virtqueue: the part a guest kernel
+//! plays. Chains go in through the available ring (direct or indirect), the
+//! backend's answers come back through the used ring, and the kick/call
+//! eventfds stand in for the ioeventfd and irqfd of a real VMM.
+//!
+//! A raw API ([`VirtQueue::raw_desc`], [`VirtQueue::raw_publish`], ...) lets
+//! tests hand a backend any malformed ring they like.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Address, ByteValued, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::memory::{GuestMem, MemoryError};
+
+/// Descriptor continues via `next`.
+pub const VRING_DESC_F_NEXT: u16 = 1;
+/// Buffer is device-writable.
+pub const VRING_DESC_F_WRITE: u16 = 2;
+/// Buffer holds an indirect descriptor table.
+pub const VRING_DESC_F_INDIRECT: u16 = 4;
+/// used.flags: the device asks not to be kicked.
+pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
+
+/// Errors of a driver-side virtqueue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The ring or a buffer lies outside guest memory.
+    #[error("queue {queue}: guest memory")]
+    Memory {
+        /// Queue index.
+        queue: u16,
+        /// The memory error.
+        #[source]
+        source: MemoryError,
+    },
+    /// Not enough free descriptors for the chain.
+    #[error("queue {queue}: {needed} descriptors needed, {free} free")]
+    Full {
+        /// Queue index.
+        queue: u16,
+        /// Descriptors the chain needs.
+        needed: usize,
+        /// Descriptors available.
+        free: usize,
+    },
+    /// A chain with no segments, or more than the indirect table holds.
+    #[error("queue {queue}: chain of {len} segments is not allowed (max {max})")]
+    BadChain {
+        /// Queue index.
+        queue: u16,
+        /// Segments given.
+        len: usize,
+        /// Upper limit.
+        max: usize,
+    },
+    /// The backend put an entry in the used ring that names no chain in flight.
+    #[error("queue {queue}: backend returned used id {id} that is not in flight")]
+    BogusUsed {
+        /// Queue index.
+        queue: u16,
+        /// The id it returned.
+        id: u32,
+    },
+    /// Nothing came back in time.
+    #[error("queue {queue}: no used buffer within {0:?}", .timeout)]
+    Timeout {
+        /// Queue index.
+        queue: u16,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// Writing the kick eventfd or polling the call eventfd failed.
+    #[error("queue {queue}: eventfd")]
+    EventFd {
+        /// Queue index.
+        queue: u16,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for this module.
+pub type Result<T> = std::result::Result<T, QueueError>;
+
+/// One buffer of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seg {
+    /// Guest address.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+    /// True if the device writes it (VRING_DESC_F_WRITE).
+    pub device_writes: bool,
+}
+
+impl Seg {
+    /// A buffer the device reads.
+    pub fn out(addr: GuestAddress, len: u32) -> Self {
+        Seg {
+            addr,
+            len,
+            device_writes: false,
+        }
+    }
+    /// A buffer the device writes.
+    pub fn inp(addr: GuestAddress, len: u32) -> Self {
+        Seg {
+            addr,
+            len,
+            device_writes: true,
+        }
+    }
+}
+
+/// A descriptor exactly as it sits in the table.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawDesc {
+    /// Guest address.
+    pub addr: u64,
+    /// Length.
+    pub len: u32,
+    /// VRING_DESC_F_* flags.
+    pub flags: u16,
+    /// Next descriptor index.
+    pub next: u16,
+}
+// SAFETY: RawDesc is repr(C) plain data with no padding (8 + 4 + 2 + 2 bytes).
+unsafe impl ByteValued for RawDesc {}
+
+/// One entry taken off the used ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    /// The chain's head index.
+    pub head: u16,
+    /// Bytes the device says it wrote.
+    pub len: u32,
+    /// The token given to [`VirtQueue::add`], or None for a raw chain.
+    pub token: Option<u64>,
+}
+
+struct InFlight {
+    token: u64,
+    descs: Vec<u16>,
+}
+
+/// How a queue is laid out and what it may use.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueConfig {
+    /// Number of descriptors (a power of two for a well-behaved driver).
+    pub size: u16,
+    /// Whether VIRTIO_RING_F_EVENT_IDX was negotiated.
+    pub event_idx: bool,
+    /// Whether VIRTIO_RING_F_INDIRECT_DESC was negotiated.
+    pub indirect: bool,
+    /// Entries in each indirect table.
+    pub max_indirect: u16,
+}
+
+/// A driver-side split virtqueue in [`GuestMem`].
+pub struct VirtQueue {
+    index: u16,
+    mem: Arc<GuestMem>,
+    cfg: QueueConfig,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    indirect_base: GuestAddress,
+    free: Vec<u16>,
+    inflight: Vec<Option<InFlight>>,
+    avail_idx: u16,
+    kicked_idx: u16,
+    last_used: u16,
+    force_indirect: bool,
+    kick: EventFd,
+    call: EventFd,
+    kicks: u64,
+}
+
+impl std::fmt::Debug for VirtQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtQueue")
+            .field("index", &self.index)
+            .field("size", &self.cfg.size)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl VirtQueue {
+    /// Allocates the rings and indirect tables for queue `index` in `mem`.
+    pub fn new(index: u16, mem: Arc<GuestMem>, cfg: QueueConfig) -> Result<Self> {
+        let n = u64::from(cfg.size);
+        let merr = |source| QueueError::Memory {
+            queue: index,
+            source,
+        };
+        let desc = mem.alloc(16 * n, 4096).map_err(merr)?;
+        let avail = mem.alloc(6 + 2 * n, 4096).map_err(merr)?;
+        let used = mem.alloc(6 + 8 * n, 4096).map_err(merr)?;
+        let indirect_base = if cfg.indirect {
+            mem.alloc(16 * n * u64::from(cfg.max_indirect), 4096)
+                .map_err(merr)?
+        } else {
+            GuestAddress(0)
+        };
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(|source| QueueError::EventFd {
+            queue: index,
+            source,
+        })?;
+        let call = EventFd::new(EFD_NONBLOCK).map_err(|source| QueueError::EventFd {
+            queue: index,
+            source,
+        })?;
+        let mut q = VirtQueue {
+            index,
+            mem,
+            cfg,
+            desc,
+            avail,
+            used,
+            indirect_base,
+            free: Vec::new(),
+            inflight: Vec::new(),
+            avail_idx: 0,
+            kicked_idx: 0,
+            last_used: 0,
+            force_indirect: false,
+            kick,
+            call,
+            kicks: 0,
+        };
+        q.reset()?;
+        Ok(q)
+    }
+
+    /// Clears the rings and forgets every chain in flight (for a device reset or reconnect).
+    pub fn reset(&mut self) -> Result<()> {
+        let n = usize::from(self.cfg.size);
+        let zero_len = |entries: usize, each: usize| 6 + entries * each;
+        self.write(self.desc, &vec![0u8; 16 * n])?;
+        self.write(self.avail, &vec![0u8; zero_len(n, 2)])?;
+        self.write(self.used, &vec![0u8; zero_len(n, 8)])?;
+        self.free = (0..self.cfg.size).rev().collect();
+        self.inflight = (0..n).map(|_| None).collect();
+        self.avail_idx = 0;
+        self.kicked_idx = 0;
+        self.last_used = 0;
+        Ok(())
+    }
+
+    /// This queue's index on the device.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+    /// Number of descriptors.
+    pub fn size(&self) -> u16 {
+        self.cfg.size
+    }
+    /// Descriptor table address.
+    pub fn desc_addr(&self) -> GuestAddress {
+        self.desc
+    }
+    /// Available ring address.
+    pub fn avail_addr(&self) -> GuestAddress {
+        self.avail
+    }
+    /// Used ring address.
+    pub fn used_addr(&self) -> GuestAddress {
+        self.used
+    }
+    /// The eventfd the backend waits on.
+    pub fn kick_fd(&self) -> &EventFd {
+        &self.kick
+    }
+    /// The eventfd the backend signals.
+    pub fn call_fd(&self) -> &EventFd {
+        &self.call
+    }
+    /// The guest memory this queue lives in.
+    pub fn mem(&self) -> &Arc<GuestMem> {
+        &self.mem
+    }
+    /// Chains submitted and not yet returned.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.iter().filter(|s| s.is_some()).count()
+    }
+    /// Free descriptors.
+    pub fn free_descs(&self) -> usize {
+        self.free.len()
+    }
+    /// Kicks actually sent (EVENT_IDX suppresses some).
+    pub fn kicks_sent(&self) -> u64 {
+        self.kicks
+    }
+    /// Always use an indirect table, even when the chain fits directly.
+    pub fn set_force_indirect(&mut self, on: bool) {
+        self.force_indirect = on && self.cfg.indirect;
+    }
+
+    fn merr(&self, source: MemoryError) -> QueueError {
+        QueueError::Memory {
+            queue: self.index,
+            source,
+        }
+    }
+    fn write(&self, addr: GuestAddress, data: &[u8]) -> Result<()> {
+        self.mem.write(addr, data).map_err(|e| self.merr(e))
+    }
+    fn write_desc(&self, table: GuestAddress, i: u16, d: RawDesc) -> Result<()> {
+        self.mem
+            .write_obj(table.unchecked_add(16 * u64::from(i)), d)
+            .map_err(|e| self.merr(e))
+    }
+
+    /// Adds a chain; it reaches the backend at the next [`VirtQueue::kick`].
+    /// Returns the head index.
+    pub fn add(&mut self, segs: &[Seg], token: u64) -> Result<u16> {
+        if segs.is_empty() {
+            return Err(QueueError::BadChain {
+                queue: self.index,
+                len: 0,
+                max: usize::from(self.cfg.size),
+            });
+        }
+        let use_indirect = self.cfg.indirect
+            && segs.len() <= usize::from(self.cfg.max_indirect)
+            && (self.force_indirect || (segs.len() > 1 && segs.len() > self.free.len()));
+        let needed = if use_indirect { 1 } else { segs.len() };
+        if needed > self.free.len() {
+            return Err(QueueError::Full {
+                queue: self.index,
+                needed,
+                free: self.free.len(),
+            });
+        }
+        let descs: Vec<u16> = (0..needed)
+            .map(|_| self.free.pop().expect("checked"))
+            .collect();
+        let head = descs[0];
+        if use_indirect {
+            let table = self.indirect_table(head);
+            for (i, s) in segs.iter().enumerate() {
+                let last = i + 1 == segs.len();
+                self.write_desc(table, i as u16, chain_desc(s, last, (i + 1) as u16))?;
+            }
+            let d = RawDesc {
+                addr: table.raw_value(),
+                len: 16 * segs.len() as u32,
+                flags: VRING_DESC_F_INDIRECT,
+                next: 0,
+            };
+            self.write_desc(self.desc, head, d)?;
+        } else {
+            for (i, s) in segs.iter().enumerate() {
+                let last = i + 1 == segs.len();
+                let next = if last { 0 } else { descs[i + 1] };
+                self.write_desc(self.desc, descs[i], chain_desc(s, last, next))?;
+            }
+        }
+        self.inflight[usize::from(head)] = Some(InFlight { token, descs });
+        self.push_avail(head)?;
+        Ok(head)
+    }
+
+    /// The indirect table that belongs to main-table descriptor `i`.
+    pub fn indirect_table(&self, i: u16) -> GuestAddress {
+        self.indirect_base
+            .unchecked_add(16 * u64::from(self.cfg.max_indirect) * u64::from(i))
+    }
+
+    fn push_avail(&mut self, head: u16) -> Result<()> {
+        let slot = u64::from(self.avail_idx % self.cfg.size);
+        self.mem
+            .store_u16(
+                self.avail.unchecked_add(4 + 2 * slot),
+                head,
+                Ordering::Relaxed,
+            )
+            .map_err(|e| self.merr(e))?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Publishes the chains added since the last kick and notifies the
+    /// backend unless it asked not to be (EVENT_IDX or NO_NOTIFY).
+    /// Returns whether the eventfd was written.
+    pub fn kick(&mut self) -> Result<bool> {
+        let new = self.avail_idx;
+        let old = self.kicked_idx;
+        self.mem
+            .store_u16(self.avail.unchecked_add(2), new, Ordering::Release)
+            .map_err(|e| self.merr(e))?;
+        self.kicked_idx = new;
+        // The backend's suppression state must be read after our index is visible.
+        fence(Ordering::SeqCst);
+        let notify = if self.cfg.event_idx {
+            let event = self
+                .mem
+                .load_u16(
+                    self.used.unchecked_add(4 + 8 * u64::from(self.cfg.size)),
+                    Ordering::Acquire,
+                )
+                .map_err(|e| self.merr(e))?;
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            let flags = self
+                .mem
+                .load_u16(self.used, Ordering::Acquire)
+                .map_err(|e| self.merr(e))?;
+            flags & VRING_USED_F_NO_NOTIFY == 0
+        };
+        if notify {
+            self.notify()?;
+        }
+        Ok(notify)
+    }
+
+    /// Writes the kick eventfd unconditionally.
+    pub fn notify(&mut self) -> Result<()> {
+        self.kicks += 1;
+        self.kick.write(1).map_err(|source| QueueError::EventFd {
+            queue: self.index,
+            source,
+        })
+    }
+
+    /// Takes one entry off the used ring, if there is one.
+    pub fn pop_used(&mut self) -> Result<Option<Used>> {
+        let used_idx = self
+            .mem
+            .load_u16(self.used.unchecked_add(2), Ordering::Acquire)
+            .map_err(|e| self.merr(e))?;
+        if used_idx == self.last_used {
+            return Ok(None);
+        }
+        let slot = u64::from(self.last_used % self.cfg.size);
+        let elem: [u32; 2] = self
+            .mem
+            .read_obj(self.used.unchecked_add(4 + 8 * slot))
+            .map_err(|e| self.merr(e))?;
+        self.last_used = self.last_used.wrapping_add(1);
+        let (id, len) = (elem[0], elem[1]);
+        let entry = usize::try_from(id)
+            .ok()
+            .and_then(|i| self.inflight.get_mut(i))
+            .and_then(Option::take);
+        let token = match entry {
+            Some(f) => {
+                self.free.extend(f.descs.iter().rev());
+                Some(f.token)
+            }
+            None if id < u32::from(self.cfg.size) => None,
+            None => {
+                return Err(QueueError::BogusUsed {
+                    queue: self.index,
+                    id,
+                })
+            }
+        };
+        Ok(Some(Used {
+            head: id as u16,
+            len,
+            token,
+        }))
+    }
+
+    /// Blocks until the used ring has an entry or `timeout` passes.
+    pub fn wait_used(&mut self, timeout: Duration) -> Result<Used> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(u) = self.pop_used()? {
+                return Ok(u);
+            }
+            // Ask for an interrupt at the next used entry, then re-check
+            // before sleeping so none is lost.
+            if self.cfg.event_idx {
+                self.mem
+                    .store_u16(
+                        self.avail.unchecked_add(4 + 2 * u64::from(self.cfg.size)),
+                        self.last_used,
+                        Ordering::Release,
+                    )
+                    .map_err(|e| self.merr(e))?;
+                fence(Ordering::SeqCst);
+                if let Some(u) = self.pop_used()? {
+                    return Ok(u);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(QueueError::Timeout {
+                    queue: self.index,
+                    timeout,
+                });
+            }
+            self.poll_call(deadline - now)?;
+        }
+    }
+
+    fn poll_call(&self, wait: Duration) -> Result<()> {
+        let mut pfd = libc::pollfd {
+            fd: self.call.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: pfd is a valid pollfd array of length 1 that outlives the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(QueueError::EventFd {
+                    queue: self.index,
+                    source: e,
+                });
+            }
+        }
+        if r > 0 {
+            // Consume the counter; a stale EAGAIN is harmless.
+            let _ = self.call.read();
+        }
+        Ok(())
+    }
+
+    /// Adds a chain, kicks, and waits for that chain to come back.
+    /// Returns the number of bytes the device wrote.
+    pub fn run(&mut self, segs: &[Seg], timeout: Duration) -> Result<u32> {
+        let token = u64::MAX - 1;
+        let head = self.add(segs, token)?;
+        self.kick()?;
+        loop {
+            let u = self.wait_used(timeout)?;
+            if u.token == Some(token) && u.head == head {
+                return Ok(u.len);
+            }
+        }
+    }
+
+    // ---- Raw access for malformed-input tests ----
+
+    /// Removes `n` descriptors from the free list for the caller to fill by hand.
+    pub fn reserve_descs(&mut self, n: usize) -> Result<Vec<u16>> {
+        if n > self.free.len() {
+            return Err(QueueError::Full {
+                queue: self.index,
+                needed: n,
+                free: self.free.len(),
+            });
+        }
+        Ok((0..n).map(|_| self.free.pop().expect("checked")).collect())
+    }
+
+    /// Writes any descriptor into the main table at index `i` (not bounds-checked against size).
+    pub fn raw_desc(&self, i: u16, d: RawDesc) -> Result<()> {
+        self.write_desc(self.desc, i, d)
+    }
+
+    /// Writes any descriptor into an arbitrary table in guest memory.
+    pub fn raw_desc_at(&self, table: GuestAddress, i: u16, d: RawDesc) -> Result<()> {
+        self.write_desc(table, i, d)
+    }
+
+    /// Puts `head` on the available ring without tracking it.
+    pub fn raw_publish(&mut self, head: u16) -> Result<()> {
+        self.push_avail(head)
+    }
+
+    /// Sets the shadow available index; the next kick publishes it as is.
+    pub fn raw_set_avail_idx(&mut self, idx: u16) {
+        self.avail_idx = idx;
+    }
+
+    /// The used ring's index as the backend last wrote it.
+    pub fn used_idx(&self) -> Result<u16> {
+        self.mem
+            .load_u16(self.used.unchecked_add(2), Ordering::Acquire)
+            .map_err(|e| self.merr(e))
+    }
+}
+
+fn chain_desc(s: &Seg, last: bool, next: u16) -> RawDesc {
+    let mut flags = if s.device_writes {
+        VRING_DESC_F_WRITE
+    } else {
+        0
+    };
+    if !last {
+        flags |= VRING_DESC_F_NEXT;
+    }
+    RawDesc {
+        addr: s.addr.raw_value(),
+        len: s.len,
+        flags,
+        next: if last { 0 } else { next },
+    }
+}
+
+#[cfg(test)]
+#[path = "virtqueue_tests.rs"]
+mod tests;
