@@ -23,7 +23,7 @@ GUEST_SRC="$ROOT/tests/guest"
 
 PACKAGES=(
     qemu-system-x86 qemu-system-common qemu-utils busybox-static kmod cpio
-    fio e2fsprogs iproute2 systemd gzip
+    fio e2fsprogs iproute2 systemd gzip dpdk-dev
 )
 # Loaded by the guest's init in this order (insmod, no modprobe needed).
 MODULES=(
@@ -71,7 +71,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     SUMMARY+=("packages=ok")
 fi
-for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio gzip dpkg-deb; do
+for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio gzip dpkg-deb dpdk-testpmd; do
     command -v "$bin" >/dev/null 2>&1 || die "$bin not found after installing packages"
 done
 [ -x /usr/lib/qemu/virtiofsd ] || die "/usr/lib/qemu/virtiofsd missing (package qemu-system-common)"

@@ -2,7 +2,7 @@
 //! control queue last), feature negotiation, config space, TX slots, an RX
 //! ring kept full (merged buffers or not), control commands and test frames.
 //!
-//! - [`hdr`]: `virtio_net_hdr_v1`.
+//! - [`hdr`]: the `virtio_net_hdr_v1` header.
 //! - [`frame`]: Ethernet/IPv4/UDP frames, good and malformed.
 //! - [`rings`]: TX slots, RX buffers and the control buffer over any [`VirtQueue`].
 //! - [`testpmd`]: DPDK's `dpdk-testpmd` as a third-party vhost-user net backend.
@@ -238,10 +238,6 @@ pub struct NetOptions {
     /// Connection, memory and ring options. `num_queues` and
     /// `device_features` are set by [`NetClient::connect`]; `mem_size` is
     /// raised if the buffers need more.
-    ///
-    /// DPDK's vhost library answers GET_QUEUE_NUM with queue *pairs*, which
-    /// [`VuDevice`] takes as queues: leave `VhostUserProtocolFeatures::MQ`
-    /// out of `protocol_features` for it (see [`testpmd`]).
     pub device: DeviceOptions,
 }
 
@@ -367,10 +363,16 @@ impl NetClient {
         let mut dopts = opts.device.clone();
         dopts.device_features = features;
         dopts.num_queues = 2 * pairs + usize::from(ctrl);
-        // Reserve rings for the largest control-queue index we accept
-        // (32 pairs), buffers for the pairs we use, and 1 MiB of slack.
+        // Rings for every queue we may start (with CTRL_VQ and MQ the control
+        // queue sits after the device's last pair: room for up to 32 pairs),
+        // buffers for the pairs we use, and 1 MiB of slack.
         let qsize = u64::from(dopts.queue_size);
-        let needed = ring_bytes(&dopts) * (2 * 32 + 1)
+        let max_queues = if ctrl && has(VIRTIO_NET_F_MQ) {
+            2 * 32 + 1
+        } else {
+            dopts.num_queues as u64
+        };
+        let needed = ring_bytes(&dopts) * max_queues
             + pairs as u64
                 * qsize
                 * (u64::from(rx_layout.capacity()) + u64::from(tx_slot_len).next_multiple_of(64))
@@ -412,7 +414,11 @@ impl NetClient {
             let mut ring = RxRing::new(dev.queue(2 * p), rx_layout)?;
             ring.fill(dev.queue(2 * p))?;
             rx.push(ring);
-            tx.push(TxRing::new(dev.queue(2 * p + 1), tx_slot_len, opts.tx_layout)?);
+            tx.push(TxRing::new(
+                dev.queue(2 * p + 1),
+                tx_slot_len,
+                opts.tx_layout,
+            )?);
         }
         let ctrl = match ctrl_index {
             Some(i) => Some((i, CtrlQueue::new(dev.queue(i))?)),

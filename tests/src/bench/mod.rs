@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod fs;
+pub mod net;
 
 use std::io::Write;
 use std::path::Path;
@@ -35,6 +36,17 @@ pub enum BenchError {
         /// What failed.
         #[source]
         source: crate::fs::FsError,
+    },
+    /// A network workload failed.
+    #[error("backend {backend}: workload {workload}")]
+    Net {
+        /// Backend name.
+        backend: String,
+        /// Workload name.
+        workload: String,
+        /// What failed.
+        #[source]
+        source: crate::net::NetError,
     },
     /// Preparing a workload failed.
     #[error("preparing {what}")]
@@ -123,7 +135,11 @@ fn tree_sum<T: std::iter::Sum<T> + std::ops::Add<Output = T>>(
     read: impl Fn(u32) -> Option<T>,
 ) -> Option<T> {
     let own = read(pid)?;
-    let rest: T = process_tree(pid).into_iter().skip(1).filter_map(&read).sum();
+    let rest: T = process_tree(pid)
+        .into_iter()
+        .skip(1)
+        .filter_map(&read)
+        .sum();
     Some(own + rest)
 }
 

@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use clap::Parser;
 use vu_driver::bench::fs::FsWorkload;
+use vu_driver::bench::net::NetWorkload;
 use vu_driver::bench::{self, blk::BlkWorkload, Row};
 use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
 use vu_driver::fixture::{Daemon, QsdOpts};
 use vu_driver::fs::{FsClient, FsOptions};
+use vu_driver::net::testpmd::{TestPmd, TestPmdOptions};
+use vu_driver::net::NetClient;
 
 /// Benchmark vhost-user backends side by side.
 #[derive(Parser, Debug)]
@@ -28,8 +31,12 @@ struct Args {
     /// The bench creates its files in SHARED_DIR (host side) before it starts.
     #[arg(long = "fs", value_name = "NAME=SOCKET,dir=DIR[,pid=PID]")]
     fs: Vec<String>,
-    /// Also start the references: qemu-storage-daemon (blk) and QEMU's C virtiofsd (fs),
-    /// with their image and share in --scratch-dir.
+    /// A virtio-net backend that sends every frame back (macswap or loopback):
+    /// NAME=SOCKET[,pid=PID]. Repeatable.
+    #[arg(long = "net", value_name = "NAME=SOCKET[,pid=PID]")]
+    net: Vec<String>,
+    /// Also start the references: qemu-storage-daemon (blk), QEMU's C virtiofsd (fs)
+    /// and DPDK's testpmd in macswap mode (net), with image and share in --scratch-dir.
     #[arg(long)]
     start_references: bool,
     /// Where --start-references puts images and shares (tmpfs by default).
@@ -186,6 +193,7 @@ impl Drop for ScratchDir {
 struct References {
     // Declared first so the daemons stop before their directory goes.
     _daemons: Vec<Daemon>,
+    _testpmd: TestPmd,
     _dir: ScratchDir,
 }
 
@@ -193,6 +201,7 @@ fn start_references(
     args: &Args,
     blk: &mut Vec<Spec>,
     fs: &mut Vec<Spec>,
+    net: &mut Vec<Spec>,
 ) -> Result<References, String> {
     let dir = ScratchDir::new(&args.scratch_dir)
         .map_err(|e| format!("scratch dir in {}: {e}", args.scratch_dir.display()))?;
@@ -219,8 +228,17 @@ fn start_references(
         dir: Some(share),
     });
     daemons.push(vfs);
+    let pmd = TestPmd::spawn(&TestPmdOptions::new(&dir.join("testpmd.sock"), 1))
+        .map_err(|e| chain(&e))?;
+    net.push(Spec {
+        name: "dpdk-testpmd".into(),
+        socket: pmd.socket().to_owned(),
+        pid: Some(pmd.pid()),
+        dir: None,
+    });
     Ok(References {
         _daemons: daemons,
+        _testpmd: pmd,
         _dir: dir,
     })
 }
@@ -296,6 +314,54 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
     Ok(())
 }
 
+struct NetTarget {
+    spec: Spec,
+    client: NetClient,
+}
+
+fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String> {
+    let workloads: Vec<NetWorkload> = bench::net::STANDARD
+        .iter()
+        .copied()
+        .filter(|w| wanted(args, w.name))
+        .collect();
+    if specs.is_empty() || workloads.is_empty() {
+        return Ok(());
+    }
+    let mut targets = Vec::new();
+    for s in specs {
+        // The bench needs no control queue (DPDK offers one it does not serve).
+        let client = NetClient::connect(&s.socket, &TestPmd::net_options(1))
+            .map_err(|e| format!("net backend {}: {}", s.name, chain(&e)))?;
+        targets.push(NetTarget {
+            spec: s.clone(),
+            client,
+        });
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    for w in workloads {
+        let samples = bench::alternate(
+            &mut targets,
+            args.reps,
+            |t| t.spec.pid,
+            |t| {
+                w.run(&mut t.client, duration)
+                    .map_err(|source| bench::BenchError::Net {
+                        backend: t.spec.name.clone(),
+                        workload: w.name.to_owned(),
+                        source,
+                    })
+            },
+        )
+        .map_err(|e| chain(&e))?;
+        for (t, s) in targets.iter().zip(samples) {
+            rows.push(Row::from_samples(w.name, &t.spec.name, &s, t.spec.pid));
+        }
+        eprintln!("done: {}", w.name);
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> Result<(), String> {
     let mut blk: Vec<Spec> = args
         .blk
@@ -307,17 +373,23 @@ fn run(args: Args) -> Result<(), String> {
         .iter()
         .map(|s| parse_spec(s))
         .collect::<Result<_, _>>()?;
+    let mut net: Vec<Spec> = args
+        .net
+        .iter()
+        .map(|s| parse_spec(s))
+        .collect::<Result<_, _>>()?;
     let _refs = if args.start_references {
-        Some(start_references(&args, &mut blk, &mut fs)?)
+        Some(start_references(&args, &mut blk, &mut fs, &mut net)?)
     } else {
         None
     };
-    if blk.is_empty() && fs.is_empty() {
-        return Err("no backend given: use --blk, --fs or --start-references".into());
+    if blk.is_empty() && fs.is_empty() && net.is_empty() {
+        return Err("no backend given: use --blk, --fs, --net or --start-references".into());
     }
     let mut rows = Vec::new();
     run_blk(&args, &blk, &mut rows)?;
     run_fs(&args, &fs, &mut rows)?;
+    run_net(&args, &net, &mut rows)?;
     print!("{}", bench::table(&rows));
     if let Some(path) = &args.json {
         bench::append_json(path, &rows).map_err(|e| chain(&e))?;

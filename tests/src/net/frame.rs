@@ -287,9 +287,10 @@ impl Malformed {
         match self {
             Malformed::ShorterThanNetHdr => vec![0u8; NET_HDR_LEN / 2],
             Malformed::ShorterThanEthHdr => with_hdr(VirtioNetHdr::plain(), &frame[..10]),
-            Malformed::Oversize(len) => {
-                with_hdr(VirtioNetHdr::plain(), &UdpFrame::default().headers_padded(len))
-            }
+            Malformed::Oversize(len) => with_hdr(
+                VirtioNetHdr::plain(),
+                &UdpFrame::default().headers_padded(len),
+            ),
             Malformed::BadGsoType => with_hdr(
                 VirtioNetHdr {
                     gso_type: 0x7f,

@@ -534,6 +534,8 @@ impl RxRing {
         let base = self.slots[slot as usize];
         let cap = self.layout.capacity();
         if u.len > cap {
+            // Whatever frame was being assembled is lost with this buffer.
+            self.partial = None;
             return Err(NetError::RxOverflow {
                 queue,
                 len: u.len,

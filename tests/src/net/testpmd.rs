@@ -4,8 +4,8 @@
 //! and destination MAC swapped.
 //!
 //! Runs without hugepages (`--no-huge`, memory from malloc). In Debian 12
-//! the binary is in the `dpdk-dev` package and the vhost PMD in
-//! `librte-net-vhost23` (only a Recommends of `dpdk`).
+//! the binary is in the `dpdk-dev` package (not in `dpdk`); it pulls in the
+//! vhost PMD, `librte-net-vhost23`, through `libdpdk-dev`.
 //!
 //! testpmd without `-i` starts forwarding, then blocks reading stdin; the
 //! guard holds that pipe open, and kills the process on drop.
@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::VhostUserProtocolFeatures;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_VQ;
 
 use super::{NetOptions, NET_DRIVER_FEATURES};
@@ -24,7 +23,7 @@ use super::{NetOptions, NET_DRIVER_FEATURES};
 #[derive(Debug, thiserror::Error)]
 pub enum TestPmdError {
     /// `dpdk-testpmd` is not on PATH.
-    #[error("dpdk-testpmd not found on PATH (Debian: apt-get install dpdk-dev librte-net-vhost23)")]
+    #[error("dpdk-testpmd not found on PATH (Debian: apt-get install dpdk-dev)")]
     NotInstalled,
     /// Creating the log file failed.
     #[error("creating log file {0}")]
@@ -145,7 +144,8 @@ pub fn find_testpmd() -> Option<PathBuf> {
 }
 
 /// A running testpmd; dropping it kills the process and removes its files.
-/// If the thread is panicking (a failed test) the log is printed first.
+/// If the thread is panicking (a failed test) the log is printed and kept,
+/// else it is removed.
 #[derive(Debug)]
 pub struct TestPmd {
     child: Child,
@@ -224,31 +224,34 @@ impl TestPmd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id (for CPU accounting).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// [`NetOptions`] that suit DPDK's vhost library: no protocol MQ (it
-    /// answers GET_QUEUE_NUM with queue pairs, not queues) and no control
-    /// queue (the vhost library leaves it to the VMM).
+    /// [`NetOptions`] that suit DPDK's vhost library: no control queue (it
+    /// offers VIRTIO_NET_F_CTRL_VQ but leaves that queue to the VMM). It
+    /// offers no GET_CONFIG for net, so [`super::NetClient::config`] stays empty.
     pub fn net_options(pairs: u16) -> NetOptions {
-        let mut o = NetOptions {
+        NetOptions {
             pairs,
             feature_mask: NET_DRIVER_FEATURES & !(1u64 << VIRTIO_NET_F_CTRL_VQ),
             ..NetOptions::default()
-        };
-        o.device.protocol_features =
-            VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG;
-        o
+        }
     }
 }
 
 /// Where DPDK keeps per-prefix runtime files (created even with --no-shconf).
 fn dpdk_runtime_dir() -> PathBuf {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    if uid == 0 {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to this process's uid; no libc call needed.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
         return PathBuf::from("/var/run/dpdk");
     }
     std::env::var_os("XDG_RUNTIME_DIR")
@@ -265,6 +268,8 @@ impl Drop for TestPmd {
                 self.log.display(),
                 self.log_text()
             );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
         drop(self.stdin.take());
         let _ = self.child.kill();

@@ -95,10 +95,17 @@ fn tx_chain_carries_exactly_header_and_frame() {
         assert_eq!(vq.kick_fd().read().unwrap(), 1, "send kicks");
 
         let (head, parts, writable) = device_read(&mem, &mut dev).unwrap();
-        assert_eq!(writable, 0, "a TX chain has nothing for the device to write");
+        assert_eq!(
+            writable, 0,
+            "a TX chain has nothing for the device to write"
+        );
         assert_eq!(parts.len(), descs, "{layout:?}");
         if descs == 2 {
-            assert_eq!(parts[0].len(), NET_HDR_LEN, "header alone in the first descriptor");
+            assert_eq!(
+                parts[0].len(),
+                NET_HDR_LEN,
+                "header alone in the first descriptor"
+            );
         }
         let all: Vec<u8> = parts.concat();
         assert_eq!(all.len(), NET_HDR_LEN + frame.len());
@@ -121,7 +128,14 @@ fn tx_frame_larger_than_a_slot_is_refused() {
         .send(&mut vq, &VirtioNetHdr::plain(), &[0; 245], Duration::ZERO)
         .unwrap_err();
     assert!(
-        matches!(err, NetError::TooLarge { len: 257, max: 256, .. }),
+        matches!(
+            err,
+            NetError::TooLarge {
+                len: 257,
+                max: 256,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -159,8 +173,13 @@ fn prefilled_slots_are_posted_without_rewriting() {
         Err(NetError::NotPrefilled { .. })
     ));
     let frame = UdpFrame::default().build_len(60, 9);
-    tx.prefill(&mut vq, &VirtioNetHdr::plain(), &frame, Duration::from_secs(1))
-        .unwrap();
+    tx.prefill(
+        &mut vq,
+        &VirtioNetHdr::plain(),
+        &frame,
+        Duration::from_secs(1),
+    )
+    .unwrap();
     // Two descriptors per chain: 8 descriptors hold 4 chains.
     assert_eq!(tx.send_prefilled(&mut vq, 100).unwrap(), 4);
     for _ in 0..4 {
@@ -338,7 +357,17 @@ fn rx_rejects_bad_device_answers() {
     let chain = dev.pop_descriptor_chain(mem.mem()).unwrap();
     dev.add_used(mem.mem(), chain.head_index(), 65).unwrap();
     let e = rx.recv(&mut vq, Duration::from_secs(1)).unwrap_err();
-    assert!(matches!(e, NetError::RxOverflow { len: 65, cap: 64, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NetError::RxOverflow {
+                len: 65,
+                cap: 64,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 // ------------------------------------------------------------ ctrl ----
@@ -413,8 +442,8 @@ fn checksums_verify(f: &[u8]) -> bool {
 fn internet_checksum_matches_a_known_header() {
     // The IPv4 header example from RFC 1071 discussions (checksum 0xb861).
     let mut h = [
-        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
-        0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00,
+        0x01, 0xc0, 0xa8, 0x00, 0xc7,
     ];
     assert_eq!(frame::internet_checksum(&h), 0xb861);
     h[10..12].copy_from_slice(&[0xb8, 0x61]);
@@ -433,7 +462,10 @@ fn udp_frames_carry_valid_checksums() {
         assert_eq!((v.dst_mac, v.src_mac), (b.dst_mac, b.src_mac));
         let mut bad = f.clone();
         *bad.last_mut().unwrap() ^= 0x40;
-        assert!(len == 42 || !checksums_verify(&bad), "corruption goes unseen");
+        assert!(
+            len == 42 || !checksums_verify(&bad),
+            "corruption goes unseen"
+        );
     }
 }
 
@@ -445,7 +477,10 @@ fn partial_checksum_frame_is_completed_by_the_device_rule() {
     assert_eq!(hdr.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM as u8);
     assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 6));
     assert!(!checksums_verify(&f), "UDP checksum left to the device");
-    assert!(ones_sum(&f[14..34]) == 0xffff, "IPv4 header checksum is complete");
+    assert!(
+        ones_sum(&f[14..34]) == 0xffff,
+        "IPv4 header checksum is complete"
+    );
     assert!(frame::complete_partial_csum(&hdr, &mut f));
     assert!(checksums_verify(&f));
     assert_eq!(f, b.build(&payload));
@@ -539,7 +574,8 @@ fn feature_dependencies_are_enforced() {
 fn config_fields_follow_features() {
     let b = |x: u32| 1u64 << x;
     let raw = [1, 2, 3, 4, 5, 6, 1, 0, 4, 0, 0xdc, 0x05];
-    let all = b(VIRTIO_NET_F_MAC) | b(VIRTIO_NET_F_STATUS) | b(VIRTIO_NET_F_MQ) | b(VIRTIO_NET_F_MTU);
+    let all =
+        b(VIRTIO_NET_F_MAC) | b(VIRTIO_NET_F_STATUS) | b(VIRTIO_NET_F_MQ) | b(VIRTIO_NET_F_MTU);
     assert_eq!(NetConfig::len_for(all), 12);
     assert_eq!(
         NetConfig::parse(all, &raw),
