@@ -24,7 +24,7 @@ pub enum BenchError {
         workload: String,
         /// What failed.
         #[source]
-        source: crate::blk::BlkError,
+        source: Box<crate::blk::BlkError>,
     },
     /// A file-system workload failed.
     #[error("backend {backend}: workload {workload}")]
@@ -35,7 +35,7 @@ pub enum BenchError {
         workload: String,
         /// What failed.
         #[source]
-        source: crate::fs::FsError,
+        source: Box<crate::fs::FsError>,
     },
     /// A network workload failed.
     #[error("backend {backend}: workload {workload}")]
@@ -46,7 +46,7 @@ pub enum BenchError {
         workload: String,
         /// What failed.
         #[source]
-        source: crate::net::NetError,
+        source: Box<crate::net::NetError>,
     },
     /// Preparing a workload failed.
     #[error("preparing {what}")]

@@ -145,7 +145,7 @@ fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
                     .map_err(|source| bench::BenchError::Blk {
                         backend: t.spec.name.clone(),
                         workload: w.name.to_owned(),
-                        source,
+                        source: Box::new(source),
                     })
             },
         )
@@ -301,7 +301,7 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
                     .map_err(|source| bench::BenchError::Fs {
                         backend: t.spec.name.clone(),
                         workload: w.name().to_owned(),
-                        source,
+                        source: Box::new(source),
                     })
             },
         )
@@ -349,7 +349,7 @@ fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
                     .map_err(|source| bench::BenchError::Net {
                         backend: t.spec.name.clone(),
                         workload: w.name.to_owned(),
-                        source,
+                        source: Box::new(source),
                     })
             },
         )
