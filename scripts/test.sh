@@ -21,4 +21,8 @@ if [ -n "$dups" ]; then
 fi
 
 echo "== cargo test"
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# cargo's last line is often an empty doc-test run; end on the real totals.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -15,39 +15,6 @@ use serde::Serialize;
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    /// A block workload failed.
-    #[error("backend {backend}: workload {workload}")]
-    Blk {
-        /// Backend name.
-        backend: String,
-        /// Workload name.
-        workload: String,
-        /// What failed.
-        #[source]
-        source: Box<crate::blk::BlkError>,
-    },
-    /// A file-system workload failed.
-    #[error("backend {backend}: workload {workload}")]
-    Fs {
-        /// Backend name.
-        backend: String,
-        /// Workload name.
-        workload: String,
-        /// What failed.
-        #[source]
-        source: Box<crate::fs::FsError>,
-    },
-    /// A network workload failed.
-    #[error("backend {backend}: workload {workload}")]
-    Net {
-        /// Backend name.
-        backend: String,
-        /// Workload name.
-        workload: String,
-        /// What failed.
-        #[source]
-        source: Box<crate::net::NetError>,
-    },
     /// Preparing a workload failed.
     #[error("preparing {what}")]
     Prepare {
@@ -241,12 +208,12 @@ impl Row {
 
 /// Runs `run` for each backend in turn, `reps` times, so that the backends
 /// alternate (A B A B ...) and drift on the machine hits them alike.
-pub fn alternate<B>(
+pub fn alternate<B, E>(
     backends: &mut [B],
     reps: u32,
     pid: impl Fn(&B) -> Option<u32>,
-    mut run: impl FnMut(&mut B) -> Result<Sample>,
-) -> Result<Vec<Vec<Sample>>> {
+    mut run: impl FnMut(&mut B) -> std::result::Result<Sample, E>,
+) -> std::result::Result<Vec<Vec<Sample>>, E> {
     let mut out: Vec<Vec<Sample>> = backends.iter().map(|_| Vec::new()).collect();
     for _ in 0..reps {
         for (i, b) in backends.iter_mut().enumerate() {
@@ -398,7 +365,7 @@ mod tests {
             |_| None,
             |b| {
                 order.push(*b);
-                Ok(Sample::default())
+                Ok::<_, BenchError>(Sample::default())
             },
         )
         .unwrap();

@@ -135,26 +135,62 @@ fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
     for w in bench::blk::STANDARD.iter().filter(|w| wanted(args, w.name)) {
         let w: BlkWorkload = *w;
         let mut seed = 1;
-        let samples = bench::alternate(
-            &mut targets,
-            args.reps,
-            |t| t.spec.pid,
-            |t| {
-                seed += 1;
-                w.run(&mut t.client, t.capacity, duration, seed)
-                    .map_err(|source| bench::BenchError::Blk {
-                        backend: t.spec.name.clone(),
-                        workload: w.name.to_owned(),
-                        source: Box::new(source),
-                    })
-            },
-        )
-        .map_err(|e| chain(&e))?;
-        for (t, s) in targets.iter().zip(samples) {
-            rows.push(Row::from_samples(w.name, &t.spec.name, &s, t.spec.pid));
-        }
-        eprintln!("done: {}", w.name);
+        measure(args, &mut targets, w.name, rows, |t| {
+            seed += 1;
+            w.run(&mut t.client, t.capacity, duration, seed)
+        })?;
     }
+    Ok(())
+}
+
+/// A connected backend of some device type.
+trait Target {
+    fn spec(&self) -> &Spec;
+}
+
+impl Target for BlkTarget {
+    fn spec(&self) -> &Spec {
+        &self.spec
+    }
+}
+impl Target for FsTarget {
+    fn spec(&self) -> &Spec {
+        &self.spec
+    }
+}
+impl Target for NetTarget {
+    fn spec(&self) -> &Spec {
+        &self.spec
+    }
+}
+
+/// Runs one workload on every target (alternating) and adds a row per target.
+fn measure<T: Target, E: std::error::Error>(
+    args: &Args,
+    targets: &mut [T],
+    workload: &str,
+    rows: &mut Vec<Row>,
+    mut run: impl FnMut(&mut T) -> Result<bench::Sample, E>,
+) -> Result<(), String> {
+    let samples = bench::alternate(
+        targets,
+        args.reps,
+        |t| t.spec().pid,
+        |t| {
+            run(t).map_err(|e| {
+                format!(
+                    "backend {}: workload {workload}: {}",
+                    t.spec().name,
+                    chain(&e)
+                )
+            })
+        },
+    )?;
+    for (t, s) in targets.iter().zip(samples) {
+        let spec = t.spec();
+        rows.push(Row::from_samples(workload, &spec.name, &s, spec.pid));
+    }
+    eprintln!("done: {workload}");
     Ok(())
 }
 
@@ -291,25 +327,10 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
     let duration = Duration::from_secs_f64(args.duration);
     for w in workloads {
         let mut rep = 0;
-        let samples = bench::alternate(
-            &mut targets,
-            args.reps,
-            |t| t.spec.pid,
-            |t| {
-                rep += 1;
-                w.run(&mut t.client, duration, rep)
-                    .map_err(|source| bench::BenchError::Fs {
-                        backend: t.spec.name.clone(),
-                        workload: w.name().to_owned(),
-                        source: Box::new(source),
-                    })
-            },
-        )
-        .map_err(|e| chain(&e))?;
-        for (t, s) in targets.iter().zip(samples) {
-            rows.push(Row::from_samples(w.name(), &t.spec.name, &s, t.spec.pid));
-        }
-        eprintln!("done: {}", w.name());
+        measure(args, &mut targets, w.name(), rows, |t| {
+            rep += 1;
+            w.run(&mut t.client, duration, rep)
+        })?;
     }
     Ok(())
 }
@@ -340,24 +361,9 @@ fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
     }
     let duration = Duration::from_secs_f64(args.duration);
     for w in workloads {
-        let samples = bench::alternate(
-            &mut targets,
-            args.reps,
-            |t| t.spec.pid,
-            |t| {
-                w.run(&mut t.client, duration)
-                    .map_err(|source| bench::BenchError::Net {
-                        backend: t.spec.name.clone(),
-                        workload: w.name.to_owned(),
-                        source: Box::new(source),
-                    })
-            },
-        )
-        .map_err(|e| chain(&e))?;
-        for (t, s) in targets.iter().zip(samples) {
-            rows.push(Row::from_samples(w.name, &t.spec.name, &s, t.spec.pid));
-        }
-        eprintln!("done: {}", w.name);
+        measure(args, &mut targets, w.name, rows, |t| {
+            w.run(&mut t.client, duration)
+        })?;
     }
     Ok(())
 }
