@@ -11,9 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use vu_driver::bench::fs::FsWorkload;
-use vu_driver::bench::net::NetWorkload;
-use vu_driver::bench::{self, blk::BlkWorkload, Row};
+use vu_driver::bench::{self, Row};
 use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
 use vu_driver::fixture::{Daemon, QsdOpts};
 use vu_driver::fs::{FsClient, FsOptions};
@@ -98,18 +96,23 @@ fn parse_spec(s: &str) -> Result<Spec, String> {
     Ok(spec)
 }
 
-struct BlkTarget {
+/// A connected backend: its spec and the driver's client for it.
+struct Target<C> {
     spec: Spec,
-    client: BlkClient,
-    capacity: u64,
+    client: C,
 }
 
-fn wanted(args: &Args, name: &str) -> bool {
-    args.workloads.is_empty() || args.workloads.iter().any(|w| w == name)
+/// The workloads of `all` that --workloads asks for (all when it is empty).
+fn selected<W: Copy>(args: &Args, all: &[W], name: impl Fn(&W) -> &str) -> Vec<W> {
+    all.iter()
+        .copied()
+        .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|a| a == name(w)))
+        .collect()
 }
 
 fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String> {
-    if specs.is_empty() {
+    let workloads = selected(args, &bench::blk::STANDARD, |w| w.name);
+    if specs.is_empty() || workloads.is_empty() {
         return Ok(());
     }
     let mut targets = Vec::new();
@@ -125,69 +128,47 @@ fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
             .map_err(|e| format!("blk backend {}: {}", s.name, chain(&e)))?
             .capacity
             * SECTOR_SIZE;
-        targets.push(BlkTarget {
+        targets.push(Target {
             spec: s.clone(),
-            client,
-            capacity,
+            client: (client, capacity),
         });
     }
     let duration = Duration::from_secs_f64(args.duration);
-    for w in bench::blk::STANDARD.iter().filter(|w| wanted(args, w.name)) {
-        let w: BlkWorkload = *w;
+    for w in workloads {
         let mut seed = 1;
         measure(args, &mut targets, w.name, rows, |t| {
             seed += 1;
-            w.run(&mut t.client, t.capacity, duration, seed)
+            let (client, capacity) = &mut t.client;
+            w.run(client, *capacity, duration, seed)
         })?;
     }
     Ok(())
 }
 
-/// A connected backend of some device type.
-trait Target {
-    fn spec(&self) -> &Spec;
-}
-
-impl Target for BlkTarget {
-    fn spec(&self) -> &Spec {
-        &self.spec
-    }
-}
-impl Target for FsTarget {
-    fn spec(&self) -> &Spec {
-        &self.spec
-    }
-}
-impl Target for NetTarget {
-    fn spec(&self) -> &Spec {
-        &self.spec
-    }
-}
-
 /// Runs one workload on every target (alternating) and adds a row per target.
-fn measure<T: Target, E: std::error::Error>(
+fn measure<C, E: std::error::Error>(
     args: &Args,
-    targets: &mut [T],
+    targets: &mut [Target<C>],
     workload: &str,
     rows: &mut Vec<Row>,
-    mut run: impl FnMut(&mut T) -> Result<bench::Sample, E>,
+    mut run: impl FnMut(&mut Target<C>) -> Result<bench::Sample, E>,
 ) -> Result<(), String> {
     let samples = bench::alternate(
         targets,
         args.reps,
-        |t| t.spec().pid,
+        |t| t.spec.pid,
         |t| {
             run(t).map_err(|e| {
                 format!(
                     "backend {}: workload {workload}: {}",
-                    t.spec().name,
+                    t.spec.name,
                     chain(&e)
                 )
             })
         },
     )?;
     for (t, s) in targets.iter().zip(samples) {
-        let spec = t.spec();
+        let spec = &t.spec;
         rows.push(Row::from_samples(workload, &spec.name, &s, spec.pid));
     }
     eprintln!("done: {workload}");
@@ -294,17 +275,8 @@ fn fill_image(path: &std::path::Path, size: u64) -> std::io::Result<()> {
     f.flush()
 }
 
-struct FsTarget {
-    spec: Spec,
-    client: FsClient,
-}
-
 fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String> {
-    let workloads: Vec<FsWorkload> = bench::fs::ALL
-        .iter()
-        .copied()
-        .filter(|w| wanted(args, w.name()))
-        .collect();
+    let workloads = selected(args, &bench::fs::ALL, |w| w.name());
     if specs.is_empty() || workloads.is_empty() {
         return Ok(());
     }
@@ -319,7 +291,7 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
         }
         let client = FsClient::connect(&s.socket, FsOptions::default())
             .map_err(|e| format!("fs backend {}: {}", s.name, chain(&e)))?;
-        targets.push(FsTarget {
+        targets.push(Target {
             spec: s.clone(),
             client,
         });
@@ -335,17 +307,8 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
     Ok(())
 }
 
-struct NetTarget {
-    spec: Spec,
-    client: NetClient,
-}
-
 fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String> {
-    let workloads: Vec<NetWorkload> = bench::net::STANDARD
-        .iter()
-        .copied()
-        .filter(|w| wanted(args, w.name))
-        .collect();
+    let workloads = selected(args, &bench::net::STANDARD, |w| w.name);
     if specs.is_empty() || workloads.is_empty() {
         return Ok(());
     }
@@ -354,7 +317,7 @@ fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
         // The bench needs no control queue (DPDK offers one it does not serve).
         let client = NetClient::connect(&s.socket, &TestPmd::net_options(1))
             .map_err(|e| format!("net backend {}: {}", s.name, chain(&e)))?;
-        targets.push(NetTarget {
+        targets.push(Target {
             spec: s.clone(),
             client,
         });
@@ -369,21 +332,14 @@ fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let mut blk: Vec<Spec> = args
-        .blk
-        .iter()
-        .map(|s| parse_spec(s))
-        .collect::<Result<_, _>>()?;
-    let mut fs: Vec<Spec> = args
-        .fs
-        .iter()
-        .map(|s| parse_spec(s))
-        .collect::<Result<_, _>>()?;
-    let mut net: Vec<Spec> = args
-        .net
-        .iter()
-        .map(|s| parse_spec(s))
-        .collect::<Result<_, _>>()?;
+    let parse_all = |v: &[String]| {
+        v.iter()
+            .map(|s| parse_spec(s))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let mut blk = parse_all(&args.blk)?;
+    let mut fs = parse_all(&args.fs)?;
+    let mut net = parse_all(&args.net)?;
     let _refs = if args.start_references {
         Some(start_references(&args, &mut blk, &mut fs, &mut net)?)
     } else {
