@@ -20,9 +20,12 @@ if [ -n "$dups" ]; then
     echo "duplicate rust-vmm crates in Cargo.lock:"; echo "$dups"; exit 1
 fi
 
-echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+echo "== cargo build (the daemons the tests spawn)"
+cargo build --workspace --bins --locked
+
+echo "== cargo test"
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 # cargo's last line is often an empty doc-test run; end on the real totals.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

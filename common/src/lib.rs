@@ -1,4 +1,23 @@
-//! `common`: what the daemons share (issues #3-#5, not built yet): QEMU's
-//! vhost-user backend CLI conventions (`--socket-path`/`--fd`,
-//! `--print-capabilities`), systemd notify and socket activation, the
-//! sandbox, and the serve-again-after-disconnect loop.
+//! Plumbing shared by the vhost-user daemons (`vhost-blk-daemon`,
+//! `vhost-net-daemon`, `virtiofsd`), following QEMU's conventions for
+//! vhost-user backends (docs/interop/vhost-user.rst, "Backend program
+//! conventions"):
+//!
+//! - [`cli`]: the options every daemon takes (`--socket-path`, `--fd`,
+//!   `--print-capabilities`, `--log-level`) and the capabilities JSON.
+//! - [`socket`]: the listening socket, from a path, an inherited fd or
+//!   systemd socket activation; stale-socket and in-use detection.
+//! - [`systemd`]: `READY=1`, `STOPPING=1`, `WATCHDOG=1`.
+//! - [`signals`]: SIGTERM/SIGINT as a pollable file descriptor.
+//! - [`logging`]: stderr logging that journald understands; [`ratelimit`]
+//!   for guest-caused warnings.
+//! - [`serve`]: the accept / serve / serve-again loop around
+//!   `vhost-user-backend`'s daemon, one backend instance per connection.
+
+pub mod cli;
+pub mod logging;
+pub mod ratelimit;
+pub mod serve;
+pub mod signals;
+pub mod socket;
+pub mod systemd;

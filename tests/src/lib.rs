@@ -6,6 +6,7 @@
 //! - [`device`]: connection, feature negotiation, vring setup, config space.
 //! - [`blk`], [`fs`], [`net`]: device helpers on top.
 //! - [`fixture`]: reference daemons as RAII process guards; [`guest`]: the QEMU guest test kit.
+//! - [`process`]: a child seen through `/proc`, inherited descriptors, bounded runs.
 
 pub mod bench;
 pub mod blk;
@@ -15,4 +16,6 @@ pub mod fs;
 pub mod guest;
 pub mod memory;
 pub mod net;
+pub mod ours;
+pub mod process;
 pub mod virtqueue;

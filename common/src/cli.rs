@@ -1,0 +1,67 @@
+//! Command-line options common to every daemon, flattened into each
+//! daemon's own `clap` parser, and the `--print-capabilities` output.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::logging::LogLevel;
+use crate::socket::SocketSource;
+
+/// `--socket-path`, `--fd`, `--print-capabilities`, `--log-level`.
+#[derive(Debug, Clone, Args)]
+pub struct VhostUserArgs {
+    /// Listen for the vhost-user frontend on this Unix socket path (created;
+    /// removed on exit). A stale socket file is replaced.
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Serve on this already listening Unix socket file descriptor, as
+    /// passed by a management layer.
+    #[arg(long, value_name = "N")]
+    pub fd: Option<RawFd>,
+
+    /// Print the vhost-user backend capabilities as JSON and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Log level.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info, value_name = "LEVEL")]
+    pub log_level: LogLevel,
+}
+
+impl VhostUserArgs {
+    /// Where the listening socket comes from: `--socket-path`, `--fd`, or
+    /// (with neither) systemd socket activation.
+    pub fn socket_source(&self) -> SocketSource {
+        match (&self.socket_path, self.fd) {
+            (Some(p), _) => SocketSource::Path(p.clone()),
+            (None, Some(fd)) => SocketSource::Fd(fd),
+            (None, None) => SocketSource::SystemdActivation,
+        }
+    }
+}
+
+/// The `--print-capabilities` JSON: `{"type":"<kind>","features":[...]}`.
+/// `type` comes first, as in QEMU's own backends' output.
+pub fn capabilities_json(kind: &str, features: &[&str]) -> String {
+    format!(
+        r#"{{"type":{},"features":{}}}"#,
+        serde_json::Value::from(kind),
+        serde_json::Value::from(features.to_vec())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_qemu_schema_json() {
+        assert_eq!(
+            capabilities_json("block", &["read-only", "blk-file"]),
+            r#"{"type":"block","features":["read-only","blk-file"]}"#
+        );
+    }
+}

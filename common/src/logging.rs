@@ -1,0 +1,106 @@
+//! Logging to stderr in a form journald understands: when stderr is the
+//! journal (`JOURNAL_STREAM` is set, see systemd.exec(5)) every line starts
+//! with its syslog priority `<N>` and carries no timestamp (journald adds
+//! one); otherwise lines carry a timestamp, the level and the module.
+
+use std::io::Write;
+
+use clap::ValueEnum;
+use log::{Level, LevelFilter};
+
+/// `--log-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// No logging.
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The default: lifecycle events.
+    Info,
+    /// Per-connection protocol detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl From<LogLevel> for LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Off => LevelFilter::Off,
+            LogLevel::Error => LevelFilter::Error,
+            LogLevel::Warn => LevelFilter::Warn,
+            LogLevel::Info => LevelFilter::Info,
+            LogLevel::Debug => LevelFilter::Debug,
+            LogLevel::Trace => LevelFilter::Trace,
+        }
+    }
+}
+
+/// The syslog priority journald expects in a `<N>` prefix.
+pub fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// Whether stderr is connected to the journal.
+pub fn stderr_is_journal() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some()
+}
+
+/// Installs the logger. `RUST_LOG`, when set, overrides `level` per module.
+/// Calling it twice is harmless (the second call does nothing).
+pub fn init(program: &'static str, level: LogLevel) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level.into());
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    if stderr_is_journal() {
+        builder.format(|buf, record| {
+            writeln!(
+                buf,
+                "<{}>{}",
+                syslog_priority(record.level()),
+                record.args()
+            )
+        });
+    } else {
+        builder.format(move |buf, record| {
+            writeln!(
+                buf,
+                "[{} {:5} {}] {}",
+                buf.timestamp_millis(),
+                record.level(),
+                program,
+                record.args()
+            )
+        });
+    }
+    builder.target(env_logger::Target::Stderr);
+    let _ = builder.try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_follow_syslog() {
+        assert_eq!(syslog_priority(Level::Error), 3);
+        assert_eq!(syslog_priority(Level::Warn), 4);
+        assert_eq!(syslog_priority(Level::Info), 6);
+        assert_eq!(syslog_priority(Level::Trace), 7);
+    }
+
+    #[test]
+    fn log_level_maps_to_filter() {
+        assert_eq!(LevelFilter::from(LogLevel::Off), LevelFilter::Off);
+        assert_eq!(LevelFilter::from(LogLevel::Debug), LevelFilter::Debug);
+    }
+}

@@ -1,0 +1,323 @@
+//! The serve loop: accept a frontend, serve it with a fresh backend
+//! instance (its own vrings, memory map and worker threads from
+//! `vhost-user-backend`), and when it disconnects (a guest reboot, a VMM
+//! restart) accept the next one on the same socket. SIGTERM quiesces the
+//! current backend and returns, so the caller can flush and exit 0.
+//!
+//! One instance per connection is what keeps nothing from a previous
+//! frontend alive: `vhost-user-backend` keeps ownership and ring state in
+//! its handler, so a reused handler would refuse the next SET_OWNER.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread;
+use std::time::Duration;
+
+use vhost::vhost_user::Error as VhostUserError;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+
+use crate::signals::Shutdown;
+use crate::socket::BoundSocket;
+use crate::systemd::{self, Watchdog};
+
+/// Guest memory as the backends see it.
+pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+/// The vring type every backend uses.
+pub type Vring = VringRwLock<GuestMem>;
+
+/// A backend instance serving one connection.
+pub trait Connection:
+    VhostUserBackend<Bitmap = (), Vring = Vring> + Send + Sync + 'static
+{
+    /// Stops taking new requests from the rings and returns once the
+    /// requests already taken are complete (see [`Gate`]).
+    fn quiesce(&self);
+}
+
+/// Errors of the serve loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Creating the per-connection backend failed.
+    #[error("cannot set up a backend for the new connection on {socket}: {source}")]
+    Backend {
+        /// The socket.
+        socket: String,
+        /// Cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// `vhost-user-backend` could not start.
+    #[error("cannot serve a connection on {socket}: {cause}")]
+    Daemon {
+        /// The socket.
+        socket: String,
+        /// Cause.
+        cause: vhost_user_backend::Error,
+    },
+    /// poll/accept failed.
+    #[error("waiting on {socket}: {source}")]
+    Io {
+        /// The socket.
+        socket: String,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// Lets worker threads process rings until [`Gate::close`], which waits for
+/// those inside to leave. Cheap when open: one uncontended read lock.
+#[derive(Debug, Default)]
+pub struct Gate {
+    closed: RwLock<bool>,
+}
+
+/// Held while processing a ring; see [`Gate::enter`].
+pub type GatePass<'a> = RwLockReadGuard<'a, bool>;
+
+impl Gate {
+    /// `None` once closed: the caller must not touch the rings.
+    pub fn enter(&self) -> Option<GatePass<'_>> {
+        let g = self.closed.read().unwrap_or_else(|e| e.into_inner());
+        if *g {
+            None
+        } else {
+            Some(g)
+        }
+    }
+
+    /// Closes the gate; returns after every holder of a pass has left.
+    pub fn close(&self) {
+        *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// Exit events for `vhost-user-backend`'s worker threads.
+///
+/// `vhost-user-backend` 0.21 registers the consumer end with
+/// `into_raw_fd()` and never closes it, which would leak one descriptor
+/// per worker per connection. We keep the numbers and close them when the
+/// connection's backend instance is dropped, which happens only after the
+/// handler joined its workers and dropped their epoll instances.
+#[derive(Debug, Default)]
+pub struct ExitEvents {
+    consumers: Mutex<Vec<RawFd>>,
+}
+
+impl ExitEvents {
+    /// For `VhostUserBackend::exit_event`.
+    pub fn create(&self) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok((consumer, notifier)) => {
+                self.consumers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(consumer.as_raw_fd());
+                Some((consumer, notifier))
+            }
+            Err(e) => {
+                log::error!("cannot create a worker exit event: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for ExitEvents {
+    fn drop(&mut self) {
+        for fd in self.consumers.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            // SAFETY: `fd` is a consumer end that vhost-user-backend took with
+            // into_raw_fd() and never closes (see the type's doc); the
+            // instance owning it is being dropped, so no epoll or thread uses
+            // it any more, and we close each number exactly once.
+            drop(unsafe { std::fs::File::from_raw_fd(fd) });
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable; `None` on timeout.
+fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Option<usize>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds we own.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        return Ok(pfds.iter().position(|p| p.revents != 0));
+    }
+}
+
+/// Waits for `fds` while keeping the systemd watchdog fed.
+fn wait_with_watchdog(fds: &[RawFd], watchdog: &mut Watchdog) -> io::Result<usize> {
+    loop {
+        watchdog.tick();
+        if let Some(i) = wait_readable(fds, watchdog.timeout())? {
+            return Ok(i);
+        }
+    }
+}
+
+fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
+    matches!(
+        e,
+        vhost_user_backend::Error::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage | VhostUserError::SocketBroken(_)
+        )
+    )
+}
+
+/// Serves frontends on `socket` one after the other until `shutdown`;
+/// `new_connection` builds the backend instance for each. Sends `READY=1`
+/// once listening and `STOPPING=1` on shutdown. Returns after the current
+/// connection's backend has quiesced.
+pub fn serve<B, F, E>(
+    name: &str,
+    socket: &mut BoundSocket,
+    shutdown: &Shutdown,
+    mut new_connection: F,
+) -> Result<(), ServeError>
+where
+    B: Connection,
+    F: FnMut() -> Result<Arc<B>, E>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let where_ = socket.source.to_string();
+    let io_err = |source| ServeError::Io {
+        socket: where_.clone(),
+        source,
+    };
+    socket.listener.set_nonblocking(false).map_err(|e| ServeError::Io {
+        socket: where_.clone(),
+        source: io::Error::other(e),
+    })?;
+    let mut watchdog = Watchdog::from_env();
+    log::info!("listening on {where_}");
+    systemd::notify_ready(&format!("listening on {where_}"));
+    let listen_fd = socket.listener.as_raw_fd();
+    let mut connections: u64 = 0;
+
+    loop {
+        if wait_with_watchdog(&[shutdown.fd(), listen_fd], &mut watchdog).map_err(io_err)? == 0 {
+            log::info!("shutdown requested; no frontend connected");
+            systemd::notify_stopping();
+            return Ok(());
+        }
+        let backend = new_connection().map_err(|e| ServeError::Backend {
+            socket: where_.clone(),
+            source: Box::new(e),
+        })?;
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let daemon_err = |cause| ServeError::Daemon {
+            socket: where_.clone(),
+            cause,
+        };
+        let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), mem)
+            .map_err(daemon_err)?;
+        // `start` accepts (blocking: poll said a connection is pending).
+        daemon.start(&mut socket.listener).map_err(daemon_err)?;
+        connections += 1;
+        log::info!("frontend connected on {where_} (connection {connections})");
+        systemd::notify_status(&format!("serving connection {connections} on {where_}"));
+
+        let (done_rx, done_tx) = UnixStream::pair().map_err(io_err)?;
+        let waiter = thread::Builder::new()
+            .name(format!("{name}-conn"))
+            .spawn(move || {
+                let result = daemon.wait();
+                // Dropping the daemon joins the connection's worker threads.
+                drop(daemon);
+                drop(done_tx);
+                result
+            })
+            .map_err(io_err)?;
+
+        let which = wait_with_watchdog(&[shutdown.fd(), done_rx.as_raw_fd()], &mut watchdog)
+            .map_err(io_err)?;
+        if which == 0 {
+            log::info!("shutdown requested; finishing requests in flight on {where_}");
+            systemd::notify_stopping();
+            backend.quiesce();
+            return Ok(());
+        }
+        match waiter.join() {
+            Ok(Ok(())) => log::info!("frontend disconnected from {where_}"),
+            Ok(Err(e)) if is_disconnect(&e) => log::info!("frontend disconnected from {where_}"),
+            Ok(Err(e)) => log::warn!("connection {connections} on {where_} ended: {e}"),
+            Err(_) => log::error!("connection {connections} on {where_}: handler thread panicked"),
+        }
+        drop(backend);
+        systemd::notify_status(&format!("listening on {where_}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_refuses_after_close() {
+        let g = Gate::default();
+        assert!(g.enter().is_some());
+        g.close();
+        assert!(g.enter().is_none());
+    }
+
+    #[test]
+    fn gate_close_waits_for_holders() {
+        let g = Arc::new(Gate::default());
+        let pass_taken = Arc::new(std::sync::Barrier::new(2));
+        let (g2, b2) = (g.clone(), pass_taken.clone());
+        let t = thread::spawn(move || {
+            let _pass = g2.enter().unwrap();
+            b2.wait();
+            thread::sleep(Duration::from_millis(50));
+            std::time::Instant::now()
+        });
+        pass_taken.wait();
+        g.close();
+        let closed_at = std::time::Instant::now();
+        let left_at = t.join().unwrap();
+        assert!(closed_at >= left_at);
+    }
+
+    #[test]
+    fn exit_events_close_their_consumers() {
+        let e = ExitEvents::default();
+        let (consumer, _notifier) = e.create().unwrap();
+        let fd = consumer.as_raw_fd();
+        std::mem::forget(consumer); // as vhost-user-backend does (into_raw_fd)
+        drop(e);
+        // SAFETY: F_GETFD only reads descriptor flags.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0);
+    }
+
+    #[test]
+    fn wait_readable_reports_index_and_timeout() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (c, _d) = UnixStream::pair().unwrap();
+        assert_eq!(
+            wait_readable(&[a.as_raw_fd(), c.as_raw_fd()], Some(Duration::from_millis(10))).unwrap(),
+            None
+        );
+        drop(b);
+        assert_eq!(wait_readable(&[c.as_raw_fd(), a.as_raw_fd()], None).unwrap(), Some(1));
+    }
+}

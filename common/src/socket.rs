@@ -1,0 +1,264 @@
+//! The listening vhost-user socket: bound to `--socket-path`, inherited as
+//! `--fd N`, or handed over by systemd socket activation (`LISTEN_FDS`).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use vhost::vhost_user::Listener;
+
+/// Where the listening socket comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSource {
+    /// Bind and listen on this path (`--socket-path`).
+    Path(PathBuf),
+    /// An inherited, already listening socket (`--fd`).
+    Fd(RawFd),
+    /// systemd socket activation: `LISTEN_PID` names us and `LISTEN_FDS`
+    /// counts the sockets starting at fd 3.
+    SystemdActivation,
+}
+
+impl fmt::Display for SocketSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketSource::Path(p) => write!(f, "{}", p.display()),
+            SocketSource::Fd(fd) => write!(f, "fd {fd}"),
+            SocketSource::SystemdActivation => write!(f, "the systemd-activated socket"),
+        }
+    }
+}
+
+/// Errors acquiring the listening socket; each names the path or fd.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Another process listens on the path.
+    #[error("socket path {0} is in use by another process")]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("socket path {0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// Inspecting or removing a stale socket failed.
+    #[error("cannot replace stale socket {path}: {source}")]
+    Stale {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// bind/listen failed.
+    #[error("cannot listen on socket path {path}: {source}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        source: vhost::vhost_user::Error,
+    },
+    /// The fd is not open.
+    #[error("--fd {0}: not an open file descriptor")]
+    FdNotOpen(RawFd),
+    /// The fd is open but not a listening Unix stream socket.
+    #[error("--fd {fd}: not a listening Unix stream socket ({why})")]
+    FdNotListening {
+        /// The fd.
+        fd: RawFd,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Neither option was given and no socket was activated.
+    #[error("no socket: give --socket-path PATH or --fd N, or start under systemd socket activation (LISTEN_FDS)")]
+    NoSocket,
+    /// `LISTEN_FDS`/`LISTEN_PID` could not be parsed.
+    #[error("systemd socket activation: {0}")]
+    Activation(io::Error),
+    /// Socket activation passed more than one socket.
+    #[error("systemd socket activation passed {0} sockets; exactly one is supported")]
+    TooManyActivated(usize),
+}
+
+/// A listening socket ready for [`crate::serve`]. When it was bound from a
+/// path, dropping it removes the socket file.
+pub struct BoundSocket {
+    /// The listener.
+    pub listener: Listener,
+    /// What it was created from (for log lines).
+    pub source: SocketSource,
+}
+
+impl SocketSource {
+    /// Acquires the listening socket.
+    pub fn listen(&self) -> Result<BoundSocket, SocketError> {
+        let listener = match self {
+            SocketSource::Path(path) => bind_path(path)?,
+            SocketSource::Fd(fd) => adopt_fd(*fd, || SocketError::FdNotOpen(*fd))?,
+            SocketSource::SystemdActivation => {
+                let fds: Vec<RawFd> = sd_notify::listen_fds()
+                    .map_err(SocketError::Activation)?
+                    .collect();
+                match fds.as_slice() {
+                    [] => return Err(SocketError::NoSocket),
+                    [fd] => adopt_fd(*fd, || SocketError::NoSocket)?,
+                    more => return Err(SocketError::TooManyActivated(more.len())),
+                }
+            }
+        };
+        Ok(BoundSocket {
+            listener,
+            source: self.clone(),
+        })
+    }
+}
+
+fn bind_path(path: &Path) -> Result<Listener, SocketError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if !meta.file_type().is_socket() {
+                return Err(SocketError::NotASocket(path.to_path_buf()));
+            }
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    log::info!("replacing stale socket {}", path.display());
+                    std::fs::remove_file(path).map_err(|source| SocketError::Stale {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                }
+                Err(source) => {
+                    return Err(SocketError::Stale {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(SocketError::Stale {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+    Listener::new(path, false).map_err(|source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut val: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `val`, an int we own.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut val as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(val)
+    }
+}
+
+/// Checks that `fd` is an open, listening AF_UNIX stream socket and takes
+/// ownership of it.
+fn adopt_fd(fd: RawFd, not_open: impl Fn() -> SocketError) -> Result<Listener, SocketError> {
+    if fd < 0 {
+        return Err(not_open());
+    }
+    // SAFETY: F_GETFD only reads the descriptor flags; an invalid fd gives EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(not_open());
+    }
+    let bad = |why: String| SocketError::FdNotListening { fd, why };
+    let domain = sockopt(fd, libc::SO_DOMAIN).map_err(|e| bad(e.to_string()))?;
+    if domain != libc::AF_UNIX {
+        return Err(bad(format!("address family {domain}, not AF_UNIX")));
+    }
+    let ty = sockopt(fd, libc::SO_TYPE).map_err(|e| bad(e.to_string()))?;
+    if ty != libc::SOCK_STREAM {
+        return Err(bad(format!("socket type {ty}, not SOCK_STREAM")));
+    }
+    if sockopt(fd, libc::SO_ACCEPTCONN).map_err(|e| bad(e.to_string()))? == 0 {
+        return Err(bad("not listening".into()));
+    }
+    // SAFETY: FD_CLOEXEC on a descriptor we checked is open; it only keeps
+    // the socket from leaking into programs we might exec.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: fd is an open listening Unix socket (checked above) that the
+    // process inherited for us to serve; from here the Listener owns it and
+    // nothing else in this process uses the number.
+    Ok(unsafe { Listener::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixListener;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("common-socket-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("s.sock")
+    }
+
+    #[test]
+    fn path_in_use_is_refused_and_left_alone() {
+        let p = tmp("inuse");
+        let _other = UnixListener::bind(&p).unwrap();
+        let err = SocketSource::Path(p.clone()).listen().err().unwrap();
+        assert!(matches!(err, SocketError::InUse(ref q) if q == &p), "{err}");
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_and_removed_on_drop() {
+        let p = tmp("stale");
+        drop(UnixListener::bind(&p).unwrap());
+        assert!(p.exists());
+        let bound = SocketSource::Path(p.clone()).listen().unwrap();
+        UnixStream::connect(&p).unwrap();
+        drop(bound);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn regular_file_is_not_a_socket() {
+        let p = tmp("file");
+        std::fs::write(&p, b"x").unwrap();
+        let err = SocketSource::Path(p.clone()).listen().err().unwrap();
+        assert!(matches!(err, SocketError::NotASocket(_)), "{err}");
+    }
+
+    #[test]
+    fn fd_checks() {
+        let err = SocketSource::Fd(-1).listen().err().unwrap();
+        assert!(matches!(err, SocketError::FdNotOpen(-1)));
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let err = SocketSource::Fd(f.as_raw_fd()).listen().err().unwrap();
+        assert!(matches!(err, SocketError::FdNotListening { .. }), "{err}");
+        let (a, _b) = UnixStream::pair().unwrap();
+        let err = SocketSource::Fd(a.as_raw_fd()).listen().err().unwrap();
+        assert!(err.to_string().contains("not listening"), "{err}");
+
+        let p = tmp("fd");
+        let l = UnixListener::bind(&p).unwrap();
+        let fd = l.into_raw_fd();
+        let bound = SocketSource::Fd(fd).listen().unwrap();
+        UnixStream::connect(&p).unwrap();
+        drop(bound);
+        // An inherited socket's path is not ours to remove.
+        assert!(p.exists());
+    }
+}

@@ -1,0 +1,102 @@
+//! Launchers for the project's own daemons, built into the same `target/`
+//! directory as the test binaries (`scripts/test.sh` runs
+//! `cargo build --workspace --bins` first).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::fixture::{Daemon, FixtureError, Readiness, Result, DEFAULT_READY_TIMEOUT};
+
+/// The path of one of the workspace's binaries (`vhost-blk-daemon`, ...),
+/// next to the running test executable's profile directory
+/// (`target/<profile>/`). A missing binary is an error naming the command
+/// that builds it; a test never skips because of it.
+pub fn project_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test>-<hash> or target/<profile>/<bin>
+    let mut dirs = Vec::new();
+    if let Some(dir) = exe.parent() {
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            if let Some(profile) = dir.parent() {
+                dirs.push(profile.to_path_buf());
+            }
+        }
+        dirs.push(dir.to_path_buf());
+    }
+    for dir in &dirs {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(FixtureError::MissingBinary {
+        name: name.to_string(),
+        looked: format!(
+            "{} (build it with `cargo build --workspace --bins`)",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// Options of [`vhost_blk_daemon`]; each maps to the command-line option of
+/// the same name.
+#[derive(Debug, Clone, Default)]
+pub struct BlkDaemonOpts {
+    /// `--num-queues` (None: the daemon's default, 1).
+    pub num_queues: Option<u16>,
+    /// `--queue-size`.
+    pub queue_size: Option<u16>,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `--direct`.
+    pub direct: bool,
+    /// `--serial`.
+    pub serial: Option<String>,
+    /// `--logical-block-size`.
+    pub logical_block_size: Option<u32>,
+    /// Further arguments, appended as given.
+    pub extra_args: Vec<String>,
+}
+
+/// The `vhost-blk-daemon` command line for `image` on `socket` (not spawned),
+/// for tests that need to add environment or wrap it.
+pub fn vhost_blk_daemon_command(image: &Path, socket: &Path, opts: &BlkDaemonOpts) -> Result<Command> {
+    let mut cmd = Command::new(project_binary("vhost-blk-daemon")?);
+    cmd.arg("--socket-path").arg(socket).arg("--blk-file").arg(image);
+    if let Some(n) = opts.num_queues {
+        cmd.arg("--num-queues").arg(n.to_string());
+    }
+    if let Some(n) = opts.queue_size {
+        cmd.arg("--queue-size").arg(n.to_string());
+    }
+    if opts.read_only {
+        cmd.arg("--read-only");
+    }
+    if opts.direct {
+        cmd.arg("--direct");
+    }
+    if let Some(s) = &opts.serial {
+        cmd.arg("--serial").arg(s);
+    }
+    if let Some(n) = opts.logical_block_size {
+        cmd.arg("--logical-block-size").arg(n.to_string());
+    }
+    cmd.args(&opts.extra_args);
+    Ok(cmd)
+}
+
+/// Spawns our `vhost-blk-daemon` serving `image` on `socket`; ready when the
+/// socket exists (it is bound and listening in one step).
+pub fn vhost_blk_daemon(image: &Path, socket: &Path, opts: &BlkDaemonOpts) -> Result<Daemon> {
+    let cmd = vhost_blk_daemon_command(image, socket, opts)?;
+    Daemon::spawn(
+        "vhost-blk-daemon",
+        cmd,
+        socket,
+        &[Readiness::Path(socket.to_path_buf())],
+        DEFAULT_READY_TIMEOUT,
+    )
+}

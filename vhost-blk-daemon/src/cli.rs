@@ -1,0 +1,107 @@
+//! The command line, in QEMU's vhost-user backend conventions.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use common::cli::VhostUserArgs;
+
+/// Longest `--serial`: the virtio-blk GET_ID answer is 20 bytes.
+pub const SERIAL_MAX: usize = 20;
+/// Most request queues.
+pub const MAX_QUEUES: u16 = 64;
+
+/// vhost-user virtio-blk backend serving a file or block device.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-blk-daemon", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub vhost_user: VhostUserArgs,
+
+    /// The image: a regular file or a block device.
+    #[arg(long, value_name = "PATH", required_unless_present = "print_capabilities")]
+    pub blk_file: Option<PathBuf>,
+
+    /// Export read-only: the file is opened O_RDONLY and writes fail.
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Number of request queues (1 to 64), one worker thread each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUES as i64))]
+    pub num_queues: u16,
+
+    /// Largest queue size the frontend may choose (a power of two, 2 to 32768).
+    #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
+    pub queue_size: u16,
+
+    /// Open the image with O_DIRECT (bypass the host page cache).
+    #[arg(long)]
+    pub direct: bool,
+
+    /// Serial number answered to GET_ID (at most 20 bytes; default: the
+    /// image's file name, truncated).
+    #[arg(long, value_name = "ID", value_parser = parse_serial)]
+    pub serial: Option<String>,
+
+    /// Logical block size the guest sees: 512, 1024, 2048 or 4096.
+    #[arg(long, default_value_t = 512, value_parser = parse_block_size)]
+    pub logical_block_size: u32,
+}
+
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two between 2 and 32768"));
+    }
+    Ok(n as u16)
+}
+
+fn parse_serial(s: &str) -> Result<String, String> {
+    if s.len() > SERIAL_MAX {
+        return Err(format!("{} bytes; at most {SERIAL_MAX} fit in GET_ID", s.len()));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n @ (512 | 1024 | 2048 | 4096)) => Ok(n),
+        _ => Err(format!("{s:?} is not one of 512, 1024, 2048, 4096")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vhost-blk-daemon").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--socket-path", "/s", "--blk-file", "/f"]).unwrap();
+        assert_eq!((c.num_queues, c.queue_size, c.logical_block_size), (1, 1024, 512));
+        assert!(!c.read_only && !c.direct && c.serial.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            &["--blk-file", "/f", "--num-queues", "0"][..],
+            &["--blk-file", "/f", "--num-queues", "65"],
+            &["--blk-file", "/f", "--queue-size", "100"],
+            &["--blk-file", "/f", "--queue-size", "65536"],
+            &["--blk-file", "/f", "--logical-block-size", "1000"],
+            &["--blk-file", "/f", "--serial", "123456789012345678901"],
+            &["--blk-file", "/f", "--socket-path", "/s", "--fd", "3"],
+            &["--socket-path", "/s"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn print_capabilities_needs_nothing_else() {
+        assert!(parse(&["--print-capabilities"]).unwrap().vhost_user.print_capabilities);
+    }
+}

@@ -1,0 +1,460 @@
+//! The image: a regular file or a block device, read and written straight
+//! between the file and guest memory with preadv/pwritev on the request's
+//! own buffers (no bounce copy, except for O_DIRECT buffers the kernel
+//! refuses as misaligned).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Bytes per virtio-blk sector.
+pub const SECTOR: u64 = 512;
+
+/// Most iovecs one preadv/pwritev takes (Linux UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
+
+/// One buffer in guest memory, laid out like `struct iovec`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoVec {
+    /// Host address.
+    pub base: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+const _: () = assert!(std::mem::size_of::<IoVec>() == std::mem::size_of::<libc::iovec>());
+const _: () = assert!(std::mem::align_of::<IoVec>() == std::mem::align_of::<libc::iovec>());
+
+/// Errors opening the image; each names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// stat/open failed.
+    #[error("cannot open --blk-file {path}: {source}")]
+    Open {
+        /// The image path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Neither a regular file nor a block device.
+    #[error("--blk-file {path} is a {kind}, not a regular file or block device")]
+    NotAFile {
+        /// The image path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// Another process holds a conflicting lock (as QEMU's image locking).
+    #[error("--blk-file {path} is locked by another process ({source})")]
+    Locked {
+        /// The image path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// What the image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file: discard punches holes.
+    Regular,
+    /// A block device: discard and zeroing use BLKDISCARD/BLKZEROOUT.
+    Block,
+}
+
+/// The open image.
+#[derive(Debug)]
+pub struct Disk {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    kind: Kind,
+    read_only: bool,
+    direct: bool,
+}
+
+// Linux <linux/fs.h>: _IO(0x12, 119) and _IO(0x12, 127).
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+impl Disk {
+    /// Opens `path` (O_RDONLY with `read_only`, O_DIRECT with `direct`)
+    /// and locks it against other writers, as QEMU does.
+    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Disk, DiskError> {
+        let open_err = |source| DiskError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(open_err)?;
+        let ft = meta.file_type();
+        let kind = if ft.is_file() {
+            Kind::Regular
+        } else if ft.is_block_device() {
+            Kind::Block
+        } else {
+            let kind = if ft.is_dir() {
+                "directory"
+            } else if ft.is_char_device() {
+                "character device"
+            } else if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_socket() {
+                "socket"
+            } else {
+                "special file"
+            };
+            return Err(DiskError::NotAFile {
+                path: path.to_path_buf(),
+                kind,
+            });
+        };
+        let mut flags = libc::O_CLOEXEC;
+        if direct {
+            flags |= libc::O_DIRECT;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(open_err)?;
+        lock(&file, read_only).map_err(|source| DiskError::Locked {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+        Ok(Disk {
+            file,
+            path: path.to_path_buf(),
+            size,
+            kind,
+            read_only,
+            direct,
+        })
+    }
+
+    /// The image path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether it was opened read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Regular file or block device.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Reads `offset..` into the buffers, all of them.
+    pub fn read_vectored(&self, iovs: &mut [IoVec], offset: u64) -> io::Result<()> {
+        self.transfer(iovs, offset, false)
+    }
+
+    /// Writes the buffers at `offset`, all of them.
+    pub fn write_vectored(&self, iovs: &mut [IoVec], offset: u64) -> io::Result<()> {
+        self.transfer(iovs, offset, true)
+    }
+
+    fn transfer(&self, iovs: &mut [IoVec], offset: u64, write: bool) -> io::Result<()> {
+        match rw_all(self.file.as_raw_fd(), iovs, offset, write) {
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                bounce(self.file.as_raw_fd(), iovs, offset, write)
+            }
+            r => r,
+        }
+    }
+
+    /// fdatasync.
+    pub fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Gives `len` bytes at `offset` back: a hole in a file, BLKDISCARD on a
+    /// device. Advisory: where the filesystem cannot, nothing happens.
+    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let r = match self.kind {
+            Kind::Regular => self.fallocate(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ),
+            Kind::Block => self.range_ioctl(BLKDISCARD, offset, len),
+        };
+        match r {
+            Err(e) if is_unsupported(&e) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros; with `unmap` the space
+    /// may be deallocated, without it it stays allocated.
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let r = match (self.kind, unmap) {
+            (Kind::Block, _) => self.range_ioctl(BLKZEROOUT, offset, len),
+            (Kind::Regular, true) => self.fallocate(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ),
+            (Kind::Regular, false) => {
+                match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+                    // tmpfs has no ZERO_RANGE: punch, then allocate again.
+                    Err(e) if is_unsupported(&e) => self
+                        .fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+                        .and_then(|()| self.fallocate(libc::FALLOC_FL_KEEP_SIZE, offset, len)),
+                    r => r,
+                }
+            }
+        };
+        match r {
+            Err(e) if is_unsupported(&e) => self.write_zero_buffers(offset, len),
+            r => r,
+        }
+    }
+
+    fn write_zero_buffers(&self, mut offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: usize = 1 << 20;
+        let buf = AlignedBuf::zeroed(CHUNK.min(len as usize).max(4096))?;
+        let end = offset + len;
+        while offset < end {
+            let n = ((end - offset) as usize).min(buf.len);
+            let mut iov = [IoVec {
+                base: buf.ptr as usize,
+                len: n,
+            }];
+            rw_all(self.file.as_raw_fd(), &mut iov, offset, true)?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: fallocate on our own open file; no memory is passed.
+        let r = unsafe {
+            libc::fallocate(self.file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t)
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn range_ioctl(&self, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
+        let range: [u64; 2] = [offset, len];
+        // SAFETY: BLKDISCARD/BLKZEROOUT read two u64 (start, length) from the
+        // pointer, which points at `range`, alive for the call.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), req as _, range.as_ptr()) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn is_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::ENOSYS))
+}
+
+/// Whole-file OFD lock: shared for read-only, exclusive for read-write.
+fn lock(file: &File, read_only: bool) -> io::Result<()> {
+    // SAFETY: an all-zero flock is a valid value (whole file from offset 0).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if read_only { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads the flock we pass, alive for the call.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// preadv/pwritev until every buffer is done, in chunks of IOV_MAX,
+/// advancing past short transfers.
+fn rw_all(fd: libc::c_int, mut iovs: &mut [IoVec], mut offset: u64, write: bool) -> io::Result<()> {
+    while !iovs.is_empty() {
+        let n = iovs.len().min(IOV_MAX);
+        let ptr = iovs.as_ptr().cast::<libc::iovec>();
+        // SAFETY: IoVec has iovec's layout (asserted above); the buffers are
+        // guest memory that stays mapped while the request is processed (the
+        // worker holds the memory guard), checked in bounds when parsed.
+        let r = unsafe {
+            if write {
+                libc::pwritev(fd, ptr, n as libc::c_int, offset as libc::off_t)
+            } else {
+                libc::preadv(fd, ptr, n as libc::c_int, offset as libc::off_t)
+            }
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "end of image"));
+        }
+        let mut done = r as usize;
+        offset += done as u64;
+        while done > 0 {
+            let first = &mut iovs[0];
+            if done >= first.len {
+                done -= first.len;
+                iovs = &mut iovs[1..];
+            } else {
+                first.base += done;
+                first.len -= done;
+                done = 0;
+            }
+        }
+        while iovs.first().is_some_and(|v| v.len == 0) {
+            iovs = &mut iovs[1..];
+        }
+    }
+    Ok(())
+}
+
+/// A page-aligned heap buffer for O_DIRECT.
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn zeroed(len: usize) -> io::Result<AlignedBuf> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        Ok(AlignedBuf { ptr, len, layout })
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// O_DIRECT with buffers the kernel refuses: go through an aligned copy.
+fn bounce(fd: libc::c_int, iovs: &mut [IoVec], offset: u64, write: bool) -> io::Result<()> {
+    let total: usize = iovs.iter().map(|v| v.len).sum();
+    let buf = AlignedBuf::zeroed(total.next_multiple_of(4096))?;
+    let mut one = [IoVec {
+        base: buf.ptr as usize,
+        len: total,
+    }];
+    if !write {
+        rw_all(fd, &mut one, offset, false)?;
+    }
+    let mut at = 0usize;
+    for v in iovs.iter() {
+        // SAFETY: `buf` holds `total` bytes and `at + v.len <= total`; the
+        // guest buffer was bounds-checked when parsed; the two never overlap
+        // (one is our heap, the other guest memory).
+        unsafe {
+            if write {
+                std::ptr::copy_nonoverlapping(v.base as *const u8, buf.ptr.add(at), v.len);
+            } else {
+                std::ptr::copy_nonoverlapping(buf.ptr.add(at), v.base as *mut u8, v.len);
+            }
+        }
+        at += v.len;
+    }
+    if write {
+        rw_all(fd, &mut one, offset, true)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn image(name: &str, len: usize) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("vbd-disk-{}-{name}", std::process::id()));
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&(0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+        p
+    }
+
+    #[test]
+    fn vectored_read_and_write_cross_buffers() {
+        let p = image("rw", 8192);
+        let d = Disk::open(&p, false, false).unwrap();
+        assert_eq!(d.size(), 8192);
+        let mut a = vec![0u8; 100];
+        let mut b = vec![0u8; 412];
+        let mut iovs = [
+            IoVec { base: a.as_mut_ptr() as usize, len: a.len() },
+            IoVec { base: b.as_mut_ptr() as usize, len: b.len() },
+        ];
+        d.read_vectored(&mut iovs, 512).unwrap();
+        assert_eq!(a[0], (512 % 251) as u8);
+        assert_eq!(b[0], (612 % 251) as u8);
+        let w = vec![7u8; 512];
+        let mut iovs = [IoVec { base: w.as_ptr() as usize, len: 512 }];
+        d.write_vectored(&mut iovs, 1024).unwrap();
+        let on_disk = std::fs::read(&p).unwrap();
+        assert!(on_disk[1024..1536].iter().all(|&x| x == 7));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn read_past_end_is_an_error() {
+        let p = image("eof", 512);
+        let d = Disk::open(&p, true, false).unwrap();
+        let mut a = vec![0u8; 1024];
+        let mut iovs = [IoVec { base: a.as_mut_ptr() as usize, len: a.len() }];
+        assert!(d.read_vectored(&mut iovs, 0).is_err());
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn zeroing_and_discard_read_back_zeros() {
+        let p = image("zero", 16384);
+        let d = Disk::open(&p, false, false).unwrap();
+        d.write_zeroes(4096, 4096, false).unwrap();
+        d.write_zeroes(8192, 1024, true).unwrap();
+        d.discard(12288, 4096).unwrap();
+        let on_disk = std::fs::read(&p).unwrap();
+        assert_eq!(on_disk.len(), 16384);
+        assert!(on_disk[4096..9216].iter().all(|&x| x == 0));
+        assert!(on_disk[12288..].iter().all(|&x| x == 0));
+        assert_ne!(on_disk[9216..12288].iter().filter(|&&x| x != 0).count(), 0);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn second_writer_is_refused_and_directories_are_not_images() {
+        let p = image("lock", 512);
+        let _d = Disk::open(&p, false, false).unwrap();
+        let err = Disk::open(&p, false, false).unwrap_err();
+        assert!(matches!(err, DiskError::Locked { .. }), "{err}");
+        let err = Disk::open(&std::env::temp_dir(), true, false).unwrap_err();
+        assert!(err.to_string().contains("directory"), "{err}");
+        std::fs::remove_file(p).unwrap();
+    }
+}
