@@ -8,4 +8,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --quiet --release --locked -p tests --bin vu-demo -- "$@"
+cargo build --quiet --release --locked --workspace --bins
+exec target/release/vu-demo "$@"

@@ -18,7 +18,9 @@ use std::time::Duration;
 use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::signals::Shutdown;
 use crate::socket::BoundSocket;
@@ -30,9 +32,7 @@ pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 pub type Vring = VringRwLock<GuestMem>;
 
 /// A backend instance serving one connection.
-pub trait Connection:
-    VhostUserBackend<Bitmap = (), Vring = Vring> + Send + Sync + 'static
-{
+pub trait Connection: VhostUserBackend<Bitmap = (), Vring = Vring> + Send + Sync + 'static {
     /// Stops taking new requests from the rings and returns once the
     /// requests already taken are complete (see [`Gate`]).
     fn quiesce(&self);
@@ -127,7 +127,12 @@ impl ExitEvents {
 
 impl Drop for ExitEvents {
     fn drop(&mut self) {
-        for fd in self.consumers.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for fd in self
+            .consumers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             // SAFETY: `fd` is a consumer end that vhost-user-backend took with
             // into_raw_fd() and never closes (see the type's doc); the
             // instance owning it is being dropped, so no epoll or thread uses
@@ -179,7 +184,9 @@ fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
     matches!(
         e,
         vhost_user_backend::Error::HandleRequest(
-            VhostUserError::Disconnected | VhostUserError::PartialMessage | VhostUserError::SocketBroken(_)
+            VhostUserError::Disconnected
+                | VhostUserError::PartialMessage
+                | VhostUserError::SocketBroken(_)
         )
     )
 }
@@ -204,10 +211,13 @@ where
         socket: where_.clone(),
         source,
     };
-    socket.listener.set_nonblocking(false).map_err(|e| ServeError::Io {
-        socket: where_.clone(),
-        source: io::Error::other(e),
-    })?;
+    socket
+        .listener
+        .set_nonblocking(false)
+        .map_err(|e| ServeError::Io {
+            socket: where_.clone(),
+            source: io::Error::other(e),
+        })?;
     let mut watchdog = Watchdog::from_env();
     log::info!("listening on {where_}");
     systemd::notify_ready(&format!("listening on {where_}"));
@@ -229,8 +239,8 @@ where
             socket: where_.clone(),
             cause,
         };
-        let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), mem)
-            .map_err(daemon_err)?;
+        let mut daemon =
+            VhostUserDaemon::new(name.to_string(), backend.clone(), mem).map_err(daemon_err)?;
         // `start` accepts (blocking: poll said a connection is pending).
         daemon.start(&mut socket.listener).map_err(daemon_err)?;
         connections += 1;
@@ -314,10 +324,17 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (c, _d) = UnixStream::pair().unwrap();
         assert_eq!(
-            wait_readable(&[a.as_raw_fd(), c.as_raw_fd()], Some(Duration::from_millis(10))).unwrap(),
+            wait_readable(
+                &[a.as_raw_fd(), c.as_raw_fd()],
+                Some(Duration::from_millis(10))
+            )
+            .unwrap(),
             None
         );
         drop(b);
-        assert_eq!(wait_readable(&[c.as_raw_fd(), a.as_raw_fd()], None).unwrap(), Some(1));
+        assert_eq!(
+            wait_readable(&[c.as_raw_fd(), a.as_raw_fd()], None).unwrap(),
+            Some(1)
+        );
     }
 }

@@ -101,6 +101,9 @@ mod tests {
         assert_eq!(w.timeout(), Some(Duration::ZERO));
         w.tick();
         let t = w.timeout().unwrap();
-        assert!(t > Duration::from_millis(30) && t <= Duration::from_millis(50), "{t:?}");
+        assert!(
+            t > Duration::from_millis(30) && t <= Duration::from_millis(50),
+            "{t:?}"
+        );
     }
 }

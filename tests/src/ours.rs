@@ -63,9 +63,16 @@ pub struct BlkDaemonOpts {
 
 /// The `vhost-blk-daemon` command line for `image` on `socket` (not spawned),
 /// for tests that need to add environment or wrap it.
-pub fn vhost_blk_daemon_command(image: &Path, socket: &Path, opts: &BlkDaemonOpts) -> Result<Command> {
+pub fn vhost_blk_daemon_command(
+    image: &Path,
+    socket: &Path,
+    opts: &BlkDaemonOpts,
+) -> Result<Command> {
     let mut cmd = Command::new(project_binary("vhost-blk-daemon")?);
-    cmd.arg("--socket-path").arg(socket).arg("--blk-file").arg(image);
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--blk-file")
+        .arg(image);
     if let Some(n) = opts.num_queues {
         cmd.arg("--num-queues").arg(n.to_string());
     }

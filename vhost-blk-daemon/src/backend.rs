@@ -81,7 +81,9 @@ impl BlkConnection {
         let mut used = false;
         loop {
             if event_idx {
-                queue.disable_notification(mem.deref()).map_err(io::Error::other)?;
+                queue
+                    .disable_notification(mem.deref())
+                    .map_err(io::Error::other)?;
             }
             // An avail index more than a queue ahead is a broken driver; stop
             // serving this queue (until the frontend sets it up again).
@@ -117,7 +119,9 @@ impl BlkConnection {
                     }
                     Err(why) => {
                         if let Some(n) = self.device.malformed.hit() {
-                            log::warn!("queue {q} head {head}: malformed request dropped: {why} (#{n})");
+                            log::warn!(
+                                "queue {q} head {head}: malformed request dropped: {why} (#{n})"
+                            );
                         }
                         0
                     }
@@ -127,11 +131,19 @@ impl BlkConnection {
                     .map_err(io::Error::other)?;
                 used = true;
             }
-            if !event_idx || !queue.enable_notification(mem.deref()).map_err(io::Error::other)? {
+            if !event_idx
+                || !queue
+                    .enable_notification(mem.deref())
+                    .map_err(io::Error::other)?
+            {
                 break;
             }
         }
-        if used && queue.needs_notification(mem.deref()).map_err(io::Error::other)? {
+        if used
+            && queue
+                .needs_notification(mem.deref())
+                .map_err(io::Error::other)?
+        {
             state.signal_used_queue()?;
         }
         Ok(())

@@ -18,7 +18,11 @@ pub struct Cli {
     pub vhost_user: VhostUserArgs,
 
     /// The image: a regular file or a block device.
-    #[arg(long, value_name = "PATH", required_unless_present = "print_capabilities")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "print_capabilities"
+    )]
     pub blk_file: Option<PathBuf>,
 
     /// Export read-only: the file is opened O_RDONLY and writes fail.
@@ -57,7 +61,10 @@ fn parse_queue_size(s: &str) -> Result<u16, String> {
 
 fn parse_serial(s: &str) -> Result<String, String> {
     if s.len() > SERIAL_MAX {
-        return Err(format!("{} bytes; at most {SERIAL_MAX} fit in GET_ID", s.len()));
+        return Err(format!(
+            "{} bytes; at most {SERIAL_MAX} fit in GET_ID",
+            s.len()
+        ));
     }
     Ok(s.to_string())
 }
@@ -80,7 +87,10 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&["--socket-path", "/s", "--blk-file", "/f"]).unwrap();
-        assert_eq!((c.num_queues, c.queue_size, c.logical_block_size), (1, 1024, 512));
+        assert_eq!(
+            (c.num_queues, c.queue_size, c.logical_block_size),
+            (1, 1024, 512)
+        );
         assert!(!c.read_only && !c.direct && c.serial.is_none());
     }
 
@@ -102,6 +112,11 @@ mod tests {
 
     #[test]
     fn print_capabilities_needs_nothing_else() {
-        assert!(parse(&["--print-capabilities"]).unwrap().vhost_user.print_capabilities);
+        assert!(
+            parse(&["--print-capabilities"])
+                .unwrap()
+                .vhost_user
+                .print_capabilities
+        );
     }
 }

@@ -36,7 +36,13 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     /// Builds the description of an image of `size` bytes.
-    pub fn new(size: u64, blk_size: u32, num_queues: u16, queue_size: u16, read_only: bool) -> Self {
+    pub fn new(
+        size: u64,
+        blk_size: u32,
+        num_queues: u16,
+        queue_size: u16,
+        read_only: bool,
+    ) -> Self {
         let capacity = size / u64::from(blk_size) * u64::from(blk_size) / SECTOR;
         DeviceConfig {
             capacity,
@@ -68,17 +74,25 @@ impl DeviceConfig {
 
     /// vhost-user protocol features offered.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
     }
 
     /// The little-endian configuration space.
     pub fn bytes(&self) -> [u8; CONFIG_LEN] {
         let mut b = [0u8; CONFIG_LEN];
-        let put32 = |b: &mut [u8; CONFIG_LEN], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let put32 = |b: &mut [u8; CONFIG_LEN], at: usize, v: u32| {
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes())
+        };
         b[0..8].copy_from_slice(&self.capacity.to_le_bytes());
         // size_max (8) unused: SIZE_MAX is not offered.
-        put32(&mut b, 12, u32::from(self.queue_size).saturating_sub(2).max(1)); // seg_max
-        // geometry (16..20) unused.
+        put32(
+            &mut b,
+            12,
+            u32::from(self.queue_size).saturating_sub(2).max(1),
+        ); // seg_max
+           // geometry (16..20) unused.
         put32(&mut b, 20, self.blk_size);
         b[24] = 0; // physical_block_exp
         b[25] = 0; // alignment_offset

@@ -209,10 +209,18 @@ impl Disk {
                 len,
             ),
             (Kind::Regular, false) => {
-                match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+                match self.fallocate(
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset,
+                    len,
+                ) {
                     // tmpfs has no ZERO_RANGE: punch, then allocate again.
                     Err(e) if is_unsupported(&e) => self
-                        .fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+                        .fallocate(
+                            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                            offset,
+                            len,
+                        )
                         .and_then(|()| self.fallocate(libc::FALLOC_FL_KEEP_SIZE, offset, len)),
                     r => r,
                 }
@@ -243,7 +251,12 @@ impl Disk {
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
         // SAFETY: fallocate on our own open file; no memory is passed.
         let r = unsafe {
-            libc::fallocate(self.file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t)
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
         };
         if r < 0 {
             Err(io::Error::last_os_error())
@@ -266,14 +279,21 @@ impl Disk {
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::ENOSYS))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::ENOSYS)
+    )
 }
 
 /// Whole-file OFD lock: shared for read-only, exclusive for read-write.
 fn lock(file: &File, read_only: bool) -> io::Result<()> {
     // SAFETY: an all-zero flock is a valid value (whole file from offset 0).
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = if read_only { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
+    fl.l_type = if read_only {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    } as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     // SAFETY: F_OFD_SETLK reads the flock we pass, alive for the call.
     let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
@@ -396,7 +416,8 @@ mod tests {
     fn image(name: &str, len: usize) -> PathBuf {
         let p = std::env::temp_dir().join(format!("vbd-disk-{}-{name}", std::process::id()));
         let mut f = File::create(&p).unwrap();
-        f.write_all(&(0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+        f.write_all(&(0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+            .unwrap();
         p
     }
 
@@ -408,14 +429,23 @@ mod tests {
         let mut a = vec![0u8; 100];
         let mut b = vec![0u8; 412];
         let mut iovs = [
-            IoVec { base: a.as_mut_ptr() as usize, len: a.len() },
-            IoVec { base: b.as_mut_ptr() as usize, len: b.len() },
+            IoVec {
+                base: a.as_mut_ptr() as usize,
+                len: a.len(),
+            },
+            IoVec {
+                base: b.as_mut_ptr() as usize,
+                len: b.len(),
+            },
         ];
         d.read_vectored(&mut iovs, 512).unwrap();
         assert_eq!(a[0], (512 % 251) as u8);
         assert_eq!(b[0], (612 % 251) as u8);
         let w = vec![7u8; 512];
-        let mut iovs = [IoVec { base: w.as_ptr() as usize, len: 512 }];
+        let mut iovs = [IoVec {
+            base: w.as_ptr() as usize,
+            len: 512,
+        }];
         d.write_vectored(&mut iovs, 1024).unwrap();
         let on_disk = std::fs::read(&p).unwrap();
         assert!(on_disk[1024..1536].iter().all(|&x| x == 7));
@@ -427,7 +457,10 @@ mod tests {
         let p = image("eof", 512);
         let d = Disk::open(&p, true, false).unwrap();
         let mut a = vec![0u8; 1024];
-        let mut iovs = [IoVec { base: a.as_mut_ptr() as usize, len: a.len() }];
+        let mut iovs = [IoVec {
+            base: a.as_mut_ptr() as usize,
+            len: a.len(),
+        }];
         assert!(d.read_vectored(&mut iovs, 0).is_err());
         std::fs::remove_file(p).unwrap();
     }

@@ -77,13 +77,20 @@ fn run(cli: Cli) -> Result<(), String> {
         malformed: RateLimited::default(),
         io_errors: RateLimited::default(),
     });
-    let mut socket = cli.vhost_user.socket_source().listen().map_err(|e| e.to_string())?;
+    let mut socket = cli
+        .vhost_user
+        .socket_source()
+        .listen()
+        .map_err(|e| e.to_string())?;
     common::serve::serve(NAME, &mut socket, &shutdown, || {
         Ok::<_, std::convert::Infallible>(Arc::new(BlkConnection::new(device.clone())))
     })
     .map_err(|e| e.to_string())?;
     if let Err(e) = device.disk.flush() {
-        log::error!("flushing {} on exit failed: {e}", device.disk.path().display());
+        log::error!(
+            "flushing {} on exit failed: {e}",
+            device.disk.path().display()
+        );
     }
     drop(socket); // removes the socket file we created
     log::info!(

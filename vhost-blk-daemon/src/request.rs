@@ -157,7 +157,12 @@ where
     Ok(done)
 }
 
-fn push_slices<M: GuestMemory + ?Sized>(mem: &M, addr: GuestAddress, len: u32, out: &mut Vec<IoVec>) -> Result<(), Malformed> {
+fn push_slices<M: GuestMemory + ?Sized>(
+    mem: &M,
+    addr: GuestAddress,
+    len: u32,
+    out: &mut Vec<IoVec>,
+) -> Result<(), Malformed> {
     let outside = Malformed::OutsideMemory { addr: addr.0, len };
     let mut covered = 0usize;
     for slice in mem.get_slices(addr, len as usize) {
@@ -339,7 +344,9 @@ fn discard_or_zero(discard: bool, t: &Target<'_>, s: &Scratch) -> Done {
         if flags & !FLAG_UNMAP != 0 || (discard && flags & FLAG_UNMAP != 0) {
             return done(status::UNSUPP);
         }
-        if num > MAX_DISCARD_SECTORS || in_range(t.config, sector, u64::from(num) * SECTOR).is_none() {
+        if num > MAX_DISCARD_SECTORS
+            || in_range(t.config, sector, u64::from(num) * SECTOR).is_none()
+        {
             return done(status::IOERR);
         }
     }

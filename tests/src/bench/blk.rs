@@ -142,6 +142,52 @@ impl BlkWorkload {
     }
 }
 
+/// CPU seconds the calling thread has used (user + system).
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into `ru`, which we own.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The ceiling a block backend is compared with: one thread calling
+/// pread(2) on the image itself, same block size and offsets as `w`'s
+/// reads, no virtqueue in between. CPU is this thread's own.
+pub fn pread_baseline(
+    image: &std::path::Path,
+    w: &BlkWorkload,
+    duration: Duration,
+    seed: u64,
+) -> std::io::Result<Sample> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(image)?;
+    let capacity = file.metadata()?.len();
+    let blocks = (capacity / u64::from(w.bs)).max(1);
+    let mut rng = Rng::new(seed);
+    let mut buf = vec![0u8; w.bs as usize];
+    let mut sample = Sample::default();
+    let mut next_seq = 0u64;
+    let cpu0 = thread_cpu_seconds();
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    while Instant::now() < end {
+        let block = if w.random {
+            rng.below(blocks)
+        } else {
+            next_seq += 1;
+            (next_seq - 1) % blocks
+        };
+        let started = Instant::now();
+        file.read_exact_at(&mut buf, block * u64::from(w.bs))?;
+        sample.record(started, u64::from(w.bs));
+    }
+    sample.elapsed = t0.elapsed();
+    sample.cpu_s = Some(thread_cpu_seconds() - cpu0);
+    Ok(sample)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

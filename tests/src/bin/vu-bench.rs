@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! vu-bench --start-references                  # qemu-storage-daemon + QEMU's C virtiofsd
+//! vu-bench --start-references --start-ours --pread-baseline --workloads blk-randread-4k-qd32
 //! vu-bench --blk ours=/run/blk.sock,pid=1234 --blk qsd=/tmp/qsd.sock,pid=99
 //! ```
 
@@ -17,6 +18,7 @@ use vu_driver::fixture::{Daemon, QsdOpts};
 use vu_driver::fs::{FsClient, FsOptions};
 use vu_driver::net::testpmd::{TestPmd, TestPmdOptions};
 use vu_driver::net::NetClient;
+use vu_driver::ours::{self, BlkDaemonOpts};
 
 /// Benchmark vhost-user backends side by side.
 #[derive(Parser, Debug)]
@@ -37,7 +39,19 @@ struct Args {
     /// and DPDK's testpmd in macswap mode (net), with image and share in --scratch-dir.
     #[arg(long)]
     start_references: bool,
-    /// Where --start-references puts images and shares (tmpfs by default).
+    /// Also start our own daemons (built next to vu-bench: `cargo build
+    /// --release --workspace --bins`), each on its own copy of the same
+    /// filled image, after the references.
+    #[arg(long)]
+    start_ours: bool,
+    /// Add a row per block read workload: one thread calling pread(2) on the
+    /// image our daemon serves (needs --start-ours), the ceiling to compare with.
+    #[arg(long, requires = "start_ours")]
+    pread_baseline: bool,
+    /// Arguments added to our daemons' command lines (e.g. "--num-queues 2").
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+    ours_args: Vec<String>,
+    /// Where --start-references and --start-ours put images and shares (tmpfs by default).
     #[arg(long, default_value = "/dev/shm")]
     scratch_dir: PathBuf,
     /// Size of the disk image --start-references creates, in MiB.
@@ -191,8 +205,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    fn new(base: &std::path::Path) -> std::io::Result<Self> {
-        let p = base.join(format!("vu-bench.{}", std::process::id()));
+    fn new(base: &std::path::Path, tag: &str) -> std::io::Result<Self> {
+        let p = base.join(format!("vu-bench.{}.{tag}", std::process::id()));
         std::fs::create_dir(&p)?;
         Ok(ScratchDir(p))
     }
@@ -220,7 +234,7 @@ fn start_references(
     fs: &mut Vec<Spec>,
     net: &mut Vec<Spec>,
 ) -> Result<References, String> {
-    let dir = ScratchDir::new(&args.scratch_dir)
+    let dir = ScratchDir::new(&args.scratch_dir, "references")
         .map_err(|e| format!("scratch dir in {}: {e}", args.scratch_dir.display()))?;
     let image = dir.join("qsd.img");
     fill_image(&image, args.image_mib << 20).map_err(|e| format!("{}: {e}", image.display()))?;
@@ -273,6 +287,63 @@ fn fill_image(path: &std::path::Path, size: u64) -> std::io::Result<()> {
         f.write_all(&buf)?;
     }
     f.flush()
+}
+
+/// Our daemons, started by --start-ours.
+struct Ours {
+    _daemons: Vec<Daemon>,
+    blk_image: PathBuf,
+    _dir: ScratchDir,
+}
+
+fn start_ours(args: &Args, blk: &mut Vec<Spec>) -> Result<Ours, String> {
+    let dir = ScratchDir::new(&args.scratch_dir, "ours")
+        .map_err(|e| format!("scratch dir in {}: {e}", args.scratch_dir.display()))?;
+    let image = dir.join("ours.img");
+    fill_image(&image, args.image_mib << 20).map_err(|e| format!("{}: {e}", image.display()))?;
+    let opts = BlkDaemonOpts {
+        extra_args: args
+            .ours_args
+            .iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect(),
+        ..BlkDaemonOpts::default()
+    };
+    let d =
+        ours::vhost_blk_daemon(&image, &dir.join("ours-blk.sock"), &opts).map_err(|e| chain(&e))?;
+    blk.push(Spec {
+        name: "vhost-blk-daemon".into(),
+        socket: d.socket().to_owned(),
+        pid: Some(d.pid()),
+        dir: None,
+    });
+    Ok(Ours {
+        _daemons: vec![d],
+        blk_image: image,
+        _dir: dir,
+    })
+}
+
+/// Rows for --pread-baseline: each selected block read workload, as one
+/// thread of pread(2) on `image`.
+fn run_pread_baseline(
+    args: &Args,
+    image: &std::path::Path,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let duration = Duration::from_secs_f64(args.duration);
+    for w in selected(args, &bench::blk::STANDARD, |w| w.name) {
+        if w.dir != bench::blk::Dir::Read {
+            continue;
+        }
+        let samples = (0..args.reps)
+            .map(|rep| bench::blk::pread_baseline(image, &w, duration, u64::from(rep) + 1))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("pread baseline on {}: {e}", image.display()))?;
+        rows.push(Row::from_samples(w.name, "pread-1-thread", &samples, None));
+    }
+    Ok(())
 }
 
 fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String> {
@@ -345,11 +416,32 @@ fn run(args: Args) -> Result<(), String> {
     } else {
         None
     };
+    let ours = if args.start_ours {
+        Some(start_ours(&args, &mut blk)?)
+    } else {
+        None
+    };
     if blk.is_empty() && fs.is_empty() && net.is_empty() {
-        return Err("no backend given: use --blk, --fs, --net or --start-references".into());
+        return Err(
+            "no backend given: use --blk, --fs, --net, --start-references or --start-ours".into(),
+        );
     }
     let mut rows = Vec::new();
     run_blk(&args, &blk, &mut rows)?;
+    if let (true, Some(o)) = (args.pread_baseline, &ours) {
+        run_pread_baseline(&args, &o.blk_image, &mut rows)?;
+        // Keep each workload's rows together in the table.
+        let order: Vec<String> =
+            rows.iter()
+                .map(|r| r.workload.clone())
+                .fold(Vec::new(), |mut v, w| {
+                    if !v.contains(&w) {
+                        v.push(w);
+                    }
+                    v
+                });
+        rows.sort_by_key(|r| order.iter().position(|w| *w == r.workload));
+    }
     run_fs(&args, &fs, &mut rows)?;
     run_net(&args, &net, &mut rows)?;
     print!("{}", bench::table(&rows));

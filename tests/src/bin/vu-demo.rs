@@ -4,9 +4,11 @@
 //! drives them with the userspace driver (no VM), then boots a Linux guest
 //! on the same backends and prints what the guest did with each device.
 //!
-//! Until our own daemons and VMM exist (issues #3-#6), the backends are the
-//! references (qemu-storage-daemon, QEMU's C virtiofsd) and the VM is Debian's
-//! kernel under `qemu-system-x86_64 -accel tcg`; the demo says so as it runs.
+//! The disk is served by our `vhost-blk-daemon` (one process for the driver
+//! and then the VM: it serves again after a frontend leaves). Until our
+//! virtiofsd and VMM exist (issues #4, #6), the share is served by QEMU's C
+//! virtiofsd and the VM is Debian's kernel under `qemu-system-x86_64 -accel
+//! tcg`; the demo says so as it runs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,9 +16,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use vu_driver::blk::{BlkClient, BlkOptions};
-use vu_driver::fixture::{create_sparse_image, Daemon, QsdOpts, TempDir};
+use vu_driver::fixture::{create_sparse_image, Daemon, TempDir};
 use vu_driver::fs::{FsClient, FsOptions};
 use vu_driver::guest::{QemuGuest, ScriptTransport};
+use vu_driver::ours::{self, BlkDaemonOpts};
 
 /// Run a VM with a virtio-fs share and a virtio-blk disk, each served by its
 /// own vhost-user backend process.
@@ -57,10 +60,10 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
-fn driver_phase(share: &Path, image: &Path, qsd: &Daemon, tag: &str) -> Result<(), String> {
+fn driver_phase(share: &Path, image: &Path, blkd: &Daemon, tag: &str) -> Result<(), String> {
     println!("== userspace driver (no VM)");
     let mut blk =
-        BlkClient::connect(qsd.socket(), &BlkOptions::default()).map_err(err("blk connect"))?;
+        BlkClient::connect(blkd.socket(), &BlkOptions::default()).map_err(err("blk connect"))?;
     let cfg = blk.config().map_err(err("blk config"))?;
     let data = pattern(64 * 1024);
     blk.write(DRIVER_SECTOR, &data).map_err(err("blk write"))?;
@@ -121,7 +124,7 @@ fn driver_phase(share: &Path, image: &Path, qsd: &Daemon, tag: &str) -> Result<(
     Ok(())
 }
 
-fn vm_phase(share: &Path, qsd: &Daemon, tag: &str) -> Result<(), String> {
+fn vm_phase(share: &Path, blkd: &Daemon, tag: &str) -> Result<(), String> {
     println!("== VM");
     println!(
         "vmm: our VMM is not built yet (issue #6); Debian's kernel boots under QEMU TCG instead, \
@@ -149,7 +152,7 @@ vutest-kv disk_write_readback ok
     let out = QemuGuest::locate()
         .map_err(err("guest kit"))?
         .fs(&sock, tag)
-        .blk(qsd.socket())
+        .blk(blkd.socket())
         .memory_mib(512)
         .script(&script)
         .script_transport(ScriptTransport::Cmdline)
@@ -219,17 +222,17 @@ fn run(args: Args) -> Result<(), String> {
         image.display(),
         args.disk_mib
     );
-    let qsd = Daemon::qemu_storage_daemon_blk(&image, &dir.join("blk.sock"), &QsdOpts::default())
-        .map_err(err("start qemu-storage-daemon"))?;
+    let blkd = ours::vhost_blk_daemon(&image, &dir.join("blk.sock"), &BlkDaemonOpts::default())
+        .map_err(err("start vhost-blk-daemon"))?;
     println!(
-        "blk backend: qemu-storage-daemon pid {} on {} (our vhost-blk-daemon is issue #3)",
-        qsd.pid(),
-        qsd.socket().display()
+        "blk backend: vhost-blk-daemon pid {} on {} (serves the driver, then the VM)",
+        blkd.pid(),
+        blkd.socket().display()
     );
     println!("fs backend:  QEMU's C virtiofsd, one per connection (our virtiofsd is issue #4)");
-    driver_phase(&share, &image, &qsd, &args.tag)?;
+    driver_phase(&share, &image, &blkd, &args.tag)?;
     if !args.no_vm {
-        vm_phase(&share, &qsd, &args.tag)?;
+        vm_phase(&share, &blkd, &args.tag)?;
     }
     println!("== done: every device answered through its own backend process");
     Ok(())
