@@ -5,7 +5,7 @@
 #      QEMU's C virtiofsd, busybox-static, fio, ...), only if some are missing;
 #   2. add the `x86_64-unknown-none` Rust target (a failure is only a warning);
 #   3. fetch Debian's stable kernel package and unpack it into the guest kit;
-#   4. build the guest initramfs (busybox, virtio/fuse modules, tests/guest/init).
+#   4. build the guest initramfs (busybox, virtio/fuse/ext4 modules, tests/guest/init).
 #
 # Output: target/guest-kit/{vmlinuz,initrd.gz,kernel-version}
 # (override the directory with VUTEST_KIT_DIR). Work already done is skipped:
@@ -26,9 +26,12 @@ PACKAGES=(
     fio e2fsprogs iproute2 systemd gzip dpdk-dev
 )
 # Loaded by the guest's init in this order (insmod, no modprobe needed).
+# ext4 (which also mounts ext2) needs crc16, mbcache and jbd2 (modinfo
+# depends) and soft-depends on crc32c (metadata checksums).
 MODULES=(
     virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
     failover net_failover virtio_net virtio_blk fuse virtiofs
+    crc16 mbcache jbd2 crc32c_generic ext4
 )
 
 SUMMARY=()

@@ -195,9 +195,18 @@ pub enum ScriptTransport {
 
 #[derive(Debug, Clone)]
 enum Device {
-    Fs { socket: PathBuf, tag: String },
-    Blk { socket: PathBuf },
-    Net { socket: PathBuf, mac: String },
+    Fs {
+        socket: PathBuf,
+        tag: String,
+    },
+    Blk {
+        socket: PathBuf,
+        num_queues: Option<u16>,
+    },
+    Net {
+        socket: PathBuf,
+        mac: String,
+    },
 }
 
 /// Builder and runner of one guest boot.
@@ -257,10 +266,23 @@ impl QemuGuest {
     }
 
     /// Adds a vhost-user-blk-pci device on `socket` (repeatable; the first is
-    /// `/dev/vda`, the next `/dev/vdb`, ...).
+    /// `/dev/vda`, the next `/dev/vdb`, ...). QEMU picks its number of
+    /// request queues (one per vCPU, capped by the backend).
     pub fn blk(mut self, socket: impl AsRef<Path>) -> Self {
         self.devices.push(Device::Blk {
             socket: socket.as_ref().to_path_buf(),
+            num_queues: None,
+        });
+        self
+    }
+
+    /// Like [`Self::blk`] with `num-queues=N` on the device. The guest's
+    /// virtio_blk uses at most one queue per vCPU, so give it
+    /// [`Self::cpus`] >= N to see N hardware queues.
+    pub fn blk_queues(mut self, socket: impl AsRef<Path>, num_queues: u16) -> Self {
+        self.devices.push(Device::Blk {
+            socket: socket.as_ref().to_path_buf(),
+            num_queues: Some(num_queues),
         });
         self
     }
@@ -446,9 +468,9 @@ impl QemuGuest {
         ]);
         for (i, dev) in self.devices.iter().enumerate() {
             let socket = match dev {
-                Device::Fs { socket, .. } | Device::Blk { socket } | Device::Net { socket, .. } => {
-                    socket
-                }
+                Device::Fs { socket, .. }
+                | Device::Blk { socket, .. }
+                | Device::Net { socket, .. } => socket,
             };
             a.push("-chardev".into());
             a.push(format!(
@@ -460,9 +482,12 @@ impl QemuGuest {
                     "-device".to_string(),
                     format!("vhost-user-fs-pci,chardev=vu{i},tag={tag}"),
                 ]),
-                Device::Blk { .. } => a.extend([
+                Device::Blk { num_queues, .. } => a.extend([
                     "-device".to_string(),
-                    format!("vhost-user-blk-pci,chardev=vu{i}"),
+                    match num_queues {
+                        Some(n) => format!("vhost-user-blk-pci,chardev=vu{i},num-queues={n}"),
+                        None => format!("vhost-user-blk-pci,chardev=vu{i}"),
+                    },
                 ]),
                 Device::Net { mac, .. } => a.extend([
                     "-netdev".to_string(),
@@ -662,8 +687,10 @@ mod tests {
         let g = QemuGuest::with_kit(fake_kit())
             .net_vhost_user("/s/n0")
             .blk("/s/b,0")
-            .net_vhost_user("/s/n1");
+            .net_vhost_user("/s/n1")
+            .blk_queues("/s/mq", 2);
         let args = g.qemu_command_args("console=ttyS0", None).join(" ");
+        assert!(args.contains("vhost-user-blk-pci,chardev=vu3,num-queues=2"));
         assert!(args.contains("virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,vectors=0"));
         assert!(args.contains("virtio-net-pci,netdev=net2,mac=52:54:00:12:34:57,vectors=0"));
         assert!(args.contains("socket,id=vu1,path=/s/b,,0"));

@@ -43,6 +43,7 @@ pub struct BlkConnection {
     mem: RwLock<Option<GuestMem>>,
     event_idx: AtomicBool,
     scratch: Vec<Mutex<Scratch>>,
+    /// Per queue: a broken avail index was seen (and logged).
     broken: Vec<AtomicBool>,
     gate: Gate,
     exit_events: ExitEvents,
@@ -85,8 +86,8 @@ impl BlkConnection {
                     .disable_notification(mem.deref())
                     .map_err(io::Error::other)?;
             }
-            // An avail index more than a queue ahead is a broken driver; stop
-            // serving this queue (until the frontend sets it up again).
+            // An avail index more than a queue ahead is a broken driver: leave
+            // the ring alone (logged once) until the frontend sets it up again.
             let avail = queue
                 .avail_idx(mem.deref(), Ordering::Acquire)
                 .map_err(io::Error::other)?;
@@ -102,6 +103,7 @@ impl BlkConnection {
                 }
                 return Ok(());
             }
+            self.broken[q].store(false, Ordering::Relaxed);
             while let Some(chain) = queue.pop_descriptor_chain(mem.deref()) {
                 let head = chain.head_index();
                 let used_len = match request::process(chain, mem.deref(), &target, &mut scratch) {
@@ -190,12 +192,6 @@ impl VhostUserBackend for BlkConnection {
         ))
     }
 
-    fn reset_device(&self) {
-        for b in &self.broken {
-            b.store(false, Ordering::Relaxed);
-        }
-    }
-
     fn queues_per_thread(&self) -> Vec<u64> {
         (0..self.num_queues()).map(|q| 1u64 << q).collect()
     }
@@ -218,9 +214,6 @@ impl VhostUserBackend for BlkConnection {
         let Some(_pass) = self.gate.enter() else {
             return Ok(());
         };
-        if self.broken[thread_id].load(Ordering::Relaxed) {
-            return Ok(());
-        }
         self.process_queue(thread_id, &vrings[0])
     }
 }

@@ -72,11 +72,13 @@ impl DeviceConfig {
         f
     }
 
-    /// vhost-user protocol features offered.
+    /// vhost-user protocol features offered. CONFIGURE_MEM_SLOTS lets a
+    /// frontend add memory regions one by one (libblkio requires it).
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     /// The little-endian configuration space.

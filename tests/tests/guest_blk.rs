@@ -1,0 +1,447 @@
+//! A real Linux guest (Debian's kernel under QEMU TCG, `vhost-user-blk-pci`)
+//! drives our `vhost-blk-daemon`: direct I/O on the raw disk, an ext2
+//! filesystem checked on the host with `e2fsck` and `debugfs`, two request
+//! queues used from two vCPUs, and a read-only export. Every value the guest
+//! reports comes from its serial console and is checked against the host's
+//! image file.
+//!
+//! `VUTEST_BLK_BACKEND=qsd` runs the same tests against qemu-storage-daemon,
+//! a backend nobody here wrote, to tell a broken test from a broken daemon
+//! (default: `ours`).
+//!
+//! Needs `scripts/setup.sh` (guest kit, e2fsprogs) and
+//! `cargo build --workspace --bins`; anything missing is a failure.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vu_driver::fixture::{create_sparse_image, find_binary, Daemon, QsdOpts, TempDir};
+use vu_driver::guest::{GuestKit, GuestOutput, QemuGuest};
+use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
+
+const DISK_SIZE: u64 = 64 << 20;
+const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
+/// dd block size of the raw-disk scripts.
+const BS: u64 = 64 << 10;
+const BACKEND_ENV: &str = "VUTEST_BLK_BACKEND";
+
+/// A served image: the temporary directory, the image and its backend.
+struct Disk {
+    _dir: TempDir,
+    image: PathBuf,
+    socket: PathBuf,
+    daemon: Daemon,
+}
+
+impl Disk {
+    /// A sparse image of `size` bytes, `prepare`d by the host, then served
+    /// on a socket with `num_queues` request queues (None: the default).
+    fn new(
+        size: u64,
+        num_queues: Option<u16>,
+        read_only: bool,
+        prepare: impl FnOnce(&Path),
+    ) -> Disk {
+        let dir = TempDir::new("vutest-guest-blk").unwrap();
+        let image = dir.join("disk.img");
+        create_sparse_image(&image, size).unwrap();
+        prepare(&image);
+        let socket = dir.join("blk.sock");
+        let daemon = match std::env::var(BACKEND_ENV).as_deref() {
+            Ok("qsd") => {
+                let opts = QsdOpts {
+                    num_queues: num_queues.unwrap_or(1),
+                    read_only,
+                    ..QsdOpts::default()
+                };
+                Daemon::qemu_storage_daemon_blk(&image, &socket, &opts)
+            }
+            Ok("ours") | Err(_) => {
+                let opts = BlkDaemonOpts {
+                    num_queues,
+                    read_only,
+                    ..BlkDaemonOpts::default()
+                };
+                vhost_blk_daemon(&image, &socket, &opts)
+            }
+            Ok(other) => panic!("{BACKEND_ENV}={other}: expected `ours` or `qsd`"),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+        Disk {
+            _dir: dir,
+            image,
+            socket,
+            daemon,
+        }
+    }
+
+    /// Boots a guest with `disk` as `/dev/vda` and `script`, and returns its
+    /// output once it passed; the backend must still be serving afterwards.
+    fn run_guest(&mut self, what: &str, guest: QemuGuest, script: &str) -> GuestOutput {
+        let out = guest
+            .script(script)
+            .timeout(GUEST_TIMEOUT)
+            .run()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        eprintln!(
+            "{what}: guest boot+script+poweroff took {:.1?} (QEMU {}); reported {:?}",
+            out.duration, out.qemu_status, out.kv
+        );
+        out.ensure_pass().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = self.daemon.try_wait().unwrap();
+        assert_eq!(
+            status,
+            None,
+            "{what}: {} exited while or after the guest ran",
+            self.daemon.name()
+        );
+        out
+    }
+
+    fn read(&self, offset: u64, len: u64) -> Vec<u8> {
+        read_at(&self.image, offset, len)
+    }
+}
+
+fn guest() -> QemuGuest {
+    QemuGuest::with_kit(GuestKit::locate().unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// A value the guest reported; panics with the console if it did not.
+fn kv<'a>(out: &'a GuestOutput, key: &str) -> &'a str {
+    out.kv(key).unwrap_or_else(|| {
+        panic!(
+            "guest did not report {key}; console:\n{}",
+            out.console_text()
+        )
+    })
+}
+
+fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; usize::try_from(len).unwrap()];
+    fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut buf, offset))
+        .unwrap_or_else(|e| panic!("read {} at {offset}: {e}", path.display()));
+    buf
+}
+
+fn write_at(path: &Path, offset: u64, data: &[u8]) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.write_all_at(data, offset))
+        .unwrap_or_else(|e| panic!("write {} at {offset}: {e}", path.display()));
+}
+
+/// Deterministic bytes that differ from block to block.
+fn pattern(seed: u32, len: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// A host program from `scripts/setup.sh`'s packages, also looked for in
+/// the sbin directories that a user's `$PATH` may lack.
+fn host_tool(name: &str) -> PathBuf {
+    find_binary(name)
+        .or_else(|_| find_binary(&format!("/usr/sbin/{name}")))
+        .or_else(|_| find_binary(&format!("/sbin/{name}")))
+        .unwrap_or_else(|e| panic!("{e} (scripts/setup.sh installs it)"))
+}
+
+/// The hex SHA-256 of `data`, by the host's `sha256sum`.
+fn sha256_hex(data: &[u8]) -> String {
+    let mut child = Command::new(host_tool("sha256sum"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sha256sum");
+    // sha256sum reads all its input before it writes anything.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(data)
+        .expect("write to sha256sum");
+    let out = child.wait_with_output().expect("wait for sha256sum");
+    assert!(out.status.success(), "sha256sum: {}", out.status);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(hex.len(), 64, "sha256sum printed {text:?}");
+    hex
+}
+
+/// Shell that reports `vutest-kv KEY <sha256 of FILE>`.
+fn report_sha(key: &str, file: &str) -> String {
+    format!("vutest-kv {key} \"$(sha256sum <{file} | cut -d' ' -f1)\"\n")
+}
+
+#[test]
+fn guest_dd_direct_4mib_random_matches_the_host_image() {
+    // The guest writes 4 MiB at 64 KiB block 131 (not MiB aligned) and
+    // reads back a 1 MiB pattern the host put at 32 MiB.
+    const SEEK: u64 = 131;
+    const COUNT: u64 = 64;
+    const HOST_OFF: u64 = 32 << 20;
+    const HOST_LEN: u64 = 1 << 20;
+    let host_pattern = pattern(7, HOST_LEN);
+    let mut disk = Disk::new(DISK_SIZE, None, false, |img| {
+        write_at(img, HOST_OFF, &host_pattern)
+    });
+
+    let mut script = format!(
+        "set -e
+vutest-kv sectors \"$(cat /sys/block/vda/size)\"
+dd if=/dev/urandom of=/tmp/rand bs={BS} count={COUNT} iflag=fullblock
+dd if=/tmp/rand of=/dev/vda bs={BS} seek={SEEK} oflag=direct conv=notrunc,fsync
+echo 3 >/proc/sys/vm/drop_caches
+dd if=/dev/vda of=/tmp/back bs={BS} skip={SEEK} count={COUNT} iflag=direct
+dd if=/dev/vda of=/tmp/host bs={BS} skip={hskip} count={hcount} iflag=direct
+vutest-kv readback_size \"$(stat -c %s /tmp/back)\"
+",
+        hskip = HOST_OFF / BS,
+        hcount = HOST_LEN / BS,
+    );
+    script += &report_sha("written_sha256", "/tmp/rand");
+    script += &report_sha("readback_sha256", "/tmp/back");
+    script += &report_sha("host_pattern_sha256", "/tmp/host");
+
+    let g = guest().blk(&disk.socket);
+    let out = disk.run_guest("dd", g, &script);
+
+    assert_eq!(kv(&out, "sectors"), (DISK_SIZE / 512).to_string());
+    assert_eq!(kv(&out, "readback_size"), (COUNT * BS).to_string());
+    let written = kv(&out, "written_sha256");
+    assert_eq!(written.len(), 64, "written_sha256={written}");
+    assert_eq!(kv(&out, "readback_sha256"), written, "guest read-back");
+    // The host's image holds the guest's bytes at the same offset ...
+    let offset = SEEK * BS;
+    let len = COUNT * BS;
+    assert_eq!(sha256_hex(&disk.read(offset, len)), written, "host image");
+    // ... and nothing around it was touched.
+    assert!(disk.read(offset - BS, BS).iter().all(|&b| b == 0));
+    assert!(disk.read(offset + len, BS).iter().all(|&b| b == 0));
+    // The guest read what the host wrote.
+    assert_eq!(
+        kv(&out, "host_pattern_sha256"),
+        sha256_hex(&host_pattern),
+        "guest read of the host's pattern"
+    );
+}
+
+/// Runs `debugfs -R REQUEST IMAGE` on the host and returns its stdout.
+fn debugfs(image: &Path, request: &str) -> Vec<u8> {
+    let out = Command::new(host_tool("debugfs"))
+        .arg("-R")
+        .arg(request)
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn debugfs");
+    assert!(
+        out.status.success(),
+        "debugfs -R '{request}': {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // debugfs reports a missing path on stderr with exit status 0.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("not found") && !stderr.contains("File not found"),
+        "debugfs -R '{request}': {stderr}"
+    );
+    out.stdout
+}
+
+#[test]
+fn guest_ext2_filesystem_is_readable_by_host_debugfs() {
+    const HELLO: &str = "hello from the guest over vhost-user-blk";
+    const NUMBERS: u32 = 40_000;
+    const RANDOM_KIB: u32 = 1200;
+    let mut disk = Disk::new(DISK_SIZE, None, false, |_| {});
+
+    let mut script = format!(
+        "set -e
+mke2fs -F -L vutest /dev/vda
+mount -t ext2 /dev/vda /mnt/disk
+vutest-kv fstype \"$(awk '$2 == \"/mnt/disk\" {{ print $3 }}' /proc/mounts)\"
+mkdir -p /mnt/disk/dir/sub /mnt/disk/dir/empty
+printf '%s\\n' '{HELLO}' >/mnt/disk/hello.txt
+seq 1 {NUMBERS} >/mnt/disk/dir/sub/numbers.txt
+dd if=/dev/urandom of=/mnt/disk/dir/random.bin bs=1024 count={RANDOM_KIB} iflag=fullblock
+"
+    );
+    script += &report_sha("random_sha256", "/mnt/disk/dir/random.bin");
+    script += "umount /mnt/disk
+echo 3 >/proc/sys/vm/drop_caches
+mount -t ext2 -o ro /dev/vda /mnt/disk
+";
+    script += &report_sha("remount_sha256", "/mnt/disk/dir/random.bin");
+    script += "vutest-kv remount_hello \"$(cat /mnt/disk/hello.txt)\"
+umount /mnt/disk
+";
+
+    let g = guest().blk(&disk.socket);
+    let out = disk.run_guest("ext2", g, &script);
+    assert_eq!(kv(&out, "fstype"), "ext2");
+    let random_sha = kv(&out, "random_sha256");
+    assert_eq!(random_sha.len(), 64, "random_sha256={random_sha}");
+    assert_eq!(kv(&out, "remount_sha256"), random_sha);
+    assert_eq!(kv(&out, "remount_hello"), HELLO);
+
+    // The filesystem the guest left behind is consistent ...
+    let fsck = Command::new(host_tool("e2fsck"))
+        .args(["-f", "-n"])
+        .arg(&disk.image)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}\n{}{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    // ... and holds the guest's files with their contents.
+    assert_eq!(
+        debugfs(&disk.image, "cat /hello.txt"),
+        format!("{HELLO}\n").into_bytes()
+    );
+    let numbers: String = (1..=NUMBERS).map(|n| format!("{n}\n")).collect();
+    assert_eq!(
+        debugfs(&disk.image, "cat /dir/sub/numbers.txt"),
+        numbers.into_bytes()
+    );
+    let random = debugfs(&disk.image, "cat /dir/random.bin");
+    assert_eq!(random.len(), RANDOM_KIB as usize * 1024);
+    assert_eq!(sha256_hex(&random), random_sha);
+    let listing = String::from_utf8(debugfs(&disk.image, "ls -p /dir")).unwrap();
+    // `ls -p`: /inode/mode/uid/gid/name/size/ per entry.
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .collect();
+    for want in ["sub", "empty", "random.bin"] {
+        assert!(names.contains(&want), "{want} missing in /dir: {listing}");
+    }
+    let label = String::from_utf8(debugfs(&disk.image, "stats")).unwrap();
+    assert!(
+        label.contains("Filesystem volume name:   vutest"),
+        "{label}"
+    );
+}
+
+#[test]
+fn guest_uses_two_request_queues_one_per_vcpu() {
+    // One MiB from each vCPU, at 0 and at 4 MiB; with one hardware queue per
+    // CPU each queue carries its CPU's requests and raises its interrupts.
+    const COUNT: u64 = 16;
+    const STRIDE: u64 = 64;
+    let mut disk = Disk::new(DISK_SIZE, Some(2), false, |_| {});
+
+    let mut script = format!(
+        "set -e
+vutest-kv cpus \"$(nproc)\"
+vutest-kv hw_queues \"$(ls /sys/block/vda/mq | wc -l)\"
+vutest-kv cpu_list_0 \"$(cat /sys/block/vda/mq/0/cpu_list)\"
+vutest-kv cpu_list_1 \"$(cat /sys/block/vda/mq/1/cpu_list)\"
+vdev=\"$(basename \"$(readlink /sys/block/vda/device)\")\"
+for c in 0 1; do
+    dd if=/dev/urandom of=/tmp/r$c bs={BS} count={COUNT} iflag=fullblock
+    taskset -c $c dd if=/tmp/r$c of=/dev/vda bs={BS} seek=$((c * {STRIDE})) oflag=direct conv=notrunc,fsync
+done
+echo 3 >/proc/sys/vm/drop_caches
+for c in 0 1; do
+    taskset -c $c dd if=/dev/vda of=/tmp/b$c bs={BS} skip=$((c * {STRIDE})) count={COUNT} iflag=direct
+    vutest-kv written_sha256_$c \"$(sha256sum </tmp/r$c | cut -d' ' -f1)\"
+    vutest-kv readback_sha256_$c \"$(sha256sum </tmp/b$c | cut -d' ' -f1)\"
+    vutest-kv irq_req_$c \"$(awk -v q=\"$vdev-req.$c\" '$NF == q {{ s = 0; for (i = 2; i <= NF; i++) {{ if ($i !~ /^[0-9]+$/) break; s += $i }}; print s }}' /proc/interrupts)\"
+done
+"
+    );
+    script.push_str("grep -- '-req\\.' /proc/interrupts\n");
+
+    let g = guest().cpus(2).blk_queues(&disk.socket, 2);
+    let out = disk.run_guest("two queues", g, &script);
+
+    assert_eq!(kv(&out, "cpus"), "2");
+    assert_eq!(kv(&out, "hw_queues"), "2", "entries in /sys/block/vda/mq");
+    assert_eq!(kv(&out, "cpu_list_0"), "0");
+    assert_eq!(kv(&out, "cpu_list_1"), "1");
+    for c in 0..2u64 {
+        let written = kv(&out, &format!("written_sha256_{c}"));
+        assert_eq!(written.len(), 64);
+        assert_eq!(
+            kv(&out, &format!("readback_sha256_{c}")),
+            written,
+            "cpu {c}"
+        );
+        let host = disk.read(c * STRIDE * BS, COUNT * BS);
+        assert_eq!(sha256_hex(&host), written, "host image, cpu {c}");
+        let irqs: u64 = kv(&out, &format!("irq_req_{c}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("irq_req_{c}: {e}; console:\n{}", out.console_text()));
+        assert!(irqs > 0, "no interrupt on request queue {c}");
+    }
+}
+
+#[test]
+fn guest_cannot_write_a_read_only_export() {
+    const SIZE: u64 = 16 << 20;
+    const LEN: u64 = 1 << 20;
+    let data = pattern(42, LEN);
+    let mut disk = Disk::new(SIZE, None, true, |img| write_at(img, 0, &data));
+    let before = disk.read(0, SIZE);
+
+    let script = format!(
+        "vutest-kv ro \"$(cat /sys/block/vda/ro)\"
+vutest-kv sectors \"$(cat /sys/block/vda/size)\"
+dd if=/dev/vda of=/tmp/before bs={BS} count={count} iflag=direct
+dd if=/dev/urandom of=/tmp/rand bs={BS} count={count} iflag=fullblock
+if dd if=/tmp/rand of=/dev/vda bs={BS} oflag=direct conv=notrunc,fsync; then rc=0; else rc=$?; fi
+vutest-kv direct_write_rc $rc
+if dd if=/tmp/rand of=/dev/vda bs={BS} seek={count} conv=notrunc,fsync; then rc=0; else rc=$?; fi
+vutest-kv buffered_write_rc $rc
+echo 3 >/proc/sys/vm/drop_caches
+dd if=/dev/vda of=/tmp/after bs={BS} count={count} iflag=direct
+{before}{after}",
+        count = LEN / BS,
+        before = report_sha("before_sha256", "/tmp/before"),
+        after = report_sha("after_sha256", "/tmp/after"),
+    );
+
+    let g = guest().blk(&disk.socket);
+    let out = disk.run_guest("read-only", g, &script);
+
+    assert_eq!(kv(&out, "ro"), "1", "/sys/block/vda/ro");
+    assert_eq!(kv(&out, "sectors"), (SIZE / 512).to_string());
+    assert_ne!(kv(&out, "direct_write_rc"), "0", "O_DIRECT write succeeded");
+    assert_ne!(
+        kv(&out, "buffered_write_rc"),
+        "0",
+        "buffered write succeeded"
+    );
+    let want = sha256_hex(&data);
+    assert_eq!(kv(&out, "before_sha256"), want, "guest read of the image");
+    assert_eq!(
+        kv(&out, "after_sha256"),
+        want,
+        "guest read after the writes"
+    );
+    assert!(disk.read(0, SIZE) == before, "the read-only image changed");
+}
