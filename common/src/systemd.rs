@@ -1,13 +1,55 @@
 //! The systemd service protocol (sd_notify(3)): `READY=1` once listening,
 //! `STOPPING=1` on shutdown, `WATCHDOG=1` while the serve loop is alive.
 //! Without `NOTIFY_SOCKET` every call is a no-op.
+//!
+//! The notify socket is connected once, by [`connect`] (or on first use),
+//! so notifications still reach systemd after a sandbox has pivoted the
+//! root away from the socket's path.
 
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
+static NOTIFY: OnceLock<Option<UnixDatagram>> = OnceLock::new();
+
+fn open_notify_socket() -> io::Result<Option<UnixDatagram>> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(None);
+    };
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_encoded_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sock.connect_addr(&addr)?;
+    } else {
+        sock.connect(&path)?;
+    }
+    Ok(Some(sock))
+}
+
+/// Connects to `$NOTIFY_SOCKET` now (before a sandbox hides its path).
+/// Later calls do nothing.
+pub fn connect() {
+    NOTIFY.get_or_init(|| match open_notify_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot connect to $NOTIFY_SOCKET: {e}");
+            None
+        }
+    });
+}
+
 fn send(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(false, states) {
+    connect();
+    let Some(Some(sock)) = NOTIFY.get() else {
+        return;
+    };
+    let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+    if let Err(e) = sock.send(msg.as_bytes()) {
         log::warn!("sd_notify to $NOTIFY_SOCKET failed: {e}");
     }
 }

@@ -314,10 +314,24 @@ impl Daemon {
     /// the log, if the process exits first.
     pub fn spawn(
         name: &str,
+        cmd: Command,
+        socket: &Path,
+        ready: &[Readiness],
+        timeout: Duration,
+    ) -> Result<Self> {
+        Self::spawn_prepared(name, cmd, socket, ready, timeout, |_, _| {})
+    }
+
+    /// Like [`Daemon::spawn`], but `prepare` may still change the command
+    /// once the log file exists, for example to point `JOURNAL_STREAM` at
+    /// the log's device and inode.
+    pub fn spawn_prepared(
+        name: &str,
         mut cmd: Command,
         socket: &Path,
         ready: &[Readiness],
         timeout: Duration,
+        prepare: impl FnOnce(&mut Command, &File),
     ) -> Result<Self> {
         let log_dir = TempDir::new(&format!("vutest-{name}"))?;
         let log_path = log_dir.join(format!("{name}.log"));
@@ -327,6 +341,7 @@ impl Daemon {
         };
         let log = File::create(&log_path).map_err(log_err)?;
         let log2 = log.try_clone().map_err(log_err)?;
+        prepare(&mut cmd, &log);
         let program = cmd.get_program().to_string_lossy().into_owned();
         let child = cmd
             .stdin(Stdio::null())
@@ -525,6 +540,20 @@ impl Daemon {
             !matches!(result, Ok(None))
         });
         result
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, `libc::SIGINT`, ...) unless the
+    /// process has already exited and been reaped; then nothing is sent.
+    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped yet
+            // (try_wait returned None), so it cannot name another process.
+            unsafe { libc::kill(pid, signal) };
+        }
+        Ok(())
     }
 
     /// Stops the process: SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].

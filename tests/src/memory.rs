@@ -54,6 +54,10 @@ pub enum MemoryError {
 /// Result alias for this module.
 pub type Result<T> = std::result::Result<T, MemoryError>;
 
+/// Name of the memfd behind [`Backing::Memfd`]; a backend's mappings of it
+/// show in its `/proc/PID/maps` as `/memfd:vu-driver-guest-ram (deleted)`.
+pub const GUEST_RAM_MEMFD_NAME: &str = "vu-driver-guest-ram";
+
 /// Where the memory lives.
 #[derive(Debug, Clone, Default)]
 pub enum Backing {
@@ -96,7 +100,7 @@ impl GuestMem {
     /// Creates `size` bytes of shared memory.
     pub fn new(size: u64, backing: &Backing) -> Result<Arc<Self>> {
         let (file, path) = match backing {
-            Backing::Memfd => (memfd("vu-driver-guest-ram")?, None),
+            Backing::Memfd => (memfd(GUEST_RAM_MEMFD_NAME)?, None),
             Backing::FileIn(dir) => {
                 let path = unique_path(dir);
                 let file = OpenOptions::new()

@@ -39,12 +39,14 @@ fn default_serial(cli: &Cli, disk: &Disk) -> [u8; SERIAL_MAX] {
     id
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let Some(path) = cli.blk_file.as_deref() else {
-        return Err("--blk-file is required".into());
-    };
+fn run(cli: Cli, path: &std::path::Path) -> Result<(), String> {
     let shutdown = Shutdown::install().map_err(|e| e.to_string())?;
     let disk = Disk::open(path, cli.read_only, cli.direct).map_err(|e| e.to_string())?;
+    let mut socket = cli
+        .vhost_user
+        .socket_source()
+        .listen()
+        .map_err(|e| e.to_string())?;
     let config = DeviceConfig::new(
         disk.size(),
         cli.logical_block_size,
@@ -77,11 +79,6 @@ fn run(cli: Cli) -> Result<(), String> {
         malformed: RateLimited::default(),
         io_errors: RateLimited::default(),
     });
-    let mut socket = cli
-        .vhost_user
-        .socket_source()
-        .listen()
-        .map_err(|e| e.to_string())?;
     common::serve::serve(NAME, &mut socket, &shutdown, || {
         Ok::<_, std::convert::Infallible>(Arc::new(BlkConnection::new(device.clone())))
     })
@@ -107,8 +104,12 @@ fn main() -> ExitCode {
         println!("{}", common::cli::capabilities_json("block", CAPABILITIES));
         return ExitCode::SUCCESS;
     }
+    let Some(path) = cli.blk_file.clone() else {
+        eprintln!("error: --blk-file PATH is required (the image to serve)");
+        return ExitCode::from(2);
+    };
     common::logging::init(NAME, cli.vhost_user.log_level);
-    match run(cli) {
+    match run(cli, &path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

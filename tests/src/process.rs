@@ -1,0 +1,248 @@
+//! A child process seen from a test: its open descriptors, threads, memory
+//! and mappings read from `/proc`; handing it a file descriptor under a
+//! chosen number; running a command to completion under a deadline; and a
+//! clean environment for commands whose behaviour depends on systemd's
+//! variables.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fixture::{poll_until, TempDir};
+
+/// The environment variables through which systemd talks to a service
+/// (socket activation, notification, watchdog, journal). A test that did
+/// not set them on purpose removes them with [`without_systemd_env`], so a
+/// test run under a systemd unit behaves like one run from a shell.
+pub const SYSTEMD_ENV: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+];
+
+/// Removes every variable of [`SYSTEMD_ENV`] from `cmd`'s environment
+/// (a later `cmd.env(..)` still sets one on purpose).
+pub fn without_systemd_env(cmd: &mut Command) -> &mut Command {
+    for var in SYSTEMD_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Number of open file descriptors of `pid` (entries of `/proc/PID/fd`).
+pub fn fd_count(pid: u32) -> io::Result<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// What each open descriptor of `pid` points at (`socket:[123]`,
+/// `anon_inode:[eventfd]`, a path...), sorted; for failure messages.
+pub fn fd_targets(pid: u32) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        // A descriptor closed between readdir and readlink is simply skipped.
+        if let Ok(target) = fs::read_link(entry.path()) {
+            out.push(format!(
+                "{} -> {}",
+                entry.file_name().to_string_lossy(),
+                target.display()
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Number of threads of `pid` (entries of `/proc/PID/task`).
+pub fn thread_count(pid: u32) -> io::Result<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/task"))?.count())
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmSize`, `RssShmem`, ...)
+/// in KiB.
+pub fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/status has no {field} field"),
+            )
+        })
+}
+
+/// Number of lines of `/proc/PID/maps` that contain `needle` (for example
+/// the name of the driver's guest-RAM memfd).
+pub fn mappings_containing(pid: u32, needle: &str) -> io::Result<usize> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    Ok(maps.lines().filter(|l| l.contains(needle)).count())
+}
+
+/// Makes `fd` (open in this process) appear as descriptor `target` in the
+/// child that `cmd` spawns, without the close-on-exec flag, the way systemd
+/// or Kata pass a listening socket. `fd` must stay open until the child is
+/// spawned; the parent's descriptor table is not touched, so children
+/// spawned by other threads inherit nothing.
+pub fn inherit_fd_as(cmd: &mut Command, fd: RawFd, target: RawFd) -> &mut Command {
+    let hook = move || {
+        if fd == target {
+            // dup2 onto itself keeps FD_CLOEXEC; clear it instead.
+            // SAFETY: fcntl on a descriptor number has no memory-safety
+            // preconditions and is async-signal-safe.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            // SAFETY: as above.
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        } else {
+            // SAFETY: dup2 only manipulates this (forked) child's descriptor
+            // table and is async-signal-safe; the new descriptor has no
+            // FD_CLOEXEC.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and only calls the
+    // async-signal-safe fcntl and dup2; it allocates nothing and takes no lock.
+    unsafe { cmd.pre_exec(hook) }
+}
+
+/// How a command run by [`run_bounded`] ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its exit status; None if it was killed at the deadline.
+    pub status: Option<ExitStatus>,
+    /// Everything it wrote on stdout (lossy UTF-8).
+    pub stdout: String,
+    /// Everything it wrote on stderr (lossy UTF-8).
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The exit code; None if it was killed at the deadline or by a signal.
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+}
+
+/// Runs `cmd` (stdin null, stdout and stderr captured in files) until it
+/// exits or `timeout` passes; then it is killed and `status` is None. Unlike
+/// `Command::output`, a program that unexpectedly keeps running (a daemon
+/// that should have refused its options) cannot hang the test.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> io::Result<Finished> {
+    let dir = TempDir::new("vutest-run").map_err(io::Error::other)?;
+    let out_path = dir.join("stdout");
+    let err_path = dir.join("stderr");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path)?)
+        .stderr(File::create(&err_path)?)
+        .spawn()?;
+    let deadline = Instant::now() + timeout;
+    let mut status = None;
+    let mut wait_err = None;
+    poll_until(timeout, || match child.try_wait() {
+        Ok(Some(s)) => {
+            status = Some(s);
+            true
+        }
+        Ok(None) => Instant::now() >= deadline,
+        Err(e) => {
+            wait_err = Some(e);
+            true
+        }
+    });
+    if let Some(e) = wait_err {
+        return Err(e);
+    }
+    if status.is_none() {
+        // An error means it exited meanwhile; wait() reaps it either way.
+        let _ = child.kill();
+        child.wait()?;
+    }
+    let read = |p: &Path| fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
+    Ok(Finished {
+        status,
+        stdout: read(&out_path)?,
+        stderr: read(&err_path)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn proc_readers_see_this_process() {
+        // Other tests run in parallel threads, so look for our descriptor
+        // rather than count them.
+        let pid = std::process::id();
+        let f = File::open("/proc/self/status").unwrap();
+        assert!(fd_count(pid).unwrap() >= 4);
+        let want = format!("{} -> /proc/{pid}/status", f.as_raw_fd());
+        let targets = fd_targets(pid).unwrap();
+        assert!(targets.contains(&want), "{want} not in {targets:?}");
+        drop(f);
+        assert!(thread_count(pid).unwrap() >= 1);
+        assert!(status_kib(pid, "VmRSS").unwrap() > 0);
+        assert!(status_kib(pid, "NoSuchField").is_err());
+        assert!(mappings_containing(pid, "[stack]").unwrap() >= 1);
+    }
+
+    #[test]
+    fn run_bounded_captures_output_and_kills_at_deadline() {
+        let done = run_bounded(
+            Command::new("/bin/sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(done.code(), Some(3));
+        assert_eq!(done.stdout, "out\n");
+        assert_eq!(done.stderr, "err\n");
+
+        let start = Instant::now();
+        let hung = run_bounded(
+            Command::new("/bin/sh").args(["-c", "exec sleep 1000"]),
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        assert!(hung.status.is_none());
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn inherited_fd_appears_under_the_target_number() {
+        let f = File::open("/proc/self/status").unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "readlink /proc/self/fd/9"]);
+        inherit_fd_as(&mut cmd, f.as_raw_fd(), 9);
+        let done = run_bounded(&mut cmd, Duration::from_secs(10)).unwrap();
+        assert_eq!(done.code(), Some(0), "{done:?}");
+        assert!(done.stdout.trim_end().ends_with("/status"), "{done:?}");
+    }
+
+    #[test]
+    fn systemd_variables_are_removed() {
+        let mut cmd = Command::new("/usr/bin/env");
+        cmd.env("NOTIFY_SOCKET", "/nowhere").env("KEEP_ME", "1");
+        without_systemd_env(&mut cmd);
+        let done = run_bounded(&mut cmd, Duration::from_secs(10)).unwrap();
+        assert!(!done.stdout.contains("NOTIFY_SOCKET="), "{}", done.stdout);
+        assert!(done.stdout.contains("KEEP_ME=1"), "{}", done.stdout);
+    }
+}
