@@ -86,6 +86,61 @@ pub fn init(program: &'static str, level: LogLevel) {
     let _ = builder.try_init();
 }
 
+/// A logger that sends each record to the local syslog daemon (`/dev/log`)
+/// as `<PRI>NAME[PID]: message`, facility daemon.
+struct Syslog {
+    sock: std::os::unix::net::UnixDatagram,
+    program: &'static str,
+    level: LevelFilter,
+}
+
+impl log::Log for Syslog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        const FACILITY_DAEMON: u8 = 3 << 3;
+        let msg = format!(
+            "<{}>{}[{}]: {}",
+            FACILITY_DAEMON + syslog_priority(record.level()),
+            self.program,
+            std::process::id(),
+            record.args()
+        );
+        // Logging must never fail the caller; a full syslog drops the line.
+        let _ = self.sock.send(msg.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Errors setting up syslog.
+#[derive(Debug, thiserror::Error)]
+#[error("--syslog: cannot connect to /dev/log: {0}")]
+pub struct SyslogError(std::io::Error);
+
+/// Installs a logger writing to syslog (`--syslog`). The socket is
+/// connected now, so it keeps working after a sandbox hides `/dev/log`.
+pub fn init_syslog(program: &'static str, level: LogLevel) -> Result<(), SyslogError> {
+    let sock = std::os::unix::net::UnixDatagram::unbound().map_err(SyslogError)?;
+    sock.connect("/dev/log").map_err(SyslogError)?;
+    let filter: LevelFilter = level.into();
+    if log::set_boxed_logger(Box::new(Syslog {
+        sock,
+        program,
+        level: filter,
+    }))
+    .is_ok()
+    {
+        log::set_max_level(filter);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,19 +192,23 @@ fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
 }
 
 /// Serves frontends on `socket` one after the other until `shutdown`;
-/// `new_connection` builds the backend instance for each. Sends `READY=1`
+/// `new_connection` builds the backend instance for each, and
+/// `after_disconnect` runs once a frontend has gone and every worker of its
+/// instance has stopped (return `false` to stop serving). Sends `READY=1`
 /// once listening and `STOPPING=1` on shutdown. Returns after the current
 /// connection's backend has quiesced.
-pub fn serve<B, F, E>(
+pub fn serve<B, F, E, A>(
     name: &str,
     socket: &mut BoundSocket,
     shutdown: &Shutdown,
     mut new_connection: F,
+    mut after_disconnect: A,
 ) -> Result<(), ServeError>
 where
     B: Connection,
     F: FnMut() -> Result<Arc<B>, E>,
     E: std::error::Error + Send + Sync + 'static,
+    A: FnMut() -> bool,
 {
     let where_ = socket.source.to_string();
     let io_err = |source| ServeError::Io {
@@ -274,6 +278,11 @@ where
             Err(_) => log::error!("connection {connections} on {where_}: handler thread panicked"),
         }
         drop(backend);
+        if !after_disconnect() {
+            log::info!("not serving another frontend on {where_}");
+            systemd::notify_stopping();
+            return Ok(());
+        }
         systemd::notify_status(&format!("listening on {where_}"));
     }
 }

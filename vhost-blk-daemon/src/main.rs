@@ -79,9 +79,13 @@ fn run(cli: Cli, path: &std::path::Path) -> Result<(), String> {
         malformed: RateLimited::default(),
         io_errors: RateLimited::default(),
     });
-    common::serve::serve(NAME, &mut socket, &shutdown, || {
-        Ok::<_, std::convert::Infallible>(Arc::new(BlkConnection::new(device.clone())))
-    })
+    common::serve::serve(
+        NAME,
+        &mut socket,
+        &shutdown,
+        || Ok::<_, std::convert::Infallible>(Arc::new(BlkConnection::new(device.clone()))),
+        || true,
+    )
     .map_err(|e| e.to_string())?;
     if let Err(e) = device.disk.flush() {
         log::error!(

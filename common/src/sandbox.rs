@@ -1,0 +1,653 @@
+//! The process sandbox a daemon enters before it serves a guest, after the
+//! Rust virtiofsd's `sandbox.rs` (and QEMU's C virtiofsd before it):
+//!
+//! - [`enter_namespaces`]: new pid, mount and network namespaces; the
+//!   process forks, the parent stays outside as a supervisor that forwards
+//!   signals and exits with the child's status, the child serves.
+//! - [`prepare_root`] and [`pivot`]: the shared directory becomes `/`
+//!   (`pivot_root` in the private mount namespace, or `chroot`), so symlinks
+//!   the guest plants resolve inside the share and nothing else is
+//!   reachable by path.
+//! - [`drop_supplementary_groups`] (CVE-2022-0358), [`limit_capabilities`],
+//!   [`raise_nofile_limit`] (a known bound, CVE-2020-10717).
+//!
+//! The order a daemon calls them in:
+//!
+//! 1. [`crate::systemd::connect`] (the network namespace hides abstract
+//!    sockets), then [`enter_namespaces`] before any thread exists;
+//! 2. in the child: install the SIGTERM handler ([`crate::signals::Shutdown`];
+//!    PID 1 ignores signals it has no handler for), [`raise_nofile_limit`],
+//!    bind the listening socket;
+//! 3. [`prepare_root`], open `/proc/self/fd` (and anything else from outside
+//!    the share), [`pivot`], open the share at the path it returns;
+//! 4. [`drop_supplementary_groups`], [`limit_capabilities`], and
+//!    [`crate::seccomp::apply`] last, still before serving starts threads.
+//!
+//! Every function here acts on the calling process (and, for capabilities,
+//! the calling thread); none of them is meant for a process that already
+//! runs worker threads.
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use clap::ValueEnum;
+
+/// The soft `RLIMIT_NOFILE` [`raise_nofile_limit`] aims for by default: what
+/// the Rust virtiofsd uses. Each guest inode held open costs a host file
+/// descriptor; a bound keeps a guest from exhausting the host's
+/// (CVE-2020-10717), and the daemon reports `EMFILE` to the guest instead.
+pub const DEFAULT_NOFILE: u64 = 1_000_000;
+
+/// The signals the supervising parent of [`enter_namespaces`] forwards to
+/// the sandboxed child.
+pub const FORWARDED_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// How the daemon isolates itself (`--sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxMode {
+    /// New pid, mount and network namespaces; the shared directory becomes
+    /// `/` with `pivot_root`. Needs CAP_SYS_ADMIN.
+    Namespace,
+    /// `chroot` into the shared directory. Needs CAP_SYS_CHROOT; weaker
+    /// (no private mounts, no pid or network isolation).
+    Chroot,
+    /// No isolation: for running unprivileged or inside a container that
+    /// already is the sandbox.
+    None,
+}
+
+impl fmt::Display for SandboxMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SandboxMode::Namespace => "namespace",
+            SandboxMode::Chroot => "chroot",
+            SandboxMode::None => "none",
+        })
+    }
+}
+
+/// Errors setting up the sandbox; each names the call and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Counting our threads failed.
+    #[error("cannot count this process's threads in /proc/self/task: {0}")]
+    CountThreads(#[source] io::Error),
+    /// Threads already run: unshare(CLONE_NEWNS) and fork need one thread.
+    #[error("the {mode} sandbox must be entered before any thread is started, but this process already runs {threads} threads")]
+    Threaded {
+        /// The mode asked for.
+        mode: SandboxMode,
+        /// Threads counted in /proc/self/task.
+        threads: usize,
+    },
+    /// unshare(2) failed.
+    #[error("cannot create new pid, mount and network namespaces (unshare needs CAP_SYS_ADMIN; use --sandbox chroot or none otherwise): {0}")]
+    Unshare(#[source] io::Error),
+    /// Blocking signals or creating the parent-death pipe failed.
+    #[error("cannot prepare the sandbox supervisor ({what}): {source}")]
+    Supervisor {
+        /// The call that failed.
+        what: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
+    /// fork(2) failed.
+    #[error("cannot fork the sandboxed process: {0}")]
+    Fork(#[source] io::Error),
+    /// The supervising parent died before the child could arrange to die
+    /// with it.
+    #[error("the sandbox's supervising parent exited before the sandboxed process started")]
+    ParentGone,
+    /// A path cannot be passed to the kernel.
+    #[error("path {0} contains a NUL byte")]
+    NulInPath(PathBuf),
+    /// A mount(2) or umount2(2) call failed.
+    #[error("cannot {what} {path}: {source}")]
+    Mount {
+        /// What the call was meant to do.
+        what: &'static str,
+        /// The mount point.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// chdir(2) failed.
+    #[error("cannot change directory to {path}: {source}")]
+    Chdir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// pivot_root(2) failed.
+    #[error("cannot make {path} the root directory (pivot_root): {source}")]
+    PivotRoot {
+        /// The new root.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// chroot(2) failed.
+    #[error("cannot chroot into {path}: {source}")]
+    Chroot {
+        /// The new root.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// getgroups(2) failed.
+    #[error("cannot read the supplementary groups: {0}")]
+    GetGroups(#[source] io::Error),
+    /// setgroups(2) failed.
+    #[error("cannot drop the {count} supplementary groups (setgroups needs CAP_SETGID): {source}")]
+    SetGroups {
+        /// How many groups the process has.
+        count: usize,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Reading or changing a capability set failed.
+    #[error("cannot {what}: {source}")]
+    Capabilities {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: caps::errors::CapsError,
+    },
+    /// getrlimit(2) failed.
+    #[error("cannot read RLIMIT_NOFILE: {0}")]
+    GetNofile(#[source] io::Error),
+    /// The requested limit is above the kernel's fs.nr_open.
+    #[error("cannot raise RLIMIT_NOFILE to {requested}: the kernel allows at most {max} (/proc/sys/fs/nr_open)")]
+    NofileAboveMax {
+        /// What was asked for.
+        requested: u64,
+        /// fs.nr_open.
+        max: u64,
+    },
+    /// setrlimit(2) failed.
+    #[error("cannot set RLIMIT_NOFILE to soft {soft} / hard {hard} (raising the hard limit needs CAP_SYS_RESOURCE): {source}")]
+    SetNofile {
+        /// Soft limit asked for.
+        soft: u64,
+        /// Hard limit asked for.
+        hard: u64,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+fn cstring(path: &Path) -> Result<CString, SandboxError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| SandboxError::NulInPath(path.into()))
+}
+
+/// How many threads this process runs.
+fn thread_count() -> Result<usize, SandboxError> {
+    let dir = std::fs::read_dir("/proc/self/task").map_err(SandboxError::CountThreads)?;
+    let mut n = 0;
+    for entry in dir {
+        entry.map_err(SandboxError::CountThreads)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t we own; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+    }
+    set
+}
+
+fn sigmask(how: libc::c_int, set: &libc::sigset_t) -> io::Result<libc::sigset_t> {
+    let mut old = sigset(&[]);
+    // SAFETY: both pointers are valid sigset_t values we own.
+    let r = unsafe { libc::pthread_sigmask(how, set, &mut old) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(old)
+}
+
+/// Moves the process into new pid, mount and network namespaces
+/// ([`SandboxMode::Namespace`]; other modes do nothing).
+///
+/// A new pid namespace applies to children only, so this forks: the
+/// **parent never returns**. It stays outside, forwards SIGTERM, SIGINT
+/// and SIGHUP to the child, waits for it and exits with its status (the
+/// exit code, or 128 + the signal that killed it), so a supervisor sees one
+/// process that behaves like the daemon. The **child returns `Ok`**: it is
+/// PID 1 of the new pid namespace, and gets SIGTERM if the parent dies.
+///
+/// Call it first thing after parsing options, before any thread is
+/// started (it fails otherwise: neither unshare(CLONE_NEWNS) nor fork can
+/// carry threads along) and before opening anything the parent should not
+/// hold. Two consequences of being PID 1 for the caller:
+/// - signals the child has no handler for are discarded (pid_namespaces(7)),
+///   so install the SIGTERM/SIGINT handler ([`crate::signals::Shutdown`])
+///   right after this returns;
+/// - the new network namespace hides abstract Unix sockets: connect to
+///   systemd's notify socket ([`crate::systemd::connect`]) before calling
+///   this. Path-bound sockets stay reachable until [`pivot`].
+pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
+    if mode != SandboxMode::Namespace {
+        return Ok(());
+    }
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(SandboxError::Threaded { mode, threads });
+    }
+    // SAFETY: unshare only changes which namespaces this (single-threaded)
+    // process belongs to; no memory is involved.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET) } != 0 {
+        return Err(SandboxError::Unshare(io::Error::last_os_error()));
+    }
+
+    let supervisor = |what| move |source| SandboxError::Supervisor { what, source };
+    // The parent finds out its child ended through SIGCHLD: it must not be
+    // ignored, or the kernel reaps the child and its status is lost.
+    // SAFETY: restores the default disposition of one signal; no handler
+    // function is involved.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(supervisor("reset SIGCHLD")(io::Error::last_os_error()));
+    }
+    // Block the forwarded signals before forking, so one arriving between
+    // fork and the parent's sigwaitinfo is kept pending, not lost or acted
+    // upon by its default action.
+    let mut waited = FORWARDED_SIGNALS.to_vec();
+    waited.push(libc::SIGCHLD);
+    let waited = sigset(&waited);
+    let old_mask = sigmask(libc::SIG_BLOCK, &waited).map_err(supervisor("block signals"))?;
+
+    // The parent holds the write end until it exits; the child sees EOF on
+    // the read end once the parent is gone.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        let e = io::Error::last_os_error();
+        let _ = sigmask(libc::SIG_SETMASK, &old_mask);
+        return Err(supervisor("create the parent-death pipe")(e));
+    }
+    // SAFETY: pipe2 just returned these two descriptors; we own them.
+    let (alive_r, alive_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+
+    // SAFETY: the process has one thread (checked above), so the child is a
+    // complete copy and may run arbitrary code.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let e = io::Error::last_os_error();
+            let _ = sigmask(libc::SIG_SETMASK, &old_mask);
+            Err(SandboxError::Fork(e))
+        }
+        0 => {
+            drop(alive_w);
+            // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+            // The parent may have died before the prctl: then its end of
+            // the pipe is closed and poll reports POLLHUP at once.
+            let mut pfd = libc::pollfd {
+                fd: alive_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd we own, timeout 0.
+            let gone = unsafe { libc::poll(&mut pfd, 1, 0) } > 0;
+            drop(alive_r);
+            sigmask(libc::SIG_SETMASK, &old_mask).map_err(supervisor("restore the signal mask"))?;
+            if gone {
+                return Err(SandboxError::ParentGone);
+            }
+            Ok(())
+        }
+        child => {
+            drop(alive_r);
+            log::debug!("sandbox: serving from pid {child}, in new pid, mount and network namespaces");
+            supervise(child, &waited, alive_w)
+        }
+    }
+}
+
+/// The parent of [`enter_namespaces`]: forwards signals to `child` until it
+/// ends, then exits with its status. `_alive` is held until then.
+fn supervise(child: libc::pid_t, waited: &libc::sigset_t, _alive: OwnedFd) -> ! {
+    loop {
+        // SAFETY: siginfo_t is plain data that sigwaitinfo fills in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `waited` is a valid set of signals blocked in this thread,
+        // `info` a valid siginfo_t we own.
+        let sig = unsafe { libc::sigwaitinfo(waited, &mut info) };
+        if sig == libc::SIGCHLD || sig < 0 {
+            // On an unexpected sigwaitinfo error, block in waitpid instead.
+            let flags = if sig < 0 { 0 } else { libc::WNOHANG };
+            let mut status = 0;
+            // SAFETY: waitpid on our own child, writing into `status`.
+            let r = unsafe { libc::waitpid(child, &mut status, flags) };
+            if r == child {
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else if libc::WIFSIGNALED(status) {
+                    128 + libc::WTERMSIG(status)
+                } else {
+                    1
+                };
+                // SAFETY: _exit ends this process without running atexit
+                // handlers or flushing stdio buffers the child owns copies
+                // of; that is what the parent of a fork must do.
+                unsafe { libc::_exit(code) };
+            }
+            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                // No child to wait for: nothing left to supervise.
+                // SAFETY: as above.
+                unsafe { libc::_exit(1) };
+            }
+        } else {
+            // SAFETY: kill sends a signal to our own child.
+            unsafe { libc::kill(child, sig) };
+        }
+    }
+}
+
+/// Where the shared directory is reachable once [`pivot`] has run: `/` in
+/// the namespace and chroot modes, `shared_dir` itself with no sandbox.
+/// Does nothing; for configuring the file system before pivoting.
+pub fn root_after(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
+    match mode {
+        SandboxMode::Namespace | SandboxMode::Chroot => PathBuf::from("/"),
+        SandboxMode::None => shared_dir.to_path_buf(),
+    }
+}
+
+fn mount(
+    what: &'static str,
+    source: Option<&CStr>,
+    target: &Path,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+) -> Result<(), SandboxError> {
+    let target_c = cstring(target)?;
+    let opt = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: every pointer is a NUL-terminated string that outlives the
+    // call, or null where mount(2) allows it; no data argument.
+    let r = unsafe {
+        libc::mount(
+            opt(source),
+            target_c.as_ptr(),
+            opt(fstype),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(SandboxError::Mount {
+            what,
+            path: target.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn chdir(path: &Path) -> Result<(), SandboxError> {
+    std::env::set_current_dir(path).map_err(|source| SandboxError::Chdir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Prepares the mounts [`pivot`] needs ([`SandboxMode::Namespace`]; other
+/// modes do nothing). Runs in the child of [`enter_namespaces`]:
+///
+/// - every mount becomes a recursive slave: nothing we mount or unmount
+///   reaches the host, while mounts the host adds under the share still
+///   show up inside (as in virtiofsd);
+/// - a fresh `proc` on `/proc`, showing only the new pid namespace;
+/// - `shared_dir` bind-mounted onto itself, so it is a mount point
+///   `pivot_root` accepts.
+///
+/// Between this and [`pivot`] the caller opens what it needs from outside
+/// the share, `/proc/self/fd` above all (fuse-backend-rs's
+/// `PassthroughFs::new` does).
+pub fn prepare_root(mode: SandboxMode, shared_dir: &Path) -> Result<(), SandboxError> {
+    if mode != SandboxMode::Namespace {
+        return Ok(());
+    }
+    mount(
+        "make the mounts private (recursive slave) under",
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_SLAVE | libc::MS_REC,
+    )?;
+    mount(
+        "mount a fresh proc on",
+        Some(c"proc"),
+        Path::new("/proc"),
+        Some(c"proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME,
+    )?;
+    let shared_c = cstring(shared_dir)?;
+    mount(
+        "bind-mount the shared directory onto itself at",
+        Some(&shared_c),
+        shared_dir,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+    )
+}
+
+/// Makes `shared_dir` the root directory: `pivot_root` and a lazy unmount
+/// of the old root ([`SandboxMode::Namespace`], after [`prepare_root`]),
+/// or `chroot` ([`SandboxMode::Chroot`]). Returns where the shared
+/// directory is reachable afterwards (the same as [`root_after`]).
+///
+/// Descriptors opened before stay valid: that is how the file system
+/// keeps `/proc/self/fd` and the listening socket.
+pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxError> {
+    match mode {
+        SandboxMode::Namespace => {
+            chdir(shared_dir)?;
+            // pivot_root(".", ".") stacks the old root on top of the new
+            // one (pivot_root(2), "NOTES"), so no put_old directory has to
+            // exist inside the share.
+            // SAFETY: two NUL-terminated strings that outlive the call.
+            let r = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+            if r != 0 {
+                return Err(SandboxError::PivotRoot {
+                    path: shared_dir.to_path_buf(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+            // As runc and virtiofsd do: make sure the unmount cannot
+            // propagate anywhere, then detach the old root.
+            let old_root = Path::new(".");
+            mount(
+                "make the old root a recursive slave at",
+                None,
+                old_root,
+                None,
+                libc::MS_SLAVE | libc::MS_REC,
+            )?;
+            // SAFETY: a NUL-terminated string that outlives the call.
+            if unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(SandboxError::Mount {
+                    what: "detach the old root directory stacked on",
+                    path: shared_dir.to_path_buf(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+            chdir(Path::new("/"))?;
+        }
+        SandboxMode::Chroot => {
+            let c = cstring(shared_dir)?;
+            // SAFETY: a NUL-terminated string that outlives the call.
+            if unsafe { libc::chroot(c.as_ptr()) } != 0 {
+                return Err(SandboxError::Chroot {
+                    path: shared_dir.to_path_buf(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+            chdir(Path::new("/"))?;
+        }
+        SandboxMode::None => {}
+    }
+    Ok(root_after(mode, shared_dir))
+}
+
+fn group_count() -> Result<usize, SandboxError> {
+    // SAFETY: with size 0 getgroups only returns the count; the null list
+    // is never written.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    usize::try_from(n).map_err(|_| SandboxError::GetGroups(io::Error::last_os_error()))
+}
+
+/// Drops every supplementary group (setgroups(0, NULL)). A daemon that
+/// switches to the guest's uid and gid for each request would otherwise
+/// create files with the daemon's groups, e.g. in setgid directories
+/// (CVE-2022-0358). An unprivileged process without supplementary groups
+/// may not call setgroups, and need not: that is not an error.
+pub fn drop_supplementary_groups() -> Result<(), SandboxError> {
+    let count = group_count()?;
+    // SAFETY: a zero-length list; the null pointer is never read.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } == 0 {
+        return Ok(());
+    }
+    let source = io::Error::last_os_error();
+    if count == 0 && source.raw_os_error() == Some(libc::EPERM) {
+        log::debug!("no supplementary groups to drop (setgroups: {source})");
+        return Ok(());
+    }
+    Err(SandboxError::SetGroups { count, source })
+}
+
+fn caps_err(what: impl Into<String>) -> impl FnOnce(caps::errors::CapsError) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Capabilities { what, source }
+}
+
+/// Drops every capability not in `keep` from the bounding, inheritable,
+/// effective and permitted sets (and so from the ambient set). Never
+/// raises one: a capability in `keep` the process lacks stays absent.
+///
+/// Acts on the calling thread: call it before starting threads (threads
+/// inherit the sets). Dropping from the bounding set needs CAP_SETPCAP; a
+/// process without it (not root) keeps its bounding set and this is
+/// logged at debug, as is running with no capabilities at all.
+pub fn limit_capabilities(keep: &[Capability]) -> Result<(), SandboxError> {
+    let keep: CapsHashSet = keep.iter().copied().collect();
+    let permitted =
+        caps::read(None, CapSet::Permitted).map_err(caps_err("read the permitted capabilities"))?;
+    if permitted.is_empty() {
+        log::debug!("no capabilities to drop (not running as root)");
+        return Ok(());
+    }
+    // Bounding set first: it needs CAP_SETPCAP, which the next steps may drop.
+    if permitted.contains(&Capability::CAP_SETPCAP)
+        && caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+            .map_err(caps_err("read the effective capabilities"))?
+    {
+        let bounding = caps::read(None, CapSet::Bounding)
+            .map_err(caps_err("read the bounding capability set"))?;
+        for cap in bounding.difference(&keep) {
+            caps::drop(None, CapSet::Bounding, *cap)
+                .map_err(caps_err(format!("drop {cap} from the bounding set")))?;
+        }
+    } else {
+        log::debug!("no CAP_SETPCAP: the bounding capability set is left as it is");
+    }
+    // Effective before permitted: the effective set must stay a subset.
+    for (set, name) in [
+        (CapSet::Inheritable, "inheritable"),
+        (CapSet::Effective, "effective"),
+        (CapSet::Permitted, "permitted"),
+    ] {
+        let current =
+            caps::read(None, set).map_err(caps_err(format!("read the {name} capabilities")))?;
+        let limited: CapsHashSet = current.intersection(&keep).copied().collect();
+        if limited != current {
+            caps::set(None, set, &limited)
+                .map_err(caps_err(format!("limit the {name} capabilities")))?;
+        }
+    }
+    Ok(())
+}
+
+fn nofile() -> Result<(u64, u64), SandboxError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(SandboxError::GetNofile(io::Error::last_os_error()));
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// fs.nr_open, the most RLIMIT_NOFILE can be; `None` when /proc is not
+/// readable (after [`pivot`]), in which case setrlimit has the last word.
+fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sets the soft RLIMIT_NOFILE, to a known bound rather than infinity:
+///
+/// - `None`: raises the soft limit to `min(hard limit, DEFAULT_NOFILE)`
+///   (never lowers it);
+/// - `Some(0)`: leaves the limits as they are;
+/// - `Some(n)`: sets the soft limit to `n`, and the hard limit too when it
+///   is below `n` (which needs CAP_SYS_RESOURCE); `n` above fs.nr_open is
+///   an error.
+///
+/// Returns the soft limit in force afterwards.
+pub fn raise_nofile_limit(requested: Option<u64>) -> Result<u64, SandboxError> {
+    let (soft, hard) = nofile()?;
+    let (new_soft, new_hard) = match requested {
+        Some(0) => return Ok(soft),
+        None => {
+            let target = DEFAULT_NOFILE.min(hard);
+            if soft >= target {
+                return Ok(soft);
+            }
+            (target, hard)
+        }
+        Some(n) => {
+            if let Some(max) = nr_open().filter(|&max| n > max) {
+                return Err(SandboxError::NofileAboveMax { requested: n, max });
+            }
+            (n, hard.max(n))
+        }
+    };
+    let lim = libc::rlimit {
+        rlim_cur: new_soft,
+        rlim_max: new_hard,
+    };
+    // SAFETY: setrlimit reads one rlimit we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(SandboxError::SetNofile {
+            soft: new_soft,
+            hard: new_hard,
+            source: io::Error::last_os_error(),
+        });
+    }
+    log::debug!("RLIMIT_NOFILE: soft {soft} -> {new_soft}, hard {hard} -> {new_hard}");
+    Ok(new_soft)
+}
+
+#[cfg(test)]
+#[path = "sandbox_tests.rs"]
+mod tests;

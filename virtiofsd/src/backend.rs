@@ -1,0 +1,259 @@
+//! The virtio-fs vhost-user backend: queue 0 is the high-priority queue
+//! (FORGET, INTERRUPT), queues 1.. carry requests. Each queue has its own
+//! worker thread; a kick drains the ring, each chain becomes a FUSE
+//! request handed to fuse-backend-rs's server over the chain's own guest
+//! buffers (no copies beyond what the passthrough's read/write make), and
+//! the guest is signalled once per batch.
+
+use std::io;
+use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use common::ratelimit::RateLimited;
+use common::serve::{Connection, ExitEvents, Gate, GuestMem, Vring};
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::PassthroughFs;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemory};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+
+use crate::cli::TAG_MAX;
+use crate::fs::Guarded;
+
+/// The filesystem every connection serves.
+pub type Fs = Guarded<PassthroughFs<()>>;
+
+/// What outlives connections: the FUSE server over the share.
+pub struct Device {
+    /// The FUSE server.
+    pub server: Server<Arc<Fs>>,
+    /// The filesystem (to reset it between frontends).
+    pub fs: Arc<Fs>,
+    /// Tag, NUL padded.
+    pub tag: [u8; TAG_MAX],
+    /// Request queues (the hiprio queue comes on top).
+    pub request_queues: u16,
+    /// Largest queue size.
+    pub queue_size: u16,
+    /// Requests fuse-backend-rs refused to decode.
+    pub malformed: RateLimited,
+}
+
+impl Device {
+    /// Virtio feature bits offered.
+    pub fn features(&self) -> u64 {
+        (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    /// The config space: tag[36], num_request_queues (le32).
+    pub fn config(&self) -> [u8; TAG_MAX + 4] {
+        let mut c = [0u8; TAG_MAX + 4];
+        c[..TAG_MAX].copy_from_slice(&self.tag);
+        c[TAG_MAX..].copy_from_slice(&u32::from(self.request_queues).to_le_bytes());
+        c
+    }
+
+    /// Forgets every inode and handle of a frontend that left, so the next
+    /// one starts from a fresh FUSE session.
+    pub fn reset(&self) {
+        use fuse_backend_rs::api::filesystem::FileSystem;
+        self.fs.destroy();
+    }
+}
+
+/// One connection's backend.
+pub struct FsConnection {
+    device: Arc<Device>,
+    mem: RwLock<Option<GuestMem>>,
+    event_idx: AtomicBool,
+    gate: Gate,
+    exit_events: ExitEvents,
+}
+
+impl FsConnection {
+    /// A fresh backend for a new frontend.
+    pub fn new(device: Arc<Device>) -> Self {
+        FsConnection {
+            device,
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+            gate: Gate::default(),
+            exit_events: ExitEvents::default(),
+        }
+    }
+
+    /// Runs one FUSE request; returns the bytes written into the chain.
+    fn handle_chain<M>(&self, q: usize, chain: DescriptorChain<M>, mem: &M::Target) -> u32
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+    {
+        let head = chain.head_index();
+        let bad = |why: String| {
+            if let Some(n) = self.device.malformed.hit() {
+                log::warn!("queue {q} head {head}: malformed request dropped: {why} (#{n})");
+            }
+            0
+        };
+        let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
+            Ok(r) => r,
+            Err(e) => return bad(format!("readable buffers: {e}")),
+        };
+        let writer = match VirtioFsWriter::new(mem, chain) {
+            Ok(w) => Writer::from(w),
+            Err(e) => return bad(format!("writable buffers: {e}")),
+        };
+        let server = &self.device.server;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            server.handle_message(reader, writer, None, None)
+        })) {
+            Ok(Ok(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+            Ok(Err(e)) => bad(format!("{e}")),
+            Err(_) => bad("the FUSE server panicked on it".into()),
+        }
+    }
+
+    fn process_queue(&self, q: usize, vring: &Vring) -> io::Result<()> {
+        let Some(mem) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Ok(());
+        };
+        let mem = mem.memory();
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        let mut used = false;
+        loop {
+            if event_idx {
+                queue
+                    .disable_notification(mem.deref())
+                    .map_err(io::Error::other)?;
+            }
+            let avail = queue
+                .avail_idx(mem.deref(), Ordering::Acquire)
+                .map_err(io::Error::other)?;
+            let pending = avail.0.wrapping_sub(queue.next_avail());
+            if pending > queue.size() {
+                if let Some(n) = self.device.malformed.hit() {
+                    log::error!(
+                        "queue {q}: avail.idx {} is {pending} entries ahead on a queue of {}; ignoring the queue until it is set up again (#{n})",
+                        avail.0,
+                        queue.size()
+                    );
+                }
+                return Ok(());
+            }
+            while let Some(chain) = queue.pop_descriptor_chain(mem.deref()) {
+                let head = chain.head_index();
+                let len = self.handle_chain(q, chain, mem.deref());
+                queue
+                    .add_used(mem.deref(), head, len)
+                    .map_err(io::Error::other)?;
+                used = true;
+            }
+            if !event_idx
+                || !queue
+                    .enable_notification(mem.deref())
+                    .map_err(io::Error::other)?
+            {
+                break;
+            }
+        }
+        if used
+            && queue
+                .needs_notification(mem.deref())
+                .map_err(io::Error::other)?
+        {
+            state.signal_used_queue()?;
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackend for FsConnection {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        1 + usize::from(self.device.request_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.device.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.device.features()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let c = self.device.config();
+        (offset as usize..offset as usize + size as usize)
+            .map(|i| c.get(i).copied().unwrap_or(0))
+            .collect()
+    }
+
+    fn set_config(&self, offset: u32, _buf: &[u8]) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("config space is read-only (write at offset {offset})"),
+        ))
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        self.exit_events.create()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN || device_event != 0 || vrings.len() != 1 {
+            log::warn!("queue {thread_id}: unexpected event {device_event} ({evset:?})");
+            return Ok(());
+        }
+        let Some(_pass) = self.gate.enter() else {
+            return Ok(());
+        };
+        self.process_queue(thread_id, &vrings[0])
+    }
+}
+
+impl Connection for FsConnection {
+    fn quiesce(&self) {
+        self.gate.close();
+    }
+}

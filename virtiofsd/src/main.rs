@@ -1,0 +1,162 @@
+//! `virtiofsd`: a virtio-fs vhost-user backend on fuse-backend-rs's
+//! passthrough filesystem, a drop-in for the command lines Kata Containers
+//! and libvirt pass to virtiofsd. Unlike other virtiofsd implementations it
+//! serves the next frontend after one disconnects (a guest reboot), unless
+//! `--exit-on-disconnect`.
+
+mod backend;
+mod cli;
+mod fs;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use common::ratelimit::RateLimited;
+use common::signals::Shutdown;
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+
+use crate::backend::{Device, FsConnection};
+use crate::cli::{Cache, Cli, InodeFileHandles, TAG_MAX};
+use crate::fs::Guarded;
+
+const NAME: &str = "virtiofsd";
+
+/// The line Kata Containers waits for on stderr before it starts the VM.
+const READY_LINE: &str = "Waiting for vhost-user socket connection...";
+
+/// Request queues offered (QEMU's vhost-user-fs-pci uses 1 by default).
+const REQUEST_QUEUES: u16 = 1;
+/// Largest queue.
+const QUEUE_SIZE: u16 = 1024;
+
+/// An error for `main`: the message and the exit code.
+struct Failure(String, u8);
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(msg.into(), 2)
+}
+
+fn runtime(msg: impl std::fmt::Display) -> Failure {
+    Failure(msg.to_string(), 1)
+}
+
+fn passthrough_config(cli: &Cli, root_dir: &str) -> Config {
+    let (policy, timeout) = match cli.cache {
+        Cache::Never => (CachePolicy::Never, 0),
+        Cache::Metadata => (CachePolicy::Metadata, 86400),
+        Cache::Auto => (CachePolicy::Auto, 1),
+        Cache::Always => (CachePolicy::Always, 86400),
+    };
+    Config {
+        attr_timeout: std::time::Duration::from_secs(timeout),
+        entry_timeout: std::time::Duration::from_secs(timeout),
+        cache_policy: policy,
+        writeback: cli.writeback,
+        root_dir: root_dir.to_string(),
+        xattr: cli.xattr,
+        do_import: false,
+        inode_file_handles: cli.inode_file_handles != InodeFileHandles::Never,
+        allow_direct_io: cli.allow_direct_io,
+        ..Config::default()
+    }
+}
+
+fn run(mut cli: Cli) -> Result<(), Failure> {
+    cli.apply_legacy().map_err(|e| usage(e.to_string()))?;
+    let Some(shared_dir) = cli.shared_dir.clone() else {
+        return Err(usage("--shared-dir DIR (or -o source=DIR) is required"));
+    };
+    if cli.posix_acl {
+        return Err(usage(
+            "--posix-acl is not supported: fuse-backend-rs's passthrough has no POSIX ACL handling",
+        ));
+    }
+    if cli.thread_pool_size > 1 {
+        return Err(usage(format!(
+            "--thread-pool-size {}: only 0 or 1 (requests run on their queue's thread)",
+            cli.thread_pool_size
+        )));
+    }
+    if cli.syslog {
+        common::logging::init_syslog(NAME, cli.vhost_user.log_level).map_err(runtime)?;
+    } else {
+        common::logging::init(NAME, cli.vhost_user.log_level);
+    }
+    let meta = std::fs::metadata(&shared_dir)
+        .map_err(|e| runtime(format!("--shared-dir {}: {e}", shared_dir.display())))?;
+    if !meta.is_dir() {
+        return Err(runtime(format!(
+            "--shared-dir {}: not a directory",
+            shared_dir.display()
+        )));
+    }
+    let shutdown = Shutdown::install().map_err(runtime)?;
+    let mut socket = cli.vhost_user.socket_source().listen().map_err(runtime)?;
+    common::systemd::connect();
+
+    let root = shared_dir.to_string_lossy().into_owned();
+    let fs = PassthroughFs::<()>::new(passthrough_config(&cli, &root))
+        .map_err(|e| runtime(format!("cannot set up the passthrough filesystem: {e}")))?;
+    fs.import()
+        .map_err(|e| runtime(format!("--shared-dir {}: {e}", shared_dir.display())))?;
+    let fs = Arc::new(Guarded::new(fs, cli.readonly, cli.announce_submounts));
+    let mut tag = [0u8; TAG_MAX];
+    tag[..cli.tag.len()].copy_from_slice(cli.tag.as_bytes());
+    let device = Arc::new(Device {
+        server: Server::new(fs.clone()),
+        fs,
+        tag,
+        request_queues: REQUEST_QUEUES,
+        queue_size: QUEUE_SIZE,
+        malformed: RateLimited::default(),
+    });
+    log::info!(
+        "sharing {} as tag {:?} (cache {:?}{}{}{})",
+        shared_dir.display(),
+        cli.tag,
+        cli.cache,
+        if cli.readonly { ", read-only" } else { "" },
+        if cli.xattr { ", xattr" } else { "" },
+        if cli.announce_submounts {
+            ", submounts"
+        } else {
+            ""
+        },
+    );
+    eprintln!("{READY_LINE}");
+    let exit_on_disconnect = cli.exit_on_disconnect;
+    common::serve::serve(
+        NAME,
+        &mut socket,
+        &shutdown,
+        || Ok::<_, std::convert::Infallible>(Arc::new(FsConnection::new(device.clone()))),
+        || {
+            device.reset();
+            !exit_on_disconnect
+        },
+    )
+    .map_err(runtime)?;
+    drop(socket);
+    log::info!("stopped ({} malformed requests)", device.malformed.count());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.vhost_user.print_capabilities {
+        println!(
+            "{}",
+            common::cli::capabilities_json("fs", &["separate-options"])
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg, code)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
