@@ -5,7 +5,8 @@
 #      QEMU's C virtiofsd, busybox-static, fio, ...), only if some are missing;
 #   2. add the `x86_64-unknown-none` Rust target (a failure is only a warning);
 #   3. fetch Debian's stable kernel package and unpack it into the guest kit;
-#   4. build the guest initramfs (busybox, virtio/fuse/ext4 modules, tests/guest/init).
+#   4. build the guest initramfs (busybox, virtio/fuse/ext4 modules, tests/guest/init,
+#      and setfattr/getfattr from Debian's `attr` with the libraries they need).
 #
 # Output: target/guest-kit/{vmlinuz,initrd.gz,kernel-version}
 # (override the directory with VUTEST_KIT_DIR). Work already done is skipped:
@@ -23,8 +24,11 @@ GUEST_SRC="$ROOT/tests/guest"
 
 PACKAGES=(
     qemu-system-x86 qemu-system-common qemu-utils busybox-static kmod cpio
-    fio e2fsprogs iproute2 systemd gzip dpdk-dev
+    fio e2fsprogs iproute2 systemd gzip dpdk-dev attr
 )
+# Programs busybox lacks, copied into the initramfs with the shared
+# libraries `ldd` lists for them (package attr: xattr tests over virtio-fs).
+GUEST_PROGRAMS=(/usr/bin/setfattr /usr/bin/getfattr)
 # Loaded by the guest's init in this order (insmod, no modprobe needed).
 # ext4 (which also mounts ext2) needs crc16, mbcache and jbd2 (modinfo
 # depends) and soft-depends on crc32c (metadata checksums).
@@ -74,7 +78,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     SUMMARY+=("packages=ok")
 fi
-for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio gzip dpkg-deb dpdk-testpmd; do
+for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio gzip dpkg-deb dpdk-testpmd ldd "${GUEST_PROGRAMS[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || die "$bin not found after installing packages"
 done
 [ -x /usr/lib/qemu/virtiofsd ] || die "/usr/lib/qemu/virtiofsd missing (package qemu-system-common)"
@@ -193,9 +197,23 @@ for m in "${MODULES[@]}"; do
     MODULE_FILES+=("$f")
 done
 
+# The absolute paths of the libraries (and the loader) GUEST_PROGRAMS need.
+GUEST_LIBS=()
+for prog in "${GUEST_PROGRAMS[@]}"; do
+    libs="$(ldd "$prog" 2>/dev/null)" || die "ldd $prog failed"
+    for lib in $(printf '%s\n' "$libs" | grep -o '/[^ ]*'); do
+        [ -f "$lib" ] || die "ldd $prog names $lib, which is not a file"
+        case " ${GUEST_LIBS[*]} " in
+            *" $lib "*) ;;
+            *) GUEST_LIBS+=("$lib") ;;
+        esac
+    done
+done
+
 INITRD="$KIT/initrd.gz"
 STAMP="$KIT/initrd.inputs"
-inputs=("$GUEST_SRC"/* "$BUSYBOX" "${BASH_SOURCE[0]}" "${MODULE_FILES[@]}")
+inputs=("$GUEST_SRC"/* "$BUSYBOX" "${BASH_SOURCE[0]}" "${MODULE_FILES[@]}"
+    "${GUEST_PROGRAMS[@]}" "${GUEST_LIBS[@]}")
 want_stamp="$KVER ${MODULES[*]}"
 rebuild=0
 if [ ! -s "$INITRD" ] || [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_stamp" ]; then
@@ -227,6 +245,15 @@ if [ "$rebuild" -eq 1 ]; then
             init | *.md) ;;
             *) install -m 0755 "$f" "$stage/bin/$(basename "$f")" ;;
         esac
+    done
+    for prog in "${GUEST_PROGRAMS[@]}"; do
+        install -m 0755 "$prog" "$stage/bin/$(basename "$prog")"
+    done
+    # Each library at the path the loader looks for (/lib64/ld-linux-x86-64.so.2,
+    # /lib/x86_64-linux-gnu/libc.so.6), symlinks resolved.
+    for lib in "${GUEST_LIBS[@]}"; do
+        mkdir -p "$stage$(dirname "$lib")"
+        cp -L "$lib" "$stage$lib"
     done
     : >"$stage/lib/modules/load-order"
     for f in "${MODULE_FILES[@]}"; do

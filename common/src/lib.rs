@@ -13,11 +13,20 @@
 //!   for guest-caused warnings.
 //! - [`serve`]: the accept / serve / serve-again loop around
 //!   `vhost-user-backend`'s daemon, one backend instance per connection.
+//! - [`sandbox`]: namespaces, `pivot_root` or `chroot` into the shared
+//!   directory, supplementary groups, capabilities, RLIMIT_NOFILE;
+//!   [`seccomp`]: the system call allow-list.
 
 pub mod cli;
 pub mod logging;
 pub mod ratelimit;
+pub mod sandbox;
+pub mod seccomp;
 pub mod serve;
 pub mod signals;
 pub mod socket;
 pub mod systemd;
+pub mod vring;
+
+#[cfg(test)]
+mod testutil;

@@ -4,22 +4,25 @@
 //! - [`enter_namespaces`]: new pid, mount and network namespaces; the
 //!   process forks, the parent stays outside as a supervisor that forwards
 //!   signals and exits with the child's status, the child serves.
-//! - [`prepare_root`] and [`pivot`]: the shared directory becomes `/`
-//!   (`pivot_root` in the private mount namespace, or `chroot`), so symlinks
-//!   the guest plants resolve inside the share and nothing else is
-//!   reachable by path.
+//! - [`prepare_root`] and [`pivot`]: the root becomes a read-only tmpfs
+//!   holding only the share (at [`NAMESPACE_SHARE`]) and this pid
+//!   namespace's `/proc`, or (`chroot`) the share itself; nothing else on
+//!   the host is reachable by path, and symlinks the guest plants resolve
+//!   inside the sandbox.
 //! - [`drop_supplementary_groups`] (CVE-2022-0358), [`limit_capabilities`],
 //!   [`raise_nofile_limit`] (a known bound, CVE-2020-10717).
 //!
 //! The order a daemon calls them in:
 //!
-//! 1. [`crate::systemd::connect`] (the network namespace hides abstract
-//!    sockets), then [`enter_namespaces`] before any thread exists;
-//! 2. in the child: install the SIGTERM handler ([`crate::signals::Shutdown`];
-//!    PID 1 ignores signals it has no handler for), [`raise_nofile_limit`],
-//!    bind the listening socket;
-//! 3. [`prepare_root`], open `/proc/self/fd` (and anything else from outside
-//!    the share), [`pivot`], open the share at the path it returns;
+//! 1. before [`enter_namespaces`]: [`crate::systemd::connect`] (the new
+//!    network namespace hides abstract sockets) and the SIGTERM/SIGINT
+//!    handler ([`crate::signals::Shutdown`]: the child inherits it, and as
+//!    PID 1 it ignores signals it has no handler for); no threads yet;
+//! 2. [`enter_namespaces`], then in the child [`raise_nofile_limit`] and
+//!    binding the listening socket;
+//! 3. [`prepare_root`], [`pivot`], then open the share at the path
+//!    [`pivot`] returns. In chroot mode, open what is needed from `/proc`
+//!    (`/proc/self/fd`) between the two: it is out of reach afterwards;
 //! 4. [`drop_supplementary_groups`], [`limit_capabilities`], and
 //!    [`crate::seccomp::apply`] last, still before serving starts threads.
 //!
@@ -34,8 +37,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use caps::{CapSet, Capability, CapsHashSet};
+use caps::{CapSet, CapsHashSet};
 use clap::ValueEnum;
+
+/// The capability names [`limit_capabilities`] takes (from the `caps`
+/// crate), re-exported so daemons need not depend on it.
+pub use caps::Capability;
 
 /// The soft `RLIMIT_NOFILE` [`raise_nofile_limit`] aims for by default: what
 /// the Rust virtiofsd uses. Each guest inode held open costs a host file
@@ -50,8 +57,9 @@ pub const FORWARDED_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, li
 /// How the daemon isolates itself (`--sandbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SandboxMode {
-    /// New pid, mount and network namespaces; the shared directory becomes
-    /// `/` with `pivot_root`. Needs CAP_SYS_ADMIN.
+    /// New pid, mount and network namespaces; `pivot_root` into a
+    /// read-only root holding only the share and this namespace's `/proc`.
+    /// Needs CAP_SYS_ADMIN.
     Namespace,
     /// `chroot` into the shared directory. Needs CAP_SYS_CHROOT; weaker
     /// (no private mounts, no pid or network isolation).
@@ -116,6 +124,9 @@ pub enum SandboxError {
         /// Cause.
         source: io::Error,
     },
+    /// The namespace sandbox cannot cover `/` with its root.
+    #[error("the namespace sandbox cannot share / itself (use --sandbox none)")]
+    ShareIsRoot,
     /// chdir(2) failed.
     #[error("cannot change directory to {path}: {source}")]
     Chdir {
@@ -228,18 +239,19 @@ fn sigmask(how: libc::c_int, set: &libc::sigset_t) -> io::Result<libc::sigset_t>
 /// and SIGHUP to the child, waits for it and exits with its status (the
 /// exit code, or 128 + the signal that killed it), so a supervisor sees one
 /// process that behaves like the daemon. The **child returns `Ok`**: it is
-/// PID 1 of the new pid namespace, and gets SIGTERM if the parent dies.
+/// PID 1 of the new pid namespace, and gets SIGTERM if the parent dies
+/// (which, as PID 1, it only acts on once it has a handler).
 ///
-/// Call it first thing after parsing options, before any thread is
-/// started (it fails otherwise: neither unshare(CLONE_NEWNS) nor fork can
-/// carry threads along) and before opening anything the parent should not
-/// hold. Two consequences of being PID 1 for the caller:
-/// - signals the child has no handler for are discarded (pid_namespaces(7)),
-///   so install the SIGTERM/SIGINT handler ([`crate::signals::Shutdown`])
-///   right after this returns;
-/// - the new network namespace hides abstract Unix sockets: connect to
-///   systemd's notify socket ([`crate::systemd::connect`]) before calling
-///   this. Path-bound sockets stay reachable until [`pivot`].
+/// Call it early, before any thread is started (it fails otherwise:
+/// neither unshare(CLONE_NEWNS) nor fork can carry threads along) and
+/// before opening anything the parent should not hold. Before it:
+/// - install the SIGTERM/SIGINT handler ([`crate::signals::Shutdown`]): the
+///   child inherits it, and as PID 1 discards signals it has no handler
+///   for (pid_namespaces(7)); the parent keeps the signals blocked and
+///   forwards them;
+/// - connect to systemd's notify socket ([`crate::systemd::connect`]): the
+///   new network namespace hides abstract Unix sockets. Path-bound sockets
+///   stay reachable until [`pivot`].
 pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
     if mode != SandboxMode::Namespace {
         return Ok(());
@@ -280,7 +292,8 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
         return Err(supervisor("create the parent-death pipe")(e));
     }
     // SAFETY: pipe2 just returned these two descriptors; we own them.
-    let (alive_r, alive_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (alive_r, alive_w) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
 
     // SAFETY: the process has one thread (checked above), so the child is a
     // complete copy and may run arbitrary code.
@@ -312,7 +325,9 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
         }
         child => {
             drop(alive_r);
-            log::debug!("sandbox: serving from pid {child}, in new pid, mount and network namespaces");
+            log::debug!(
+                "sandbox: serving from pid {child}, in new pid, mount and network namespaces"
+            );
             supervise(child, &waited, alive_w)
         }
     }
@@ -358,12 +373,21 @@ fn supervise(child: libc::pid_t, waited: &libc::sigset_t, _alive: OwnedFd) -> ! 
     }
 }
 
-/// Where the shared directory is reachable once [`pivot`] has run: `/` in
-/// the namespace and chroot modes, `shared_dir` itself with no sandbox.
-/// Does nothing; for configuring the file system before pivoting.
+/// Where the shared directory is mounted inside the namespace sandbox's
+/// root (see [`prepare_root`]).
+pub const NAMESPACE_SHARE: &str = "/share";
+/// Where this pid namespace's `proc` is mounted inside the namespace
+/// sandbox's root.
+const NAMESPACE_PROC: &str = "/proc";
+
+/// Where the shared directory is reachable once [`pivot`] has run:
+/// [`NAMESPACE_SHARE`] in namespace mode, `/` in chroot mode, `shared_dir`
+/// itself with no sandbox. Does nothing; for configuring the file system
+/// before pivoting.
 pub fn root_after(mode: SandboxMode, shared_dir: &Path) -> PathBuf {
     match mode {
-        SandboxMode::Namespace | SandboxMode::Chroot => PathBuf::from("/"),
+        SandboxMode::Namespace => PathBuf::from(NAMESPACE_SHARE),
+        SandboxMode::Chroot => PathBuf::from("/"),
         SandboxMode::None => shared_dir.to_path_buf(),
     }
 }
@@ -374,18 +398,19 @@ fn mount(
     target: &Path,
     fstype: Option<&CStr>,
     flags: libc::c_ulong,
+    data: Option<&CStr>,
 ) -> Result<(), SandboxError> {
     let target_c = cstring(target)?;
     let opt = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
     // SAFETY: every pointer is a NUL-terminated string that outlives the
-    // call, or null where mount(2) allows it; no data argument.
+    // call, or null where mount(2) allows it.
     let r = unsafe {
         libc::mount(
             opt(source),
             target_c.as_ptr(),
             opt(fstype),
             flags,
-            std::ptr::null(),
+            opt(data).cast(),
         )
     };
     if r != 0 {
@@ -405,22 +430,49 @@ fn chdir(path: &Path) -> Result<(), SandboxError> {
     })
 }
 
-/// Prepares the mounts [`pivot`] needs ([`SandboxMode::Namespace`]; other
+fn mkdir(path: &Path) -> Result<(), SandboxError> {
+    std::fs::create_dir(path).map_err(|source| SandboxError::Mount {
+        what: "create a mount point at",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+const PROC_FLAGS: libc::c_ulong =
+    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME;
+
+/// Builds the namespace sandbox's root ([`SandboxMode::Namespace`]; other
 /// modes do nothing). Runs in the child of [`enter_namespaces`]:
 ///
 /// - every mount becomes a recursive slave: nothing we mount or unmount
 ///   reaches the host, while mounts the host adds under the share still
 ///   show up inside (as in virtiofsd);
-/// - a fresh `proc` on `/proc`, showing only the new pid namespace;
-/// - `shared_dir` bind-mounted onto itself, so it is a mount point
-///   `pivot_root` accepts.
+/// - a small tmpfs covers `shared_dir` (in this mount namespace only); it
+///   will be the root, read-only after [`pivot`], holding
+/// - `/proc`: a fresh, read-only `proc` showing only the new pid
+///   namespace, and
+/// - [`NAMESPACE_SHARE`]: the shared directory, bind-mounted with its
+///   submounts.
 ///
-/// Between this and [`pivot`] the caller opens what it needs from outside
-/// the share, `/proc/self/fd` above all (fuse-backend-rs's
-/// `PassthroughFs::new` does).
+/// Unlike the Rust virtiofsd, which pivots into the share itself, the root
+/// keeps a `/proc`: fuse-backend-rs's passthrough reaches O_PATH inodes'
+/// extended attributes through absolute `/proc/self/fd/N` paths, and its
+/// file-handle support reads `/proc/self/mountinfo`, so both need a `/proc`
+/// that resolves inside the sandbox. Nothing but the share and this
+/// namespace's `/proc` is reachable, and the guest sees only the share.
+///
+/// `shared_dir` must not be `/`.
 pub fn prepare_root(mode: SandboxMode, shared_dir: &Path) -> Result<(), SandboxError> {
     if mode != SandboxMode::Namespace {
         return Ok(());
+    }
+    let canonical = std::fs::canonicalize(shared_dir).map_err(|source| SandboxError::Mount {
+        what: "find the shared directory",
+        path: shared_dir.to_path_buf(),
+        source,
+    })?;
+    if canonical == Path::new("/") {
+        return Err(SandboxError::ShareIsRoot);
     }
     mount(
         "make the mounts private (recursive slave) under",
@@ -428,38 +480,103 @@ pub fn prepare_root(mode: SandboxMode, shared_dir: &Path) -> Result<(), SandboxE
         Path::new("/"),
         None,
         libc::MS_SLAVE | libc::MS_REC,
-    )?;
-    mount(
-        "mount a fresh proc on",
-        Some(c"proc"),
-        Path::new("/proc"),
-        Some(c"proc"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME,
-    )?;
-    let shared_c = cstring(shared_dir)?;
-    mount(
-        "bind-mount the shared directory onto itself at",
-        Some(&shared_c),
-        shared_dir,
         None,
-        libc::MS_BIND | libc::MS_REC,
-    )
+    )?;
+    // A detached copy of the share with its submounts, taken before the
+    // tmpfs covers the path (a recursive bind made afterwards would copy
+    // the tmpfs too: it is mounted on the share's root).
+    let share = clone_tree(&canonical)?;
+    mount(
+        "mount the sandbox's root tmpfs on",
+        Some(c"tmpfs"),
+        &canonical,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(c"mode=0755,size=64k"),
+    )?;
+    let proc_dir = canonical.join(&NAMESPACE_PROC[1..]);
+    let share_dir = canonical.join(&NAMESPACE_SHARE[1..]);
+    mkdir(&proc_dir)?;
+    mkdir(&share_dir)?;
+    mount(
+        "mount a fresh read-only proc on",
+        Some(c"proc"),
+        &proc_dir,
+        Some(c"proc"),
+        PROC_FLAGS | libc::MS_RDONLY,
+        None,
+    )?;
+    attach_tree(&share, &share_dir)
 }
 
-/// Makes `shared_dir` the root directory: `pivot_root` and a lazy unmount
-/// of the old root ([`SandboxMode::Namespace`], after [`prepare_root`]),
-/// or `chroot` ([`SandboxMode::Chroot`]). Returns where the shared
-/// directory is reachable afterwards (the same as [`root_after`]).
+/// `open_tree(2)` flags (linux/mount.h, fcntl.h); Linux 5.2.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// A detached recursive bind mount of `path` (open_tree(2)).
+fn clone_tree(path: &Path) -> Result<OwnedFd, SandboxError> {
+    let c = cstring(path)?;
+    let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: a NUL-terminated path that outlives the call; the kernel
+    // returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(SandboxError::Mount {
+            what: "copy the mounts (open_tree, Linux 5.2 or later) of",
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: open_tree just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Attaches a tree from [`clone_tree`] at `target` (move_mount(2)).
+fn attach_tree(tree: &OwnedFd, target: &Path) -> Result<(), SandboxError> {
+    let c = cstring(target)?;
+    // SAFETY: a descriptor we own, an empty and a NUL-terminated path that
+    // outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(SandboxError::Mount {
+            what: "attach the shared directory (move_mount) at",
+            path: target.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Confines the process to the shared directory: `pivot_root` into the
+/// root [`prepare_root`] built, a lazy unmount of the old root and a
+/// read-only remount of the new one ([`SandboxMode::Namespace`]), or
+/// `chroot` ([`SandboxMode::Chroot`]). Returns where the shared directory
+/// is reachable afterwards (the same as [`root_after`]).
 ///
-/// Descriptors opened before stay valid: that is how the file system
-/// keeps `/proc/self/fd` and the listening socket.
+/// Descriptors opened before stay valid: that is how the daemon keeps its
+/// listening socket. In chroot mode nothing outside the share is
+/// reachable by path afterwards, `/proc` included: open `/proc/self/fd`
+/// before (fuse-backend-rs's `PassthroughFs::new`), and expect its
+/// extended-attribute calls on O_PATH inodes to fail (they use
+/// `/proc/self/fd/N` paths).
 pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxError> {
     match mode {
         SandboxMode::Namespace => {
+            // The tmpfs prepare_root mounted over the share's path.
             chdir(shared_dir)?;
             // pivot_root(".", ".") stacks the old root on top of the new
             // one (pivot_root(2), "NOTES"), so no put_old directory has to
-            // exist inside the share.
+            // exist in the new root.
             // SAFETY: two NUL-terminated strings that outlive the call.
             let r = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
             if r != 0 {
@@ -477,6 +594,7 @@ pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxErr
                 old_root,
                 None,
                 libc::MS_SLAVE | libc::MS_REC,
+                None,
             )?;
             // SAFETY: a NUL-terminated string that outlives the call.
             if unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } != 0 {
@@ -487,6 +605,18 @@ pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxErr
                 });
             }
             chdir(Path::new("/"))?;
+            mount(
+                "make the sandbox's root read-only at",
+                None,
+                Path::new("/"),
+                None,
+                libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                None,
+            )?;
         }
         SandboxMode::Chroot => {
             let c = cstring(shared_dir)?;
@@ -649,5 +779,4 @@ pub fn raise_nofile_limit(requested: Option<u64>) -> Result<u64, SandboxError> {
 }
 
 #[cfg(test)]
-#[path = "sandbox_tests.rs"]
 mod tests;

@@ -16,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 use vhost::vhost_user::Error as VhostUserError;
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -28,8 +28,7 @@ use crate::systemd::{self, Watchdog};
 
 /// Guest memory as the backends see it.
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
-/// The vring type every backend uses.
-pub type Vring = VringRwLock<GuestMem>;
+pub use crate::vring::Vring;
 
 /// A backend instance serving one connection.
 pub trait Connection: VhostUserBackend<Bitmap = (), Vring = Vring> + Send + Sync + 'static {

@@ -80,19 +80,57 @@ pub enum SocketError {
 }
 
 /// A listening socket ready for [`crate::serve`]. When it was bound from a
-/// path, dropping it removes the socket file.
+/// path, dropping it removes the socket file: through a descriptor of its
+/// directory and only if the name still is our socket, so it works after a
+/// sandbox moved the root and never removes someone else's file.
 pub struct BoundSocket {
     /// The listener.
     pub listener: Listener,
     /// What it was created from (for log lines).
     pub source: SocketSource,
+    cleanup: Option<Cleanup>,
+}
+
+struct Cleanup {
+    dir: std::fs::File,
+    name: std::ffi::CString,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        let Some(c) = self.cleanup.take() else { return };
+        use std::os::fd::AsRawFd;
+        // SAFETY: an all-zero stat is a valid value for fstatat to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatat on our directory fd with a NUL-terminated name,
+        // writing into `st`, which we own.
+        let r = unsafe {
+            libc::fstatat(
+                c.dir.as_raw_fd(),
+                c.name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 && st.st_dev == c.dev && st.st_ino == c.ino {
+            // SAFETY: unlinkat on our directory fd and a NUL-terminated name.
+            unsafe { libc::unlinkat(c.dir.as_raw_fd(), c.name.as_ptr(), 0) };
+        }
+    }
 }
 
 impl SocketSource {
     /// Acquires the listening socket.
     pub fn listen(&self) -> Result<BoundSocket, SocketError> {
+        let mut cleanup = None;
         let listener = match self {
-            SocketSource::Path(path) => bind_path(path)?,
+            SocketSource::Path(path) => {
+                let (listener, c) = bind_path(path)?;
+                cleanup = c;
+                listener
+            }
             SocketSource::Fd(fd) => adopt_fd(*fd, || SocketError::FdNotOpen(*fd))?,
             SocketSource::SystemdActivation => {
                 let fds: Vec<RawFd> = sd_notify::listen_fds()
@@ -108,11 +146,12 @@ impl SocketSource {
         Ok(BoundSocket {
             listener,
             source: self.clone(),
+            cleanup,
         })
     }
 }
 
-fn bind_path(path: &Path) -> Result<Listener, SocketError> {
+fn bind_path(path: &Path) -> Result<(Listener, Option<Cleanup>), SocketError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
@@ -143,10 +182,42 @@ fn bind_path(path: &Path) -> Result<Listener, SocketError> {
             })
         }
     }
-    Listener::new(path, false).map_err(|source| SocketError::Bind {
+    let bind_err = |e: io::Error| SocketError::Bind {
         path: path.to_path_buf(),
-        source,
-    })
+        source: vhost::vhost_user::Error::SocketError(e),
+    };
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
+    Ok((Listener::from(listener), cleanup_for(path)))
+}
+
+/// How to remove the socket we just bound at `path` later (None if the
+/// directory cannot be opened: then it is left behind, logged).
+fn cleanup_for(path: &Path) -> Option<Cleanup> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let dir_path = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name()?;
+    let found = (|| {
+        let dir = std::fs::File::open(dir_path)?;
+        let meta = std::fs::symlink_metadata(path)?;
+        let name = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
+        Ok::<_, io::Error>(Cleanup {
+            dir,
+            name,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    })();
+    match found {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("{} will not be removed on exit: {e}", path.display());
+            None
+        }
+    }
 }
 
 fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {

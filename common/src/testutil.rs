@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 /// How a forked child ended.
 #[derive(Debug)]
 pub(crate) struct ChildOutcome {
-    /// The child's pid (already reaped).
-    pub pid: libc::pid_t,
     /// The raw wait status.
     pub status: libc::c_int,
     /// What the child (or its descendants) reported through [`in_child`].
@@ -27,6 +25,30 @@ impl ChildOutcome {
     /// The signal that killed the child, if one did.
     pub fn signal(&self) -> Option<i32> {
         libc::WIFSIGNALED(self.status).then(|| libc::WTERMSIG(self.status))
+    }
+
+    /// Asserts the child exited with `code`.
+    #[track_caller]
+    pub fn assert_exit(&self, code: i32) {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "wait status {:#x}, child said: {}",
+            self.status,
+            self.message
+        );
+    }
+
+    /// Asserts the child was killed by `signal`.
+    #[track_caller]
+    pub fn assert_killed_by(&self, signal: i32) {
+        assert_eq!(
+            self.signal(),
+            Some(signal),
+            "wait status {:#x}, child said: {}",
+            self.status,
+            self.message
+        );
     }
 }
 
@@ -63,6 +85,13 @@ pub(crate) fn in_child_with(
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
         drop(r);
+        // No core files from the children a test kills on purpose.
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: setrlimit reads one rlimit we own.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
         let code = match std::panic::catch_unwind(AssertUnwindSafe(f)) {
             Ok(Ok(code)) => code,
             Ok(Err(msg)) => {
@@ -108,11 +137,7 @@ pub(crate) fn in_child_with(
     unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     let mut message = String::new();
     let _ = std::fs::File::from(r).read_to_string(&mut message);
-    ChildOutcome {
-        pid,
-        status,
-        message,
-    }
+    ChildOutcome { status, message }
 }
 
 /// [`in_child_with`] with a 30 s timeout and nothing to do meanwhile.

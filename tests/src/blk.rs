@@ -11,6 +11,8 @@ use crate::device::{DeviceError, DeviceOptions, VuDevice};
 use crate::memory::MemoryError;
 use crate::virtqueue::{QueueError, Seg, VirtQueue};
 
+pub mod raw;
+
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
 /// Length of the GET_ID answer.

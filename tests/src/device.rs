@@ -272,6 +272,22 @@ impl VuDevice {
 
     /// SET_FEATURES, SET_MEM_TABLE, then per queue SET_VRING_NUM/BASE/ADDR/CALL/KICK/ENABLE.
     pub fn start(&mut self, opts: &DeviceOptions) -> Result<()> {
+        self.start_with(opts, true)
+    }
+
+    /// Like [`VuDevice::start`] but sends no SET_VRING_ENABLE, so every ring
+    /// stays disabled (when PROTOCOL_FEATURES was negotiated) until
+    /// [`VuDevice::set_queue_enabled`]; for tests of kicks on a disabled ring.
+    pub fn start_disabled(&mut self, opts: &DeviceOptions) -> Result<()> {
+        self.start_with(opts, false)
+    }
+
+    /// SET_VRING_ENABLE for queue `i` (acked when REPLY_ACK was negotiated).
+    pub fn set_queue_enabled(&mut self, i: usize, enabled: bool) -> Result<()> {
+        self.acked("SET_VRING_ENABLE", |f| f.set_vring_enable(i, enabled))
+    }
+
+    fn start_with(&mut self, opts: &DeviceOptions, enable: bool) -> Result<()> {
         let features = self.features;
         self.acked("SET_FEATURES", |f| f.set_features(features))?;
         let regions = self.mem.regions();
@@ -284,13 +300,13 @@ impl VuDevice {
         };
         for i in 0..opts.num_queues {
             let q = VirtQueue::new(i as u16, self.mem.clone(), cfg)?;
-            self.start_queue(&q)?;
+            self.start_queue(&q, enable)?;
             self.queues.push(q);
         }
         Ok(())
     }
 
-    fn start_queue(&mut self, q: &VirtQueue) -> Result<()> {
+    fn start_queue(&mut self, q: &VirtQueue, enable: bool) -> Result<()> {
         let i = usize::from(q.index());
         let size = q.size();
         let config = VringConfigData {
@@ -307,7 +323,7 @@ impl VuDevice {
         self.acked("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
         self.acked("SET_VRING_CALL", |f| f.set_vring_call(i, q.call_fd()))?;
         self.acked("SET_VRING_KICK", |f| f.set_vring_kick(i, q.kick_fd()))?;
-        if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+        if enable && self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             self.acked("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
         }
         Ok(())

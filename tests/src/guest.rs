@@ -517,6 +517,15 @@ impl QemuGuest {
     /// its end (see [`GuestOutput::ensure_pass`] for the verdict) and
     /// [`GuestError::Timeout`] if it had to be killed.
     pub fn run(&self) -> Result<GuestOutput> {
+        self.run_watching(|_| {})
+    }
+
+    /// Like [`Self::run`], and calls `on_line` with each console line as it
+    /// arrives, while the guest runs: the host can react to a line the
+    /// script prints (change the share, then let the guest go on) instead
+    /// of guessing how long the guest needs. `on_line` runs on the thread
+    /// that waits for QEMU, so it should not block for long.
+    pub fn run_watching(&self, mut on_line: impl FnMut(&str)) -> Result<GuestOutput> {
         let qemu = find_binary(&self.qemu)?;
         let work = TempDir::new("vutest-guest")?;
         let (cmdline, disk) = self.cmdline_and_disk()?;
@@ -593,6 +602,7 @@ impl QemuGuest {
             match rx.recv_timeout(wait) {
                 Ok(line) => {
                     log::trace!("guest: {line}");
+                    on_line(&line);
                     parser.feed_line(&line);
                 }
                 Err(RecvTimeoutError::Disconnected) => break,

@@ -7,6 +7,7 @@
 //! - [`blk`], [`fs`], [`net`]: device helpers on top.
 //! - [`fixture`]: reference daemons as RAII process guards; [`guest`]: the QEMU guest test kit.
 //! - [`process`]: a child seen through `/proc`, inherited descriptors, bounded runs.
+//! - [`systemd`]: the receiving end of `NOTIFY_SOCKET`, unit files.
 
 pub mod bench;
 pub mod blk;
@@ -18,4 +19,5 @@ pub mod memory;
 pub mod net;
 pub mod ours;
 pub mod process;
+pub mod systemd;
 pub mod virtqueue;

@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::fixture::{Daemon, FixtureError, Readiness, Result, DEFAULT_READY_TIMEOUT};
+use crate::fixture::{
+    Daemon, FixtureError, Readiness, Result, DEFAULT_READY_TIMEOUT, VIRTIOFSD_READY_LINE,
+};
+use crate::process::without_systemd_env;
 
 /// The path of one of the workspace's binaries (`vhost-blk-daemon`, ...),
 /// next to the running test executable's profile directory
@@ -106,4 +109,43 @@ pub fn vhost_blk_daemon(image: &Path, socket: &Path, opts: &BlkDaemonOpts) -> Re
         &[Readiness::Path(socket.to_path_buf())],
         DEFAULT_READY_TIMEOUT,
     )
+}
+
+/// The `virtiofsd` command line sharing `shared_dir` on `socket`
+/// (`--socket-path`, `--shared-dir`, then `extra_args` as given), not
+/// spawned, for tests that need to change its environment or limits.
+/// systemd's variables are removed from its environment (see
+/// [`without_systemd_env`]).
+pub fn virtiofsd_command(shared_dir: &Path, socket: &Path, extra_args: &[&str]) -> Result<Command> {
+    let mut cmd = Command::new(project_binary("virtiofsd")?);
+    without_systemd_env(&mut cmd);
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--shared-dir")
+        .arg(shared_dir)
+        .args(extra_args);
+    Ok(cmd)
+}
+
+/// Spawns a `virtiofsd` command built by [`virtiofsd_command`] (perhaps
+/// changed since); ready when its log shows [`VIRTIOFSD_READY_LINE`] and
+/// `socket` exists.
+pub fn spawn_virtiofsd(cmd: Command, socket: &Path) -> Result<Daemon> {
+    Daemon::spawn(
+        "virtiofsd",
+        cmd,
+        socket,
+        &[
+            Readiness::LogLine(VIRTIOFSD_READY_LINE.to_string()),
+            Readiness::Path(socket.to_path_buf()),
+        ],
+        DEFAULT_READY_TIMEOUT,
+    )
+}
+
+/// Spawns our `virtiofsd` sharing `shared_dir` on `socket` with
+/// `extra_args` (`--cache`, `--sandbox`, ...); see [`spawn_virtiofsd`] for
+/// when it counts as ready.
+pub fn virtiofsd(shared_dir: &Path, socket: &Path, extra_args: &[&str]) -> Result<Daemon> {
+    spawn_virtiofsd(virtiofsd_command(shared_dir, socket, extra_args)?, socket)
 }

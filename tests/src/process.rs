@@ -137,6 +137,47 @@ impl Finished {
     pub fn code(&self) -> Option<i32> {
         self.status.and_then(|s| s.code())
     }
+
+    /// Checks that a daemon refused to run: it exited by itself with one of
+    /// `codes`, did not panic, and printed exactly one line starting with
+    /// `error: `, which is the first line of stderr that mentions an error
+    /// at all and contains every string of `culprits`. Returns that line,
+    /// or what is wrong, with stderr quoted.
+    pub fn refusal(&self, codes: &[i32], culprits: &[&str]) -> Result<String, String> {
+        let stderr = &self.stderr;
+        let Some(status) = self.status else {
+            return Err(format!(
+                "still running at the deadline instead of refusing; stderr:\n{stderr}"
+            ));
+        };
+        if !self.code().is_some_and(|c| codes.contains(&c)) {
+            return Err(format!(
+                "exit status {status}, expected code {codes:?}; stderr:\n{stderr}"
+            ));
+        }
+        if stderr.contains("panicked") {
+            return Err(format!("it panicked:\n{stderr}"));
+        }
+        let first = stderr
+            .lines()
+            .find(|l| l.to_ascii_lowercase().contains("error"))
+            .ok_or_else(|| format!("no error line on stderr:\n{stderr}"))?;
+        if !first.starts_with("error: ") {
+            return Err(format!(
+                "the first error line does not start with `error: `: {first:?}\nstderr:\n{stderr}"
+            ));
+        }
+        let n = stderr.lines().filter(|l| l.starts_with("error:")).count();
+        if n != 1 {
+            return Err(format!(
+                "{n} `error:` lines, expected one; stderr:\n{stderr}"
+            ));
+        }
+        if let Some(c) = culprits.iter().find(|c| !first.contains(**c)) {
+            return Err(format!("the error line does not name {c:?}: {first:?}"));
+        }
+        Ok(first.to_string())
+    }
 }
 
 /// Runs `cmd` (stdin null, stdout and stderr captured in files) until it
@@ -223,6 +264,29 @@ mod tests {
         .unwrap();
         assert!(hung.status.is_none());
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn refusal_wants_one_error_line_naming_the_culprit() {
+        let sh = |script: &str| {
+            run_bounded(
+                Command::new("/bin/sh").args(["-c", script]),
+                Duration::from_secs(10),
+            )
+            .unwrap()
+        };
+        let ok = sh("echo 'note: x' >&2; echo 'error: --tag: too long' >&2; exit 2");
+        assert_eq!(
+            ok.refusal(&[2], &["--tag"]).unwrap(),
+            "error: --tag: too long"
+        );
+        assert!(ok.refusal(&[1], &["--tag"]).is_err(), "wrong code");
+        assert!(ok.refusal(&[2], &["--cache"]).is_err(), "culprit not named");
+        let two = sh("echo 'error: a' >&2; echo 'error: b' >&2; exit 2");
+        assert!(two.refusal(&[2], &[]).is_err());
+        let late = sh("echo 'ERROR something' >&2; echo 'error: a' >&2; exit 2");
+        assert!(late.refusal(&[2], &[]).is_err());
+        assert!(sh("exit 0").refusal(&[0], &[]).is_err(), "no error line");
     }
 
     #[test]

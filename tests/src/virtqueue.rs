@@ -571,6 +571,55 @@ impl VirtQueue {
         self.push_avail(head)
     }
 
+    /// Reserves `descs.len()` descriptors, writes `descs` into them and puts
+    /// the first on the available ring (untracked, like [`VirtQueue::raw_publish`];
+    /// it goes out at the next kick).
+    ///
+    /// For a descriptor with [`VRING_DESC_F_NEXT`], a `next` below
+    /// `descs.len()` is an index into `descs` and is translated to the
+    /// reserved slot, so loops can be written as `next: 0`; a larger `next`
+    /// is written unchanged, so out-of-range values reach the backend as
+    /// given. Returns the reserved indices, head first: hand them back with
+    /// [`VirtQueue::release_descs`] once the head has come back used.
+    pub fn raw_chain(&mut self, descs: &[RawDesc]) -> Result<Vec<u16>> {
+        if descs.is_empty() {
+            return Err(QueueError::BadChain {
+                queue: self.index,
+                len: 0,
+                max: usize::from(self.cfg.size),
+            });
+        }
+        let slots = self.reserve_descs(descs.len())?;
+        for (d, &slot) in descs.iter().zip(&slots) {
+            let mut d = *d;
+            if d.flags & VRING_DESC_F_NEXT != 0 {
+                if let Some(&target) = slots.get(usize::from(d.next)) {
+                    d.next = target;
+                }
+            }
+            if let Err(e) = self.raw_desc(slot, d) {
+                self.release_descs(&slots);
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.push_avail(slots[0]) {
+            self.release_descs(&slots);
+            return Err(e);
+        }
+        Ok(slots)
+    }
+
+    /// Returns descriptors taken with [`VirtQueue::reserve_descs`] or
+    /// [`VirtQueue::raw_chain`] to the free list. The caller must no longer
+    /// have them on the available ring (their head came back used).
+    pub fn release_descs(&mut self, descs: &[u16]) {
+        for &d in descs.iter().rev() {
+            if d < self.cfg.size && !self.free.contains(&d) {
+                self.free.push(d);
+            }
+        }
+    }
+
     /// Sets the shadow available index; the next kick publishes it as is.
     pub fn raw_set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;
@@ -581,6 +630,30 @@ impl VirtQueue {
         self.mem
             .load_u16(self.used.unchecked_add(2), Ordering::Acquire)
             .map_err(|e| self.merr(e))
+    }
+
+    /// The used ring's flags as the backend last wrote them
+    /// ([`VRING_USED_F_NO_NOTIFY`] while it does not want kicks).
+    pub fn used_flags(&self) -> Result<u16> {
+        self.mem
+            .load_u16(self.used, Ordering::Acquire)
+            .map_err(|e| self.merr(e))
+    }
+
+    /// The avail_event field the backend writes after the used ring (with
+    /// EVENT_IDX: the avail index at which it wants the next kick).
+    pub fn avail_event(&self) -> Result<u16> {
+        self.mem
+            .load_u16(
+                self.used.unchecked_add(4 + 8 * u64::from(self.cfg.size)),
+                Ordering::Acquire,
+            )
+            .map_err(|e| self.merr(e))
+    }
+
+    /// The available index published at the last kick.
+    pub fn published_avail_idx(&self) -> u16 {
+        self.kicked_idx
     }
 }
 

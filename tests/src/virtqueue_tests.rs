@@ -175,3 +175,40 @@ fn raw_chains_reach_the_device_as_written() {
     dev.add_used(mem.mem(), head, 0).unwrap();
     assert_eq!(vq.pop_used().unwrap().unwrap().token, None);
 }
+
+#[test]
+fn raw_chain_translates_next_and_releases() {
+    let (mem, mut vq, mut dev) = setup(false, false);
+    let a = mem.alloc(64, 8).unwrap();
+    let desc = |len, flags, next| RawDesc {
+        addr: a.raw_value(),
+        len,
+        flags,
+        next,
+    };
+    // Three descriptors linked by relative index: 0 -> 1 -> 2.
+    let slots = vq
+        .raw_chain(&[
+            desc(16, VRING_DESC_F_NEXT, 1),
+            desc(8, VRING_DESC_F_NEXT, 2),
+            desc(1, VRING_DESC_F_WRITE, 0),
+        ])
+        .unwrap();
+    assert_eq!(slots.len(), 3);
+    assert_eq!(vq.free_descs(), 5);
+    vq.kick().unwrap();
+    let (r, w, head) = device_pop(&mem, &mut dev).unwrap();
+    assert_eq!((r, w, head), (vec![16, 8], vec![1], slots[0]));
+    dev.add_used(mem.mem(), head, 0).unwrap();
+    assert_eq!(vq.pop_used().unwrap().unwrap().head, slots[0]);
+    vq.release_descs(&slots);
+    vq.release_descs(&slots);
+    assert_eq!(vq.free_descs(), 8, "released once, never twice");
+
+    // A `next` beyond the chain is written as given.
+    let slots = vq.raw_chain(&[desc(16, VRING_DESC_F_NEXT, 200)]).unwrap();
+    let raw: RawDesc = mem
+        .read_obj(vq.desc_addr().unchecked_add(16 * u64::from(slots[0])))
+        .unwrap();
+    assert_eq!(raw.next, 200);
+}

@@ -49,7 +49,7 @@ const FLAG_UNMAP: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
     /// The chain ended on a descriptor with NEXT set.
-    #[error("chain truncated (descriptor loop, `next` out of range, chain longer than the queue, or bad indirect table)")]
+    #[error("chain truncated (descriptor loop, `next` out of range, more descriptors than the table holds, or a bad indirect table)")]
     Truncated,
     /// A buffer is not inside guest memory.
     #[error("buffer at {addr:#x}+{len} is outside guest memory")]

@@ -17,7 +17,8 @@ pub const DEFAULT_TAG: &str = "kataShared";
 /// `--cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Cache {
-    /// No data or metadata caching in the guest.
+    /// No data or metadata caching in the guest (`none` as libvirt spells it).
+    #[value(alias = "none")]
     Never,
     /// Metadata cached, data not.
     Metadata,
@@ -304,6 +305,15 @@ mod tests {
         assert_eq!(c.sandbox, Sandbox::Chroot);
         assert!(c.xattr);
         assert_eq!(c.vhost_user.log_level, LogLevel::Debug);
+        let c = parse(&[
+            "--fd=4",
+            "-o",
+            "source=/x,cache=none,sandbox=chroot,no_xattr",
+            "--thread-pool-size=1",
+        ])
+        .unwrap();
+        assert_eq!(c.cache, Cache::Never);
+        assert!(!c.xattr);
     }
 
     #[test]

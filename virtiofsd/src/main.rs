@@ -7,6 +7,7 @@
 mod backend;
 mod cli;
 mod fs;
+mod seccomp_fs;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -73,6 +74,12 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
             "--posix-acl is not supported: fuse-backend-rs's passthrough has no POSIX ACL handling",
         ));
     }
+    if cli.xattr && cli.sandbox == crate::cli::Sandbox::Chroot {
+        return Err(usage(
+            "--sandbox chroot with --xattr is not supported: fuse-backend-rs reaches extended \
+             attributes through /proc/self/fd, which a chroot hides; use --sandbox namespace",
+        ));
+    }
     if cli.thread_pool_size > 1 {
         return Err(usage(format!(
             "--thread-pool-size {}: only 0 or 1 (requests run on their queue's thread)",
@@ -92,15 +99,62 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
             shared_dir.display()
         )));
     }
-    let shutdown = Shutdown::install().map_err(runtime)?;
-    let mut socket = cli.vhost_user.socket_source().listen().map_err(runtime)?;
+    use common::sandbox::{self, Capability, SandboxMode};
+    use common::seccomp::{self, SeccompAction};
+    let mode = match cli.sandbox {
+        crate::cli::Sandbox::Namespace => SandboxMode::Namespace,
+        crate::cli::Sandbox::Chroot => SandboxMode::Chroot,
+        crate::cli::Sandbox::None => SandboxMode::None,
+    };
+    let action = match cli.seccomp {
+        crate::cli::Seccomp::Kill => SeccompAction::Kill,
+        crate::cli::Seccomp::Log => SeccompAction::Log,
+        crate::cli::Seccomp::Trap => SeccompAction::Trap,
+        crate::cli::Seccomp::None => SeccompAction::None,
+    };
     common::systemd::connect();
-
-    let root = shared_dir.to_string_lossy().into_owned();
-    let fs = PassthroughFs::<()>::new(passthrough_config(&cli, &root))
-        .map_err(|e| runtime(format!("cannot set up the passthrough filesystem: {e}")))?;
+    // Before forking: the sandboxed child (PID 1) inherits the handler.
+    let shutdown = Shutdown::install().map_err(runtime)?;
+    sandbox::enter_namespaces(mode).map_err(runtime)?;
+    sandbox::raise_nofile_limit(cli.rlimit_nofile).map_err(runtime)?;
+    let mut socket = cli.vhost_user.socket_source().listen().map_err(runtime)?;
+    sandbox::prepare_root(mode, &shared_dir).map_err(runtime)?;
+    let root = sandbox::root_after(mode, &shared_dir)
+        .to_string_lossy()
+        .into_owned();
+    let new_fs = || {
+        PassthroughFs::<()>::new(passthrough_config(&cli, &root))
+            .map_err(|e| runtime(format!("cannot set up the passthrough filesystem: {e}")))
+    };
+    // chroot: /proc is out of reach after pivot.
+    let early = if mode == SandboxMode::Chroot {
+        Some(new_fs()?)
+    } else {
+        None
+    };
+    sandbox::pivot(mode, &shared_dir).map_err(runtime)?;
+    let fs = match early {
+        Some(fs) => fs,
+        None => new_fs()?,
+    };
     fs.import()
         .map_err(|e| runtime(format!("--shared-dir {}: {e}", shared_dir.display())))?;
+    sandbox::drop_supplementary_groups().map_err(runtime)?;
+    sandbox::limit_capabilities(&[
+        Capability::CAP_CHOWN,
+        Capability::CAP_DAC_OVERRIDE,
+        Capability::CAP_DAC_READ_SEARCH,
+        Capability::CAP_FOWNER,
+        Capability::CAP_FSETID,
+        Capability::CAP_SETGID,
+        Capability::CAP_SETUID,
+        Capability::CAP_MKNOD,
+        Capability::CAP_SETFCAP,
+    ])
+    .map_err(runtime)?;
+    let mut allowed = seccomp::VHOST_USER_BASE.to_vec();
+    allowed.extend_from_slice(seccomp_fs::VIRTIOFSD);
+    seccomp::apply(action, &allowed, seccomp::VHOST_USER_IOCTLS).map_err(runtime)?;
     let fs = Arc::new(Guarded::new(fs, cli.readonly, cli.announce_submounts));
     let mut tag = [0u8; TAG_MAX];
     tag[..cli.tag.len()].copy_from_slice(cli.tag.as_bytes());

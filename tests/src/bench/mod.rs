@@ -233,7 +233,7 @@ pub fn alternate<B, E>(
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "{:<24} {:<16} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7}\n",
+        "{:<24} {:<16} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7} {:>9}\n",
         "workload",
         "backend",
         "ops/s",
@@ -242,7 +242,8 @@ pub fn table(rows: &[Row]) -> String {
         "p99 µs",
         "CPU µs/op",
         "ops/CPU-s",
-        "vs 1st"
+        "vs 1st",
+        "anon KiB"
     ));
     let mut first: Option<(String, f64)> = None;
     for r in rows {
@@ -257,7 +258,7 @@ pub fn table(rows: &[Row]) -> String {
             v.map_or_else(|| "-".to_owned(), |v| format!("{v:.prec$}"))
         };
         s.push_str(&format!(
-            "{:<24} {:<16} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>11} {:>6.2}x\n",
+            "{:<24} {:<16} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>11} {:>6.2}x {:>9}\n",
             r.workload,
             r.backend,
             r.ops_per_s,
@@ -267,6 +268,8 @@ pub fn table(rows: &[Row]) -> String {
             opt(r.cpu_us_per_op, 2),
             opt(r.ops_per_cpu_s, 0),
             if base > 0.0 { r.ops_per_s / base } else { 0.0 },
+            r.rss_anon_kib
+                .map_or_else(|| "-".to_owned(), |k| k.to_string()),
         ));
     }
     s

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::Parser;
 use vu_driver::bench::{self, Row};
 use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
-use vu_driver::fixture::{Daemon, QsdOpts};
+use vu_driver::fixture::{Daemon, QsdOpts, Readiness};
 use vu_driver::fs::{FsClient, FsOptions};
 use vu_driver::net::testpmd::{TestPmd, TestPmdOptions};
 use vu_driver::net::NetClient;
@@ -259,6 +259,33 @@ fn start_references(
         dir: Some(share),
     });
     daemons.push(vfs);
+    match rust_virtiofsd() {
+        Some(bin) => {
+            let share = dir.join("rust-virtiofsd-share");
+            std::fs::create_dir(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+            let sock = dir.join("rust-virtiofsd.sock");
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.arg("--socket-path").arg(&sock).arg("--shared-dir").arg(&share).arg("--cache=auto");
+            let d = Daemon::spawn(
+                "rust-virtiofsd",
+                cmd,
+                &sock,
+                &[Readiness::Path(sock.clone())],
+                vu_driver::fixture::DEFAULT_READY_TIMEOUT,
+            )
+            .map_err(|e| chain(&e))?;
+            fs.push(Spec {
+                name: "rust-virtiofsd".into(),
+                socket: sock,
+                pid: Some(d.pid()),
+                dir: Some(share),
+            });
+            daemons.push(d);
+        }
+        None => eprintln!(
+            "note: the Rust virtiofsd is not installed (scripts/bench-setup.sh installs it in /opt/rust-virtiofsd)"
+        ),
+    }
     let pmd = TestPmd::spawn(&TestPmdOptions::new(&dir.join("testpmd.sock"), 1))
         .map_err(|e| chain(&e))?;
     net.push(Spec {
@@ -272,6 +299,15 @@ fn start_references(
         _testpmd: pmd,
         _dir: dir,
     })
+}
+
+/// The Rust virtiofsd: `$RUST_VIRTIOFSD`, else where scripts/bench-setup.sh
+/// installs it.
+fn rust_virtiofsd() -> Option<PathBuf> {
+    let p = std::env::var_os("RUST_VIRTIOFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/rust-virtiofsd/bin/virtiofsd"));
+    p.is_file().then_some(p)
 }
 
 /// Writes non-zero data everywhere so reads are not served from holes.
@@ -289,14 +325,14 @@ fn fill_image(path: &std::path::Path, size: u64) -> std::io::Result<()> {
     f.flush()
 }
 
-/// Our daemons, started by --start-ours.
+/// Our daemons, started by --start-ours (declared first: they stop before their directory goes).
 struct Ours {
     _daemons: Vec<Daemon>,
     blk_image: PathBuf,
     _dir: ScratchDir,
 }
 
-fn start_ours(args: &Args, blk: &mut Vec<Spec>) -> Result<Ours, String> {
+fn start_ours(args: &Args, blk: &mut Vec<Spec>, fs: &mut Vec<Spec>) -> Result<Ours, String> {
     let dir = ScratchDir::new(&args.scratch_dir, "ours")
         .map_err(|e| format!("scratch dir in {}: {e}", args.scratch_dir.display()))?;
     let image = dir.join("ours.img");
@@ -318,8 +354,18 @@ fn start_ours(args: &Args, blk: &mut Vec<Spec>) -> Result<Ours, String> {
         pid: Some(d.pid()),
         dir: None,
     });
+    let share = dir.join("ours-share");
+    std::fs::create_dir(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+    let vfs = ours::virtiofsd(&share, &dir.join("ours-fs.sock"), &["--cache=auto"])
+        .map_err(|e| chain(&e))?;
+    fs.push(Spec {
+        name: "virtiofsd (ours)".into(),
+        socket: vfs.socket().to_owned(),
+        pid: Some(vfs.pid()),
+        dir: Some(share),
+    });
     Ok(Ours {
-        _daemons: vec![d],
+        _daemons: vec![d, vfs],
         blk_image: image,
         _dir: dir,
     })
@@ -350,6 +396,14 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
     let workloads = selected(args, &bench::fs::ALL, |w| w.name());
     if specs.is_empty() || workloads.is_empty() {
         return Ok(());
+    }
+    // Anonymous memory of each daemon before any frontend connected.
+    for s in specs {
+        if let Some(kib) = s.pid.and_then(bench::rss_anon_kib) {
+            let mut row = Row::from_samples("fs-idle", &s.name, &[], None);
+            row.rss_anon_kib = Some(kib);
+            rows.push(row);
+        }
     }
     let mut targets = Vec::new();
     for s in specs {
@@ -417,7 +471,7 @@ fn run(args: Args) -> Result<(), String> {
         None
     };
     let ours = if args.start_ours {
-        Some(start_ours(&args, &mut blk)?)
+        Some(start_ours(&args, &mut blk, &mut fs)?)
     } else {
         None
     };

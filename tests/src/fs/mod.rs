@@ -9,6 +9,7 @@
 //!
 //! - [`wire`]: FUSE encoding and parsing (pure, unit-tested).
 //! - `ops`: the typed operations (INIT, LOOKUP, ..., STATFS).
+//! - `ops_more`: links, MKNOD, xattrs, FALLOCATE, LSEEK, ACCESS.
 //! - `raw`: requests made of arbitrary bytes, for bad-input tests.
 
 use std::collections::VecDeque;
@@ -25,6 +26,7 @@ use crate::virtqueue::{QueueError, Seg};
 
 mod io;
 mod ops;
+mod ops_more;
 mod raw;
 pub mod wire;
 

@@ -1,0 +1,800 @@
+//! Command line and lifecycle of our `virtiofsd` (contract:
+//! /work/notes/fs-spec.md, "CLI"), and its contrib files: the systemd units
+//! in `contrib/systemd/` and the QEMU vhost-user descriptor in `contrib/qemu/`.
+//!
+//! The command lines Kata Containers (both styles) and libvirt pass must
+//! start the daemon unchanged: the readiness line appears on stderr and the
+//! driver can INIT, LOOKUP and READ a file. Every refusal is checked the
+//! same way: the exit code, exactly one line starting with `error: ` (the
+//! first line that mentions an error at all) naming the culprit, no panic
+//! (see [`Finished::refusal`]).
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use fuse_backend_rs::abi::fuse_abi::{EntryOut, ROOT_ID};
+use vu_driver::fixture::{find_binary, Daemon, Readiness, TempDir};
+use vu_driver::fs::{FsClient, FsOptions};
+use vu_driver::ours::{project_binary, spawn_virtiofsd, virtiofsd_command};
+use vu_driver::process::{inherit_fd_as, run_bounded, without_systemd_env, Finished};
+use vu_driver::systemd::{environment_file, expand_exec, NotifyListener, Unit};
+
+/// The line Kata's runtime waits for on stderr (contract: with the dots).
+const READY_LINE: &str = "Waiting for vhost-user socket connection...";
+const CAPABILITIES: &str = "{\"type\":\"fs\",\"features\":[\"separate-options\"]}\n";
+const T: Duration = Duration::from_secs(10);
+/// How long a signalled daemon may take to exit.
+const EXIT_DEADLINE: Duration = Duration::from_secs(2);
+/// Until the sandbox and seccomp are wired in, tests that are not about the
+/// default command line run without.
+const NO_SANDBOX: &[&str] = &["--sandbox", "none", "--seccomp", "none"];
+const HELLO: &str = "hello from the host's shared directory\n";
+
+/// A temporary directory with a share holding `hello.txt` and a (not yet
+/// existing) socket path.
+struct Env {
+    dir: TempDir,
+    share: PathBuf,
+    socket: PathBuf,
+}
+
+fn env(name: &str) -> Env {
+    let dir = TempDir::new(&format!("fs-cli-{name}")).unwrap();
+    let share = dir.join("share");
+    fs::create_dir(&share).unwrap();
+    fs::write(share.join("hello.txt"), HELLO).unwrap();
+    let socket = dir.join("fs.sock");
+    Env { dir, share, socket }
+}
+
+fn daemon_command() -> Command {
+    let mut cmd = Command::new(project_binary("virtiofsd").unwrap());
+    without_systemd_env(&mut cmd);
+    cmd
+}
+
+/// Runs the daemon with `args` until it exits (killed after [`T`]).
+fn run<I, S>(args: I) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut cmd = daemon_command();
+    cmd.args(args.into_iter().map(Into::into));
+    run_bounded(&mut cmd, T).unwrap()
+}
+
+/// Binds a listening socket at `e.socket` and hands it to `cmd` as
+/// descriptor `fd`, as Kata's Go runtime and libvirt do; ready when the log
+/// shows [`READY_LINE`]. Our copy of the listener is closed once the daemon
+/// is up, so only the daemon listens.
+fn spawn_with_listener(mut cmd: Command, e: &Env, fd: i32) -> Daemon {
+    let listener = UnixListener::bind(&e.socket).unwrap();
+    inherit_fd_as(&mut cmd, listener.as_raw_fd(), fd);
+    let ready = [Readiness::LogLine(READY_LINE.to_string())];
+    let d =
+        Daemon::spawn("virtiofsd", cmd, &e.socket, &ready, T).unwrap_or_else(|err| panic!("{err}"));
+    drop(listener);
+    d
+}
+
+/// Connects (INIT), LOOKUPs `hello.txt` and READs it; returns the entry.
+fn assert_serves(socket: &Path) -> EntryOut {
+    let mut c = FsClient::connect(socket, FsOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let session = *c.session().expect("INIT ran at connect");
+    assert_eq!(session.init.major, 7, "{:?}", session.init);
+    let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
+    assert_ne!(entry.nodeid, 0);
+    assert_eq!(entry.attr.size, HELLO.len() as u64);
+    let fh = c.open(entry.nodeid, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(c.read(fh, entry.nodeid, 0, 4096).unwrap(), HELLO.as_bytes());
+    c.release(fh, entry.nodeid, libc::O_RDONLY).unwrap();
+    entry
+}
+
+/// Sends SIGTERM and waits up to [`EXIT_DEADLINE`]; returns the status.
+fn sigterm(d: &mut Daemon) -> ExitStatus {
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM).unwrap();
+    let status = d.wait_timeout(EXIT_DEADLINE).unwrap();
+    let Some(status) = status else {
+        panic!("no exit within {EXIT_DEADLINE:?} of SIGTERM");
+    };
+    eprintln!("exited {status} {:?} after SIGTERM", t0.elapsed());
+    status
+}
+
+fn assert_no_panic(d: &Daemon) {
+    let log = d.log_contents();
+    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+}
+
+/// Stops a daemon serving an inherited socket: exit 0 on SIGTERM, and the
+/// socket file, which the daemon did not create, is left alone.
+fn stop_inherited(d: &mut Daemon, e: &Env) {
+    let status = sigterm(d);
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        e.socket.exists(),
+        "the daemon removed {}, a socket it did not create",
+        e.socket.display()
+    );
+    assert_no_panic(d);
+}
+
+// ---- Kata Containers: --syslog, which needs /dev/log ----
+
+/// Wraps `cmd` so that it runs in a private mount namespace whose `/dev`
+/// is a tmpfs of symlinks to the real `/dev` entries, plus `/dev/log` ->
+/// `dev_log` if given (and no `/dev/log` otherwise), whatever the host has.
+/// Its stdout goes to /dev/null, so the log shows what it wrote on stderr.
+fn with_private_dev(cmd: &Command, e: &Env, dev_log: Option<&Path>) -> Command {
+    const SCRIPT: &str = r#"set -e
+real="$VUTEST_REAL_DEV"
+mkdir -p "$real"
+mount --rbind /dev "$real"
+mount -t tmpfs -o mode=755 vutest-dev /dev
+for f in "$real"/* "$real"/.[!.]*; do
+    [ -e "$f" ] || [ -L "$f" ] || continue
+    ln -s "$f" "/dev/${f##*/}"
+done
+rm -f /dev/log
+[ -z "$VUTEST_DEV_LOG" ] || ln -s "$VUTEST_DEV_LOG" /dev/log
+exec "$@" >/dev/null
+"#;
+    let mut w = Command::new(find_binary("unshare").unwrap());
+    w.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        SCRIPT,
+        "sh",
+    ])
+    .arg(cmd.get_program())
+    .args(cmd.get_args())
+    .env("VUTEST_REAL_DEV", e.dir.join("real-dev"))
+    .env(
+        "VUTEST_DEV_LOG",
+        dev_log.map(Path::as_os_str).unwrap_or_default(),
+    );
+    without_systemd_env(&mut w);
+    w
+}
+
+/// Kata's Rust runtime command line, unchanged (socket as fd 3).
+fn kata_rust_args(e: &Env) -> Vec<OsString> {
+    let mut shared = OsString::from("--shared-dir=");
+    shared.push(&e.share);
+    vec![
+        "--syslog".into(),
+        "--cache=auto".into(),
+        shared,
+        "--fd=3".into(),
+        "--thread-pool-size=1".into(),
+        "--announce-submounts".into(),
+    ]
+}
+
+#[test]
+fn kata_rust_command_line_serves_and_logs_to_dev_log() {
+    let e = env("kata-rust");
+    let syslog_path = e.dir.join("syslog.sock");
+    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    let mut inner = daemon_command();
+    inner.args(kata_rust_args(&e));
+    let cmd = with_private_dev(&inner, &e, Some(&syslog_path));
+    let mut d = spawn_with_listener(cmd, &e, 3);
+
+    let entry = assert_serves(&e.socket);
+    // --cache=auto: names and attributes are cached for 1 s.
+    assert_eq!((entry.entry_valid, entry.attr_valid), (1, 1), "{entry:?}");
+
+    // The log went to /dev/log as `<PRI>virtiofsd[PID]: message`, facility daemon.
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + T;
+    while !msgs.iter().any(|m: &String| m.contains("virtiofsd[")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "nothing from virtiofsd on /dev/log; got {msgs:?}"
+        );
+        syslog.set_read_timeout(Some(left)).unwrap();
+        if let Ok(n) = syslog.recv(&mut buf) {
+            msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    for m in &msgs {
+        let pri: u32 = m
+            .strip_prefix('<')
+            .and_then(|r| r.split_once('>'))
+            .and_then(|(p, _)| p.parse().ok())
+            .unwrap_or_else(|| panic!("syslog message without <PRI>: {m:?}"));
+        assert_eq!(pri >> 3, 3, "facility of {m:?} is not daemon");
+    }
+    // With --syslog, stderr has the readiness line but not the log lines.
+    let log = d.log_contents();
+    assert!(
+        !log.contains("sharing"),
+        "--syslog, yet the log went to stderr:\n{log}"
+    );
+    eprintln!("syslog: {msgs:?}");
+    stop_inherited(&mut d, &e);
+}
+
+#[test]
+fn kata_rust_command_line_without_dev_log_fails_with_one_error_line() {
+    let e = env("kata-nolog");
+    let listener = UnixListener::bind(&e.socket).unwrap();
+    let mut inner = daemon_command();
+    inner.args(kata_rust_args(&e));
+    let mut cmd = with_private_dev(&inner, &e, None);
+    inherit_fd_as(&mut cmd, listener.as_raw_fd(), 3);
+    let f = run_bounded(&mut cmd, T).unwrap();
+    let line = f
+        .refusal(&[1], &["--syslog", "/dev/log"])
+        .unwrap_or_else(|m| panic!("{m}"));
+    eprintln!("no /dev/log: {line}");
+    assert!(
+        !f.stderr.contains(READY_LINE),
+        "ready line printed, then failed:\n{}",
+        f.stderr
+    );
+}
+
+// ---- Kata legacy and libvirt: -o options, socket as --fd ----
+
+#[test]
+fn kata_legacy_command_line_serves() {
+    let e = env("kata-legacy");
+    let mut cmd = daemon_command();
+    let mut source = OsString::from("source=");
+    source.push(&e.share);
+    cmd.arg("--fd=3")
+        .arg("-o")
+        .arg(source)
+        .args(["-o", "cache=auto", "-o", "announce_submounts"]);
+    let mut d = spawn_with_listener(cmd, &e, 3);
+    let entry = assert_serves(&e.socket);
+    assert_eq!((entry.entry_valid, entry.attr_valid), (1, 1), "{entry:?}");
+    // A second frontend after the first left.
+    assert_serves(&e.socket);
+    stop_inherited(&mut d, &e);
+}
+
+/// libvirt's command line: `--fd=N -o source=DIR,<opts>` (one `-o`).
+fn libvirt(name: &str, opts: &str) -> (Env, Daemon, EntryOut) {
+    let e = env(name);
+    let mut o = OsString::from("source=");
+    o.push(&e.share);
+    o.push(",");
+    o.push(opts);
+    let mut cmd = daemon_command();
+    cmd.arg("--fd=23").arg("-o").arg(o);
+    let d = spawn_with_listener(cmd, &e, 23);
+    let entry = assert_serves(&e.socket);
+    (e, d, entry)
+}
+
+#[test]
+fn libvirt_command_line_cache_always_serves() {
+    let (e, mut d, entry) = libvirt("libvirt-always", "cache=always,sandbox=chroot,xattr");
+    // cache=always: the guest may keep names and attributes for long.
+    assert!(
+        entry.entry_valid >= 60 && entry.attr_valid >= 60,
+        "cache=always: {entry:?}"
+    );
+    stop_inherited(&mut d, &e);
+}
+
+#[test]
+fn libvirt_command_line_cache_none_serves() {
+    let (e, mut d, entry) = libvirt(
+        "libvirt-none",
+        "cache=none,sandbox=chroot,no_xattr,no_flock,no_posix_lock",
+    );
+    // cache=none (= never): nothing may be cached.
+    let valid = (
+        entry.entry_valid,
+        entry.entry_valid_nsec,
+        entry.attr_valid,
+        entry.attr_valid_nsec,
+    );
+    assert_eq!(valid, (0, 0, 0, 0), "cache=none: {entry:?}");
+    stop_inherited(&mut d, &e);
+}
+
+// ---- --print-capabilities and refusals ----
+
+#[test]
+fn print_capabilities_prints_exact_json_and_exits_0() {
+    let f = run(["--print-capabilities"]);
+    assert_eq!(f.code(), Some(0), "{f:?}");
+    assert_eq!(f.stdout, CAPABILITIES);
+    assert!(!f.stderr.contains("panicked"), "{}", f.stderr);
+}
+
+/// `--socket-path SOCKET --shared-dir SHARE` (unless `shared` is None),
+/// [`NO_SANDBOX`], then `extra`.
+fn args(e: &Env, shared: Option<&Path>, extra: &[&str]) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec!["--socket-path".into(), e.socket.clone().into()];
+    if let Some(dir) = shared {
+        v.push("--shared-dir".into());
+        v.push(dir.into());
+    }
+    v.extend(NO_SANDBOX.iter().chain(extra).map(OsString::from));
+    v
+}
+
+/// Runs the daemon with `args` and checks that it is refused with one of
+/// `codes`, naming `culprits`, and creates no socket.
+fn assert_refused(e: &Env, args: Vec<OsString>, codes: &[i32], culprits: &[&str]) {
+    let f = run(args.clone());
+    let line = f
+        .refusal(codes, culprits)
+        .unwrap_or_else(|m| panic!("{args:?}: {m}"));
+    eprintln!("{args:?}: {line}");
+    assert!(!e.socket.exists(), "{args:?}: socket created anyway");
+    assert!(
+        !f.stderr.contains(READY_LINE),
+        "{args:?}: ready line printed:\n{}",
+        f.stderr
+    );
+}
+
+#[test]
+fn missing_shared_dir_is_a_usage_error() {
+    let e = env("noshare");
+    assert_refused(&e, args(&e, None, &[]), &[2], &["--shared-dir"]);
+}
+
+#[test]
+fn shared_dir_that_is_a_file_or_missing_is_refused_naming_it() {
+    let e = env("notdir");
+    let file = e.share.join("hello.txt");
+    assert_refused(
+        &e,
+        args(&e, Some(&file), &[]),
+        &[1, 2],
+        &[file.to_str().unwrap()],
+    );
+    let missing = e.dir.join("no-such-dir");
+    assert_refused(
+        &e,
+        args(&e, Some(&missing), &[]),
+        &[1, 2],
+        &[missing.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn legacy_flock_is_unsupported_and_bogus_is_unknown() {
+    let e = env("legacy-bad");
+    let share = Some(e.share.as_path());
+    assert_refused(
+        &e,
+        args(&e, share, &["-o", "flock"]),
+        &[2],
+        &["-o flock", "not supported"],
+    );
+    assert_refused(
+        &e,
+        args(&e, share, &["-o", "bogus"]),
+        &[2],
+        &["-o bogus", "unknown option"],
+    );
+    // Also inside a list, after options that are fine.
+    assert_refused(
+        &e,
+        args(&e, share, &["-o", "cache=auto,xattr,bogus"]),
+        &[2],
+        &["bogus"],
+    );
+}
+
+#[test]
+fn posix_acl_is_refused() {
+    let e = env("acl");
+    assert_refused(
+        &e,
+        args(&e, Some(&e.share), &["--xattr", "--posix-acl"]),
+        &[1, 2],
+        &["--posix-acl"],
+    );
+}
+
+#[test]
+fn thread_pool_size_4_is_refused() {
+    let e = env("pool");
+    let extra = ["--thread-pool-size", "4"];
+    assert_refused(
+        &e,
+        args(&e, Some(&e.share), &extra),
+        &[1, 2],
+        &["--thread-pool-size", "4"],
+    );
+}
+
+#[test]
+fn tag_of_37_bytes_is_refused_and_36_is_served() {
+    let e = env("tag");
+    let tag37 = "t".repeat(37);
+    assert_refused(
+        &e,
+        args(&e, Some(&e.share), &["--tag", &tag37]),
+        &[2],
+        &["--tag"],
+    );
+    assert_refused(
+        &e,
+        args(&e, Some(&e.share), &["--tag", ""]),
+        &[2],
+        &["--tag"],
+    );
+
+    let tag36 = "0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut extra = NO_SANDBOX.to_vec();
+    extra.extend(["--tag", tag36]);
+    let cmd = virtiofsd_command(&e.share, &e.socket, &extra).unwrap();
+    let mut d = spawn_virtiofsd(cmd, &e.socket).unwrap();
+    let c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
+    assert_eq!(c.tag(), Some(tag36), "GET_CONFIG tag");
+    assert_eq!(c.config_num_request_queues(), Some(1));
+    drop(c);
+    assert!(sigterm(&mut d).success());
+}
+
+// ---- SIGTERM and systemd notification ----
+
+/// Starts the daemon on `e.socket` (created by it) with `extra` options.
+fn start(e: &Env, extra: &[&str]) -> Daemon {
+    let cmd = virtiofsd_command(&e.share, &e.socket, extra).unwrap();
+    spawn_virtiofsd(cmd, &e.socket).unwrap_or_else(|err| panic!("{err}"))
+}
+
+fn assert_sigterm_exits_0_and_removes_the_socket(d: &mut Daemon, e: &Env) {
+    let status = sigterm(d);
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        !e.socket.exists(),
+        "socket {} left behind",
+        e.socket.display()
+    );
+    assert_no_panic(d);
+}
+
+#[test]
+fn sigterm_while_idle_exits_0_and_removes_the_socket() {
+    let e = env("term-idle");
+    let mut d = start(&e, NO_SANDBOX);
+    assert_sigterm_exits_0_and_removes_the_socket(&mut d, &e);
+}
+
+#[test]
+fn sigterm_while_connected_exits_0_and_removes_the_socket() {
+    let e = env("term-connected");
+    let mut d = start(&e, NO_SANDBOX);
+    let mut c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
+    c.lookup(ROOT_ID, "hello.txt").unwrap();
+    // The frontend stays connected while the daemon is told to stop.
+    assert_sigterm_exits_0_and_removes_the_socket(&mut d, &e);
+    drop(c);
+}
+
+#[test]
+fn default_command_line_sigterm_while_connected_exits_0_and_removes_the_socket() {
+    // No --sandbox/--seccomp: the namespace sandbox and the kill filter.
+    let e = env("term-default");
+    let mut d = start(&e, &[]);
+    let mut c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
+    let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
+    assert_eq!(entry.attr.size, HELLO.len() as u64);
+    assert_sigterm_exits_0_and_removes_the_socket(&mut d, &e);
+    drop(c);
+}
+
+#[test]
+fn notify_socket_gets_ready_once_listening_and_stopping_on_sigterm() {
+    let e = env("notify");
+    let mut n = NotifyListener::bind(e.dir.path()).unwrap();
+    let mut cmd = virtiofsd_command(&e.share, &e.socket, NO_SANDBOX).unwrap();
+    cmd.env("NOTIFY_SOCKET", n.path());
+    let mut d = Daemon::spawn("virtiofsd", cmd, &e.socket, &[], T).unwrap();
+
+    assert!(
+        n.wait_for("READY=1", T).unwrap(),
+        "no READY=1; got {:?}",
+        n.seen
+    );
+    // READY=1 promises a listening socket: connecting must work right now.
+    let probe = UnixStream::connect(&e.socket);
+    assert!(
+        probe.is_ok(),
+        "READY=1 sent but {} does not accept: {probe:?}",
+        e.socket.display()
+    );
+    drop(probe);
+    assert_serves(&e.socket);
+
+    d.signal(libc::SIGTERM).unwrap();
+    assert!(
+        n.wait_for("STOPPING=1", EXIT_DEADLINE).unwrap(),
+        "no STOPPING=1 after SIGTERM; got {:?}",
+        n.seen
+    );
+    let status = d.wait_timeout(EXIT_DEADLINE).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
+    assert!(!e.socket.exists(), "socket left behind");
+    assert_no_panic(&d);
+}
+
+// ---- contrib/ ----
+
+fn contrib(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib")
+        .join(rel)
+}
+
+const SERVICE: &str = "systemd/virtiofsd@.service";
+const SOCKET: &str = "systemd/virtiofsd@.socket";
+const EXAMPLE_CONF: &str = "systemd/virtiofsd-example.conf";
+const INSTALLED_BINARY: &str = "/usr/libexec/virtiofsd";
+/// What the namespace sandbox and a passthrough file system need, and all
+/// the service may have.
+const CAPABILITIES_NEEDED: &[&str] = &[
+    "CAP_SYS_ADMIN",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_MKNOD",
+    "CAP_SETFCAP",
+    "CAP_DAC_READ_SEARCH",
+];
+
+fn unit(rel: &str) -> Unit {
+    Unit::parse(&contrib(rel)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn qemu_descriptor_agrees_with_print_capabilities_and_the_unit() {
+    let path = contrib("qemu/50-virtiofsd.json");
+    let desc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let caps_run = run(["--print-capabilities"]);
+    assert_eq!(caps_run.code(), Some(0), "{caps_run:?}");
+    let caps: serde_json::Value = serde_json::from_str(&caps_run.stdout).unwrap();
+
+    assert!(
+        desc["description"]
+            .as_str()
+            .is_some_and(|d| !d.trim().is_empty()),
+        "description: {}",
+        desc["description"]
+    );
+    assert_eq!(desc["type"], "fs");
+    assert_eq!(desc["type"], caps["type"]);
+    assert_eq!(desc["features"], caps["features"]);
+    let binary = desc["binary"].as_str().expect("binary is a string");
+    assert_eq!(binary, INSTALLED_BINARY);
+    assert!(binary.ends_with("/virtiofsd"));
+    let exec = unit(SERVICE).one("Service", "ExecStart").to_string();
+    assert_eq!(
+        exec.split_whitespace().next(),
+        Some(binary),
+        "ExecStart={exec}"
+    );
+}
+
+#[test]
+fn unit_files_have_the_key_settings() {
+    let socket = unit(SOCKET);
+    assert_eq!(
+        socket.one("Socket", "ListenStream"),
+        "/run/virtiofsd/%i.sock"
+    );
+    assert!(
+        socket
+            .get("Socket", "Accept")
+            .iter()
+            .all(|v| v == "no" || v == "false"),
+        "one daemon serves every connection: Accept= must stay no"
+    );
+    assert_eq!(socket.one("Socket", "RemoveOnStop"), "yes");
+    assert!(socket
+        .get("Install", "WantedBy")
+        .iter()
+        .any(|v| v == "sockets.target"));
+
+    let s = unit(SERVICE);
+    assert!(s
+        .get("Unit", "Requires")
+        .iter()
+        .any(|v| v == "virtiofsd@%i.socket"));
+    assert_eq!(s.one("Service", "Type"), "notify");
+    // The sandboxed daemon notifies from its forked child.
+    assert_eq!(s.one("Service", "NotifyAccess"), "all");
+    assert_eq!(
+        s.one("Service", "EnvironmentFile"),
+        "/etc/virtiofsd/%i.conf"
+    );
+    let exec = s.one("Service", "ExecStart");
+    assert!(
+        exec.contains("--shared-dir ${VIRTIOFSD_SHARED_DIR}"),
+        "ExecStart={exec}"
+    );
+    assert!(
+        !exec.contains("--socket-path") && !exec.contains("--fd"),
+        "the socket comes from the .socket unit: ExecStart={exec}"
+    );
+    assert!(
+        !exec.contains("--sandbox") && !exec.contains("--seccomp"),
+        "defaults: ExecStart={exec}"
+    );
+
+    // Exactly the capabilities the daemon needs.
+    let mut caps = s.words("Service", "CapabilityBoundingSet");
+    caps.sort();
+    let mut want: Vec<String> = CAPABILITIES_NEEDED.iter().map(|c| c.to_string()).collect();
+    want.sort();
+    assert_eq!(caps, want, "CapabilityBoundingSet=");
+    // The namespace sandbox must be allowed: unshare(NEWNS|NEWPID|NEWNET), mount, pivot_root.
+    for v in s.get("Service", "RestrictNamespaces") {
+        let allowed: Vec<&str> = v.split_whitespace().collect();
+        assert!(
+            ["mnt", "pid", "net"].iter().all(|ns| allowed.contains(ns)),
+            "RestrictNamespaces={v} forbids the namespace sandbox"
+        );
+    }
+    let filter = s.words("Service", "SystemCallFilter");
+    assert!(
+        filter.iter().any(|f| f == "@mount"),
+        "SystemCallFilter= lacks @mount: {filter:?}"
+    );
+    assert!(
+        !filter
+            .iter()
+            .any(|f| f.starts_with('~') && f.contains("@mount")),
+        "{filter:?}"
+    );
+    // PrivateDevices= would take CAP_MKNOD away.
+    assert!(s.get("Service", "PrivateDevices").iter().all(|v| v == "no"));
+    for (key, want) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("RestrictAddressFamilies", "AF_UNIX"),
+        ("StateDirectory", "virtiofsd"),
+        ("KillMode", "mixed"),
+    ] {
+        assert_eq!(s.one("Service", key), want, "[Service] {key}=");
+    }
+    let text = fs::read_to_string(contrib(SERVICE)).unwrap();
+    assert!(
+        text.contains("ReadWritePaths="),
+        "ReadWritePaths= drop-in documented"
+    );
+}
+
+/// Copies of the units as instance `share0`, the service's binary pointing
+/// at the one built here (verify checks that it is executable).
+fn instance_units(dir: &TempDir) -> (PathBuf, PathBuf) {
+    let daemon = project_binary("virtiofsd").unwrap();
+    let service = fs::read_to_string(contrib(SERVICE)).unwrap();
+    assert!(service.contains(INSTALLED_BINARY));
+    let service = service.replace(INSTALLED_BINARY, daemon.to_str().unwrap());
+    let svc = dir.join("virtiofsd@share0.service");
+    let sock = dir.join("virtiofsd@share0.socket");
+    fs::write(&svc, service).unwrap();
+    fs::copy(contrib(SOCKET), &sock).unwrap();
+    (svc, sock)
+}
+
+#[test]
+fn unit_files_pass_systemd_analyze_verify_and_security() {
+    let analyze = find_binary("systemd-analyze").unwrap();
+    let dir = TempDir::new("fs-cli-units").unwrap();
+    let (svc, sock) = instance_units(&dir);
+    let mut cmd = Command::new(&analyze);
+    cmd.arg("verify").arg("--man=no").arg(&svc).arg(&sock);
+    let f = run_bounded(&mut cmd, Duration::from_secs(60)).unwrap();
+    assert_eq!(f.code(), Some(0), "systemd-analyze verify: {f:?}");
+    // verify exits 0 on unknown keys and bad values too; it only warns.
+    assert!(
+        f.stderr.trim().is_empty(),
+        "systemd-analyze verify warned:\n{}",
+        f.stderr
+    );
+
+    // CAP_SYS_ADMIN and the passthrough's capabilities cost exposure the
+    // block daemon's unit does not have; at most 3.5 of 10 ("OK").
+    let mut cmd = Command::new(&analyze);
+    cmd.args(["security", "--offline=yes", "--threshold=35", "--no-pager"])
+        .arg(&svc);
+    let f = run_bounded(&mut cmd, Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        f.code(),
+        Some(0),
+        "systemd-analyze security:\n{}{}",
+        f.stdout,
+        f.stderr
+    );
+    if let Some(line) = f.stdout.lines().find(|l| l.contains("Overall exposure")) {
+        eprintln!("{line}");
+    }
+}
+
+#[test]
+fn unit_command_line_with_the_example_config_serves_under_socket_activation() {
+    let activate = find_binary("systemd-socket-activate").unwrap();
+    let e = env("unit-cmd");
+    let service = unit(SERVICE);
+    // Environment= defaults first, then the EnvironmentFile overrides them.
+    let mut vars = service.environment("share0");
+    vars.extend(environment_file(&contrib(EXAMPLE_CONF)).unwrap());
+    assert!(
+        vars.contains_key("VIRTIOFSD_SHARED_DIR"),
+        "the example sets VIRTIOFSD_SHARED_DIR"
+    );
+    vars.insert(
+        "VIRTIOFSD_SHARED_DIR".into(),
+        e.share.to_str().unwrap().into(),
+    );
+    vars.insert("VIRTIOFSD_TAG".into(), "from-unit".into());
+    let argv = expand_exec(service.one("Service", "ExecStart"), "share0", &vars);
+    assert_eq!(argv[0], INSTALLED_BINARY);
+    eprintln!("unit command line: {argv:?}");
+
+    let n = NotifyListener::bind(e.dir.path()).unwrap();
+    let mut notify_env = OsString::from("NOTIFY_SOCKET=");
+    notify_env.push(n.path());
+    let mut cmd = Command::new(activate);
+    without_systemd_env(&mut cmd);
+    // systemd-socket-activate passes on only TERM, PATH, USER, HOME and -E.
+    cmd.arg("-l")
+        .arg(&e.socket)
+        .arg("-E")
+        .arg(notify_env)
+        .arg(project_binary("virtiofsd").unwrap())
+        .args(&argv[1..]);
+    let ready = [Readiness::Path(e.socket.clone())];
+    let mut d = Daemon::spawn("systemd-socket-activate", cmd, &e.socket, &ready, T).unwrap();
+    let mut n = n;
+    {
+        // The first connection makes systemd-socket-activate exec the daemon.
+        let mut c = FsClient::connect(&e.socket, FsOptions::default())
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(c.tag(), Some("from-unit"));
+        let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
+        assert_eq!(entry.attr.size, HELLO.len() as u64);
+    }
+    // Type=notify: READY=1 must have been sent.
+    assert!(
+        n.wait_for("READY=1", T).unwrap(),
+        "no READY=1 for Type=notify; got {:?}",
+        n.seen
+    );
+    // And it serves the next frontend.
+    assert_serves(&e.socket);
+    let status = sigterm(&mut d);
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        e.socket.exists(),
+        "the daemon removed the activated socket's file"
+    );
+    assert_no_panic(&d);
+}
