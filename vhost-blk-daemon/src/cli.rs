@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use common::cli::VhostUserArgs;
+use common::seccomp::SeccompAction;
 
 /// Longest `--serial`: the virtio-blk GET_ID answer is 20 bytes.
 pub const SERIAL_MAX: usize = 20;
@@ -43,6 +44,10 @@ pub struct Cli {
     /// image's file name, truncated).
     #[arg(long, value_name = "ID", value_parser = parse_serial)]
     pub serial: Option<String>,
+
+    /// What a system call outside the daemon's allow-list does.
+    #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
+    pub seccomp: SeccompAction,
 
     /// Logical block size the guest sees: 512, 1024, 2048 or 4096.
     #[arg(long, default_value_t = 512, value_parser = parse_block_size)]

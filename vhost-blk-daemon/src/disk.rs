@@ -78,8 +78,8 @@ pub struct Disk {
 }
 
 // Linux <linux/fs.h>: _IO(0x12, 119) and _IO(0x12, 127).
-const BLKDISCARD: libc::c_ulong = 0x1277;
-const BLKZEROOUT: libc::c_ulong = 0x127f;
+pub const BLKDISCARD: libc::c_ulong = 0x1277;
+pub const BLKZEROOUT: libc::c_ulong = 0x127f;
 
 impl Disk {
     /// Opens `path` (O_RDONLY with `read_only`, O_DIRECT with `direct`)

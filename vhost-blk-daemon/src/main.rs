@@ -21,6 +21,17 @@ use crate::disk::Disk;
 
 const NAME: &str = "vhost-blk-daemon";
 
+/// System calls the data path needs beyond `common::seccomp::VHOST_USER_BASE`.
+const SECCOMP_BLK: &[i64] = &[
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+];
+
 /// Capabilities for QEMU's vhost-user JSON (docs/interop/vhost-user.json).
 const CAPABILITIES: &[&str] = &["read-only", "blk-file"];
 
@@ -47,6 +58,14 @@ fn run(cli: Cli, path: &std::path::Path) -> Result<(), String> {
         .socket_source()
         .listen()
         .map_err(|e| e.to_string())?;
+    // Everything that opens a socket or file is done; from here on the
+    // process only serves requests, under an allow-list.
+    common::systemd::connect();
+    let mut allowed = common::seccomp::VHOST_USER_BASE.to_vec();
+    allowed.extend_from_slice(SECCOMP_BLK);
+    let mut ioctls = common::seccomp::VHOST_USER_IOCTLS.to_vec();
+    ioctls.extend_from_slice(&[disk::BLKDISCARD as u64, disk::BLKZEROOUT as u64]);
+    common::seccomp::apply(cli.seccomp, &allowed, &ioctls).map_err(|e| e.to_string())?;
     let config = DeviceConfig::new(
         disk.size(),
         cli.logical_block_size,
