@@ -83,7 +83,73 @@ pub fn init(program: &'static str, level: LogLevel) {
         });
     }
     builder.target(env_logger::Target::Stderr);
-    let _ = builder.try_init();
+    let logger = builder.build();
+    let max = logger.filter();
+    install(Box::new(logger), max);
+}
+
+/// Crates whose messages are our own; everything else (fuse-backend-rs,
+/// vhost-user-backend, virtio-queue, ...) may log once per guest request,
+/// so a guest could flood the log through them.
+const OWN_TARGETS: &[&str] = &[
+    "common",
+    "vhost_blk_daemon",
+    "virtiofsd",
+    "vhost_net_daemon",
+    "vmm",
+    "devices",
+];
+
+/// Passes our own records through and rate-limits the others
+/// ([`crate::ratelimit::RateLimited`]: the first ten, then powers of two).
+struct Limited {
+    inner: Box<dyn log::Log>,
+    third_party: crate::ratelimit::RateLimited,
+}
+
+impl log::Log for Limited {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.inner.enabled(record.metadata()) {
+            return;
+        }
+        let target = record.target();
+        let own = OWN_TARGETS
+            .iter()
+            .any(|t| target == *t || target.starts_with(&format!("{t}::")));
+        if own {
+            return self.inner.log(record);
+        }
+        if let Some(n) = self.third_party.hit() {
+            self.inner.log(
+                &log::Record::builder()
+                    .args(format_args!(
+                        "{} [{target}; library message #{n}, rate-limited]",
+                        record.args()
+                    ))
+                    .level(record.level())
+                    .target(target)
+                    .build(),
+            );
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush()
+    }
+}
+
+fn install(inner: Box<dyn log::Log>, max: LevelFilter) {
+    let limited = Limited {
+        inner,
+        third_party: crate::ratelimit::RateLimited::default(),
+    };
+    if log::set_boxed_logger(Box::new(limited)).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
 /// A logger that sends each record to the local syslog daemon (`/dev/log`)
@@ -129,15 +195,14 @@ pub fn init_syslog(program: &'static str, level: LogLevel) -> Result<(), SyslogE
     let sock = std::os::unix::net::UnixDatagram::unbound().map_err(SyslogError)?;
     sock.connect("/dev/log").map_err(SyslogError)?;
     let filter: LevelFilter = level.into();
-    if log::set_boxed_logger(Box::new(Syslog {
-        sock,
-        program,
-        level: filter,
-    }))
-    .is_ok()
-    {
-        log::set_max_level(filter);
-    }
+    install(
+        Box::new(Syslog {
+            sock,
+            program,
+            level: filter,
+        }),
+        filter,
+    );
     Ok(())
 }
 

@@ -639,10 +639,13 @@ fn submount_flags(args: &[&str]) -> (InitFlags, [(String, u32); 4]) {
     let dirs = Dirs::new();
     fs::create_dir(dirs.share.join("mnt")).unwrap();
     fs::create_dir(dirs.share.join("plain")).unwrap();
-    let _mount = TmpfsMount::new(&dirs.share.join("mnt"));
-    fs::write(dirs.share.join("mnt/inside"), b"on tmpfs").unwrap();
     let cmd = dirs.command(&with_defaults(args));
     let run = dirs.spawn(cmd);
+    // Mounted after the daemon started (it sees host mounts at once with
+    // no sandbox) and declared after `run`, so it is unmounted before the
+    // directories are removed.
+    let _mount = TmpfsMount::new(&run.share.join("mnt"));
+    fs::write(run.share.join("mnt/inside"), b"on tmpfs").unwrap();
     let mut fs = connect(&run, offer_all());
     let flags = fs.session().unwrap().flags;
     let l_mnt = fs.lookup(ROOT_ID, "mnt").unwrap();

@@ -7,7 +7,8 @@
 //! driver can INIT, LOOKUP and READ a file. Every refusal is checked the
 //! same way: the exit code, exactly one line starting with `error: ` (the
 //! first line that mentions an error at all) naming the culprit, no panic
-//! (see [`Finished::refusal`]).
+//! (see [`Finished::refusal`]). The daemon runs with its default sandbox
+//! (namespace) and seccomp filter (kill) unless a command line says otherwise.
 
 use std::ffi::OsString;
 use std::fs;
@@ -30,9 +31,6 @@ const CAPABILITIES: &str = "{\"type\":\"fs\",\"features\":[\"separate-options\"]
 const T: Duration = Duration::from_secs(10);
 /// How long a signalled daemon may take to exit.
 const EXIT_DEADLINE: Duration = Duration::from_secs(2);
-/// Until the sandbox and seccomp are wired in, tests that are not about the
-/// default command line run without.
-const NO_SANDBOX: &[&str] = &["--sandbox", "none", "--seccomp", "none"];
 const HELLO: &str = "hello from the host's shared directory\n";
 
 /// A temporary directory with a share holding `hello.txt` and a (not yet
@@ -85,7 +83,8 @@ fn spawn_with_listener(mut cmd: Command, e: &Env, fd: i32) -> Daemon {
 
 /// Connects (INIT), LOOKUPs `hello.txt` and READs it; returns the entry.
 fn assert_serves(socket: &Path) -> EntryOut {
-    let mut c = FsClient::connect(socket, FsOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut c =
+        FsClient::connect(socket, FsOptions::default()).unwrap_or_else(|e| panic!("{e}: {e:?}"));
     let session = *c.session().expect("INIT ran at connect");
     assert_eq!(session.init.major, 7, "{:?}", session.init);
     let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
@@ -322,14 +321,14 @@ fn print_capabilities_prints_exact_json_and_exits_0() {
 }
 
 /// `--socket-path SOCKET --shared-dir SHARE` (unless `shared` is None),
-/// [`NO_SANDBOX`], then `extra`.
+/// then `extra`.
 fn args(e: &Env, shared: Option<&Path>, extra: &[&str]) -> Vec<OsString> {
     let mut v: Vec<OsString> = vec!["--socket-path".into(), e.socket.clone().into()];
     if let Some(dir) = shared {
         v.push("--shared-dir".into());
         v.push(dir.into());
     }
-    v.extend(NO_SANDBOX.iter().chain(extra).map(OsString::from));
+    v.extend(extra.iter().map(OsString::from));
     v
 }
 
@@ -440,9 +439,7 @@ fn tag_of_37_bytes_is_refused_and_36_is_served() {
     );
 
     let tag36 = "0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut extra = NO_SANDBOX.to_vec();
-    extra.extend(["--tag", tag36]);
-    let cmd = virtiofsd_command(&e.share, &e.socket, &extra).unwrap();
+    let cmd = virtiofsd_command(&e.share, &e.socket, &["--tag", tag36]).unwrap();
     let mut d = spawn_virtiofsd(cmd, &e.socket).unwrap();
     let c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
     assert_eq!(c.tag(), Some(tag36), "GET_CONFIG tag");
@@ -473,26 +470,14 @@ fn assert_sigterm_exits_0_and_removes_the_socket(d: &mut Daemon, e: &Env) {
 #[test]
 fn sigterm_while_idle_exits_0_and_removes_the_socket() {
     let e = env("term-idle");
-    let mut d = start(&e, NO_SANDBOX);
-    assert_sigterm_exits_0_and_removes_the_socket(&mut d, &e);
-}
-
-#[test]
-fn sigterm_while_connected_exits_0_and_removes_the_socket() {
-    let e = env("term-connected");
-    let mut d = start(&e, NO_SANDBOX);
-    let mut c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
-    c.lookup(ROOT_ID, "hello.txt").unwrap();
-    // The frontend stays connected while the daemon is told to stop.
-    assert_sigterm_exits_0_and_removes_the_socket(&mut d, &e);
-    drop(c);
-}
-
-#[test]
-fn default_command_line_sigterm_while_connected_exits_0_and_removes_the_socket() {
-    // No --sandbox/--seccomp: the namespace sandbox and the kill filter.
-    let e = env("term-default");
     let mut d = start(&e, &[]);
+    assert_sigterm_exits_0_and_removes_the_socket(&mut d, &e);
+}
+
+/// SIGTERM while a frontend stays connected, with `extra` options.
+fn sigterm_while_connected(extra: &[&str]) {
+    let e = env("term-connected");
+    let mut d = start(&e, extra);
     let mut c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
     let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
     assert_eq!(entry.attr.size, HELLO.len() as u64);
@@ -501,10 +486,21 @@ fn default_command_line_sigterm_while_connected_exits_0_and_removes_the_socket()
 }
 
 #[test]
+fn sigterm_while_connected_exits_0_and_removes_the_socket() {
+    // The namespace sandbox: a supervisor forwards the signal to the child.
+    sigterm_while_connected(&[]);
+}
+
+#[test]
+fn sigterm_while_connected_without_sandbox_exits_0_and_removes_the_socket() {
+    sigterm_while_connected(&["--sandbox", "none", "--seccomp", "none"]);
+}
+
+#[test]
 fn notify_socket_gets_ready_once_listening_and_stopping_on_sigterm() {
     let e = env("notify");
     let mut n = NotifyListener::bind(e.dir.path()).unwrap();
-    let mut cmd = virtiofsd_command(&e.share, &e.socket, NO_SANDBOX).unwrap();
+    let mut cmd = virtiofsd_command(&e.share, &e.socket, &[]).unwrap();
     cmd.env("NOTIFY_SOCKET", n.path());
     let mut d = Daemon::spawn("virtiofsd", cmd, &e.socket, &[], T).unwrap();
 
@@ -777,7 +773,7 @@ fn unit_command_line_with_the_example_config_serves_under_socket_activation() {
     {
         // The first connection makes systemd-socket-activate exec the daemon.
         let mut c = FsClient::connect(&e.socket, FsOptions::default())
-            .unwrap_or_else(|err| panic!("{err}"));
+            .unwrap_or_else(|err| panic!("{err}: {err:?}"));
         assert_eq!(c.tag(), Some("from-unit"));
         let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
         assert_eq!(entry.attr.size, HELLO.len() as u64);

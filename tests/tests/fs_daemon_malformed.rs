@@ -740,3 +740,57 @@ fn repeated_bad_requests_do_not_flood_the_log() {
     }
     bad.assert_none("(log flooding)");
 }
+
+/// The bad requests above under the default sandbox and seccomp filter:
+/// whatever path a bad request takes (decode error, panic guard, errno
+/// reply, DESTROY's re-import, rate-limited warning) must use only system
+/// calls the filter allows, or the daemon is killed.
+#[test]
+fn bad_requests_under_the_default_sandbox_and_seccomp() {
+    let dirs = Dirs::new();
+    fs::write(dirs.share.join("f"), b"file data").unwrap();
+    let cmd = dirs.command(&[]);
+    let run = dirs.spawn(cmd);
+    let mut fs = connect(&run, FsOptions::default());
+    fs.set_timeout(RAW_T);
+    let mut s = Setup { fs, run };
+    for case in Malformed::ALL {
+        malformed(&mut s, case);
+        alive(&mut s, &format!("{case:?}"));
+    }
+    // Opcodes without a reply or without a handler: INTERRUPT, DESTROY
+    // (ends the FUSE session: everything but INIT gets EIO until a new
+    // INIT, as in libfuse), unknown ones.
+    for opcode in [36u32, 38, 999, 48] {
+        let mut req = Request::new("RAW", Opcode::Getattr, ROOT_ID);
+        req.args.extend_from_slice(&[0u8; 64]);
+        req.opcode = opcode;
+        send(&mut s, &req, &[], 0);
+        if opcode == 38 {
+            let err = s.fs.getattr(ROOT_ID, None).unwrap_err();
+            assert!(
+                err.to_string().contains("os error 5"),
+                "GETATTR after DESTROY: {err}"
+            );
+            s.fs.init().unwrap();
+        }
+        alive(&mut s, &format!("opcode {opcode}"));
+    }
+    let getattr = Request::new("GETATTR", Opcode::Getattr, ROOT_ID).arg(&GetattrIn::default());
+    let (unique, r) = send(&mut s, &getattr, &[], 2 << 20);
+    answer("len beyond the limit", unique, &r);
+    let vq = s.fs.device().queue(1);
+    let slots = vq.raw_chain(&[desc(1 << 40, 64, 0, 0)]).unwrap();
+    if !vq.kick().unwrap() {
+        vq.notify().unwrap();
+    }
+    vq.wait_used(RAW_T).unwrap();
+    vq.release_descs(&slots);
+    for _ in 0..40 {
+        malformed(&mut s, Malformed::TruncatedHeader);
+    }
+    alive(&mut s, "bad requests under seccomp");
+    let e = s.fs.lookup(ROOT_ID, "f").unwrap();
+    let fh = s.fs.open(e.nodeid, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(s.fs.read(fh, e.nodeid, 0, 64).unwrap(), b"file data");
+}

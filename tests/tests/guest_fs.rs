@@ -7,6 +7,9 @@
 //! cache=auto), and a second guest served by the same daemon process after
 //! the first one powered off.
 //!
+//! The daemon runs with its defaults otherwise: the namespace sandbox and
+//! the seccomp filter that kills.
+//!
 //! The host reacts to lines the guest prints on its serial console; nothing
 //! waits a fixed time. Needs `scripts/setup.sh` and
 //! `cargo build --workspace --bins`; anything missing is a failure.
@@ -32,8 +35,6 @@ use vu_driver::ours::virtiofsd;
 
 const TAG: &str = "kataShared";
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
-/// Until the sandbox and seccomp are wired in, the guest tests run without.
-const NO_SANDBOX: &[&str] = &["--sandbox", "none", "--seccomp", "none"];
 /// Files the guest creates in one directory and lists.
 const MANY: usize = 5000;
 /// The line the guest prints when the host should change the share.
@@ -53,7 +54,7 @@ struct Share {
 
 impl Share {
     /// An empty share, `prepare`d by the host, then served with
-    /// `--cache=CACHE` and, if `xattr`, `--xattr` (plus [`NO_SANDBOX`]).
+    /// `--cache=CACHE` and, if `xattr`, `--xattr`.
     fn new(cache: &str, xattr: bool, prepare: impl FnOnce(&Path)) -> Share {
         let dir = TempDir::new("vutest-guest-fs").unwrap();
         let root = dir.join("share");
@@ -72,9 +73,9 @@ impl Share {
                 Daemon::c_virtiofsd(&root, &socket, &args)
             }
             Ok("ours") | Err(_) => {
+                // The default sandbox (namespace) and seccomp filter (kill).
                 let cache = format!("--cache={cache}");
-                let mut args = NO_SANDBOX.to_vec();
-                args.push(&cache);
+                let mut args = vec![cache.as_str()];
                 if xattr {
                     args.push("--xattr");
                 }

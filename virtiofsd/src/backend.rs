@@ -27,6 +27,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::cli::TAG_MAX;
 use crate::fs::Guarded;
+use crate::request::{self, Verdict};
 
 /// The filesystem every connection serves.
 pub type Fs = Guarded<PassthroughFs<()>>;
@@ -43,8 +44,11 @@ pub struct Device {
     pub request_queues: u16,
     /// Largest queue size.
     pub queue_size: u16,
-    /// Requests fuse-backend-rs refused to decode.
+    /// Chains that cannot carry a request, and requests fuse-backend-rs
+    /// refused to decode.
     pub malformed: RateLimited,
+    /// Requests refused by our own checks (see `request::judge`).
+    pub refused: RateLimited,
 }
 
 impl Device {
@@ -77,6 +81,8 @@ pub struct FsConnection {
     device: Arc<Device>,
     mem: RwLock<Option<GuestMem>>,
     event_idx: AtomicBool,
+    /// INIT succeeded (and no DESTROY since).
+    initialized: AtomicBool,
     gate: Gate,
     exit_events: ExitEvents,
 }
@@ -88,6 +94,7 @@ impl FsConnection {
             device,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
+            initialized: AtomicBool::new(false),
             gate: Gate::default(),
             exit_events: ExitEvents::default(),
         }
@@ -106,6 +113,35 @@ impl FsConnection {
             }
             0
         };
+        let (header, shape) = match request::inspect(&chain, mem) {
+            Ok(v) => v,
+            Err(e) => return bad(e.to_string()),
+        };
+        let initialized = self.initialized.load(Ordering::Acquire);
+        match request::judge(&header, &shape, initialized) {
+            Verdict::Serve => {}
+            Verdict::Drop => return 0,
+            Verdict::Refuse(errno) => {
+                if let Some(n) = self.device.refused.hit() {
+                    log::warn!(
+                        "queue {q} head {head}: opcode {} refused with errno {errno} (len {} for {} bytes{}; #{n})",
+                        header.opcode,
+                        header.len,
+                        shape.readable,
+                        if initialized { "" } else { ", before INIT" }
+                    );
+                }
+                let mut writer = match VirtioFsWriter::new(mem, chain) {
+                    Ok(w) => w,
+                    Err(e) => return bad(format!("writable buffers: {e}")),
+                };
+                let reply = request::error_reply(header.unique, errno);
+                return match std::io::Write::write_all(&mut writer, &reply) {
+                    Ok(()) => reply.len() as u32,
+                    Err(e) => bad(format!("no room for a reply: {e}")),
+                };
+            }
+        }
         let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
             Ok(r) => r,
             Err(e) => return bad(format!("readable buffers: {e}")),
@@ -115,13 +151,19 @@ impl FsConnection {
             Err(e) => return bad(format!("writable buffers: {e}")),
         };
         let server = &self.device.server;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let n = match std::panic::catch_unwind(AssertUnwindSafe(|| {
             server.handle_message(reader, writer, None, None)
         })) {
             Ok(Ok(n)) => u32::try_from(n).unwrap_or(u32::MAX),
-            Ok(Err(e)) => bad(format!("{e}")),
-            Err(_) => bad("the FUSE server panicked on it".into()),
+            Ok(Err(e)) => return bad(format!("{e}")),
+            Err(_) => return bad("the FUSE server panicked on it".into()),
+        };
+        match header.opcode {
+            request::opcode::INIT => self.initialized.store(n > 0, Ordering::Release),
+            request::opcode::DESTROY => self.initialized.store(false, Ordering::Release),
+            _ => {}
         }
+        n
     }
 
     fn process_queue(&self, q: usize, vring: &Vring) -> io::Result<()> {

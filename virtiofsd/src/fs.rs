@@ -22,6 +22,20 @@ use fuse_backend_rs::api::filesystem::{
 /// FUSE_ATTR_SUBMOUNT (fuse.h): the entry is a mount point.
 const ATTR_SUBMOUNT: u32 = 1;
 
+/// A name the guest may use for one directory entry: not empty, `.` or
+/// `..`, no `/`, at most NAME_MAX bytes. The passthrough checks too; this
+/// is the second lock on the door out of the share.
+fn check_name(name: &CStr) -> io::Result<()> {
+    let b = name.to_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    if b.len() > 255 {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
 fn is_dir(st: &stat64) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
@@ -31,6 +45,7 @@ pub struct Guarded<FS> {
     inner: FS,
     readonly: bool,
     announce_submounts: bool,
+    writeback: bool,
 }
 
 impl<FS: FileSystem> Guarded<FS>
@@ -38,11 +53,12 @@ where
     FS::Inode: Copy,
 {
     /// Wraps `inner`.
-    pub fn new(inner: FS, readonly: bool, announce_submounts: bool) -> Self {
+    pub fn new(inner: FS, readonly: bool, announce_submounts: bool, writeback: bool) -> Self {
         Guarded {
             inner,
             readonly,
             announce_submounts,
+            writeback,
         }
     }
 
@@ -92,11 +108,21 @@ where
     type Handle = FS::Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        let mut opts = self.inner.init(capable)?;
+        // Never let the passthrough turn on what would make the guest stop
+        // asking us: no OPEN/OPENDIR (the guest would keep stale data),
+        // DAX (we have no cache window), writeback unless asked for.
+        let mut offer = capable
+            - (FsOptions::ZERO_MESSAGE_OPEN
+                | FsOptions::ZERO_MESSAGE_OPENDIR
+                | FsOptions::PERFILE_DAX);
+        if !self.writeback {
+            offer -= FsOptions::WRITEBACK_CACHE;
+        }
+        let mut opts = self.inner.init(offer)?;
         // What the passthrough handles but does not ask for itself: large
         // requests (1 MiB, not 4 KiB), parallel lookups and reads, O_TRUNC
         // in OPEN, and dropping cached data when the host changed a file.
-        opts |= capable
+        opts |= offer
             & (FsOptions::ASYNC_READ
                 | FsOptions::PARALLEL_DIROPS
                 | FsOptions::BIG_WRITES
@@ -115,6 +141,7 @@ where
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
+        check_name(name)?;
         let mut entry = self.inner.lookup(ctx, parent, name)?;
         self.mark_submount(ctx, parent, &mut entry);
         Ok(entry)
@@ -160,6 +187,7 @@ where
         parent: Self::Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
+        check_name(name)?;
         self.writable()?;
         self.inner.symlink(ctx, linkname, parent, name)
     }
@@ -173,6 +201,7 @@ where
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        check_name(name)?;
         self.writable()?;
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
@@ -185,16 +214,19 @@ where
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
+        check_name(name)?;
         self.writable()?;
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        check_name(name)?;
         self.writable()?;
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
+        check_name(name)?;
         self.writable()?;
         self.inner.rmdir(ctx, parent, name)
     }
@@ -208,6 +240,8 @@ where
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
+        check_name(oldname)?;
+        check_name(newname)?;
         self.writable()?;
         self.inner
             .rename(ctx, olddir, oldname, newdir, newname, flags)
@@ -220,6 +254,7 @@ where
         newparent: Self::Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
+        check_name(newname)?;
         self.writable()?;
         self.inner.link(ctx, inode, newparent, newname)
     }
@@ -242,6 +277,7 @@ where
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
+        check_name(name)?;
         self.writable()?;
         self.inner.create(ctx, parent, name, args)
     }

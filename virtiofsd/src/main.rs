@@ -7,6 +7,7 @@
 mod backend;
 mod cli;
 mod fs;
+mod request;
 mod seccomp_fs;
 
 use std::process::ExitCode;
@@ -57,7 +58,8 @@ fn passthrough_config(cli: &Cli, root_dir: &str) -> Config {
         writeback: cli.writeback,
         root_dir: root_dir.to_string(),
         xattr: cli.xattr,
-        do_import: false,
+        // (true also makes the passthrough validate names)
+        do_import: true,
         inode_file_handles: cli.inode_file_handles != InodeFileHandles::Never,
         allow_direct_io: cli.allow_direct_io,
         ..Config::default()
@@ -72,12 +74,6 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
     if cli.posix_acl {
         return Err(usage(
             "--posix-acl is not supported: fuse-backend-rs's passthrough has no POSIX ACL handling",
-        ));
-    }
-    if cli.xattr && cli.sandbox == crate::cli::Sandbox::Chroot {
-        return Err(usage(
-            "--sandbox chroot with --xattr is not supported: fuse-backend-rs reaches extended \
-             attributes through /proc/self/fd, which a chroot hides; use --sandbox namespace",
         ));
     }
     if cli.thread_pool_size > 1 {
@@ -115,11 +111,30 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
     common::systemd::connect();
     // Before forking: the sandboxed child (PID 1) inherits the handler.
     let shutdown = Shutdown::install().map_err(runtime)?;
+    // Before forking: socket activation names this process's pid.
+    let mut socket = cli.vhost_user.socket_source().listen().map_err(runtime)?;
     sandbox::enter_namespaces(mode).map_err(runtime)?;
     sandbox::raise_nofile_limit(cli.rlimit_nofile).map_err(runtime)?;
-    let mut socket = cli.vhost_user.socket_source().listen().map_err(runtime)?;
-    sandbox::prepare_root(mode, &shared_dir).map_err(runtime)?;
-    let root = sandbox::root_after(mode, &shared_dir)
+    // How the root is built. fuse-backend-rs reaches extended attributes
+    // through /proc/self/fd, which a chroot hides: with --xattr, chroot
+    // mode gets the namespace mode's root (the share plus a read-only
+    // /proc) in a private mount namespace, when the process may make one.
+    let root_mode = if mode == SandboxMode::Chroot && cli.xattr {
+        // SAFETY: unshare(CLONE_NEWNS) only changes this process's mount
+        // namespace; nothing is passed by pointer.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+            return Err(runtime(format!(
+                "--sandbox chroot with --xattr needs a private mount namespace for /proc \
+                 (fuse-backend-rs reaches extended attributes through /proc/self/fd): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        SandboxMode::Namespace
+    } else {
+        mode
+    };
+    sandbox::prepare_root(root_mode, &shared_dir).map_err(runtime)?;
+    let root = sandbox::root_after(root_mode, &shared_dir)
         .to_string_lossy()
         .into_owned();
     let new_fs = || {
@@ -127,12 +142,12 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
             .map_err(|e| runtime(format!("cannot set up the passthrough filesystem: {e}")))
     };
     // chroot: /proc is out of reach after pivot.
-    let early = if mode == SandboxMode::Chroot {
+    let early = if root_mode == SandboxMode::Chroot {
         Some(new_fs()?)
     } else {
         None
     };
-    sandbox::pivot(mode, &shared_dir).map_err(runtime)?;
+    sandbox::pivot(root_mode, &shared_dir).map_err(runtime)?;
     let fs = match early {
         Some(fs) => fs,
         None => new_fs()?,
@@ -155,7 +170,12 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
     let mut allowed = seccomp::VHOST_USER_BASE.to_vec();
     allowed.extend_from_slice(seccomp_fs::VIRTIOFSD);
     seccomp::apply(action, &allowed, seccomp::VHOST_USER_IOCTLS).map_err(runtime)?;
-    let fs = Arc::new(Guarded::new(fs, cli.readonly, cli.announce_submounts));
+    let fs = Arc::new(Guarded::new(
+        fs,
+        cli.readonly,
+        cli.announce_submounts,
+        cli.writeback,
+    ));
     let mut tag = [0u8; TAG_MAX];
     tag[..cli.tag.len()].copy_from_slice(cli.tag.as_bytes());
     let device = Arc::new(Device {
@@ -165,6 +185,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         request_queues: REQUEST_QUEUES,
         queue_size: QUEUE_SIZE,
         malformed: RateLimited::default(),
+        refused: RateLimited::default(),
     });
     log::info!(
         "sharing {} as tag {:?} (cache {:?}{}{}{})",

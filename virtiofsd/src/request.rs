@@ -1,0 +1,255 @@
+//! What the daemon checks before fuse-backend-rs sees a request, because
+//! fuse-backend-rs does not: the descriptor chain is well formed (no loop,
+//! no readable buffer after a writable one, inside guest memory), the FUSE
+//! header's `len` is the request's real length, nothing but INIT comes
+//! before INIT, and a WRITE carries exactly the bytes it announces.
+
+use std::ops::Deref;
+
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestMemory};
+
+/// FUSE opcodes the checks need.
+pub mod opcode {
+    /// FORGET (no reply).
+    pub const FORGET: u32 = 2;
+    /// WRITE.
+    pub const WRITE: u32 = 16;
+    /// INIT.
+    pub const INIT: u32 = 26;
+    /// DESTROY.
+    pub const DESTROY: u32 = 38;
+    /// BATCH_FORGET (no reply).
+    pub const BATCH_FORGET: u32 = 42;
+}
+
+/// `struct fuse_in_header`.
+pub const IN_HEADER_LEN: usize = 40;
+/// `struct fuse_write_in`.
+const WRITE_IN_LEN: usize = 40;
+/// `struct fuse_out_header`.
+pub const OUT_HEADER_LEN: usize = 16;
+
+/// The fields of a request's header the checks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// `len`.
+    pub len: u32,
+    /// `opcode`.
+    pub opcode: u32,
+    /// `unique`.
+    pub unique: u64,
+    /// `fuse_write_in.size` for WRITE requests.
+    pub write_size: Option<u32>,
+}
+
+/// Bytes on each side of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Device-readable bytes (the request).
+    pub readable: u64,
+    /// Device-writable bytes (room for the reply).
+    pub writable: u64,
+}
+
+/// A chain that cannot carry a request; returned unused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// Last descriptor has NEXT set: loop, `next` out of range, bad table.
+    #[error("chain truncated (descriptor loop, `next` out of range or a bad indirect table)")]
+    Truncated,
+    /// A readable buffer after a writable one.
+    #[error("readable descriptor after a writable one")]
+    ReadableAfterWritable,
+    /// A buffer outside guest memory.
+    #[error("buffer at {0:#x} is outside guest memory")]
+    OutsideMemory(u64),
+    /// Fewer readable bytes than a FUSE header.
+    #[error("request shorter than the 40-byte FUSE header")]
+    ShortHeader,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand it to the FUSE server.
+    Serve,
+    /// Reply with this errno, without running it.
+    Refuse(i32),
+    /// A FORGET before INIT: no reply is due; return the chain.
+    Drop,
+}
+
+/// Walks the chain and reads the header.
+pub fn inspect<M>(chain: &DescriptorChain<M>, mem: &M::Target) -> Result<(Header, Shape), Malformed>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory,
+{
+    let mut shape = Shape {
+        readable: 0,
+        writable: 0,
+    };
+    let mut head = [0u8; IN_HEADER_LEN + WRITE_IN_LEN];
+    let mut have = 0usize;
+    let mut last_has_next = true;
+    for desc in chain.clone() {
+        last_has_next = desc.has_next();
+        let len = desc.len();
+        if len > 0 && !mem.check_range(desc.addr(), len as usize) {
+            return Err(Malformed::OutsideMemory(desc.addr().0));
+        }
+        if desc.is_write_only() {
+            shape.writable += u64::from(len);
+            continue;
+        }
+        if shape.writable > 0 {
+            return Err(Malformed::ReadableAfterWritable);
+        }
+        let take = (len as usize).min(head.len() - have);
+        if take > 0 {
+            mem.read_slice(&mut head[have..have + take], desc.addr())
+                .map_err(|_| Malformed::OutsideMemory(desc.addr().0))?;
+            have += take;
+        }
+        shape.readable += u64::from(len);
+    }
+    if last_has_next {
+        return Err(Malformed::Truncated);
+    }
+    if have < IN_HEADER_LEN {
+        return Err(Malformed::ShortHeader);
+    }
+    let u32_at =
+        |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let mut unique = [0u8; 8];
+    unique.copy_from_slice(&head[8..16]);
+    let opcode = u32_at(4);
+    let write_size =
+        (opcode == opcode::WRITE && have >= IN_HEADER_LEN + 24).then(|| u32_at(IN_HEADER_LEN + 16));
+    Ok((
+        Header {
+            len: u32_at(0),
+            opcode,
+            unique: u64::from_le_bytes(unique),
+            write_size,
+        },
+        shape,
+    ))
+}
+
+/// The checks fuse-backend-rs leaves to us. `initialized`: INIT succeeded
+/// on this connection.
+pub fn judge(h: &Header, shape: &Shape, initialized: bool) -> Verdict {
+    let no_reply = matches!(h.opcode, opcode::FORGET | opcode::BATCH_FORGET);
+    if u64::from(h.len) != shape.readable {
+        return if no_reply {
+            Verdict::Drop
+        } else {
+            Verdict::Refuse(libc::EINVAL)
+        };
+    }
+    if !initialized && h.opcode != opcode::INIT {
+        return if no_reply {
+            Verdict::Drop
+        } else {
+            Verdict::Refuse(libc::EIO)
+        };
+    }
+    if h.opcode == opcode::WRITE {
+        let payload = u64::from(h.len).saturating_sub((IN_HEADER_LEN + WRITE_IN_LEN) as u64);
+        if h.write_size.map(u64::from) != Some(payload) {
+            return Verdict::Refuse(libc::EINVAL);
+        }
+    }
+    Verdict::Serve
+}
+
+/// A `fuse_out_header` carrying `-errno` for request `unique`.
+pub fn error_reply(unique: u64, errno: i32) -> [u8; OUT_HEADER_LEN] {
+    let mut r = [0u8; OUT_HEADER_LEN];
+    r[0..4].copy_from_slice(&(OUT_HEADER_LEN as u32).to_le_bytes());
+    r[4..8].copy_from_slice(&(-errno).to_le_bytes());
+    r[8..16].copy_from_slice(&unique.to_le_bytes());
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(len: u32, opcode: u32, write_size: Option<u32>) -> Header {
+        Header {
+            len,
+            opcode,
+            unique: 7,
+            write_size,
+        }
+    }
+
+    const SHAPE: Shape = Shape {
+        readable: 56,
+        writable: 4096,
+    };
+
+    #[test]
+    fn len_must_match_the_request() {
+        assert_eq!(judge(&h(56, 3, None), &SHAPE, true), Verdict::Serve);
+        assert_eq!(
+            judge(&h(4096, 3, None), &SHAPE, true),
+            Verdict::Refuse(libc::EINVAL)
+        );
+        assert_eq!(
+            judge(&h(8, 3, None), &SHAPE, true),
+            Verdict::Refuse(libc::EINVAL)
+        );
+        assert_eq!(
+            judge(&h(8, opcode::FORGET, None), &SHAPE, true),
+            Verdict::Drop
+        );
+    }
+
+    #[test]
+    fn only_init_before_init() {
+        assert_eq!(
+            judge(&h(56, 3, None), &SHAPE, false),
+            Verdict::Refuse(libc::EIO)
+        );
+        assert_eq!(
+            judge(&h(56, opcode::INIT, None), &SHAPE, false),
+            Verdict::Serve
+        );
+        assert_eq!(
+            judge(&h(56, opcode::FORGET, None), &SHAPE, false),
+            Verdict::Drop
+        );
+    }
+
+    #[test]
+    fn write_size_must_match_its_payload() {
+        let shape = Shape {
+            readable: 80 + 4096,
+            writable: 16,
+        };
+        assert_eq!(
+            judge(&h(80 + 4096, opcode::WRITE, Some(4096)), &shape, true),
+            Verdict::Serve
+        );
+        assert_eq!(
+            judge(&h(80 + 4096, opcode::WRITE, Some(16 << 20)), &shape, true),
+            Verdict::Refuse(libc::EINVAL)
+        );
+        assert_eq!(
+            judge(&h(80 + 4096, opcode::WRITE, None), &shape, true),
+            Verdict::Refuse(libc::EINVAL)
+        );
+    }
+
+    #[test]
+    fn error_reply_layout() {
+        let r = error_reply(0x1122, libc::EIO);
+        assert_eq!(u32::from_le_bytes(r[0..4].try_into().unwrap()), 16);
+        assert_eq!(i32::from_le_bytes(r[4..8].try_into().unwrap()), -libc::EIO);
+        assert_eq!(u64::from_le_bytes(r[8..16].try_into().unwrap()), 0x1122);
+    }
+}
