@@ -64,7 +64,7 @@ fn run(cli: Cli, path: &std::path::Path) -> Result<(), String> {
     let mut allowed = common::seccomp::VHOST_USER_BASE.to_vec();
     allowed.extend_from_slice(SECCOMP_BLK);
     let mut ioctls = common::seccomp::VHOST_USER_IOCTLS.to_vec();
-    ioctls.extend_from_slice(&[disk::BLKDISCARD as u64, disk::BLKZEROOUT as u64]);
+    ioctls.extend_from_slice(&[disk::BLKDISCARD, disk::BLKZEROOUT]);
     common::seccomp::apply(cli.seccomp, &allowed, &ioctls).map_err(|e| e.to_string())?;
     let config = DeviceConfig::new(
         disk.size(),
