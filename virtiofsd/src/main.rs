@@ -62,6 +62,9 @@ fn passthrough_config(cli: &Cli, root_dir: &str) -> Config {
         do_import: true,
         inode_file_handles: cli.inode_file_handles != InodeFileHandles::Never,
         allow_direct_io: cli.allow_direct_io,
+        // Host inode numbers (with a per-filesystem prefix): the default
+        // keeps a mapping for every file ever looked up, forever.
+        use_host_ino: true,
         ..Config::default()
     }
 }
