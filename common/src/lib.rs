@@ -11,6 +11,7 @@
 //! - [`signals`]: SIGTERM/SIGINT as a pollable file descriptor.
 //! - [`logging`]: stderr logging that journald understands; [`ratelimit`]
 //!   for guest-caused warnings.
+//! - [`queue`]: the batch loop a worker runs on a kick.
 //! - [`serve`]: the accept / serve / serve-again loop around
 //!   `vhost-user-backend`'s daemon, one backend instance per connection.
 //! - [`sandbox`]: namespaces, `pivot_root` or `chroot` into the shared
@@ -19,6 +20,7 @@
 
 pub mod cli;
 pub mod logging;
+pub mod queue;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod seccomp;

@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use common::ratelimit::RateLimited;
 use common::serve::{Connection, ExitEvents, Gate, GuestMem, Vring};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringT};
-use virtio_queue::QueueT;
+use vhost_user_backend::VhostUserBackend;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -77,78 +76,31 @@ impl BlkConnection {
             serial: &self.device.serial,
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let mut state = vring.get_mut();
-        let queue = state.get_queue_mut();
-        let mut used = false;
-        loop {
-            if event_idx {
-                queue
-                    .disable_notification(mem.deref())
-                    .map_err(io::Error::other)?;
-            }
-            // An avail index more than a queue ahead is a broken driver: leave
-            // the ring alone (logged once) until the frontend sets it up again.
-            let avail = queue
-                .avail_idx(mem.deref(), Ordering::Acquire)
-                .map_err(io::Error::other)?;
-            let pending = avail.0.wrapping_sub(queue.next_avail());
-            if pending > queue.size() {
-                if !self.broken[q].swap(true, Ordering::Relaxed) {
-                    log::error!(
-                        "queue {q}: avail.idx {} is {pending} entries ahead of {} on a queue of {}; queue marked broken",
-                        avail.0,
-                        queue.next_avail(),
-                        queue.size()
-                    );
-                }
-                return Ok(());
-            }
-            self.broken[q].store(false, Ordering::Relaxed);
-            while let Some(chain) = queue.pop_descriptor_chain(mem.deref()) {
-                let head = chain.head_index();
-                let used_len = match request::process(chain, mem.deref(), &target, &mut scratch) {
-                    Ok(done) => {
-                        if let Some((what, errno)) = done.host_error {
-                            if let Some(n) = self.device.io_errors.hit() {
-                                log::warn!(
-                                    "queue {q} head {head}: {what} on {} failed: {} (host I/O error #{n})",
-                                    self.device.disk.path().display(),
-                                    io::Error::from_raw_os_error(errno)
-                                );
-                            }
-                        }
-                        done.used_len
-                    }
-                    Err(why) => {
-                        if let Some(n) = self.device.malformed.hit() {
+        common::queue::drain(q, vring, &mem, event_idx, &self.broken[q], |chain| {
+            let head = chain.head_index();
+            match request::process(chain, mem.deref(), &target, &mut scratch) {
+                Ok(done) => {
+                    if let Some((what, errno)) = done.host_error {
+                        if let Some(n) = self.device.io_errors.hit() {
                             log::warn!(
-                                "queue {q} head {head}: malformed request dropped: {why} (#{n})"
+                                "queue {q} head {head}: {what} on {} failed: {} (host I/O error #{n})",
+                                self.device.disk.path().display(),
+                                io::Error::from_raw_os_error(errno)
                             );
                         }
-                        0
                     }
-                };
-                queue
-                    .add_used(mem.deref(), head, used_len)
-                    .map_err(io::Error::other)?;
-                used = true;
+                    done.used_len
+                }
+                Err(why) => {
+                    if let Some(n) = self.device.malformed.hit() {
+                        log::warn!(
+                            "queue {q} head {head}: malformed request dropped: {why} (#{n})"
+                        );
+                    }
+                    0
+                }
             }
-            if !event_idx
-                || !queue
-                    .enable_notification(mem.deref())
-                    .map_err(io::Error::other)?
-            {
-                break;
-            }
-        }
-        if used
-            && queue
-                .needs_notification(mem.deref())
-                .map_err(io::Error::other)?
-        {
-            state.signal_used_queue()?;
-        }
-        Ok(())
+        })
     }
 }
 

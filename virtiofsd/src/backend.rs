@@ -17,10 +17,10 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{GuestAddressSpace, GuestMemory};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -81,6 +81,8 @@ pub struct FsConnection {
     device: Arc<Device>,
     mem: RwLock<Option<GuestMem>>,
     event_idx: AtomicBool,
+    /// Per queue: a broken avail index was seen (and logged).
+    broken: Vec<AtomicBool>,
     /// INIT succeeded (and no DESTROY since).
     initialized: AtomicBool,
     gate: Gate,
@@ -90,10 +92,12 @@ pub struct FsConnection {
 impl FsConnection {
     /// A fresh backend for a new frontend.
     pub fn new(device: Arc<Device>) -> Self {
+        let queues = 1 + usize::from(device.request_queues);
         FsConnection {
             device,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
+            broken: (0..queues).map(|_| AtomicBool::new(false)).collect(),
             initialized: AtomicBool::new(false),
             gate: Gate::default(),
             exit_events: ExitEvents::default(),
@@ -172,53 +176,9 @@ impl FsConnection {
         };
         let mem = mem.memory();
         let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let mut state = vring.get_mut();
-        let queue = state.get_queue_mut();
-        let mut used = false;
-        loop {
-            if event_idx {
-                queue
-                    .disable_notification(mem.deref())
-                    .map_err(io::Error::other)?;
-            }
-            let avail = queue
-                .avail_idx(mem.deref(), Ordering::Acquire)
-                .map_err(io::Error::other)?;
-            let pending = avail.0.wrapping_sub(queue.next_avail());
-            if pending > queue.size() {
-                if let Some(n) = self.device.malformed.hit() {
-                    log::error!(
-                        "queue {q}: avail.idx {} is {pending} entries ahead on a queue of {}; ignoring the queue until it is set up again (#{n})",
-                        avail.0,
-                        queue.size()
-                    );
-                }
-                return Ok(());
-            }
-            while let Some(chain) = queue.pop_descriptor_chain(mem.deref()) {
-                let head = chain.head_index();
-                let len = self.handle_chain(q, chain, mem.deref());
-                queue
-                    .add_used(mem.deref(), head, len)
-                    .map_err(io::Error::other)?;
-                used = true;
-            }
-            if !event_idx
-                || !queue
-                    .enable_notification(mem.deref())
-                    .map_err(io::Error::other)?
-            {
-                break;
-            }
-        }
-        if used
-            && queue
-                .needs_notification(mem.deref())
-                .map_err(io::Error::other)?
-        {
-            state.signal_used_queue()?;
-        }
-        Ok(())
+        common::queue::drain(q, vring, &mem, event_idx, &self.broken[q], |chain| {
+            self.handle_chain(q, chain, mem.deref())
+        })
     }
 }
 
