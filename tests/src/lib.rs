@@ -7,14 +7,17 @@
 //! - [`blk`], [`fs`], [`net`]: device helpers on top.
 //! - [`fixture`]: reference daemons as RAII process guards; [`guest`]: the QEMU guest test kit.
 //! - [`process`]: a child seen through `/proc`, inherited descriptors, bounded runs.
-//! - [`systemd`]: the receiving end of `NOTIFY_SOCKET`, unit files.
+//! - [`systemd`]: the receiving end of `NOTIFY_SOCKET`, socket activation, unit files;
+//!   [`contrib`]: the project's systemd units and QEMU descriptors.
 
 pub mod bench;
 pub mod blk;
+pub mod contrib;
 pub mod device;
 pub mod fixture;
 pub mod fs;
 pub mod guest;
+pub mod image;
 pub mod memory;
 pub mod net;
 pub mod ours;

@@ -1,12 +1,18 @@
-//! systemd as seen from a test: the receiving end of `NOTIFY_SOCKET`, and
-//! a reader for the unit files in `contrib/systemd/`.
+//! systemd as seen from a test: the receiving end of `NOTIFY_SOCKET`,
+//! `systemd-socket-activate`, and a reader for the unit files in
+//! `contrib/systemd/`.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::fixture;
+use crate::process::without_systemd_env;
 
 /// The receiving end of `NOTIFY_SOCKET`: a datagram socket bound to a path
 /// that the test hands to the daemon as `NOTIFY_SOCKET=<path>`.
@@ -62,20 +68,62 @@ impl NotifyListener {
     /// `READY=1`); true if one came, also if it came earlier and is in
     /// [`Self::seen`].
     pub fn wait_for(&mut self, want: &str, timeout: Duration) -> io::Result<bool> {
-        let has = |m: &String| m.lines().any(|l| l == want);
-        if self.seen.iter().any(has) {
+        if self.seen.iter().any(|m| m.lines().any(|l| l == want)) {
             return Ok(true);
         }
+        self.wait_for_new(want, timeout)
+    }
+
+    /// Like [`Self::wait_for`], but only a message received from now on
+    /// counts (for a line that must follow an event, such as `STOPPING=1`
+    /// after a signal).
+    pub fn wait_for_new(&mut self, want: &str, timeout: Duration) -> io::Result<bool> {
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             if let Some(msg) = self.recv(left)? {
-                if has(&msg) {
+                if msg.lines().any(|l| l == want) {
                     return Ok(true);
                 }
             }
         }
         Ok(false)
     }
+
+    /// Counts the messages with the line `want` received during `window`
+    /// (from now on).
+    pub fn count_for(&mut self, want: &str, window: Duration) -> io::Result<usize> {
+        let deadline = Instant::now() + window;
+        let mut n = 0;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Some(msg) = self.recv(left)? {
+                n += usize::from(msg.lines().any(|l| l == want));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// `systemd-socket-activate -l SOCKET [-E NOTIFY_SOCKET=NOTIFY] PROGRAM
+/// ARGS...` with none of systemd's variables inherited: the first
+/// connection to `socket` makes it exec `program` with `LISTEN_FDS=1` and
+/// the socket as descriptor 3. It passes on only TERM, PATH, USER, HOME and
+/// what `-E` names, hence `notify` as `-E`.
+pub fn socket_activate_command<S: AsRef<OsStr>>(
+    socket: &Path,
+    notify: Option<&Path>,
+    program: &Path,
+    args: &[S],
+) -> fixture::Result<Command> {
+    let mut cmd = Command::new(fixture::find_binary("systemd-socket-activate")?);
+    without_systemd_env(&mut cmd);
+    cmd.arg("-l").arg(socket);
+    if let Some(path) = notify {
+        let mut notify_env = OsString::from("NOTIFY_SOCKET=");
+        notify_env.push(path);
+        cmd.arg("-E").arg(notify_env);
+    }
+    cmd.arg(program).args(args);
+    Ok(cmd)
 }
 
 /// A parsed unit file: (section, key) -> every value given, in order.
@@ -263,5 +311,12 @@ mod tests {
         assert!(n.wait_for("READY=1", Duration::from_secs(5)).unwrap());
         assert!(!n.wait_for("STOPPING=1", Duration::from_millis(20)).unwrap());
         assert_eq!(n.seen, vec!["STATUS=x\nREADY=1".to_string()]);
+        assert!(!n
+            .wait_for_new("READY=1", Duration::from_millis(20))
+            .unwrap());
+        tx.send_to(b"WATCHDOG=1", n.path()).unwrap();
+        tx.send_to(b"WATCHDOG=1", n.path()).unwrap();
+        let pings = n.count_for("WATCHDOG=1", Duration::from_millis(200));
+        assert_eq!(pings.unwrap(), 2);
     }
 }

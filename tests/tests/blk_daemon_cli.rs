@@ -6,19 +6,23 @@
 //! starting with `error: ` (the first line that mentions an error at all)
 //! naming the culprit, and no panic.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
-use vu_driver::fixture::{create_sparse_image, find_binary, Daemon, Readiness, TempDir};
+use vu_driver::contrib::{
+    assert_qemu_descriptor, assert_service_unit, assert_socket_unit, assert_systemd_analyze,
+    contrib, instance_units, unit,
+};
+use vu_driver::fixture::{create_sparse_image, Daemon, Readiness, TempDir};
 use vu_driver::ours::{project_binary, vhost_blk_daemon, BlkDaemonOpts};
 use vu_driver::process::{inherit_fd_as, run_bounded, without_systemd_env, Finished};
+use vu_driver::systemd::{environment_file, expand_exec, socket_activate_command, NotifyListener};
 
 const CAPABILITIES: &str = "{\"type\":\"block\",\"features\":[\"read-only\",\"blk-file\"]}\n";
 const IMAGE_SIZE: u64 = 16 << 20;
@@ -68,46 +72,12 @@ fn args(e: &Env, extra: &[&str]) -> Vec<OsString> {
     v
 }
 
-/// Asserts that the daemon refused to run: exited by itself with one of
-/// `codes`, with exactly one `error: ` line on stderr, which is the first
-/// line mentioning an error and contains every string of `culprits`; and
-/// that it did not panic. Returns the error line.
+/// Asserts that the daemon refused to run (see [`Finished::refusal`]):
+/// exited by itself with one of `codes`, with exactly one `error: ` line on
+/// stderr, which is the first line mentioning an error and contains every
+/// string of `culprits`; and that it did not panic. Returns the error line.
 fn assert_refused(f: &Finished, codes: &[i32], culprits: &[&str]) -> String {
-    let Some(status) = f.status else {
-        panic!(
-            "still running after {T:?} instead of refusing; stderr:\n{}",
-            f.stderr
-        );
-    };
-    assert!(
-        f.code().is_some_and(|c| codes.contains(&c)),
-        "exit status {status}, expected code {codes:?}; stderr:\n{}",
-        f.stderr
-    );
-    assert!(!f.stderr.contains("panicked"), "it panicked:\n{}", f.stderr);
-    let first = f
-        .stderr
-        .lines()
-        .find(|l| l.to_ascii_lowercase().contains("error"))
-        .unwrap_or_else(|| panic!("no error line on stderr:\n{}", f.stderr));
-    assert!(
-        first.starts_with("error: "),
-        "the first error line does not start with `error: `: {first:?}\nstderr:\n{}",
-        f.stderr
-    );
-    let error_lines = f.stderr.lines().filter(|l| l.starts_with("error:")).count();
-    assert_eq!(
-        error_lines, 1,
-        "expected one `error:` line; stderr:\n{}",
-        f.stderr
-    );
-    for c in culprits {
-        assert!(
-            first.contains(c),
-            "the error line does not name {c:?}: {first:?}"
-        );
-    }
-    first.to_string()
+    f.refusal(codes, culprits).unwrap_or_else(|m| panic!("{m}"))
 }
 
 #[test]
@@ -357,61 +327,9 @@ fn fd_of_a_datagram_socket_is_refused() {
 
 // ---- contrib/ ----
 
-fn contrib(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../contrib")
-        .join(rel)
-}
-
+const NAME: &str = "vhost-blk-daemon";
 const SERVICE: &str = "systemd/vhost-blk-daemon@.service";
-const SOCKET: &str = "systemd/vhost-blk-daemon@.socket";
 const INSTALLED_BINARY: &str = "/usr/libexec/vhost-blk-daemon";
-
-/// A unit file: (section, key) -> every value given, in order.
-type Unit = BTreeMap<(String, String), Vec<String>>;
-
-/// Parses a systemd unit file (no line continuations are used in ours).
-fn parse_unit(path: &Path) -> Unit {
-    let text = fs::read_to_string(path).unwrap();
-    let mut unit = Unit::new();
-    let mut section = String::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        assert!(
-            !line.ends_with('\\'),
-            "{}:{}: continuation line",
-            path.display(),
-            n + 1
-        );
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.to_string();
-            continue;
-        }
-        let (k, v) = line
-            .split_once('=')
-            .unwrap_or_else(|| panic!("{}:{}: not key=value: {line}", path.display(), n + 1));
-        unit.entry((section.clone(), k.trim().to_string()))
-            .or_default()
-            .push(v.trim().to_string());
-    }
-    unit
-}
-
-fn get<'a>(unit: &'a Unit, section: &str, key: &str) -> &'a [String] {
-    unit.get(&(section.to_string(), key.to_string()))
-        .map_or(&[], Vec::as_slice)
-}
-
-/// The one value of `key`, failing if it is missing or given twice.
-fn one<'a>(unit: &'a Unit, section: &str, key: &str) -> &'a str {
-    match get(unit, section, key) {
-        [v] => v,
-        other => panic!("[{section}] {key}= should be given once, found {other:?}"),
-    }
-}
 
 /// Seconds of a systemd time span like `10s`, `10`, `2min`, `500ms`.
 fn seconds(span: &str) -> f64 {
@@ -430,72 +348,27 @@ fn seconds(span: &str) -> f64 {
 
 #[test]
 fn qemu_descriptor_agrees_with_print_capabilities_and_the_unit() {
-    let path = contrib("qemu/50-vhost-blk-daemon.json");
-    let desc: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     let caps_run = run(["--print-capabilities"]);
     assert_eq!(caps_run.code(), Some(0), "{caps_run:?}");
-    let caps: serde_json::Value = serde_json::from_str(&caps_run.stdout).unwrap();
-
-    assert!(
-        desc["description"]
-            .as_str()
-            .is_some_and(|d| !d.trim().is_empty()),
-        "description: {}",
-        desc["description"]
-    );
-    assert_eq!(desc["type"], caps["type"]);
-    assert_eq!(desc["type"], "block");
-    assert_eq!(desc["features"], caps["features"]);
-    let binary = desc["binary"].as_str().expect("binary is a string");
-    assert_eq!(binary, INSTALLED_BINARY);
-    // The unit runs the same binary.
-    let service = parse_unit(&contrib(SERVICE));
-    let exec = one(&service, "Service", "ExecStart");
-    assert_eq!(
-        exec.split_whitespace().next(),
-        Some(binary),
-        "ExecStart={exec}"
+    assert_qemu_descriptor(
+        "qemu/50-vhost-blk-daemon.json",
+        &caps_run.stdout,
+        "block",
+        INSTALLED_BINARY,
+        &unit(SERVICE),
     );
 }
 
 #[test]
 fn unit_files_have_the_key_settings() {
-    let socket = parse_unit(&contrib(SOCKET));
-    assert_eq!(
-        one(&socket, "Socket", "ListenStream"),
-        "/run/vhost-blk-daemon/%i.sock"
-    );
-    assert!(
-        get(&socket, "Socket", "Accept")
-            .iter()
-            .all(|v| v == "no" || v == "false"),
-        "one daemon serves every connection: Accept= must stay no"
-    );
-    assert_eq!(one(&socket, "Socket", "RemoveOnStop"), "yes");
-    assert!(get(&socket, "Install", "WantedBy")
-        .iter()
-        .any(|v| v == "sockets.target"));
-
-    let s = parse_unit(&contrib(SERVICE));
-    assert!(get(&s, "Unit", "Requires")
-        .iter()
-        .any(|v| v == "vhost-blk-daemon@%i.socket"));
-    assert_eq!(one(&s, "Service", "Type"), "notify");
-    assert_eq!(
-        one(&s, "Service", "EnvironmentFile"),
-        "/etc/vhost-blk-daemon/%i.conf"
-    );
-    let exec = one(&s, "Service", "ExecStart");
+    assert_socket_unit(NAME);
+    let s = assert_service_unit(NAME);
+    let exec = s.one("Service", "ExecStart");
     assert!(
         exec.contains("--blk-file ${VHOST_BLK_FILE}"),
         "ExecStart={exec}"
     );
-    assert!(
-        !exec.contains("--socket-path") && !exec.contains("--fd"),
-        "the socket comes from the .socket unit: ExecStart={exec}"
-    );
-    let watchdog = seconds(one(&s, "Service", "WatchdogSec"));
+    let watchdog = seconds(s.one("Service", "WatchdogSec"));
     assert!((1.0..=60.0).contains(&watchdog), "WatchdogSec {watchdog} s");
     for (key, want) in [
         ("NoNewPrivileges", "yes"),
@@ -507,7 +380,7 @@ fn unit_files_have_the_key_settings() {
         ("MemoryDenyWriteExecute", "yes"),
         ("StateDirectory", "vhost-blk-daemon"),
     ] {
-        assert_eq!(one(&s, "Service", key), want, "[Service] {key}=");
+        assert_eq!(s.one("Service", key), want, "[Service] {key}=");
     }
     // The ReadWritePaths= drop-in for images elsewhere is documented.
     let text = fs::read_to_string(contrib(SERVICE)).unwrap();
@@ -515,125 +388,35 @@ fn unit_files_have_the_key_settings() {
         text.contains("# [Service]") || text.contains("#   [Service]"),
         "drop-in example"
     );
-    assert!(
-        text.contains("ReadWritePaths="),
-        "ReadWritePaths= drop-in documented"
-    );
-}
-
-/// Copies of the units as instance `disk0`, the service's binary pointing
-/// at the one built here (verify checks that it is executable).
-fn instance_units(dir: &TempDir) -> (PathBuf, PathBuf) {
-    let daemon = project_binary("vhost-blk-daemon").unwrap();
-    let service = fs::read_to_string(contrib(SERVICE)).unwrap();
-    assert!(service.contains(INSTALLED_BINARY));
-    let service = service.replace(INSTALLED_BINARY, daemon.to_str().unwrap());
-    let svc = dir.join("vhost-blk-daemon@disk0.service");
-    let sock = dir.join("vhost-blk-daemon@disk0.socket");
-    fs::write(&svc, service).unwrap();
-    fs::copy(contrib(SOCKET), &sock).unwrap();
-    (svc, sock)
 }
 
 #[test]
 fn unit_files_pass_systemd_analyze_verify_and_security() {
-    let analyze = find_binary("systemd-analyze").unwrap();
     let dir = TempDir::new("blk-cli-units").unwrap();
-    let (svc, sock) = instance_units(&dir);
-    let mut cmd = Command::new(&analyze);
-    cmd.arg("verify").arg("--man=no").arg(&svc).arg(&sock);
-    let f = run_bounded(&mut cmd, Duration::from_secs(60)).unwrap();
-    assert_eq!(f.code(), Some(0), "systemd-analyze verify: {f:?}");
-    // verify exits 0 on unknown keys and bad values too; it only warns.
-    assert!(
-        f.stderr.trim().is_empty(),
-        "systemd-analyze verify warned:\n{}",
-        f.stderr
-    );
-
+    let daemon = project_binary(NAME).unwrap();
+    let (svc, sock) = instance_units(dir.path(), NAME, "disk0", INSTALLED_BINARY, &daemon);
     // Exposure at most 2.0 of 10 ("OK") by systemd's own scoring.
-    let mut cmd = Command::new(&analyze);
-    cmd.args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
-        .arg(&svc);
-    let f = run_bounded(&mut cmd, Duration::from_secs(60)).unwrap();
-    assert_eq!(
-        f.code(),
-        Some(0),
-        "systemd-analyze security:\n{}{}",
-        f.stdout,
-        f.stderr
-    );
-}
-
-/// KEY=VALUE lines of an EnvironmentFile (quotes removed, comments skipped).
-fn parse_env_file(path: &Path) -> BTreeMap<String, String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (k, v) = l
-                .split_once('=')
-                .unwrap_or_else(|| panic!("not KEY=VALUE: {l}"));
-            (k.to_string(), v.trim_matches('"').to_string())
-        })
-        .collect()
-}
-
-/// Expands an ExecStart= line as systemd does for what ours uses: `%i`,
-/// `${VAR}` (one argument) and `$VAR` (split on white space).
-fn expand_exec(exec: &str, instance: &str, vars: &BTreeMap<String, String>) -> Vec<String> {
-    let mut out = Vec::new();
-    for word in exec.split_whitespace() {
-        let word = word.replace("%i", instance);
-        if let Some(name) = word.strip_prefix("${").and_then(|w| w.strip_suffix('}')) {
-            out.push(vars.get(name).cloned().unwrap_or_default());
-        } else if let Some(name) = word.strip_prefix('$') {
-            let value = vars.get(name).cloned().unwrap_or_default();
-            out.extend(value.split_whitespace().map(str::to_string));
-        } else {
-            out.push(word);
-        }
-    }
-    out
+    assert_systemd_analyze(&svc, &sock, 20);
 }
 
 #[test]
 fn unit_command_line_with_the_example_config_serves_under_socket_activation() {
-    let activate = find_binary("systemd-socket-activate").unwrap();
     let e = env("unit-cmd");
-    let service = parse_unit(&contrib(SERVICE));
+    let service = unit(SERVICE);
     // Environment= defaults first, then the EnvironmentFile overrides them.
-    let mut vars = BTreeMap::new();
-    for env_line in get(&service, "Service", "Environment") {
-        for assignment in env_line.split_whitespace() {
-            let (k, v) = assignment.split_once('=').unwrap();
-            vars.insert(k.to_string(), v.to_string());
-        }
-    }
-    vars.extend(parse_env_file(&contrib("systemd/example.conf")));
+    let mut vars = service.environment("disk0");
+    vars.extend(environment_file(&contrib("systemd/example.conf")).unwrap());
     assert!(
         vars.contains_key("VHOST_BLK_FILE"),
         "example.conf sets VHOST_BLK_FILE"
     );
     vars.insert("VHOST_BLK_FILE".into(), e.image.to_str().unwrap().into());
-    let argv = expand_exec(one(&service, "Service", "ExecStart"), "disk0", &vars);
+    let argv = expand_exec(service.one("Service", "ExecStart"), "disk0", &vars);
     assert_eq!(argv[0], INSTALLED_BINARY);
 
-    let notify_path = e.dir.join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let mut cmd = Command::new(activate);
-    without_systemd_env(&mut cmd);
-    // systemd-socket-activate passes on only TERM, PATH, USER, HOME and -E.
-    let mut notify_env = OsString::from("NOTIFY_SOCKET=");
-    notify_env.push(&notify_path);
-    cmd.arg("-l")
-        .arg(&e.socket)
-        .arg("-E")
-        .arg(notify_env)
-        .arg(project_binary("vhost-blk-daemon").unwrap())
-        .args(&argv[1..]);
+    let mut n = NotifyListener::bind(e.dir.path()).unwrap();
+    let daemon = project_binary(NAME).unwrap();
+    let cmd = socket_activate_command(&e.socket, Some(n.path()), &daemon, &argv[1..]).unwrap();
     let ready = [Readiness::Path(e.socket.clone())];
     let mut d = Daemon::spawn("systemd-socket-activate", cmd, &e.socket, &ready, T).unwrap();
     {
@@ -645,19 +428,10 @@ fn unit_command_line_with_the_example_config_serves_under_socket_activation() {
         assert_eq!(c.read(8, 4096).unwrap(), vec![0xa5; 4096]);
     }
     // Type=notify: READY=1 must have been sent.
-    let deadline = Instant::now() + T;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen
-        .iter()
-        .any(|m: &String| m.lines().any(|l| l == "READY=1"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no READY=1 for Type=notify; got {seen:?}");
-        notify.set_read_timeout(Some(left)).unwrap();
-        if let Ok(n) = notify.recv(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
+    assert!(
+        n.wait_for("READY=1", T).unwrap(),
+        "no READY=1 for Type=notify; got {:?}",
+        n.seen
+    );
     assert!(d.stop().unwrap().success());
 }

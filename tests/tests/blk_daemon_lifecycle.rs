@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,15 +18,14 @@ use std::time::{Duration, Instant};
 
 use vu_driver::blk::{status, BlkClient, BlkError, BlkOptions, BlkQueue, Request, SECTOR_SIZE};
 use vu_driver::device::{connect_socket, VuDevice};
-use vu_driver::fixture::{
-    create_sparse_image, find_binary, poll_until, Daemon, Readiness, TempDir,
-};
+use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, Readiness, TempDir};
 use vu_driver::memory::GUEST_RAM_MEMFD_NAME;
 use vu_driver::ours::{project_binary, vhost_blk_daemon_command, BlkDaemonOpts};
 use vu_driver::process::{
     fd_count, fd_targets, inherit_fd_as, mappings_containing, status_kib, thread_count,
     without_systemd_env,
 };
+use vu_driver::systemd::{socket_activate_command, NotifyListener};
 use vu_driver::virtqueue::QueueError;
 
 const IMAGE_SIZE: u64 = 64 << 20;
@@ -524,16 +523,10 @@ fn inherited_listening_fd_is_served_and_its_socket_file_kept() {
 
 #[test]
 fn systemd_socket_activation_serves_connections() {
-    let activate = find_binary("systemd-socket-activate").unwrap();
     let s = setup("activate", IMAGE_SIZE);
     let daemon = project_binary("vhost-blk-daemon").unwrap();
-    let mut cmd = Command::new(activate);
-    cmd.arg("-l")
-        .arg(&s.socket)
-        .arg(&daemon)
-        .arg("--blk-file")
-        .arg(&s.image);
-    without_systemd_env(&mut cmd);
+    let args = [Path::new("--blk-file"), &s.image];
+    let cmd = socket_activate_command(&s.socket, None, &daemon, &args).unwrap();
     let ready = [Readiness::Path(s.socket.clone())];
     let mut d = Daemon::spawn("systemd-socket-activate", cmd, &s.socket, &ready, T).unwrap();
 
@@ -562,83 +555,18 @@ fn systemd_socket_activation_serves_connections() {
     assert_no_panic(&d);
 }
 
-/// The receiving end of `NOTIFY_SOCKET`.
-struct Notify {
-    sock: UnixDatagram,
-    path: PathBuf,
-    /// Every message received so far, in order.
-    seen: Vec<String>,
-}
-
-impl Notify {
-    fn bind(dir: &TempDir) -> Notify {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        Notify {
-            sock,
-            path,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Receives one message, waiting at most `wait`.
-    fn recv(&mut self, wait: Duration) -> Option<String> {
-        self.sock
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        match self.sock.recv(&mut buf) {
-            Ok(n) => {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                self.seen.push(msg.clone());
-                Some(msg)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                None
-            }
-            Err(e) => panic!("recv on {}: {e}", self.path.display()),
-        }
-    }
-
-    /// Waits up to `timeout` for a message with the line `want`.
-    fn wait_for(&mut self, want: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            if let Some(msg) = self.recv(left) {
-                if msg.lines().any(|l| l == want) {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    /// Counts messages with the line `want` received during `window`.
-    fn count_for(&mut self, want: &str, window: Duration) -> usize {
-        let deadline = Instant::now() + window;
-        let mut n = 0;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            if let Some(msg) = self.recv(left) {
-                n += usize::from(msg.lines().any(|l| l == want));
-            }
-        }
-        n
-    }
-}
-
 fn notify_ready_then_stopping(sig: libc::c_int) {
     let s = setup("notify", IMAGE_SIZE);
-    let mut n = Notify::bind(&s.dir);
+    let mut n = NotifyListener::bind(s.dir.path()).unwrap();
     let mut cmd = command(&s);
-    cmd.env("NOTIFY_SOCKET", &n.path);
+    cmd.env("NOTIFY_SOCKET", n.path());
     let mut d = Daemon::spawn("vhost-blk-daemon", cmd, &s.socket, &[], T).unwrap();
 
-    assert!(n.wait_for("READY=1", T), "no READY=1; got {:?}", n.seen);
+    assert!(
+        n.wait_for("READY=1", T).unwrap(),
+        "no READY=1; got {:?}",
+        n.seen
+    );
     // READY=1 promises a listening socket: connecting must work right now.
     let probe = UnixStream::connect(&s.socket);
     assert!(
@@ -659,7 +587,7 @@ fn notify_ready_then_stopping(sig: libc::c_int) {
 
     d.signal(sig).unwrap();
     assert!(
-        n.wait_for("STOPPING=1", EXIT_DEADLINE),
+        n.wait_for_new("STOPPING=1", EXIT_DEADLINE).unwrap(),
         "no STOPPING=1 after signal {sig}; got {:?}",
         n.seen
     );
@@ -686,9 +614,9 @@ fn notify_socket_gets_stopping_on_sigint_too() {
 /// it); returns how many WATCHDOG=1 arrived in the second after READY=1.
 fn watchdog_pings(watchdog_pid: Option<&str>) -> usize {
     let s = setup("watchdog", IMAGE_SIZE);
-    let mut n = Notify::bind(&s.dir);
+    let mut n = NotifyListener::bind(s.dir.path()).unwrap();
     let mut cmd = command(&s);
-    cmd.env("NOTIFY_SOCKET", &n.path)
+    cmd.env("NOTIFY_SOCKET", n.path())
         .env("WATCHDOG_USEC", "200000");
     let cmd = match watchdog_pid {
         None => cmd,
@@ -708,8 +636,12 @@ fn watchdog_pings(watchdog_pid: Option<&str>) -> usize {
         }
     };
     let d = Daemon::spawn("vhost-blk-daemon", cmd, &s.socket, &[], T).unwrap();
-    assert!(n.wait_for("READY=1", T), "no READY=1; got {:?}", n.seen);
-    let pings = n.count_for("WATCHDOG=1", Duration::from_secs(1));
+    assert!(
+        n.wait_for("READY=1", T).unwrap(),
+        "no READY=1; got {:?}",
+        n.seen
+    );
+    let pings = n.count_for("WATCHDOG=1", Duration::from_secs(1)).unwrap();
     eprintln!("WATCHDOG_PID={watchdog_pid:?}: {pings} WATCHDOG=1 in 1 s");
     assert_no_panic(&d);
     pings

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use blkio::{Blkio, Blkioq, Completion, Errno, MemoryRegion, ReqFlags};
 use vu_driver::fixture::{create_sparse_image, Daemon, QsdOpts, TempDir};
+use vu_driver::image::{pattern, write_at};
 use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
 
 const DRIVER: &str = "virtio-blk-vhost-user";
@@ -220,27 +221,6 @@ impl Lib {
     fn complete_one(&mut self, q: usize) -> i32 {
         self.complete(q, 1)[0].1
     }
-}
-
-/// Deterministic bytes that differ from sector to sector.
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
-
-fn write_at(path: &Path, offset: u64, data: &[u8]) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.write_all_at(data, offset))
-        .unwrap_or_else(|e| panic!("write {} at {offset}: {e}", path.display()));
 }
 
 const EIO: i32 = -(libc::EIO);

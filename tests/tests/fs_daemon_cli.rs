@@ -19,11 +19,15 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{EntryOut, ROOT_ID};
+use vu_driver::contrib::{
+    assert_qemu_descriptor, assert_service_unit, assert_socket_unit, assert_systemd_analyze,
+    contrib, instance_units, unit,
+};
 use vu_driver::fixture::{find_binary, Daemon, Readiness, TempDir};
 use vu_driver::fs::{FsClient, FsOptions};
 use vu_driver::ours::{project_binary, spawn_virtiofsd, virtiofsd_command};
 use vu_driver::process::{inherit_fd_as, run_bounded, without_systemd_env, Finished};
-use vu_driver::systemd::{environment_file, expand_exec, NotifyListener, Unit};
+use vu_driver::systemd::{environment_file, expand_exec, socket_activate_command, NotifyListener};
 
 /// The line Kata's runtime waits for on stderr (contract: with the dots).
 const READY_LINE: &str = "Waiting for vhost-user socket connection...";
@@ -536,14 +540,8 @@ fn notify_socket_gets_ready_once_listening_and_stopping_on_sigterm() {
 
 // ---- contrib/ ----
 
-fn contrib(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../contrib")
-        .join(rel)
-}
-
+const NAME: &str = "virtiofsd";
 const SERVICE: &str = "systemd/virtiofsd@.service";
-const SOCKET: &str = "systemd/virtiofsd@.socket";
 const EXAMPLE_CONF: &str = "systemd/virtiofsd-example.conf";
 const INSTALLED_BINARY: &str = "/usr/libexec/virtiofsd";
 /// What the namespace sandbox and a passthrough file system need, and all
@@ -561,80 +559,30 @@ const CAPABILITIES_NEEDED: &[&str] = &[
     "CAP_DAC_READ_SEARCH",
 ];
 
-fn unit(rel: &str) -> Unit {
-    Unit::parse(&contrib(rel)).unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[test]
 fn qemu_descriptor_agrees_with_print_capabilities_and_the_unit() {
-    let path = contrib("qemu/50-virtiofsd.json");
-    let desc: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     let caps_run = run(["--print-capabilities"]);
     assert_eq!(caps_run.code(), Some(0), "{caps_run:?}");
-    let caps: serde_json::Value = serde_json::from_str(&caps_run.stdout).unwrap();
-
-    assert!(
-        desc["description"]
-            .as_str()
-            .is_some_and(|d| !d.trim().is_empty()),
-        "description: {}",
-        desc["description"]
+    assert_qemu_descriptor(
+        "qemu/50-virtiofsd.json",
+        &caps_run.stdout,
+        "fs",
+        INSTALLED_BINARY,
+        &unit(SERVICE),
     );
-    assert_eq!(desc["type"], "fs");
-    assert_eq!(desc["type"], caps["type"]);
-    assert_eq!(desc["features"], caps["features"]);
-    let binary = desc["binary"].as_str().expect("binary is a string");
-    assert_eq!(binary, INSTALLED_BINARY);
-    assert!(binary.ends_with("/virtiofsd"));
-    let exec = unit(SERVICE).one("Service", "ExecStart").to_string();
-    assert_eq!(
-        exec.split_whitespace().next(),
-        Some(binary),
-        "ExecStart={exec}"
-    );
+    assert!(INSTALLED_BINARY.ends_with("/virtiofsd"));
 }
 
 #[test]
 fn unit_files_have_the_key_settings() {
-    let socket = unit(SOCKET);
-    assert_eq!(
-        socket.one("Socket", "ListenStream"),
-        "/run/virtiofsd/%i.sock"
-    );
-    assert!(
-        socket
-            .get("Socket", "Accept")
-            .iter()
-            .all(|v| v == "no" || v == "false"),
-        "one daemon serves every connection: Accept= must stay no"
-    );
-    assert_eq!(socket.one("Socket", "RemoveOnStop"), "yes");
-    assert!(socket
-        .get("Install", "WantedBy")
-        .iter()
-        .any(|v| v == "sockets.target"));
-
-    let s = unit(SERVICE);
-    assert!(s
-        .get("Unit", "Requires")
-        .iter()
-        .any(|v| v == "virtiofsd@%i.socket"));
-    assert_eq!(s.one("Service", "Type"), "notify");
+    assert_socket_unit(NAME);
+    let s = assert_service_unit(NAME);
     // The sandboxed daemon notifies from its forked child.
     assert_eq!(s.one("Service", "NotifyAccess"), "all");
-    assert_eq!(
-        s.one("Service", "EnvironmentFile"),
-        "/etc/virtiofsd/%i.conf"
-    );
     let exec = s.one("Service", "ExecStart");
     assert!(
         exec.contains("--shared-dir ${VIRTIOFSD_SHARED_DIR}"),
         "ExecStart={exec}"
-    );
-    assert!(
-        !exec.contains("--socket-path") && !exec.contains("--fd"),
-        "the socket comes from the .socket unit: ExecStart={exec}"
     );
     assert!(
         !exec.contains("--sandbox") && !exec.contains("--seccomp"),
@@ -679,56 +627,16 @@ fn unit_files_have_the_key_settings() {
     ] {
         assert_eq!(s.one("Service", key), want, "[Service] {key}=");
     }
-    let text = fs::read_to_string(contrib(SERVICE)).unwrap();
-    assert!(
-        text.contains("ReadWritePaths="),
-        "ReadWritePaths= drop-in documented"
-    );
-}
-
-/// Copies of the units as instance `share0`, the service's binary pointing
-/// at the one built here (verify checks that it is executable).
-fn instance_units(dir: &TempDir) -> (PathBuf, PathBuf) {
-    let daemon = project_binary("virtiofsd").unwrap();
-    let service = fs::read_to_string(contrib(SERVICE)).unwrap();
-    assert!(service.contains(INSTALLED_BINARY));
-    let service = service.replace(INSTALLED_BINARY, daemon.to_str().unwrap());
-    let svc = dir.join("virtiofsd@share0.service");
-    let sock = dir.join("virtiofsd@share0.socket");
-    fs::write(&svc, service).unwrap();
-    fs::copy(contrib(SOCKET), &sock).unwrap();
-    (svc, sock)
 }
 
 #[test]
 fn unit_files_pass_systemd_analyze_verify_and_security() {
-    let analyze = find_binary("systemd-analyze").unwrap();
     let dir = TempDir::new("fs-cli-units").unwrap();
-    let (svc, sock) = instance_units(&dir);
-    let mut cmd = Command::new(&analyze);
-    cmd.arg("verify").arg("--man=no").arg(&svc).arg(&sock);
-    let f = run_bounded(&mut cmd, Duration::from_secs(60)).unwrap();
-    assert_eq!(f.code(), Some(0), "systemd-analyze verify: {f:?}");
-    // verify exits 0 on unknown keys and bad values too; it only warns.
-    assert!(
-        f.stderr.trim().is_empty(),
-        "systemd-analyze verify warned:\n{}",
-        f.stderr
-    );
-
+    let daemon = project_binary(NAME).unwrap();
+    let (svc, sock) = instance_units(dir.path(), NAME, "share0", INSTALLED_BINARY, &daemon);
     // CAP_SYS_ADMIN and the passthrough's capabilities cost exposure the
     // block daemon's unit does not have; at most 3.5 of 10 ("OK").
-    let mut cmd = Command::new(&analyze);
-    cmd.args(["security", "--offline=yes", "--threshold=35", "--no-pager"])
-        .arg(&svc);
-    let f = run_bounded(&mut cmd, Duration::from_secs(60)).unwrap();
-    assert_eq!(
-        f.code(),
-        Some(0),
-        "systemd-analyze security:\n{}{}",
-        f.stdout,
-        f.stderr
-    );
+    let f = assert_systemd_analyze(&svc, &sock, 35);
     if let Some(line) = f.stdout.lines().find(|l| l.contains("Overall exposure")) {
         eprintln!("{line}");
     }
@@ -736,7 +644,6 @@ fn unit_files_pass_systemd_analyze_verify_and_security() {
 
 #[test]
 fn unit_command_line_with_the_example_config_serves_under_socket_activation() {
-    let activate = find_binary("systemd-socket-activate").unwrap();
     let e = env("unit-cmd");
     let service = unit(SERVICE);
     // Environment= defaults first, then the EnvironmentFile overrides them.
@@ -755,21 +662,11 @@ fn unit_command_line_with_the_example_config_serves_under_socket_activation() {
     assert_eq!(argv[0], INSTALLED_BINARY);
     eprintln!("unit command line: {argv:?}");
 
-    let n = NotifyListener::bind(e.dir.path()).unwrap();
-    let mut notify_env = OsString::from("NOTIFY_SOCKET=");
-    notify_env.push(n.path());
-    let mut cmd = Command::new(activate);
-    without_systemd_env(&mut cmd);
-    // systemd-socket-activate passes on only TERM, PATH, USER, HOME and -E.
-    cmd.arg("-l")
-        .arg(&e.socket)
-        .arg("-E")
-        .arg(notify_env)
-        .arg(project_binary("virtiofsd").unwrap())
-        .args(&argv[1..]);
+    let mut n = NotifyListener::bind(e.dir.path()).unwrap();
+    let daemon = project_binary(NAME).unwrap();
+    let cmd = socket_activate_command(&e.socket, Some(n.path()), &daemon, &argv[1..]).unwrap();
     let ready = [Readiness::Path(e.socket.clone())];
     let mut d = Daemon::spawn("systemd-socket-activate", cmd, &e.socket, &ready, T).unwrap();
-    let mut n = n;
     {
         // The first connection makes systemd-socket-activate exec the daemon.
         let mut c = FsClient::connect(&e.socket, FsOptions::default())

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use vu_driver::fixture::{create_sparse_image, find_binary, Daemon, QsdOpts, TempDir};
 use vu_driver::guest::{GuestKit, GuestOutput, QemuGuest};
+use vu_driver::image::{pattern, write_at};
 use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
 
 const DISK_SIZE: u64 = 64 << 20;
@@ -87,11 +88,7 @@ impl Disk {
             .timeout(GUEST_TIMEOUT)
             .run()
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        eprintln!(
-            "{what}: guest boot+script+poweroff took {:.1?} (QEMU {}); reported {:?}",
-            out.duration, out.qemu_status, out.kv
-        );
-        out.ensure_pass().unwrap_or_else(|e| panic!("{what}: {e}"));
+        out.expect_pass(what);
         let status = self.daemon.try_wait().unwrap();
         assert_eq!(
             status,
@@ -111,43 +108,12 @@ fn guest() -> QemuGuest {
     QemuGuest::with_kit(GuestKit::locate().unwrap_or_else(|e| panic!("{e}")))
 }
 
-/// A value the guest reported; panics with the console if it did not.
-fn kv<'a>(out: &'a GuestOutput, key: &str) -> &'a str {
-    out.kv(key).unwrap_or_else(|| {
-        panic!(
-            "guest did not report {key}; console:\n{}",
-            out.console_text()
-        )
-    })
-}
-
 fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
     let mut buf = vec![0u8; usize::try_from(len).unwrap()];
     fs::File::open(path)
         .and_then(|f| f.read_exact_at(&mut buf, offset))
         .unwrap_or_else(|e| panic!("read {} at {offset}: {e}", path.display()));
     buf
-}
-
-fn write_at(path: &Path, offset: u64, data: &[u8]) {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.write_all_at(data, offset))
-        .unwrap_or_else(|e| panic!("write {} at {offset}: {e}", path.display()));
-}
-
-/// Deterministic bytes that differ from block to block.
-fn pattern(seed: u32, len: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x.to_le_bytes()[0]
-        })
-        .collect()
 }
 
 /// A host program from `scripts/setup.sh`'s packages, also looked for in
@@ -198,7 +164,7 @@ fn guest_dd_direct_4mib_random_matches_the_host_image() {
     const COUNT: u64 = 64;
     const HOST_OFF: u64 = 32 << 20;
     const HOST_LEN: u64 = 1 << 20;
-    let host_pattern = pattern(7, HOST_LEN);
+    let host_pattern = pattern(7, HOST_LEN as usize);
     let mut disk = Disk::new(DISK_SIZE, None, false, |img| {
         write_at(img, HOST_OFF, &host_pattern)
     });
@@ -223,11 +189,11 @@ vutest-kv readback_size \"$(stat -c %s /tmp/back)\"
     let g = guest().blk(&disk.socket);
     let out = disk.run_guest("dd", g, &script);
 
-    assert_eq!(kv(&out, "sectors"), (DISK_SIZE / 512).to_string());
-    assert_eq!(kv(&out, "readback_size"), (COUNT * BS).to_string());
-    let written = kv(&out, "written_sha256");
+    assert_eq!(out.expect_kv("sectors"), (DISK_SIZE / 512).to_string());
+    assert_eq!(out.expect_kv("readback_size"), (COUNT * BS).to_string());
+    let written = out.expect_kv("written_sha256");
     assert_eq!(written.len(), 64, "written_sha256={written}");
-    assert_eq!(kv(&out, "readback_sha256"), written, "guest read-back");
+    assert_eq!(out.expect_kv("readback_sha256"), written, "guest read-back");
     // The host's image holds the guest's bytes at the same offset ...
     let offset = SEEK * BS;
     let len = COUNT * BS;
@@ -237,7 +203,7 @@ vutest-kv readback_size \"$(stat -c %s /tmp/back)\"
     assert!(disk.read(offset + len, BS).iter().all(|&b| b == 0));
     // The guest read what the host wrote.
     assert_eq!(
-        kv(&out, "host_pattern_sha256"),
+        out.expect_kv("host_pattern_sha256"),
         sha256_hex(&host_pattern),
         "guest read of the host's pattern"
     );
@@ -297,11 +263,11 @@ umount /mnt/disk
 
     let g = guest().blk(&disk.socket);
     let out = disk.run_guest("ext2", g, &script);
-    assert_eq!(kv(&out, "fstype"), "ext2");
-    let random_sha = kv(&out, "random_sha256");
+    assert_eq!(out.expect_kv("fstype"), "ext2");
+    let random_sha = out.expect_kv("random_sha256");
     assert_eq!(random_sha.len(), 64, "random_sha256={random_sha}");
-    assert_eq!(kv(&out, "remount_sha256"), random_sha);
-    assert_eq!(kv(&out, "remount_hello"), HELLO);
+    assert_eq!(out.expect_kv("remount_sha256"), random_sha);
+    assert_eq!(out.expect_kv("remount_hello"), HELLO);
 
     // The filesystem the guest left behind is consistent ...
     let fsck = Command::new(host_tool("e2fsck"))
@@ -379,21 +345,26 @@ done
     let g = guest().cpus(2).blk_queues(&disk.socket, 2);
     let out = disk.run_guest("two queues", g, &script);
 
-    assert_eq!(kv(&out, "cpus"), "2");
-    assert_eq!(kv(&out, "hw_queues"), "2", "entries in /sys/block/vda/mq");
-    assert_eq!(kv(&out, "cpu_list_0"), "0");
-    assert_eq!(kv(&out, "cpu_list_1"), "1");
+    assert_eq!(out.expect_kv("cpus"), "2");
+    assert_eq!(
+        out.expect_kv("hw_queues"),
+        "2",
+        "entries in /sys/block/vda/mq"
+    );
+    assert_eq!(out.expect_kv("cpu_list_0"), "0");
+    assert_eq!(out.expect_kv("cpu_list_1"), "1");
     for c in 0..2u64 {
-        let written = kv(&out, &format!("written_sha256_{c}"));
+        let written = out.expect_kv(&format!("written_sha256_{c}"));
         assert_eq!(written.len(), 64);
         assert_eq!(
-            kv(&out, &format!("readback_sha256_{c}")),
+            out.expect_kv(&format!("readback_sha256_{c}")),
             written,
             "cpu {c}"
         );
         let host = disk.read(c * STRIDE * BS, COUNT * BS);
         assert_eq!(sha256_hex(&host), written, "host image, cpu {c}");
-        let irqs: u64 = kv(&out, &format!("irq_req_{c}"))
+        let irqs: u64 = out
+            .expect_kv(&format!("irq_req_{c}"))
             .parse()
             .unwrap_or_else(|e| panic!("irq_req_{c}: {e}; console:\n{}", out.console_text()));
         assert!(irqs > 0, "no interrupt on request queue {c}");
@@ -404,7 +375,7 @@ done
 fn guest_cannot_write_a_read_only_export() {
     const SIZE: u64 = 16 << 20;
     const LEN: u64 = 1 << 20;
-    let data = pattern(42, LEN);
+    let data = pattern(42, LEN as usize);
     let mut disk = Disk::new(SIZE, None, true, |img| write_at(img, 0, &data));
     let before = disk.read(0, SIZE);
 
@@ -428,18 +399,26 @@ dd if=/dev/vda of=/tmp/after bs={BS} count={count} iflag=direct
     let g = guest().blk(&disk.socket);
     let out = disk.run_guest("read-only", g, &script);
 
-    assert_eq!(kv(&out, "ro"), "1", "/sys/block/vda/ro");
-    assert_eq!(kv(&out, "sectors"), (SIZE / 512).to_string());
-    assert_ne!(kv(&out, "direct_write_rc"), "0", "O_DIRECT write succeeded");
+    assert_eq!(out.expect_kv("ro"), "1", "/sys/block/vda/ro");
+    assert_eq!(out.expect_kv("sectors"), (SIZE / 512).to_string());
     assert_ne!(
-        kv(&out, "buffered_write_rc"),
+        out.expect_kv("direct_write_rc"),
+        "0",
+        "O_DIRECT write succeeded"
+    );
+    assert_ne!(
+        out.expect_kv("buffered_write_rc"),
         "0",
         "buffered write succeeded"
     );
     let want = sha256_hex(&data);
-    assert_eq!(kv(&out, "before_sha256"), want, "guest read of the image");
     assert_eq!(
-        kv(&out, "after_sha256"),
+        out.expect_kv("before_sha256"),
+        want,
+        "guest read of the image"
+    );
+    assert_eq!(
+        out.expect_kv("after_sha256"),
         want,
         "guest read after the writes"
     );

@@ -107,11 +107,7 @@ impl Share {
             .timeout(GUEST_TIMEOUT)
             .run_watching(on_line)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        eprintln!(
-            "{what}: guest boot+script+poweroff took {:.1?} (QEMU {}); reported {:?}",
-            out.duration, out.qemu_status, out.kv
-        );
-        out.ensure_pass().unwrap_or_else(|e| panic!("{what}: {e}"));
+        out.expect_pass(what);
         let status = self.daemon.try_wait().unwrap();
         assert!(
             status.is_none() || !self.serves_again,
@@ -125,16 +121,6 @@ impl Share {
         );
         out
     }
-}
-
-/// A value the guest reported; panics with the console if it did not.
-fn kv<'a>(out: &'a GuestOutput, key: &str) -> &'a str {
-    out.kv(key).unwrap_or_else(|| {
-        panic!(
-            "guest did not report {key}; console:\n{}",
-            out.console_text()
-        )
-    })
 }
 
 /// The hex SHA-256 of a host file, by the host's `sha256sum`.
@@ -317,17 +303,17 @@ fn guest_file_operations_match_the_host() {
     let p = |rel: &str| share.path(rel);
     let meta =
         |rel: &str| fs::symlink_metadata(p(rel)).unwrap_or_else(|e| panic!("host: {rel}: {e}"));
-    assert_eq!(kv(&out, "step"), "done");
+    assert_eq!(out.expect_kv("step"), "done");
 
     // create, write, read, append.
-    assert_eq!(kv(&out, "read"), "hello virtio-fs");
-    assert_eq!(kv(&out, "lines"), "2");
+    assert_eq!(out.expect_kv("read"), "hello virtio-fs");
+    assert_eq!(out.expect_kv("lines"), "2");
     assert_eq!(
         fs::read_to_string(p("created.txt")).unwrap(),
         "hello virtio-fs\nappended line\n"
     );
     // truncate, shrinking and growing (a hole).
-    assert_eq!(kv(&out, "truncated_size"), "1000");
+    assert_eq!(out.expect_kv("truncated_size"), "1000");
     assert_eq!(
         fs::read(p("truncated.txt")).unwrap(),
         seq(10000).as_bytes()[..1000]
@@ -350,7 +336,7 @@ fn guest_file_operations_match_the_host() {
     let kept = meta("kept-dir");
     assert!(kept.is_dir());
     assert_eq!(kept.mode() & 0o7777, 0o711);
-    assert_eq!(kv(&out, "stat_dir"), "711 directory");
+    assert_eq!(out.expect_kv("stat_dir"), "711 directory");
     // The guest's umask 000 applies, not the daemon's own umask.
     assert_eq!(
         meta("umask0.txt").mode() & 0o7777,
@@ -363,16 +349,16 @@ fn guest_file_operations_match_the_host() {
         "directory created under umask 000"
     );
     // readdir of 5000 entries: the guest counted them, the host has exactly those names.
-    assert_eq!(kv(&out, "many_ls"), MANY.to_string());
-    assert_eq!(kv(&out, "many_ls_big_a"), MANY.to_string());
+    assert_eq!(out.expect_kv("many_ls"), MANY.to_string());
+    assert_eq!(out.expect_kv("many_ls_big_a"), MANY.to_string());
     // fuse-backend-rs's passthrough (like the Rust virtiofsd, unlike QEMU's
     // C one) does not list `.` and `..`; the guest's `ls -a` shows what it got.
     eprintln!(
         "`ls -a many | wc -l` in the guest: {}",
-        kv(&out, "many_ls_a")
+        out.expect_kv("many_ls_a")
     );
-    assert_eq!(kv(&out, "many_find"), MANY.to_string());
-    assert_eq!(kv(&out, "many_sorted_last"), format!("f{}", MANY - 1));
+    assert_eq!(out.expect_kv("many_find"), MANY.to_string());
+    assert_eq!(out.expect_kv("many_sorted_last"), format!("f{}", MANY - 1));
     let names: BTreeSet<String> = fs::read_dir(p("many"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -390,9 +376,9 @@ fn guest_file_operations_match_the_host() {
         fs::read_link(p("link-to-renamed")).unwrap(),
         Path::new("dir/sub/renamed.txt")
     );
-    assert_eq!(kv(&out, "readlink"), "dir/sub/renamed.txt");
-    assert_eq!(kv(&out, "via_link"), "moving");
-    assert_eq!(kv(&out, "stat_link"), "symbolic link");
+    assert_eq!(out.expect_kv("readlink"), "dir/sub/renamed.txt");
+    assert_eq!(out.expect_kv("via_link"), "moving");
+    assert_eq!(out.expect_kv("stat_link"), "symbolic link");
     // hardlink: one inode, two names, its mode (setuid) and owner.
     let (a, b) = (meta("hard-a"), meta("hard-b"));
     assert_eq!(
@@ -401,7 +387,7 @@ fn guest_file_operations_match_the_host() {
         "hard-a and hard-b are different inodes on the host"
     );
     assert_eq!(a.nlink(), 2);
-    assert_eq!(kv(&out, "hard_nlink"), "2");
+    assert_eq!(out.expect_kv("hard_nlink"), "2");
     assert_eq!(fs::read_to_string(p("hard-b")).unwrap(), "linked\n");
     // chown 4321 (uid only) keeps gid 0; chown clears setuid, as on any Linux fs.
     assert_eq!((a.uid(), a.gid()), (4321, 0));
@@ -410,12 +396,12 @@ fn guest_file_operations_match_the_host() {
         0o755,
         "mode of hard-a after chmod 4755 + chown"
     );
-    assert_eq!(kv(&out, "hard_stat"), "755 4321 0");
+    assert_eq!(out.expect_kv("hard_stat"), "755 4321 0");
     // chmod, chown.
     let m = meta("modes.txt");
     assert_eq!(m.mode() & 0o7777, 0o604);
     assert_eq!((m.uid(), m.gid()), (1234, 5678));
-    assert_eq!(kv(&out, "modes_stat"), "604 1234 5678");
+    assert_eq!(out.expect_kv("modes_stat"), "604 1234 5678");
     // xattrs both ways; the removed one is gone.
     assert_eq!(
         get_xattr(&p("created.txt"), "user.vutest").unwrap(),
@@ -427,18 +413,18 @@ fn guest_file_operations_match_the_host() {
         Some(libc::ENODATA),
         "user.gone: {gone}"
     );
-    assert_eq!(kv(&out, "xattr"), GUEST_XATTR);
-    assert_eq!(kv(&out, "xattr_names"), "1");
-    assert_eq!(kv(&out, "host_xattr"), HOST_XATTR);
+    assert_eq!(out.expect_kv("xattr"), GUEST_XATTR);
+    assert_eq!(out.expect_kv("xattr_names"), "1");
+    assert_eq!(out.expect_kv("host_xattr"), HOST_XATTR);
     // fsync'd data.
-    let synced = kv(&out, "synced_sha256");
+    let synced = out.expect_kv("synced_sha256");
     assert_eq!(synced.len(), 64, "synced_sha256={synced}");
     assert_eq!(sha256_file(&p("synced.bin")), synced);
     assert_eq!(meta("synced.bin").len(), 24 * 4096);
     // stat as the guest sees it, against the host.
     let c = meta("created.txt");
     assert_eq!(
-        kv(&out, "stat_created"),
+        out.expect_kv("stat_created"),
         format!(
             "{} {} {:o} regular file",
             c.len(),
@@ -446,11 +432,11 @@ fn guest_file_operations_match_the_host() {
             c.mode() & 0o7777
         )
     );
-    assert_eq!(kv(&out, "stat_grown"), "70000 regular file");
+    assert_eq!(out.expect_kv("stat_grown"), "70000 regular file");
     // The host's file, its mode and owner as the guest sees them.
-    assert_eq!(kv(&out, "host_file"), HOST_TEXT);
+    assert_eq!(out.expect_kv("host_file"), HOST_TEXT);
     assert_eq!(
-        kv(&out, "host_stat"),
+        out.expect_kv("host_stat"),
         format!("{} 640 777 888", HOST_TEXT.len())
     );
 }
@@ -482,14 +468,14 @@ vutest-kv big_size \"$(stat -c %s big.bin)\"
     first += &report_sha("written_sha256", "/tmp/big");
     first += &report_sha("share_sha256", "big.bin");
     let out1 = share.run_guest("first guest", &first, |_| {});
-    let written = kv(&out1, "written_sha256").to_string();
+    let written = out1.expect_kv("written_sha256").to_string();
     assert_eq!(written.len(), 64, "written_sha256={written}");
     assert_eq!(
-        kv(&out1, "share_sha256"),
+        out1.expect_kv("share_sha256"),
         written,
         "first guest's read-back"
     );
-    assert_eq!(kv(&out1, "big_size"), (4 << 20).to_string());
+    assert_eq!(out1.expect_kv("big_size"), (4 << 20).to_string());
     assert_eq!(fs::metadata(share.path("big.bin")).unwrap().len(), 4 << 20);
     assert_eq!(
         sha256_file(&share.path("big.bin")),
@@ -511,15 +497,19 @@ printf 'second guest\\n' > from-second.txt
     second += &report_sha("big_sha256", "big.bin");
     let out2 = share.run_guest("second guest", &second, |_| {});
     assert_ne!(
-        kv(&out2, "boot_id"),
-        kv(&out1, "boot_id"),
+        out2.expect_kv("boot_id"),
+        out1.expect_kv("boot_id"),
         "not a second boot"
     );
     assert_eq!(share.daemon.pid(), pid);
-    assert_eq!(kv(&out2, "a_txt"), "first guest");
-    assert_eq!(kv(&out2, "tree"), "deeper link ");
-    assert_eq!(kv(&out2, "big_size"), (4 << 20).to_string());
-    assert_eq!(kv(&out2, "big_sha256"), written, "second guest's checksum");
+    assert_eq!(out2.expect_kv("a_txt"), "first guest");
+    assert_eq!(out2.expect_kv("tree"), "deeper link ");
+    assert_eq!(out2.expect_kv("big_size"), (4 << 20).to_string());
+    assert_eq!(
+        out2.expect_kv("big_sha256"),
+        written,
+        "second guest's checksum"
+    );
     assert_eq!(
         fs::read_to_string(share.path("from-second.txt")).unwrap(),
         "second guest\n"
@@ -609,11 +599,11 @@ fn host_changes_seen_by_the_guest(cache: &str) -> GuestOutput {
         "changing.txt was not rewritten in place"
     );
     assert_eq!(
-        kv(&out, "before"),
+        out.expect_kv("before"),
         format!("{OLD_TEXT}|{HELD_OLD}|{REPLACED_OLD}|none|present")
     );
     assert_eq!(
-        kv(&out, "after"),
+        out.expect_kv("after"),
         format!("{NEW_TEXT}|{HELD_NEW}|{REPLACED_NEW}|{CREATED_TEXT}|absent"),
         "cache={cache}: the guest does not see the host's changes after {MAX_TRIES} polls"
     );
@@ -625,7 +615,7 @@ fn host_changes_are_seen_at_once_with_cache_never() {
     let out = host_changes_seen_by_the_guest("never");
     // Nothing is cached: the first read after the change sees it.
     assert_eq!(
-        kv(&out, "tries"),
+        out.expect_kv("tries"),
         "0",
         "cache=never served stale data or names"
     );
@@ -635,7 +625,7 @@ fn host_changes_are_seen_at_once_with_cache_never() {
 fn host_changes_are_seen_within_the_timeout_with_cache_auto() {
     let out = host_changes_seen_by_the_guest("auto");
     // Attributes and names may be cached for 1 s: allow 3 s of polls.
-    let tries: u32 = kv(&out, "tries").parse().unwrap();
+    let tries: u32 = out.expect_kv("tries").parse().unwrap();
     eprintln!("cache=auto: the guest saw the host's changes after {tries} extra polls");
     assert!(
         tries <= 30,

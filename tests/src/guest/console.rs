@@ -138,6 +138,26 @@ impl GuestOutput {
         self.kv.get(key).map(String::as_str)
     }
 
+    /// A value the script reported; panics with the console if it did not.
+    pub fn expect_kv(&self, key: &str) -> &str {
+        self.kv(key).unwrap_or_else(|| {
+            panic!(
+                "guest did not report {key}; console:\n{}",
+                self.console_text()
+            )
+        })
+    }
+
+    /// Prints how long run `what` took and what it reported, then panics
+    /// (see [`Self::ensure_pass`]) unless the guest passed.
+    pub fn expect_pass(&self, what: &str) {
+        eprintln!(
+            "{what}: guest boot+script+poweroff took {:.1?} (QEMU {}); reported {:?}",
+            self.duration, self.qemu_status, self.kv
+        );
+        self.ensure_pass().unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+
     /// The console as one text.
     pub fn console_text(&self) -> String {
         self.console.join("\n")
