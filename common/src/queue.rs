@@ -5,12 +5,15 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use crate::serve::Vring;
+use crate::serve::{ExitEvents, Gate, GuestMem, Vring};
 
 /// Guest memory as a worker borrows it for one batch.
 pub type Mem = GuestMemoryMmap<()>;
@@ -68,4 +71,99 @@ where
         state.signal_used_queue()?;
     }
     Ok(())
+}
+
+/// What every backend keeps per connection to run its rings: the guest
+/// memory map, EVENT_IDX, the per-queue broken flags, the SIGTERM gate
+/// and the worker exit events. A backend embeds one and forwards the
+/// `VhostUserBackend` calls of the same names to it.
+#[derive(Debug)]
+pub struct Rings {
+    mem: RwLock<Option<GuestMem>>,
+    event_idx: AtomicBool,
+    broken: Vec<AtomicBool>,
+    gate: Gate,
+    exit_events: ExitEvents,
+}
+
+impl Rings {
+    /// State for `queues` queues, each on its own worker thread.
+    pub fn new(queues: usize) -> Self {
+        Rings {
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+            broken: (0..queues).map(|_| AtomicBool::new(false)).collect(),
+            gate: Gate::default(),
+            exit_events: ExitEvents::default(),
+        }
+    }
+
+    /// `VhostUserBackend::set_event_idx`.
+    pub fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    /// `VhostUserBackend::update_memory`.
+    pub fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    /// `VhostUserBackend::queues_per_thread`: one worker per queue.
+    pub fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.broken.len()).map(|q| 1u64 << q).collect()
+    }
+
+    /// `VhostUserBackend::exit_event`.
+    pub fn exit_event(&self) -> Option<(EventConsumer, EventNotifier)> {
+        self.exit_events.create()
+    }
+
+    /// `Connection::quiesce`: no new batches; waits for those running.
+    pub fn quiesce(&self) {
+        self.gate.close();
+    }
+
+    /// `VhostUserBackend::handle_event`: a kick on queue `thread_id` (one
+    /// queue per worker) drains it with `handle`, unless the connection is
+    /// quiescing or has no memory yet.
+    pub fn on_kick<F>(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+        mut handle: F,
+    ) -> io::Result<()>
+    where
+        F: FnMut(&Mem, DescriptorChain<&Mem>) -> u32,
+    {
+        if evset != EventSet::IN || device_event != 0 || vrings.len() != 1 {
+            log::warn!("queue {thread_id}: unexpected event {device_event} ({evset:?})");
+            return Ok(());
+        }
+        let Some(_pass) = self.gate.enter() else {
+            return Ok(());
+        };
+        let Some(broken) = self.broken.get(thread_id) else {
+            return Ok(());
+        };
+        let Some(mem) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Ok(());
+        };
+        let mem = mem.memory();
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        drain(thread_id, &vrings[0], &mem, event_idx, broken, |chain| {
+            handle(&mem, chain)
+        })
+    }
+}
+
+/// `VhostUserBackend::set_config` for a device whose config space the
+/// driver may not write.
+pub fn refuse_config_write(offset: u32) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("config space is read-only (write at offset {offset})"),
+    ))
 }

@@ -5,15 +5,14 @@
 //! per batch.
 
 use std::io;
-use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
+use common::queue::{refuse_config_write, Mem, Rings};
 use common::ratelimit::RateLimited;
-use common::serve::{Connection, ExitEvents, Gate, GuestMem, Vring};
+use common::serve::{Connection, GuestMem, Vring};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::VhostUserBackend;
-use vm_memory::GuestAddressSpace;
+use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -39,13 +38,8 @@ pub struct Device {
 /// One connection's backend.
 pub struct BlkConnection {
     device: Arc<Device>,
-    mem: RwLock<Option<GuestMem>>,
-    event_idx: AtomicBool,
+    rings: Rings,
     scratch: Vec<Mutex<Scratch>>,
-    /// Per queue: a broken avail index was seen (and logged).
-    broken: Vec<AtomicBool>,
-    gate: Gate,
-    exit_events: ExitEvents,
 }
 
 impl BlkConnection {
@@ -54,53 +48,41 @@ impl BlkConnection {
         let n = usize::from(device.config.num_queues);
         BlkConnection {
             device,
-            mem: RwLock::new(None),
-            event_idx: AtomicBool::new(false),
+            rings: Rings::new(n),
             scratch: (0..n).map(|_| Mutex::new(Scratch::default())).collect(),
-            broken: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            gate: Gate::default(),
-            exit_events: ExitEvents::default(),
         }
     }
 
-    /// Drains queue `q`; returns whether used entries were added.
-    fn process_queue(&self, q: usize, vring: &Vring) -> io::Result<()> {
-        let Some(mem) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return Ok(());
-        };
-        let mem = mem.memory();
-        let mut scratch = self.scratch[q].lock().unwrap_or_else(|e| e.into_inner());
-        let target = Target {
-            disk: &self.device.disk,
-            config: &self.device.config,
-            serial: &self.device.serial,
-        };
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        common::queue::drain(q, vring, &mem, event_idx, &self.broken[q], |chain| {
-            let head = chain.head_index();
-            match request::process(chain, mem.deref(), &target, &mut scratch) {
-                Ok(done) => {
-                    if let Some((what, errno)) = done.host_error {
-                        if let Some(n) = self.device.io_errors.hit() {
-                            log::warn!(
-                                "queue {q} head {head}: {what} on {} failed: {} (host I/O error #{n})",
-                                self.device.disk.path().display(),
-                                io::Error::from_raw_os_error(errno)
-                            );
-                        }
-                    }
-                    done.used_len
-                }
-                Err(why) => {
-                    if let Some(n) = self.device.malformed.hit() {
+    /// Runs one request of queue `q`; returns its used length.
+    fn handle_chain(
+        &self,
+        q: usize,
+        chain: DescriptorChain<&Mem>,
+        mem: &Mem,
+        target: &Target<'_>,
+        scratch: &mut Scratch,
+    ) -> u32 {
+        let head = chain.head_index();
+        match request::process(chain, mem, target, scratch) {
+            Ok(done) => {
+                if let Some((what, errno)) = done.host_error {
+                    if let Some(n) = self.device.io_errors.hit() {
                         log::warn!(
-                            "queue {q} head {head}: malformed request dropped: {why} (#{n})"
+                            "queue {q} head {head}: {what} on {} failed: {} (host I/O error #{n})",
+                            self.device.disk.path().display(),
+                            io::Error::from_raw_os_error(errno)
                         );
                     }
-                    0
                 }
+                done.used_len
             }
-        })
+            Err(why) => {
+                if let Some(n) = self.device.malformed.hit() {
+                    log::warn!("queue {q} head {head}: malformed request dropped: {why} (#{n})");
+                }
+                0
+            }
+        }
     }
 }
 
@@ -125,12 +107,11 @@ impl VhostUserBackend for BlkConnection {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.rings.set_event_idx(enabled)
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
-        Ok(())
+        self.rings.update_memory(mem)
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -138,18 +119,15 @@ impl VhostUserBackend for BlkConnection {
     }
 
     fn set_config(&self, offset: u32, _buf: &[u8]) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("config space is read-only (write at offset {offset})"),
-        ))
+        refuse_config_write(offset)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+        self.rings.queues_per_thread()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        self.exit_events.create()
+        self.rings.exit_event()
     }
 
     fn handle_event(
@@ -159,19 +137,24 @@ impl VhostUserBackend for BlkConnection {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN || device_event != 0 || vrings.len() != 1 {
-            log::warn!("queue {thread_id}: unexpected event {device_event} ({evset:?})");
-            return Ok(());
-        }
-        let Some(_pass) = self.gate.enter() else {
+        let Some(scratch) = self.scratch.get(thread_id) else {
             return Ok(());
         };
-        self.process_queue(thread_id, &vrings[0])
+        let mut scratch = scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let target = Target {
+            disk: &self.device.disk,
+            config: &self.device.config,
+            serial: &self.device.serial,
+        };
+        self.rings
+            .on_kick(device_event, evset, vrings, thread_id, |mem, chain| {
+                self.handle_chain(thread_id, chain, mem, &target, &mut scratch)
+            })
     }
 }
 
 impl Connection for BlkConnection {
     fn quiesce(&self) {
-        self.gate.close();
+        self.rings.quiesce()
     }
 }

@@ -9,10 +9,11 @@ use std::io;
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use common::queue::{refuse_config_write, Rings};
 use common::ratelimit::RateLimited;
-use common::serve::{Connection, ExitEvents, Gate, GuestMem, Vring};
+use common::serve::{Connection, GuestMem, Vring};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -21,7 +22,7 @@ use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddressSpace, GuestMemory};
+use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -79,14 +80,9 @@ impl Device {
 /// One connection's backend.
 pub struct FsConnection {
     device: Arc<Device>,
-    mem: RwLock<Option<GuestMem>>,
-    event_idx: AtomicBool,
-    /// Per queue: a broken avail index was seen (and logged).
-    broken: Vec<AtomicBool>,
+    rings: Rings,
     /// INIT succeeded (and no DESTROY since).
     initialized: AtomicBool,
-    gate: Gate,
-    exit_events: ExitEvents,
 }
 
 impl FsConnection {
@@ -95,12 +91,8 @@ impl FsConnection {
         let queues = 1 + usize::from(device.request_queues);
         FsConnection {
             device,
-            mem: RwLock::new(None),
-            event_idx: AtomicBool::new(false),
-            broken: (0..queues).map(|_| AtomicBool::new(false)).collect(),
+            rings: Rings::new(queues),
             initialized: AtomicBool::new(false),
-            gate: Gate::default(),
-            exit_events: ExitEvents::default(),
         }
     }
 
@@ -169,17 +161,6 @@ impl FsConnection {
         }
         n
     }
-
-    fn process_queue(&self, q: usize, vring: &Vring) -> io::Result<()> {
-        let Some(mem) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return Ok(());
-        };
-        let mem = mem.memory();
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        common::queue::drain(q, vring, &mem, event_idx, &self.broken[q], |chain| {
-            self.handle_chain(q, chain, mem.deref())
-        })
-    }
 }
 
 impl VhostUserBackend for FsConnection {
@@ -206,12 +187,11 @@ impl VhostUserBackend for FsConnection {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.rings.set_event_idx(enabled)
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
-        Ok(())
+        self.rings.update_memory(mem)
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -222,18 +202,15 @@ impl VhostUserBackend for FsConnection {
     }
 
     fn set_config(&self, offset: u32, _buf: &[u8]) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("config space is read-only (write at offset {offset})"),
-        ))
+        refuse_config_write(offset)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+        self.rings.queues_per_thread()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        self.exit_events.create()
+        self.rings.exit_event()
     }
 
     fn handle_event(
@@ -243,19 +220,15 @@ impl VhostUserBackend for FsConnection {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN || device_event != 0 || vrings.len() != 1 {
-            log::warn!("queue {thread_id}: unexpected event {device_event} ({evset:?})");
-            return Ok(());
-        }
-        let Some(_pass) = self.gate.enter() else {
-            return Ok(());
-        };
-        self.process_queue(thread_id, &vrings[0])
+        self.rings
+            .on_kick(device_event, evset, vrings, thread_id, |mem, chain| {
+                self.handle_chain(thread_id, chain, mem)
+            })
     }
 }
 
 impl Connection for FsConnection {
     fn quiesce(&self) {
-        self.gate.close();
+        self.rings.quiesce()
     }
 }
