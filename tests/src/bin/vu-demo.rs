@@ -4,11 +4,11 @@
 //! drives them with the userspace driver (no VM), then boots a Linux guest
 //! on the same backends and prints what the guest did with each device.
 //!
-//! The disk is served by our `vhost-blk-daemon` (one process for the driver
-//! and then the VM: it serves again after a frontend leaves). Until our
-//! virtiofsd and VMM exist (issues #4, #6), the share is served by QEMU's C
-//! virtiofsd and the VM is Debian's kernel under `qemu-system-x86_64 -accel
-//! tcg`; the demo says so as it runs.
+//! The disk is served by our `vhost-blk-daemon` and the share by our
+//! `virtiofsd`, one process each for the driver and then the VM (they serve
+//! again after a frontend leaves). Until our VMM exists (issue #6) the VM is
+//! Debian's kernel under `qemu-system-x86_64 -accel tcg`; the demo says so
+//! as it runs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,7 +60,13 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
 
-fn driver_phase(share: &Path, image: &Path, blkd: &Daemon, tag: &str) -> Result<(), String> {
+fn driver_phase(
+    share: &Path,
+    image: &Path,
+    blkd: &Daemon,
+    vfs: &Daemon,
+    tag: &str,
+) -> Result<(), String> {
     println!("== userspace driver (no VM)");
     let mut blk =
         BlkClient::connect(blkd.socket(), &BlkOptions::default()).map_err(err("blk connect"))?;
@@ -82,9 +88,6 @@ fn driver_phase(share: &Path, image: &Path, blkd: &Daemon, tag: &str) -> Result<
     }
     drop(blk);
 
-    // QEMU's C virtiofsd serves one connection, so the driver gets its own.
-    let sock = share.with_extension("driver.sock");
-    let vfs = Daemon::c_virtiofsd(share, &sock, &[]).map_err(err("start virtiofsd"))?;
     let mut fs =
         FsClient::connect(vfs.socket(), FsOptions::default()).map_err(err("fs connect"))?;
     let hello = fs.lookup(1, "hello.txt").map_err(err("fs lookup"))?;
@@ -111,7 +114,7 @@ fn driver_phase(share: &Path, image: &Path, blkd: &Daemon, tag: &str) -> Result<
     println!(
         "fs: tag {:?} (from config: {}), read hello.txt = {:?}, created from-driver.txt, READDIRPLUS lists {:?}",
         tag,
-        fs.tag().unwrap_or("not offered by this backend"),
+        fs.tag().unwrap_or("not offered"),
         String::from_utf8_lossy(&text),
         names
     );
@@ -124,15 +127,13 @@ fn driver_phase(share: &Path, image: &Path, blkd: &Daemon, tag: &str) -> Result<
     Ok(())
 }
 
-fn vm_phase(share: &Path, blkd: &Daemon, tag: &str) -> Result<(), String> {
+fn vm_phase(share: &Path, blkd: &Daemon, vfs: &Daemon, tag: &str) -> Result<(), String> {
     println!("== VM");
     println!(
         "vmm: our VMM is not built yet (issue #6); Debian's kernel boots under QEMU TCG instead, \
          on the same vhost-user backends"
     );
     println!("net: no NIC, as no vhost-user-net backend exists yet (vhost-net-daemon, issue #5)");
-    let sock = share.with_extension("vm.sock");
-    let _vfs = Daemon::c_virtiofsd(share, &sock, &[]).map_err(err("start virtiofsd"))?;
     let script = format!(
         r#"set -e
 vutest-kv fs_files "$(ls "$VUTEST_FS" | tr '\n' ' ')"
@@ -151,7 +152,7 @@ vutest-kv disk_write_readback ok
     );
     let out = QemuGuest::locate()
         .map_err(err("guest kit"))?
-        .fs(&sock, tag)
+        .fs(vfs.socket(), tag)
         .blk(blkd.socket())
         .memory_mib(512)
         .script(&script)
@@ -229,10 +230,16 @@ fn run(args: Args) -> Result<(), String> {
         blkd.pid(),
         blkd.socket().display()
     );
-    println!("fs backend:  QEMU's C virtiofsd, one per connection (our virtiofsd is issue #4)");
-    driver_phase(&share, &image, &blkd, &args.tag)?;
+    let vfs = ours::virtiofsd(&share, &dir.join("fs.sock"), &["--tag", &args.tag])
+        .map_err(err("start virtiofsd"))?;
+    println!(
+        "fs backend:  virtiofsd pid {} on {} (sandboxed; serves the driver, then the VM)",
+        vfs.pid(),
+        vfs.socket().display()
+    );
+    driver_phase(&share, &image, &blkd, &vfs, &args.tag)?;
     if !args.no_vm {
-        vm_phase(&share, &blkd, &args.tag)?;
+        vm_phase(&share, &blkd, &vfs, &args.tag)?;
     }
     println!("== done: every device answered through its own backend process");
     Ok(())
