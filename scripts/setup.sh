@@ -24,7 +24,7 @@ GUEST_SRC="$ROOT/tests/guest"
 
 PACKAGES=(
     qemu-system-x86 qemu-system-common qemu-utils busybox-static kmod cpio
-    fio e2fsprogs iproute2 systemd gzip dpdk-dev attr
+    fio e2fsprogs iproute2 systemd gzip dpdk-dev attr mount
 )
 # Programs busybox lacks, copied into the initramfs with the shared
 # libraries `ldd` lists for them (package attr: xattr tests over virtio-fs).
