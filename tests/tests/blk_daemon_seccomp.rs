@@ -2,8 +2,10 @@
 //! really installed (by default, in kill mode) and the whole data path
 //! (every request type, reconnect, SIGTERM) runs under it.
 
+use std::time::Duration;
+
 use vu_driver::blk::{BlkClient, BlkOptions};
-use vu_driver::fixture::{create_sparse_image, TempDir};
+use vu_driver::fixture::{create_sparse_image, poll_until, TempDir};
 use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
 
 /// The `Seccomp:` mode of /proc/PID/status (0 none, 2 filter).
@@ -22,9 +24,10 @@ fn default_daemon_runs_every_request_type_under_a_filter() {
     let image = dir.join("disk.img");
     create_sparse_image(&image, 16 << 20).unwrap();
     let mut d = vhost_blk_daemon(&image, &dir.join("blk.sock"), &BlkDaemonOpts::default()).unwrap();
-    assert_eq!(
-        seccomp_mode(d.pid()),
-        2,
+    // The socket exists (ready) a moment before the filter goes on.
+    let pid = d.pid();
+    assert!(
+        poll_until(Duration::from_secs(5), || seccomp_mode(pid) == 2),
         "no seccomp filter installed by default"
     );
     for round in 0..2u8 {
