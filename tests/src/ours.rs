@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::fixture::{
     Daemon, FixtureError, Readiness, Result, DEFAULT_READY_TIMEOUT, VIRTIOFSD_READY_LINE,
 };
-use crate::process::without_systemd_env;
+use crate::process::{run_bounded, without_systemd_env, Finished};
 
 /// The path of one of the workspace's binaries (`vhost-blk-daemon`, ...),
 /// next to the running test executable's profile directory
@@ -42,6 +42,26 @@ pub fn project_binary(name: &str) -> Result<PathBuf> {
                 .join(", ")
         ),
     })
+}
+
+/// One of our binaries as a command with no arguments and systemd's
+/// variables removed from its environment (see [`without_systemd_env`]).
+pub fn bare_command(name: &str) -> Result<Command> {
+    let mut cmd = Command::new(project_binary(name)?);
+    without_systemd_env(&mut cmd);
+    Ok(cmd)
+}
+
+/// Runs our binary `name` with `args` until it exits (killed after
+/// `timeout`), for command-line tests.
+pub fn run_to_exit<I, S>(name: &str, args: I, timeout: std::time::Duration) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString>,
+{
+    let mut cmd = bare_command(name).unwrap_or_else(|e| panic!("{e}"));
+    cmd.args(args.into_iter().map(Into::into));
+    run_bounded(&mut cmd, timeout).unwrap_or_else(|e| panic!("running {name}: {e}"))
 }
 
 /// Options of [`vhost_blk_daemon`]; each maps to the command-line option of
@@ -117,8 +137,7 @@ pub fn vhost_blk_daemon(image: &Path, socket: &Path, opts: &BlkDaemonOpts) -> Re
 /// systemd's variables are removed from its environment (see
 /// [`without_systemd_env`]).
 pub fn virtiofsd_command(shared_dir: &Path, socket: &Path, extra_args: &[&str]) -> Result<Command> {
-    let mut cmd = Command::new(project_binary("virtiofsd")?);
-    without_systemd_env(&mut cmd);
+    let mut cmd = bare_command("virtiofsd")?;
     cmd.arg("--socket-path")
         .arg(socket)
         .arg("--shared-dir")

@@ -657,7 +657,9 @@ impl VirtQueue {
     }
 }
 
-fn chain_desc(s: &Seg, last: bool, next: u16) -> RawDesc {
+/// Descriptor for `s` in a chain: WRITE when the device writes it, NEXT
+/// pointing at `next` unless it is the `last`.
+pub(crate) fn chain_desc(s: &Seg, last: bool, next: u16) -> RawDesc {
     let mut flags = if s.device_writes {
         VRING_DESC_F_WRITE
     } else {

@@ -20,8 +20,8 @@ use vu_driver::contrib::{
     contrib, instance_units, unit,
 };
 use vu_driver::fixture::{create_sparse_image, Daemon, Readiness, TempDir};
-use vu_driver::ours::{project_binary, vhost_blk_daemon, BlkDaemonOpts};
-use vu_driver::process::{inherit_fd_as, run_bounded, without_systemd_env, Finished};
+use vu_driver::ours::{bare_command, project_binary, run_to_exit, vhost_blk_daemon, BlkDaemonOpts};
+use vu_driver::process::{inherit_fd_as, run_bounded, Finished};
 use vu_driver::systemd::{environment_file, expand_exec, socket_activate_command, NotifyListener};
 
 const CAPABILITIES: &str = "{\"type\":\"block\",\"features\":[\"read-only\",\"blk-file\"]}\n";
@@ -44,9 +44,7 @@ fn env(name: &str) -> Env {
 }
 
 fn daemon_command() -> Command {
-    let mut cmd = Command::new(project_binary("vhost-blk-daemon").unwrap());
-    without_systemd_env(&mut cmd);
-    cmd
+    bare_command("vhost-blk-daemon").unwrap()
 }
 
 /// Runs the daemon with `args` until it exits (killed after 10 s).
@@ -55,9 +53,7 @@ where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,
 {
-    let mut cmd = daemon_command();
-    cmd.args(args.into_iter().map(Into::into));
-    run_bounded(&mut cmd, T).unwrap()
+    run_to_exit("vhost-blk-daemon", args, T)
 }
 
 /// `--socket-path SOCKET --blk-file IMAGE` followed by `extra`.

@@ -25,7 +25,9 @@ use vu_driver::contrib::{
 };
 use vu_driver::fixture::{find_binary, Daemon, Readiness, TempDir};
 use vu_driver::fs::{FsClient, FsOptions};
-use vu_driver::ours::{project_binary, spawn_virtiofsd, virtiofsd_command};
+use vu_driver::ours::{
+    bare_command, project_binary, run_to_exit, spawn_virtiofsd, virtiofsd_command,
+};
 use vu_driver::process::{inherit_fd_as, run_bounded, without_systemd_env, Finished};
 use vu_driver::systemd::{environment_file, expand_exec, socket_activate_command, NotifyListener};
 
@@ -55,9 +57,7 @@ fn env(name: &str) -> Env {
 }
 
 fn daemon_command() -> Command {
-    let mut cmd = Command::new(project_binary("virtiofsd").unwrap());
-    without_systemd_env(&mut cmd);
-    cmd
+    bare_command("virtiofsd").unwrap()
 }
 
 /// Runs the daemon with `args` until it exits (killed after [`T`]).
@@ -66,9 +66,7 @@ where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,
 {
-    let mut cmd = daemon_command();
-    cmd.args(args.into_iter().map(Into::into));
-    run_bounded(&mut cmd, T).unwrap()
+    run_to_exit("virtiofsd", args, T)
 }
 
 /// Binds a listening socket at `e.socket` and hands it to `cmd` as

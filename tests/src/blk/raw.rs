@@ -13,7 +13,7 @@ use vm_memory::{Address, ByteValued, GuestAddress};
 
 use super::{DiscardWz, OutHdr, Result};
 use crate::memory::GuestMem;
-use crate::virtqueue::{RawDesc, Seg, VirtQueue, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use crate::virtqueue::{chain_desc, RawDesc, Seg, VirtQueue};
 
 /// What a status byte is preset to, so a test can tell whether the device
 /// wrote it (no virtio-blk status has this value).
@@ -141,23 +141,7 @@ impl RawRequest {
         self.segs
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                let last = i + 1 == n;
-                let mut flags = if s.device_writes {
-                    VRING_DESC_F_WRITE
-                } else {
-                    0
-                };
-                if !last {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                RawDesc {
-                    addr: s.addr.raw_value(),
-                    len: s.len,
-                    flags,
-                    next: if last { 0 } else { (i + 1) as u16 },
-                }
-            })
+            .map(|(i, s)| chain_desc(s, i + 1 == n, (i + 1) as u16))
             .collect()
     }
 }
