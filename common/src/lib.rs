@@ -11,7 +11,9 @@
 //! - [`signals`]: SIGTERM/SIGINT as a pollable file descriptor.
 //! - [`logging`]: stderr logging that journald understands; [`ratelimit`]
 //!   for guest-caused warnings.
+//! - [`iov`]: guest buffers as host iovecs.
 //! - [`queue`]: the batch loop a worker runs on a kick.
+//! - [`relay`]: holds a SET_VRING_ENABLE sent before SET_FEATURES.
 //! - [`serve`]: the accept / serve / serve-again loop around
 //!   `vhost-user-backend`'s daemon, one backend instance per connection.
 //! - [`sandbox`]: namespaces, `pivot_root` or `chroot` into the shared
@@ -19,9 +21,11 @@
 //!   [`seccomp`]: the system call allow-list.
 
 pub mod cli;
+pub mod iov;
 pub mod logging;
 pub mod queue;
 pub mod ratelimit;
+pub mod relay;
 pub mod sandbox;
 pub mod seccomp;
 pub mod serve;

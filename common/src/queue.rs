@@ -9,11 +9,12 @@ use std::sync::RwLock;
 
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use crate::serve::{ExitEvents, Gate, GuestMem, Vring};
+use crate::serve::{ExitEvents, Gate, GatePass, GuestMem, Vring};
 
 /// Guest memory as a worker borrows it for one batch.
 pub type Mem = GuestMemoryMmap<()>;
@@ -73,6 +74,22 @@ where
     Ok(())
 }
 
+/// What a worker holds while it runs a batch: a pass through the SIGTERM
+/// gate and the guest memory map.
+pub struct Batch<'a> {
+    _pass: GatePass<'a>,
+    mem: GuestMemoryLoadGuard<Mem>,
+    /// EVENT_IDX was negotiated.
+    pub event_idx: bool,
+}
+
+impl Batch<'_> {
+    /// Guest memory.
+    pub fn mem(&self) -> &Mem {
+        &self.mem
+    }
+}
+
 /// What every backend keeps per connection to run its rings: the guest
 /// memory map, EVENT_IDX, the per-queue broken flags, the SIGTERM gate
 /// and the worker exit events. A backend embeds one and forwards the
@@ -124,6 +141,28 @@ impl Rings {
         self.gate.close();
     }
 
+    /// Starts a batch: `None` when the connection is quiescing or has no
+    /// memory yet (the caller must not touch the rings then).
+    pub fn batch(&self) -> Option<Batch<'_>> {
+        let pass = self.gate.enter()?;
+        let mem = self
+            .mem
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?
+            .memory();
+        Some(Batch {
+            _pass: pass,
+            mem,
+            event_idx: self.event_idx.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Queue `q`'s broken flag (see [`drain`]).
+    pub fn broken(&self, q: usize) -> Option<&AtomicBool> {
+        self.broken.get(q)
+    }
+
     /// `VhostUserBackend::handle_event`: a kick on queue `thread_id` (one
     /// queue per worker) drains it with `handle`, unless the connection is
     /// quiescing or has no memory yet.
@@ -142,20 +181,21 @@ impl Rings {
             log::warn!("queue {thread_id}: unexpected event {device_event} ({evset:?})");
             return Ok(());
         }
-        let Some(_pass) = self.gate.enter() else {
-            return Ok(());
-        };
         let Some(broken) = self.broken.get(thread_id) else {
             return Ok(());
         };
-        let Some(mem) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(batch) = self.batch() else {
             return Ok(());
         };
-        let mem = mem.memory();
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        drain(thread_id, &vrings[0], &mem, event_idx, broken, |chain| {
-            handle(&mem, chain)
-        })
+        let mem = batch.mem();
+        drain(
+            thread_id,
+            &vrings[0],
+            mem,
+            batch.event_idx,
+            broken,
+            |chain| handle(mem, chain),
+        )
     }
 }
 

@@ -16,12 +16,13 @@ use std::thread;
 use std::time::Duration;
 
 use vhost::vhost_user::Error as VhostUserError;
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringEpollHandler};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::relay::{self, RelayDir};
 use crate::signals::Shutdown;
 use crate::socket::BoundSocket;
 use crate::systemd::{self, Watchdog};
@@ -35,6 +36,17 @@ pub trait Connection: VhostUserBackend<Bitmap = (), Vring = Vring> + Send + Sync
     /// Stops taking new requests from the rings and returns once the
     /// requests already taken are complete (see [`Gate`]).
     fn quiesce(&self);
+
+    /// Adds the connection's own descriptors (a tap, say) to its worker
+    /// threads' event loops, `workers[i]` being thread `i`'s. Their event
+    /// ids must be above `num_queues()`. Runs before the frontend's first
+    /// message is read.
+    fn register_listeners(&self, _workers: &[Arc<VringEpollHandler<Arc<Self>>>]) -> io::Result<()>
+    where
+        Self: Sized,
+    {
+        Ok(())
+    }
 }
 
 /// Errors of the serve loop.
@@ -179,6 +191,17 @@ fn wait_with_watchdog(fds: &[RawFd], watchdog: &mut Watchdog) -> io::Result<usiz
     }
 }
 
+/// Accepts the pending connection on `listener`.
+fn accept(listener: &vhost::vhost_user::Listener) -> io::Result<UnixStream> {
+    loop {
+        match listener.accept() {
+            Ok(Some(s)) => return Ok(s),
+            Ok(None) => continue,
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    }
+}
+
 fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
     matches!(
         e,
@@ -200,6 +223,57 @@ pub fn serve<B, F, E, A>(
     name: &str,
     socket: &mut BoundSocket,
     shutdown: &Shutdown,
+    new_connection: F,
+    after_disconnect: A,
+) -> Result<(), ServeError>
+where
+    B: Connection,
+    F: FnMut() -> Result<Arc<B>, E>,
+    E: std::error::Error + Send + Sync + 'static,
+    A: FnMut() -> bool,
+{
+    serve_inner(
+        name,
+        socket,
+        shutdown,
+        None,
+        new_connection,
+        after_disconnect,
+    )
+}
+
+/// [`serve`], with each connection passed through a [`relay`](crate::relay)
+/// (sockets made in `relay_dir`) so frontends that send SET_VRING_ENABLE
+/// before SET_FEATURES (QEMU's vhost-user-net) are served.
+pub fn serve_relayed<B, F, E, A>(
+    name: &str,
+    socket: &mut BoundSocket,
+    shutdown: &Shutdown,
+    relay_dir: &RelayDir,
+    new_connection: F,
+    after_disconnect: A,
+) -> Result<(), ServeError>
+where
+    B: Connection,
+    F: FnMut() -> Result<Arc<B>, E>,
+    E: std::error::Error + Send + Sync + 'static,
+    A: FnMut() -> bool,
+{
+    serve_inner(
+        name,
+        socket,
+        shutdown,
+        Some(relay_dir),
+        new_connection,
+        after_disconnect,
+    )
+}
+
+fn serve_inner<B, F, E, A>(
+    name: &str,
+    socket: &mut BoundSocket,
+    shutdown: &Shutdown,
+    relay_dir: Option<&RelayDir>,
     mut new_connection: F,
     mut after_disconnect: A,
 ) -> Result<(), ServeError>
@@ -244,8 +318,33 @@ where
         };
         let mut daemon =
             VhostUserDaemon::new(name.to_string(), backend.clone(), mem).map_err(daemon_err)?;
+        backend
+            .register_listeners(&daemon.get_epoll_handlers())
+            .map_err(|e| ServeError::Backend {
+                socket: where_.clone(),
+                source: Box::new(e),
+            })?;
         // `start` accepts (blocking: poll said a connection is pending).
-        daemon.start(&mut socket.listener).map_err(daemon_err)?;
+        let relay = match relay_dir {
+            None => {
+                daemon.start(&mut socket.listener).map_err(daemon_err)?;
+                None
+            }
+            Some(dir) => {
+                let frontend = accept(&socket.listener).map_err(io_err)?;
+                let (mut listener, ours) = dir.pair().map_err(|e| ServeError::Backend {
+                    socket: where_.clone(),
+                    source: Box::new(e),
+                })?;
+                daemon.start(&mut listener).map_err(daemon_err)?;
+                Some(relay::spawn(frontend, ours, where_.clone()).map_err(|e| {
+                    ServeError::Backend {
+                        socket: where_.clone(),
+                        source: Box::new(e),
+                    }
+                })?)
+            }
+        };
         connections += 1;
         log::info!("frontend connected on {where_} (connection {connections})");
         systemd::notify_status(&format!("serving connection {connections} on {where_}"));
@@ -277,6 +376,9 @@ where
             Err(_) => log::error!("connection {connections} on {where_}: handler thread panicked"),
         }
         drop(backend);
+        if let Some(relay) = relay {
+            let _ = relay.join();
+        }
         if !after_disconnect() {
             log::info!("not serving another frontend on {where_}");
             systemd::notify_stopping();

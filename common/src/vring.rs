@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 use vhost_user_backend::{VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT};
@@ -24,6 +24,16 @@ const SIZE_OK: u32 = u32::MAX;
 pub struct Vring {
     inner: VringRwLock<GuestMem>,
     bad_size: Arc<AtomicU32>,
+    enabled: Arc<AtomicBool>,
+}
+
+impl Vring {
+    /// Whether the frontend enabled the ring (SET_VRING_ENABLE, or
+    /// SET_FEATURES without PROTOCOL_FEATURES). `VringState` keeps this
+    /// but does not tell.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
 }
 
 impl<'a> VringStateGuard<'a, GuestMem> for Vring {
@@ -39,6 +49,7 @@ impl VringT<GuestMem> for Vring {
         Ok(Vring {
             inner: VringRwLock::new(mem, max_queue_size)?,
             bad_size: Arc::new(AtomicU32::new(SIZE_OK)),
+            enabled: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -71,7 +82,8 @@ impl VringT<GuestMem> for Vring {
     }
 
     fn set_enabled(&self, enabled: bool) {
-        self.inner.set_enabled(enabled)
+        self.inner.set_enabled(enabled);
+        self.enabled.store(enabled, Ordering::Release);
     }
 
     fn set_queue_info(
@@ -157,5 +169,18 @@ mod tests {
         v.set_queue_size(64);
         assert!(v.set_queue_info(0x1000, 0x2000, 0x3000).is_ok());
         assert_eq!(v.get_ref().get_queue().size(), 64);
+    }
+
+    #[test]
+    fn the_enabled_state_is_visible() {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let v = Vring::new(mem, 256).unwrap();
+        assert!(!v.is_enabled());
+        v.set_enabled(true);
+        assert!(v.clone().is_enabled());
+        v.set_enabled(false);
+        assert!(!v.is_enabled());
     }
 }

@@ -20,6 +20,7 @@ pub mod guest;
 pub mod image;
 pub mod memory;
 pub mod net;
+pub mod netns;
 pub mod ours;
 pub mod process;
 pub mod systemd;

@@ -8,6 +8,7 @@ use std::process::Command;
 use crate::fixture::{
     Daemon, FixtureError, Readiness, Result, DEFAULT_READY_TIMEOUT, VIRTIOFSD_READY_LINE,
 };
+use crate::netns::NetNs;
 use crate::process::{run_bounded, without_systemd_env, Finished};
 
 /// The path of one of the workspace's binaries (`vhost-blk-daemon`, ...),
@@ -167,4 +168,26 @@ pub fn spawn_virtiofsd(cmd: Command, socket: &Path) -> Result<Daemon> {
 /// when it counts as ready.
 pub fn virtiofsd(shared_dir: &Path, socket: &Path, extra_args: &[&str]) -> Result<Daemon> {
     spawn_virtiofsd(virtiofsd_command(shared_dir, socket, extra_args)?, socket)
+}
+
+/// The `vhost-net-daemon` command serving on `socket` with `args`
+/// (`--tap NAME`, ...), run inside `ns` (`ip netns exec`), not spawned.
+/// systemd's variables are removed from its environment.
+pub fn vhost_net_daemon_command(ns: &NetNs, socket: &Path, args: &[&str]) -> Result<Command> {
+    let mut cmd = ns.command(&project_binary("vhost-net-daemon")?);
+    without_systemd_env(&mut cmd);
+    cmd.arg("--socket-path").arg(socket).args(args);
+    Ok(cmd)
+}
+
+/// Spawns `vhost-net-daemon` in `ns` serving on `socket` with `args`;
+/// ready when the socket exists.
+pub fn vhost_net_daemon(ns: &NetNs, socket: &Path, args: &[&str]) -> Result<Daemon> {
+    Daemon::spawn(
+        "vhost-net-daemon",
+        vhost_net_daemon_command(ns, socket, args)?,
+        socket,
+        &[Readiness::Path(socket.to_path_buf())],
+        DEFAULT_READY_TIMEOUT,
+    )
 }

@@ -15,18 +15,7 @@ pub const SECTOR: u64 = 512;
 /// Most iovecs one preadv/pwritev takes (Linux UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
 
-/// One buffer in guest memory, laid out like `struct iovec`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IoVec {
-    /// Host address.
-    pub base: usize,
-    /// Length in bytes.
-    pub len: usize,
-}
-
-const _: () = assert!(std::mem::size_of::<IoVec>() == std::mem::size_of::<libc::iovec>());
-const _: () = assert!(std::mem::align_of::<IoVec>() == std::mem::align_of::<libc::iovec>());
+pub use common::iov::IoVec;
 
 /// Errors opening the image; each names the path.
 #[derive(Debug, thiserror::Error)]

@@ -9,10 +9,12 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemory};
+use vm_memory::GuestMemory;
 
 use crate::config::{DeviceConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
-use crate::disk::{Disk, IoVec, SECTOR};
+use common::iov::{advance, copy_in, copy_out, push_slices, take_last_byte, total_len, IoVec};
+
+use crate::disk::{Disk, SECTOR};
 
 /// Request types (virtio 1.2, 5.2.6).
 pub mod req_type {
@@ -132,7 +134,10 @@ where
         } else {
             &mut scratch.readable
         };
-        push_slices(mem, desc.addr(), len, list)?;
+        push_slices(mem, desc.addr(), len, list).map_err(|e| Malformed::OutsideMemory {
+            addr: e.addr,
+            len: e.len,
+        })?;
     }
     if last_has_next {
         return Err(Malformed::Truncated);
@@ -155,93 +160,6 @@ where
     unsafe { std::ptr::write_volatile(status_ptr, done.status) };
     done.used_len = done.used_len.saturating_add(1);
     Ok(done)
-}
-
-fn push_slices<M: GuestMemory + ?Sized>(
-    mem: &M,
-    addr: GuestAddress,
-    len: u32,
-    out: &mut Vec<IoVec>,
-) -> Result<(), Malformed> {
-    let outside = Malformed::OutsideMemory { addr: addr.0, len };
-    let mut covered = 0usize;
-    for slice in mem.get_slices(addr, len as usize) {
-        let slice = slice.map_err(|_| outside)?;
-        let ptr = slice.ptr_guard_mut().as_ptr();
-        covered += slice.len();
-        out.push(IoVec {
-            base: ptr as usize,
-            len: slice.len(),
-        });
-    }
-    if covered != len as usize {
-        return Err(outside);
-    }
-    Ok(())
-}
-
-/// Removes the last byte of the writable buffers and returns its address.
-fn take_last_byte(iovs: &mut Vec<IoVec>) -> Option<*mut u8> {
-    let last = iovs.last_mut()?;
-    let ptr = (last.base + last.len - 1) as *mut u8;
-    last.len -= 1;
-    if last.len == 0 {
-        iovs.pop();
-    }
-    Some(ptr)
-}
-
-/// Drops the first `n` bytes of `iovs` (which hold at least `n`).
-fn advance(iovs: &mut Vec<IoVec>, mut n: usize) {
-    let mut drop_front = 0;
-    for v in iovs.iter_mut() {
-        if n == 0 {
-            break;
-        }
-        if n >= v.len {
-            n -= v.len;
-            drop_front += 1;
-        } else {
-            v.base += n;
-            v.len -= n;
-            n = 0;
-        }
-    }
-    iovs.drain(..drop_front);
-}
-
-/// Copies the first `out.len()` bytes of guest buffers `iovs` into `out`.
-fn copy_out(iovs: &[IoVec], out: &mut [u8]) {
-    let mut at = 0;
-    for v in iovs {
-        if at == out.len() {
-            break;
-        }
-        let n = v.len.min(out.len() - at);
-        // SAFETY: `v` lies in mapped guest memory (checked by push_slices)
-        // and holds at least `n` bytes; `out[at..at + n]` is ours.
-        unsafe { std::ptr::copy_nonoverlapping(v.base as *const u8, out[at..].as_mut_ptr(), n) };
-        at += n;
-    }
-}
-
-/// Copies `data` into the guest buffers `iovs` (which hold at least as much).
-fn copy_in(iovs: &[IoVec], data: &[u8]) {
-    let mut at = 0;
-    for v in iovs {
-        if at == data.len() {
-            break;
-        }
-        let n = v.len.min(data.len() - at);
-        // SAFETY: `v` lies in mapped guest memory (checked by push_slices)
-        // and holds at least `n` bytes; `data[at..at + n]` is ours.
-        unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), v.base as *mut u8, n) };
-        at += n;
-    }
-}
-
-fn total_len(iovs: &[IoVec]) -> usize {
-    iovs.iter().map(|v| v.len).sum()
 }
 
 fn done(status: u8) -> Done {

@@ -1,0 +1,468 @@
+//! A relay on the vhost-user socket for frontends that enable rings before
+//! they set features.
+//!
+//! QEMU's vhost-user-net (7.2, Debian stable's) sends SET_VRING_ENABLE when
+//! the guest writes its feature bits, well before vhost starts and sends
+//! SET_FEATURES. The vhost crate's request handler refuses that message
+//! (`InactiveFeature(PROTOCOL_FEATURES)`) and ends the connection, so the
+//! guest's NIC never comes up. The relay sits between the frontend and the
+//! handler, copies messages both ways with their descriptors, and holds a
+//! SET_VRING_ENABLE that comes before the SET_FEATURES acking
+//! PROTOCOL_FEATURES: it acks it itself when the frontend asked for a
+//! reply, and delivers it right after that SET_FEATURES. Everything else
+//! passes through unchanged, in order. It costs one copy per control
+//! message; the data path (rings, kicks, calls) never passes through it.
+//!
+//! The handler's end is a socket in a private directory (0700) that only
+//! the relay connects to, once.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use vhost::vhost_user::Listener;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// vhost-user request codes the relay looks at.
+const SET_FEATURES: u32 = 2;
+const SET_VRING_ENABLE: u32 = 18;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+const PROTOCOL_FEATURES: u64 = 1 << 30;
+/// Header flags: version 1, reply, need reply.
+const VERSION_1: u32 = 0x1;
+const REPLY: u32 = 0x4;
+const NEED_REPLY: u32 = 0x8;
+const HEADER_LEN: usize = 12;
+/// Largest body the relay forwards (the vhost crate's limit is 4 KiB).
+const MAX_BODY: usize = 0x1000;
+/// Most descriptors one message carries (the vhost crate's limit).
+const MAX_FDS: usize = 32;
+
+/// Errors setting up a relay; each names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// mkdtemp failed.
+    #[error("cannot create a private directory for the relay under {dir}: {source}")]
+    Dir {
+        /// Parent directory.
+        dir: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// bind/connect on the handler's socket failed.
+    #[error("relay socket {path}: {source}")]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The relay thread could not start.
+    #[error("cannot start the relay thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// Where relays make the handler's sockets: a private directory made once
+/// (before the daemon's seccomp filter goes on) and removed on drop.
+#[derive(Debug)]
+pub struct RelayDir {
+    dir: PathBuf,
+    next: AtomicU64,
+}
+
+impl RelayDir {
+    /// Creates a 0700 directory under `parent`.
+    pub fn create(parent: &Path) -> Result<Self, RelayError> {
+        let err = |source| RelayError::Dir {
+            dir: parent.to_path_buf(),
+            source,
+        };
+        let template = parent.join("vhost-user-relay.XXXXXX");
+        let mut bytes = template.into_os_string().into_encoded_bytes();
+        bytes.push(0);
+        // SAFETY: `bytes` is a NUL-terminated template ending in XXXXXX that
+        // mkdtemp rewrites in place; it lives across the call.
+        let p = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+        if p.is_null() {
+            return Err(err(io::Error::last_os_error()));
+        }
+        bytes.pop();
+        // SAFETY: the bytes came from an OsString and mkdtemp only replaced
+        // the X's with ASCII characters.
+        let dir = PathBuf::from(unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(bytes) });
+        Ok(RelayDir {
+            dir,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// A listener for the handler and our connected end of it. The socket
+    /// file is gone again when this returns: the one connection the
+    /// handler will accept is already queued.
+    pub fn pair(&self) -> Result<(Listener, UnixStream), RelayError> {
+        let path = self
+            .dir
+            .join(format!("{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let err = |source| RelayError::Socket {
+            path: path.clone(),
+            source,
+        };
+        let listener = UnixListener::bind(&path).map_err(err)?;
+        let ours = UnixStream::connect(&path);
+        let _ = std::fs::remove_file(&path);
+        Ok((Listener::from(listener), ours.map_err(err)?))
+    }
+}
+
+impl Drop for RelayDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// One message: header, body and the descriptors sent with it.
+struct Message {
+    header: [u8; HEADER_LEN],
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Message {
+    fn word(&self, i: usize) -> u32 {
+        u32::from_le_bytes([
+            self.header[4 * i],
+            self.header[4 * i + 1],
+            self.header[4 * i + 2],
+            self.header[4 * i + 3],
+        ])
+    }
+
+    fn set_word(&mut self, i: usize, v: u32) {
+        self.header[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn request(&self) -> u32 {
+        self.word(0)
+    }
+
+    fn flags(&self) -> u32 {
+        self.word(1)
+    }
+
+    fn u64_body(&self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.body.get(..8)?.try_into().ok()?))
+    }
+}
+
+/// Reads exactly `buf.len()` bytes, keeping descriptors that come along.
+/// `Ok(false)` on a clean end of stream before the first byte.
+fn read_exact_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    let mut at = 0;
+    while at < buf.len() {
+        let mut raw = [-1 as RawFd; MAX_FDS];
+        let mut iov = [libc::iovec {
+            iov_base: buf[at..].as_mut_ptr().cast(),
+            iov_len: buf.len() - at,
+        }];
+        // SAFETY: the iovec covers `buf[at..]`, which we borrow mutably and
+        // which may hold any bytes.
+        let (n, nfds) = match unsafe { sock.recv_with_fds(&mut iov, &mut raw) } {
+            Ok(r) => r,
+            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+        };
+        for &fd in &raw[..nfds] {
+            // SAFETY: recvmsg just gave us these descriptors; nothing else
+            // owns them.
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        if n == 0 {
+            if at == 0 {
+                return Ok(false);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        at += n;
+    }
+    Ok(true)
+}
+
+fn recv(sock: &UnixStream) -> io::Result<Option<Message>> {
+    let mut m = Message {
+        header: [0; HEADER_LEN],
+        body: Vec::new(),
+        fds: Vec::new(),
+    };
+    if !read_exact_fds(sock, &mut m.header, &mut m.fds)? {
+        return Ok(None);
+    }
+    let size = m.word(2) as usize;
+    if size > MAX_BODY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "message {} has a {size}-byte body (at most {MAX_BODY})",
+                m.request()
+            ),
+        ));
+    }
+    m.body = vec![0; size];
+    if size > 0 && !read_exact_fds(sock, &mut m.body, &mut m.fds)? {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Some(m))
+}
+
+fn send(sock: &UnixStream, m: &Message) -> io::Result<()> {
+    let fds: Vec<RawFd> = m.fds.iter().map(|f| f.as_raw_fd()).collect();
+    let total = HEADER_LEN + m.body.len();
+    let mut sent = 0;
+    while sent < total {
+        let r = if sent == 0 {
+            sock.send_with_fds(&[&m.header[..], &m.body[..]], &fds)
+        } else if sent < HEADER_LEN {
+            sock.send_with_fds(&[&m.header[sent..], &m.body[..]], &[])
+        } else {
+            sock.send_with_fds(&[&m.body[sent - HEADER_LEN..]], &[])
+        };
+        match r {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+        }
+    }
+    Ok(())
+}
+
+/// The frontend-to-handler direction's state.
+#[derive(Default)]
+struct Reorder {
+    /// SET_FEATURES with PROTOCOL_FEATURES has gone through.
+    features_set: bool,
+    /// SET_VRING_ENABLE messages waiting for it.
+    held: Vec<Message>,
+}
+
+impl Reorder {
+    /// What to forward to the handler for `m`, in order, and whether to
+    /// ack `m` to the frontend ourselves.
+    fn on_message(&mut self, mut m: Message) -> (Vec<Message>, bool) {
+        match m.request() {
+            SET_VRING_ENABLE if !self.features_set => {
+                let ack = m.flags() & NEED_REPLY != 0;
+                m.set_word(1, m.flags() & !NEED_REPLY);
+                self.held.push(m);
+                (Vec::new(), ack)
+            }
+            SET_FEATURES => {
+                self.features_set = m.u64_body().unwrap_or(0) & PROTOCOL_FEATURES != 0;
+                let mut out = vec![m];
+                if self.features_set {
+                    out.append(&mut self.held);
+                } else {
+                    // Without PROTOCOL_FEATURES every ring is enabled anyway.
+                    self.held.clear();
+                }
+                (out, false)
+            }
+            _ => (vec![m], false),
+        }
+    }
+}
+
+fn ack(request: u32) -> Message {
+    let mut m = Message {
+        header: [0; HEADER_LEN],
+        body: 0u64.to_le_bytes().to_vec(),
+        fds: Vec::new(),
+    };
+    m.set_word(0, request);
+    m.set_word(1, VERSION_1 | REPLY);
+    m.set_word(2, 8);
+    m
+}
+
+/// Relays between `frontend` and `handler` until either side closes; then
+/// shuts both down, so the other side sees the disconnect. `name` (the
+/// daemon's socket) goes into log lines.
+pub fn spawn(
+    frontend: UnixStream,
+    handler: UnixStream,
+    name: String,
+) -> Result<JoinHandle<()>, RelayError> {
+    let f_read = frontend;
+    let h_write = handler;
+    let h_read = h_write.try_clone().map_err(RelayError::Thread)?;
+    let f_write = Arc::new(Mutex::new(f_read.try_clone().map_err(RelayError::Thread)?));
+    let f_write2 = f_write.clone();
+    let name2 = name.clone();
+    // Handler to frontend: replies, passed on as they are.
+    let back = thread::Builder::new()
+        .name("vu-relay-reply".into())
+        .spawn(move || {
+            loop {
+                match recv(&h_read) {
+                    Ok(Some(m)) => {
+                        let f = f_write2.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Err(e) = send(&f, &m) {
+                            log::debug!("{name2}: relaying a reply: {e}");
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::warn!("{name2}: reading the handler's reply: {e}");
+                        break;
+                    }
+                }
+            }
+            let f = f_write2.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = f.shutdown(std::net::Shutdown::Both);
+            let _ = h_read.shutdown(std::net::Shutdown::Both);
+        })
+        .map_err(RelayError::Thread)?;
+    thread::Builder::new()
+        .name("vu-relay".into())
+        .spawn(move || {
+            let mut reorder = Reorder::default();
+            loop {
+                let m = match recv(&f_read) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::warn!("{name}: reading a frontend message: {e}");
+                        break;
+                    }
+                };
+                let request = m.request();
+                let (out, ack_it) = reorder.on_message(m);
+                if request == SET_VRING_ENABLE && !out.iter().any(|o| o.request() == request) {
+                    log::debug!("{name}: SET_VRING_ENABLE before SET_FEATURES held");
+                }
+                if ack_it {
+                    let f = f_write.lock().unwrap_or_else(|e| e.into_inner());
+                    if send(&f, &ack(request)).is_err() {
+                        break;
+                    }
+                }
+                if let Some(e) = out.iter().find_map(|o| send(&h_write, o).err()) {
+                    log::debug!("{name}: relaying a request: {e}");
+                    break;
+                }
+            }
+            let _ = h_write.shutdown(std::net::Shutdown::Both);
+            let f = f_write.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = f.shutdown(std::net::Shutdown::Both);
+            drop(f);
+            let _ = back.join();
+        })
+        .map_err(RelayError::Thread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(request: u32, flags: u32, body: &[u8]) -> Message {
+        let mut m = Message {
+            header: [0; HEADER_LEN],
+            body: body.to_vec(),
+            fds: Vec::new(),
+        };
+        m.set_word(0, request);
+        m.set_word(1, flags);
+        m.set_word(2, body.len() as u32);
+        m
+    }
+
+    fn enable(q: u32, need_reply: bool) -> Message {
+        let mut b = q.to_le_bytes().to_vec();
+        b.extend_from_slice(&1u32.to_le_bytes());
+        msg(
+            SET_VRING_ENABLE,
+            VERSION_1 | if need_reply { NEED_REPLY } else { 0 },
+            &b,
+        )
+    }
+
+    #[test]
+    fn an_early_enable_waits_for_set_features() {
+        let mut r = Reorder::default();
+        let (out, ack) = r.on_message(enable(0, true));
+        assert!(out.is_empty() && ack);
+        let (out, ack) = r.on_message(enable(1, false));
+        assert!(out.is_empty() && !ack);
+        let (out, _) = r.on_message(msg(1, VERSION_1, &[]));
+        assert_eq!(out.len(), 1, "other requests pass");
+        let (out, ack) = r.on_message(msg(
+            SET_FEATURES,
+            VERSION_1,
+            &PROTOCOL_FEATURES.to_le_bytes(),
+        ));
+        assert!(!ack);
+        let codes: Vec<_> = out.iter().map(|m| m.request()).collect();
+        assert_eq!(codes, [SET_FEATURES, SET_VRING_ENABLE, SET_VRING_ENABLE]);
+        assert_eq!(out[1].flags() & NEED_REPLY, 0, "we acked it already");
+        let (out, ack) = r.on_message(enable(0, true));
+        assert!(out.len() == 1 && !ack, "after SET_FEATURES enables pass");
+    }
+
+    #[test]
+    fn set_features_without_protocol_features_drops_held_enables() {
+        let mut r = Reorder::default();
+        r.on_message(enable(0, false));
+        let (out, _) = r.on_message(msg(SET_FEATURES, VERSION_1, &0u64.to_le_bytes()));
+        assert_eq!(out.len(), 1);
+        assert!(r.held.is_empty());
+    }
+
+    #[test]
+    fn messages_and_descriptors_cross_the_relay() {
+        let dir = RelayDir::create(&std::env::temp_dir()).unwrap();
+        let (listener, ours) = dir.pair().unwrap();
+        let handler = listener.accept().unwrap().unwrap();
+        let (frontend, far) = UnixStream::pair().unwrap();
+        let t = spawn(far, ours, "test".into()).unwrap();
+
+        // An early enable with NEED_REPLY is acked by the relay.
+        send(&frontend, &enable(3, true)).unwrap();
+        let reply = recv(&frontend).unwrap().unwrap();
+        assert_eq!(
+            (reply.request(), reply.flags(), reply.u64_body()),
+            (SET_VRING_ENABLE, VERSION_1 | REPLY, Some(0))
+        );
+        // A message with a descriptor arrives with it, then the held enable.
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut m = msg(SET_FEATURES, VERSION_1, &PROTOCOL_FEATURES.to_le_bytes());
+        m.fds.push(OwnedFd::from(a));
+        send(&frontend, &m).unwrap();
+        let got = recv(&handler).unwrap().unwrap();
+        assert_eq!((got.request(), got.fds.len()), (SET_FEATURES, 1));
+        let got = recv(&handler).unwrap().unwrap();
+        assert_eq!((got.request(), got.body[0]), (SET_VRING_ENABLE, 3));
+        // Replies flow back.
+        send(&handler, &ack(7)).unwrap();
+        assert_eq!(recv(&frontend).unwrap().unwrap().request(), 7);
+        // The frontend leaving ends the handler's side too.
+        drop(frontend);
+        assert!(recv(&handler).unwrap().is_none());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn an_oversized_body_ends_the_relay() {
+        let (frontend, far) = UnixStream::pair().unwrap();
+        let (ours, handler) = UnixStream::pair().unwrap();
+        let t = spawn(far, ours, "test".into()).unwrap();
+        let mut m = msg(1, VERSION_1, &[]);
+        m.set_word(2, (MAX_BODY + 1) as u32);
+        send(&frontend, &m).unwrap();
+        assert!(recv(&handler).unwrap().is_none());
+        t.join().unwrap();
+    }
+}

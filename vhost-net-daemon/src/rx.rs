@@ -1,0 +1,293 @@
+//! RX: frames from the tap go straight into the guest's buffers with one
+//! `readv` each, no copy in the daemon.
+//!
+//! The tap cannot say how long the next frame is, so enough buffers for
+//! the longest possible frame are taken off the ring first (one chain
+//! without MRG_RXBUF; with it, as many chains as a 64 KiB GSO frame, or an
+//! MTU-sized one, needs). The frame uses the first few; the rest serve the
+//! next frame, and whatever is left when the tap runs dry goes back to the
+//! ring (the avail index is rewound) before the batch ends, so no chain is
+//! ever held between batches. When the ring runs out, the tap is left
+//! unread (the kernel queues, then drops, as a NIC would) and the guest's
+//! next kick resumes; there is no busy loop.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+
+use common::iov::{copy_in_at, copy_out, push_slices, total_len, IoVec};
+use common::queue::Mem;
+use common::serve::GuestMem;
+use vhost_user_backend::VringState;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+
+use crate::config::{Acked, ETH_OVERHEAD, MAX_GSO_FRAME};
+use crate::ctrl::RxFilter;
+use crate::tap::VNET_HDR_LEN;
+
+/// Most iovecs one `readv` takes (UIO_MAXIOV).
+const MAX_IOVS: usize = 1024;
+/// Signal the guest at least this often within one long batch.
+const SIGNAL_EVERY: u32 = 64;
+/// Offset of `num_buffers` in the header.
+const NUM_BUFFERS_AT: usize = 10;
+const ETH_HLEN: usize = 14;
+
+/// A chain taken off the ring and not used yet.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    head: u16,
+    /// Its iovecs: `iovs[start..end]`.
+    start: usize,
+    end: usize,
+    cap: usize,
+}
+
+/// Per-queue buffers reused from batch to batch.
+#[derive(Debug, Default)]
+pub struct RxScratch {
+    iovs: Vec<IoVec>,
+    held: VecDeque<Held>,
+    held_cap: usize,
+    uses: Vec<(u16, u32)>,
+}
+
+/// What one RX batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RxDone {
+    /// Frames delivered.
+    pub frames: u64,
+    /// Bytes delivered (headers included).
+    pub bytes: u64,
+    /// Frames larger than the buffers, or shorter than a header.
+    pub dropped: u64,
+    /// Frames the CTRL_RX filter refused.
+    pub filtered: u64,
+    /// Chains that were not a usable RX buffer (returned with length 0).
+    pub malformed: u64,
+    /// The ring ran out of buffers with frames possibly left in the tap.
+    pub out_of_buffers: bool,
+    /// A tap error other than "nothing to read" (errno).
+    pub tap_error: Option<i32>,
+}
+
+/// What RX needs besides the ring.
+#[derive(Debug)]
+pub struct RxTarget<'a> {
+    /// The tap queue.
+    pub fd: RawFd,
+    /// Negotiated features.
+    pub acked: Acked,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+    /// The CTRL_RX filter.
+    pub filter: &'a Mutex<RxFilter>,
+    /// The MTU frames are sized for (without GSO).
+    pub mtu: usize,
+}
+
+/// Appends the chain's buffers to `iovs`; `None` (nothing appended) when
+/// it cannot take a frame: a readable or unmapped descriptor, a truncated
+/// chain, or room for less than a header.
+fn collect(chain: DescriptorChain<&Mem>, mem: &Mem, iovs: &mut Vec<IoVec>) -> Option<usize> {
+    let start = iovs.len();
+    let mut last_has_next = true;
+    let mut total: usize = 0;
+    for desc in chain {
+        last_has_next = desc.has_next();
+        if !desc.is_write_only() || push_slices(mem, desc.addr(), desc.len(), iovs).is_err() {
+            iovs.truncate(start);
+            return None;
+        }
+        total += desc.len() as usize;
+    }
+    if last_has_next || total < VNET_HDR_LEN || iovs.len() > MAX_IOVS {
+        iovs.truncate(start);
+        return None;
+    }
+    Some(total)
+}
+
+fn readv(fd: RawFd, iovs: &[IoVec]) -> io::Result<usize> {
+    loop {
+        // SAFETY: IoVec has iovec's layout; every entry lies in guest memory
+        // that push_slices checked and that stays mapped while the caller
+        // holds `mem`; the kernel writes at most their lengths.
+        let n = unsafe { libc::readv(fd, IoVec::as_libc(iovs), iovs.len() as libc::c_int) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+impl RxScratch {
+    fn reset(&mut self) {
+        self.iovs.clear();
+        self.held.clear();
+        self.held_cap = 0;
+    }
+
+    /// Takes chains off the ring until `needed` bytes are held (or, with
+    /// `one`, a single chain is).
+    fn top_up(
+        &mut self,
+        queue: &mut Queue,
+        mem: &Mem,
+        needed: usize,
+        one: bool,
+        done: &mut RxDone,
+    ) -> io::Result<bool> {
+        let mut used = false;
+        while if one {
+            self.held.is_empty()
+        } else {
+            self.held_cap < needed
+        } {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let start = self.iovs.len();
+            match collect(chain, mem, &mut self.iovs) {
+                Some(cap) => {
+                    self.held.push_back(Held {
+                        head,
+                        start,
+                        end: self.iovs.len(),
+                        cap,
+                    });
+                    self.held_cap += cap;
+                }
+                None => {
+                    done.malformed += 1;
+                    queue.add_used(mem, head, 0).map_err(io::Error::other)?;
+                    used = true;
+                }
+            }
+        }
+        Ok(used)
+    }
+}
+
+/// Signals the guest if the ring's notification rules want it.
+fn notify(state: &mut VringState<GuestMem>, mem: &Mem) -> io::Result<()> {
+    if state
+        .get_queue_mut()
+        .needs_notification(mem)
+        .map_err(io::Error::other)?
+    {
+        state.signal_used_queue()?;
+    }
+    Ok(())
+}
+
+/// Moves frames from the tap into the ring of `state` until the tap is
+/// empty or the ring is, signalling the guest as it goes.
+pub fn process(
+    state: &mut VringState<GuestMem>,
+    mem: &Mem,
+    event_idx: bool,
+    target: &RxTarget<'_>,
+    scratch: &mut RxScratch,
+) -> io::Result<RxDone> {
+    let mrg = target.acked.mrg_rxbuf;
+    let needed = VNET_HDR_LEN
+        + if target.acked.guest_gso {
+            MAX_GSO_FRAME
+        } else {
+            target.mtu + ETH_OVERHEAD
+        };
+    let mut done = RxDone::default();
+    let mut unsignalled = 0u32;
+    scratch.reset();
+    loop {
+        let queue = state.get_queue_mut();
+        if scratch.top_up(queue, mem, needed, !mrg, &mut done)? {
+            unsignalled += 1;
+        }
+        if scratch.held.is_empty() {
+            // Out of buffers: ask for a kick when the guest adds some, and
+            // look once more in case it already did.
+            if event_idx && queue.enable_notification(mem).map_err(io::Error::other)? {
+                continue;
+            }
+            done.out_of_buffers = true;
+            break;
+        }
+        let (first, last) = if mrg {
+            (scratch.held[0], scratch.held[scratch.held.len() - 1])
+        } else {
+            (scratch.held[0], scratch.held[0])
+        };
+        let end = last.end.min(first.start + MAX_IOVS);
+        let iovs = &scratch.iovs[first.start..end];
+        let cap = total_len(iovs);
+        let n = match readv(target.fd, iovs) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                done.tap_error = e.raw_os_error();
+                break;
+            }
+        };
+        // The tap reports the whole frame's length even when it had to cut
+        // it short: such a frame is lost, the buffers are reused.
+        if n > cap || n < VNET_HDR_LEN + ETH_HLEN {
+            done.dropped += 1;
+            continue;
+        }
+        let mut head = [0u8; VNET_HDR_LEN + 6];
+        copy_out(iovs, &mut head);
+        let dest: [u8; 6] = [head[12], head[13], head[14], head[15], head[16], head[17]];
+        if !target
+            .filter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .accepts(&target.mac, &dest)
+        {
+            done.filtered += 1;
+            continue;
+        }
+        // Hand the chains the frame filled to the guest.
+        let mut left = n;
+        let mut chains: u16 = 0;
+        scratch.uses.clear();
+        while left > 0 {
+            let Some(h) = scratch.held.pop_front() else {
+                break;
+            };
+            scratch.held_cap -= h.cap;
+            let len = left.min(h.cap);
+            left -= len;
+            scratch.uses.push((h.head, len as u32));
+            chains += 1;
+        }
+        copy_in_at(iovs, NUM_BUFFERS_AT, &chains.to_le_bytes());
+        for &(head, len) in &scratch.uses {
+            queue.add_used(mem, head, len).map_err(io::Error::other)?;
+        }
+        done.frames += 1;
+        done.bytes += n as u64;
+        unsignalled += 1;
+        if unsignalled >= SIGNAL_EVERY {
+            notify(state, mem)?;
+            unsignalled = 0;
+        }
+    }
+    // Chains not used go back to the ring, for this queue's next batch.
+    let back = scratch.held.len() as u16;
+    if back > 0 {
+        let queue = state.get_queue_mut();
+        queue.set_next_avail(queue.next_avail().wrapping_sub(back));
+    }
+    scratch.reset();
+    if unsignalled > 0 {
+        notify(state, mem)?;
+    }
+    Ok(done)
+}

@@ -1,0 +1,430 @@
+//! The tap device: one queue file per queue pair, opened by name (the tap
+//! exists, or `--create` makes it) or taken from descriptors a management
+//! layer passes (`--tap-fd`). Every queue carries the 12-byte
+//! `virtio_net_hdr_v1` in front of each frame (IFF_VNET_HDR +
+//! TUNSETVNETHDRSZ), so frames and their offload metadata pass between
+//! guest memory and the kernel with no translation.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `/dev/net/tun` ioctls (linux/if_tun.h).
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+
+const IFF_TAP: i16 = 0x0002;
+const IFF_NO_PI: i16 = 0x1000;
+const IFF_VNET_HDR: i16 = 0x4000;
+const IFF_MULTI_QUEUE: i16 = 0x0100;
+const IFF_ATTACH_QUEUE: i16 = 0x0200;
+const IFF_DETACH_QUEUE: i16 = 0x0400;
+
+/// TUNSETOFFLOAD flags: what the reader of the tap (the guest) accepts.
+pub mod offload {
+    /// Partial checksums.
+    pub const CSUM: u32 = 0x01;
+    /// TCPv4 segmentation.
+    pub const TSO4: u32 = 0x02;
+    /// TCPv6 segmentation.
+    pub const TSO6: u32 = 0x04;
+    /// TSO with ECN.
+    pub const TSO_ECN: u32 = 0x08;
+}
+
+/// The header size every queue is set to.
+pub const VNET_HDR_LEN: usize = 12;
+/// Longest interface name (IFNAMSIZ - 1).
+pub const NAME_MAX: usize = 15;
+
+/// Errors opening or configuring the tap; each names it.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// A name the kernel cannot take.
+    #[error("--tap {0:?}: an interface name is 1 to 15 bytes with no '/', ':' or whitespace")]
+    BadName(String),
+    /// `--tap NAME` without `--create` and no such interface.
+    #[error("tap {0} does not exist in this network namespace (create it, e.g. `ip tuntap add {0} mode tap multi_queue`, or pass --create)")]
+    Missing(String),
+    /// The interface exists but is not a tap we can attach to.
+    #[error("cannot attach to tap {name} queue {queue}: {source}{hint}")]
+    Attach {
+        /// Interface.
+        name: String,
+        /// Queue pair.
+        queue: usize,
+        /// Cause.
+        source: io::Error,
+        /// What probably went wrong.
+        hint: &'static str,
+    },
+    /// Opening /dev/net/tun failed.
+    #[error("cannot open /dev/net/tun: {0}")]
+    Open(#[source] io::Error),
+    /// A `--tap-fd` that is not a usable tap queue.
+    #[error("--tap-fd {fd}: {why}")]
+    BadFd {
+        /// The descriptor.
+        fd: RawFd,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// An ioctl on a queue failed.
+    #[error("tap {name}: {what}: {source}")]
+    Ioctl {
+        /// Interface.
+        name: String,
+        /// The operation.
+        what: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// `struct ifreq` with the name and the flags member of the union.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IfReq {
+    name: [u8; 16],
+    flags: i16,
+    _pad: [u8; 22],
+}
+
+impl IfReq {
+    fn new(name: &str, flags: i16) -> Self {
+        let mut r = IfReq {
+            name: [0; 16],
+            flags,
+            _pad: [0; 22],
+        };
+        r.name[..name.len()].copy_from_slice(name.as_bytes());
+        r
+    }
+
+    fn name(&self) -> String {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.name[..end]).into_owned()
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
+
+fn ioctl_ptr<T>(fd: RawFd, req: libc::c_ulong, arg: *mut T) -> io::Result<()> {
+    // SAFETY: every caller passes a request whose argument is `*mut T` of
+    // the right type and size (an ifreq or an int), valid for the call.
+    if unsafe { libc::ioctl(fd, req, arg) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn ioctl_val(fd: RawFd, req: libc::c_ulong, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the requests used with this take an integer argument by value.
+    if unsafe { libc::ioctl(fd, req, arg) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Checks `name` as an interface name.
+pub fn check_name(name: &str) -> Result<(), TapError> {
+    if name.is_empty()
+        || name.len() > NAME_MAX
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+    {
+        return Err(TapError::BadName(name.to_string()));
+    }
+    Ok(())
+}
+
+fn exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// An interface control socket (for MTU and link flags).
+fn ctl_socket() -> io::Result<File> {
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor we just created and own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The tap: its name and one queue file per queue pair.
+#[derive(Debug)]
+pub struct Tap {
+    name: String,
+    queues: Vec<File>,
+    /// Whether we created it (it goes away when we exit).
+    created: bool,
+}
+
+impl Tap {
+    /// Attaches `pairs` queues to tap `name`; creates it when `create` is
+    /// set and it does not exist.
+    pub fn open(name: &str, pairs: usize, create: bool) -> Result<Tap, TapError> {
+        check_name(name)?;
+        let existed = exists(name);
+        if !existed && !create {
+            return Err(TapError::Missing(name.to_string()));
+        }
+        let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if pairs > 1 {
+            flags |= IFF_MULTI_QUEUE;
+        }
+        let mut queues = Vec::with_capacity(pairs);
+        for queue in 0..pairs {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open("/dev/net/tun")
+                .map_err(TapError::Open)?;
+            let mut req = IfReq::new(name, flags);
+            if let Err(source) = ioctl_ptr(f.as_raw_fd(), TUNSETIFF, &mut req) {
+                let hint = match source.raw_os_error() {
+                    Some(libc::EINVAL) if pairs > 1 => {
+                        " (is it a tap created with multi_queue? `ip tuntap add NAME mode tap multi_queue`)"
+                    }
+                    Some(libc::EINVAL) => {
+                        " (is it a tun rather than a tap, or a multi_queue tap? pass --num-queue-pairs to match)"
+                    }
+                    Some(libc::EPERM) => " (CAP_NET_ADMIN, or the tap's owner, is needed)",
+                    Some(libc::EBUSY) => " (another process holds its queues)",
+                    _ => "",
+                };
+                return Err(TapError::Attach {
+                    name: name.to_string(),
+                    queue,
+                    source,
+                    hint,
+                });
+            }
+            queues.push(f);
+        }
+        let tap = Tap {
+            name: name.to_string(),
+            queues,
+            created: !existed,
+        };
+        tap.set_vnet_hdr_len()?;
+        Ok(tap)
+    }
+
+    /// Takes queue files a management layer opened (one per pair). Each
+    /// must be an attached tap queue with IFF_NO_PI and IFF_VNET_HDR, and
+    /// IFF_MULTI_QUEUE when there are several.
+    pub fn from_fds(fds: &[RawFd]) -> Result<Tap, TapError> {
+        let mut name = String::new();
+        let mut queues = Vec::with_capacity(fds.len());
+        for &fd in fds {
+            let bad = |why: String| TapError::BadFd { fd, why };
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(bad("not an open descriptor".into()));
+            }
+            let mut req = IfReq::new("", 0);
+            ioctl_ptr(fd, TUNGETIFF, &mut req)
+                .map_err(|e| bad(format!("not an attached tun/tap queue ({e})")))?;
+            let want = [
+                (IFF_TAP, "IFF_TAP (it is a tun device)"),
+                (IFF_NO_PI, "IFF_NO_PI"),
+                (IFF_VNET_HDR, "IFF_VNET_HDR"),
+            ];
+            if let Some((_, what)) = want.iter().find(|(f, _)| req.flags & f == 0) {
+                return Err(bad(format!("tap {} was opened without {what}", req.name())));
+            }
+            if fds.len() > 1 && req.flags & IFF_MULTI_QUEUE == 0 {
+                return Err(bad(format!(
+                    "tap {} has no IFF_MULTI_QUEUE, but {} queue pairs were asked for",
+                    req.name(),
+                    fds.len()
+                )));
+            }
+            if !name.is_empty() && name != req.name() {
+                return Err(bad(format!(
+                    "belongs to tap {}, the others to {name}",
+                    req.name()
+                )));
+            }
+            name = req.name();
+            // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor for the same
+            // open file; the caller keeps `fd`, we own the duplicate.
+            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if dup < 0 {
+                return Err(bad(format!("dup: {}", io::Error::last_os_error())));
+            }
+            // SAFETY: `dup` is a descriptor we just created and own.
+            let f = unsafe { File::from_raw_fd(dup) };
+            // SAFETY: F_GETFL/F_SETFL on our own descriptor.
+            unsafe {
+                let fl = libc::fcntl(dup, libc::F_GETFL);
+                libc::fcntl(dup, libc::F_SETFL, fl | libc::O_NONBLOCK);
+            }
+            queues.push(f);
+        }
+        let tap = Tap {
+            name,
+            queues,
+            created: false,
+        };
+        tap.set_vnet_hdr_len()?;
+        Ok(tap)
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(io::Error) -> TapError + '_ {
+        move |source| TapError::Ioctl {
+            name: self.name.clone(),
+            what,
+            source,
+        }
+    }
+
+    fn set_vnet_hdr_len(&self) -> Result<(), TapError> {
+        for q in &self.queues {
+            let mut len: libc::c_int = VNET_HDR_LEN as libc::c_int;
+            ioctl_ptr(q.as_raw_fd(), TUNSETVNETHDRSZ, &mut len)
+                .map_err(self.err("TUNSETVNETHDRSZ 12"))?;
+        }
+        Ok(())
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queue `i`'s descriptor.
+    pub fn fd(&self, i: usize) -> Option<RawFd> {
+        self.queues.get(i).map(|f| f.as_raw_fd())
+    }
+
+    /// Whether this process created the tap.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Tells the kernel which offloads the guest takes (`offload::*`).
+    pub fn set_offloads(&self, flags: u32) -> Result<(), TapError> {
+        let fd = self.queues[0].as_raw_fd();
+        ioctl_val(fd, TUNSETOFFLOAD, libc::c_ulong::from(flags)).map_err(self.err("TUNSETOFFLOAD"))
+    }
+
+    /// The subset of `wanted` offloads the kernel accepts; leaves none set.
+    pub fn probe_offloads(&self, wanted: u32) -> u32 {
+        let fd = self.queues[0].as_raw_fd();
+        let mut ok = 0;
+        // Each flag depends on CSUM; ECN on TSO.
+        for f in [
+            offload::CSUM,
+            offload::TSO4,
+            offload::TSO6,
+            offload::TSO_ECN,
+        ] {
+            if wanted & f != 0 && ioctl_val(fd, TUNSETOFFLOAD, libc::c_ulong::from(ok | f)).is_ok()
+            {
+                ok |= f;
+            }
+        }
+        let _ = ioctl_val(fd, TUNSETOFFLOAD, 0);
+        ok
+    }
+
+    /// Attaches (`true`) or detaches queue `i`, so the kernel steers frames
+    /// only to queues a guest reads. Only multi-queue taps do this.
+    pub fn set_queue_attached(&self, i: usize, attached: bool) -> Result<(), TapError> {
+        let Some(q) = self.queues.get(i) else {
+            return Ok(());
+        };
+        if self.queues.len() < 2 {
+            return Ok(());
+        }
+        let mut req = IfReq::new(
+            "",
+            if attached {
+                IFF_ATTACH_QUEUE
+            } else {
+                IFF_DETACH_QUEUE
+            },
+        );
+        match ioctl_ptr(q.as_raw_fd(), TUNSETQUEUE, &mut req) {
+            Ok(()) => Ok(()),
+            // Already in that state.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            Err(e) => Err(self.err("TUNSETQUEUE")(e)),
+        }
+    }
+
+    /// Sets the interface's MTU.
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), TapError> {
+        let s = ctl_socket().map_err(self.err("socket for SIOCSIFMTU"))?;
+        let mut req = IfReq::new(&self.name, 0);
+        // The union's int member (ifr_mtu) sits where the flags do.
+        let mtu = i32::from(mtu).to_ne_bytes();
+        req.flags = i16::from_ne_bytes([mtu[0], mtu[1]]);
+        req._pad[0..2].copy_from_slice(&mtu[2..4]);
+        ioctl_ptr(s.as_raw_fd(), libc::SIOCSIFMTU, &mut req).map_err(self.err("SIOCSIFMTU"))
+    }
+
+    /// Brings the interface up.
+    pub fn set_up(&self) -> Result<(), TapError> {
+        let s = ctl_socket().map_err(self.err("socket for SIOCSIFFLAGS"))?;
+        let mut req = IfReq::new(&self.name, 0);
+        ioctl_ptr(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req).map_err(self.err("SIOCGIFFLAGS"))?;
+        req.flags |= libc::IFF_UP as i16;
+        ioctl_ptr(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req).map_err(self.err("SIOCSIFFLAGS"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "a/b", "has space", "sixteen-chars-xx", "a:b"] {
+            assert!(
+                matches!(check_name(bad), Err(TapError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        check_name("tap0").unwrap();
+        check_name("fifteen-chars-x").unwrap();
+    }
+
+    #[test]
+    fn a_missing_tap_is_named_with_a_hint() {
+        let e = Tap::open("vnd-nonexist0", 1, false).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("vnd-nonexist0") && s.contains("--create"), "{s}");
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_a_tap_is_refused() {
+        let f = File::open("/dev/null").unwrap();
+        let e = Tap::from_fds(&[f.as_raw_fd()]).unwrap_err();
+        assert!(
+            e.to_string().contains("not an attached tun/tap queue"),
+            "{e}"
+        );
+        let e = Tap::from_fds(&[9999]).unwrap_err();
+        assert!(e.to_string().contains("not an open descriptor"), "{e}");
+    }
+
+    #[test]
+    fn ifreq_name_round_trips() {
+        assert_eq!(IfReq::new("tap7", 0).name(), "tap7");
+    }
+}
