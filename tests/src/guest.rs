@@ -206,7 +206,19 @@ enum Device {
     Net {
         socket: PathBuf,
         mac: String,
+        queue_pairs: u16,
     },
+}
+
+/// Options of a vhost-user virtio-net device ([`QemuGuest::net_vhost_user_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct NetDeviceOpts {
+    /// The guest's MAC (None: `52:54:00:12:34:NN`, NN counting from 0x56).
+    pub mac: Option<String>,
+    /// Queue pairs (None: 1). More than one puts `queues=N` on the netdev
+    /// and `mq=on` on the device; the guest's virtio_net enables at most
+    /// one pair per vCPU (see [`QemuGuest::cpus`]).
+    pub queue_pairs: Option<u16>,
 }
 
 /// Builder and runner of one guest boot.
@@ -290,16 +302,26 @@ impl QemuGuest {
     /// Adds a virtio-net-pci device backed by vhost-user on `socket`, with
     /// MAC `52:54:00:12:34:NN` (NN counting from 0x56). It has `vectors=0`:
     /// QEMU 7.2 under TCG crashes with MSI-X on a vhost-user netdev.
-    pub fn net_vhost_user(mut self, socket: impl AsRef<Path>) -> Self {
+    pub fn net_vhost_user(self, socket: impl AsRef<Path>) -> Self {
+        self.net_vhost_user_with(socket, &NetDeviceOpts::default())
+    }
+
+    /// Like [`Self::net_vhost_user`] with a chosen MAC and number of
+    /// queue pairs.
+    pub fn net_vhost_user_with(mut self, socket: impl AsRef<Path>, opts: &NetDeviceOpts) -> Self {
         let n = self
             .devices
             .iter()
             .filter(|d| matches!(d, Device::Net { .. }))
             .count();
-        let mac = format!("52:54:00:12:34:{:02x}", 0x56 + n);
+        let mac = opts
+            .mac
+            .clone()
+            .unwrap_or_else(|| format!("52:54:00:12:34:{:02x}", 0x56 + n));
         self.devices.push(Device::Net {
             socket: socket.as_ref().to_path_buf(),
             mac,
+            queue_pairs: opts.queue_pairs.unwrap_or(1).max(1),
         });
         self
     }
@@ -489,12 +511,23 @@ impl QemuGuest {
                         None => format!("vhost-user-blk-pci,chardev=vu{i}"),
                     },
                 ]),
-                Device::Net { mac, .. } => a.extend([
-                    "-netdev".to_string(),
-                    format!("vhost-user,id=net{i},chardev=vu{i}"),
-                    "-device".to_string(),
-                    format!("virtio-net-pci,netdev=net{i},mac={mac},vectors=0"),
-                ]),
+                Device::Net {
+                    mac, queue_pairs, ..
+                } => a.extend(if *queue_pairs > 1 {
+                    [
+                        "-netdev".to_string(),
+                        format!("vhost-user,id=net{i},chardev=vu{i},queues={queue_pairs}"),
+                        "-device".to_string(),
+                        format!("virtio-net-pci,netdev=net{i},mac={mac},mq=on,vectors=0"),
+                    ]
+                } else {
+                    [
+                        "-netdev".to_string(),
+                        format!("vhost-user,id=net{i},chardev=vu{i}"),
+                        "-device".to_string(),
+                        format!("virtio-net-pci,netdev=net{i},mac={mac},vectors=0"),
+                    ]
+                }),
             }
         }
         if let Some(disk) = script_disk {
@@ -698,11 +731,20 @@ mod tests {
             .net_vhost_user("/s/n0")
             .blk("/s/b,0")
             .net_vhost_user("/s/n1")
-            .blk_queues("/s/mq", 2);
+            .blk_queues("/s/mq", 2)
+            .net_vhost_user_with(
+                "/s/n2",
+                &NetDeviceOpts {
+                    mac: Some("02:00:00:00:00:01".into()),
+                    queue_pairs: Some(2),
+                },
+            );
         let args = g.qemu_command_args("console=ttyS0", None).join(" ");
         assert!(args.contains("vhost-user-blk-pci,chardev=vu3,num-queues=2"));
         assert!(args.contains("virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,vectors=0"));
         assert!(args.contains("virtio-net-pci,netdev=net2,mac=52:54:00:12:34:57,vectors=0"));
+        assert!(args.contains("vhost-user,id=net4,chardev=vu4,queues=2"));
+        assert!(args.contains("virtio-net-pci,netdev=net4,mac=02:00:00:00:00:01,mq=on,vectors=0"));
         assert!(args.contains("socket,id=vu1,path=/s/b,,0"));
         assert!(args.contains("vhost-user-blk-pci,chardev=vu1"));
         assert!(args.contains("accel=tcg"));

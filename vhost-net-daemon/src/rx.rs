@@ -210,7 +210,14 @@ pub fn process(
         if scratch.top_up(queue, mem, needed, !mrg, &mut done)? {
             unsignalled += 1;
         }
-        if scratch.held.is_empty() {
+        // Enough room for any frame: one chain, or with merged buffers
+        // `needed` bytes (or all the ring can hold, if that is less).
+        let enough = if mrg {
+            scratch.held_cap >= needed || scratch.held.len() >= usize::from(queue.size())
+        } else {
+            !scratch.held.is_empty()
+        };
+        if !enough {
             // Out of buffers: ask for a kick when the guest adds some, and
             // look once more in case it already did.
             if event_idx && queue.enable_notification(mem).map_err(io::Error::other)? {

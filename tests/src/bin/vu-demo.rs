@@ -4,9 +4,10 @@
 //! drives them with the userspace driver (no VM), then boots a Linux guest
 //! on the same backends and prints what the guest did with each device.
 //!
-//! The disk is served by our `vhost-blk-daemon` and the share by our
-//! `virtiofsd`, one process each for the driver and then the VM (they serve
-//! again after a frontend leaves). Until our VMM exists (issue #6) the VM is
+//! The disk is served by our `vhost-blk-daemon`, the share by our
+//! `virtiofsd` and the NIC by our `vhost-net-daemon` on a tap inside a
+//! private network namespace (no frame leaves it), one process each for the
+//! driver and then the VM (they serve again after a frontend leaves). Until our VMM exists (issue #6) the VM is
 //! Debian's kernel under `qemu-system-x86_64 -accel tcg`; the demo says so
 //! as it runs.
 
@@ -19,10 +20,13 @@ use vu_driver::blk::{BlkClient, BlkOptions};
 use vu_driver::fixture::{create_sparse_image, Daemon, TempDir};
 use vu_driver::fs::{FsClient, FsOptions};
 use vu_driver::guest::{QemuGuest, ScriptTransport};
+use vu_driver::net::frame::{parse_udp, UdpFrame};
+use vu_driver::net::{NetClient, NetOptions, VirtioNetHdr};
+use vu_driver::netns::NetNs;
 use vu_driver::ours::{self, BlkDaemonOpts};
 
-/// Run a VM with a virtio-fs share and a virtio-blk disk, each served by its
-/// own vhost-user backend process.
+/// Run a VM with a virtio-fs share, a virtio-blk disk and a virtio-net NIC,
+/// each served by its own vhost-user backend process.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -43,6 +47,11 @@ struct Args {
 const HELLO: &str = "hello from the host\n";
 const DRIVER_TEXT: &str = "written by the userspace driver over virtio-fs\n";
 const DRIVER_SECTOR: u64 = 2048;
+/// The tap's name, its host-side address and the guest's.
+const TAP: &str = "vudemo0";
+const HOST_IP: &str = "10.0.2.1";
+const GUEST_IP: &str = "10.0.2.2";
+const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x02, 0x02];
 
 fn err<E: std::error::Error>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| {
@@ -127,15 +136,73 @@ fn driver_phase(
     Ok(())
 }
 
-fn vm_phase(share: &Path, blkd: &Daemon, vfs: &Daemon, tag: &str) -> Result<(), String> {
+fn net_driver_phase(ns: &NetNs, netd: &Daemon) -> Result<(), String> {
+    let mut net =
+        NetClient::connect(netd.socket(), &NetOptions::default()).map_err(err("net connect"))?;
+    let host = ns.packet_socket(TAP).map_err(err("host side of the tap"))?;
+    let out = UdpFrame {
+        src_mac: GUEST_MAC,
+        ..UdpFrame::default()
+    }
+    .build(b"from the driver");
+    net.send(0, &VirtioNetHdr::plain(), &out)
+        .map_err(err("net send"))?;
+    let seen = host
+        .recv_matching(Duration::from_secs(5), |f| {
+            parse_udp(f).is_some_and(|u| u.payload == b"from the driver")
+        })
+        .map_err(err("tap read"))?;
+    let back = UdpFrame {
+        dst_mac: GUEST_MAC,
+        ..UdpFrame::default()
+    }
+    .build(b"from the host");
+    host.send(&back).map_err(err("tap write"))?;
+    // The host stack talks on the tap too (IPv6 neighbour discovery):
+    // look for our frame among what arrives.
+    let mut got = Vec::new();
+    for _ in 0..32 {
+        got = net
+            .recv(0, Duration::from_secs(5))
+            .map_err(err("net receive"))?
+            .1;
+        if got == back {
+            break;
+        }
+    }
+    println!(
+        "net: MAC {}, a {}-byte UDP frame sent by the driver {} on tap {TAP}; one written on the tap reached the driver: {}",
+        net.config()
+            .mac
+            .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
+            .unwrap_or_default(),
+        out.len(),
+        if seen.as_deref() == Some(&out[..]) { "appeared" } else { "did NOT appear" },
+        if got == back { "match" } else { "MISMATCH" }
+    );
+    if seen.as_deref() != Some(&out[..]) || got != back {
+        return Err("net: frames did not cross the tap intact".into());
+    }
+    Ok(())
+}
+
+fn vm_phase(
+    share: &Path,
+    blkd: &Daemon,
+    vfs: &Daemon,
+    netd: &Daemon,
+    tag: &str,
+) -> Result<(), String> {
     println!("== VM");
     println!(
         "vmm: our VMM is not built yet (issue #6); Debian's kernel boots under QEMU TCG instead, \
          on the same vhost-user backends"
     );
-    println!("net: no NIC, as no vhost-user-net backend exists yet (vhost-net-daemon, issue #5)");
     let script = format!(
         r#"set -e
+ip addr add {GUEST_IP}/24 dev eth0
+ip link set eth0 up
+vutest-kv net_ping "$(ping -c 3 -W 5 {HOST_IP} | grep -o '[0-9]* packets received')"
 vutest-kv fs_files "$(ls "$VUTEST_FS" | tr '\n' ' ')"
 vutest-kv fs_hello "$(cat "$VUTEST_FS/hello.txt")"
 vutest-kv fs_driver_file "$(cat "$VUTEST_FS/from-driver.txt")"
@@ -154,6 +221,7 @@ vutest-kv disk_write_readback ok
         .map_err(err("guest kit"))?
         .fs(vfs.socket(), tag)
         .blk(blkd.socket())
+        .net_vhost_user(netd.socket())
         .memory_mib(512)
         .script(&script)
         .script_transport(ScriptTransport::Cmdline)
@@ -167,6 +235,12 @@ vutest-kv disk_write_readback ok
     let driver_md5 = md5_hex(&pattern(64 * 1024));
     if out.kv("disk_driver_md5") != Some(driver_md5.as_str()) {
         return Err("guest: the driver's disk pattern has a different checksum in the VM".into());
+    }
+    if out.kv("net_ping") != Some("3 packets received") {
+        return Err(format!(
+            "guest: ping {HOST_IP} over vhost-net-daemon: {:?}",
+            out.kv("net_ping")
+        ));
     }
     let from_guest = std::fs::read_to_string(share.join("from-guest.txt")).unwrap_or_default();
     println!(
@@ -237,9 +311,25 @@ fn run(args: Args) -> Result<(), String> {
         vfs.pid(),
         vfs.socket().display()
     );
+    let ns = NetNs::new("vu-demo").map_err(err("network namespace"))?;
+    ns.add_tap(TAP, false, Some(&format!("{HOST_IP}/24")))
+        .map_err(err("tap"))?;
+    let netd = ours::vhost_net_daemon(
+        &ns,
+        &dir.join("net.sock"),
+        &["--tap", TAP, "--mac", "02:00:00:00:02:02"],
+    )
+    .map_err(err("start vhost-net-daemon"))?;
+    println!(
+        "net backend: vhost-net-daemon pid {} on {} (tap {TAP}, {HOST_IP}/24, in network namespace {})",
+        netd.pid(),
+        netd.socket().display(),
+        ns.name()
+    );
     driver_phase(&share, &image, &blkd, &vfs, &args.tag)?;
+    net_driver_phase(&ns, &netd)?;
     if !args.no_vm {
-        vm_phase(&share, &blkd, &vfs, &args.tag)?;
+        vm_phase(&share, &blkd, &vfs, &netd, &args.tag)?;
     }
     println!("== done: every device answered through its own backend process");
     Ok(())
