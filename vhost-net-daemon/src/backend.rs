@@ -176,6 +176,20 @@ impl NetConnection {
         let stats = &self.device.stats;
         match rx::process(&mut state, mem, event_idx, &target, scratch) {
             Ok(done) => {
+                if let Some(broken) = self.rings.broken(2 * pair) {
+                    match done.broken {
+                        Some((avail, ahead)) if !broken.swap(true, Ordering::Relaxed) => {
+                            log::error!(
+                                "queue {}: avail.idx {avail} is {ahead} entries ahead on a queue of {}; \
+                                 queue ignored until it is set up again",
+                                2 * pair,
+                                state.get_queue().size()
+                            );
+                        }
+                        Some(_) => {}
+                        None => broken.store(false, Ordering::Relaxed),
+                    }
+                }
                 stats.rx_frames.fetch_add(done.frames, Ordering::Relaxed);
                 stats
                     .rx_dropped
@@ -325,12 +339,11 @@ impl VhostUserBackend for NetConnection {
             log::warn!("{e}");
         }
         *self.acked.write().unwrap_or_else(|e| e.into_inner()) = acked;
-        // With MQ the driver starts on one pair and asks for more.
-        if acked.mq {
-            self.use_pairs(1);
-        } else {
-            self.use_pairs(self.device.config.pairs);
-        }
+        // Every pair may carry frames until the driver says otherwise
+        // (VQ_PAIRS_SET, which Linux sends at probe). A frontend that runs
+        // the control queue itself (QEMU) disables the rings it does not
+        // use instead, and RX detaches those pairs' tap queues.
+        self.use_pairs(self.device.config.pairs);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

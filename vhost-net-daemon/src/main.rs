@@ -26,12 +26,14 @@ use crate::tap::{offload, Tap};
 const NAME: &str = "vhost-net-daemon";
 
 /// System calls beyond `common::seccomp::VHOST_USER_BASE`: the relay makes
-/// one unix socket per connection.
+/// one unix socket per connection in a directory of its own.
 const SECCOMP_NET: &[i64] = &[
     libc::SYS_socket,
     libc::SYS_bind,
     libc::SYS_listen,
     libc::SYS_connect,
+    // Removing the relay's directory on exit.
+    libc::SYS_rmdir,
 ];
 
 /// tap ioctls the data path and the control queue use.

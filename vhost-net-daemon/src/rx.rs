@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use common::iov::{copy_in_at, copy_out, push_slices, total_len, IoVec};
@@ -70,6 +71,8 @@ pub struct RxDone {
     pub out_of_buffers: bool,
     /// A tap error other than "nothing to read" (errno).
     pub tap_error: Option<i32>,
+    /// The avail index and how far it ran ahead, when more than a queue.
+    pub broken: Option<(u16, u16)>,
 }
 
 /// What RX needs besides the ring.
@@ -186,8 +189,19 @@ fn notify(state: &mut VringState<GuestMem>, mem: &Mem) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the driver published an avail index more than a queue ahead
+/// (then nothing on the ring can be trusted until it is set up again).
+fn avail_too_far(queue: &Queue, mem: &Mem) -> io::Result<Option<(u16, u16)>> {
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(io::Error::other)?;
+    let pending = avail.0.wrapping_sub(queue.next_avail());
+    Ok((pending > queue.size()).then_some((avail.0, pending)))
+}
+
 /// Moves frames from the tap into the ring of `state` until the tap is
-/// empty or the ring is, signalling the guest as it goes.
+/// empty or the ring is, signalling the guest as it goes. A ring whose
+/// avail index ran more than a queue ahead is left alone (`done.broken`).
 pub fn process(
     state: &mut VringState<GuestMem>,
     mem: &Mem,
@@ -205,6 +219,10 @@ pub fn process(
     let mut done = RxDone::default();
     let mut unsignalled = 0u32;
     scratch.reset();
+    if let Some(b) = avail_too_far(state.get_queue(), mem)? {
+        done.broken = Some(b);
+        return Ok(done);
+    }
     loop {
         let queue = state.get_queue_mut();
         if scratch.top_up(queue, mem, needed, !mrg, &mut done)? {
@@ -221,6 +239,10 @@ pub fn process(
             // Out of buffers: ask for a kick when the guest adds some, and
             // look once more in case it already did.
             if event_idx && queue.enable_notification(mem).map_err(io::Error::other)? {
+                if let Some(b) = avail_too_far(queue, mem)? {
+                    done.broken = Some(b);
+                    break;
+                }
                 continue;
             }
             done.out_of_buffers = true;

@@ -1,0 +1,798 @@
+//! Our `vhost-net-daemon` fed the guest input of NOTES.md's list: broken
+//! descriptor chains on the TX and RX rings, TX frames it must not pass to
+//! the tap, and malformed control commands. The contract: a malformed TX
+//! chain comes back used (len 0), nothing reaches the tap and the drop is
+//! logged with its head; an RX chain that is not a writable buffer comes
+//! back with len 0 and untouched; a bad control command gets an error ack
+//! or comes back unanswered. After each, the daemon lives and frames
+//! still cross both ways.
+
+mod net_daemon_common;
+
+use virtio_bindings::virtio_net::*;
+use vm_memory::{Address, GuestAddress};
+use vu_driver::fixture::poll_until;
+use vu_driver::memory::GuestMem;
+use vu_driver::net::frame::Malformed;
+use vu_driver::net::{NetClient, NetOptions, VirtioNetHdr, NET_DRIVER_FEATURES};
+use vu_driver::virtqueue::{
+    RawDesc, Used, VirtQueue, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+
+use net_daemon_common::*;
+
+const RXQ: usize = 0;
+const TXQ: usize = 1;
+const CTRLQ: usize = 2;
+/// What buffers the device must not write are preset to.
+const FILL: u8 = 0xaa;
+const W: u16 = VRING_DESC_F_WRITE;
+const N: u16 = VRING_DESC_F_NEXT;
+
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
+    RawDesc {
+        addr,
+        len,
+        flags,
+        next,
+    }
+}
+
+fn indirect(table: GuestAddress, len: u32) -> RawDesc {
+    desc(table.raw_value(), len, VRING_DESC_F_INDIRECT, 0)
+}
+
+/// Writes `descs` as an indirect table; returns its address and length.
+fn table(mem: &GuestMem, descs: &[RawDesc]) -> (GuestAddress, u32) {
+    let at = mem.alloc(16 * descs.len().max(1) as u64, 16).unwrap();
+    for (i, d) in descs.iter().enumerate() {
+        mem.write_obj(at.unchecked_add(16 * i as u64), *d).unwrap();
+    }
+    (at, 16 * descs.len() as u32)
+}
+
+/// Kicks `vq`, even if the device asked not to be.
+fn kick(vq: &mut VirtQueue) {
+    if !vq.kick().unwrap() {
+        vq.notify().unwrap();
+    }
+}
+
+/// Publishes `descs` as a raw chain on queue `qi`, kicks, and waits for
+/// it to come back. Nothing else may be in flight on that queue.
+fn run_raw(net: &mut NetClient, qi: usize, descs: &[RawDesc]) -> (u16, Used) {
+    let vq = net.device().queue(qi);
+    let slots = vq.raw_chain(descs).unwrap();
+    kick(vq);
+    let used = vq
+        .wait_used(T)
+        .unwrap_or_else(|e| panic!("head {} never came back on queue {qi}: {e}", slots[0]));
+    vq.release_descs(&slots);
+    assert_eq!(used.head, slots[0], "another head came back: {used:?}");
+    (slots[0], used)
+}
+
+/// Waits until the daemon's log has a line containing every one of `needles`.
+fn assert_logged(r: &Rig, needles: &[&str]) {
+    let found = poll_until(T, || {
+        r.daemon
+            .log_contents()
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    });
+    assert!(
+        found,
+        "no log line with {needles:?}:\n{}",
+        r.daemon.log_contents()
+    );
+}
+
+/// Sends a good frame and checks it is the first to reach the tap: what
+/// was sent before it was dropped.
+fn assert_nothing_leaked(r: &Rig, net: &mut NetClient) {
+    let tag = unique_tag("after");
+    net.send(0, &VirtioNetHdr::plain(), &to_host(&tag, 100))
+        .unwrap();
+    let before = tap_frames_before(&r.pkt, &tag);
+    assert!(
+        before.is_empty(),
+        "{} frame(s) reached the tap: {:?}",
+        before.len(),
+        before.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------- TX ----
+
+/// A header and a 100-byte frame in guest memory: (address, length).
+fn good_tx(mem: &GuestMem) -> (GuestAddress, u32) {
+    let bytes = chain_bytes(&VirtioNetHdr::plain(), &to_host(&unique_tag("leak"), 100));
+    let at = mem.alloc(bytes.len() as u64, 64).unwrap();
+    mem.write(at, &bytes).unwrap();
+    (at, bytes.len() as u32)
+}
+
+/// The two descriptors of [`good_tx`]: header, frame (linked 0 -> 1).
+fn good_tx_descs(mem: &GuestMem) -> Vec<RawDesc> {
+    let (at, len) = good_tx(mem);
+    vec![
+        desc(at.raw_value(), 12, N, 1),
+        desc(at.raw_value() + 12, len - 12, 0, 0),
+    ]
+}
+
+/// Runs the chain `build` makes on the TX queue of a fresh daemon and
+/// checks the contract: back with len 0, logged, nothing on the tap, and
+/// the daemon still serves.
+fn tx_case_with(opts: &NetOptions, build: impl FnOnce(&GuestMem) -> Vec<RawDesc>) {
+    let mut r = rig(&[]);
+    let mut net = r.connect(opts);
+    net.tx_flush(0, T).unwrap();
+    let mem = net.device().mem().clone();
+    let descs = build(&mem);
+    let (head, used) = run_raw(&mut net, TXQ, &descs);
+    assert_eq!(used.len, 0, "{used:?}");
+    assert_logged(&r, &["TX frame dropped", &format!("head {head}:")]);
+    assert_nothing_leaked(&r, &mut net);
+    r.assert_serves(&mut net, 0);
+}
+
+fn tx_case(build: impl FnOnce(&GuestMem) -> Vec<RawDesc>) {
+    tx_case_with(&NetOptions::default(), build)
+}
+
+fn tx_edited(edit: impl FnOnce(&mut Vec<RawDesc>)) {
+    tx_case(|mem| {
+        let mut d = good_tx_descs(mem);
+        edit(&mut d);
+        d
+    })
+}
+
+#[test]
+fn tx_descriptor_loop() {
+    tx_edited(|d| {
+        d[1].flags |= N;
+        d[1].next = 0;
+    });
+}
+
+#[test]
+fn tx_next_out_of_range() {
+    tx_edited(|d| {
+        d[1].flags |= N;
+        d[1].next = 256 + 7;
+    });
+}
+
+#[test]
+fn tx_chain_longer_than_the_queue() {
+    // All 256 descriptors, one byte each, the last leading back to the second.
+    tx_case(|mem| {
+        let (at, _) = good_tx(mem);
+        let mut d: Vec<RawDesc> = (0..256u16)
+            .map(|i| desc(at.raw_value() + u64::from(i % 100), 1, N, i + 1))
+            .collect();
+        d[255].next = 1;
+        d
+    });
+}
+
+#[test]
+fn tx_indirect_table_nested() {
+    tx_case(|mem| {
+        let d = good_tx_descs(mem);
+        let (inner, inner_len) = table(mem, &[desc(d[1].addr, d[1].len, 0, 0)]);
+        let (outer, outer_len) = table(mem, &[d[0], indirect(inner, inner_len)]);
+        vec![indirect(outer, outer_len)]
+    });
+}
+
+#[test]
+fn tx_indirect_table_empty() {
+    tx_case(|mem| {
+        let (t, _) = table(mem, &good_tx_descs(mem));
+        vec![indirect(t, 0)]
+    });
+}
+
+#[test]
+fn tx_indirect_table_huge() {
+    tx_case(|mem| {
+        let (t, _) = table(mem, &good_tx_descs(mem));
+        vec![indirect(t, 0xffff_fff0)]
+    });
+}
+
+#[test]
+fn tx_indirect_table_length_not_a_multiple_of_16() {
+    tx_case(|mem| {
+        let (t, len) = table(mem, &good_tx_descs(mem));
+        vec![indirect(t, len + 8)]
+    });
+}
+
+#[test]
+fn tx_indirect_table_outside_guest_memory() {
+    tx_case(|mem| vec![indirect(GuestAddress(mem.size() + (1 << 20)), 32)]);
+}
+
+#[test]
+fn tx_frame_address_outside_guest_memory() {
+    tx_edited(|d| d[1].addr = 1 << 40);
+}
+
+#[test]
+fn tx_frame_spanning_past_the_end_of_memory() {
+    tx_case(|mem| {
+        let d = good_tx_descs(mem);
+        let tail = mem.size() - 64;
+        vec![d[0], desc(tail, 128, 0, 0)]
+    });
+}
+
+#[test]
+fn tx_zero_length_chain() {
+    tx_case(|mem| vec![desc(good_tx(mem).0.raw_value(), 0, 0, 0)]);
+}
+
+#[test]
+fn tx_huge_length() {
+    tx_edited(|d| d[1].len = 0xffff_fe00);
+}
+
+#[test]
+fn tx_u32_overflow_of_the_chain_total() {
+    // 4 GiB - 4 KiB and 8 KiB, both inside a 6 GiB guest memory.
+    let mut opts = NetOptions::default();
+    opts.device.mem_size = 6 << 30;
+    tx_case_with(&opts, |mem| {
+        let d = good_tx_descs(mem);
+        vec![
+            desc(d[0].addr, 12, N, 1),
+            desc(1 << 30, 0xffff_f000, N, 2),
+            desc(5 << 30, 0x2000, 0, 0),
+        ]
+    });
+}
+
+#[test]
+fn tx_writable_descriptor() {
+    tx_edited(|d| d[1].flags |= W);
+}
+
+#[test]
+fn tx_head_only_chain() {
+    // The header alone: no frame.
+    tx_edited(|d| {
+        d.truncate(1);
+        d[0].flags = 0;
+    });
+}
+
+#[test]
+fn tx_zero_length_piece_is_harmless() {
+    // Not malformed: an empty descriptor between header and frame.
+    let mut r = rig(&[]);
+    let mut net = r.client();
+    net.tx_flush(0, T).unwrap();
+    let mem = net.device().mem().clone();
+    let tag = unique_tag("pieces");
+    let frame = to_host(&tag, 100);
+    let bytes = chain_bytes(&VirtioNetHdr::plain(), &frame);
+    let at = mem.alloc(bytes.len() as u64, 64).unwrap();
+    mem.write(at, &bytes).unwrap();
+    let a = at.raw_value();
+    let d = [
+        desc(a, 12, N, 1),
+        desc(a + 12, 0, N, 2),
+        desc(a + 12, frame.len() as u32, 0, 0),
+    ];
+    run_raw(&mut net, TXQ, &d);
+    assert!(tap_expect(&r.pkt, &tag) == frame);
+    r.assert_serves(&mut net, 0);
+}
+
+#[test]
+fn tx_avail_idx_jumping_past_the_queue_size() {
+    let mut r = rig(&[]);
+    let mut net = r.client();
+    r.assert_serves(&mut net, 0);
+    net.tx_flush(0, T).unwrap();
+    let vq = net.device().queue(TXQ);
+    let before = vq.used_idx().unwrap();
+    let bogus = vq.published_avail_idx().wrapping_add(vq.size() + 1);
+    vq.raw_set_avail_idx(bogus);
+    kick(vq);
+    assert_logged(&r, &["queue 1", "avail.idx"]);
+    assert_eq!(net.device().queue(TXQ).used_idx().unwrap(), before);
+    // RX of the same connection still works; a new connection does both.
+    assert_rx(&mut net, &r.pkt, 0, &unique_tag("rx-still"));
+    r.assert_alive();
+    drop(net);
+    let mut net = r.client();
+    r.assert_serves(&mut net, 0);
+}
+
+// ------------------------------------------------------- TX frames ----
+
+/// Sends `bytes` as one TX chain and checks nothing reaches the tap and
+/// the drop is logged.
+fn frame_case_with(opts: &NetOptions, bytes: &[u8], why: &str) {
+    let mut r = rig(&[]);
+    let mut net = r.connect(opts);
+    net.send_raw(0, bytes).unwrap();
+    assert_nothing_leaked(&r, &mut net);
+    assert_logged(&r, &["TX frame dropped", why]);
+    r.assert_serves(&mut net, 0);
+}
+
+fn frame_case(m: Malformed, why: &str) {
+    frame_case_with(&NetOptions::default(), &m.chain_bytes(), why)
+}
+
+#[test]
+fn frame_shorter_than_the_net_header() {
+    frame_case(Malformed::ShorterThanNetHdr, "shorter than");
+}
+
+#[test]
+fn frame_shorter_than_an_ethernet_header() {
+    frame_case(Malformed::ShorterThanEthHdr, "shorter than");
+}
+
+#[test]
+fn frame_larger_than_64_kib() {
+    frame_case(Malformed::Oversize(70_000), "larger than 64 KiB");
+}
+
+#[test]
+fn frame_with_an_unknown_gso_type() {
+    frame_case(Malformed::BadGsoType, "gso_type");
+}
+
+#[test]
+fn frame_with_csum_start_beyond_the_frame() {
+    frame_case(Malformed::CsumStartBeyondFrame, "csum_start");
+}
+
+#[test]
+fn frame_with_csum_offset_beyond_the_frame() {
+    frame_case(Malformed::CsumOffsetBeyondFrame, "csum_start");
+}
+
+fn tso_frame(mss: u16) -> (VirtioNetHdr, Vec<u8>) {
+    let payload = vu_driver::net::frame::pattern(3000, 3);
+    tcp_frame(
+        GUEST_MAC,
+        HOST_MAC,
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        &payload,
+        mss,
+    )
+}
+
+#[test]
+fn gso_frame_with_gso_size_0() {
+    let (mut hdr, frame) = tso_frame(1448);
+    hdr.gso_size = 0;
+    frame_case_with(
+        &NetOptions::default(),
+        &chain_bytes(&hdr, &frame),
+        "gso_size 0",
+    );
+}
+
+#[test]
+fn gso_udp_frame_is_not_offered() {
+    let (mut hdr, frame) = tso_frame(1448);
+    hdr.gso_type = 3; // VIRTIO_NET_HDR_GSO_UDP
+    frame_case_with(
+        &NetOptions::default(),
+        &chain_bytes(&hdr, &frame),
+        "gso_type 0x3",
+    );
+}
+
+#[test]
+fn needs_csum_without_csum_negotiated() {
+    let opts = NetOptions {
+        feature_mask: NET_DRIVER_FEATURES & !(1 << VIRTIO_NET_F_CSUM),
+        ..NetOptions::default()
+    };
+    let (hdr, frame) = tso_frame(0);
+    frame_case_with(&opts, &chain_bytes(&hdr, &frame), "csum_start");
+}
+
+// ---------------------------------------------------------------- RX ----
+
+/// A driver whose RX ring is still empty, so raw chains come first.
+fn unfilled(r: &Rig) -> NetClient {
+    NetClient::connect_unfilled(r.socket(), &NetOptions::default()).unwrap()
+}
+
+/// A device-writable buffer of `len` bytes preset to [`FILL`].
+fn rx_buf(mem: &GuestMem, len: u32) -> (GuestAddress, usize) {
+    let at = mem.alloc(u64::from(len.max(1)), 64).unwrap();
+    mem.write(at, &vec![FILL; len as usize]).unwrap();
+    (at, len as usize)
+}
+
+/// Runs the chain `build` makes (and the buffers it must leave alone) on an
+/// empty RX ring: back with len 0, untouched; then the ring is filled and
+/// frames cross.
+fn rx_case(build: impl FnOnce(&GuestMem) -> (Vec<RawDesc>, Vec<(GuestAddress, usize)>)) {
+    let mut r = rig(&[]);
+    let mut net = unfilled(&r);
+    let mem = net.device().mem().clone();
+    let (descs, untouched) = build(&mem);
+    let (head, used) = run_raw(&mut net, RXQ, &descs);
+    assert_eq!(used.len, 0, "RX chain {head}: {used:?}");
+    for (at, len) in untouched {
+        let data = mem.read_vec(at, len).unwrap();
+        let bad = data.iter().position(|&b| b != FILL);
+        assert_eq!(bad, None, "buffer at {:#x} written", at.raw_value());
+    }
+    assert_logged(&r, &["queue 0", "RX chain(s) returned unused"]);
+    r.assert_alive();
+    net.rx_fill(0).unwrap();
+    r.assert_serves(&mut net, 0);
+}
+
+/// Two 1 KiB writable buffers linked 0 -> 1, edited by `edit`.
+fn rx_edited(edit: impl FnOnce(&mut Vec<RawDesc>)) {
+    rx_case(|mem| {
+        let a = rx_buf(mem, 1024);
+        let b = rx_buf(mem, 1024);
+        let mut d = vec![
+            desc(a.0.raw_value(), 1024, W | N, 1),
+            desc(b.0.raw_value(), 1024, W, 0),
+        ];
+        edit(&mut d);
+        (d, vec![a, b])
+    });
+}
+
+#[test]
+fn rx_readable_descriptor() {
+    rx_edited(|d| d[1].flags &= !W);
+}
+
+#[test]
+fn rx_readable_only_chain() {
+    rx_edited(|d| {
+        d.truncate(1);
+        d[0].flags = 0;
+    });
+}
+
+#[test]
+fn rx_descriptor_loop() {
+    rx_edited(|d| {
+        d[1].flags |= N;
+        d[1].next = 0;
+    });
+}
+
+#[test]
+fn rx_next_out_of_range() {
+    rx_edited(|d| {
+        d[1].flags |= N;
+        d[1].next = 256 + 7;
+    });
+}
+
+#[test]
+fn rx_chain_longer_than_the_queue() {
+    rx_case(|mem| {
+        let buf = rx_buf(mem, 256 * 8);
+        let mut d: Vec<RawDesc> = (0..256u16)
+            .map(|i| desc(buf.0.raw_value() + 8 * u64::from(i), 8, W | N, i + 1))
+            .collect();
+        d[255].next = 1;
+        (d, vec![buf])
+    });
+}
+
+/// Two writable buffers in an indirect table; `main` makes the main-table
+/// descriptor from the table's address and length.
+fn rx_indirect(main: impl FnOnce(&GuestMem, GuestAddress, u32) -> Vec<RawDesc>) {
+    rx_case(|mem| {
+        let a = rx_buf(mem, 1024);
+        let b = rx_buf(mem, 1024);
+        let (t, len) = table(
+            mem,
+            &[
+                desc(a.0.raw_value(), 1024, W | N, 1),
+                desc(b.0.raw_value(), 1024, W, 0),
+            ],
+        );
+        (main(mem, t, len), vec![a, b])
+    });
+}
+
+#[test]
+fn rx_indirect_table_nested() {
+    rx_case(|mem| {
+        let a = rx_buf(mem, 1024);
+        let b = rx_buf(mem, 1024);
+        let (inner, inner_len) = table(mem, &[desc(b.0.raw_value(), 1024, W, 0)]);
+        let (outer, outer_len) = table(
+            mem,
+            &[
+                desc(a.0.raw_value(), 1024, W | N, 1),
+                indirect(inner, inner_len),
+            ],
+        );
+        (vec![indirect(outer, outer_len)], vec![a, b])
+    });
+}
+
+#[test]
+fn rx_indirect_table_empty() {
+    rx_indirect(|_, t, _| vec![indirect(t, 0)]);
+}
+
+#[test]
+fn rx_indirect_table_huge() {
+    rx_indirect(|_, t, _| vec![indirect(t, 0xffff_fff0)]);
+}
+
+#[test]
+fn rx_indirect_table_length_not_a_multiple_of_16() {
+    rx_indirect(|_, t, len| vec![indirect(t, len + 8)]);
+}
+
+#[test]
+fn rx_indirect_table_outside_guest_memory() {
+    rx_indirect(|mem, _, len| vec![indirect(GuestAddress(mem.size() + (1 << 20)), len)]);
+}
+
+#[test]
+fn rx_buffer_outside_guest_memory() {
+    rx_edited(|d| d[1].addr = 1 << 40);
+}
+
+#[test]
+fn rx_buffer_spanning_past_the_end_of_memory() {
+    rx_case(|mem| {
+        let tail = GuestAddress(mem.size() - 256);
+        mem.write(tail, &[FILL; 256]).unwrap();
+        (vec![desc(tail.raw_value(), 1024, W, 0)], vec![(tail, 256)])
+    });
+}
+
+#[test]
+fn rx_zero_length_buffer() {
+    rx_edited(|d| {
+        d.truncate(1);
+        d[0].flags = W;
+        d[0].len = 0;
+    });
+}
+
+#[test]
+fn rx_buffer_shorter_than_the_net_header() {
+    rx_edited(|d| {
+        d.truncate(1);
+        d[0].flags = W;
+        d[0].len = 6;
+    });
+}
+
+#[test]
+fn rx_huge_length() {
+    rx_edited(|d| d[1].len = 0xffff_fe00);
+}
+
+#[test]
+fn rx_u32_overflow_of_the_chain_total() {
+    // Writable buffers of 4 GiB - 4 KiB and 8 KiB in a 6 GiB memory. A
+    // frame fits in the first; the device either refuses the chain or uses
+    // it, reporting no more than it wrote.
+    let mut r = rig(&[]);
+    let mut opts = NetOptions::default();
+    opts.device.mem_size = 6 << 30;
+    let mut net = NetClient::connect_unfilled(r.socket(), &opts).unwrap();
+    let mem = net.device().mem().clone();
+    let (big, small) = (GuestAddress(1 << 30), GuestAddress(5 << 30));
+    mem.write(big, &[FILL; 4096]).unwrap();
+    let d = [
+        desc(big.raw_value(), 0xffff_f000, W | N, 1),
+        desc(small.raw_value(), 0x2000, W, 0),
+    ];
+    let vq = net.device().queue(RXQ);
+    let slots = vq.raw_chain(&d).unwrap();
+    kick(vq);
+    let tag = unique_tag("overflow");
+    let frame = to_guest(&tag, 100);
+    r.inject(&frame);
+    let vq = net.device().queue(RXQ);
+    let used = vq.wait_used(T).unwrap();
+    vq.release_descs(&slots);
+    assert_eq!(used.head, slots[0]);
+    if used.len != 0 {
+        assert_eq!(used.len as usize, 12 + frame.len(), "{used:?}");
+        let got = mem.read_vec(big, 12 + frame.len()).unwrap();
+        assert!(got[12..] == frame[..], "frame written wrongly");
+    }
+    r.assert_alive();
+    net.rx_fill(0).unwrap();
+    r.assert_serves(&mut net, 0);
+}
+
+#[test]
+fn rx_avail_idx_jumping_past_the_queue_size() {
+    let mut r = rig(&[]);
+    let mut net = unfilled(&r);
+    let vq = net.device().queue(RXQ);
+    let bogus = vq.published_avail_idx().wrapping_add(vq.size() + 1);
+    vq.raw_set_avail_idx(bogus);
+    kick(vq);
+    // A frame arrives for the broken ring; nothing is written to it.
+    r.inject(&to_guest(&unique_tag("lost"), 100));
+    assert_tx(&mut net, &r.pkt, 0, &unique_tag("tx-still"));
+    assert_eq!(net.device().queue(RXQ).used_idx().unwrap(), 0);
+    r.assert_alive();
+    drop(net);
+    let mut net = r.client();
+    r.assert_serves(&mut net, 0);
+}
+
+// ------------------------------------------------------------ ctrl ----
+
+/// A control chain: a readable buffer with `cmd`, then `ack` (a writable
+/// one-byte buffer preset to [`FILL`], or none). Returns the descriptors
+/// and the ack byte's address.
+fn ctrl_chain(mem: &GuestMem, cmd: &[u8], ack_flags: Option<u16>) -> (Vec<RawDesc>, GuestAddress) {
+    let at = mem.alloc(cmd.len().max(1) as u64 + 64, 64).unwrap();
+    mem.write(at, cmd).unwrap();
+    let ack = at.unchecked_add(cmd.len() as u64 + 8);
+    mem.write(ack, &[FILL]).unwrap();
+    let mut d = vec![desc(at.raw_value(), cmd.len() as u32, 0, 0)];
+    if let Some(flags) = ack_flags {
+        d[0].flags = N;
+        d[0].next = 1;
+        d.push(desc(ack.raw_value(), 1, flags, 0));
+    }
+    (d, ack)
+}
+
+/// Runs a raw control chain: it must come back unanswered (len 0, ack
+/// byte untouched); then a good command still works.
+fn ctrl_dropped(build: impl FnOnce(&GuestMem) -> (Vec<RawDesc>, GuestAddress)) {
+    let mut r = rig(&[]);
+    let mut net = r.client();
+    let mem = net.device().mem().clone();
+    let (d, ack) = build(&mem);
+    let (_, used) = run_raw(&mut net, CTRLQ, &d);
+    assert_eq!(used.len, 0, "{used:?}");
+    assert_eq!(mem.read_vec(ack, 1).unwrap(), [FILL], "ack byte written");
+    assert_logged(&r, &["control command dropped"]);
+    assert_good_command(&mut r, &mut net);
+}
+
+/// PROMISC off with a unicast table: the table's address passes, another does not.
+fn assert_good_command(r: &mut Rig, net: &mut NetClient) {
+    let extra = [0x02, 0, 0, 0, 0, 0x77];
+    let mut table = 1u32.to_le_bytes().to_vec();
+    table.extend_from_slice(&extra);
+    table.extend_from_slice(&0u32.to_le_bytes());
+    let ack = net
+        .ctrl_command(
+            VIRTIO_NET_CTRL_MAC as u8,
+            VIRTIO_NET_CTRL_MAC_TABLE_SET as u8,
+            &table,
+        )
+        .unwrap();
+    assert_eq!(ack, VIRTIO_NET_OK as u8, "good MAC table refused");
+    assert_eq!(net.ctrl_rx_promisc(false).unwrap(), VIRTIO_NET_OK as u8);
+    r.inject(&tagged(
+        HOST_MAC,
+        [2, 0, 0, 0, 0, 0x99],
+        &unique_tag("no"),
+        100,
+    ));
+    let tag = unique_tag("extra");
+    r.inject(&tagged(HOST_MAC, extra, &tag, 100));
+    let before = driver_frames_before(net, 0, &tag);
+    assert!(before.is_empty(), "filtered frame arrived: {before:?}");
+    r.assert_serves(net, 0);
+}
+
+/// Sends a command whose data is `data`: it must get an error ack; then a
+/// good command still works.
+fn ctrl_refused(class: u32, cmd: u32, data: &[u8]) {
+    let mut r = rig(&[]);
+    let mut net = r.client();
+    let ack = net.ctrl_command(class as u8, cmd as u8, data).unwrap();
+    assert_eq!(ack, VIRTIO_NET_ERR as u8, "class {class} command {cmd}");
+    assert_good_command(&mut r, &mut net);
+}
+
+fn mac_set() -> (u32, u32) {
+    (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET)
+}
+
+#[test]
+fn ctrl_without_an_ack_byte() {
+    ctrl_dropped(|mem| ctrl_chain(mem, &[VIRTIO_NET_CTRL_RX as u8, 0, 0], None));
+}
+
+#[test]
+fn ctrl_with_a_read_only_ack_byte() {
+    ctrl_dropped(|mem| ctrl_chain(mem, &[VIRTIO_NET_CTRL_RX as u8, 0, 0], Some(0)));
+}
+
+#[test]
+fn ctrl_with_one_header_byte() {
+    ctrl_dropped(|mem| ctrl_chain(mem, &[VIRTIO_NET_CTRL_RX as u8], Some(W)));
+}
+
+#[test]
+fn ctrl_with_a_huge_body() {
+    ctrl_dropped(|mem| {
+        let mut cmd = vec![
+            VIRTIO_NET_CTRL_MAC as u8,
+            VIRTIO_NET_CTRL_MAC_TABLE_SET as u8,
+        ];
+        cmd.resize(2 + 10_000, 0);
+        ctrl_chain(mem, &cmd, Some(W))
+    });
+}
+
+#[test]
+fn ctrl_descriptor_loop() {
+    ctrl_dropped(|mem| {
+        let (mut d, ack) = ctrl_chain(mem, &[VIRTIO_NET_CTRL_RX as u8, 0, 0], Some(W));
+        d[1].flags |= N;
+        d[1].next = 0;
+        (d, ack)
+    });
+}
+
+#[test]
+fn ctrl_truncated_mac_table() {
+    let (class, cmd) = mac_set();
+    let mut t = 2u32.to_le_bytes().to_vec();
+    t.extend_from_slice(&[2, 0, 0, 0, 0, 7]);
+    ctrl_refused(class, cmd, &t);
+}
+
+#[test]
+fn ctrl_mac_table_with_a_huge_count() {
+    let (class, cmd) = mac_set();
+    let mut t = u32::MAX.to_le_bytes().to_vec();
+    t.extend_from_slice(&[2, 0, 0, 0, 0, 7]);
+    ctrl_refused(class, cmd, &t);
+}
+
+#[test]
+fn ctrl_mac_table_with_trailing_bytes() {
+    let (class, cmd) = mac_set();
+    let mut t = 0u32.to_le_bytes().to_vec();
+    t.extend_from_slice(&0u32.to_le_bytes());
+    t.push(0);
+    ctrl_refused(class, cmd, &t);
+}
+
+#[test]
+fn ctrl_promisc_with_two_data_bytes() {
+    ctrl_refused(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[0, 0]);
+}
+
+#[test]
+fn ctrl_unknown_class() {
+    ctrl_refused(99, 0, &[]);
+}
+
+#[test]
+fn ctrl_pairs_set_without_mq() {
+    // One pair: MQ was not offered, so VQ_PAIRS_SET is refused.
+    ctrl_refused(
+        VIRTIO_NET_CTRL_MQ,
+        VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+        &1u16.to_le_bytes(),
+    );
+}
