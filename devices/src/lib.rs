@@ -1,4 +1,26 @@
-//! `devices`: the device models the VMM hosts (issue #6, not built yet):
-//! the PCI host bridge, the virtio-pci transport, and one generic vhost-user
-//! frontend that blk, fs and net configure with their device id, queue count
-//! and config defaults.
+//! `devices`: the device models the VMM hosts (issue #6).
+//!
+//! - [`pci`]: a PCI bus 0 behind a host bridge. Type-0 configuration space
+//!   with write masks and the BAR sizing protocol ([`pci::PciConfig`]),
+//!   port-I/O (CF8/CFC) and MMCONFIG (ECAM) decoding, routing of BAR MMIO and
+//!   port accesses to the device that owns the address ([`pci::PciBus`]), a
+//!   BAR allocator over a 32-bit and a 64-bit window
+//!   ([`pci::BarAllocator`]), and MSI-X (table, PBA, masking) with delivery
+//!   behind the [`pci::MsiSink`] trait, which the VMM implements with KVM GSI
+//!   routes and irqfds.
+//! - [`virtio_pci`]: the virtio 1.x modern PCI transport
+//!   ([`virtio_pci::VirtioPciDevice`]): the vendor capabilities, the common
+//!   configuration register file, ISR, notify and device configuration
+//!   regions in one 64-bit memory BAR. It drives a [`virtio_pci::VirtioDevice`]
+//!   (the generic vhost-user frontend, later) and exposes each queue's notify
+//!   address so the VMM can register an ioeventfd per queue.
+//!
+//! Nothing here touches KVM or a socket: the VMM wires interrupts through
+//! [`pci::MsiSink`] and kicks through ioeventfds at
+//! [`virtio_pci::VirtioPciDevice::queue_notify_address`]. Every guest access
+//! is handled without panicking, whatever its offset, size or value.
+
+mod ratelimit;
+
+pub mod pci;
+pub mod virtio_pci;

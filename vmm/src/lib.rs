@@ -1,6 +1,37 @@
-//! `vmm`: the thin KVM core (issue #6, not built yet).
+//! `vmm`: the thin KVM core (issue #6).
 //!
-//! It will own KVM, guest memory shared from a `/dev/shm` file, Linux boot,
-//! vCPUs, the serial console, PCI + virtio-pci with MSI-X, and the control
-//! API. It holds no virtio device emulation: every device is a vhost-user
-//! frontend from `devices` talking to a backend process.
+//! It owns KVM, guest memory shared from a `/dev/shm` file, boot (PVH or
+//! the 64-bit Linux protocol through `linux-loader`), vCPUs, the legacy
+//! devices (COM1, i8042, ACPI PM) and ACPI tables. PCI + virtio-pci with
+//! MSI-X (the `devices` crate) plug into [`bus::Bus`]; there is no virtio
+//! device emulation here: every device is a vhost-user frontend.
+//!
+//! - [`cli`]: the command line; [`vm`]: the VM and its main loop;
+//!   [`vcpu`]: vCPU threads and exit dispatch; [`cpu`]: vCPU boot state.
+//! - [`memory`]: guest RAM in a shared file; [`layout`]: the address map
+//!   and e820; [`acpi`]: the tables; [`boot`]: kernel, initramfs, cmdline.
+//! - [`bus`]: port-I/O and MMIO dispatch; [`legacy`]: COM1, i8042, ACPI PM,
+//!   debug ports.
+
+pub mod acpi;
+pub mod boot;
+pub mod bus;
+pub mod cli;
+pub mod cpu;
+pub mod layout;
+pub mod legacy;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+/// `error`, then each source, joined with ": " on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        source = e.source();
+    }
+    line
+}

@@ -1,0 +1,163 @@
+//! A freestanding test guest for our VMM, booted by the PVH protocol.
+//!
+//! At entry (`boot.s`, 32-bit) it writes 0x01 to port 0x80, builds
+//! identity page tables for the low 4 GiB and enters long mode. Then it:
+//! writes a line to the debug port 0x402; prints `hello from the test guest`
+//! on COM1; reports its APIC id; finds the ACPI tables through the PVH start
+//! info (RSDP -> XSDT -> FADT, MADT); starts every other CPU of the MADT with
+//! INIT-SIPI-SIPI through the LAPIC (real-mode trampoline at 0x10000), each of
+//! which prints that it reported in; and powers off by writing SLP_TYP=5 |
+//! SLP_EN to the FADT's PM1a control port (the i8042 reset is the fallback).
+//! No SSE, XSAVE or INT3: KVM on our machines is an instruction emulator.
+
+#![no_std]
+#![no_main]
+
+mod acpi;
+mod io;
+
+use core::panic::PanicInfo;
+use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use io::{debug, out16, out8, serial, serial_dec, serial_hex};
+
+core::arch::global_asm!(include_str!("boot.s"));
+
+/// The stack the next AP starts on (read by `boot.s`), set by the BSP
+/// before each SIPI; APs are started one at a time.
+#[no_mangle]
+static AP_STACK_TOP: AtomicU64 = AtomicU64::new(0);
+/// How many APs have reported in.
+static AP_REPORTED: AtomicU32 = AtomicU32::new(0);
+
+const MAX_CPUS: usize = 8;
+const AP_STACK_SIZE: usize = 8192;
+static mut AP_STACKS: [[u8; AP_STACK_SIZE]; MAX_CPUS] = [[0; AP_STACK_SIZE]; MAX_CPUS];
+
+/// SIPI vector: the trampoline's page (0x10000 >> 12), see `link.ld`.
+const TRAMPOLINE_VECTOR: u32 = 0x10;
+const LAPIC_BASE: usize = 0xfee0_0000;
+const LAPIC_ICR_LOW: usize = 0x300;
+const LAPIC_ICR_HIGH: usize = 0x310;
+/// SLP_TYP for S5 (the VMM's DSDT declares `_S5_` as 5) and SLP_EN.
+const PM1_SLP_S5: u16 = (5 << 10) | (1 << 13);
+
+fn apic_id() -> u32 {
+    let leaf = core::arch::x86_64::__cpuid(1);
+    leaf.ebx >> 24
+}
+
+fn lapic_write(reg: usize, value: u32) {
+    // SAFETY: the LAPIC page is identity-mapped by boot.s; ICR writes only
+    // send IPIs.
+    unsafe { write_volatile((LAPIC_BASE + reg) as *mut u32, value) }
+}
+
+fn lapic_read(reg: usize) -> u32 {
+    // SAFETY: as in lapic_write.
+    unsafe { read_volatile((LAPIC_BASE + reg) as *const u32) }
+}
+
+fn send_ipi(apic_id: u32, low: u32) {
+    lapic_write(LAPIC_ICR_HIGH, apic_id << 24);
+    lapic_write(LAPIC_ICR_LOW, low);
+    // Wait for "delivery status: idle".
+    for _ in 0..1000 {
+        if lapic_read(LAPIC_ICR_LOW) & (1 << 12) == 0 {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Starts the AP `apic_id` and waits (bounded) for it to report in.
+fn start_ap(apic_id: u32, slot: usize) -> bool {
+    let before = AP_REPORTED.load(Ordering::Acquire);
+    // SAFETY: only the address of the stack is taken; each AP gets its own slot.
+    let top = unsafe { core::ptr::addr_of_mut!(AP_STACKS[slot]) as u64 } + AP_STACK_SIZE as u64;
+    AP_STACK_TOP.store(top, Ordering::Release);
+    send_ipi(apic_id, 0x0000_4500); // INIT, assert, level
+    send_ipi(apic_id, 0x0000_4600 | TRAMPOLINE_VECTOR); // STARTUP
+    for round in 0..2_000_000u32 {
+        if AP_REPORTED.load(Ordering::Acquire) != before {
+            return true;
+        }
+        if round == 1000 {
+            send_ipi(apic_id, 0x0000_4600 | TRAMPOLINE_VECTOR); // the second STARTUP
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+#[no_mangle]
+extern "C" fn bsp_main(start_info: u64) -> ! {
+    debug(b"guest-fw: entry\n");
+    serial(b"hello from the test guest\n");
+    serial(b"cpu 0: apic id ");
+    serial_dec(apic_id() as u64);
+    serial(b", bootstrap processor\n");
+
+    let tables = acpi::find(start_info);
+    let Some(tables) = tables else {
+        serial(b"no ACPI tables; resetting through the i8042\n");
+        out8(0x64, 0xfe);
+        halt();
+    };
+    serial(b"acpi: ");
+    serial_dec(tables.cpus as u64);
+    serial(b" cpu(s), PM1a control port ");
+    serial_hex(tables.pm1a_cnt as u64);
+    serial(b"\n");
+
+    let me = apic_id();
+    let mut slot = 0;
+    for &id in tables.apic_ids[..tables.cpus].iter() {
+        if id == me || slot >= MAX_CPUS {
+            continue;
+        }
+        if !start_ap(id, slot) {
+            serial(b"cpu with apic id ");
+            serial_dec(id as u64);
+            serial(b" did not report in\n");
+        }
+        slot += 1;
+    }
+    serial(b"all ");
+    serial_dec(AP_REPORTED.load(Ordering::Acquire) as u64 + 1);
+    serial(b" cpu(s) up; powering off\n");
+
+    if tables.pm1a_cnt != 0 {
+        out16(tables.pm1a_cnt, PM1_SLP_S5);
+    }
+    serial(b"ACPI power-off did not stop the VM; resetting through the i8042\n");
+    out8(0x64, 0xfe);
+    halt();
+}
+
+#[no_mangle]
+extern "C" fn ap_main() -> ! {
+    let n = AP_REPORTED.load(Ordering::Acquire) + 1;
+    serial(b"cpu ");
+    serial_dec(n as u64);
+    serial(b": apic id ");
+    serial_dec(apic_id() as u64);
+    serial(b" reported in\n");
+    AP_REPORTED.store(n, Ordering::Release);
+    halt();
+}
+
+fn halt() -> ! {
+    loop {
+        // SAFETY: stopping this CPU with interrupts off is the intent.
+        unsafe { core::arch::asm!("cli", "hlt") };
+    }
+}
+
+#[panic_handler]
+fn panic(_: &PanicInfo) -> ! {
+    serial(b"guest-fw: panic\n");
+    out8(0x64, 0xfe);
+    halt();
+}

@@ -1,0 +1,282 @@
+//! ACPI tables: RSDP -> XSDT -> FADT (-> DSDT) and MADT, written into the
+//! reserved legacy area at [`layout::ACPI_START`]. The FADT declares the PM1
+//! blocks [`PM1A_EVT_PORT`] and [`PM1A_CNT_PORT`] that [`crate::legacy::AcpiPm`]
+//! serves (SLP_TYP 5 with SLP_EN powers off), and the reset register (port
+//! 0x64, value 0xfe: the i8042 reset). The DSDT holds `_S5_` = 5.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use crate::layout;
+
+pub const PM1A_EVT_PORT: u16 = 0x600;
+pub const PM1A_EVT_LEN: u8 = 4;
+pub const PM1A_CNT_PORT: u16 = 0x604;
+pub const PM1A_CNT_LEN: u8 = 2;
+/// The SLP_TYP of S5 in the DSDT's `_S5_` package.
+pub const S5_SLP_TYP: u16 = 5;
+pub const SCI_IRQ: u16 = 9;
+
+const OEM_ID: &[u8; 6] = b"VUVMM ";
+const OEM_TABLE_ID: &[u8; 8] = b"VUVMMTBL";
+
+/// Errors of [`write_tables`].
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("writing ACPI tables at {addr:#x}")]
+    Write {
+        addr: u64,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("ACPI tables ({0} bytes) overflow the legacy area")]
+    TooLarge(usize),
+}
+
+/// A system description table under construction.
+struct Sdt(Vec<u8>);
+
+impl Sdt {
+    fn new(signature: &[u8; 4], revision: u8) -> Self {
+        let mut b = Vec::with_capacity(256);
+        b.extend_from_slice(signature);
+        b.extend_from_slice(&[0; 4]); // length
+        b.push(revision);
+        b.push(0); // checksum
+        b.extend_from_slice(OEM_ID);
+        b.extend_from_slice(OEM_TABLE_ID);
+        b.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
+        b.extend_from_slice(b"VUVM"); // creator id
+        b.extend_from_slice(&1u32.to_le_bytes()); // creator revision
+        Sdt(b)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    fn set(&mut self, offset: usize, bytes: &[u8]) {
+        self.0[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.0.len() as u32;
+        self.set(4, &len.to_le_bytes());
+        self.0[9] = checksum(&self.0);
+        self.0
+    }
+}
+
+/// The byte that makes `bytes` sum to zero (with a zero checksum field).
+pub fn checksum(bytes: &[u8]) -> u8 {
+    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b)))
+}
+
+/// A Generic Address Structure for an I/O port.
+fn gas_io(port: u16, bit_width: u8) -> [u8; 12] {
+    let mut g = [0u8; 12];
+    g[0] = 1; // system I/O
+    g[1] = bit_width;
+    g[3] = match bit_width {
+        8 => 1,
+        16 => 2,
+        32 => 3,
+        _ => 4,
+    };
+    g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
+    g
+}
+
+fn dsdt() -> Vec<u8> {
+    let mut t = Sdt::new(b"DSDT", 2);
+    // Name (_S5_, Package (2) { 5, 5 })
+    t.put(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a]);
+    t.put(&[S5_SLP_TYP as u8, 0x0a, S5_SLP_TYP as u8]);
+    t.finish()
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut t = Sdt::new(b"FACP", 6);
+    t.put(&[0; 276 - 36]);
+    t.set(40, &(dsdt_addr as u32).to_le_bytes());
+    t.set(46, &SCI_IRQ.to_le_bytes());
+    // SMI_CMD = 0: the platform is always in ACPI mode (SCI_EN reads 1).
+    t.set(56, &u32::from(PM1A_EVT_PORT).to_le_bytes());
+    t.set(64, &u32::from(PM1A_CNT_PORT).to_le_bytes());
+    t.set(88, &[PM1A_EVT_LEN, PM1A_CNT_LEN]);
+    // IAPC_BOOT_ARCH stays 0: the guest probes legacy devices itself.
+    // Flags: WBINVD (0), PWR_BUTTON (4) and SLP_BUTTON (5) as control
+    // methods (none), RESET_REG_SUP (10).
+    let flags: u32 = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 10);
+    t.set(112, &flags.to_le_bytes());
+    t.set(116, &gas_io(0x64, 8));
+    t.set(128, &[0xfe]);
+    t.set(131, &[5]); // FADT minor version
+    t.set(140, &dsdt_addr.to_le_bytes());
+    t.set(148, &gas_io(PM1A_EVT_PORT, 8 * PM1A_EVT_LEN));
+    t.set(172, &gas_io(PM1A_CNT_PORT, 8 * PM1A_CNT_LEN));
+    t.set(268, b"VUVMMKVM");
+    t.finish()
+}
+
+fn madt(cpus: u8) -> Vec<u8> {
+    let mut t = Sdt::new(b"APIC", 4);
+    t.put(&(layout::APIC_START as u32).to_le_bytes());
+    t.put(&1u32.to_le_bytes()); // PCAT_COMPAT: dual 8259s are present
+    for id in 0..cpus {
+        // Processor Local APIC: uid, APIC id, enabled.
+        t.put(&[0, 8, id, id]).put(&1u32.to_le_bytes());
+    }
+    // I/O APIC: id, address, GSI base.
+    t.put(&[1, 12, cpus, 0])
+        .put(&(layout::IOAPIC_START as u32).to_le_bytes())
+        .put(&0u32.to_le_bytes());
+    // Interrupt source override: ISA IRQ 0 -> GSI 2.
+    t.put(&[2, 10, 0, 0])
+        .put(&2u32.to_le_bytes())
+        .put(&0u16.to_le_bytes());
+    // SCI: level, active high.
+    t.put(&[2, 10, 0, SCI_IRQ as u8])
+        .put(&u32::from(SCI_IRQ).to_le_bytes())
+        .put(&0x000du16.to_le_bytes());
+    // LAPIC NMI on LINT1 of every CPU.
+    t.put(&[4, 6, 0xff]).put(&0u16.to_le_bytes()).put(&[1]);
+    t.finish()
+}
+
+fn xsdt(tables: &[u64]) -> Vec<u8> {
+    let mut t = Sdt::new(b"XSDT", 1);
+    for addr in tables {
+        t.put(&addr.to_le_bytes());
+    }
+    t.finish()
+}
+
+fn rsdp(xsdt_addr: u64) -> Vec<u8> {
+    let mut r = Vec::with_capacity(36);
+    r.extend_from_slice(b"RSD PTR ");
+    r.push(0); // checksum of the first 20 bytes
+    r.extend_from_slice(OEM_ID);
+    r.push(2); // revision
+    r.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
+    r.extend_from_slice(&36u32.to_le_bytes());
+    r.extend_from_slice(&xsdt_addr.to_le_bytes());
+    r.extend_from_slice(&[0; 4]); // extended checksum, reserved
+    r[8] = checksum(&r[..20]);
+    r[32] = checksum(&r);
+    r
+}
+
+/// Builds every table for a guest with `cpus` vCPUs, laid out from `base`
+/// (the RSDP first). Returns the bytes; the RSDP is at `base`.
+pub fn build(cpus: u8, base: GuestAddress) -> Vec<u8> {
+    fn align(v: &mut Vec<u8>) {
+        v.resize(v.len().next_multiple_of(16), 0);
+    }
+    let mut blob = vec![0u8; 64]; // RSDP slot
+    let dsdt_addr = base.0 + blob.len() as u64;
+    blob.extend(dsdt());
+    align(&mut blob);
+    let fadt_addr = base.0 + blob.len() as u64;
+    blob.extend(fadt(dsdt_addr));
+    align(&mut blob);
+    let madt_addr = base.0 + blob.len() as u64;
+    blob.extend(madt(cpus));
+    align(&mut blob);
+    let xsdt_addr = base.0 + blob.len() as u64;
+    blob.extend(xsdt(&[fadt_addr, madt_addr]));
+    blob[..36].copy_from_slice(&rsdp(xsdt_addr));
+    blob
+}
+
+/// Writes the tables into guest memory; returns the RSDP's address.
+pub fn write_tables<M: GuestMemory>(mem: &M, cpus: u8) -> Result<GuestAddress, AcpiError> {
+    let base = layout::ACPI_START;
+    let blob = build(cpus, base);
+    if base.0 + blob.len() as u64 > layout::HIGH_RAM_START.0 {
+        return Err(AcpiError::TooLarge(blob.len()));
+    }
+    mem.write_slice(&blob, base)
+        .map_err(|source| AcpiError::Write {
+            addr: base.0,
+            source,
+        })?;
+    Ok(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+    fn table(blob: &[u8], base: u64, addr: u64) -> &[u8] {
+        let off = (addr - base) as usize;
+        let len = u32_at(blob, off + 4) as usize;
+        &blob[off..off + len]
+    }
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, &x| a.wrapping_add(x))
+    }
+
+    #[test]
+    fn checksums_and_pointers() {
+        let base = 0xe0000;
+        let blob = build(2, GuestAddress(base));
+        let rsdp = &blob[..36];
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(sum(&rsdp[..20]), 0);
+        assert_eq!(sum(rsdp), 0);
+        let xsdt = table(&blob, base, u64_at(rsdp, 24));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        assert_eq!(sum(xsdt), 0);
+        let entries: Vec<u64> = (36..xsdt.len())
+            .step_by(8)
+            .map(|o| u64_at(xsdt, o))
+            .collect();
+        assert_eq!(entries.len(), 2);
+        let fadt = table(&blob, base, entries[0]);
+        assert_eq!(&fadt[..4], b"FACP");
+        assert_eq!(fadt.len(), 276);
+        assert_eq!(sum(fadt), 0);
+        assert_eq!(u32_at(fadt, 64), u32::from(PM1A_CNT_PORT));
+        assert_eq!(u64_at(fadt, 172 + 4), u64::from(PM1A_CNT_PORT));
+        let dsdt = table(&blob, base, u64_at(fadt, 140));
+        assert_eq!(&dsdt[..4], b"DSDT");
+        assert_eq!(sum(dsdt), 0);
+        assert_eq!(u32_at(fadt, 40) as u64, u64_at(fadt, 140));
+        let madt = table(&blob, base, entries[1]);
+        assert_eq!(&madt[..4], b"APIC");
+        assert_eq!(sum(madt), 0);
+    }
+
+    #[test]
+    fn madt_lists_every_cpu() {
+        for cpus in [1u8, 2, 8, 254] {
+            let blob = madt(cpus);
+            assert_eq!(sum(&blob), 0);
+            let mut off = 44;
+            let mut ids = Vec::new();
+            while off < blob.len() {
+                let (kind, len) = (blob[off], blob[off + 1] as usize);
+                if kind == 0 {
+                    assert_eq!(u32_at(&blob, off + 4) & 1, 1);
+                    ids.push(blob[off + 3]);
+                }
+                off += len;
+            }
+            assert_eq!(off, blob.len());
+            assert_eq!(ids, (0..cpus).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn fits_in_legacy_area_with_max_cpus() {
+        let blob = build(254, layout::ACPI_START);
+        assert!(layout::ACPI_START.0 + blob.len() as u64 <= layout::HIGH_RAM_START.0);
+    }
+}

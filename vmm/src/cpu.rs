@@ -1,0 +1,290 @@
+//! x86_64 vCPU state at boot: CPUID from the host (KVM_GET_SUPPORTED_CPUID)
+//! with each vCPU's APIC id, the boot MSRs, LAPIC LINT0/LINT1, the FPU, and
+//! the registers of the boot vCPU for PVH or the 64-bit Linux protocol.
+
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Kvm, VcpuFd};
+use vm_memory::{Address, Bytes, GuestMemory};
+
+use crate::boot::{BootEntry, BootProtocol};
+use crate::layout;
+
+/// Errors of vCPU configuration; each names the failing ioctl.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("KVM_GET_SUPPORTED_CPUID")]
+    GetSupportedCpuid(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_CPUID2")]
+    SetCpuid(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_MSRS")]
+    SetMsrs(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_MSRS set {set} of {total} MSRs")]
+    PartialMsrs { set: usize, total: usize },
+    #[error("building the MSR list")]
+    MsrList,
+    #[error("KVM_GET_LAPIC")]
+    GetLapic(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_LAPIC")]
+    SetLapic(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_FPU")]
+    SetFpu(#[source] kvm_ioctls::Error),
+    #[error("KVM_GET_SREGS")]
+    GetSregs(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_SREGS")]
+    SetSregs(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_REGS")]
+    SetRegs(#[source] kvm_ioctls::Error),
+    #[error("writing boot GDT or page tables")]
+    WriteTables(#[source] vm_memory::GuestMemoryError),
+}
+
+/// The host's CPUID as KVM supports it, shared by every vCPU.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, CpuError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(CpuError::GetSupportedCpuid)
+}
+
+/// `base` with vCPU `id`'s APIC id, the vCPU count and the hypervisor bit.
+pub fn cpuid_for(base: &CpuId, id: u8, cpus: u8) -> CpuId {
+    let mut cpuid = base.clone();
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(cpus) << 16) | (u32::from(id) << 24);
+                e.ecx |= 1 << 31;
+                if cpus > 1 {
+                    e.edx |= 1 << 28; // HTT: the count in EBX[23:16] is valid
+                }
+            }
+            0xb | 0x1f => e.edx = u32::from(id),
+            _ => {}
+        }
+    }
+    cpuid
+}
+
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MTRR_ENABLE: u64 = 1 << 11;
+const MTRR_MEM_TYPE_WB: u64 = 6;
+
+/// CPUID, MSRs, LAPIC and FPU of vCPU `id` (Firecracker's boot set).
+pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), CpuError> {
+    vcpu.set_cpuid2(cpuid).map_err(CpuError::SetCpuid)?;
+
+    let entries: Vec<kvm_msr_entry> = [
+        (MSR_IA32_SYSENTER_CS, 0),
+        (MSR_IA32_SYSENTER_ESP, 0),
+        (MSR_IA32_SYSENTER_EIP, 0),
+        (MSR_STAR, 0),
+        (MSR_CSTAR, 0),
+        (MSR_KERNEL_GS_BASE, 0),
+        (MSR_SYSCALL_MASK, 0),
+        (MSR_LSTAR, 0),
+        (MSR_IA32_TSC, 0),
+        (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        (MSR_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_MEM_TYPE_WB),
+    ]
+    .into_iter()
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
+    .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|_| CpuError::MsrList)?;
+    let set = vcpu.set_msrs(&msrs).map_err(CpuError::SetMsrs)?;
+    if set != entries.len() {
+        return Err(CpuError::PartialMsrs {
+            set,
+            total: entries.len(),
+        });
+    }
+
+    set_lint(vcpu)?;
+
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(CpuError::SetFpu)
+}
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+/// LINT0 as ExtINT (the PIC), LINT1 as NMI.
+fn set_lint(vcpu: &VcpuFd) -> Result<(), CpuError> {
+    let mut lapic = vcpu.get_lapic().map_err(CpuError::GetLapic)?;
+    for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+        let bytes = &mut lapic.regs[reg..reg + 4];
+        let old = u32::from_le_bytes([
+            bytes[0] as u8,
+            bytes[1] as u8,
+            bytes[2] as u8,
+            bytes[3] as u8,
+        ]);
+        let new = (old & !0x700) | (mode << 8);
+        for (b, v) in bytes.iter_mut().zip(new.to_le_bytes()) {
+            *b = v as _;
+        }
+    }
+    vcpu.set_lapic(&lapic).map_err(CpuError::SetLapic)
+}
+
+const X86_CR0_PE: u64 = 0x1;
+const X86_CR0_ET: u64 = 0x10;
+const X86_CR0_PG: u64 = 0x8000_0000;
+const X86_CR4_PAE: u64 = 0x20;
+const EFER_LME: u64 = 0x100;
+const EFER_LMA: u64 = 0x400;
+
+/// A GDT entry from flags, base and limit.
+const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
+    ((base as u64 & 0xff00_0000) << 32)
+        | ((base as u64 & 0x00ff_ffff) << 16)
+        | (limit as u64 & 0x0000_ffff)
+        | ((limit as u64 & 0x000f_0000) << 32)
+        | ((flags as u64 & 0xf0ff) << 40)
+}
+
+fn segment(entry: u64, index: u16) -> kvm_segment {
+    let flags = |shift: u32, mask: u64| ((entry >> shift) & mask) as u8;
+    kvm_segment {
+        base: ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000),
+        limit: ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32 * 4096 + 0xfff,
+        selector: index * 8,
+        type_: flags(40, 0xf),
+        present: flags(47, 1),
+        dpl: flags(45, 3),
+        db: flags(54, 1),
+        s: flags(44, 1),
+        l: flags(53, 1),
+        g: flags(55, 1),
+        avl: flags(52, 1),
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Registers of the boot vCPU for `boot`; APs wait for INIT/SIPI.
+pub fn setup_boot_vcpu<M: GuestMemory>(
+    vcpu: &VcpuFd,
+    mem: &M,
+    boot: &BootEntry,
+) -> Result<(), CpuError> {
+    let long = boot.protocol == BootProtocol::Linux64;
+    let code = if long {
+        gdt_entry(0xa09b, 0, 0xfffff)
+    } else {
+        gdt_entry(0xc09b, 0, 0xfffff)
+    };
+    let gdt = [
+        0,
+        code,
+        gdt_entry(0xc093, 0, 0xfffff),
+        gdt_entry(0x008b, 0, 0x67),
+    ];
+    for (i, e) in gdt.iter().enumerate() {
+        mem.write_obj(*e, layout::GDT_START.unchecked_add(i as u64 * 8))
+            .map_err(CpuError::WriteTables)?;
+    }
+    mem.write_obj(0u64, layout::IDT_START)
+        .map_err(CpuError::WriteTables)?;
+
+    let mut sregs = vcpu.get_sregs().map_err(CpuError::GetSregs)?;
+    sregs.gdt.base = layout::GDT_START.raw_value();
+    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
+    sregs.idt.base = layout::IDT_START.raw_value();
+    sregs.idt.limit = 7;
+    sregs.cs = segment(code, 1);
+    let data = segment(gdt[2], 2);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment(gdt[3], 3);
+    sregs.tr.limit = 0x67;
+
+    let mut regs = kvm_regs {
+        rflags: 0x2,
+        rip: boot.entry.raw_value(),
+        ..Default::default()
+    };
+    if long {
+        // Identity map of the first GiB with 2 MiB pages.
+        mem.write_obj(layout::PDPTE_START.raw_value() | 0x03, layout::PML4_START)
+            .map_err(CpuError::WriteTables)?;
+        mem.write_obj(layout::PDE_START.raw_value() | 0x03, layout::PDPTE_START)
+            .map_err(CpuError::WriteTables)?;
+        for i in 0..512u64 {
+            mem.write_obj((i << 21) | 0x83, layout::PDE_START.unchecked_add(i * 8))
+                .map_err(CpuError::WriteTables)?;
+        }
+        sregs.cr3 = layout::PML4_START.raw_value();
+        sregs.cr4 |= X86_CR4_PAE;
+        sregs.cr0 |= X86_CR0_PE | X86_CR0_PG | X86_CR0_ET;
+        sregs.efer |= EFER_LME | EFER_LMA;
+        regs.rsp = layout::BOOT_STACK_POINTER;
+        regs.rbp = layout::BOOT_STACK_POINTER;
+        regs.rsi = boot.params.raw_value();
+    } else {
+        sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        regs.rbx = boot.params.raw_value();
+    }
+    vcpu.set_sregs(&sregs).map_err(CpuError::SetSregs)?;
+    vcpu.set_regs(&regs).map_err(CpuError::SetRegs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdt_entries_decode_to_flat_segments() {
+        let code64 = segment(gdt_entry(0xa09b, 0, 0xfffff), 1);
+        assert_eq!(
+            (code64.l, code64.db, code64.type_, code64.selector),
+            (1, 0, 0xb, 8)
+        );
+        assert_eq!(code64.limit, 0xffff_ffff);
+        let code32 = segment(gdt_entry(0xc09b, 0, 0xfffff), 1);
+        assert_eq!(
+            (code32.l, code32.db, code32.g, code32.present),
+            (0, 1, 1, 1)
+        );
+        let data = segment(gdt_entry(0xc093, 0, 0xfffff), 2);
+        assert_eq!((data.type_, data.s, data.selector), (3, 1, 16));
+    }
+
+    #[test]
+    fn cpuid_carries_the_apic_id() {
+        let mut base = CpuId::new(2).unwrap();
+        base.as_mut_slice()[0].function = 1;
+        base.as_mut_slice()[0].ebx = 0xff00_0800;
+        base.as_mut_slice()[1].function = 0xb;
+        let c = cpuid_for(&base, 3, 4);
+        assert_eq!(c.as_slice()[0].ebx >> 24, 3);
+        assert_eq!((c.as_slice()[0].ebx >> 16) & 0xff, 4);
+        assert_eq!(c.as_slice()[0].ebx & 0xffff, 0x0800);
+        assert_eq!(c.as_slice()[1].edx, 3);
+    }
+}

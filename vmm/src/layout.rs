@@ -1,0 +1,176 @@
+//! The guest physical address map (x86_64) and the e820 map built from it.
+//!
+//! ```text
+//! 0x0000_0500  GDT (0x520 IDT) for the 64-bit Linux boot protocol
+//! 0x0000_6000  PVH hvm_start_info, modlist at 0x6040, memmap at 0x6100
+//! 0x0000_7000  Linux zero page (boot_params)
+//! 0x0000_8ff0  initial stack of the 64-bit boot protocol
+//! 0x0000_9000  identity page tables (PML4, PDPT, PD) of the 64-bit boot protocol
+//! 0x0002_0000  kernel command line
+//! 0x0009_fc00  EBDA .. 1 MiB: reserved; ACPI tables at 0xe_0000
+//! 0x0010_0000  kernel (high memory)
+//! RAM up to 3 GiB, then the 32-bit device hole, RAM again from 4 GiB
+//! 0xc000_0000  32-bit device MMIO (PCI BARs: the devices crate)
+//! 0xe800_0000  PCI MMCONFIG (ECAM), 256 MiB, reserved in e820
+//! 0xfec0_0000  IOAPIC; 0xfee0_0000 LAPIC
+//! ```
+
+use vm_memory::GuestAddress;
+
+pub const GDT_START: GuestAddress = GuestAddress(0x500);
+pub const IDT_START: GuestAddress = GuestAddress(0x520);
+pub const PVH_INFO_START: GuestAddress = GuestAddress(0x6000);
+pub const PVH_MODLIST_START: GuestAddress = GuestAddress(0x6040);
+pub const PVH_MEMMAP_START: GuestAddress = GuestAddress(0x6100);
+pub const ZERO_PAGE_START: GuestAddress = GuestAddress(0x7000);
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+pub const PML4_START: GuestAddress = GuestAddress(0x9000);
+pub const PDPTE_START: GuestAddress = GuestAddress(0xa000);
+pub const PDE_START: GuestAddress = GuestAddress(0xb000);
+pub const CMDLINE_START: GuestAddress = GuestAddress(0x20000);
+pub const CMDLINE_MAX_SIZE: usize = 4096;
+pub const EBDA_START: u64 = 0x9fc00;
+pub const ACPI_START: GuestAddress = GuestAddress(0xe0000);
+pub const HIGH_RAM_START: GuestAddress = GuestAddress(0x10_0000);
+
+/// Start of the 32-bit device hole ("PCI hole"): RAM stops here below 4 GiB.
+pub const MEM_32BIT_DEVICES_START: u64 = 0xc000_0000;
+pub const PCI_MMCONFIG_START: u64 = 0xe800_0000;
+pub const PCI_MMCONFIG_SIZE: u64 = 0x1000_0000;
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const APIC_START: u64 = 0xfee0_0000;
+pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
+
+/// KVM's TSS needs three pages of guest physical space outside RAM.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+
+pub const E820_RAM: u32 = 1;
+pub const E820_RESERVED: u32 = 2;
+
+/// One e820 (or PVH memmap) entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E820Entry {
+    pub addr: u64,
+    pub size: u64,
+    pub kind: u32,
+}
+
+/// The RAM regions for `mem_size` bytes: below the 32-bit device hole, and
+/// the rest from 4 GiB. Each is (guest address, size, offset in the file).
+pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, u64, u64)> {
+    let low = mem_size.min(MEM_32BIT_DEVICES_START);
+    let mut regions = vec![(GuestAddress(0), low, 0)];
+    if mem_size > low {
+        regions.push((GuestAddress(RAM_64BIT_START), mem_size - low, low));
+    }
+    regions
+}
+
+/// The e820 map of a guest with `mem_size` bytes of RAM: low RAM up to the
+/// EBDA, the EBDA..1 MiB legacy area reserved, RAM from 1 MiB to the device
+/// hole, the PCI MMCONFIG window reserved, and RAM above 4 GiB.
+pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
+    let mut map = vec![
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: EBDA_START,
+            size: HIGH_RAM_START.0 - EBDA_START,
+            kind: E820_RESERVED,
+        },
+    ];
+    for (addr, size, _) in ram_regions(mem_size) {
+        let start = addr.0.max(HIGH_RAM_START.0);
+        let end = addr.0 + size;
+        if end > start {
+            map.push(E820Entry {
+                addr: start,
+                size: end - start,
+                kind: E820_RAM,
+            });
+        }
+        if addr.0 == 0 {
+            map.push(E820Entry {
+                addr: PCI_MMCONFIG_START,
+                size: PCI_MMCONFIG_SIZE,
+                kind: E820_RESERVED,
+            });
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn small_guest_has_no_ram_above_4g() {
+        assert_eq!(ram_regions(64 * MIB), vec![(GuestAddress(0), 64 * MIB, 0)]);
+        let map = e820_map(64 * MIB);
+        assert_eq!(
+            map,
+            vec![
+                E820Entry {
+                    addr: 0,
+                    size: EBDA_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: EBDA_START,
+                    size: MIB - EBDA_START,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: MIB,
+                    size: 63 * MIB,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: PCI_MMCONFIG_START,
+                    size: PCI_MMCONFIG_SIZE,
+                    kind: E820_RESERVED
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn large_guest_skips_the_pci_hole() {
+        let regions = ram_regions(8 * GIB);
+        assert_eq!(
+            regions,
+            vec![
+                (GuestAddress(0), 3 * GIB, 0),
+                (GuestAddress(4 * GIB), 5 * GIB, 3 * GIB)
+            ]
+        );
+        let map = e820_map(8 * GIB);
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
+        assert_eq!(ram, 8 * GIB - (MIB - EBDA_START));
+        for e in map.iter().filter(|e| e.kind == E820_RAM) {
+            let end = e.addr + e.size;
+            assert!(
+                end <= MEM_32BIT_DEVICES_START || e.addr >= RAM_64BIT_START,
+                "{e:?}"
+            );
+        }
+        assert_eq!(map.last().unwrap().addr, 4 * GIB);
+    }
+
+    #[test]
+    fn exactly_3g_has_no_high_region() {
+        assert_eq!(ram_regions(3 * GIB).len(), 1);
+        assert!(e820_map(3 * GIB).iter().all(|e| e.addr < RAM_64BIT_START));
+    }
+}

@@ -1,0 +1,291 @@
+//! The VM: KVM with the in-kernel irqchip and PIT, guest RAM, ACPI tables,
+//! the kernel, the legacy devices on the port-I/O bus, and one thread per
+//! vCPU. [`Vm::run`] returns when the guest powers off or resets, or a vCPU
+//! fails.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::acpi::{self, AcpiError};
+use crate::boot::{self, BootConfig, BootError};
+use crate::bus::{Bus, BusError};
+use crate::cli::{MemoryConfig, SerialConfig};
+use crate::cpu::{self, CpuError};
+use crate::layout;
+use crate::legacy::{self, AcpiPm, DebugPort, DebugPortAt, LegacyError, SerialDevice, I8042};
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::{self, Vcpu};
+
+/// What the VM is built from.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: u8,
+    pub memory: MemoryConfig,
+    pub serial: SerialConfig,
+}
+
+/// What devices and vCPUs tell the VM's main loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// ACPI S5 or KVM_SYSTEM_EVENT_SHUTDOWN.
+    PowerOff,
+    /// The i8042 reset command or KVM_SYSTEM_EVENT_RESET.
+    Reset,
+    /// A vCPU failed; one line with the reason and RIP.
+    Error(String),
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    PowerOff,
+    Reset,
+}
+
+/// Errors of [`Vm`]; each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("opening /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM_CREATE_VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_TSS_ADDR")]
+    SetTss(#[source] kvm_ioctls::Error),
+    #[error("KVM_CREATE_IRQCHIP")]
+    CreateIrqchip(#[source] kvm_ioctls::Error),
+    #[error("KVM_CREATE_PIT2")]
+    CreatePit(#[source] kvm_ioctls::Error),
+    #[error("{0} vCPUs requested, KVM allows {1}")]
+    TooManyVcpus(u8, usize),
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
+    #[error("KVM_SET_USER_MEMORY_REGION slot {slot}")]
+    SetMemory {
+        slot: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("ACPI tables")]
+    Acpi(#[from] AcpiError),
+    #[error("boot")]
+    Boot(#[from] BootError),
+    #[error("device setup")]
+    Legacy(#[from] LegacyError),
+    #[error("device bus")]
+    Bus(#[from] BusError),
+    #[error("KVM_IRQFD for IRQ {irq}")]
+    Irqfd {
+        irq: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM_CREATE_VCPU {id}")]
+    CreateVcpu {
+        id: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {id}")]
+    Cpu {
+        id: u8,
+        #[source]
+        source: CpuError,
+    },
+    #[error("starting vCPU thread {id}")]
+    Spawn {
+        id: u8,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Guest(String),
+    #[error("every vCPU ended without powering off")]
+    NoVcpus,
+}
+
+/// A VM ready to run.
+pub struct Vm {
+    // Field order is drop order: vCPUs and the VM fd before guest RAM.
+    vcpus: Vec<Vcpu>,
+    _vm: VmFd,
+    _kvm: Kvm,
+    ram: GuestRam,
+    events: Receiver<VmEvent>,
+    events_tx: Sender<VmEvent>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Vm {
+    /// Builds the VM; `start` is when the VMM started (for boot timings).
+    pub fn new(config: &VmConfig, start: Instant) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let max = kvm.get_max_vcpus();
+        if usize::from(config.cpus) > max {
+            return Err(VmError::TooManyVcpus(config.cpus, max));
+        }
+        let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+        vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(VmError::SetTss)?;
+        vm.create_irq_chip().map_err(VmError::CreateIrqchip)?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(VmError::CreatePit)?;
+
+        let ram = GuestRam::new(config.memory.size, config.memory.file.as_deref())?;
+        for (slot, (addr, size, host)) in ram.regions().into_iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: addr.0,
+                memory_size: size,
+                userspace_addr: host,
+            };
+            // SAFETY: the region is a live mapping owned by `ram`, which the
+            // Vm keeps until after the VM fd and the vCPUs are gone.
+            unsafe { vm.set_user_memory_region(region) }.map_err(|source| VmError::SetMemory {
+                slot: slot as u32,
+                source,
+            })?;
+        }
+
+        let rsdp = acpi::write_tables(ram.memory(), config.cpus)?;
+        let entry = boot::load(
+            ram.memory(),
+            &BootConfig {
+                kernel: &config.kernel,
+                initramfs: config.initramfs.as_deref(),
+                cmdline: &config.cmdline,
+                rsdp,
+            },
+        )?;
+        log::info!(
+            "kernel {}: {:?} entry at {:#x}",
+            config.kernel.display(),
+            entry.protocol,
+            entry.entry.0
+        );
+
+        let (events_tx, events) = channel();
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let serial = SerialDevice::new(&config.serial)?;
+        vm.register_irqfd(serial.irq(), legacy::COM1_IRQ)
+            .map_err(|source| VmError::Irqfd {
+                irq: legacy::COM1_IRQ,
+                source,
+            })?;
+        pio.insert(legacy::COM1_PORT, 8, Arc::new(Mutex::new(serial)))?;
+        pio.insert(
+            legacy::I8042_PORT,
+            5,
+            Arc::new(Mutex::new(I8042::new(events_tx.clone()))),
+        )?;
+        let (pm_base, pm_len) = AcpiPm::range();
+        pio.insert(
+            pm_base,
+            pm_len,
+            Arc::new(Mutex::new(AcpiPm::new(events_tx.clone()))),
+        )?;
+        let debug = Arc::new(Mutex::new(DebugPort::new(start)));
+        for port in [legacy::POST_PORT, legacy::DEBUGCON_PORT] {
+            let dev = DebugPortAt {
+                port,
+                dev: debug.clone(),
+            };
+            pio.insert(port, 1, Arc::new(Mutex::new(dev)))?;
+        }
+
+        let base_cpuid =
+            cpu::supported_cpuid(&kvm).map_err(|source| VmError::Cpu { id: 0, source })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut vcpus = Vec::new();
+        for id in 0..config.cpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(|source| VmError::CreateVcpu { id, source })?;
+            let cpu_err = |source| VmError::Cpu { id, source };
+            cpu::configure(&fd, &cpu::cpuid_for(&base_cpuid, id, config.cpus)).map_err(cpu_err)?;
+            if id == 0 {
+                cpu::setup_boot_vcpu(&fd, ram.memory(), &entry).map_err(cpu_err)?;
+            }
+            vcpus.push(Vcpu {
+                id,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                events: events_tx.clone(),
+                stop: stop.clone(),
+            });
+        }
+        Ok(Vm {
+            vcpus,
+            _vm: vm,
+            _kvm: kvm,
+            ram,
+            events,
+            events_tx,
+            stop,
+        })
+    }
+
+    /// Guest RAM (for the vhost-user frontends' SET_MEM_TABLE).
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// Runs the guest until it powers off or resets, or a vCPU fails.
+    pub fn run(mut self) -> Result<VmExit, VmError> {
+        let mut threads = Vec::new();
+        let mut spawn_error = None;
+        for vcpu in self.vcpus.drain(..) {
+            let id = vcpu.id;
+            match vcpu.spawn() {
+                Ok(t) => threads.push(t),
+                Err(source) => {
+                    spawn_error = Some(VmError::Spawn { id, source });
+                    break;
+                }
+            }
+        }
+        drop(self.events_tx);
+        let result = match spawn_error {
+            Some(e) => Err(e),
+            None => match self.events.recv() {
+                Ok(VmEvent::PowerOff) => Ok(VmExit::PowerOff),
+                Ok(VmEvent::Reset) => Ok(VmExit::Reset),
+                Ok(VmEvent::Error(line)) => Err(VmError::Guest(line)),
+                Err(_) => Err(VmError::NoVcpus),
+            },
+        };
+
+        // Stop the other vCPUs: kick each out of KVM_RUN until it sees `stop`.
+        self.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                vcpu::kick(t);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if threads.iter().all(|t| t.is_finished()) {
+            for t in threads {
+                let _ = t.join();
+            }
+        } else {
+            log::warn!("a vCPU thread did not stop; leaving guest memory mapped");
+            std::mem::forget(self.ram);
+        }
+        result
+    }
+}
