@@ -110,12 +110,24 @@ pub fn assert_socket_unit(name: &str) {
         .any(|v| v == "sockets.target"));
 }
 
-/// What `name@.service` must say whatever the daemon: it requires its
-/// socket unit, is `Type=notify`, reads `/etc/NAME/%i.conf`, takes its
-/// socket from the socket unit (no `--socket-path` or `--fd` in
-/// `ExecStart=`), and documents a `ReadWritePaths=` drop-in. Returns the
-/// parsed unit for the daemon's own checks.
+/// What `name@.service` must say: [`assert_service_unit_basics`], and it
+/// documents a `ReadWritePaths=` drop-in (for the daemons that serve files).
+/// Returns the parsed unit for the daemon's own checks.
 pub fn assert_service_unit(name: &str) -> Unit {
+    let s = assert_service_unit_basics(name);
+    let text = fs::read_to_string(contrib(&unit_names(name).0)).unwrap();
+    assert!(
+        text.contains("ReadWritePaths="),
+        "ReadWritePaths= drop-in documented"
+    );
+    s
+}
+
+/// What `name@.service` must say whatever the daemon: it requires its
+/// socket unit, is `Type=notify`, reads `/etc/NAME/%i.conf`, and takes its
+/// socket from the socket unit (no `--socket-path` or `--fd` in
+/// `ExecStart=`). Returns the parsed unit for the daemon's own checks.
+pub fn assert_service_unit_basics(name: &str) -> Unit {
     let service_rel = unit_names(name).0;
     let s = unit(&service_rel);
     assert!(s
@@ -131,11 +143,6 @@ pub fn assert_service_unit(name: &str) -> Unit {
     assert!(
         !exec.contains("--socket-path") && !exec.contains("--fd"),
         "the socket comes from the .socket unit: ExecStart={exec}"
-    );
-    let text = fs::read_to_string(contrib(&service_rel)).unwrap();
-    assert!(
-        text.contains("ReadWritePaths="),
-        "ReadWritePaths= drop-in documented"
     );
     s
 }

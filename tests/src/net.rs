@@ -335,6 +335,23 @@ impl NetClient {
     /// and fills every RX ring.
     pub fn connect(socket: &Path, opts: &NetOptions) -> Result<Self> {
         let stream = connect_socket(socket, opts.device.connect_timeout)?;
+        Self::connect_stream(stream, socket, opts)
+    }
+
+    /// [`NetClient::connect`] on a stream the caller connected to `socket`
+    /// (and perhaps already sent requests on, e.g. an early SET_VRING_ENABLE).
+    pub fn connect_stream(stream: UnixStream, socket: &Path, opts: &NetOptions) -> Result<Self> {
+        Self::setup(stream, socket, opts, true)
+    }
+
+    /// [`NetClient::connect`], but every RX ring is left empty, so a test can
+    /// put chains of its own first; [`NetClient::rx_fill`] posts the buffers.
+    pub fn connect_unfilled(socket: &Path, opts: &NetOptions) -> Result<Self> {
+        let stream = connect_socket(socket, opts.device.connect_timeout)?;
+        Self::setup(stream, socket, opts, false)
+    }
+
+    fn setup(stream: UnixStream, socket: &Path, opts: &NetOptions, fill: bool) -> Result<Self> {
         let offered = probe_features(&stream)?;
         let features = resolve_features(offered & NET_DRIVER_FEATURES & opts.feature_mask);
         let has = |b: u32| features & bit(b) != 0;
@@ -412,7 +429,9 @@ impl NetClient {
         let mut tx = Vec::with_capacity(pairs);
         for p in 0..pairs {
             let mut ring = RxRing::new(dev.queue(2 * p), rx_layout)?;
-            ring.fill(dev.queue(2 * p))?;
+            if fill {
+                ring.fill(dev.queue(2 * p))?;
+            }
             rx.push(ring);
             tx.push(TxRing::new(
                 dev.queue(2 * p + 1),
@@ -561,6 +580,13 @@ impl NetClient {
     pub fn try_recv(&mut self, pair: u16) -> Result<Option<RxFrame>> {
         let (ring, vq) = self.rx_parts(pair)?;
         ring.try_recv(vq)
+    }
+
+    /// Posts every RX buffer of `pair` that is not on the ring (one kick);
+    /// returns how many.
+    pub fn rx_fill(&mut self, pair: u16) -> Result<usize> {
+        let (ring, vq) = self.rx_parts(pair)?;
+        ring.fill(vq)
     }
 
     /// Counts what has arrived on `pair` without copying (waiting up to

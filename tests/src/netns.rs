@@ -122,6 +122,58 @@ impl NetNs {
         Ok(())
     }
 
+    /// Sets sysctl `key` (e.g. `net.ipv6.conf.default.disable_ipv6`) to
+    /// `value` inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let setting = format!("{key}={value}");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sysctl", "-qw", &setting])
+            .output()
+            .map_err(|e| NetNsError::Ip {
+                args: format!("netns exec {} sysctl -qw {setting}", self.name),
+                why: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(NetNsError::Ip {
+                args: format!("netns exec {} sysctl -qw {setting}", self.name),
+                why: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Turns IPv6 off for interfaces created from now on (and those that
+    /// exist), so the kernel sends no router solicitations or MLD reports
+    /// of its own on a test's tap.
+    pub fn disable_ipv6(&self) -> Result<()> {
+        self.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+    }
+
+    /// The MAC address of interface `ifname`.
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
+        let out = self.ip(&["-j", "link", "show", ifname])?;
+        let bad = |why: String| NetNsError::Ip {
+            args: format!("-j link show {ifname}"),
+            why,
+        };
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| bad(e.to_string()))?;
+        let text = v[0]["address"]
+            .as_str()
+            .ok_or_else(|| bad(format!("no address in {out}")))?;
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for b in &mut mac {
+            let p = parts.next().ok_or_else(|| bad(format!("bad MAC {text}")))?;
+            *b = u8::from_str_radix(p, 16).map_err(|e| bad(format!("bad MAC {text}: {e}")))?;
+        }
+        Ok(mac)
+    }
+
     /// `program` to be run inside the namespace (`ip netns exec NAME program`).
     pub fn command(&self, program: &Path) -> Command {
         let mut c = Command::new("ip");

@@ -170,12 +170,20 @@ pub fn virtiofsd(shared_dir: &Path, socket: &Path, extra_args: &[&str]) -> Resul
     spawn_virtiofsd(virtiofsd_command(shared_dir, socket, extra_args)?, socket)
 }
 
+/// `vhost-net-daemon` run inside `ns` (`ip netns exec`, which execs it
+/// under its own pid) with no arguments yet and systemd's variables
+/// removed from its environment; not spawned.
+pub fn vhost_net_daemon_in(ns: &NetNs) -> Result<Command> {
+    let mut cmd = ns.command(&project_binary("vhost-net-daemon")?);
+    without_systemd_env(&mut cmd);
+    Ok(cmd)
+}
+
 /// The `vhost-net-daemon` command serving on `socket` with `args`
 /// (`--tap NAME`, ...), run inside `ns` (`ip netns exec`), not spawned.
 /// systemd's variables are removed from its environment.
 pub fn vhost_net_daemon_command(ns: &NetNs, socket: &Path, args: &[&str]) -> Result<Command> {
-    let mut cmd = ns.command(&project_binary("vhost-net-daemon")?);
-    without_systemd_env(&mut cmd);
+    let mut cmd = vhost_net_daemon_in(ns)?;
     cmd.arg("--socket-path").arg(socket).args(args);
     Ok(cmd)
 }

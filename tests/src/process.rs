@@ -82,6 +82,21 @@ pub fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
         })
 }
 
+/// The `Seccomp:` mode of `/proc/PID/status` (0 none, 1 strict, 2 filter).
+pub fn seccomp_mode(pid: u32) -> io::Result<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/status has no Seccomp: line"),
+            )
+        })
+}
+
 /// Number of lines of `/proc/PID/maps` that contain `needle` (for example
 /// the name of the driver's guest-RAM memfd).
 pub fn mappings_containing(pid: u32, needle: &str) -> io::Result<usize> {

@@ -41,7 +41,8 @@ impl NotifyListener {
         &self.path
     }
 
-    /// Receives one message, waiting at most `wait`; None if none came.
+    /// Receives one message, waiting at most `wait`; None if none came
+    /// (or a signal interrupted the wait).
     pub fn recv(&mut self, wait: Duration) -> io::Result<Option<String>> {
         self.sock
             .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
@@ -52,10 +53,14 @@ impl NotifyListener {
                 self.seen.push(msg.clone());
                 Ok(Some(msg))
             }
+            // A signal to the test process (EINTR) is no message either;
+            // every caller loops until its own deadline.
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 Ok(None)
@@ -124,6 +129,44 @@ pub fn socket_activate_command<S: AsRef<OsStr>>(
     }
     cmd.arg(program).args(args);
     Ok(cmd)
+}
+
+/// `cmd` run with `WATCHDOG_PID` set to `pid` (None: unchanged). `"$$"`
+/// names the daemon itself: a shell sets it to its own pid and execs the
+/// daemon, which keeps that pid. The environment `cmd` sets or removes is
+/// carried over.
+pub fn with_watchdog_pid(cmd: Command, pid: Option<&str>) -> Command {
+    let Some(pid) = pid else {
+        return cmd;
+    };
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg(format!("WATCHDOG_PID={pid} exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh
+}
+
+/// Seconds of a systemd time span like `10s`, `10`, `2min`, `500ms`;
+/// panics on anything else.
+pub fn time_span_secs(span: &str) -> f64 {
+    let digits = span.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: f64 = digits
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("time span {span:?}"));
+    match &span[digits.len()..] {
+        "" | "s" | "sec" => n,
+        "ms" | "msec" => n / 1000.0,
+        "min" | "m" => n * 60.0,
+        unit => panic!("time span unit {unit:?} in {span:?}"),
+    }
 }
 
 /// A parsed unit file: (section, key) -> every value given, in order.

@@ -22,7 +22,9 @@ use vu_driver::contrib::{
 use vu_driver::fixture::{create_sparse_image, Daemon, Readiness, TempDir};
 use vu_driver::ours::{bare_command, project_binary, run_to_exit, vhost_blk_daemon, BlkDaemonOpts};
 use vu_driver::process::{inherit_fd_as, run_bounded, Finished};
-use vu_driver::systemd::{environment_file, expand_exec, socket_activate_command, NotifyListener};
+use vu_driver::systemd::{
+    environment_file, expand_exec, socket_activate_command, time_span_secs, NotifyListener,
+};
 
 const CAPABILITIES: &str = "{\"type\":\"block\",\"features\":[\"read-only\",\"blk-file\"]}\n";
 const IMAGE_SIZE: u64 = 16 << 20;
@@ -327,21 +329,6 @@ const NAME: &str = "vhost-blk-daemon";
 const SERVICE: &str = "systemd/vhost-blk-daemon@.service";
 const INSTALLED_BINARY: &str = "/usr/libexec/vhost-blk-daemon";
 
-/// Seconds of a systemd time span like `10s`, `10`, `2min`, `500ms`.
-fn seconds(span: &str) -> f64 {
-    let digits = span.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let n: f64 = digits
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("time span {span:?}"));
-    match &span[digits.len()..] {
-        "" | "s" | "sec" => n,
-        "ms" | "msec" => n / 1000.0,
-        "min" | "m" => n * 60.0,
-        unit => panic!("time span unit {unit:?} in {span:?}"),
-    }
-}
-
 #[test]
 fn qemu_descriptor_agrees_with_print_capabilities_and_the_unit() {
     let caps_run = run(["--print-capabilities"]);
@@ -364,7 +351,7 @@ fn unit_files_have_the_key_settings() {
         exec.contains("--blk-file ${VHOST_BLK_FILE}"),
         "ExecStart={exec}"
     );
-    let watchdog = seconds(s.one("Service", "WatchdogSec"));
+    let watchdog = time_span_secs(s.one("Service", "WatchdogSec"));
     assert!((1.0..=60.0).contains(&watchdog), "WatchdogSec {watchdog} s");
     for (key, want) in [
         ("NoNewPrivileges", "yes"),

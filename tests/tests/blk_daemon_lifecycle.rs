@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,13 +19,12 @@ use std::time::{Duration, Instant};
 use vu_driver::blk::{status, BlkClient, BlkError, BlkOptions, BlkQueue, Request, SECTOR_SIZE};
 use vu_driver::device::{connect_socket, VuDevice};
 use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, Readiness, TempDir};
-use vu_driver::memory::GUEST_RAM_MEMFD_NAME;
-use vu_driver::ours::{project_binary, vhost_blk_daemon_command, BlkDaemonOpts};
-use vu_driver::process::{
-    fd_count, fd_targets, inherit_fd_as, mappings_containing, status_kib, thread_count,
-    without_systemd_env,
+use vu_driver::lifecycle::{
+    self, assert_no_panic, assert_notify_ready_then_stopping, signal_and_wait, Snapshot,
 };
-use vu_driver::systemd::{socket_activate_command, NotifyListener};
+use vu_driver::ours::{project_binary, vhost_blk_daemon_command, BlkDaemonOpts};
+use vu_driver::process::{fd_count, inherit_fd_as, without_systemd_env};
+use vu_driver::systemd::socket_activate_command;
 use vu_driver::virtqueue::QueueError;
 
 const IMAGE_SIZE: u64 = 64 << 20;
@@ -95,26 +94,6 @@ fn host_read(image: &Path, offset: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// Sends `sig` and waits up to `deadline` for the exit; returns the status
-/// and how long it took. Panics (with the daemon's log) if it did not exit.
-fn signal_and_wait(d: &mut Daemon, sig: libc::c_int, deadline: Duration) -> (ExitStatus, Duration) {
-    let t0 = Instant::now();
-    d.signal(sig).unwrap();
-    let status = d.wait_timeout(deadline).unwrap();
-    let took = t0.elapsed();
-    let Some(status) = status else {
-        panic!("no exit within {deadline:?} of signal {sig}");
-    };
-    (status, took)
-}
-
-/// Fails if the daemon's log shows a panic (of any thread, even one that
-/// did not take the process down).
-fn assert_no_panic(d: &Daemon) {
-    let log = d.log_contents();
-    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
-}
-
 #[test]
 fn serves_one_connection_after_another_and_data_carries_over() {
     let s = setup("reconnect", IMAGE_SIZE);
@@ -147,28 +126,6 @@ fn serves_one_connection_after_another_and_data_carries_over() {
     assert_no_panic(&d);
 }
 
-/// What the daemon holds at one moment.
-#[derive(Debug, Clone)]
-struct Snapshot {
-    fds: usize,
-    threads: usize,
-    guest_ram_mappings: usize,
-    rss_kib: u64,
-    fd_targets: Vec<String>,
-}
-
-impl Snapshot {
-    fn take(pid: u32) -> Snapshot {
-        Snapshot {
-            fds: fd_count(pid).unwrap(),
-            threads: thread_count(pid).unwrap(),
-            guest_ram_mappings: mappings_containing(pid, GUEST_RAM_MEMFD_NAME).unwrap(),
-            rss_kib: status_kib(pid, "VmRSS").unwrap(),
-            fd_targets: fd_targets(pid).unwrap(),
-        }
-    }
-}
-
 fn one_cycle(socket: &Path, i: u64) {
     let mut c = connect(socket);
     let data = pattern(i, 4096);
@@ -199,9 +156,7 @@ fn hundred_connect_io_disconnect_cycles_leak_nothing() {
     let mut last = Snapshot::take(pid);
     let settled = poll_until(Duration::from_secs(5), || {
         last = Snapshot::take(pid);
-        last.fds <= base.fds
-            && last.threads <= base.threads
-            && last.guest_ram_mappings <= base.guest_ram_mappings
+        last.within(&base)
     });
     assert!(
         settled,
@@ -557,46 +512,15 @@ fn systemd_socket_activation_serves_connections() {
 
 fn notify_ready_then_stopping(sig: libc::c_int) {
     let s = setup("notify", IMAGE_SIZE);
-    let mut n = NotifyListener::bind(s.dir.path()).unwrap();
-    let mut cmd = command(&s);
-    cmd.env("NOTIFY_SOCKET", n.path());
-    let mut d = Daemon::spawn("vhost-blk-daemon", cmd, &s.socket, &[], T).unwrap();
-
-    assert!(
-        n.wait_for("READY=1", T).unwrap(),
-        "no READY=1; got {:?}",
-        n.seen
+    assert_notify_ready_then_stopping(
+        "vhost-blk-daemon",
+        command(&s),
+        &s.socket,
+        s.dir.path(),
+        sig,
+        EXIT_DEADLINE,
+        || one_cycle(&s.socket, 3),
     );
-    // READY=1 promises a listening socket: connecting must work right now.
-    let probe = UnixStream::connect(&s.socket);
-    assert!(
-        probe.is_ok(),
-        "READY=1 sent but {} does not accept: {probe:?}",
-        s.socket.display()
-    );
-    drop(probe);
-    assert!(
-        n.seen
-            .iter()
-            .any(|m| m.lines().any(|l| l.starts_with("STATUS="))),
-        "no STATUS= with or before READY=1; got {:?}",
-        n.seen
-    );
-    // Still serving after the probe.
-    one_cycle(&s.socket, 3);
-
-    d.signal(sig).unwrap();
-    assert!(
-        n.wait_for_new("STOPPING=1", EXIT_DEADLINE).unwrap(),
-        "no STOPPING=1 after signal {sig}; got {:?}",
-        n.seen
-    );
-    let status = d.wait_timeout(EXIT_DEADLINE).unwrap();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "exit status {status:?}"
-    );
-    assert_no_panic(&d);
 }
 
 #[test]
@@ -614,37 +538,13 @@ fn notify_socket_gets_stopping_on_sigint_too() {
 /// it); returns how many WATCHDOG=1 arrived in the second after READY=1.
 fn watchdog_pings(watchdog_pid: Option<&str>) -> usize {
     let s = setup("watchdog", IMAGE_SIZE);
-    let mut n = NotifyListener::bind(s.dir.path()).unwrap();
-    let mut cmd = command(&s);
-    cmd.env("NOTIFY_SOCKET", n.path())
-        .env("WATCHDOG_USEC", "200000");
-    let cmd = match watchdog_pid {
-        None => cmd,
-        Some(pid) => {
-            let mut sh = Command::new("/bin/sh");
-            sh.arg("-c")
-                .arg(format!("WATCHDOG_PID={pid} exec \"$0\" \"$@\""))
-                .arg(cmd.get_program())
-                .args(cmd.get_args());
-            for (k, v) in cmd.get_envs() {
-                match v {
-                    Some(v) => sh.env(k, v),
-                    None => sh.env_remove(k),
-                };
-            }
-            sh
-        }
-    };
-    let d = Daemon::spawn("vhost-blk-daemon", cmd, &s.socket, &[], T).unwrap();
-    assert!(
-        n.wait_for("READY=1", T).unwrap(),
-        "no READY=1; got {:?}",
-        n.seen
-    );
-    let pings = n.count_for("WATCHDOG=1", Duration::from_secs(1)).unwrap();
-    eprintln!("WATCHDOG_PID={watchdog_pid:?}: {pings} WATCHDOG=1 in 1 s");
-    assert_no_panic(&d);
-    pings
+    lifecycle::watchdog_pings(
+        "vhost-blk-daemon",
+        command(&s),
+        &s.socket,
+        s.dir.path(),
+        watchdog_pid,
+    )
 }
 
 #[test]

@@ -7,15 +7,11 @@ use std::time::Duration;
 use vu_driver::blk::{BlkClient, BlkOptions};
 use vu_driver::fixture::{create_sparse_image, poll_until, TempDir};
 use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
+use vu_driver::process;
 
 /// The `Seccomp:` mode of /proc/PID/status (0 none, 2 filter).
 fn seccomp_mode(pid: u32) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Seccomp: line in /proc/{pid}/status"))
+    process::seccomp_mode(pid).unwrap()
 }
 
 #[test]

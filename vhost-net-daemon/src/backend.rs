@@ -232,6 +232,9 @@ impl NetConnection {
         let Some(broken) = self.rings.broken(q) else {
             return;
         };
+        if !vring.get_ref().get_queue().ready() {
+            return;
+        }
         // A detached queue cannot be written; any attached one can.
         let use_pair = if self.detached[pair].load(Ordering::Relaxed) {
             0
@@ -283,6 +286,9 @@ impl NetConnection {
         let Some(broken) = self.rings.broken(q) else {
             return;
         };
+        if !vring.get_ref().get_queue().ready() {
+            return;
+        }
         let acked = self.acked();
         let pairs = self.device.config.pairs;
         let mut effects = Vec::new();

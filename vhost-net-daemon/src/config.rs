@@ -86,12 +86,14 @@ impl NetConfig {
         f
     }
 
-    /// vhost-user protocol features.
+    /// vhost-user protocol features. Not CONFIGURE_MEM_SLOTS: QEMU 7.2
+    /// sends the same ADD_MEM_REG once per queue pair, which
+    /// vhost-user-backend refuses as overlapping (fixed in QEMU 8.0);
+    /// SET_MEM_TABLE comes once.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     /// The config space bytes `offset..offset + size` (what lies past

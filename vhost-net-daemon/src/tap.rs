@@ -193,14 +193,20 @@ impl Tap {
                 .open("/dev/net/tun")
                 .map_err(TapError::Open)?;
             let mut req = IfReq::new(name, flags);
-            if let Err(source) = ioctl_ptr(f.as_raw_fd(), TUNSETIFF, &mut req) {
+            let mut r = ioctl_ptr(f.as_raw_fd(), TUNSETIFF, &mut req);
+            if pairs == 1 && existed && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINVAL))
+            {
+                // A multi_queue tap takes a single queue too, asked for as one.
+                flags |= IFF_MULTI_QUEUE;
+                req = IfReq::new(name, flags);
+                r = ioctl_ptr(f.as_raw_fd(), TUNSETIFF, &mut req);
+            }
+            if let Err(source) = r {
                 let hint = match source.raw_os_error() {
                     Some(libc::EINVAL) if pairs > 1 => {
                         " (is it a tap created with multi_queue? `ip tuntap add NAME mode tap multi_queue`)"
                     }
-                    Some(libc::EINVAL) => {
-                        " (is it a tun rather than a tap, or a multi_queue tap? pass --num-queue-pairs to match)"
-                    }
+                    Some(libc::EINVAL) => " (is it a tun rather than a tap?)",
                     Some(libc::EPERM) => " (CAP_NET_ADMIN, or the tap's owner, is needed)",
                     Some(libc::EBUSY) => " (another process holds its queues)",
                     _ => "",
