@@ -401,17 +401,6 @@ fn legacy_flock_is_unsupported_and_bogus_is_unknown() {
 }
 
 #[test]
-fn posix_acl_is_refused() {
-    let e = env("acl");
-    assert_refused(
-        &e,
-        args(&e, Some(&e.share), &["--xattr", "--posix-acl"]),
-        &[1, 2],
-        &["--posix-acl"],
-    );
-}
-
-#[test]
 fn thread_pool_size_4_is_refused() {
     let e = env("pool");
     let extra = ["--thread-pool-size", "4"];

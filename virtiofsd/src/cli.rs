@@ -98,7 +98,7 @@ pub struct Cli {
     #[arg(long)]
     pub xattr: bool,
 
-    /// POSIX ACLs (needs --xattr).
+    /// POSIX ACLs (implies --xattr).
     #[arg(long)]
     pub posix_acl: bool,
 

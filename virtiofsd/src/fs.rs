@@ -21,6 +21,8 @@ use fuse_backend_rs::api::filesystem::{
 
 /// FUSE_ATTR_SUBMOUNT (fuse.h): the entry is a mount point.
 const ATTR_SUBMOUNT: u32 = 1;
+/// A directory's default ACL, as an xattr.
+const DEFAULT_ACL: &CStr = c"system.posix_acl_default";
 
 /// A name the guest may use for one directory entry: not empty, `.` or
 /// `..`, no `/`, at most NAME_MAX bytes. The passthrough checks too; this
@@ -46,6 +48,7 @@ pub struct Guarded<FS> {
     readonly: bool,
     announce_submounts: bool,
     writeback: bool,
+    posix_acl: bool,
 }
 
 impl<FS: FileSystem> Guarded<FS>
@@ -59,6 +62,28 @@ where
             readonly,
             announce_submounts,
             writeback,
+            posix_acl: false,
+        }
+    }
+
+    /// Negotiates FUSE_POSIX_ACL: the guest kernel enforces ACLs it reads
+    /// as `system.posix_acl_*` xattrs (the passthrough needs xattrs on), and
+    /// leaves the umask to us (FUSE_DONT_MASK) so a default ACL in the
+    /// parent directory can take its place, as on a local filesystem.
+    pub fn with_posix_acl(mut self, on: bool) -> Self {
+        self.posix_acl = on;
+        self
+    }
+
+    /// The umask a new entry in `parent` gets: none when ACLs are on and
+    /// the parent has a default ACL (the host kernel applies the ACL).
+    fn umask_for(&self, ctx: &Context, parent: FS::Inode, umask: u32) -> u32 {
+        if !self.posix_acl || umask == 0 {
+            return umask;
+        }
+        match self.inner.getxattr(ctx, parent, DEFAULT_ACL, 0) {
+            Ok(GetxattrReply::Count(n)) if n > 0 => 0,
+            _ => umask,
         }
     }
 
@@ -130,6 +155,13 @@ where
                 | FsOptions::ATOMIC_O_TRUNC
                 | FsOptions::AUTO_INVAL_DATA
                 | FsOptions::ASYNC_DIO);
+        if self.posix_acl {
+            if capable.contains(FsOptions::POSIX_ACL | FsOptions::DONT_MASK) {
+                opts |= FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
+            } else {
+                log::warn!("--posix-acl: the guest's FUSE does not offer POSIX_ACL and DONT_MASK");
+            }
+        }
         if self.announce_submounts && capable.contains(FsOptions::SUBMOUNTS) {
             opts |= FsOptions::SUBMOUNTS;
         }
@@ -203,6 +235,7 @@ where
     ) -> io::Result<Entry> {
         check_name(name)?;
         self.writable()?;
+        let umask = self.umask_for(ctx, inode, umask);
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
 
@@ -216,6 +249,7 @@ where
     ) -> io::Result<Entry> {
         check_name(name)?;
         self.writable()?;
+        let umask = self.umask_for(ctx, parent, umask);
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
@@ -275,10 +309,11 @@ where
         ctx: &Context,
         parent: Self::Inode,
         name: &CStr,
-        args: CreateIn,
+        mut args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         check_name(name)?;
         self.writable()?;
+        args.umask = self.umask_for(ctx, parent, args.umask);
         self.inner.create(ctx, parent, name, args)
     }
 

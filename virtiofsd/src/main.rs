@@ -74,10 +74,9 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
     let Some(shared_dir) = cli.shared_dir.clone() else {
         return Err(usage("--shared-dir DIR (or -o source=DIR) is required"));
     };
-    if cli.posix_acl {
-        return Err(usage(
-            "--posix-acl is not supported: fuse-backend-rs's passthrough has no POSIX ACL handling",
-        ));
+    if cli.posix_acl && !cli.xattr {
+        // As the Rust virtiofsd: ACLs live in xattrs.
+        cli.xattr = true;
     }
     if cli.thread_pool_size > 1 {
         return Err(usage(format!(
@@ -173,12 +172,10 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
     let mut allowed = seccomp::VHOST_USER_BASE.to_vec();
     allowed.extend_from_slice(seccomp_fs::VIRTIOFSD);
     seccomp::apply(action, &allowed, seccomp::VHOST_USER_IOCTLS).map_err(runtime)?;
-    let fs = Arc::new(Guarded::new(
-        fs,
-        cli.readonly,
-        cli.announce_submounts,
-        cli.writeback,
-    ));
+    let fs = Arc::new(
+        Guarded::new(fs, cli.readonly, cli.announce_submounts, cli.writeback)
+            .with_posix_acl(cli.posix_acl),
+    );
     let mut tag = [0u8; TAG_MAX];
     tag[..cli.tag.len()].copy_from_slice(cli.tag.as_bytes());
     let device = Arc::new(Device {

@@ -3,9 +3,11 @@
 //! (SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR), FALLOCATE, LSEEK and
 //! ACCESS.
 
+use std::mem::size_of;
+
 use fuse_backend_rs::abi::fuse_abi::{
-    AccessIn, EntryOut, FallocateIn, GetxattrIn, GetxattrOut, LinkIn, LseekIn, LseekOut, MknodIn,
-    Opcode, SetxattrIn,
+    AccessIn, CreateIn, EntryOut, FallocateIn, GetxattrIn, GetxattrOut, LinkIn, LseekIn, LseekOut,
+    MkdirIn, MknodIn, Opcode, OpenOut, SetxattrIn,
 };
 
 use super::wire::{body_struct, Request};
@@ -93,6 +95,50 @@ impl FsClient {
             })
             .name(name.as_ref())?;
         self.call_typed(&req)
+    }
+
+    /// FUSE_MKDIR with the caller's `umask` (what a kernel that
+    /// negotiated DONT_MASK sends: the mode unmasked, the umask apart).
+    pub fn mkdir_umask(
+        &mut self,
+        parent: u64,
+        name: impl AsRef<[u8]>,
+        mode: u32,
+        umask: u32,
+    ) -> Result<EntryOut> {
+        let req = Request::new("MKDIR", Opcode::Mkdir, parent)
+            .arg(&MkdirIn { mode, umask })
+            .name(name.as_ref())?;
+        self.call_typed(&req)
+    }
+
+    /// FUSE_CREATE (O_CREAT|O_EXCL|O_RDWR) with the caller's `umask`; the
+    /// new entry (its handle is released right away).
+    pub fn create_umask(
+        &mut self,
+        parent: u64,
+        name: impl AsRef<[u8]>,
+        mode: u32,
+        umask: u32,
+    ) -> Result<EntryOut> {
+        let arg = CreateIn {
+            flags: (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR) as u32,
+            mode,
+            umask,
+            fuse_flags: 0,
+        };
+        let req = Request::new("CREATE", Opcode::Create, parent)
+            .arg(&arg)
+            .name(name.as_ref())?;
+        let body = self.call(
+            &req,
+            0,
+            (size_of::<EntryOut>() + size_of::<OpenOut>()) as u32,
+        )?;
+        let entry: EntryOut = body_struct("CREATE", &body)?;
+        let open: OpenOut = body_struct("CREATE", &body[body.len().min(size_of::<EntryOut>())..])?;
+        self.release(open.fh, entry.nodeid, libc::O_RDWR)?;
+        Ok(entry)
     }
 
     /// FUSE_SETXATTR of `name` = `value` with `setxattr(2)` flags
