@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
@@ -74,6 +74,72 @@ where
     Ok(())
 }
 
+/// [`drain`] for a backend that completes requests on other threads:
+/// each chain (over an owned handle on the memory map, so it may cross
+/// threads) goes to `dispatch`, and whoever finishes it calls
+/// [`complete`]. The EVENT_IDX loop and the broken-ring check are the same.
+pub fn drain_deferred<F>(
+    q: usize,
+    vring: &Vring,
+    mem: &Arc<Mem>,
+    event_idx: bool,
+    broken: &AtomicBool,
+    mut dispatch: F,
+) -> io::Result<()>
+where
+    F: FnMut(DescriptorChain<Arc<Mem>>),
+{
+    let mut state = vring.get_mut();
+    let queue = state.get_queue_mut();
+    loop {
+        if event_idx {
+            queue
+                .disable_notification(&**mem)
+                .map_err(io::Error::other)?;
+        }
+        let avail = queue
+            .avail_idx(&**mem, Ordering::Acquire)
+            .map_err(io::Error::other)?;
+        let pending = avail.0.wrapping_sub(queue.next_avail());
+        if pending > queue.size() {
+            if !broken.swap(true, Ordering::Relaxed) {
+                log::error!(
+                    "queue {q}: avail.idx {} is {pending} entries ahead of {} on a queue of {}; \
+                     queue ignored until it is set up again",
+                    avail.0,
+                    queue.next_avail(),
+                    queue.size()
+                );
+            }
+            return Ok(());
+        }
+        broken.store(false, Ordering::Relaxed);
+        while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+            dispatch(chain);
+        }
+        if !event_idx
+            || !queue
+                .enable_notification(&**mem)
+                .map_err(io::Error::other)?
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Puts one chain finished off the worker thread on the used ring and
+/// signals the guest if the ring's rules want it.
+pub fn complete(vring: &Vring, mem: &Mem, head: u16, len: u32) -> io::Result<()> {
+    let mut state = vring.get_mut();
+    let queue = state.get_queue_mut();
+    queue.add_used(mem, head, len).map_err(io::Error::other)?;
+    if queue.needs_notification(mem).map_err(io::Error::other)? {
+        state.signal_used_queue()?;
+    }
+    Ok(())
+}
+
 /// What a worker holds while it runs a batch: a pass through the SIGTERM
 /// gate and the guest memory map.
 pub struct Batch<'a> {
@@ -87,6 +153,12 @@ impl Batch<'_> {
     /// Guest memory.
     pub fn mem(&self) -> &Mem {
         &self.mem
+    }
+
+    /// An owned handle on the same memory map, for work that outlives
+    /// the batch (a thread pool).
+    pub fn mem_arc(&self) -> Arc<Mem> {
+        self.mem.clone().into_inner()
     }
 }
 

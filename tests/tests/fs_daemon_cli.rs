@@ -401,14 +401,14 @@ fn legacy_flock_is_unsupported_and_bogus_is_unknown() {
 }
 
 #[test]
-fn thread_pool_size_4_is_refused() {
+fn thread_pool_size_past_256_is_refused() {
     let e = env("pool");
-    let extra = ["--thread-pool-size", "4"];
+    let extra = ["--thread-pool-size", "257"];
     assert_refused(
         &e,
         args(&e, Some(&e.share), &extra),
         &[1, 2],
-        &["--thread-pool-size", "4"],
+        &["--thread-pool-size", "257"],
     );
 }
 

@@ -3,7 +3,9 @@
 //! worker thread; a kick drains the ring, each chain becomes a FUSE
 //! request handed to fuse-backend-rs's server over the chain's own guest
 //! buffers (no copies beyond what the passthrough's read/write make), and
-//! the guest is signalled once per batch.
+//! the guest is signalled once per batch. With `--thread-pool-size N`
+//! (N > 1) request-queue chains run on a pool of N threads instead
+//! (`pool.rs`), each replying and signalling on its own.
 
 use std::io;
 use std::ops::Deref;
@@ -11,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::queue::{refuse_config_write, Rings};
+use common::queue::{complete, drain_deferred, refuse_config_write, Rings};
 use common::ratelimit::RateLimited;
 use common::serve::{Connection, GuestMem, Vring};
 use fuse_backend_rs::api::server::Server;
@@ -28,6 +30,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::cli::TAG_MAX;
 use crate::fs::Guarded;
+use crate::pool::Pool;
 use crate::request::{self, Verdict};
 
 /// The filesystem every connection serves.
@@ -45,6 +48,8 @@ pub struct Device {
     pub request_queues: u16,
     /// Largest queue size.
     pub queue_size: u16,
+    /// `--thread-pool-size`: 0 or 1 runs requests on their queue's thread.
+    pub pool_size: usize,
     /// Chains that cannot carry a request, and requests fuse-backend-rs
     /// refused to decode.
     pub malformed: RateLimited,
@@ -79,23 +84,60 @@ impl Device {
 
 /// One connection's backend.
 pub struct FsConnection {
-    device: Arc<Device>,
+    serving: Arc<Serving>,
     rings: Rings,
+    /// `--thread-pool-size` > 1: where request-queue chains run.
+    pool: Option<Pool>,
+}
+
+/// What a request needs, shared with the pool's threads.
+struct Serving {
+    device: Arc<Device>,
     /// INIT succeeded (and no DESTROY since).
     initialized: AtomicBool,
 }
 
 impl FsConnection {
     /// A fresh backend for a new frontend.
-    pub fn new(device: Arc<Device>) -> Self {
+    pub fn new(device: Arc<Device>) -> io::Result<Self> {
         let queues = 1 + usize::from(device.request_queues);
-        FsConnection {
-            device,
+        let pool = match device.pool_size {
+            0 | 1 => None,
+            n => Some(Pool::new(n, "fs-pool")?),
+        };
+        Ok(FsConnection {
+            serving: Arc::new(Serving {
+                device,
+                initialized: AtomicBool::new(false),
+            }),
             rings: Rings::new(queues),
-            initialized: AtomicBool::new(false),
-        }
+            pool,
+        })
     }
 
+    /// A kick on request queue `q` with a pool: the chains go to the pool.
+    fn dispatch(&self, pool: &Pool, q: usize, vring: &Vring) -> io::Result<()> {
+        let Some(broken) = self.rings.broken(q) else {
+            return Ok(());
+        };
+        let Some(batch) = self.rings.batch() else {
+            return Ok(());
+        };
+        let mem = batch.mem_arc();
+        drain_deferred(q, vring, &mem, batch.event_idx, broken, |chain| {
+            let (serving, vring, mem) = (self.serving.clone(), vring.clone(), mem.clone());
+            pool.submit(move || {
+                let head = chain.head_index();
+                let len = serving.handle_chain(q, chain, &*mem);
+                if let Err(e) = complete(&vring, &mem, head, len) {
+                    log::warn!("queue {q} head {head}: returning the reply: {e}");
+                }
+            });
+        })
+    }
+}
+
+impl Serving {
     /// Runs one FUSE request; returns the bytes written into the chain.
     fn handle_chain<M>(&self, q: usize, chain: DescriptorChain<M>, mem: &M::Target) -> u32
     where
@@ -168,15 +210,15 @@ impl VhostUserBackend for FsConnection {
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
-        1 + usize::from(self.device.request_queues)
+        1 + usize::from(self.serving.device.request_queues)
     }
 
     fn max_queue_size(&self) -> usize {
-        usize::from(self.device.queue_size)
+        usize::from(self.serving.device.queue_size)
     }
 
     fn features(&self) -> u64 {
-        self.device.features()
+        self.serving.device.features()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -195,7 +237,7 @@ impl VhostUserBackend for FsConnection {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let c = self.device.config();
+        let c = self.serving.device.config();
         (offset as usize..offset as usize + size as usize)
             .map(|i| c.get(i).copied().unwrap_or(0))
             .collect()
@@ -220,15 +262,24 @@ impl VhostUserBackend for FsConnection {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        // Queue 0 (hiprio: FORGET, INTERRUPT) always runs inline.
+        if let (Some(pool), true) = (&self.pool, thread_id >= 1) {
+            if evset == EventSet::IN && device_event == 0 && vrings.len() == 1 {
+                return self.dispatch(pool, thread_id, &vrings[0]);
+            }
+        }
         self.rings
             .on_kick(device_event, evset, vrings, thread_id, |mem, chain| {
-                self.handle_chain(thread_id, chain, mem)
+                self.serving.handle_chain(thread_id, chain, mem)
             })
     }
 }
 
 impl Connection for FsConnection {
     fn quiesce(&self) {
-        self.rings.quiesce()
+        self.rings.quiesce();
+        if let Some(pool) = &self.pool {
+            pool.wait_idle();
+        }
     }
 }

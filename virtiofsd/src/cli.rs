@@ -90,7 +90,8 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Seccomp::Kill)]
     pub seccomp: Seccomp,
 
-    /// Worker threads per request queue (0: requests run on the queue's thread).
+    /// Threads that run requests (0 or 1: each request queue runs its own
+    /// requests on its thread; N > 1: a pool of N threads, at most 256).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,
 

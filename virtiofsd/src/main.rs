@@ -7,6 +7,7 @@
 mod backend;
 mod cli;
 mod fs;
+mod pool;
 mod request;
 mod seccomp_fs;
 
@@ -32,6 +33,8 @@ const READY_LINE: &str = "Waiting for vhost-user socket connection...";
 const REQUEST_QUEUES: u16 = 1;
 /// Largest queue.
 const QUEUE_SIZE: u16 = 1024;
+/// Most `--thread-pool-size` threads.
+const MAX_POOL: usize = 256;
 
 /// An error for `main`: the message and the exit code.
 struct Failure(String, u8);
@@ -78,9 +81,9 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         // As the Rust virtiofsd: ACLs live in xattrs.
         cli.xattr = true;
     }
-    if cli.thread_pool_size > 1 {
+    if cli.thread_pool_size > MAX_POOL {
         return Err(usage(format!(
-            "--thread-pool-size {}: only 0 or 1 (requests run on their queue's thread)",
+            "--thread-pool-size {}: at most {MAX_POOL}",
             cli.thread_pool_size
         )));
     }
@@ -184,11 +187,12 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         tag,
         request_queues: REQUEST_QUEUES,
         queue_size: QUEUE_SIZE,
+        pool_size: cli.thread_pool_size,
         malformed: RateLimited::default(),
         refused: RateLimited::default(),
     });
     log::info!(
-        "sharing {} as tag {:?} (cache {:?}{}{}{})",
+        "sharing {} as tag {:?} (cache {:?}{}{}{}{})",
         shared_dir.display(),
         cli.tag,
         cli.cache,
@@ -199,6 +203,11 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         } else {
             ""
         },
+        if cli.thread_pool_size > 1 {
+            format!(", {} pool threads", cli.thread_pool_size)
+        } else {
+            String::new()
+        },
     );
     eprintln!("{READY_LINE}");
     let exit_on_disconnect = cli.exit_on_disconnect;
@@ -206,7 +215,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
         NAME,
         &mut socket,
         &shutdown,
-        || Ok::<_, std::convert::Infallible>(Arc::new(FsConnection::new(device.clone()))),
+        || FsConnection::new(device.clone()).map(Arc::new),
         || {
             device.reset();
             !exit_on_disconnect

@@ -1,0 +1,111 @@
+//! `virtiofsd --thread-pool-size N`: request-queue requests run on a pool
+//! of N threads (each replying on its own), under the sandbox and the
+//! seccomp filter, across reconnects, and SIGTERM still waits for them.
+
+mod fs_daemon_common;
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use fs_daemon_common::*;
+use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
+use vu_driver::fs::{FsClient, FsOptions};
+
+/// Threads of `pid` named `fs-pool-*`, with the read/write system calls
+/// each made (`/proc/PID/task/TID/io`).
+fn pool_threads(pid: u32) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !comm.starts_with("fs-pool-") {
+            continue;
+        }
+        let io = fs::read_to_string(t.path().join("io")).unwrap_or_default();
+        let calls: u64 = io
+            .lines()
+            .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        out.insert(comm.to_string(), calls);
+    }
+    out
+}
+
+/// Creates, writes, reads back and lists `n` files through `fs`.
+fn exercise(fs: &mut FsClient, n: usize, seed: u8) {
+    for i in 0..n {
+        let name = format!("f{seed}-{i}");
+        let data = pattern(4096 + i, seed);
+        let (e, o) = fs.create(ROOT_ID, &name, 0o644, libc::O_RDWR).unwrap();
+        assert_eq!(
+            fs.write(o.fh, e.nodeid, 0, &data).unwrap() as usize,
+            data.len()
+        );
+        assert_eq!(
+            fs.read(o.fh, e.nodeid, 0, data.len() as u32).unwrap(),
+            data,
+            "{name}"
+        );
+        fs.release(o.fh, e.nodeid, libc::O_RDWR).unwrap();
+    }
+    let names = fs.list_dir(ROOT_ID).unwrap();
+    let mine = names
+        .iter()
+        .filter(|d| d.name().starts_with(format!("f{seed}-").as_bytes()))
+        .count();
+    assert_eq!(mine, n);
+}
+
+#[test]
+fn a_pool_of_four_serves_requests_on_its_own_threads() {
+    let mut s = start(&["--thread-pool-size", "4"]);
+    exercise(&mut s.fs, 200, 1);
+    for i in 0..200 {
+        assert_eq!(
+            fs::read(s.host(&format!("f1-{i}"))).unwrap(),
+            pattern(4096 + i, 1)
+        );
+    }
+    let threads = pool_threads(s.run.daemon.pid());
+    assert_eq!(threads.len(), 4, "{threads:?}");
+    // The file I/O happened on pool threads, spread over more than one.
+    let busy = threads.values().filter(|&&c| c > 0).count();
+    assert!(
+        busy >= 2,
+        "pool threads and their read/write calls: {threads:?}"
+    );
+    assert!(threads.values().sum::<u64>() >= 400, "{threads:?}");
+}
+
+#[test]
+fn the_pool_works_in_the_sandbox_under_seccomp_and_after_a_reconnect() {
+    let run = run(&[
+        "--thread-pool-size",
+        "3",
+        "--sandbox",
+        "namespace",
+        "--seccomp",
+        "kill",
+    ]);
+    for round in 0..2u8 {
+        let mut fs = connect(&run, FsOptions::default());
+        exercise(&mut fs, 50, 10 + round);
+    }
+    assert!(
+        run.daemon.log_contents().contains("3 pool threads"),
+        "{}",
+        run.daemon.log_contents()
+    );
+}
+
+#[test]
+fn sigterm_with_a_pool_exits_zero() {
+    let mut s = start(&["--thread-pool-size", "2"]);
+    exercise(&mut s.fs, 20, 3);
+    let pid = s.run.daemon.pid() as i32;
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = s.run.daemon.wait_timeout(T).unwrap().expect("exited");
+    assert!(status.success(), "{status:?}");
+}
