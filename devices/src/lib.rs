@@ -15,7 +15,12 @@
 //!   (the generic vhost-user frontend, later) and exposes each queue's notify
 //!   address so the VMM can register an ioeventfd per queue.
 //!
-//! Nothing here touches KVM or a socket: the VMM wires interrupts through
+//! - [`vhost_user`]: the generic vhost-user frontend
+//!   ([`vhost_user::VhostUserDevice`]), a [`virtio_pci::VirtioDevice`] whose
+//!   queues and configuration a backend process serves; blk, net and fs
+//!   differ only in their [`vhost_user::DeviceKind`].
+//!
+//! Nothing here touches KVM: the VMM wires interrupts through
 //! [`pci::MsiSink`] and kicks through ioeventfds at
 //! [`virtio_pci::VirtioPciDevice::queue_notify_address`]. Every guest access
 //! is handled without panicking, whatever its offset, size or value.
@@ -23,4 +28,5 @@
 mod ratelimit;
 
 pub mod pci;
+pub mod vhost_user;
 pub mod virtio_pci;

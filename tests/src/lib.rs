@@ -4,11 +4,13 @@
 //! - [`memory`]: shared "guest" memory handed over with SET_MEM_TABLE.
 //! - [`virtqueue`]: the driver side of a split virtqueue.
 //! - [`device`]: connection, feature negotiation, vring setup, config space.
-//! - [`blk`], [`fs`], [`net`]: device helpers on top.
+//! - [`blk`], [`fs`], [`net`]: device helpers on top; [`tap`]: a net daemon's tap seen
+//!   from the host (queue descriptors for `--tap-fd`, frames each way).
 //! - [`fixture`]: reference daemons as RAII process guards; [`guest`]: the QEMU guest test kit.
 //! - [`process`]: a child seen through `/proc`, inherited descriptors, bounded runs.
 //! - [`systemd`]: the receiving end of `NOTIFY_SOCKET`, socket activation, unit files;
-//!   [`contrib`]: the project's systemd units and QEMU descriptors.
+//!   [`contrib`]: the project's systemd units and QEMU descriptors;
+//!   [`lifecycle`]: leak, signal, notify and watchdog checks any daemon's tests make.
 
 pub mod bench;
 pub mod blk;
@@ -18,10 +20,13 @@ pub mod fixture;
 pub mod fs;
 pub mod guest;
 pub mod image;
+pub mod lifecycle;
 pub mod memory;
 pub mod net;
 pub mod netns;
 pub mod ours;
 pub mod process;
 pub mod systemd;
+pub mod tap;
 pub mod virtqueue;
+pub mod vmm;

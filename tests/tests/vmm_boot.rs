@@ -1,6 +1,8 @@
 //! Our VMM boots the freestanding test guest (`tests/guest-fw`) under KVM:
 //! PVH entry, a port write at entry, COM1 output, the APs started with
-//! INIT-SIPI-SIPI, ACPI power-off, exit code 0. And its command-line errors.
+//! INIT-SIPI-SIPI, ACPI power-off, exit code 0; PCI bus 0 enumerated through
+//! CF8/CFC (the host bridge) and the MCFG's ECAM window agreeing with it.
+//! And its command-line errors.
 
 use std::time::Duration;
 
@@ -25,6 +27,8 @@ fn assert_booted(run: &Finished, cpus: u8) {
         "hello from the test guest\n".to_string(),
         "cpu 0: apic id 0, bootstrap processor\n".to_string(),
         format!("acpi: {cpus} cpu(s), PM1a control port 0x604\n"),
+        "pci 00:00.0 1b36:0008 class 0600\n".to_string(),
+        "ecam 0xe8000000: 00:00.0 id 00081b36 matches cf8\n".to_string(),
         format!("all {cpus} cpu(s) up; powering off\n"),
     ] {
         assert!(

@@ -43,6 +43,10 @@ struct Held {
     start: usize,
     end: usize,
     cap: usize,
+    /// A chain that cannot be given back by rewinding the avail index
+    /// (a malformed one was taken after it): if unused at the end of the
+    /// batch it is returned with length 0 instead.
+    pinned: bool,
 }
 
 /// Per-queue buffers reused from batch to batch.
@@ -105,7 +109,7 @@ fn collect(chain: DescriptorChain<&Mem>, mem: &Mem, iovs: &mut Vec<IoVec>) -> Op
         }
         total += desc.len() as usize;
     }
-    if last_has_next || total < VNET_HDR_LEN || iovs.len() > MAX_IOVS {
+    if last_has_next || total < VNET_HDR_LEN || iovs.len() - start > MAX_IOVS {
         iovs.truncate(start);
         return None;
     }
@@ -146,6 +150,19 @@ impl RxScratch {
         done: &mut RxDone,
     ) -> io::Result<bool> {
         let mut used = false;
+        // Iovecs of chains already handed to the guest are dead weight.
+        match self.held.front() {
+            None => self.iovs.clear(),
+            Some(h) if h.start > 1024 => {
+                let shift = h.start;
+                self.iovs.drain(..shift);
+                for h in self.held.iter_mut() {
+                    h.start -= shift;
+                    h.end -= shift;
+                }
+            }
+            Some(_) => {}
+        }
         while if one {
             self.held.is_empty()
         } else {
@@ -163,6 +180,7 @@ impl RxScratch {
                         start,
                         end: self.iovs.len(),
                         cap,
+                        pinned: false,
                     });
                     self.held_cap += cap;
                 }
@@ -170,6 +188,10 @@ impl RxScratch {
                     done.malformed += 1;
                     queue.add_used(mem, head, 0).map_err(io::Error::other)?;
                     used = true;
+                    // Rewinding past this chain would offer it again.
+                    for h in self.held.iter_mut() {
+                        h.pinned = true;
+                    }
                 }
             }
         }
@@ -308,10 +330,21 @@ pub fn process(
             unsignalled = 0;
         }
     }
-    // Chains not used go back to the ring, for this queue's next batch.
-    let back = scratch.held.len() as u16;
+    // Chains not used go back to the ring for this queue's next batch: the
+    // ones taken after the last malformed chain by rewinding the avail
+    // index, any before it (rare: the guest gave a bad buffer) as used
+    // with length 0.
+    let queue = state.get_queue_mut();
+    let mut back: u16 = 0;
+    for h in &scratch.held {
+        if h.pinned {
+            queue.add_used(mem, h.head, 0).map_err(io::Error::other)?;
+            unsignalled += 1;
+        } else {
+            back += 1;
+        }
+    }
     if back > 0 {
-        let queue = state.get_queue_mut();
         queue.set_next_avail(queue.next_avail().wrapping_sub(back));
     }
     scratch.reset();

@@ -194,7 +194,9 @@ impl Tap {
                 .map_err(TapError::Open)?;
             let mut req = IfReq::new(name, flags);
             let mut r = ioctl_ptr(f.as_raw_fd(), TUNSETIFF, &mut req);
-            if pairs == 1 && existed && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINVAL))
+            if pairs == 1
+                && existed
+                && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINVAL))
             {
                 // A multi_queue tap takes a single queue too, asked for as one.
                 flags |= IFF_MULTI_QUEUE;

@@ -2,10 +2,14 @@
 //! reserved legacy area at [`layout::ACPI_START`]. The FADT declares the PM1
 //! blocks [`PM1A_EVT_PORT`] and [`PM1A_CNT_PORT`] that [`crate::legacy::AcpiPm`]
 //! serves (SLP_TYP 5 with SLP_EN powers off), and the reset register (port
-//! 0x64, value 0xfe: the i8042 reset). The DSDT holds `_S5_` = 5.
+//! 0x64, value 0xfe: the i8042 reset). The DSDT holds `_S5_` = 5 and the
+//! PCI host bridge `\_SB_.PCI0` (PNP0A08, segment 0, buses 0..=255, the
+//! configuration ports, the I/O and the 32/64-bit BAR windows); the MCFG
+//! points at the ECAM window ([`layout::PCI_MMCONFIG_START`]).
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
+use crate::aml;
 use crate::layout;
 
 pub const PM1A_EVT_PORT: u16 = 0x600;
@@ -87,11 +91,52 @@ fn gas_io(port: u16, bit_width: u8) -> [u8; 12] {
     g
 }
 
-fn dsdt() -> Vec<u8> {
+/// The PCI host bridge: `Scope (\_SB) { Device (PCI0) { .. } }`.
+fn pci_host_bridge(mmio64: (u64, u64)) -> Vec<u8> {
+    let io_start = layout::PCI_IO_START as u16;
+    let io_end = (layout::PCI_IO_START + layout::PCI_IO_SIZE - 1) as u16;
+    let crs = aml::resource_template(&[
+        aml::word_bus_number(0, u16::from(layout::PCI_MMCONFIG_END_BUS)),
+        aml::io(0xcf8, 8),
+        // Every port but the configuration ports is forwarded to the bus;
+        // the legacy devices below 0xcf8 sit on it, BARs from PCI_IO_START.
+        aml::word_io(0, 0xcf7),
+        aml::word_io(0xd00, io_start - 1),
+        aml::word_io(io_start, io_end),
+        aml::dword_memory(
+            layout::PCI_MMIO32_START as u32,
+            layout::PCI_MMIO32_SIZE as u32,
+        ),
+        aml::qword_memory(mmio64.0, mmio64.1),
+    ]);
+    let mut body = Vec::new();
+    body.extend(aml::name(b"_HID", &aml::eisa_id(b"PNP0A08")));
+    body.extend(aml::name(b"_CID", &aml::eisa_id(b"PNP0A03")));
+    body.extend(aml::name(b"_ADR", &aml::integer(0)));
+    body.extend(aml::name(b"_SEG", &aml::integer(0)));
+    body.extend(aml::name(b"_UID", &aml::integer(0)));
+    body.extend(aml::name(b"_BBN", &aml::integer(0)));
+    body.extend(aml::name(b"_CRS", &crs));
+    aml::scope(b"\\_SB_", &aml::device(b"PCI0", &body))
+}
+
+fn dsdt(mmio64: (u64, u64)) -> Vec<u8> {
     let mut t = Sdt::new(b"DSDT", 2);
     // Name (_S5_, Package (2) { 5, 5 })
     t.put(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a]);
     t.put(&[S5_SLP_TYP as u8, 0x0a, S5_SLP_TYP as u8]);
+    t.put(&pci_host_bridge(mmio64));
+    t.finish()
+}
+
+/// MCFG: one allocation, segment 0, the ECAM window for buses 0..=END_BUS.
+fn mcfg() -> Vec<u8> {
+    let mut t = Sdt::new(b"MCFG", 1);
+    t.put(&[0; 8]); // reserved
+    t.put(&layout::PCI_MMCONFIG_START.to_le_bytes())
+        .put(&0u16.to_le_bytes()) // PCI segment group
+        .put(&[0, layout::PCI_MMCONFIG_END_BUS])
+        .put(&[0; 4]);
     t.finish()
 }
 
@@ -167,15 +212,16 @@ fn rsdp(xsdt_addr: u64) -> Vec<u8> {
     r
 }
 
-/// Builds every table for a guest with `cpus` vCPUs, laid out from `base`
-/// (the RSDP first). Returns the bytes; the RSDP is at `base`.
-pub fn build(cpus: u8, base: GuestAddress) -> Vec<u8> {
+/// Builds every table for a guest with `cpus` vCPUs and the 64-bit BAR
+/// window `mmio64` (start, size), laid out from `base` (the RSDP first).
+/// Returns the bytes; the RSDP is at `base`.
+pub fn build(cpus: u8, mmio64: (u64, u64), base: GuestAddress) -> Vec<u8> {
     fn align(v: &mut Vec<u8>) {
         v.resize(v.len().next_multiple_of(16), 0);
     }
     let mut blob = vec![0u8; 64]; // RSDP slot
     let dsdt_addr = base.0 + blob.len() as u64;
-    blob.extend(dsdt());
+    blob.extend(dsdt(mmio64));
     align(&mut blob);
     let fadt_addr = base.0 + blob.len() as u64;
     blob.extend(fadt(dsdt_addr));
@@ -183,16 +229,23 @@ pub fn build(cpus: u8, base: GuestAddress) -> Vec<u8> {
     let madt_addr = base.0 + blob.len() as u64;
     blob.extend(madt(cpus));
     align(&mut blob);
+    let mcfg_addr = base.0 + blob.len() as u64;
+    blob.extend(mcfg());
+    align(&mut blob);
     let xsdt_addr = base.0 + blob.len() as u64;
-    blob.extend(xsdt(&[fadt_addr, madt_addr]));
+    blob.extend(xsdt(&[fadt_addr, madt_addr, mcfg_addr]));
     blob[..36].copy_from_slice(&rsdp(xsdt_addr));
     blob
 }
 
 /// Writes the tables into guest memory; returns the RSDP's address.
-pub fn write_tables<M: GuestMemory>(mem: &M, cpus: u8) -> Result<GuestAddress, AcpiError> {
+pub fn write_tables<M: GuestMemory>(
+    mem: &M,
+    cpus: u8,
+    mmio64: (u64, u64),
+) -> Result<GuestAddress, AcpiError> {
     let base = layout::ACPI_START;
-    let blob = build(cpus, base);
+    let blob = build(cpus, mmio64, base);
     if base.0 + blob.len() as u64 > layout::HIGH_RAM_START.0 {
         return Err(AcpiError::TooLarge(blob.len()));
     }
@@ -226,7 +279,7 @@ mod tests {
     #[test]
     fn checksums_and_pointers() {
         let base = 0xe0000;
-        let blob = build(2, GuestAddress(base));
+        let blob = build(2, MMIO64, GuestAddress(base));
         let rsdp = &blob[..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(sum(&rsdp[..20]), 0);
@@ -238,7 +291,7 @@ mod tests {
             .step_by(8)
             .map(|o| u64_at(xsdt, o))
             .collect();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
         let fadt = table(&blob, base, entries[0]);
         assert_eq!(&fadt[..4], b"FACP");
         assert_eq!(fadt.len(), 276);
@@ -252,6 +305,59 @@ mod tests {
         let madt = table(&blob, base, entries[1]);
         assert_eq!(&madt[..4], b"APIC");
         assert_eq!(sum(madt), 0);
+        let mcfg = table(&blob, base, entries[2]);
+        assert_eq!(&mcfg[..4], b"MCFG");
+        assert_eq!(sum(mcfg), 0);
+    }
+
+    const MMIO64: (u64, u64) = (1 << 32, 64 << 30);
+
+    #[test]
+    fn mcfg_layout() {
+        let t = mcfg();
+        assert_eq!(t.len(), 44 + 16);
+        assert_eq!(u32_at(&t, 4), 60);
+        assert_eq!(sum(&t), 0);
+        assert_eq!(u64_at(&t, 44), layout::PCI_MMCONFIG_START);
+        assert_eq!(&t[52..56], &[0, 0, 0, 255]); // segment 0, buses 0..=255
+        let buses = u64::from(t[55]) - u64::from(t[54]) + 1;
+        assert_eq!(buses << 20, layout::PCI_MMCONFIG_SIZE);
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    #[test]
+    fn dsdt_has_the_pci_host_bridge() {
+        let t = dsdt(MMIO64);
+        assert_eq!(sum(&t), 0);
+        assert_eq!(u32_at(&t, 4) as usize, t.len());
+        let scope = find(&t, b"\\_SB_").expect("\\_SB_ scope");
+        assert_eq!(t[scope - 3], 0x10, "ScopeOp with a 2-byte PkgLength");
+        // The scope's PkgLength runs to the end of the table.
+        let pkg = (t[scope - 2] & 0xf) as usize | (t[scope - 1] as usize) << 4;
+        assert_eq!(scope - 2 + pkg, t.len());
+        let dev = find(&t, b"PCI0").unwrap();
+        assert_eq!(&t[dev - 4..dev - 2], &[0x5b, 0x82]);
+        for (name, value) in [
+            (&b"_HID"[..], aml::eisa_id(b"PNP0A08")),
+            (b"_CID", aml::eisa_id(b"PNP0A03")),
+            (b"_SEG", vec![0]),
+            (b"_BBN", vec![0]),
+        ] {
+            let mut want = vec![0x08];
+            want.extend_from_slice(name);
+            want.extend(value);
+            assert!(find(&t, &want).is_some(), "{name:?}");
+        }
+        let crs = find(&t, b"_CRS").unwrap();
+        assert_eq!(t[crs + 4], 0x11, "a buffer");
+        assert!(find(&t, &aml::word_bus_number(0, 255)).is_some());
+        assert!(find(&t, &aml::io(0xcf8, 8)).is_some());
+        assert!(find(&t, &aml::dword_memory(0xc000_0000, 0x2000_0000)).is_some());
+        assert!(find(&t, &aml::qword_memory(MMIO64.0, MMIO64.1)).is_some());
+        assert_eq!(&t[t.len() - 2..], &[0x79, 0]);
     }
 
     #[test]
@@ -276,7 +382,7 @@ mod tests {
 
     #[test]
     fn fits_in_legacy_area_with_max_cpus() {
-        let blob = build(254, layout::ACPI_START);
+        let blob = build(254, MMIO64, layout::ACPI_START);
         assert!(layout::ACPI_START.0 + blob.len() as u64 <= layout::HIGH_RAM_START.0);
     }
 }

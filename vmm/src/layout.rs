@@ -10,9 +10,11 @@
 //! 0x0009_fc00  EBDA .. 1 MiB: reserved; ACPI tables at 0xe_0000
 //! 0x0010_0000  kernel (high memory)
 //! RAM up to 3 GiB, then the 32-bit device hole, RAM again from 4 GiB
-//! 0xc000_0000  32-bit device MMIO (PCI BARs: the devices crate)
-//! 0xe800_0000  PCI MMCONFIG (ECAM), 256 MiB, reserved in e820
+//! 0xc000_0000  32-bit PCI BAR window, 512 MiB (`PCI_MMIO32_*`)
+//! 0xe800_0000  PCI MMCONFIG (ECAM), 256 MiB for buses 0..=255, reserved in e820
 //! 0xfec0_0000  IOAPIC; 0xfee0_0000 LAPIC
+//! above RAM    64-bit PCI BAR window, 64 GiB, 1 GiB aligned ([`pci_mmio64_window`])
+//! ports 0xcf8..0xd00 PCI configuration (0xcf9 reset); 0xc000..0x10000 PCI I/O BARs
 //! ```
 
 use vm_memory::GuestAddress;
@@ -37,6 +39,16 @@ pub const HIGH_RAM_START: GuestAddress = GuestAddress(0x10_0000);
 pub const MEM_32BIT_DEVICES_START: u64 = 0xc000_0000;
 pub const PCI_MMCONFIG_START: u64 = 0xe800_0000;
 pub const PCI_MMCONFIG_SIZE: u64 = 0x1000_0000;
+/// The last bus the ECAM window covers (1 MiB per bus).
+pub const PCI_MMCONFIG_END_BUS: u8 = ((PCI_MMCONFIG_SIZE >> 20) - 1) as u8;
+/// The 32-bit BAR window (the devices crate's default), below the ECAM.
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// Port-I/O BARs.
+pub const PCI_IO_START: u64 = 0xc000;
+pub const PCI_IO_SIZE: u64 = 0x4000;
+/// Size of the 64-bit BAR window above RAM.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
@@ -64,6 +76,26 @@ pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, u64, u64)> {
         regions.push((GuestAddress(RAM_64BIT_START), mem_size - low, low));
     }
     regions
+}
+
+// The PCI windows sit in the device hole without overlapping.
+const _: () = {
+    assert!(PCI_MMIO32_START >= MEM_32BIT_DEVICES_START);
+    assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_MMCONFIG_START);
+    assert!(PCI_MMCONFIG_START + PCI_MMCONFIG_SIZE <= IOAPIC_START);
+    assert!(PCI_IO_START + PCI_IO_SIZE <= 0x1_0000);
+};
+
+/// The 64-bit BAR window (start, size) of a guest with `mem_size` bytes of
+/// RAM: from the end of RAM (at least 4 GiB), rounded up to 1 GiB.
+pub fn pci_mmio64_window(mem_size: u64) -> (u64, u64) {
+    let ram_end = ram_regions(mem_size)
+        .iter()
+        .map(|(a, s, _)| a.0 + s)
+        .max()
+        .unwrap_or(0)
+        .max(RAM_64BIT_START);
+    (ram_end.next_multiple_of(1 << 30), PCI_MMIO64_SIZE)
 }
 
 /// The e820 map of a guest with `mem_size` bytes of RAM: low RAM up to the
@@ -166,6 +198,14 @@ mod tests {
             );
         }
         assert_eq!(map.last().unwrap().addr, 4 * GIB);
+    }
+
+    #[test]
+    fn pci_windows_do_not_overlap() {
+        assert_eq!(PCI_MMCONFIG_END_BUS, 255);
+        assert_eq!(pci_mmio64_window(64 * MIB), (4 * GIB, 64 * GIB));
+        assert_eq!(pci_mmio64_window(8 * GIB), (9 * GIB, 64 * GIB));
+        assert_eq!(pci_mmio64_window(3 * GIB + MIB), (5 * GIB, 64 * GIB));
     }
 
     #[test]

@@ -12,15 +12,21 @@
 //!   and e820; [`acpi`]: the tables; [`boot`]: kernel, initramfs, cmdline.
 //! - [`bus`]: port-I/O and MMIO dispatch; [`legacy`]: COM1, i8042, ACPI PM,
 //!   debug ports.
+//! - [`pci`]: the PCI bus on the port-I/O and MMIO buses (CF8/CFC, 0xcf9
+//!   reset, ECAM, BAR windows) and ioeventfds that follow BARs; [`irq`]: MSI-X
+//!   vectors as KVM GSI routes and irqfds; [`aml`]: the DSDT's AML.
 
 pub mod acpi;
+pub mod aml;
 pub mod boot;
 pub mod bus;
 pub mod cli;
 pub mod cpu;
+pub mod irq;
 pub mod layout;
 pub mod legacy;
 pub mod memory;
+pub mod pci;
 pub mod vcpu;
 pub mod vm;
 

@@ -17,9 +17,11 @@ use crate::boot::{self, BootConfig, BootError};
 use crate::bus::{Bus, BusError};
 use crate::cli::{MemoryConfig, SerialConfig};
 use crate::cpu::{self, CpuError};
+use crate::irq::IrqRouter;
 use crate::layout;
 use crate::legacy::{self, AcpiPm, DebugPort, DebugPortAt, LegacyError, SerialDevice, I8042};
 use crate::memory::{GuestRam, MemoryError};
+use crate::pci::{PciError, PciHost};
 use crate::vcpu::{self, Vcpu};
 
 /// What the VM is built from.
@@ -38,7 +40,8 @@ pub struct VmConfig {
 pub enum VmEvent {
     /// ACPI S5 or KVM_SYSTEM_EVENT_SHUTDOWN.
     PowerOff,
-    /// The i8042 reset command or KVM_SYSTEM_EVENT_RESET.
+    /// The i8042 reset command, the 0xcf9 reset register or
+    /// KVM_SYSTEM_EVENT_RESET.
     Reset,
     /// A vCPU failed; one line with the reason and RIP.
     Error(String),
@@ -82,6 +85,8 @@ pub enum VmError {
     Legacy(#[from] LegacyError),
     #[error("device bus")]
     Bus(#[from] BusError),
+    #[error("PCI")]
+    Pci(#[from] PciError),
     #[error("KVM_IRQFD for IRQ {irq}")]
     Irqfd {
         irq: u32,
@@ -116,7 +121,9 @@ pub enum VmError {
 pub struct Vm {
     // Field order is drop order: vCPUs and the VM fd before guest RAM.
     vcpus: Vec<Vcpu>,
-    _vm: VmFd,
+    pci: Option<Arc<PciHost>>,
+    irq: Arc<IrqRouter>,
+    _vm: Arc<VmFd>,
     _kvm: Kvm,
     ram: GuestRam,
     events: Receiver<VmEvent>,
@@ -159,7 +166,8 @@ impl Vm {
             })?;
         }
 
-        let rsdp = acpi::write_tables(ram.memory(), config.cpus)?;
+        let mmio64 = layout::pci_mmio64_window(config.memory.size);
+        let rsdp = acpi::write_tables(ram.memory(), config.cpus, mmio64)?;
         let entry = boot::load(
             ram.memory(),
             &BootConfig {
@@ -197,6 +205,10 @@ impl Vm {
             pm_len,
             Arc::new(Mutex::new(AcpiPm::new(events_tx.clone()))),
         )?;
+        let vm = Arc::new(vm);
+        let pci = PciHost::new(mmio64, vm.clone(), events_tx.clone())?;
+        pci.attach(&pio, &mmio, mmio64)?;
+        let irq = Arc::new(IrqRouter::new(vm.clone()));
         let debug = Arc::new(Mutex::new(DebugPort::new(start)));
         for port in [legacy::POST_PORT, legacy::DEBUGCON_PORT] {
             let dev = DebugPortAt {
@@ -230,6 +242,8 @@ impl Vm {
         }
         Ok(Vm {
             vcpus,
+            pci: Some(pci),
+            irq,
             _vm: vm,
             _kvm: kvm,
             ram,
@@ -244,8 +258,20 @@ impl Vm {
         &self.ram
     }
 
+    /// The PCI bus: plug devices, register queue ioeventfds.
+    pub fn pci(&self) -> Option<&Arc<PciHost>> {
+        self.pci.as_ref()
+    }
+
+    /// The GSI routing: MSI-X vectors for a device ([`IrqRouter::vectors`]).
+    pub fn irq_router(&self) -> &Arc<IrqRouter> {
+        &self.irq
+    }
+
     /// Runs the guest until it powers off or resets, or a vCPU fails.
     pub fn run(mut self) -> Result<VmExit, VmError> {
+        // The vCPUs' buses keep the PCI host (and its event sender) alive.
+        self.pci = None;
         let mut threads = Vec::new();
         let mut spawn_error = None;
         for vcpu in self.vcpus.drain(..) {

@@ -129,4 +129,9 @@ pub trait VirtioDevice: Send {
     /// A write to `queue`'s notify address reached the VMM (no ioeventfd is
     /// registered there). Only delivered while the device is active.
     fn queue_notify(&mut self, queue: u16);
+
+    /// The device cannot go on (its backend died). The transport checks
+    /// after each call into the device (and in
+    /// [`VirtioPciDevice::check_device`]) and sets DEVICE_NEEDS_RESET.
+    fn needs_reset(&self) -> bool;
 }

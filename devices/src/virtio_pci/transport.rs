@@ -327,6 +327,16 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         }
     }
 
+    /// Sets DEVICE_NEEDS_RESET if the device says it cannot go on (see
+    /// [`VirtioDevice::needs_reset`]). Called after every access that
+    /// reaches the device; the VMM calls it too when it learns of a
+    /// backend's death by other means (its socket hung up).
+    pub fn check_device(&mut self) {
+        if self.device.needs_reset() {
+            self.set_needs_reset();
+        }
+    }
+
     fn config_interrupt(&mut self) {
         self.isr |= ISR_CONFIG;
         let vector = self.common.msix_config();
@@ -356,7 +366,10 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             Action::Activate => {
                 let queues = self.common.enabled_queues();
                 match self.device.activate(self.common.driver_features(), queues) {
-                    Ok(()) => self.active = true,
+                    Ok(()) => {
+                        self.active = true;
+                        self.check_device();
+                    }
                     Err(e) => {
                         warn!(
                             "virtio-pci type {}: {e}: {}",
@@ -394,6 +407,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             self.guest_error(format_args!("notify of queue {queue} before DRIVER_OK"));
         } else {
             self.device.queue_notify(queue as u16);
+            self.check_device();
         }
     }
 
@@ -473,6 +487,7 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
             o if o < NOTIFY_OFFSET => {
                 data.fill(0);
                 self.device.read_config(o - DEVICE_CFG_OFFSET, data);
+                self.check_device();
             }
             o if o >= table && o < pba => self.msix.read_table(o - table, data),
             o if o >= pba => self.msix.read_pba(o - pba, data),
@@ -490,7 +505,10 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
             o if o < DEVICE_CFG_OFFSET => {
                 self.guest_error(format_args!("write to the read-only ISR"));
             }
-            o if o < NOTIFY_OFFSET => self.device.write_config(o - DEVICE_CFG_OFFSET, data),
+            o if o < NOTIFY_OFFSET => {
+                self.device.write_config(o - DEVICE_CFG_OFFSET, data);
+                self.check_device();
+            }
             o if o < MSIX_TABLE_OFFSET => self.notify(o - NOTIFY_OFFSET),
             o if o >= table && o < pba => self.msix.write_table(o - table, data),
             o => self.msix.write_pba(o - pba, data),

@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::*;
@@ -22,6 +23,7 @@ struct Mock {
     calls: Arc<Mutex<Vec<Call>>>,
     fail_activate: bool,
     queues: usize,
+    broken: Arc<AtomicBool>,
 }
 
 impl VirtioDevice for Mock {
@@ -77,6 +79,10 @@ impl VirtioDevice for Mock {
     fn queue_notify(&mut self, queue: u16) {
         self.calls.lock().unwrap().push(Call::Notify(queue));
     }
+
+    fn needs_reset(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
 }
 
 struct Fixture {
@@ -92,6 +98,7 @@ impl Fixture {
             calls: calls.clone(),
             fail_activate,
             queues: 2,
+            broken: Arc::default(),
         };
         let sink = Arc::new(CountingSink::default());
         let mut dev = VirtioPciDevice::new(mock, 3, sink.clone()).unwrap();
@@ -327,6 +334,29 @@ fn needs_reset_from_the_vmm() {
     assert_eq!(f.sink.delivered().len(), 1, "once");
     assert_eq!(f.rd(0x14, 1), 0x4f);
     f.wr(0x14, 1, 0);
+    assert_eq!(f.rd(0x14, 1), 0);
+}
+
+#[test]
+fn a_broken_device_is_noticed_on_its_next_access_or_check() {
+    let mut f = Fixture::new(false);
+    f.enable_msix();
+    f.bring_up();
+    let broken = f.dev.device().broken.clone();
+    broken.store(true, Ordering::Relaxed);
+    f.dev.check_device();
+    assert_eq!(f.rd(0x14, 1), 0x4f);
+    assert_eq!(f.sink.delivered().len(), 1);
+    // Reset, then the next device-config read finds it still broken.
+    f.wr(0x14, 1, 0);
+    assert_eq!(f.rd(0x14, 1), 0);
+    f.rd(0x2000, 4);
+    assert_ne!(f.dev.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    // A healthy device is left alone.
+    broken.store(false, Ordering::Relaxed);
+    f.wr(0x14, 1, 0);
+    f.rd(0x2000, 4);
+    f.dev.check_device();
     assert_eq!(f.rd(0x14, 1), 0);
 }
 

@@ -1,5 +1,5 @@
 //! Just enough ACPI: PVH start info -> RSDP -> XSDT -> FADT (PM1a control
-//! port) and MADT (the CPUs' APIC ids).
+//! port), MADT (the CPUs' APIC ids) and MCFG (the ECAM window).
 
 use core::ptr::read_unaligned;
 
@@ -8,6 +8,8 @@ pub struct Tables {
     pub pm1a_cnt: u16,
     pub cpus: usize,
     pub apic_ids: [u32; 16],
+    /// ECAM base of segment 0 (0: no MCFG).
+    pub ecam: u64,
 }
 
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
@@ -50,6 +52,7 @@ pub fn find(start_info: u64) -> Option<Tables> {
         pm1a_cnt: 0,
         cpus: 0,
         apic_ids: [0; 16],
+        ecam: 0,
     };
     let entries = (r32(xsdt + 4) as u64 - 36) / 8;
     for i in 0..entries {
@@ -60,6 +63,11 @@ pub fn find(start_info: u64) -> Option<Tables> {
         }
         if sig(table, b"FACP") {
             tables.pm1a_cnt = r32(table + 64) as u16;
+        } else if sig(table, b"MCFG") && len >= 60 {
+            // The first allocation: base (u64), segment (u16), buses.
+            if r8(table + 52) == 0 && r8(table + 53) == 0 && r8(table + 54) == 0 {
+                tables.ecam = r64(table + 44);
+            }
         } else if sig(table, b"APIC") {
             let mut off = 44;
             while off + 2 <= len {

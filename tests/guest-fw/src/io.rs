@@ -13,6 +13,18 @@ pub fn out16(port: u16, value: u16) {
     unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") value) }
 }
 
+pub fn out32(port: u16, value: u32) {
+    // SAFETY: as in out8.
+    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value) }
+}
+
+pub fn in32(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as in out8.
+    unsafe { core::arch::asm!("in eax, dx", out("eax") value, in("dx") port) }
+    value
+}
+
 pub fn in8(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as in out8.
@@ -68,4 +80,15 @@ pub fn serial_hex(v: u64) {
     buf[i] = b'0';
     buf[i + 1] = b'x';
     serial(&buf[i..]);
+}
+
+/// `digits` hex digits of `v`, zero-padded, no prefix.
+pub fn serial_hex_fixed(v: u64, digits: usize) {
+    let mut buf = [0u8; 16];
+    let digits = digits.min(16);
+    for (i, b) in buf[..digits].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *b = b"0123456789abcdef"[((v >> shift) & 0xf) as usize];
+    }
+    serial(&buf[..digits]);
 }

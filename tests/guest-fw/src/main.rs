@@ -4,7 +4,8 @@
 //! identity page tables for the low 4 GiB and enters long mode. Then it:
 //! writes a line to the debug port 0x402; prints `hello from the test guest`
 //! on COM1; reports its APIC id; finds the ACPI tables through the PVH start
-//! info (RSDP -> XSDT -> FADT, MADT); starts every other CPU of the MADT with
+//! info (RSDP -> XSDT -> FADT, MADT, MCFG); lists PCI bus 0 through
+//! CF8/CFC and checks one ECAM read against CF8/CFC; starts every other CPU of the MADT with
 //! INIT-SIPI-SIPI through the LAPIC (real-mode trampoline at 0x10000), each of
 //! which prints that it reported in; and powers off by writing SLP_TYP=5 |
 //! SLP_EN to the FADT's PM1a control port (the i8042 reset is the fallback).
@@ -15,6 +16,7 @@
 
 mod acpi;
 mod io;
+mod pci;
 
 use core::panic::PanicInfo;
 use core::ptr::{read_volatile, write_volatile};
@@ -110,6 +112,9 @@ extern "C" fn bsp_main(start_info: u64) -> ! {
     serial(b" cpu(s), PM1a control port ");
     serial_hex(tables.pm1a_cnt as u64);
     serial(b"\n");
+
+    pci::enumerate();
+    pci::check_ecam(tables.ecam);
 
     let me = apic_id();
     let mut slot = 0;

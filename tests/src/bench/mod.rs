@@ -220,8 +220,12 @@ pub fn alternate<B, E>(
             let p = pid(b);
             let before = p.and_then(cpu_seconds);
             let mut s = run(b)?;
-            let after = p.and_then(cpu_seconds);
-            s.cpu_s = before.zip(after).map(|(a, b)| b - a);
+            // Without a PID, keep whatever CPU time the run measured itself
+            // (a baseline loop in this process times its own thread).
+            if p.is_some() {
+                let after = p.and_then(cpu_seconds);
+                s.cpu_s = before.zip(after).map(|(a, b)| b - a);
+            }
             out[i].push(s);
         }
     }

@@ -5,6 +5,7 @@
 //! vu-bench --start-references                  # qemu-storage-daemon + QEMU's C virtiofsd
 //! vu-bench --start-references --start-ours --pread-baseline --workloads blk-randread-4k-qd32
 //! vu-bench --blk ours=/run/blk.sock,pid=1234 --blk qsd=/tmp/qsd.sock,pid=99
+//! vu-bench --start-ours --workloads net-tx-64b,net-rx-64b   # vhost-net-daemon vs tap-direct (root)
 //! ```
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use vu_driver::bench::net::tap::{self, TapBench};
 use vu_driver::bench::{self, Row};
 use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
 use vu_driver::fixture::{Daemon, QsdOpts, Readiness};
@@ -51,6 +53,16 @@ struct Args {
     /// Arguments added to our daemons' command lines (e.g. "--num-queues 2").
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     ours_args: Vec<String>,
+    /// Arguments added to vhost-net-daemon's command line (e.g. "--queue-size 1024").
+    /// With --start-ours, the net-tx-*/net-rx-* workloads run it on a tap in a
+    /// network namespace of their own (needs root), next to tap-direct: a plain
+    /// loop reading and writing an identical tap, the ceiling.
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+    net_daemon_args: Vec<String>,
+    /// Inject net-rx-* frames in bursts that let the tap run empty between
+    /// them, instead of continuously (the default).
+    #[arg(long)]
+    net_rx_paced: bool,
     /// Where --start-references and --start-ours put images and shares (tmpfs by default).
     #[arg(long, default_value = "/dev/shm")]
     scratch_dir: PathBuf,
@@ -456,6 +468,46 @@ fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
     Ok(())
 }
 
+/// The tap workloads (with --start-ours): our vhost-net-daemon and
+/// tap-direct; returns their details table. Skipped with a note when the
+/// namespace cannot be made (not root).
+fn run_net_tap(args: &Args, rows: &mut Vec<Row>) -> Result<Option<String>, String> {
+    let workloads = selected(args, &tap::STANDARD, |w| w.name);
+    if !args.start_ours || workloads.is_empty() {
+        return Ok(None);
+    }
+    let extra: Vec<String> = args
+        .net_daemon_args
+        .iter()
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .collect();
+    let mut tb = match TapBench::start(&extra) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("note: net tap workloads skipped: {}", chain(&e));
+            return Ok(None);
+        }
+    };
+    tb.set_rx_continuous(!args.net_rx_paced);
+    let duration = Duration::from_secs_f64(args.duration);
+    let mut results = Vec::new();
+    for w in workloads {
+        let r = tb.run(&w, duration, args.reps).map_err(|e| {
+            format!(
+                "workload {}: {}\nvhost-net-daemon's log ends:\n{}",
+                w.name,
+                chain(&e),
+                tb.daemon_log_tail(20)
+            )
+        })?;
+        eprintln!("done: {}", w.name);
+        results.extend(r);
+    }
+    rows.extend(results.iter().map(|r| r.row.clone()));
+    Ok(Some(tap::details_table(&results)))
+}
+
 fn run(args: Args) -> Result<(), String> {
     let parse_all = |v: &[String]| {
         v.iter()
@@ -498,7 +550,11 @@ fn run(args: Args) -> Result<(), String> {
     }
     run_fs(&args, &fs, &mut rows)?;
     run_net(&args, &net, &mut rows)?;
+    let tap_details = run_net_tap(&args, &mut rows)?;
     print!("{}", bench::table(&rows));
+    if let Some(t) = tap_details {
+        print!("\n{t}");
+    }
     if let Some(path) = &args.json {
         bench::append_json(path, &rows).map_err(|e| chain(&e))?;
     }

@@ -425,6 +425,10 @@ pub struct RxCount {
     pub bytes: u64,
     /// Used buffers taken off the ring.
     pub buffers: u64,
+    /// Buffers the device returned shorter than the header (a device bug:
+    /// Linux counts them in `rx_length_errors` and reposts them); counted
+    /// and skipped here instead of failing the count.
+    pub short: u64,
 }
 
 /// A received frame: its header and its bytes.
@@ -638,8 +642,17 @@ impl RxRing {
         };
         let mut next = first;
         while let Some(u) = next {
-            let (bytes, frame) = self.take(&mem, u, false)?;
             c.buffers += 1;
+            let (bytes, frame) = match self.take(&mem, u, false) {
+                Ok(t) => t,
+                // `take` has already given the buffer back for reposting.
+                Err(NetError::RxShort { .. }) => {
+                    c.short += 1;
+                    next = vq.pop_used().map_err(qerr(self.queue, "RX pop"))?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             c.bytes += bytes as u64;
             c.frames += u64::from(frame.is_some());
             next = vq.pop_used().map_err(qerr(self.queue, "RX pop"))?;

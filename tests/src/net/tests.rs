@@ -330,12 +330,32 @@ fn rx_count_counts_merged_frames_without_copying() {
         RxCount {
             frames: 2,
             bytes: 140,
-            buffers: 3
+            buffers: 3,
+            short: 0
         }
     );
     assert_eq!(rx.posted(), 8);
     let none = rx.recv_count(&mut vq, Duration::from_millis(5)).unwrap();
     assert_eq!(none, RxCount::default());
+}
+
+#[test]
+fn rx_count_skips_buffers_shorter_than_the_header() {
+    let (mem, mut vq, mut dev) = setup(8);
+    let layout = RxLayout {
+        buf_len: 64,
+        descs_per_buf: 1,
+        mergeable: true,
+    };
+    let mut rx = RxRing::new(&vq, layout).unwrap();
+    rx.fill(&mut vq).unwrap();
+    device_write(&mem, &mut dev, &[]);
+    let mut one = hdr_with_buffers(1);
+    one.extend_from_slice(&[1; 40]);
+    device_write(&mem, &mut dev, &one);
+    let c = rx.recv_count(&mut vq, Duration::from_secs(1)).unwrap();
+    assert_eq!((c.frames, c.bytes, c.buffers, c.short), (1, 40, 2, 1));
+    assert_eq!(rx.posted(), 8);
 }
 
 #[test]

@@ -1,6 +1,13 @@
 //! virtio-net workloads through a backend that sends every frame back
 //! (DPDK testpmd in macswap mode, or a loopback): frames per second for a
 //! window of frames kept in flight on one queue pair.
+//!
+//! - [`tap`]: frames between the driver and a tap served by our
+//!   `vhost-net-daemon`, next to a plain loop on the tap as the ceiling.
+//! - [`host`]: the tap's host side: a raw tap queue, an AF_PACKET injector.
+
+pub mod host;
+pub mod tap;
 
 use std::time::{Duration, Instant};
 

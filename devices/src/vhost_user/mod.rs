@@ -1,0 +1,316 @@
+//! The generic vhost-user frontend (issue #6): one [`VhostUserDevice`] for
+//! every device type; blk, net and fs differ only in their [`DeviceKind`].
+//!
+//! At construction the device connects to the backend's socket and sends
+//! SET_OWNER, GET_FEATURES, GET_PROTOCOL_FEATURES / SET_PROTOCOL_FEATURES
+//! (REPLY_ACK, MQ, CONFIG, CONFIGURE_MEM_SLOTS, RESET_DEVICE when offered) and
+//! GET_QUEUE_NUM (with MQ). When the driver sets DRIVER_OK
+//! ([`VirtioDevice::activate`](crate::virtio_pci::VirtioDevice::activate)) it
+//! sends SET_FEATURES, SET_MEM_TABLE and, per queue, SET_VRING_NUM, _ADDR,
+//! _BASE, _CALL, _KICK and _ENABLE; on reset, GET_VRING_BASE per started
+//! queue and RESET_DEVICE (or RESET_OWNER and a new handshake). The device
+//! configuration goes through GET_CONFIG / SET_CONFIG when CONFIG was
+//! negotiated, else through a local copy.
+//!
+//! REPLY_ACK: every set message carries NEED_REPLY once the backend acks
+//! them, that is from the SET_FEATURES that acks PROTOCOL_FEATURES on. The
+//! rust-vmm backend library only answers NEED_REPLY after that point, so
+//! SET_OWNER, SET_PROTOCOL_FEATURES and a SET_CONFIG before DRIVER_OK go
+//! without it.
+//!
+//! A backend that dies does not take the VM down: the first socket error
+//! marks the device [`DeviceState::Failed`], is logged once with the socket
+//! path, and makes
+//! [`VirtioDevice::needs_reset`](crate::virtio_pci::VirtioDevice::needs_reset)
+//! true, which the transport turns into DEVICE_NEEDS_RESET and a
+//! configuration interrupt. The VMM may also watch
+//! [`VhostUserDevice::connection_fd`] and call
+//! [`VhostUserDevice::check_connection`] when it becomes readable, to notice
+//! a death while the device is idle. Reconnecting is not done yet; the
+//! handshake is one function ([`VhostUserDevice`]'s `handshake`) so that a
+//! reconnect can replay it.
+//!
+//! The socket sits behind the [`VhostUserConn`] trait so the unit tests can
+//! put a fake backend there.
+
+mod conn;
+mod device;
+mod memory;
+
+pub use conn::VhostUserConn;
+pub use device::{DeviceOptions, DeviceState, VhostUserDevice, REPLY_TIMEOUT};
+pub use memory::{MemoryRegionInfo, MemoryTable, MAX_MEM_REGIONS};
+
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+/// VHOST_USER_F_PROTOCOL_FEATURES (bit 30): vhost-user's own feature bit,
+/// never shown to the guest.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// Which virtio device a backend implements, with its defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// virtio-net (type 1): one RX/TX pair.
+    Net,
+    /// virtio-blk (type 2): one request queue.
+    Block,
+    /// virtio-fs (type 26): the high-priority queue and one request queue.
+    Fs,
+}
+
+impl DeviceKind {
+    /// The virtio device type.
+    pub fn device_type(self) -> u32 {
+        match self {
+            Self::Net => 1,
+            Self::Block => 2,
+            Self::Fs => 26,
+        }
+    }
+
+    /// Queues used when the caller does not ask for a number.
+    pub fn default_queues(self) -> usize {
+        match self {
+            Self::Net | Self::Fs => 2,
+            Self::Block => 1,
+        }
+    }
+
+    /// Largest queue size offered to the driver.
+    pub fn default_queue_size(self) -> u16 {
+        match self {
+            Self::Net | Self::Block => 256,
+            Self::Fs => 1024,
+        }
+    }
+
+    /// Length of the device configuration: `virtio_net_config` up to `mtu`
+    /// (12), `virtio_blk_config` up to `write_zeroes_may_unmap` and its
+    /// padding (60), `virtio_fs_config` (40).
+    pub fn config_len(self) -> usize {
+        match self {
+            Self::Net => 12,
+            Self::Block => 60,
+            Self::Fs => 40,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Net => "net",
+            Self::Block => "blk",
+            Self::Fs => "fs",
+        }
+    }
+}
+
+/// The two eventfds of one queue.
+#[derive(Debug)]
+pub struct QueueEvents {
+    /// Written by the guest's notify (the VMM's ioeventfd on the queue's
+    /// notify address); the backend reads it (SET_VRING_KICK).
+    pub kick: EventFd,
+    /// Written by the backend when it used buffers (SET_VRING_CALL); the VMM
+    /// has it as an irqfd for the queue's MSI-X vector.
+    pub call: EventFd,
+}
+
+/// Gives the device each queue's eventfds at activation. Implemented by the
+/// VMM, which registers `kick` as an ioeventfd at the queue's notify address
+/// and `call` as an irqfd routed to `msix_vector`.
+pub trait QueueEventProvider: Send {
+    /// The eventfds for `queue`, whose driver chose `msix_vector`
+    /// ([`MSIX_NO_VECTOR`](crate::pci::MSIX_NO_VECTOR) for none).
+    fn queue_events(&mut self, queue: u16, msix_vector: u16) -> std::io::Result<QueueEvents>;
+}
+
+/// Errors of the vhost-user frontend. One variant per failing request.
+#[derive(Debug, Error)]
+pub enum VhostUserError {
+    /// The backend's socket could not be reached.
+    #[error("cannot connect to the vhost-user backend socket {path}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SET_OWNER failed.
+    #[error("SET_OWNER failed")]
+    SetOwner(#[source] vhost::Error),
+    /// RESET_OWNER failed.
+    #[error("RESET_OWNER failed")]
+    ResetOwner(#[source] vhost::Error),
+    /// RESET_DEVICE failed.
+    #[error("RESET_DEVICE failed")]
+    ResetDevice(#[source] vhost::Error),
+    /// GET_FEATURES failed.
+    #[error("GET_FEATURES failed")]
+    GetFeatures(#[source] vhost::Error),
+    /// SET_FEATURES failed.
+    #[error("SET_FEATURES failed")]
+    SetFeatures(#[source] vhost::Error),
+    /// GET_PROTOCOL_FEATURES failed.
+    #[error("GET_PROTOCOL_FEATURES failed")]
+    GetProtocolFeatures(#[source] vhost::Error),
+    /// SET_PROTOCOL_FEATURES failed.
+    #[error("SET_PROTOCOL_FEATURES failed")]
+    SetProtocolFeatures(#[source] vhost::Error),
+    /// GET_QUEUE_NUM failed.
+    #[error("GET_QUEUE_NUM failed")]
+    GetQueueNum(#[source] vhost::Error),
+    /// SET_MEM_TABLE failed.
+    #[error("SET_MEM_TABLE failed")]
+    SetMemTable(#[source] vhost::Error),
+    /// SET_VRING_NUM failed.
+    #[error("SET_VRING_NUM failed")]
+    SetVringNum(#[source] vhost::Error),
+    /// SET_VRING_ADDR failed.
+    #[error("SET_VRING_ADDR failed")]
+    SetVringAddr(#[source] vhost::Error),
+    /// SET_VRING_BASE failed.
+    #[error("SET_VRING_BASE failed")]
+    SetVringBase(#[source] vhost::Error),
+    /// GET_VRING_BASE failed.
+    #[error("GET_VRING_BASE failed")]
+    GetVringBase(#[source] vhost::Error),
+    /// SET_VRING_CALL failed.
+    #[error("SET_VRING_CALL failed")]
+    SetVringCall(#[source] vhost::Error),
+    /// SET_VRING_KICK failed.
+    #[error("SET_VRING_KICK failed")]
+    SetVringKick(#[source] vhost::Error),
+    /// SET_VRING_ENABLE failed.
+    #[error("SET_VRING_ENABLE failed")]
+    SetVringEnable(#[source] vhost::Error),
+    /// GET_CONFIG failed.
+    #[error("GET_CONFIG failed")]
+    GetConfig(#[source] vhost::Error),
+    /// SET_CONFIG failed.
+    #[error("SET_CONFIG failed")]
+    SetConfig(#[source] vhost::Error),
+    /// With MQ, the backend has fewer queues than the device needs.
+    #[error("the backend serves {offered} queues, {wanted} are configured")]
+    QueueCount {
+        /// From GET_QUEUE_NUM.
+        offered: u64,
+        /// Configured.
+        wanted: usize,
+    },
+    /// The VMM could not give a queue's eventfds.
+    #[error("no kick/call eventfds for queue {queue}")]
+    QueueEvents {
+        /// Queue index.
+        queue: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A ring lies outside the memory table.
+    #[error("queue {queue}: {ring} at {addr:#x} is outside guest memory")]
+    RingAddress {
+        /// Queue index.
+        queue: u16,
+        /// "descriptor table", "available ring" or "used ring".
+        ring: &'static str,
+        /// Guest-physical address.
+        addr: u64,
+    },
+    /// A guest memory region has no backing file to share.
+    #[error("guest memory at {0:#x} is not backed by a file the backend could map")]
+    MemoryNotShared(u64),
+    /// The memory table is empty or too large for SET_MEM_TABLE.
+    #[error("{0} memory regions; SET_MEM_TABLE takes 1 to 8")]
+    MemoryRegionCount(usize),
+    /// The backend failed earlier; the device needs a reset (and, later, a
+    /// reconnect).
+    #[error("the backend is gone")]
+    Failed,
+}
+
+impl VhostUserError {
+    /// The request failed because the connection is gone or out of step
+    /// (the peer closed, a socket error, a partial or malformed reply), so
+    /// a reconnect, not a retry, is what could help. A backend's NACK or a
+    /// local error is not a disconnect.
+    pub fn is_disconnect(&self) -> bool {
+        use vhost::vhost_user::Error as Vu;
+        let source = match self {
+            Self::Failed => return true,
+            Self::SetOwner(e)
+            | Self::ResetOwner(e)
+            | Self::ResetDevice(e)
+            | Self::GetFeatures(e)
+            | Self::SetFeatures(e)
+            | Self::GetProtocolFeatures(e)
+            | Self::SetProtocolFeatures(e)
+            | Self::GetQueueNum(e)
+            | Self::SetMemTable(e)
+            | Self::SetVringNum(e)
+            | Self::SetVringAddr(e)
+            | Self::SetVringBase(e)
+            | Self::GetVringBase(e)
+            | Self::SetVringCall(e)
+            | Self::SetVringKick(e)
+            | Self::SetVringEnable(e)
+            | Self::GetConfig(e)
+            | Self::SetConfig(e) => e,
+            Self::Connect { .. }
+            | Self::QueueCount { .. }
+            | Self::QueueEvents { .. }
+            | Self::RingAddress { .. }
+            | Self::MemoryNotShared(_)
+            | Self::MemoryRegionCount(_) => return false,
+        };
+        match source {
+            vhost::Error::VhostUserProtocol(e) => matches!(
+                e,
+                Vu::Disconnected
+                    | Vu::SocketBroken(_)
+                    | Vu::SocketError(_)
+                    | Vu::SocketRetry(_)
+                    | Vu::PartialMessage
+                    | Vu::InvalidMessage
+                    | Vu::OversizedMsg
+                    | Vu::IncorrectFds
+            ),
+            vhost::Error::IOError(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a socket has hung up or has unexpected data (the frontend waits
+/// for nothing between requests), without blocking.
+fn peer_gone(fd: &impl AsRawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most 1 byte into `byte`, which lives across the
+    // call; MSG_PEEK leaves the data queued and MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        return !matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        );
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod daemon_tests;

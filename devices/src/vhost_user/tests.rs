@@ -1,0 +1,588 @@
+//! The frontend against a fake backend behind [`VhostUserConn`].
+
+use std::fs::File;
+use std::os::unix::io::RawFd;
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::{Error as VuError, VhostUserProtocolFeatures as P};
+use vhost::{VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::*;
+use crate::pci::msix::test_sink::CountingSink;
+use crate::pci::PciDevice;
+use crate::virtio_pci::{QueueConfig, VirtioDevice, VirtioPciDevice, STATUS_DEVICE_NEEDS_RESET};
+
+/// One request as the backend saw it, with whether it carried NEED_REPLY.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Msg {
+    SetOwner,
+    ResetOwner,
+    ResetDevice,
+    GetFeatures,
+    SetFeatures(u64),
+    GetProtocolFeatures,
+    SetProtocolFeatures(u64),
+    GetQueueNum,
+    /// (guest address, size, userspace address, file offset) per region.
+    SetMemTable(Vec<(u64, u64, u64, u64)>),
+    SetVringNum(usize, u16),
+    /// desc, avail, used (frontend userspace addresses).
+    SetVringAddr(usize, u64, u64, u64),
+    SetVringBase(usize, u16),
+    GetVringBase(usize),
+    SetVringCall(usize),
+    SetVringKick(usize),
+    SetVringEnable(usize, bool),
+    GetConfig(u32, u32),
+    SetConfig(u32, Vec<u8>),
+}
+
+#[derive(Default)]
+struct Backend {
+    log: Vec<(Msg, bool)>,
+    config: Vec<u8>,
+    /// The connection dies when this many requests were seen.
+    die_after: Option<usize>,
+    dead: bool,
+}
+
+struct Fake {
+    b: Arc<Mutex<Backend>>,
+    features: u64,
+    protocol: P,
+    queue_num: u64,
+    need_reply: bool,
+}
+
+fn gone() -> vhost::Error {
+    vhost::Error::VhostUserProtocol(VuError::Disconnected)
+}
+
+impl Fake {
+    fn req(&mut self, m: Msg) -> vhost::Result<()> {
+        let mut b = self.b.lock().unwrap();
+        if b.dead || b.die_after == Some(b.log.len()) {
+            b.dead = true;
+            return Err(gone());
+        }
+        b.log.push((m, self.need_reply));
+        Ok(())
+    }
+}
+
+impl VhostUserConn for Fake {
+    fn set_need_reply(&mut self, on: bool) {
+        self.need_reply = on;
+    }
+    fn set_owner(&mut self) -> vhost::Result<()> {
+        self.req(Msg::SetOwner)
+    }
+    fn reset_owner(&mut self) -> vhost::Result<()> {
+        self.req(Msg::ResetOwner)
+    }
+    fn reset_device(&mut self) -> vhost::Result<()> {
+        self.req(Msg::ResetDevice)
+    }
+    fn get_features(&mut self) -> vhost::Result<u64> {
+        self.req(Msg::GetFeatures).map(|_| self.features)
+    }
+    fn set_features(&mut self, features: u64) -> vhost::Result<()> {
+        self.req(Msg::SetFeatures(features))
+    }
+    fn get_protocol_features(&mut self) -> vhost::Result<P> {
+        self.req(Msg::GetProtocolFeatures).map(|_| self.protocol)
+    }
+    fn set_protocol_features(&mut self, features: P) -> vhost::Result<()> {
+        self.req(Msg::SetProtocolFeatures(features.bits()))
+    }
+    fn get_queue_num(&mut self) -> vhost::Result<u64> {
+        self.req(Msg::GetQueueNum).map(|_| self.queue_num)
+    }
+    fn set_mem_table(&mut self, regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()> {
+        let r = regions
+            .iter()
+            .map(|r| {
+                assert!(r.mmap_handle >= 0);
+                (
+                    r.guest_phys_addr,
+                    r.memory_size,
+                    r.userspace_addr,
+                    r.mmap_offset,
+                )
+            })
+            .collect();
+        self.req(Msg::SetMemTable(r))
+    }
+    fn set_vring_num(&mut self, queue: usize, num: u16) -> vhost::Result<()> {
+        self.req(Msg::SetVringNum(queue, num))
+    }
+    fn set_vring_addr(&mut self, queue: usize, c: &VringConfigData) -> vhost::Result<()> {
+        self.req(Msg::SetVringAddr(
+            queue,
+            c.desc_table_addr,
+            c.avail_ring_addr,
+            c.used_ring_addr,
+        ))
+    }
+    fn set_vring_base(&mut self, queue: usize, base: u16) -> vhost::Result<()> {
+        self.req(Msg::SetVringBase(queue, base))
+    }
+    fn get_vring_base(&mut self, queue: usize) -> vhost::Result<u32> {
+        self.req(Msg::GetVringBase(queue)).map(|_| 0)
+    }
+    fn set_vring_call(&mut self, queue: usize, _fd: &EventFd) -> vhost::Result<()> {
+        self.req(Msg::SetVringCall(queue))
+    }
+    fn set_vring_kick(&mut self, queue: usize, _fd: &EventFd) -> vhost::Result<()> {
+        self.req(Msg::SetVringKick(queue))
+    }
+    fn set_vring_enable(&mut self, queue: usize, enable: bool) -> vhost::Result<()> {
+        self.req(Msg::SetVringEnable(queue, enable))
+    }
+    fn get_config(&mut self, offset: u32, size: u32) -> vhost::Result<Vec<u8>> {
+        self.req(Msg::GetConfig(offset, size))?;
+        let b = self.b.lock().unwrap();
+        let mut c = b.config.clone();
+        c.resize((offset + size) as usize, 0);
+        Ok(c[offset as usize..].to_vec())
+    }
+    fn set_config(&mut self, offset: u32, data: &[u8]) -> vhost::Result<()> {
+        self.req(Msg::SetConfig(offset, data.to_vec()))?;
+        let mut b = self.b.lock().unwrap();
+        let end = offset as usize + data.len();
+        if b.config.len() < end {
+            b.config.resize(end, 0);
+        }
+        b.config[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+    fn peer_gone(&self) -> bool {
+        self.b.lock().unwrap().dead
+    }
+}
+
+/// Hands out fresh eventfds and records what it was asked for.
+#[derive(Default)]
+pub(super) struct Events(pub Arc<Mutex<Vec<(u16, u16)>>>);
+
+impl QueueEventProvider for Events {
+    fn queue_events(&mut self, queue: u16, vector: u16) -> std::io::Result<QueueEvents> {
+        self.0.lock().unwrap().push((queue, vector));
+        Ok(QueueEvents {
+            kick: EventFd::new(libc::EFD_NONBLOCK)?,
+            call: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+}
+
+const GUEST_BASE: u64 = 0x1_0000;
+const HOST_BASE: u64 = 0x7f00_0000_0000;
+const VERSION_1: u64 = 1 << 32;
+
+fn table() -> MemoryTable {
+    let file = Arc::new(File::open("/dev/null").unwrap());
+    MemoryTable::new(vec![MemoryRegionInfo {
+        guest_addr: GUEST_BASE,
+        size: 0x10_0000,
+        host_addr: HOST_BASE,
+        file,
+        file_offset: 0x2000,
+    }])
+    .unwrap()
+}
+
+struct Setup {
+    b: Arc<Mutex<Backend>>,
+    asked: Arc<Mutex<Vec<(u16, u16)>>>,
+}
+
+impl Setup {
+    fn log(&self) -> Vec<(Msg, bool)> {
+        std::mem::take(&mut self.b.lock().unwrap().log)
+    }
+    fn die_after(&self, n: usize) {
+        self.b.lock().unwrap().die_after = Some(n);
+    }
+}
+
+fn device(
+    kind: DeviceKind,
+    features: u64,
+    protocol: P,
+) -> (Result<VhostUserDevice, VhostUserError>, Setup) {
+    let b = Arc::new(Mutex::new(Backend {
+        config: (1..=kind.config_len() as u8).collect(),
+        ..Default::default()
+    }));
+    let events = Events::default();
+    let asked = events.0.clone();
+    let fake = Fake {
+        b: b.clone(),
+        features,
+        protocol,
+        queue_num: 4,
+        need_reply: false,
+    };
+    let dev = VhostUserDevice::with_conn(
+        Box::new(fake),
+        "/run/test.sock".into(),
+        DeviceOptions::new(kind),
+        table(),
+        Box::new(events),
+    );
+    (dev, Setup { b, asked })
+}
+
+fn all_protocol() -> P {
+    P::REPLY_ACK | P::MQ | P::CONFIG | P::RESET_DEVICE | P::CONFIGURE_MEM_SLOTS | P::LOG_SHMFD
+}
+
+fn queue(index: u16, gpa: u64) -> QueueConfig {
+    QueueConfig {
+        index,
+        size: 64,
+        desc_table: gpa,
+        avail_ring: gpa + 0x400,
+        used_ring: gpa + 0x800,
+        msix_vector: index + 1,
+    }
+}
+
+fn no_reply(log: &[(Msg, bool)]) -> Vec<Msg> {
+    log.iter()
+        .map(|(m, nr)| {
+            assert!(!nr, "{m:?} with NEED_REPLY");
+            m.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn handshake_negotiates_what_both_sides_support() {
+    let features = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES | (1 << 9);
+    let (dev, s) = device(DeviceKind::Block, features, all_protocol());
+    let dev = dev.unwrap();
+    let wanted = P::REPLY_ACK | P::MQ | P::CONFIG | P::RESET_DEVICE | P::CONFIGURE_MEM_SLOTS;
+    assert_eq!(
+        no_reply(&s.log()),
+        vec![
+            Msg::SetOwner,
+            Msg::GetFeatures,
+            Msg::GetProtocolFeatures,
+            Msg::SetProtocolFeatures(wanted.bits()),
+            Msg::GetQueueNum,
+            Msg::GetConfig(0, 60),
+        ]
+    );
+    assert_eq!(dev.features(), VERSION_1 | (1 << 9));
+    assert_eq!(dev.protocol_features(), wanted);
+    assert_eq!((dev.device_type(), dev.num_queues()), (2, 1));
+    assert_eq!(dev.max_queue_size(), 256);
+    assert_eq!(dev.state(), DeviceState::Ready);
+}
+
+#[test]
+fn kinds_have_their_ids_and_defaults() {
+    for (kind, ty, queues, len) in [
+        (DeviceKind::Net, 1, 2, 12),
+        (DeviceKind::Block, 2, 1, 60),
+        (DeviceKind::Fs, 26, 2, 40),
+    ] {
+        assert_eq!(kind.device_type(), ty);
+        assert_eq!(kind.default_queues(), queues);
+        assert_eq!(kind.config_len(), len);
+        assert!(kind.default_queue_size().is_power_of_two());
+    }
+}
+
+#[test]
+fn activation_sends_every_ring_message_with_need_reply() {
+    let features = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES | (1 << 9) | (1 << 6);
+    let (dev, s) = device(DeviceKind::Fs, features, all_protocol());
+    let mut dev = dev.unwrap();
+    s.log();
+    // The guest acks one bit the backend never offered (bit 3).
+    let acked = VERSION_1 | (1 << 9) | (1 << 3);
+    dev.activate(
+        acked,
+        vec![queue(0, GUEST_BASE), queue(1, GUEST_BASE + 0x1000)],
+    )
+    .unwrap();
+    let log = s.log();
+    assert!(log.iter().all(|(_, nr)| *nr), "{log:?}");
+    let msgs: Vec<Msg> = log.into_iter().map(|(m, _)| m).collect();
+    let mut want = vec![
+        Msg::SetFeatures(VERSION_1 | (1 << 9) | VHOST_USER_F_PROTOCOL_FEATURES),
+        Msg::SetMemTable(vec![(GUEST_BASE, 0x10_0000, HOST_BASE, 0x2000)]),
+    ];
+    for (q, off) in [(0usize, 0u64), (1, 0x1000)] {
+        let h = HOST_BASE + off;
+        want.extend([
+            Msg::SetVringNum(q, 64),
+            Msg::SetVringAddr(q, h, h + 0x400, h + 0x800),
+            Msg::SetVringBase(q, 0),
+            Msg::SetVringCall(q),
+            Msg::SetVringKick(q),
+            Msg::SetVringEnable(q, true),
+        ]);
+    }
+    assert_eq!(msgs, want);
+    assert_eq!(*s.asked.lock().unwrap(), vec![(0, 1), (1, 2)]);
+    assert_eq!(dev.state(), DeviceState::Active);
+    assert!(!dev.needs_reset());
+
+    // Reset stops both rings, then RESET_DEVICE; acks stop until the next
+    // SET_FEATURES.
+    dev.reset();
+    let log = s.log();
+    assert_eq!(
+        log,
+        vec![
+            (Msg::GetVringBase(1), true),
+            (Msg::GetVringBase(0), true),
+            (Msg::ResetDevice, true),
+        ]
+    );
+    assert_eq!(dev.state(), DeviceState::Ready);
+    dev.reset();
+    assert!(s.log().is_empty(), "a second reset sends nothing");
+}
+
+#[test]
+fn without_reply_ack_or_protocol_features() {
+    let (dev, s) = device(
+        DeviceKind::Block,
+        VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES,
+        P::CONFIG,
+    );
+    let mut dev = dev.unwrap();
+    s.log();
+    dev.activate(VERSION_1, vec![queue(0, GUEST_BASE)]).unwrap();
+    let msgs = no_reply(&s.log());
+    assert!(msgs.contains(&Msg::SetVringEnable(0, true)));
+
+    // No PROTOCOL_FEATURES: no protocol messages, no SET_VRING_ENABLE
+    // (rings start enabled), a local config.
+    let (dev, s) = device(DeviceKind::Block, VERSION_1, all_protocol());
+    let mut dev = dev.unwrap();
+    assert_eq!(no_reply(&s.log()), vec![Msg::SetOwner, Msg::GetFeatures]);
+    dev.activate(VERSION_1, vec![queue(0, GUEST_BASE)]).unwrap();
+    let msgs = no_reply(&s.log());
+    assert_eq!(msgs[0], Msg::SetFeatures(VERSION_1));
+    assert_eq!(msgs.len(), 7);
+    assert!(!msgs.iter().any(|m| matches!(m, Msg::SetVringEnable(..))));
+    // Without RESET_DEVICE: RESET_OWNER and a new handshake.
+    dev.reset();
+    assert_eq!(
+        no_reply(&s.log()),
+        vec![
+            Msg::GetVringBase(0),
+            Msg::ResetOwner,
+            Msg::SetOwner,
+            Msg::GetFeatures
+        ]
+    );
+}
+
+#[test]
+fn config_goes_through_the_backend_with_config() {
+    let (dev, s) = device(DeviceKind::Block, VHOST_USER_F_PROTOCOL_FEATURES, P::CONFIG);
+    let mut dev = dev.unwrap();
+    s.log();
+    let mut buf = [0u8; 4];
+    dev.read_config(8, &mut buf);
+    assert_eq!(buf, [9, 10, 11, 12]);
+    dev.write_config(20, &[0xaa, 0xbb]);
+    assert_eq!(
+        no_reply(&s.log()),
+        vec![Msg::GetConfig(0, 60), Msg::SetConfig(20, vec![0xaa, 0xbb])]
+    );
+    dev.read_config(20, &mut buf);
+    assert_eq!(buf, [0xaa, 0xbb, 23, 24]);
+    // Past the end reads zeros; out-of-range writes are dropped.
+    dev.read_config(58, &mut buf);
+    assert_eq!(buf, [59, 60, 0, 0]);
+    dev.read_config(u64::MAX, &mut buf);
+    assert_eq!(buf, [0; 4]);
+    s.log();
+    dev.write_config(59, &[1, 2]);
+    dev.write_config(u64::MAX, &[1]);
+    assert!(s.log().is_empty());
+}
+
+#[test]
+fn config_without_the_config_feature_is_local() {
+    let (dev, s) = device(
+        DeviceKind::Net,
+        VHOST_USER_F_PROTOCOL_FEATURES,
+        P::REPLY_ACK,
+    );
+    let mut dev = dev.unwrap();
+    s.log();
+    let mut buf = [0xffu8; 2];
+    dev.read_config(0, &mut buf);
+    assert_eq!(buf, [0, 0]);
+    dev.write_config(0, &[0x52, 0x54]);
+    dev.read_config(0, &mut buf);
+    assert_eq!(buf, [0x52, 0x54]);
+    assert!(s.log().is_empty());
+}
+
+#[test]
+fn mq_backend_with_too_few_queues_is_refused() {
+    let b = Arc::new(Mutex::new(Backend::default()));
+    let fake = Fake {
+        b,
+        features: VHOST_USER_F_PROTOCOL_FEATURES,
+        protocol: P::MQ,
+        queue_num: 1,
+        need_reply: false,
+    };
+    let err = VhostUserDevice::with_conn(
+        Box::new(fake),
+        "/run/x.sock".into(),
+        DeviceOptions::new(DeviceKind::Net),
+        table(),
+        Box::new(Events::default()),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        VhostUserError::QueueCount {
+            offered: 1,
+            wanted: 2
+        }
+    ));
+    assert!(!err.is_disconnect());
+}
+
+#[test]
+fn a_ring_outside_guest_memory_fails_activation_but_not_the_device() {
+    let (dev, s) = device(
+        DeviceKind::Block,
+        VHOST_USER_F_PROTOCOL_FEATURES,
+        all_protocol(),
+    );
+    let mut dev = dev.unwrap();
+    s.log();
+    let err = dev.activate(0, vec![queue(0, 0x10)]).unwrap_err();
+    let inner = err.0.downcast_ref::<VhostUserError>().unwrap();
+    assert!(matches!(
+        inner,
+        VhostUserError::RingAddress {
+            queue: 0,
+            addr: 0x10,
+            ..
+        }
+    ));
+    assert!(!dev.needs_reset());
+    assert_eq!(dev.state(), DeviceState::Ready);
+    dev.reset();
+    let log: Vec<Msg> = s.log().into_iter().map(|(m, _)| m).collect();
+    assert_eq!(log.last(), Some(&Msg::ResetDevice));
+    assert!(!log.iter().any(|m| matches!(m, Msg::GetVringBase(_))));
+}
+
+#[test]
+fn a_backend_that_dies_mid_activation_fails_the_device_once() {
+    let (dev, s) = device(
+        DeviceKind::Fs,
+        VHOST_USER_F_PROTOCOL_FEATURES,
+        all_protocol(),
+    );
+    let mut dev = dev.unwrap();
+    s.log();
+    // Dies at the second queue's SET_VRING_ADDR.
+    s.die_after(9);
+    let err = dev
+        .activate(0, vec![queue(0, GUEST_BASE), queue(1, GUEST_BASE)])
+        .unwrap_err();
+    let inner = err.0.downcast_ref::<VhostUserError>().unwrap();
+    assert!(matches!(inner, VhostUserError::SetVringAddr(_)), "{inner}");
+    assert!(inner.is_disconnect());
+    assert_eq!(dev.state(), DeviceState::Failed);
+    assert!(dev.needs_reset());
+    // Nothing more reaches the (dead) socket, nothing panics.
+    s.log();
+    let mut buf = [0u8; 4];
+    dev.read_config(0, &mut buf);
+    dev.write_config(0, &[1]);
+    dev.queue_notify(0);
+    dev.reset();
+    assert!(dev.activate(0, vec![queue(0, GUEST_BASE)]).is_err());
+    assert!(s.log().is_empty());
+    assert_eq!(dev.state(), DeviceState::Failed);
+}
+
+#[test]
+fn idle_death_is_found_by_check_connection() {
+    let (dev, s) = device(
+        DeviceKind::Block,
+        VHOST_USER_F_PROTOCOL_FEATURES,
+        all_protocol(),
+    );
+    let mut dev = dev.unwrap();
+    assert_eq!(dev.check_connection(), DeviceState::Ready);
+    s.b.lock().unwrap().dead = true;
+    assert_eq!(dev.check_connection(), DeviceState::Failed);
+    assert!(dev.connection_fd().is_none());
+}
+
+#[test]
+fn the_transport_sets_needs_reset_when_a_config_read_finds_the_backend_dead() {
+    let (dev, s) = device(
+        DeviceKind::Block,
+        VHOST_USER_F_PROTOCOL_FEATURES,
+        all_protocol(),
+    );
+    let sink = Arc::new(CountingSink::default());
+    let mut pci = VirtioPciDevice::new(dev.unwrap(), 2, sink).unwrap();
+    pci.config_mut().set_bar_address(0, 0x80_0000_0000).unwrap();
+    s.b.lock().unwrap().dead = true;
+    let mut buf = [0u8; 4];
+    pci.read_bar(0, 0x2000, &mut buf);
+    assert_ne!(pci.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    assert_eq!(pci.device().state(), DeviceState::Failed);
+}
+
+#[test]
+fn a_missing_socket_is_named() {
+    let err = VhostUserDevice::connect(
+        "/nonexistent/vu.sock",
+        DeviceOptions::new(DeviceKind::Block),
+        table(),
+        Box::new(Events::default()),
+    )
+    .unwrap_err();
+    assert!(matches!(err, VhostUserError::Connect { .. }));
+    assert!(err.to_string().contains("/nonexistent/vu.sock"), "{err}");
+    assert!(!err.is_disconnect());
+}
+
+#[test]
+fn disconnect_classification() {
+    let v = |e| vhost::Error::VhostUserProtocol(e);
+    assert!(VhostUserError::SetVringKick(gone()).is_disconnect());
+    assert!(VhostUserError::GetConfig(v(VuError::PartialMessage)).is_disconnect());
+    assert!(VhostUserError::Failed.is_disconnect());
+    assert!(!VhostUserError::SetConfig(v(VuError::BackendInternalError)).is_disconnect());
+    assert!(!VhostUserError::MemoryRegionCount(0).is_disconnect());
+    assert!(MemoryTable::new(Vec::new()).is_err());
+}
+
+#[test]
+fn memory_table_translates_within_one_region() {
+    let t = table();
+    assert_eq!(t.translate(GUEST_BASE, 16), Some(HOST_BASE));
+    assert_eq!(
+        t.translate(GUEST_BASE + 0xf_fff0, 16),
+        Some(HOST_BASE + 0xf_fff0)
+    );
+    assert_eq!(t.translate(GUEST_BASE + 0xf_fff1, 16), None);
+    assert_eq!(t.translate(GUEST_BASE - 1, 1), None);
+    assert_eq!(t.translate(u64::MAX, 2), None);
+}
