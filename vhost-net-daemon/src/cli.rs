@@ -56,6 +56,9 @@ pub struct Cli {
 impl Cli {
     /// The number of queue pairs, checked against `--tap-fd`.
     pub fn pairs(&self) -> Result<u16, String> {
+        if self.create && self.tap.is_none() {
+            return Err("--create needs --tap NAME (the tap to create)".into());
+        }
         if self.tap.is_none() && self.tap_fd.is_empty() {
             return Err("--tap NAME or --tap-fd N is required (the tap to serve)".into());
         }
@@ -170,7 +173,6 @@ mod tests {
             &["--tap", "t", "--mac", "zz:00:00:00:00:01"],
             &["--tap", "t", "--mtu", "67"],
             &["--tap", "t", "--tap-fd", "3"],
-            &["--create", "--tap-fd", "3"],
             &["--tap-fd", "-1"],
             &["--tap", "t", "--socket-path", "/s", "--fd", "3"],
         ] {
@@ -186,6 +188,8 @@ mod tests {
         assert!(c.pairs().unwrap_err().contains("needs 2 --tap-fd"));
         let c = parse(&["--socket-path", "/s"]).unwrap();
         assert!(c.pairs().unwrap_err().contains("--tap NAME or --tap-fd"));
+        let e = parse(&["--create", "--tap-fd", "3"]).map(|c| c.pairs());
+        assert!(!matches!(e, Ok(Ok(_))), "--create without --tap accepted");
     }
 
     #[test]
