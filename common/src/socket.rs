@@ -186,8 +186,36 @@ fn bind_path(path: &Path) -> Result<(Listener, Option<Cleanup>), SocketError> {
         path: path.to_path_buf(),
         source: vhost::vhost_user::Error::SocketError(e),
     };
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
+    let listener = bind_listening(path).map_err(bind_err)?;
     Ok((Listener::from(listener), cleanup_for(path)))
+}
+
+/// Binds and listens at a temporary name next to `path`, then renames it
+/// into place: the path appears already listening, so a frontend that
+/// connects as soon as it sees the file (QEMU, Kata, our tests) is never
+/// refused in the moment between bind(2) and listen(2). Falls back to a
+/// direct bind when the temporary name would be too long.
+fn bind_listening(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = path.file_name().map(|name| {
+        let mut n = std::ffi::OsString::from(".");
+        n.push(name);
+        n.push(format!(".{}.tmp", std::process::id()));
+        path.with_file_name(n)
+    });
+    // sun_path holds 107 bytes and a NUL.
+    match tmp {
+        Some(tmp) if tmp.as_os_str().as_bytes().len() < 108 => {
+            let _ = std::fs::remove_file(&tmp);
+            let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+            if let Err(e) = std::fs::rename(&tmp, path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            Ok(listener)
+        }
+        _ => std::os::unix::net::UnixListener::bind(path),
+    }
 }
 
 /// How to remove the socket we just bound at `path` later (None if the
