@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use vhost_user_backend::VringT;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::serve::{ExitEvents, Gate, GatePass, GuestMem, Vring};
+
+/// Chains handled between two reads of the avail index.
+const CHUNK: usize = 64;
 
 /// Guest memory as a worker borrows it for one batch.
 pub type Mem = GuestMemoryMmap<()>;
@@ -37,6 +40,7 @@ where
     let mut state = vring.get_mut();
     let queue = state.get_queue_mut();
     let mut used = false;
+    let mut finished = [(0u16, 0u32); CHUNK];
     loop {
         if event_idx {
             queue.disable_notification(mem).map_err(io::Error::other)?;
@@ -58,11 +62,27 @@ where
             return Ok(());
         }
         broken.store(false, Ordering::Relaxed);
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let len = handle(chain);
-            queue.add_used(mem, head, len).map_err(io::Error::other)?;
-            used = true;
+        // The avail index is read once per chunk, not once per chain (it is
+        // a cache line the driver keeps writing), and the used entries of a
+        // chunk go out together.
+        loop {
+            let mut n = 0;
+            {
+                let mut iter = queue.iter(mem).map_err(io::Error::other)?;
+                while n < CHUNK {
+                    let Some(chain) = iter.next() else { break };
+                    let head = chain.head_index();
+                    finished[n] = (head, handle(chain));
+                    n += 1;
+                }
+            }
+            for &(head, len) in &finished[..n] {
+                queue.add_used(mem, head, len).map_err(io::Error::other)?;
+            }
+            used |= n > 0;
+            if n < CHUNK {
+                break;
+            }
         }
         if !event_idx || !queue.enable_notification(mem).map_err(io::Error::other)? {
             break;
