@@ -4,11 +4,12 @@
 //! left behind), hand each chain to the device, and signal the guest once.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -38,10 +39,11 @@ where
     F: FnMut(DescriptorChain<&Mem>) -> u32,
 {
     let mut state = vring.get_mut();
-    let queue = state.get_queue_mut();
     let mut used = false;
     let mut finished = [(0u16, 0u32); CHUNK];
+    let window = poll_window();
     loop {
+        let queue = state.get_queue_mut();
         if event_idx {
             queue.disable_notification(mem).map_err(io::Error::other)?;
         }
@@ -84,14 +86,72 @@ where
                 break;
             }
         }
+        if event_idx && !window.is_zero() {
+            // Tell the guest what is done, then look for its next request
+            // for a moment before sleeping: a request that comes within
+            // the window costs no kick and no wake-up.
+            if used && queue.needs_notification(mem).map_err(io::Error::other)? {
+                state.signal_used_queue()?;
+                used = false;
+            }
+            if wait_avail(state.get_queue(), mem, window)? {
+                continue;
+            }
+        }
+        let queue = state.get_queue_mut();
         if !event_idx || !queue.enable_notification(mem).map_err(io::Error::other)? {
             break;
         }
     }
-    if used && queue.needs_notification(mem).map_err(io::Error::other)? {
+    if used
+        && state
+            .get_queue_mut()
+            .needs_notification(mem)
+            .map_err(io::Error::other)?
+    {
         state.signal_used_queue()?;
     }
     Ok(())
+}
+
+/// Polling window after a batch, in nanoseconds (see [`set_poll_window`]).
+static POLL_NS: AtomicU64 = AtomicU64::new(0);
+
+/// How long a worker keeps looking for the driver's next request after
+/// draining its ring (with EVENT_IDX, so the driver does not kick
+/// meanwhile) before it sleeps until a kick. Zero turns polling off.
+pub fn set_poll_window(window: Duration) {
+    POLL_NS.store(
+        u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+fn poll_window() -> Duration {
+    Duration::from_nanos(POLL_NS.load(Ordering::Relaxed))
+}
+
+/// Spins until the avail index moves past what was taken (`true`) or
+/// `window` ends (`false`).
+fn wait_avail(queue: &Queue, mem: &Mem, window: Duration) -> io::Result<bool> {
+    let start = Instant::now();
+    let next = queue.next_avail();
+    loop {
+        for _ in 0..32 {
+            if queue
+                .avail_idx(mem, Ordering::Acquire)
+                .map_err(io::Error::other)?
+                .0
+                != next
+            {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= window {
+            return Ok(false);
+        }
+    }
 }
 
 /// [`drain`] for a backend that completes requests on other threads:

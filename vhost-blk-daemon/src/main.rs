@@ -132,6 +132,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     common::logging::init(NAME, cli.vhost_user.log_level);
+    cli.vhost_user.apply_ring_options();
     match run(cli, &path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -144,6 +144,7 @@ fn main() -> ExitCode {
         }
     };
     common::logging::init(NAME, cli.vhost_user.log_level);
+    cli.vhost_user.apply_ring_options();
     match run(cli, pairs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

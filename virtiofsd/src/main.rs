@@ -92,6 +92,7 @@ fn run(mut cli: Cli) -> Result<(), Failure> {
     } else {
         common::logging::init(NAME, cli.vhost_user.log_level);
     }
+    cli.vhost_user.apply_ring_options();
     let meta = std::fs::metadata(&shared_dir)
         .map_err(|e| runtime(format!("--shared-dir {}: {e}", shared_dir.display())))?;
     if !meta.is_dir() {
