@@ -7,7 +7,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::ours::run_to_exit;
+use crate::fixture::{Daemon, Readiness, Result as FixtureResult};
+use crate::ours::{bare_command, run_to_exit};
 use crate::process::Finished;
 
 /// The target triple of the test guest.
@@ -110,4 +111,91 @@ pub fn boot_test_guest(cpus: u8, timeout: Duration) -> Finished {
         ],
         timeout,
     )
+}
+
+/// Where [`halting_kernel`] loads its one segment (1 MiB, where RAM above
+/// the legacy hole starts).
+const HALT_LOAD_ADDR: u64 = 0x10_0000;
+
+/// The bytes of a minimal 64-bit ELF "kernel" (no PVH note, so the VMM
+/// enters it in long mode) whose entry is `hlt; jmp .-1` with interrupts
+/// off: the vCPU halts for good and the VMM runs until it is stopped. For
+/// tests that need a VM that stays up (the test guest powers off within a
+/// second).
+pub fn halting_kernel_image() -> Vec<u8> {
+    const EHDR: u64 = 64;
+    const PHDR: u64 = 56;
+    let code: [u8; 3] = [0xf4, 0xeb, 0xfd]; // hlt; jmp -3 (back to hlt)
+    let len = EHDR + PHDR + code.len() as u64;
+    let mut elf = Vec::with_capacity(len as usize);
+    // e_ident: magic, ELFCLASS64, little-endian, version 1, System V.
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    elf.extend_from_slice(&(HALT_LOAD_ADDR + EHDR + PHDR).to_le_bytes()); // e_entry
+    elf.extend_from_slice(&EHDR.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    elf.extend_from_slice(&(EHDR as u16).to_le_bytes()); // e_ehsize
+    elf.extend_from_slice(&(PHDR as u16).to_le_bytes()); // e_phentsize
+    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    elf.extend_from_slice(&[0; 4]); // e_shnum, e_shstrndx
+                                    // The one PT_LOAD segment: the whole file at HALT_LOAD_ADDR, R+X.
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // PF_R | PF_X
+    elf.extend_from_slice(&0u64.to_le_bytes()); // p_offset
+    elf.extend_from_slice(&HALT_LOAD_ADDR.to_le_bytes()); // p_vaddr
+    elf.extend_from_slice(&HALT_LOAD_ADDR.to_le_bytes()); // p_paddr
+    elf.extend_from_slice(&len.to_le_bytes()); // p_filesz
+    elf.extend_from_slice(&len.to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    elf.extend_from_slice(&code);
+    elf
+}
+
+/// Writes [`halting_kernel_image`] to `path`.
+pub fn halting_kernel(path: &Path) -> std::io::Result<()> {
+    std::fs::write(path, halting_kernel_image())
+}
+
+/// Spawns our `vmm` with `args` as a [`Daemon`] (its log is stdout and
+/// stderr; dropping it stops it), ready when its log contains every one of
+/// `ready_lines`. `socket` is only what [`Daemon::socket`] reports.
+pub fn spawn_vmm<I, S>(
+    args: I,
+    socket: &Path,
+    ready_lines: &[&str],
+    timeout: Duration,
+) -> FixtureResult<Daemon>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = bare_command("vmm")?;
+    cmd.args(args);
+    let ready: Vec<Readiness> = ready_lines
+        .iter()
+        .map(|l| Readiness::LogLine((*l).to_string()))
+        .collect();
+    Daemon::spawn("vmm", cmd, socket, &ready, timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_halting_kernel_is_a_well_formed_elf() {
+        let elf = halting_kernel_image();
+        assert_eq!(elf.len(), 64 + 56 + 3);
+        assert_eq!(&elf[..4], b"\x7fELF");
+        let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+        assert_eq!(u64_at(24), HALT_LOAD_ADDR + 120); // e_entry: the hlt
+        assert_eq!(u64_at(32), 64); // e_phoff
+        assert_eq!(u64_at(64 + 32), elf.len() as u64); // p_filesz
+        assert_eq!(&elf[120..], &[0xf4, 0xeb, 0xfd]);
+    }
 }

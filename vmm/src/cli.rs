@@ -1,10 +1,25 @@
 //! The command line, in Cloud Hypervisor's style: `--kernel`, `--initramfs`,
 //! `--cmdline`, `--cpus boot=N`, `--memory size=512M[,file=PATH]`,
-//! `--serial stdio|file=PATH|socket=PATH|off`, `--log-level`.
+//! `--serial stdio|file=PATH|socket=PATH|off`, `--log-level`, and the
+//! vhost-user devices, each option repeatable:
+//!
+//! - `--disk socket=PATH[,num_queues=N,queue_size=N]`: virtio-blk;
+//!   `num_queues` request queues (default 1).
+//! - `--fs tag=TAG,socket=PATH[,num_queues=N,queue_size=N]`: virtio-fs;
+//!   `num_queues` request queues (default 1) besides the high-priority
+//!   queue, as in Cloud Hypervisor.
+//! - `--net socket=PATH[,mac=MAC,num_queues=N,queue_size=N]`: virtio-net;
+//!   `num_queues` counts RX and TX queues as Cloud Hypervisor does (2 per
+//!   queue pair, default 2, even); the device also has the control queue
+//!   after them, which the backend serves (VIRTIO_NET_F_CTRL_VQ).
+//!
+//! `queue_size` is the largest ring size offered to the driver, a power of
+//! two up to 32768 (default 256 for disks and NICs, 1024 for shares).
 
 use std::path::PathBuf;
 
 use clap::Parser;
+use devices::vhost_user::DeviceKind;
 
 /// The thin KVM core: boots a kernel with guest RAM in a shared file.
 #[derive(Debug, Parser)]
@@ -36,6 +51,31 @@ pub struct Args {
     /// Log level: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: log::LevelFilter,
+    /// A disk served by a vhost-user-blk backend:
+    /// `socket=PATH[,num_queues=N,queue_size=N]`. Repeatable.
+    #[arg(long = "disk", value_name = "socket=PATH[,...]", value_parser = parse_disk)]
+    pub disks: Vec<VhostUserConfig>,
+    /// A share served by a vhost-user-fs backend (virtiofsd):
+    /// `tag=TAG,socket=PATH[,num_queues=N,queue_size=N]`; `num_queues`
+    /// request queues besides the high-priority one. Repeatable.
+    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH[,...]", value_parser = parse_fs)]
+    pub fs: Vec<VhostUserConfig>,
+    /// A NIC served by a vhost-user-net backend:
+    /// `socket=PATH[,mac=MAC,num_queues=N,queue_size=N]`; `num_queues`
+    /// counts RX and TX queues (2 per pair, even), the control queue comes
+    /// after them. Repeatable.
+    #[arg(long = "net", value_name = "socket=PATH[,...]", value_parser = parse_net)]
+    pub net: Vec<VhostUserConfig>,
+}
+
+impl Args {
+    /// Every vhost-user device, in plug order: disks, shares, NICs.
+    pub fn vhost_user_devices(&self) -> Vec<VhostUserConfig> {
+        let mut all = self.disks.clone();
+        all.extend(self.fs.iter().cloned());
+        all.extend(self.net.iter().cloned());
+        all
+    }
 }
 
 /// `--cpus`.
@@ -59,6 +99,41 @@ pub enum SerialConfig {
     Socket(PathBuf),
     Off,
 }
+
+/// `--disk`, `--fs`, `--net`: one device a vhost-user backend serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserConfig {
+    pub kind: DeviceKind,
+    /// The backend's listening socket.
+    pub socket: PathBuf,
+    /// `num_queues` as given (see [`VhostUserConfig::device_queues`]).
+    pub num_queues: usize,
+    /// Largest queue size, a power of two.
+    pub queue_size: u16,
+    /// virtio-fs: the tag the guest mounts.
+    pub tag: Option<String>,
+    /// virtio-net: the MAC shown when the backend does not serve the
+    /// configuration space.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl VhostUserConfig {
+    /// The device's virtqueues: blk `num_queues`; fs the high-priority
+    /// queue + `num_queues`; net `num_queues` + the control queue.
+    pub fn device_queues(&self) -> usize {
+        match self.kind {
+            DeviceKind::Block => self.num_queues,
+            DeviceKind::Fs | DeviceKind::Net => self.num_queues + 1,
+        }
+    }
+}
+
+/// The longest virtio-fs tag (`virtio_fs_config.tag`).
+pub const FS_TAG_MAX: usize = 36;
+/// The most queues `num_queues` asks for.
+pub const MAX_QUEUES: usize = 256;
+/// The largest queue size (virtio split rings).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
 
 pub const MAX_VCPUS: u8 = 254;
 const MIB: u64 = 1 << 20;
@@ -164,6 +239,120 @@ pub fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     }
 }
 
+fn parse_mac(v: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac={v} is not a MAC address (e.g. 52:54:00:12:34:56)");
+    let mut mac = [0u8; 6];
+    let mut parts = v.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("mac={v} is a multicast address"));
+    }
+    Ok(mac)
+}
+
+fn parse_count(k: &str, v: &str) -> Result<usize, String> {
+    v.parse()
+        .map_err(|_| format!("{k}={v} is not a number from 1 to {MAX_QUEUES}"))
+}
+
+/// `--disk`, `--fs` or `--net` of `kind`.
+pub fn parse_vhost_user(kind: DeviceKind, s: &str) -> Result<VhostUserConfig, String> {
+    let known: &[&str] = match kind {
+        DeviceKind::Block => &["socket", "num_queues", "queue_size"],
+        DeviceKind::Fs => &["tag", "socket", "num_queues", "queue_size"],
+        DeviceKind::Net => &["socket", "mac", "num_queues", "queue_size"],
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    let mut socket = None;
+    let mut num_queues = None;
+    let mut queue_size = None;
+    let mut tag = None;
+    let mut mac = None;
+    for (k, v) in pairs(s)? {
+        if !known.contains(&k) {
+            return Err(format!("unknown key `{k}` (known: {})", known.join(", ")));
+        }
+        if seen.contains(&k) {
+            return Err(format!("`{k}` is given twice"));
+        }
+        seen.push(k);
+        match k {
+            "socket" if v.is_empty() => return Err("socket= needs a path".into()),
+            "socket" => socket = Some(PathBuf::from(v)),
+            "num_queues" => num_queues = Some(parse_count(k, v)?),
+            "queue_size" => {
+                let n: u16 = v.parse().map_err(|_| {
+                    format!(
+                        "queue_size={v} is not a number (a power of two up to {MAX_QUEUE_SIZE})"
+                    )
+                })?;
+                if !n.is_power_of_two() || n > MAX_QUEUE_SIZE {
+                    return Err(format!(
+                        "queue_size={n} is not a power of two up to {MAX_QUEUE_SIZE}"
+                    ));
+                }
+                queue_size = Some(n);
+            }
+            "tag" if v.is_empty() || v.len() > FS_TAG_MAX => {
+                return Err(format!(
+                    "tag `{v}` is {} bytes; a tag has 1 to {FS_TAG_MAX}",
+                    v.len()
+                ))
+            }
+            "tag" => tag = Some(v.to_string()),
+            _ => mac = Some(parse_mac(v)?),
+        }
+    }
+    let socket = socket.ok_or("missing socket=PATH (the vhost-user backend's socket)")?;
+    if kind == DeviceKind::Fs && tag.is_none() {
+        return Err("missing tag=TAG (the tag the guest mounts)".into());
+    }
+    let default_queues = match kind {
+        DeviceKind::Net => 2,
+        DeviceKind::Block | DeviceKind::Fs => 1,
+    };
+    let num_queues = num_queues.unwrap_or(default_queues);
+    if num_queues == 0 || num_queues > MAX_QUEUES {
+        return Err(format!(
+            "num_queues={num_queues} is not from 1 to {MAX_QUEUES}"
+        ));
+    }
+    if kind == DeviceKind::Net && num_queues % 2 != 0 {
+        return Err(format!(
+            "num_queues={num_queues} is odd; it counts RX and TX queues, 2 per pair"
+        ));
+    }
+    Ok(VhostUserConfig {
+        kind,
+        socket,
+        num_queues,
+        queue_size: queue_size.unwrap_or_else(|| kind.default_queue_size()),
+        tag,
+        mac,
+    })
+}
+
+pub fn parse_disk(s: &str) -> Result<VhostUserConfig, String> {
+    parse_vhost_user(DeviceKind::Block, s)
+}
+
+pub fn parse_fs(s: &str) -> Result<VhostUserConfig, String> {
+    parse_vhost_user(DeviceKind::Fs, s)
+}
+
+pub fn parse_net(s: &str) -> Result<VhostUserConfig, String> {
+    parse_vhost_user(DeviceKind::Net, s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +436,113 @@ mod tests {
         assert_eq!(a.serial, SerialConfig::Stdio);
         assert!(Args::try_parse_from(["vmm"]).is_err());
         assert!(Args::try_parse_from(["vmm", "--kernel", "k", "--memory", "size=3M5"]).is_err());
+    }
+
+    #[test]
+    fn disks() {
+        let d = parse_disk("socket=/run/blk.sock").unwrap();
+        assert_eq!(
+            d,
+            VhostUserConfig {
+                kind: DeviceKind::Block,
+                socket: "/run/blk.sock".into(),
+                num_queues: 1,
+                queue_size: 256,
+                tag: None,
+                mac: None,
+            }
+        );
+        assert_eq!(d.device_queues(), 1);
+        let d = parse_disk("num_queues=4,socket=/b,queue_size=128").unwrap();
+        assert_eq!((d.num_queues, d.queue_size, d.device_queues()), (4, 128, 4));
+        let err = |s: &str| parse_disk(s).unwrap_err();
+        assert!(err("num_queues=2").contains("missing socket=PATH"));
+        assert!(err("socket=").contains("socket= needs a path"));
+        assert!(err("socket=/b,tag=x").contains("unknown key `tag`"));
+        assert!(err("socket=/b,num_queues=two").contains("num_queues=two is not a number"));
+        assert!(err("socket=/b,num_queues=0").contains("num_queues=0"));
+        assert!(err("socket=/b,num_queues=257").contains("from 1 to 256"));
+        assert!(err("socket=/b,queue_size=100").contains("not a power of two"));
+        assert!(err("socket=/b,queue_size=0").contains("not a power of two"));
+        assert!(err("socket=/b,queue_size=65536").contains("queue_size=65536 is not a number"));
+        assert!(err("socket=/b,queue_size=x").contains("not a number"));
+        assert!(err("socket=/a,socket=/b").contains("given twice"));
+        assert!(err("/b").contains("key=value"));
+    }
+
+    #[test]
+    fn shares() {
+        let f = parse_fs("tag=myfs,socket=/f").unwrap();
+        assert_eq!(f.tag.as_deref(), Some("myfs"));
+        assert_eq!(
+            (f.num_queues, f.queue_size, f.device_queues()),
+            (1, 1024, 2)
+        );
+        let tag36 = "t".repeat(36);
+        assert!(parse_fs(&format!("tag={tag36},socket=/f")).is_ok());
+        let err = |s: &str| parse_fs(s).unwrap_err();
+        assert!(err(&format!("tag={tag36}x,socket=/f")).contains("37 bytes; a tag has 1 to 36"));
+        assert!(err("tag=,socket=/f").contains("0 bytes"));
+        assert!(err("socket=/f").contains("missing tag=TAG"));
+        assert!(err("tag=x").contains("missing socket=PATH"));
+        assert!(err("tag=x,socket=/f,mac=52:54:00:00:00:01").contains("unknown key `mac`"));
+    }
+
+    #[test]
+    fn nics() {
+        let n = parse_net("socket=/n,mac=52:54:00:12:34:5f").unwrap();
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x5f]));
+        assert_eq!((n.num_queues, n.queue_size, n.device_queues()), (2, 256, 3));
+        let n = parse_net("socket=/n,num_queues=4").unwrap();
+        assert_eq!((n.mac, n.device_queues()), (None, 5));
+        let err = |s: &str| parse_net(s).unwrap_err();
+        assert!(err("socket=/n,num_queues=3").contains("num_queues=3 is odd"));
+        for bad in [
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52:54:00:12:34:5g",
+            "52:54:0:12:34:56",
+            "525400123456",
+            "",
+        ] {
+            assert!(
+                err(&format!("socket=/n,mac={bad}")).contains("is not a MAC address"),
+                "{bad}"
+            );
+        }
+        assert!(err("socket=/n,mac=01:00:5e:00:00:01").contains("multicast"));
+        assert!(err("mac=52:54:00:12:34:56").contains("missing socket=PATH"));
+        assert!(err("socket=/n,tag=x").contains("unknown key `tag`"));
+    }
+
+    #[test]
+    fn devices_on_the_command_line() {
+        let a = Args::try_parse_from([
+            "vmm",
+            "--kernel",
+            "k",
+            "--net",
+            "socket=/n",
+            "--disk",
+            "socket=/b1",
+            "--fs",
+            "tag=t,socket=/f",
+            "--disk",
+            "socket=/b2",
+        ])
+        .unwrap();
+        let order: Vec<_> = a
+            .vhost_user_devices()
+            .into_iter()
+            .map(|d| d.socket.display().to_string())
+            .collect();
+        assert_eq!(order, ["/b1", "/b2", "/f", "/n"]);
+        let e = Args::try_parse_from(["vmm", "--kernel", "k", "--disk", "queue_size=64"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--disk") && e.contains("missing socket=PATH"),
+            "{e}"
+        );
     }
 }

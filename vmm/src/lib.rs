@@ -15,8 +15,12 @@
 //! - [`pci`]: the PCI bus on the port-I/O and MMIO buses (CF8/CFC, 0xcf9
 //!   reset, ECAM, BAR windows) and ioeventfds that follow BARs; [`irq`]: MSI-X
 //!   vectors as KVM GSI routes and irqfds; [`aml`]: the DSDT's AML.
+//! - [`vhost_user`]: `--disk`, `--fs`, `--net` as vhost-user frontends on
+//!   the PCI bus; [`watch`]: the `vu-watch` thread that notices a backend
+//!   dying.
 
 pub mod acpi;
+pub mod api;
 pub mod aml;
 pub mod boot;
 pub mod bus;
@@ -28,7 +32,9 @@ pub mod legacy;
 pub mod memory;
 pub mod pci;
 pub mod vcpu;
+pub mod vhost_user;
 pub mod vm;
+pub mod watch;
 
 /// `error`, then each source, joined with ": " on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

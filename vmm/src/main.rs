@@ -1,5 +1,6 @@
 //! `vmm --kernel PATH [--initramfs PATH] [--cmdline ..] [--cpus boot=N]
-//! [--memory size=..[,file=..]] [--serial ..] [--log-level ..]`
+//! [--memory size=..[,file=..]] [--serial ..] [--log-level ..]
+//! [--disk socket=..]... [--fs tag=..,socket=..]... [--net socket=..]...`
 //!
 //! Exits 0 when the guest powers off or resets; 1 with one `error:` line
 //! when the VM cannot be built or a vCPU fails; 2 on a bad command line.
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
 
+    let devices = args.vhost_user_devices();
     let config = VmConfig {
         kernel: args.kernel,
         initramfs: args.initramfs,
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         cpus: args.cpus.boot,
         memory: args.memory,
         serial: args.serial,
+        devices,
     };
     match Vm::new(&config, start).and_then(Vm::run) {
         Ok(exit) => {

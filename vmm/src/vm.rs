@@ -1,7 +1,8 @@
 //! The VM: KVM with the in-kernel irqchip and PIT, guest RAM, ACPI tables,
 //! the kernel, the legacy devices on the port-I/O bus, and one thread per
-//! vCPU. [`Vm::run`] returns when the guest powers off or resets, or a vCPU
-//! fails.
+//! vCPU, and the vhost-user devices (connected before any vCPU runs, their
+//! sockets watched by the `vu-watch` thread). [`Vm::run`] returns when the
+//! guest powers off or resets, or a vCPU fails.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::acpi::{self, AcpiError};
 use crate::boot::{self, BootConfig, BootError};
 use crate::bus::{Bus, BusError};
-use crate::cli::{MemoryConfig, SerialConfig};
+use crate::cli::{MemoryConfig, SerialConfig, VhostUserConfig};
 use crate::cpu::{self, CpuError};
 use crate::irq::IrqRouter;
 use crate::layout;
@@ -23,6 +24,8 @@ use crate::legacy::{self, AcpiPm, DebugPort, DebugPortAt, LegacyError, SerialDev
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::{PciError, PciHost};
 use crate::vcpu::{self, Vcpu};
+use crate::vhost_user::{DeviceError, DeviceInfo, VhostUserPci};
+use crate::watch::Watcher;
 
 /// What the VM is built from.
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct VmConfig {
     pub cpus: u8,
     pub memory: MemoryConfig,
     pub serial: SerialConfig,
+    /// vhost-user devices, plugged in this order from slot 1.
+    pub devices: Vec<VhostUserConfig>,
 }
 
 /// What devices and vCPUs tell the VM's main loop.
@@ -87,6 +92,10 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error("PCI")]
     Pci(#[from] PciError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("starting the vu-watch thread")]
+    Watch(#[source] std::io::Error),
     #[error("KVM_IRQFD for IRQ {irq}")]
     Irqfd {
         irq: u32,
@@ -119,7 +128,10 @@ pub enum VmError {
 
 /// A VM ready to run.
 pub struct Vm {
-    // Field order is drop order: vCPUs and the VM fd before guest RAM.
+    // Field order is drop order: the watcher first, vCPUs and the VM fd
+    // before guest RAM.
+    _watcher: Option<Watcher>,
+    devices: Vec<Arc<VhostUserPci>>,
     vcpus: Vec<Vcpu>,
     pci: Option<Arc<PciHost>>,
     irq: Arc<IrqRouter>,
@@ -209,6 +221,16 @@ impl Vm {
         let pci = PciHost::new(mmio64, vm.clone(), events_tx.clone())?;
         pci.attach(&pio, &mmio, mmio64)?;
         let irq = Arc::new(IrqRouter::new(vm.clone()));
+        let devices = config
+            .devices
+            .iter()
+            .map(|d| VhostUserPci::plug(d, &pci, &irq, ram.memory()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let watcher = if devices.is_empty() {
+            None
+        } else {
+            Some(Watcher::start(devices.clone()).map_err(VmError::Watch)?)
+        };
         let debug = Arc::new(Mutex::new(DebugPort::new(start)));
         for port in [legacy::POST_PORT, legacy::DEBUGCON_PORT] {
             let dev = DebugPortAt {
@@ -241,6 +263,8 @@ impl Vm {
             });
         }
         Ok(Vm {
+            _watcher: watcher,
+            devices,
             vcpus,
             pci: Some(pci),
             irq,
@@ -266,6 +290,18 @@ impl Vm {
     /// The GSI routing: MSI-X vectors for a device ([`IrqRouter::vectors`]).
     pub fn irq_router(&self) -> &Arc<IrqRouter> {
         &self.irq
+    }
+
+    /// The vhost-user devices (an API thread may keep these to report
+    /// them while the VM runs).
+    pub fn vhost_user_devices(&self) -> &[Arc<VhostUserPci>] {
+        &self.devices
+    }
+
+    /// Kind, socket, PCI address and state of every vhost-user device (for
+    /// `vm.info`).
+    pub fn devices_info(&self) -> Vec<DeviceInfo> {
+        self.devices.iter().map(|d| d.info()).collect()
     }
 
     /// Runs the guest until it powers off or resets, or a vCPU fails.

@@ -1,0 +1,308 @@
+//! Our VMM with vhost-user devices served by our daemons: `--disk`
+//! (vhost-blk-daemon), `--fs` (virtiofsd), `--net` (vhost-net-daemon on a
+//! tap in a private network namespace). The test guest lists PCI bus 0; the
+//! three virtio functions must be there with their modern device IDs. A
+//! missing socket is a one-line startup error naming it; a backend killed
+//! while the VM runs leaves the VMM running, the device marked as needing
+//! a reset.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
+use vu_driver::netns::NetNs;
+use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
+use vu_driver::process::Finished;
+use vu_driver::vmm::{halting_kernel, run_vmm, spawn_vmm, test_guest};
+
+/// KVM here emulates every instruction; the guest needs a few seconds at
+/// most, the margin is for loaded CI machines.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const CLI_TIMEOUT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(30);
+const TAP: &str = "vmmdev0";
+const MAC: &str = "52:54:00:12:34:56";
+
+fn show(run: &Finished) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        run.status, run.stdout, run.stderr
+    )
+}
+
+/// A disk image and its daemon.
+fn blk(dir: &TempDir) -> (PathBuf, Daemon) {
+    let image = dir.join("disk.img");
+    create_sparse_image(&image, 16 << 20).unwrap();
+    let socket = dir.join("blk.sock");
+    let d = vhost_blk_daemon(&image, &socket, &BlkDaemonOpts::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    (socket, d)
+}
+
+/// A share (with `hello.txt`) and virtiofsd with `args`.
+fn fs(dir: &TempDir, args: &[&str]) -> (PathBuf, Daemon) {
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), "hello from the host\n").unwrap();
+    let socket = dir.join("fs.sock");
+    let d = virtiofsd(&share, &socket, args).unwrap_or_else(|e| panic!("{e}"));
+    (socket, d)
+}
+
+/// A namespace with a tap and vhost-net-daemon serving it.
+fn net(dir: &TempDir) -> (NetNs, PathBuf, Daemon) {
+    let ns = NetNs::new("vmmdev").unwrap_or_else(|e| panic!("{e}"));
+    ns.add_tap(TAP, false, Some("10.0.9.1/24"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let socket = dir.join("net.sock");
+    let d = vhost_net_daemon(&ns, &socket, &["--tap", TAP, "--mac", MAC])
+        .unwrap_or_else(|e| panic!("{e}"));
+    (ns, socket, d)
+}
+
+fn arg(key_values: &[(&str, &Path)]) -> String {
+    key_values
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.display()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn the_guest_finds_a_disk_a_share_and_a_nic() {
+    let dir = TempDir::new("vmm-devices").unwrap();
+    let (blk_sock, _blk) = blk(&dir);
+    let (fs_sock, _fs) = fs(&dir, &["--tag", "myfs"]);
+    let (_ns, net_sock, _net) = net(&dir);
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    // Twice: the daemons serve the next VMM once the first one is gone.
+    for _ in 0..2 {
+        boot_with_devices(&guest, &blk_sock, &fs_sock, &net_sock);
+    }
+}
+
+fn boot_with_devices(guest: &Path, blk_sock: &Path, fs_sock: &Path, net_sock: &Path) {
+    let run = run_vmm(
+        [
+            "--kernel".into(),
+            guest.as_os_str().to_owned(),
+            "--memory".into(),
+            "size=64M".into(),
+            "--disk".into(),
+            arg(&[("socket", blk_sock)]).into(),
+            "--fs".into(),
+            format!("tag=myfs,{}", arg(&[("socket", fs_sock)])).into(),
+            "--net".into(),
+            format!("{},mac={MAC}", arg(&[("socket", net_sock)])).into(),
+        ],
+        BOOT_TIMEOUT,
+    );
+    assert_eq!(run.code(), Some(0), "{}", show(&run));
+    // Plugged in the order disks, shares, NICs from slot 1.
+    for line in [
+        "pci 00:01.0 1af4:1042 class 0180\n",
+        "pci 00:02.0 1af4:105a class 0180\n",
+        "pci 00:03.0 1af4:1041 class 0200\n",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "missing {line:?}\n{}",
+            show(&run)
+        );
+    }
+    for (kind, sock, bdf, queues) in [
+        ("blk", blk_sock, "0000:00:01.0", 1),
+        ("fs", fs_sock, "0000:00:02.0", 2),
+        ("net", net_sock, "0000:00:03.0", 3),
+    ] {
+        let line = format!(
+            "vhost-user {kind} {}: PCI {bdf}, {queues} queues",
+            sock.display()
+        );
+        assert!(
+            run.stderr.contains(&line),
+            "missing {line:?}\n{}",
+            show(&run)
+        );
+    }
+    assert!(!run.stderr.contains("backend is gone"), "{}", show(&run));
+    // The backends serve the tag and MAC the command line gives.
+    assert!(!run.stderr.contains("the backend serves"), "{}", show(&run));
+    assert!(run.stderr.contains("guest powered off"), "{}", show(&run));
+}
+
+fn refusal(args: &[&str], code: i32, culprits: &[&str]) {
+    let run = run_vmm(args.iter().copied(), CLI_TIMEOUT);
+    let line = run
+        .refusal(&[code], culprits)
+        .unwrap_or_else(|e| panic!("vmm {args:?}: {e}"));
+    assert_eq!(
+        run.stderr.trim_end().lines().count(),
+        1,
+        "not one line: {line}\n{}",
+        show(&run)
+    );
+}
+
+#[test]
+fn a_missing_socket_is_one_line_naming_it() {
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let guest = guest.to_str().unwrap();
+    let dir = TempDir::new("vmm-nosock").unwrap();
+    let sock = dir.join("nobody-listens.sock");
+    let sock = sock.to_str().unwrap();
+    for (option, value, kind) in [
+        ("--disk", format!("socket={sock}"), "blk"),
+        ("--fs", format!("tag=t,socket={sock}"), "fs"),
+        ("--net", format!("socket={sock}"), "net"),
+    ] {
+        refusal(
+            &[
+                "--log-level",
+                "error",
+                "--kernel",
+                guest,
+                "--memory",
+                "size=32M",
+                option,
+                &value,
+            ],
+            1,
+            &[sock, kind, "cannot connect", "No such file"],
+        );
+    }
+}
+
+#[test]
+fn bad_device_options_are_one_line() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("--disk", "num_queues=2", &["--disk", "missing socket=PATH"]),
+        (
+            "--disk",
+            "socket=/s,cache=on",
+            &["--disk", "unknown key `cache`"],
+        ),
+        (
+            "--disk",
+            "socket=/s,num_queues=x",
+            &["num_queues=x is not a number"],
+        ),
+        (
+            "--disk",
+            "socket=/s,queue_size=100",
+            &["queue_size=100 is not a power of two"],
+        ),
+        ("--fs", "socket=/s", &["--fs", "missing tag=TAG"]),
+        (
+            "--fs",
+            "tag=0123456789012345678901234567890123456,socket=/s",
+            &["--fs", "37 bytes; a tag has 1 to 36"],
+        ),
+        (
+            "--net",
+            "socket=/s,mac=52:54:00:12:34",
+            &["--net", "not a MAC address"],
+        ),
+        (
+            "--net",
+            "socket=/s,num_queues=3",
+            &["--net", "num_queues=3 is odd"],
+        ),
+    ];
+    for (option, value, culprits) in cases {
+        refusal(&["--kernel", "k", option, value], 2, culprits);
+    }
+}
+
+/// /proc/PID/status `SigIgn` has SIGPIPE.
+fn ignores_sigpipe(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (libc::SIGPIPE - 1)) != 0)
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn a_backend_killed_while_the_vm_runs_leaves_the_vmm_running() {
+    let dir = TempDir::new("vmm-kill").unwrap();
+    let kernel = dir.join("halt.elf");
+    halting_kernel(&kernel).unwrap();
+    let (blk_sock, mut blk) = blk(&dir);
+    // virtiofsd's default tag, kataShared, is not the command line's.
+    let (fs_sock, _fs) = fs(&dir, &[]);
+    let blk_line = format!("vhost-user blk {}: PCI 0000:00:01.0", blk_sock.display());
+    let fs_line = format!("vhost-user fs {}: PCI 0000:00:02.0", fs_sock.display());
+    let mut vmm = spawn_vmm(
+        [
+            "--kernel".into(),
+            kernel.into_os_string(),
+            "--memory".into(),
+            "size=32M".into(),
+            "--serial".into(),
+            "off".into(),
+            "--disk".into(),
+            arg(&[("socket", &blk_sock)]).into(),
+            "--fs".into(),
+            format!("tag=myfs,{}", arg(&[("socket", &fs_sock)])).into(),
+        ],
+        &blk_sock,
+        &[
+            &blk_line,
+            &fs_line,
+            "vu-watch: watching 2 vhost-user backend socket(s)",
+        ],
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pid = vmm.pid();
+    let tag_warning = format!(
+        "vhost-user fs {}: the backend serves tag \"kataShared\", not \"myfs\"",
+        fs_sock.display()
+    );
+    assert!(
+        vmm.log_contents().contains(&tag_warning),
+        "{}",
+        vmm.log_contents()
+    );
+    // The thread names itself once it runs.
+    assert!(
+        poll_until(WAIT, || thread_names(pid).iter().any(|n| n == "vu-watch")),
+        "threads: {:?}",
+        thread_names(pid)
+    );
+    assert!(ignores_sigpipe(pid), "SIGPIPE is not ignored by the VMM");
+
+    blk.signal(libc::SIGKILL).unwrap();
+    assert!(blk.wait_timeout(WAIT).unwrap().is_some());
+    let gone = format!(
+        "vhost-user blk device 0000:00:01.0 ({}): the backend is gone; DEVICE_NEEDS_RESET set",
+        blk_sock.display()
+    );
+    assert!(
+        poll_until(WAIT, || vmm.log_contents().contains(&gone)),
+        "no {gone:?} in the VMM's log:\n{}",
+        vmm.log_contents()
+    );
+    // Still running, logged once, and the share is unaffected.
+    assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
+    let log = vmm.log_contents();
+    assert_eq!(log.matches("the backend is gone").count(), 1, "{log}");
+    assert!(!log.contains("vhost-user fs device"), "{log}");
+    assert!(ignores_sigpipe(pid));
+    let status = vmm.stop().unwrap();
+    // It was running until stopped: ended by SIGTERM, not by itself.
+    assert_eq!(status.code(), None, "{}", vmm.log_contents());
+}

@@ -1,0 +1,218 @@
+//! The control API on `--api-socket` (issue #6): HTTP/1.1 + JSON over a
+//! Unix socket, on Cloud Hypervisor's paths where they fit.
+//!
+//! | method | path | success | body |
+//! |---|---|---|---|
+//! | GET | `/api/v1/vmm.ping` | 200 | `{"build_version", "version", "pid", "features": []}` |
+//! | GET | `/api/v1/vm.info` | 200 | [`VmInfo`] |
+//! | GET | `/api/v1/vm.counters` | 200 | [`Counters`]: `{"<device or vcpuN>": {"<counter>": n}}` |
+//! | PUT | `/api/v1/vm.pause` | 204 | |
+//! | PUT | `/api/v1/vm.resume` | 204 | |
+//! | PUT | `/api/v1/vm.shutdown` | 204 | |
+//! | PUT | `/api/v1/vm.power-button` | 204 | |
+//! | PUT | `/api/v1/vmm.shutdown` | 204, then the connection closes | |
+//!
+//! Request bodies are accepted (none, or any JSON value such as `{}`) and
+//! ignored. Every error has a JSON body `{"error": "..."}` naming what was
+//! wrong: 400 malformed request line, header or JSON body; 404 unknown
+//! path; 405 wrong method (with `Allow`); 408 request not received in time;
+//! 409 the action does not fit the VM's state; 411 `Transfer-Encoding`
+//! (send `Content-Length`); 413 body too large; 431 head too large; 500
+//! the action failed; 501 not supported by this VM; 503 too many
+//! connections; 505 not HTTP/1.x. Limits are in [`Limits`].
+//!
+//! ```text
+//! curl --unix-socket /tmp/api.sock http://localhost/api/v1/vmm.ping
+//! curl --unix-socket /tmp/api.sock http://localhost/api/v1/vm.info
+//! curl --unix-socket /tmp/api.sock http://localhost/api/v1/vm.counters
+//! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.pause
+//! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.resume
+//! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.power-button
+//! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.shutdown
+//! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vmm.shutdown
+//! ```
+//!
+//! Wiring it into the VMM:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn wire(ctl: Arc<dyn vmm::api::VmControl>) -> Result<(), vmm::api::ApiError> {
+//! use vmm::api;
+//! // Bind first (a stale socket file is replaced, a live one is an error);
+//! // `socket_file` removes the file when dropped.
+//! let (listener, socket_file) = api::bind("/tmp/api.sock".as_ref())?;
+//! let stop = api::ApiStop::new()?;
+//! let thread = api::serve(listener, ctl, stop.clone())?;
+//! // ... run the VM until it ends or `VmControl::vmm_shutdown` is called ...
+//! stop.stop();
+//! let _ = thread.join(); // a response being written is finished first
+//! drop(socket_file);
+//! # Ok(()) }
+//! ```
+//!
+//! [`VmControl::vmm_shutdown`] is called from an API connection thread and
+//! should only ask the main loop to end (send an event, set a flag) and
+//! return; the 204 is written after it returns, and stopping + joining the
+//! server as above lets that reply reach the client before `main` exits.
+
+mod http;
+#[cfg(test)]
+mod http_tests;
+mod routes;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+pub use http::Limits;
+pub use server::{bind, serve, serve_with_limits, ApiError, ApiStop, SocketFile};
+
+/// The VM's lifecycle state, spelled as Cloud Hypervisor spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum VmState {
+    /// Built, vCPUs not started.
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs paused by `vm.pause`.
+    Paused,
+    /// The guest has stopped (powered off, `vm.shutdown`).
+    Shutdown,
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmState::Created => "Created",
+            VmState::Running => "Running",
+            VmState::Paused => "Paused",
+            VmState::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// The state of a device's vhost-user backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    /// Not connected yet, or reconnecting.
+    Connecting,
+    /// Connected and set up.
+    Connected,
+    /// The backend went away.
+    Disconnected,
+    /// Setting the backend up failed ([`DeviceInfo::backend_error`] says why).
+    Failed,
+}
+
+/// One vhost-user device, as `vm.info` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    /// `block`, `fs` or `net`.
+    pub kind: String,
+    /// The device's id (from the command line).
+    pub id: String,
+    /// The backend's vhost-user socket path.
+    pub socket: String,
+    /// The PCI address, `0000:00:02.0`, once the device is on the bus.
+    pub pci_bdf: Option<String>,
+    /// The backend connection's state.
+    pub backend_state: BackendState,
+    /// Why the backend failed or disconnected, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_error: Option<String>,
+}
+
+/// Guest memory, as `vm.info` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryInfo {
+    /// Guest RAM in bytes.
+    pub size: u64,
+}
+
+/// The body of `GET /api/v1/vm.info`:
+///
+/// ```json
+/// {"state": "Running", "cpus": 2, "memory": {"size": 536870912},
+///  "devices": [{"kind": "block", "id": "disk0", "socket": "/run/blk.sock",
+///               "pci_bdf": "0000:00:02.0", "backend_state": "connected"}]}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmInfo {
+    /// The lifecycle state.
+    pub state: VmState,
+    /// The number of vCPUs.
+    pub cpus: u8,
+    /// Guest memory.
+    pub memory: MemoryInfo,
+    /// The vhost-user devices.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// The body of `GET /api/v1/vm.counters`, shaped like Cloud Hypervisor's:
+/// a map from a device id or `vcpuN` to that one's counters by name, e.g.
+/// `{"vcpu0": {"exits": 1200, "io_exits": 800, "mmio_exits": 400},
+///   "disk0": {"kicks": 50}}`.
+pub type Counters = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// Why a control action was refused or failed; [`ControlError::status`]
+/// is the HTTP status it is answered with.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The action does not fit the VM's state (pause a paused VM) → 409.
+    #[error("cannot {action}: the VM is {state}")]
+    InvalidState {
+        /// The refused action (`pause`).
+        action: &'static str,
+        /// The state the VM is in.
+        state: VmState,
+    },
+    /// This VM cannot do the action at all → 501.
+    #[error("{0} is not supported by this VM")]
+    Unsupported(&'static str),
+    /// The action was attempted and failed → 500.
+    #[error("{action} failed")]
+    Failed {
+        /// The action (`pause`).
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ControlError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ControlError::InvalidState { .. } => 409,
+            ControlError::Unsupported(_) => 501,
+            ControlError::Failed { .. } => 500,
+        }
+    }
+}
+
+/// What the API needs from the VM. Every method is called from an API
+/// connection thread, possibly from two connections at once, and must not
+/// block for long: actions ask the VM to act and return once it has (or
+/// has been told to).
+pub trait VmControl: Send + Sync {
+    /// State, vCPUs, memory and devices (`vm.info`).
+    fn info(&self) -> VmInfo;
+    /// Per-device and per-vCPU counters (`vm.counters`).
+    fn counters(&self) -> Counters;
+    /// Pause the vCPUs (`vm.pause`).
+    fn pause(&self) -> Result<(), ControlError>;
+    /// Resume paused vCPUs (`vm.resume`).
+    fn resume(&self) -> Result<(), ControlError>;
+    /// Stop the guest (`vm.shutdown`).
+    fn shutdown(&self) -> Result<(), ControlError>;
+    /// Send an ACPI power-button event (`vm.power-button`).
+    fn power_button(&self) -> Result<(), ControlError>;
+    /// Ask the VMM process to exit (`vmm.shutdown`); see the module docs.
+    fn vmm_shutdown(&self) -> Result<(), ControlError>;
+}

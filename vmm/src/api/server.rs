@@ -1,0 +1,414 @@
+//! The socket, the `vmm-api` accept thread and one `vmm-api-conn` thread
+//! per connection (at most [`Limits::max_connections`]).
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::http::{self, Decoded, Decoder, HttpError, Limits, Response};
+use super::routes;
+use super::VmControl;
+
+/// Errors binding the socket or starting the server; each names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Another process listens on the path.
+    #[error("API socket {0} is in use by another process")]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("API socket path {0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// Inspecting or removing a stale socket failed.
+    #[error("cannot replace stale API socket {path}")]
+    Stale {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// bind(2)/listen(2) or the rename into place failed.
+    #[error("cannot listen on API socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The stop eventfd could not be created.
+    #[error("creating the API stop eventfd")]
+    StopEvent(#[source] io::Error),
+    /// The listener could not be made non-blocking.
+    #[error("setting up the API listener")]
+    Listener(#[source] io::Error),
+    /// The `vmm-api` thread could not be started.
+    #[error("starting the vmm-api thread")]
+    Spawn(#[source] io::Error),
+}
+
+/// Removes the socket file when dropped, if the path still is the socket
+/// we bound (never someone else's file put there since).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            // A socket, and the same inode: not a file made after ours was
+            // removed (which may reuse the inode number).
+            if meta.file_type().is_socket() && meta.dev() == self.dev && meta.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds and listens on `path`. An existing socket nobody listens on is
+/// replaced; a live one, or a file that is not a socket, is an error. The
+/// socket appears at `path` already listening (bound at a temporary name
+/// and renamed), so a client that connects as soon as it sees the file is
+/// never refused.
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
+    let stale = |source| ApiError::Stale {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ApiError::NotASocket(path.to_path_buf()))
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => return Err(ApiError::InUse(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                log::info!("replacing stale API socket {}", path.display());
+                std::fs::remove_file(path).map_err(stale)?;
+            }
+            Err(e) => return Err(stale(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(stale(e)),
+    }
+    let bind_err = |source| ApiError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = bind_listening(path).map_err(bind_err)?;
+    let meta = std::fs::symlink_metadata(path).map_err(bind_err)?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    Ok((listener, file))
+}
+
+/// Binds at `.<name>.<pid>.tmp` next to `path` and renames it into place;
+/// a direct bind when that name would not fit in `sun_path`.
+fn bind_listening(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = path.file_name().map(|name| {
+        let mut n = std::ffi::OsString::from(".");
+        n.push(name);
+        n.push(format!(".{}.tmp", std::process::id()));
+        path.with_file_name(n)
+    });
+    match tmp {
+        // sun_path holds 107 bytes and a NUL.
+        Some(tmp) if tmp.as_os_str().as_bytes().len() < 108 => {
+            let _ = std::fs::remove_file(&tmp);
+            let listener = UnixListener::bind(&tmp)?;
+            if let Err(e) = std::fs::rename(&tmp, path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            Ok(listener)
+        }
+        _ => UnixListener::bind(path),
+    }
+}
+
+/// Tells the server to stop: the accept thread and every connection thread
+/// return at their next wait (a response being written is finished first).
+/// Clones share one eventfd.
+#[derive(Clone, Debug)]
+pub struct ApiStop(Arc<EventFd>);
+
+impl ApiStop {
+    /// A stop signal not yet given.
+    pub fn new() -> Result<Self, ApiError> {
+        EventFd::new(EFD_NONBLOCK)
+            .map(|fd| ApiStop(Arc::new(fd)))
+            .map_err(ApiError::StopEvent)
+    }
+
+    /// Gives the signal; it stays given.
+    pub fn stop(&self) {
+        if let Err(e) = self.0.write(1) {
+            log::error!("stopping the API server: {e}");
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Serves the API on `listener` with the default [`Limits`] on a thread
+/// named `vmm-api`, until `stop` is given.
+pub fn serve(
+    listener: UnixListener,
+    ctl: Arc<dyn VmControl>,
+    stop: ApiStop,
+) -> Result<JoinHandle<()>, ApiError> {
+    serve_with_limits(listener, ctl, stop, Limits::default())
+}
+
+/// [`serve`] with other limits.
+pub fn serve_with_limits(
+    listener: UnixListener,
+    ctl: Arc<dyn VmControl>,
+    stop: ApiStop,
+    limits: Limits,
+) -> Result<JoinHandle<()>, ApiError> {
+    listener.set_nonblocking(true).map_err(ApiError::Listener)?;
+    std::thread::Builder::new()
+        .name("vmm-api".into())
+        .spawn(move || accept_loop(listener, ctl, stop, limits))
+        .map_err(ApiError::Spawn)
+}
+
+/// What ended a wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    Readable,
+    Stopped,
+    TimedOut,
+}
+
+/// Waits until `fd` is readable (or hung up), `stop` is given, or
+/// `deadline` passes. `stop` wins over readable.
+fn wait(fd: RawFd, stop: &ApiStop, deadline: Option<Instant>) -> io::Result<Wake> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up, so the deadline has passed when poll returns 0.
+                left.as_millis()
+                    .saturating_add(u128::from(left.subsec_nanos() % 1_000_000 != 0))
+                    .min(i32::MAX as u128) as i32
+            }
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll reads and writes exactly the two pollfds of `fds`,
+        // which we own, for the length we pass.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 {
+            return Ok(Wake::Stopped);
+        }
+        if fds[0].revents != 0 {
+            return Ok(Wake::Readable);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Wake::TimedOut);
+        }
+    }
+}
+
+fn accept_loop(listener: UnixListener, ctl: Arc<dyn VmControl>, stop: ApiStop, limits: Limits) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        match wait(listener.as_raw_fd(), &stop, None) {
+            Ok(Wake::Readable) => {}
+            Ok(Wake::Stopped) => break,
+            Ok(Wake::TimedOut) => continue,
+            Err(e) => {
+                log::error!("API socket: poll: {e}; the API stops");
+                break;
+            }
+        }
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                log::warn!("API socket: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let (done, running): (Vec<_>, Vec<_>) = conns.into_iter().partition(|h| h.is_finished());
+        conns = running;
+        for h in done {
+            let _ = h.join();
+        }
+        if conns.len() >= limits.max_connections {
+            refuse_busy(stream, limits.max_connections);
+            continue;
+        }
+        let (ctl, stop) = (Arc::clone(&ctl), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("vmm-api-conn".into())
+            .spawn(move || serve_connection(stream, &*ctl, &stop, &limits));
+        match spawned {
+            Ok(h) => conns.push(h),
+            Err(e) => log::warn!("API socket: starting a connection thread: {e}"),
+        }
+    }
+    for h in conns {
+        let _ = h.join();
+    }
+}
+
+/// Answers 503 without blocking the accept thread (a fresh socket's send
+/// buffer takes the few bytes) and closes.
+fn refuse_busy(mut stream: UnixStream, limit: usize) {
+    let response = Response::error(503, format!("too many API connections (limit {limit})"));
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(&response.to_bytes(false, false));
+}
+
+/// Reads requests, answers each, until the client closes, asks to close,
+/// breaks the protocol, times out, or the server stops.
+fn serve_connection(mut stream: UnixStream, ctl: &dyn VmControl, stop: &ApiStop, limits: &Limits) {
+    if let Err(e) = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_write_timeout(Some(limits.write_timeout)))
+    {
+        log::warn!("API connection: {e}");
+        return;
+    }
+    let mut decoder = Decoder::new(*limits);
+    let mut buf = [0u8; 4096];
+    let mut started: Option<Instant> = None;
+    let mut idle_since = Instant::now();
+    loop {
+        loop {
+            match decoder.next() {
+                Ok(Decoded::Request(req)) => {
+                    let reply = routes::handle(&req, ctl);
+                    log::debug!(
+                        "API {} {} -> {}",
+                        req.method,
+                        req.path,
+                        reply.response.status
+                    );
+                    let keep_alive = req.keep_alive && !reply.close;
+                    let head_only = req.method == "HEAD";
+                    if reply
+                        .response
+                        .write_to(&mut stream, keep_alive, head_only)
+                        .is_err()
+                        || !keep_alive
+                    {
+                        return;
+                    }
+                    started = None;
+                    idle_since = Instant::now();
+                }
+                Ok(Decoded::NeedMore { send_continue }) => {
+                    if send_continue && stream.write_all(http::CONTINUE).is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Err(e) => return refuse(&mut stream, &e),
+            }
+        }
+        if decoder.in_request() {
+            started.get_or_insert_with(Instant::now);
+        }
+        let deadline = match started {
+            Some(t) => t + limits.request_timeout,
+            None => idle_since + limits.idle_timeout,
+        };
+        match wait(stream.as_raw_fd(), stop, Some(deadline)) {
+            Ok(Wake::Readable) => {}
+            Ok(Wake::TimedOut) if started.is_some() => {
+                return refuse(&mut stream, &HttpError::Timeout(limits.request_timeout))
+            }
+            Ok(Wake::TimedOut | Wake::Stopped) | Err(_) => return,
+        }
+        match stream.read(&mut buf) {
+            // The client closed; half a request gets no answer.
+            Ok(0) => return,
+            Ok(n) => decoder.feed(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Answers a request that could not be read, then closes.
+fn refuse(stream: &mut UnixStream, error: &HttpError) {
+    log::debug!("API request refused: {error}");
+    if Response::error(error.status(), error.to_string())
+        .write_to(stream, false, false)
+        .is_ok()
+    {
+        linger(stream);
+    }
+}
+
+/// Before closing with the client still sending (a body after a 413),
+/// reads and drops what it sends for a moment: closing with unread bytes
+/// makes the client's read fail with ECONNRESET instead of ending at EOF
+/// after the response.
+fn linger(stream: &mut UnixStream) {
+    const LINGER: Duration = Duration::from_millis(100);
+    const MAX: usize = 256 * 1024;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    let mut dropped = 0;
+    while dropped < MAX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dropped += n,
+        }
+    }
+}

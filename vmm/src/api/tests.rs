@@ -1,0 +1,562 @@
+//! The API over a real Unix socket in a temporary directory, with a client
+//! written here (std `UnixStream`, raw bytes in and out).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::routes::tests::FakeVm;
+use super::{bind, serve_with_limits, ApiError, ApiStop, Limits, SocketFile, VmState};
+
+fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vmm-api-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Server {
+    dir: PathBuf,
+    path: PathBuf,
+    vm: Arc<FakeVm>,
+    stop: ApiStop,
+    thread: Option<JoinHandle<()>>,
+    socket_file: Option<SocketFile>,
+}
+
+impl Server {
+    fn start(limits: Limits) -> Server {
+        let dir = temp_dir();
+        let path = dir.join("api.sock");
+        let (listener, socket_file) = bind(&path).unwrap();
+        let vm = Arc::new(FakeVm::new(VmState::Running));
+        let stop = ApiStop::new().unwrap();
+        let thread = serve_with_limits(listener, vm.clone(), stop.clone(), limits).unwrap();
+        Server {
+            dir,
+            path,
+            vm,
+            stop,
+            thread: Some(thread),
+            socket_file: Some(socket_file),
+        }
+    }
+
+    fn quick() -> Server {
+        Server::start(Limits {
+            request_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(600),
+            ..Limits::default()
+        })
+    }
+
+    fn connect(&self) -> Client {
+        let stream = UnixStream::connect(&self.path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    fn shut(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.socket_file.take();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shut();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap().to_string()
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one response; None at end of stream.
+    fn read(&mut self) -> Option<Resp> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).unwrap() == 0 {
+            return None;
+        }
+        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (n, v) = l.split_once(':').unwrap();
+            headers.push((n.to_string(), v.trim().to_string()));
+        }
+        let mut resp = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let len: usize = resp
+            .header("content-length")
+            .map_or(0, |v| v.parse().unwrap());
+        resp.body.resize(len, 0);
+        self.reader.read_exact(&mut resp.body).unwrap();
+        Some(resp)
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: &str) -> Resp {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.send(req.as_bytes());
+        self.read().expect("a response")
+    }
+
+    /// True when the server closed the connection: EOF, or a reset when
+    /// it closed with bytes of ours unread; not a read timeout.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        match self.reader.read(&mut b) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+#[test]
+fn every_endpoint_on_one_connection() {
+    let server = Server::quick();
+    let mut c = server.connect();
+
+    let r = c.request("GET", "/api/v1/vmm.ping", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    assert_eq!(r.json()["pid"], std::process::id());
+
+    let r = c.request("GET", "/api/v1/vm.info", "");
+    assert_eq!(r.status, 200);
+    let info = r.json();
+    assert_eq!(info["state"], "Running");
+    assert_eq!(info["cpus"], 2);
+    assert_eq!(info["memory"]["size"], 512u64 << 20);
+    assert_eq!(info["devices"][0]["pci_bdf"], "0000:00:02.0");
+    assert_eq!(info["devices"][1]["backend_state"], "failed");
+
+    let r = c.request("GET", "/api/v1/vm.counters", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["vcpu0"]["exits"], 42);
+
+    for (path, body) in [
+        ("/api/v1/vm.pause", ""),
+        ("/api/v1/vm.resume", "{}"),
+        ("/api/v1/vm.power-button", ""),
+        ("/api/v1/vm.shutdown", "{}"),
+    ] {
+        let r = c.request("PUT", path, body);
+        assert_eq!(r.status, 204, "{path}: {r:?}");
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("content-length"), None);
+    }
+    assert_eq!(
+        c.request("GET", "/api/v1/vm.info", "").json()["state"],
+        "Shutdown"
+    );
+
+    let r = c.request("PUT", "/api/v1/vm.pause", "");
+    assert_eq!(r.status, 409);
+    assert_eq!(r.error(), "cannot pause: the VM is Shutdown");
+
+    let r = c.request("PUT", "/api/v1/vmm.shutdown", "");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed());
+    assert_eq!(
+        *server.vm.calls.lock().unwrap(),
+        [
+            "pause",
+            "resume",
+            "power-button",
+            "shutdown",
+            "pause",
+            "vmm-shutdown"
+        ]
+    );
+}
+
+#[test]
+fn errors_that_keep_the_connection() {
+    let server = Server::quick();
+    let mut c = server.connect();
+    let r = c.request("GET", "/api/v1/nope", "");
+    assert_eq!(
+        (r.status, r.error()),
+        (404, "unknown path /api/v1/nope".into())
+    );
+    let r = c.request("DELETE", "/api/v1/vm.info", "");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+    let r = c.request("PUT", "/api/v1/vm.pause", "{oops");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error().starts_with("request body is not valid JSON"),
+        "{r:?}"
+    );
+    // HEAD gets the head of the 405 and no body.
+    c.send(b"HEAD /api/v1/vmm.ping HTTP/1.1\r\n\r\n");
+    let mut line = String::new();
+    c.reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 405 Method Not Allowed\r\n");
+    loop {
+        line.clear();
+        c.reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // Still the same connection.
+    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert!(server.vm.calls.lock().unwrap().is_empty());
+}
+
+/// Sends `bytes` on a fresh connection; the one response and whether the
+/// server closed afterwards.
+fn refused(server: &Server, bytes: &[u8]) -> (Resp, bool) {
+    let mut c = server.connect();
+    c.send(bytes);
+    let r = c.read().expect("a response");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    (r, c.closed())
+}
+
+#[test]
+fn malformed_requests_get_4xx_and_close() {
+    let server = Server::start(Limits {
+        max_head: 512,
+        max_body: 64,
+        ..Limits::default()
+    });
+    let cases: &[(&[u8], u16, &str)] = &[
+        (b"GARBAGE\r\n\r\n", 400, "malformed request line"),
+        (b"get /api/v1/vmm.ping HTTP/1.1\r\n\r\n", 400, "malformed request line"),
+        (b"GET api HTTP/1.1\r\n\r\n", 400, "malformed request line"),
+        (b"\x16\x03\x01\x02\x00", 400, "malformed request line"),
+        (b"GET / HTTP/3.0\r\n\r\n", 505, "HTTP version"),
+        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400, "malformed header"),
+        (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, "malformed header"),
+        (
+            b"PUT /api/v1/vm.pause HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            411,
+            "Transfer-Encoding",
+        ),
+        (
+            b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 65\r\n\r\n",
+            413,
+            "exceeds 64 bytes",
+        ),
+        (b"PUT / HTTP/1.1\r\nExpect: gold\r\n\r\n", 417, "Expect"),
+    ];
+    for &(bytes, status, words) in cases {
+        let (r, closed) = refused(&server, bytes);
+        assert_eq!(
+            r.status,
+            status,
+            "{:?}: {r:?}",
+            String::from_utf8_lossy(bytes)
+        );
+        assert!(r.error().contains(words), "{}", r.error());
+        assert!(closed);
+    }
+    let mut big = b"GET /api/v1/vmm.ping HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 600));
+    let (r, closed) = refused(&server, &big);
+    assert_eq!((r.status, closed), (431, true));
+    assert_eq!(r.error(), "request line and headers exceed 512 bytes");
+    assert!(server.vm.calls.lock().unwrap().is_empty());
+    // The server is still fine.
+    assert_eq!(
+        server
+            .connect()
+            .request("GET", "/api/v1/vmm.ping", "")
+            .status,
+        200
+    );
+}
+
+#[test]
+fn body_without_content_length() {
+    let server = Server::quick();
+    let mut c = server.connect();
+    c.send(b"PUT /api/v1/vm.pause HTTP/1.1\r\nHost: x\r\n\r\n{}");
+    assert_eq!(c.read().unwrap().status, 204);
+    let r = c.read().unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.error().starts_with("malformed request line"));
+    assert!(c.closed());
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = Server::quick();
+    let mut c = server.connect();
+    c.send(
+        b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}\
+          GET /api/v1/vm.info HTTP/1.1\r\n\r\n\
+          PUT /api/v1/vm.resume HTTP/1.1\r\n\r\n\
+          GET /api/v1/vm.info HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(c.read().unwrap().status, 204);
+    assert_eq!(c.read().unwrap().json()["state"], "Paused");
+    assert_eq!(c.read().unwrap().status, 204);
+    let last = c.read().unwrap();
+    assert_eq!(last.json()["state"], "Running");
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(c.closed());
+}
+
+#[test]
+fn request_in_small_pieces() {
+    let server = Server::quick();
+    let mut c = server.connect();
+    for piece in [
+        &b"GE"[..],
+        b"T /api/v1/vm",
+        b".counters HT",
+        b"TP/1.1\r",
+        b"\n\r",
+        b"\n",
+    ] {
+        c.send(piece);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(c.read().unwrap().status, 200);
+}
+
+#[test]
+fn expect_continue_then_body() {
+    let server = Server::quick();
+    let mut c = server.connect();
+    c.send(b"PUT /api/v1/vm.pause HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+    let interim = c.read().unwrap();
+    assert_eq!(interim.status, 100);
+    c.send(b"{}");
+    assert_eq!(c.read().unwrap().status, 204);
+}
+
+#[test]
+fn http10_closes_unless_asked() {
+    let server = Server::quick();
+    let mut c = server.connect();
+    c.send(b"GET /api/v1/vmm.ping HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read().unwrap().header("connection"), Some("close"));
+    assert!(c.closed());
+    let mut c = server.connect();
+    c.send(b"GET /api/v1/vmm.ping HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.read().unwrap().header("connection"), Some("keep-alive"));
+    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+}
+
+#[test]
+fn slow_client_gets_408_and_others_are_served_meanwhile() {
+    let server = Server::quick();
+    let mut slow = server.connect();
+    let t0 = Instant::now();
+    slow.send(b"GET /api/v1/vm.info HTTP/1.1\r\n");
+    // Another client is served while the slow one dawdles.
+    assert_eq!(
+        server
+            .connect()
+            .request("GET", "/api/v1/vmm.ping", "")
+            .status,
+        200
+    );
+    // Trickling bytes does not extend the deadline.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(40));
+        slow.send(b"X");
+    }
+    let r = slow.read().unwrap();
+    assert_eq!(r.status, 408);
+    assert!(r.error().contains("not received within"));
+    assert!(slow.closed());
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+#[test]
+fn idle_connection_is_closed_quietly() {
+    let server = Server::quick();
+    let mut c = server.connect();
+    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    let t0 = Instant::now();
+    assert!(c.closed());
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+}
+
+#[test]
+fn clients_that_vanish_do_no_harm() {
+    let server = Server::quick();
+    drop(server.connect());
+    let mut half = server.connect();
+    half.send(b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 10\r\n\r\n{");
+    drop(half);
+    // A client that sends and leaves without reading its response.
+    let mut rude = server.connect();
+    rude.send(b"GET /api/v1/vm.info HTTP/1.1\r\n\r\n");
+    drop(rude);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        server
+            .connect()
+            .request("GET", "/api/v1/vmm.ping", "")
+            .status,
+        200
+    );
+    assert!(server.vm.calls.lock().unwrap().is_empty());
+}
+
+#[test]
+fn too_many_connections_get_503() {
+    let server = Server::start(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    });
+    let mut a = server.connect();
+    let mut b = server.connect();
+    // Make sure both are being served before the third arrives.
+    assert_eq!(a.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(b.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    let mut c = server.connect();
+    let r = c.read().unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error(), "too many API connections (limit 2)");
+    assert!(c.closed());
+    drop(a);
+    // Once one leaves, a new client is served again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut d = server.connect();
+        // Refused connections may be closed before the request is sent.
+        let _ = d.stream.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n");
+        if d.read().unwrap().status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(b.request("GET", "/api/v1/vmm.ping", "").status, 200);
+}
+
+#[test]
+fn stop_ends_open_connections_and_removes_the_socket() {
+    let mut server = Server::quick();
+    let mut c = server.connect();
+    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    let mut partial = server.connect();
+    // Served (accepted) before the partial request starts.
+    assert_eq!(partial.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    partial.send(b"GET /api");
+    let t0 = Instant::now();
+    server.shut();
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(c.closed());
+    assert!(partial.closed());
+    assert!(!server.path.exists());
+    assert!(UnixStream::connect(&server.path).is_err());
+}
+
+#[test]
+fn binding_the_socket_path() {
+    let dir = temp_dir();
+    let path = dir.join("api.sock");
+
+    // A stale socket (nobody listening) is replaced.
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let (listener, file) = bind(&path).unwrap();
+
+    // A live one is an error, and is left alone.
+    match bind(&path) {
+        Err(ApiError::InUse(p)) => assert_eq!(p, path),
+        other => panic!("{other:?}"),
+    }
+    assert!(path.exists());
+    drop(listener);
+    drop(file);
+    assert!(!path.exists());
+
+    // A regular file is not replaced.
+    std::fs::write(&path, b"keep me").unwrap();
+    assert!(matches!(bind(&path), Err(ApiError::NotASocket(_))));
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+    std::fs::remove_file(&path).unwrap();
+
+    // Someone else's file at the path is not removed on exit.
+    let (listener, file) = bind(&path).unwrap();
+    assert_eq!(file.path(), path);
+    drop(listener);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"new").unwrap();
+    drop(file);
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+
+    // A missing directory names the path.
+    let missing = dir.join("no/such/api.sock");
+    let e = bind(&missing).unwrap_err();
+    assert!(e.to_string().contains("no/such/api.sock"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

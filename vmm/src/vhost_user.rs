@@ -1,0 +1,480 @@
+//! vhost-user devices on the PCI bus (`--disk`, `--fs`, `--net`).
+//!
+//! [`VhostUserPci::plug`] connects the generic frontend
+//! ([`VhostUserDevice`]) to the backend's socket, wraps it in the virtio-pci
+//! transport and plugs it into bus 0. Nothing virtio runs here: each queue's
+//! kick is an ioeventfd at the queue's notify address (registered through
+//! [`PciHost::add_ioevent`], so it follows BAR 0 wherever the guest puts it)
+//! and its call is the irqfd of the MSI-X vector the driver chose
+//! ([`MsiVectors::irqfd`]); the backend gets both fds at DRIVER_OK
+//! ([`QueueEventSource`]).
+//!
+//! A backend that dies is noticed by the `vu-watch` thread
+//! ([`crate::watch`]), which calls [`VhostUserPci::check_backend`]: the
+//! device is marked failed, DEVICE_NEEDS_RESET is set and a configuration
+//! interrupt sent; the VM goes on.
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use devices::pci::{BusError, MsiSink, PciAddress, PciDevice, MSIX_NO_VECTOR};
+use devices::vhost_user::{
+    DeviceKind, DeviceOptions, DeviceState, MemoryTable, QueueEventProvider, QueueEvents,
+    VhostUserDevice, VhostUserError,
+};
+use devices::virtio_pci::{
+    VirtioDevice, VirtioPciDevice, VirtioPciError, STATUS_DEVICE_NEEDS_RESET, VIRTIO_PCI_BAR,
+};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::cli::{VhostUserConfig, FS_TAG_MAX};
+use crate::irq::{IrqError, IrqRouter, MsiVectors};
+use crate::pci::{PciError, PciHost};
+
+/// `virtio_net_config.status`: VIRTIO_NET_S_LINK_UP.
+const NET_LINK_UP: u16 = 1;
+
+/// What failed while setting up one device.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0} queues need more MSI-X vectors than a function has")]
+    TooManyQueues(usize),
+    #[error("MSI-X vectors")]
+    Vectors(#[source] IrqError),
+    #[error("creating a kick eventfd")]
+    EventFd(#[source] io::Error),
+    #[error("describing guest memory")]
+    Memory(#[source] VhostUserError),
+    #[error("cannot connect")]
+    Connect(#[source] io::Error),
+    #[error("handshake")]
+    Handshake(#[source] VhostUserError),
+    #[error("virtio-pci transport")]
+    Transport(#[source] VirtioPciError),
+    #[error("plugging into the PCI bus")]
+    Plug(#[source] BusError),
+    #[error("BAR {0} is not assigned")]
+    NoBar(u8),
+    #[error("queue ioeventfd")]
+    IoEvent(#[source] PciError),
+}
+
+/// A device could not be set up; names the device and its socket.
+#[derive(Debug, thiserror::Error)]
+#[error("vhost-user {} device {}", kind_name(*.kind), .socket.display())]
+pub struct DeviceError {
+    pub kind: DeviceKind,
+    pub socket: PathBuf,
+    #[source]
+    pub source: SetupError,
+}
+
+/// `blk`, `fs` or `net`.
+pub fn kind_name(kind: DeviceKind) -> &'static str {
+    match kind {
+        DeviceKind::Block => "blk",
+        DeviceKind::Fs => "fs",
+        DeviceKind::Net => "net",
+    }
+}
+
+/// What `vm.info` reports about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub kind: DeviceKind,
+    pub socket: PathBuf,
+    /// Where it sits on the PCI bus (`0000:00:01.0` when displayed).
+    pub bdf: PciAddress,
+    /// Ready (connected, not started), Active (rings running) or Failed
+    /// (the backend is gone).
+    pub state: DeviceState,
+    /// DEVICE_NEEDS_RESET is set in the device status.
+    pub needs_reset: bool,
+}
+
+/// The frontend's options for `config`: queue count and size, and the
+/// configuration shown when the backend does not serve GET_CONFIG (the fs
+/// tag and request queue count; the NIC's MAC, link up, queue pairs).
+pub fn device_options(config: &VhostUserConfig) -> DeviceOptions {
+    let mut options = DeviceOptions::new(config.kind);
+    options.queues = config.device_queues();
+    options.queue_size = config.queue_size;
+    match config.kind {
+        DeviceKind::Fs => {
+            // virtio_fs_config: tag[36], num_request_queues (le32).
+            if let Some(tag) = &config.tag {
+                let n = tag.len().min(FS_TAG_MAX);
+                options.config[..n].copy_from_slice(&tag.as_bytes()[..n]);
+            }
+            let requests = u32::try_from(config.num_queues).unwrap_or(u32::MAX);
+            options.config[FS_TAG_MAX..FS_TAG_MAX + 4].copy_from_slice(&requests.to_le_bytes());
+        }
+        DeviceKind::Net => {
+            // virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
+            if let Some(mac) = config.mac {
+                options.config[..6].copy_from_slice(&mac);
+            }
+            options.config[6..8].copy_from_slice(&NET_LINK_UP.to_le_bytes());
+            let pairs = u16::try_from(config.num_queues / 2).unwrap_or(u16::MAX);
+            options.config[8..10].copy_from_slice(&pairs.to_le_bytes());
+        }
+        DeviceKind::Block => {}
+    }
+    options
+}
+
+/// The guest sees the backend's configuration when it serves one: say so
+/// when its fs tag or MAC is not what the command line asked for.
+fn warn_if_backend_differs(config: &VhostUserConfig, device: &VhostUserDevice) {
+    let (field, ours, len) = match (config.kind, &config.tag, config.mac) {
+        (DeviceKind::Fs, Some(tag), _) => ("tag", tag.clone(), FS_TAG_MAX),
+        (DeviceKind::Net, _, Some(mac)) => ("MAC", format_mac(&mac), 6),
+        _ => return,
+    };
+    let mut served = vec![0u8; len];
+    device.read_config(0, &mut served);
+    let theirs = match config.kind {
+        DeviceKind::Net => format_mac(&served),
+        _ => {
+            let end = served.iter().position(|b| *b == 0).unwrap_or(len);
+            String::from_utf8_lossy(&served[..end]).into_owned()
+        }
+    };
+    if theirs != ours {
+        log::warn!(
+            "vhost-user {} {}: the backend serves {field} {theirs:?}, not {ours:?}; \
+             the guest sees the backend's",
+            kind_name(config.kind),
+            config.socket.display()
+        );
+    }
+}
+
+fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Gives the frontend each queue's eventfds at activation: the kick
+/// ioeventfd registered at plug time (the same one every time, so a
+/// re-activation after a reset registers nothing twice) and the irqfd of
+/// the chosen MSI-X vector.
+pub struct QueueEventSource {
+    name: String,
+    kicks: Vec<EventFd>,
+    msi: Arc<dyn CallFds>,
+    no_vector: u32,
+}
+
+/// Where call eventfds come from: the device's MSI-X vectors (or, in
+/// tests, any set of eventfds).
+pub trait CallFds: Send + Sync {
+    fn call_fd(&self, vector: u16) -> Option<&EventFd>;
+}
+
+impl CallFds for MsiVectors {
+    fn call_fd(&self, vector: u16) -> Option<&EventFd> {
+        self.irqfd(vector)
+    }
+}
+
+impl QueueEventSource {
+    /// `kicks[q]` is queue `q`'s kick (a clone of the registered
+    /// ioeventfd); `name` names the device in logs.
+    pub fn new(name: String, kicks: Vec<EventFd>, msi: Arc<dyn CallFds>) -> Self {
+        Self {
+            name,
+            kicks,
+            msi,
+            no_vector: 0,
+        }
+    }
+}
+
+impl QueueEventProvider for QueueEventSource {
+    fn queue_events(&mut self, queue: u16, msix_vector: u16) -> io::Result<QueueEvents> {
+        let kick = self
+            .kicks
+            .get(usize::from(queue))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("no queue {queue}"))
+            })?
+            .try_clone()?;
+        let irqfd = if msix_vector == MSIX_NO_VECTOR {
+            None
+        } else {
+            self.msi.call_fd(msix_vector)
+        };
+        let call = match irqfd {
+            Some(fd) => fd.try_clone()?,
+            None => {
+                // Guest-triggered: logged 1-10 times, then at powers of two.
+                self.no_vector = self.no_vector.saturating_add(1);
+                let n = self.no_vector;
+                if n <= 10 || n.is_power_of_two() {
+                    log::info!(
+                        "{}: queue {queue} has no MSI-X vector ({msix_vector:#x}); its used-buffer \
+                         notifications go nowhere ({n} times)",
+                        self.name
+                    );
+                }
+                EventFd::new(libc::EFD_NONBLOCK)?
+            }
+        };
+        Ok(QueueEvents { kick, call })
+    }
+}
+
+/// The transport of a vhost-user device.
+pub type Transport = VirtioPciDevice<VhostUserDevice>;
+
+/// One vhost-user device plugged into the PCI bus.
+pub struct VhostUserPci {
+    config: VhostUserConfig,
+    address: PciAddress,
+    transport: Arc<Mutex<Transport>>,
+    connection: Option<RawFd>,
+    gone: AtomicBool,
+}
+
+fn lock(t: &Mutex<Transport>) -> MutexGuard<'_, Transport> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VhostUserPci {
+    /// Connects to `config.socket`, negotiates, and plugs the device into
+    /// `pci` with one MSI-X vector per queue plus one for configuration
+    /// changes, routed by `irq`. Guest memory `mem` goes to the backend at
+    /// each activation.
+    pub fn plug(
+        config: &VhostUserConfig,
+        pci: &PciHost,
+        irq: &Arc<IrqRouter>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Arc<Self>, DeviceError> {
+        let fail = |source| DeviceError {
+            kind: config.kind,
+            socket: config.socket.clone(),
+            source,
+        };
+        let options = device_options(config);
+        let queues = options.queues;
+        let vectors = u16::try_from(queues + 1)
+            .ok()
+            .filter(|v| *v <= devices::pci::MSIX_MAX_VECTORS)
+            .ok_or(SetupError::TooManyQueues(queues))
+            .map_err(fail)?;
+        let msi = irq
+            .vectors(vectors)
+            .map_err(|e| fail(SetupError::Vectors(e)))?;
+        let kicks = (0..queues)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| fail(SetupError::EventFd(e)))?;
+        let clones = kicks
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| fail(SetupError::EventFd(e)))?;
+        let name = format!(
+            "vhost-user {} {}",
+            kind_name(config.kind),
+            config.socket.display()
+        );
+        let events = QueueEventSource::new(name, clones, msi.clone());
+        let memory =
+            MemoryTable::from_guest_memory(mem).map_err(|e| fail(SetupError::Memory(e)))?;
+        let device = VhostUserDevice::connect(&config.socket, options, memory, Box::new(events))
+            .map_err(|e| match e {
+                VhostUserError::Connect { source, .. } => fail(SetupError::Connect(source)),
+                e => fail(SetupError::Handshake(e)),
+            })?;
+        warn_if_backend_differs(config, &device);
+        let connection = device.connection_fd();
+        let sink: Arc<dyn MsiSink> = msi;
+        let transport = VirtioPciDevice::new(device, vectors, sink)
+            .map_err(|e| fail(SetupError::Transport(e)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        let address = pci
+            .bus()
+            .add_device(transport.clone())
+            .map_err(|e| fail(SetupError::Plug(e)))?;
+        let notify: Vec<(u16, u64)> = {
+            let t = lock(&transport);
+            let base = t
+                .config()
+                .bar_address(VIRTIO_PCI_BAR)
+                .ok_or(SetupError::NoBar(VIRTIO_PCI_BAR))
+                .map_err(fail)?;
+            t.queue_notify_addresses()
+                .into_iter()
+                .filter_map(|(q, addr)| Some((q, addr.checked_sub(base)?)))
+                .collect()
+        };
+        if notify.len() != queues {
+            return Err(fail(SetupError::NoBar(VIRTIO_PCI_BAR)));
+        }
+        for ((_, offset), kick) in notify.into_iter().zip(kicks) {
+            pci.add_ioevent(address, VIRTIO_PCI_BAR, offset, kick)
+                .map_err(|e| fail(SetupError::IoEvent(e)))?;
+        }
+        log::info!(
+            "vhost-user {} {}: PCI {address}, {queues} queues of up to {}, {vectors} MSI-X vectors",
+            kind_name(config.kind),
+            config.socket.display(),
+            config.queue_size
+        );
+        Ok(Arc::new(Self::new(
+            config.clone(),
+            address,
+            transport,
+            connection,
+        )))
+    }
+
+    /// A device already plugged at `address` (for tests of the watcher).
+    pub fn new(
+        config: VhostUserConfig,
+        address: PciAddress,
+        transport: Arc<Mutex<Transport>>,
+        connection: Option<RawFd>,
+    ) -> Self {
+        Self {
+            config,
+            address,
+            transport,
+            connection,
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &VhostUserConfig {
+        &self.config
+    }
+
+    /// Its PCI address.
+    pub fn address(&self) -> PciAddress {
+        self.address
+    }
+
+    /// The transport (and, inside, the frontend), as the bus holds it.
+    pub fn transport(&self) -> &Arc<Mutex<Transport>> {
+        &self.transport
+    }
+
+    /// The backend's socket, to watch for a hang-up.
+    pub fn connection_fd(&self) -> Option<RawFd> {
+        self.connection
+    }
+
+    /// What `vm.info` shows. Takes the transport's lock (which a vCPU
+    /// holds during an access, at most for the frontend's reply timeout).
+    pub fn info(&self) -> DeviceInfo {
+        let t = lock(&self.transport);
+        DeviceInfo {
+            kind: self.config.kind,
+            socket: self.config.socket.clone(),
+            bdf: self.address,
+            state: t.device().state(),
+            needs_reset: t.status() & STATUS_DEVICE_NEEDS_RESET != 0,
+        }
+    }
+
+    /// The backend's socket became readable or hung up: checks whether the
+    /// backend is gone; if so marks the device failed, sets
+    /// DEVICE_NEEDS_RESET (with a configuration interrupt) and logs it
+    /// once. Returns whether the backend is gone.
+    pub fn check_backend(&self) -> bool {
+        let mut t = lock(&self.transport);
+        if t.device_mut().check_connection() != DeviceState::Failed {
+            return false;
+        }
+        t.check_device();
+        drop(t);
+        if !self.gone.swap(true, Ordering::AcqRel) {
+            log::warn!(
+                "vhost-user {} device {} ({}): the backend is gone; DEVICE_NEEDS_RESET set, \
+                 the guest must reset the device",
+                kind_name(self.config.kind),
+                self.address,
+                self.config.socket.display()
+            );
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{parse_fs, parse_net};
+
+    #[test]
+    fn fs_defaults_carry_the_tag() {
+        let c = parse_fs("tag=myshare,socket=/f,num_queues=2").unwrap();
+        let o = device_options(&c);
+        assert_eq!((o.kind, o.queues, o.queue_size), (DeviceKind::Fs, 3, 1024));
+        assert_eq!(o.config.len(), 40);
+        assert_eq!(&o.config[..7], b"myshare");
+        assert!(o.config[7..36].iter().all(|b| *b == 0));
+        assert_eq!(&o.config[36..], &2u32.to_le_bytes());
+    }
+
+    #[test]
+    fn net_defaults_carry_the_mac() {
+        let c = parse_net("socket=/n,mac=52:54:00:ab:cd:ef,num_queues=4").unwrap();
+        let o = device_options(&c);
+        assert_eq!((o.kind, o.queues, o.queue_size), (DeviceKind::Net, 5, 256));
+        assert_eq!(
+            o.config,
+            [0x52, 0x54, 0, 0xab, 0xcd, 0xef, 1, 0, 2, 0, 0, 0]
+        );
+        let o = device_options(&parse_net("socket=/n").unwrap());
+        assert_eq!(&o.config[..6], &[0; 6]);
+    }
+
+    struct Calls(Vec<EventFd>);
+
+    impl CallFds for Calls {
+        fn call_fd(&self, vector: u16) -> Option<&EventFd> {
+            self.0.get(usize::from(vector))
+        }
+    }
+
+    #[test]
+    fn queue_events_reuse_the_kick_and_follow_the_vector() {
+        let kicks: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
+        let clones = kicks.iter().map(|k| k.try_clone().unwrap()).collect();
+        let calls = Arc::new(Calls(
+            (0..3)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                .collect(),
+        ));
+        let mut src = QueueEventSource::new("test".into(), clones, calls.clone());
+        let e = src.queue_events(1, 2).unwrap();
+        // The kick is queue 1's registered eventfd, the call vector 2's.
+        e.kick.write(3).unwrap();
+        assert_eq!(kicks[1].read().unwrap(), 3);
+        e.call.write(5).unwrap();
+        assert_eq!(calls.0[2].read().unwrap(), 5);
+        // Again after a reset: the same kick.
+        let again = src.queue_events(1, 0).unwrap();
+        again.kick.write(1).unwrap();
+        assert_eq!(kicks[1].read().unwrap(), 1);
+        // No vector (or one past the table): an eventfd nobody reads.
+        for v in [MSIX_NO_VECTOR, 7] {
+            let e = src.queue_events(0, v).unwrap();
+            e.call.write(1).unwrap();
+            assert!(calls.0.iter().all(|c| c.read().is_err()));
+        }
+        assert_eq!(src.no_vector, 2);
+        assert!(src.queue_events(2, 0).is_err());
+    }
+}
