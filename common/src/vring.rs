@@ -7,6 +7,7 @@
 //! connection with a log line naming the queue size.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
@@ -28,6 +29,28 @@ pub struct Vring {
 }
 
 impl Vring {
+    /// Raises the ring's kick again. `vhost-user-backend` reads and drops
+    /// a kick that comes while the ring is disabled, and nothing looks at
+    /// the ring when SET_VRING_ENABLE follows (QEMU sends it after the kick
+    /// fd without waiting), so a driver that kicks right after DRIVER_OK
+    /// could wait forever for its first request.
+    fn rekick(&self) {
+        let guard = self.inner.get_ref();
+        let Some(kick) = guard.get_kick() else {
+            return;
+        };
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writing 8 bytes from `one` to the kick eventfd, which the
+        // ring state owns and keeps open while `guard` is held.
+        let r = unsafe { libc::write(kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if r < 0 {
+            log::warn!(
+                "re-raising a kick on an enabled ring: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+
     /// Whether the frontend enabled the ring (SET_VRING_ENABLE, or
     /// SET_FEATURES without PROTOCOL_FEATURES). `VringState` keeps this
     /// but does not tell.
@@ -83,7 +106,10 @@ impl VringT<GuestMem> for Vring {
 
     fn set_enabled(&self, enabled: bool) {
         self.inner.set_enabled(enabled);
-        self.enabled.store(enabled, Ordering::Release);
+        let was = self.enabled.swap(enabled, Ordering::AcqRel);
+        if enabled && !was {
+            self.rekick();
+        }
     }
 
     fn set_queue_info(
@@ -169,6 +195,40 @@ mod tests {
         v.set_queue_size(64);
         assert!(v.set_queue_info(0x1000, 0x2000, 0x3000).is_ok());
         assert_eq!(v.get_ref().get_queue().size(), 64);
+    }
+
+    #[test]
+    fn enabling_a_ring_raises_its_kick_again() {
+        use std::os::fd::FromRawFd;
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+        );
+        let v = Vring::new(mem, 256).unwrap();
+        // SAFETY: a fresh eventfd, owned by the File below only.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is ours; dup gives the ring its own descriptor.
+        let ring_end = unsafe { File::from_raw_fd(libc::dup(fd)) };
+        // SAFETY: `fd` is ours and handed to exactly one File.
+        let ours = unsafe { File::from_raw_fd(fd) };
+        v.set_kick(Some(ring_end));
+        let count = || {
+            let mut b = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into `b`.
+            let n = unsafe { libc::read(ours.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+            if n == 8 {
+                u64::from_ne_bytes(b)
+            } else {
+                0
+            }
+        };
+        v.set_enabled(true);
+        assert_eq!(count(), 1, "enabling raised the kick");
+        v.set_enabled(true);
+        assert_eq!(count(), 0, "already enabled: nothing more");
+        v.set_enabled(false);
+        v.set_enabled(true);
+        assert_eq!(count(), 1);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod contrib;
 pub mod device;
 pub mod fixture;
 pub mod fs;
+pub mod fw_qemu;
 pub mod guest;
 pub mod image;
 pub mod lifecycle;

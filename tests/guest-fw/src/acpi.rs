@@ -1,11 +1,15 @@
-//! Just enough ACPI: PVH start info -> RSDP -> XSDT -> FADT (PM1a control
-//! port), MADT (the CPUs' APIC ids) and MCFG (the ECAM window).
+//! Just enough ACPI: PVH start info -> RSDP -> XSDT (or the RSDT of an
+//! ACPI 1.0 RSDP, as QEMU's firmware builds) -> FADT (PM1a control port,
+//! and the DSDT's `_S5_` sleep type), MADT (the CPUs' APIC ids) and MCFG
+//! (the ECAM window).
 
 use core::ptr::read_unaligned;
 
 /// What the guest needs from the VMM's tables.
 pub struct Tables {
     pub pm1a_cnt: u16,
+    /// SLP_TYP of S5 from the DSDT's `_S5_` package (5 if not found).
+    pub s5_slp_typ: u16,
     pub cpus: usize,
     pub apic_ids: [u32; 16],
     /// ECAM base of segment 0 (0: no MCFG).
@@ -44,25 +48,45 @@ pub fn find(start_info: u64) -> Option<Tables> {
     if rsdp == 0 || !sig(rsdp, b"RSD PTR ") || !checksum_ok(rsdp, 20) {
         return None;
     }
-    let xsdt = r64(rsdp + 24);
-    if !sig(xsdt, b"XSDT") || !checksum_ok(xsdt, r32(xsdt + 4) as u64) {
+    // Revision 2+ has the XSDT (8-byte entries); ACPI 1.0 only the RSDT.
+    let (root, entry_size, root_sig): (u64, u64, &[u8]) =
+        if r8(rsdp + 15) >= 2 && r64(rsdp + 24) != 0 {
+            (r64(rsdp + 24), 8, b"XSDT")
+        } else {
+            (r32(rsdp + 16) as u64, 4, b"RSDT")
+        };
+    if !sig(root, root_sig) || !checksum_ok(root, r32(root + 4) as u64) {
         return None;
     }
     let mut tables = Tables {
         pm1a_cnt: 0,
+        s5_slp_typ: 5,
         cpus: 0,
         apic_ids: [0; 16],
         ecam: 0,
     };
-    let entries = (r32(xsdt + 4) as u64 - 36) / 8;
+    let entries = (r32(root + 4) as u64 - 36) / entry_size;
     for i in 0..entries {
-        let table = r64(xsdt + 36 + i * 8);
+        let entry = root + 36 + i * entry_size;
+        let table = if entry_size == 8 {
+            r64(entry)
+        } else {
+            r32(entry) as u64
+        };
         let len = r32(table + 4) as u64;
         if !checksum_ok(table, len) {
             continue;
         }
         if sig(table, b"FACP") {
             tables.pm1a_cnt = r32(table + 64) as u16;
+            let dsdt = if len >= 148 && r64(table + 140) != 0 {
+                r64(table + 140)
+            } else {
+                r32(table + 40) as u64
+            };
+            if let Some(typ) = s5_slp_typ(dsdt) {
+                tables.s5_slp_typ = typ;
+            }
         } else if sig(table, b"MCFG") && len >= 60 {
             // The first allocation: base (u64), segment (u16), buses.
             if r8(table + 52) == 0 && r8(table + 53) == 0 && r8(table + 54) == 0 {
@@ -86,4 +110,27 @@ pub fn find(start_info: u64) -> Option<Tables> {
         }
     }
     Some(tables)
+}
+
+/// The first element of `Name (_S5_, Package () { typ, ... })` in the DSDT
+/// at `dsdt`: the PM1a SLP_TYP value for soft-off.
+fn s5_slp_typ(dsdt: u64) -> Option<u16> {
+    if dsdt == 0 || !sig(dsdt, b"DSDT") {
+        return None;
+    }
+    let len = r32(dsdt + 4) as u64;
+    let at = (36..len.saturating_sub(8)).find(|&off| sig(dsdt + off, b"_S5_"))?;
+    let mut p = dsdt + at + 4;
+    if r8(p) != 0x12 {
+        return None; // not a PackageOp
+    }
+    // PkgLength: bits 7:6 of the lead byte count the bytes that follow.
+    p += 2 + (r8(p + 1) >> 6) as u64;
+    p += 1; // NumElements
+    match r8(p) {
+        0x0a => Some(r8(p + 1) as u16), // BytePrefix
+        0x00 => Some(0),                // ZeroOp
+        0x01 => Some(1),                // OneOp
+        _ => None,
+    }
 }

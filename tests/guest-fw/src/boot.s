@@ -137,6 +137,7 @@ gdt32_ptr:
 .section .bss.boot, "aw", @nobits
 .p2align 12
 pml4: .skip 4096
+.global pdpt
 pdpt: .skip 4096
 pd:   .skip 4096 * 4
 .p2align 4
