@@ -1,7 +1,8 @@
 //! Our VMM with vhost-user devices served by our daemons: `--disk`
 //! (vhost-blk-daemon), `--fs` (virtiofsd), `--net` (vhost-net-daemon on a
-//! tap in a private network namespace). The test guest lists PCI bus 0; the
-//! three virtio functions must be there with their modern device IDs. A
+//! tap in a private network namespace). The test guest lists PCI bus 0 and
+//! drives each device (see `vu_driver::fw_devices`: a sector written and
+//! read back, a file read over FUSE, a frame on the tap), with MSI-X. A
 //! missing socket is a one-line startup error naming it; a backend killed
 //! while the VM runs leaves the VMM running, the device marked as needing
 //! a reset.
@@ -10,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
-use vu_driver::netns::NetNs;
-use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
+use vu_driver::fw_devices;
+use vu_driver::ours::{vhost_blk_daemon, virtiofsd, BlkDaemonOpts};
 use vu_driver::process::Finished;
 use vu_driver::vmm::{halting_kernel, run_vmm, spawn_vmm, test_guest};
 
@@ -20,8 +21,6 @@ use vu_driver::vmm::{halting_kernel, run_vmm, spawn_vmm, test_guest};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(30);
-const TAP: &str = "vmmdev0";
-const MAC: &str = "52:54:00:12:34:56";
 
 fn show(run: &Finished) -> String {
     format!(
@@ -50,17 +49,6 @@ fn fs(dir: &TempDir, args: &[&str]) -> (PathBuf, Daemon) {
     (socket, d)
 }
 
-/// A namespace with a tap and vhost-net-daemon serving it.
-fn net(dir: &TempDir) -> (NetNs, PathBuf, Daemon) {
-    let ns = NetNs::new("vmmdev").unwrap_or_else(|e| panic!("{e}"));
-    ns.add_tap(TAP, false, Some("10.0.9.1/24"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let socket = dir.join("net.sock");
-    let d = vhost_net_daemon(&ns, &socket, &["--tap", TAP, "--mac", MAC])
-        .unwrap_or_else(|e| panic!("{e}"));
-    (ns, socket, d)
-}
-
 fn arg(key_values: &[(&str, &Path)]) -> String {
     key_values
         .iter()
@@ -70,19 +58,27 @@ fn arg(key_values: &[(&str, &Path)]) -> String {
 }
 
 #[test]
-fn the_guest_finds_a_disk_a_share_and_a_nic() {
+fn the_guest_drives_a_disk_a_share_and_a_nic() {
     let dir = TempDir::new("vmm-devices").unwrap();
-    let (blk_sock, _blk) = blk(&dir);
-    let (fs_sock, _fs) = fs(&dir, &["--tag", "myfs"]);
-    let (_ns, net_sock, _net) = net(&dir);
+    let b = fw_devices::blk(&dir);
+    let f = fw_devices::fs_share(&dir, &["--tag", "myfs"]);
+    let n = fw_devices::net(&dir);
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     // Twice: the daemons serve the next VMM once the first one is gone.
-    for _ in 0..2 {
-        boot_with_devices(&guest, &blk_sock, &fs_sock, &net_sock);
+    for round in 0..2 {
+        if round == 1 {
+            // The second guest rewrites the same sector: start from zeros.
+            std::fs::write(&b.image, vec![0u8; fw_devices::DISK_SIZE as usize]).unwrap();
+        }
+        let run = boot_with_devices(&guest, &b.socket, &f.socket, &n.socket);
+        let daemons = [&b.daemon, &f.daemon, &n.daemon];
+        fw_devices::assert_blk(&run, &b, &daemons);
+        fw_devices::assert_fs(&run, "myfs", &daemons);
+        fw_devices::assert_net(&run, &n, true, &daemons);
     }
 }
 
-fn boot_with_devices(guest: &Path, blk_sock: &Path, fs_sock: &Path, net_sock: &Path) {
+fn boot_with_devices(guest: &Path, blk_sock: &Path, fs_sock: &Path, net_sock: &Path) -> Finished {
     let run = run_vmm(
         [
             "--kernel".into(),
@@ -94,7 +90,7 @@ fn boot_with_devices(guest: &Path, blk_sock: &Path, fs_sock: &Path, net_sock: &P
             "--fs".into(),
             format!("tag=myfs,{}", arg(&[("socket", fs_sock)])).into(),
             "--net".into(),
-            format!("{},mac={MAC}", arg(&[("socket", net_sock)])).into(),
+            format!("{},mac={}", arg(&[("socket", net_sock)]), fw_devices::MAC).into(),
         ],
         BOOT_TIMEOUT,
     );
@@ -104,6 +100,7 @@ fn boot_with_devices(guest: &Path, blk_sock: &Path, fs_sock: &Path, net_sock: &P
         "pci 00:01.0 1af4:1042 class 0180\n",
         "pci 00:02.0 1af4:105a class 0180\n",
         "pci 00:03.0 1af4:1041 class 0200\n",
+        "virtio: 3 device(s)\n",
     ] {
         assert!(
             run.stdout.contains(line),
@@ -126,10 +123,15 @@ fn boot_with_devices(guest: &Path, blk_sock: &Path, fs_sock: &Path, net_sock: &P
             show(&run)
         );
     }
-    assert!(!run.stderr.contains("backend is gone"), "{}", show(&run));
-    // The backends serve the tag and MAC the command line gives.
-    assert!(!run.stderr.contains("the backend serves"), "{}", show(&run));
+    for bad in ["backend is gone", "the backend serves", "FAILED", "re-kick"] {
+        assert!(
+            !run.stderr.contains(bad) && !run.stdout.contains(bad),
+            "{bad:?}\n{}",
+            show(&run)
+        );
+    }
     assert!(run.stderr.contains("guest powered off"), "{}", show(&run));
+    run
 }
 
 fn refusal(args: &[&str], code: i32, culprits: &[&str]) {
