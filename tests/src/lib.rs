@@ -23,6 +23,7 @@ pub mod fw_qemu;
 pub mod guest;
 pub mod http;
 pub mod image;
+pub mod kvm_probe;
 pub mod lifecycle;
 pub mod memory;
 pub mod net;

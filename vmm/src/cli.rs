@@ -1,6 +1,7 @@
 //! The command line, in Cloud Hypervisor's style: `--kernel`, `--initramfs`,
 //! `--cmdline`, `--cpus boot=N`, `--memory size=512M[,file=PATH]`,
-//! `--serial stdio|file=PATH|socket=PATH|off`, `--log-level`, and the
+//! `--serial stdio|file=PATH|socket=PATH|off`, `--log-level`,
+//! `--api-socket PATH` (the control API, [`crate::api`]), and the
 //! vhost-user devices, each option repeatable:
 //!
 //! - `--disk socket=PATH[,num_queues=N,queue_size=N]`: virtio-blk;
@@ -48,6 +49,13 @@ pub struct Args {
     /// listening Unix socket; one client at a time) or `off`.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialConfig,
+    /// Serve the control API (HTTP over a Unix socket: vmm.ping, vm.info,
+    /// vm.pause, vm.resume, vm.shutdown, vm.power-button, vm.counters,
+    /// vmm.shutdown) at PATH. A stale socket there is replaced, a live one
+    /// is an error; the file is removed on exit. With it, the VMM keeps
+    /// running after the guest ends, until `vmm.shutdown`.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// Log level: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: log::LevelFilter,

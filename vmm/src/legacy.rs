@@ -194,18 +194,53 @@ impl BusDevice for I8042 {
     }
 }
 
+/// Raises or lowers the SCI (GSI [`acpi::SCI_IRQ`], level-triggered).
+pub type SciLine = Box<dyn FnMut(bool) + Send>;
+
 /// The ACPI PM1a event and control blocks declared by the FADT
-/// ([`acpi::PM1A_EVT_PORT`], [`acpi::PM1A_CNT_PORT`]).
+/// ([`acpi::PM1A_EVT_PORT`], [`acpi::PM1A_CNT_PORT`]): PM1a_STS
+/// (write 1 to clear) and PM1a_EN at offsets 0 and 2, PM1a_CNT at 4. The
+/// only event is the power button ([`AcpiPm::press_power_button`]); the SCI
+/// is asserted while a status bit and its enable bit are both set.
 pub struct AcpiPm {
     events: Sender<VmEvent>,
+    sts: u16,
+    en: u16,
+    sci: Option<SciLine>,
+    sci_level: bool,
 }
 
 const SLP_EN: u16 = 1 << 13;
 const SCI_EN: u16 = 1;
+/// PWRBTN_STS in PM1_STS, PWRBTN_EN in PM1_EN.
+pub const PM1_PWRBTN: u16 = 1 << 8;
+/// The status bits this device implements.
+const PM1_EVENTS: u16 = PM1_PWRBTN;
+const STS: u64 = 0;
+const EN: u64 = 2;
+const CNT: u64 = (acpi::PM1A_CNT_PORT - acpi::PM1A_EVT_PORT) as u64;
+
+/// `reg` with byte `i` (0 or 1) replaced by `b`.
+fn with_byte(reg: u16, i: u64, b: u8) -> u16 {
+    let shift = 8 * i;
+    (reg & !(0xff << shift)) | (u16::from(b) << shift)
+}
 
 impl AcpiPm {
     pub fn new(events: Sender<VmEvent>) -> Self {
-        AcpiPm { events }
+        AcpiPm {
+            events,
+            sts: 0,
+            en: 0,
+            sci: None,
+            sci_level: false,
+        }
+    }
+
+    /// Drives `line` as the SCI.
+    pub fn with_sci(mut self, line: SciLine) -> Self {
+        self.sci = Some(line);
+        self
     }
 
     /// The port range to insert it at.
@@ -214,30 +249,84 @@ impl AcpiPm {
         let end = u64::from(acpi::PM1A_CNT_PORT) + u64::from(acpi::PM1A_CNT_LEN);
         (base, end - base)
     }
-}
 
-impl BusDevice for AcpiPm {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let cnt = u64::from(acpi::PM1A_CNT_PORT - acpi::PM1A_EVT_PORT);
-        if offset == cnt {
-            // Always in ACPI mode.
-            data[0] = SCI_EN as u8;
+    /// Sets PWRBTN_STS; returns whether the guest enabled the event (and
+    /// so the SCI is raised).
+    pub fn press_power_button(&mut self) -> bool {
+        self.sts |= PM1_PWRBTN;
+        self.update_sci();
+        self.en & PM1_PWRBTN != 0
+    }
+
+    /// PM1a_STS and PM1a_EN.
+    pub fn registers(&self) -> (u16, u16) {
+        (self.sts, self.en)
+    }
+
+    fn update_sci(&mut self) {
+        let level = self.sts & self.en & PM1_EVENTS != 0;
+        if level != self.sci_level {
+            self.sci_level = level;
+            if let Some(line) = self.sci.as_mut() {
+                line(level);
+            }
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        let cnt = u64::from(acpi::PM1A_CNT_PORT - acpi::PM1A_EVT_PORT);
-        if offset != cnt || data.len() < 2 {
-            return;
+    fn read_byte(&self, offset: u64) -> u8 {
+        let [lo, hi] = match offset & !1 {
+            STS => self.sts,
+            EN => self.en,
+            // Always in ACPI mode.
+            CNT => SCI_EN,
+            _ => 0,
         }
-        let value = u16::from_le_bytes([data[0], data[1]]);
+        .to_le_bytes();
+        if offset & 1 == 0 {
+            lo
+        } else {
+            hi
+        }
+    }
+
+    fn write_byte(&mut self, offset: u64, b: u8) {
+        let i = offset & 1;
+        match offset & !1 {
+            // Write 1 to clear.
+            STS => self.sts &= !(u16::from(b) << (8 * i)),
+            EN => self.en = with_byte(self.en, i, b) & PM1_EVENTS,
+            _ => {}
+        }
+    }
+
+    fn write_cnt(&self, value: u16) {
         let slp_typ = (value >> 10) & 7;
         if value & SLP_EN != 0 {
             if slp_typ == acpi::S5_SLP_TYP {
                 let _ = self.events.send(VmEvent::PowerOff);
             } else {
                 log::warn!("acpi: sleep state type {slp_typ} is not supported");
+            }
+        }
+    }
+}
+
+impl BusDevice for AcpiPm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = self.read_byte(offset + i as u64);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match (offset, data) {
+            (CNT, [lo, hi, ..]) => self.write_cnt(u16::from_le_bytes([*lo, *hi])),
+            (o, [hi]) if o == CNT + 1 => self.write_cnt(u16::from(*hi) << 8),
+            _ => {
+                for (i, &b) in data.iter().enumerate() {
+                    self.write_byte(offset + i as u64, b);
+                }
+                self.update_sci();
             }
         }
     }
@@ -319,6 +408,37 @@ mod tests {
         assert!(rx.try_recv().is_err());
         pm.write(cnt, &((5 << 10) | SLP_EN).to_le_bytes());
         assert!(matches!(rx.try_recv(), Ok(VmEvent::PowerOff)));
+    }
+
+    #[test]
+    fn the_power_button_sets_a_write_1_to_clear_status_and_drives_the_sci() {
+        let (tx, _rx) = channel();
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let seen = levels.clone();
+        let mut pm = AcpiPm::new(tx).with_sci(Box::new(move |l| seen.lock().unwrap().push(l)));
+        // Not enabled: the status is set, no SCI.
+        assert!(!pm.press_power_button());
+        let mut b = [0u8; 2];
+        pm.read(STS, &mut b);
+        assert_eq!(u16::from_le_bytes(b), PM1_PWRBTN);
+        assert!(levels.lock().unwrap().is_empty());
+        // Enabling it with the status pending raises the SCI.
+        pm.write(EN, &PM1_PWRBTN.to_le_bytes());
+        assert_eq!(*levels.lock().unwrap(), [true]);
+        pm.read(EN, &mut b);
+        assert_eq!(u16::from_le_bytes(b), PM1_PWRBTN);
+        // Writing 0 clears nothing; writing 1 clears it and lowers the SCI.
+        pm.write(STS, &[0, 0]);
+        assert_eq!(pm.registers().0, PM1_PWRBTN);
+        pm.write(STS + 1, &[1]);
+        assert_eq!(pm.registers().0, 0);
+        assert_eq!(*levels.lock().unwrap(), [true, false]);
+        // Enabled: a press raises it at once; a dword read sees STS and EN.
+        assert!(pm.press_power_button());
+        let mut d = [0u8; 4];
+        pm.read(STS, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0100_0100);
+        assert_eq!(*levels.lock().unwrap(), [true, false, true]);
     }
 
     #[test]

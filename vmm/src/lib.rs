@@ -7,7 +7,10 @@
 //! device emulation here: every device is a vhost-user frontend.
 //!
 //! - [`cli`]: the command line; [`vm`]: the VM and its main loop;
-//!   [`vcpu`]: vCPU threads and exit dispatch; [`cpu`]: vCPU boot state.
+//!   [`vcpu`]: vCPU threads, exit dispatch and counters; [`vcpu_gate`]:
+//!   pausing and stopping them; [`cpu`]: vCPU boot state.
+//! - [`api`]: the control API on `--api-socket`; [`control`]: the running
+//!   VM as the API sees it (state machine, pause, power button, counters).
 //! - [`memory`]: guest RAM in a shared file; [`layout`]: the address map
 //!   and e820; [`acpi`]: the tables; [`boot`]: kernel, initramfs, cmdline.
 //! - [`bus`]: port-I/O and MMIO dispatch; [`legacy`]: COM1, i8042, ACPI PM,
@@ -20,11 +23,12 @@
 //!   dying.
 
 pub mod acpi;
-pub mod api;
 pub mod aml;
+pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod cli;
+pub mod control;
 pub mod cpu;
 pub mod irq;
 pub mod layout;
@@ -32,6 +36,7 @@ pub mod legacy;
 pub mod memory;
 pub mod pci;
 pub mod vcpu;
+pub mod vcpu_gate;
 pub mod vhost_user;
 pub mod vm;
 pub mod watch;

@@ -1,16 +1,20 @@
 //! A vCPU on its own named thread: KVM_RUN, port-I/O and MMIO exits
-//! dispatched to the buses, and the end of the VM reported as a [`VmEvent`].
+//! dispatched to the buses and counted, pauses and stops through the
+//! [`VcpuGate`], and the end of the VM reported as a [`VmEvent`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::bus::Bus;
+use crate::vcpu_gate::VcpuGate;
 use crate::vm::VmEvent;
 
 /// One vCPU and what its exits are dispatched to.
@@ -20,7 +24,57 @@ pub struct Vcpu {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub events: Sender<VmEvent>,
-    pub stop: Arc<AtomicBool>,
+    pub gate: Arc<VcpuGate>,
+    pub counters: Arc<VcpuCounters>,
+}
+
+/// Exits of one vCPU by kind (for `vm.counters`); relaxed atomics, one
+/// increment per exit.
+#[derive(Debug, Default)]
+pub struct VcpuCounters {
+    /// Every KVM_RUN that returned an exit (not EINTR).
+    pub exits: AtomicU64,
+    pub io: AtomicU64,
+    pub mmio: AtomicU64,
+    pub hlt: AtomicU64,
+    pub other: AtomicU64,
+    /// KVM_RUN interrupted by a kick (pause, stop).
+    pub interrupted: AtomicU64,
+}
+
+impl VcpuCounters {
+    /// The counters by name: `exits`, `io_exits`, `mmio_exits`,
+    /// `hlt_exits`, `other_exits`, `interrupted`.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        [
+            ("exits", &self.exits),
+            ("io_exits", &self.io),
+            ("mmio_exits", &self.mmio),
+            ("hlt_exits", &self.hlt),
+            ("other_exits", &self.other),
+            ("interrupted", &self.interrupted),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
+        .collect()
+    }
+
+    fn count(&self, exit: &VcpuExit) {
+        let kind = match exit {
+            VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => &self.io,
+            VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => &self.mmio,
+            VcpuExit::Hlt => &self.hlt,
+            _ => &self.other,
+        };
+        kind.fetch_add(1, Ordering::Relaxed);
+        self.exits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    /// This vCPU thread's `kvm_run`, for the kick handler (null on other
+    /// threads and once the vCPU's loop has returned).
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 /// How one KVM_RUN ended, once the exit's borrow of the vCPU is over.
@@ -31,7 +85,32 @@ enum Outcome {
     InternalError,
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+/// Sets `immediate_exit`, so a kick that lands between the gate check and
+/// KVM_RUN still makes KVM_RUN return EINTR at once.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // `try_with`: no panic while the thread-local is being torn down; the
+    // const-initialised Cell has no destructor and no lazy initialisation,
+    // so reading it is async-signal-safe.
+    let _ = KVM_RUN.try_with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: `run` is this thread's vCPU's kvm_run mapping, set by
+            // `Vcpu::run` while it owns the VcpuFd and cleared before the fd
+            // is dropped; a byte write the kernel reads at the next KVM_RUN.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick signal's handler (once per process).
+pub fn install_kick_handler() {
+    static HANDLER: Once = Once::new();
+    HANDLER.call_once(|| {
+        if let Err(e) = register_signal_handler(kick_signal(), kick_handler) {
+            log::warn!("cannot install the vCPU kick handler: {e}");
+        }
+    });
+}
 
 /// The signal that interrupts KVM_RUN so a vCPU thread sees `stop`.
 pub fn kick_signal() -> libc::c_int {
@@ -46,23 +125,36 @@ pub fn kick<T>(handle: &JoinHandle<T>) {
 impl Vcpu {
     /// Runs this vCPU on a thread named `vcpu<N>`.
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
-        static HANDLER: Once = Once::new();
-        HANDLER.call_once(|| {
-            if let Err(e) = register_signal_handler(kick_signal(), kick_handler) {
-                log::warn!("cannot install the vCPU kick handler: {e}");
-            }
-        });
+        install_kick_handler();
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
             .spawn(move || self.run())
     }
 
     fn run(mut self) {
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|r| r.set(run));
+        self.run_loop();
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    }
+
+    fn run_loop(&mut self) {
         let mut unhandled = 0u64;
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.gate.should_stop() {
+            if self.gate.pause_requested() {
+                self.gate.park(self.id);
+                continue;
+            }
             let outcome = match self.fd.run() {
-                Ok(exit) => dispatch(self.id, &self.pio, &self.mmio, exit, &mut unhandled),
+                Ok(exit) => {
+                    self.counters.count(&exit);
+                    dispatch(self.id, &self.pio, &self.mmio, exit, &mut unhandled)
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // Kicked: clear the handler's immediate_exit, then the
+                    // gate is checked again.
+                    self.fd.set_kvm_immediate_exit(0);
+                    self.counters.interrupted.fetch_add(1, Ordering::Relaxed);
                     Outcome::Continue
                 }
                 Err(e) => Outcome::Fail(format!("KVM_RUN: {e}")),

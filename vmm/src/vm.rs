@@ -2,13 +2,14 @@
 //! the kernel, the legacy devices on the port-I/O bus, and one thread per
 //! vCPU, and the vhost-user devices (connected before any vCPU runs, their
 //! sockets watched by the `vu-watch` thread). [`Vm::run`] returns when the
-//! guest powers off or resets, or a vCPU fails.
+//! guest powers off or resets, or a vCPU fails; [`Vm::run_serving`] (with
+//! the control API) returns on `vmm.shutdown`. [`Vm::controller`] is what
+//! the API acts on.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -17,13 +18,15 @@ use crate::acpi::{self, AcpiError};
 use crate::boot::{self, BootConfig, BootError};
 use crate::bus::{Bus, BusError};
 use crate::cli::{MemoryConfig, SerialConfig, VhostUserConfig};
+use crate::control::VmController;
 use crate::cpu::{self, CpuError};
 use crate::irq::IrqRouter;
 use crate::layout;
 use crate::legacy::{self, AcpiPm, DebugPort, DebugPortAt, LegacyError, SerialDevice, I8042};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::{PciError, PciHost};
-use crate::vcpu::{self, Vcpu};
+use crate::vcpu::{Vcpu, VcpuCounters};
+use crate::vcpu_gate::VcpuGate;
 use crate::vhost_user::{DeviceError, DeviceInfo, VhostUserPci};
 use crate::watch::Watcher;
 
@@ -50,6 +53,8 @@ pub enum VmEvent {
     Reset,
     /// A vCPU failed; one line with the reason and RIP.
     Error(String),
+    /// `vmm.shutdown`: the main loop returns (only with the control API).
+    VmmShutdown,
 }
 
 /// How the guest ended.
@@ -57,6 +62,8 @@ pub enum VmEvent {
 pub enum VmExit {
     PowerOff,
     Reset,
+    /// Stopped through the control API (`vm.shutdown` or `vmm.shutdown`).
+    Stopped,
 }
 
 /// Errors of [`Vm`]; each names the step that failed.
@@ -94,6 +101,8 @@ pub enum VmError {
     Pci(#[from] PciError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error("control API")]
+    Api(#[source] crate::api::ApiError),
     #[error("starting the vu-watch thread")]
     Watch(#[source] std::io::Error),
     #[error("KVM_IRQFD for IRQ {irq}")]
@@ -140,7 +149,7 @@ pub struct Vm {
     ram: GuestRam,
     events: Receiver<VmEvent>,
     events_tx: Sender<VmEvent>,
-    stop: Arc<AtomicBool>,
+    control: Arc<VmController>,
 }
 
 impl Vm {
@@ -211,13 +220,16 @@ impl Vm {
             5,
             Arc::new(Mutex::new(I8042::new(events_tx.clone()))),
         )?;
-        let (pm_base, pm_len) = AcpiPm::range();
-        pio.insert(
-            pm_base,
-            pm_len,
-            Arc::new(Mutex::new(AcpiPm::new(events_tx.clone()))),
-        )?;
         let vm = Arc::new(vm);
+        let sci_vm = vm.clone();
+        let sci = Box::new(move |level: bool| {
+            if let Err(e) = sci_vm.set_irq_line(u32::from(acpi::SCI_IRQ), level) {
+                log::warn!("acpi: KVM_IRQ_LINE {} = {level}: {e}", acpi::SCI_IRQ);
+            }
+        });
+        let pm = Arc::new(Mutex::new(AcpiPm::new(events_tx.clone()).with_sci(sci)));
+        let (pm_base, pm_len) = AcpiPm::range();
+        pio.insert(pm_base, pm_len, pm.clone())?;
         let pci = PciHost::new(mmio64, vm.clone(), events_tx.clone())?;
         pci.attach(&pio, &mmio, mmio64)?;
         let irq = Arc::new(IrqRouter::new(vm.clone()));
@@ -242,7 +254,8 @@ impl Vm {
 
         let base_cpuid =
             cpu::supported_cpuid(&kvm).map_err(|source| VmError::Cpu { id: 0, source })?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(VcpuGate::new());
+        let mut counters = Vec::new();
         let mut vcpus = Vec::new();
         for id in 0..config.cpus {
             let fd = vm
@@ -253,15 +266,26 @@ impl Vm {
             if id == 0 {
                 cpu::setup_boot_vcpu(&fd, ram.memory(), &entry).map_err(cpu_err)?;
             }
+            let c = Arc::new(VcpuCounters::default());
+            counters.push(c.clone());
             vcpus.push(Vcpu {
                 id,
                 fd,
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 events: events_tx.clone(),
-                stop: stop.clone(),
+                gate: gate.clone(),
+                counters: c,
             });
         }
+        let control = Arc::new(VmController::new(
+            config.cpus,
+            config.memory.size,
+            devices.clone(),
+            counters,
+            gate,
+            pm,
+        ));
         Ok(Vm {
             _watcher: watcher,
             devices,
@@ -273,7 +297,7 @@ impl Vm {
             ram,
             events,
             events_tx,
-            stop,
+            control,
         })
     }
 
@@ -304,50 +328,96 @@ impl Vm {
         self.devices.iter().map(|d| d.info()).collect()
     }
 
+    /// What the control API acts on (state, pause, resume, shutdown, the
+    /// power button, counters).
+    pub fn controller(&self) -> Arc<VmController> {
+        self.control.clone()
+    }
+
     /// Runs the guest until it powers off or resets, or a vCPU fails.
-    pub fn run(mut self) -> Result<VmExit, VmError> {
+    pub fn run(self) -> Result<VmExit, VmError> {
+        self.run_inner(false)
+    }
+
+    /// Runs the guest; when it ends (or `vm.shutdown` stops it) the VM
+    /// stays in the Shutdown state, and this returns on `vmm.shutdown`:
+    /// how the guest ended ([`VmExit::Stopped`] if it did not end by
+    /// itself).
+    pub fn run_serving(self) -> Result<VmExit, VmError> {
+        self.control.serve_events(self.events_tx.clone());
+        self.run_inner(true)
+    }
+
+    fn run_inner(mut self, serving: bool) -> Result<VmExit, VmError> {
         // The vCPUs' buses keep the PCI host (and its event sender) alive.
         self.pci = None;
         let mut threads = Vec::new();
         let mut spawn_error = None;
-        for vcpu in self.vcpus.drain(..) {
-            let id = vcpu.id;
-            match vcpu.spawn() {
-                Ok(t) => threads.push(t),
-                Err(source) => {
-                    spawn_error = Some(VmError::Spawn { id, source });
-                    break;
+        if self.control.begin() {
+            for vcpu in self.vcpus.drain(..) {
+                let id = vcpu.id;
+                match vcpu.spawn() {
+                    Ok(t) => threads.push(t),
+                    Err(source) => {
+                        spawn_error = Some(VmError::Spawn { id, source });
+                        break;
+                    }
                 }
             }
         }
+        self.control.started(threads);
         drop(self.events_tx);
-        let result = match spawn_error {
-            Some(e) => Err(e),
-            None => match self.events.recv() {
+        let mut ended = spawn_error.map(Err);
+        // A VM that could not start does not wait for vmm.shutdown.
+        let serving = serving && ended.is_none();
+        while ended.is_none() || serving {
+            let result = match self.events.recv() {
+                Ok(VmEvent::VmmShutdown) => {
+                    log::info!("vmm.shutdown");
+                    break;
+                }
                 Ok(VmEvent::PowerOff) => Ok(VmExit::PowerOff),
                 Ok(VmEvent::Reset) => Ok(VmExit::Reset),
                 Ok(VmEvent::Error(line)) => Err(VmError::Guest(line)),
                 Err(_) => Err(VmError::NoVcpus),
-            },
-        };
-
-        // Stop the other vCPUs: kick each out of KVM_RUN until it sees `stop`.
-        self.stop.store(true, Ordering::Release);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-            for t in threads.iter().filter(|t| !t.is_finished()) {
-                vcpu::kick(t);
+            };
+            if ended.is_some() {
+                continue; // A second vCPU's end: the first one counts.
             }
-            std::thread::sleep(Duration::from_millis(5));
+            if serving {
+                match &result {
+                    Ok(exit) => log::info!(
+                        "guest {}; serving the API until vmm.shutdown",
+                        exit_name(*exit)
+                    ),
+                    Err(e) => log::error!(
+                        "{}; serving the API until vmm.shutdown",
+                        crate::error_chain(e)
+                    ),
+                }
+                self.control.stop_guest();
+            }
+            let disconnected = matches!(result, Err(VmError::NoVcpus));
+            ended = Some(result);
+            if disconnected {
+                break;
+            }
         }
-        if threads.iter().all(|t| t.is_finished()) {
-            for t in threads {
-                let _ = t.join();
-            }
-        } else {
+
+        // Stop the other vCPUs (kicked out of KVM_RUN until they see it).
+        if !self.control.stop_guest() {
             log::warn!("a vCPU thread did not stop; leaving guest memory mapped");
             std::mem::forget(self.ram);
         }
-        result
+        ended.unwrap_or(Ok(VmExit::Stopped))
+    }
+}
+
+/// How `exit` reads in the log: `powered off`, `reset`, `stopped`.
+pub fn exit_name(exit: VmExit) -> &'static str {
+    match exit {
+        VmExit::PowerOff => "powered off",
+        VmExit::Reset => "reset",
+        VmExit::Stopped => "stopped through the API",
     }
 }

@@ -29,6 +29,7 @@ mod paging;
 mod pci;
 mod virtio;
 mod virtq;
+mod wait;
 
 use core::panic::PanicInfo;
 use core::ptr::{read_volatile, write_volatile};
@@ -142,6 +143,7 @@ extern "C" fn bsp_main(start_info: u64) -> ! {
         }
         slot += 1;
     }
+    wait::power_button_if_asked(start_info);
     serial(b"all ");
     serial_dec(AP_REPORTED.load(Ordering::Acquire) as u64 + 1);
     serial(b" cpu(s) up; powering off\n");

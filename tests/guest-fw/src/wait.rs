@@ -1,0 +1,118 @@
+//! `wait-power-button` on the kernel command line (PVH start info's
+//! `cmdline_paddr`): instead of powering off at once, the guest enables
+//! PWRBTN_EN in PM1a_EN, prints `waiting for the power button`, polls
+//! PM1a_STS for PWRBTN_STS (one port read per ~1000 `pause`s, ~1 ms here),
+//! clears it (write 1), prints `power button pressed` and goes on to power
+//! off. The PM1a event block's port comes from the FADT (PM1a_EVT_BLK).
+
+use core::ptr::read_unaligned;
+
+use crate::io::{out16, serial};
+
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+/// PWRBTN_STS in PM1_STS, PWRBTN_EN in PM1_EN.
+const PWRBTN: u16 = 1 << 8;
+const WORD: &[u8] = b"wait-power-button";
+
+fn r8(addr: u64) -> u8 {
+    // SAFETY: the low 4 GiB are identity-mapped; the start info, command
+    // line and ACPI tables lie in RAM.
+    unsafe { read_unaligned(addr as *const u8) }
+}
+fn r32(addr: u64) -> u32 {
+    // SAFETY: as in r8.
+    unsafe { read_unaligned(addr as *const u32) }
+}
+fn r64(addr: u64) -> u64 {
+    // SAFETY: as in r8.
+    unsafe { read_unaligned(addr as *const u64) }
+}
+
+fn in16(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: port I/O has no memory effects in this guest.
+    unsafe { core::arch::asm!("in ax, dx", out("ax") value, in("dx") port) }
+    value
+}
+
+/// Whether the command line has the word `wait-power-button`.
+fn asked(start_info: u64) -> bool {
+    if start_info == 0 || r32(start_info) != XEN_HVM_START_MAGIC {
+        return false;
+    }
+    let cmdline = r64(start_info + 24);
+    if cmdline == 0 {
+        return false;
+    }
+    let at = |i: u64| r8(cmdline + i);
+    let mut i = 0;
+    while i < 4096 {
+        // At the start of a word.
+        let len = WORD.len() as u64;
+        if (0..len).all(|j| at(i + j) == WORD[j as usize]) && matches!(at(i + len), 0 | b' ') {
+            return true;
+        }
+        // Skip to the next word.
+        loop {
+            let c = at(i);
+            if c == 0 {
+                return false;
+            }
+            i += 1;
+            if c == b' ' {
+                break;
+            }
+        }
+    }
+    false
+}
+
+/// PM1a_EVT_BLK from the FADT (RSDP -> XSDT or RSDT -> FACP).
+fn pm1a_evt(start_info: u64) -> Option<u16> {
+    let rsdp = r64(start_info + 32);
+    if rsdp == 0 {
+        return None;
+    }
+    let (root, entry_size) = if r8(rsdp + 15) >= 2 && r64(rsdp + 24) != 0 {
+        (r64(rsdp + 24), 8)
+    } else {
+        (r32(rsdp + 16) as u64, 4)
+    };
+    let entries = (r32(root + 4) as u64).saturating_sub(36) / entry_size;
+    (0..entries)
+        .map(|i| {
+            let entry = root + 36 + i * entry_size;
+            if entry_size == 8 {
+                r64(entry)
+            } else {
+                r32(entry) as u64
+            }
+        })
+        .find(|&t| (0..4).all(|i| r8(t + i) == b"FACP"[i as usize]))
+        .map(|fadt| r32(fadt + 56) as u16)
+        .filter(|&port| port != 0)
+}
+
+/// With `wait-power-button` on the command line, waits for the power
+/// button; otherwise returns at once.
+pub fn power_button_if_asked(start_info: u64) {
+    if !asked(start_info) {
+        return;
+    }
+    let Some(evt) = pm1a_evt(start_info) else {
+        serial(b"wait-power-button: no PM1a event block in the FADT\n");
+        return;
+    };
+    out16(evt + 2, PWRBTN);
+    serial(b"waiting for the power button\n");
+    loop {
+        if in16(evt) & PWRBTN != 0 {
+            out16(evt, PWRBTN);
+            serial(b"power button pressed\n");
+            return;
+        }
+        for _ in 0..1000 {
+            core::hint::spin_loop();
+        }
+    }
+}

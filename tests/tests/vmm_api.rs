@@ -1,0 +1,329 @@
+//! The VMM's control API (`--api-socket`, issue #6) over the real VMM: the
+//! test guest boots with a vhost-user disk and `wait-power-button` on its
+//! command line, so it waits for the ACPI power button instead of powering
+//! off. Then: ping, info, counters, pause (no guest progress), resume,
+//! power button (the guest sees PWRBTN_STS and powers off), the VMM still
+//! serving in the Shutdown state, `vmm.shutdown` (exit 0, socket removed);
+//! malformed requests answered 4xx with JSON; a backend killed while the
+//! guest waits shows as failed while the VMM keeps serving; a live socket
+//! at the path is a one-line error.
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
+use vu_driver::http::{self, exchange, get, put, request};
+use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
+use vu_driver::vmm::{run_vmm, spawn_vmm, test_guest};
+
+/// KVM here emulates every instruction: the guest needs a few seconds to
+/// reach its wait; the margin is for loaded machines.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(30);
+const WAITING: &str = "waiting for the power button";
+
+fn blk(dir: &TempDir) -> (PathBuf, Daemon) {
+    let image = dir.join("disk.img");
+    create_sparse_image(&image, 16 << 20).unwrap();
+    let socket = dir.join("blk.sock");
+    let d = vhost_blk_daemon(&image, &socket, &BlkDaemonOpts::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    (socket, d)
+}
+
+/// The guest's serial output so far.
+fn serial(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The VMM with 2 vCPUs, 64 MiB, the disk on `blk_sock`, the API on
+/// `api` and the serial console in the file `console` (apart from the
+/// VMM's log, so lines do not interleave), once the guest waits for the
+/// power button.
+fn vmm_waiting(api: &Path, blk_sock: &Path, console: &Path) -> Daemon {
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let mut vmm = spawn_vmm(
+        [
+            "--kernel".into(),
+            guest.into_os_string(),
+            "--cmdline".into(),
+            "console=ttyS0 wait-power-button".into(),
+            "--cpus".into(),
+            "boot=2".into(),
+            "--memory".into(),
+            "size=64M".into(),
+            "--serial".into(),
+            format!("file={}", console.display()).into(),
+            "--api-socket".into(),
+            api.as_os_str().to_owned(),
+            "--disk".into(),
+            format!("socket={}", blk_sock.display()).into(),
+        ],
+        api,
+        &["control API on"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let waiting = poll_until(BOOT_TIMEOUT, || {
+        serial(console).contains(WAITING) || !matches!(vmm.try_wait(), Ok(None))
+    });
+    assert!(
+        waiting && serial(console).contains(WAITING),
+        "the guest does not wait for the power button\n--- serial\n{}--- log\n{}",
+        serial(console),
+        vmm.log_contents()
+    );
+    vmm
+}
+
+/// The status and JSON body (Null when empty) of one request.
+fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
+    let r = request(api, method, path, None)
+        .unwrap_or_else(|e| panic!("{method} {path}: {}", vu_driver_error(&e)));
+    let body = if r.body.is_empty() {
+        Value::Null
+    } else {
+        r.json().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    (r.status, body)
+}
+
+fn vu_driver_error(e: &http::HttpError) -> String {
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        line.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    line
+}
+
+fn info(api: &Path) -> Value {
+    let (status, body) = call(api, "GET", "/api/v1/vm.info");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn counter(api: &Path, who: &str, name: &str) -> u64 {
+    let (status, body) = call(api, "GET", "/api/v1/vm.counters");
+    assert_eq!(status, 200, "{body}");
+    body[who][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {who}.{name} in {body}"))
+}
+
+/// An error answer: the status and a JSON `{"error": "..."}` body.
+fn assert_error(api: &Path, raw: &[u8], status: u16) {
+    let r = exchange(api, raw).unwrap_or_else(|e| panic!("{}", vu_driver_error(&e)));
+    assert_eq!(r.status, status, "{raw:?} -> {r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+    let body = r.json().unwrap();
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+}
+
+#[test]
+fn the_api_pauses_resumes_and_powers_the_guest_off() {
+    let dir = TempDir::new("vmm-api").unwrap();
+    let (blk_sock, _blk) = blk(&dir);
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut vmm = vmm_waiting(&api, &blk_sock, &console);
+
+    let (status, ping) = call(&api, "GET", "/api/v1/vmm.ping");
+    assert_eq!(status, 200, "{ping}");
+    assert_eq!(ping["pid"], vmm.pid());
+
+    let vm = info(&api);
+    assert_eq!(vm["state"], "Running", "{vm}");
+    assert_eq!(vm["cpus"], 2, "{vm}");
+    assert_eq!(vm["memory"]["size"], 64u64 << 20, "{vm}");
+    let devices = vm["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{vm}");
+    let disk = &devices[0];
+    assert_eq!(disk["kind"], "block", "{vm}");
+    assert_eq!(disk["id"], "disk0", "{vm}");
+    assert_eq!(disk["socket"], blk_sock.display().to_string(), "{vm}");
+    assert_eq!(disk["pci_bdf"], "0000:00:01.0", "{vm}");
+    assert_eq!(disk["backend_state"], "connected", "{vm}");
+
+    // The guest polls PM1a_STS: its port reads count up; the disk the
+    // guest drove is active.
+    let before = counter(&api, "vcpu0", "io_exits");
+    assert!(
+        poll_until(WAIT, || counter(&api, "vcpu0", "io_exits") > before),
+        "vcpu0 makes no progress while running"
+    );
+    assert_eq!(counter(&api, "disk0", "active"), 1);
+    assert_eq!(counter(&api, "disk0", "failed"), 0);
+
+    // Malformed requests over the real VMM: 4xx with a JSON error, and
+    // the VM is untouched.
+    assert_error(&api, b"GARBAGE\r\n\r\n", 400);
+    assert_error(
+        &api,
+        b"PUT /api/v1/vm.pause HTTP/1.1\r\nConnection: close\r\nContent-Length: 5\r\n\r\n{oops",
+        400,
+    );
+    assert_error(
+        &api,
+        b"GET /api/v1/vm.nothing HTTP/1.1\r\nConnection: close\r\n\r\n",
+        404,
+    );
+    assert_error(
+        &api,
+        b"DELETE /api/v1/vm.info HTTP/1.1\r\nConnection: close\r\n\r\n",
+        405,
+    );
+    assert_eq!(info(&api)["state"], "Running");
+
+    // Pause: returns once both vCPUs are parked; no exits while paused.
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.pause").0, 204);
+    assert_eq!(info(&api)["state"], "Paused");
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.pause").0, 409);
+    let paused: Vec<u64> = ["vcpu0", "vcpu1"]
+        .iter()
+        .map(|v| counter(&api, v, "exits"))
+        .collect();
+    let console_len = serial(&console).len();
+    std::thread::sleep(Duration::from_millis(1500));
+    let later: Vec<u64> = ["vcpu0", "vcpu1"]
+        .iter()
+        .map(|v| counter(&api, v, "exits"))
+        .collect();
+    assert_eq!(paused, later, "vCPUs ran while paused");
+    // A press while paused is held until the guest runs again.
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
+    std::thread::sleep(Duration::from_millis(500));
+    // No serial output either.
+    assert_eq!(serial(&console).len(), console_len, "{}", serial(&console));
+
+    // Resume: the guest sees the press and powers off.
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.resume").0, 204);
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.resume").0, 409);
+    assert!(
+        poll_until(WAIT, || vmm
+            .log_contents()
+            .contains("guest powered off; serving the API until vmm.shutdown")),
+        "{}",
+        vmm.log_contents()
+    );
+    let out = serial(&console);
+    let pressed = out
+        .find("power button pressed\n")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(out[pressed..].contains("powering off"), "{out}");
+
+    // Shutdown: the VMM still answers.
+    assert_eq!(info(&api)["state"], "Shutdown");
+    assert_eq!(call(&api, "GET", "/api/v1/vmm.ping").0, 200);
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 409);
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.pause").0, 409);
+    assert_error(&api, b"GARBAGE\r\n\r\n", 400);
+    assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
+
+    assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
+    let status = vmm
+        .wait_timeout(WAIT)
+        .unwrap()
+        .unwrap_or_else(|| panic!("the VMM did not exit\n{}", vmm.log_contents()));
+    assert_eq!(status.code(), Some(0), "{}", vmm.log_contents());
+    assert!(!api.exists(), "the API socket was left behind");
+}
+
+#[test]
+fn a_backend_killed_while_the_guest_waits_shows_failed() {
+    let dir = TempDir::new("vmm-api-kill").unwrap();
+    let (blk_sock, mut blk) = blk(&dir);
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut vmm = vmm_waiting(&api, &blk_sock, &console);
+    assert_eq!(info(&api)["devices"][0]["backend_state"], "connected");
+
+    blk.signal(libc::SIGKILL).unwrap();
+    assert!(blk.wait_timeout(WAIT).unwrap().is_some());
+    assert!(
+        poll_until(WAIT, || info(&api)["devices"][0]["backend_state"]
+            == "failed"),
+        "{}\n{}",
+        info(&api),
+        vmm.log_contents()
+    );
+    let vm = info(&api);
+    assert!(vm["devices"][0]["backend_error"].as_str().is_some(), "{vm}");
+    assert_eq!(vm["state"], "Running", "{vm}");
+    assert_eq!(counter(&api, "disk0", "failed"), 1);
+    assert_eq!(call(&api, "GET", "/api/v1/vmm.ping").0, 200);
+    assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
+
+    // vm.shutdown stops the guest; the VMM keeps serving.
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.shutdown").0, 204);
+    assert_eq!(info(&api)["state"], "Shutdown");
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.shutdown").0, 409);
+    let exits = counter(&api, "vcpu0", "exits");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counter(&api, "vcpu0", "exits"), exits);
+    assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
+
+    assert_eq!(put(&api, "/api/v1/vmm.shutdown").unwrap().status, 204);
+    let status = vmm.wait_timeout(WAIT).unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        vmm.log_contents()
+    );
+    assert!(!api.exists());
+    assert!(get(&api, "/api/v1/vmm.ping").is_err());
+}
+
+#[test]
+fn a_live_api_socket_is_a_one_line_error() {
+    let dir = TempDir::new("vmm-api-live").unwrap();
+    let api = dir.join("api.sock");
+    let _other = UnixListener::bind(&api).unwrap();
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let run = run_vmm(
+        [
+            "--kernel".as_ref(),
+            guest.as_os_str(),
+            "--memory".as_ref(),
+            "size=32M".as_ref(),
+            "--api-socket".as_ref(),
+            api.as_os_str(),
+        ],
+        WAIT,
+    );
+    let line = run
+        .refusal(&[1], &[api.to_str().unwrap(), "in use"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{line}");
+    assert!(
+        !run.stdout.contains("hello from the test guest"),
+        "{}",
+        run.stdout
+    );
+    // The other listener's socket is left alone.
+    assert!(api.exists());
+}
+
+#[test]
+fn without_an_api_socket_power_off_still_ends_the_vmm() {
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let run = run_vmm(
+        [
+            "--kernel".as_ref(),
+            guest.as_os_str(),
+            "--memory".as_ref(),
+            "size=32M".as_ref(),
+        ],
+        BOOT_TIMEOUT,
+    );
+    assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains(WAITING), "{}", run.stdout);
+    assert!(run.stderr.contains("guest powered off"), "{}", run.stderr);
+}
