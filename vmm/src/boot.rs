@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::bootparam::boot_params;
+use linux_loader::loader::bootparam::{boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
@@ -17,6 +17,50 @@ use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader, PvhBootCap
 use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, ReadVolatile};
 
 use crate::layout;
+
+/// Boot protocol 2.12 (xloadflags) and 2.06 (cmdline_size).
+const PROTOCOL_2_12: u16 = 0x020c;
+const PROTOCOL_2_06: u16 = 0x0206;
+/// `xloadflags`: the kernel has the 64-bit entry point at +0x200.
+const XLF_KERNEL_64: u16 = 1;
+
+/// What a bzImage's setup header says against how we boot it.
+#[derive(Debug, PartialEq, Eq)]
+enum HeaderProblem {
+    Not64Bit,
+    CmdlineTooLong { len: usize, max: u32 },
+}
+
+impl HeaderProblem {
+    fn at(self, path: &std::path::Path) -> BootError {
+        let path = path.to_path_buf();
+        match self {
+            HeaderProblem::Not64Bit => BootError::Not64Bit { path },
+            HeaderProblem::CmdlineTooLong { len, max } => {
+                BootError::CmdlineTooLong { path, len, max }
+            }
+        }
+    }
+}
+
+/// We enter a bzImage at its 64-bit entry point, and the kernel keeps at
+/// most `cmdline_size` bytes of the command line (silently dropping the
+/// rest): both are checked, not assumed.
+fn check_bzimage(hdr: &setup_header, cmdline_len: usize) -> Result<(), HeaderProblem> {
+    let (version, xloadflags, max) = (hdr.version, hdr.xloadflags, hdr.cmdline_size);
+    if version < PROTOCOL_2_12 || xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(HeaderProblem::Not64Bit);
+    }
+    // Before 2.06 the limit is 255 bytes.
+    let max = if version >= PROTOCOL_2_06 { max } else { 255 };
+    if cmdline_len > max as usize {
+        return Err(HeaderProblem::CmdlineTooLong {
+            len: cmdline_len,
+            max,
+        });
+    }
+    Ok(())
+}
 
 /// Errors of [`load`].
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +81,10 @@ pub enum BootError {
     },
     #[error("kernel command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("kernel {path}: a bzImage without the 64-bit entry point (XLF_KERNEL_64)")]
+    Not64Bit { path: PathBuf },
+    #[error("kernel command line is {len} bytes; kernel {path} takes at most {max}")]
+    CmdlineTooLong { path: PathBuf, len: usize, max: u32 },
     #[error("writing the kernel command line")]
     LoadCmdline(#[source] loader::Error),
     #[error("initramfs {path}")]
@@ -184,13 +232,15 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootEntry, BootEr
         _ => {
             let mut zp = boot_params::default();
             if let Some(hdr) = loaded.setup_header {
+                check_bzimage(&hdr, cfg.cmdline.len()).map_err(|e| e.at(&cfg.kernel))?;
                 zp.hdr = hdr;
+            } else {
+                zp.hdr.cmdline_size = cmdline_len;
             }
             zp.hdr.type_of_loader = KERNEL_LOADER_OTHER;
             zp.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
             zp.hdr.header = KERNEL_HDR_MAGIC;
             zp.hdr.cmd_line_ptr = layout::CMDLINE_START.raw_value() as u32;
-            zp.hdr.cmdline_size = cmdline_len;
             zp.hdr.kernel_alignment = 0x0100_0000;
             if let Some((addr, size)) = initrd {
                 zp.hdr.ramdisk_image = addr.raw_value() as u32;
@@ -320,5 +370,28 @@ mod tests {
         let err = load_initramfs(&m, &big, 0x20_0000, u64::from(u32::MAX)).unwrap_err();
         std::fs::remove_file(&big).unwrap();
         assert!(matches!(err, BootError::InitramfsTooLarge { .. }));
+    }
+
+    #[test]
+    fn bzimage_headers_are_checked() {
+        let mut hdr = setup_header {
+            version: 0x020f,
+            xloadflags: 0x1f,
+            cmdline_size: 2047,
+            ..Default::default()
+        };
+        assert_eq!(check_bzimage(&hdr, 2047), Ok(()));
+        assert_eq!(
+            check_bzimage(&hdr, 2048),
+            Err(HeaderProblem::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            })
+        );
+        hdr.xloadflags = 0x1e;
+        assert_eq!(check_bzimage(&hdr, 10), Err(HeaderProblem::Not64Bit));
+        hdr.xloadflags = 1;
+        hdr.version = 0x020b;
+        assert_eq!(check_bzimage(&hdr, 10), Err(HeaderProblem::Not64Bit));
     }
 }
