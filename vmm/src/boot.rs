@@ -232,7 +232,7 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootEntry, BootEr
         _ => {
             let mut zp = boot_params::default();
             if let Some(hdr) = loaded.setup_header {
-                check_bzimage(&hdr, cfg.cmdline.len()).map_err(|e| e.at(&cfg.kernel))?;
+                check_bzimage(&hdr, cfg.cmdline.len()).map_err(|e| e.at(cfg.kernel))?;
                 zp.hdr = hdr;
             } else {
                 zp.hdr.cmdline_size = cmdline_len;
