@@ -7,8 +7,8 @@
 //! connection with a log line naming the queue size.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
