@@ -50,9 +50,12 @@ struct Args {
     /// image our daemon serves (needs --start-ours), the ceiling to compare with.
     #[arg(long, requires = "start_ours")]
     pread_baseline: bool,
-    /// Arguments added to our daemons' command lines (e.g. "--num-queues 2").
+    /// Arguments added to our vhost-blk-daemon's command line (e.g. "--num-queues 2").
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     ours_args: Vec<String>,
+    /// Arguments added to our virtiofsd's command line (e.g. "--poll-us 50").
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+    ours_fs_args: Vec<String>,
     /// Arguments added to vhost-net-daemon's command line (e.g. "--queue-size 1024").
     /// With --start-ours, the net-tx-*/net-rx-* workloads run it on a tap in a
     /// network namespace of their own (needs root), next to tap-direct: a plain
@@ -368,8 +371,15 @@ fn start_ours(args: &Args, blk: &mut Vec<Spec>, fs: &mut Vec<Spec>) -> Result<Ou
     });
     let share = dir.join("ours-share");
     std::fs::create_dir(&share).map_err(|e| format!("{}: {e}", share.display()))?;
-    let vfs = ours::virtiofsd(&share, &dir.join("ours-fs.sock"), &["--cache=auto"])
-        .map_err(|e| chain(&e))?;
+    let mut fs_args = vec!["--cache=auto"];
+    fs_args.extend(
+        args.ours_fs_args
+            .iter()
+            .filter(|a| !a.is_empty())
+            .map(String::as_str),
+    );
+    let vfs =
+        ours::virtiofsd(&share, &dir.join("ours-fs.sock"), &fs_args).map_err(|e| chain(&e))?;
     fs.push(Spec {
         name: "virtiofsd (ours)".into(),
         socket: vfs.socket().to_owned(),
