@@ -27,6 +27,7 @@ mod io;
 mod net;
 mod paging;
 mod pci;
+mod status;
 mod virtio;
 mod virtq;
 mod wait;

@@ -73,7 +73,7 @@ pub struct Device {
 }
 
 /// The name of a device type in the guest's lines.
-fn name(kind: u16) -> &'static [u8] {
+pub fn name(kind: u16) -> &'static [u8] {
     match kind {
         TYPE_NET => b"net",
         TYPE_BLK => b"blk",
@@ -372,6 +372,7 @@ fn drive(dev: u32, func: u32, kind: u16, first_vector: u8) {
         None => serial(b", no msi-x"),
     }
     serial(b"\n");
+    crate::status::record(dev, func, kind, d.common, first_vector);
     let result = match kind {
         TYPE_BLK => crate::blk::run(&mut d),
         TYPE_FS => crate::fs::run(&mut d),

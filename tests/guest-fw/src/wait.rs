@@ -2,7 +2,8 @@
 //! `cmdline_paddr`): instead of powering off at once, the guest enables
 //! PWRBTN_EN in PM1a_EN, prints `waiting for the power button`, polls
 //! PM1a_STS for PWRBTN_STS (one port read per ~1000 `pause`s, ~1 ms here),
-//! clears it (write 1), prints `power button pressed` and goes on to power
+//! clears it (write 1), prints `power button pressed`, then a `status`
+//! line per virtio device it drove (see `status`), and goes on to power
 //! off. The PM1a event block's port comes from the FADT (PM1a_EVT_BLK).
 
 use core::ptr::read_unaligned;
@@ -109,6 +110,7 @@ pub fn power_button_if_asked(start_info: u64) {
         if in16(evt) & PWRBTN != 0 {
             out16(evt, PWRBTN);
             serial(b"power button pressed\n");
+            crate::status::report();
             return;
         }
         for _ in 0..1000 {

@@ -1,0 +1,266 @@
+//! A backend killed mid-run (issue #6): the test guest drives a disk, a
+//! share and a NIC served by our three daemons (`vu_driver::fw_devices`),
+//! then waits for the power button (`wait-power-button`). The disk's
+//! daemon is killed: the VMM keeps running and `vm.info` shows the disk
+//! `failed`, the share and the NIC `connected`. After the power button the
+//! guest prints each device's `device_status` as it reads it then
+//! (`guest-fw/src/status.rs`): DEVICE_NEEDS_RESET (0x40) on the disk only,
+//! with the disk's configuration-change MSI-X vector pending in its LAPIC
+//! and no other device's. The guest powers off, `vmm.shutdown` ends the
+//! VMM with 0, and the other two daemons are still serving.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use vu_driver::fixture::TempDir;
+use vu_driver::fixture::{poll_until, Daemon};
+use vu_driver::fw_devices::{self, Blk, Fs, Net};
+use vu_driver::http::request;
+use vu_driver::process::Finished;
+use vu_driver::vmm::{spawn_vmm, test_guest};
+
+/// KVM here emulates every instruction: the guest needs a few seconds to
+/// drive three devices and reach its wait; the margin is for loaded
+/// machines.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(30);
+const WAITING: &str = "waiting for the power button";
+const POWERED_OFF: &str = "guest powered off; serving the API until vmm.shutdown";
+/// virtio device status bits.
+const DRIVER_READY: u8 = 0x0f; // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+const NEEDS_RESET: u8 = 0x40;
+
+/// The guest's serial output so far.
+fn serial(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The serial console, the VMM's log and every daemon's log.
+fn show(console: &Path, vmm: &Daemon, daemons: &[&Daemon]) -> String {
+    let mut s = format!(
+        "--- serial\n{}--- vmm log\n{}",
+        serial(console),
+        vmm.log_contents()
+    );
+    for d in daemons {
+        s += &format!("--- {} log\n{}", d.name(), d.log_contents());
+    }
+    s
+}
+
+/// The status and JSON body (Null when empty) of one request.
+fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
+    let r = request(api, method, path, None).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let body = if r.body.is_empty() {
+        Value::Null
+    } else {
+        r.json().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    (r.status, body)
+}
+
+fn info(api: &Path) -> Value {
+    let (status, body) = call(api, "GET", "/api/v1/vm.info");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// `(id, backend_state)` of every device in `vm.info`, in plug order.
+fn backend_states(vm: &Value) -> Vec<(String, String)> {
+    vm["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no devices in {vm}"))
+        .iter()
+        .map(|d| {
+            let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+            (s("id"), s("backend_state"))
+        })
+        .collect()
+}
+
+fn states(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// The VMM with the three devices, the API on `api` and the serial console
+/// in the file `console` (apart from the VMM's log), once the guest waits
+/// for the power button.
+fn vmm_waiting(api: &Path, console: &Path, b: &Blk, f: &Fs, n: &Net) -> Daemon {
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let mut vmm = spawn_vmm(
+        [
+            "--kernel".into(),
+            guest.into_os_string(),
+            "--cmdline".into(),
+            "console=ttyS0 wait-power-button".into(),
+            "--memory".into(),
+            "size=64M".into(),
+            "--serial".into(),
+            format!("file={}", console.display()).into(),
+            "--api-socket".into(),
+            api.as_os_str().to_owned(),
+            "--disk".into(),
+            format!("socket={}", b.socket.display()).into(),
+            "--fs".into(),
+            format!("tag=myfs,socket={}", f.socket.display()).into(),
+            "--net".into(),
+            format!("socket={},mac={}", n.socket.display(), fw_devices::MAC).into(),
+        ],
+        api,
+        &["control API on"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let waiting = poll_until(BOOT_TIMEOUT, || {
+        serial(console).contains(WAITING) || !matches!(vmm.try_wait(), Ok(None))
+    });
+    assert!(
+        waiting && serial(console).contains(WAITING),
+        "the guest does not wait for the power button\n{}",
+        show(console, &vmm, &[&b.daemon, &f.daemon, &n.daemon])
+    );
+    vmm
+}
+
+/// The guest's status line of `bdf` (`00:01.0`) `kind`: the device status
+/// byte and the rest of the line after it.
+fn status_line<'a>(out: &'a str, bdf: &str, kind: &str) -> Option<(u8, &'a str)> {
+    let prefix = format!("status {bdf} {kind}: 0x");
+    let rest = out.lines().find_map(|l| l.strip_prefix(&prefix))?;
+    let status = u8::from_str_radix(rest.get(..2)?, 16).ok()?;
+    Some((status, &rest[2..]))
+}
+
+#[test]
+fn a_killed_backend_needs_a_reset_in_the_guest_on_that_device_only() {
+    let dir = TempDir::new("vmm-needs-reset").unwrap();
+    let mut b = fw_devices::blk(&dir);
+    let mut f = fw_devices::fs_share(&dir, &["--tag", "myfs"]);
+    let mut n = fw_devices::net(&dir);
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut vmm = vmm_waiting(&api, &console, &b, &f, &n);
+
+    // The guest drove all three devices before it waited.
+    let run = Finished {
+        status: None,
+        stdout: serial(&console),
+        stderr: vmm.log_contents(),
+    };
+    let daemons = [&b.daemon, &f.daemon, &n.daemon];
+    assert!(
+        run.stdout.contains("virtio: 3 device(s)\n") && !run.stdout.contains("FAILED"),
+        "{}",
+        show(&console, &vmm, &daemons)
+    );
+    fw_devices::assert_blk(&run, &b, &daemons);
+    fw_devices::assert_fs(&run, "myfs", &daemons);
+    fw_devices::assert_net(&run, &n, true, &daemons);
+    let vm = info(&api);
+    assert_eq!(vm["state"], "Running", "{vm}");
+    assert_eq!(
+        backend_states(&vm),
+        states(&[
+            ("disk0", "connected"),
+            ("fs0", "connected"),
+            ("net0", "connected")
+        ]),
+        "{vm}"
+    );
+
+    // Kill the disk's daemon: the VMM notices, marks the disk failed and
+    // runs on.
+    b.daemon.signal(libc::SIGKILL).unwrap();
+    assert!(b.daemon.wait_timeout(WAIT).unwrap().is_some());
+    let want = states(&[
+        ("disk0", "failed"),
+        ("fs0", "connected"),
+        ("net0", "connected"),
+    ]);
+    assert!(
+        poll_until(WAIT, || backend_states(&info(&api)) == want),
+        "{}\n{}",
+        info(&api),
+        show(&console, &vmm, &[&f.daemon, &n.daemon])
+    );
+    let vm = info(&api);
+    assert_eq!(vm["state"], "Running", "{vm}");
+    assert!(vm["devices"][0]["backend_error"].as_str().is_some(), "{vm}");
+    assert!(vm["devices"][1]["backend_error"].is_null(), "{vm}");
+    assert!(vm["devices"][2]["backend_error"].is_null(), "{vm}");
+    let (status, ping) = call(&api, "GET", "/api/v1/vmm.ping");
+    assert_eq!(status, 200, "{ping}");
+    assert_eq!(ping["pid"], vmm.pid());
+    assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
+
+    // The power button: the guest reports what it reads and powers off.
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
+    assert!(
+        poll_until(WAIT, || vmm.log_contents().contains(POWERED_OFF)),
+        "{}",
+        show(&console, &vmm, &[&f.daemon, &n.daemon])
+    );
+    // The guest is off: its console is complete.
+    let all = show(&console, &vmm, &[&f.daemon, &n.daemon]);
+    let out = serial(&console);
+    let pressed = out
+        .find("power button pressed\n")
+        .unwrap_or_else(|| panic!("{}", all));
+    let after = &out[pressed..];
+    // Shown with --nocapture.
+    println!("--- the guest after the power button\n{after}");
+    assert!(after.contains("powering off"), "{}", all);
+
+    let (blk, rest) =
+        status_line(after, "00:01.0", "blk").unwrap_or_else(|| panic!("no blk status\n{}", all));
+    assert_eq!(blk, DRIVER_READY | NEEDS_RESET, "{}", all);
+    assert!(
+        rest.starts_with(" needs-reset, config msi-x vector 0x"),
+        "{rest:?}\n{}",
+        all
+    );
+    assert!(
+        rest.ends_with(" pending") && !rest.ends_with("not pending"),
+        "{rest:?}\n{}",
+        all
+    );
+    for (bdf, kind) in [("00:02.0", "fs"), ("00:03.0", "net")] {
+        let (status, rest) =
+            status_line(after, bdf, kind).unwrap_or_else(|| panic!("no {kind} status\n{}", all));
+        assert_eq!(status, DRIVER_READY, "{kind}\n{}", all);
+        assert!(
+            rest.starts_with(" ok, config msi-x vector 0x") && rest.ends_with(" not pending"),
+            "{kind}: {rest:?}\n{}",
+            all
+        );
+    }
+    assert_eq!(after.matches("\nstatus ").count(), 3, "{}", all);
+
+    // Shutdown: the VMM serves on until vmm.shutdown, then exits 0.
+    assert_eq!(info(&api)["state"], "Shutdown");
+    assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
+    let status = vmm
+        .wait_timeout(WAIT)
+        .unwrap()
+        .unwrap_or_else(|| panic!("the VMM did not exit\n{}", all));
+    assert_eq!(status.code(), Some(0), "{}", all);
+    assert!(!api.exists(), "the API socket was left behind");
+
+    // The other backends were never disturbed.
+    assert_eq!(
+        f.daemon.try_wait().unwrap(),
+        None,
+        "{}",
+        f.daemon.log_contents()
+    );
+    assert_eq!(
+        n.daemon.try_wait().unwrap(),
+        None,
+        "{}",
+        n.daemon.log_contents()
+    );
+}
