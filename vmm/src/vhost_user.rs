@@ -61,6 +61,8 @@ pub enum SetupError {
     NoBar(u8),
     #[error("queue ioeventfd")]
     IoEvent(#[source] PciError),
+    #[error("starting its handshake thread")]
+    Thread(#[source] io::Error),
 }
 
 /// A device could not be set up; names the device and its socket.
@@ -247,55 +249,128 @@ fn lock(t: &Mutex<Transport>) -> MutexGuard<'_, Transport> {
     t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl VhostUserPci {
-    /// Connects to `config.socket`, negotiates, and plugs the device into
-    /// `pci` with one MSI-X vector per queue plus one for configuration
-    /// changes, routed by `irq`. Guest memory `mem` goes to the backend at
-    /// each activation.
-    pub fn plug(
-        config: &VhostUserConfig,
-        pci: &PciHost,
-        irq: &Arc<IrqRouter>,
-        mem: &GuestMemoryMmap,
-    ) -> Result<Arc<Self>, DeviceError> {
-        let fail = |source| DeviceError {
-            kind: config.kind,
-            socket: config.socket.clone(),
-            source,
-        };
-        let options = device_options(config);
-        let queues = options.queues;
-        let vectors = u16::try_from(queues + 1)
-            .ok()
-            .filter(|v| *v <= devices::pci::MSIX_MAX_VECTORS)
-            .ok_or(SetupError::TooManyQueues(queues))
-            .map_err(fail)?;
-        let msi = irq
-            .vectors(vectors)
-            .map_err(|e| fail(SetupError::Vectors(e)))?;
-        let kicks = (0..queues)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| fail(SetupError::EventFd(e)))?;
-        let clones = kicks
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| fail(SetupError::EventFd(e)))?;
-        let name = format!(
-            "vhost-user {} {}",
-            kind_name(config.kind),
-            config.socket.display()
-        );
-        let events = QueueEventSource::new(name, clones, msi.clone());
-        let memory =
-            MemoryTable::from_guest_memory(mem).map_err(|e| fail(SetupError::Memory(e)))?;
+/// A device whose MSI-X vectors and kick eventfds exist, not yet connected
+/// ([`VhostUserPci::prepare`]). Connecting is the slow part (each message
+/// waits for the backend), so [`Handshakes`] runs it on a thread per device
+/// while the rest of the VM is built.
+pub struct Prepared {
+    config: VhostUserConfig,
+    options: DeviceOptions,
+    vectors: u16,
+    msi: Arc<MsiVectors>,
+    kicks: Vec<EventFd>,
+    events: QueueEventSource,
+    memory: MemoryTable,
+}
+
+/// A device connected to its backend and negotiated, not yet on the bus.
+pub struct Connected {
+    config: VhostUserConfig,
+    device: VhostUserDevice,
+    vectors: u16,
+    msi: Arc<MsiVectors>,
+    kicks: Vec<EventFd>,
+}
+
+fn device_error(config: &VhostUserConfig, source: SetupError) -> DeviceError {
+    DeviceError {
+        kind: config.kind,
+        socket: config.socket.clone(),
+        source,
+    }
+}
+
+impl Prepared {
+    /// Connects to the backend and negotiates (SET_OWNER, features,
+    /// protocol features, GET_CONFIG).
+    pub fn connect(self) -> Result<Connected, DeviceError> {
+        let Prepared {
+            config,
+            options,
+            vectors,
+            msi,
+            kicks,
+            events,
+            memory,
+        } = self;
         let device = VhostUserDevice::connect(&config.socket, options, memory, Box::new(events))
-            .map_err(|e| match e {
-                VhostUserError::Connect { source, .. } => fail(SetupError::Connect(source)),
-                e => fail(SetupError::Handshake(e)),
+            .map_err(|e| {
+                let source = match e {
+                    VhostUserError::Connect { source, .. } => SetupError::Connect(source),
+                    e => SetupError::Handshake(e),
+                };
+                device_error(&config, source)
             })?;
-        warn_if_backend_differs(config, &device);
+        warn_if_backend_differs(&config, &device);
+        Ok(Connected {
+            config,
+            device,
+            vectors,
+            msi,
+            kicks,
+        })
+    }
+}
+
+/// The handshakes of several devices, each on its own thread; joined in
+/// order by [`Handshakes::finish`] (or, if the VM is not built after all,
+/// when dropped).
+pub struct Handshakes {
+    threads: Vec<std::thread::JoinHandle<Result<Connected, DeviceError>>>,
+}
+
+impl Handshakes {
+    /// Starts connecting every device of `prepared`.
+    pub fn start(prepared: Vec<Prepared>) -> Result<Self, DeviceError> {
+        let mut threads = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let config = p.config.clone();
+            let thread = std::thread::Builder::new()
+                .name("vu-connect".into())
+                .spawn(move || p.connect())
+                .map_err(|e| device_error(&config, SetupError::Thread(e)))?;
+            threads.push(thread);
+        }
+        Ok(Self { threads })
+    }
+
+    /// Waits for every handshake; the devices in the order they were
+    /// given, or the first one's error in that order.
+    pub fn finish(mut self) -> Result<Vec<Connected>, DeviceError> {
+        let results: Vec<_> = self.threads.drain(..).map(join).collect();
+        results.into_iter().collect()
+    }
+}
+
+fn join(
+    t: std::thread::JoinHandle<Result<Connected, DeviceError>>,
+) -> Result<Connected, DeviceError> {
+    t.join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+impl Drop for Handshakes {
+    fn drop(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Connected {
+    /// Wraps the device in the virtio-pci transport and plugs it into
+    /// `pci`, with the queues' kicks as ioeventfds at their notify
+    /// addresses.
+    pub fn plug(self, pci: &PciHost) -> Result<Arc<VhostUserPci>, DeviceError> {
+        let Connected {
+            config,
+            device,
+            vectors,
+            msi,
+            kicks,
+        } = self;
+        let fail = |source| device_error(&config, source);
+        let queues = kicks.len();
         let connection = device.connection_fd();
         let sink: Arc<dyn MsiSink> = msi;
         let transport = VirtioPciDevice::new(device, vectors, sink)
@@ -330,12 +405,73 @@ impl VhostUserPci {
             config.socket.display(),
             config.queue_size
         );
-        Ok(Arc::new(Self::new(
-            config.clone(),
-            address,
-            transport,
-            connection,
+        Ok(Arc::new(VhostUserPci::new(
+            config, address, transport, connection,
         )))
+    }
+}
+
+impl VhostUserPci {
+    /// Connects to `config.socket`, negotiates, and plugs the device into
+    /// `pci` with one MSI-X vector per queue plus one for configuration
+    /// changes, routed by `irq`. Guest memory `mem` goes to the backend at
+    /// each activation. ([`prepare`](Self::prepare),
+    /// [`Prepared::connect`] and [`Connected::plug`] in one.)
+    pub fn plug(
+        config: &VhostUserConfig,
+        pci: &PciHost,
+        irq: &Arc<IrqRouter>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Arc<Self>, DeviceError> {
+        Self::prepare(config, irq, mem)?.connect()?.plug(pci)
+    }
+
+    /// The first step of [`plug`](Self::plug): one MSI-X vector per queue
+    /// plus one for configuration changes (GSIs from `irq`, in call
+    /// order), the kick eventfds, and guest memory `mem` as the backend
+    /// will get it. Nothing is sent to the backend yet.
+    pub fn prepare(
+        config: &VhostUserConfig,
+        irq: &Arc<IrqRouter>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Prepared, DeviceError> {
+        let fail = |source| device_error(config, source);
+        let options = device_options(config);
+        let queues = options.queues;
+        let vectors = u16::try_from(queues + 1)
+            .ok()
+            .filter(|v| *v <= devices::pci::MSIX_MAX_VECTORS)
+            .ok_or(SetupError::TooManyQueues(queues))
+            .map_err(fail)?;
+        let msi = irq
+            .vectors(vectors)
+            .map_err(|e| fail(SetupError::Vectors(e)))?;
+        let kicks = (0..queues)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| fail(SetupError::EventFd(e)))?;
+        let clones = kicks
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| fail(SetupError::EventFd(e)))?;
+        let name = format!(
+            "vhost-user {} {}",
+            kind_name(config.kind),
+            config.socket.display()
+        );
+        let events = QueueEventSource::new(name, clones, msi.clone());
+        let memory =
+            MemoryTable::from_guest_memory(mem).map_err(|e| fail(SetupError::Memory(e)))?;
+        Ok(Prepared {
+            config: config.clone(),
+            options,
+            vectors,
+            msi,
+            kicks,
+            events,
+            memory,
+        })
     }
 
     /// A device already plugged at `address` (for tests of the watcher).
