@@ -1,4 +1,5 @@
-//! `virtiofsd --posix-acl`: FUSE_POSIX_ACL and FUSE_DONT_MASK are
+//! Extended attributes (`--xattr`: every xattr request against the host;
+//! refused without it) and `virtiofsd --posix-acl`: FUSE_POSIX_ACL and FUSE_DONT_MASK are
 //! negotiated, ACLs travel as `system.posix_acl_*` xattrs, and a new entry
 //! in a directory with a default ACL gets the ACL's permissions instead of
 //! the umask, as on a local filesystem (the guest kernel leaves the umask
@@ -6,6 +7,7 @@
 
 mod fs_daemon_common;
 
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -170,4 +172,87 @@ fn without_the_option_the_umask_always_applies() {
     let inherit = fs.lookup(ROOT_ID, "inherit").unwrap().nodeid;
     fs.create_umask(inherit, "f", 0o666, 0o022).unwrap();
     assert_eq!(mode_of(&run.share.join("inherit/f")), 0o644);
+}
+
+#[test]
+fn xattrs_with_the_xattr_option() {
+    let mut s = start_with(&["--xattr"], |d| fs::write(d.join("f"), b"x").unwrap());
+    let host = s.host("f");
+    let fs = &mut s.fs;
+    let e = fs.lookup(ROOT_ID, "f").unwrap();
+    fs.setxattr(e.nodeid, "user.color", b"blue", 0).unwrap();
+    assert_eq!(host_getxattr(&host, "user.color").unwrap(), b"blue");
+    assert_eq!(fs.getxattr_size(e.nodeid, "user.color").unwrap(), 4);
+    assert_eq!(fs.getxattr(e.nodeid, "user.color", 64).unwrap(), b"blue");
+    assert_errno(
+        "GETXATTR small buffer",
+        fs.getxattr(e.nodeid, "user.color", 2),
+        libc::ERANGE,
+    );
+    host_setxattr(&host, "user.from-host", b"h");
+    let size = fs.listxattr_size(e.nodeid).unwrap();
+    let names = fs.listxattr(e.nodeid, size).unwrap();
+    for n in [&b"user.color"[..], b"user.from-host"] {
+        assert!(names.iter().any(|x| x == n), "{names:?}");
+    }
+    assert_errno(
+        "SETXATTR XATTR_CREATE of an existing name",
+        fs.setxattr(e.nodeid, "user.color", b"red", libc::XATTR_CREATE),
+        libc::EEXIST,
+    );
+    fs.setxattr(e.nodeid, "user.color", b"red", libc::XATTR_REPLACE)
+        .unwrap();
+    assert_eq!(host_getxattr(&host, "user.color").unwrap(), b"red");
+    fs.removexattr(e.nodeid, "user.color").unwrap();
+    assert!(host_getxattr(&host, "user.color").is_none());
+    assert_errno(
+        "GETXATTR removed",
+        fs.getxattr(e.nodeid, "user.color", 64),
+        libc::ENODATA,
+    );
+    assert_errno(
+        "REMOVEXATTR missing",
+        fs.removexattr(e.nodeid, "user.color"),
+        libc::ENODATA,
+    );
+    // On a directory too.
+    fs.setxattr(ROOT_ID, "user.dir", b"d", 0).unwrap();
+    assert_eq!(host_getxattr(&s.run.share, "user.dir").unwrap(), b"d");
+}
+
+#[test]
+fn xattrs_are_refused_without_the_xattr_option() {
+    let mut s = start_with(&[], |d| {
+        fs::write(d.join("f"), b"x").unwrap();
+        host_setxattr(&d.join("f"), "user.old", b"o");
+    });
+    let host = s.host("f");
+    let fs = &mut s.fs;
+    let e = fs.lookup(ROOT_ID, "f").unwrap();
+    let refused = |what: &str, errno: i32| {
+        assert!(
+            errno == libc::ENOSYS || errno == libc::EOPNOTSUPP,
+            "{what}: errno {errno}"
+        )
+    };
+    refused(
+        "SETXATTR",
+        errno_of("SETXATTR", fs.setxattr(e.nodeid, "user.a", b"1", 0)),
+    );
+    refused(
+        "GETXATTR",
+        errno_of("GETXATTR", fs.getxattr(e.nodeid, "user.old", 64)),
+    );
+    refused(
+        "LISTXATTR",
+        errno_of("LISTXATTR", fs.listxattr(e.nodeid, 4096)),
+    );
+    refused(
+        "REMOVEXATTR",
+        errno_of("REMOVEXATTR", fs.removexattr(e.nodeid, "user.old")),
+    );
+    assert_eq!(
+        user_xattrs(&host),
+        vec![("user.old".to_string(), b"o".to_vec())]
+    );
 }
