@@ -609,6 +609,29 @@ impl VirtQueue {
         Ok(slots)
     }
 
+    /// Publishes what was added and writes the kick eventfd even if the
+    /// backend asked not to be notified: malformed-ring tests want the
+    /// backend to look at the ring now.
+    pub fn kick_now(&mut self) -> Result<()> {
+        if !self.kick()? {
+            self.notify()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `descs` as a raw chain ([`VirtQueue::raw_chain`]), kicks
+    /// ([`VirtQueue::kick_now`]), waits up to `timeout` for a used entry and
+    /// releases the chain's descriptors. Returns the chain's head and the
+    /// used entry (the caller checks it is that head). Nothing else may be
+    /// in flight on the queue.
+    pub fn run_raw_chain(&mut self, descs: &[RawDesc], timeout: Duration) -> Result<(u16, Used)> {
+        let slots = self.raw_chain(descs)?;
+        self.kick_now()?;
+        let used = self.wait_used(timeout)?;
+        self.release_descs(&slots);
+        Ok((slots[0], used))
+    }
+
     /// Returns descriptors taken with [`VirtQueue::reserve_descs`] or
     /// [`VirtQueue::raw_chain`] to the free list. The caller must no longer
     /// have them on the available ring (their head came back used).

@@ -20,7 +20,7 @@ use vu_driver::fixture::poll_until;
 use vu_driver::memory::GuestMem;
 use vu_driver::ours::BlkDaemonOpts;
 use vu_driver::virtqueue::{
-    RawDesc, Used, VirtQueue, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    RawDesc, Used, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 
 use blk_daemon_common::*;
@@ -79,24 +79,13 @@ fn indirect(table: GuestAddress, len: u32) -> RawDesc {
     desc(table.raw_value(), len, VRING_DESC_F_INDIRECT, 0)
 }
 
-/// Kicks `vq`, even if the device asked not to be.
-fn kick(vq: &mut VirtQueue) {
-    if !vq.kick().unwrap() {
-        vq.notify().unwrap();
-    }
-}
-
 /// Publishes `descs` as a raw chain on queue `qi` (see
 /// `VirtQueue::raw_chain`), kicks, and waits for the head to come back.
 fn send_raw(c: &mut BlkClient, qi: usize, descs: &[RawDesc]) -> (u16, Used) {
-    let vq = c.device().queue(qi);
-    let slots = vq.raw_chain(descs).unwrap();
-    kick(vq);
-    let used = vq
-        .wait_used(T)
-        .unwrap_or_else(|e| panic!("head {} never came back: {e}", slots[0]));
-    vq.release_descs(&slots);
-    (slots[0], used)
+    c.device()
+        .queue(qi)
+        .run_raw_chain(descs, T)
+        .unwrap_or_else(|e| panic!("raw chain on queue {qi}: {e}"))
 }
 
 /// What must be left alone: the status byte and buffers preset to FILL.
@@ -567,7 +556,7 @@ fn avail_idx_jumping_past_the_queue_size_breaks_only_that_queue() {
     let used_before = vq.used_idx().unwrap();
     let bogus = vq.published_avail_idx().wrapping_add(vq.size() + 1);
     vq.raw_set_avail_idx(bogus);
-    kick(vq);
+    vq.kick_now().unwrap();
 
     // The other queue of the same device keeps working.
     assert_serves(&mut c, 1);
@@ -660,7 +649,7 @@ fn kick_before_the_ring_is_enabled_is_ignored() {
     let first = read_req(&mem);
     let vq = dev.queue(0);
     vq.add(&first.segs, 1).unwrap();
-    kick(vq);
+    vq.kick_now().unwrap();
     let served = poll_until(IGNORED_FOR, || vq.used_idx().unwrap() != 0);
     assert!(!served, "a request was served on a disabled ring");
     assert_eq!(first.status_byte(&mem).unwrap(), STATUS_UNTOUCHED);
@@ -671,7 +660,7 @@ fn kick_before_the_ring_is_enabled_is_ignored() {
     let second = read_req(&mem);
     let vq = dev.queue(0);
     vq.add(&second.segs, 2).unwrap();
-    kick(vq);
+    vq.kick_now().unwrap();
     let mut tokens = Vec::new();
     while tokens.len() < 2 {
         let u = vq.wait_used(T).unwrap();
@@ -698,7 +687,7 @@ fn kick_after_the_ring_is_stopped_is_ignored() {
     let vq = c.device().queue(0);
     let before = vq.used_idx().unwrap();
     vq.add(&r.segs, 1).unwrap();
-    kick(vq);
+    vq.kick_now().unwrap();
     let served = poll_until(IGNORED_FOR, || vq.used_idx().unwrap() != before);
     assert!(!served, "a request was served on a stopped ring");
     assert_eq!(r.status_byte(&mem).unwrap(), STATUS_UNTOUCHED);

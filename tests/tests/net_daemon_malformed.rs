@@ -16,7 +16,7 @@ use vu_driver::memory::GuestMem;
 use vu_driver::net::frame::Malformed;
 use vu_driver::net::{NetClient, NetOptions, VirtioNetHdr, NET_DRIVER_FEATURES};
 use vu_driver::virtqueue::{
-    RawDesc, Used, VirtQueue, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    RawDesc, Used, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 
 use net_daemon_common::*;
@@ -51,25 +51,16 @@ fn table(mem: &GuestMem, descs: &[RawDesc]) -> (GuestAddress, u32) {
     (at, 16 * descs.len() as u32)
 }
 
-/// Kicks `vq`, even if the device asked not to be.
-fn kick(vq: &mut VirtQueue) {
-    if !vq.kick().unwrap() {
-        vq.notify().unwrap();
-    }
-}
-
 /// Publishes `descs` as a raw chain on queue `qi`, kicks, and waits for
 /// it to come back. Nothing else may be in flight on that queue.
 fn run_raw(net: &mut NetClient, qi: usize, descs: &[RawDesc]) -> (u16, Used) {
-    let vq = net.device().queue(qi);
-    let slots = vq.raw_chain(descs).unwrap();
-    kick(vq);
-    let used = vq
-        .wait_used(T)
-        .unwrap_or_else(|e| panic!("head {} never came back on queue {qi}: {e}", slots[0]));
-    vq.release_descs(&slots);
-    assert_eq!(used.head, slots[0], "another head came back: {used:?}");
-    (slots[0], used)
+    let (head, used) = net
+        .device()
+        .queue(qi)
+        .run_raw_chain(descs, T)
+        .unwrap_or_else(|e| panic!("raw chain on queue {qi}: {e}"));
+    assert_eq!(used.head, head, "another head came back: {used:?}");
+    (head, used)
 }
 
 /// Waits until the daemon's log has a line containing every one of `needles`.
@@ -303,7 +294,7 @@ fn tx_avail_idx_jumping_past_the_queue_size() {
     let before = vq.used_idx().unwrap();
     let bogus = vq.published_avail_idx().wrapping_add(vq.size() + 1);
     vq.raw_set_avail_idx(bogus);
-    kick(vq);
+    vq.kick_now().unwrap();
     assert_logged(&r, &["queue 1", "avail.idx"]);
     assert_eq!(net.device().queue(TXQ).used_idx().unwrap(), before);
     // RX of the same connection still works; a new connection does both.
@@ -604,7 +595,7 @@ fn rx_u32_overflow_of_the_chain_total() {
     ];
     let vq = net.device().queue(RXQ);
     let slots = vq.raw_chain(&d).unwrap();
-    kick(vq);
+    vq.kick_now().unwrap();
     let tag = unique_tag("overflow");
     let frame = to_guest(&tag, 100);
     r.inject(&frame);
@@ -629,7 +620,7 @@ fn rx_avail_idx_jumping_past_the_queue_size() {
     let vq = net.device().queue(RXQ);
     let bogus = vq.published_avail_idx().wrapping_add(vq.size() + 1);
     vq.raw_set_avail_idx(bogus);
-    kick(vq);
+    vq.kick_now().unwrap();
     // A frame arrives for the broken ring; nothing is written to it.
     r.inject(&to_guest(&unique_tag("lost"), 100));
     assert_tx(&mut net, &r.pkt, 0, &unique_tag("tx-still"));
