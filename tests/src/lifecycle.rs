@@ -131,6 +131,47 @@ pub fn assert_notify_ready_then_stopping(
     assert_no_panic(&d);
 }
 
+/// The `WATCHDOG_PID` cases every daemon's lifecycle tests cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogPid {
+    /// Not set: the watchdog is for the daemon.
+    Unset,
+    /// The daemon's own pid (`$$` in the service's shell).
+    Own,
+    /// Another process (pid 1).
+    Other,
+}
+
+/// Checks what a daemon does in `case`: about 10 `WATCHDOG=1` in the
+/// second with `WATCHDOG_USEC=200000` unless `WATCHDOG_PID` names another
+/// process, then none. `pings` runs the daemon with the given
+/// `WATCHDOG_PID` (see [`watchdog_pings`]).
+pub fn assert_watchdog(case: WatchdogPid, pings: impl FnOnce(Option<&str>) -> usize) {
+    match case {
+        WatchdogPid::Unset => {
+            let n = pings(None);
+            assert!(
+                (3..=30).contains(&n),
+                "{n} WATCHDOG=1 in 1 s with WATCHDOG_USEC=200000"
+            );
+        }
+        WatchdogPid::Own => {
+            let n = pings(Some("$$"));
+            assert!(
+                (3..=30).contains(&n),
+                "{n} WATCHDOG=1 in 1 s with WATCHDOG_PID = own pid"
+            );
+        }
+        WatchdogPid::Other => {
+            let n = pings(Some("1"));
+            assert_eq!(
+                n, 0,
+                "WATCHDOG=1 sent although WATCHDOG_PID=1 is not the daemon"
+            );
+        }
+    }
+}
+
 /// Spawns `cmd` (a daemon serving on `socket`) with `NOTIFY_SOCKET` in
 /// `dir`, `WATCHDOG_USEC=200000` and `WATCHDOG_PID` as given (see
 /// [`with_watchdog_pid`]); returns how many `WATCHDOG=1` arrived in the
