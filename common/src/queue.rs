@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use vhost_user_backend::VringT;
+use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
@@ -39,6 +39,11 @@ where
     F: FnMut(DescriptorChain<&Mem>) -> u32,
 {
     let mut state = vring.get_mut();
+    // A kick can come before the ring is set up or after it was stopped;
+    // there is nothing to do then (and an error would end the worker).
+    if !state.get_queue().ready() {
+        return Ok(());
+    }
     let mut used = false;
     let mut finished = [(0u16, 0u32); CHUNK];
     let window = poll_window();
@@ -47,23 +52,9 @@ where
         if event_idx {
             queue.disable_notification(mem).map_err(io::Error::other)?;
         }
-        let avail = queue
-            .avail_idx(mem, Ordering::Acquire)
-            .map_err(io::Error::other)?;
-        let pending = avail.0.wrapping_sub(queue.next_avail());
-        if pending > queue.size() {
-            if !broken.swap(true, Ordering::Relaxed) {
-                log::error!(
-                    "queue {q}: avail.idx {} is {pending} entries ahead of {} on a queue of {}; \
-                     queue ignored until it is set up again",
-                    avail.0,
-                    queue.next_avail(),
-                    queue.size()
-                );
-            }
+        if !avail_sane(q, queue, mem, broken)? {
             return Ok(());
         }
-        broken.store(false, Ordering::Relaxed);
         // The avail index is read once per chunk, not once per chain (it is
         // a cache line the driver keeps writing), and the used entries of a
         // chunk go out together.
@@ -90,8 +81,8 @@ where
             // Tell the guest what is done, then look for its next request
             // for a moment before sleeping: a request that comes within
             // the window costs no kick and no wake-up.
-            if used && queue.needs_notification(mem).map_err(io::Error::other)? {
-                state.signal_used_queue()?;
+            if used {
+                signal_if_needed(&mut state, mem)?;
                 used = false;
             }
             if wait_avail(state.get_queue(), mem, window)? {
@@ -103,11 +94,43 @@ where
             break;
         }
     }
-    if used
-        && state
-            .get_queue_mut()
-            .needs_notification(mem)
-            .map_err(io::Error::other)?
+    if used {
+        signal_if_needed(&mut state, mem)?;
+    }
+    Ok(())
+}
+
+/// Whether the driver's avail index is at most a queue ahead of what was
+/// taken. One that ran further is a broken ring: logged once (`broken`
+/// remembers it per queue) and left alone until it is set up again.
+pub fn avail_sane(q: usize, queue: &Queue, mem: &Mem, broken: &AtomicBool) -> io::Result<bool> {
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(io::Error::other)?;
+    let pending = avail.0.wrapping_sub(queue.next_avail());
+    if pending > queue.size() {
+        if !broken.swap(true, Ordering::Relaxed) {
+            log::error!(
+                "queue {q}: avail.idx {} is {pending} entries ahead of {} on a queue of {}; \
+                 queue ignored until it is set up again",
+                avail.0,
+                queue.next_avail(),
+                queue.size()
+            );
+        }
+        return Ok(false);
+    }
+    broken.store(false, Ordering::Relaxed);
+    Ok(true)
+}
+
+/// Signals the guest if the ring's notification rules (EVENT_IDX or
+/// NO_INTERRUPT) want it after new used entries.
+pub fn signal_if_needed(state: &mut VringState<GuestMem>, mem: &Mem) -> io::Result<()> {
+    if state
+        .get_queue_mut()
+        .needs_notification(mem)
+        .map_err(io::Error::other)?
     {
         state.signal_used_queue()?;
     }
@@ -170,6 +193,9 @@ where
     F: FnMut(DescriptorChain<Arc<Mem>>),
 {
     let mut state = vring.get_mut();
+    if !state.get_queue().ready() {
+        return Ok(());
+    }
     let queue = state.get_queue_mut();
     loop {
         if event_idx {
@@ -177,23 +203,9 @@ where
                 .disable_notification(&**mem)
                 .map_err(io::Error::other)?;
         }
-        let avail = queue
-            .avail_idx(&**mem, Ordering::Acquire)
-            .map_err(io::Error::other)?;
-        let pending = avail.0.wrapping_sub(queue.next_avail());
-        if pending > queue.size() {
-            if !broken.swap(true, Ordering::Relaxed) {
-                log::error!(
-                    "queue {q}: avail.idx {} is {pending} entries ahead of {} on a queue of {}; \
-                     queue ignored until it is set up again",
-                    avail.0,
-                    queue.next_avail(),
-                    queue.size()
-                );
-            }
+        if !avail_sane(q, queue, mem, broken)? {
             return Ok(());
         }
-        broken.store(false, Ordering::Relaxed);
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
             dispatch(chain);
         }
@@ -212,12 +224,11 @@ where
 /// signals the guest if the ring's rules want it.
 pub fn complete(vring: &Vring, mem: &Mem, head: u16, len: u32) -> io::Result<()> {
     let mut state = vring.get_mut();
-    let queue = state.get_queue_mut();
-    queue.add_used(mem, head, len).map_err(io::Error::other)?;
-    if queue.needs_notification(mem).map_err(io::Error::other)? {
-        state.signal_used_queue()?;
-    }
-    Ok(())
+    state
+        .get_queue_mut()
+        .add_used(mem, head, len)
+        .map_err(io::Error::other)?;
+    signal_if_needed(&mut state, mem)
 }
 
 /// What a worker holds while it runs a batch: a pass through the SIGTERM

@@ -173,23 +173,20 @@ impl NetConnection {
             filter: &self.filter,
             mtu: usize::from(self.device.config.mtu.unwrap_or(1500)),
         };
+        let Some(broken) = self.rings.broken(2 * pair) else {
+            return;
+        };
         let stats = &self.device.stats;
-        match rx::process(&mut state, mem, event_idx, &target, scratch) {
+        match rx::process(
+            2 * pair,
+            &mut state,
+            mem,
+            event_idx,
+            broken,
+            &target,
+            scratch,
+        ) {
             Ok(done) => {
-                if let Some(broken) = self.rings.broken(2 * pair) {
-                    match done.broken {
-                        Some((avail, ahead)) if !broken.swap(true, Ordering::Relaxed) => {
-                            log::error!(
-                                "queue {}: avail.idx {avail} is {ahead} entries ahead on a queue of {}; \
-                                 queue ignored until it is set up again",
-                                2 * pair,
-                                state.get_queue().size()
-                            );
-                        }
-                        Some(_) => {}
-                        None => broken.store(false, Ordering::Relaxed),
-                    }
-                }
                 stats.rx_frames.fetch_add(done.frames, Ordering::Relaxed);
                 stats
                     .rx_dropped
@@ -232,9 +229,6 @@ impl NetConnection {
         let Some(broken) = self.rings.broken(q) else {
             return;
         };
-        if !vring.get_ref().get_queue().ready() {
-            return;
-        }
         // A detached queue cannot be written; any attached one can.
         let use_pair = if self.detached[pair].load(Ordering::Relaxed) {
             0
@@ -286,9 +280,6 @@ impl NetConnection {
         let Some(broken) = self.rings.broken(q) else {
             return;
         };
-        if !vring.get_ref().get_queue().ready() {
-            return;
-        }
         let acked = self.acked();
         let pairs = self.device.config.pairs;
         let mut effects = Vec::new();

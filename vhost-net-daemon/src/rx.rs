@@ -14,11 +14,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use common::iov::{copy_in_at, copy_out, push_slices, total_len, IoVec};
-use common::queue::Mem;
+use common::queue::{avail_sane, signal_if_needed, Mem};
 use common::serve::GuestMem;
 use vhost_user_backend::VringState;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -75,8 +75,6 @@ pub struct RxDone {
     pub out_of_buffers: bool,
     /// A tap error other than "nothing to read" (errno).
     pub tap_error: Option<i32>,
-    /// The avail index and how far it ran ahead, when more than a queue.
-    pub broken: Option<(u16, u16)>,
 }
 
 /// What RX needs besides the ring.
@@ -199,35 +197,16 @@ impl RxScratch {
     }
 }
 
-/// Signals the guest if the ring's notification rules want it.
-fn notify(state: &mut VringState<GuestMem>, mem: &Mem) -> io::Result<()> {
-    if state
-        .get_queue_mut()
-        .needs_notification(mem)
-        .map_err(io::Error::other)?
-    {
-        state.signal_used_queue()?;
-    }
-    Ok(())
-}
-
-/// Whether the driver published an avail index more than a queue ahead
-/// (then nothing on the ring can be trusted until it is set up again).
-fn avail_too_far(queue: &Queue, mem: &Mem) -> io::Result<Option<(u16, u16)>> {
-    let avail = queue
-        .avail_idx(mem, Ordering::Acquire)
-        .map_err(io::Error::other)?;
-    let pending = avail.0.wrapping_sub(queue.next_avail());
-    Ok((pending > queue.size()).then_some((avail.0, pending)))
-}
-
 /// Moves frames from the tap into the ring of `state` until the tap is
 /// empty or the ring is, signalling the guest as it goes. A ring whose
-/// avail index ran more than a queue ahead is left alone (`done.broken`).
+/// avail index ran more than a queue ahead is left alone (see
+/// `common::queue::avail_sane`; `q` and `broken` are its index and flag).
 pub fn process(
+    q: usize,
     state: &mut VringState<GuestMem>,
     mem: &Mem,
     event_idx: bool,
+    broken: &AtomicBool,
     target: &RxTarget<'_>,
     scratch: &mut RxScratch,
 ) -> io::Result<RxDone> {
@@ -241,8 +220,7 @@ pub fn process(
     let mut done = RxDone::default();
     let mut unsignalled = 0u32;
     scratch.reset();
-    if let Some(b) = avail_too_far(state.get_queue(), mem)? {
-        done.broken = Some(b);
+    if !avail_sane(q, state.get_queue(), mem, broken)? {
         return Ok(done);
     }
     loop {
@@ -261,8 +239,7 @@ pub fn process(
             // Out of buffers: ask for a kick when the guest adds some, and
             // look once more in case it already did.
             if event_idx && queue.enable_notification(mem).map_err(io::Error::other)? {
-                if let Some(b) = avail_too_far(queue, mem)? {
-                    done.broken = Some(b);
+                if !avail_sane(q, queue, mem, broken)? {
                     break;
                 }
                 continue;
@@ -326,7 +303,7 @@ pub fn process(
         done.bytes += n as u64;
         unsignalled += 1;
         if unsignalled >= SIGNAL_EVERY {
-            notify(state, mem)?;
+            signal_if_needed(state, mem)?;
             unsignalled = 0;
         }
     }
@@ -349,7 +326,7 @@ pub fn process(
     }
     scratch.reset();
     if unsignalled > 0 {
-        notify(state, mem)?;
+        signal_if_needed(state, mem)?;
     }
     Ok(done)
 }
