@@ -3,10 +3,8 @@
 //! that injects frames into the tap as fast as the kernel takes them, the
 //! TCP frames of the TSO workload, and per-thread CPU time.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use virtio_bindings::virtio_net::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
@@ -15,25 +13,12 @@ use crate::net::frame::{fold, internet_checksum, pattern, sum16, Mac};
 use crate::net::{VirtioNetHdr, NET_HDR_LEN};
 use crate::netns::{NetNs, NetNsError};
 
-/// `_IOW('T', 202, int)`.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: i16 = 0x0002;
-const IFF_NO_PI: i16 = 0x1000;
-const IFF_VNET_HDR: i16 = 0x4000;
 /// `SOL_PACKET` option: hand frames to the driver, skipping the qdisc.
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 /// Frames per `sendmmsg`.
 pub const INJECT_BATCH: usize = 64;
-
-/// `struct ifreq` with the flags member of its union.
-#[repr(C)]
-struct IfReqFlags {
-    name: [u8; libc::IFNAMSIZ],
-    flags: i16,
-    _pad: [u8; 22],
-}
 
 fn sys(what: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
@@ -73,37 +58,21 @@ impl TapFd {
     /// Attaches to tap `name` in `ns` (made with `ip tuntap add ... vnet_hdr`,
     /// single queue, and not opened by anyone else).
     pub fn open(ns: &NetNs, name: &str) -> io::Result<TapFd> {
-        let name = name.to_owned();
-        ns.enter(move || Self::attach(&name)).map_err(ns_err)?
-    }
-
-    fn attach(name: &str) -> io::Result<TapFd> {
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|e| sys("open /dev/net/tun", e))?;
-        let mut req = IfReqFlags {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
-        let n = name.len().min(libc::IFNAMSIZ - 1);
-        req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        // SAFETY: `req` is an ifreq-sized struct that outlives the call.
-        if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            return Err(sys(
-                &format!("TUNSETIFF {name}"),
-                io::Error::last_os_error(),
-            ));
+        let fd = crate::tap::open_queue(ns, name, crate::tap::QUEUE_FLAGS)
+            .map_err(|e| sys(&format!("TUNSETIFF {name}"), e))?;
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+        unsafe {
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+                return Err(sys("O_NONBLOCK", io::Error::last_os_error()));
+            }
         }
         let sz: libc::c_int = NET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer passed.
-        if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETVNETHDRSZ, &sz) } < 0 {
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &sz) } < 0 {
             return Err(sys("TUNSETVNETHDRSZ", io::Error::last_os_error()));
         }
-        Ok(TapFd { fd: f.into() })
+        Ok(TapFd { fd })
     }
 
     /// Writes one header + frame; the tap hands it to the host stack.
