@@ -22,12 +22,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use vu_driver::fixture::{create_sparse_image, TempDir};
-use vu_driver::guest::{base64_encode, ConsoleParser, GuestKit, GuestStatus};
+use vu_driver::guest::{ConsoleParser, GuestKit, GuestStatus};
 use vu_driver::kvm_probe::linux_capable;
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
 use vu_driver::process::Finished;
-use vu_driver::vmm::run_vmm;
+use vu_driver::vmm::{kit_cmdline, run_vmm};
 
 const TAG: &str = "kataShared";
 const TAP: &str = "vmmlin0";
@@ -64,14 +64,9 @@ vutest-kv ping_received "$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp
     )
 }
 
-/// The kernel command line: serial console, the share mounted by init,
-/// the script in base64; `panic=-1` reboots at once, which ends the VMM.
+/// The kernel command line (see [`kit_cmdline`]).
 fn cmdline(script: &str) -> String {
-    format!(
-        "console=ttyS0 quiet panic=-1 reboot=k vutest.timeout={SCRIPT_TIMEOUT_S} \
-         vutest.fs={TAG} vutest.script={}",
-        base64_encode(script.as_bytes())
-    )
+    kit_cmdline(script, TAG, SCRIPT_TIMEOUT_S)
 }
 
 fn show(run: &Finished) -> String {

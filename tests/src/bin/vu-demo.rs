@@ -284,10 +284,7 @@ fn vmm_phase(
 /// kit's initramfs running [`linux_script`] from the command line.
 fn vmm_linux(devices: &[String], tag: &str) -> Result<(), String> {
     let kit = vu_driver::guest::GuestKit::locate().map_err(err("guest kit"))?;
-    let cmdline = format!(
-        "console=ttyS0 quiet panic=-1 reboot=k vutest.timeout=300 vutest.fs={tag} vutest.script={}",
-        vu_driver::guest::base64_encode(linux_script().as_bytes())
-    );
+    let cmdline = vu_driver::vmm::kit_cmdline(&linux_script(), tag, 300);
     let mut args: Vec<std::ffi::OsString> = vec![
         "--kernel".into(),
         kit.kernel.clone().into_os_string(),
