@@ -283,9 +283,15 @@ impl Rings {
         self.event_idx.store(enabled, Ordering::Relaxed);
     }
 
-    /// `VhostUserBackend::update_memory`.
+    /// `VhostUserBackend::update_memory`. Returns only after every batch
+    /// that began on the old map has ended: the handler acks the message
+    /// (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG) after this, and a driver
+    /// that waited for the ack before using a new region must not have its
+    /// request met by a worker still holding the old map (it would find
+    /// the buffer outside guest memory; libblkio does exactly that).
     pub fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        self.gate.sync();
         Ok(())
     }
 
@@ -369,4 +375,67 @@ pub fn refuse_config_write(offset: u32) -> io::Result<()> {
         io::ErrorKind::PermissionDenied,
         format!("config space is read-only (write at offset {offset})"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Barrier;
+    use vm_memory::{GuestAddress, GuestMemory, GuestMemoryAtomic};
+
+    fn map(ranges: &[(u64, usize)]) -> Mem {
+        let r: Vec<_> = ranges.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
+        GuestMemoryMmap::from_ranges(&r).unwrap()
+    }
+
+    #[test]
+    fn a_memory_update_waits_for_the_batch_on_the_old_map() {
+        let rings = Arc::new(Rings::new(1));
+        let atomic = GuestMemoryAtomic::new(map(&[(0, 0x10000)]));
+        rings.update_memory(atomic.clone()).unwrap();
+
+        let step = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(Barrier::new(2));
+        let worker = {
+            let (rings, step, started) = (rings.clone(), step.clone(), started.clone());
+            std::thread::spawn(move || {
+                let batch = rings.batch().expect("memory is set");
+                assert_eq!(batch.mem().num_regions(), 1);
+                started.wait();
+                std::thread::sleep(Duration::from_millis(200));
+                // The update is still waiting for this batch.
+                assert_eq!(step.load(Ordering::SeqCst), 0, "update returned early");
+                step.store(1, Ordering::SeqCst);
+            })
+        };
+        started.wait();
+        // What vhost-user-backend does on ADD_MEM_REG: replace, then tell us.
+        let grown = atomic.memory().insert_region(Arc::new(
+            vm_memory::GuestRegionMmap::new(
+                vm_memory::MmapRegion::new(0x1000).unwrap(),
+                GuestAddress(0x100000),
+            )
+            .unwrap(),
+        ));
+        atomic.lock().unwrap().replace(grown.unwrap());
+        rings.update_memory(atomic.clone()).unwrap();
+        assert_eq!(step.load(Ordering::SeqCst), 1, "the old batch had ended");
+        worker.join().unwrap();
+
+        let batch = rings.batch().unwrap();
+        assert_eq!(batch.mem().num_regions(), 2, "a new batch sees the new map");
+    }
+
+    #[test]
+    fn no_batch_before_memory_or_after_quiesce() {
+        let rings = Rings::new(1);
+        assert!(rings.batch().is_none());
+        rings
+            .update_memory(GuestMemoryAtomic::new(map(&[(0, 0x1000)])))
+            .unwrap();
+        assert!(rings.batch().is_some());
+        rings.quiesce();
+        assert!(rings.batch().is_none());
+    }
 }

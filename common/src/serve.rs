@@ -103,6 +103,13 @@ impl Gate {
     pub fn close(&self) {
         *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
     }
+
+    /// Returns once every pass handed out before the call is given back;
+    /// the gate stays as it was. Passes asked for meanwhile wait (the lock
+    /// prefers writers), so a busy worker cannot hold this off for long.
+    pub fn sync(&self) {
+        drop(self.closed.write().unwrap_or_else(|e| e.into_inner()));
+    }
 }
 
 /// Exit events for `vhost-user-backend`'s worker threads.
