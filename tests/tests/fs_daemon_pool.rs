@@ -109,3 +109,54 @@ fn sigterm_with_a_pool_exits_zero() {
     let status = s.run.daemon.wait_timeout(T).unwrap().expect("exited");
     assert!(status.success(), "{status:?}");
 }
+
+/// 32 LOOKUPs in flight at once, each answered in its own slot: every
+/// reply carries the size of the file it was asked about, whichever order
+/// the daemon answers in (inline, or on a pool where replies overtake).
+fn lookups_in_flight_get_their_own_replies(args: &[&str]) {
+    use fuse_backend_rs::abi::fuse_abi::{EntryOut, Opcode};
+    use vu_driver::fs::wire::{body_struct, Request};
+    const N: usize = 32;
+    let mut s = start_with(args, |share| {
+        for i in 0..N {
+            fs::write(share.join(format!("sized-{i}")), vec![7u8; 100 + i]).unwrap();
+        }
+    });
+    let mut p = s.fs.pipeline(N).unwrap();
+    let lookup = |i: usize| {
+        Request::new("LOOKUP", Opcode::Lookup, ROOT_ID)
+            .name(format!("sized-{i}").as_bytes())
+            .unwrap()
+    };
+    for i in 0..N {
+        p.send(&mut s.fs, i, &lookup(i)).unwrap();
+    }
+    p.kick(&mut s.fs).unwrap();
+    let mut seen = vec![0u32; N];
+    // Each slot asks again once answered, so the rounds interleave.
+    let mut sent = N;
+    while p.in_flight() > 0 {
+        let (slot, body) = p.recv(&mut s.fs).unwrap();
+        let e: EntryOut = body_struct("LOOKUP", &body.unwrap()).unwrap();
+        assert_eq!(e.attr.size, 100 + slot as u64, "reply in slot {slot}");
+        seen[slot] += 1;
+        if sent < 4 * N {
+            p.send(&mut s.fs, slot, &lookup(slot)).unwrap();
+            p.kick(&mut s.fs).unwrap();
+            sent += 1;
+        }
+    }
+    assert_eq!(seen.iter().sum::<u32>() as usize, 4 * N, "{seen:?}");
+    // The daemon still serves plain requests afterwards.
+    assert_eq!(s.fs.lookup(ROOT_ID, "sized-3").unwrap().attr.size, 103);
+}
+
+#[test]
+fn many_requests_in_flight_inline() {
+    lookups_in_flight_get_their_own_replies(&[]);
+}
+
+#[test]
+fn many_requests_in_flight_on_a_pool() {
+    lookups_in_flight_get_their_own_replies(&["--thread-pool-size", "4"]);
+}

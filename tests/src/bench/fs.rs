@@ -1,13 +1,18 @@
 //! virtio-fs workloads: metadata (LOOKUP+GETATTR, CREATE) and 1 MiB
 //! sequential READ and WRITE, one request in flight as a single guest task
-//! would issue them.
+//! would issue them; and the metadata pair again with [`QD`] streams in
+//! flight at once, as a guest's tasks sharing the mount keep them (`find`,
+//! `ls -l`, a build, a container image unpacked).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, EntryOut, GetattrIn, Opcode, OpenOut, ReleaseIn};
+
 use super::{BenchError, Sample};
-use crate::fs::{FsClient, FsError};
+use crate::fs::wire::{body_struct, Request};
+use crate::fs::{FsClient, FsError, Pipeline};
 
 /// FUSE's root node id.
 pub const ROOT: u64 = 1;
@@ -17,6 +22,8 @@ pub const META_FILES: usize = 10_000;
 pub const IO_SIZE: u32 = 1 << 20;
 /// Size of the file the READ and WRITE workloads cycle through.
 pub const IO_FILE_SIZE: u64 = 256 << 20;
+/// Independent streams in flight in the `-qd16` workloads.
+pub const QD: usize = 16;
 
 const META_DIR: &str = "vu-bench-meta";
 const READ_FILE: &str = "vu-bench-read.dat";
@@ -34,12 +41,23 @@ pub enum FsWorkload {
     Read1M,
     /// 1 MiB sequential WRITE.
     Write1M,
+    /// [`FsWorkload::LookupGetattr`] in [`QD`] streams at once.
+    LookupGetattrQd,
+    /// [`FsWorkload::Create`] in [`QD`] streams at once.
+    CreateQd,
+    /// One request of an opcode no server implements, answered ENOSYS
+    /// without touching the file system: the round trip every request
+    /// pays (kick, wake-up, reply, interrupt), the floor under the rest.
+    NullRoundTrip,
 }
 
 /// Every workload, in table order.
-pub const ALL: [FsWorkload; 4] = [
+pub const ALL: [FsWorkload; 7] = [
+    FsWorkload::NullRoundTrip,
     FsWorkload::LookupGetattr,
+    FsWorkload::LookupGetattrQd,
     FsWorkload::Create,
+    FsWorkload::CreateQd,
     FsWorkload::Read1M,
     FsWorkload::Write1M,
 ];
@@ -56,13 +74,16 @@ impl FsWorkload {
             FsWorkload::Create => "fs-create+release",
             FsWorkload::Read1M => "fs-read-1m-seq",
             FsWorkload::Write1M => "fs-write-1m-seq",
+            FsWorkload::LookupGetattrQd => "fs-lookup+getattr-10k-qd16",
+            FsWorkload::CreateQd => "fs-create+release-qd16",
+            FsWorkload::NullRoundTrip => "fs-null-roundtrip",
         }
     }
 
     /// Creates, on the host side of the share, what the workload needs.
     pub fn prepare_host(self, shared_dir: &Path) -> Result<(), BenchError> {
         match self {
-            FsWorkload::LookupGetattr => {
+            FsWorkload::LookupGetattr | FsWorkload::LookupGetattrQd => {
                 let dir = shared_dir.join(META_DIR);
                 if dir.join(format!("f{}", META_FILES - 1)).exists() {
                     return Ok(());
@@ -84,14 +105,14 @@ impl FsWorkload {
                     .collect();
                 std::fs::write(&p, data).map_err(io_err(p.display().to_string()))
             }
-            FsWorkload::Create => {
+            FsWorkload::Create | FsWorkload::CreateQd => {
                 let p: PathBuf = shared_dir.join(CREATE_DIR);
                 if p.exists() {
                     std::fs::remove_dir_all(&p).map_err(io_err(p.display().to_string()))?;
                 }
                 std::fs::create_dir(&p).map_err(io_err(p.display().to_string()))
             }
-            FsWorkload::Write1M => Ok(()),
+            FsWorkload::Write1M | FsWorkload::NullRoundTrip => Ok(()),
         }
     }
 
@@ -100,6 +121,9 @@ impl FsWorkload {
         match self {
             FsWorkload::LookupGetattr => lookup_getattr(fs, duration),
             FsWorkload::Create => create(fs, duration, rep),
+            FsWorkload::LookupGetattrQd => lookup_getattr_qd(fs, duration),
+            FsWorkload::CreateQd => create_qd(fs, duration, rep),
+            FsWorkload::NullRoundTrip => null_round_trip(fs, duration),
             FsWorkload::Read1M | FsWorkload::Write1M => seq_io(fs, duration, self),
         }
     }
@@ -134,6 +158,30 @@ fn lookup_getattr(fs: &mut FsClient, duration: Duration) -> Result<Sample, FsErr
     Ok(s)
 }
 
+/// An opcode FUSE does not define.
+const NULL_OPCODE: u32 = 9999;
+
+fn null_round_trip(fs: &mut FsClient, duration: Duration) -> Result<Sample, FsError> {
+    let mut req = Request::new("NULL", Opcode::Getattr, ROOT);
+    req.opcode = NULL_OPCODE;
+    let (_, bytes) = fs.encode(&req, 0);
+    let mut s = Sample::default();
+    let t0 = Instant::now();
+    while t0.elapsed() < duration {
+        let started = Instant::now();
+        let r = fs.raw_request(1, &bytes, 64)?;
+        if r.errno() != Some(libc::ENOSYS) {
+            return Err(FsError::BadReply {
+                op: "NULL",
+                reason: format!("expected ENOSYS for opcode {NULL_OPCODE}, got {r:?}"),
+            });
+        }
+        s.record(started, 0);
+    }
+    s.elapsed = t0.elapsed();
+    Ok(s)
+}
+
 fn create(fs: &mut FsClient, duration: Duration, rep: u32) -> Result<Sample, FsError> {
     let dir = fs.lookup(ROOT, CREATE_DIR)?.nodeid;
     let mut s = Sample::default();
@@ -154,6 +202,169 @@ fn create(fs: &mut FsClient, duration: Duration, rep: u32) -> Result<Sample, FsE
         i += 1;
     }
     s.elapsed = t0.elapsed();
+    fs.wait_forgets()?;
+    fs.forget(dir, 1)?;
+    fs.wait_forgets()?;
+    Ok(s)
+}
+
+/// Where a stream of a `-qd16` workload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Lookup,
+    Getattr,
+    Create,
+    Release,
+    Done,
+}
+
+fn lookup_req(dir: u64, names: &[String], i: usize) -> Result<Request, FsError> {
+    Request::new("LOOKUP", Opcode::Lookup, dir).name(names[i % names.len()].as_bytes())
+}
+
+fn getattr_req(node: u64) -> Request {
+    Request::new("GETATTR", Opcode::Getattr, node).arg(&GetattrIn::default())
+}
+
+fn create_req(dir: u64, rep: u32, i: usize) -> Result<Request, FsError> {
+    let arg = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    Request::new("CREATE", Opcode::Create, dir)
+        .arg(&arg)
+        .name(format!("q{rep}-{i}").as_bytes())
+}
+
+fn release_req(node: u64, fh: u64) -> Request {
+    let arg = ReleaseIn {
+        fh,
+        flags: libc::O_RDWR as u32,
+        ..Default::default()
+    };
+    Request::new("RELEASE", Opcode::Release, node).arg(&arg)
+}
+
+/// The streams of a `-qd16` workload: each runs its steps one after the
+/// other (a LOOKUP's GETATTR needs its node id), [`QD`] of them at once.
+/// `step` gets a stream's index, finished step and reply body, and whether
+/// time is left; it returns the stream's next request, or `None` when the
+/// stream stops.
+fn run_streams(
+    fs: &mut FsClient,
+    duration: Duration,
+    first: Step,
+    mut first_req: impl FnMut(usize) -> Result<Request, FsError>,
+    mut step: impl FnMut(
+        &mut FsClient,
+        usize,
+        Step,
+        &[u8],
+        bool,
+    ) -> Result<Option<(Step, Request)>, FsError>,
+) -> Result<Sample, FsError> {
+    let mut p: Pipeline = fs.pipeline(QD)?;
+    let mut s = Sample::default();
+    let mut at = vec![(first, Instant::now()); QD];
+    let t0 = Instant::now();
+    for (i, a) in at.iter_mut().enumerate() {
+        p.send(fs, i, &first_req(i)?)?;
+        a.1 = Instant::now();
+    }
+    p.kick(fs)?;
+    while p.in_flight() > 0 {
+        let (slot, body) = p.recv(fs)?;
+        let body = body?;
+        let (was, started) = at[slot];
+        let more = t0.elapsed() < duration;
+        match step(fs, slot, was, &body, more)? {
+            Some((next, req)) => {
+                if next == first {
+                    s.record(started, 0);
+                    at[slot].1 = Instant::now();
+                }
+                at[slot].0 = next;
+                p.send(fs, slot, &req)?;
+                p.kick(fs)?;
+            }
+            None => {
+                if was != first {
+                    s.record(started, 0);
+                }
+                at[slot].0 = Step::Done;
+            }
+        }
+    }
+    s.elapsed = t0.elapsed();
+    Ok(s)
+}
+
+fn lookup_getattr_qd(fs: &mut FsClient, duration: Duration) -> Result<Sample, FsError> {
+    let dir = fs.lookup(ROOT, META_DIR)?.nodeid;
+    let names: Vec<String> = (0..META_FILES).map(|i| format!("f{i}")).collect();
+    let mut looked_up: HashMap<u64, u64> = HashMap::new();
+    let mut next = QD;
+    let s = run_streams(
+        fs,
+        duration,
+        Step::Lookup,
+        |i| lookup_req(dir, &names, i),
+        |_, _, was, body, more| match was {
+            Step::Lookup => {
+                let e: EntryOut = body_struct("LOOKUP", body)?;
+                *looked_up.entry(e.nodeid).or_default() += 1;
+                Ok(Some((Step::Getattr, getattr_req(e.nodeid))))
+            }
+            _ if more => {
+                next += 1;
+                Ok(Some((Step::Lookup, lookup_req(dir, &names, next - 1)?)))
+            }
+            _ => Ok(None),
+        },
+    )?;
+    for (node, n) in looked_up {
+        fs.forget(node, n)?;
+        if fs.forgets_in_flight() > 64 {
+            fs.wait_forgets()?;
+        }
+    }
+    fs.forget(dir, 1)?;
+    fs.wait_forgets()?;
+    Ok(s)
+}
+
+fn create_qd(fs: &mut FsClient, duration: Duration, rep: u32) -> Result<Sample, FsError> {
+    let dir = fs.lookup(ROOT, CREATE_DIR)?.nodeid;
+    let mut next = QD;
+    let mut node = [0u64; QD];
+    let s = run_streams(
+        fs,
+        duration,
+        Step::Create,
+        |i| create_req(dir, rep, i),
+        |fs, i, was, body, more| {
+            if was == Step::Create {
+                let e: EntryOut = body_struct("CREATE", body)?;
+                let o: OpenOut =
+                    body_struct("CREATE", &body[body.len().min(size_of::<EntryOut>())..])?;
+                node[i] = e.nodeid;
+                return Ok(Some((Step::Release, release_req(e.nodeid, o.fh))));
+            }
+            // Closed: the kernel forgets an evicted inode; without it the
+            // server keeps an fd per file.
+            fs.forget(node[i], 1)?;
+            if fs.forgets_in_flight() > 64 {
+                fs.wait_forgets()?;
+            }
+            if !more {
+                return Ok(None);
+            }
+            next += 1;
+            Ok(Some((Step::Create, create_req(dir, rep, next - 1)?)))
+        },
+    )?;
     fs.wait_forgets()?;
     fs.forget(dir, 1)?;
     fs.wait_forgets()?;

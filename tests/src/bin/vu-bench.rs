@@ -518,7 +518,29 @@ fn run_net_tap(args: &Args, rows: &mut Vec<Row>) -> Result<Option<String>, Strin
     Ok(Some(tap::details_table(&results)))
 }
 
+/// Every workload name vu-bench knows.
+fn known_workloads() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = bench::blk::STANDARD.iter().map(|w| w.name).collect();
+    v.extend(bench::fs::ALL.iter().map(|w| w.name()));
+    v.extend(bench::net::STANDARD.iter().map(|w| w.name));
+    v.extend(tap::STANDARD.iter().map(|w| w.name));
+    v
+}
+
+/// An unknown name in --workloads is an error, not an empty table.
+fn check_workloads(asked: &[String]) -> Result<(), String> {
+    let known = known_workloads();
+    match asked.iter().find(|a| !known.contains(&a.as_str())) {
+        Some(a) => Err(format!(
+            "unknown workload {a:?}; known: {}",
+            known.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
+    check_workloads(&args.workloads)?;
     let parse_all = |v: &[String]| {
         v.iter()
             .map(|s| parse_spec(s))
@@ -597,5 +619,16 @@ mod tests {
         assert!(parse_spec("a=/s,pid=x").is_err());
         assert!(parse_spec("a=/s,bogus=1").is_err());
         assert!(parse_spec("=/s").is_err());
+    }
+
+    #[test]
+    fn an_unknown_workload_is_refused() {
+        assert!(check_workloads(&["fs-create+release-qd16".into()]).is_ok());
+        assert!(check_workloads(&["blk-randread-4k-qd32".into()]).is_ok());
+        let e = check_workloads(&["fs-create".into()]).unwrap_err();
+        assert!(
+            e.contains("\"fs-create\"") && e.contains("fs-lookup+getattr-10k"),
+            "{e}"
+        );
     }
 }

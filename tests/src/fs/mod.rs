@@ -11,6 +11,7 @@
 //! - `ops`: the typed operations (INIT, LOOKUP, ..., STATFS).
 //! - `ops_more`: links, MKNOD, xattrs, FALLOCATE, LSEEK, ACCESS.
 //! - `raw`: requests made of arbitrary bytes, for bad-input tests.
+//! - `pipeline`: several requests in flight at once, replies in any order.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -27,10 +28,12 @@ use crate::virtqueue::{QueueError, Seg};
 mod io;
 mod ops;
 mod ops_more;
+mod pipeline;
 mod raw;
 pub mod wire;
 
 pub use ops::SetAttr;
+pub use pipeline::Pipeline;
 pub use raw::{Malformed, Outcome, RawReply};
 pub use wire::{Creds, DirEntry, DirEntryPlus};
 
