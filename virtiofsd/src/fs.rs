@@ -2,7 +2,8 @@
 //! for what it lacks: `--readonly` (every change refused with EROFS) and
 //! `--announce-submounts` (directories on another filesystem than their
 //! parent carry FUSE_ATTR_SUBMOUNT, so the guest gives them their own
-//! superblock and inode numbers stay unique). Every other call is passed
+//! superblock and inode numbers stay unique), `.` and `..` in listings
+//! (see `dots`), and `--posix-acl`'s umask. Every other call is passed
 //! through unchanged.
 
 #![allow(clippy::too_many_arguments)]
@@ -11,6 +12,7 @@ use std::ffi::CStr;
 use std::io;
 use std::time::Duration;
 
+use crate::dots;
 use fuse_backend_rs::abi::fuse_abi::{
     stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
 };
@@ -102,6 +104,46 @@ where
             self.writable()
         } else {
             Ok(())
+        }
+    }
+
+    /// Lists `.` and `..` of directory `inode` through `add` when a listing
+    /// from `offset` starts with them. Returns the offset to ask the
+    /// passthrough for, or `None` when the reply is full.
+    fn add_dots(
+        &self,
+        ctx: &Context,
+        inode: FS::Inode,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry<'static>) -> io::Result<usize>,
+    ) -> io::Result<Option<u64>> {
+        let (dot, dotdot, rest) = dots::plan(offset);
+        if !dot && !dotdot {
+            return Ok(Some(rest));
+        }
+        let own = self.inner.getattr(ctx, inode, None)?.0.st_ino;
+        if dot && add(dots::dirent(b".", own))? == 0 {
+            return Ok(None);
+        }
+        if dotdot && add(dots::dirent(b"..", self.parent_ino(ctx, inode, own)))? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(rest))
+    }
+
+    /// The inode number of `inode`'s parent (`own` at the share's root,
+    /// whose parent the guest never sees).
+    fn parent_ino(&self, ctx: &Context, inode: FS::Inode, own: u64) -> u64 {
+        if inode.into() == fuse_backend_rs::api::filesystem::ROOT_ID {
+            return own;
+        }
+        match self.inner.lookup(ctx, inode, c"..") {
+            Ok(e) => {
+                let ino = e.attr.st_ino;
+                self.inner.forget(ctx, e.inode.into(), 1);
+                ino
+            }
+            Err(_) => own,
         }
     }
 
@@ -468,8 +510,17 @@ where
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+        let Some(rest) = self.add_dots(ctx, inode, offset, &mut |d| add_entry(d))? else {
+            return Ok(());
+        };
+        self.inner.readdir(
+            ctx,
+            inode,
+            handle,
+            size.max(dots::MIN_READ),
+            rest,
+            add_entry,
+        )
     }
 
     fn readdirplus(
@@ -481,19 +532,36 @@ where
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let Some(offset) = self.add_dots(ctx, inode, offset, &mut |d| {
+            add_entry(d, dots::entry(d.ino))
+        })?
+        else {
+            return Ok(());
+        };
         if !self.announce_submounts {
-            return self
-                .inner
-                .readdirplus(ctx, inode, handle, size, offset, add_entry);
+            return self.inner.readdirplus(
+                ctx,
+                inode,
+                handle,
+                size.max(dots::MIN_READ),
+                offset,
+                add_entry,
+            );
         }
         let parent_dev = self.dev_of(ctx, inode);
-        self.inner
-            .readdirplus(ctx, inode, handle, size, offset, &mut |d, mut e| {
+        self.inner.readdirplus(
+            ctx,
+            inode,
+            handle,
+            size.max(dots::MIN_READ),
+            offset,
+            &mut |d, mut e| {
                 if parent_dev.is_some_and(|p| is_dir(&e.attr) && e.attr.st_dev != p) {
                     e.attr_flags |= ATTR_SUBMOUNT;
                 }
                 add_entry(d, e)
-            })
+            },
+        )
     }
 
     fn fsyncdir(

@@ -6,6 +6,7 @@
 
 mod backend;
 mod cli;
+mod dots;
 mod fs;
 mod pool;
 mod request;
