@@ -114,7 +114,7 @@ fn sigterm_with_a_pool_exits_zero() {
 /// reply carries the size of the file it was asked about, whichever order
 /// the daemon answers in (inline, or on a pool where replies overtake).
 fn lookups_in_flight_get_their_own_replies(args: &[&str]) {
-    use fuse_backend_rs::abi::fuse_abi::{EntryOut, Opcode};
+    use fuse_backend_rs::abi::fuse_abi::EntryOut;
     use vu_driver::fs::wire::{body_struct, Request};
     const N: usize = 32;
     let mut s = start_with(args, |share| {
@@ -123,11 +123,7 @@ fn lookups_in_flight_get_their_own_replies(args: &[&str]) {
         }
     });
     let mut p = s.fs.pipeline(N).unwrap();
-    let lookup = |i: usize| {
-        Request::new("LOOKUP", Opcode::Lookup, ROOT_ID)
-            .name(format!("sized-{i}").as_bytes())
-            .unwrap()
-    };
+    let lookup = |i: usize| Request::lookup(ROOT_ID, format!("sized-{i}").as_bytes()).unwrap();
     for i in 0..N {
         p.send(&mut s.fs, i, &lookup(i)).unwrap();
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::{CreateIn, EntryOut, GetattrIn, Opcode, OpenOut, ReleaseIn};
+use fuse_backend_rs::abi::fuse_abi::{EntryOut, Opcode, OpenOut};
 
 use super::{BenchError, Sample};
 use crate::fs::wire::{body_struct, Request};
@@ -147,10 +147,7 @@ fn lookup_getattr(fs: &mut FsClient, duration: Duration) -> Result<Sample, FsErr
     s.elapsed = t0.elapsed();
     // Give the references back, as the kernel would on eviction (not timed).
     for (node, n) in looked_up {
-        fs.forget(node, n)?;
-        if fs.forgets_in_flight() > 64 {
-            fs.wait_forgets()?;
-        }
+        forget_paced(fs, node, n)?;
     }
     fs.wait_forgets()?;
     fs.forget(dir, 1)?;
@@ -194,10 +191,7 @@ fn create(fs: &mut FsClient, duration: Duration, rep: u32) -> Result<Sample, FsE
         fs.release(o.fh, e.nodeid, libc::O_RDWR)?;
         // The kernel forgets evicted inodes; without it the server keeps an
         // fd per file and runs out.
-        fs.forget(e.nodeid, 1)?;
-        if fs.forgets_in_flight() > 64 {
-            fs.wait_forgets()?;
-        }
+        forget_paced(fs, e.nodeid, 1)?;
         s.record(started, 0);
         i += 1;
     }
@@ -215,36 +209,24 @@ enum Step {
     Getattr,
     Create,
     Release,
-    Done,
 }
 
 fn lookup_req(dir: u64, names: &[String], i: usize) -> Result<Request, FsError> {
-    Request::new("LOOKUP", Opcode::Lookup, dir).name(names[i % names.len()].as_bytes())
-}
-
-fn getattr_req(node: u64) -> Request {
-    Request::new("GETATTR", Opcode::Getattr, node).arg(&GetattrIn::default())
+    Request::lookup(dir, names[i % names.len()].as_bytes())
 }
 
 fn create_req(dir: u64, rep: u32, i: usize) -> Result<Request, FsError> {
-    let arg = CreateIn {
-        flags: libc::O_RDWR as u32,
-        mode: 0o644,
-        umask: 0,
-        fuse_flags: 0,
-    };
-    Request::new("CREATE", Opcode::Create, dir)
-        .arg(&arg)
-        .name(format!("q{rep}-{i}").as_bytes())
+    Request::create(dir, format!("q{rep}-{i}").as_bytes(), 0o644, libc::O_RDWR)
 }
 
-fn release_req(node: u64, fh: u64) -> Request {
-    let arg = ReleaseIn {
-        fh,
-        flags: libc::O_RDWR as u32,
-        ..Default::default()
-    };
-    Request::new("RELEASE", Opcode::Release, node).arg(&arg)
+/// FORGETs `n` references to `node` without waiting, unless more than 64
+/// are still with the server (the kernel sends them in the background).
+fn forget_paced(fs: &mut FsClient, node: u64, n: u64) -> Result<(), FsError> {
+    fs.forget(node, n)?;
+    if fs.forgets_in_flight() > 64 {
+        fs.wait_forgets()?;
+    }
+    Ok(())
 }
 
 /// The streams of a `-qd16` workload: each runs its steps one after the
@@ -289,12 +271,8 @@ fn run_streams(
                 p.send(fs, slot, &req)?;
                 p.kick(fs)?;
             }
-            None => {
-                if was != first {
-                    s.record(started, 0);
-                }
-                at[slot].0 = Step::Done;
-            }
+            None if was != first => s.record(started, 0),
+            None => {}
         }
     }
     s.elapsed = t0.elapsed();
@@ -315,7 +293,7 @@ fn lookup_getattr_qd(fs: &mut FsClient, duration: Duration) -> Result<Sample, Fs
             Step::Lookup => {
                 let e: EntryOut = body_struct("LOOKUP", body)?;
                 *looked_up.entry(e.nodeid).or_default() += 1;
-                Ok(Some((Step::Getattr, getattr_req(e.nodeid))))
+                Ok(Some((Step::Getattr, Request::getattr(e.nodeid, None))))
             }
             _ if more => {
                 next += 1;
@@ -325,10 +303,7 @@ fn lookup_getattr_qd(fs: &mut FsClient, duration: Duration) -> Result<Sample, Fs
         },
     )?;
     for (node, n) in looked_up {
-        fs.forget(node, n)?;
-        if fs.forgets_in_flight() > 64 {
-            fs.wait_forgets()?;
-        }
+        forget_paced(fs, node, n)?;
     }
     fs.forget(dir, 1)?;
     fs.wait_forgets()?;
@@ -350,14 +325,14 @@ fn create_qd(fs: &mut FsClient, duration: Duration, rep: u32) -> Result<Sample, 
                 let o: OpenOut =
                     body_struct("CREATE", &body[body.len().min(size_of::<EntryOut>())..])?;
                 node[i] = e.nodeid;
-                return Ok(Some((Step::Release, release_req(e.nodeid, o.fh))));
+                return Ok(Some((
+                    Step::Release,
+                    Request::release(o.fh, e.nodeid, libc::O_RDWR),
+                )));
             }
             // Closed: the kernel forgets an evicted inode; without it the
             // server keeps an fd per file.
-            fs.forget(node[i], 1)?;
-            if fs.forgets_in_flight() > 64 {
-                fs.wait_forgets()?;
-            }
+            forget_paced(fs, node[i], 1)?;
             if !more {
                 return Ok(None);
             }

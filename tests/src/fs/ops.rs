@@ -15,6 +15,48 @@ const FATTR_FH: u32 = 0x40;
 /// Directory read size used by [`FsClient::list_dir`].
 const LIST_DIR_CHUNK: u32 = 64 * 1024;
 
+/// The requests the typed operations send, for callers that send them
+/// their own way (several in flight: [`super::Pipeline`]).
+impl Request {
+    /// FUSE_LOOKUP of `name` in `parent`.
+    pub fn lookup(parent: u64, name: &[u8]) -> Result<Self> {
+        Request::new("LOOKUP", Opcode::Lookup, parent).name(name)
+    }
+
+    /// FUSE_GETATTR, through `fh` if given.
+    pub fn getattr(nodeid: u64, fh: Option<u64>) -> Self {
+        let arg = GetattrIn {
+            flags: if fh.is_some() { GETATTR_FH } else { 0 },
+            dummy: 0,
+            fh: fh.unwrap_or(0),
+        };
+        Request::new("GETATTR", Opcode::Getattr, nodeid).arg(&arg)
+    }
+
+    /// FUSE_CREATE of `name` in `parent` (umask 0) with `open(2)` flags.
+    pub fn create(parent: u64, name: &[u8], mode: u32, flags: i32) -> Result<Self> {
+        let arg = CreateIn {
+            flags: flags as u32,
+            mode,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        Request::new("CREATE", Opcode::Create, parent)
+            .arg(&arg)
+            .name(name)
+    }
+
+    /// FUSE_RELEASE of file handle `fh`.
+    pub fn release(fh: u64, nodeid: u64, flags: i32) -> Self {
+        let arg = ReleaseIn {
+            fh,
+            flags: flags as u32,
+            ..Default::default()
+        };
+        Request::new("RELEASE", Opcode::Release, nodeid).arg(&arg)
+    }
+}
+
 /// What a SETATTR changes; `None` leaves a field alone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetAttr {
@@ -145,8 +187,7 @@ impl FsClient {
     /// FUSE_LOOKUP of `name` in `parent`. A negative entry (node id 0) is
     /// reported as ENOENT, as the kernel treats it.
     pub fn lookup(&mut self, parent: u64, name: impl AsRef<[u8]>) -> Result<EntryOut> {
-        let req = Request::new("LOOKUP", Opcode::Lookup, parent).name(name.as_ref())?;
-        let e: EntryOut = self.call_struct(&req)?;
+        let e: EntryOut = self.call_struct(&Request::lookup(parent, name.as_ref())?)?;
         if e.nodeid == 0 {
             return Err(FsError::Errno {
                 op: "LOOKUP",
@@ -166,12 +207,7 @@ impl FsClient {
 
     /// FUSE_GETATTR, through `fh` if given.
     pub fn getattr(&mut self, nodeid: u64, fh: Option<u64>) -> Result<AttrOut> {
-        let arg = GetattrIn {
-            flags: if fh.is_some() { GETATTR_FH } else { 0 },
-            dummy: 0,
-            fh: fh.unwrap_or(0),
-        };
-        self.call_struct(&Request::new("GETATTR", Opcode::Getattr, nodeid).arg(&arg))
+        self.call_struct(&Request::getattr(nodeid, fh))
     }
 
     /// FUSE_SETATTR.
@@ -205,15 +241,7 @@ impl FsClient {
         mode: u32,
         flags: i32,
     ) -> Result<(EntryOut, OpenOut)> {
-        let arg = CreateIn {
-            flags: flags as u32,
-            mode,
-            umask: 0,
-            fuse_flags: 0,
-        };
-        let req = Request::new("CREATE", Opcode::Create, parent)
-            .arg(&arg)
-            .name(name.as_ref())?;
+        let req = Request::create(parent, name.as_ref(), mode, flags)?;
         let body = self.call(&req, 0, size_of::<EntryOut>() + size_of::<OpenOut>())?;
         let entry: EntryOut = body_struct("CREATE", &body)?;
         let open: OpenOut = body_struct(
@@ -372,12 +400,7 @@ impl FsClient {
 
     /// FUSE_RELEASE of a file handle.
     pub fn release(&mut self, fh: u64, nodeid: u64, flags: i32) -> Result<()> {
-        let arg = ReleaseIn {
-            fh,
-            flags: flags as u32,
-            ..Default::default()
-        };
-        self.call_empty(&Request::new("RELEASE", Opcode::Release, nodeid).arg(&arg))
+        self.call_empty(&Request::release(fh, nodeid, flags))
     }
 
     /// FUSE_RELEASEDIR of a directory handle.
