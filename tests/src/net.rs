@@ -239,6 +239,10 @@ pub struct NetOptions {
     /// `device_features` are set by [`NetClient::connect`]; `mem_size` is
     /// raised if the buffers need more.
     pub device: DeviceOptions,
+    /// Pairs whose rings get SET_VRING_ENABLE (the control queue always
+    /// does); the others are set up but stay disabled, as QEMU leaves the
+    /// pairs a guest does not use. None: every ring set up is enabled.
+    pub enabled_pairs: Option<u16>,
 }
 
 impl Default for NetOptions {
@@ -251,6 +255,7 @@ impl Default for NetOptions {
             tx_layout: TxLayout::OneDesc,
             timeout: Duration::from_secs(5),
             device: DeviceOptions::default(),
+            enabled_pairs: None,
         }
     }
 }
@@ -423,7 +428,16 @@ impl NetClient {
         if let Some(i) = ctrl_index {
             dopts.num_queues = i + 1;
         }
-        dev.start(&dopts)?;
+        match opts.enabled_pairs {
+            None => dev.start(&dopts)?,
+            Some(n) => {
+                dev.start_disabled(&dopts)?;
+                let enabled = (0..2 * usize::from(n)).chain(ctrl_index);
+                for i in enabled.filter(|&i| i < dopts.num_queues) {
+                    dev.set_queue_enabled(i, true)?;
+                }
+            }
+        }
 
         let mut rx = Vec::with_capacity(pairs);
         let mut tx = Vec::with_capacity(pairs);

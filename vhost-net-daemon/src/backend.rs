@@ -82,12 +82,17 @@ const TX: u16 = 1;
 const CTRL: u16 = 2;
 
 impl NetConnection {
-    /// A fresh backend for a new frontend. Every tap queue is attached
-    /// again (a previous guest may have left some detached).
+    /// A fresh backend for a new frontend. Only tap queue 0 is attached:
+    /// the kernel spreads frames over the attached queues by hash,
+    /// whatever queue a flow's requests came from, so a frame put on the
+    /// queue of a pair nobody reads would be lost. A pair's queue is
+    /// attached when its RX ring is enabled and kicked (the guest posted
+    /// buffers there), see [`VhostUserBackend::handle_event`]; QEMU never
+    /// enables the pairs a guest does not use.
     pub fn new(device: Arc<Device>) -> Self {
         let pairs = usize::from(device.config.pairs);
         for i in 0..pairs {
-            if let Err(e) = device.tap.set_queue_attached(i, true) {
+            if let Err(e) = device.tap.set_queue_attached(i, i == 0) {
                 log::warn!("{e}");
             }
         }
@@ -99,7 +104,7 @@ impl NetConnection {
                 .map(|_| Mutex::new(PairScratch::default()))
                 .collect(),
             active_pairs: AtomicU16::new(device.config.pairs),
-            detached: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
+            detached: (0..pairs).map(|i| AtomicBool::new(i != 0)).collect(),
             device,
         }
     }
@@ -162,6 +167,12 @@ impl NetConnection {
                 self.set_attached(pair, false);
             }
             return;
+        }
+        // The guest reads this ring (it is enabled and the worker woke for
+        // it): let the kernel steer frames here, unless VQ_PAIRS_SET said
+        // the pair is unused.
+        if pair < usize::from(self.active_pairs.load(Ordering::Relaxed)) {
+            self.set_attached(pair, true);
         }
         let Some(fd) = self.device.tap.fd(pair) else {
             return;
@@ -337,10 +348,12 @@ impl VhostUserBackend for NetConnection {
         }
         *self.acked.write().unwrap_or_else(|e| e.into_inner()) = acked;
         // Every pair may carry frames until the driver says otherwise
-        // (VQ_PAIRS_SET, which Linux sends at probe). A frontend that runs
-        // the control queue itself (QEMU) disables the rings it does not
-        // use instead, and RX detaches those pairs' tap queues.
-        self.use_pairs(self.device.config.pairs);
+        // (VQ_PAIRS_SET, which Linux sends at probe). Their tap queues stay
+        // detached until their RX rings are enabled and kicked: a frontend
+        // that runs the control queue itself (QEMU) never enables the
+        // rings of pairs the guest does not use.
+        self.active_pairs
+            .store(self.device.config.pairs, Ordering::Relaxed);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -401,9 +414,6 @@ impl VhostUserBackend for NetConnection {
         };
         match device_event {
             RX => {
-                if pair < usize::from(self.active_pairs.load(Ordering::Relaxed)) {
-                    self.set_attached(pair, true);
-                }
                 self.run_rx(pair, rx_ring, mem, batch.event_idx, &mut scratch.rx);
             }
             TX => {
