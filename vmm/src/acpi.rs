@@ -1,8 +1,9 @@
 //! ACPI tables: RSDP -> XSDT -> FADT (-> DSDT) and MADT, written into the
 //! reserved legacy area at [`layout::ACPI_START`]. The FADT declares the PM1
 //! blocks [`PM1A_EVT_PORT`] and [`PM1A_CNT_PORT`] that [`crate::legacy::AcpiPm`]
-//! serves (SLP_TYP 5 with SLP_EN powers off), and the reset register (port
-//! 0x64, value 0xfe: the i8042 reset). The DSDT holds `_S5_` = 5 and the
+//! serves (SLP_TYP 5 with SLP_EN powers off), the PM timer [`PM_TMR_PORT`]
+//! (Linux calibrates the TSC against it), the CMOS century register and
+//! the reset register (port 0x64, value 0xfe: the i8042 reset). The DSDT holds `_S5_` = 5 and the
 //! PCI host bridge `\_SB_.PCI0` (PNP0A08, segment 0, buses 0..=255, the
 //! configuration ports, the I/O and the 32/64-bit BAR windows); the MCFG
 //! points at the ECAM window ([`layout::PCI_MMCONFIG_START`]).
@@ -16,6 +17,9 @@ pub const PM1A_EVT_PORT: u16 = 0x600;
 pub const PM1A_EVT_LEN: u8 = 4;
 pub const PM1A_CNT_PORT: u16 = 0x604;
 pub const PM1A_CNT_LEN: u8 = 2;
+/// The ACPI PM timer ([`crate::legacy::PmTimer`]), 24 bits.
+pub const PM_TMR_PORT: u16 = 0x608;
+pub const PM_TMR_LEN: u8 = 4;
 /// The SLP_TYP of S5 in the DSDT's `_S5_` package.
 pub const S5_SLP_TYP: u16 = 5;
 pub const SCI_IRQ: u16 = 9;
@@ -148,7 +152,11 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     // SMI_CMD = 0: the platform is always in ACPI mode (SCI_EN reads 1).
     t.set(56, &u32::from(PM1A_EVT_PORT).to_le_bytes());
     t.set(64, &u32::from(PM1A_CNT_PORT).to_le_bytes());
+    t.set(76, &u32::from(PM_TMR_PORT).to_le_bytes());
     t.set(88, &[PM1A_EVT_LEN, PM1A_CNT_LEN]);
+    t.set(91, &[PM_TMR_LEN]);
+    // The CMOS register with the RTC's century.
+    t.set(108, &[crate::cmos::CENTURY]);
     // IAPC_BOOT_ARCH stays 0: the guest probes legacy devices itself.
     // Flags: WBINVD (0), PWR_BUTTON (4) and SLP_BUTTON (5) as control
     // methods (none), RESET_REG_SUP (10).
@@ -160,6 +168,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     t.set(140, &dsdt_addr.to_le_bytes());
     t.set(148, &gas_io(PM1A_EVT_PORT, 8 * PM1A_EVT_LEN));
     t.set(172, &gas_io(PM1A_CNT_PORT, 8 * PM1A_CNT_LEN));
+    t.set(208, &gas_io(PM_TMR_PORT, 8 * PM_TMR_LEN));
     t.set(268, b"VUVMMKVM");
     t.finish()
 }
@@ -298,6 +307,11 @@ mod tests {
         assert_eq!(sum(fadt), 0);
         assert_eq!(u32_at(fadt, 64), u32::from(PM1A_CNT_PORT));
         assert_eq!(u64_at(fadt, 172 + 4), u64::from(PM1A_CNT_PORT));
+        assert_eq!(u32_at(fadt, 76), u32::from(PM_TMR_PORT));
+        assert_eq!(fadt[91], 4);
+        assert_eq!(&fadt[208..212], &[1, 32, 0, 3]); // system I/O, 32 bits, dword
+        assert_eq!(u64_at(fadt, 212), u64::from(PM_TMR_PORT));
+        assert_eq!(fadt[108], crate::cmos::CENTURY);
         let dsdt = table(&blob, base, u64_at(fadt, 140));
         assert_eq!(&dsdt[..4], b"DSDT");
         assert_eq!(sum(dsdt), 0);

@@ -2,8 +2,9 @@
 //!
 //! KVM_SET_GSI_ROUTING replaces the whole table, so [`IrqRouter`] keeps the
 //! MSI routes of every unmasked vector and rebuilds the table from them plus
-//! the in-kernel irqchip's default routes ([`routing_table`], the same
-//! PIC/IOAPIC pin routes KVM installs at KVM_CREATE_IRQCHIP). A vector's
+//! the in-kernel irqchip's pin routes ([`routing_table`]: KVM's defaults
+//! except that the PIT's GSI 0 goes to IOAPIC pin 2, as the MADT's
+//! override of ISA IRQ 0 says and as QEMU routes it). A vector's
 //! irqfd is bound to its GSI while the vector is unmasked; while masked it is
 //! unbound, so a signal stays pending in the eventfd and KVM injects it when
 //! the irqfd is bound again. A vhost-user backend signals the irqfd directly
@@ -28,8 +29,11 @@ pub const IOAPIC_PINS: u32 = 24;
 pub const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
 /// KVM's limit on routing entries (KVM_MAX_IRQ_ROUTES).
 pub const MAX_ROUTES: usize = 4096;
-/// Routes the irqchip needs: IOAPIC pins 0..24 and PIC pins for GSI 0..16.
-const IRQCHIP_ROUTES: usize = IOAPIC_PINS as usize + 16;
+/// Routes the irqchip needs: IOAPIC pins for GSI 0..24 but 2, PIC pins for
+/// GSI 0..16 but 2 (the cascade).
+const IRQCHIP_ROUTES: usize = IOAPIC_PINS as usize - 1 + 15;
+/// The IOAPIC pin of ISA IRQ 0 (the PIT), per the MADT's source override.
+pub const TIMER_IOAPIC_PIN: u32 = 2;
 
 /// Errors of the MSI plumbing.
 #[derive(Debug, thiserror::Error)]
@@ -49,17 +53,21 @@ pub enum Route {
     Msi(MsiMessage),
 }
 
-/// The full routing table: KVM's default irqchip routes (GSI 0..16 to the
-/// IOAPIC pin and the PIC pin, 16..24 to the IOAPIC) and then `msi`.
-/// Pure, so it can be tested without KVM.
+/// The full routing table: the irqchip routes (GSI 0..16 to an IOAPIC pin
+/// and the PIC pin, 16..24 to the IOAPIC) and then `msi`. GSI 0, where
+/// KVM's PIT raises its interrupt, goes to IOAPIC pin 2: the MADT tells the
+/// guest that ISA IRQ 0 is GSI 2, and with KVM's default (pin 0) Linux
+/// finds no timer on the IOAPIC ("MP-BIOS bug: 8254 timer not connected")
+/// and falls back to ExtINT. GSI 2 has no route: it is the PICs' cascade.
+/// QEMU's KVM routing is the same. Pure, so it can be tested without KVM.
 pub fn routing_table(msi: &BTreeMap<u32, MsiMessage>) -> Vec<(u32, Route)> {
     let mut table = Vec::with_capacity(IRQCHIP_ROUTES + msi.len());
-    for gsi in 0..IOAPIC_PINS {
+    for gsi in (0..IOAPIC_PINS).filter(|&g| g != 2) {
         table.push((
             gsi,
             Route::Irqchip {
                 chip: KVM_IRQCHIP_IOAPIC,
-                pin: gsi,
+                pin: if gsi == 0 { TIMER_IOAPIC_PIN } else { gsi },
             },
         ));
         if gsi < 16 {
@@ -143,6 +151,28 @@ impl IrqRouter {
         Ok(first)
     }
 
+    /// Installs the irqchip routes (the PIT on IOAPIC pin 2, see
+    /// [`routing_table`]); call once after KVM_CREATE_IRQCHIP, before any
+    /// vCPU runs.
+    pub fn install_irqchip_routes(&self) -> io::Result<()> {
+        let s = self.state();
+        self.install(&s.msi)
+    }
+
+    fn install(&self, msi: &BTreeMap<u32, MsiMessage>) -> io::Result<()> {
+        let entries: Vec<kvm_irq_routing_entry> = routing_table(msi)
+            .into_iter()
+            .map(|(g, r)| kvm_entry(g, r))
+            .collect();
+        KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| io::Error::other(format!("GSI routing table: {e:?}")))
+            .and_then(|table| {
+                self.vm
+                    .set_gsi_routing(&table)
+                    .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+            })
+    }
+
     /// Routes `gsi` to `msg` (`None`: removes its route) and installs the
     /// new table. On failure the previous route is kept.
     pub fn set_msi_route(&self, gsi: u32, msg: Option<MsiMessage>) -> io::Result<()> {
@@ -154,17 +184,7 @@ impl IrqRouter {
         if old == msg {
             return Ok(());
         }
-        let entries: Vec<kvm_irq_routing_entry> = routing_table(&s.msi)
-            .into_iter()
-            .map(|(g, r)| kvm_entry(g, r))
-            .collect();
-        let result = KvmIrqRouting::from_entries(&entries)
-            .map_err(|e| io::Error::other(format!("GSI routing table: {e:?}")))
-            .and_then(|table| {
-                self.vm
-                    .set_gsi_routing(&table)
-                    .map_err(|e| io::Error::from_raw_os_error(e.errno()))
-            });
+        let result = self.install(&s.msi);
         if result.is_err() {
             match old {
                 Some(m) => s.msi.insert(gsi, m),
@@ -298,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn default_routes_match_kvm() {
+    fn irqchip_routes_put_the_timer_on_ioapic_pin_2() {
         let table = routing_table(&BTreeMap::new());
         assert_eq!(table.len(), IRQCHIP_ROUTES);
         for gsi in 0..IOAPIC_PINS {
@@ -307,9 +327,13 @@ mod tests {
                 .filter(|(g, _)| *g == gsi)
                 .map(|(_, r)| *r)
                 .collect();
+            if gsi == 2 {
+                assert_eq!(routes, [], "GSI 2 (the cascade) has no route");
+                continue;
+            }
             let mut want = vec![Route::Irqchip {
                 chip: KVM_IRQCHIP_IOAPIC,
-                pin: gsi,
+                pin: if gsi == 0 { 2 } else { gsi },
             }];
             if gsi < 8 {
                 want.push(Route::Irqchip {

@@ -1,6 +1,7 @@
 //! The legacy devices on the port-I/O bus: the 8250 UART on COM1 (with its
 //! IRQ 4 through an irqfd), the i8042 (whose reset command ends the VM), the
-//! ACPI PM1 blocks (S5 powers off) and the debug ports 0x80 / 0x402.
+//! ACPI PM1 blocks (S5 powers off), the ACPI PM timer and the debug ports
+//! 0x80 / 0x402. The CMOS RTC is in [`crate::cmos`].
 
 use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -332,6 +333,51 @@ impl BusDevice for AcpiPm {
     }
 }
 
+/// The ACPI power management timer the FADT declares at
+/// [`acpi::PM_TMR_PORT`]: a free-running 24-bit counter at 3.579545 MHz.
+/// Linux calibrates the TSC against it (there is no HPET) and keeps it as a
+/// fallback clocksource.
+pub struct PmTimer {
+    start: Instant,
+}
+
+/// The PM timer's frequency in Hz.
+pub const PM_TIMER_HZ: u128 = 3_579_545;
+
+impl PmTimer {
+    pub fn new() -> Self {
+        PmTimer {
+            start: Instant::now(),
+        }
+    }
+
+    /// The counter `elapsed_ns` after it started (24 bits, wrapping).
+    pub fn count_at(elapsed_ns: u128) -> u32 {
+        (elapsed_ns * PM_TIMER_HZ / 1_000_000_000) as u32 & 0x00ff_ffff
+    }
+}
+
+impl Default for PmTimer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BusDevice for PmTimer {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let count = Self::count_at(self.start.elapsed().as_nanos()).to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| count.get(o + i))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
 /// Port 0x80 (POST codes) and 0x402 (debugcon): logged with the time since
 /// the VMM started, so the guest's first port write times the boot.
 pub struct DebugPort {
@@ -439,6 +485,25 @@ mod tests {
         pm.read(STS, &mut d);
         assert_eq!(u32::from_le_bytes(d), 0x0100_0100);
         assert_eq!(*levels.lock().unwrap(), [true, false, true]);
+    }
+
+    #[test]
+    fn pm_timer_counts_at_3_58_mhz_in_24_bits() {
+        assert_eq!(PmTimer::count_at(0), 0);
+        assert_eq!(PmTimer::count_at(1_000_000_000), 3_579_545);
+        // 2^24 ticks take about 4.687 s; then it wraps.
+        let wrap_ns = (1u128 << 24) * 1_000_000_000 / PM_TIMER_HZ + 1;
+        assert!(PmTimer::count_at(wrap_ns) < 4);
+        // It counts up between reads, and reads are little-endian.
+        let mut t = PmTimer::new();
+        let mut a = [0u8; 4];
+        t.read(0, &mut a);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut b = [0u8; 4];
+        t.read(0, &mut b);
+        let (a, b) = (u32::from_le_bytes(a), u32::from_le_bytes(b));
+        assert!(b.wrapping_sub(a) & 0xff_ffff >= 7_000, "{a} then {b}");
+        assert_eq!(b >> 24, 0);
     }
 
     #[test]

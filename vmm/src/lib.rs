@@ -28,6 +28,7 @@ pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod cli;
+pub mod cmos;
 pub mod control;
 pub mod cpu;
 pub mod irq;

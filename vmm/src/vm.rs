@@ -18,11 +18,14 @@ use crate::acpi::{self, AcpiError};
 use crate::boot::{self, BootConfig, BootError};
 use crate::bus::{Bus, BusError};
 use crate::cli::{MemoryConfig, SerialConfig, VhostUserConfig};
+use crate::cmos::{self, Cmos};
 use crate::control::VmController;
 use crate::cpu::{self, CpuError};
 use crate::irq::IrqRouter;
 use crate::layout;
-use crate::legacy::{self, AcpiPm, DebugPort, DebugPortAt, LegacyError, SerialDevice, I8042};
+use crate::legacy::{
+    self, AcpiPm, DebugPort, DebugPortAt, LegacyError, PmTimer, SerialDevice, I8042,
+};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::{PciError, PciHost};
 use crate::vcpu::{Vcpu, VcpuCounters};
@@ -77,6 +80,8 @@ pub enum VmError {
     SetTss(#[source] kvm_ioctls::Error),
     #[error("KVM_CREATE_IRQCHIP")]
     CreateIrqchip(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_GSI_ROUTING (the irqchip routes)")]
+    IrqRouting(#[source] std::io::Error),
     #[error("KVM_CREATE_PIT2")]
     CreatePit(#[source] kvm_ioctls::Error),
     #[error("{0} vCPUs requested, KVM allows {1}")]
@@ -198,6 +203,7 @@ impl Vm {
         vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(VmError::SetTss)?;
         vm.create_irq_chip().map_err(VmError::CreateIrqchip)?;
+        irq.install_irqchip_routes().map_err(VmError::IrqRouting)?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -246,6 +252,16 @@ impl Vm {
         let pm = Arc::new(Mutex::new(AcpiPm::new(events_tx.clone()).with_sci(sci)));
         let (pm_base, pm_len) = AcpiPm::range();
         pio.insert(pm_base, pm_len, pm.clone())?;
+        pio.insert(
+            u64::from(acpi::PM_TMR_PORT),
+            u64::from(acpi::PM_TMR_LEN),
+            Arc::new(Mutex::new(PmTimer::new())),
+        )?;
+        pio.insert(
+            cmos::CMOS_PORT,
+            2,
+            Arc::new(Mutex::new(Cmos::new(Box::new(cmos::host_clock)))),
+        )?;
         let pci = PciHost::new(mmio64, vm.clone(), events_tx.clone())?;
         pci.attach(&pio, &mmio, mmio64)?;
         let base_cpuid =
