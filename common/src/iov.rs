@@ -1,26 +1,62 @@
 //! Guest buffers as host iovecs: what a backend hands to `preadv`,
 //! `pwritev`, `readv` and `writev` so data moves straight between guest
 //! memory and the host file or tap, with no copy in the daemon.
+//!
+//! Soundness lives in the types: a [`GuestIoVec<'m>`] is made only by the
+//! guest-memory walker ([`GuestIoVecs::push`]) from a range vm-memory
+//! checked, and borrows the memory map for `'m`, so it cannot outlive the
+//! mapping. Safe code never sees its address: bytes move through
+//! vm-memory's volatile slices ([`GuestIoVec::as_volatile_slice`],
+//! [`copy_out`], [`copy_in_at`]) or through the system call wrappers here
+//! ([`preadv`], [`pwritev`], [`readv`], [`writev`]), which are the only
+//! places a raw guest address reaches the kernel.
 
-use vm_memory::{GuestAddress, GuestMemory};
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd};
 
-/// One buffer in guest memory, laid out like `struct iovec`.
+use vm_memory::{GuestAddress, GuestMemory, VolatileSlice};
+
+/// Most iovecs one system call takes (Linux UIO_MAXIOV).
+pub const IOV_MAX: usize = 1024;
+
+/// One buffer in guest memory, laid out like `struct iovec`. Only
+/// [`GuestIoVecs::push`] creates one; it borrows the memory map for `'m`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IoVec {
-    /// Host address.
-    pub base: usize,
-    /// Length in bytes.
-    pub len: usize,
+#[derive(Debug, Clone, Copy)]
+pub struct GuestIoVec<'m> {
+    base: usize,
+    len: usize,
+    _mem: PhantomData<&'m ()>,
 }
 
-const _: () = assert!(std::mem::size_of::<IoVec>() == std::mem::size_of::<libc::iovec>());
-const _: () = assert!(std::mem::align_of::<IoVec>() == std::mem::align_of::<libc::iovec>());
+const _: () = assert!(std::mem::size_of::<GuestIoVec>() == std::mem::size_of::<libc::iovec>());
+const _: () = assert!(std::mem::align_of::<GuestIoVec>() == std::mem::align_of::<libc::iovec>());
 
-impl IoVec {
-    /// `iovs` as the `struct iovec` array system calls take.
-    pub fn as_libc(iovs: &[IoVec]) -> *const libc::iovec {
-        iovs.as_ptr().cast()
+impl<'m> GuestIoVec<'m> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer as a volatile slice, for reads and writes of its bytes.
+    pub fn as_volatile_slice(&self) -> VolatileSlice<'m> {
+        // SAFETY: `base..base + len` was a volatile slice of guest memory
+        // when the walker made this iovec (or a part of one), and the
+        // mapping stays in place for `'m`, which borrows the memory map.
+        unsafe { VolatileSlice::new(self.base as *mut u8, self.len) }
+    }
+
+    /// Drops the first `n` bytes (at most all of them).
+    fn skip(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.base += n;
+        self.len -= n;
     }
 }
 
@@ -34,94 +70,156 @@ pub struct OutsideMemory {
     pub len: u32,
 }
 
-/// Appends the host buffers backing guest range `addr..addr + len` to
-/// `out` (one per memory region it touches). The pointers stay valid while
-/// the `mem` they came from is held.
-pub fn push_slices<M: GuestMemory + ?Sized>(
-    mem: &M,
-    addr: GuestAddress,
-    len: u32,
-    out: &mut Vec<IoVec>,
-) -> Result<(), OutsideMemory> {
-    let outside = OutsideMemory { addr: addr.0, len };
-    let mut covered = 0usize;
-    for slice in mem.get_slices(addr, len as usize) {
-        let slice = slice.map_err(|_| outside)?;
-        let ptr = slice.ptr_guard_mut().as_ptr();
-        covered += slice.len();
-        out.push(IoVec {
-            base: ptr as usize,
-            len: slice.len(),
-        });
-    }
-    if covered != len as usize {
-        return Err(outside);
-    }
-    Ok(())
+/// Storage for a chain's iovecs, kept from request to request so the
+/// data path allocates nothing. Its contents are reachable only through
+/// [`IoVecBuf::walk`], which empties it first.
+#[derive(Debug, Default)]
+pub struct IoVecBuf {
+    // The lifetime is a placeholder: nothing reads an entry except
+    // through a `GuestIoVecs<'_, 'm>`, which hands it out as `'m`, and
+    // every walk starts empty.
+    v: Vec<GuestIoVec<'static>>,
 }
 
-/// Removes the last byte of `iovs` and returns its address.
-pub fn take_last_byte(iovs: &mut Vec<IoVec>) -> Option<*mut u8> {
-    let last = iovs.last_mut()?;
-    let ptr = (last.base + last.len - 1) as *mut u8;
-    last.len -= 1;
-    if last.len == 0 {
-        iovs.pop();
-    }
-    Some(ptr)
-}
-
-/// Drops the first `n` bytes of `iovs` (all of them if they hold fewer).
-pub fn advance(iovs: &mut Vec<IoVec>, mut n: usize) {
-    let mut drop_front = 0;
-    for v in iovs.iter_mut() {
-        if n == 0 {
-            break;
+impl IoVecBuf {
+    /// Empties the storage and lends it to a walk over memory that lives
+    /// for `'m`.
+    pub fn walk<'m>(&mut self) -> GuestIoVecs<'_, 'm> {
+        self.v.clear();
+        GuestIoVecs {
+            v: &mut self.v,
+            _mem: PhantomData,
         }
-        if n >= v.len {
+    }
+}
+
+/// The guest-memory walker: the iovecs of guest ranges pushed so far, in
+/// order, each borrowing the memory for `'m`.
+#[derive(Debug)]
+pub struct GuestIoVecs<'a, 'm> {
+    v: &'a mut Vec<GuestIoVec<'static>>,
+    _mem: PhantomData<&'m ()>,
+}
+
+impl<'a, 'm> GuestIoVecs<'a, 'm> {
+    /// Appends the host buffers backing guest range `addr..addr + len`
+    /// of `mem` (one per memory region it touches). On error nothing is
+    /// appended.
+    pub fn push<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &'m M,
+        addr: GuestAddress,
+        len: u32,
+    ) -> Result<(), OutsideMemory> {
+        let outside = OutsideMemory { addr: addr.0, len };
+        let start = self.v.len();
+        let mut covered = 0usize;
+        for slice in mem.get_slices(addr, len as usize) {
+            let Ok(slice) = slice else {
+                self.v.truncate(start);
+                return Err(outside);
+            };
+            covered += slice.len();
+            self.v.push(GuestIoVec {
+                base: slice.ptr_guard_mut().as_ptr() as usize,
+                len: slice.len(),
+                _mem: PhantomData,
+            });
+        }
+        if covered != len as usize {
+            self.v.truncate(start);
+            return Err(outside);
+        }
+        Ok(())
+    }
+
+    /// The iovecs.
+    pub fn as_slice(&self) -> &[GuestIoVec<'m>] {
+        self.v
+    }
+
+    /// The iovecs, for as long as the storage is lent.
+    pub fn into_slice(self) -> &'a [GuestIoVec<'m>] {
+        self.v
+    }
+
+    /// How many iovecs.
+    pub fn len(&self) -> usize {
+        self.v.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.v.is_empty()
+    }
+
+    /// Keeps the first `n` iovecs.
+    pub fn truncate(&mut self, n: usize) {
+        self.v.truncate(n);
+    }
+
+    /// Removes the first `n` iovecs.
+    pub fn drop_front(&mut self, n: usize) {
+        self.v.drain(..n.min(self.v.len()));
+    }
+
+    /// Total bytes.
+    pub fn total_len(&self) -> usize {
+        total_len(self.v)
+    }
+
+    /// Removes the last byte and returns it as a one-byte buffer.
+    pub fn take_last_byte(&mut self) -> Option<GuestIoVec<'m>> {
+        while self.v.last().is_some_and(|v| v.is_empty()) {
+            self.v.pop();
+        }
+        let last = self.v.last_mut()?;
+        let mut byte = *last;
+        byte.skip(last.len - 1);
+        last.len -= 1;
+        if last.len == 0 {
+            self.v.pop();
+        }
+        Some(byte)
+    }
+
+    /// Drops the first `n` bytes (all of them if they hold fewer).
+    pub fn advance(&mut self, mut n: usize) {
+        let mut whole = 0;
+        for v in self.v.iter_mut() {
+            if n < v.len {
+                v.skip(n);
+                break;
+            }
             n -= v.len;
-            drop_front += 1;
-        } else {
-            v.base += n;
-            v.len -= n;
-            n = 0;
+            whole += 1;
         }
+        self.v.drain(..whole);
     }
-    iovs.drain(..drop_front);
 }
 
-/// Copies the first bytes of `iovs` into `out`; returns how many (fewer
-/// than `out.len()` when the buffers are shorter).
-///
-/// `iovs` must come from [`push_slices`] over memory that is still mapped.
-pub fn copy_out(iovs: &[IoVec], out: &mut [u8]) -> usize {
+/// Copies the first bytes of `iovs` into `out` (volatile reads); returns
+/// how many (fewer than `out.len()` when the buffers are shorter).
+pub fn copy_out(iovs: &[GuestIoVec<'_>], out: &mut [u8]) -> usize {
     let mut at = 0;
     for v in iovs {
         if at == out.len() {
             break;
         }
-        let n = v.len.min(out.len() - at);
-        // SAFETY: `v` lies in mapped guest memory (push_slices checked it, and
-        // the caller holds the memory) and holds at least `n` bytes;
-        // `out[at..at + n]` is ours.
-        unsafe { std::ptr::copy_nonoverlapping(v.base as *const u8, out[at..].as_mut_ptr(), n) };
-        at += n;
+        at += v.as_volatile_slice().copy_to(&mut out[at..]);
     }
     at
 }
 
-/// Copies `data` into `iovs` from their start; returns how many bytes fit.
-///
-/// `iovs` must come from [`push_slices`] over memory that is still mapped.
-pub fn copy_in(iovs: &[IoVec], data: &[u8]) -> usize {
+/// Copies `data` into `iovs` from their start (volatile writes); returns
+/// how many bytes fit.
+pub fn copy_in(iovs: &[GuestIoVec<'_>], data: &[u8]) -> usize {
     copy_in_at(iovs, 0, data)
 }
 
-/// Copies `data` into `iovs` starting `offset` bytes in; returns how many
-/// bytes fit.
-///
-/// `iovs` must come from [`push_slices`] over memory that is still mapped.
-pub fn copy_in_at(iovs: &[IoVec], mut offset: usize, data: &[u8]) -> usize {
+/// Copies `data` into `iovs` starting `offset` bytes in (volatile writes);
+/// returns how many bytes fit.
+pub fn copy_in_at(iovs: &[GuestIoVec<'_>], mut offset: usize, data: &[u8]) -> usize {
     let mut at = 0;
     for v in iovs {
         if at == data.len() {
@@ -131,13 +229,10 @@ pub fn copy_in_at(iovs: &[IoVec], mut offset: usize, data: &[u8]) -> usize {
             offset -= v.len;
             continue;
         }
-        let n = (v.len - offset).min(data.len() - at);
-        // SAFETY: `v` lies in mapped guest memory (push_slices checked it, and
-        // the caller holds the memory); `offset + n <= v.len`; `data[at..at +
-        // n]` is ours.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data[at..].as_ptr(), (v.base + offset) as *mut u8, n)
-        };
+        let mut part = *v;
+        part.skip(offset);
+        let n = part.len.min(data.len() - at);
+        part.as_volatile_slice().copy_from(&data[at..at + n]);
         offset = 0;
         at += n;
     }
@@ -145,8 +240,70 @@ pub fn copy_in_at(iovs: &[IoVec], mut offset: usize, data: &[u8]) -> usize {
 }
 
 /// Total bytes in `iovs`.
-pub fn total_len(iovs: &[IoVec]) -> usize {
+pub fn total_len(iovs: &[GuestIoVec<'_>]) -> usize {
     iovs.iter().map(|v| v.len).sum()
+}
+
+/// What to do with the buffers.
+#[derive(Clone, Copy)]
+enum Op {
+    Read,
+    Write,
+    ReadAt(i64),
+    WriteAt(i64),
+}
+
+/// One system call moving bytes between `fd` and at most [`IOV_MAX`] of
+/// `iovs`, retried on EINTR. The one place guest addresses reach the kernel.
+fn transfer(fd: &impl AsFd, iovs: &[GuestIoVec<'_>], op: Op) -> io::Result<usize> {
+    let fd = fd.as_fd().as_raw_fd();
+    let n = iovs.len().min(IOV_MAX) as libc::c_int;
+    let ptr = iovs.as_ptr().cast::<libc::iovec>();
+    loop {
+        // SAFETY: GuestIoVec has iovec's layout (asserted above); each entry
+        // is a range of guest memory the walker checked, mapped for as long
+        // as the borrowed `iovs` live; the kernel reads or writes at most
+        // those ranges, which is what guest memory is shared for.
+        let r = unsafe {
+            match op {
+                Op::Read => libc::readv(fd, ptr, n),
+                Op::Write => libc::writev(fd, ptr, n),
+                Op::ReadAt(off) => libc::preadv(fd, ptr, n, off),
+                Op::WriteAt(off) => libc::pwritev(fd, ptr, n, off),
+            }
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn offset(off: u64) -> io::Result<i64> {
+    i64::try_from(off).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `readv(2)` into guest buffers (the first [`IOV_MAX`]); bytes read.
+pub fn readv(fd: &impl AsFd, iovs: &[GuestIoVec<'_>]) -> io::Result<usize> {
+    transfer(fd, iovs, Op::Read)
+}
+
+/// `writev(2)` from guest buffers (the first [`IOV_MAX`]); bytes written.
+pub fn writev(fd: &impl AsFd, iovs: &[GuestIoVec<'_>]) -> io::Result<usize> {
+    transfer(fd, iovs, Op::Write)
+}
+
+/// `preadv(2)` into guest buffers (the first [`IOV_MAX`]); bytes read.
+pub fn preadv(fd: &impl AsFd, iovs: &[GuestIoVec<'_>], off: u64) -> io::Result<usize> {
+    transfer(fd, iovs, Op::ReadAt(offset(off)?))
+}
+
+/// `pwritev(2)` from guest buffers (the first [`IOV_MAX`]); bytes written.
+pub fn pwritev(fd: &impl AsFd, iovs: &[GuestIoVec<'_>], off: u64) -> io::Result<usize> {
+    transfer(fd, iovs, Op::WriteAt(offset(off)?))
 }
 
 #[cfg(test)]
@@ -165,16 +322,20 @@ mod tests {
     #[test]
     fn a_range_across_regions_gives_two_iovecs() {
         let mem = two_regions();
-        let mut v = Vec::new();
-        push_slices(&mem, GuestAddress(0xff0), 0x20, &mut v).unwrap();
-        assert_eq!(v.iter().map(|x| x.len).collect::<Vec<_>>(), [0x10, 0x10]);
+        let mut buf = IoVecBuf::default();
+        let mut v = buf.walk();
+        v.push(&mem, GuestAddress(0xff0), 0x20).unwrap();
+        let lens: Vec<_> = v.as_slice().iter().map(|x| x.len()).collect();
+        assert_eq!(lens, [0x10, 0x10]);
     }
 
     #[test]
-    fn a_range_past_memory_is_refused() {
+    fn a_range_past_memory_is_refused_and_leaves_nothing() {
         let mem = two_regions();
-        let mut v = Vec::new();
-        let e = push_slices(&mem, GuestAddress(0x1ff0), 0x20, &mut v).unwrap_err();
+        let mut buf = IoVecBuf::default();
+        let mut v = buf.walk();
+        v.push(&mem, GuestAddress(0), 4).unwrap();
+        let e = v.push(&mem, GuestAddress(0x1ff0), 0x20).unwrap_err();
         assert_eq!(
             e,
             OutsideMemory {
@@ -182,25 +343,57 @@ mod tests {
                 len: 0x20
             }
         );
+        assert_eq!(v.len(), 1);
     }
 
     #[test]
     fn copies_follow_the_iovecs() {
         let mem = two_regions();
-        let mut v = Vec::new();
-        push_slices(&mem, GuestAddress(0xffc), 8, &mut v).unwrap();
-        assert_eq!(copy_in(&v, b"abcdefghij"), 8);
-        assert_eq!(copy_in_at(&v, 3, b"XY"), 2);
+        let mut buf = IoVecBuf::default();
+        let mut v = buf.walk();
+        v.push(&mem, GuestAddress(0xffc), 8).unwrap();
+        assert_eq!(copy_in(v.as_slice(), b"abcdefghij"), 8);
+        assert_eq!(copy_in_at(v.as_slice(), 3, b"XY"), 2);
         let mut out = [0u8; 10];
-        assert_eq!(copy_out(&v, &mut out), 8);
+        assert_eq!(copy_out(v.as_slice(), &mut out), 8);
         assert_eq!(&out[..8], b"abcXYfgh");
-        let last = take_last_byte(&mut v).unwrap();
-        assert_eq!(total_len(&v), 7);
-        // SAFETY: `last` points into `mem`, still mapped.
-        assert_eq!(unsafe { *last }, b'h');
-        advance(&mut v, 5);
-        assert_eq!(total_len(&v), 2);
-        advance(&mut v, 10);
+        let last = v.take_last_byte().unwrap();
+        assert_eq!(v.total_len(), 7);
+        let mut b = [0u8; 1];
+        copy_out(&[last], &mut b);
+        assert_eq!(b, *b"h");
+        v.advance(5);
+        assert_eq!(v.total_len(), 2);
+        copy_out(v.as_slice(), &mut b);
+        assert_eq!(b, *b"f");
+        v.advance(10);
         assert!(v.is_empty());
+        assert!(v.take_last_byte().is_none());
+    }
+
+    #[test]
+    fn the_last_byte_of_a_one_byte_buffer_empties_it() {
+        let mem = two_regions();
+        let mut buf = IoVecBuf::default();
+        let mut v = buf.walk();
+        v.push(&mem, GuestAddress(0x10), 1).unwrap();
+        assert!(v.take_last_byte().is_some());
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn vectored_io_moves_guest_bytes() {
+        let mem = two_regions();
+        let mut buf = IoVecBuf::default();
+        let mut v = buf.walk();
+        v.push(&mem, GuestAddress(0xffe), 4).unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        copy_in(v.as_slice(), b"wxyz");
+        assert_eq!(writev(&a, v.as_slice()).unwrap(), 4);
+        copy_in(v.as_slice(), b"....");
+        assert_eq!(readv(&b, v.as_slice()).unwrap(), 4);
+        let mut out = [0u8; 4];
+        copy_out(v.as_slice(), &mut out);
+        assert_eq!(&out, b"wxyz");
     }
 }

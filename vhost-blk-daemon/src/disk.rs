@@ -6,16 +6,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Bytes per virtio-blk sector.
 pub const SECTOR: u64 = 512;
 
-/// Most iovecs one preadv/pwritev takes (Linux UIO_MAXIOV).
-const IOV_MAX: usize = 1024;
-
-pub use common::iov::IoVec;
+use common::iov::{self, GuestIoVecs};
 
 /// Errors opening the image; each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -147,19 +144,21 @@ impl Disk {
     }
 
     /// Reads `offset..` into the buffers, all of them.
-    pub fn read_vectored(&self, iovs: &mut [IoVec], offset: u64) -> io::Result<()> {
+    pub fn read_vectored(&self, iovs: &mut GuestIoVecs<'_, '_>, offset: u64) -> io::Result<()> {
         self.transfer(iovs, offset, false)
     }
 
     /// Writes the buffers at `offset`, all of them.
-    pub fn write_vectored(&self, iovs: &mut [IoVec], offset: u64) -> io::Result<()> {
+    pub fn write_vectored(&self, iovs: &mut GuestIoVecs<'_, '_>, offset: u64) -> io::Result<()> {
         self.transfer(iovs, offset, true)
     }
 
-    fn transfer(&self, iovs: &mut [IoVec], offset: u64, write: bool) -> io::Result<()> {
-        match rw_all(self.file.as_raw_fd(), iovs, offset, write) {
+    fn transfer(&self, iovs: &mut GuestIoVecs<'_, '_>, offset: u64, write: bool) -> io::Result<()> {
+        let total = iovs.total_len();
+        match rw_all(&self.file, iovs, offset, write) {
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                bounce(self.file.as_raw_fd(), iovs, offset, write)
+                let done = (total - iovs.total_len()) as u64;
+                bounce(&self.file, iovs, offset + done, write)
             }
             r => r,
         }
@@ -223,15 +222,12 @@ impl Disk {
 
     fn write_zero_buffers(&self, mut offset: u64, len: u64) -> io::Result<()> {
         const CHUNK: usize = 1 << 20;
-        let buf = AlignedBuf::zeroed(CHUNK.min(len as usize).max(4096))?;
+        let mut buf = AlignedBuf::zeroed(CHUNK.min(len as usize).max(4096))?;
+        let zeros = buf.as_mut_slice();
         let end = offset + len;
         while offset < end {
-            let n = ((end - offset) as usize).min(buf.len);
-            let mut iov = [IoVec {
-                base: buf.ptr as usize,
-                len: n,
-            }];
-            rw_all(self.file.as_raw_fd(), &mut iov, offset, true)?;
+            let n = ((end - offset) as usize).min(zeros.len());
+            self.file.write_all_at(&zeros[..n], offset)?;
             offset += n as u64;
         }
         Ok(())
@@ -295,53 +291,30 @@ fn lock(file: &File, read_only: bool) -> io::Result<()> {
 
 /// preadv/pwritev until every buffer is done, in chunks of IOV_MAX,
 /// advancing past short transfers.
-fn rw_all(fd: libc::c_int, mut iovs: &mut [IoVec], mut offset: u64, write: bool) -> io::Result<()> {
+fn rw_all(
+    file: &File,
+    iovs: &mut GuestIoVecs<'_, '_>,
+    mut offset: u64,
+    write: bool,
+) -> io::Result<()> {
     while !iovs.is_empty() {
-        let n = iovs.len().min(IOV_MAX);
-        let ptr = iovs.as_ptr().cast::<libc::iovec>();
-        // SAFETY: IoVec has iovec's layout (asserted above); the buffers are
-        // guest memory that stays mapped while the request is processed (the
-        // worker holds the memory guard), checked in bounds when parsed.
-        let r = unsafe {
-            if write {
-                libc::pwritev(fd, ptr, n as libc::c_int, offset as libc::off_t)
-            } else {
-                libc::preadv(fd, ptr, n as libc::c_int, offset as libc::off_t)
-            }
+        let r = if write {
+            iov::pwritev(file, iovs.as_slice(), offset)?
+        } else {
+            iov::preadv(file, iovs.as_slice(), offset)?
         };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
         if r == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "end of image"));
         }
-        let mut done = r as usize;
-        offset += done as u64;
-        while done > 0 {
-            let first = &mut iovs[0];
-            if done >= first.len {
-                done -= first.len;
-                iovs = &mut iovs[1..];
-            } else {
-                first.base += done;
-                first.len -= done;
-                done = 0;
-            }
-        }
-        while iovs.first().is_some_and(|v| v.len == 0) {
-            iovs = &mut iovs[1..];
-        }
+        offset += r as u64;
+        iovs.advance(r);
     }
     Ok(())
 }
 
 /// A page-aligned heap buffer for O_DIRECT.
 struct AlignedBuf {
-    ptr: *mut u8,
+    ptr: std::ptr::NonNull<u8>,
     len: usize,
     layout: std::alloc::Layout,
 }
@@ -352,55 +325,46 @@ impl AlignedBuf {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
+        let ptr = std::ptr::NonNull::new(ptr).ok_or(io::ErrorKind::OutOfMemory)?;
         Ok(AlignedBuf { ptr, len, layout })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` holds `layout.size() >= len` initialised (zeroed)
+        // bytes that only this buffer owns; the borrow of `self` keeps them
+        // alive and unaliased.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in `zeroed` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }
 
 /// O_DIRECT with buffers the kernel refuses: go through an aligned copy.
-fn bounce(fd: libc::c_int, iovs: &mut [IoVec], offset: u64, write: bool) -> io::Result<()> {
-    let total: usize = iovs.iter().map(|v| v.len).sum();
-    let buf = AlignedBuf::zeroed(total.next_multiple_of(4096))?;
-    let mut one = [IoVec {
-        base: buf.ptr as usize,
-        len: total,
-    }];
-    if !write {
-        rw_all(fd, &mut one, offset, false)?;
-    }
-    let mut at = 0usize;
-    for v in iovs.iter() {
-        // SAFETY: `buf` holds `total` bytes and `at + v.len <= total`; the
-        // guest buffer was bounds-checked when parsed; the two never overlap
-        // (one is our heap, the other guest memory).
-        unsafe {
-            if write {
-                std::ptr::copy_nonoverlapping(v.base as *const u8, buf.ptr.add(at), v.len);
-            } else {
-                std::ptr::copy_nonoverlapping(buf.ptr.add(at), v.base as *mut u8, v.len);
-            }
-        }
-        at += v.len;
-    }
+fn bounce(file: &File, iovs: &GuestIoVecs<'_, '_>, offset: u64, write: bool) -> io::Result<()> {
+    let total = iovs.total_len();
+    let mut buf = AlignedBuf::zeroed(total.next_multiple_of(4096))?;
+    let bytes = &mut buf.as_mut_slice()[..total];
     if write {
-        rw_all(fd, &mut one, offset, true)?;
+        iov::copy_out(iovs.as_slice(), bytes);
+        file.write_all_at(bytes, offset)
+    } else {
+        file.read_exact_at(bytes, offset)?;
+        iov::copy_in(iovs.as_slice(), bytes);
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::iov::IoVecBuf;
     use std::io::Write;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn image(name: &str, len: usize) -> PathBuf {
         let p = std::env::temp_dir().join(format!("vbd-disk-{}-{name}", std::process::id()));
@@ -410,31 +374,38 @@ mod tests {
         p
     }
 
+    fn guest() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
+            .unwrap()
+    }
+
     #[test]
     fn vectored_read_and_write_cross_buffers() {
         let p = image("rw", 8192);
         let d = Disk::open(&p, false, false).unwrap();
         assert_eq!(d.size(), 8192);
-        let mut a = vec![0u8; 100];
-        let mut b = vec![0u8; 412];
-        let mut iovs = [
-            IoVec {
-                base: a.as_mut_ptr() as usize,
-                len: a.len(),
-            },
-            IoVec {
-                base: b.as_mut_ptr() as usize,
-                len: b.len(),
-            },
-        ];
+        let mem = guest();
+        let mut buf = IoVecBuf::default();
+        let mut iovs = buf.walk();
+        iovs.push(&mem, GuestAddress(0x100), 100).unwrap();
+        // Across the two regions.
+        iovs.push(&mem, GuestAddress(0xf00), 412).unwrap();
         d.read_vectored(&mut iovs, 512).unwrap();
-        assert_eq!(a[0], (512 % 251) as u8);
-        assert_eq!(b[0], (612 % 251) as u8);
-        let w = vec![7u8; 512];
-        let mut iovs = [IoVec {
-            base: w.as_ptr() as usize,
-            len: 512,
-        }];
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x100)).unwrap(),
+            (512 % 251) as u8
+        );
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0xf00)).unwrap(),
+            (612 % 251) as u8
+        );
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x1000)).unwrap(),
+            ((612 + 256) % 251) as u8
+        );
+        mem.write_slice(&[7u8; 512], GuestAddress(0x1200)).unwrap();
+        let mut iovs = buf.walk();
+        iovs.push(&mem, GuestAddress(0x1200), 512).unwrap();
         d.write_vectored(&mut iovs, 1024).unwrap();
         let on_disk = std::fs::read(&p).unwrap();
         assert!(on_disk[1024..1536].iter().all(|&x| x == 7));
@@ -445,11 +416,10 @@ mod tests {
     fn read_past_end_is_an_error() {
         let p = image("eof", 512);
         let d = Disk::open(&p, true, false).unwrap();
-        let mut a = vec![0u8; 1024];
-        let mut iovs = [IoVec {
-            base: a.as_mut_ptr() as usize,
-            len: a.len(),
-        }];
+        let mem = guest();
+        let mut buf = IoVecBuf::default();
+        let mut iovs = buf.walk();
+        iovs.push(&mem, GuestAddress(0), 1024).unwrap();
         assert!(d.read_vectored(&mut iovs, 0).is_err());
         std::fs::remove_file(p).unwrap();
     }

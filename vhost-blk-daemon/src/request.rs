@@ -12,7 +12,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 
 use crate::config::{DeviceConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
-use common::iov::{advance, copy_in, copy_out, push_slices, take_last_byte, total_len, IoVec};
+use common::iov::{copy_in, copy_out, GuestIoVecs, IoVecBuf};
 
 use crate::disk::{Disk, SECTOR};
 
@@ -78,8 +78,14 @@ pub enum Malformed {
 /// Buffers reused from request to request (one per worker).
 #[derive(Debug, Default)]
 pub struct Scratch {
-    readable: Vec<IoVec>,
-    writable: Vec<IoVec>,
+    readable: IoVecBuf,
+    writable: IoVecBuf,
+}
+
+/// One request's buffers: the readable and the writable stream.
+struct Buffers<'a, 'm> {
+    readable: GuestIoVecs<'a, 'm>,
+    writable: GuestIoVecs<'a, 'm>,
 }
 
 /// What a queue worker needs to execute requests.
@@ -116,8 +122,10 @@ where
     M: Deref,
     M::Target: GuestMemory,
 {
-    scratch.readable.clear();
-    scratch.writable.clear();
+    let mut b = Buffers {
+        readable: scratch.readable.walk(),
+        writable: scratch.writable.walk(),
+    };
     let mut total: u32 = 0;
     let mut last_has_next = true; // an empty chain counts as truncated
     for desc in chain {
@@ -128,36 +136,34 @@ where
             continue;
         }
         let list = if desc.is_write_only() {
-            &mut scratch.writable
-        } else if !scratch.writable.is_empty() {
+            &mut b.writable
+        } else if !b.writable.is_empty() {
             return Err(Malformed::ReadableAfterWritable);
         } else {
-            &mut scratch.readable
+            &mut b.readable
         };
-        push_slices(mem, desc.addr(), len, list).map_err(|e| Malformed::OutsideMemory {
-            addr: e.addr,
-            len: e.len,
-        })?;
+        list.push(mem, desc.addr(), len)
+            .map_err(|e| Malformed::OutsideMemory {
+                addr: e.addr,
+                len: e.len,
+            })?;
     }
     if last_has_next {
         return Err(Malformed::Truncated);
     }
-    let readable_len: usize = scratch.readable.iter().map(|v| v.len).sum();
-    if readable_len < HEADER_LEN {
+    if b.readable.total_len() < HEADER_LEN {
         return Err(Malformed::ShortHeader);
     }
-    let status_ptr = take_last_byte(&mut scratch.writable).ok_or(Malformed::NoStatus)?;
+    let status = b.writable.take_last_byte().ok_or(Malformed::NoStatus)?;
 
     let mut header = [0u8; HEADER_LEN];
-    copy_out(&scratch.readable, &mut header);
-    advance(&mut scratch.readable, HEADER_LEN);
+    copy_out(b.readable.as_slice(), &mut header);
+    b.readable.advance(HEADER_LEN);
     let ty = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
     let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
 
-    let mut done = execute(ty, sector, target, scratch);
-    // SAFETY: status_ptr is the last byte of a device-writable buffer that
-    // push_slices checked lies inside guest memory, mapped while `mem` lives.
-    unsafe { std::ptr::write_volatile(status_ptr, done.status) };
+    let mut done = execute(ty, sector, target, &mut b);
+    copy_in(&[status], &[done.status]);
     done.used_len = done.used_len.saturating_add(1);
     Ok(done)
 }
@@ -185,10 +191,10 @@ fn in_range(config: &DeviceConfig, sector: u64, len: u64) -> Option<u64> {
     (end <= config.capacity * SECTOR).then_some(offset)
 }
 
-fn execute(ty: u32, sector: u64, t: &Target<'_>, s: &mut Scratch) -> Done {
+fn execute(ty: u32, sector: u64, t: &Target<'_>, s: &mut Buffers<'_, '_>) -> Done {
     match ty {
         req_type::IN => {
-            let len = total_len(&s.writable);
+            let len = s.writable.total_len();
             if len as u64 % SECTOR != 0 {
                 return done(status::IOERR);
             }
@@ -208,7 +214,7 @@ fn execute(ty: u32, sector: u64, t: &Target<'_>, s: &mut Scratch) -> Done {
             if t.config.read_only {
                 return done(status::IOERR);
             }
-            let len = total_len(&s.readable);
+            let len = s.readable.total_len();
             if len as u64 % SECTOR != 0 {
                 return done(status::IOERR);
             }
@@ -225,8 +231,8 @@ fn execute(ty: u32, sector: u64, t: &Target<'_>, s: &mut Scratch) -> Done {
             Err(e) => host_error("flush", e),
         },
         req_type::GET_ID => {
-            let n = total_len(&s.writable).min(ID_LEN);
-            copy_in(&s.writable, &t.serial[..n]);
+            let n = s.writable.total_len().min(ID_LEN);
+            copy_in(s.writable.as_slice(), &t.serial[..n]);
             Done {
                 status: status::OK,
                 used_len: n as u32,
@@ -243,13 +249,13 @@ fn execute(ty: u32, sector: u64, t: &Target<'_>, s: &mut Scratch) -> Done {
     }
 }
 
-fn discard_or_zero(discard: bool, t: &Target<'_>, s: &Scratch) -> Done {
-    let len = total_len(&s.readable);
+fn discard_or_zero(discard: bool, t: &Target<'_>, s: &Buffers<'_, '_>) -> Done {
+    let len = s.readable.total_len();
     if len == 0 || len % SEGMENT_LEN != 0 || len / SEGMENT_LEN > MAX_DISCARD_SEG as usize {
         return done(status::IOERR);
     }
     let mut segs = [0u8; SEGMENT_LEN * MAX_DISCARD_SEG as usize];
-    copy_out(&s.readable, &mut segs[..len]);
+    copy_out(s.readable.as_slice(), &mut segs[..len]);
     let parse = |c: &[u8]| {
         let sector = u64::from_le_bytes(c[0..8].try_into().unwrap_or_default());
         let num = u32::from_le_bytes(c[8..12].try_into().unwrap_or_default());
@@ -286,43 +292,6 @@ fn discard_or_zero(discard: bool, t: &Target<'_>, s: &Scratch) -> Done {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn iov(buf: &mut [u8]) -> IoVec {
-        IoVec {
-            base: buf.as_mut_ptr() as usize,
-            len: buf.len(),
-        }
-    }
-
-    #[test]
-    fn advance_and_last_byte_split_buffers() {
-        let mut a = [0u8; 10];
-        let mut b = [0u8; 10];
-        let mut v = vec![iov(&mut a), iov(&mut b)];
-        advance(&mut v, 12);
-        assert_eq!(v.len(), 1);
-        assert_eq!(v[0].len, 8);
-        let p = take_last_byte(&mut v).unwrap();
-        assert_eq!(p as usize, b.as_ptr() as usize + 9);
-        assert_eq!(total_len(&v), 7);
-        let mut c = [0u8; 1];
-        let mut w = vec![iov(&mut c)];
-        take_last_byte(&mut w).unwrap();
-        assert!(w.is_empty());
-        assert!(take_last_byte(&mut w).is_none());
-    }
-
-    #[test]
-    fn copies_span_buffers() {
-        let mut a = [1u8, 2, 3];
-        let mut b = [4u8, 5, 6];
-        let v = vec![iov(&mut a), iov(&mut b)];
-        let mut out = [0u8; 5];
-        copy_out(&v, &mut out);
-        assert_eq!(out, [1, 2, 3, 4, 5]);
-        copy_in(&v, &[9, 9, 9, 9]);
-        assert_eq!((a, b), ([9, 9, 9], [9, 5, 6]));
-    }
 
     #[test]
     fn range_checks_do_not_overflow() {

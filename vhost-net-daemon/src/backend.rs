@@ -174,7 +174,7 @@ impl NetConnection {
         if pair < usize::from(self.active_pairs.load(Ordering::Relaxed)) {
             self.set_attached(pair, true);
         }
-        let Some(fd) = self.device.tap.fd(pair) else {
+        let Some(fd) = self.device.tap.queue(pair) else {
             return;
         };
         let target = RxTarget {
@@ -246,7 +246,7 @@ impl NetConnection {
         } else {
             pair
         };
-        let Some(fd) = self.device.tap.fd(use_pair) else {
+        let Some(tap) = self.device.tap.queue(use_pair) else {
             return;
         };
         let acked = self.acked();
@@ -254,26 +254,20 @@ impl NetConnection {
         let r = drain(q, vring, mem, event_idx, broken, |chain| {
             let head = chain.head_index();
             match tx::prepare(chain, mem, &acked, scratch) {
-                Ok(iovs) => {
-                    // SAFETY: IoVec has iovec's layout; the buffers lie in
-                    // guest memory checked by push_slices and mapped while
-                    // `mem` is held; writev only reads them.
-                    let n = unsafe {
-                        libc::writev(fd, common::iov::IoVec::as_libc(iovs), iovs.len() as i32)
-                    };
-                    if n < 0 {
+                Ok(iovs) => match common::iov::writev(tap, iovs) {
+                    Err(e) => {
                         stats.tx_errors.fetch_add(1, Ordering::Relaxed);
                         if let Some(k) = self.device.tap_errors.hit() {
                             log::warn!(
-                                "writing a frame to tap {} queue {use_pair}: {} (#{k})",
+                                "writing a frame to tap {} queue {use_pair}: {e} (#{k})",
                                 self.device.tap.name(),
-                                io::Error::last_os_error()
                             );
                         }
-                    } else {
+                    }
+                    Ok(_) => {
                         stats.tx_frames.fetch_add(1, Ordering::Relaxed);
                     }
-                }
+                },
                 Err(why) => {
                     stats.tx_malformed.fetch_add(1, Ordering::Relaxed);
                     self.log_malformed("TX frame", q, head, &why);

@@ -6,7 +6,7 @@
 use std::ops::Deref;
 use std::sync::Mutex;
 
-use common::iov::{copy_in, copy_out, push_slices, take_last_byte, total_len, IoVec};
+use common::iov::{copy_in, copy_out, IoVecBuf};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
     VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
@@ -156,8 +156,8 @@ where
     M: Deref,
     M::Target: GuestMemory,
 {
-    let mut readable: Vec<IoVec> = Vec::new();
-    let mut writable: Vec<IoVec> = Vec::new();
+    let (mut r_buf, mut w_buf) = (IoVecBuf::default(), IoVecBuf::default());
+    let (mut readable, mut writable) = (r_buf.walk(), w_buf.walk());
     let mut last_has_next = true;
     for desc in chain {
         last_has_next = desc.has_next();
@@ -171,7 +171,8 @@ where
         } else {
             &mut readable
         };
-        push_slices(mem, desc.addr(), desc.len(), list).map_err(|_| BadCommand::Chain)?;
+        list.push(mem, desc.addr(), desc.len())
+            .map_err(|_| BadCommand::Chain)?;
         if readable.len() + writable.len() > 64 {
             return Err(BadCommand::Chain);
         }
@@ -179,8 +180,8 @@ where
     if last_has_next {
         return Err(BadCommand::Chain);
     }
-    let ack_ptr = take_last_byte(&mut writable).ok_or(BadCommand::Shape)?;
-    let len = total_len(&readable);
+    let ack_byte = writable.take_last_byte().ok_or(BadCommand::Shape)?;
+    let len = readable.total_len();
     if len < 2 {
         return Err(BadCommand::Shape);
     }
@@ -188,13 +189,9 @@ where
         return Err(BadCommand::TooLong(len - 2));
     }
     let mut buf = vec![0u8; len];
-    copy_out(&readable, &mut buf);
+    copy_out(readable.as_slice(), &mut buf);
     let (ack, effect) = execute(buf[0], buf[1], &buf[2..], acked, max_pairs, filter);
-    let one = [IoVec {
-        base: ack_ptr as usize,
-        len: 1,
-    }];
-    copy_in(&one, &[ack]);
+    copy_in(&[ack_byte], &[ack]);
     Ok((1, effect))
 }
 

@@ -12,12 +12,12 @@
 //! next kick resumes; there is no busy loop.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-use common::iov::{copy_in_at, copy_out, push_slices, total_len, IoVec};
+use common::iov::{self, copy_in_at, copy_out, total_len, GuestIoVecs, IoVecBuf};
 use common::queue::{avail_sane, signal_if_needed, Mem};
 use common::serve::GuestMem;
 use vhost_user_backend::VringState;
@@ -52,10 +52,18 @@ struct Held {
 /// Per-queue buffers reused from batch to batch.
 #[derive(Debug, Default)]
 pub struct RxScratch {
-    iovs: Vec<IoVec>,
+    iovs: IoVecBuf,
     held: VecDeque<Held>,
-    held_cap: usize,
     uses: Vec<(u16, u32)>,
+}
+
+/// One batch's view of the scratch: the iovecs of the chains held, over
+/// the memory the batch holds.
+struct Batch<'a, 'm> {
+    iovs: GuestIoVecs<'a, 'm>,
+    held: &'a mut VecDeque<Held>,
+    held_cap: usize,
+    uses: &'a mut Vec<(u16, u32)>,
 }
 
 /// What one RX batch did.
@@ -81,7 +89,7 @@ pub struct RxDone {
 #[derive(Debug)]
 pub struct RxTarget<'a> {
     /// The tap queue.
-    pub fd: RawFd,
+    pub fd: &'a File,
     /// Negotiated features.
     pub acked: Acked,
     /// The guest's MAC address.
@@ -95,13 +103,17 @@ pub struct RxTarget<'a> {
 /// Appends the chain's buffers to `iovs`; `None` (nothing appended) when
 /// it cannot take a frame: a readable or unmapped descriptor, a truncated
 /// chain, or room for less than a header.
-fn collect(chain: DescriptorChain<&Mem>, mem: &Mem, iovs: &mut Vec<IoVec>) -> Option<usize> {
+fn collect<'m>(
+    chain: DescriptorChain<&'m Mem>,
+    mem: &'m Mem,
+    iovs: &mut GuestIoVecs<'_, 'm>,
+) -> Option<usize> {
     let start = iovs.len();
     let mut last_has_next = true;
     let mut total: usize = 0;
     for desc in chain {
         last_has_next = desc.has_next();
-        if !desc.is_write_only() || push_slices(mem, desc.addr(), desc.len(), iovs).is_err() {
+        if !desc.is_write_only() || iovs.push(mem, desc.addr(), desc.len()).is_err() {
             iovs.truncate(start);
             return None;
         }
@@ -114,35 +126,26 @@ fn collect(chain: DescriptorChain<&Mem>, mem: &Mem, iovs: &mut Vec<IoVec>) -> Op
     Some(total)
 }
 
-fn readv(fd: RawFd, iovs: &[IoVec]) -> io::Result<usize> {
-    loop {
-        // SAFETY: IoVec has iovec's layout; every entry lies in guest memory
-        // that push_slices checked and that stays mapped while the caller
-        // holds `mem`; the kernel writes at most their lengths.
-        let n = unsafe { libc::readv(fd, IoVec::as_libc(iovs), iovs.len() as libc::c_int) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+impl RxScratch {
+    fn batch<'m>(&mut self) -> Batch<'_, 'm> {
+        self.held.clear();
+        self.uses.clear();
+        Batch {
+            iovs: self.iovs.walk(),
+            held: &mut self.held,
+            held_cap: 0,
+            uses: &mut self.uses,
         }
     }
 }
 
-impl RxScratch {
-    fn reset(&mut self) {
-        self.iovs.clear();
-        self.held.clear();
-        self.held_cap = 0;
-    }
-
+impl<'m> Batch<'_, 'm> {
     /// Takes chains off the ring until `needed` bytes are held (or, with
     /// `one`, a single chain is).
     fn top_up(
         &mut self,
         queue: &mut Queue,
-        mem: &Mem,
+        mem: &'m Mem,
         needed: usize,
         one: bool,
         done: &mut RxDone,
@@ -150,10 +153,10 @@ impl RxScratch {
         let mut used = false;
         // Iovecs of chains already handed to the guest are dead weight.
         match self.held.front() {
-            None => self.iovs.clear(),
+            None => self.iovs.truncate(0),
             Some(h) if h.start > 1024 => {
                 let shift = h.start;
-                self.iovs.drain(..shift);
+                self.iovs.drop_front(shift);
                 for h in self.held.iter_mut() {
                     h.start -= shift;
                     h.end -= shift;
@@ -219,21 +222,21 @@ pub fn process(
         };
     let mut done = RxDone::default();
     let mut unsignalled = 0u32;
-    scratch.reset();
+    let mut b = scratch.batch();
     if !avail_sane(q, state.get_queue(), mem, broken)? {
         return Ok(done);
     }
     loop {
         let queue = state.get_queue_mut();
-        if scratch.top_up(queue, mem, needed, !mrg, &mut done)? {
+        if b.top_up(queue, mem, needed, !mrg, &mut done)? {
             unsignalled += 1;
         }
         // Enough room for any frame: one chain, or with merged buffers
         // `needed` bytes (or all the ring can hold, if that is less).
         let enough = if mrg {
-            scratch.held_cap >= needed || scratch.held.len() >= usize::from(queue.size())
+            b.held_cap >= needed || b.held.len() >= usize::from(queue.size())
         } else {
-            !scratch.held.is_empty()
+            !b.held.is_empty()
         };
         if !enough {
             // Out of buffers: ask for a kick when the guest adds some, and
@@ -248,14 +251,14 @@ pub fn process(
             break;
         }
         let (first, last) = if mrg {
-            (scratch.held[0], scratch.held[scratch.held.len() - 1])
+            (b.held[0], b.held[b.held.len() - 1])
         } else {
-            (scratch.held[0], scratch.held[0])
+            (b.held[0], b.held[0])
         };
         let end = last.end.min(first.start + MAX_IOVS);
-        let iovs = &scratch.iovs[first.start..end];
+        let iovs = &b.iovs.as_slice()[first.start..end];
         let cap = total_len(iovs);
-        let n = match readv(target.fd, iovs) {
+        let n = match iov::readv(target.fd, iovs) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => {
@@ -284,19 +287,19 @@ pub fn process(
         // Hand the chains the frame filled to the guest.
         let mut left = n;
         let mut chains: u16 = 0;
-        scratch.uses.clear();
+        b.uses.clear();
         while left > 0 {
-            let Some(h) = scratch.held.pop_front() else {
+            let Some(h) = b.held.pop_front() else {
                 break;
             };
-            scratch.held_cap -= h.cap;
+            b.held_cap -= h.cap;
             let len = left.min(h.cap);
             left -= len;
-            scratch.uses.push((h.head, len as u32));
+            b.uses.push((h.head, len as u32));
             chains += 1;
         }
         copy_in_at(iovs, NUM_BUFFERS_AT, &chains.to_le_bytes());
-        for &(head, len) in &scratch.uses {
+        for &(head, len) in b.uses.iter() {
             queue.add_used(mem, head, len).map_err(io::Error::other)?;
         }
         done.frames += 1;
@@ -313,7 +316,7 @@ pub fn process(
     // with length 0.
     let queue = state.get_queue_mut();
     let mut back: u16 = 0;
-    for h in &scratch.held {
+    for h in b.held.iter() {
         if h.pinned {
             queue.add_used(mem, h.head, 0).map_err(io::Error::other)?;
             unsignalled += 1;
@@ -324,7 +327,6 @@ pub fn process(
     if back > 0 {
         queue.set_next_avail(queue.next_avail().wrapping_sub(back));
     }
-    scratch.reset();
     if unsignalled > 0 {
         signal_if_needed(state, mem)?;
     }

@@ -319,6 +319,11 @@ impl Tap {
         self.queues.get(i).map(|f| f.as_raw_fd())
     }
 
+    /// Queue `i`'s file.
+    pub fn queue(&self, i: usize) -> Option<&File> {
+        self.queues.get(i)
+    }
+
     /// Whether this process created the tap.
     pub fn created(&self) -> bool {
         self.created

@@ -6,7 +6,7 @@
 
 use std::ops::Deref;
 
-use common::iov::{copy_out, push_slices, total_len, IoVec};
+use common::iov::{copy_out, total_len, GuestIoVec, IoVecBuf};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 
@@ -128,22 +128,22 @@ impl Hdr {
 /// The iovecs of one frame, reused from frame to frame.
 #[derive(Debug, Default)]
 pub struct TxScratch {
-    iovs: Vec<IoVec>,
+    iovs: IoVecBuf,
 }
 
 /// Checks the chain and returns its iovecs (header first), ready for
 /// `writev` on the tap.
-pub fn prepare<'s, M>(
+pub fn prepare<'s, 'm, M>(
     chain: DescriptorChain<M>,
-    mem: &M::Target,
+    mem: &'m M::Target,
     acked: &Acked,
     scratch: &'s mut TxScratch,
-) -> Result<&'s [IoVec], Dropped>
+) -> Result<&'s [GuestIoVec<'m>], Dropped>
 where
     M: Deref,
     M::Target: GuestMemory,
 {
-    scratch.iovs.clear();
+    let mut iovs = scratch.iovs.walk();
     let mut total: u32 = 0;
     let mut last_has_next = true;
     for desc in chain {
@@ -156,26 +156,26 @@ where
         if len == 0 {
             continue;
         }
-        push_slices(mem, desc.addr(), len, &mut scratch.iovs).map_err(|e| {
-            Dropped::OutsideMemory {
+        iovs.push(mem, desc.addr(), len)
+            .map_err(|e| Dropped::OutsideMemory {
                 addr: e.addr,
                 len: e.len,
-            }
-        })?;
-        if scratch.iovs.len() > MAX_IOVS {
+            })?;
+        if iovs.len() > MAX_IOVS {
             return Err(Dropped::TooLong);
         }
     }
     if last_has_next {
         return Err(Dropped::Truncated);
     }
-    let total = total_len(&scratch.iovs);
+    let iovs = iovs.into_slice();
+    let total = total_len(iovs);
     if total < VNET_HDR_LEN + ETH_HLEN {
         return Err(Dropped::Short(total));
     }
     let frame_len = total - VNET_HDR_LEN;
     let mut raw = [0u8; VNET_HDR_LEN];
-    copy_out(&scratch.iovs, &mut raw);
+    copy_out(iovs, &mut raw);
     let hdr = Hdr::parse(&raw);
     // Plain or GSO, nothing legitimate is larger (the tap's MTU is the
     // host's business).
@@ -183,7 +183,7 @@ where
         return Err(Dropped::Large(frame_len));
     }
     hdr.check(frame_len, acked)?;
-    Ok(&scratch.iovs)
+    Ok(iovs)
 }
 
 #[cfg(test)]
