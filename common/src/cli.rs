@@ -43,9 +43,11 @@ pub struct VhostUserArgs {
 pub const DEFAULT_POLL_US: u64 = 0;
 
 impl VhostUserArgs {
-    /// Applies the options that tune the rings (`--poll-us`).
-    pub fn apply_ring_options(&self) {
-        crate::queue::set_poll_window(std::time::Duration::from_micros(self.poll_us));
+    /// The options that tune the rings (`--poll-us`).
+    pub fn ring_options(&self) -> crate::queue::RingOptions {
+        crate::queue::RingOptions {
+            poll: std::time::Duration::from_micros(self.poll_us),
+        }
     }
 
     /// Where the listening socket comes from: `--socket-path`, `--fd`, or

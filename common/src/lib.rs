@@ -16,11 +16,17 @@
 //! - [`relay`]: holds a SET_VRING_ENABLE sent before SET_FEATURES.
 //! - [`serve`]: the accept / serve / serve-again loop around
 //!   `vhost-user-backend`'s daemon, one backend instance per connection.
+//! - [`backend`]: the one `VhostUserBackend`, over a small [`backend::Device`]
+//!   trait each daemon implements.
+//! - [`daemon`]: the lifecycle every daemon runs ([`daemon::run`]): listen,
+//!   systemd, sandbox, seccomp, serve again, SIGTERM, the exit code.
 //! - [`sandbox`]: namespaces, `pivot_root` or `chroot` into the shared
 //!   directory, supplementary groups, capabilities, RLIMIT_NOFILE;
 //!   [`seccomp`]: the system call allow-list.
 
+pub mod backend;
 pub mod cli;
+pub mod daemon;
 pub mod iov;
 pub mod logging;
 pub mod queue;

@@ -4,7 +4,7 @@
 //! left behind), hand each chain to the device, and signal the guest once.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,6 @@ use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::serve::{ExitEvents, Gate, GatePass, GuestMem, Vring};
@@ -23,15 +22,26 @@ const CHUNK: usize = 64;
 /// Guest memory as a worker borrows it for one batch.
 pub type Mem = GuestMemoryMmap<()>;
 
+/// How workers run their rings (`--poll-us`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingOptions {
+    /// How long a worker keeps looking for the driver's next request after
+    /// draining its ring (with EVENT_IDX, so the driver does not kick
+    /// meanwhile) before it sleeps until a kick. Zero turns polling off.
+    pub poll: Duration,
+}
+
 /// Drains queue `q` of `vring` over `mem`. `handle` runs one chain and
 /// returns the used length. `broken` remembers (per queue) that the driver
 /// published an avail index more than a queue ahead: such a ring is left
-/// alone (logged once) until the frontend sets it up again.
+/// alone (logged once) until the frontend sets it up again. With
+/// EVENT_IDX, the ring is polled for `window` after each batch.
 pub fn drain<F>(
     q: usize,
     vring: &Vring,
     mem: &Mem,
     event_idx: bool,
+    window: Duration,
     broken: &AtomicBool,
     mut handle: F,
 ) -> io::Result<()>
@@ -46,7 +56,6 @@ where
     }
     let mut used = false;
     let mut finished = [(0u16, 0u32); CHUNK];
-    let window = poll_window();
     loop {
         let queue = state.get_queue_mut();
         if event_idx {
@@ -137,23 +146,6 @@ pub fn signal_if_needed(state: &mut VringState<GuestMem>, mem: &Mem) -> io::Resu
     Ok(())
 }
 
-/// Polling window after a batch, in nanoseconds (see [`set_poll_window`]).
-static POLL_NS: AtomicU64 = AtomicU64::new(0);
-
-/// How long a worker keeps looking for the driver's next request after
-/// draining its ring (with EVENT_IDX, so the driver does not kick
-/// meanwhile) before it sleeps until a kick. Zero turns polling off.
-pub fn set_poll_window(window: Duration) {
-    POLL_NS.store(
-        u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
-}
-
-fn poll_window() -> Duration {
-    Duration::from_nanos(POLL_NS.load(Ordering::Relaxed))
-}
-
 /// Spins until the avail index moves past what was taken (`true`) or
 /// `window` ends (`false`).
 fn wait_avail(queue: &Queue, mem: &Mem, window: Duration) -> io::Result<bool> {
@@ -238,6 +230,8 @@ pub struct Batch<'a> {
     mem: GuestMemoryLoadGuard<Mem>,
     /// EVENT_IDX was negotiated.
     pub event_idx: bool,
+    /// The polling window after a drain ([`RingOptions::poll`]).
+    pub window: Duration,
 }
 
 impl Batch<'_> {
@@ -254,8 +248,9 @@ impl Batch<'_> {
 }
 
 /// What every backend keeps per connection to run its rings: the guest
-/// memory map, EVENT_IDX, the per-queue broken flags, the SIGTERM gate
-/// and the worker exit events. A backend embeds one and forwards the
+/// memory map, EVENT_IDX, the per-queue broken flags, the SIGTERM gate,
+/// the worker exit events and the ring options. The generic backend
+/// ([`crate::backend::Backend`]) embeds one and forwards the
 /// `VhostUserBackend` calls of the same names to it.
 #[derive(Debug)]
 pub struct Rings {
@@ -264,18 +259,30 @@ pub struct Rings {
     broken: Vec<AtomicBool>,
     gate: Gate,
     exit_events: ExitEvents,
+    options: RingOptions,
 }
 
 impl Rings {
-    /// State for `queues` queues, each on its own worker thread.
-    pub fn new(queues: usize) -> Self {
+    /// State for `queues` queues.
+    pub fn new(queues: usize, options: RingOptions) -> Self {
         Rings {
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             broken: (0..queues).map(|_| AtomicBool::new(false)).collect(),
             gate: Gate::default(),
             exit_events: ExitEvents::default(),
+            options,
         }
+    }
+
+    /// How many queues.
+    pub fn len(&self) -> usize {
+        self.broken.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.broken.is_empty()
     }
 
     /// `VhostUserBackend::set_event_idx`.
@@ -293,11 +300,6 @@ impl Rings {
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         self.gate.sync();
         Ok(())
-    }
-
-    /// `VhostUserBackend::queues_per_thread`: one worker per queue.
-    pub fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.broken.len()).map(|q| 1u64 << q).collect()
     }
 
     /// `VhostUserBackend::exit_event`.
@@ -324,47 +326,13 @@ impl Rings {
             _pass: pass,
             mem,
             event_idx: self.event_idx.load(Ordering::Relaxed),
+            window: self.options.poll,
         })
     }
 
     /// Queue `q`'s broken flag (see [`drain`]).
     pub fn broken(&self, q: usize) -> Option<&AtomicBool> {
         self.broken.get(q)
-    }
-
-    /// `VhostUserBackend::handle_event`: a kick on queue `thread_id` (one
-    /// queue per worker) drains it with `handle`, unless the connection is
-    /// quiescing or has no memory yet.
-    pub fn on_kick<F>(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[Vring],
-        thread_id: usize,
-        mut handle: F,
-    ) -> io::Result<()>
-    where
-        F: FnMut(&Mem, DescriptorChain<&Mem>) -> u32,
-    {
-        if evset != EventSet::IN || device_event != 0 || vrings.len() != 1 {
-            log::warn!("queue {thread_id}: unexpected event {device_event} ({evset:?})");
-            return Ok(());
-        }
-        let Some(broken) = self.broken.get(thread_id) else {
-            return Ok(());
-        };
-        let Some(batch) = self.batch() else {
-            return Ok(());
-        };
-        let mem = batch.mem();
-        drain(
-            thread_id,
-            &vrings[0],
-            mem,
-            batch.event_idx,
-            broken,
-            |chain| handle(mem, chain),
-        )
     }
 }
 
@@ -391,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_memory_update_waits_for_the_batch_on_the_old_map() {
-        let rings = Arc::new(Rings::new(1));
+        let rings = Arc::new(Rings::new(1, RingOptions::default()));
         let atomic = GuestMemoryAtomic::new(map(&[(0, 0x10000)]));
         rings.update_memory(atomic.clone()).unwrap();
 
@@ -429,7 +397,7 @@ mod tests {
 
     #[test]
     fn no_batch_before_memory_or_after_quiesce() {
-        let rings = Rings::new(1);
+        let rings = Rings::new(1, RingOptions::default());
         assert!(rings.batch().is_none());
         rings
             .update_memory(GuestMemoryAtomic::new(map(&[(0, 0x1000)])))

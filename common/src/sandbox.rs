@@ -373,6 +373,12 @@ fn supervise(child: libc::pid_t, waited: &libc::sigset_t, _alive: OwnedFd) -> ! 
     }
 }
 
+/// Gives the process a private mount namespace (unshare(CLONE_NEWNS)),
+/// so mounts it makes reach nobody else. Needs CAP_SYS_ADMIN.
+pub fn unshare_mount_namespace() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(io::Error::from)
+}
+
 /// Where the shared directory is mounted inside the namespace sandbox's
 /// root (see [`prepare_root`]).
 pub const NAMESPACE_SHARE: &str = "/share";

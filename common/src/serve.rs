@@ -223,60 +223,13 @@ fn is_disconnect(e: &vhost_user_backend::Error) -> bool {
 /// Serves frontends on `socket` one after the other until `shutdown`;
 /// `new_connection` builds the backend instance for each, and
 /// `after_disconnect` runs once a frontend has gone and every worker of its
-/// instance has stopped (return `false` to stop serving). Sends `READY=1`
-/// once listening and `STOPPING=1` on shutdown. Returns after the current
-/// connection's backend has quiesced.
+/// instance has stopped (return `false` to stop serving). With `relay_dir`,
+/// each connection passes through a [`relay`](crate::relay) (sockets made
+/// there), so frontends that send SET_VRING_ENABLE before SET_FEATURES
+/// (QEMU's vhost-user-net) are served. Sends `READY=1` once listening and
+/// `STOPPING=1` on shutdown. Returns after the current connection's
+/// backend has quiesced.
 pub fn serve<B, F, E, A>(
-    name: &str,
-    socket: &mut BoundSocket,
-    shutdown: &Shutdown,
-    new_connection: F,
-    after_disconnect: A,
-) -> Result<(), ServeError>
-where
-    B: Connection,
-    F: FnMut() -> Result<Arc<B>, E>,
-    E: std::error::Error + Send + Sync + 'static,
-    A: FnMut() -> bool,
-{
-    serve_inner(
-        name,
-        socket,
-        shutdown,
-        None,
-        new_connection,
-        after_disconnect,
-    )
-}
-
-/// [`serve`], with each connection passed through a [`relay`](crate::relay)
-/// (sockets made in `relay_dir`) so frontends that send SET_VRING_ENABLE
-/// before SET_FEATURES (QEMU's vhost-user-net) are served.
-pub fn serve_relayed<B, F, E, A>(
-    name: &str,
-    socket: &mut BoundSocket,
-    shutdown: &Shutdown,
-    relay_dir: &RelayDir,
-    new_connection: F,
-    after_disconnect: A,
-) -> Result<(), ServeError>
-where
-    B: Connection,
-    F: FnMut() -> Result<Arc<B>, E>,
-    E: std::error::Error + Send + Sync + 'static,
-    A: FnMut() -> bool,
-{
-    serve_inner(
-        name,
-        socket,
-        shutdown,
-        Some(relay_dir),
-        new_connection,
-        after_disconnect,
-    )
-}
-
-fn serve_inner<B, F, E, A>(
     name: &str,
     socket: &mut BoundSocket,
     shutdown: &Shutdown,

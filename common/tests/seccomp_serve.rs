@@ -106,6 +106,7 @@ fn daemon(socket: &Path, log: &Path) -> i32 {
             "seccomp-serve",
             &mut bound,
             &shutdown,
+            None,
             || Ok::<_, io::Error>(Arc::new(Echo::default())),
             || true,
         )

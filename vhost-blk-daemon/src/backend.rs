@@ -1,58 +1,153 @@
-//! The vhost-user backend: one instance per frontend connection, one worker
+//! The virtio-blk device behind `common`'s generic backend: one worker
 //! thread per queue. A kick drains the ring in a batch (EVENT_IDX
 //! suppresses kicks meanwhile), executes each request synchronously with
 //! preadv/pwritev straight into guest memory, and signals the guest once
 //! per batch.
 
 use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::queue::{refuse_config_write, Mem, Rings};
+use common::backend::{Device, Event, Worker};
+use common::daemon::{DaemonError, Service, Spec};
+use common::queue::Mem;
 use common::ratelimit::RateLimited;
-use common::serve::{Connection, GuestMem, Vring};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::VhostUserBackend;
 use virtio_queue::DescriptorChain;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::cli::{Cli, SERIAL_MAX};
 use crate::config::DeviceConfig;
-use crate::disk::Disk;
+use crate::disk::{self, Disk};
 use crate::request::{self, Scratch, Target};
+
+/// The program name.
+pub const NAME: &str = "vhost-blk-daemon";
+
+/// System calls the data path needs beyond `common::seccomp::VHOST_USER_BASE`.
+const SECCOMP_BLK: &[i64] = &[
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+];
 
 /// What outlives connections: the image and how it is presented.
 #[derive(Debug)]
-pub struct Device {
+pub struct Blk {
     /// The image.
     pub disk: Disk,
     /// Features, limits and config space.
     pub config: DeviceConfig,
     /// GET_ID answer.
-    pub serial: [u8; 20],
+    pub serial: [u8; SERIAL_MAX],
     /// Log every malformed chain at most this way.
     pub malformed: RateLimited,
     /// Host I/O errors, likewise.
     pub io_errors: RateLimited,
 }
 
-/// One connection's backend.
-pub struct BlkConnection {
-    device: Arc<Device>,
-    rings: Rings,
+/// Opens the image and serves it until SIGTERM.
+pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
+    let disk = Disk::open(path, cli.read_only, cli.direct).map_err(DaemonError::setup)?;
+    let config = DeviceConfig::new(
+        disk.size(),
+        cli.logical_block_size,
+        cli.num_queues,
+        cli.queue_size,
+        cli.read_only,
+    );
+    let blk = Blk {
+        serial: serial(&cli, &disk),
+        disk,
+        config,
+        malformed: RateLimited::default(),
+        io_errors: RateLimited::default(),
+    };
+    let spec = Spec {
+        name: NAME,
+        vhost_user: &cli.vhost_user,
+        seccomp: cli.seccomp,
+        syscalls: SECCOMP_BLK,
+        ioctls: &[disk::BLKDISCARD, disk::BLKZEROOUT],
+        relay: false,
+    };
+    common::daemon::run(spec, || Ok(blk))
+}
+
+/// `--serial`, or the image's file name, NUL-padded.
+fn serial(cli: &Cli, disk: &Disk) -> [u8; SERIAL_MAX] {
+    let mut id = [0u8; SERIAL_MAX];
+    let name = match &cli.serial {
+        Some(s) => s.as_bytes().to_vec(),
+        None => disk
+            .path()
+            .file_name()
+            .map(|n| n.as_encoded_bytes().to_vec())
+            .unwrap_or_default(),
+    };
+    let n = name.len().min(SERIAL_MAX);
+    id[..n].copy_from_slice(&name[..n]);
+    id
+}
+
+impl Service for Blk {
+    type Device = BlkQueues;
+
+    fn connect(self: &Arc<Self>) -> io::Result<BlkQueues> {
+        let n = usize::from(self.config.num_queues);
+        Ok(BlkQueues {
+            blk: self.clone(),
+            scratch: (0..n).map(|_| Mutex::new(Scratch::default())).collect(),
+        })
+    }
+
+    fn ready(&self) {
+        let (disk, config) = (&self.disk, &self.config);
+        if config.capacity == 0 {
+            log::warn!(
+                "--blk-file {} holds no whole {}-byte block; the guest sees an empty disk",
+                disk.path().display(),
+                config.blk_size
+            );
+        }
+        log::info!(
+            "serving {} ({:?}, {} bytes, {} sectors{}{}), {} queue(s) of up to {}",
+            disk.path().display(),
+            disk.kind(),
+            disk.size(),
+            config.capacity,
+            if disk.read_only() { ", read-only" } else { "" },
+            if disk.direct() { ", O_DIRECT" } else { "" },
+            config.num_queues,
+            config.queue_size
+        );
+    }
+
+    fn stopped(&self) {
+        if let Err(e) = self.disk.flush() {
+            log::error!(
+                "flushing {} on exit failed: {e}",
+                self.disk.path().display()
+            );
+        }
+        log::info!(
+            "stopped ({} malformed requests, {} host I/O errors)",
+            self.malformed.count(),
+            self.io_errors.count()
+        );
+    }
+}
+
+/// One connection's device: per-queue scratch buffers.
+pub struct BlkQueues {
+    blk: Arc<Blk>,
     scratch: Vec<Mutex<Scratch>>,
 }
 
-impl BlkConnection {
-    /// A fresh backend for a new frontend.
-    pub fn new(device: Arc<Device>) -> Self {
-        let n = usize::from(device.config.num_queues);
-        BlkConnection {
-            device,
-            rings: Rings::new(n),
-            scratch: (0..n).map(|_| Mutex::new(Scratch::default())).collect(),
-        }
-    }
-
+impl BlkQueues {
     /// Runs one request of queue `q`; returns its used length.
     fn handle_chain(
         &self,
@@ -66,10 +161,10 @@ impl BlkConnection {
         match request::process(chain, mem, target, scratch) {
             Ok(done) => {
                 if let Some((what, errno)) = done.host_error {
-                    if let Some(n) = self.device.io_errors.hit() {
+                    if let Some(n) = self.blk.io_errors.hit() {
                         log::warn!(
                             "queue {q} head {head}: {what} on {} failed: {} (host I/O error #{n})",
-                            self.device.disk.path().display(),
+                            self.blk.disk.path().display(),
                             io::Error::from_raw_os_error(errno)
                         );
                     }
@@ -77,7 +172,7 @@ impl BlkConnection {
                 done.used_len
             }
             Err(why) => {
-                if let Some(n) = self.device.malformed.hit() {
+                if let Some(n) = self.blk.malformed.hit() {
                     log::warn!("queue {q} head {head}: malformed request dropped: {why} (#{n})");
                 }
                 0
@@ -86,75 +181,41 @@ impl BlkConnection {
     }
 }
 
-impl VhostUserBackend for BlkConnection {
-    type Bitmap = ();
-    type Vring = Vring;
-
+impl Device for BlkQueues {
     fn num_queues(&self) -> usize {
-        usize::from(self.device.config.num_queues)
+        usize::from(self.blk.config.num_queues)
     }
 
     fn max_queue_size(&self) -> usize {
-        usize::from(self.device.config.queue_size)
+        usize::from(self.blk.config.queue_size)
     }
 
     fn features(&self) -> u64 {
-        self.device.config.features()
+        self.blk.config.features()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        self.device.config.protocol_features()
+        self.blk.config.protocol_features()
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.rings.set_event_idx(enabled)
+    fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.blk.config.read(offset, size)
     }
 
-    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        self.rings.update_memory(mem)
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.device.config.read(offset, size)
-    }
-
-    fn set_config(&self, offset: u32, _buf: &[u8]) -> io::Result<()> {
-        refuse_config_write(offset)
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        self.rings.queues_per_thread()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        self.rings.exit_event()
-    }
-
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[Vring],
-        thread_id: usize,
-    ) -> io::Result<()> {
-        let Some(scratch) = self.scratch.get(thread_id) else {
+    fn handle(&self, w: &Worker<'_>, event: Event) -> io::Result<()> {
+        let q = w.thread();
+        let (Event::Kick(0), Some(scratch)) = (event, self.scratch.get(q)) else {
+            log::warn!("queue {q}: unexpected event {event:?}");
             return Ok(());
         };
         let mut scratch = scratch.lock().unwrap_or_else(|e| e.into_inner());
         let target = Target {
-            disk: &self.device.disk,
-            config: &self.device.config,
-            serial: &self.device.serial,
+            disk: &self.blk.disk,
+            config: &self.blk.config,
+            serial: &self.blk.serial,
         };
-        self.rings
-            .on_kick(device_event, evset, vrings, thread_id, |mem, chain| {
-                self.handle_chain(thread_id, chain, mem, &target, &mut scratch)
-            })
-    }
-}
-
-impl Connection for BlkConnection {
-    fn quiesce(&self) {
-        self.rings.quiesce()
+        w.drain(0, |chain| {
+            self.handle_chain(q, chain, w.mem(), &target, &mut scratch)
+        })
     }
 }

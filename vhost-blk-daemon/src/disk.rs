@@ -138,6 +138,11 @@ impl Disk {
         self.read_only
     }
 
+    /// Whether it was opened with O_DIRECT.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
     /// Regular file or block device.
     pub fn kind(&self) -> Kind {
         self.kind

@@ -1,26 +1,29 @@
-//! The vhost-user backend: one instance per frontend connection, one
-//! worker thread per queue pair (thread 0 also runs the control queue).
+//! The virtio-net device behind `common`'s generic backend: one instance
+//! per frontend connection, one worker thread per queue pair (thread 0
+//! also runs the control queue).
 //! A worker wakes for its RX kick, its TX kick and its tap queue becoming
 //! readable (edge-triggered: it reads until the tap is empty or the ring
 //! is full, then waits for the next frame or the guest's next kick).
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use common::queue::{drain, refuse_config_write, Mem, Rings};
+use common::backend::{Device, Event, Worker};
+use common::daemon::{DaemonError, Service, Spec};
+use common::queue::Mem;
 use common::ratelimit::RateLimited;
-use common::serve::{Connection, GuestMem, Vring};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
+use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::cli::{format_mac, random_mac, Cli};
 use crate::config::{Acked, NetConfig};
 use crate::ctrl::{self, Effect, RxFilter};
 use crate::rx::{self, RxScratch, RxTarget};
-use crate::tap::Tap;
+use crate::tap::{offload, Tap, TapError};
 use crate::tx::{self, TxScratch};
 
 /// Counters that outlive connections (logged on exit).
@@ -42,7 +45,7 @@ pub struct Stats {
 
 /// What outlives connections: the tap and how the device is presented.
 #[derive(Debug)]
-pub struct Device {
+pub struct Net {
     /// Features, MAC, queues.
     pub config: NetConfig,
     /// The tap.
@@ -55,6 +58,72 @@ pub struct Device {
     pub tap_errors: RateLimited,
 }
 
+/// The program name.
+pub const NAME: &str = "vhost-net-daemon";
+
+/// System calls beyond `common::seccomp::VHOST_USER_BASE`: the relay makes
+/// one unix socket per connection in a directory of its own.
+const SECCOMP_NET: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    // Removing the relay's directory on exit.
+    libc::SYS_rmdir,
+];
+
+/// tap ioctls the data path and the control queue use.
+const TAP_IOCTLS: &[u64] = &[
+    0x4004_54d0, /* TUNSETOFFLOAD */
+    0x4004_54d9, /* TUNSETQUEUE */
+];
+
+/// Opens the tap and serves it until SIGTERM, each connection through the
+/// relay (QEMU's vhost-user-net enables rings before it sets features).
+pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
+    let tap = open_tap(&cli, pairs).map_err(DaemonError::setup)?;
+    let tap_offloads =
+        tap.probe_offloads(offload::CSUM | offload::TSO4 | offload::TSO6 | offload::TSO_ECN);
+    let net = Net {
+        config: NetConfig {
+            mac: cli.mac.unwrap_or_else(random_mac),
+            pairs,
+            queue_size: cli.queue_size,
+            mtu: cli.mtu,
+            tap_offloads,
+        },
+        tap,
+        stats: Stats::default(),
+        malformed: RateLimited::default(),
+        tap_errors: RateLimited::default(),
+    };
+    let spec = Spec {
+        name: NAME,
+        vhost_user: &cli.vhost_user,
+        seccomp: cli.seccomp,
+        syscalls: SECCOMP_NET,
+        ioctls: TAP_IOCTLS,
+        relay: true,
+    };
+    common::daemon::run(spec, || Ok(net))
+}
+
+fn open_tap(cli: &Cli, pairs: u16) -> Result<Tap, TapError> {
+    let tap = match &cli.tap {
+        Some(name) => Tap::open(name, usize::from(pairs), cli.create),
+        None => Tap::from_fds(&cli.tap_fd),
+    }?;
+    if let Some(mtu) = cli.mtu {
+        if let Err(e) = tap.set_mtu(mtu) {
+            log::warn!("{e}; the guest is told MTU {mtu} anyway");
+        }
+    }
+    if tap.created() {
+        tap.set_up()?;
+    }
+    Ok(tap)
+}
+
 /// Per queue pair scratch, used only by that pair's worker.
 #[derive(Debug, Default)]
 struct PairScratch {
@@ -62,10 +131,9 @@ struct PairScratch {
     tx: TxScratch,
 }
 
-/// One connection's backend.
+/// One connection's device.
 pub struct NetConnection {
-    device: Arc<Device>,
-    rings: Rings,
+    device: Arc<Net>,
     acked: RwLock<Acked>,
     filter: Mutex<RxFilter>,
     scratch: Vec<Mutex<PairScratch>>,
@@ -75,11 +143,11 @@ pub struct NetConnection {
     detached: Vec<AtomicBool>,
 }
 
-/// Event ids: the rings of a worker are 0 (RX), 1 (TX), 2 (control, on
-/// worker 0); the exit event is `num_queues`; the tap comes after.
-const RX: u16 = 0;
-const TX: u16 = 1;
-const CTRL: u16 = 2;
+/// A worker's rings: 0 (RX), 1 (TX), 2 (control, on worker 0); its one
+/// event source is its tap queue.
+const RX: usize = 0;
+const TX: usize = 1;
+const CTRL: usize = 2;
 
 impl NetConnection {
     /// A fresh backend for a new frontend. Only tap queue 0 is attached:
@@ -87,9 +155,9 @@ impl NetConnection {
     /// whatever queue a flow's requests came from, so a frame put on the
     /// queue of a pair nobody reads would be lost. A pair's queue is
     /// attached when its RX ring is enabled and kicked (the guest posted
-    /// buffers there), see [`VhostUserBackend::handle_event`]; QEMU never
-    /// enables the pairs a guest does not use.
-    pub fn new(device: Arc<Device>) -> Self {
+    /// buffers there), see `run_rx`; QEMU never enables the pairs a guest
+    /// does not use.
+    pub fn new(device: Arc<Net>) -> Self {
         let pairs = usize::from(device.config.pairs);
         for i in 0..pairs {
             if let Err(e) = device.tap.set_queue_attached(i, i == 0) {
@@ -97,7 +165,6 @@ impl NetConnection {
             }
         }
         NetConnection {
-            rings: Rings::new(device.config.num_queues()),
             acked: RwLock::new(Acked::default()),
             filter: Mutex::new(RxFilter::default()),
             scratch: (0..pairs)
@@ -107,10 +174,6 @@ impl NetConnection {
             detached: (0..pairs).map(|i| AtomicBool::new(i != 0)).collect(),
             device,
         }
-    }
-
-    fn tap_event(&self) -> u16 {
-        self.device.config.num_queues() as u16 + 1
     }
 
     fn acked(&self) -> Acked {
@@ -152,14 +215,11 @@ impl NetConnection {
         }
     }
 
-    fn run_rx(
-        &self,
-        pair: usize,
-        vring: &Vring,
-        mem: &Mem,
-        event_idx: bool,
-        scratch: &mut RxScratch,
-    ) {
+    fn run_rx(&self, w: &Worker<'_>, scratch: &mut RxScratch) {
+        let pair = w.thread();
+        let (Some(vring), Some(broken)) = (w.vring(RX), w.broken(RX)) else {
+            return;
+        };
         let mut state = vring.get_mut();
         if !vring.is_enabled() || !state.get_queue().ready() {
             // Nobody reads this pair: let the kernel steer elsewhere.
@@ -184,15 +244,12 @@ impl NetConnection {
             filter: &self.filter,
             mtu: usize::from(self.device.config.mtu.unwrap_or(1500)),
         };
-        let Some(broken) = self.rings.broken(2 * pair) else {
-            return;
-        };
         let stats = &self.device.stats;
         match rx::process(
             2 * pair,
             &mut state,
-            mem,
-            event_idx,
+            w.mem(),
+            w.event_idx(),
             broken,
             &target,
             scratch,
@@ -228,18 +285,9 @@ impl NetConnection {
         }
     }
 
-    fn run_tx(
-        &self,
-        pair: usize,
-        vring: &Vring,
-        mem: &Mem,
-        event_idx: bool,
-        scratch: &mut TxScratch,
-    ) {
+    fn run_tx(&self, w: &Worker<'_>, scratch: &mut TxScratch) {
+        let pair = w.thread();
         let q = 2 * pair + 1;
-        let Some(broken) = self.rings.broken(q) else {
-            return;
-        };
         // A detached queue cannot be written; any attached one can.
         let use_pair = if self.detached[pair].load(Ordering::Relaxed) {
             0
@@ -251,7 +299,8 @@ impl NetConnection {
         };
         let acked = self.acked();
         let stats = &self.device.stats;
-        let r = drain(q, vring, mem, event_idx, broken, |chain| {
+        let mem = w.mem();
+        let r = w.drain(TX, |chain| {
             let head = chain.head_index();
             match tx::prepare(chain, mem, &acked, scratch) {
                 Ok(iovs) => match common::iov::writev(tap, iovs) {
@@ -280,34 +329,25 @@ impl NetConnection {
         }
     }
 
-    fn run_ctrl(&self, vring: &Vring, mem: &Mem, event_idx: bool) {
+    fn run_ctrl(&self, w: &Worker<'_>) {
         let q = self.device.config.ctrl_queue();
-        let Some(broken) = self.rings.broken(q) else {
-            return;
-        };
         let acked = self.acked();
         let pairs = self.device.config.pairs;
+        let mem = w.mem();
         let mut effects = Vec::new();
-        let r = drain(
-            q,
-            vring,
-            mem,
-            event_idx,
-            broken,
-            |chain: DescriptorChain<&Mem>| {
-                let head = chain.head_index();
-                match ctrl::process(chain, mem, &acked, pairs, &self.filter) {
-                    Ok((len, effect)) => {
-                        effects.push(effect);
-                        len
-                    }
-                    Err(why) => {
-                        self.log_malformed("control command", q, head, &why);
-                        0
-                    }
+        let r = w.drain(CTRL, |chain: DescriptorChain<&Mem>| {
+            let head = chain.head_index();
+            match ctrl::process(chain, mem, &acked, pairs, &self.filter) {
+                Ok((len, effect)) => {
+                    effects.push(effect);
+                    len
                 }
-            },
-        );
+                Err(why) => {
+                    self.log_malformed("control command", q, head, &why);
+                    0
+                }
+            }
+        });
         if let Err(e) = r {
             log::warn!("queue {q}: {e}");
         }
@@ -319,10 +359,7 @@ impl NetConnection {
     }
 }
 
-impl VhostUserBackend for NetConnection {
-    type Bitmap = ();
-    type Vring = Vring;
-
+impl Device for NetConnection {
     fn num_queues(&self) -> usize {
         self.device.config.num_queues()
     }
@@ -354,20 +391,8 @@ impl VhostUserBackend for NetConnection {
         self.device.config.protocol_features()
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.rings.set_event_idx(enabled)
-    }
-
-    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        self.rings.update_memory(mem)
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+    fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
         self.device.config.read(offset, size)
-    }
-
-    fn set_config(&self, offset: u32, _buf: &[u8]) -> io::Result<()> {
-        refuse_config_write(offset)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -383,67 +408,67 @@ impl VhostUserBackend for NetConnection {
             .collect()
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        self.rings.exit_event()
+    /// Each pair's worker also wakes for its tap queue (edge-triggered).
+    fn event_sources(&self, pair: usize) -> Vec<(RawFd, EventSet)> {
+        let tap = self.device.tap.fd(pair);
+        tap.map(|fd| (fd, EventSet::IN | EventSet::EDGE_TRIGGERED))
+            .into_iter()
+            .collect()
     }
 
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[Vring],
-        thread_id: usize,
-    ) -> io::Result<()> {
-        let pair = thread_id;
+    fn handle(&self, w: &Worker<'_>, event: Event) -> io::Result<()> {
+        let pair = w.thread();
         let Some(scratch) = self.scratch.get(pair) else {
             return Ok(());
         };
-        let Some(batch) = self.rings.batch() else {
-            return Ok(());
-        };
-        let mem = batch.mem();
         let mut scratch = scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let (Some(rx_ring), Some(tx_ring)) = (vrings.first(), vrings.get(1)) else {
-            return Ok(());
-        };
-        match device_event {
-            RX => {
-                self.run_rx(pair, rx_ring, mem, batch.event_idx, &mut scratch.rx);
-            }
-            TX => {
-                self.run_tx(pair, tx_ring, mem, batch.event_idx, &mut scratch.tx);
-            }
-            CTRL if pair == 0 && vrings.len() == 3 => {
-                self.run_ctrl(&vrings[2], mem, batch.event_idx);
-            }
-            e if e == self.tap_event() => {
-                // A detached queue reports an error once; nothing to read.
-                if evset.contains(EventSet::IN) {
-                    self.run_rx(pair, rx_ring, mem, batch.event_idx, &mut scratch.rx);
+        match event {
+            Event::Kick(RX) => self.run_rx(w, &mut scratch.rx),
+            Event::Kick(TX) => self.run_tx(w, &mut scratch.tx),
+            Event::Kick(CTRL) if pair == 0 => self.run_ctrl(w),
+            // A detached queue reports an error once; nothing to read.
+            Event::Source { index: 0, readable } => {
+                if readable {
+                    self.run_rx(w, &mut scratch.rx);
                 }
             }
-            other => log::warn!("queue pair {pair}: unexpected event {other} ({evset:?})"),
+            other => log::warn!("queue pair {pair}: unexpected event {other:?}"),
         }
         Ok(())
     }
 }
 
-impl Connection for NetConnection {
-    fn quiesce(&self) {
-        self.rings.quiesce()
+impl Service for Net {
+    type Device = NetConnection;
+
+    fn connect(self: &Arc<Self>) -> io::Result<NetConnection> {
+        Ok(NetConnection::new(self.clone()))
     }
 
-    fn register_listeners(&self, workers: &[Arc<VringEpollHandler<Arc<Self>>>]) -> io::Result<()> {
-        for (pair, worker) in workers.iter().enumerate() {
-            let Some(fd) = self.device.tap.fd(pair) else {
-                continue;
-            };
-            worker.register_listener(
-                fd,
-                EventSet::IN | EventSet::EDGE_TRIGGERED,
-                u64::from(self.tap_event()),
-            )?;
-        }
-        Ok(())
+    fn ready(&self) {
+        let (config, tap) = (&self.config, &self.tap);
+        log::info!(
+            "serving tap {}{} to MAC {}, {} queue pair(s) of up to {}{}, guest offloads {:#x}",
+            tap.name(),
+            if tap.created() { " (created)" } else { "" },
+            format_mac(&config.mac),
+            config.pairs,
+            config.queue_size,
+            config.mtu.map(|m| format!(", MTU {m}")).unwrap_or_default(),
+            config.tap_offloads
+        );
+    }
+
+    fn stopped(&self) {
+        let s = &self.stats;
+        log::info!(
+            "stopped (TX {} frames, {} malformed, {} refused by the tap; RX {} frames, {} dropped, {} bad buffers)",
+            s.tx_frames.load(Ordering::Relaxed),
+            s.tx_malformed.load(Ordering::Relaxed),
+            s.tx_errors.load(Ordering::Relaxed),
+            s.rx_frames.load(Ordering::Relaxed),
+            s.rx_dropped.load(Ordering::Relaxed),
+            s.rx_malformed.load(Ordering::Relaxed),
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The virtio-fs vhost-user backend: queue 0 is the high-priority queue
+//! The virtio-fs device behind `common`'s generic backend: queue 0 is the high-priority queue
 //! (FORGET, INTERRUPT), queues 1.. carry requests. Each queue has its own
 //! worker thread; a kick drains the ring, each chain becomes a FUSE
 //! request handed to fuse-backend-rs's server over the chain's own guest
@@ -13,20 +13,18 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::queue::{complete, drain_deferred, refuse_config_write, Rings};
+use common::backend::{Device, Event, Worker};
+use common::daemon::Service;
+use common::queue::complete;
 use common::ratelimit::RateLimited;
-use common::serve::{Connection, GuestMem, Vring};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::cli::TAG_MAX;
 use crate::fs::Guarded;
@@ -36,8 +34,11 @@ use crate::request::{self, Verdict};
 /// The filesystem every connection serves.
 pub type Fs = Guarded<PassthroughFs<()>>;
 
+/// The line Kata Containers waits for on stderr before it starts the VM.
+const READY_LINE: &str = "Waiting for vhost-user socket connection...";
+
 /// What outlives connections: the FUSE server over the share.
-pub struct Device {
+pub struct Share {
     /// The FUSE server.
     pub server: Server<Arc<Fs>>,
     /// The filesystem (to reset it between frontends).
@@ -55,9 +56,13 @@ pub struct Device {
     pub malformed: RateLimited,
     /// Requests refused by our own checks (see `request::judge`).
     pub refused: RateLimited,
+    /// The line logged once serving starts.
+    pub serving: String,
+    /// `--exit-on-disconnect`.
+    pub exit_on_disconnect: bool,
 }
 
-impl Device {
+impl Share {
     /// Virtio feature bits offered.
     pub fn features(&self) -> u64 {
         (1u64 << VIRTIO_F_VERSION_1)
@@ -82,25 +87,23 @@ impl Device {
     }
 }
 
-/// One connection's backend.
+/// One connection's device.
 pub struct FsConnection {
     serving: Arc<Serving>,
-    rings: Rings,
     /// `--thread-pool-size` > 1: where request-queue chains run.
     pool: Option<Pool>,
 }
 
 /// What a request needs, shared with the pool's threads.
 struct Serving {
-    device: Arc<Device>,
+    device: Arc<Share>,
     /// INIT succeeded (and no DESTROY since).
     initialized: AtomicBool,
 }
 
 impl FsConnection {
     /// A fresh backend for a new frontend.
-    pub fn new(device: Arc<Device>) -> io::Result<Self> {
-        let queues = 1 + usize::from(device.request_queues);
+    pub fn new(device: Arc<Share>) -> io::Result<Self> {
         let pool = match device.pool_size {
             0 | 1 => None,
             n => Some(Pool::new(n, "fs-pool")?),
@@ -110,21 +113,17 @@ impl FsConnection {
                 device,
                 initialized: AtomicBool::new(false),
             }),
-            rings: Rings::new(queues),
             pool,
         })
     }
 
     /// A kick on request queue `q` with a pool: the chains go to the pool.
-    fn dispatch(&self, pool: &Pool, q: usize, vring: &Vring) -> io::Result<()> {
-        let Some(broken) = self.rings.broken(q) else {
+    fn dispatch(&self, pool: &Pool, q: usize, w: &Worker<'_>) -> io::Result<()> {
+        let Some(vring) = w.vring(0) else {
             return Ok(());
         };
-        let Some(batch) = self.rings.batch() else {
-            return Ok(());
-        };
-        let mem = batch.mem_arc();
-        drain_deferred(q, vring, &mem, batch.event_idx, broken, |chain| {
+        let mem = w.mem_arc();
+        w.drain_deferred(0, |chain| {
             let (serving, vring, mem) = (self.serving.clone(), vring.clone(), mem.clone());
             pool.submit(move || {
                 let head = chain.head_index();
@@ -205,10 +204,7 @@ impl Serving {
     }
 }
 
-impl VhostUserBackend for FsConnection {
-    type Bitmap = ();
-    type Vring = Vring;
-
+impl Device for FsConnection {
     fn num_queues(&self) -> usize {
         1 + usize::from(self.serving.device.request_queues)
     }
@@ -228,58 +224,51 @@ impl VhostUserBackend for FsConnection {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.rings.set_event_idx(enabled)
-    }
-
-    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        self.rings.update_memory(mem)
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+    fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let c = self.serving.device.config();
         (offset as usize..offset as usize + size as usize)
             .map(|i| c.get(i).copied().unwrap_or(0))
             .collect()
     }
 
-    fn set_config(&self, offset: u32, _buf: &[u8]) -> io::Result<()> {
-        refuse_config_write(offset)
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        self.rings.queues_per_thread()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        self.rings.exit_event()
-    }
-
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[Vring],
-        thread_id: usize,
-    ) -> io::Result<()> {
-        // Queue 0 (hiprio: FORGET, INTERRUPT) always runs inline.
-        if let (Some(pool), true) = (&self.pool, thread_id >= 1) {
-            if evset == EventSet::IN && device_event == 0 && vrings.len() == 1 {
-                return self.dispatch(pool, thread_id, &vrings[0]);
-            }
+    fn handle(&self, w: &Worker<'_>, event: Event) -> io::Result<()> {
+        let q = w.thread();
+        if event != Event::Kick(0) {
+            log::warn!("queue {q}: unexpected event {event:?}");
+            return Ok(());
         }
-        self.rings
-            .on_kick(device_event, evset, vrings, thread_id, |mem, chain| {
-                self.serving.handle_chain(thread_id, chain, mem)
-            })
+        // Queue 0 (hiprio: FORGET, INTERRUPT) always runs inline.
+        if let (Some(pool), true) = (&self.pool, q >= 1) {
+            return self.dispatch(pool, q, w);
+        }
+        w.drain(0, |chain| self.serving.handle_chain(q, chain, w.mem()))
     }
-}
 
-impl Connection for FsConnection {
     fn quiesce(&self) {
-        self.rings.quiesce();
         if let Some(pool) = &self.pool {
             pool.wait_idle();
         }
+    }
+}
+
+impl Service for Share {
+    type Device = FsConnection;
+
+    fn connect(self: &Arc<Self>) -> io::Result<FsConnection> {
+        FsConnection::new(self.clone())
+    }
+
+    fn ready(&self) {
+        log::info!("{}", self.serving);
+        eprintln!("{READY_LINE}");
+    }
+
+    fn after_disconnect(&self) -> bool {
+        self.reset();
+        !self.exit_on_disconnect
+    }
+
+    fn stopped(&self) {
+        log::info!("stopped ({} malformed requests)", self.malformed.count());
     }
 }
