@@ -117,15 +117,18 @@ impl Worker<'_> {
         self.rings.broken(self.queue_index(n)?)
     }
 
+    /// The thread's `n`th ring, its queue index and broken flag.
+    fn ring(&self, n: usize) -> Option<(&Vring, usize, &AtomicBool)> {
+        Some((self.vring(n)?, self.queue_index(n)?, self.broken(n)?))
+    }
+
     /// Drains the thread's `n`th ring: `handle` runs each chain and returns
     /// its used length; the guest is signalled once per batch.
     pub fn drain<F>(&self, n: usize, handle: F) -> io::Result<()>
     where
         F: FnMut(DescriptorChain<&Mem>) -> u32,
     {
-        let (Some(vring), Some(q), Some(broken)) =
-            (self.vring(n), self.queue_index(n), self.broken(n))
-        else {
+        let Some((vring, q, broken)) = self.ring(n) else {
             return Ok(());
         };
         queue::drain(
@@ -145,9 +148,7 @@ impl Worker<'_> {
     where
         F: FnMut(DescriptorChain<Arc<Mem>>),
     {
-        let (Some(vring), Some(q), Some(broken)) =
-            (self.vring(n), self.queue_index(n), self.broken(n))
-        else {
+        let Some((vring, q, broken)) = self.ring(n) else {
             return Ok(());
         };
         queue::drain_deferred(

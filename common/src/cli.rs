@@ -61,6 +61,16 @@ impl VhostUserArgs {
     }
 }
 
+/// Parses a `--queue-size`: a power of two from 2 to 32768 (a split
+/// ring's sizes).
+pub fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two between 2 and 32768"));
+    }
+    Ok(n as u16)
+}
+
 /// The `--print-capabilities` JSON: `{"type":"<kind>","features":[...]}`.
 /// `type` comes first, as in QEMU's own backends' output.
 pub fn capabilities_json(kind: &str, features: &[&str]) -> String {

@@ -81,19 +81,25 @@ impl RelayDir {
             dir: parent.to_path_buf(),
             source,
         };
-        let template = parent.join("vhost-user-relay.XXXXXX");
-        let mut bytes = template.into_os_string().into_encoded_bytes();
-        bytes.push(0);
-        // SAFETY: `bytes` is a NUL-terminated template ending in XXXXXX that
-        // mkdtemp rewrites in place; it lives across the call.
-        let p = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
-        if p.is_null() {
-            return Err(err(io::Error::last_os_error()));
-        }
-        bytes.pop();
-        // SAFETY: the bytes came from an OsString and mkdtemp only replaced
-        // the X's with ASCII characters.
-        let dir = PathBuf::from(unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(bytes) });
+        // As mkdtemp(3): a fresh 0700 directory, never one that exists.
+        use std::os::unix::fs::DirBuilderExt;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut attempt = 0u32;
+        let dir = loop {
+            let name = format!(
+                "vhost-user-relay.{}.{:08x}",
+                std::process::id(),
+                seed.wrapping_add(attempt.wrapping_mul(0x9e37_79b9))
+            );
+            let dir = parent.join(name);
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+                Err(e) => return Err(err(e)),
+            }
+        };
         Ok(RelayDir {
             dir,
             next: AtomicU64::new(0),
@@ -161,24 +167,26 @@ impl Message {
 /// Reads exactly `buf.len()` bytes, keeping descriptors that come along.
 /// `Ok(false)` on a clean end of stream before the first byte.
 fn read_exact_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut at = 0;
     while at < buf.len() {
-        let mut raw = [-1 as RawFd; MAX_FDS];
-        let mut iov = [libc::iovec {
-            iov_base: buf[at..].as_mut_ptr().cast(),
-            iov_len: buf.len() - at,
-        }];
-        // SAFETY: the iovec covers `buf[at..]`, which we borrow mutably and
-        // which may hold any bytes.
-        let (n, nfds) = match unsafe { sock.recv_with_fds(&mut iov, &mut raw) } {
-            Ok(r) => r,
-            Err(e) if e.errno() == libc::EINTR => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+        let mut iov = [std::io::IoSliceMut::new(&mut buf[at..])];
+        let flags = MsgFlags::MSG_CMSG_CLOEXEC;
+        let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+            Ok(m) => m,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         };
-        for &fd in &raw[..nfds] {
-            // SAFETY: recvmsg just gave us these descriptors; nothing else
-            // owns them.
-            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        let n = msg.bytes;
+        for c in msg.cmsgs() {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                for fd in received {
+                    // SAFETY: recvmsg just gave us this descriptor; nothing
+                    // else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
         }
         if n == 0 {
             if at == 0 {

@@ -34,6 +34,14 @@ use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{kill, pthread_sigmask, signal, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -52,7 +60,7 @@ pub const DEFAULT_NOFILE: u64 = 1_000_000;
 
 /// The signals the supervising parent of [`enter_namespaces`] forwards to
 /// the sandboxed child.
-pub const FORWARDED_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+pub const FORWARDED_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 
 /// How the daemon isolates itself (`--sandbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -208,26 +216,17 @@ fn thread_count() -> Result<usize, SandboxError> {
     Ok(n)
 }
 
-fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t we own; the signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for &s in signals {
-            libc::sigaddset(&mut set, s);
-        }
+fn sigset(signals: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for &s in signals {
+        set.add(s);
     }
     set
 }
 
-fn sigmask(how: libc::c_int, set: &libc::sigset_t) -> io::Result<libc::sigset_t> {
-    let mut old = sigset(&[]);
-    // SAFETY: both pointers are valid sigset_t values we own.
-    let r = unsafe { libc::pthread_sigmask(how, set, &mut old) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
+fn sigmask(how: SigmaskHow, set: &SigSet) -> io::Result<SigSet> {
+    let mut old = SigSet::empty();
+    pthread_sigmask(how, Some(set), Some(&mut old))?;
     Ok(old)
 }
 
@@ -260,70 +259,58 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
     if threads != 1 {
         return Err(SandboxError::Threaded { mode, threads });
     }
-    // SAFETY: unshare only changes which namespaces this (single-threaded)
-    // process belongs to; no memory is involved.
-    if unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWNET) } != 0 {
-        return Err(SandboxError::Unshare(io::Error::last_os_error()));
-    }
+    unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET)
+        .map_err(|e| SandboxError::Unshare(e.into()))?;
 
     let supervisor = |what| move |source| SandboxError::Supervisor { what, source };
     // The parent finds out its child ended through SIGCHLD: it must not be
     // ignored, or the kernel reaps the child and its status is lost.
     // SAFETY: restores the default disposition of one signal; no handler
     // function is involved.
-    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
-        return Err(supervisor("reset SIGCHLD")(io::Error::last_os_error()));
+    if let Err(e) = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) } {
+        return Err(supervisor("reset SIGCHLD")(e.into()));
     }
     // Block the forwarded signals before forking, so one arriving between
-    // fork and the parent's sigwaitinfo is kept pending, not lost or acted
+    // fork and the parent's sigwait is kept pending, not lost or acted
     // upon by its default action.
     let mut waited = FORWARDED_SIGNALS.to_vec();
-    waited.push(libc::SIGCHLD);
+    waited.push(Signal::SIGCHLD);
     let waited = sigset(&waited);
-    let old_mask = sigmask(libc::SIG_BLOCK, &waited).map_err(supervisor("block signals"))?;
+    let old_mask = sigmask(SigmaskHow::SIG_BLOCK, &waited).map_err(supervisor("block signals"))?;
 
-    // The parent holds the write end until it exits; the child sees EOF on
-    // the read end once the parent is gone.
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we pass.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        let e = io::Error::last_os_error();
-        let _ = sigmask(libc::SIG_SETMASK, &old_mask);
-        return Err(supervisor("create the parent-death pipe")(e));
-    }
-    // SAFETY: pipe2 just returned these two descriptors; we own them.
-    let (alive_r, alive_w) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The parent holds one end until it exits; the child sees the hang-up
+    // on the other once the parent is gone.
+    let (alive_r, alive_w) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = sigmask(SigmaskHow::SIG_SETMASK, &old_mask);
+            return Err(supervisor("create the parent-death socket")(e));
+        }
+    };
 
     // SAFETY: the process has one thread (checked above), so the child is a
     // complete copy and may run arbitrary code.
-    match unsafe { libc::fork() } {
-        -1 => {
-            let e = io::Error::last_os_error();
-            let _ = sigmask(libc::SIG_SETMASK, &old_mask);
-            Err(SandboxError::Fork(e))
+    match unsafe { fork() } {
+        Err(e) => {
+            let _ = sigmask(SigmaskHow::SIG_SETMASK, &old_mask);
+            Err(SandboxError::Fork(e.into()))
         }
-        0 => {
+        Ok(ForkResult::Child) => {
             drop(alive_w);
-            // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
-            // The parent may have died before the prctl: then its end of
-            // the pipe is closed and poll reports POLLHUP at once.
-            let mut pfd = libc::pollfd {
-                fd: alive_r.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one pollfd we own, timeout 0.
-            let gone = unsafe { libc::poll(&mut pfd, 1, 0) } > 0;
+            set_parent_death_signal();
+            // The parent may have died before the prctl: then its end is
+            // closed and poll reports the hang-up at once.
+            let mut pfd = [PollFd::new(alive_r.as_raw_fd(), PollFlags::POLLIN)];
+            let gone = poll(&mut pfd, 0).is_ok_and(|n| n > 0);
             drop(alive_r);
-            sigmask(libc::SIG_SETMASK, &old_mask).map_err(supervisor("restore the signal mask"))?;
+            sigmask(SigmaskHow::SIG_SETMASK, &old_mask)
+                .map_err(supervisor("restore the signal mask"))?;
             if gone {
                 return Err(SandboxError::ParentGone);
             }
             Ok(())
         }
-        child => {
+        Ok(ForkResult::Parent { child }) => {
             drop(alive_r);
             log::debug!(
                 "sandbox: serving from pid {child}, in new pid, mount and network namespaces"
@@ -333,42 +320,38 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
     }
 }
 
+/// The child of [`enter_namespaces`] gets SIGTERM when its parent dies.
+fn set_parent_death_signal() {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory is passed.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+}
+
+/// Ends the supervising parent with `code`.
+fn _exit(code: i32) -> ! {
+    // SAFETY: _exit ends this process without running atexit handlers or
+    // flushing stdio buffers the child owns copies of; that is what a
+    // process that forked must do. It takes no pointer.
+    unsafe { libc::_exit(code) }
+}
+
 /// The parent of [`enter_namespaces`]: forwards signals to `child` until it
 /// ends, then exits with its status. `_alive` is held until then.
-fn supervise(child: libc::pid_t, waited: &libc::sigset_t, _alive: OwnedFd) -> ! {
+fn supervise(child: Pid, waited: &SigSet, _alive: UnixStream) -> ! {
     loop {
-        // SAFETY: siginfo_t is plain data that sigwaitinfo fills in.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `waited` is a valid set of signals blocked in this thread,
-        // `info` a valid siginfo_t we own.
-        let sig = unsafe { libc::sigwaitinfo(waited, &mut info) };
-        if sig == libc::SIGCHLD || sig < 0 {
-            // On an unexpected sigwaitinfo error, block in waitpid instead.
-            let flags = if sig < 0 { 0 } else { libc::WNOHANG };
-            let mut status = 0;
-            // SAFETY: waitpid on our own child, writing into `status`.
-            let r = unsafe { libc::waitpid(child, &mut status, flags) };
-            if r == child {
-                let code = if libc::WIFEXITED(status) {
-                    libc::WEXITSTATUS(status)
-                } else if libc::WIFSIGNALED(status) {
-                    128 + libc::WTERMSIG(status)
-                } else {
-                    1
-                };
-                // SAFETY: _exit ends this process without running atexit
-                // handlers or flushing stdio buffers the child owns copies
-                // of; that is what the parent of a fork must do.
-                unsafe { libc::_exit(code) };
-            }
-            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+        let sig = waited.wait();
+        if matches!(sig, Ok(Signal::SIGCHLD) | Err(_)) {
+            // On an unexpected sigwait error, block in waitpid instead.
+            let flags = sig.is_ok().then_some(WaitPidFlag::WNOHANG);
+            match waitpid(child, flags) {
+                Ok(WaitStatus::Exited(_, code)) => _exit(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => _exit(128 + signal as i32),
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::EINTR) => {}
+                Ok(_) => {}
                 // No child to wait for: nothing left to supervise.
-                // SAFETY: as above.
-                unsafe { libc::_exit(1) };
+                Err(_) => _exit(1),
             }
-        } else {
-            // SAFETY: kill sends a signal to our own child.
-            unsafe { libc::kill(child, sig) };
+        } else if let Ok(sig) = sig {
+            let _ = kill(child, sig);
         }
     }
 }
@@ -406,27 +389,12 @@ fn mount(
     flags: libc::c_ulong,
     data: Option<&CStr>,
 ) -> Result<(), SandboxError> {
-    let target_c = cstring(target)?;
-    let opt = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
-    // SAFETY: every pointer is a NUL-terminated string that outlives the
-    // call, or null where mount(2) allows it.
-    let r = unsafe {
-        libc::mount(
-            opt(source),
-            target_c.as_ptr(),
-            opt(fstype),
-            flags,
-            opt(data).cast(),
-        )
-    };
-    if r != 0 {
-        return Err(SandboxError::Mount {
-            what,
-            path: target.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    let flags = nix::mount::MsFlags::from_bits_truncate(flags);
+    nix::mount::mount(source, target, fstype, flags, data).map_err(|e| SandboxError::Mount {
+        what,
+        path: target.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 fn chdir(path: &Path) -> Result<(), SandboxError> {
@@ -583,14 +551,10 @@ pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxErr
             // pivot_root(".", ".") stacks the old root on top of the new
             // one (pivot_root(2), "NOTES"), so no put_old directory has to
             // exist in the new root.
-            // SAFETY: two NUL-terminated strings that outlive the call.
-            let r = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
-            if r != 0 {
-                return Err(SandboxError::PivotRoot {
-                    path: shared_dir.to_path_buf(),
-                    source: io::Error::last_os_error(),
-                });
-            }
+            nix::unistd::pivot_root(".", ".").map_err(|e| SandboxError::PivotRoot {
+                path: shared_dir.to_path_buf(),
+                source: e.into(),
+            })?;
             // As runc and virtiofsd do: make sure the unmount cannot
             // propagate anywhere, then detach the old root.
             let old_root = Path::new(".");
@@ -602,14 +566,13 @@ pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxErr
                 libc::MS_SLAVE | libc::MS_REC,
                 None,
             )?;
-            // SAFETY: a NUL-terminated string that outlives the call.
-            if unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(SandboxError::Mount {
+            nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+                SandboxError::Mount {
                     what: "detach the old root directory stacked on",
                     path: shared_dir.to_path_buf(),
-                    source: io::Error::last_os_error(),
-                });
-            }
+                    source: e.into(),
+                }
+            })?;
             chdir(Path::new("/"))?;
             mount(
                 "make the sandbox's root read-only at",
@@ -625,14 +588,10 @@ pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxErr
             )?;
         }
         SandboxMode::Chroot => {
-            let c = cstring(shared_dir)?;
-            // SAFETY: a NUL-terminated string that outlives the call.
-            if unsafe { libc::chroot(c.as_ptr()) } != 0 {
-                return Err(SandboxError::Chroot {
-                    path: shared_dir.to_path_buf(),
-                    source: io::Error::last_os_error(),
-                });
-            }
+            nix::unistd::chroot(shared_dir).map_err(|e| SandboxError::Chroot {
+                path: shared_dir.to_path_buf(),
+                source: e.into(),
+            })?;
             chdir(Path::new("/"))?;
         }
         SandboxMode::None => {}
@@ -641,10 +600,9 @@ pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxErr
 }
 
 fn group_count() -> Result<usize, SandboxError> {
-    // SAFETY: with size 0 getgroups only returns the count; the null list
-    // is never written.
-    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    usize::try_from(n).map_err(|_| SandboxError::GetGroups(io::Error::last_os_error()))
+    nix::unistd::getgroups()
+        .map(|g| g.len())
+        .map_err(|e| SandboxError::GetGroups(e.into()))
 }
 
 /// Drops every supplementary group (setgroups(0, NULL)). A daemon that
@@ -654,11 +612,10 @@ fn group_count() -> Result<usize, SandboxError> {
 /// may not call setgroups, and need not: that is not an error.
 pub fn drop_supplementary_groups() -> Result<(), SandboxError> {
     let count = group_count()?;
-    // SAFETY: a zero-length list; the null pointer is never read.
-    if unsafe { libc::setgroups(0, std::ptr::null()) } == 0 {
+    let Err(e) = nix::unistd::setgroups(&[]) else {
         return Ok(());
-    }
-    let source = io::Error::last_os_error();
+    };
+    let source = io::Error::from(e);
     if count == 0 && source.raw_os_error() == Some(libc::EPERM) {
         log::debug!("no supplementary groups to drop (setgroups: {source})");
         return Ok(());
@@ -719,15 +676,7 @@ pub fn limit_capabilities(keep: &[Capability]) -> Result<(), SandboxError> {
 }
 
 fn nofile() -> Result<(u64, u64), SandboxError> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `lim`, which we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(SandboxError::GetNofile(io::Error::last_os_error()));
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
+    getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| SandboxError::GetNofile(e.into()))
 }
 
 /// fs.nr_open, the most RLIMIT_NOFILE can be; `None` when /proc is not
@@ -768,18 +717,13 @@ pub fn raise_nofile_limit(requested: Option<u64>) -> Result<u64, SandboxError> {
             (n, hard.max(n))
         }
     };
-    let lim = libc::rlimit {
-        rlim_cur: new_soft,
-        rlim_max: new_hard,
-    };
-    // SAFETY: setrlimit reads one rlimit we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(SandboxError::SetNofile {
+    setrlimit(Resource::RLIMIT_NOFILE, new_soft, new_hard).map_err(|e| {
+        SandboxError::SetNofile {
             soft: new_soft,
             hard: new_hard,
-            source: io::Error::last_os_error(),
-        });
-    }
+            source: e.into(),
+        }
+    })?;
     log::debug!("RLIMIT_NOFILE: soft {soft} -> {new_soft}, hard {hard} -> {new_hard}");
     Ok(new_soft)
 }

@@ -272,8 +272,7 @@ mod tests {
     use std::os::unix::net::{UnixListener, UnixStream};
 
     fn getppid() {
-        // SAFETY: getppid has no arguments.
-        unsafe { libc::getppid() };
+        nix::unistd::getppid();
     }
 
     #[test]
@@ -337,8 +336,7 @@ mod tests {
         let out = in_child(|| {
             apply(SeccompAction::Log, VHOST_USER_BASE, VHOST_USER_IOCTLS)
                 .map_err(|e| e.to_string())?;
-            // SAFETY: getppid has no arguments.
-            let ppid = unsafe { libc::getppid() };
+            let ppid = nix::unistd::getppid().as_raw();
             if ppid <= 0 {
                 return Err(format!("getppid gave {ppid}"));
             }

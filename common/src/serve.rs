@@ -9,7 +9,7 @@
 //! its handler, so a reused handler would refuse the next SET_OWNER.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread;
@@ -151,40 +151,34 @@ impl Drop for ExitEvents {
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
         {
-            // SAFETY: `fd` is a consumer end that vhost-user-backend took with
-            // into_raw_fd() and never closes (see the type's doc); the
-            // instance owning it is being dropped, so no epoll or thread uses
-            // it any more, and we close each number exactly once.
-            drop(unsafe { std::fs::File::from_raw_fd(fd) });
+            // A consumer end that vhost-user-backend took with into_raw_fd()
+            // and never closes (see the type's doc); the instance owning it
+            // is being dropped, so no epoll or thread uses it any more, and
+            // each number is closed exactly once.
+            let _ = nix::unistd::close(fd);
         }
     }
 }
 
 /// Waits until one of `fds` is readable; `None` on timeout.
 fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Option<usize>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+    use nix::poll::{poll, PollFd, PollFlags};
+    let mut pfds: Vec<PollFd> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&fd| PollFd::new(fd, PollFlags::POLLIN))
         .collect();
     let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     loop {
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds we own.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        match poll(&mut pfds, ms) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(0) => return Ok(None),
+            Ok(_) => {
+                return Ok(pfds
+                    .iter()
+                    .position(|p| p.revents().is_some_and(|r| !r.is_empty())))
             }
-            return Err(e);
         }
-        if r == 0 {
-            return Ok(None);
-        }
-        return Ok(pfds.iter().position(|p| p.revents != 0));
     }
 }
 
@@ -385,8 +379,7 @@ mod tests {
         let fd = consumer.as_raw_fd();
         std::mem::forget(consumer); // as vhost-user-backend does (into_raw_fd)
         drop(e);
-        // SAFETY: F_GETFD only reads descriptor flags.
-        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0);
+        assert!(nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err());
     }
 
     #[test]

@@ -54,12 +54,7 @@ impl Shutdown {
 
     /// Whether a shutdown was requested.
     pub fn requested(&self) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one pollfd we own, timeout 0.
-        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+        use nix::poll::{poll, PollFd, PollFlags};
+        poll(&mut [PollFd::new(self.fd(), PollFlags::POLLIN)], 0).is_ok_and(|n| n > 0)
     }
 }

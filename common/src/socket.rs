@@ -101,22 +101,13 @@ struct Cleanup {
 impl Drop for BoundSocket {
     fn drop(&mut self) {
         let Some(c) = self.cleanup.take() else { return };
+        use nix::fcntl::AtFlags;
+        use nix::unistd::{unlinkat, UnlinkatFlags};
         use std::os::fd::AsRawFd;
-        // SAFETY: an all-zero stat is a valid value for fstatat to fill.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstatat on our directory fd with a NUL-terminated name,
-        // writing into `st`, which we own.
-        let r = unsafe {
-            libc::fstatat(
-                c.dir.as_raw_fd(),
-                c.name.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r == 0 && st.st_dev == c.dev && st.st_ino == c.ino {
-            // SAFETY: unlinkat on our directory fd and a NUL-terminated name.
-            unsafe { libc::unlinkat(c.dir.as_raw_fd(), c.name.as_ptr(), 0) };
+        let dir = c.dir.as_raw_fd();
+        let st = nix::sys::stat::fstatat(dir, c.name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
+        if st.is_ok_and(|st| st.st_dev == c.dev && st.st_ino == c.ino) {
+            let _ = unlinkat(Some(dir), c.name.as_c_str(), UnlinkatFlags::NoRemoveDir);
         }
     }
 }
@@ -248,51 +239,38 @@ fn cleanup_for(path: &Path) -> Option<Cleanup> {
     }
 }
 
-fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
-    let mut val: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `val`, an int we own.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut val as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(val)
-    }
-}
-
 /// Checks that `fd` is an open, listening AF_UNIX stream socket and takes
 /// ownership of it.
 fn adopt_fd(fd: RawFd, not_open: impl Fn() -> SocketError) -> Result<Listener, SocketError> {
     if fd < 0 {
         return Err(not_open());
     }
-    // SAFETY: F_GETFD only reads the descriptor flags; an invalid fd gives EBADF.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use nix::sys::socket::{
+        getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
+    };
+    if fcntl(fd, FcntlArg::F_GETFD).is_err() {
         return Err(not_open());
     }
     let bad = |why: String| SocketError::FdNotListening { fd, why };
-    let domain = sockopt(fd, libc::SO_DOMAIN).map_err(|e| bad(e.to_string()))?;
-    if domain != libc::AF_UNIX {
-        return Err(bad(format!("address family {domain}, not AF_UNIX")));
+    let os = |e: nix::Error| bad(io::Error::from(e).to_string());
+    let addr = getsockname::<SockaddrStorage>(fd).map_err(os)?;
+    match addr.family() {
+        Some(AddressFamily::Unix) => {}
+        other => {
+            let family = other.map_or(-1, |f| f as i32);
+            return Err(bad(format!("address family {family}, not AF_UNIX")));
+        }
     }
-    let ty = sockopt(fd, libc::SO_TYPE).map_err(|e| bad(e.to_string()))?;
-    if ty != libc::SOCK_STREAM {
-        return Err(bad(format!("socket type {ty}, not SOCK_STREAM")));
+    let ty = getsockopt(fd, sockopt::SockType).map_err(os)?;
+    if ty != SockType::Stream {
+        return Err(bad(format!("socket type {}, not SOCK_STREAM", ty as i32)));
     }
-    if sockopt(fd, libc::SO_ACCEPTCONN).map_err(|e| bad(e.to_string()))? == 0 {
+    if !getsockopt(fd, sockopt::AcceptConn).map_err(os)? {
         return Err(bad("not listening".into()));
     }
-    // SAFETY: FD_CLOEXEC on a descriptor we checked is open; it only keeps
-    // the socket from leaking into programs we might exec.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Keeps the socket from leaking into programs we might exec.
+    let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     // SAFETY: fd is an open listening Unix socket (checked above) that the
     // process inherited for us to serve; from here the Listener owns it and
     // nothing else in this process uses the number.

@@ -39,14 +39,12 @@ impl Vring {
         let Some(kick) = guard.get_kick() else {
             return;
         };
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writing 8 bytes from `one` to the kick eventfd, which the
-        // ring state owns and keeps open while `guard` is held.
-        let r = unsafe { libc::write(kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-        if r < 0 {
+        // The ring state owns the kick eventfd and keeps it open while
+        // `guard` is held.
+        if let Err(e) = nix::unistd::write(kick.as_raw_fd(), &1u64.to_ne_bytes()) {
             log::warn!(
                 "re-raising a kick on an enabled ring: {}",
-                io::Error::last_os_error()
+                io::Error::from(e)
             );
         }
     }
@@ -199,27 +197,20 @@ mod tests {
 
     #[test]
     fn enabling_a_ring_raises_its_kick_again() {
-        use std::os::fd::FromRawFd;
+        use std::os::unix::net::UnixDatagram;
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
         );
         let v = Vring::new(mem, 256).unwrap();
-        // SAFETY: a fresh eventfd, owned by the File below only.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
-        assert!(fd >= 0);
-        // SAFETY: `fd` is ours; dup gives the ring its own descriptor.
-        let ring_end = unsafe { File::from_raw_fd(libc::dup(fd)) };
-        // SAFETY: `fd` is ours and handed to exactly one File.
-        let ours = unsafe { File::from_raw_fd(fd) };
-        v.set_kick(Some(ring_end));
+        // A datagram pair stands in for the eventfd: one 8-byte write each.
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        v.set_kick(Some(File::from(std::os::fd::OwnedFd::from(theirs))));
         let count = || {
             let mut b = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into `b`.
-            let n = unsafe { libc::read(ours.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
-            if n == 8 {
-                u64::from_ne_bytes(b)
-            } else {
-                0
+            match ours.recv(&mut b) {
+                Ok(8) => u64::from_ne_bytes(b),
+                _ => 0,
             }
         };
         v.set_enabled(true);

@@ -33,7 +33,7 @@ pub struct Cli {
     pub num_queues: u16,
 
     /// Largest queue size the frontend may choose (a power of two, 2 to 32768).
-    #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
+    #[arg(long, default_value_t = 1024, value_parser = common::cli::parse_queue_size)]
     pub queue_size: u16,
 
     /// Open the image with O_DIRECT (bypass the host page cache).
@@ -52,14 +52,6 @@ pub struct Cli {
     /// Logical block size the guest sees: 512, 1024, 2048 or 4096.
     #[arg(long, default_value_t = 512, value_parser = parse_block_size)]
     pub logical_block_size: u32,
-}
-
-fn parse_queue_size(s: &str) -> Result<u16, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} is not a power of two between 2 and 32768"));
-    }
-    Ok(n as u16)
 }
 
 fn parse_serial(s: &str) -> Result<String, String> {

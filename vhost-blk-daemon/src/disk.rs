@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 pub const SECTOR: u64 = 512;
 
 use common::iov::{self, GuestIoVecs};
+use nix::fcntl::{fallocate, fcntl, FallocateFlags, FcntlArg};
 
 /// Errors opening the image; each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +180,7 @@ impl Disk {
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let r = match self.kind {
             Kind::Regular => self.fallocate(
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
                 offset,
                 len,
             ),
@@ -197,24 +198,27 @@ impl Disk {
         let r = match (self.kind, unmap) {
             (Kind::Block, _) => self.range_ioctl(BLKZEROOUT, offset, len),
             (Kind::Regular, true) => self.fallocate(
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
                 offset,
                 len,
             ),
             (Kind::Regular, false) => {
                 match self.fallocate(
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
                     offset,
                     len,
                 ) {
                     // tmpfs has no ZERO_RANGE: punch, then allocate again.
                     Err(e) if is_unsupported(&e) => self
                         .fallocate(
-                            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                            FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                                | FallocateFlags::FALLOC_FL_KEEP_SIZE,
                             offset,
                             len,
                         )
-                        .and_then(|()| self.fallocate(libc::FALLOC_FL_KEEP_SIZE, offset, len)),
+                        .and_then(|()| {
+                            self.fallocate(FallocateFlags::FALLOC_FL_KEEP_SIZE, offset, len)
+                        }),
                     r => r,
                 }
             }
@@ -238,21 +242,10 @@ impl Disk {
         Ok(())
     }
 
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-        // SAFETY: fallocate on our own open file; no memory is passed.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                mode,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+    fn fallocate(&self, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
+        let off = |v: u64| i64::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+        fallocate(self.file.as_raw_fd(), mode, off(offset)?, off(len)?)?;
+        Ok(())
     }
 
     fn range_ioctl(&self, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
@@ -277,23 +270,21 @@ fn is_unsupported(e: &io::Error) -> bool {
 
 /// Whole-file OFD lock: shared for read-only, exclusive for read-write.
 fn lock(file: &File, read_only: bool) -> io::Result<()> {
-    // SAFETY: an all-zero flock is a valid value (whole file from offset 0).
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = if read_only {
+    let kind = if read_only {
         libc::F_RDLCK
     } else {
         libc::F_WRLCK
-    } as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: F_OFD_SETLK reads the flock we pass, alive for the call.
-    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    };
+    let whole_file = libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&whole_file))?;
+    Ok(())
 }
-
 /// preadv/pwritev until every buffer is done, in chunks of IOV_MAX,
 /// advancing past short transfers.
 fn rw_all(
@@ -317,35 +308,31 @@ fn rw_all(
     Ok(())
 }
 
-/// A page-aligned heap buffer for O_DIRECT.
+/// A zeroed, page-aligned heap buffer for O_DIRECT.
 struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
+    bytes: Vec<u8>,
+    start: usize,
     len: usize,
-    layout: std::alloc::Layout,
 }
 
 impl AlignedBuf {
+    const ALIGN: usize = 4096;
+
     fn zeroed(len: usize) -> io::Result<AlignedBuf> {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(ptr).ok_or(io::ErrorKind::OutOfMemory)?;
-        Ok(AlignedBuf { ptr, len, layout })
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len + Self::ALIGN)
+            .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        bytes.resize(len + Self::ALIGN, 0);
+        let start = bytes.as_ptr().align_offset(Self::ALIGN);
+        if start >= Self::ALIGN {
+            return Err(io::Error::other("cannot align a buffer"));
+        }
+        Ok(AlignedBuf { bytes, start, len })
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` holds `layout.size() >= len` initialised (zeroed)
-        // bytes that only this buffer owns; the borrow of `self` keeps them
-        // alive and unaliased.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        &mut self.bytes[self.start..self.start + self.len]
     }
 }
 

@@ -36,7 +36,7 @@ pub struct Cli {
     pub num_queue_pairs: Option<u16>,
 
     /// Largest queue size the frontend may choose (a power of two, 2 to 32768).
-    #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
+    #[arg(long, default_value_t = 256, value_parser = common::cli::parse_queue_size)]
     pub queue_size: u16,
 
     /// The guest's MAC address, as 02:00:00:00:00:01 (default: a random
@@ -87,14 +87,6 @@ fn parse_fd(s: &str) -> Result<RawFd, String> {
     }
 }
 
-fn parse_queue_size(s: &str) -> Result<u16, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} is not a power of two between 2 and 32768"));
-    }
-    Ok(n as u16)
-}
-
 /// Parses `aa:bb:cc:dd:ee:ff` (or with dashes); refuses multicast.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let bad = || format!("{s:?} is not a MAC address like 02:00:00:00:00:01");
@@ -122,10 +114,10 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 
 /// A random locally administered unicast MAC.
 pub fn random_mac() -> [u8; 6] {
+    use std::io::Read;
     let mut mac = [0u8; 6];
-    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut mac));
+    if random.is_err() {
         // No entropy: derive something unique enough from pid and time.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -10,6 +10,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
 /// `/dev/net/tun` ioctls (linux/if_tun.h).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
@@ -144,21 +146,20 @@ pub fn check_name(name: &str) -> Result<(), TapError> {
 }
 
 fn exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: `c` is a NUL-terminated string that outlives the call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    nix::net::if_::if_nametoindex(name).is_ok_and(|i| i != 0)
 }
 
 /// An interface control socket (for MTU and link flags).
 fn ctl_socket() -> io::Result<File> {
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a descriptor we just created and own.
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: `fd` is a descriptor socket(2) just created; nothing else
+    // owns it.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
@@ -239,8 +240,7 @@ impl Tap {
         let mut queues = Vec::with_capacity(fds.len());
         for &fd in fds {
             let bad = |why: String| TapError::BadFd { fd, why };
-            // SAFETY: F_GETFD only reads the descriptor's flags.
-            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            if fcntl(fd, FcntlArg::F_GETFD).is_err() {
                 return Err(bad("not an open descriptor".into()));
             }
             let mut req = IfReq::new("", 0);
@@ -268,18 +268,15 @@ impl Tap {
                 )));
             }
             name = req.name();
-            // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor for the same
-            // open file; the caller keeps `fd`, we own the duplicate.
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-            if dup < 0 {
-                return Err(bad(format!("dup: {}", io::Error::last_os_error())));
-            }
-            // SAFETY: `dup` is a descriptor we just created and own.
+            // A new descriptor for the same open file: the caller keeps `fd`.
+            let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3))
+                .map_err(|e| bad(format!("dup: {}", io::Error::from(e))))?;
+            // SAFETY: `dup` is a descriptor fcntl just created; nothing else
+            // owns it.
             let f = unsafe { File::from_raw_fd(dup) };
-            // SAFETY: F_GETFL/F_SETFL on our own descriptor.
-            unsafe {
-                let fl = libc::fcntl(dup, libc::F_GETFL);
-                libc::fcntl(dup, libc::F_SETFL, fl | libc::O_NONBLOCK);
+            if let Ok(fl) = fcntl(dup, FcntlArg::F_GETFL) {
+                let fl = OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK;
+                let _ = fcntl(dup, FcntlArg::F_SETFL(fl));
             }
             queues.push(f);
         }
