@@ -3,8 +3,6 @@
 //! descriptor layout, resource use over many connections and many open
 //! files, and the open-file limit (contract: `notes/fs-spec.md`).
 
-mod fs_daemon_common;
-
 use std::fs;
 use std::os::unix::process::CommandExt;
 
@@ -13,7 +11,7 @@ use vu_driver::fixture::poll_until;
 use vu_driver::fs::{FsOptions, Layout};
 use vu_driver::process::{fd_count, fd_targets, status_kib, thread_count};
 
-use fs_daemon_common::*;
+use crate::common::*;
 
 #[test]
 fn reconnections_get_fresh_sessions() {

@@ -5,8 +5,6 @@
 //! never a success, never a hang. Afterwards the daemon must still be
 //! running and answer a valid request.
 
-mod fs_daemon_common;
-
 use std::fs;
 use std::time::Duration;
 
@@ -22,7 +20,7 @@ use vu_driver::virtqueue::{
     RawDesc, Used, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 
-use fs_daemon_common::*;
+use crate::common::*;
 
 /// How long a request the daemon should answer may take here (a hang is a failure).
 const RAW_T: Duration = Duration::from_secs(5);

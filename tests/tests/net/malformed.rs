@@ -7,8 +7,6 @@
 //! or comes back unanswered. After each, the daemon lives and frames
 //! still cross both ways.
 
-mod net_daemon_common;
-
 use virtio_bindings::virtio_net::*;
 use vm_memory::{Address, GuestAddress};
 use vu_driver::fixture::poll_until;
@@ -19,7 +17,7 @@ use vu_driver::virtqueue::{
     RawDesc, Used, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 
-use net_daemon_common::*;
+use crate::common::*;
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;

@@ -19,7 +19,7 @@ use vu_driver::contrib::{
     assert_qemu_descriptor, assert_service_unit, assert_socket_unit, assert_systemd_analyze,
     contrib, instance_units, unit,
 };
-use vu_driver::fixture::{create_sparse_image, Daemon, Readiness, TempDir};
+use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, Readiness, TempDir};
 use vu_driver::ours::{bare_command, project_binary, run_to_exit, vhost_blk_daemon, BlkDaemonOpts};
 use vu_driver::process::{inherit_fd_as, run_bounded, Finished};
 use vu_driver::systemd::{
@@ -270,8 +270,10 @@ fn stale_socket_file_is_replaced() {
     let e = env("stale");
     drop(UnixListener::bind(&e.socket).unwrap());
     assert!(e.socket.exists());
+    // A child another test forks holds a copy of the listener until it
+    // execs: wait for that to pass.
     assert!(
-        UnixStream::connect(&e.socket).is_err(),
+        poll_until(T, || UnixStream::connect(&e.socket).is_err()),
         "nobody should listen"
     );
     let mut cmd = daemon_command();

@@ -1,19 +1,15 @@
-//! Helpers shared by the `fs_daemon*` test files: our `virtiofsd` sharing a
+//! Helpers shared by the `fs` test modules: our `virtiofsd` sharing a
 //! fresh directory, a connected client, host-side snapshots of the share,
 //! and the checks every file repeats.
 //!
 //! The share is `<top>/share`, so a name that escapes it (`..`) lands in
 //! `<top>`, a temporary directory a test can inspect, never elsewhere on the
-//! host. Each test file uses a different subset.
-#![allow(dead_code)]
+//! host.
 
 mod host;
 mod names;
 
-// Each test file uses a different subset.
-#[allow(unused_imports)]
 pub use host::*;
-#[allow(unused_imports)]
 pub use names::bad_name_matrix;
 
 use std::fs;

@@ -6,8 +6,6 @@
 //! breaks only that queue; bad SET_VRING_NUM sizes are refused; kicks on a
 //! ring that is not enabled are ignored.
 
-mod blk_daemon_common;
-
 use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
@@ -23,7 +21,7 @@ use vu_driver::virtqueue::{
     RawDesc, Used, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 
-use blk_daemon_common::*;
+use crate::common::*;
 
 /// How long a kick that must be ignored is given to (wrongly) take effect.
 const IGNORED_FOR: Duration = Duration::from_millis(300);

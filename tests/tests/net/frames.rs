@@ -4,8 +4,6 @@
 //! and config space, offloads, several queue pairs, the control queue's
 //! RX filter, reconnection, and QEMU 7.2's early SET_VRING_ENABLE.
 
-mod net_daemon_common;
-
 use std::io::{Read, Write};
 use std::net::UdpSocket;
 use std::os::unix::net::UnixStream;
@@ -23,7 +21,7 @@ use vu_driver::netns::PacketSocket;
 use vu_driver::ours::vhost_net_daemon_command;
 use vu_driver::process::run_bounded;
 
-use net_daemon_common::*;
+use crate::common::*;
 
 const OK: u8 = VIRTIO_NET_OK as u8;
 const ERR: u8 = VIRTIO_NET_ERR as u8;

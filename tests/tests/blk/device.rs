@@ -2,10 +2,8 @@
 //! contract (`notes/blk-spec.md`): GET_ID, the config space, SET_CONFIG,
 //! the feature bits offered, and a read-only disk's refusals.
 //!
-//! Data paths are in `blk_daemon.rs`, malformed rings in
-//! `blk_daemon_malformed.rs`.
-
-mod blk_daemon_common;
+//! Data paths are in `io.rs`, malformed rings in
+//! `malformed.rs`.
 
 use std::fs;
 
@@ -19,7 +17,7 @@ use vu_driver::device::{
 use vu_driver::fixture::{create_sparse_image, TempDir};
 use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
 
-use blk_daemon_common::*;
+use crate::common::*;
 
 /// GET_ID into a buffer of `len` bytes preset to 0xee; returns
 /// (used_len, status, buffer).

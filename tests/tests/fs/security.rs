@@ -9,8 +9,6 @@
 //! none`. Whatever escapes the share can only land in the test's own
 //! temporary `<top>` directory.
 
-mod fs_daemon_common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -19,7 +17,7 @@ use std::time::Duration;
 use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
 use vu_driver::fs::{Creds, FsClient, FsError, FsOptions, SetAttr};
 
-use fs_daemon_common::*;
+use crate::common::*;
 
 /// How long an OPEN may take before it counts as blocked.
 const NO_BLOCK: Duration = Duration::from_secs(5);

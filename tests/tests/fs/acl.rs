@@ -5,13 +5,11 @@
 //! the umask, as on a local filesystem (the guest kernel leaves the umask
 //! to us once DONT_MASK is on).
 
-mod fs_daemon_common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use fs_daemon_common::*;
+use crate::common::*;
 use fuse_backend_rs::abi::fuse_abi::{FsOptions as InitFlags, ROOT_ID};
 use vu_driver::fs::FsOptions;
 

@@ -5,12 +5,10 @@
 //! every frame either arrives or is counted as dropped by the kernel at
 //! the tap (its queue is full), never lost inside the daemon.
 
-mod net_daemon_common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use net_daemon_common::*;
+use crate::common::*;
 
 const FRAMES: u64 = 20_000;
 

@@ -2,12 +2,10 @@
 //! of N threads (each replying on its own), under the sandbox and the
 //! seccomp filter, across reconnects, and SIGTERM still waits for them.
 
-mod fs_daemon_common;
-
 use std::collections::BTreeMap;
 use std::fs;
 
-use fs_daemon_common::*;
+use crate::common::*;
 use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
 use vu_driver::fs::{FsClient, FsOptions};
 

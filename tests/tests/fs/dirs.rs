@@ -3,12 +3,10 @@
 //! and a listing resumed from any offset it handed out names every entry
 //! exactly once (READDIR and READDIRPLUS, however small the reply buffer).
 
-mod fs_daemon_common;
-
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use fs_daemon_common::*;
+use crate::common::*;
 use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
 use vu_driver::fs::FsClient;
 

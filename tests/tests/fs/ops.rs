@@ -1,10 +1,8 @@
 //! Our `virtiofsd` driven by the userspace virtio-fs driver: every FUSE
 //! operation the driver speaks, checked against what the host sees in the
 //! shared directory; cache modes, the config space, `--readonly` and
-//! `--announce-submounts` (sessions and load: `fs_daemon_session.rs`;
+//! `--announce-submounts` (sessions and load: `session.rs`;
 //! contract: `notes/fs-spec.md`).
-
-mod fs_daemon_common;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -14,7 +12,7 @@ use std::path::PathBuf;
 use fuse_backend_rs::abi::fuse_abi::{FsOptions as InitFlags, ROOT_ID};
 use vu_driver::fs::{FsClient, FsOptions, SetAttr, TAG_LEN};
 
-use fs_daemon_common::*;
+use crate::common::*;
 
 /// FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_CACHE_DIR (fuse.h).
 const FOPEN_DIRECT_IO: u32 = 1;

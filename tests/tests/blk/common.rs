@@ -1,9 +1,6 @@
-//! Helpers shared by the `blk_daemon*` test files: a daemon serving a
+//! Helpers shared by the `blk` test modules: a daemon serving a
 //! fresh sparse image, host-side views of the image, and requests whose
 //! status is returned instead of turned into an error.
-//!
-//! Each test file uses a different subset.
-#![allow(dead_code)]
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};

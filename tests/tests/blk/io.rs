@@ -5,9 +5,7 @@
 //! and off.
 //!
 //! GET_ID, config space, features and read-only are in
-//! `blk_daemon_device.rs`, malformed rings in `blk_daemon_malformed.rs`.
-
-mod blk_daemon_common;
+//! `device.rs`, malformed rings in `malformed.rs`.
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,7 +19,7 @@ use vu_driver::fixture::{create_sparse_image, poll_until};
 use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
 use vu_driver::virtqueue::VRING_USED_F_NO_NOTIFY;
 
-use blk_daemon_common::*;
+use crate::common::*;
 
 /// The `flags:` of every descriptor the daemon holds on `image`
 /// (from /proc/PID/fdinfo).

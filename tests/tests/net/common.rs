@@ -1,9 +1,6 @@
-//! Helpers shared by the `net_daemon*` test files: a namespace with a tap
+//! Helpers shared by the `net` test modules: a namespace with a tap
 //! and our `vhost-net-daemon` on it, frames tagged so each test finds its
 //! own among whatever else crosses, and checks that frames still cross.
-//!
-//! Each test file uses a different subset.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
