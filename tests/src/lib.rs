@@ -11,6 +11,7 @@
 //! - [`systemd`]: the receiving end of `NOTIFY_SOCKET`, socket activation, unit files;
 //!   [`contrib`]: the project's systemd units and QEMU descriptors;
 //!   [`lifecycle`]: leak, signal, notify and watchdog checks any daemon's tests make.
+//! - [`under_test`]: our three daemons described for the suites every daemon runs.
 
 pub mod bench;
 pub mod blk;
@@ -32,5 +33,6 @@ pub mod ours;
 pub mod process;
 pub mod systemd;
 pub mod tap;
+pub mod under_test;
 pub mod virtqueue;
 pub mod vmm;

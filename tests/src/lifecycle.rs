@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub guest_ram_mappings: usize,
     /// Resident memory.
     pub rss_kib: u64,
+    /// Resident anonymous memory (the heap, not the binary's pages).
+    pub rss_anon_kib: u64,
     /// What each descriptor points at, for failure messages.
     pub fd_targets: Vec<String>,
 }
@@ -39,6 +41,7 @@ impl Snapshot {
             threads: thread_count(pid).unwrap(),
             guest_ram_mappings: mappings_containing(pid, GUEST_RAM_MEMFD_NAME).unwrap(),
             rss_kib: status_kib(pid, "VmRSS").unwrap(),
+            rss_anon_kib: status_kib(pid, "RssAnon").unwrap(),
             fd_targets: fd_targets(pid).unwrap(),
         }
     }

@@ -97,6 +97,25 @@ pub fn seccomp_mode(pid: u32) -> io::Result<u32> {
         })
 }
 
+/// The process that serves for the daemon `pid`: `pid` itself, or the
+/// child it supervises when it forked one (a sandbox in new namespaces),
+/// followed down as long as each has exactly one child.
+pub fn serving_pid(pid: u32) -> u32 {
+    let mut pid = pid;
+    loop {
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let children: Vec<u32> = children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        match children[..] {
+            [only] => pid = only,
+            _ => return pid,
+        }
+    }
+}
+
 /// Number of lines of `/proc/PID/maps` that contain `needle` (for example
 /// the name of the driver's guest-RAM memfd).
 pub fn mappings_containing(pid: u32, needle: &str) -> io::Result<usize> {

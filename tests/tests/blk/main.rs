@@ -10,8 +10,6 @@ mod common;
 mod device;
 mod io;
 mod libblkio;
-mod lifecycle;
 mod malformed;
 mod poll;
 mod qsd;
-mod seccomp;

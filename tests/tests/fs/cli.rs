@@ -1,6 +1,8 @@
-//! Command line and lifecycle of our `virtiofsd` (contract:
-//! /work/notes/fs-spec.md, "CLI"), and its contrib files: the systemd units
-//! in `contrib/systemd/` and the QEMU vhost-user descriptor in `contrib/qemu/`.
+//! What only `virtiofsd`'s command line has (contract:
+//! /work/notes/fs-spec.md, "CLI"): Kata's and libvirt's command lines,
+//! `--syslog`, the share and tag options, and what its systemd unit says
+//! beyond what every daemon's does. The options every daemon shares, its
+//! lifecycle, capabilities and contrib files are checked in `daemons.rs`.
 //!
 //! The command lines Kata Containers (both styles) and libvirt pass must
 //! start the daemon unchanged: the readiness line appears on stderr and the
@@ -13,31 +15,22 @@
 use std::ffi::OsString;
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{EntryOut, ROOT_ID};
-use vu_driver::contrib::{
-    assert_qemu_descriptor, assert_service_unit, assert_socket_unit, assert_systemd_analyze,
-    contrib, instance_units, unit,
-};
+use vu_driver::contrib::unit;
 use vu_driver::fixture::{find_binary, Daemon, Readiness, TempDir};
 use vu_driver::fs::{FsClient, FsOptions};
-use vu_driver::ours::{
-    bare_command, project_binary, run_to_exit, spawn_virtiofsd, virtiofsd_command,
-};
+use vu_driver::ours::{bare_command, run_to_exit, spawn_virtiofsd, virtiofsd_command};
 use vu_driver::process::{inherit_fd_as, run_bounded, without_systemd_env, Finished};
-use vu_driver::systemd::{environment_file, expand_exec, socket_activate_command, NotifyListener};
+use vu_driver::under_test::fs::{HELLO, READY_LINE};
 
-/// The line Kata's runtime waits for on stderr (contract: with the dots).
-const READY_LINE: &str = "Waiting for vhost-user socket connection...";
-const CAPABILITIES: &str = "{\"type\":\"fs\",\"features\":[\"separate-options\"]}\n";
 const T: Duration = Duration::from_secs(10);
 /// How long a signalled daemon may take to exit.
 const EXIT_DEADLINE: Duration = Duration::from_secs(2);
-const HELLO: &str = "hello from the host's shared directory\n";
 
 /// A temporary directory with a share holding `hello.txt` and a (not yet
 /// existing) socket path.
@@ -314,14 +307,6 @@ fn libvirt_command_line_cache_none_serves() {
 
 // ---- --print-capabilities and refusals ----
 
-#[test]
-fn print_capabilities_prints_exact_json_and_exits_0() {
-    let f = run(["--print-capabilities"]);
-    assert_eq!(f.code(), Some(0), "{f:?}");
-    assert_eq!(f.stdout, CAPABILITIES);
-    assert!(!f.stderr.contains("panicked"), "{}", f.stderr);
-}
-
 /// `--socket-path SOCKET --shared-dir SHARE` (unless `shared` is None),
 /// then `extra`.
 fn args(e: &Env, shared: Option<&Path>, extra: &[&str]) -> Vec<OsString> {
@@ -439,98 +424,38 @@ fn tag_of_37_bytes_is_refused_and_36_is_served() {
     assert!(sigterm(&mut d).success());
 }
 
-// ---- SIGTERM and systemd notification ----
+// ---- SIGTERM without the sandbox ----
 
-/// Starts the daemon on `e.socket` (created by it) with `extra` options.
-fn start(e: &Env, extra: &[&str]) -> Daemon {
-    let cmd = virtiofsd_command(&e.share, &e.socket, extra).unwrap();
-    spawn_virtiofsd(cmd, &e.socket).unwrap_or_else(|err| panic!("{err}"))
-}
-
-fn assert_sigterm_exits_0_and_removes_the_socket(d: &mut Daemon, e: &Env) {
-    let status = sigterm(d);
+/// SIGTERM while a frontend stays connected, without the sandbox (the
+/// daemon's own process serves; with the default namespace sandbox a
+/// supervisor forwards the signal, checked in `daemons.rs`).
+#[test]
+fn sigterm_while_connected_without_sandbox_exits_0_and_removes_the_socket() {
+    let e = env("term-connected");
+    let cmd = virtiofsd_command(
+        &e.share,
+        &e.socket,
+        &["--sandbox", "none", "--seccomp", "none"],
+    )
+    .unwrap();
+    let mut d = spawn_virtiofsd(cmd, &e.socket).unwrap_or_else(|err| panic!("{err}"));
+    let mut c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
+    let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
+    assert_eq!(entry.attr.size, HELLO.len() as u64);
+    let status = sigterm(&mut d);
     assert!(status.success(), "exit status {status}");
     assert!(
         !e.socket.exists(),
         "socket {} left behind",
         e.socket.display()
     );
-    assert_no_panic(d);
-}
-
-#[test]
-fn sigterm_while_idle_exits_0_and_removes_the_socket() {
-    let e = env("term-idle");
-    let mut d = start(&e, &[]);
-    assert_sigterm_exits_0_and_removes_the_socket(&mut d, &e);
-}
-
-/// SIGTERM while a frontend stays connected, with `extra` options.
-fn sigterm_while_connected(extra: &[&str]) {
-    let e = env("term-connected");
-    let mut d = start(&e, extra);
-    let mut c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
-    let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
-    assert_eq!(entry.attr.size, HELLO.len() as u64);
-    assert_sigterm_exits_0_and_removes_the_socket(&mut d, &e);
-    drop(c);
-}
-
-#[test]
-fn sigterm_while_connected_exits_0_and_removes_the_socket() {
-    // The namespace sandbox: a supervisor forwards the signal to the child.
-    sigterm_while_connected(&[]);
-}
-
-#[test]
-fn sigterm_while_connected_without_sandbox_exits_0_and_removes_the_socket() {
-    sigterm_while_connected(&["--sandbox", "none", "--seccomp", "none"]);
-}
-
-#[test]
-fn notify_socket_gets_ready_once_listening_and_stopping_on_sigterm() {
-    let e = env("notify");
-    let mut n = NotifyListener::bind(e.dir.path()).unwrap();
-    let mut cmd = virtiofsd_command(&e.share, &e.socket, &[]).unwrap();
-    cmd.env("NOTIFY_SOCKET", n.path());
-    let mut d = Daemon::spawn("virtiofsd", cmd, &e.socket, &[], T).unwrap();
-
-    assert!(
-        n.wait_for("READY=1", T).unwrap(),
-        "no READY=1; got {:?}",
-        n.seen
-    );
-    // READY=1 promises a listening socket: connecting must work right now.
-    let probe = UnixStream::connect(&e.socket);
-    assert!(
-        probe.is_ok(),
-        "READY=1 sent but {} does not accept: {probe:?}",
-        e.socket.display()
-    );
-    drop(probe);
-    assert_serves(&e.socket);
-
-    d.signal(libc::SIGTERM).unwrap();
-    assert!(
-        n.wait_for("STOPPING=1", EXIT_DEADLINE).unwrap(),
-        "no STOPPING=1 after SIGTERM; got {:?}",
-        n.seen
-    );
-    let status = d.wait_timeout(EXIT_DEADLINE).unwrap();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "exit status {status:?}"
-    );
-    assert!(!e.socket.exists(), "socket left behind");
     assert_no_panic(&d);
+    drop(c);
 }
 
 // ---- contrib/ ----
 
-const NAME: &str = "virtiofsd";
 const SERVICE: &str = "systemd/virtiofsd@.service";
-const EXAMPLE_CONF: &str = "systemd/virtiofsd-example.conf";
-const INSTALLED_BINARY: &str = "/usr/libexec/virtiofsd";
 /// What the namespace sandbox and a passthrough file system need, and all
 /// the service may have.
 const CAPABILITIES_NEEDED: &[&str] = &[
@@ -546,24 +471,11 @@ const CAPABILITIES_NEEDED: &[&str] = &[
     "CAP_DAC_READ_SEARCH",
 ];
 
-#[test]
-fn qemu_descriptor_agrees_with_print_capabilities_and_the_unit() {
-    let caps_run = run(["--print-capabilities"]);
-    assert_eq!(caps_run.code(), Some(0), "{caps_run:?}");
-    assert_qemu_descriptor(
-        "qemu/50-virtiofsd.json",
-        &caps_run.stdout,
-        "fs",
-        INSTALLED_BINARY,
-        &unit(SERVICE),
-    );
-    assert!(INSTALLED_BINARY.ends_with("/virtiofsd"));
-}
-
+/// What only this daemon's unit says (what every daemon's says is checked
+/// in `daemons.rs`).
 #[test]
 fn unit_files_have_the_key_settings() {
-    assert_socket_unit(NAME);
-    let s = assert_service_unit(NAME);
+    let s = unit(SERVICE);
     // The sandboxed daemon notifies from its forked child.
     assert_eq!(s.one("Service", "NotifyAccess"), "all");
     let exec = s.one("Service", "ExecStart");
@@ -604,77 +516,10 @@ fn unit_files_have_the_key_settings() {
     // PrivateDevices= would take CAP_MKNOD away.
     assert!(s.get("Service", "PrivateDevices").iter().all(|v| v == "no"));
     for (key, want) in [
-        ("NoNewPrivileges", "yes"),
-        ("ProtectSystem", "strict"),
-        ("ProtectHome", "yes"),
-        ("PrivateTmp", "yes"),
         ("RestrictAddressFamilies", "AF_UNIX"),
         ("StateDirectory", "virtiofsd"),
         ("KillMode", "mixed"),
     ] {
         assert_eq!(s.one("Service", key), want, "[Service] {key}=");
     }
-}
-
-#[test]
-fn unit_files_pass_systemd_analyze_verify_and_security() {
-    let dir = TempDir::new("fs-cli-units").unwrap();
-    let daemon = project_binary(NAME).unwrap();
-    let (svc, sock) = instance_units(dir.path(), NAME, "share0", INSTALLED_BINARY, &daemon);
-    // CAP_SYS_ADMIN and the passthrough's capabilities cost exposure the
-    // block daemon's unit does not have; at most 3.5 of 10 ("OK").
-    let f = assert_systemd_analyze(&svc, &sock, 35);
-    if let Some(line) = f.stdout.lines().find(|l| l.contains("Overall exposure")) {
-        eprintln!("{line}");
-    }
-}
-
-#[test]
-fn unit_command_line_with_the_example_config_serves_under_socket_activation() {
-    let e = env("unit-cmd");
-    let service = unit(SERVICE);
-    // Environment= defaults first, then the EnvironmentFile overrides them.
-    let mut vars = service.environment("share0");
-    vars.extend(environment_file(&contrib(EXAMPLE_CONF)).unwrap());
-    assert!(
-        vars.contains_key("VIRTIOFSD_SHARED_DIR"),
-        "the example sets VIRTIOFSD_SHARED_DIR"
-    );
-    vars.insert(
-        "VIRTIOFSD_SHARED_DIR".into(),
-        e.share.to_str().unwrap().into(),
-    );
-    vars.insert("VIRTIOFSD_TAG".into(), "from-unit".into());
-    let argv = expand_exec(service.one("Service", "ExecStart"), "share0", &vars);
-    assert_eq!(argv[0], INSTALLED_BINARY);
-    eprintln!("unit command line: {argv:?}");
-
-    let mut n = NotifyListener::bind(e.dir.path()).unwrap();
-    let daemon = project_binary(NAME).unwrap();
-    let cmd = socket_activate_command(&e.socket, Some(n.path()), &daemon, &argv[1..]).unwrap();
-    let ready = [Readiness::Path(e.socket.clone())];
-    let mut d = Daemon::spawn("systemd-socket-activate", cmd, &e.socket, &ready, T).unwrap();
-    {
-        // The first connection makes systemd-socket-activate exec the daemon.
-        let mut c = FsClient::connect(&e.socket, FsOptions::default())
-            .unwrap_or_else(|err| panic!("{err}: {err:?}"));
-        assert_eq!(c.tag(), Some("from-unit"));
-        let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
-        assert_eq!(entry.attr.size, HELLO.len() as u64);
-    }
-    // Type=notify: READY=1 must have been sent.
-    assert!(
-        n.wait_for("READY=1", T).unwrap(),
-        "no READY=1 for Type=notify; got {:?}",
-        n.seen
-    );
-    // And it serves the next frontend.
-    assert_serves(&e.socket);
-    let status = sigterm(&mut d);
-    assert!(status.success(), "exit status {status}");
-    assert!(
-        e.socket.exists(),
-        "the daemon removed the activated socket's file"
-    );
-    assert_no_panic(&d);
 }

@@ -14,4 +14,3 @@ mod lifecycle;
 mod loopback;
 mod malformed;
 mod rx_batch;
-mod seccomp;

@@ -1,0 +1,319 @@
+//! `vhost-blk-daemon` under test: a sparse image in a temporary directory;
+//! a round writes data and reads it back through the daemon and on the
+//! host, after checking what the previous round wrote.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{Contrib, DaemonUnderTest, Env, Frontend};
+use crate::blk::{status, BlkClient, BlkError, BlkOptions, BlkQueue, Request, SECTOR_SIZE};
+use crate::device::VuDevice;
+use crate::fixture::{create_sparse_image, TempDir};
+use crate::image::pattern;
+use crate::virtqueue::QueueError;
+
+/// `vhost-blk-daemon`.
+pub static BLK: DaemonUnderTest = DaemonUnderTest {
+    name: "vhost-blk-daemon",
+    capabilities: "{\"type\":\"block\",\"features\":[\"read-only\",\"blk-file\"]}\n",
+    ready_line: None,
+    watchdog_args: &[],
+    contrib: Contrib {
+        kind: "block",
+        installed_binary: "/usr/libexec/vhost-blk-daemon",
+        instance: "disk0",
+        example_conf: "systemd/example.conf",
+        // "OK" by systemd's own scoring.
+        max_exposure: 20,
+        read_write_paths: true,
+        watchdog: true,
+    },
+    env: |test| Box::new(BlkEnv::new(test)),
+};
+
+/// The image's size (sparse).
+pub const IMAGE_SIZE: u64 = 256 << 20;
+/// Where [`Frontend::exercise`] works: the image's second half.
+const EXERCISE_SECTOR: u64 = IMAGE_SIZE / SECTOR_SIZE / 2;
+/// Where [`Frontend::leave_in_flight`] writes: the last quarter.
+const IN_FLIGHT_SECTOR: u64 = IMAGE_SIZE / SECTOR_SIZE / 4 * 3;
+/// Bytes of each write [`Env::keep_busy`] keeps in flight.
+const BUSY_WRITE_LEN: u32 = 128 * 1024;
+
+/// A sparse image and a socket path in a temporary directory.
+struct BlkEnv {
+    dir: TempDir,
+    image: PathBuf,
+    socket: PathBuf,
+    /// What the last round wrote: sector and data.
+    last: Mutex<Option<(u64, Vec<u8>)>>,
+}
+
+impl BlkEnv {
+    fn new(test: &str) -> Self {
+        let dir = TempDir::new(&format!("vutest-blk-{test}")).unwrap();
+        let image = dir.join("disk.img");
+        create_sparse_image(&image, IMAGE_SIZE).unwrap();
+        let socket = dir.join("blk.sock");
+        BlkEnv {
+            dir,
+            image,
+            socket,
+            last: Mutex::new(None),
+        }
+    }
+}
+
+/// Reads the image on the host, past the daemon.
+fn host_read(image: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    File::open(image)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+/// Driver options sized for short tests: 16 slots of 64 KiB.
+fn small_opts() -> BlkOptions {
+    let mut o = BlkOptions {
+        max_io: 64 * 1024,
+        slots_per_queue: 16,
+        ..BlkOptions::default()
+    };
+    o.device.mem_size = 8 << 20;
+    o
+}
+
+impl Env for BlkEnv {
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        vec!["--blk-file".into(), self.image.clone().into()]
+    }
+
+    fn connect(&self, socket: &Path) -> Box<dyn Frontend + '_> {
+        let c = BlkClient::connect(socket, &small_opts())
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
+        Box::new(BlkFrontend { env: self, c })
+    }
+
+    fn keep_busy(
+        &self,
+        socket: &Path,
+        streaming: &AtomicBool,
+        stop: &AtomicBool,
+    ) -> Box<dyn FnOnce() + Send> {
+        let mut opts = small_opts();
+        opts.max_io = u64::from(BUSY_WRITE_LEN);
+        opts.slots_per_queue = 32;
+        let mut c = BlkClient::connect(socket, &opts).unwrap();
+        let body = pattern(0, BUSY_WRITE_LEN as usize);
+        let done = keep_writing(&mut c.queue(0), &body, streaming, stop);
+        let image = self.image.clone();
+        Box::new(move || {
+            eprintln!("{} writes completed", done.len());
+            let failed: Vec<_> = done
+                .iter()
+                .filter(|w| w.status != status::OK)
+                .map(|w| (w.index, w.status))
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "{} of {} completed writes have a bad status: {:?}",
+                failed.len(),
+                done.len(),
+                &failed[..failed.len().min(10)]
+            );
+            for w in &done {
+                let len = BUSY_WRITE_LEN as usize;
+                let on_disk = host_read(&image, w.index * u64::from(BUSY_WRITE_LEN), len);
+                assert!(
+                    on_disk == stamped(&body, w.index),
+                    "write {} completed OK but is not on the image ({} completed)",
+                    w.index,
+                    done.len()
+                );
+            }
+        })
+    }
+
+    fn configure_unit(&self, vars: &mut BTreeMap<String, String>) {
+        assert!(
+            vars.contains_key("VHOST_BLK_FILE"),
+            "the example sets VHOST_BLK_FILE"
+        );
+        vars.insert("VHOST_BLK_FILE".into(), self.image.to_str().unwrap().into());
+    }
+
+    fn assert_unit_options(&self, socket: &Path, _vars: &BTreeMap<String, String>) {
+        // The example asks for 2 queues and serial disk0.
+        let mut c = BlkClient::connect(socket, &BlkOptions::default()).unwrap();
+        assert_eq!(c.config().unwrap().num_queues, 2);
+        assert_eq!(c.get_id().unwrap(), "disk0");
+        c.write(8, &[0xa5; 4096]).unwrap();
+        assert_eq!(c.read(8, 4096).unwrap(), vec![0xa5; 4096]);
+    }
+}
+
+/// A connected `BlkClient`.
+struct BlkFrontend<'a> {
+    env: &'a BlkEnv,
+    c: BlkClient,
+}
+
+impl Frontend for BlkFrontend<'_> {
+    fn device(&mut self) -> &mut VuDevice {
+        self.c.device()
+    }
+
+    fn serve(&mut self, round: u64) {
+        let cfg = self.c.config().unwrap();
+        assert_eq!(cfg.capacity, IMAGE_SIZE / SECTOR_SIZE, "round {round}");
+        let mut last = self.env.last.lock().unwrap();
+        if let Some((sector, data)) = last.as_ref() {
+            let back = self.c.read(*sector, data.len() as u32).unwrap();
+            assert!(
+                back == *data,
+                "round {round}: the previous round's data at sector {sector} is gone"
+            );
+        }
+        let data = pattern(round as u32, 4096);
+        let sector = (round % 1000) * 8;
+        self.c.write(sector, &data).unwrap();
+        assert_eq!(self.c.read(sector, 4096).unwrap(), data, "round {round}");
+        assert!(
+            host_read(&self.env.image, sector * SECTOR_SIZE, data.len()) == data,
+            "round {round}: not on the image"
+        );
+        *last = Some((sector, data));
+    }
+
+    fn exercise(&mut self, round: u64, after: &mut dyn FnMut(&str)) {
+        let c = &mut self.c;
+        let base = EXERCISE_SECTOR;
+        let data = vec![0xa5 ^ round as u8; 8192];
+        c.write(base + 8, &data).unwrap();
+        assert_eq!(c.read(base + 8, 8192).unwrap(), data);
+        after("WRITE and READ");
+        c.flush().unwrap();
+        after("FLUSH");
+        c.discard(base + 64, 8).unwrap();
+        after("DISCARD");
+        c.write_zeroes(base + 8, 16, false).unwrap();
+        assert_eq!(c.read(base + 8, 8192).unwrap(), vec![0u8; 8192]);
+        c.write_zeroes(base + 80, 8, true).unwrap();
+        after("WRITE_ZEROES");
+        assert_eq!(c.get_id().unwrap(), "disk.img");
+        after("GET_ID");
+    }
+
+    fn leave_in_flight(&mut self, round: u64) {
+        let mut q = self.c.queue(0);
+        let mem = q.virtqueue().mem().clone();
+        for i in 0..16u64 {
+            let slot = q.peek_slot().unwrap();
+            let data = pattern((round * 100 + i) as u32, 64 * 1024);
+            mem.write(q.data_addr(slot), &data).unwrap();
+            q.submit(Request::Write {
+                sector: IN_FLIGHT_SECTOR + i * 128,
+                len: 64 * 1024,
+            })
+            .unwrap();
+        }
+        q.kick().unwrap();
+    }
+}
+
+/// What write `index` puts on the disk: a fixed body stamped with the
+/// index in its first 8 bytes, so that submitting costs one small copy and
+/// the daemon, not the driver, is the slow side (requests pile up in it).
+fn stamped(body: &[u8], index: u64) -> Vec<u8> {
+    let mut v = body.to_vec();
+    v[..8].copy_from_slice(&index.to_le_bytes());
+    v
+}
+
+/// One write the driver saw complete.
+struct Done {
+    index: u64,
+    status: u8,
+}
+
+/// Keeps up to 32 writes of [`BUSY_WRITE_LEN`] in flight (write `i` goes
+/// to byte `i * BUSY_WRITE_LEN` and holds `stamped(body, i)`) until `stop`
+/// is set and no completion arrived for 100 ms; sets `streaming` after 64
+/// completions.
+fn keep_writing(
+    q: &mut BlkQueue<'_>,
+    body: &[u8],
+    streaming: &AtomicBool,
+    stop: &AtomicBool,
+) -> Vec<Done> {
+    let max = IMAGE_SIZE / u64::from(BUSY_WRITE_LEN);
+    let mem = q.virtqueue().mem().clone();
+    let mut in_flight: HashMap<u16, u64> = HashMap::new();
+    let mut next = 0u64;
+    let mut done = Vec::new();
+    let mut batch = Vec::new();
+    let mut filled = HashSet::new();
+    loop {
+        if !stop.load(Ordering::Acquire) {
+            let mut added = false;
+            while in_flight.len() < 32 && next < max {
+                let Some(slot) = q.peek_slot() else { break };
+                if filled.insert(slot) {
+                    mem.write(q.data_addr(slot), body).unwrap();
+                }
+                mem.write(q.data_addr(slot), &next.to_le_bytes()).unwrap();
+                let sector = next * u64::from(BUSY_WRITE_LEN) / SECTOR_SIZE;
+                let used = q
+                    .submit(Request::Write {
+                        sector,
+                        len: BUSY_WRITE_LEN,
+                    })
+                    .unwrap();
+                in_flight.insert(used, next);
+                next += 1;
+                added = true;
+            }
+            if added {
+                q.kick().unwrap();
+            }
+        }
+        batch.clear();
+        match q.reap(Duration::from_millis(100), &mut batch) {
+            Ok(()) => {}
+            Err(BlkError::Queue(QueueError::Timeout { .. })) if stop.load(Ordering::Acquire) => {
+                break
+            }
+            Err(BlkError::Queue(QueueError::Timeout { .. })) => continue,
+            Err(e) => panic!("reaping completions: {e}"),
+        }
+        for c in &batch {
+            let index = in_flight
+                .remove(&c.slot)
+                .expect("a completion for a slot in flight");
+            done.push(Done {
+                index,
+                status: c.status,
+            });
+        }
+        if done.len() >= 64 {
+            streaming.store(true, Ordering::Release);
+        }
+    }
+    done
+}

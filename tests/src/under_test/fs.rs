@@ -1,0 +1,309 @@
+//! `virtiofsd` under test, with its defaults (the namespace sandbox and
+//! the seccomp filter): a share holding `hello.txt`; a round reads it,
+//! checks the file the previous round made and makes its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{Opcode, WriteIn, ROOT_ID};
+
+use super::{Contrib, DaemonUnderTest, Env, Frontend};
+use crate::device::VuDevice;
+use crate::fixture::TempDir;
+use crate::fs::wire::Request;
+use crate::fs::{FsClient, FsError, FsOptions, SetAttr};
+use crate::image::pattern;
+
+/// `virtiofsd`.
+pub static FS: DaemonUnderTest = DaemonUnderTest {
+    name: "virtiofsd",
+    capabilities: "{\"type\":\"fs\",\"features\":[\"separate-options\"]}\n",
+    ready_line: Some(READY_LINE),
+    watchdog_args: &["--sandbox", "none"],
+    contrib: Contrib {
+        kind: "fs",
+        installed_binary: "/usr/libexec/virtiofsd",
+        instance: "share0",
+        example_conf: "systemd/virtiofsd-example.conf",
+        // CAP_SYS_ADMIN and the passthrough's capabilities cost exposure
+        // the block daemon's unit does not have; still "OK".
+        max_exposure: 35,
+        read_write_paths: true,
+        watchdog: false,
+    },
+    env: |test| Box::new(FsEnv::new(test)),
+};
+
+/// The line Kata's runtime waits for on stderr (with the dots).
+pub const READY_LINE: &str = "Waiting for vhost-user socket connection...";
+/// What the share's `hello.txt` holds.
+pub const HELLO: &str = "hello from the host's shared directory\n";
+/// Bytes of each WRITE [`Env::keep_busy`] keeps in flight (the
+/// pipeline's slots carry the data with the request).
+const BUSY_WRITE_LEN: usize = 1024;
+/// WRITEs [`Env::keep_busy`] keeps in flight.
+const BUSY_DEPTH: usize = 16;
+
+/// A share with `hello.txt` and a socket path in a temporary directory.
+struct FsEnv {
+    dir: TempDir,
+    share: PathBuf,
+    socket: PathBuf,
+    /// The file the last round made, and what it holds.
+    last: Mutex<Option<(String, Vec<u8>)>>,
+}
+
+impl FsEnv {
+    fn new(test: &str) -> Self {
+        let dir = TempDir::new(&format!("vutest-fs-{test}")).unwrap();
+        let share = dir.join("share");
+        fs::create_dir(&share).unwrap();
+        fs::write(share.join("hello.txt"), HELLO).unwrap();
+        let socket = dir.join("fs.sock");
+        FsEnv {
+            dir,
+            share,
+            socket,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn client(socket: &Path) -> FsClient {
+        FsClient::connect(socket, FsOptions::default())
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}: {e:?}", socket.display()))
+    }
+}
+
+impl Env for FsEnv {
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        vec!["--shared-dir".into(), self.share.clone().into()]
+    }
+
+    fn connect(&self, socket: &Path) -> Box<dyn Frontend + '_> {
+        Box::new(FsFrontend {
+            env: self,
+            fs: Self::client(socket),
+        })
+    }
+
+    fn keep_busy(
+        &self,
+        socket: &Path,
+        streaming: &AtomicBool,
+        stop: &AtomicBool,
+    ) -> Box<dyn FnOnce() + Send> {
+        let mut fs = Self::client(socket);
+        let (e, open) = fs
+            .create(ROOT_ID, "busy", libc::S_IFREG | 0o644, libc::O_WRONLY)
+            .unwrap();
+        // Replies are awaited briefly and again, so a daemon that has gone
+        // is noticed soon after `stop`.
+        fs.set_timeout(Duration::from_millis(100));
+        let mut p = fs.pipeline(BUSY_DEPTH).unwrap();
+        let mut in_flight: HashMap<usize, u64> = HashMap::new();
+        let (mut next, mut done, mut failed) = (0u64, Vec::new(), Vec::new());
+        loop {
+            if !stop.load(Ordering::Acquire) {
+                while in_flight.len() < BUSY_DEPTH {
+                    let slot = (0..BUSY_DEPTH)
+                        .find(|s| !in_flight.contains_key(s))
+                        .expect("a free slot");
+                    let mut req = Request::new("WRITE", Opcode::Write, e.nodeid).arg(&WriteIn {
+                        fh: open.fh,
+                        offset: next * BUSY_WRITE_LEN as u64,
+                        size: BUSY_WRITE_LEN as u32,
+                        ..WriteIn::default()
+                    });
+                    req.args.extend_from_slice(&stamped(BUSY_WRITE_LEN, next));
+                    p.send(&mut fs, slot, &req).unwrap();
+                    in_flight.insert(slot, next);
+                    next += 1;
+                }
+                p.kick(&mut fs).unwrap();
+            }
+            match p.recv(&mut fs) {
+                Ok((slot, reply)) => {
+                    let index = in_flight
+                        .remove(&slot)
+                        .expect("a reply for a slot in flight");
+                    let written =
+                        reply.map(|body| u32::from_le_bytes(body[..4].try_into().unwrap()));
+                    match written {
+                        Ok(n) if n as usize == BUSY_WRITE_LEN => done.push(index),
+                        other => failed.push((index, format!("{other:?}"))),
+                    }
+                }
+                Err(FsError::Timeout { .. }) if stop.load(Ordering::Acquire) => break,
+                Err(FsError::Timeout { .. }) => continue,
+                Err(e) => panic!("a WRITE reply: {e}"),
+            }
+            if done.len() >= 64 {
+                streaming.store(true, Ordering::Release);
+            }
+        }
+        let file = self.share.join("busy");
+        Box::new(move || {
+            eprintln!("{} WRITEs completed", done.len());
+            assert!(
+                failed.is_empty(),
+                "{} of {} completed WRITEs failed: {:?}",
+                failed.len(),
+                done.len() + failed.len(),
+                &failed[..failed.len().min(10)]
+            );
+            let f = fs::File::open(&file).unwrap();
+            for &i in &done {
+                let mut got = vec![0u8; BUSY_WRITE_LEN];
+                f.read_exact_at(&mut got, i * BUSY_WRITE_LEN as u64)
+                    .unwrap_or_else(|e| panic!("WRITE {i} completed but the file is short: {e}"));
+                assert!(
+                    got == stamped(BUSY_WRITE_LEN, i),
+                    "WRITE {i} completed but is not in the file ({} completed)",
+                    done.len()
+                );
+            }
+        })
+    }
+
+    fn configure_unit(&self, vars: &mut BTreeMap<String, String>) {
+        assert!(
+            vars.contains_key("VIRTIOFSD_SHARED_DIR"),
+            "the example sets VIRTIOFSD_SHARED_DIR"
+        );
+        vars.insert(
+            "VIRTIOFSD_SHARED_DIR".into(),
+            self.share.to_str().unwrap().into(),
+        );
+        vars.insert("VIRTIOFSD_TAG".into(), "from-unit".into());
+    }
+
+    fn assert_unit_options(&self, socket: &Path, _vars: &BTreeMap<String, String>) {
+        let mut c = Self::client(socket);
+        assert_eq!(c.tag(), Some("from-unit"));
+        let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
+        assert_eq!(entry.attr.size, HELLO.len() as u64);
+    }
+}
+
+/// What write `index` holds: `len` bytes of its own.
+fn stamped(len: usize, index: u64) -> Vec<u8> {
+    pattern(index as u32 + 1, len)
+}
+
+/// A connected, initialised `FsClient`.
+struct FsFrontend<'a> {
+    env: &'a FsEnv,
+    fs: FsClient,
+}
+
+impl Frontend for FsFrontend<'_> {
+    fn device(&mut self) -> &mut VuDevice {
+        self.fs.device()
+    }
+
+    fn serve(&mut self, round: u64) {
+        let fs = &mut self.fs;
+        let session = *fs.session().expect("INIT ran at connect");
+        assert_eq!(session.init.major, 7, "{:?}", session.init);
+        let hello = fs.lookup(ROOT_ID, "hello.txt").unwrap();
+        assert_ne!(hello.nodeid, 0);
+        assert_eq!(hello.attr.size, HELLO.len() as u64);
+        // The handle stays open: the session's end must close it.
+        let fh = fs.open(hello.nodeid, libc::O_RDONLY).unwrap().fh;
+        assert_eq!(
+            fs.read(fh, hello.nodeid, 0, 4096).unwrap(),
+            HELLO.as_bytes()
+        );
+        let mut last = self.env.last.lock().unwrap();
+        if let Some((name, data)) = last.as_ref() {
+            let e = fs
+                .lookup(ROOT_ID, name)
+                .unwrap_or_else(|e| panic!("round {round}: the previous round's {name}: {e}"));
+            assert_eq!(e.attr.size, data.len() as u64, "round {round}: {name}");
+        }
+        let name = format!("served-{round}");
+        let data = pattern(round as u32, 4096);
+        let (e, o) = fs
+            .create(ROOT_ID, &name, libc::S_IFREG | 0o644, libc::O_WRONLY)
+            .unwrap();
+        assert_eq!(fs.write(o.fh, e.nodeid, 0, &data).unwrap(), 4096);
+        fs.release(o.fh, e.nodeid, libc::O_WRONLY).unwrap();
+        assert!(
+            fs::read(self.env.share.join(&name)).unwrap() == data,
+            "round {round}: {name} differs on the host"
+        );
+        *last = Some((name, data));
+    }
+
+    fn exercise(&mut self, round: u64, after: &mut dyn FnMut(&str)) {
+        let fs = &mut self.fs;
+        let share = &self.env.share;
+        let dir = format!("exercise-{round}");
+        let d = fs.mkdir(ROOT_ID, &dir, 0o755).unwrap();
+        let (f, o) = fs
+            .create(d.nodeid, "f", libc::S_IFREG | 0o644, libc::O_RDWR)
+            .unwrap();
+        let data = pattern(round as u32 + 1000, 8192);
+        assert_eq!(fs.write(o.fh, f.nodeid, 0, &data).unwrap(), 8192);
+        fs.flush(o.fh, f.nodeid).unwrap();
+        fs.fsync(o.fh, f.nodeid, true).unwrap();
+        assert_eq!(fs.read(o.fh, f.nodeid, 0, 8192).unwrap(), data);
+        let truncate = SetAttr {
+            size: Some(4096),
+            ..SetAttr::default()
+        };
+        assert_eq!(fs.setattr(f.nodeid, &truncate).unwrap().attr.size, 4096);
+        fs.release(o.fh, f.nodeid, libc::O_RDWR).unwrap();
+        after("MKDIR, CREATE, WRITE, FLUSH, FSYNC, READ, SETATTR, RELEASE");
+        let names: Vec<Vec<u8>> = fs
+            .list_dir(d.nodeid)
+            .unwrap()
+            .iter()
+            .map(|e| e.name().to_vec())
+            .collect();
+        assert!(names.contains(&b"f".to_vec()), "{names:?}");
+        fs.rename(d.nodeid, "f", d.nodeid, "g").unwrap();
+        let l = fs.symlink(d.nodeid, "l", "g").unwrap();
+        assert_eq!(fs.readlink(l.nodeid).unwrap(), b"g");
+        assert_eq!(fs::read(share.join(&dir).join("g")).unwrap(), data[..4096]);
+        after("READDIRPLUS, RENAME, SYMLINK, READLINK");
+        fs.statfs(ROOT_ID).unwrap();
+        fs.getattr(d.nodeid, None).unwrap();
+        fs.unlink(d.nodeid, "l").unwrap();
+        fs.unlink(d.nodeid, "g").unwrap();
+        fs.rmdir(ROOT_ID, &dir).unwrap();
+        for node in [f.nodeid, l.nodeid, d.nodeid] {
+            fs.forget(node, 1).unwrap();
+        }
+        fs.wait_forgets().unwrap();
+        assert!(!share.join(&dir).exists(), "{dir} still on the host");
+        after("STATFS, GETATTR, UNLINK, RMDIR, FORGET");
+    }
+
+    fn leave_in_flight(&mut self, round: u64) {
+        let mut p = self.fs.pipeline(16).unwrap();
+        for slot in 0..16 {
+            let req = if (slot as u64 + round) % 2 == 0 {
+                Request::lookup(ROOT_ID, b"hello.txt").unwrap()
+            } else {
+                Request::getattr(ROOT_ID, None)
+            };
+            p.send(&mut self.fs, slot, &req).unwrap();
+        }
+        p.kick(&mut self.fs).unwrap();
+    }
+}

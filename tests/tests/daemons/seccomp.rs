@@ -1,0 +1,69 @@
+//! Each daemon serves under its seccomp allow-list: the filter is really
+//! installed (by default, in kill mode, in the process that serves) and
+//! every kind of request, reconnects and SIGTERM run under it;
+//! `--seccomp none` installs none.
+
+use std::time::Duration;
+
+use vu_driver::fixture::{poll_until, Daemon};
+use vu_driver::lifecycle::assert_no_panic;
+use vu_driver::process::{seccomp_mode, serving_pid};
+use vu_driver::under_test::DaemonUnderTest;
+
+for_each_daemon!(
+    default_daemon_serves_every_request_type_under_a_filter,
+    seccomp_none_installs_no_filter,
+);
+
+/// Fails, with the log, if the daemon is gone (a filter kill is SIGSYS).
+fn assert_alive(d: &mut Daemon, after: &str) {
+    let status = d.try_wait().unwrap();
+    assert!(
+        status.is_none(),
+        "the daemon died under its filter after {after} ({status:?}):\n{}",
+        d.log_contents()
+    );
+}
+
+fn default_daemon_serves_every_request_type_under_a_filter(d: &DaemonUnderTest) {
+    let env = d.env("seccomp");
+    let socket = env.socket();
+    let mut daemon = d.start(&*env);
+    // The socket exists (ready) a moment before the filter goes on.
+    let pid = serving_pid(daemon.pid());
+    assert!(
+        poll_until(Duration::from_secs(5), || seccomp_mode(pid).unwrap() == 2),
+        "no seccomp filter installed by default"
+    );
+    for round in 0..3 {
+        let mut f = env.connect(socket);
+        assert_alive(&mut daemon, &format!("connection {round}"));
+        f.exercise(round, &mut |what| {
+            assert_alive(&mut daemon, &format!("{what} (connection {round})"))
+        });
+        if round == 1 {
+            // Like QEMU: stop the rings before disconnecting.
+            f.device().stop_queues().unwrap();
+        }
+    }
+    assert_alive(&mut daemon, "three connections");
+    assert_no_panic(&daemon);
+    let status = daemon.stop().unwrap();
+    assert!(
+        status.success(),
+        "exit {status} under the filter:\n{}",
+        daemon.log_contents()
+    );
+}
+
+fn seccomp_none_installs_no_filter(d: &DaemonUnderTest) {
+    let env = d.env("seccomp-none");
+    let socket = env.socket();
+    let mut cmd = d.socket_command(&*env);
+    cmd.args(["--seccomp", "none"]);
+    let mut daemon = d.spawn(cmd, socket, true);
+    // Connected and serving: past the point where the filter would go on.
+    d.serve(&*env, socket, 0);
+    assert_eq!(seccomp_mode(serving_pid(daemon.pid())).unwrap(), 0);
+    assert!(daemon.stop().unwrap().success());
+}
