@@ -5,6 +5,7 @@
 //! - [`hdr`]: the `virtio_net_hdr_v1` header.
 //! - [`frame`]: Ethernet/IPv4/UDP frames, good and malformed.
 //! - [`rings`]: TX slots, RX buffers and the control buffer over any [`VirtQueue`].
+//! - [`tagged`]: frames a test finds among others, and the waits for them each way.
 //! - [`testpmd`]: DPDK's `dpdk-testpmd` as a third-party vhost-user net backend.
 //!
 //! ```no_run
@@ -20,6 +21,7 @@
 pub mod frame;
 pub mod hdr;
 pub mod rings;
+pub mod tagged;
 pub mod testpmd;
 
 #[cfg(test)]

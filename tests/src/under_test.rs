@@ -25,6 +25,7 @@ use crate::systemd::socket_activate_command;
 pub mod blk;
 pub mod fs;
 pub mod net;
+pub mod rings;
 
 /// How long a daemon may take to come up, and a request to be answered.
 pub const T: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use vm_memory::{Address, ByteValued, GuestAddress};
+use vm_memory::{ByteValued, GuestAddress};
 
 use super::{DiscardWz, OutHdr, Result};
 use crate::memory::GuestMem;
@@ -135,7 +135,8 @@ impl RawRequest {
     /// The chain as descriptors linked by relative index (descriptor `i`
     /// has NEXT to `i + 1`, the last has none), the form
     /// [`VirtQueue::raw_chain`] takes; a test edits them to break the chain.
-    /// Written with [`write_table`] they form a valid indirect table as well.
+    /// Written with [`crate::virtqueue::indirect_table`] they form a valid
+    /// indirect table as well.
     pub fn raw_descs(&self) -> Vec<RawDesc> {
         let n = self.segs.len();
         self.segs
@@ -144,20 +145,4 @@ impl RawRequest {
             .map(|(i, s)| chain_desc(s, i + 1 == n, (i + 1) as u16))
             .collect()
     }
-}
-
-/// Writes `descs` as an indirect descriptor table at `table` in `mem`
-/// (`next` fields are already table indices, as [`RawRequest::raw_descs`]
-/// makes them). Returns the table's length in bytes, for the INDIRECT
-/// descriptor that points at it.
-pub fn write_table(mem: &GuestMem, table: GuestAddress, descs: &[RawDesc]) -> Result<u32> {
-    for (i, d) in descs.iter().enumerate() {
-        mem.write_obj(table.unchecked_add(16 * i as u64), *d)?;
-    }
-    Ok(16 * descs.len() as u32)
-}
-
-/// Allocates room for an indirect table of `entries` descriptors (16-byte aligned).
-pub fn alloc_table(mem: &GuestMem, entries: usize) -> Result<GuestAddress> {
-    Ok(mem.alloc(16 * entries.max(1) as u64, 16)?)
 }

@@ -1,6 +1,8 @@
 //! `vhost-blk-daemon` under test: a sparse image in a temporary directory;
 //! a round writes data and reads it back through the daemon and on the
-//! host, after checking what the previous round wrote.
+//! host, after checking what the previous round wrote. Its request queue
+//! is fed malformed chains made from a read ([`BLK_READ`]) and from a
+//! write ([`BLK_WRITE`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -11,12 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use vm_memory::GuestAddress;
+
+use super::rings::{Chain, Ring, RingUnderTest, FILL, T};
 use super::{Contrib, DaemonUnderTest, Env, Frontend};
-use crate::blk::{status, BlkClient, BlkError, BlkOptions, BlkQueue, Request, SECTOR_SIZE};
+use crate::blk::raw::RequestBuilder;
+use crate::blk::{req, status, BlkClient, BlkError, BlkOptions, BlkQueue, Request, SECTOR_SIZE};
 use crate::device::VuDevice;
-use crate::fixture::{create_sparse_image, TempDir};
+use crate::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
 use crate::image::pattern;
-use crate::virtqueue::QueueError;
+use crate::virtqueue::{QueueError, Used, VirtQueue};
 
 /// `vhost-blk-daemon`.
 pub static BLK: DaemonUnderTest = DaemonUnderTest {
@@ -316,4 +322,151 @@ fn keep_writing(
         }
     }
     done
+}
+
+/// `vhost-blk-daemon`'s first request queue (of two) with a 512-byte read
+/// at sector 0 as the good chain. The contract: a malformed chain comes
+/// back on the used ring with len 0 and nothing written (the status byte
+/// keeps its preset value), a warning containing "malformed" names the
+/// head, and the queue keeps serving.
+pub static BLK_READ: RingUnderTest = RingUnderTest {
+    name: "blk_read",
+    rig: || Box::new(BlkRing::new(req::IN)),
+};
+
+/// [`BLK_READ`] with a 512-byte write at sector 0 as the good chain: a
+/// malformed one also leaves the image as it was.
+pub static BLK_WRITE: RingUnderTest = RingUnderTest {
+    name: "blk_write",
+    rig: || Box::new(BlkRing::new(req::OUT)),
+};
+
+/// A daemon serving two queues and a driver, for raw chains on queue 0.
+struct BlkRing {
+    env: BlkEnv,
+    daemon: Daemon,
+    c: Option<BlkClient>,
+    type_: u32,
+}
+
+impl BlkRing {
+    fn new(type_: u32) -> Self {
+        let env = BlkEnv::new("malformed");
+        let mut cmd = BLK.socket_command(&env);
+        cmd.args(["--num-queues", "2"]);
+        let daemon = BLK.spawn(cmd, &env.socket, true);
+        let c = Some(Self::client(&env.socket));
+        BlkRing {
+            env,
+            daemon,
+            c,
+            type_,
+        }
+    }
+
+    fn client(socket: &Path) -> BlkClient {
+        let mut opts = BlkOptions::default();
+        opts.device.num_queues = 2;
+        BlkClient::connect(socket, &opts).unwrap()
+    }
+
+    /// The driver.
+    fn c(&mut self) -> &mut BlkClient {
+        self.c.as_mut().expect("connected")
+    }
+
+    /// A 4 KiB write then read on queue `qi`.
+    fn assert_queue_serves(&mut self, qi: usize) {
+        let exit = self.daemon.try_wait().unwrap();
+        assert_eq!(exit, None, "daemon exited: {exit:?}");
+        let data = pattern(qi as u32 + 1, 4096);
+        let mut q = self.c().queue(qi);
+        let mem = q.virtqueue().mem().clone();
+        mem.write(q.data_addr(q.peek_slot().unwrap()), &data)
+            .unwrap();
+        q.execute(
+            Request::Write {
+                sector: 64,
+                len: 4096,
+            },
+            T,
+        )
+        .unwrap_or_else(|e| panic!("valid write on queue {qi}: {e}"));
+        let r = q
+            .execute(
+                Request::Read {
+                    sector: 64,
+                    len: 4096,
+                },
+                T,
+            )
+            .unwrap_or_else(|e| panic!("valid read on queue {qi}: {e}"));
+        assert_eq!(mem.read_vec(q.data_addr(r.slot), 4096).unwrap(), data);
+    }
+}
+
+impl Ring for BlkRing {
+    fn queue(&mut self) -> &mut VirtQueue {
+        self.c().device().queue(0)
+    }
+
+    fn good_chain(&mut self) -> Chain {
+        let mem = self.c().device().mem().clone();
+        let b = RequestBuilder::new(&mem).header(self.type_, 0).unwrap();
+        let b = if self.type_ == req::IN {
+            b.writable(512, FILL).unwrap()
+        } else {
+            b.readable(&pattern(1, 512)).unwrap()
+        };
+        Chain {
+            descs: b.status().unwrap().build().raw_descs(),
+        }
+    }
+
+    fn assert_refused(&mut self, head: u16, used: Used, untouched: &[(GuestAddress, Vec<u8>)]) {
+        assert_eq!(used.len, 0, "used len of a malformed chain: {used:?}");
+        let mem = self.c().device().mem().clone();
+        for (at, was) in untouched {
+            let now = mem.read_vec(*at, was.len()).unwrap();
+            assert!(now == *was, "buffer at {:#x} written", at.0);
+        }
+        if self.type_ == req::OUT {
+            assert_eq!(
+                host_read(&self.env.image, 0, 4096),
+                vec![0u8; 4096],
+                "image written"
+            );
+        }
+        let logged = poll_until(T, || {
+            self.daemon.log_contents().lines().any(|l| {
+                l.to_lowercase().contains("malformed") && l.contains(&format!("head {head}:"))
+            })
+        });
+        assert!(
+            logged,
+            "no log line containing \"malformed\" naming head {head}:\n{}",
+            self.daemon.log_contents()
+        );
+        self.assert_queue_serves(0);
+    }
+
+    fn assert_serves(&mut self) {
+        self.assert_queue_serves(0);
+    }
+
+    fn assert_other_queues_serve(&mut self) {
+        self.assert_queue_serves(1);
+    }
+
+    fn reconnect_and_serve(&mut self) {
+        // The daemon serves one frontend at a time: this one goes first.
+        self.c = None;
+        self.c = Some(Self::client(&self.env.socket));
+        self.assert_queue_serves(0);
+        self.assert_queue_serves(1);
+    }
+
+    fn daemon(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
 }

@@ -1,11 +1,12 @@
 //! `virtiofsd` under test, with its defaults (the namespace sandbox and
 //! the seccomp filter): a share holding `hello.txt`; a round reads it,
-//! checks the file the previous round made and makes its own.
+//! checks the file the previous round made and makes its own. Its request
+//! queue is fed malformed chains made from a GETATTR ([`FS_REQUEST`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -13,12 +14,16 @@ use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{Opcode, WriteIn, ROOT_ID};
 
+use vm_memory::GuestAddress;
+
+use super::rings::{Chain, Ring, RingUnderTest};
 use super::{Contrib, DaemonUnderTest, Env, Frontend};
 use crate::device::VuDevice;
-use crate::fixture::TempDir;
-use crate::fs::wire::Request;
+use crate::fixture::{Daemon, TempDir};
+use crate::fs::wire::{Request, OUT_HEADER_LEN};
 use crate::fs::{FsClient, FsError, FsOptions, SetAttr};
 use crate::image::pattern;
+use crate::virtqueue::{RawDesc, Used, VirtQueue, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 /// `virtiofsd`.
 pub static FS: DaemonUnderTest = DaemonUnderTest {
@@ -305,5 +310,113 @@ impl Frontend for FsFrontend<'_> {
             p.send(&mut self.fs, slot, &req).unwrap();
         }
         p.kick(&mut self.fs).unwrap();
+    }
+}
+
+/// `virtiofsd`'s request queue (1), with its defaults (the namespace
+/// sandbox and the seccomp filter); the good chain is a GETATTR of the
+/// root and a 256-byte reply buffer. The contract: the head comes back,
+/// with len 0 or an errno reply, never a success and never a hang, and the
+/// daemon keeps serving.
+pub static FS_REQUEST: RingUnderTest = RingUnderTest {
+    name: "fs_request",
+    rig: || Box::new(FsRing::new()),
+};
+
+/// The request queue.
+const REQUEST_QUEUE: usize = 1;
+
+/// A daemon and an initialised driver, for raw chains on the request queue.
+struct FsRing {
+    env: FsEnv,
+    daemon: Daemon,
+    fs: Option<FsClient>,
+}
+
+impl FsRing {
+    fn new() -> Self {
+        let env = FsEnv::new("malformed");
+        let daemon = FS.start(&env);
+        let mut fs = FsEnv::client(&env.socket);
+        // A request the daemon should answer must come back soon; a hang
+        // is a failure.
+        fs.set_timeout(Duration::from_secs(5));
+        FsRing {
+            env,
+            daemon,
+            fs: Some(fs),
+        }
+    }
+}
+
+impl FsRing {
+    /// The driver.
+    fn fs(&mut self) -> &mut FsClient {
+        self.fs.as_mut().expect("connected")
+    }
+}
+
+impl Ring for FsRing {
+    fn queue(&mut self) -> &mut VirtQueue {
+        self.fs().device().queue(REQUEST_QUEUE)
+    }
+
+    fn good_chain(&mut self) -> Chain {
+        let (_, bytes) = self.fs().encode(&Request::getattr(ROOT_ID, None), 0);
+        let mem = self.fs().device().mem().clone();
+        let at = mem.alloc(4096, 4096).unwrap();
+        mem.write(at, &bytes).unwrap();
+        let reply = mem.alloc(4096, 4096).unwrap();
+        Chain {
+            descs: vec![
+                RawDesc::new(at.0, bytes.len() as u32, VRING_DESC_F_NEXT, 1),
+                RawDesc::new(reply.0, 256, VRING_DESC_F_WRITE, 0),
+            ],
+        }
+    }
+
+    fn assert_refused(&mut self, head: u16, used: Used, untouched: &[(GuestAddress, Vec<u8>)]) {
+        if used.len != 0 {
+            // Only an errno reply, in the reply buffer the good chain had.
+            let (reply, _) = &untouched[0];
+            let out: [u8; OUT_HEADER_LEN] = self.fs().device().mem().read_obj(*reply).unwrap();
+            let error = i32::from_le_bytes(out[4..8].try_into().unwrap());
+            assert!(
+                error < 0,
+                "head {head}: used len {} with a success reply (error {error})",
+                used.len
+            );
+        }
+        self.assert_serves();
+    }
+
+    fn assert_serves(&mut self) {
+        let exit = self.daemon.try_wait().unwrap();
+        assert_eq!(exit, None, "the daemon exited: {exit:?}");
+        let a = self
+            .fs()
+            .getattr(ROOT_ID, None)
+            .unwrap_or_else(|e| panic!("GETATTR of the root: {e}"));
+        let share = fs::metadata(&self.env.share).unwrap();
+        assert_eq!(a.attr.ino, share.ino(), "the root is not the share");
+    }
+
+    fn assert_other_queues_serve(&mut self) {
+        // The high-priority queue still takes FORGETs.
+        self.fs().forget(0xdead_beef, 1).unwrap();
+        self.fs().wait_forgets().unwrap();
+        let exit = self.daemon.try_wait().unwrap();
+        assert_eq!(exit, None, "the daemon exited: {exit:?}");
+    }
+
+    fn reconnect_and_serve(&mut self) {
+        // The daemon serves one frontend at a time: this one goes first.
+        self.fs = None;
+        self.fs = Some(FsEnv::client(&self.env.socket));
+        self.assert_serves();
+    }
+
+    fn daemon(&mut self) -> &mut Daemon {
+        &mut self.daemon
     }
 }

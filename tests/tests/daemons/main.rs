@@ -58,4 +58,5 @@ macro_rules! daemon_test {
 mod cli;
 mod contrib;
 mod lifecycle;
+mod malformed;
 mod seccomp;
