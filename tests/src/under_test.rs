@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::device::VuDevice;
-use crate::fixture::{Daemon, Readiness};
+use crate::fixture::{Daemon, Readiness, TempDir};
 use crate::ours::project_binary;
 use crate::process::{inherit_fd_as, without_systemd_env};
 use crate::systemd::socket_activate_command;
@@ -78,13 +78,43 @@ pub struct Contrib {
 /// Every daemon, for tests that loop over them.
 pub static ALL: [&DaemonUnderTest; 3] = [&blk::BLK, &fs::FS, &net::NET];
 
+/// A test's own temporary directory (for what the daemon serves, a
+/// notify socket, a log) and the daemon's socket path in it; removed on
+/// drop.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: TempDir,
+    socket: PathBuf,
+}
+
+impl Scratch {
+    /// A fresh `<tmp>/vutest-<what>-<test>...` with the socket path
+    /// `<what>.sock` in it (not created).
+    pub fn new(what: &str, test: &str) -> Self {
+        let dir = TempDir::new(&format!("vutest-{what}-{test}")).unwrap();
+        let socket = dir.join(format!("{what}.sock"));
+        Scratch { dir, socket }
+    }
+
+    /// A path in the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
 /// What one test's daemon serves and where its socket goes; removed on
 /// drop (its directory, its network namespace).
 pub trait Env: Sync {
+    /// The test's directory and the daemon's socket path.
+    fn scratch(&self) -> &Scratch;
     /// The test's own temporary directory (for a notify socket, a log).
-    fn dir(&self) -> &Path;
+    fn dir(&self) -> &Path {
+        self.scratch().dir.path()
+    }
     /// Where the daemon's socket goes (not created).
-    fn socket(&self) -> &Path;
+    fn socket(&self) -> &Path {
+        &self.scratch().socket
+    }
     /// The daemon's own arguments for what this environment serves
     /// (`--blk-file IMAGE`, ...), without a socket option.
     fn args(&self) -> Vec<OsString>;

@@ -27,7 +27,6 @@ use crate::virtqueue::{QueueError, Seg};
 
 mod io;
 mod ops;
-mod ops_more;
 mod pipeline;
 mod raw;
 pub mod wire;

@@ -16,11 +16,11 @@ use std::time::Duration;
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest, FILL, T};
-use super::{Contrib, DaemonUnderTest, Env, Frontend};
+use super::{Contrib, DaemonUnderTest, Env, Frontend, Scratch};
 use crate::blk::raw::RequestBuilder;
 use crate::blk::{req, status, BlkClient, BlkError, BlkOptions, BlkQueue, Request, SECTOR_SIZE};
 use crate::device::VuDevice;
-use crate::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
+use crate::fixture::{create_sparse_image, poll_until, Daemon};
 use crate::image::pattern;
 use crate::virtqueue::{QueueError, Used, VirtQueue};
 
@@ -52,25 +52,22 @@ const IN_FLIGHT_SECTOR: u64 = IMAGE_SIZE / SECTOR_SIZE / 4 * 3;
 /// Bytes of each write [`Env::keep_busy`] keeps in flight.
 const BUSY_WRITE_LEN: u32 = 128 * 1024;
 
-/// A sparse image and a socket path in a temporary directory.
+/// A sparse image in the test's directory.
 struct BlkEnv {
-    dir: TempDir,
+    scratch: Scratch,
     image: PathBuf,
-    socket: PathBuf,
     /// What the last round wrote: sector and data.
     last: Mutex<Option<(u64, Vec<u8>)>>,
 }
 
 impl BlkEnv {
     fn new(test: &str) -> Self {
-        let dir = TempDir::new(&format!("vutest-blk-{test}")).unwrap();
-        let image = dir.join("disk.img");
+        let scratch = Scratch::new("blk", test);
+        let image = scratch.join("disk.img");
         create_sparse_image(&image, IMAGE_SIZE).unwrap();
-        let socket = dir.join("blk.sock");
         BlkEnv {
-            dir,
+            scratch,
             image,
-            socket,
             last: Mutex::new(None),
         }
     }
@@ -98,12 +95,8 @@ fn small_opts() -> BlkOptions {
 }
 
 impl Env for BlkEnv {
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn socket(&self) -> &Path {
-        &self.socket
+    fn scratch(&self) -> &Scratch {
+        &self.scratch
     }
 
     fn args(&self) -> Vec<OsString> {
@@ -354,8 +347,8 @@ impl BlkRing {
         let env = BlkEnv::new("malformed");
         let mut cmd = BLK.socket_command(&env);
         cmd.args(["--num-queues", "2"]);
-        let daemon = BLK.spawn(cmd, &env.socket, true);
-        let c = Some(Self::client(&env.socket));
+        let daemon = BLK.spawn(cmd, env.socket(), true);
+        let c = Some(Self::client(env.socket()));
         BlkRing {
             env,
             daemon,
@@ -461,7 +454,7 @@ impl Ring for BlkRing {
     fn reconnect_and_serve(&mut self) {
         // The daemon serves one frontend at a time: this one goes first.
         self.c = None;
-        self.c = Some(Self::client(&self.env.socket));
+        self.c = Some(Self::client(self.env.socket()));
         self.assert_queue_serves(0);
         self.assert_queue_serves(1);
     }

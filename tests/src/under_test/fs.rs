@@ -17,9 +17,9 @@ use fuse_backend_rs::abi::fuse_abi::{Opcode, WriteIn, ROOT_ID};
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest};
-use super::{Contrib, DaemonUnderTest, Env, Frontend};
+use super::{Contrib, DaemonUnderTest, Env, Frontend, Scratch};
 use crate::device::VuDevice;
-use crate::fixture::{Daemon, TempDir};
+use crate::fixture::Daemon;
 use crate::fs::wire::{Request, OUT_HEADER_LEN};
 use crate::fs::{FsClient, FsError, FsOptions, SetAttr};
 use crate::image::pattern;
@@ -55,26 +55,23 @@ const BUSY_WRITE_LEN: usize = 1024;
 /// WRITEs [`Env::keep_busy`] keeps in flight.
 const BUSY_DEPTH: usize = 16;
 
-/// A share with `hello.txt` and a socket path in a temporary directory.
+/// A share with `hello.txt` in the test's directory.
 struct FsEnv {
-    dir: TempDir,
+    scratch: Scratch,
     share: PathBuf,
-    socket: PathBuf,
     /// The file the last round made, and what it holds.
     last: Mutex<Option<(String, Vec<u8>)>>,
 }
 
 impl FsEnv {
     fn new(test: &str) -> Self {
-        let dir = TempDir::new(&format!("vutest-fs-{test}")).unwrap();
-        let share = dir.join("share");
+        let scratch = Scratch::new("fs", test);
+        let share = scratch.join("share");
         fs::create_dir(&share).unwrap();
         fs::write(share.join("hello.txt"), HELLO).unwrap();
-        let socket = dir.join("fs.sock");
         FsEnv {
-            dir,
+            scratch,
             share,
-            socket,
             last: Mutex::new(None),
         }
     }
@@ -86,12 +83,8 @@ impl FsEnv {
 }
 
 impl Env for FsEnv {
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn socket(&self) -> &Path {
-        &self.socket
+    fn scratch(&self) -> &Scratch {
+        &self.scratch
     }
 
     fn args(&self) -> Vec<OsString> {
@@ -337,7 +330,7 @@ impl FsRing {
     fn new() -> Self {
         let env = FsEnv::new("malformed");
         let daemon = FS.start(&env);
-        let mut fs = FsEnv::client(&env.socket);
+        let mut fs = FsEnv::client(env.socket());
         // A request the daemon should answer must come back soon; a hang
         // is a failure.
         fs.set_timeout(Duration::from_secs(5));
@@ -412,7 +405,7 @@ impl Ring for FsRing {
     fn reconnect_and_serve(&mut self) {
         // The daemon serves one frontend at a time: this one goes first.
         self.fs = None;
-        self.fs = Some(FsEnv::client(&self.env.socket));
+        self.fs = Some(FsEnv::client(self.env.socket()));
         self.assert_serves();
     }
 

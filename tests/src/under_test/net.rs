@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest, FILL};
-use super::{Contrib, DaemonUnderTest, Env, Frontend};
+use super::{Contrib, DaemonUnderTest, Env, Frontend, Scratch};
 use crate::device::VuDevice;
 use crate::fixture::{poll_until, Daemon, TempDir};
 use crate::net::frame::Mac;
@@ -60,21 +60,20 @@ const PAIRS: u16 = 2;
 /// `VIRTIO_NET_OK`.
 const OK: u8 = 0;
 
-/// A namespace with a multi-queue tap, and a socket path in a temporary
-/// directory.
+/// A namespace with a multi-queue tap, and the test's directory.
 struct NetEnv {
     ns: NetNs,
-    dir: TempDir,
-    socket: PathBuf,
+    scratch: Scratch,
 }
 
 impl NetEnv {
     fn new(test: &str) -> Self {
         let ns = NetNs::new("vnd-dut").unwrap();
         ns.add_tap(ENV_TAP, true, None).unwrap();
-        let dir = TempDir::new(&format!("vutest-net-{test}")).unwrap();
-        let socket = dir.join("net.sock");
-        NetEnv { ns, dir, socket }
+        NetEnv {
+            ns,
+            scratch: Scratch::new("net", test),
+        }
     }
 
     /// A driver of `pairs` pairs with small rings (64 entries), so that
@@ -91,12 +90,8 @@ impl NetEnv {
 }
 
 impl Env for NetEnv {
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn socket(&self) -> &Path {
-        &self.socket
+    fn scratch(&self) -> &Scratch {
+        &self.scratch
     }
 
     fn args(&self) -> Vec<OsString> {
