@@ -2,7 +2,7 @@
 //! /work/notes/blk-spec.md, "CLI"): `--blk-file` and the options of the
 //! disk, and what its systemd unit says beyond what every daemon's does.
 //! The options every daemon shares, its capabilities and contrib files are
-//! checked in `daemons.rs`.
+//! checked in the `daemons` binary.
 //!
 //! Every refusal is checked the same way: the exit code, exactly one line
 //! starting with `error: ` (the first line that mentions an error at all)
@@ -207,7 +207,7 @@ fn boundary_values_are_accepted_and_take_effect() {
 const SERVICE: &str = "systemd/vhost-blk-daemon@.service";
 
 /// What only this daemon's unit says (what every daemon's says is checked
-/// in `daemons.rs`).
+/// in the `daemons` binary).
 #[test]
 fn unit_files_have_the_key_settings() {
     let s = unit(SERVICE);

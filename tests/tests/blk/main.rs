@@ -1,8 +1,9 @@
 //! The block backends driven by the userspace driver, with no VM: our
 //! `vhost-blk-daemon` (data path, device, malformed rings, block devices,
 //! `--poll-us`) and, as references, qemu-storage-daemon and libblkio as a
-//! third-party frontend. What every daemon shares (lifecycle, command
-//! line, contrib files, seccomp) is in `daemons.rs`.
+//! third-party frontend. What every daemon shares (lifecycle, command line,
+//! contrib files, seccomp, descriptor-level malformed rings) is in the
+//! `daemons` binary.
 
 mod blockdev;
 mod cli;

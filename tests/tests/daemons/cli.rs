@@ -46,8 +46,7 @@ fn on_socket(env: &dyn Env, extra: &[&str]) -> Vec<OsString> {
 }
 
 /// Asserts that the daemon refused to run with one of `codes`, naming
-/// `culprits`, created no socket and printed no ready line; returns the
-/// error line.
+/// `culprits`, and printed no ready line; returns the error line.
 fn assert_refused(d: &DaemonUnderTest, f: &Finished, codes: &[i32], culprits: &[&str]) -> String {
     let line = f.refusal(codes, culprits).unwrap_or_else(|m| panic!("{m}"));
     eprintln!("refused: {line}");
@@ -82,28 +81,44 @@ fn print_capabilities_prints_exact_json_and_exits_0(d: &DaemonUnderTest) {
     assert!(!f.stderr.contains("panicked"), "{}", f.stderr);
 }
 
+/// Runs the daemon over a fresh environment (named `test`) with
+/// `--socket-path SOCKET` (if `with_socket`) and `extra`, and asserts it was
+/// refused with one of `codes`, naming `culprits`, with no socket created.
+fn assert_options_refused(
+    d: &DaemonUnderTest,
+    test: &str,
+    with_socket: bool,
+    extra: &[&str],
+    codes: &[i32],
+    culprits: &[&str],
+) {
+    let env = d.env(test);
+    let args = match with_socket {
+        true => on_socket(&*env, extra),
+        false => extra.iter().map(OsString::from).collect(),
+    };
+    let f = run(d, &*env, &args);
+    assert_refused_no_socket(d, &*env, &f, codes, culprits);
+}
+
 fn socket_path_with_fd_is_a_usage_error_naming_both(d: &DaemonUnderTest) {
-    let env = d.env("both");
-    let f = run(d, &*env, &on_socket(&*env, &["--fd", "3"]));
-    assert_refused_no_socket(d, &*env, &f, &[2], &["--socket-path", "--fd"]);
+    let both = ["--socket-path", "--fd"];
+    assert_options_refused(d, "both", true, &["--fd", "3"], &[2], &both);
 }
 
 fn no_socket_option_and_no_activation_is_refused(d: &DaemonUnderTest) {
-    let env = d.env("nosock");
-    let f = run(d, &*env, &[]);
-    assert_refused_no_socket(d, &*env, &f, &[1], &["--socket-path", "--fd"]);
+    let both = ["--socket-path", "--fd"];
+    assert_options_refused(d, "nosock", false, &[], &[1], &both);
 }
 
 fn unknown_option_is_a_usage_error_naming_it(d: &DaemonUnderTest) {
-    let env = d.env("unknown");
-    let f = run(d, &*env, &on_socket(&*env, &["--frobnicate"]));
-    assert_refused_no_socket(d, &*env, &f, &[2], &["--frobnicate"]);
+    let unknown = ["--frobnicate"];
+    assert_options_refused(d, "unknown", true, &unknown, &[2], &unknown);
 }
 
 fn log_level_bogus_is_a_usage_error(d: &DaemonUnderTest) {
-    let env = d.env("loglevel");
-    let f = run(d, &*env, &on_socket(&*env, &["--log-level", "bogus"]));
-    assert_refused_no_socket(d, &*env, &f, &[2], &["--log-level", "bogus"]);
+    let extra = ["--log-level", "bogus"];
+    assert_options_refused(d, "loglevel", true, &extra, &[2], &extra);
 }
 
 fn socket_path_of_a_live_listener_is_refused_and_left_alone(d: &DaemonUnderTest) {
@@ -147,9 +162,7 @@ fn run_with_fd(d: &DaemonUnderTest, env: &dyn Env, fd: &impl AsRawFd) -> Finishe
 }
 
 fn fd_that_is_not_open_is_refused(d: &DaemonUnderTest) {
-    let env = d.env("fd99");
-    let f = run(d, &*env, &["--fd".into(), "99".into()]);
-    assert_refused(d, &f, &[1], &["99"]);
+    assert_options_refused(d, "fd99", false, &["--fd", "99"], &[1], &["99"]);
 }
 
 fn fd_of_a_regular_file_is_refused(d: &DaemonUnderTest) {

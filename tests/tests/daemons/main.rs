@@ -2,9 +2,11 @@
 //! (`vu_driver::under_test`): its lifecycle (one frontend after another,
 //! leaks, abrupt frontends, signals, `--fd`, socket activation, systemd's
 //! notify, watchdog and journal), its command line, its contrib files,
-//! its seccomp filter. Each test is instantiated per daemon in a module
-//! named after it, so a failure names the daemon:
-//! `lifecycle::net::a_hundred_connections_leak_nothing`.
+//! its seccomp filter, and malformed rings on each of its queue kinds.
+//! Each test is instantiated per daemon (or per ring) in a module named
+//! after it, so a failure names it:
+//! `lifecycle::net::a_hundred_connections_leak_no_descriptors_threads_or_memory`,
+//! `malformed::net_rx::descriptor_loop`.
 //!
 //! What only one daemon does is in that daemon's binary (`blk`, `fs`,
 //! `net`).

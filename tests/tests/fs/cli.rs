@@ -2,7 +2,7 @@
 //! /work/notes/fs-spec.md, "CLI"): Kata's and libvirt's command lines,
 //! `--syslog`, the share and tag options, and what its systemd unit says
 //! beyond what every daemon's does. The options every daemon shares, its
-//! lifecycle, capabilities and contrib files are checked in `daemons.rs`.
+//! lifecycle, capabilities and contrib files are checked in the `daemons` binary.
 //!
 //! The command lines Kata Containers (both styles) and libvirt pass must
 //! start the daemon unchanged: the readiness line appears on stderr and the
@@ -428,7 +428,7 @@ fn tag_of_37_bytes_is_refused_and_36_is_served() {
 
 /// SIGTERM while a frontend stays connected, without the sandbox (the
 /// daemon's own process serves; with the default namespace sandbox a
-/// supervisor forwards the signal, checked in `daemons.rs`).
+/// supervisor forwards the signal, checked in the `daemons` binary).
 #[test]
 fn sigterm_while_connected_without_sandbox_exits_0_and_removes_the_socket() {
     let e = env("term-connected");
@@ -472,7 +472,7 @@ const CAPABILITIES_NEEDED: &[&str] = &[
 ];
 
 /// What only this daemon's unit says (what every daemon's says is checked
-/// in `daemons.rs`).
+/// in the `daemons` binary).
 #[test]
 fn unit_files_have_the_key_settings() {
     let s = unit(SERVICE);

@@ -2,7 +2,7 @@
 //! after a reconnect, `--exit-on-disconnect`, 1 MiB requests in every
 //! descriptor layout, many open files, and the open-file limit (contract:
 //! `notes/fs-spec.md`). Resource use over many connections is checked for
-//! every daemon in `daemons.rs`.
+//! every daemon in the `daemons` binary.
 
 use std::fs;
 use std::os::unix::process::CommandExt;

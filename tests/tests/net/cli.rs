@@ -1,7 +1,7 @@
 //! What only `vhost-net-daemon`'s command line has: the tap (`--tap`,
 //! `--create`, `--tap-fd`), queue pairs, MAC and MTU, and what its systemd
 //! unit says beyond what every daemon's does. The options every daemon
-//! shares, its capabilities and contrib files are checked in `daemons.rs`.
+//! shares, its capabilities and contrib files are checked in the `daemons` binary.
 //!
 //! Every refusal is checked the same way: the exit code, exactly one line
 //! starting with `error: ` (the first line that mentions an error at all)
@@ -329,7 +329,7 @@ fn two_tap_fds_of_a_multi_queue_tap_serve_two_pairs() {
 const SERVICE: &str = "systemd/vhost-net-daemon@.service";
 
 /// What only this daemon's unit says (what every daemon's says is checked
-/// in `daemons.rs`).
+/// in the `daemons` binary).
 #[test]
 fn unit_files_have_the_key_settings() {
     let s = unit(SERVICE);

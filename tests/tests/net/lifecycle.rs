@@ -2,7 +2,7 @@
 //! (common/src/relay.rs) makes a private directory under
 //! `$RUNTIME_DIRECTORY` or `$TMPDIR` for each connection's socket, and a
 //! clean exit removes it again. The lifecycle every daemon shares is in
-//! `daemons.rs`.
+//! the `daemons` binary.
 
 use std::time::Duration;
 

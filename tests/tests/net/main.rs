@@ -3,8 +3,8 @@
 //! offloads, queue pairs, the control queue, RX under load, malformed
 //! rings, frames and commands, its tap options) and, as references, DPDK's
 //! testpmd and an in-process `vhost-user-backend` loopback. What every
-//! daemon shares (lifecycle, command line, contrib files, seccomp) is in
-//! `daemons.rs`.
+//! daemon shares (lifecycle, command line, contrib files, seccomp,
+//! descriptor-level malformed rings) is in the `daemons` binary.
 
 mod cli;
 mod common;
