@@ -53,6 +53,20 @@ pub fn stderr_is_journal() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some()
 }
 
+/// `text` as journald reads it from a stream: every line (journald splits
+/// the stream at newlines) prefixed with `<priority>`, so no line of a
+/// multi-line message is filed at the default priority; ends with a newline.
+fn journal_lines(priority: u8, text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for line in text.lines() {
+        out.push_str(&format!("<{priority}>{line}\n"));
+    }
+    if out.is_empty() {
+        out.push_str(&format!("<{priority}>\n"));
+    }
+    out
+}
+
 /// Installs the logger. `RUST_LOG`, when set, overrides `level` per module.
 /// Calling it twice is harmless (the second call does nothing).
 pub fn init(program: &'static str, level: LogLevel) {
@@ -63,12 +77,8 @@ pub fn init(program: &'static str, level: LogLevel) {
     }
     if stderr_is_journal() {
         builder.format(|buf, record| {
-            writeln!(
-                buf,
-                "<{}>{}",
-                syslog_priority(record.level()),
-                record.args()
-            )
+            let text = record.args().to_string();
+            buf.write_all(journal_lines(syslog_priority(record.level()), &text).as_bytes())
         });
     } else {
         builder.format(move |buf, record| {
@@ -209,6 +219,17 @@ pub fn init_syslog(program: &'static str, level: LogLevel) -> Result<(), SyslogE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_line_of_a_journal_message_carries_the_priority() {
+        assert_eq!(journal_lines(6, "one"), "<6>one\n");
+        assert_eq!(
+            journal_lines(3, "FUSE INIT\n  major 7\n  minor 38"),
+            "<3>FUSE INIT\n<3>  major 7\n<3>  minor 38\n"
+        );
+        assert_eq!(journal_lines(4, ""), "<4>\n");
+        assert_eq!(journal_lines(7, "a\n"), "<7>a\n");
+    }
 
     #[test]
     fn priorities_follow_syslog() {

@@ -41,11 +41,7 @@ for_each_daemon!(
     watchdog_usec_makes_it_ping_every_half_period,
     watchdog_pid_naming_the_daemon_itself_enables_pings,
     watchdog_pid_naming_another_process_disables_pings,
-    journal_stream_makes_every_log_line_carry_a_syslog_priority ignore(
-        fs = "known defect: common::logging prefixes only the first line of a multi-line \
-              message (fuse-backend-rs's FUSE INIT one), so journald files the others at \
-              the default priority"
-    ),
+    journal_stream_makes_every_log_line_carry_a_syslog_priority,
 );
 
 fn serves_one_frontend_after_another(d: &DaemonUnderTest) {
