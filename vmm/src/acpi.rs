@@ -1,6 +1,6 @@
 //! ACPI tables: RSDP -> XSDT -> FADT (-> DSDT) and MADT, written into the
 //! reserved legacy area at [`layout::ACPI_START`]. The FADT declares the PM1
-//! blocks [`PM1A_EVT_PORT`] and [`PM1A_CNT_PORT`] that [`crate::legacy::AcpiPm`]
+//! blocks [`PM1A_EVT_PORT`] and [`PM1A_CNT_PORT`] that [`crate::platform::AcpiPm`]
 //! serves (SLP_TYP 5 with SLP_EN powers off), the PM timer [`PM_TMR_PORT`]
 //! (Linux calibrates the TSC against it), the CMOS century register and
 //! the reset register (port 0x64, value 0xfe: the i8042 reset). The DSDT holds `_S5_` = 5 and the
@@ -17,12 +17,15 @@ pub const PM1A_EVT_PORT: u16 = 0x600;
 pub const PM1A_EVT_LEN: u8 = 4;
 pub const PM1A_CNT_PORT: u16 = 0x604;
 pub const PM1A_CNT_LEN: u8 = 2;
-/// The ACPI PM timer ([`crate::legacy::PmTimer`]), 24 bits.
+/// The ACPI PM timer ([`crate::platform::PmTimer`]), 24 bits.
 pub const PM_TMR_PORT: u16 = 0x608;
 pub const PM_TMR_LEN: u8 = 4;
 /// The SLP_TYP of S5 in the DSDT's `_S5_` package.
 pub const S5_SLP_TYP: u16 = 5;
 pub const SCI_IRQ: u16 = 9;
+/// The FADT's CENTURY field: the CMOS register holding the century (BCD),
+/// which [`crate::platform::Cmos`] serves.
+pub const CMOS_CENTURY: u8 = 0x32;
 
 const OEM_ID: &[u8; 6] = b"VUVMM ";
 const OEM_TABLE_ID: &[u8; 8] = b"VUVMMTBL";
@@ -156,7 +159,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     t.set(88, &[PM1A_EVT_LEN, PM1A_CNT_LEN]);
     t.set(91, &[PM_TMR_LEN]);
     // The CMOS register with the RTC's century.
-    t.set(108, &[crate::cmos::CENTURY]);
+    t.set(108, &[CMOS_CENTURY]);
     // IAPC_BOOT_ARCH stays 0: the guest probes legacy devices itself.
     // Flags: WBINVD (0), PWR_BUTTON (4) and SLP_BUTTON (5) as control
     // methods (none), RESET_REG_SUP (10).
@@ -311,7 +314,7 @@ mod tests {
         assert_eq!(fadt[91], 4);
         assert_eq!(&fadt[208..212], &[1, 32, 0, 3]); // system I/O, 32 bits, dword
         assert_eq!(u64_at(fadt, 212), u64::from(PM_TMR_PORT));
-        assert_eq!(fadt[108], crate::cmos::CENTURY);
+        assert_eq!(fadt[108], CMOS_CENTURY);
         let dsdt = table(&blob, base, u64_at(fadt, 140));
         assert_eq!(&dsdt[..4], b"DSDT");
         assert_eq!(sum(dsdt), 0);

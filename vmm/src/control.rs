@@ -20,11 +20,10 @@ use devices::vhost_user::{DeviceKind, DeviceState};
 use crate::api::{
     self, BackendState, ControlError, Counters, MemoryInfo, VmControl, VmInfo, VmState,
 };
-use crate::legacy::AcpiPm;
-use crate::vcpu::VcpuCounters;
-use crate::vcpu_gate::VcpuGate;
+use crate::event::VmEvent;
+use crate::platform::AcpiPm;
+use crate::vcpu::{VcpuCounters, VcpuGate};
 use crate::vhost_user::VhostUserPci;
-use crate::vm::VmEvent;
 
 /// How long `vm.pause` waits for every vCPU to leave KVM_RUN.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);

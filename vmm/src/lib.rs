@@ -6,21 +6,27 @@
 //! MSI-X (the `devices` crate) plug into [`bus::Bus`]; there is no virtio
 //! device emulation here: every device is a vhost-user frontend.
 //!
-//! - [`cli`]: the command line; [`vm`]: the VM and its main loop;
-//!   [`vcpu`]: vCPU threads, exit dispatch and counters; [`vcpu_gate`]:
-//!   pausing and stopping them; [`cpu`]: vCPU boot state.
-//! - [`api`]: the control API on `--api-socket`; [`control`]: the running
-//!   VM as the API sees it (state machine, pause, power button, counters).
-//! - [`memory`]: guest RAM in a shared file; [`layout`]: the address map
-//!   and e820; [`acpi`]: the tables; [`boot`]: kernel, initramfs, cmdline.
-//! - [`bus`]: port-I/O and MMIO dispatch; [`legacy`]: COM1, i8042, ACPI PM,
-//!   debug ports.
-//! - [`pci`]: the PCI bus on the port-I/O and MMIO buses (CF8/CFC, 0xcf9
-//!   reset, ECAM, BAR windows) and ioeventfds that follow BARs; [`irq`]: MSI-X
-//!   vectors as KVM GSI routes and irqfds; [`aml`]: the DSDT's AML.
-//! - [`vhost_user`]: `--disk`, `--fs`, `--net` as vhost-user frontends on
-//!   the PCI bus; [`watch`]: the `vu-watch` thread that notices a backend
-//!   dying.
+//! The modules form layers; each imports only from the layers below it
+//! (`tests/layers.rs` checks that no import goes in a circle):
+//!
+//! 1. Leaves: [`event`] (what devices and vCPUs tell the main loop),
+//!    [`cli`] (the command line and device configs), [`layout`] (the
+//!    address map and e820), [`bus`] (port-I/O and MMIO dispatch),
+//!    [`aml`] (the DSDT's AML), [`api`] (the control API's HTTP server
+//!    and the [`api::VmControl`] trait it calls).
+//! 2. Guest setup: [`memory`] (guest RAM in a shared file), [`boot`]
+//!    (kernel, initramfs, cmdline), [`acpi`] (the tables), [`irq`]
+//!    (MSI-X vectors as KVM GSI routes and irqfds).
+//! 3. Devices and vCPUs: [`platform`] (COM1, i8042, ACPI PM and PM
+//!    timer, CMOS RTC, debug ports); [`pci`] (the PCI bus on the port-I/O
+//!    and MMIO buses: CF8/CFC, 0xcf9 reset, ECAM, BAR windows, ioeventfds
+//!    that follow BARs); [`vcpu`] (vCPU threads, exit dispatch, counters,
+//!    the gate that pauses and stops them, boot state).
+//! 4. [`vhost_user`]: `--disk`, `--fs`, `--net` as vhost-user frontends on
+//!    the PCI bus, and the `vu-watch` thread that notices a backend dying.
+//! 5. [`control`]: the running VM as the API sees it (state machine,
+//!    pause, power button, counters).
+//! 6. [`vm`]: builds the VM from all of the above and runs its main loop.
 
 pub mod acpi;
 pub mod aml;
@@ -28,19 +34,16 @@ pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod cli;
-pub mod cmos;
 pub mod control;
-pub mod cpu;
+pub mod event;
 pub mod irq;
 pub mod layout;
-pub mod legacy;
 pub mod memory;
 pub mod pci;
+pub mod platform;
 pub mod vcpu;
-pub mod vcpu_gate;
 pub mod vhost_user;
 pub mod vm;
-pub mod watch;
 
 /// `error`, then each source, joined with ": " on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

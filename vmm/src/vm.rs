@@ -18,20 +18,18 @@ use crate::acpi::{self, AcpiError};
 use crate::boot::{self, BootConfig, BootError};
 use crate::bus::{Bus, BusError};
 use crate::cli::{MemoryConfig, SerialConfig, VhostUserConfig};
-use crate::cmos::{self, Cmos};
 use crate::control::VmController;
-use crate::cpu::{self, CpuError};
+use crate::event::VmEvent;
 use crate::irq::IrqRouter;
 use crate::layout;
-use crate::legacy::{
-    self, AcpiPm, DebugPort, DebugPortAt, LegacyError, PmTimer, SerialDevice, I8042,
-};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::{PciError, PciHost};
-use crate::vcpu::{Vcpu, VcpuCounters};
-use crate::vcpu_gate::VcpuGate;
-use crate::vhost_user::{DeviceError, DeviceInfo, Handshakes, VhostUserPci};
-use crate::watch::Watcher;
+use crate::platform::{
+    self, cmos, AcpiPm, Cmos, DebugPort, DebugPortAt, PmTimer, SerialDevice, SerialError, I8042,
+};
+use crate::vcpu::setup::CpuError;
+use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuGate};
+use crate::vhost_user::{DeviceError, DeviceInfo, Handshakes, VhostUserPci, Watcher};
 
 /// What the VM is built from.
 #[derive(Debug, Clone)]
@@ -44,20 +42,6 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// vhost-user devices, plugged in this order from slot 1.
     pub devices: Vec<VhostUserConfig>,
-}
-
-/// What devices and vCPUs tell the VM's main loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmEvent {
-    /// ACPI S5 or KVM_SYSTEM_EVENT_SHUTDOWN.
-    PowerOff,
-    /// The i8042 reset command, the 0xcf9 reset register or
-    /// KVM_SYSTEM_EVENT_RESET.
-    Reset,
-    /// A vCPU failed; one line with the reason and RIP.
-    Error(String),
-    /// `vmm.shutdown`: the main loop returns (only with the control API).
-    VmmShutdown,
 }
 
 /// How the guest ended.
@@ -99,7 +83,7 @@ pub enum VmError {
     #[error("boot")]
     Boot(#[from] BootError),
     #[error("device setup")]
-    Legacy(#[from] LegacyError),
+    Serial(#[from] SerialError),
     #[error("device bus")]
     Bus(#[from] BusError),
     #[error("PCI")]
@@ -232,14 +216,14 @@ impl Vm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let serial = SerialDevice::new(&config.serial)?;
-        vm.register_irqfd(serial.irq(), legacy::COM1_IRQ)
+        vm.register_irqfd(serial.irq(), platform::COM1_IRQ)
             .map_err(|source| VmError::Irqfd {
-                irq: legacy::COM1_IRQ,
+                irq: platform::COM1_IRQ,
                 source,
             })?;
-        pio.insert(legacy::COM1_PORT, 8, Arc::new(Mutex::new(serial)))?;
+        pio.insert(platform::COM1_PORT, 8, Arc::new(Mutex::new(serial)))?;
         pio.insert(
-            legacy::I8042_PORT,
+            platform::I8042_PORT,
             5,
             Arc::new(Mutex::new(I8042::new(events_tx.clone()))),
         )?;
@@ -265,7 +249,7 @@ impl Vm {
         let pci = PciHost::new(mmio64, vm.clone(), events_tx.clone())?;
         pci.attach(&pio, &mmio, mmio64)?;
         let base_cpuid =
-            cpu::supported_cpuid(&kvm).map_err(|source| VmError::Cpu { id: 0, source })?;
+            vcpu::setup::supported_cpuid(&kvm).map_err(|source| VmError::Cpu { id: 0, source })?;
         let gate = Arc::new(VcpuGate::new());
         let mut counters = Vec::new();
         let mut vcpus = Vec::new();
@@ -274,9 +258,10 @@ impl Vm {
                 .create_vcpu(u64::from(id))
                 .map_err(|source| VmError::CreateVcpu { id, source })?;
             let cpu_err = |source| VmError::Cpu { id, source };
-            cpu::configure(&fd, &cpu::cpuid_for(&base_cpuid, id, config.cpus)).map_err(cpu_err)?;
+            vcpu::setup::configure(&fd, &vcpu::setup::cpuid_for(&base_cpuid, id, config.cpus))
+                .map_err(cpu_err)?;
             if id == 0 {
-                cpu::setup_boot_vcpu(&fd, ram.memory(), &entry).map_err(cpu_err)?;
+                vcpu::setup::setup_boot_vcpu(&fd, ram.memory(), &entry).map_err(cpu_err)?;
             }
             let c = Arc::new(VcpuCounters::default());
             counters.push(c.clone());
@@ -301,7 +286,7 @@ impl Vm {
             Some(Watcher::start(devices.clone()).map_err(VmError::Watch)?)
         };
         let debug = Arc::new(Mutex::new(DebugPort::new(start)));
-        for port in [legacy::POST_PORT, legacy::DEBUGCON_PORT] {
+        for port in [platform::POST_PORT, platform::DEBUGCON_PORT] {
             let dev = DebugPortAt {
                 port,
                 dev: debug.clone(),

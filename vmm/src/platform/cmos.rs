@@ -8,12 +8,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::acpi;
 use crate::bus::BusDevice;
 
 /// The base port: index at 0x70, data at 0x71.
 pub const CMOS_PORT: u64 = 0x70;
-/// The register holding the century (BCD), declared in the FADT.
-pub const CENTURY: u8 = 0x32;
+/// The register holding the century (BCD), where the FADT says it is.
+pub const CENTURY: u8 = acpi::CMOS_CENTURY;
 
 const SECONDS: u8 = 0x00;
 const MINUTES: u8 = 0x02;

@@ -2,7 +2,7 @@
 //! while the VM is paused and learns that the VM is stopping.
 //!
 //! Pausing sets a flag, then kicks each running vCPU thread with the kick
-//! signal ([`vcpu::kick`]): its handler sets `immediate_exit` in the
+//! signal ([`kick::kick`]): its handler sets `immediate_exit` in the
 //! thread's `kvm_run`, so KVM_RUN returns EINTR at once, even when the
 //! signal lands just before the ioctl. The thread sees the flag and waits
 //! on a condvar; [`VcpuGate::pause`] returns when every live thread is
@@ -14,7 +14,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::vcpu;
+use super::kick;
 
 /// How often waiting threads are kicked again.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
@@ -123,7 +123,7 @@ impl VcpuGate {
                 return Err(GateError::PauseTimeout(running, timeout));
             }
             for id in running {
-                vcpu::kick(&inner.threads[id]);
+                kick::kick(&inner.threads[id]);
             }
             inner = self
                 .changed
@@ -166,7 +166,7 @@ impl VcpuGate {
                 return false;
             }
             for t in inner.threads.iter().filter(|t| !t.is_finished()) {
-                vcpu::kick(t);
+                kick::kick(t);
             }
             drop(inner);
             std::thread::sleep(KICK_INTERVAL);
@@ -187,7 +187,7 @@ mod tests {
 
     /// A thread that behaves like a vCPU's run loop without KVM.
     fn fake_vcpu(gate: &Arc<VcpuGate>, id: u8) -> JoinHandle<()> {
-        vcpu::install_kick_handler();
+        kick::install_kick_handler();
         let gate = gate.clone();
         std::thread::spawn(move || {
             while !gate.should_stop() {
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_thread_that_never_parks_times_the_pause_out() {
-        vcpu::install_kick_handler();
+        kick::install_kick_handler();
         let gate = Arc::new(VcpuGate::new());
         let release = Arc::new(AtomicBool::new(false));
         let r = release.clone();

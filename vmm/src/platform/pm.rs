@@ -1,199 +1,13 @@
-//! The legacy devices on the port-I/O bus: the 8250 UART on COM1 (with its
-//! IRQ 4 through an irqfd), the i8042 (whose reset command ends the VM), the
-//! ACPI PM1 blocks (S5 powers off), the ACPI PM timer and the debug ports
-//! 0x80 / 0x402. The CMOS RTC is in [`crate::cmos`].
+//! ACPI power management: the PM1a event and control blocks (S5 powers
+//! off, the power button raises the SCI) and the PM timer, at the ports the
+//! FADT declares ([`acpi`]).
 
-use std::io::{self, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use vm_superio::{I8042Device, Serial, Trigger};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi;
 use crate::bus::BusDevice;
-use crate::cli::SerialConfig;
-use crate::vm::VmEvent;
-
-pub const COM1_PORT: u64 = 0x3f8;
-pub const COM1_IRQ: u32 = 4;
-pub const I8042_PORT: u64 = 0x60;
-pub const POST_PORT: u64 = 0x80;
-pub const DEBUGCON_PORT: u64 = 0x402;
-
-/// Errors of the legacy devices' setup.
-#[derive(Debug, thiserror::Error)]
-pub enum LegacyError {
-    #[error("serial output file {path}")]
-    SerialFile {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("serial socket {path}")]
-    SerialSocket {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("creating the serial interrupt eventfd")]
-    EventFd(#[source] io::Error),
-}
-
-/// An interrupt line raised by writing an eventfd registered as an irqfd.
-pub struct IrqTrigger(pub EventFd);
-
-impl Trigger for IrqTrigger {
-    type E = io::Error;
-    fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
-    }
-}
-
-/// Sends one [`VmEvent`] to the VM's main loop.
-pub struct EventTrigger {
-    events: Sender<VmEvent>,
-    event: VmEvent,
-}
-
-impl Trigger for EventTrigger {
-    type E = io::Error;
-    fn trigger(&self) -> io::Result<()> {
-        self.events
-            .send(self.event.clone())
-            .map_err(|_| io::Error::other("the VM is gone"))
-    }
-}
-
-type SerialOut = Box<dyn Write + Send>;
-
-/// COM1.
-pub struct SerialDevice {
-    serial: Serial<IrqTrigger, vm_superio::serial::NoEvents, SerialOut>,
-}
-
-impl SerialDevice {
-    /// The UART writing where `config` says; its interrupt eventfd is
-    /// `serial.irq()` (register it as an irqfd on [`COM1_IRQ`]).
-    pub fn new(config: &SerialConfig) -> Result<Self, LegacyError> {
-        let out: SerialOut = match config {
-            SerialConfig::Stdio => Box::new(io::stdout()),
-            SerialConfig::Off => Box::new(io::sink()),
-            SerialConfig::File(path) => Box::new(std::fs::File::create(path).map_err(
-                |source| LegacyError::SerialFile {
-                    path: path.clone(),
-                    source,
-                },
-            )?),
-            SerialConfig::Socket(path) => Box::new(SocketOut::listen(path)?),
-        };
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(LegacyError::EventFd)?;
-        Ok(SerialDevice {
-            serial: Serial::new(IrqTrigger(irq), out),
-        })
-    }
-
-    pub fn irq(&self) -> &EventFd {
-        &self.serial.interrupt_evt().0
-    }
-}
-
-impl BusDevice for SerialDevice {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = self.serial.read(offset as u8);
-        }
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(&value) = data.first() {
-            if let Err(e) = self.serial.write(offset as u8, value) {
-                log::debug!("serial: {e:?}");
-            }
-        }
-    }
-}
-
-/// Serial output to the client of a listening Unix socket (one at a time;
-/// output with no client is dropped).
-struct SocketOut {
-    client: Arc<Mutex<Option<UnixStream>>>,
-}
-
-impl SocketOut {
-    fn listen(path: &Path) -> Result<Self, LegacyError> {
-        let err = |source| LegacyError::SerialSocket {
-            path: path.to_path_buf(),
-            source,
-        };
-        if UnixStream::connect(path).is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path).map_err(err)?;
-        let client = Arc::new(Mutex::new(None));
-        let slot = client.clone();
-        std::thread::Builder::new()
-            .name("serial-socket".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
-                }
-            })
-            .map_err(err)?;
-        Ok(SocketOut { client })
-    }
-}
-
-impl Write for SocketOut {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stream) = client.as_mut() {
-            if stream.write_all(buf).is_err() {
-                *client = None;
-            }
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The i8042 on ports 0x60..0x65: command 0xfe on 0x64 resets the machine.
-pub struct I8042 {
-    dev: I8042Device<EventTrigger>,
-}
-
-impl I8042 {
-    pub fn new(events: Sender<VmEvent>) -> Self {
-        I8042 {
-            dev: I8042Device::new(EventTrigger {
-                events,
-                event: VmEvent::Reset,
-            }),
-        }
-    }
-}
-
-impl BusDevice for I8042 {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = self.dev.read(offset as u8);
-        }
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(&value) = data.first() {
-            if let Err(e) = self.dev.write(offset as u8, value) {
-                log::warn!("i8042: {e}");
-            }
-        }
-    }
-}
+use crate::event::VmEvent;
 
 /// Raises or lowers the SCI (GSI [`acpi::SCI_IRQ`], level-triggered).
 pub type SciLine = Box<dyn FnMut(bool) + Send>;
@@ -378,68 +192,11 @@ impl BusDevice for PmTimer {
     fn write(&mut self, _offset: u64, _data: &[u8]) {}
 }
 
-/// Port 0x80 (POST codes) and 0x402 (debugcon): logged with the time since
-/// the VMM started, so the guest's first port write times the boot.
-pub struct DebugPort {
-    start: Instant,
-    line: Vec<u8>,
-    seen_post: bool,
-}
-
-impl DebugPort {
-    pub fn new(start: Instant) -> Self {
-        DebugPort {
-            start,
-            line: Vec::new(),
-            seen_post: false,
-        }
-    }
-
-    /// Handles a write to `port`.
-    pub fn write_port(&mut self, port: u64, value: u8) {
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        if port == POST_PORT {
-            if !self.seen_post {
-                log::info!("guest wrote {value:#04x} to port 0x80 at {ms:.1} ms");
-                self.seen_post = true;
-            } else {
-                log::debug!("port 0x80: {value:#04x} at {ms:.1} ms");
-            }
-        } else if value == b'\n' || self.line.len() >= 256 {
-            log::info!(
-                "debugcon at {ms:.1} ms: {}",
-                String::from_utf8_lossy(&self.line).trim_end()
-            );
-            self.line.clear();
-        } else {
-            self.line.push(value);
-        }
-    }
-}
-
-/// One port of a shared [`DebugPort`].
-pub struct DebugPortAt {
-    pub port: u64,
-    pub dev: Arc<Mutex<DebugPort>>,
-}
-
-impl BusDevice for DebugPortAt {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        // QEMU's debugcon reads back 0xe9 so guests can detect it.
-        data.fill(if self.port == DEBUGCON_PORT { 0xe9 } else { 0 });
-    }
-    fn write(&mut self, _offset: u64, data: &[u8]) {
-        let mut dev = self.dev.lock().unwrap_or_else(|e| e.into_inner());
-        for &b in data {
-            dev.write_port(self.port, b);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc::channel;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn s5_powers_off_other_states_do_not() {
@@ -504,13 +261,5 @@ mod tests {
         let (a, b) = (u32::from_le_bytes(a), u32::from_le_bytes(b));
         assert!(b.wrapping_sub(a) & 0xff_ffff >= 7_000, "{a} then {b}");
         assert_eq!(b >> 24, 0);
-    }
-
-    #[test]
-    fn i8042_reset() {
-        let (tx, rx) = channel();
-        let mut kbd = I8042::new(tx);
-        kbd.write(4, &[0xfe]);
-        assert!(matches!(rx.try_recv(), Ok(VmEvent::Reset)));
     }
 }

@@ -21,7 +21,7 @@ use std::thread::{self, JoinHandle};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vhost_user::VhostUserPci;
+use super::VhostUserPci;
 
 /// The epoll token of the stop eventfd; devices use their index.
 const STOP: u64 = u64::MAX;

@@ -15,8 +15,8 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusDevice, BusError};
+use crate::event::VmEvent;
 use crate::layout;
-use crate::vm::VmEvent;
 
 /// The configuration ports, 0xcf8..0xd00.
 pub const CONFIG_PORTS: (u64, u64) = (0xcf8, 8);
@@ -341,5 +341,4 @@ pub fn is_reset(value: u8) -> bool {
 }
 
 #[cfg(test)]
-#[path = "pci_tests.rs"]
 mod tests;

@@ -10,9 +10,13 @@
 //! ([`QueueEventSource`]).
 //!
 //! A backend that dies is noticed by the `vu-watch` thread
-//! ([`crate::watch`]), which calls [`VhostUserPci::check_backend`]: the
+//! ([`watch`]), which calls [`VhostUserPci::check_backend`]: the
 //! device is marked failed, DEVICE_NEEDS_RESET is set and a configuration
 //! interrupt sent; the VM goes on.
+
+pub mod watch;
+
+pub use watch::Watcher;
 
 use std::io;
 use std::os::unix::io::RawFd;
