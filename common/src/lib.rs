@@ -12,7 +12,8 @@
 //! - [`logging`]: stderr logging that journald understands; [`ratelimit`]
 //!   for guest-caused warnings.
 //! - [`iov`]: guest buffers as host iovecs.
-//! - [`queue`]: the batch loop a worker runs on a kick.
+//! - [`queue`]: the batch loop a worker runs on a kick; [`memory`]: a new
+//!   guest memory map checked against its descriptors before workers use it.
 //! - [`relay`]: holds a SET_VRING_ENABLE sent before SET_FEATURES.
 //! - [`serve`]: the accept / serve / serve-again loop around
 //!   `vhost-user-backend`'s daemon, one backend instance per connection.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod daemon;
 pub mod iov;
 pub mod logging;
+pub mod memory;
 pub mod queue;
 pub mod ratelimit;
 pub mod relay;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::memory;
 use crate::serve::{ExitEvents, Gate, GatePass, GuestMem, Vring};
 
 /// Chains handled between two reads of the avail index.
@@ -227,7 +227,7 @@ pub fn complete(vring: &Vring, mem: &Mem, head: u16, len: u32) -> io::Result<()>
 /// gate and the guest memory map.
 pub struct Batch<'a> {
     _pass: GatePass<'a>,
-    mem: GuestMemoryLoadGuard<Mem>,
+    mem: Arc<Mem>,
     /// EVENT_IDX was negotiated.
     pub event_idx: bool,
     /// The polling window after a drain ([`RingOptions::poll`]).
@@ -243,18 +243,19 @@ impl Batch<'_> {
     /// An owned handle on the same memory map, for work that outlives
     /// the batch (a thread pool).
     pub fn mem_arc(&self) -> Arc<Mem> {
-        self.mem.clone().into_inner()
+        self.mem.clone()
     }
 }
 
 /// What every backend keeps per connection to run its rings: the guest
-/// memory map, EVENT_IDX, the per-queue broken flags, the SIGTERM gate,
+/// memory map (its own copy, taken once the map passed
+/// [`memory::check_map`]; workers never see the handler's map before that), EVENT_IDX, the per-queue broken flags, the SIGTERM gate,
 /// the worker exit events and the ring options. The generic backend
 /// ([`crate::backend::Backend`]) embeds one and forwards the
 /// `VhostUserBackend` calls of the same names to it.
 #[derive(Debug)]
 pub struct Rings {
-    mem: RwLock<Option<GuestMem>>,
+    mem: RwLock<Option<Arc<Mem>>>,
     event_idx: AtomicBool,
     broken: Vec<AtomicBool>,
     gate: Gate,
@@ -290,14 +291,24 @@ impl Rings {
         self.event_idx.store(enabled, Ordering::Relaxed);
     }
 
-    /// `VhostUserBackend::update_memory`. Returns only after every batch
-    /// that began on the old map has ended: the handler acks the message
-    /// (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG) after this, and a driver
-    /// that waited for the ack before using a new region must not have its
-    /// request met by a worker still holding the old map (it would find
-    /// the buffer outside guest memory; libblkio does exactly that).
+    /// `VhostUserBackend::update_memory`. The new map is checked first
+    /// ([`memory::check_map`]): a region that runs past the end of its file
+    /// would fault (SIGBUS) on the first access, so such a map is refused
+    /// (logged, naming the region) and workers keep the map they had; the
+    /// handler then fails the request (an error ack) and ends the
+    /// connection. Returns only after every batch that began on the old
+    /// map has ended: the handler acks the message (SET_MEM_TABLE,
+    /// ADD_MEM_REG, REM_MEM_REG) after this, and a driver that waited for
+    /// the ack before using a new region must not have its request met by
+    /// a worker still holding the old map (it would find the buffer outside
+    /// guest memory; libblkio does exactly that).
     pub fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        let map = mem.memory().into_inner();
+        if let Err(e) = memory::check_map(&map) {
+            log::error!("guest memory map refused: {e}");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+        }
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(map);
         self.gate.sync();
         Ok(())
     }
@@ -316,12 +327,7 @@ impl Rings {
     /// memory yet (the caller must not touch the rings then).
     pub fn batch(&self) -> Option<Batch<'_>> {
         let pass = self.gate.enter()?;
-        let mem = self
-            .mem
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?
-            .memory();
+        let mem = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone()?;
         Some(Batch {
             _pass: pass,
             mem,
@@ -350,7 +356,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Barrier;
-    use vm_memory::{GuestAddress, GuestMemory, GuestMemoryAtomic};
+    use vm_memory::{GuestAddress, GuestMemory, GuestMemoryAtomic, GuestMemoryRegion};
 
     fn map(ranges: &[(u64, usize)]) -> Mem {
         let r: Vec<_> = ranges.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
@@ -393,6 +399,31 @@ mod tests {
 
         let batch = rings.batch().unwrap();
         assert_eq!(batch.mem().num_regions(), 2, "a new batch sees the new map");
+    }
+
+    #[test]
+    fn a_map_past_its_files_end_is_refused_and_the_old_one_kept() {
+        let rings = Rings::new(1, RingOptions::default());
+        rings
+            .update_memory(GuestMemoryAtomic::new(map(&[(0, 0x1000)])))
+            .unwrap();
+        let file = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        file.as_file().set_len(0x1000).unwrap();
+        let file = file.as_file().try_clone().unwrap();
+        let region =
+            vm_memory::MmapRegion::from_file(vm_memory::FileOffset::new(file, 0), 0x10000).unwrap();
+        let bad = Mem::from_regions(vec![vm_memory::GuestRegionMmap::new(
+            region,
+            GuestAddress(0),
+        )
+        .unwrap()])
+        .unwrap();
+        let e = rings
+            .update_memory(GuestMemoryAtomic::new(bad))
+            .unwrap_err();
+        assert!(e.to_string().contains("memory region 0"), "{e}");
+        let batch = rings.batch().expect("the old map stays");
+        assert_eq!(batch.mem().iter().map(|r| r.len()).sum::<u64>(), 0x1000);
     }
 
     #[test]

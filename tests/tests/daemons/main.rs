@@ -2,7 +2,8 @@
 //! (`vu_driver::under_test`): its lifecycle (one frontend after another,
 //! leaks, abrupt frontends, signals, `--fd`, socket activation, systemd's
 //! notify, watchdog and journal), its command line, its contrib files,
-//! its seccomp filter, and malformed rings on each of its queue kinds.
+//! its seccomp filter, malformed rings on each of its queue kinds, and
+//! hostile vhost-user messages.
 //! Each test is instantiated per daemon (or per ring) in a module named
 //! after it, so a failure names it:
 //! `lifecycle::net::a_hundred_connections_leak_no_descriptors_threads_or_memory`,
@@ -59,6 +60,7 @@ macro_rules! daemon_test {
 
 mod cli;
 mod contrib;
+mod hostile;
 mod lifecycle;
 mod malformed;
 mod seccomp;

@@ -1,0 +1,155 @@
+//! vhost-user messages a hostile (or broken) frontend sends, for every
+//! daemon: each is refused with a log line that says what was refused and
+//! why, the connection that sent it ends, the daemon serves the next
+//! frontend, and what an earlier frontend stored is still there.
+
+use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+use vu_driver::device::{connect_socket, DeviceOptions, VuDevice};
+use vu_driver::fixture::{poll_until, Daemon};
+use vu_driver::memory::{Backing, GuestMem};
+use vu_driver::under_test::{DaemonUnderTest, Env, T};
+
+for_each_daemon!(
+    set_mem_table_with_a_region_larger_than_its_fd_is_refused,
+    set_mem_table_with_an_offset_past_the_end_of_its_fd_is_refused,
+    add_mem_reg_with_a_region_larger_than_its_fd_is_refused,
+);
+
+/// The size of the memfd behind a lying region.
+const FD_SIZE: u64 = 4 << 20;
+
+/// Waits until the daemon's log, past byte `from`, has a line holding every
+/// one of `parts`; panics with the log if none comes.
+fn assert_logged(daemon: &Daemon, from: usize, parts: &[&str]) {
+    let found = poll_until(T, || {
+        let log = daemon.log_contents();
+        log.get(from..)
+            .unwrap_or("")
+            .lines()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+    });
+    assert!(
+        found,
+        "{}: no log line with all of {parts:?}:\n{}",
+        daemon.name(),
+        daemon.log_contents()
+    );
+}
+
+/// A daemon over a fresh environment that has served round 0 (so a later
+/// round checks that its data is still there).
+fn served(d: &DaemonUnderTest, test: &str) -> (Box<dyn Env>, Daemon) {
+    let env = d.env(test);
+    let daemon = d.start(&*env);
+    d.serve(&*env, env.socket(), 0);
+    (env, daemon)
+}
+
+/// After a refused message: the daemon still runs and serves round 1
+/// through a new frontend, which finds round 0's data.
+fn still_serves(d: &DaemonUnderTest, env: &dyn Env, daemon: &mut Daemon) {
+    assert_eq!(daemon.try_wait().unwrap(), None, "the daemon exited");
+    d.serve(env, env.socket(), 1);
+    assert_eq!(daemon.try_wait().unwrap(), None, "the daemon exited");
+}
+
+/// A negotiated frontend (REPLY_ACK and, where offered,
+/// CONFIGURE_MEM_SLOTS) whose guest memory is one `FD_SIZE` memfd;
+/// features are set, nothing else.
+fn frontend(d: &DaemonUnderTest, env: &dyn Env) -> VuDevice {
+    let opts = DeviceOptions {
+        mem_size: FD_SIZE,
+        protocol_features: DeviceOptions::default().protocol_features
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
+        ..DeviceOptions::default()
+    };
+    let socket = env.socket();
+    let stream = connect_socket(socket, T).unwrap();
+    let mut dev =
+        VuDevice::negotiate(stream, socket, &opts).unwrap_or_else(|e| panic!("{}: {e:?}", d.name));
+    let features = dev.features();
+    dev.frontend().set_features(features).unwrap();
+    dev.frontend()
+        .set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    dev
+}
+
+/// SET_MEM_TABLE of one region over a `FD_SIZE` memfd that claims
+/// `size` bytes from `offset`: refused (an error ack or the connection
+/// closed), logged naming the region, and the daemon serves on.
+fn lying_table(d: &DaemonUnderTest, test: &str, size: u64, offset: u64) {
+    let (env, mut daemon) = served(d, test);
+    let from = daemon.log_contents().len();
+    let mut dev = frontend(d, &*env);
+    let mut regions = dev.mem().regions();
+    regions[0].memory_size = size;
+    regions[0].mmap_offset = offset;
+    let r = dev.frontend().set_mem_table(&regions);
+    assert!(
+        r.is_err(),
+        "{}: a table whose region runs past its fd was acked",
+        d.name
+    );
+    assert_logged(
+        &daemon,
+        from,
+        &[
+            "memory region 0",
+            &format!("size {size:#x}"),
+            &format!("mmap offset {offset:#x}"),
+            &format!("fd size {FD_SIZE:#x}"),
+        ],
+    );
+    drop(dev);
+    still_serves(d, &*env, &mut daemon);
+}
+
+fn set_mem_table_with_a_region_larger_than_its_fd_is_refused(d: &DaemonUnderTest) {
+    lying_table(d, "mem-larger", 64 << 20, 0);
+}
+
+fn set_mem_table_with_an_offset_past_the_end_of_its_fd_is_refused(d: &DaemonUnderTest) {
+    lying_table(d, "mem-offset", 1 << 20, 12 << 30);
+}
+
+/// ADD_MEM_REG of a region over a second `FD_SIZE` memfd that claims
+/// 64 MiB, after a valid table: refused and, where the daemon offers
+/// CONFIGURE_MEM_SLOTS, logged naming the region; the daemon serves on.
+fn add_mem_reg_with_a_region_larger_than_its_fd_is_refused(d: &DaemonUnderTest) {
+    let (env, mut daemon) = served(d, "mem-add");
+    let from = daemon.log_contents().len();
+    let mut dev = frontend(d, &*env);
+    let regions = dev.mem().regions();
+    dev.frontend().set_mem_table(&regions).unwrap();
+    let slots = dev
+        .protocol_features()
+        .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+    let extra = GuestMem::new(FD_SIZE, &Backing::Memfd).unwrap();
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: 1 << 32,
+        memory_size: 64 << 20,
+        ..extra.regions()[0]
+    };
+    let r = dev.frontend().add_mem_region(&region);
+    assert!(
+        r.is_err(),
+        "{}: a region running past its fd was added",
+        d.name
+    );
+    if slots {
+        assert_logged(
+            &daemon,
+            from,
+            &[
+                "memory region 1",
+                "guest address 0x100000000",
+                "size 0x4000000",
+                &format!("fd size {FD_SIZE:#x}"),
+            ],
+        );
+    }
+    drop((dev, extra));
+    still_serves(d, &*env, &mut daemon);
+}
