@@ -6,9 +6,11 @@
 #   2. add the `x86_64-unknown-none` Rust target (a failure is only a warning);
 #   3. fetch Debian's stable kernel package and unpack it into the guest kit;
 #   4. build the guest initramfs (busybox, virtio/fuse/ext4 modules, tests/guest/init,
-#      and setfattr/getfattr from Debian's `attr` with the libraries they need).
+#      and setfattr/getfattr from Debian's `attr` with the libraries they need);
+#   5. build the Linux kit for our own vmm (scripts/build-linux-kit.sh).
 #
-# Output: target/guest-kit/{vmlinuz,initrd.gz,kernel-version}
+# Output: target/guest-kit/{vmlinuz,initrd.gz,kernel-version} and
+# target/guest-kit/linux/{vmlinux,initrd.cpio}
 # (override the directory with VUTEST_KIT_DIR). Work already done is skipped:
 # a second run takes well under a second.
 #
@@ -21,6 +23,8 @@ export LC_ALL=C
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KIT="${VUTEST_KIT_DIR:-$ROOT/target/guest-kit}"
 GUEST_SRC="$ROOT/tests/guest"
+# shellcheck source=scripts/lib-initramfs.sh
+. "$ROOT/scripts/lib-initramfs.sh"
 
 PACKAGES=(
     qemu-system-x86 qemu-system-common qemu-utils busybox-static kmod cpio
@@ -212,8 +216,9 @@ done
 
 INITRD="$KIT/initrd.gz"
 STAMP="$KIT/initrd.inputs"
-inputs=("$GUEST_SRC"/* "$BUSYBOX" "${BASH_SOURCE[0]}" "${MODULE_FILES[@]}"
-    "${GUEST_PROGRAMS[@]}" "${GUEST_LIBS[@]}")
+mapfile -t GUEST_FILES < <(initramfs_guest_files "$GUEST_SRC")
+inputs=("${GUEST_FILES[@]}" "$BUSYBOX" "${BASH_SOURCE[0]}" "$ROOT/scripts/lib-initramfs.sh"
+    "${MODULE_FILES[@]}" "${GUEST_PROGRAMS[@]}" "${GUEST_LIBS[@]}")
 want_stamp="$KVER ${MODULES[*]}"
 rebuild=0
 if [ ! -s "$INITRD" ] || [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_stamp" ]; then
@@ -228,24 +233,9 @@ else
 fi
 
 if [ "$rebuild" -eq 1 ]; then
-    [ -f "$GUEST_SRC/init" ] || die "$GUEST_SRC/init missing"
     stage="$(mktemp -d "$KIT/.initrd-stage.XXXXXX")"
     trap 'rm -rf "$stage"' EXIT
-    mkdir -p "$stage"/{bin,dev,proc,sys,tmp,mnt,etc,root,run,lib/modules,usr}
-    ln -s bin "$stage/sbin"
-    ln -s ../bin "$stage/usr/bin"
-    ln -s ../bin "$stage/usr/sbin"
-    cp "$BUSYBOX" "$stage/bin/busybox"
-    for applet in $("$BUSYBOX" --list); do
-        [ "$applet" = busybox ] || ln -sf busybox "$stage/bin/$applet"
-    done
-    install -m 0755 "$GUEST_SRC/init" "$stage/init"
-    for f in "$GUEST_SRC"/*; do
-        case "$(basename "$f")" in
-            init | *.md) ;;
-            *) install -m 0755 "$f" "$stage/bin/$(basename "$f")" ;;
-        esac
-    done
+    initramfs_stage "$stage" "$BUSYBOX" "$GUEST_SRC" "$KVER" || die "staging the initramfs failed"
     for prog in "${GUEST_PROGRAMS[@]}"; do
         install -m 0755 "$prog" "$stage/bin/$(basename "$prog")"
     done
@@ -255,17 +245,11 @@ if [ "$rebuild" -eq 1 ]; then
         mkdir -p "$stage$(dirname "$lib")"
         cp -L "$lib" "$stage$lib"
     done
-    : >"$stage/lib/modules/load-order"
     for f in "${MODULE_FILES[@]}"; do
         cp "$f" "$stage/lib/modules/"
         basename "$f" .ko >>"$stage/lib/modules/load-order"
     done
-    echo "$KVER" >"$stage/etc/vutest-kernel"
-    # The kernel opens /dev/console for init before init mounts devtmpfs.
-    mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || true
-    (cd "$stage" && find . -mindepth 1 -print0 | sort -z \
-        | cpio --null --create --format=newc --owner=0:0 --quiet) \
-        | gzip -6 -n >"$INITRD.tmp"
+    initramfs_pack "$stage" | gzip -6 -n >"$INITRD.tmp"
     mv "$INITRD.tmp" "$INITRD"
     echo "$want_stamp" >"$STAMP"
     rm -rf "$stage"
@@ -276,3 +260,8 @@ else
 fi
 
 echo "setup.sh: ${SUMMARY[*]} kit=$KIT"
+
+# --- 5. the Linux kit: our own small kernel for our vmm ----------------------
+# Built from Debian's linux-source-6.1 (several minutes the first time, then
+# cached); prints its own summary line.
+VUTEST_KIT_DIR="$KIT" "$ROOT/scripts/build-linux-kit.sh" || die "scripts/build-linux-kit.sh failed"
