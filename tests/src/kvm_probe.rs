@@ -78,7 +78,7 @@ pub fn classify(m: &Measurement) -> Result<(), String> {
     Err(format!(
         "KVM runs guest code at {rate:.1e} instructions/s ({} instructions took {:.1} ms), \
          below the {LINUX_MIN_RATE:.0e}/s of hardware virtualization: /dev/kvm here is an \
-         instruction emulator, on which a Linux guest does not boot",
+         instruction emulator, on which Debian's stock kernel does not boot",
         m.instructions,
         m.elapsed.as_secs_f64() * 1000.0
     ))
@@ -92,6 +92,15 @@ pub fn linux_capable() -> Result<(), String> {
     VERDICT
         .get_or_init(|| measure().and_then(|m| classify(&m)))
         .clone()
+}
+
+/// The guest TSC frequency KVM gives a new vCPU (KVM_GET_TSC_KHZ), for the
+/// kernel's `tsc_early_khz=`; None if KVM cannot tell.
+pub fn tsc_khz() -> Option<u32> {
+    let kvm = Kvm::new().ok()?;
+    let vm = kvm.create_vm().ok()?;
+    let vcpu = vm.create_vcpu(0).ok()?;
+    vcpu.get_tsc_khz().ok().filter(|&khz| khz > 0)
 }
 
 /// Measures how fast KVM runs guest code: one short loop, and if that was

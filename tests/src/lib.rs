@@ -6,7 +6,8 @@
 //! - [`device`]: connection, feature negotiation, vring setup, config space.
 //! - [`blk`], [`fs`], [`net`]: device helpers on top; [`tap`]: a net daemon's tap seen
 //!   from the host (queue descriptors for `--tap-fd`, frames each way).
-//! - [`fixture`]: reference daemons as RAII process guards; [`guest`]: the QEMU guest test kit.
+//! - [`fixture`]: reference daemons as RAII process guards; [`guest`]: the QEMU guest test kit;
+//!   [`linux`]: the Linux our `vmm` boots (Debian's kernel, or the small kit on an emulating KVM).
 //! - [`process`]: a child seen through `/proc`, inherited descriptors, bounded runs.
 //! - [`systemd`]: the receiving end of `NOTIFY_SOCKET`, socket activation, unit files;
 //!   [`contrib`]: the project's systemd units and QEMU descriptors;
@@ -26,6 +27,7 @@ pub mod http;
 pub mod image;
 pub mod kvm_probe;
 pub mod lifecycle;
+pub mod linux;
 pub mod memory;
 pub mod net;
 pub mod netns;

@@ -183,18 +183,6 @@ where
     Daemon::spawn("vmm", cmd, socket, &ready, timeout)
 }
 
-/// The kernel command line for the guest kit's Linux under our `vmm`:
-/// serial console, the share tagged `fs_tag` mounted by the kit's init,
-/// `script` in base64 (killed after `timeout_s`); `panic=-1` reboots at
-/// once, which ends the VMM.
-pub fn kit_cmdline(script: &str, fs_tag: &str, timeout_s: u64) -> String {
-    format!(
-        "console=ttyS0 quiet panic=-1 reboot=k vutest.timeout={timeout_s} \
-         vutest.fs={fs_tag} vutest.script={}",
-        crate::guest::base64_encode(script.as_bytes())
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

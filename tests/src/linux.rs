@@ -1,0 +1,199 @@
+//! The Linux a test boots under our own `vmm`, chosen by what this
+//! machine's KVM can run ([`crate::kvm_probe`]):
+//!
+//! - where KVM is hardware-accelerated, Debian's kernel and the kit's
+//!   initramfs ([`GuestKit`], from `scripts/setup.sh`), 512 MiB;
+//! - where `/dev/kvm` is an instruction emulator (our build machines), the
+//!   Linux kit `scripts/build-linux-kit.sh` builds: a small Linux 6.1 with
+//!   three emulator workarounds and the same `/init`, uncompressed, 256 MiB,
+//!   with the command line of `tests/guest/linux/cmdline` (the CPU features
+//!   the emulator cannot run in kernel mode hidden) and `tsc_early_khz=`
+//!   from KVM_GET_TSC_KHZ.
+//!
+//! Either way the guest runs `tests/guest/init`: the script a test passes
+//! comes in base64 on the command line, the share tagged `fs_tag` is
+//! mounted at `$VUTEST_FS`, and the console ends with one `VUTEST-RESULT`
+//! line ([`crate::guest::ConsoleParser`]).
+
+use std::path::PathBuf;
+
+use crate::guest::{base64_encode, kit_dir, GuestError, GuestKit, Result};
+
+/// The command line file of the small kit.
+const SMALL_CMDLINE: &str = include_str!("../guest/linux/cmdline");
+/// Debian's kernel: nothing to hide.
+const DEBIAN_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=k";
+
+/// Which Linux.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinuxKind {
+    /// Debian's stock kernel (hardware-accelerated KVM).
+    Debian,
+    /// The Linux kit's small kernel (emulating KVM).
+    Small,
+}
+
+/// A kernel, its initramfs and the command line our `vmm` boots them with.
+#[derive(Debug, Clone)]
+pub struct OurLinux {
+    /// Which one.
+    pub kind: LinuxKind,
+    /// `--kernel`: a bzImage (Debian) or an ELF `vmlinux` with a PVH note.
+    pub kernel: PathBuf,
+    /// `--initramfs`.
+    pub initrd: PathBuf,
+    /// The kernel release it reports.
+    pub release: String,
+    /// `--memory size=`.
+    pub memory: &'static str,
+    /// Why this one (for a test's or the demo's log).
+    pub why: String,
+    base_cmdline: String,
+}
+
+impl OurLinux {
+    /// The Linux for this machine: Debian's where KVM is fast, else the
+    /// small kit. An error names the missing kit file and the script that
+    /// builds it.
+    pub fn locate() -> Result<Self> {
+        match crate::kvm_probe::linux_capable() {
+            Ok(()) => Self::debian(),
+            Err(why) => Self::small(why),
+        }
+    }
+
+    /// Debian's kernel from the guest kit.
+    pub fn debian() -> Result<Self> {
+        let kit = GuestKit::locate()?;
+        Ok(OurLinux {
+            kind: LinuxKind::Debian,
+            kernel: kit.kernel,
+            initrd: kit.initrd,
+            release: kit.kernel_version,
+            memory: "512M",
+            why: "KVM is hardware-accelerated: Debian's kernel".to_string(),
+            base_cmdline: DEBIAN_CMDLINE.to_string(),
+        })
+    }
+
+    /// The Linux kit's small kernel; `why` says why not Debian's.
+    pub fn small(why: String) -> Result<Self> {
+        let dir = kit_dir().join("linux");
+        let kernel = dir.join("vmlinux");
+        let initrd = dir.join("initrd.cpio");
+        let release_file = dir.join("kernel-release");
+        for f in [&kernel, &initrd, &release_file] {
+            if !f.is_file() {
+                return Err(GuestError::KitMissing { missing: f.clone() });
+            }
+        }
+        let release = std::fs::read_to_string(&release_file)
+            .map_err(|_| GuestError::KitMissing {
+                missing: release_file.clone(),
+            })?
+            .trim()
+            .to_string();
+        let mut base_cmdline = small_cmdline(SMALL_CMDLINE);
+        if let Some(khz) = crate::kvm_probe::tsc_khz() {
+            base_cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        Ok(OurLinux {
+            kind: LinuxKind::Small,
+            kernel,
+            initrd,
+            release,
+            memory: "256M",
+            why: format!("{why}; booting the Linux kit's small kernel (tests/guest/linux)"),
+            base_cmdline,
+        })
+    }
+
+    /// The kernel command line: the base for this kernel, the share tagged
+    /// `fs_tag` (none if empty), `script` in base64, killed after
+    /// `timeout_s`.
+    pub fn cmdline(&self, script: &str, fs_tag: &str, timeout_s: u64) -> String {
+        let mut c = format!("{} vutest.timeout={timeout_s}", self.base_cmdline);
+        if !fs_tag.is_empty() {
+            c.push_str(&format!(" vutest.fs={fs_tag}"));
+        }
+        c.push_str(" vutest.script=");
+        c.push_str(&base64_encode(script.as_bytes()));
+        c
+    }
+
+    /// `--kernel K --initramfs I --cmdline C --memory size=M --serial stdio`.
+    pub fn vmm_args(&self, script: &str, fs_tag: &str, timeout_s: u64) -> Vec<std::ffi::OsString> {
+        vec![
+            "--kernel".into(),
+            self.kernel.clone().into_os_string(),
+            "--initramfs".into(),
+            self.initrd.clone().into_os_string(),
+            "--cmdline".into(),
+            self.cmdline(script, fs_tag, timeout_s).into(),
+            "--memory".into(),
+            format!("size={}", self.memory).into(),
+            "--serial".into(),
+            "stdio".into(),
+        ]
+    }
+}
+
+/// The command line file's words: `#` lines dropped, the rest joined with
+/// single spaces.
+fn small_cmdline(file: &str) -> String {
+    file.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_small_cmdline_hides_what_the_emulator_cannot_run() {
+        let c = small_cmdline(SMALL_CMDLINE);
+        assert!(c.starts_with("console=ttyS0 "), "{c}");
+        assert!(!c.contains('#'), "{c}");
+        let words: Vec<&str> = c.split(' ').collect();
+        assert!(words.contains(&"noxsave"), "{c}");
+        let clear = words
+            .iter()
+            .find_map(|w| w.strip_prefix("clearcpuid="))
+            .unwrap_or_else(|| panic!("no clearcpuid= in {c}"));
+        // The kernel copies clearcpuid= into a 128-byte buffer.
+        assert!(clear.len() < 128, "{} bytes", clear.len());
+        for f in ["smap", "popcnt", "erms"] {
+            assert!(clear.split(',').any(|x| x == f), "{f} not in {clear}");
+        }
+    }
+
+    #[test]
+    fn comments_and_line_breaks_are_dropped() {
+        assert_eq!(small_cmdline("# a\n a  b\n\n  # c\nd\n"), "a b d");
+    }
+
+    #[test]
+    fn the_cmdline_carries_the_script_the_share_and_the_timeout() {
+        let linux = OurLinux {
+            kind: LinuxKind::Small,
+            kernel: PathBuf::from("k"),
+            initrd: PathBuf::from("i"),
+            release: "r".into(),
+            memory: "256M",
+            why: String::new(),
+            base_cmdline: "console=ttyS0".into(),
+        };
+        let c = linux.cmdline("echo hi\n", "kataShared", 90);
+        assert_eq!(
+            c,
+            format!(
+                "console=ttyS0 vutest.timeout=90 vutest.fs=kataShared vutest.script={}",
+                base64_encode(b"echo hi\n")
+            )
+        );
+        assert!(!linux.cmdline("x", "", 1).contains("vutest.fs"));
+    }
+}
