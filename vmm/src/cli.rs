@@ -137,7 +137,7 @@ impl VhostUserConfig {
 }
 
 /// The longest virtio-fs tag (`virtio_fs_config.tag`).
-pub const FS_TAG_MAX: usize = 36;
+pub const FS_TAG_MAX: usize = devices::vhost_user::config::FS_TAG_LEN;
 /// The most queues `num_queues` asks for.
 pub const MAX_QUEUES: usize = 256;
 /// The largest queue size (virtio split rings).

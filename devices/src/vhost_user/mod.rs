@@ -30,9 +30,13 @@
 //! handshake is one function ([`VhostUserDevice`]'s `handshake`) so that a
 //! reconnect can replay it.
 //!
+//! The configuration layouts of net and fs (what the frontend shows a
+//! driver when the backend serves no GET_CONFIG) are in [`config`].
+//!
 //! The socket sits behind the [`VhostUserConn`] trait so the unit tests can
 //! put a fake backend there.
 
+pub mod config;
 mod conn;
 mod device;
 mod memory;
@@ -45,6 +49,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
 use thiserror::Error;
+use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VIRTIO_ID_NET};
 use vmm_sys_util::eventfd::EventFd;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES (bit 30): vhost-user's own feature bit,
@@ -66,9 +71,9 @@ impl DeviceKind {
     /// The virtio device type.
     pub fn device_type(self) -> u32 {
         match self {
-            Self::Net => 1,
-            Self::Block => 2,
-            Self::Fs => 26,
+            Self::Net => VIRTIO_ID_NET,
+            Self::Block => VIRTIO_ID_BLOCK,
+            Self::Fs => VIRTIO_ID_FS,
         }
     }
 
@@ -93,9 +98,9 @@ impl DeviceKind {
     /// padding (60), `virtio_fs_config` (40).
     pub fn config_len(self) -> usize {
         match self {
-            Self::Net => 12,
-            Self::Block => 60,
-            Self::Fs => 40,
+            Self::Net => config::NET_CONFIG_LEN,
+            Self::Block => config::BLK_CONFIG_LEN,
+            Self::Fs => config::FS_CONFIG_LEN,
         }
     }
 

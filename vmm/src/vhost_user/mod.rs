@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use devices::pci::{BusError, MsiSink, PciAddress, PciDevice, MSIX_NO_VECTOR};
+use devices::vhost_user::config::{fs_config, fs_tag, net_config, net_mac};
 use devices::vhost_user::{
     DeviceKind, DeviceOptions, DeviceState, MemoryTable, QueueEventProvider, QueueEvents,
     VhostUserDevice, VhostUserError,
@@ -35,12 +36,9 @@ use devices::virtio_pci::{
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cli::{VhostUserConfig, FS_TAG_MAX};
+use crate::cli::VhostUserConfig;
 use crate::irq::{IrqError, IrqRouter, MsiVectors};
 use crate::pci::{PciError, PciHost};
-
-/// `virtio_net_config.status`: VIRTIO_NET_S_LINK_UP.
-const NET_LINK_UP: u16 = 1;
 
 /// What failed while setting up one device.
 #[derive(Debug, thiserror::Error)]
@@ -111,22 +109,12 @@ pub fn device_options(config: &VhostUserConfig) -> DeviceOptions {
     options.queue_size = config.queue_size;
     match config.kind {
         DeviceKind::Fs => {
-            // virtio_fs_config: tag[36], num_request_queues (le32).
-            if let Some(tag) = &config.tag {
-                let n = tag.len().min(FS_TAG_MAX);
-                options.config[..n].copy_from_slice(&tag.as_bytes()[..n]);
-            }
             let requests = u32::try_from(config.num_queues).unwrap_or(u32::MAX);
-            options.config[FS_TAG_MAX..FS_TAG_MAX + 4].copy_from_slice(&requests.to_le_bytes());
+            options.config = fs_config(config.tag.as_deref(), requests);
         }
         DeviceKind::Net => {
-            // virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
-            if let Some(mac) = config.mac {
-                options.config[..6].copy_from_slice(&mac);
-            }
-            options.config[6..8].copy_from_slice(&NET_LINK_UP.to_le_bytes());
             let pairs = u16::try_from(config.num_queues / 2).unwrap_or(u16::MAX);
-            options.config[8..10].copy_from_slice(&pairs.to_le_bytes());
+            options.config = net_config(config.mac, pairs);
         }
         DeviceKind::Block => {}
     }
@@ -136,19 +124,16 @@ pub fn device_options(config: &VhostUserConfig) -> DeviceOptions {
 /// The guest sees the backend's configuration when it serves one: say so
 /// when its fs tag or MAC is not what the command line asked for.
 fn warn_if_backend_differs(config: &VhostUserConfig, device: &VhostUserDevice) {
-    let (field, ours, len) = match (config.kind, &config.tag, config.mac) {
-        (DeviceKind::Fs, Some(tag), _) => ("tag", tag.clone(), FS_TAG_MAX),
-        (DeviceKind::Net, _, Some(mac)) => ("MAC", format_mac(&mac), 6),
+    let (field, ours) = match (config.kind, &config.tag, config.mac) {
+        (DeviceKind::Fs, Some(tag), _) => ("tag", tag.clone()),
+        (DeviceKind::Net, _, Some(mac)) => ("MAC", net_mac(&mac)),
         _ => return,
     };
-    let mut served = vec![0u8; len];
+    let mut served = vec![0u8; config.kind.config_len()];
     device.read_config(0, &mut served);
     let theirs = match config.kind {
-        DeviceKind::Net => format_mac(&served),
-        _ => {
-            let end = served.iter().position(|b| *b == 0).unwrap_or(len);
-            String::from_utf8_lossy(&served[..end]).into_owned()
-        }
+        DeviceKind::Net => net_mac(&served),
+        _ => fs_tag(&served),
     };
     if theirs != ours {
         log::warn!(
@@ -158,13 +143,6 @@ fn warn_if_backend_differs(config: &VhostUserConfig, device: &VhostUserDevice) {
             config.socket.display()
         );
     }
-}
-
-fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Gives the frontend each queue's eventfds at activation: the kick
