@@ -1,10 +1,13 @@
 //! The virtio-blk device behind `common`'s generic backend: one worker
 //! thread per queue. A kick drains the ring in a batch (EVENT_IDX
-//! suppresses kicks meanwhile), executes each request synchronously with
-//! preadv/pwritev straight into guest memory, and signals the guest once
-//! per batch.
+//! suppresses kicks meanwhile) and signals the guest once per batch. With
+//! `--aio sync` each request runs synchronously with preadv/pwritev
+//! straight into guest memory; with `--aio io_uring` reads, writes and
+//! flushes go to the queue's ring and complete as the kernel finishes them
+//! ([`crate::uring`]).
 
 use std::io;
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -14,11 +17,13 @@ use common::queue::Mem;
 use common::ratelimit::RateLimited;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_queue::DescriptorChain;
+use vmm_sys_util::epoll::EventSet;
 
-use crate::cli::{Cli, SERIAL_MAX};
+use crate::cli::{Aio, Cli, SERIAL_MAX};
 use crate::config::DeviceConfig;
 use crate::disk::{self, Disk};
-use crate::request::{self, Scratch, Target};
+use crate::request::{self, Done, Malformed, Scratch, Target};
+use crate::uring::{self, Uring};
 
 /// The program name.
 pub const NAME: &str = "vhost-blk-daemon";
@@ -32,6 +37,10 @@ const SECCOMP_BLK: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
+    // --aio io_uring.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
 ];
 
 /// What outlives connections: the image and how it is presented.
@@ -47,6 +56,8 @@ pub struct Blk {
     pub malformed: RateLimited,
     /// Host I/O errors, likewise.
     pub io_errors: RateLimited,
+    /// The I/O engine.
+    pub aio: Aio,
 }
 
 /// Opens the image and serves it until SIGTERM.
@@ -65,6 +76,7 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
         config,
         malformed: RateLimited::default(),
         io_errors: RateLimited::default(),
+        aio: engine(cli.aio),
     };
     let spec = Spec {
         name: NAME,
@@ -75,6 +87,18 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
         relay: false,
     };
     common::daemon::run(spec, || Ok(blk))
+}
+
+/// The engine to use for `--aio`: io_uring only where the kernel lets
+/// this process set up a ring (checked before seccomp goes on).
+fn engine(aio: Aio) -> Aio {
+    if aio == Aio::IoUring {
+        if let Err(e) = uring::probe() {
+            log::warn!("--aio io_uring: the kernel refuses io_uring ({e}); using --aio sync");
+            return Aio::Sync;
+        }
+    }
+    aio
 }
 
 /// `--serial`, or the image's file name, NUL-padded.
@@ -98,9 +122,24 @@ impl Service for Blk {
 
     fn connect(self: &Arc<Self>) -> io::Result<BlkQueues> {
         let n = usize::from(self.config.num_queues);
+        let mut rings = Vec::new();
+        if self.aio == Aio::IoUring {
+            let size = usize::from(self.config.queue_size);
+            match (0..n)
+                .map(|q| Uring::new(self.clone(), q, size).map(Mutex::new))
+                .collect::<io::Result<Vec<_>>>()
+            {
+                Ok(r) => rings = r,
+                Err(e) => log::warn!(
+                    "--aio io_uring: cannot set up {n} ring(s) of {size} ({e}); \
+                     using --aio sync for this connection"
+                ),
+            }
+        }
         Ok(BlkQueues {
             blk: self.clone(),
             scratch: (0..n).map(|_| Mutex::new(Scratch::default())).collect(),
+            rings,
         })
     }
 
@@ -114,13 +153,18 @@ impl Service for Blk {
             );
         }
         log::info!(
-            "serving {} ({:?}, {} bytes, {} sectors{}{}), {} queue(s) of up to {}",
+            "serving {} ({:?}, {} bytes, {} sectors{}{}{}), {} queue(s) of up to {}",
             disk.path().display(),
             disk.kind(),
             disk.size(),
             config.capacity,
             if disk.read_only() { ", read-only" } else { "" },
             if disk.direct() { ", O_DIRECT" } else { "" },
+            if self.aio == Aio::IoUring {
+                ", io_uring"
+            } else {
+                ""
+            },
             config.num_queues,
             config.queue_size
         );
@@ -141,10 +185,39 @@ impl Service for Blk {
     }
 }
 
-/// One connection's device: per-queue scratch buffers.
+impl Blk {
+    /// The used length of request `head` of queue `q` that ended as `r`,
+    /// logging (rate-limited) a host error or a malformed chain.
+    pub fn outcome(&self, q: usize, head: u16, r: Result<Done, Malformed>) -> u32 {
+        match r {
+            Ok(done) => {
+                if let Some((what, errno)) = done.host_error {
+                    if let Some(n) = self.io_errors.hit() {
+                        log::warn!(
+                            "queue {q} head {head}: {what} on {} failed: {} (host I/O error #{n})",
+                            self.disk.path().display(),
+                            io::Error::from_raw_os_error(errno)
+                        );
+                    }
+                }
+                done.used_len
+            }
+            Err(why) => {
+                if let Some(n) = self.malformed.hit() {
+                    log::warn!("queue {q} head {head}: malformed request dropped: {why} (#{n})");
+                }
+                0
+            }
+        }
+    }
+}
+
+/// One connection's device: per-queue scratch buffers, and with
+/// `--aio io_uring` per-queue rings (empty with `--aio sync`).
 pub struct BlkQueues {
     blk: Arc<Blk>,
     scratch: Vec<Mutex<Scratch>>,
+    rings: Vec<Mutex<Uring>>,
 }
 
 impl BlkQueues {
@@ -158,26 +231,8 @@ impl BlkQueues {
         scratch: &mut Scratch,
     ) -> u32 {
         let head = chain.head_index();
-        match request::process(chain, mem, target, scratch) {
-            Ok(done) => {
-                if let Some((what, errno)) = done.host_error {
-                    if let Some(n) = self.blk.io_errors.hit() {
-                        log::warn!(
-                            "queue {q} head {head}: {what} on {} failed: {} (host I/O error #{n})",
-                            self.blk.disk.path().display(),
-                            io::Error::from_raw_os_error(errno)
-                        );
-                    }
-                }
-                done.used_len
-            }
-            Err(why) => {
-                if let Some(n) = self.blk.malformed.hit() {
-                    log::warn!("queue {q} head {head}: malformed request dropped: {why} (#{n})");
-                }
-                0
-            }
-        }
+        self.blk
+            .outcome(q, head, request::process(chain, mem, target, scratch))
     }
 }
 
@@ -204,6 +259,17 @@ impl Device for BlkQueues {
 
     fn handle(&self, w: &Worker<'_>, event: Event) -> io::Result<()> {
         let q = w.thread();
+        if let Some(ring) = self.rings.get(q) {
+            let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+            return match event {
+                Event::Kick(0) => ring.kick(w),
+                Event::Source { index: 0, .. } => ring.completions(w),
+                _ => {
+                    log::warn!("queue {q}: unexpected event {event:?}");
+                    Ok(())
+                }
+            };
+        }
         let (Event::Kick(0), Some(scratch)) = (event, self.scratch.get(q)) else {
             log::warn!("queue {q}: unexpected event {event:?}");
             return Ok(());
@@ -217,5 +283,21 @@ impl Device for BlkQueues {
         w.drain(0, |chain| {
             self.handle_chain(q, chain, w.mem(), &target, &mut scratch)
         })
+    }
+
+    fn event_sources(&self, thread: usize) -> Vec<(RawFd, EventSet)> {
+        self.rings
+            .get(thread)
+            .map(|r| {
+                let fd = r.lock().unwrap_or_else(|e| e.into_inner()).eventfd();
+                vec![(fd, EventSet::IN)]
+            })
+            .unwrap_or_default()
+    }
+
+    fn quiesce(&self) {
+        for ring in &self.rings {
+            ring.lock().unwrap_or_else(|e| e.into_inner()).quiesce();
+        }
     }
 }

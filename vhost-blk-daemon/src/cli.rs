@@ -49,9 +49,26 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
     pub seccomp: SeccompAction,
 
+    /// How reads, writes and flushes reach the image: `io_uring` keeps
+    /// every request of a queue in the kernel at once (falling back to
+    /// `sync`, logged, where the kernel refuses io_uring); `sync` runs them
+    /// one at a time per queue with preadv/pwritev.
+    #[arg(long, value_enum, default_value_t = Aio::Sync, env = "VHOST_BLK_AIO")]
+    pub aio: Aio,
+
     /// Logical block size the guest sees: 512, 1024, 2048 or 4096.
     #[arg(long, default_value_t = 512, value_parser = parse_block_size)]
     pub logical_block_size: u32,
+}
+
+/// The I/O engine (`--aio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Aio {
+    /// One io_uring per queue.
+    #[value(name = "io_uring")]
+    IoUring,
+    /// preadv/pwritev on the worker thread.
+    Sync,
 }
 
 fn parse_serial(s: &str) -> Result<String, String> {
@@ -87,6 +104,9 @@ mod tests {
             (1, 1024, 512)
         );
         assert!(!c.read_only && !c.direct && c.serial.is_none());
+        assert_eq!(c.aio, Aio::Sync);
+        let c = parse(&["--blk-file", "/f", "--aio", "io_uring"]).unwrap();
+        assert_eq!(c.aio, Aio::IoUring);
     }
 
     #[test]

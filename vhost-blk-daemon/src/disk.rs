@@ -144,6 +144,11 @@ impl Disk {
         self.direct
     }
 
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Regular file or block device.
     pub fn kind(&self) -> Kind {
         self.kind

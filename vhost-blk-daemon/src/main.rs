@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod disk;
 mod request;
+mod uring;
 
 use std::process::ExitCode;
 

@@ -9,10 +9,10 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::GuestMemory;
+use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::config::{DeviceConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
-use common::iov::{copy_in, copy_out, GuestIoVecs, IoVecBuf};
+use common::iov::{copy_in, copy_out, GuestIoVec, GuestIoVecs, IoVecBuf};
 
 use crate::disk::{Disk, SECTOR};
 
@@ -110,14 +110,47 @@ pub struct Done {
     pub host_error: Option<(&'static str, i32)>,
 }
 
-/// Parses and executes the request in `chain`.
+/// A checked request: its header and its two byte streams (the status
+/// byte taken off the end of the writable one).
+pub struct Parsed<'a, 'm> {
+    /// Request type ([`req_type`]).
+    pub ty: u32,
+    /// First sector.
+    pub sector: u64,
+    bufs: Buffers<'a, 'm>,
+    status: GuestIoVec<'m>,
+    /// Guest address of the status byte.
+    pub status_addr: GuestAddress,
+}
+
+/// What an asynchronous engine does with a parsed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Read the writable stream from byte `offset` of the image.
+    Read {
+        /// Byte offset.
+        offset: u64,
+    },
+    /// Write the readable stream at byte `offset`.
+    Write {
+        /// Byte offset.
+        offset: u64,
+    },
+    /// fdatasync.
+    Flush,
+    /// Finished already (a bad request), with this outcome.
+    Finished(Done),
+    /// Anything else: run it synchronously ([`Parsed::execute`]).
+    Sync,
+}
+
+/// Checks the chain and splits it into a request (nothing is executed).
 /// `mem` is the memory the chain was popped from.
-pub fn process<M>(
+pub fn parse<'a, 'm, M>(
     chain: DescriptorChain<M>,
-    mem: &M::Target,
-    target: &Target<'_>,
-    scratch: &mut Scratch,
-) -> Result<Done, Malformed>
+    mem: &'m M::Target,
+    scratch: &'a mut Scratch,
+) -> Result<Parsed<'a, 'm>, Malformed>
 where
     M: Deref,
     M::Target: GuestMemory,
@@ -128,6 +161,7 @@ where
     };
     let mut total: u32 = 0;
     let mut last_has_next = true; // an empty chain counts as truncated
+    let mut status_addr = GuestAddress(0);
     for desc in chain {
         last_has_next = desc.has_next();
         let len = desc.len();
@@ -136,6 +170,7 @@ where
             continue;
         }
         let list = if desc.is_write_only() {
+            status_addr = GuestAddress(desc.addr().0.wrapping_add(u64::from(len) - 1));
             &mut b.writable
         } else if !b.writable.is_empty() {
             return Err(Malformed::ReadableAfterWritable);
@@ -159,13 +194,78 @@ where
     let mut header = [0u8; HEADER_LEN];
     copy_out(b.readable.as_slice(), &mut header);
     b.readable.advance(HEADER_LEN);
-    let ty = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
-    let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    Ok(Parsed {
+        ty: u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()),
+        sector: u64::from_le_bytes(header[8..16].try_into().unwrap_or_default()),
+        bufs: b,
+        status,
+        status_addr,
+    })
+}
 
-    let mut done = execute(ty, sector, target, &mut b);
-    copy_in(&[status], &[done.status]);
-    done.used_len = done.used_len.saturating_add(1);
-    Ok(done)
+impl<'m> Parsed<'_, 'm> {
+    /// Executes the request synchronously and writes its status byte.
+    pub fn execute(mut self, target: &Target<'_>) -> Done {
+        let mut done = execute(self.ty, self.sector, target, &mut self.bufs);
+        self.finish(done.status);
+        done.used_len = done.used_len.saturating_add(1);
+        done
+    }
+
+    /// Writes the status byte.
+    pub fn finish(&self, status: u8) {
+        copy_in(&[self.status], &[status]);
+    }
+
+    /// How an engine that reads and writes asynchronously runs it.
+    pub fn plan(&self, config: &DeviceConfig) -> Plan {
+        match self.ty {
+            req_type::IN => match check_rw(config, self.sector, self.bufs.writable.total_len()) {
+                Ok(offset) => Plan::Read { offset },
+                Err(d) => Plan::Finished(d),
+            },
+            req_type::OUT if config.read_only => Plan::Finished(done(status::IOERR)),
+            req_type::OUT => match check_rw(config, self.sector, self.bufs.readable.total_len()) {
+                Ok(offset) => Plan::Write { offset },
+                Err(d) => Plan::Finished(d),
+            },
+            req_type::FLUSH => Plan::Flush,
+            _ => Plan::Sync,
+        }
+    }
+
+    /// The data buffers of a read ([`Plan::Read`]) or a write.
+    pub fn data(&self, write: bool) -> &[GuestIoVec<'m>] {
+        if write {
+            self.bufs.readable.as_slice()
+        } else {
+            self.bufs.writable.as_slice()
+        }
+    }
+}
+
+/// Parses and executes the request in `chain`.
+/// `mem` is the memory the chain was popped from.
+pub fn process<M>(
+    chain: DescriptorChain<M>,
+    mem: &M::Target,
+    target: &Target<'_>,
+    scratch: &mut Scratch,
+) -> Result<Done, Malformed>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    Ok(parse(chain, mem, scratch)?.execute(target))
+}
+
+/// The byte offset of a read or write of `len` bytes at `sector`, or why
+/// it fails (not whole sectors, past the capacity).
+fn check_rw(config: &DeviceConfig, sector: u64, len: usize) -> Result<u64, Done> {
+    if len as u64 % SECTOR != 0 {
+        return Err(done(status::IOERR));
+    }
+    in_range(config, sector, len as u64).ok_or(done(status::IOERR))
 }
 
 fn done(status: u8) -> Done {
@@ -195,11 +295,9 @@ fn execute(ty: u32, sector: u64, t: &Target<'_>, s: &mut Buffers<'_, '_>) -> Don
     match ty {
         req_type::IN => {
             let len = s.writable.total_len();
-            if len as u64 % SECTOR != 0 {
-                return done(status::IOERR);
-            }
-            let Some(offset) = in_range(t.config, sector, len as u64) else {
-                return done(status::IOERR);
+            let offset = match check_rw(t.config, sector, len) {
+                Ok(offset) => offset,
+                Err(d) => return d,
             };
             match t.disk.read_vectored(&mut s.writable, offset) {
                 Ok(()) => Done {
@@ -214,12 +312,9 @@ fn execute(ty: u32, sector: u64, t: &Target<'_>, s: &mut Buffers<'_, '_>) -> Don
             if t.config.read_only {
                 return done(status::IOERR);
             }
-            let len = s.readable.total_len();
-            if len as u64 % SECTOR != 0 {
-                return done(status::IOERR);
-            }
-            let Some(offset) = in_range(t.config, sector, len as u64) else {
-                return done(status::IOERR);
+            let offset = match check_rw(t.config, sector, s.readable.total_len()) {
+                Ok(offset) => offset,
+                Err(d) => return d,
             };
             match t.disk.write_vectored(&mut s.readable, offset) {
                 Ok(()) => done(status::OK),

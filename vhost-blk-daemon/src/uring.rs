@@ -1,0 +1,422 @@
+//! The io_uring engine (`--aio io_uring`): each queue's worker keeps its
+//! own ring. A kick takes every request off the virtqueue, submits reads
+//! and writes as READV/WRITEV and flushes as FSYNC, and returns; requests
+//! complete out of order as their CQEs arrive (the ring's eventfd wakes the
+//! worker), and the guest is signalled once per batch of completions.
+//! GET_ID, discard and write-zeroes, and requests that fail their checks,
+//! finish synchronously as with `--aio sync`.
+//!
+//! A request in the kernel owns a slot: the iovecs the kernel reads and the
+//! `Arc` of the memory map they point into, both kept until its CQE.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use common::backend::Worker;
+use common::queue::{self, Mem};
+use common::serve::Vring;
+use io_uring::{opcode, squeue, types, IoUring};
+use vhost_user_backend::VringT;
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::backend::Blk;
+use crate::request::{self, status, Plan, Scratch, Target};
+
+/// A buffer the kernel reads or writes, laid out like `struct iovec`
+/// (addresses as integers, so a slot may cross threads).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RawIoVec {
+    base: usize,
+    len: usize,
+}
+
+const _: () = assert!(std::mem::size_of::<RawIoVec>() == std::mem::size_of::<libc::iovec>());
+const _: () = assert!(std::mem::align_of::<RawIoVec>() == std::mem::align_of::<libc::iovec>());
+
+/// What one in-flight request needs until its CQE.
+#[derive(Default)]
+struct Slot {
+    /// The memory map the iovecs point into; `None` when the slot is free.
+    mem: Option<Arc<Mem>>,
+    /// The data buffers left to transfer (advanced after a short one).
+    iovs: Vec<RawIoVec>,
+    head: u16,
+    op: Op,
+    /// Byte offset of `iovs[0]` in the image.
+    offset: u64,
+    /// Bytes transferred so far, and in all.
+    done: usize,
+    total: usize,
+    status_addr: GuestAddress,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Op {
+    #[default]
+    Read,
+    Write,
+    Flush,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+        }
+    }
+}
+
+/// One queue's ring and its requests in flight.
+pub struct Uring {
+    ring: IoUring,
+    eventfd: EventFd,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    in_flight: usize,
+    /// The queue's vring and the latest memory map, for completions
+    /// outside a worker's batch (quiesce, drop).
+    vring: Option<Vring>,
+    mem: Option<Arc<Mem>>,
+    /// Finished requests not yet on the used ring: (head, used length).
+    ready: Vec<(u16, u32)>,
+    scratch: Scratch,
+    blk: Arc<Blk>,
+    queue: usize,
+}
+
+/// Whether the kernel lets this process set up a ring (seccomp, an old
+/// kernel or `kernel.io_uring_disabled` may not).
+pub fn probe() -> io::Result<()> {
+    IoUring::new(2).map(drop)
+}
+
+impl Uring {
+    /// A ring for queue `queue` with room for `slots` requests in flight
+    /// (the queue size: a driver cannot have more).
+    pub fn new(blk: Arc<Blk>, queue: usize, slots: usize) -> io::Result<Uring> {
+        let slots = slots.max(2);
+        let entries = slots.next_power_of_two().min(4096) as u32;
+        let ring = IoUring::builder()
+            .setup_cqsize(slots.next_power_of_two() as u32)
+            .build(entries)?;
+        let eventfd = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        ring.submitter()
+            .register_files(&[blk.disk.file().as_raw_fd()])?;
+        Ok(Uring {
+            ring,
+            eventfd,
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            free: (0..slots as u32).rev().collect(),
+            in_flight: 0,
+            vring: None,
+            mem: None,
+            ready: Vec::new(),
+            scratch: Scratch::default(),
+            blk,
+            queue,
+        })
+    }
+
+    /// The descriptor that becomes readable when CQEs arrive.
+    pub fn eventfd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// A kick: submits every request on `vring`.
+    pub fn kick(&mut self, w: &Worker<'_>) -> io::Result<()> {
+        if self.vring.is_none() {
+            self.vring = w.vring(0).cloned();
+        }
+        let mem = w.mem_arc();
+        self.mem = Some(mem.clone());
+        w.drain_deferred(0, |chain| {
+            if let Err(e) = self.start(chain, &mem) {
+                log::error!("queue {}: io_uring submission failed: {e}", self.queue);
+            }
+        })?;
+        self.ring.submit()?;
+        self.reap()?;
+        self.publish()
+    }
+
+    /// The ring's eventfd fired: completes what the kernel finished.
+    pub fn completions(&mut self, w: &Worker<'_>) -> io::Result<()> {
+        self.mem = Some(w.mem_arc());
+        let _ = self.eventfd.read();
+        self.reap()?;
+        self.publish()
+    }
+
+    /// Waits until no request is in the kernel, completing each.
+    pub fn quiesce(&mut self) {
+        while self.in_flight > 0 {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    log::error!("queue {}: waiting for io_uring: {e}", self.queue);
+                    return;
+                }
+            }
+            if self.reap().and_then(|()| self.publish()).is_err() {
+                log::error!("queue {}: completing requests failed", self.queue);
+            }
+        }
+    }
+
+    /// Parses one chain and submits it (or finishes it now).
+    fn start(&mut self, chain: DescriptorChain<Arc<Mem>>, mem: &Arc<Mem>) -> io::Result<()> {
+        let head = chain.head_index();
+        let blk = self.blk.clone();
+        let target = Target {
+            disk: &blk.disk,
+            config: &blk.config,
+            serial: &blk.serial,
+        };
+        // A free slot first: a driver that reuses heads it has not got
+        // back yet could otherwise make the daemon queue without bound.
+        while self.free.is_empty() {
+            self.ring.submit_and_wait(1)?;
+            self.reap()?;
+        }
+        let parsed = match request::parse(chain, &**mem, &mut self.scratch) {
+            Ok(p) => p,
+            Err(e) => {
+                let len = blk.outcome(self.queue, head, Err(e));
+                self.ready.push((head, len));
+                return Ok(());
+            }
+        };
+        let (op, offset) = match parsed.plan(target.config) {
+            Plan::Read { offset } => (Op::Read, offset),
+            Plan::Write { offset } => (Op::Write, offset),
+            Plan::Flush => (Op::Flush, 0),
+            Plan::Finished(done) => {
+                parsed.finish(done.status);
+                self.ready.push((head, done.used_len + 1));
+                return Ok(());
+            }
+            Plan::Sync => {
+                let len = blk.outcome(self.queue, head, Ok(parsed.execute(&target)));
+                self.ready.push((head, len));
+                return Ok(());
+            }
+        };
+        let data = parsed.data(op == Op::Write);
+        // O_DIRECT wants aligned buffers; the synchronous path bounces
+        // those the kernel refuses.
+        if blk.disk.direct()
+            && data
+                .iter()
+                .any(|v| (v.as_volatile_slice().ptr_guard().as_ptr() as usize | v.len()) % 512 != 0)
+        {
+            let len = blk.outcome(self.queue, head, Ok(parsed.execute(&target)));
+            self.ready.push((head, len));
+            return Ok(());
+        }
+        let Some(i) = self.free.pop() else {
+            return Ok(());
+        };
+        let slot = &mut self.slots[i as usize];
+        slot.iovs.clear();
+        slot.iovs.extend(data.iter().map(|v| RawIoVec {
+            base: v.as_volatile_slice().ptr_guard_mut().as_ptr() as usize,
+            len: v.len(),
+        }));
+        slot.total = slot.iovs.iter().map(|v| v.len).sum();
+        slot.done = 0;
+        slot.mem = Some(mem.clone());
+        slot.head = head;
+        slot.op = op;
+        slot.offset = offset;
+        slot.status_addr = parsed.status_addr;
+        self.in_flight += 1;
+        self.push(i)
+    }
+
+    /// Queues slot `i`'s SQE (making room in the SQ if it is full).
+    fn push(&mut self, i: u32) -> io::Result<()> {
+        let slot = &self.slots[i as usize];
+        let fd = types::Fixed(0);
+        let iov_n = slot.iovs.len().min(common::iov::IOV_MAX) as u32;
+        let iovs = slot.iovs.as_ptr().cast::<libc::iovec>();
+        let sqe: squeue::Entry = match slot.op {
+            Op::Read => opcode::Readv::new(fd, iovs, iov_n)
+                .offset(slot.offset)
+                .build(),
+            Op::Write => opcode::Writev::new(fd, iovs, iov_n)
+                .offset(slot.offset)
+                .build(),
+            Op::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        }
+        .user_data(u64::from(i));
+        loop {
+            // SAFETY: the SQE points at `slot.iovs` (laid out as `iovec`,
+            // asserted above) and, through them, at guest memory. Both outlive the kernel's use: the slot is not
+            // reused, and its iovecs not touched, until its CQE has been
+            // reaped (`reap` frees it); the slot holds the `Arc` of the
+            // memory map the iovecs were checked against, so the mapping
+            // stays in place; and `Drop` waits for every CQE before the
+            // slots go. The kernel writes at most those guest ranges, which
+            // is what guest memory is shared for.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return Ok(());
+            }
+            // The SQ is full: hand it to the kernel to make room.
+            self.ring.submit()?;
+        }
+    }
+
+    /// Completes every CQE available.
+    fn reap(&mut self) -> io::Result<()> {
+        loop {
+            let Some(cqe) = self.ring.completion().next() else {
+                return Ok(());
+            };
+            self.complete(cqe.user_data() as u32, cqe.result())?;
+        }
+    }
+
+    /// Slot `i` came back with `res`.
+    fn complete(&mut self, i: u32, res: i32) -> io::Result<()> {
+        let Some(slot) = self.slots.get_mut(i as usize) else {
+            return Ok(());
+        };
+        let mut st = status::OK;
+        if res < 0 {
+            st = if res == -libc::EOPNOTSUPP {
+                status::UNSUPP
+            } else {
+                status::IOERR
+            };
+            self.log_error(i, io::Error::from_raw_os_error(-res));
+        } else if slot.op != Op::Flush {
+            let n = res as usize;
+            slot.done += n;
+            if slot.done < slot.total {
+                if n == 0 {
+                    st = status::IOERR;
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "end of image");
+                    self.log_error(i, e);
+                } else {
+                    // A short transfer: the rest goes in again.
+                    advance(&mut slot.iovs, n);
+                    slot.offset += n as u64;
+                    return self.push(i);
+                }
+            }
+        }
+        let slot = &mut self.slots[i as usize];
+        let used = if slot.op == Op::Read && st == status::OK {
+            slot.total as u32
+        } else {
+            0
+        };
+        if let Some(mem) = slot.mem.take() {
+            if let Err(e) = mem.write_obj(st, slot.status_addr) {
+                log::warn!("queue {}: status byte: {e}", self.queue);
+            }
+        }
+        self.ready.push((slot.head, used + 1));
+        self.free.push(i);
+        self.in_flight -= 1;
+        Ok(())
+    }
+
+    fn log_error(&self, i: u32, e: io::Error) {
+        let slot = &self.slots[i as usize];
+        if let Some(n) = self.blk.io_errors.hit() {
+            log::warn!(
+                "queue {} head {}: {} of {} bytes at offset {} on {} failed: {e} (host I/O error #{n})",
+                self.queue,
+                slot.head,
+                slot.op.name(),
+                slot.total,
+                slot.offset,
+                self.blk.disk.path().display()
+            );
+        }
+    }
+
+    /// Puts what finished on the used ring and signals the guest once.
+    fn publish(&mut self) -> io::Result<()> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let (Some(vring), Some(mem)) = (&self.vring, &self.mem) else {
+            self.ready.clear();
+            return Ok(());
+        };
+        let mut state = vring.get_mut();
+        if !state.get_queue().ready() {
+            // The ring was stopped meanwhile: nobody to tell.
+            self.ready.clear();
+            return Ok(());
+        }
+        for (head, len) in self.ready.drain(..) {
+            state
+                .get_queue_mut()
+                .add_used(&**mem, head, len)
+                .map_err(io::Error::other)?;
+        }
+        queue::signal_if_needed(&mut state, mem)
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // Nothing the kernel may still write to may go first.
+        self.quiesce();
+    }
+}
+
+/// Drops the first `n` bytes of `iovs`.
+fn advance(iovs: &mut Vec<RawIoVec>, mut n: usize) {
+    let mut whole = 0;
+    for v in iovs.iter_mut() {
+        if n < v.len {
+            v.base += n;
+            v.len -= n;
+            break;
+        }
+        n -= v.len;
+        whole += 1;
+    }
+    iovs.drain(..whole);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_skips_whole_and_part_buffers() {
+        let mut v = vec![
+            RawIoVec {
+                base: 0x1000,
+                len: 16,
+            },
+            RawIoVec {
+                base: 0x2000,
+                len: 32,
+            },
+        ];
+        advance(&mut v, 20);
+        assert_eq!(
+            v,
+            [RawIoVec {
+                base: 0x2004,
+                len: 28
+            }]
+        );
+        advance(&mut v, 28);
+        assert!(v.is_empty());
+    }
+}
