@@ -24,7 +24,7 @@ use crate::relay::{RelayDir, RelayError};
 use crate::seccomp::{self, SeccompAction, SeccompError};
 use crate::serve::{self, ServeError};
 use crate::signals::{Shutdown, SignalError};
-use crate::socket::SocketError;
+use crate::socket::{BoundSocket, SocketError};
 
 /// Any error a daemon's own setup returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -122,11 +122,14 @@ fn relay_parent() -> PathBuf {
 
 /// Runs a daemon: listen, `confine` (the sandbox; it returns the
 /// service), seccomp, serve until SIGTERM, then
-/// [`Service::stopped`]. Logging must be set up before.
+/// [`Service::stopped`]. Logging must be set up before. `confine` gets
+/// the listening socket: a sandbox takes the socket file's removal from it
+/// ([`crate::socket::BoundSocket::take_file`]), since that holds a
+/// descriptor of a directory outside the sandbox.
 pub fn run<S, C>(spec: Spec<'_>, confine: C) -> Result<(), DaemonError>
 where
     S: Service,
-    C: FnOnce() -> Result<S, BoxError>,
+    C: FnOnce(&mut BoundSocket) -> Result<S, BoxError>,
 {
     crate::systemd::connect();
     let shutdown = Shutdown::install()?;
@@ -135,7 +138,7 @@ where
         true => Some(RelayDir::create(&relay_parent())?),
         false => None,
     };
-    let service = Arc::new(confine().map_err(DaemonError::Setup)?);
+    let service = Arc::new(confine(&mut socket).map_err(DaemonError::Setup)?);
     let mut allowed = seccomp::VHOST_USER_BASE.to_vec();
     allowed.extend_from_slice(spec.syscalls);
     let mut ioctls = seccomp::VHOST_USER_IOCTLS.to_vec();

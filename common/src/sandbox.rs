@@ -251,16 +251,41 @@ fn sigmask(how: SigmaskHow, set: &SigSet) -> io::Result<SigSet> {
 /// - connect to systemd's notify socket ([`crate::systemd::connect`]): the
 ///   new network namespace hides abstract Unix sockets. Path-bound sockets
 ///   stay reachable until [`pivot`].
-pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
+///
+/// `at_exit` is what only a process outside the sandbox can do once the
+/// daemon is done (remove the socket file through a descriptor of its
+/// directory, which must not follow the child into the sandbox): the
+/// parent runs it after the child ended, or this process if it fails
+/// before forking; the child drops it unrun. Other modes drop it unrun.
+pub fn enter_namespaces<F: FnOnce()>(mode: SandboxMode, at_exit: F) -> Result<(), SandboxError> {
     if mode != SandboxMode::Namespace {
         return Ok(());
     }
-    let threads = thread_count()?;
+    match fork_into_namespaces(mode) {
+        Ok(Some((child, waited, alive))) => supervise(child, &waited, alive, at_exit),
+        Ok(None) => Ok(()),
+        Err((e, forked)) => {
+            if !forked {
+                at_exit();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The child's parent, and what it waits with.
+type Supervisor = (Pid, SigSet, UnixStream);
+
+/// [`enter_namespaces`] up to the fork: `Some` in the parent, `None` in
+/// the child; an error says whether it came after the fork (in the child).
+fn fork_into_namespaces(mode: SandboxMode) -> Result<Option<Supervisor>, (SandboxError, bool)> {
+    let before = |e| (e, false);
+    let threads = thread_count().map_err(before)?;
     if threads != 1 {
-        return Err(SandboxError::Threaded { mode, threads });
+        return Err(before(SandboxError::Threaded { mode, threads }));
     }
     unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET)
-        .map_err(|e| SandboxError::Unshare(e.into()))?;
+        .map_err(|e| before(SandboxError::Unshare(e.into())))?;
 
     let supervisor = |what| move |source| SandboxError::Supervisor { what, source };
     // The parent finds out its child ended through SIGCHLD: it must not be
@@ -268,7 +293,7 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
     // SAFETY: restores the default disposition of one signal; no handler
     // function is involved.
     if let Err(e) = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) } {
-        return Err(supervisor("reset SIGCHLD")(e.into()));
+        return Err(before(supervisor("reset SIGCHLD")(e.into())));
     }
     // Block the forwarded signals before forking, so one arriving between
     // fork and the parent's sigwait is kept pending, not lost or acted
@@ -276,7 +301,8 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
     let mut waited = FORWARDED_SIGNALS.to_vec();
     waited.push(Signal::SIGCHLD);
     let waited = sigset(&waited);
-    let old_mask = sigmask(SigmaskHow::SIG_BLOCK, &waited).map_err(supervisor("block signals"))?;
+    let old_mask = sigmask(SigmaskHow::SIG_BLOCK, &waited)
+        .map_err(|e| before(supervisor("block signals")(e)))?;
 
     // The parent holds one end until it exits; the child sees the hang-up
     // on the other once the parent is gone.
@@ -284,7 +310,7 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
         Ok(pair) => pair,
         Err(e) => {
             let _ = sigmask(SigmaskHow::SIG_SETMASK, &old_mask);
-            return Err(supervisor("create the parent-death socket")(e));
+            return Err(before(supervisor("create the parent-death socket")(e)));
         }
     };
 
@@ -293,7 +319,7 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
     match unsafe { fork() } {
         Err(e) => {
             let _ = sigmask(SigmaskHow::SIG_SETMASK, &old_mask);
-            Err(SandboxError::Fork(e.into()))
+            Err(before(SandboxError::Fork(e.into())))
         }
         Ok(ForkResult::Child) => {
             drop(alive_w);
@@ -304,18 +330,18 @@ pub fn enter_namespaces(mode: SandboxMode) -> Result<(), SandboxError> {
             let gone = poll(&mut pfd, 0).is_ok_and(|n| n > 0);
             drop(alive_r);
             sigmask(SigmaskHow::SIG_SETMASK, &old_mask)
-                .map_err(supervisor("restore the signal mask"))?;
+                .map_err(|e| (supervisor("restore the signal mask")(e), true))?;
             if gone {
-                return Err(SandboxError::ParentGone);
+                return Err((SandboxError::ParentGone, true));
             }
-            Ok(())
+            Ok(None)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(alive_r);
             log::debug!(
                 "sandbox: serving from pid {child}, in new pid, mount and network namespaces"
             );
-            supervise(child, &waited, alive_w)
+            Ok(Some((child, waited, alive_w)))
         }
     }
 }
@@ -335,25 +361,68 @@ fn _exit(code: i32) -> ! {
 }
 
 /// The parent of [`enter_namespaces`]: forwards signals to `child` until it
-/// ends, then exits with its status. `_alive` is held until then.
-fn supervise(child: Pid, waited: &SigSet, _alive: UnixStream) -> ! {
+/// ends, then runs `at_exit` and exits with its status. `_alive` is held
+/// until then.
+fn supervise<F: FnOnce()>(child: Pid, waited: &SigSet, _alive: UnixStream, at_exit: F) -> ! {
+    let done = |code: i32, at_exit: F| -> ! {
+        at_exit();
+        _exit(code)
+    };
     loop {
         let sig = waited.wait();
         if matches!(sig, Ok(Signal::SIGCHLD) | Err(_)) {
             // On an unexpected sigwait error, block in waitpid instead.
             let flags = sig.is_ok().then_some(WaitPidFlag::WNOHANG);
             match waitpid(child, flags) {
-                Ok(WaitStatus::Exited(_, code)) => _exit(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => _exit(128 + signal as i32),
+                Ok(WaitStatus::Exited(_, code)) => done(code, at_exit),
+                Ok(WaitStatus::Signaled(_, signal, _)) => done(128 + signal as i32, at_exit),
                 Ok(WaitStatus::StillAlive) | Err(nix::Error::EINTR) => {}
                 Ok(_) => {}
                 // No child to wait for: nothing left to supervise.
-                Err(_) => _exit(1),
+                Err(_) => done(1, at_exit),
             }
         } else if let Ok(sig) = sig {
             let _ = kill(child, sig);
         }
     }
+}
+
+/// Closes the descriptors above standard I/O that are files, directories
+/// or devices: whoever started the daemon may have left some open (a
+/// directory among them is a way out of any root: `openat(fd, "../..")`),
+/// and the daemon itself opens none before its sandbox. Sockets, pipes and
+/// anonymous inodes (the listening socket, systemd's, the signal handler's)
+/// stay. Call it right before building the sandbox, with no thread running
+/// and nothing of the process's own open but those; returns what was
+/// closed (`fd N -> PATH`), for the log.
+pub fn close_inherited_files() -> io::Result<Vec<String>> {
+    let link = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}"));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let name = entry?.file_name();
+        let Some(fd) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if fd > 2 {
+            found.push(fd);
+        }
+    }
+    // The directory listing's own descriptor is closed now: read_link
+    // fails for it below.
+    let mut closed = Vec::new();
+    for fd in found {
+        let Ok(target) = link(fd) else { continue };
+        let text = target.to_string_lossy();
+        if ["socket:", "pipe:", "anon_inode:"]
+            .iter()
+            .any(|k| text.starts_with(k))
+        {
+            continue;
+        }
+        nix::unistd::close(fd)?;
+        closed.push(format!("fd {fd} -> {text}"));
+    }
+    Ok(closed)
 }
 
 /// Gives the process a private mount namespace (unshare(CLONE_NEWNS)),

@@ -80,34 +80,74 @@ pub enum SocketError {
 }
 
 /// A listening socket ready for [`crate::serve`]. When it was bound from a
-/// path, dropping it removes the socket file: through a descriptor of its
-/// directory and only if the name still is our socket, so it works after a
-/// sandbox moved the root and never removes someone else's file.
+/// path, dropping it removes the socket file ([`SocketFile::remove`]),
+/// unless a sandbox took that job ([`BoundSocket::take_file`]).
 pub struct BoundSocket {
     /// The listener.
     pub listener: Listener,
     /// What it was created from (for log lines).
     pub source: SocketSource,
-    cleanup: Option<Cleanup>,
+    file: Option<SocketFile>,
 }
 
-struct Cleanup {
+/// The socket file we bound, with what removes it later: a descriptor of
+/// its directory (so it works after a sandbox moved the root), its name,
+/// and its device and inode (so a file someone else put there since is
+/// left alone).
+///
+/// The directory descriptor reaches outside any sandbox the daemon enters
+/// afterwards (`openat(dir, "../..")` walks the host's tree), so a
+/// sandboxed process must not keep one: the namespace sandbox hands it to
+/// the supervising parent, which stays outside anyway; dropping it only
+/// closes the descriptor.
+pub struct SocketFile {
     dir: std::fs::File,
     name: std::ffi::CString,
     dev: u64,
     ino: u64,
+    path: PathBuf,
+}
+
+impl SocketFile {
+    /// Where the socket was bound.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the socket file if the name still is our socket.
+    pub fn remove(self) {
+        use nix::fcntl::AtFlags;
+        use nix::unistd::{unlinkat, UnlinkatFlags};
+        use std::os::fd::AsRawFd;
+        let dir = self.dir.as_raw_fd();
+        let st = nix::sys::stat::fstatat(dir, self.name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
+        if st.is_ok_and(|st| st.st_dev == self.dev && st.st_ino == self.ino) {
+            let _ = unlinkat(Some(dir), self.name.as_c_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
+impl std::fmt::Debug for SocketFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketFile")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl BoundSocket {
+    /// Takes the job of removing the socket file (None when it was not
+    /// bound from a path, or already taken): dropping the socket no longer
+    /// removes it.
+    pub fn take_file(&mut self) -> Option<SocketFile> {
+        self.file.take()
+    }
 }
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
-        let Some(c) = self.cleanup.take() else { return };
-        use nix::fcntl::AtFlags;
-        use nix::unistd::{unlinkat, UnlinkatFlags};
-        use std::os::fd::AsRawFd;
-        let dir = c.dir.as_raw_fd();
-        let st = nix::sys::stat::fstatat(dir, c.name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
-        if st.is_ok_and(|st| st.st_dev == c.dev && st.st_ino == c.ino) {
-            let _ = unlinkat(Some(dir), c.name.as_c_str(), UnlinkatFlags::NoRemoveDir);
+        if let Some(f) = self.file.take() {
+            f.remove();
         }
     }
 }
@@ -115,11 +155,11 @@ impl Drop for BoundSocket {
 impl SocketSource {
     /// Acquires the listening socket.
     pub fn listen(&self) -> Result<BoundSocket, SocketError> {
-        let mut cleanup = None;
+        let mut file = None;
         let listener = match self {
             SocketSource::Path(path) => {
-                let (listener, c) = bind_path(path)?;
-                cleanup = c;
+                let (listener, f) = bind_path(path)?;
+                file = f;
                 listener
             }
             SocketSource::Fd(fd) => adopt_fd(*fd, || SocketError::FdNotOpen(*fd))?,
@@ -137,12 +177,12 @@ impl SocketSource {
         Ok(BoundSocket {
             listener,
             source: self.clone(),
-            cleanup,
+            file,
         })
     }
 }
 
-fn bind_path(path: &Path) -> Result<(Listener, Option<Cleanup>), SocketError> {
+fn bind_path(path: &Path) -> Result<(Listener, Option<SocketFile>), SocketError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
@@ -178,7 +218,7 @@ fn bind_path(path: &Path) -> Result<(Listener, Option<Cleanup>), SocketError> {
         source: vhost::vhost_user::Error::SocketError(e),
     };
     let listener = bind_listening(path).map_err(bind_err)?;
-    Ok((Listener::from(listener), cleanup_for(path)))
+    Ok((Listener::from(listener), socket_file(path)))
 }
 
 /// Binds and listens at a temporary name next to `path`, then renames it
@@ -211,7 +251,7 @@ fn bind_listening(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
 
 /// How to remove the socket we just bound at `path` later (None if the
 /// directory cannot be opened: then it is left behind, logged).
-fn cleanup_for(path: &Path) -> Option<Cleanup> {
+fn socket_file(path: &Path) -> Option<SocketFile> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let dir_path = match path.parent() {
@@ -223,11 +263,12 @@ fn cleanup_for(path: &Path) -> Option<Cleanup> {
         let dir = std::fs::File::open(dir_path)?;
         let meta = std::fs::symlink_metadata(path)?;
         let name = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
-        Ok::<_, io::Error>(Cleanup {
+        Ok::<_, io::Error>(SocketFile {
             dir,
             name,
             dev: meta.dev(),
             ino: meta.ino(),
+            path: path.to_path_buf(),
         })
     })();
     match found {

@@ -86,7 +86,7 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
         ioctls: &[disk::BLKDISCARD, disk::BLKZEROOUT],
         relay: false,
     };
-    common::daemon::run(spec, || Ok(blk))
+    common::daemon::run(spec, |_| Ok(blk))
 }
 
 /// The engine to use for `--aio`: io_uring only where the kernel lets

@@ -105,7 +105,7 @@ pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
         ioctls: TAP_IOCTLS,
         relay: true,
     };
-    common::daemon::run(spec, || Ok(net))
+    common::daemon::run(spec, |_| Ok(net))
 }
 
 fn open_tap(cli: &Cli, pairs: u16) -> Result<Tap, TapError> {

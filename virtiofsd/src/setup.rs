@@ -13,6 +13,7 @@ use common::daemon::{BoxError, DaemonError, Spec};
 use common::ratelimit::RateLimited;
 use common::sandbox::{self, Capability, SandboxMode};
 use common::seccomp::SeccompAction;
+use common::socket::BoundSocket;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
@@ -114,30 +115,74 @@ pub fn run(mut cli: Cli) -> Result<(), DaemonError> {
         ioctls: &[],
         relay: false,
     };
-    common::daemon::run(spec, || confine(&cli, &shared_dir))
+    common::daemon::run(spec, |socket| confine(&cli, &shared_dir, socket))
 }
 
-/// Enters the sandbox and opens the share in it.
-fn confine(cli: &Cli, shared_dir: &Path) -> Result<Share, BoxError> {
+/// Enters the sandbox and opens the share in it. Nothing that reaches
+/// outside the sandbox stays open in it: the socket file's removal (a
+/// descriptor of its host directory) goes to the namespace sandbox's
+/// supervising parent (which serves nothing), files and directories
+/// inherited from whoever started the daemon are closed, and a chroot
+/// gets a private mount namespace with `/proc` inside its root where it
+/// can.
+fn confine(cli: &Cli, shared_dir: &Path, socket: &mut BoundSocket) -> Result<Share, BoxError> {
     let mode = match cli.sandbox {
         crate::cli::Sandbox::Namespace => SandboxMode::Namespace,
         crate::cli::Sandbox::Chroot => SandboxMode::Chroot,
         crate::cli::Sandbox::None => SandboxMode::None,
     };
-    sandbox::enter_namespaces(mode)?;
+    // openat(dir, "../..") on the socket's directory walks the host's
+    // tree from inside any root; only a process outside may keep it.
+    let socket_file = match mode {
+        SandboxMode::None => None,
+        _ => socket.take_file(),
+    };
+    match (mode, socket_file) {
+        (SandboxMode::Namespace, file) => {
+            sandbox::enter_namespaces(mode, move || file.into_iter().for_each(|f| f.remove()))?
+        }
+        (_, Some(file)) => log::info!(
+            "--sandbox chroot: {} is left behind on exit (no process outside the chroot \
+             may keep its directory open); the next start replaces it",
+            file.path().display()
+        ),
+        (_, None) => {}
+    }
+    if mode != SandboxMode::None {
+        let closed = sandbox::close_inherited_files()
+            .map_err(|e| format!("cannot close inherited descriptors: {e}"))?;
+        for c in closed {
+            log::info!("closed an inherited descriptor before entering the sandbox: {c}");
+        }
+    }
     sandbox::raise_nofile_limit(cli.rlimit_nofile)?;
-    // How the root is built. fuse-backend-rs reaches extended attributes
-    // through /proc/self/fd, which a chroot hides: with --xattr, chroot
+    // How the root is built. fuse-backend-rs needs /proc/self/fd (to reopen
+    // O_PATH inodes, and for their extended attributes) and
+    // /proc/self/mountinfo; in a plain chroot it keeps descriptors of the
+    // host's /proc, from which `..` leads out to the host's root. So chroot
     // mode gets the namespace mode's root (the share plus a read-only
-    // /proc) in a private mount namespace, when the process may make one.
-    let root_mode = if mode == SandboxMode::Chroot && cli.xattr {
-        sandbox::unshare_mount_namespace().map_err(|e| {
-            format!(
-                "--sandbox chroot with --xattr needs a private mount namespace for /proc \
-                 (fuse-backend-rs reaches extended attributes through /proc/self/fd): {e}"
-            )
-        })?;
-        SandboxMode::Namespace
+    // /proc) in a private mount namespace when the process may make one;
+    // --xattr needs it (the extended-attribute calls use absolute
+    // /proc/self/fd paths), otherwise a plain chroot is the fallback.
+    let root_mode = if mode == SandboxMode::Chroot {
+        match sandbox::unshare_mount_namespace() {
+            Ok(()) => SandboxMode::Namespace,
+            Err(e) if cli.xattr => {
+                return Err(format!(
+                    "--sandbox chroot with --xattr needs a private mount namespace for /proc \
+                     (fuse-backend-rs reaches extended attributes through /proc/self/fd): {e}"
+                )
+                .into())
+            }
+            Err(e) => {
+                log::warn!(
+                    "--sandbox chroot: no private mount namespace for /proc ({e}); the \
+                     descriptors of /proc/self/fd and /proc/self/mountinfo the passthrough \
+                     needs stay open outside the chroot"
+                );
+                SandboxMode::Chroot
+            }
+        }
     } else {
         mode
     };

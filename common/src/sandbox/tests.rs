@@ -63,7 +63,7 @@ fn modes_are_named_for_the_command_line() {
 fn none_mode_changes_nothing() {
     let (_dir, share) = share("sandbox-none");
     let cwd = std::env::current_dir().unwrap();
-    enter_namespaces(SandboxMode::None).unwrap();
+    enter_namespaces(SandboxMode::None, || {}).unwrap();
     prepare_root(SandboxMode::None, &share).unwrap();
     assert_eq!(pivot(SandboxMode::None, &share).unwrap(), share);
     assert_eq!(std::env::current_dir().unwrap(), cwd);
@@ -93,7 +93,7 @@ fn namespace_pivot_confines_the_child_to_the_share() {
     let outside = dir.0.join("outside");
     let out = in_child(|| {
         let e = |e: SandboxError| e.to_string();
-        enter_namespaces(SandboxMode::Namespace).map_err(e)?;
+        enter_namespaces(SandboxMode::Namespace, || {}).map_err(e)?;
         // From here on: the sandboxed child; its exit status is the
         // supervising parent's.
         // SAFETY: getpid has no arguments.
@@ -159,7 +159,7 @@ fn namespace_root_keeps_the_shares_submounts() {
     std::fs::create_dir(share.join("sub")).unwrap();
     let out = in_child(|| {
         let e = |e: SandboxError| e.to_string();
-        enter_namespaces(SandboxMode::Namespace).map_err(e)?;
+        enter_namespaces(SandboxMode::Namespace, || {}).map_err(e)?;
         // Our own mount, in our namespace only (slave first, so it
         // cannot propagate to the host).
         mount(
@@ -190,7 +190,7 @@ fn namespace_root_keeps_the_shares_submounts() {
 #[test]
 fn namespace_mode_refuses_to_share_the_root() {
     let out = in_child(|| {
-        enter_namespaces(SandboxMode::Namespace).map_err(|e| e.to_string())?;
+        enter_namespaces(SandboxMode::Namespace, || {}).map_err(|e| e.to_string())?;
         match prepare_root(SandboxMode::Namespace, Path::new("/")) {
             Err(SandboxError::ShareIsRoot) => Ok(0),
             other => Err(format!("{other:?}")),
@@ -207,7 +207,7 @@ fn namespace_parent_forwards_sigterm_and_exits_with_the_childs_status() {
         || {
             // Installed before, as a daemon does: the child inherits it.
             let shutdown = crate::signals::Shutdown::install().map_err(|e| e.to_string())?;
-            enter_namespaces(SandboxMode::Namespace).map_err(|e| e.to_string())?;
+            enter_namespaces(SandboxMode::Namespace, || {}).map_err(|e| e.to_string())?;
             (&ready_w).write_all(b"r").map_err(|e| e.to_string())?;
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while !shutdown.requested() {
@@ -231,7 +231,7 @@ fn namespace_parent_forwards_sigterm_and_exits_with_the_childs_status() {
 #[test]
 fn namespace_parent_reports_a_killed_child_as_128_plus_signal() {
     let out = in_child(|| {
-        enter_namespaces(SandboxMode::Namespace).map_err(|e| e.to_string())?;
+        enter_namespaces(SandboxMode::Namespace, || {}).map_err(|e| e.to_string())?;
         // A signal the kernel forces: PID 1 ignores ordinary ones.
         crate::seccomp::apply(crate::seccomp::SeccompAction::Kill, &[], &[])
             .map_err(|e| e.to_string())?;
@@ -247,7 +247,7 @@ fn namespaces_refuse_a_threaded_process() {
     let out = in_child(|| {
         let (_keep, rx) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || rx.recv());
-        match enter_namespaces(SandboxMode::Namespace) {
+        match enter_namespaces(SandboxMode::Namespace, || {}) {
             Err(SandboxError::Threaded { threads: 2, .. }) => Ok(0),
             other => Err(format!("{other:?}")),
         }
@@ -259,7 +259,7 @@ fn namespaces_refuse_a_threaded_process() {
 fn chroot_confines_paths_without_a_pid_namespace() {
     let (_dir, share) = share("sandbox-chroot");
     let out = in_child(|| {
-        enter_namespaces(SandboxMode::Chroot).map_err(|e| e.to_string())?;
+        enter_namespaces(SandboxMode::Chroot, || {}).map_err(|e| e.to_string())?;
         prepare_root(SandboxMode::Chroot, &share).map_err(|e| e.to_string())?;
         let root = pivot(SandboxMode::Chroot, &share).map_err(|e| e.to_string())?;
         check(root == Path::new("/"), || {
@@ -284,7 +284,7 @@ fn chroot_confines_paths_without_a_pid_namespace() {
 #[test]
 fn pivot_names_a_missing_share() {
     let out = in_child(|| {
-        enter_namespaces(SandboxMode::Namespace).map_err(|e| e.to_string())?;
+        enter_namespaces(SandboxMode::Namespace, || {}).map_err(|e| e.to_string())?;
         let missing = Path::new("/nonexistent/share");
         let e = prepare_root(SandboxMode::Namespace, missing).unwrap_err();
         let msg = e.to_string();
@@ -424,4 +424,34 @@ fn nofile_limit_is_bounded() {
         }
     });
     out.assert_exit(0);
+}
+
+#[test]
+fn the_supervisor_runs_at_exit_once_the_child_ended_and_the_child_never() {
+    let (dir, _share) = share("sandbox-at-exit");
+    let marker = dir.0.join("at-exit");
+    let m = marker.clone();
+    let out = in_child(move || {
+        let seen = m.clone();
+        // A descriptor outside the sandbox, as the socket file's removal
+        // holds one: the closure owns it and runs only in the parent.
+        let dir = File::open(seen.parent().unwrap()).map_err(|e| e.to_string())?;
+        let dir_fd = dir.as_raw_fd();
+        enter_namespaces(SandboxMode::Namespace, move || {
+            let _ = std::fs::write(&m, format!("{}", dir.as_raw_fd()));
+        })
+        .map_err(|e| e.to_string())?;
+        // The child: the closure was dropped unrun, its descriptor closed.
+        check(!seen.exists(), || "at_exit ran in the child".into())?;
+        check(
+            nix::fcntl::fcntl(dir_fd, nix::fcntl::FcntlArg::F_GETFD).is_err(),
+            || format!("the child still holds descriptor {dir_fd}"),
+        )?;
+        Ok(5)
+    });
+    out.assert_exit(5);
+    assert!(
+        marker.exists(),
+        "the supervising parent did not run at_exit"
+    );
 }

@@ -10,12 +10,14 @@
 //! temporary `<top>` directory.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
 use vu_driver::fs::{Creds, FsClient, FsError, FsOptions, SetAttr};
+use vu_driver::process::inherit_fd_as;
 
 use crate::common::*;
 
@@ -407,29 +409,10 @@ fn default_command_line_sandboxes_the_daemon() {
     let run = dirs.spawn(cmd);
     let mut fs = connect(&run, FsOptions::default());
     fs.getattr(ROOT_ID, None).unwrap();
-    // In namespace mode the serving process is the supervisor's child.
-    let mut pids = vec![run.daemon.pid()];
-    if let Ok(children) =
-        fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.daemon.pid()))
-    {
-        pids.extend(
-            children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-    }
-    let id = |m: fs::Metadata| (m.dev(), m.ino());
-    let host_root = id(fs::metadata("/").unwrap());
-    let share = id(fs::metadata(&run.share).unwrap());
-    let serving = pids.iter().copied().find(|p| {
-        let root = format!("/proc/{p}/root");
-        let root_id = fs::metadata(&root).map(id).ok();
-        let share_in = fs::metadata(format!("{root}/share")).map(id).ok();
-        root_id != Some(host_root) && (root_id == Some(share) || share_in == Some(share))
-    });
-    let Some(p) = serving else {
+    let Some(p) = serving_process(&run) else {
         panic!(
-            "no process of {pids:?} is sandboxed with the share as / or /share; log:\n{}",
+            "no process of {} is sandboxed with the share as / or /share; log:\n{}",
+            run.daemon.pid(),
             log_tail(&run.daemon, 10)
         );
     };
@@ -439,6 +422,148 @@ fn default_command_line_sandboxes_the_daemon() {
             "the sandboxed process {p} sees the host's /{host_only}"
         );
     }
+}
+
+/// A file's device and inode.
+fn file_id(m: fs::Metadata) -> (u64, u64) {
+    (m.dev(), m.ino())
+}
+
+/// The process of `run` that serves from inside the sandbox (in namespace
+/// mode the supervisor's child; the supervisor itself ends up in the
+/// sandbox's root too, pivot_root moves every process of the mount
+/// namespace): its root is not the host's, and the share is its root or
+/// its `/share`.
+fn serving_process(run: &Running) -> Option<u32> {
+    let mut pids: Vec<u32> =
+        fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.daemon.pid()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+    pids.push(run.daemon.pid());
+    let host_root = file_id(fs::metadata("/").unwrap());
+    let share = file_id(fs::metadata(&run.share).unwrap());
+    pids.into_iter().find(|p| {
+        let root = format!("/proc/{p}/root");
+        let root_id = fs::metadata(&root).map(file_id).ok();
+        let share_in = fs::metadata(format!("{root}/share")).map(file_id).ok();
+        root_id != Some(host_root) && (root_id == Some(share) || share_in == Some(share))
+    })
+}
+
+/// Whether the directory `dir` (a `/proc/PID/fd/N` link) lies under
+/// `root`: walking `..` up from it meets `root` before a top (a directory
+/// that is its own parent). This is what `openat(fd, "../..")` would walk.
+fn directory_under(dir: &std::path::Path, root: (u64, u64)) -> bool {
+    let mut p = dir.to_path_buf();
+    for _ in 0..4096 {
+        let Ok(here) = fs::metadata(&p).map(file_id) else {
+            return false;
+        };
+        if here == root {
+            return true;
+        }
+        let up = p.join("..");
+        match fs::metadata(&up).map(file_id) {
+            Ok(parent) if parent != here => p = up,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Issue 14.2: every descriptor of the process serving under `args` is a
+/// socket, pipe, anonymous inode or memfd (guest memory), standard I/O, or a file
+/// inside its root: a directory whose `..` chain meets the root (no
+/// `openat(fd, "../../etc/hostname")` reaches the host), another file
+/// reachable from the root under the name the kernel gives it. The socket
+/// directory's descriptor once kept for removing the socket, and a plain
+/// chroot's descriptors of the host's `/proc`, were such ways out; the
+/// daemon is also started with a descriptor of the share's parent left
+/// open (as a careless parent would), which must not reach the worker.
+fn no_descriptor_leads_out(args: &[&str]) {
+    let dirs = Dirs::new();
+    let mut cmd = dirs.command(args);
+    let leaked = fs::File::open(dirs.top.path()).unwrap();
+    inherit_fd_as(&mut cmd, leaked.as_raw_fd(), 50);
+    let mut run = dirs.spawn(cmd);
+    drop(leaked);
+    let mut fs = connect(&run, FsOptions::default());
+    // Inodes the passthrough holds descriptors of.
+    let d = fs.mkdir(ROOT_ID, "dir", 0o755).unwrap();
+    let (f, o) = fs
+        .create(d.nodeid, "file", libc::S_IFREG | 0o644, libc::O_RDWR)
+        .unwrap();
+    let pid = serving_process(&run).unwrap_or_else(|| {
+        panic!(
+            "{args:?}: no sandboxed process; log:\n{}",
+            log_tail(&run.daemon, 10)
+        )
+    });
+    let root = file_id(fs::metadata(format!("/proc/{pid}/root")).unwrap());
+    let share = run.share.clone();
+    let mut bad = Vec::new();
+    let mut seen = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let n: u32 = entry.file_name().to_string_lossy().parse().unwrap();
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue; // closed meanwhile
+        };
+        let text = link.to_string_lossy().into_owned();
+        if ["socket:", "pipe:", "anon_inode:", "/memfd:"]
+            .iter()
+            .any(|k| text.starts_with(k))
+        {
+            continue;
+        }
+        let Ok(meta) = fs::metadata(entry.path()) else {
+            continue;
+        };
+        seen += 1;
+        let inside = if meta.is_dir() {
+            directory_under(&entry.path(), root)
+        } else if n <= 2 {
+            true // standard I/O, as whoever started the daemon set it up
+        } else {
+            let id = Some(file_id(meta));
+            let in_root = fs::metadata(format!("/proc/{pid}/root{text}")).map(file_id);
+            let in_share = link.starts_with(&share) && fs::metadata(&link).map(file_id).ok() == id;
+            in_root.ok() == id || in_share
+        };
+        if !inside {
+            bad.push(format!("fd {n} -> {text}"));
+        }
+    }
+    assert!(seen > 0, "{args:?}: no file descriptor checked");
+    let log = run.daemon.log_contents();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("closed an inherited descriptor") && l.contains("fd 50 -> ")),
+        "{args:?}: the leaked descriptor 50 was not closed (logged):\n{log}"
+    );
+    assert!(
+        bad.is_empty(),
+        "{args:?}: process {pid} keeps descriptors that lead out of its root: {bad:?}"
+    );
+    fs.release(o.fh, f.nodeid, libc::O_RDWR).unwrap();
+    still_serving(&mut fs, &mut run.daemon, &share, "descriptors");
+}
+
+#[test]
+fn no_descriptor_leads_out_of_the_namespace_sandbox() {
+    no_descriptor_leads_out(&["--sandbox", "namespace"]);
+}
+
+#[test]
+fn no_descriptor_leads_out_of_the_chroot_sandbox() {
+    no_descriptor_leads_out(&["--sandbox", "chroot"]);
+}
+
+#[test]
+fn no_descriptor_leads_out_of_the_chroot_sandbox_with_xattr() {
+    no_descriptor_leads_out(&["-o", "sandbox=chroot,xattr"]);
 }
 
 /// Every operation the driver speaks, once, checked loosely against the
