@@ -29,7 +29,9 @@ use crate::platform::{
 };
 use crate::vcpu::setup::CpuError;
 use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuGate};
-use crate::vhost_user::{DeviceError, DeviceInfo, Handshakes, VhostUserPci, Watcher};
+use crate::vhost_user::{
+    ActivationThread, DeviceError, DeviceInfo, Handshakes, VhostUserPci, Watcher,
+};
 
 /// What the VM is built from.
 #[derive(Debug, Clone)]
@@ -94,6 +96,8 @@ pub enum VmError {
     Api(#[source] crate::api::ApiError),
     #[error("starting the vu-watch thread")]
     Watch(#[source] std::io::Error),
+    #[error("starting the vu-activate thread")]
+    Activation(#[source] std::io::Error),
     #[error("KVM_IRQFD for IRQ {irq}")]
     Irqfd {
         irq: u32,
@@ -275,10 +279,11 @@ impl Vm {
                 counters: c,
             });
         }
+        let activation = ActivationThread::start().map_err(VmError::Activation)?;
         let devices = handshakes
             .finish()?
             .into_iter()
-            .map(|d| d.plug(&pci))
+            .map(|d| d.plug(&pci, &activation))
             .collect::<Result<Vec<_>, _>>()?;
         let watcher = if devices.is_empty() {
             None

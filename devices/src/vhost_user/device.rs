@@ -4,7 +4,8 @@
 use std::os::unix::io::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -41,6 +42,33 @@ pub enum DeviceState {
     /// The backend died or broke the protocol; the device needs a reset
     /// (and a reconnect, not done yet).
     Failed,
+}
+
+impl DeviceState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Ready,
+            1 => Self::Active,
+            _ => Self::Failed,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Ready => 0,
+            Self::Active => 1,
+            Self::Failed => 2,
+        }
+    }
+}
+
+/// Where a device's activation runs when it must not run on the thread
+/// of the guest's access (a vCPU): the VMM's control thread. Activation
+/// sends every vring message and waits for each reply, so a hung backend
+/// would hold that thread for up to [`REPLY_TIMEOUT`].
+pub trait Deferrer: Send + Sync {
+    /// Runs `work` later, after the work deferred before it.
+    fn defer(&self, work: Box<dyn FnOnce() + Send>);
 }
 
 /// Queue count, queue size and configuration defaults of a device.
@@ -84,34 +112,67 @@ struct Negotiated {
     protocol: VhostUserProtocolFeatures,
 }
 
+/// What talking to the backend needs; held for a whole request and its
+/// reply.
 struct Inner {
     conn: Box<dyn VhostUserConn>,
-    state: DeviceState,
     negotiated: Negotiated,
-    config: Vec<u8>,
+    events: Box<dyn QueueEventProvider>,
     started: Vec<StartedQueue>,
     /// SET_FEATURES was sent since the last reset.
     features_set: bool,
 }
 
-/// The generic vhost-user frontend: one virtio device whose queues and
-/// configuration a backend behind a Unix socket serves.
-pub struct VhostUserDevice {
+/// The device, shared with deferred activations.
+struct Shared {
     path: PathBuf,
     options: DeviceOptions,
     memory: MemoryTable,
-    events: Box<dyn QueueEventProvider>,
     inner: Mutex<Inner>,
+    /// A [`DeviceState`]; read without waiting for a request in flight.
+    state: AtomicU8,
+    /// The backend's features (GET_FEATURES), for the same reason.
+    backend_features: AtomicU64,
+    /// The device configuration as last read or written; what a driver
+    /// reads while a request is in flight. Locked after `inner`, never
+    /// before.
+    config: Mutex<Vec<u8>>,
+    /// A deferred activation failed: the device needs a reset.
+    activation_failed: AtomicBool,
+    /// Bumped by every reset, so an activation deferred before a reset
+    /// does not start after it.
+    generation: AtomicU64,
     config_errors: RateLimited,
+}
+
+/// The generic vhost-user frontend: one virtio device whose queues and
+/// configuration a backend behind a Unix socket serves.
+pub struct VhostUserDevice {
+    shared: Arc<Shared>,
+    deferrer: Option<Arc<dyn Deferrer>>,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VhostUserDevice")
-            .field("path", &self.path)
-            .field("kind", &self.options.kind)
+            .field("path", &self.shared.path)
+            .field("kind", &self.shared.options.kind)
             .field("state", &self.state())
             .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `m`'s guard, or None while another thread holds it (a request in
+/// flight).
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
@@ -176,72 +237,104 @@ impl VhostUserDevice {
             negotiated.protocol.bits()
         );
         Ok(Self {
-            path,
-            options,
-            memory,
-            events,
-            inner: Mutex::new(Inner {
-                conn,
-                state: DeviceState::Ready,
-                negotiated,
-                config,
-                started: Vec::new(),
-                features_set: false,
+            shared: Arc::new(Shared {
+                path,
+                options,
+                memory,
+                inner: Mutex::new(Inner {
+                    conn,
+                    negotiated,
+                    events,
+                    started: Vec::new(),
+                    features_set: false,
+                }),
+                state: AtomicU8::new(DeviceState::Ready.to_u8()),
+                backend_features: AtomicU64::new(negotiated.backend_features),
+                config: Mutex::new(config),
+                activation_failed: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+                config_errors: RateLimited::default(),
             }),
-            config_errors: RateLimited::default(),
+            deferrer: None,
         })
+    }
+
+    /// From now on, activations run through `deferrer` (the VMM's control
+    /// thread) instead of on the thread that set DRIVER_OK: the driver's
+    /// write returns at once, its device status reads DRIVER_OK, and the
+    /// configuration, the features and the state stay readable while the
+    /// backend is being set up. An activation that fails makes
+    /// [`needs_reset`](VirtioDevice::needs_reset) true; the deferrer then
+    /// tells the transport (`check_device`).
+    pub fn defer_activation(&mut self, deferrer: Arc<dyn Deferrer>) {
+        self.deferrer = Some(deferrer);
     }
 
     /// The backend's socket path.
     pub fn socket_path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     /// The device kind.
     pub fn kind(&self) -> DeviceKind {
-        self.options.kind
+        self.shared.options.kind
     }
 
-    /// Where the device is (for `vm.info`).
+    /// Where the device is (for `vm.info`); never waits for a request in
+    /// flight.
     pub fn state(&self) -> DeviceState {
-        self.lock().state
+        self.shared.state()
     }
 
     /// The protocol features both sides use.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        self.lock().negotiated.protocol
+        lock(&self.shared.inner).negotiated.protocol
     }
 
     /// The socket, for the VMM to watch: it becomes readable only when the
     /// backend hangs up (or misbehaves); then call
     /// [`check_connection`](Self::check_connection).
     pub fn connection_fd(&self) -> Option<RawFd> {
-        self.lock().conn.raw_fd()
+        lock(&self.shared.inner).conn.raw_fd()
     }
 
     /// Marks the device failed if the backend hung up while idle, and
     /// returns the state. After `Failed`, the transport's `check_device`
-    /// sets DEVICE_NEEDS_RESET.
+    /// sets DEVICE_NEEDS_RESET. With a request in flight this does not
+    /// wait: the request notices a hang-up itself.
     pub fn check_connection(&mut self) -> DeviceState {
-        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        if inner.state != DeviceState::Failed && inner.conn.peer_gone() {
+        let sh = &self.shared;
+        let Some(inner) = try_lock(&sh.inner) else {
+            return sh.state();
+        };
+        if sh.state() != DeviceState::Failed && inner.conn.peer_gone() {
             warn!(
                 "vhost-user {} {}: the backend hung up; the device needs a reset",
-                self.options.kind.name(),
-                self.path.display()
+                sh.options.kind.name(),
+                sh.path.display()
             );
-            inner.state = DeviceState::Failed;
+            sh.set_state(DeviceState::Failed);
         }
-        inner.state
+        sh.state()
+    }
+}
+
+impl Shared {
+    fn state(&self) -> DeviceState {
+        DeviceState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn set_state(&self, state: DeviceState) {
+        self.state.store(state.to_u8(), Ordering::Release);
     }
 
-    fn start(&mut self, acked: u64, queues: &[QueueConfig]) -> Result<(), VhostUserError> {
-        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        if inner.state == DeviceState::Failed {
+    fn start(
+        &self,
+        inner: &mut Inner,
+        acked: u64,
+        queues: &[QueueConfig],
+    ) -> Result<(), VhostUserError> {
+        if self.state() == DeviceState::Failed {
             return Err(VhostUserError::Failed);
         }
         let n = inner.negotiated;
@@ -279,7 +372,7 @@ impl VhostUserDevice {
                 used_ring_addr: ring("used ring", q.used_ring, 6 + 8 * size)?,
                 log_addr: None,
             };
-            let events = self
+            let events = inner
                 .events
                 .queue_events(q.index, q.msix_vector)
                 .map_err(|source| VhostUserError::QueueEvents {
@@ -310,8 +403,35 @@ impl VhostUserDevice {
                     .map_err(VhostUserError::SetVringEnable)?;
             }
         }
-        inner.state = DeviceState::Active;
+        self.set_state(DeviceState::Active);
         Ok(())
+    }
+
+    /// Starts the rings; an error is logged (and marks the device failed
+    /// when the connection is gone).
+    fn activate(&self, acked: u64, queues: &[QueueConfig]) -> Result<(), VhostUserError> {
+        let mut inner = lock(&self.inner);
+        self.start(&mut inner, acked, queues).inspect_err(|e| {
+            self.note_error(e);
+        })
+    }
+
+    /// An activation deferred at `generation`: skipped if the driver
+    /// reset the device meanwhile; a failure makes the device need a reset.
+    fn activate_deferred(&self, generation: u64, acked: u64, queues: &[QueueConfig]) {
+        let mut inner = lock(&self.inner);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if let Err(e) = self.start(&mut inner, acked, queues) {
+            self.note_error(&e);
+            warn!(
+                "vhost-user {} {}: activation failed; the device needs a reset",
+                self.options.kind.name(),
+                self.path.display()
+            );
+            self.activation_failed.store(true, Ordering::Release);
+        }
     }
 
     fn stop(inner: &mut Inner, options: &DeviceOptions) -> Result<(), VhostUserError> {
@@ -348,7 +468,8 @@ impl VhostUserDevice {
 
     /// Logs `e` and, when the connection is gone, marks the device failed
     /// (logged once).
-    fn note_error(inner: &mut Inner, kind: DeviceKind, path: &Path, e: &VhostUserError) {
+    fn note_error(&self, e: &VhostUserError) {
+        let (kind, path) = (self.options.kind, &self.path);
         if !e.is_disconnect() {
             warn!(
                 "vhost-user {} {}: {e}: {}",
@@ -358,14 +479,14 @@ impl VhostUserDevice {
             );
             return;
         }
-        if inner.state != DeviceState::Failed {
+        if self.state() != DeviceState::Failed {
             warn!(
                 "vhost-user {} {}: {e}: {}; the backend is gone, the device needs a reset",
                 kind.name(),
                 path.display(),
                 source_of(e)
             );
-            inner.state = DeviceState::Failed;
+            self.set_state(DeviceState::Failed);
         }
     }
 }
@@ -412,42 +533,45 @@ fn source_of(e: &VhostUserError) -> String {
 
 impl VirtioDevice for VhostUserDevice {
     fn device_type(&self) -> u32 {
-        self.options.kind.device_type()
+        self.shared.options.kind.device_type()
     }
 
     fn num_queues(&self) -> usize {
-        self.options.queues
+        self.shared.options.queues
     }
 
     fn max_queue_size(&self) -> u16 {
-        self.options.queue_size
+        self.shared.options.queue_size
     }
 
     fn features(&self) -> u64 {
-        self.lock().negotiated.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES
+        self.shared.backend_features.load(Ordering::Acquire) & !VHOST_USER_F_PROTOCOL_FEATURES
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let mut inner = self.lock();
-        let with_config = inner
-            .negotiated
-            .protocol
-            .contains(VhostUserProtocolFeatures::CONFIG);
-        if with_config && inner.state != DeviceState::Failed {
-            let len = inner.config.len() as u32;
-            match inner.conn.get_config(0, len) {
-                Ok(c) => inner.config = c,
-                Err(e) => {
-                    let e = VhostUserError::GetConfig(e);
-                    if e.is_disconnect() {
-                        Self::note_error(&mut inner, self.options.kind, &self.path, &e);
-                    } else if let Some(n) = self.config_errors.hit() {
-                        debug!(
-                            "vhost-user {}: {e}: {} ({n} times)",
-                            self.path.display(),
-                            source_of(&e)
-                        );
+        let sh = &self.shared;
+        // With a request in flight (a deferred activation), the last copy.
+        if let Some(mut inner) = try_lock(&sh.inner) {
+            let with_config = inner
+                .negotiated
+                .protocol
+                .contains(VhostUserProtocolFeatures::CONFIG);
+            if with_config && sh.state() != DeviceState::Failed {
+                let len = lock(&sh.config).len() as u32;
+                match inner.conn.get_config(0, len) {
+                    Ok(c) => *lock(&sh.config) = c,
+                    Err(e) => {
+                        let e = VhostUserError::GetConfig(e);
+                        if e.is_disconnect() {
+                            sh.note_error(&e);
+                        } else if let Some(n) = sh.config_errors.hit() {
+                            debug!(
+                                "vhost-user {}: {e}: {} ({n} times)",
+                                sh.path.display(),
+                                source_of(&e)
+                            );
+                        }
                     }
                 }
             }
@@ -455,64 +579,80 @@ impl VirtioDevice for VhostUserDevice {
         let Ok(start) = usize::try_from(offset) else {
             return;
         };
-        if let Some(src) = inner.config.get(start..) {
+        if let Some(src) = lock(&sh.config).get(start..) {
             let n = src.len().min(data.len());
             data[..n].copy_from_slice(&src[..n]);
         }
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let sh = &self.shared;
+        let mut inner = lock(&sh.inner);
+        let mut config = lock(&sh.config);
         let in_range = usize::try_from(offset)
             .ok()
             .and_then(|s| Some((s, s.checked_add(data.len())?)))
-            .filter(|(_, end)| *end <= inner.config.len());
+            .filter(|(_, end)| *end <= config.len());
         let Some((start, end)) = in_range else {
-            if let Some(n) = self.config_errors.hit() {
+            if let Some(n) = sh.config_errors.hit() {
                 debug!(
                     "vhost-user {}: config write of {} bytes at {offset:#x} out of range ({n} times)",
-                    self.path.display(),
+                    sh.path.display(),
                     data.len()
                 );
             }
             return;
         };
-        inner.config[start..end].copy_from_slice(data);
+        config[start..end].copy_from_slice(data);
+        drop(config);
         let with_config = inner
             .negotiated
             .protocol
             .contains(VhostUserProtocolFeatures::CONFIG);
-        if with_config && inner.state != DeviceState::Failed {
+        if with_config && sh.state() != DeviceState::Failed {
             if let Err(e) = inner.conn.set_config(start as u32, data) {
-                let e = VhostUserError::SetConfig(e);
-                Self::note_error(inner, self.options.kind, &self.path, &e);
+                sh.note_error(&VhostUserError::SetConfig(e));
             }
         }
     }
 
     fn activate(&mut self, acked: u64, queues: Vec<QueueConfig>) -> Result<(), ActivateError> {
-        self.start(acked, &queues).map_err(|e| {
-            let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-            Self::note_error(inner, self.options.kind, &self.path, &e);
-            ActivateError(Box::new(e))
-        })
+        match &self.deferrer {
+            Some(deferrer) => {
+                let shared = self.shared.clone();
+                let generation = shared.generation.load(Ordering::Acquire);
+                deferrer.defer(Box::new(move || {
+                    shared.activate_deferred(generation, acked, &queues);
+                }));
+                Ok(())
+            }
+            None => self
+                .shared
+                .activate(acked, &queues)
+                .map_err(|e| ActivateError(Box::new(e))),
+        }
     }
 
     fn reset(&mut self) {
-        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        if inner.state == DeviceState::Failed {
+        let sh = &self.shared;
+        // Waits for a deferred activation in flight; one not started yet
+        // sees the new generation and does nothing.
+        let mut inner = lock(&sh.inner);
+        sh.generation.fetch_add(1, Ordering::AcqRel);
+        sh.activation_failed.store(false, Ordering::Release);
+        if sh.state() == DeviceState::Failed {
             // Nothing to stop: the backend is gone. A reconnect goes here.
             inner.started.clear();
             inner.features_set = false;
             return;
         }
-        match Self::stop(inner, &self.options) {
-            Ok(()) => inner.state = DeviceState::Ready,
+        match Shared::stop(&mut inner, &sh.options) {
+            Ok(()) => sh.set_state(DeviceState::Ready),
             Err(e) => {
-                Self::note_error(inner, self.options.kind, &self.path, &e);
+                sh.note_error(&e);
                 inner.started.clear();
-                if inner.state != DeviceState::Failed {
-                    inner.state = DeviceState::Ready;
+                if sh.state() != DeviceState::Failed {
+                    sh.set_state(DeviceState::Ready);
                 }
             }
         }
@@ -520,13 +660,14 @@ impl VirtioDevice for VhostUserDevice {
 
     fn queue_notify(&mut self, queue: u16) {
         // No ioeventfd caught the write: pass the kick on ourselves.
-        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let sh = &self.shared;
+        let inner = lock(&sh.inner);
         if let Some(q) = inner.started.iter().find(|q| q.index == queue) {
             if let Err(e) = q.events.kick.write(1) {
-                if let Some(n) = self.config_errors.hit() {
+                if let Some(n) = sh.config_errors.hit() {
                     debug!(
                         "vhost-user {}: kick of queue {queue}: {e} ({n} times)",
-                        self.path.display()
+                        sh.path.display()
                     );
                 }
             }
@@ -534,6 +675,7 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn needs_reset(&self) -> bool {
-        self.lock().state == DeviceState::Failed
+        self.shared.state() == DeviceState::Failed
+            || self.shared.activation_failed.load(Ordering::Acquire)
     }
 }

@@ -12,6 +12,12 @@
 //! configuration goes through GET_CONFIG / SET_CONFIG when CONFIG was
 //! negotiated, else through a local copy.
 //!
+//! A VMM may hand activations to a thread of its own
+//! ([`VhostUserDevice::defer_activation`] with a [`Deferrer`]), so the
+//! vCPU whose DRIVER_OK write starts one does not wait for the backend's
+//! replies; the state, features and configuration stay readable without
+//! waiting for a request in flight.
+//!
 //! REPLY_ACK: every set message carries NEED_REPLY once the backend acks
 //! them, that is from the SET_FEATURES that acks PROTOCOL_FEATURES on. The
 //! rust-vmm backend library only answers NEED_REPLY after that point, so
@@ -42,7 +48,7 @@ mod device;
 mod memory;
 
 pub use conn::VhostUserConn;
-pub use device::{DeviceOptions, DeviceState, VhostUserDevice, REPLY_TIMEOUT};
+pub use device::{Deferrer, DeviceOptions, DeviceState, VhostUserDevice, REPLY_TIMEOUT};
 pub use memory::{MemoryRegionInfo, MemoryTable, MAX_MEM_REGIONS};
 
 use std::os::unix::io::AsRawFd;

@@ -2,7 +2,9 @@
 
 use std::fs::File;
 use std::os::unix::io::RawFd;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::{Error as VuError, VhostUserProtocolFeatures as P};
 use vhost::{VhostUserMemoryRegionInfo, VringConfigData};
@@ -45,6 +47,9 @@ struct Backend {
     /// The connection dies when this many requests were seen.
     die_after: Option<usize>,
     dead: bool,
+    /// SET_MEM_TABLE says it arrived on the first, then waits for the
+    /// second: a backend that hangs.
+    hang: Option<(Sender<()>, Receiver<()>)>,
 }
 
 struct Fake {
@@ -61,6 +66,13 @@ fn gone() -> vhost::Error {
 
 impl Fake {
     fn req(&mut self, m: Msg) -> vhost::Result<()> {
+        if matches!(m, Msg::SetMemTable(_)) {
+            let hang = self.b.lock().unwrap().hang.take();
+            if let Some((reached, release)) = hang {
+                let _ = reached.send(());
+                let _ = release.recv();
+            }
+        }
         let mut b = self.b.lock().unwrap();
         if b.dead || b.die_after == Some(b.log.len()) {
             b.dead = true;
@@ -206,6 +218,14 @@ impl Setup {
     }
     fn die_after(&self, n: usize) {
         self.b.lock().unwrap().die_after = Some(n);
+    }
+    /// The backend hangs at the next SET_MEM_TABLE: the receiver hears
+    /// when it got there, the sender lets it go on.
+    fn hang_at_mem_table(&self) -> (Receiver<()>, Sender<()>) {
+        let (reached_tx, reached) = channel();
+        let (release, release_rx) = channel();
+        self.b.lock().unwrap().hang = Some((reached_tx, release_rx));
+        (reached, release)
     }
 }
 
@@ -547,6 +567,126 @@ fn the_transport_sets_needs_reset_when_a_config_read_finds_the_backend_dead() {
     pci.read_bar(0, 0x2000, &mut buf);
     assert_ne!(pci.status() & STATUS_DEVICE_NEEDS_RESET, 0);
     assert_eq!(pci.device().state(), DeviceState::Failed);
+}
+
+/// Deferred work, run when the test says (`run_all`) or on a thread.
+#[derive(Default)]
+struct Later(Mutex<Vec<Box<dyn FnOnce() + Send>>>);
+
+impl Deferrer for Later {
+    fn defer(&self, work: Box<dyn FnOnce() + Send>) {
+        self.0.lock().unwrap().push(work);
+    }
+}
+
+impl Later {
+    fn run_all(&self) -> usize {
+        let work = std::mem::take(&mut *self.0.lock().unwrap());
+        let n = work.len();
+        work.into_iter().for_each(|w| w());
+        n
+    }
+}
+
+/// Runs deferred work in order on its own thread, like the VMM's control
+/// thread; each done is sent on `done`.
+struct ControlThread(Mutex<Sender<Box<dyn FnOnce() + Send>>>);
+
+impl Deferrer for ControlThread {
+    fn defer(&self, work: Box<dyn FnOnce() + Send>) {
+        let _ = self.0.lock().unwrap().send(work);
+    }
+}
+
+impl ControlThread {
+    fn start(done: Sender<()>) -> Arc<Self> {
+        let (tx, rx) = channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::spawn(move || {
+            for work in rx {
+                work();
+                let _ = done.send(());
+            }
+        });
+        Arc::new(Self(Mutex::new(tx)))
+    }
+}
+
+#[test]
+fn a_deferred_activation_leaves_the_device_readable_while_the_backend_hangs() {
+    let features = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
+    let (dev, s) = device(DeviceKind::Fs, features, all_protocol());
+    let mut dev = dev.unwrap();
+    let (done_tx, done) = channel();
+    dev.defer_activation(ControlThread::start(done_tx));
+    s.log();
+    let (reached, release) = s.hang_at_mem_table();
+    let start = Instant::now();
+    dev.activate(
+        VERSION_1,
+        vec![queue(0, GUEST_BASE), queue(1, GUEST_BASE + 0x1000)],
+    )
+    .unwrap();
+    // The backend now hangs in the middle of the activation, on the
+    // control thread; what a vCPU or the API asks is answered at once.
+    reached.recv_timeout(Duration::from_secs(10)).unwrap();
+    let mut buf = [0u8; 4];
+    dev.read_config(0, &mut buf);
+    assert_eq!(buf, [1, 2, 3, 4], "the configuration as last read");
+    assert_eq!(dev.features(), VERSION_1);
+    assert_eq!(dev.state(), DeviceState::Ready);
+    assert_eq!(dev.check_connection(), DeviceState::Ready);
+    assert!(!dev.needs_reset());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    release.send(()).unwrap();
+    done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(dev.state(), DeviceState::Active);
+    let log: Vec<Msg> = s.log().into_iter().map(|(m, _)| m).collect();
+    assert_eq!(log.first(), Some(&Msg::SetFeatures(features)));
+    assert_eq!(log.last(), Some(&Msg::SetVringEnable(1, true)));
+    assert!(
+        !log.iter().any(|m| matches!(m, Msg::GetConfig(..))),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_deferred_activation_fails_the_device_or_yields_to_a_reset() {
+    let (dev, s) = device(
+        DeviceKind::Block,
+        VHOST_USER_F_PROTOCOL_FEATURES,
+        all_protocol(),
+    );
+    let mut dev = dev.unwrap();
+    let later = Arc::new(Later::default());
+    dev.defer_activation(later.clone());
+    s.log();
+    // A reset before the activation ran: it sends nothing.
+    dev.activate(0, vec![queue(0, GUEST_BASE)]).unwrap();
+    dev.reset();
+    assert_eq!(later.run_all(), 1);
+    assert!(s.log().is_empty());
+    assert_eq!(dev.state(), DeviceState::Ready);
+    // A ring outside guest memory (no disconnect): the device needs a
+    // reset, which clears it.
+    dev.activate(0, vec![queue(0, GUEST_BASE + 0x10_0000)])
+        .unwrap();
+    assert!(!dev.needs_reset());
+    later.run_all();
+    assert!(dev.needs_reset());
+    assert_eq!(dev.state(), DeviceState::Ready);
+    dev.reset();
+    assert!(!dev.needs_reset());
+    // A backend that dies during it: failed.
+    s.log();
+    s.die_after(1);
+    dev.activate(0, vec![queue(0, GUEST_BASE)]).unwrap();
+    later.run_all();
+    assert_eq!(dev.state(), DeviceState::Failed);
+    assert!(dev.needs_reset());
 }
 
 #[test]

@@ -9,13 +9,20 @@
 //! ([`MsiVectors::irqfd`]); the backend gets both fds at DRIVER_OK
 //! ([`QueueEventSource`]).
 //!
+//! The driver's DRIVER_OK is carried out on the `vu-activate` thread
+//! ([`activate`]), not on the vCPU that wrote it.
+//!
 //! A backend that dies is noticed by the `vu-watch` thread
 //! ([`watch`]), which calls [`VhostUserPci::check_backend`]: the
 //! device is marked failed, DEVICE_NEEDS_RESET is set and a configuration
 //! interrupt sent; the VM goes on.
 
+pub mod activate;
+#[cfg(test)]
+mod test_rig;
 pub mod watch;
 
+pub use activate::ActivationThread;
 pub use watch::Watcher;
 
 use std::io;
@@ -342,8 +349,12 @@ impl Drop for Handshakes {
 impl Connected {
     /// Wraps the device in the virtio-pci transport and plugs it into
     /// `pci`, with the queues' kicks as ioeventfds at their notify
-    /// addresses.
-    pub fn plug(self, pci: &PciHost) -> Result<Arc<VhostUserPci>, DeviceError> {
+    /// addresses; its activations run on `activation`'s thread.
+    pub fn plug(
+        self,
+        pci: &PciHost,
+        activation: &ActivationThread,
+    ) -> Result<Arc<VhostUserPci>, DeviceError> {
         let Connected {
             config,
             device,
@@ -358,6 +369,8 @@ impl Connected {
         let transport = VirtioPciDevice::new(device, vectors, sink)
             .map_err(|e| fail(SetupError::Transport(e)))?;
         let transport = Arc::new(Mutex::new(transport));
+        let deferrer = activation.deferrer(&transport);
+        lock(&transport).device_mut().defer_activation(deferrer);
         let address = pci
             .bus()
             .add_device(transport.clone())
@@ -397,15 +410,19 @@ impl VhostUserPci {
     /// Connects to `config.socket`, negotiates, and plugs the device into
     /// `pci` with one MSI-X vector per queue plus one for configuration
     /// changes, routed by `irq`. Guest memory `mem` goes to the backend at
-    /// each activation. ([`prepare`](Self::prepare),
-    /// [`Prepared::connect`] and [`Connected::plug`] in one.)
+    /// each activation, which runs on `activation`'s thread.
+    /// ([`prepare`](Self::prepare), [`Prepared::connect`] and
+    /// [`Connected::plug`] in one.)
     pub fn plug(
         config: &VhostUserConfig,
         pci: &PciHost,
         irq: &Arc<IrqRouter>,
         mem: &GuestMemoryMmap,
+        activation: &ActivationThread,
     ) -> Result<Arc<Self>, DeviceError> {
-        Self::prepare(config, irq, mem)?.connect()?.plug(pci)
+        Self::prepare(config, irq, mem)?
+            .connect()?
+            .plug(pci, activation)
     }
 
     /// The first step of [`plug`](Self::plug): one MSI-X vector per queue
