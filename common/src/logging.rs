@@ -194,26 +194,35 @@ impl log::Log for Syslog {
     fn flush(&self) {}
 }
 
-/// Errors setting up syslog.
-#[derive(Debug, thiserror::Error)]
-#[error("--syslog: cannot connect to /dev/log: {0}")]
-pub struct SyslogError(std::io::Error);
-
 /// Installs a logger writing to syslog (`--syslog`). The socket is
 /// connected now, so it keeps working after a sandbox hides `/dev/log`.
-pub fn init_syslog(program: &'static str, level: LogLevel) -> Result<(), SyslogError> {
-    let sock = std::os::unix::net::UnixDatagram::unbound().map_err(SyslogError)?;
-    sock.connect("/dev/log").map_err(SyslogError)?;
-    let filter: LevelFilter = level.into();
-    install(
-        Box::new(Syslog {
-            sock,
-            program,
-            level: filter,
-        }),
-        filter,
-    );
-    Ok(())
+/// Without a syslog daemon listening on `/dev/log` (a container, an
+/// initramfs) the daemon serves anyway, as the C virtiofsd does: it logs
+/// to stderr ([`init`]) and says so in one warning.
+pub fn init_syslog(program: &'static str, level: LogLevel) {
+    match connect_dev_log() {
+        Ok(sock) => {
+            let filter: LevelFilter = level.into();
+            install(
+                Box::new(Syslog {
+                    sock,
+                    program,
+                    level: filter,
+                }),
+                filter,
+            );
+        }
+        Err(e) => {
+            init(program, level);
+            log::warn!("--syslog: cannot connect to /dev/log ({e}); logging to stderr instead");
+        }
+    }
+}
+
+fn connect_dev_log() -> std::io::Result<std::os::unix::net::UnixDatagram> {
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    sock.connect("/dev/log")?;
+    Ok(sock)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ pub fn run(mut cli: Cli) -> Result<(), DaemonError> {
         )));
     }
     if cli.syslog {
-        common::logging::init_syslog(NAME, cli.vhost_user.log_level).map_err(DaemonError::setup)?;
+        common::logging::init_syslog(NAME, cli.vhost_user.log_level);
     } else {
         common::logging::init(NAME, cli.vhost_user.log_level);
     }
