@@ -147,9 +147,24 @@ fn mcfg() -> Vec<u8> {
     t.finish()
 }
 
-fn fadt(dsdt_addr: u64) -> Vec<u8> {
+/// The FACS: where the OS finds the global lock (and, with sleep states we
+/// do not offer, the waking vector). No checksum; 64-byte aligned.
+fn facs() -> Vec<u8> {
+    let mut t = vec![0u8; FACS_LEN];
+    t[..4].copy_from_slice(b"FACS");
+    t[4..8].copy_from_slice(&(FACS_LEN as u32).to_le_bytes());
+    t[32] = 2; // version
+    t
+}
+
+const FACS_LEN: usize = 64;
+
+fn fadt(facs_addr: u64, dsdt_addr: u64) -> Vec<u8> {
     let mut t = Sdt::new(b"FACP", 6);
     t.put(&[0; 276 - 36]);
+    // FIRMWARE_CTRL (32-bit, as QEMU): the FACS, which Linux needs to
+    // use the global lock that PM1_EN's GBL_EN announces.
+    t.set(36, &(facs_addr as u32).to_le_bytes());
     t.set(40, &(dsdt_addr as u32).to_le_bytes());
     t.set(46, &SCI_IRQ.to_le_bytes());
     // SMI_CMD = 0: the platform is always in ACPI mode (SCI_EN reads 1).
@@ -232,11 +247,15 @@ pub fn build(cpus: u8, mmio64: (u64, u64), base: GuestAddress) -> Vec<u8> {
         v.resize(v.len().next_multiple_of(16), 0);
     }
     let mut blob = vec![0u8; 64]; // RSDP slot
+                                  // The FACS must be 64-byte aligned: right after the RSDP's slot.
+    let facs_addr = base.0 + blob.len() as u64;
+    debug_assert_eq!(facs_addr % 64, 0);
+    blob.extend(facs());
     let dsdt_addr = base.0 + blob.len() as u64;
     blob.extend(dsdt(mmio64));
     align(&mut blob);
     let fadt_addr = base.0 + blob.len() as u64;
-    blob.extend(fadt(dsdt_addr));
+    blob.extend(fadt(facs_addr, dsdt_addr));
     align(&mut blob);
     let madt_addr = base.0 + blob.len() as u64;
     blob.extend(madt(cpus));
@@ -315,6 +334,12 @@ mod tests {
         assert_eq!(&fadt[208..212], &[1, 32, 0, 3]); // system I/O, 32 bits, dword
         assert_eq!(u64_at(fadt, 212), u64::from(PM_TMR_PORT));
         assert_eq!(fadt[108], CMOS_CENTURY);
+        let facs_addr = u64::from(u32_at(fadt, 36));
+        assert_eq!(facs_addr % 64, 0);
+        let facs = &blob[(facs_addr - base) as usize..][..64];
+        assert_eq!(&facs[..4], b"FACS");
+        assert_eq!(u32_at(facs, 4), 64);
+        assert_eq!(u32_at(facs, 16), 0, "the global lock starts free");
         let dsdt = table(&blob, base, u64_at(fadt, 140));
         assert_eq!(&dsdt[..4], b"DSDT");
         assert_eq!(sum(dsdt), 0);

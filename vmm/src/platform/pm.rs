@@ -29,6 +29,11 @@ const SLP_EN: u16 = 1 << 13;
 const SCI_EN: u16 = 1;
 /// PWRBTN_STS in PM1_STS, PWRBTN_EN in PM1_EN.
 pub const PM1_PWRBTN: u16 = 1 << 8;
+/// GBL_EN in PM1_EN: the OS enables the global-lock release event. No
+/// firmware ever holds the lock (the FACS's), so it never fires, but the
+/// bit must read back as written or Linux disables the global lock with
+/// "Could not enable GlobalLock event".
+const PM1_GBL_EN: u16 = 1 << 5;
 /// The status bits this device implements.
 const PM1_EVENTS: u16 = PM1_PWRBTN;
 const STS: u64 = 0;
@@ -109,7 +114,7 @@ impl AcpiPm {
         match offset & !1 {
             // Write 1 to clear.
             STS => self.sts &= !(u16::from(b) << (8 * i)),
-            EN => self.en = with_byte(self.en, i, b) & PM1_EVENTS,
+            EN => self.en = with_byte(self.en, i, b) & (PM1_EVENTS | PM1_GBL_EN),
             _ => {}
         }
     }
@@ -242,6 +247,20 @@ mod tests {
         pm.read(STS, &mut d);
         assert_eq!(u32::from_le_bytes(d), 0x0100_0100);
         assert_eq!(*levels.lock().unwrap(), [true, false, true]);
+    }
+
+    #[test]
+    fn pm1_en_keeps_gbl_en_and_the_power_button_but_nothing_else() {
+        let (tx, _rx) = channel();
+        let mut pm = AcpiPm::new(tx);
+        pm.write(EN, &0xffffu16.to_le_bytes());
+        let mut b = [0u8; 2];
+        pm.read(EN, &mut b);
+        assert_eq!(u16::from_le_bytes(b), PM1_PWRBTN | PM1_GBL_EN);
+        // Byte writes: the low byte alone clears GBL_EN, keeps PWRBTN_EN.
+        pm.write(EN, &[0]);
+        pm.read(EN, &mut b);
+        assert_eq!(u16::from_le_bytes(b), PM1_PWRBTN);
     }
 
     #[test]

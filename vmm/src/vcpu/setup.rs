@@ -113,6 +113,7 @@ pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), CpuError> {
         });
     }
 
+    set_hwcr(vcpu, cpuid);
     set_lint(vcpu)?;
 
     let fpu = kvm_fpu {
@@ -121,6 +122,46 @@ pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), CpuError> {
         ..Default::default()
     };
     vcpu.set_fpu(&fpu).map_err(CpuError::SetFpu)
+}
+
+const MSR_K7_HWCR: u32 = 0xc001_0015;
+/// HWCR.TscFreqSel: the TSC counts at the P0 frequency, as on every AMD
+/// CPU since family 10h; Linux warns "[Firmware Bug]: TSC doesn't count
+/// with P0 frequency!" when it reads 0.
+const HWCR_TSC_FREQ_SEL: u64 = 1 << 24;
+
+/// Whether the guest's CPUID (leaf 0's vendor) says AMD or Hygon.
+fn amd_like(cpuid: &CpuId) -> bool {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .is_some_and(|e| {
+            let v = [
+                e.ebx.to_le_bytes(),
+                e.edx.to_le_bytes(),
+                e.ecx.to_le_bytes(),
+            ]
+            .concat();
+            v == b"AuthenticAMD" || v == b"HygonGenuine"
+        })
+}
+
+/// Sets HWCR.TscFreqSel on AMD guests. KVM accepts the bit since Linux
+/// 6.7; an older KVM refuses it, which costs only the guest's warning.
+fn set_hwcr(vcpu: &VcpuFd, cpuid: &CpuId) {
+    if !amd_like(cpuid) {
+        return;
+    }
+    let entry = kvm_msr_entry {
+        index: MSR_K7_HWCR,
+        data: HWCR_TSC_FREQ_SEL,
+        ..Default::default()
+    };
+    match Msrs::from_entries(&[entry]).map(|m| vcpu.set_msrs(&m)) {
+        Ok(Ok(1)) => {}
+        other => log::debug!("HWCR.TscFreqSel not set (KVM refused: {other:?})"),
+    }
 }
 
 const APIC_LVT0: usize = 0x350;
@@ -286,5 +327,20 @@ mod tests {
         assert_eq!((c.as_slice()[0].ebx >> 16) & 0xff, 4);
         assert_eq!(c.as_slice()[0].ebx & 0xffff, 0x0800);
         assert_eq!(c.as_slice()[1].edx, 3);
+    }
+
+    #[test]
+    fn the_vendor_decides_whether_hwcr_is_set() {
+        let vendor = |s: &[u8; 12]| {
+            let mut c = CpuId::new(1).unwrap();
+            let e = &mut c.as_mut_slice()[0];
+            let word = |i: usize| u32::from_le_bytes(s[i..i + 4].try_into().unwrap());
+            (e.ebx, e.edx, e.ecx) = (word(0), word(4), word(8));
+            amd_like(&c)
+        };
+        assert!(vendor(b"AuthenticAMD"));
+        assert!(vendor(b"HygonGenuine"));
+        assert!(!vendor(b"GenuineIntel"));
+        assert!(!amd_like(&CpuId::new(0).unwrap()));
     }
 }
