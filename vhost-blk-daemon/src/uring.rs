@@ -46,8 +46,9 @@ struct Slot {
     iovs: Vec<RawIoVec>,
     head: u16,
     op: Op,
-    /// Byte offset of `iovs[0]` in the image.
+    /// Byte offset of `iovs[0]` in the image, and of the request.
     offset: u64,
+    start: u64,
     /// Bytes transferred so far, and in all.
     done: usize,
     total: usize,
@@ -234,6 +235,7 @@ impl Uring {
         slot.head = head;
         slot.op = op;
         slot.offset = offset;
+        slot.start = offset;
         slot.status_addr = parsed.status_addr;
         self.in_flight += 1;
         self.push(i)
@@ -274,13 +276,20 @@ impl Uring {
         }
     }
 
-    /// Completes every CQE available.
+    /// Completes every CQE available, and submits what that queued (the
+    /// rest of short transfers).
     fn reap(&mut self) -> io::Result<()> {
         loop {
-            let Some(cqe) = self.ring.completion().next() else {
+            loop {
+                let Some(cqe) = self.ring.completion().next() else {
+                    break;
+                };
+                self.complete(cqe.user_data() as u32, cqe.result())?;
+            }
+            if self.ring.submission().is_empty() {
                 return Ok(());
-            };
-            self.complete(cqe.user_data() as u32, cqe.result())?;
+            }
+            self.ring.submit()?;
         }
     }
 
@@ -334,13 +343,15 @@ impl Uring {
         let slot = &self.slots[i as usize];
         if let Some(n) = self.blk.io_errors.hit() {
             log::warn!(
-                "queue {} head {}: {} of {} bytes at offset {} on {} failed: {e} (host I/O error #{n})",
+                "queue {} head {}: {} of {} bytes at offset {} on {} failed after {} bytes: {e} \
+                 (host I/O error #{n})",
                 self.queue,
                 slot.head,
                 slot.op.name(),
                 slot.total,
-                slot.offset,
-                self.blk.disk.path().display()
+                slot.start,
+                self.blk.disk.path().display(),
+                slot.done
             );
         }
     }

@@ -9,6 +9,7 @@ mod blockdev;
 mod cli;
 mod common;
 mod device;
+mod engines;
 mod io;
 mod libblkio;
 mod malformed;

@@ -1,0 +1,140 @@
+//! Both I/O engines of `vhost-blk-daemon` (`--aio sync|io_uring`): the
+//! whole `blk` suite runs again with io_uring (the daemon reads
+//! `VHOST_BLK_AIO`, so every test here starts it with that engine), and
+//! what only an asynchronous engine can get wrong is checked on each:
+//! a queue full of requests in flight, each completed exactly once with
+//! its own data, and reads the image can no longer satisfy.
+
+use std::fs;
+use std::process::Command;
+
+use vu_driver::blk::{status, BlkClient, BlkOptions, Request};
+use vu_driver::ours::BlkDaemonOpts;
+
+use crate::common::*;
+
+/// The environment variable the daemon takes `--aio` from.
+const AIO_ENV: &str = "VHOST_BLK_AIO";
+const ENGINES: [&str; 2] = ["sync", "io_uring"];
+
+fn opts(engine: &str) -> BlkDaemonOpts {
+    BlkDaemonOpts {
+        extra_args: vec!["--aio".into(), engine.into()],
+        ..BlkDaemonOpts::default()
+    }
+}
+
+/// The rest of this binary once more, with every daemon on io_uring.
+#[test]
+fn every_blk_test_again_with_io_uring() {
+    if std::env::var_os(AIO_ENV).is_some() {
+        eprintln!("{AIO_ENV} is set: this run already chose the engine");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .env(AIO_ENV, "io_uring")
+        .args(["--skip", "engines::every_blk_test_again_with_io_uring"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .filter(|l| l.starts_with("test result:") || l.contains("FAILED"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("with {AIO_ENV}=io_uring:\n{summary}");
+    assert!(
+        out.status.success(),
+        "the blk suite fails with io_uring:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A queue of 40 requests (the ring holds 42 of three descriptors) of mixed sizes (4 KiB to 1 MiB) kicked at once:
+/// every one completes exactly once, with its own data.
+#[test]
+fn a_full_queue_completes_each_request_once_with_its_data() {
+    for engine in ENGINES {
+        let s = daemon(&opts(engine));
+        // Distinct data everywhere the reads look.
+        let extent = |i: u64| (i * 2048, 4096usize << (i % 9));
+        for i in 0..40u64 {
+            let (sector, len) = extent(i);
+            host_write(&s.image, sector, &pattern(i as u8, len));
+        }
+        let mut c = BlkClient::connect(s.daemon.socket(), &BlkOptions::default()).unwrap();
+        let mut q = c.queue(0);
+        let mem = q.virtqueue().mem().clone();
+        let mut want = std::collections::HashMap::new();
+        for i in 0..40u64 {
+            let (sector, len) = extent(i);
+            let slot = q.peek_slot().unwrap();
+            mem.write(q.data_addr(slot), &vec![0xee; len]).unwrap();
+            let slot = q
+                .submit(Request::Read {
+                    sector,
+                    len: len as u32,
+                })
+                .unwrap();
+            want.insert(slot, i);
+        }
+        q.kick().unwrap();
+        let mut done = Vec::new();
+        while done.len() < 40 {
+            q.reap(T, &mut done).unwrap();
+        }
+        assert_eq!(done.len(), 40, "{engine}: completions");
+        let mut order = Vec::new();
+        for d in &done {
+            let i = want
+                .remove(&d.slot)
+                .unwrap_or_else(|| panic!("{engine}: slot {} completed twice", d.slot));
+            let (_, len) = extent(i);
+            assert_eq!(
+                (d.status, d.used_len),
+                (status::OK, len as u32 + 1),
+                "{engine}: request {i}"
+            );
+            let got = mem.read_vec(q.data_addr(d.slot), len).unwrap();
+            assert!(got == pattern(i as u8, len), "{engine}: request {i} data");
+            order.push(i);
+        }
+        assert!(want.is_empty(), "{engine}: never completed: {want:?}");
+        let moved = order.windows(2).filter(|w| w[0] > w[1]).count();
+        eprintln!("{engine}: {moved} completions before one submitted earlier");
+    }
+}
+
+/// The image shrank under the daemon (whose capacity stays): a read that
+/// runs into the new end is an error, never a short success, and one
+/// that starts past it too; reads before it still work.
+#[test]
+fn reads_past_the_end_of_a_shrunk_image_are_ioerr() {
+    for engine in ENGINES {
+        let s = daemon_with("disk.img", 1 << 20, &opts(engine));
+        host_write(&s.image, 0, &pattern(3, 8192));
+        let mut c = connect(&s);
+        let f = fs::OpenOptions::new().write(true).open(&s.image).unwrap();
+        // 512 KiB and half a 4 KiB read.
+        f.set_len((512 << 10) + 2048).unwrap();
+        for (sector, what) in [(1024, "across the new end"), (1100, "past the new end")] {
+            let r = run(&mut c, Request::Read { sector, len: 4096 });
+            assert_status(r, status::IOERR, &format!("{engine}: read {what}"));
+        }
+        let ok = run(
+            &mut c,
+            Request::Read {
+                sector: 0,
+                len: 8192,
+            },
+        );
+        assert_status_ok(ok, 8193, &format!("{engine}: read before the end"));
+        assert_eq!(c.read(0, 8192).unwrap(), pattern(3, 8192), "{engine}");
+        let log = s.daemon.log_contents();
+        assert!(
+            log.contains("host I/O error"),
+            "{engine}: the failed reads are logged:\n{log}"
+        );
+    }
+}
