@@ -32,7 +32,6 @@ pub mod iov;
 pub mod logging;
 pub mod memory;
 pub mod queue;
-pub mod ratelimit;
 pub mod relay;
 pub mod sandbox;
 pub mod seccomp;
@@ -41,6 +40,9 @@ pub mod signals;
 pub mod socket;
 pub mod systemd;
 pub mod vring;
+
+/// The log rate limit, shared with the VMM and its devices (crate `lograte`).
+pub use lograte as ratelimit;
 
 #[cfg(test)]
 mod testutil;

@@ -25,8 +25,6 @@
 //! [`virtio_pci::VirtioPciDevice::queue_notify_address`]. Every guest access
 //! is handled without panicking, whatever its offset, size or value.
 
-mod ratelimit;
-
 pub mod pci;
 pub mod vhost_user;
 pub mod virtio_pci;

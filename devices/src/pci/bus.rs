@@ -9,9 +9,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::debug;
+use lograte::RateLimited;
 use thiserror::Error;
-
-use crate::ratelimit::RateLimited;
 
 use super::alloc::{AllocError, BarAllocator};
 use super::config::{BarInfo, BarKind, ConfigError, PciConfig, PciHeader};

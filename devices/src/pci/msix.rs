@@ -11,9 +11,8 @@ use std::io;
 use std::sync::Arc;
 
 use log::{debug, warn};
+use lograte::RateLimited;
 use thiserror::Error;
-
-use crate::ratelimit::RateLimited;
 
 use super::le_value;
 

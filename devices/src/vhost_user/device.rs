@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use log::{debug, info, warn};
+use lograte::RateLimited;
 use vhost::vhost_user::{Frontend, VhostUserProtocolFeatures};
 use vhost::VringConfigData;
 
@@ -16,7 +17,6 @@ use super::{
     DeviceKind, MemoryTable, QueueEventProvider, QueueEvents, VhostUserConn, VhostUserError,
     VHOST_USER_F_PROTOCOL_FEATURES,
 };
-use crate::ratelimit::RateLimited;
 use crate::virtio_pci::{ActivateError, QueueConfig, VirtioDevice};
 
 /// How long the frontend waits for a reply before it declares the backend

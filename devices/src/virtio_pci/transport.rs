@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use log::{debug, warn};
+use lograte::RateLimited;
 use thiserror::Error;
 
 use crate::pci::{
     BarKind, ConfigError, MsiSink, MsixConfig, MsixError, PciConfig, PciDevice, PciHeader,
     MSIX_CAP_ID, MSIX_NO_VECTOR,
 };
-use crate::ratelimit::RateLimited;
 
 use super::common_cfg::{Action, CommonConfig, COMMON_CFG_LEN};
 use super::{

@@ -34,6 +34,7 @@ use kvm_bindings::{
     KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use lograte::RateLimited;
 
 use crate::bus::{self, Bus};
 use crate::event::VmEvent;
@@ -77,7 +78,7 @@ impl Vcpu {
     }
 
     fn run_loop(&mut self) {
-        let mut unhandled = 0u64;
+        let unhandled = RateLimited::default();
         while !self.gate.should_stop() {
             if self.gate.pause_requested() {
                 self.gate.park(self.id);
@@ -86,7 +87,7 @@ impl Vcpu {
             let outcome = match self.fd.run() {
                 Ok(exit) => {
                     self.counters.count(&exit);
-                    dispatch(self.id, &self.pio, &self.mmio, exit, &mut unhandled)
+                    dispatch(self.id, &self.pio, &self.mmio, exit, &unhandled)
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     // Kicked: clear the handler's immediate_exit, then the
@@ -175,15 +176,11 @@ impl Vcpu {
 }
 
 /// Dispatches one exit of vCPU `id`.
-fn dispatch(id: u8, pio: &Bus, mmio: &Bus, exit: VcpuExit, unhandled: &mut u64) -> Outcome {
-    let mut note = |kind: &str, addr: u64, len: usize| {
-        *unhandled += 1;
+fn dispatch(id: u8, pio: &Bus, mmio: &Bus, exit: VcpuExit, unhandled: &RateLimited) -> Outcome {
+    let note = |kind: &str, addr: u64, len: usize| {
         // Rate-limited: the guest decides how often this happens.
-        if *unhandled <= 10 || unhandled.is_power_of_two() {
-            log::debug!(
-                "vCPU {}: unhandled {kind} {addr:#x} ({len} bytes), #{unhandled}",
-                id
-            );
+        if let Some(n) = unhandled.hit() {
+            log::debug!("vCPU {id}: unhandled {kind} {addr:#x} ({len} bytes), #{n}");
         }
     };
     match exit {

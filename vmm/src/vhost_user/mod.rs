@@ -40,6 +40,7 @@ use devices::vhost_user::{
 use devices::virtio_pci::{
     VirtioDevice, VirtioPciDevice, VirtioPciError, STATUS_DEVICE_NEEDS_RESET, VIRTIO_PCI_BAR,
 };
+use lograte::RateLimited;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -160,7 +161,8 @@ pub struct QueueEventSource {
     name: String,
     kicks: Vec<EventFd>,
     msi: Arc<dyn CallFds>,
-    no_vector: u32,
+    /// Queues given no MSI-X vector (guest-triggered, so rate-limited).
+    no_vector: RateLimited,
 }
 
 /// Where call eventfds come from: the device's MSI-X vectors (or, in
@@ -183,7 +185,7 @@ impl QueueEventSource {
             name,
             kicks,
             msi,
-            no_vector: 0,
+            no_vector: RateLimited::default(),
         }
     }
 }
@@ -205,10 +207,7 @@ impl QueueEventProvider for QueueEventSource {
         let call = match irqfd {
             Some(fd) => fd.try_clone()?,
             None => {
-                // Guest-triggered: logged 1-10 times, then at powers of two.
-                self.no_vector = self.no_vector.saturating_add(1);
-                let n = self.no_vector;
-                if n <= 10 || n.is_power_of_two() {
+                if let Some(n) = self.no_vector.hit() {
                     log::info!(
                         "{}: queue {queue} has no MSI-X vector ({msix_vector:#x}); its used-buffer \
                          notifications go nowhere ({n} times)",
@@ -609,7 +608,7 @@ mod tests {
             e.call.write(1).unwrap();
             assert!(calls.0.iter().all(|c| c.read().is_err()));
         }
-        assert_eq!(src.no_vector, 2);
+        assert_eq!(src.no_vector.count(), 2);
         assert!(src.queue_events(2, 0).is_err());
     }
 }

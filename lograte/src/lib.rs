@@ -1,5 +1,9 @@
 //! Logging guest-caused events without letting a guest flood the log: the
 //! first ten occurrences, then the 16th, 32nd, 64th, ...
+//!
+//! One rule for the VMM, its device models and the vhost-user daemons; no
+//! dependencies, so `devices` and `common` can both use it without
+//! depending on each other.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
