@@ -50,6 +50,10 @@ struct Args {
     /// image our daemon serves (needs --start-ours), the ceiling to compare with.
     #[arg(long, requires = "start_ours")]
     pread_baseline: bool,
+    /// Start qemu-storage-daemon with `cache.direct=on,aio=io_uring` (the
+    /// production setting on real disks), to compare with ours `--direct`.
+    #[arg(long, requires = "start_references")]
+    qsd_direct: bool,
     /// Arguments added to our vhost-blk-daemon's command line (e.g. "--num-queues 2").
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     ours_args: Vec<String>,
@@ -254,7 +258,12 @@ fn start_references(
     let image = dir.join("qsd.img");
     fill_image(&image, args.image_mib << 20).map_err(|e| format!("{}: {e}", image.display()))?;
     let mut daemons = Vec::new();
-    let qsd = Daemon::qemu_storage_daemon_blk(&image, &dir.join("qsd.sock"), &QsdOpts::default())
+    let qsd_opts = QsdOpts {
+        direct: args.qsd_direct,
+        aio: args.qsd_direct.then(|| "io_uring".to_owned()),
+        ..QsdOpts::default()
+    };
+    let qsd = Daemon::qemu_storage_daemon_blk(&image, &dir.join("qsd.sock"), &qsd_opts)
         .map_err(|e| chain(&e))?;
     blk.push(Spec {
         name: "qsd".into(),
