@@ -143,6 +143,11 @@ impl Uring {
             }
         })?;
         self.ring.submit()?;
+        // Reads from the page cache complete within the submission: reap
+        // them now, clearing the eventfd first so that their completions
+        // do not wake the worker once more for nothing (a CQE posted after
+        // the clear signals it again).
+        let _ = self.eventfd.read();
         self.reap()?;
         self.publish()
     }
