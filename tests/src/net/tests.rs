@@ -12,6 +12,7 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{self, Malformed, UdpFrame};
 use super::*;
@@ -79,6 +80,47 @@ fn hdr_with_buffers(n: u16) -> Vec<u8> {
     }
     .to_bytes()
     .to_vec()
+}
+
+/// What the device writes for `frame` spread over `n` buffers: the header
+/// saying so, then the frame.
+fn wire(n: u16, frame: &[u8]) -> Vec<u8> {
+    let mut w = hdr_with_buffers(n);
+    w.extend_from_slice(frame);
+    w
+}
+
+/// One-descriptor mergeable RX buffers of `buf_len` bytes.
+fn merged(buf_len: u32) -> RxLayout {
+    RxLayout {
+        buf_len,
+        descs_per_buf: 1,
+        mergeable: true,
+    }
+}
+
+/// `setup(size)` with an RX ring of `layout` on it, every buffer posted.
+fn rx_setup(size: u16, layout: RxLayout) -> (Arc<GuestMem>, VirtQueue, Queue, RxRing) {
+    let (mem, mut vq, dev) = setup(size);
+    let mut rx = RxRing::new(&vq, layout).unwrap();
+    let posted = rx.fill(&mut vq).unwrap();
+    assert_eq!(posted, rx.buffers(), "fill posts every buffer");
+    (mem, vq, dev, rx)
+}
+
+/// The device side of a test thread: `try_once` until it gives something,
+/// waiting for the driver's kick in between (the eventfd is non-blocking);
+/// fails after 5 s with "no `what` arrived".
+fn poll_device<T>(kick: &EventFd, what: &str, mut try_once: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(t) = try_once() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no {what} arrived");
+        let _ = kick.read();
+        std::thread::yield_now();
+    }
 }
 
 // -------------------------------------------------------------- TX ----
@@ -201,18 +243,10 @@ fn oversize_raw_send_uses_scratch_and_waits_for_it() {
     let call = vq.call_fd().try_clone().unwrap();
     let dmem = mem.clone();
     let device = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some((head, parts, _)) = device_read(&dmem, &mut dev) {
-                dev.add_used(dmem.mem(), head, 0).unwrap();
-                call.write(1).unwrap();
-                return parts;
-            }
-            assert!(Instant::now() < deadline, "no chain arrived");
-            // Wait for the driver's kick (the eventfd is non-blocking).
-            let _ = kick.read();
-            std::thread::yield_now();
-        }
+        let (head, parts, _) = poll_device(&kick, "chain", || device_read(&dmem, &mut dev));
+        dev.add_used(dmem.mem(), head, 0).unwrap();
+        call.write(1).unwrap();
+        parts
     });
     tx.send_raw(&mut vq, &bytes, Duration::from_secs(5))
         .unwrap();
@@ -225,19 +259,11 @@ fn oversize_raw_send_uses_scratch_and_waits_for_it() {
 
 #[test]
 fn rx_merged_frame_spanning_three_small_buffers_is_reassembled() {
-    let (mem, mut vq, mut dev) = setup(8);
-    let layout = RxLayout {
-        buf_len: 64,
-        descs_per_buf: 1,
-        mergeable: true,
-    };
-    let mut rx = RxRing::new(&vq, layout).unwrap();
-    assert_eq!(rx.fill(&mut vq).unwrap(), 8);
+    let (mem, mut vq, mut dev, mut rx) = rx_setup(8, merged(64));
+    assert_eq!(rx.posted(), 8);
     // 12 + 150 = 162 bytes = 64 + 64 + 34.
     let frame = UdpFrame::default().build_len(150, 77);
-    let mut wire = hdr_with_buffers(3);
-    wire.extend_from_slice(&frame);
-    for chunk in wire.chunks(64) {
+    for chunk in wire(3, &frame).chunks(64) {
         device_write(&mem, &mut dev, chunk);
     }
     let (hdr, data) = rx.recv(&mut vq, Duration::from_secs(1)).unwrap();
@@ -249,17 +275,9 @@ fn rx_merged_frame_spanning_three_small_buffers_is_reassembled() {
 
 #[test]
 fn rx_merged_frame_arriving_in_pieces_waits_for_the_rest() {
-    let (mem, mut vq, mut dev) = setup(4);
-    let layout = RxLayout {
-        buf_len: 32,
-        descs_per_buf: 1,
-        mergeable: true,
-    };
-    let mut rx = RxRing::new(&vq, layout).unwrap();
-    rx.fill(&mut vq).unwrap();
+    let (mem, mut vq, mut dev, mut rx) = rx_setup(4, merged(32));
     let frame = frame::pattern(40, 1);
-    let mut wire = hdr_with_buffers(2);
-    wire.extend_from_slice(&frame);
+    let wire = wire(2, &frame);
     device_write(&mem, &mut dev, &wire[..32]);
     assert!(rx.try_recv(&mut vq).unwrap().is_none(), "half a frame");
     assert!(rx
@@ -272,35 +290,27 @@ fn rx_merged_frame_arriving_in_pieces_waits_for_the_rest() {
 
 #[test]
 fn rx_chained_buffer_without_mrg_holds_a_big_frame() {
-    let (mem, mut vq, mut dev) = setup(8);
     let layout = RxLayout {
         buf_len: 100,
         descs_per_buf: 4,
         mergeable: false,
     };
-    let mut rx = RxRing::new(&vq, layout).unwrap();
+    let (mem, mut vq, mut dev, mut rx) = rx_setup(8, layout);
     assert_eq!(rx.buffers(), 2, "8 descriptors / 4 per buffer");
-    rx.fill(&mut vq).unwrap();
     let frame = frame::pattern(380, 5);
-    let mut wire = hdr_with_buffers(1);
-    wire.extend_from_slice(&frame);
-    device_write(&mem, &mut dev, &wire);
+    device_write(&mem, &mut dev, &wire(1, &frame));
     assert_eq!(rx.recv(&mut vq, Duration::from_secs(1)).unwrap().1, frame);
 }
 
 #[test]
 fn refill_keeps_the_ring_full() {
-    let (mem, mut vq, mut dev) = setup(8);
-    let mut rx = RxRing::new(&vq, RxLayout::for_features(false, false)).unwrap();
-    rx.fill(&mut vq).unwrap();
+    let (mem, mut vq, mut dev, mut rx) = rx_setup(8, RxLayout::for_features(false, false));
     assert_eq!((rx.posted(), vq.free_descs()), (8, 0));
     // Three rounds over an 8-entry ring: the device can only keep going if
     // every buffer it used came back.
     for i in 0..24u8 {
         let frame = UdpFrame::default().build_len(64 + usize::from(i), i);
-        let mut wire = hdr_with_buffers(1);
-        wire.extend_from_slice(&frame);
-        device_write(&mem, &mut dev, &wire);
+        device_write(&mem, &mut dev, &wire(1, &frame));
         let (_, data) = rx.recv(&mut vq, Duration::from_secs(1)).unwrap();
         assert_eq!(data, frame);
         assert_eq!((rx.posted(), vq.free_descs()), (8, 0), "after frame {i}");
@@ -309,19 +319,9 @@ fn refill_keeps_the_ring_full() {
 
 #[test]
 fn rx_count_counts_merged_frames_without_copying() {
-    let (mem, mut vq, mut dev) = setup(8);
-    let layout = RxLayout {
-        buf_len: 64,
-        descs_per_buf: 1,
-        mergeable: true,
-    };
-    let mut rx = RxRing::new(&vq, layout).unwrap();
-    rx.fill(&mut vq).unwrap();
-    let mut one = hdr_with_buffers(1);
-    one.extend_from_slice(&[1; 40]);
-    device_write(&mem, &mut dev, &one);
-    let mut two = hdr_with_buffers(2);
-    two.extend_from_slice(&[2; 100]);
+    let (mem, mut vq, mut dev, mut rx) = rx_setup(8, merged(64));
+    device_write(&mem, &mut dev, &wire(1, &[1; 40]));
+    let two = wire(2, &[2; 100]);
     device_write(&mem, &mut dev, &two[..64]);
     device_write(&mem, &mut dev, &two[64..]);
     let c = rx.recv_count(&mut vq, Duration::from_secs(1)).unwrap();
@@ -341,18 +341,9 @@ fn rx_count_counts_merged_frames_without_copying() {
 
 #[test]
 fn rx_count_skips_buffers_shorter_than_the_header() {
-    let (mem, mut vq, mut dev) = setup(8);
-    let layout = RxLayout {
-        buf_len: 64,
-        descs_per_buf: 1,
-        mergeable: true,
-    };
-    let mut rx = RxRing::new(&vq, layout).unwrap();
-    rx.fill(&mut vq).unwrap();
+    let (mem, mut vq, mut dev, mut rx) = rx_setup(8, merged(64));
     device_write(&mem, &mut dev, &[]);
-    let mut one = hdr_with_buffers(1);
-    one.extend_from_slice(&[1; 40]);
-    device_write(&mem, &mut dev, &one);
+    device_write(&mem, &mut dev, &wire(1, &[1; 40]));
     let c = rx.recv_count(&mut vq, Duration::from_secs(1)).unwrap();
     assert_eq!((c.frames, c.bytes, c.buffers, c.short), (1, 40, 2, 1));
     assert_eq!(rx.posted(), 8);
@@ -360,14 +351,7 @@ fn rx_count_skips_buffers_shorter_than_the_header() {
 
 #[test]
 fn rx_rejects_bad_device_answers() {
-    let (mem, mut vq, mut dev) = setup(8);
-    let layout = RxLayout {
-        buf_len: 64,
-        descs_per_buf: 1,
-        mergeable: true,
-    };
-    let mut rx = RxRing::new(&vq, layout).unwrap();
-    rx.fill(&mut vq).unwrap();
+    let (mem, mut vq, mut dev, mut rx) = rx_setup(8, merged(64));
     device_write(&mem, &mut dev, &[0; 8]);
     let e = rx.recv(&mut vq, Duration::from_secs(1)).unwrap_err();
     assert!(matches!(e, NetError::RxShort { len: 8, .. }), "{e}");
@@ -400,15 +384,7 @@ fn ctrl_command_layout_and_ack() {
     let call = vq.call_fd().try_clone().unwrap();
     let dmem = mem.clone();
     let device = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let chain = loop {
-            if let Some(c) = dev.pop_descriptor_chain(dmem.mem()) {
-                break c;
-            }
-            assert!(Instant::now() < deadline, "no command arrived");
-            let _ = kick.read();
-            std::thread::yield_now();
-        };
+        let chain = poll_device(&kick, "command", || dev.pop_descriptor_chain(dmem.mem()));
         let head = chain.head_index();
         let descs: Vec<_> = chain.collect();
         let mut out = Vec::new();
