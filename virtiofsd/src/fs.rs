@@ -44,6 +44,23 @@ fn is_dir(st: &stat64) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
+/// Trait methods that only pass the call on to `self.inner`, listed by
+/// signature; after `writable;`, each first refuses with EROFS under
+/// `--readonly`.
+macro_rules! forward {
+    (writable; $($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
+        $($(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
+            self.writable()?;
+            self.inner.$name($($arg),*)
+        })*
+    };
+    ($($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
+        $($(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
+            self.inner.$name($($arg),*)
+        })*
+    };
+}
+
 /// The wrapper.
 pub struct Guarded<FS> {
     inner: FS,
@@ -210,48 +227,11 @@ where
         Ok(opts)
     }
 
-    fn destroy(&self) {
-        self.inner.destroy()
-    }
-
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
         check_name(name)?;
         let mut entry = self.inner.lookup(ctx, parent, name)?;
         self.mark_submount(ctx, parent, &mut entry);
         Ok(entry)
-    }
-
-    fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
-        self.inner.forget(ctx, inode, count)
-    }
-
-    fn batch_forget(&self, ctx: &Context, requests: Vec<(Self::Inode, u64)>) {
-        self.inner.batch_forget(ctx, requests)
-    }
-
-    fn getattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Option<Self::Handle>,
-    ) -> io::Result<(stat64, Duration)> {
-        self.inner.getattr(ctx, inode, handle)
-    }
-
-    fn setattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        attr: stat64,
-        handle: Option<Self::Handle>,
-        valid: SetattrValid,
-    ) -> io::Result<(stat64, Duration)> {
-        self.writable()?;
-        self.inner.setattr(ctx, inode, attr, handle, valid)
-    }
-
-    fn readlink(&self, ctx: &Context, inode: Self::Inode) -> io::Result<Vec<u8>> {
-        self.inner.readlink(ctx, inode)
     }
 
     fn symlink(
@@ -359,148 +339,6 @@ where
         self.inner.create(ctx, parent, name, args)
     }
 
-    fn read(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        w: &mut dyn ZeroCopyWriter,
-        size: u32,
-        offset: u64,
-        lock_owner: Option<u64>,
-        flags: u32,
-    ) -> io::Result<usize> {
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn write(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        r: &mut dyn ZeroCopyReader,
-        size: u32,
-        offset: u64,
-        lock_owner: Option<u64>,
-        delayed_write: bool,
-        flags: u32,
-        fuse_flags: u32,
-    ) -> io::Result<usize> {
-        self.writable()?;
-        self.inner.write(
-            ctx,
-            inode,
-            handle,
-            r,
-            size,
-            offset,
-            lock_owner,
-            delayed_write,
-            flags,
-            fuse_flags,
-        )
-    }
-
-    fn flush(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        lock_owner: u64,
-    ) -> io::Result<()> {
-        self.inner.flush(ctx, inode, handle, lock_owner)
-    }
-
-    fn fsync(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        datasync: bool,
-        handle: Self::Handle,
-    ) -> io::Result<()> {
-        self.inner.fsync(ctx, inode, datasync, handle)
-    }
-
-    fn fallocate(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        mode: u32,
-        offset: u64,
-        length: u64,
-    ) -> io::Result<()> {
-        self.writable()?;
-        self.inner
-            .fallocate(ctx, inode, handle, mode, offset, length)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn release(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        flags: u32,
-        handle: Self::Handle,
-        flush: bool,
-        flock_release: bool,
-        lock_owner: Option<u64>,
-    ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
-    }
-
-    fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {
-        self.inner.statfs(ctx, inode)
-    }
-
-    fn setxattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        name: &CStr,
-        value: &[u8],
-        flags: u32,
-    ) -> io::Result<()> {
-        self.writable()?;
-        self.inner.setxattr(ctx, inode, name, value, flags)
-    }
-
-    fn getxattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        name: &CStr,
-        size: u32,
-    ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
-    }
-
-    fn listxattr(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        size: u32,
-    ) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
-    }
-
-    fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
-        self.writable()?;
-        self.inner.removexattr(ctx, inode, name)
-    }
-
-    fn opendir(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        flags: u32,
-    ) -> io::Result<(Option<Self::Handle>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags)
-    }
-
     fn readdir(
         &self,
         ctx: &Context,
@@ -564,127 +402,49 @@ where
         )
     }
 
-    fn fsyncdir(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        datasync: bool,
-        handle: Self::Handle,
-    ) -> io::Result<()> {
-        self.inner.fsyncdir(ctx, inode, datasync, handle)
+    // Refused with EROFS under --readonly, else passed through.
+    forward! {
+        writable;
+        fn setattr(ctx: &Context, inode: Self::Inode, attr: stat64, handle: Option<Self::Handle>, valid: SetattrValid) -> io::Result<(stat64, Duration)>;
+        fn write(ctx: &Context, inode: Self::Inode, handle: Self::Handle, r: &mut dyn ZeroCopyReader, size: u32, offset: u64, lock_owner: Option<u64>, delayed_write: bool, flags: u32, fuse_flags: u32) -> io::Result<usize>;
+        fn fallocate(ctx: &Context, inode: Self::Inode, handle: Self::Handle, mode: u32, offset: u64, length: u64) -> io::Result<()>;
+        fn setxattr(ctx: &Context, inode: Self::Inode, name: &CStr, value: &[u8], flags: u32) -> io::Result<()>;
+        fn removexattr(ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()>;
     }
 
-    fn releasedir(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        flags: u32,
-        handle: Self::Handle,
-    ) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
-    }
-
-    fn access(&self, ctx: &Context, inode: Self::Inode, mask: u32) -> io::Result<()> {
-        self.inner.access(ctx, inode, mask)
-    }
-
-    fn lseek(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        offset: u64,
-        whence: u32,
-    ) -> io::Result<u64> {
-        self.inner.lseek(ctx, inode, handle, offset, whence)
-    }
-
-    /// Query file lock status
-    fn getlk(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        owner: u64,
-        lock: FileLock,
-        flags: u32,
-    ) -> io::Result<FileLock> {
-        self.inner.getlk(ctx, inode, handle, owner, lock, flags)
-    }
-
-    /// Grab a file read lock
-    fn setlk(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        owner: u64,
-        lock: FileLock,
-        flags: u32,
-    ) -> io::Result<()> {
-        self.inner.setlk(ctx, inode, handle, owner, lock, flags)
-    }
-
-    /// Grab a file write lock
-    fn setlkw(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        owner: u64,
-        lock: FileLock,
-        flags: u32,
-    ) -> io::Result<()> {
-        self.inner.setlkw(ctx, inode, handle, owner, lock, flags)
-    }
-
-    /// send ioctl to the file
-    #[allow(clippy::too_many_arguments)]
-    fn ioctl(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        flags: u32,
-        cmd: u32,
-        data: IoctlData,
-        out_size: u32,
-    ) -> io::Result<IoctlData<'_>> {
-        self.inner
-            .ioctl(ctx, inode, handle, flags, cmd, data, out_size)
-    }
-
-    /// Query a file's block mapping info
-    fn bmap(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        block: u64,
-        blocksize: u32,
-    ) -> io::Result<u64> {
-        self.inner.bmap(ctx, inode, block, blocksize)
-    }
-
-    /// Poll a file's events
-    fn poll(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        handle: Self::Handle,
-        khandle: Self::Handle,
-        flags: u32,
-        events: u32,
-    ) -> io::Result<u32> {
-        self.inner.poll(ctx, inode, handle, khandle, flags, events)
-    }
-
-    /// Send notify reply.
-    fn notify_reply(&self) -> io::Result<()> {
-        self.inner.notify_reply()
-    }
-
-    #[inline]
-    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
-        self.inner.id_remap(ctx)
+    // Passed through unchanged.
+    forward! {
+        fn destroy();
+        fn forget(ctx: &Context, inode: Self::Inode, count: u64);
+        fn batch_forget(ctx: &Context, requests: Vec<(Self::Inode, u64)>);
+        fn getattr(ctx: &Context, inode: Self::Inode, handle: Option<Self::Handle>) -> io::Result<(stat64, Duration)>;
+        fn readlink(ctx: &Context, inode: Self::Inode) -> io::Result<Vec<u8>>;
+        fn read(ctx: &Context, inode: Self::Inode, handle: Self::Handle, w: &mut dyn ZeroCopyWriter, size: u32, offset: u64, lock_owner: Option<u64>, flags: u32) -> io::Result<usize>;
+        fn flush(ctx: &Context, inode: Self::Inode, handle: Self::Handle, lock_owner: u64) -> io::Result<()>;
+        fn fsync(ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()>;
+        fn release(ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle, flush: bool, flock_release: bool, lock_owner: Option<u64>) -> io::Result<()>;
+        fn statfs(ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64>;
+        fn getxattr(ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply>;
+        fn listxattr(ctx: &Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply>;
+        fn opendir(ctx: &Context, inode: Self::Inode, flags: u32) -> io::Result<(Option<Self::Handle>, OpenOptions)>;
+        fn fsyncdir(ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()>;
+        fn releasedir(ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()>;
+        fn access(ctx: &Context, inode: Self::Inode, mask: u32) -> io::Result<()>;
+        fn lseek(ctx: &Context, inode: Self::Inode, handle: Self::Handle, offset: u64, whence: u32) -> io::Result<u64>;
+        /// Query file lock status
+        fn getlk(ctx: &Context, inode: Self::Inode, handle: Self::Handle, owner: u64, lock: FileLock, flags: u32) -> io::Result<FileLock>;
+        /// Grab a file read lock
+        fn setlk(ctx: &Context, inode: Self::Inode, handle: Self::Handle, owner: u64, lock: FileLock, flags: u32) -> io::Result<()>;
+        /// Grab a file write lock
+        fn setlkw(ctx: &Context, inode: Self::Inode, handle: Self::Handle, owner: u64, lock: FileLock, flags: u32) -> io::Result<()>;
+        /// send ioctl to the file
+        fn ioctl(ctx: &Context, inode: Self::Inode, handle: Self::Handle, flags: u32, cmd: u32, data: IoctlData, out_size: u32) -> io::Result<IoctlData<'_>>;
+        /// Query a file's block mapping info
+        fn bmap(ctx: &Context, inode: Self::Inode, block: u64, blocksize: u32) -> io::Result<u64>;
+        /// Poll a file's events
+        fn poll(ctx: &Context, inode: Self::Inode, handle: Self::Handle, khandle: Self::Handle, flags: u32, events: u32) -> io::Result<u32>;
+        /// Send notify reply.
+        fn notify_reply() -> io::Result<()>;
+        fn id_remap(ctx: &mut Context) -> io::Result<()>;
     }
 }
