@@ -193,6 +193,17 @@ fn a_thousand_frames_each_way_none_lost() {
     assert!(got.iter().all(|&n| n == 1), "RX frames duplicated");
 }
 
+/// Injects a `len`-byte frame from the host (tagged `what`) and checks it
+/// reaches the driver on pair 0 unchanged; returns its header.
+fn host_frame_reaches_driver(r: &Rig, net: &mut NetClient, what: &str, len: usize) -> VirtioNetHdr {
+    let tag = unique_tag(what);
+    let frame = to_guest(&tag, len);
+    r.inject(&frame);
+    let (hdr, got) = driver_expect(net, 0, &tag);
+    assert!(got == frame, "{len}-byte frame changed");
+    hdr
+}
+
 #[test]
 fn a_frame_spans_small_merged_buffers() {
     let r = rig(&[]);
@@ -207,11 +218,7 @@ fn a_frame_spans_small_merged_buffers() {
     let mut net = r.connect(&opts);
     assert!(net.has_feature(VIRTIO_NET_F_MRG_RXBUF));
     for len in [64usize, 244, 245, 1500] {
-        let tag = unique_tag("mrg");
-        let frame = to_guest(&tag, len);
-        r.inject(&frame);
-        let (hdr, got) = driver_expect(&mut net, 0, &tag);
-        assert!(got == frame, "{len}-byte frame changed");
+        let hdr = host_frame_reaches_driver(&r, &mut net, "mrg", len);
         assert_eq!(
             usize::from(hdr.num_buffers),
             (12 + len).div_ceil(256),
@@ -232,11 +239,7 @@ fn big_buffers_without_mrg_rxbuf() {
     let layout = net.rx_ring(0).unwrap().layout();
     assert!(!layout.mergeable && layout.descs_per_buf > 1, "{layout:?}");
     for len in [64usize, 1500] {
-        let tag = unique_tag("big");
-        let frame = to_guest(&tag, len);
-        r.inject(&frame);
-        let (hdr, got) = driver_expect(&mut net, 0, &tag);
-        assert!(got == frame, "{len}-byte frame changed");
+        let hdr = host_frame_reaches_driver(&r, &mut net, "big", len);
         assert_eq!(hdr.num_buffers, 1, "{hdr:?}");
     }
     assert_tx(&mut net, &r.pkt, 0, &unique_tag("big-tx"));
@@ -488,6 +491,33 @@ fn a_tso_frame_without_host_tso4_is_dropped() {
     );
 }
 
+/// Injects `n` UDP flows from the host, each its own addresses and ports
+/// (so the kernel hashes them apart), flow `i` carrying `flow-i;`.
+fn inject_flows(r: &Rig, n: u16) {
+    for i in 0..n {
+        let f = UdpFrame {
+            src_mac: HOST_MAC,
+            dst_mac: GUEST_MAC,
+            src_ip: [10, 0, 1, i as u8],
+            src_port: 20000 + 7 * i,
+            dst_port: 6000 + i,
+            ..UdpFrame::default()
+        };
+        r.inject(&f.build(format!("flow-{i};").as_bytes()));
+    }
+}
+
+/// The flow number of a frame `inject_flows` sent; `None` for any other.
+fn flow_of(frame: &[u8]) -> Option<usize> {
+    let v = parse_udp(frame)?;
+    std::str::from_utf8(v.payload)
+        .ok()?
+        .strip_prefix("flow-")?
+        .strip_suffix(';')?
+        .parse()
+        .ok()
+}
+
 #[test]
 fn two_queue_pairs() {
     let mut r = rig_with(true, &["--num-queue-pairs", "2"]);
@@ -504,17 +534,7 @@ fn two_queue_pairs() {
     }
     // Many flows from the host: the kernel spreads them over both queues.
     const FLOWS: u16 = 64;
-    for i in 0..FLOWS {
-        let f = UdpFrame {
-            src_mac: HOST_MAC,
-            dst_mac: GUEST_MAC,
-            src_ip: [10, 0, 1, i as u8],
-            src_port: 20000 + 7 * i,
-            dst_port: 6000 + i,
-            ..UdpFrame::default()
-        };
-        r.inject(&f.build(format!("flow-{i};").as_bytes()));
-    }
+    inject_flows(&r, FLOWS);
     let mut per_pair = [0u32; 2];
     let mut seen = vec![false; usize::from(FLOWS)];
     let deadline = Instant::now() + T;
@@ -525,15 +545,7 @@ fn two_queue_pairs() {
                 Err(e) if e.is_timeout() => continue,
                 Err(e) => panic!("RX on pair {pair}: {e}"),
             };
-            let Some(v) = parse_udp(&f) else { continue };
-            let Some(i) = std::str::from_utf8(v.payload).ok().and_then(|p| {
-                p.strip_prefix("flow-")?
-                    .strip_suffix(';')?
-                    .parse::<usize>()
-                    .ok()
-            }) else {
-                continue;
-            };
+            let Some(i) = flow_of(&f) else { continue };
             assert!(!seen[i], "flow {i} twice");
             seen[i] = true;
             per_pair[usize::from(pair)] += 1;
@@ -568,17 +580,7 @@ fn frames_all_reach_the_one_enabled_pair_of_two() {
     // Many flows from the host: with both tap queues attached about half
     // of them would be steered to queue 1.
     const FLOWS: u16 = 64;
-    for i in 0..FLOWS {
-        let f = UdpFrame {
-            src_mac: HOST_MAC,
-            dst_mac: GUEST_MAC,
-            src_ip: [10, 0, 1, i as u8],
-            src_port: 20000 + 7 * i,
-            dst_port: 6000 + i,
-            ..UdpFrame::default()
-        };
-        r.inject(&f.build(format!("flow-{i};").as_bytes()));
-    }
+    inject_flows(&r, FLOWS);
     let mut seen = vec![false; usize::from(FLOWS)];
     while seen.iter().any(|s| !s) {
         let f = match net.recv(0, T) {
@@ -590,15 +592,7 @@ fn frames_all_reach_the_one_enabled_pair_of_two() {
                     .collect::<Vec<_>>()
             ),
         };
-        let Some(v) = parse_udp(&f) else { continue };
-        let Some(i) = std::str::from_utf8(v.payload).ok().and_then(|p| {
-            p.strip_prefix("flow-")?
-                .strip_suffix(';')?
-                .parse::<usize>()
-                .ok()
-        }) else {
-            continue;
-        };
+        let Some(i) = flow_of(&f) else { continue };
         assert!(!seen[i], "flow {i} twice");
         seen[i] = true;
     }
