@@ -53,6 +53,7 @@
 //!
 //! Runs alternate between the two VMMs; the table shows medians.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -123,6 +124,20 @@ struct Backends {
     blk: PathBuf,
     fs: PathBuf,
     net: PathBuf,
+}
+
+impl Backends {
+    /// Our VMM's options for the three devices.
+    fn vmm_args(&self) -> [OsString; 6] {
+        [
+            "--disk".into(),
+            format!("socket={}", self.blk.display()).into(),
+            "--fs".into(),
+            format!("tag={TAG},socket={}", self.fs.display()).into(),
+            "--net".into(),
+            format!("socket={},mac={MAC}", self.net.display()).into(),
+        ]
+    }
 }
 
 fn backends() -> Result<Backends, String> {
@@ -376,12 +391,7 @@ fn vmm_command(vmm: &Path, guest: &Path, b: &Backends, mib: u32) -> Command {
     cmd.arg("--kernel")
         .arg(guest)
         .args(["--memory", &format!("size={mib}M"), "--serial", "stdio"])
-        .arg("--disk")
-        .arg(format!("socket={}", b.blk.display()))
-        .arg("--fs")
-        .arg(format!("tag={TAG},socket={}", b.fs.display()))
-        .arg("--net")
-        .arg(format!("socket={},mac={MAC}", b.net.display()));
+        .args(b.vmm_args());
     cmd
 }
 
@@ -426,31 +436,41 @@ fn median_kib(mut v: Vec<u64>) -> Option<u64> {
     v.get(v.len().checked_sub(1)? / 2).copied()
 }
 
+/// The memory rows' cells (overhead, RssAnon, VmRSS): the medians of
+/// what the runs measured.
+fn memory_cells<'a>(measured: impl Iterator<Item = &'a Memory> + Clone) -> [String; 3] {
+    let k = |f: fn(&Memory) -> u64| kib(median_kib(measured.clone().map(f).collect()));
+    [k(|m| m.overhead), k(|m| m.anon), k(|m| m.vm_rss)]
+}
+
+/// Prints the table: one row a line, our VMM's column and QEMU's (empty
+/// without QEMU), each `width` wide.
+fn print_table(rows: &[&str], heads: [&str; 2], ours: &[String], qemu: &[String], width: usize) {
+    let [vmm, qemu_head] = heads;
+    println!("{:<48} {vmm:>width$} {qemu_head:>width$}", "");
+    for (i, row) in rows.iter().enumerate() {
+        let q = qemu.get(i).map_or("", String::as_str);
+        println!("{row:<48} {:>width$} {q:>width$}", ours[i]);
+    }
+}
+
 /// The medians of one VMM's runs, as table cells.
 fn column(timed: &[Run], mem: &[Run]) -> Vec<String> {
     let t = |f: fn(&Run) -> Option<Duration>| ms(median(timed.iter().filter_map(f).collect()));
-    let k = |f: fn(&Memory) -> u64| {
-        kib(median_kib(
-            mem.iter()
-                .filter_map(|r| r.memory.as_ref().map(f))
-                .collect(),
-        ))
-    };
-    vec![
+    let mut cells = vec![
         t(|r| r.post),
         t(|r| r.post_internal),
         t(|r| r.entry),
         t(|r| r.devices),
         t(|r| r.exit),
-        k(|m| m.overhead),
-        k(|m| m.anon),
-        k(|m| m.vm_rss),
-        format!(
-            "{}/{}",
-            timed.iter().chain(mem).filter(|r| r.ok).count(),
-            timed.len() + mem.len()
-        ),
-    ]
+    ];
+    cells.extend(memory_cells(mem.iter().filter_map(|r| r.memory.as_ref())));
+    cells.push(format!(
+        "{}/{}",
+        timed.iter().chain(mem).filter(|r| r.ok).count(),
+        timed.len() + mem.len()
+    ));
+    cells
 }
 
 fn main() -> ExitCode {
@@ -544,20 +564,12 @@ fn bench(args: &Args) -> Result<(), String> {
         "median of {} runs each; test guest, {} MiB, 1 vCPU, vhost-user blk + fs + net (our daemons)",
         args.runs, args.memory_mib
     );
-    println!("{:<48} {:>12} {:>14}", "", "vmm", qemu_name);
-    for (i, row) in rows.iter().enumerate() {
-        println!(
-            "{row:<48} {:>12} {:>14}",
-            ours_col[i],
-            qemu_col.get(i).map_or("", String::as_str)
-        );
-    }
+    print_table(&rows, ["vmm", &qemu_name], &ours_col, &qemu_col, 14);
     Ok(())
 }
 
 /// `--guest linux`: the Linux kit under both VMMs.
 mod linux {
-    use std::ffi::OsString;
     use std::io::Read;
     use std::sync::mpsc::Sender;
 
@@ -828,13 +840,8 @@ echo "VUTEST-KV mac=$(cat /sys/class/net/eth0/address)"
             os("boot=1"),
             os("--serial"),
             os("stdio"),
-            os("--disk"),
-            os(format!("socket={}", b.blk.display())),
-            os("--fs"),
-            os(format!("tag={TAG},socket={}", b.fs.display())),
-            os("--net"),
-            os(format!("socket={},mac={MAC}", b.net.display())),
-        ]);
+        ])
+        .args(b.vmm_args());
         cmd
     }
 
@@ -863,14 +870,7 @@ echo "VUTEST-KV mac=$(cat /sys/class/net/eth0/address)"
     fn column(runs: &[Boot]) -> Vec<String> {
         let t =
             |f: fn(&Boot) -> Option<Duration>| secs(median(runs.iter().filter_map(f).collect()));
-        let k = |f: fn(&Memory) -> u64| {
-            kib(median_kib(
-                runs.iter()
-                    .filter_map(|r| r.memory.as_ref().map(f))
-                    .collect(),
-            ))
-        };
-        vec![
+        let mut cells = vec![
             t(|r| r.first_byte),
             t(|r| r.linux_version),
             t(|r| r.run_init),
@@ -878,11 +878,14 @@ echo "VUTEST-KV mac=$(cat /sys/class/net/eth0/address)"
             t(|r| r.begin),
             t(|r| r.result),
             t(|r| r.exit),
-            k(|m| m.overhead),
-            k(|m| m.anon),
-            k(|m| m.vm_rss),
-            format!("{}/{}", runs.iter().filter(|r| r.ok).count(), runs.len()),
-        ]
+        ];
+        cells.extend(memory_cells(runs.iter().filter_map(|r| r.memory.as_ref())));
+        cells.push(format!(
+            "{}/{}",
+            runs.iter().filter(|r| r.ok).count(),
+            runs.len()
+        ));
+        cells
     }
 
     pub(super) fn bench(args: &Args) -> Result<(), String> {
@@ -953,14 +956,7 @@ echo "VUTEST-KV mac=$(cat /sys/class/net/eth0/address)"
              one command line), {} MiB, 1 vCPU, vhost-user blk + fs + net (our daemons)",
             args.runs, linux.release, args.memory_mib
         );
-        println!("{:<48} {:>12} {:>12}", "", "vmm (kvm)", qemu_name);
-        for (i, row) in rows.iter().enumerate() {
-            println!(
-                "{row:<48} {:>12} {:>12}",
-                ours_col[i],
-                qemu_col.get(i).map_or("", String::as_str)
-            );
-        }
+        print_table(&rows, ["vmm (kvm)", &qemu_name], &ours_col, &qemu_col, 12);
         Ok(())
     }
 
