@@ -12,6 +12,8 @@ use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
 use vu_driver::fixture::{Daemon, TempDir};
 use vu_driver::fs::{FsClient, FsError, FsOptions, Layout, Malformed, Outcome, SetAttr};
 
+use crate::common::{assert_attr_is_host, dir_with_a_written_file, pattern};
+
 /// A running virtiofsd with a connected, initialised client.
 /// Fields drop in order: the client disconnects before the daemon is stopped.
 struct Setup {
@@ -34,12 +36,6 @@ fn start(cache: &str, opts: FsOptions) -> Setup {
         share,
         _sock_dir: sock_dir,
     }
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
-        .collect()
 }
 
 fn errno_of<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
@@ -153,17 +149,7 @@ fn metadata_operations_match_the_host() {
     let fs = &mut s.fs;
 
     // MKDIR, and a file inside it.
-    let dir = fs.mkdir(ROOT_ID, "dir", 0o750).unwrap();
-    let dmeta = fs::metadata(share.join("dir")).unwrap();
-    assert!(dmeta.is_dir());
-    assert_eq!(dmeta.mode() & 0o777, 0o750);
-    assert_eq!(dir.attr.ino, dmeta.ino());
-    let (f, open) = fs
-        .create(dir.nodeid, "a.txt", libc::S_IFREG | 0o600, libc::O_WRONLY)
-        .unwrap();
-    fs.write(open.fh, f.nodeid, 0, &pattern(3000, 1)).unwrap();
-    fs.fsync(open.fh, f.nodeid, false).unwrap();
-    fs.fsync(open.fh, f.nodeid, true).unwrap();
+    let (dir, f, open) = dir_with_a_written_file(fs, &share);
 
     // SETATTR: truncate through the handle, then chmod; GETATTR agrees with the host.
     let a = fs
@@ -203,17 +189,7 @@ fn metadata_operations_match_the_host() {
     assert_eq!(host.permissions().mode() & 0o777, 0o640);
     assert_eq!(host.mtime() as u64, mtime.0);
     assert_eq!(host.mtime_nsec() as u32, mtime.1);
-    assert_eq!(
-        (got.ino, got.size, got.mode, got.nlink, got.uid, got.gid),
-        (
-            host.ino(),
-            host.len(),
-            host.mode(),
-            host.nlink() as u32,
-            host.uid(),
-            host.gid()
-        )
-    );
+    assert_attr_is_host(&got, &host);
     assert_eq!((got.mtime, got.mtimensec), mtime);
     assert_eq!(
         fs::read(share.join("dir/a.txt")).unwrap(),

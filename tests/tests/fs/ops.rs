@@ -255,17 +255,7 @@ fn metadata_operations_match_the_host() {
     let share = s.share().to_path_buf();
     let fs = &mut s.fs;
 
-    let dir = fs.mkdir(ROOT_ID, "dir", 0o750).unwrap();
-    let dmeta = fs::metadata(share.join("dir")).unwrap();
-    assert!(dmeta.is_dir());
-    assert_eq!(dmeta.mode() & 0o777, 0o750);
-    assert_eq!(dir.attr.ino, dmeta.ino());
-    let (f, open) = fs
-        .create(dir.nodeid, "a.txt", libc::S_IFREG | 0o600, libc::O_WRONLY)
-        .unwrap();
-    fs.write(open.fh, f.nodeid, 0, &pattern(3000, 1)).unwrap();
-    fs.fsync(open.fh, f.nodeid, false).unwrap();
-    fs.fsync(open.fh, f.nodeid, true).unwrap();
+    let (dir, f, open) = dir_with_a_written_file(fs, &share);
 
     // SETATTR: truncate through the handle and by node, chmod, chown, utimes.
     let set = |fs: &mut FsClient, a: SetAttr| fs.setattr(f.nodeid, &a).unwrap().attr;
@@ -325,17 +315,7 @@ fn metadata_operations_match_the_host() {
     want.resize(1500, 0);
     assert_eq!(fs::read(share.join("dir/a.txt")).unwrap(), want);
     let got = fs.getattr(f.nodeid, None).unwrap().attr;
-    assert_eq!(
-        (got.ino, got.size, got.mode, got.nlink, got.uid, got.gid),
-        (
-            host.ino(),
-            host.len(),
-            host.mode(),
-            host.nlink() as u32,
-            host.uid(),
-            host.gid()
-        )
-    );
+    assert_attr_is_host(&got, &host);
 
     // LINK: a second name for the same node.
     let l = fs.link(f.nodeid, ROOT_ID, "hard").unwrap();

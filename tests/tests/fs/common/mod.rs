@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
+use fuse_backend_rs::abi::fuse_abi::{Attr, EntryOut, OpenOut, ROOT_ID};
 use vu_driver::fixture::{Daemon, TempDir};
 use vu_driver::fs::{FsClient, FsError, FsOptions};
 use vu_driver::ours::{spawn_virtiofsd, virtiofsd_command};
@@ -169,6 +169,39 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
         .collect()
+}
+
+/// MKDIR `dir` (0750) in the root, checked against the host, and in it
+/// `a.txt` created write-only (0600) with `pattern(3000, 1)` written and
+/// fsynced (data only, then all): the directory, the file, its open handle.
+pub fn dir_with_a_written_file(fs: &mut FsClient, share: &Path) -> (EntryOut, EntryOut, OpenOut) {
+    let dir = fs.mkdir(ROOT_ID, "dir", 0o750).unwrap();
+    let dmeta = fs::metadata(share.join("dir")).unwrap();
+    assert!(dmeta.is_dir());
+    assert_eq!(dmeta.mode() & 0o777, 0o750);
+    assert_eq!(dir.attr.ino, dmeta.ino());
+    let (f, open) = fs
+        .create(dir.nodeid, "a.txt", libc::S_IFREG | 0o600, libc::O_WRONLY)
+        .unwrap();
+    fs.write(open.fh, f.nodeid, 0, &pattern(3000, 1)).unwrap();
+    fs.fsync(open.fh, f.nodeid, false).unwrap();
+    fs.fsync(open.fh, f.nodeid, true).unwrap();
+    (dir, f, open)
+}
+
+/// GETATTR's inode, size, mode, links and owner are the host's.
+pub fn assert_attr_is_host(got: &Attr, host: &fs::Metadata) {
+    assert_eq!(
+        (got.ino, got.size, got.mode, got.nlink, got.uid, got.gid),
+        (
+            host.ino(),
+            host.len(),
+            host.mode(),
+            host.nlink() as u32,
+            host.uid(),
+            host.gid()
+        )
+    );
 }
 
 /// The errno of a failed request; panics on success or on a transport
