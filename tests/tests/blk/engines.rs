@@ -9,7 +9,8 @@ use std::fs;
 use std::process::Command;
 
 use vu_driver::blk::{status, BlkClient, BlkOptions, Request};
-use vu_driver::ours::BlkDaemonOpts;
+use vu_driver::fixture::create_sparse_image;
+use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
 
 use crate::common::*;
 
@@ -136,5 +137,54 @@ fn reads_past_the_end_of_a_shrunk_image_are_ioerr() {
             log.contains("host I/O error"),
             "{engine}: the failed reads are logged:\n{log}"
         );
+    }
+}
+
+/// SIGTERM while O_DIRECT reads of a disk image are in the kernel: every
+/// request the daemon took completes, with its data, before it exits 0.
+#[test]
+fn sigterm_with_direct_reads_in_the_kernel_completes_them() {
+    const N: u64 = 40;
+    const LEN: usize = 1 << 20;
+    for engine in ENGINES {
+        let dir = crate::io::VarTmpDir::new();
+        let image = dir.0.join("direct.img");
+        create_sparse_image(&image, N * LEN as u64).unwrap();
+        for i in 0..N {
+            host_write(&image, i * 2048, &pattern(i as u8, LEN));
+        }
+        let mut opts = opts(engine);
+        opts.direct = true;
+        let mut d = vhost_blk_daemon(&image, &dir.0.join("blk.sock"), &opts).unwrap();
+        let mut c = BlkClient::connect(d.socket(), &BlkOptions::default()).unwrap();
+        let mut q = c.queue(0);
+        let mem = q.virtqueue().mem().clone();
+        let mut want = std::collections::HashMap::new();
+        for i in 0..N {
+            let slot = q
+                .submit(Request::Read {
+                    sector: i * 2048,
+                    len: LEN as u32,
+                })
+                .unwrap();
+            want.insert(slot, i);
+        }
+        q.kick().unwrap();
+        // The first completion means the daemon took the whole batch.
+        let mut done = Vec::new();
+        q.reap(T, &mut done).unwrap();
+        d.signal(libc::SIGTERM).unwrap();
+        while done.len() < N as usize {
+            q.reap(T, &mut done)
+                .unwrap_or_else(|e| panic!("{engine}: {} of {N} completed: {e}", done.len()));
+        }
+        for c in &done {
+            let i = want.remove(&c.slot).expect("each slot completes once");
+            assert_eq!((c.status, c.used_len), (status::OK, LEN as u32 + 1));
+            let got = mem.read_vec(q.data_addr(c.slot), LEN).unwrap();
+            assert!(got == pattern(i as u8, LEN), "{engine}: request {i} data");
+        }
+        let exit = d.wait_timeout(T).unwrap().expect("exits after SIGTERM");
+        assert!(exit.success(), "{engine}: exit status {exit}");
     }
 }

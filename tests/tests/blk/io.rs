@@ -497,10 +497,10 @@ fn four_queues_at_depth_32_through_indirect_tables() {
 
 /// A directory under /var/tmp (a disk filesystem, unlike a tmpfs /tmp),
 /// removed on drop.
-struct VarTmpDir(PathBuf);
+pub(crate) struct VarTmpDir(pub(crate) PathBuf);
 
 impl VarTmpDir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
