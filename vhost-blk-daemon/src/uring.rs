@@ -37,6 +37,10 @@ struct RawIoVec {
 const _: () = assert!(std::mem::size_of::<RawIoVec>() == std::mem::size_of::<libc::iovec>());
 const _: () = assert!(std::mem::align_of::<RawIoVec>() == std::mem::align_of::<libc::iovec>());
 
+/// The alignment an O_DIRECT request needs to go through the ring: the
+/// largest logical block size, so no device refuses it.
+const DIRECT_ALIGN: usize = 4096;
+
 /// What one in-flight request needs until its CQE.
 #[derive(Default)]
 struct Slot {
@@ -214,12 +218,15 @@ impl Uring {
             }
         };
         let data = parsed.data(op == Op::Write);
-        // O_DIRECT wants aligned buffers; the synchronous path bounces
-        // those the kernel refuses.
+        // O_DIRECT wants aligned buffers and offsets; a request that is
+        // not aligned for any device goes the synchronous way, which
+        // bounces what the kernel refuses (a CQE has no second chance).
+        let aligned = |a: usize| a % DIRECT_ALIGN == 0;
         if blk.disk.direct()
-            && data
-                .iter()
-                .any(|v| (v.as_volatile_slice().ptr_guard().as_ptr() as usize | v.len()) % 512 != 0)
+            && !(aligned(offset as usize)
+                && data.iter().all(|v| {
+                    aligned(v.as_volatile_slice().ptr_guard().as_ptr() as usize) && aligned(v.len())
+                }))
         {
             let len = blk.outcome(self.queue, head, Ok(parsed.execute(&target)));
             self.ready.push((head, len));
