@@ -251,6 +251,8 @@ enum Op {
     Write,
     ReadAt(i64),
     WriteAt(i64),
+    ReadAtNoWait(i64),
+    WriteAtNoWait(i64),
 }
 
 /// One system call moving bytes between `fd` and at most [`IOV_MAX`] of
@@ -270,6 +272,8 @@ fn transfer(fd: &impl AsFd, iovs: &[GuestIoVec<'_>], op: Op) -> io::Result<usize
                 Op::Write => libc::writev(fd, ptr, n),
                 Op::ReadAt(off) => libc::preadv(fd, ptr, n, off),
                 Op::WriteAt(off) => libc::pwritev(fd, ptr, n, off),
+                Op::ReadAtNoWait(off) => libc::preadv2(fd, ptr, n, off, libc::RWF_NOWAIT),
+                Op::WriteAtNoWait(off) => libc::pwritev2(fd, ptr, n, off, libc::RWF_NOWAIT),
             }
         };
         if r >= 0 {
@@ -304,6 +308,18 @@ pub fn preadv(fd: &impl AsFd, iovs: &[GuestIoVec<'_>], off: u64) -> io::Result<u
 /// `pwritev(2)` from guest buffers (the first [`IOV_MAX`]); bytes written.
 pub fn pwritev(fd: &impl AsFd, iovs: &[GuestIoVec<'_>], off: u64) -> io::Result<usize> {
     transfer(fd, iovs, Op::WriteAt(offset(off)?))
+}
+
+/// `preadv2(2)` with `RWF_NOWAIT`: only what the page cache holds now;
+/// `EAGAIN` where that would block.
+pub fn preadv_nowait(fd: &impl AsFd, iovs: &[GuestIoVec<'_>], off: u64) -> io::Result<usize> {
+    transfer(fd, iovs, Op::ReadAtNoWait(offset(off)?))
+}
+
+/// `pwritev2(2)` with `RWF_NOWAIT`: `EAGAIN` (or `EOPNOTSUPP`) where the
+/// write would block.
+pub fn pwritev_nowait(fd: &impl AsFd, iovs: &[GuestIoVec<'_>], off: u64) -> io::Result<usize> {
+    transfer(fd, iovs, Op::WriteAtNoWait(offset(off)?))
 }
 
 #[cfg(test)]
@@ -379,6 +395,33 @@ mod tests {
         v.push(&mem, GuestAddress(0x10), 1).unwrap();
         assert!(v.take_last_byte().is_some());
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn nowait_reads_and_writes_reach_the_page_cache() {
+        let mem = two_regions();
+        let mut buf = IoVecBuf::default();
+        let mut v = buf.walk();
+        v.push(&mem, GuestAddress(0xffe), 4).unwrap();
+        let file = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        let f = file.as_file();
+        copy_in(v.as_slice(), b"wxyz");
+        match pwritev_nowait(f, v.as_slice(), 8) {
+            Ok(n) => assert_eq!(n, 4),
+            // Filesystems without non-blocking buffered writes.
+            Err(e) => {
+                assert!(matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EOPNOTSUPP)
+                ));
+                assert_eq!(pwritev(f, v.as_slice(), 8).unwrap(), 4);
+            }
+        }
+        copy_in(v.as_slice(), b"....");
+        assert_eq!(preadv_nowait(f, v.as_slice(), 8).unwrap(), 4);
+        let mut out = [0u8; 4];
+        copy_out(v.as_slice(), &mut out);
+        assert_eq!(&out, b"wxyz");
     }
 
     #[test]

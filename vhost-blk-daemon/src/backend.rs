@@ -37,7 +37,9 @@ const SECCOMP_BLK: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
-    // --aio io_uring.
+    // --aio io_uring (preadv2/pwritev2: RWF_NOWAIT on the page cache).
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
     libc::SYS_io_uring_setup,
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
