@@ -5,7 +5,8 @@
 //! worker), and the guest is signalled once per batch of completions.
 //! GET_ID, discard and write-zeroes, and requests that fail their checks,
 //! finish synchronously as with `--aio sync`; so do reads and writes of a
-//! buffered image that the page cache serves at once (`RWF_NOWAIT`).
+//! buffered image that the page cache serves at once (`RWF_NOWAIT`), and
+//! buffered reads or writes where the filesystem cannot tell (see `start`).
 //!
 //! A request in the kernel owns a slot: the iovecs the kernel reads and the
 //! `Arc` of the memory map they point into, both kept until its CQE.
@@ -92,6 +93,9 @@ pub struct Uring {
     mem: Option<Arc<Mem>>,
     /// Finished requests not yet on the used ring: (head, used length).
     ready: Vec<(u16, u32)>,
+    /// Buffered reads, writes run on the worker (the filesystem has no
+    /// `RWF_NOWAIT` for them).
+    blocking: [bool; 2],
     scratch: Scratch,
     blk: Arc<Blk>,
     queue: usize,
@@ -125,6 +129,7 @@ impl Uring {
             vring: None,
             mem: None,
             ready: Vec::new(),
+            blocking: [false; 2],
             scratch: Scratch::default(),
             blk,
             queue,
@@ -236,15 +241,35 @@ impl Uring {
         }
         // On the page cache, a read or write that need not wait is cheaper
         // done here than through the ring: try that first, and give the
-        // ring only what would block (or failed: the ring reports it).
+        // ring only what would block (or failed: the ring reports it). A
+        // filesystem that cannot tell whether a buffered read or write
+        // would block (EOPNOTSUPP: tmpfs for both, ext4 for writes) gets
+        // those here, as with `--aio sync`: through the ring each would go
+        // to a kernel worker thread, slower than the page-cache copy it is.
         let mut now = 0;
         if !blk.disk.direct() && op != Op::Flush {
-            let r = if op == Op::Read {
-                iov::preadv_nowait(blk.disk.file(), data, offset)
-            } else {
-                iov::pwritev_nowait(blk.disk.file(), data, offset)
-            };
-            now = r.unwrap_or(0);
+            let write = usize::from(op == Op::Write);
+            let mut blocking = self.blocking[write];
+            if !blocking {
+                let r = if op == Op::Read {
+                    iov::preadv_nowait(blk.disk.file(), data, offset)
+                } else {
+                    iov::pwritev_nowait(blk.disk.file(), data, offset)
+                };
+                match r {
+                    Ok(n) => now = n,
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        self.blocking[write] = true;
+                        blocking = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            if blocking {
+                let len = blk.outcome(self.queue, head, Ok(parsed.execute(&target)));
+                self.ready.push((head, len));
+                return Ok(());
+            }
             let total = iov::total_len(data);
             if now == total {
                 parsed.finish(status::OK);
