@@ -170,8 +170,11 @@ fn script_from_share_runs() {
 #[test]
 fn hung_guest_is_killed_at_the_timeout() {
     // The guest's own script timeout is raised (a later parameter wins), so
-    // the host has to kill QEMU.
-    let timeout = Duration::from_secs(12);
+    // the host has to kill QEMU. The timeout counts from QEMU's start and
+    // the guest must reach its script before it: Debian's kernel boots in
+    // ~5 s under TCG on an idle machine, but took over 12 s (the earlier
+    // value) on a loaded CI machine, so the test waits 90 s.
+    let timeout = Duration::from_secs(90);
     let err = QemuGuest::with_kit(kit())
         .cmdline_arg("vutest.timeout=100000")
         .script("vutest-kv sleeping 1\nsleep 1000\n")
