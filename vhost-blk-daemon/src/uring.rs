@@ -153,21 +153,32 @@ impl Uring {
                 log::error!("queue {}: io_uring submission failed: {e}", self.queue);
             }
         })?;
-        self.ring.submit()?;
+        // An error here must not end the worker: what was queued stays in
+        // the SQ for the next submission; what finished is published.
+        if let Err(e) = self.ring.submit() {
+            log::error!("queue {}: io_uring submission failed: {e}", self.queue);
+        }
         // Reads from the page cache complete within the submission: reap
         // them now, clearing the eventfd first so that their completions
         // do not wake the worker once more for nothing (a CQE posted after
         // the clear signals it again).
         let _ = self.eventfd.read();
-        self.reap()?;
+        self.reap_logged();
         self.publish()
+    }
+
+    /// [`Self::reap`], an error logged (the worker goes on).
+    fn reap_logged(&mut self) {
+        if let Err(e) = self.reap() {
+            log::error!("queue {}: io_uring submission failed: {e}", self.queue);
+        }
     }
 
     /// The ring's eventfd fired: completes what the kernel finished.
     pub fn completions(&mut self, w: &Worker<'_>) -> io::Result<()> {
         self.mem = Some(w.mem_arc());
         let _ = self.eventfd.read();
-        self.reap()?;
+        self.reap_logged();
         self.publish()
     }
 
@@ -197,9 +208,16 @@ impl Uring {
         };
         // A free slot first: a driver that reuses heads it has not got
         // back yet could otherwise make the daemon queue without bound.
+        // (Should the kernel fail the wait, the request fails below.)
         while self.free.is_empty() {
-            self.ring.submit_and_wait(1)?;
-            self.reap()?;
+            match self.ring.submit_and_wait(1) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("queue {}: waiting for io_uring: {e}", self.queue);
+                    break;
+                }
+                Ok(_) => self.reap()?,
+            }
         }
         let parsed = match request::parse(chain, &**mem, &mut self.scratch) {
             Ok(p) => p,
@@ -279,6 +297,8 @@ impl Uring {
             }
         }
         let Some(i) = self.free.pop() else {
+            parsed.finish(status::IOERR);
+            self.ready.push((head, 1));
             return Ok(());
         };
         let slot = &mut self.slots[i as usize];
@@ -297,7 +317,16 @@ impl Uring {
         slot.start = offset;
         slot.status_addr = parsed.status_addr;
         self.in_flight += 1;
-        self.push(i)
+        self.push_or_fail(i)
+    }
+
+    /// [`Self::push`], or the request fails (IOERR) if the kernel takes
+    /// no more.
+    fn push_or_fail(&mut self, i: u32) -> io::Result<()> {
+        match self.push(i) {
+            Ok(()) => Ok(()),
+            Err(e) => self.complete(i, -e.raw_os_error().unwrap_or(libc::EIO)),
+        }
     }
 
     /// Queues slot `i`'s SQE (making room in the SQ if it is full).
@@ -377,7 +406,7 @@ impl Uring {
                     // A short transfer: the rest goes in again.
                     advance(&mut slot.iovs, n);
                     slot.offset += n as u64;
-                    return self.push(i);
+                    return self.push_or_fail(i);
                 }
             }
         }
