@@ -52,29 +52,11 @@ die() {
     exit 1
 }
 
-if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo -n)
-else
-    SUDO=()
-fi
+# shellcheck source=scripts/lib-packages.sh
+. "$ROOT/scripts/lib-packages.sh"
 
 # --- 1. packages ------------------------------------------------------------
-missing=()
-for p in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
-    if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
-        "${SUDO[@]}" apt-get update -q >&2 || die "apt-get update failed"
-        "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-            || die "apt-get install ${missing[*]} failed"
-    fi
-fi
+install_packages "${PACKAGES[@]}" >/dev/null
 SRC_VERSION="$(dpkg-query -W -f='${Version}' "$SRC_PKG")"
 [ -n "$SRC_VERSION" ] || die "cannot read the version of $SRC_PKG"
 [ -f "$TARBALL" ] || die "$TARBALL missing (package $SRC_PKG $SRC_VERSION)"

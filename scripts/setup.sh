@@ -49,13 +49,8 @@ die() {
     exit 1
 }
 
-if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo -n)
-else
-    SUDO=()
-fi
+# shellcheck source=scripts/lib-packages.sh
+. "$ROOT/scripts/lib-packages.sh"
 
 APT_UPDATED=0
 apt_update() {
@@ -67,18 +62,9 @@ apt_update() {
 }
 
 # --- 1. host packages -------------------------------------------------------
-missing=()
-for p in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    apt_update
-    log "installing ${missing[*]}"
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-        || die "apt-get install ${missing[*]} failed"
-    SUMMARY+=("packages=installed(${#missing[@]})")
+installed="$(install_packages "${PACKAGES[@]}")"
+if [ "$installed" -gt 0 ]; then
+    SUMMARY+=("packages=installed($installed)")
 else
     SUMMARY+=("packages=ok")
 fi
