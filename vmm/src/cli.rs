@@ -4,18 +4,23 @@
 //! `--api-socket PATH` (the control API, [`crate::api`]), and the
 //! vhost-user devices, each option repeatable:
 //!
-//! - `--disk socket=PATH[,num_queues=N,queue_size=N]`: virtio-blk;
+//! - `--disk socket=PATH[,num_queues=N,queue_size=N,reconnect=SECS]`: virtio-blk;
 //!   `num_queues` request queues (default 1).
-//! - `--fs tag=TAG,socket=PATH[,num_queues=N,queue_size=N]`: virtio-fs;
+//! - `--fs tag=TAG,socket=PATH[,num_queues=N,queue_size=N,reconnect=SECS]`: virtio-fs;
 //!   `num_queues` request queues (default 1) besides the high-priority
 //!   queue, as in Cloud Hypervisor.
-//! - `--net socket=PATH[,mac=MAC,num_queues=N,queue_size=N]`: virtio-net;
-//!   `num_queues` counts RX and TX queues as Cloud Hypervisor does (2 per
+//! - `--net socket=PATH[,mac=MAC,num_queues=N,queue_size=N,reconnect=SECS]`:
+//!   virtio-net; `num_queues` counts RX and TX queues as Cloud Hypervisor does (2 per
 //!   queue pair, default 2, even); the device also has the control queue
 //!   after them, which the backend serves (VIRTIO_NET_F_CTRL_VQ).
 //!
 //! `queue_size` is the largest ring size offered to the driver, a power of
 //! two up to 32768 (default 256 for disks and NICs, 1024 for shares).
+//!
+//! `reconnect=SECS` (each device): when the backend's socket closes, how
+//! long the VMM retries the socket path before the device needs a reset;
+//! `0` retries forever, `off` never retries. Default: forever for disks and
+//! NICs, `off` for shares (a restarted virtiofsd has lost its node table).
 
 use std::path::PathBuf;
 
@@ -123,6 +128,30 @@ pub struct VhostUserConfig {
     /// virtio-net: the MAC shown when the backend does not serve the
     /// configuration space.
     pub mac: Option<[u8; 6]>,
+    /// `reconnect=`: what happens when the backend's socket closes.
+    pub reconnect: Reconnect,
+}
+
+/// `reconnect=SECS|off` of a vhost-user device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconnect {
+    /// `off`: the device needs a reset at once.
+    Off,
+    /// `0`: retry the socket path forever.
+    Forever,
+    /// `SECS`: retry for this long, then the device needs a reset.
+    For(std::time::Duration),
+}
+
+impl Reconnect {
+    /// The default of `kind`: forever for blk and net; off for fs, whose
+    /// restarted backend has lost the guest's node ids.
+    pub fn default_for(kind: DeviceKind) -> Self {
+        match kind {
+            DeviceKind::Block | DeviceKind::Net => Self::Forever,
+            DeviceKind::Fs => Self::Off,
+        }
+    }
 }
 
 impl VhostUserConfig {
@@ -275,9 +304,9 @@ fn parse_count(k: &str, v: &str) -> Result<usize, String> {
 /// `--disk`, `--fs` or `--net` of `kind`.
 pub fn parse_vhost_user(kind: DeviceKind, s: &str) -> Result<VhostUserConfig, String> {
     let known: &[&str] = match kind {
-        DeviceKind::Block => &["socket", "num_queues", "queue_size"],
-        DeviceKind::Fs => &["tag", "socket", "num_queues", "queue_size"],
-        DeviceKind::Net => &["socket", "mac", "num_queues", "queue_size"],
+        DeviceKind::Block => &["socket", "num_queues", "queue_size", "reconnect"],
+        DeviceKind::Fs => &["tag", "socket", "num_queues", "queue_size", "reconnect"],
+        DeviceKind::Net => &["socket", "mac", "num_queues", "queue_size", "reconnect"],
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut socket = None;
@@ -285,6 +314,7 @@ pub fn parse_vhost_user(kind: DeviceKind, s: &str) -> Result<VhostUserConfig, St
     let mut queue_size = None;
     let mut tag = None;
     let mut mac = None;
+    let mut reconnect = Reconnect::default_for(kind);
     for (k, v) in pairs(s)? {
         if !known.contains(&k) {
             return Err(format!("unknown key `{k}` (known: {})", known.join(", ")));
@@ -317,6 +347,7 @@ pub fn parse_vhost_user(kind: DeviceKind, s: &str) -> Result<VhostUserConfig, St
                 ))
             }
             "tag" => tag = Some(v.to_string()),
+            "reconnect" => reconnect = parse_reconnect(v)?,
             _ => mac = Some(parse_mac(v)?),
         }
     }
@@ -346,7 +377,20 @@ pub fn parse_vhost_user(kind: DeviceKind, s: &str) -> Result<VhostUserConfig, St
         queue_size: queue_size.unwrap_or_else(|| kind.default_queue_size()),
         tag,
         mac,
+        reconnect,
     })
+}
+
+/// `reconnect=SECS|off`.
+fn parse_reconnect(v: &str) -> Result<Reconnect, String> {
+    match v {
+        "off" => Ok(Reconnect::Off),
+        "0" => Ok(Reconnect::Forever),
+        _ => v
+            .parse::<u64>()
+            .map(|s| Reconnect::For(std::time::Duration::from_secs(s)))
+            .map_err(|_| format!("reconnect={v} is not seconds (0 = forever) or `off`")),
+    }
 }
 
 pub fn parse_disk(s: &str) -> Result<VhostUserConfig, String> {
@@ -458,9 +502,24 @@ mod tests {
                 queue_size: 256,
                 tag: None,
                 mac: None,
+                reconnect: Reconnect::Forever,
             }
         );
         assert_eq!(d.device_queues(), 1);
+        let r = |s: &str| parse_disk(s).map(|d| d.reconnect);
+        assert_eq!(r("socket=/b,reconnect=0"), Ok(Reconnect::Forever));
+        assert_eq!(r("socket=/b,reconnect=off"), Ok(Reconnect::Off));
+        assert_eq!(
+            r("socket=/b,reconnect=5"),
+            Ok(Reconnect::For(std::time::Duration::from_secs(5)))
+        );
+        assert!(r("socket=/b,reconnect=-1")
+            .unwrap_err()
+            .contains("not seconds"));
+        assert_eq!(
+            parse_fs("tag=t,socket=/f").map(|d| d.reconnect),
+            Ok(Reconnect::Off)
+        );
         let d = parse_disk("num_queues=4,socket=/b,queue_size=128").unwrap();
         assert_eq!((d.num_queues, d.queue_size, d.device_queues()), (4, 128, 4));
         let err = |s: &str| parse_disk(s).unwrap_err();
