@@ -1,8 +1,9 @@
 //! The command line, in Cloud Hypervisor's style: `--kernel`, `--initramfs`,
 //! `--cmdline`, `--cpus boot=N`, `--memory size=512M[,file=PATH]`,
-//! `--serial stdio|file=PATH|socket=PATH|off`, `--log-level`,
-//! `--api-socket PATH` (the control API, [`crate::api`]), and the
-//! vhost-user devices, each option repeatable:
+//! `--serial stdio|file=PATH|socket=PATH|off`, `--log-level`, `-v`,
+//! `--log-file PATH`, `--seccomp true|false|log`, `--api-socket PATH` (the
+//! control API, [`crate::api`]), and the vhost-user devices, each option
+//! repeatable:
 //!
 //! - `--disk socket=PATH[,num_queues=N,queue_size=N,reconnect=SECS]`: virtio-blk;
 //!   `num_queues` request queues (default 1).
@@ -21,6 +22,10 @@
 //! long the VMM retries the socket path before the device needs a reset;
 //! `0` retries forever, `off` never retries. Default: forever for disks and
 //! NICs, `off` for shares (a restarted virtiofsd has lost its node table).
+//!
+//! Without `--kernel`, `--api-socket` is required and the VMM starts empty:
+//! the VM comes from `vm.create` + `vm.boot` (see [`crate::config`], which
+//! turns these options and a `vm.create` body into the same config).
 
 use std::path::PathBuf;
 
@@ -33,8 +38,10 @@ use devices::vhost_user::DeviceKind;
 pub struct Args {
     /// Kernel to boot: an ELF vmlinux with a PVH note (PVH boot), another
     /// 64-bit ELF vmlinux, or a bzImage (64-bit Linux boot protocol).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    /// Without it the VMM starts empty and waits for `vm.create` on
+    /// `--api-socket`.
+    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk loaded at the top of low RAM.
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
@@ -64,6 +71,18 @@ pub struct Args {
     /// Log level: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: log::LevelFilter,
+    /// More log: each `-v` one level above `--log-level` (Cloud
+    /// Hypervisor's flag).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Write the log to PATH (appended) instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Cloud Hypervisor's seccomp switch, accepted for its callers (Kata
+    /// passes `--seccomp false`): the VMM has no seccomp filter yet, so
+    /// every value runs without one (logged at start).
+    #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
+    pub seccomp: String,
     /// A disk served by a vhost-user-blk backend:
     /// `socket=PATH[,num_queues=N,queue_size=N]`. Repeatable.
     #[arg(long = "disk", value_name = "socket=PATH[,...]", value_parser = parse_disk)]
@@ -82,6 +101,16 @@ pub struct Args {
 }
 
 impl Args {
+    /// `--log-level` raised by one level per `-v`.
+    pub fn log_filter(&self) -> log::LevelFilter {
+        let levels = log::LevelFilter::iter().collect::<Vec<_>>();
+        let at = levels
+            .iter()
+            .position(|l| *l == self.log_level)
+            .unwrap_or(0);
+        levels[(at + usize::from(self.verbose)).min(levels.len() - 1)]
+    }
+
     /// Every vhost-user device, in plug order: disks, shares, NICs.
     pub fn vhost_user_devices(&self) -> Vec<VhostUserConfig> {
         let mut all = self.disks.clone();
@@ -192,13 +221,10 @@ pub fn parse_cpus(s: &str) -> Result<CpusConfig, String> {
     for (k, v) in pairs(s)? {
         match k {
             "boot" => {
-                let n: u8 = v
+                let n: u64 = v
                     .parse()
                     .map_err(|_| format!("boot={v} is not a number from 1 to {MAX_VCPUS}"))?;
-                if n == 0 || n > MAX_VCPUS {
-                    return Err(format!("boot={n} is not from 1 to {MAX_VCPUS}"));
-                }
-                boot = Some(n);
+                boot = Some(check_vcpus(n).map_err(|e| format!("boot={e}"))?);
             }
             other => return Err(format!("unknown key `{other}` (known: boot)")),
         }
@@ -206,6 +232,30 @@ pub fn parse_cpus(s: &str) -> Result<CpusConfig, String> {
     Ok(CpusConfig {
         boot: boot.ok_or("missing boot=N")?,
     })
+}
+
+/// A vCPU count from 1 to [`MAX_VCPUS`]; the error starts with the number.
+pub fn check_vcpus(n: u64) -> Result<u8, String> {
+    match u8::try_from(n) {
+        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
+        _ => Err(format!("{n} is not from 1 to {MAX_VCPUS}")),
+    }
+}
+
+/// A guest RAM size: a multiple of 1 MiB from 2 MiB to 1 TiB.
+pub fn check_memory_size(size: u64) -> Result<u64, String> {
+    if size % MIB != 0 {
+        return Err(format!("size {size} is not a multiple of 1 MiB"));
+    }
+    if !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
+        return Err(format!(
+            "size {}M is not from {}M to {}M",
+            size / MIB,
+            MIN_MEMORY / MIB,
+            MAX_MEMORY / MIB
+        ));
+    }
+    Ok(size)
 }
 
 /// A size with an optional K/M/G/T suffix (binary units).
@@ -247,18 +297,7 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
             other => return Err(format!("unknown key `{other}` (known: size, file)")),
         }
     }
-    let size = size.ok_or("missing size=SIZE")?;
-    if size % MIB != 0 {
-        return Err(format!("size {size} is not a multiple of 1 MiB"));
-    }
-    if !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
-        return Err(format!(
-            "size {}M is not from {}M to {}M",
-            size / MIB,
-            MIN_MEMORY / MIB,
-            MAX_MEMORY / MIB
-        ));
-    }
+    let size = check_memory_size(size.ok_or("missing size=SIZE")?)?;
     Ok(MemoryConfig { size, file })
 }
 
@@ -303,6 +342,16 @@ fn parse_count(k: &str, v: &str) -> Result<usize, String> {
 
 /// `--disk`, `--fs` or `--net` of `kind`.
 pub fn parse_vhost_user(kind: DeviceKind, s: &str) -> Result<VhostUserConfig, String> {
+    vhost_user_from_pairs(kind, &pairs(s)?)
+}
+
+/// A device of `kind` from its `key=value` pairs, checked: the one parser
+/// of the command line's `--disk`/`--fs`/`--net` and of `vm.create`'s
+/// `disks`/`fs`/`net` (whose fields [`crate::config`] passes as pairs).
+pub fn vhost_user_from_pairs(
+    kind: DeviceKind,
+    pairs: &[(&str, &str)],
+) -> Result<VhostUserConfig, String> {
     let known: &[&str] = match kind {
         DeviceKind::Block => &["socket", "num_queues", "queue_size", "reconnect"],
         DeviceKind::Fs => &["tag", "socket", "num_queues", "queue_size", "reconnect"],
@@ -315,7 +364,7 @@ pub fn parse_vhost_user(kind: DeviceKind, s: &str) -> Result<VhostUserConfig, St
     let mut tag = None;
     let mut mac = None;
     let mut reconnect = Reconnect::default_for(kind);
-    for (k, v) in pairs(s)? {
+    for &(k, v) in pairs {
         if !known.contains(&k) {
             return Err(format!("unknown key `{k}` (known: {})", known.join(", ")));
         }
@@ -488,6 +537,55 @@ mod tests {
         assert_eq!(a.serial, SerialConfig::Stdio);
         assert!(Args::try_parse_from(["vmm"]).is_err());
         assert!(Args::try_parse_from(["vmm", "--kernel", "k", "--memory", "size=3M5"]).is_err());
+    }
+
+    #[test]
+    fn kata_flags_and_an_empty_vmm() {
+        // Kata's launch: the API socket alone, `-v`, `--seccomp false`.
+        let a = Args::try_parse_from([
+            "vmm",
+            "--api-socket",
+            "/run/clh-api.sock",
+            "-v",
+            "--seccomp",
+            "false",
+            "--log-file",
+            "/tmp/vmm.log",
+        ])
+        .unwrap();
+        assert_eq!(a.kernel, None);
+        assert_eq!(a.seccomp, "false");
+        assert_eq!(a.log_file.as_deref(), Some("/tmp/vmm.log".as_ref()));
+        assert_eq!(a.log_filter(), log::LevelFilter::Debug);
+        let a = Args::try_parse_from(["vmm", "--api-socket", "/a", "-vvvv"]).unwrap();
+        assert_eq!(a.log_filter(), log::LevelFilter::Trace);
+        let a = Args::try_parse_from(["vmm", "--api-socket", "/a", "--log-level", "off", "-v"])
+            .unwrap();
+        assert_eq!(a.log_filter(), log::LevelFilter::Error);
+        let a = Args::try_parse_from(["vmm", "--kernel", "k"]).unwrap();
+        assert_eq!(
+            (a.log_filter(), a.seccomp.as_str()),
+            (log::LevelFilter::Info, "true")
+        );
+        // Neither a kernel nor an API socket: nothing could ever run.
+        let e = Args::try_parse_from(["vmm", "-v"]).unwrap_err().to_string();
+        assert!(e.contains("--kernel"), "{e}");
+        assert!(Args::try_parse_from(["vmm", "--api-socket", "/a", "--seccomp", "no"]).is_err());
+    }
+
+    #[test]
+    fn counts_and_sizes_checked_alone() {
+        assert_eq!(check_vcpus(1), Ok(1));
+        assert_eq!(check_vcpus(254), Ok(254));
+        assert!(check_vcpus(0)
+            .unwrap_err()
+            .contains("0 is not from 1 to 254"));
+        assert!(check_vcpus(256).is_err());
+        assert_eq!(check_memory_size(64 << 20), Ok(64 << 20));
+        assert!(check_memory_size(1)
+            .unwrap_err()
+            .contains("multiple of 1 MiB"));
+        assert!(check_memory_size(2 << 40).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! [`VmController`]: the running VM as the control API sees it
-//! ([`api::VmControl`]).
+//! [`VmController`]: a built VM as the control API sees it (the
+//! [`crate::lifecycle::Vmm`] answers [`api::VmControl`] with it).
 //!
 //! The state machine is Created → Running ⇄ Paused → Shutdown. Pause and
 //! resume go through the [`VcpuGate`] (pause returns once every vCPU has
@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use devices::vhost_user::{DeviceKind, DeviceState};
 
-use crate::api::{
-    self, BackendState, ControlError, Counters, MemoryInfo, VmControl, VmInfo, VmState,
-};
+use crate::api::{self, BackendState, ControlError, Counters, MemoryInfo, VmInfo, VmState};
 use crate::event::VmEvent;
 use crate::platform::AcpiPm;
 use crate::vcpu::{VcpuCounters, VcpuGate};
@@ -45,7 +43,7 @@ pub struct VmController {
 }
 
 /// `block`, `fs` or `net`, as `vm.info` spells the kind.
-fn api_kind(kind: DeviceKind) -> &'static str {
+pub fn api_kind(kind: DeviceKind) -> &'static str {
     match kind {
         DeviceKind::Block => "block",
         DeviceKind::Fs => "fs",
@@ -78,6 +76,7 @@ pub fn backend_state(state: DeviceState, needs_reset: bool) -> BackendState {
     match state {
         DeviceState::Failed => BackendState::Failed,
         _ if needs_reset => BackendState::Failed,
+        DeviceState::Reconnecting => BackendState::Connecting,
         DeviceState::Ready | DeviceState::Active => BackendState::Connected,
     }
 }
@@ -165,6 +164,11 @@ impl VmController {
                 u64::from(backend_state(info.state, info.needs_reset) == BackendState::Failed),
             ),
             ("needs_reset", u64::from(info.needs_reset)),
+            (
+                "reconnecting",
+                u64::from(info.state == DeviceState::Reconnecting),
+            ),
+            ("reconnects", info.reconnects),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -172,8 +176,10 @@ impl VmController {
     }
 }
 
-impl VmControl for VmController {
-    fn info(&self) -> VmInfo {
+impl VmController {
+    /// State, vCPUs, memory and devices (`vm.info`; `config` and
+    /// `unsupported` are the lifecycle's to fill).
+    pub fn info(&self) -> VmInfo {
         let devices = self
             .devices
             .iter()
@@ -194,13 +200,17 @@ impl VmControl for VmController {
             .collect();
         VmInfo {
             state: self.state(),
+            config: serde_json::Value::Null,
+            memory_actual_size: self.memory,
+            unsupported: Vec::new(),
             cpus: self.cpus,
             memory: MemoryInfo { size: self.memory },
             devices,
         }
     }
 
-    fn counters(&self) -> Counters {
+    /// Per-device and per-vCPU counters (`vm.counters`).
+    pub fn counters(&self) -> Counters {
         let mut all = Counters::new();
         for (id, c) in self.vcpus.iter().enumerate() {
             all.insert(format!("vcpu{id}"), c.snapshot());
@@ -211,7 +221,8 @@ impl VmControl for VmController {
         all
     }
 
-    fn pause(&self) -> Result<(), ControlError> {
+    /// Pause the vCPUs (`vm.pause`).
+    pub fn pause(&self) -> Result<(), ControlError> {
         let mut state = self.lock_state();
         if *state != VmState::Running {
             return Err(Self::refuse("pause", *state));
@@ -227,7 +238,8 @@ impl VmControl for VmController {
         Ok(())
     }
 
-    fn resume(&self) -> Result<(), ControlError> {
+    /// Resume paused vCPUs (`vm.resume`).
+    pub fn resume(&self) -> Result<(), ControlError> {
         let mut state = self.lock_state();
         if *state != VmState::Paused {
             return Err(Self::refuse("resume", *state));
@@ -238,7 +250,8 @@ impl VmControl for VmController {
         Ok(())
     }
 
-    fn shutdown(&self) -> Result<(), ControlError> {
+    /// Stop the guest (`vm.shutdown`); the main loop keeps serving.
+    pub fn shutdown(&self) -> Result<(), ControlError> {
         let state = self.state();
         if state == VmState::Shutdown {
             return Err(Self::refuse("shut down", state));
@@ -250,7 +263,8 @@ impl VmControl for VmController {
         Ok(())
     }
 
-    fn power_button(&self) -> Result<(), ControlError> {
+    /// Send an ACPI power-button event (`vm.power-button`).
+    pub fn power_button(&self) -> Result<(), ControlError> {
         // Held across the press, so a shutdown cannot slip in between.
         let state = self.lock_state();
         if *state == VmState::Shutdown {
@@ -272,7 +286,9 @@ impl VmControl for VmController {
         Ok(())
     }
 
-    fn vmm_shutdown(&self) -> Result<(), ControlError> {
+    /// End the VM's main loop ([`crate::vm::Vm::run_serving`] returns):
+    /// for `vmm.shutdown` and `vm.delete`.
+    pub fn vmm_shutdown(&self) -> Result<(), ControlError> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let sent = events
             .as_ref()

@@ -10,7 +10,9 @@
 //! (`tests/layers.rs` checks that no import goes in a circle):
 //!
 //! 1. Leaves: [`event`] (what devices and vCPUs tell the main loop),
-//!    [`cli`] (the command line and device configs), [`layout`] (the
+//!    [`cli`] (the command line and device configs), [`config`] (the
+//!    VM's config from the command line or a `vm.create` body, over
+//!    [`cli`]'s checks), [`layout`] (the
 //!    address map and e820), [`bus`] (port-I/O and MMIO dispatch),
 //!    [`aml`] (the DSDT's AML), [`api`] (the control API's HTTP server
 //!    and the [`api::VmControl`] trait it calls).
@@ -27,6 +29,9 @@
 //! 5. [`control`]: the running VM as the API sees it (state machine,
 //!    pause, power button, counters).
 //! 6. [`vm`]: builds the VM from all of the above and runs its main loop.
+//! 7. [`lifecycle`]: the VMM's lifecycle (`vm.create`, `vm.boot`,
+//!    `vm.delete`, `vmm.shutdown`) over [`vm`] and [`control`]; the
+//!    [`api::VmControl`] the API server calls.
 
 pub mod acpi;
 pub mod aml;
@@ -34,10 +39,12 @@ pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod event;
 pub mod irq;
 pub mod layout;
+pub mod lifecycle;
 pub mod memory;
 pub mod pci;
 pub mod platform;

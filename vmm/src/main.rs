@@ -1,22 +1,26 @@
-//! `vmm --kernel PATH [--initramfs PATH] [--cmdline ..] [--cpus boot=N]
-//! [--memory size=..[,file=..]] [--serial ..] [--log-level ..]
-//! [--api-socket PATH] [--disk socket=..]... [--fs tag=..,socket=..]...
-//! [--net socket=..]...`
+//! `vmm [--kernel PATH [--initramfs PATH] [--cmdline ..] [--cpus boot=N]
+//! [--memory size=..[,file=..]] [--serial ..] [--disk socket=..]...
+//! [--fs tag=..,socket=..]... [--net socket=..]...] [--api-socket PATH]
+//! [--log-level ..] [-v]... [--log-file PATH] [--seccomp true|false|log]`
+//!
+//! With `--kernel` the VM is created and booted at once; without it (then
+//! `--api-socket` is required) the VMM starts empty and waits for
+//! `vm.create` and `vm.boot`, as Cloud Hypervisor does.
 //!
 //! Exits 0 when the guest powers off or resets (with `--api-socket`: on
-//! `vmm.shutdown`, after the guest ended or was stopped); 1 with one
-//! `error:` line when the VM cannot be built, the API socket cannot be
-//! bound, or a vCPU fails; 2 on a bad command line.
+//! `vmm.shutdown`); 1 with one `error:` line when the VM given on the
+//! command line cannot be built, the API socket cannot be bound, the log
+//! file cannot be opened, or a vCPU fails; 2 on a bad command line.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use std::os::unix::net::UnixListener;
-
 use clap::Parser;
 use vmm::api;
 use vmm::cli::Args;
-use vmm::vm::{exit_name, Vm, VmConfig, VmError, VmExit};
+use vmm::config;
+use vmm::lifecycle::{Runner, Vmm};
+use vmm::vm::{exit_name, VmError, VmExit};
 
 fn main() -> ExitCode {
     let start = Instant::now();
@@ -38,12 +42,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .format_target(false)
-        .init();
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(args.log_filter()).format_target(false);
+    if let Some(path) = &args.log_file {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => {
+                logger.target(env_logger::Target::Pipe(Box::new(file)));
+            }
+            Err(e) => {
+                eprintln!("error: log file {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    logger.init();
 
-    let devices = args.vhost_user_devices();
     // Bound before anything else, so a socket in use fails fast.
     let api = match args.api_socket.as_deref().map(api::bind).transpose() {
         Ok(api) => api,
@@ -52,26 +69,36 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = VmConfig {
-        kernel: args.kernel,
-        initramfs: args.initramfs,
-        cmdline: args.cmdline,
-        cpus: args.cpus.boot,
-        memory: args.memory,
-        serial: args.serial,
-        devices,
+    match args.seccomp.as_str() {
+        "true" => log::debug!("seccomp: the VMM has no seccomp filter yet"),
+        other => {
+            log::info!("--seccomp {other}: the VMM has no seccomp filter yet; nothing changes")
+        }
+    }
+    let (vmm, runner) = Vmm::new(start);
+    if let Some(plan) = config::from_cli(&args) {
+        // The command line's VM takes the API's path: create, then boot.
+        let booted = vmm.create_plan(plan).and_then(|()| vmm.boot_from_cli());
+        if let Err(e) = booted {
+            eprintln!("error: {}", vmm::error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match api {
+        None => runner.run(false),
+        Some((listener, socket_file)) => serve_and_run(vmm, runner, listener, socket_file),
     };
-    let result = Vm::new(&config, start).and_then(|vm| match api {
-        None => vm.run(),
-        Some((listener, socket_file)) => serve_and_run(vm, listener, socket_file),
-    });
     match result {
-        Ok(exit) => {
+        Ok(Some(exit)) => {
             log::info!(
                 "guest {} after {:.1} ms",
                 exit_name(exit),
                 start.elapsed().as_secs_f64() * 1000.0
             );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            log::info!("vmm.shutdown with no VM running");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -81,18 +108,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `vm` with the control API served on `listener` until
+/// Runs the VMM with the control API served on `listener` until
 /// `vmm.shutdown`; then stops the server (a reply being written is
 /// finished first) and removes the socket file.
 fn serve_and_run(
-    vm: Vm,
-    listener: UnixListener,
+    vmm: std::sync::Arc<Vmm>,
+    runner: Runner,
+    listener: std::os::unix::net::UnixListener,
     socket_file: api::SocketFile,
-) -> Result<VmExit, VmError> {
+) -> Result<Option<VmExit>, VmError> {
     let stop = api::ApiStop::new().map_err(VmError::Api)?;
-    let server = api::serve(listener, vm.controller(), stop.clone()).map_err(VmError::Api)?;
+    let server = api::serve(listener, vmm, stop.clone()).map_err(VmError::Api)?;
     log::info!("control API on {}", socket_file.path().display());
-    let result = vm.run_serving();
+    let result = runner.run(true);
     stop.stop();
     let _ = server.join();
     drop(socket_file);

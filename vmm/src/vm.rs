@@ -6,7 +6,6 @@
 //! the control API) returns on `vmm.shutdown`. [`Vm::controller`] is what
 //! the API acts on.
 
-use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,7 +16,6 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::acpi::{self, AcpiError};
 use crate::boot::{self, BootConfig, BootError};
 use crate::bus::{Bus, BusError};
-use crate::cli::{MemoryConfig, SerialConfig, VhostUserConfig};
 use crate::control::VmController;
 use crate::event::VmEvent;
 use crate::irq::IrqRouter;
@@ -33,18 +31,7 @@ use crate::vhost_user::{
     ActivationThread, DeviceError, DeviceInfo, Handshakes, VhostUserPci, Watcher,
 };
 
-/// What the VM is built from.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    pub kernel: PathBuf,
-    pub initramfs: Option<PathBuf>,
-    pub cmdline: String,
-    pub cpus: u8,
-    pub memory: MemoryConfig,
-    pub serial: SerialConfig,
-    /// vhost-user devices, plugged in this order from slot 1.
-    pub devices: Vec<VhostUserConfig>,
-}
+pub use crate::config::VmConfig;
 
 /// How the guest ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,19 +344,25 @@ impl Vm {
 
     /// Runs the guest until it powers off or resets, or a vCPU fails.
     pub fn run(self) -> Result<VmExit, VmError> {
-        self.run_inner(false)
+        self.run_inner(false, Box::new(|| {}))
     }
 
     /// Runs the guest; when it ends (or `vm.shutdown` stops it) the VM
     /// stays in the Shutdown state, and this returns on `vmm.shutdown`:
     /// how the guest ended ([`VmExit::Stopped`] if it did not end by
     /// itself).
-    pub fn run_serving(self) -> Result<VmExit, VmError> {
+    /// `started` is called once the vCPUs run (the state is Running), or
+    /// could not be started.
+    pub fn run_serving(self, started: Box<dyn FnOnce() + '_>) -> Result<VmExit, VmError> {
         self.control.serve_events(self.events_tx.clone());
-        self.run_inner(true)
+        self.run_inner(true, started)
     }
 
-    fn run_inner(mut self, serving: bool) -> Result<VmExit, VmError> {
+    fn run_inner(
+        mut self,
+        serving: bool,
+        started: Box<dyn FnOnce() + '_>,
+    ) -> Result<VmExit, VmError> {
         // The vCPUs' buses keep the PCI host (and its event sender) alive.
         self.pci = None;
         let mut threads = Vec::new();
@@ -387,6 +380,7 @@ impl Vm {
             }
         }
         self.control.started(threads);
+        started();
         drop(self.events_tx);
         let mut ended = spawn_error.map(Err);
         // A VM that could not start does not wait for vmm.shutdown.

@@ -4,6 +4,9 @@
 //! | method | path | success | body |
 //! |---|---|---|---|
 //! | GET | `/api/v1/vmm.ping` | 200 | `{"build_version", "version", "pid", "features": []}` |
+//! | PUT | `/api/v1/vm.create` | 204 | a Cloud Hypervisor `VmConfig` ([`crate::config`]) |
+//! | PUT | `/api/v1/vm.boot` | 204 | |
+//! | PUT | `/api/v1/vm.delete` | 204 | |
 //! | GET | `/api/v1/vm.info` | 200 | [`VmInfo`] |
 //! | GET | `/api/v1/vm.counters` | 200 | [`Counters`]: `{"<device or vcpuN>": {"<counter>": n}}` |
 //! | PUT | `/api/v1/vm.pause` | 204 | |
@@ -12,10 +15,12 @@
 //! | PUT | `/api/v1/vm.power-button` | 204 | |
 //! | PUT | `/api/v1/vmm.shutdown` | 204, then the connection closes | |
 //!
-//! Request bodies are accepted (none, or any JSON value such as `{}`) and
-//! ignored. Every error has a JSON body `{"error": "..."}` naming what was
-//! wrong: 400 malformed request line, header or JSON body; 404 unknown
-//! path; 405 wrong method (with `Allow`); 408 request not received in time;
+//! `vm.create` needs its body; other request bodies are accepted (none,
+//! or any JSON value such as `{}`) and ignored. Every error has a JSON body
+//! `{"error": "..."}` naming what was wrong: 400 malformed request line,
+//! header or JSON body, or a `vm.create` field that is missing, malformed
+//! or refused (the message starts with the field's path); 404 unknown
+//! path, or no VM created yet; 405 wrong method (with `Allow`); 408 request not received in time;
 //! 409 the action does not fit the VM's state; 411 `Transfer-Encoding`
 //! (send `Content-Length`); 413 body too large; 431 head too large; 500
 //! the action failed; 501 not supported by this VM; 503 too many
@@ -134,17 +139,27 @@ pub struct MemoryInfo {
     pub size: u64,
 }
 
-/// The body of `GET /api/v1/vm.info`:
+/// The body of `GET /api/v1/vm.info`: Cloud Hypervisor's `VmInfo`
+/// (`state`, `config`, `memory_actual_size`) and ours beside it:
 ///
 /// ```json
-/// {"state": "Running", "cpus": 2, "memory": {"size": 536870912},
+/// {"state": "Running", "config": {"payload": {"kernel": "..."}, ...},
+///  "memory_actual_size": 536870912, "unsupported": ["rng: ignored"],
+///  "cpus": 2, "memory": {"size": 536870912},
 ///  "devices": [{"kind": "block", "id": "disk0", "socket": "/run/blk.sock",
 ///               "pci_bdf": "0000:00:02.0", "backend_state": "connected"}]}
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmInfo {
     /// The lifecycle state.
     pub state: VmState,
+    /// The VM's config as a Cloud Hypervisor `VmConfig`: the `vm.create`
+    /// body as sent, or the command line in that shape.
+    pub config: serde_json::Value,
+    /// Guest RAM in bytes (no balloon or hotplug here: the boot size).
+    pub memory_actual_size: u64,
+    /// Fields of `config` accepted and ignored (`"rng: ignored"`).
+    pub unsupported: Vec<String>,
     /// The number of vCPUs.
     pub cpus: u8,
     /// Guest memory.
@@ -171,6 +186,16 @@ pub enum ControlError {
         /// The state the VM is in.
         state: VmState,
     },
+    /// No VM has been created (`vm.create` first) → 404.
+    #[error("cannot {0}: no VM is created (PUT /api/v1/vm.create first)")]
+    NotCreated(&'static str),
+    /// `vm.create` while a VM exists → 409.
+    #[error("a VM is already created (PUT /api/v1/vm.delete first)")]
+    AlreadyCreated,
+    /// A request that cannot be acted on as sent: a `vm.create` field, a
+    /// file or socket it names → 400. The message names the field.
+    #[error("{0}")]
+    BadRequest(String),
     /// This VM cannot do the action at all → 501.
     #[error("{0} is not supported by this VM")]
     Unsupported(&'static str),
@@ -189,7 +214,9 @@ impl ControlError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
         match self {
-            ControlError::InvalidState { .. } => 409,
+            ControlError::InvalidState { .. } | ControlError::AlreadyCreated => 409,
+            ControlError::NotCreated(_) => 404,
+            ControlError::BadRequest(_) => 400,
             ControlError::Unsupported(_) => 501,
             ControlError::Failed { .. } => 500,
         }
@@ -201,8 +228,15 @@ impl ControlError {
 /// block for long: actions ask the VM to act and return once it has (or
 /// has been told to).
 pub trait VmControl: Send + Sync {
-    /// State, vCPUs, memory and devices (`vm.info`).
-    fn info(&self) -> VmInfo;
+    /// Create the VM from a Cloud Hypervisor `VmConfig` (`vm.create`);
+    /// nothing runs until [`VmControl::boot`].
+    fn create(&self, config: &serde_json::Value) -> Result<(), ControlError>;
+    /// Build and start the created VM (`vm.boot`).
+    fn boot(&self) -> Result<(), ControlError>;
+    /// Stop the VM if it runs and forget it (`vm.delete`).
+    fn delete(&self) -> Result<(), ControlError>;
+    /// State, config, vCPUs, memory and devices (`vm.info`).
+    fn info(&self) -> Result<VmInfo, ControlError>;
     /// Per-device and per-vCPU counters (`vm.counters`).
     fn counters(&self) -> Counters;
     /// Pause the vCPUs (`vm.pause`).

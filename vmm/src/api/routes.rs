@@ -10,6 +10,9 @@ use super::{ControlError, VmControl};
 enum Endpoint {
     VmmPing,
     VmmShutdown,
+    VmCreate,
+    VmBoot,
+    VmDelete,
     VmInfo,
     VmCounters,
     VmPause,
@@ -22,6 +25,9 @@ enum Endpoint {
 const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("/api/v1/vmm.ping", "GET", Endpoint::VmmPing),
     ("/api/v1/vmm.shutdown", "PUT", Endpoint::VmmShutdown),
+    ("/api/v1/vm.create", "PUT", Endpoint::VmCreate),
+    ("/api/v1/vm.boot", "PUT", Endpoint::VmBoot),
+    ("/api/v1/vm.delete", "PUT", Endpoint::VmDelete),
     ("/api/v1/vm.info", "GET", Endpoint::VmInfo),
     ("/api/v1/vm.counters", "GET", Endpoint::VmCounters),
     ("/api/v1/vm.pause", "PUT", Endpoint::VmPause),
@@ -59,9 +65,10 @@ pub(super) fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
         .with_header("Allow", allowed)
         .into();
     }
-    if let Err(e) = check_body(&req.body) {
-        return Response::error(400, e).into();
-    }
+    let body = match check_body(&req.body) {
+        Ok(body) => body,
+        Err(e) => return Response::error(400, e).into(),
+    };
     match endpoint {
         Endpoint::VmmPing => Response::json(
             200,
@@ -73,7 +80,21 @@ pub(super) fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
             }),
         )
         .into(),
-        Endpoint::VmInfo => to_json(&ctl.info()).into(),
+        Endpoint::VmCreate => match body {
+            Some(config) => action(ctl.create(&config)).into(),
+            None => Response::error(
+                400,
+                "vm.create needs a body: a VmConfig as JSON (at least {\"payload\": {\"kernel\": PATH}})",
+            )
+            .into(),
+        },
+        Endpoint::VmBoot => action(ctl.boot()).into(),
+        Endpoint::VmDelete => action(ctl.delete()).into(),
+        Endpoint::VmInfo => match ctl.info() {
+            Ok(info) => to_json(&info),
+            Err(e) => Response::error(e.status(), crate::error_chain(&e)),
+        }
+        .into(),
         Endpoint::VmCounters => to_json(&ctl.counters()).into(),
         Endpoint::VmPause => action(ctl.pause()).into(),
         Endpoint::VmResume => action(ctl.resume()).into(),
@@ -90,13 +111,14 @@ pub(super) fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
     }
 }
 
-/// A body is optional; when sent it must be JSON (`{}`), and is ignored.
-fn check_body(body: &[u8]) -> Result<(), String> {
+/// A body is optional; when sent it must be JSON (`{}`). Only
+/// `vm.create` reads it.
+fn check_body(body: &[u8]) -> Result<Option<serde_json::Value>, String> {
     if body.trim_ascii().is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     serde_json::from_slice::<serde_json::Value>(body)
-        .map(drop)
+        .map(Some)
         .map_err(|e| format!("request body is not valid JSON: {e}"))
 }
 
@@ -165,9 +187,29 @@ pub(super) mod tests {
     }
 
     impl VmControl for FakeVm {
-        fn info(&self) -> VmInfo {
-            VmInfo {
+        fn create(&self, config: &serde_json::Value) -> Result<(), ControlError> {
+            self.calls.lock().unwrap().push("create");
+            if config.get("payload").is_none() {
+                return Err(ControlError::BadRequest("payload: is required".into()));
+            }
+            Err(ControlError::AlreadyCreated)
+        }
+
+        fn boot(&self) -> Result<(), ControlError> {
+            self.transition("boot", &[VmState::Created], VmState::Running)
+        }
+
+        fn delete(&self) -> Result<(), ControlError> {
+            self.calls.lock().unwrap().push("delete");
+            Err(ControlError::NotCreated("delete"))
+        }
+
+        fn info(&self) -> Result<VmInfo, ControlError> {
+            Ok(VmInfo {
                 state: *self.state.lock().unwrap(),
+                config: json!({"payload": {"kernel": "/k"}}),
+                memory_actual_size: 512 << 20,
+                unsupported: vec!["rng: ignored".into()],
                 cpus: 2,
                 memory: MemoryInfo { size: 512 << 20 },
                 devices: vec![
@@ -188,7 +230,7 @@ pub(super) mod tests {
                         backend_error: Some("connection refused".into()),
                     },
                 ],
-            }
+            })
         }
 
         fn counters(&self) -> Counters {
@@ -270,6 +312,9 @@ pub(super) mod tests {
             info,
             json!({
                 "state": "Running",
+                "config": {"payload": {"kernel": "/k"}},
+                "memory_actual_size": 536870912,
+                "unsupported": ["rng: ignored"],
                 "cpus": 2,
                 "memory": {"size": 536870912},
                 "devices": [
@@ -313,6 +358,46 @@ pub(super) mod tests {
                 "shutdown",
                 "resume"
             ]
+        );
+    }
+
+    #[test]
+    fn lifecycle_calls_and_their_errors() {
+        let vm = FakeVm::new(VmState::Created);
+        assert_eq!(call(&vm, "PUT", "/api/v1/vm.boot", b"").0, 204);
+        assert_eq!(*vm.state.lock().unwrap(), VmState::Running);
+        let (code, err, _) = call(&vm, "PUT", "/api/v1/vm.boot", b"");
+        assert_eq!(code, 409);
+        assert_eq!(err["error"], "cannot boot: the VM is Running");
+        // vm.create: the body is required and reaches the VM.
+        let (code, err, _) = call(&vm, "PUT", "/api/v1/vm.create", b"");
+        assert_eq!(code, 400);
+        assert!(
+            err["error"].as_str().unwrap().contains("needs a body"),
+            "{err}"
+        );
+        let (code, err, _) = call(&vm, "PUT", "/api/v1/vm.create", b"{\"cpus\": {}}");
+        assert_eq!(
+            (code, err["error"].as_str()),
+            (400, Some("payload: is required"))
+        );
+        let (code, err, _) = call(
+            &vm,
+            "PUT",
+            "/api/v1/vm.create",
+            b"{\"payload\": {\"kernel\": \"/k\"}}",
+        );
+        assert_eq!(code, 409);
+        assert!(err["error"].as_str().unwrap().contains("already created"));
+        let (code, _, _) = call(&vm, "PUT", "/api/v1/vm.create", b"{\"payload\": ");
+        assert_eq!(code, 400);
+        let (code, err, _) = call(&vm, "PUT", "/api/v1/vm.delete", b"");
+        assert_eq!(code, 404);
+        assert!(err["error"].as_str().unwrap().contains("vm.create first"));
+        assert_eq!(call(&vm, "GET", "/api/v1/vm.create", b"").0, 405);
+        assert_eq!(
+            *vm.calls.lock().unwrap(),
+            ["boot", "boot", "create", "create", "delete"]
         );
     }
 

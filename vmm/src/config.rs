@@ -1,0 +1,532 @@
+//! What a VM is built from ([`VmConfig`]), from either of its two sources:
+//! the command line ([`from_cli`]) or the body of `PUT /api/v1/vm.create`
+//! ([`from_api`]), a Cloud Hypervisor `VmConfig` (its OpenAPI document,
+//! `vmm/src/api/openapi/cloud-hypervisor.yaml`, is the contract). Both give
+//! a [`VmPlan`]: the config, the `config` that `vm.info` echoes, and the
+//! fields accepted but not acted on.
+//!
+//! A `vm.create` body is read field by field, each checked by the same
+//! rules as its command-line option (device fields go through
+//! [`cli::vhost_user_from_pairs`]). Fields outside what we honour fall in
+//! three groups:
+//! - inert (`null`, `false`, `0`, `""`, `[]`, `{}`, Cloud Hypervisor's
+//!   `id`s): accepted, nothing to report;
+//! - changing what the guest or the host gets in a way we cannot give
+//!   ([`refusal`]: a disk `path`, `vsock`, `pmem`, hugepages, a
+//!   `max_vcpus` above `boot_vcpus`, ...): refused, the error names the
+//!   field;
+//! - anything else (`rng`, `cpus.topology`, `memory.hotplug_size`,
+//!   `platform`, unknown fields): accepted, listed in `vm.info`'s
+//!   `unsupported` as `"<path>: ignored"` lines.
+
+use std::path::PathBuf;
+
+use devices::vhost_user::DeviceKind;
+use serde_json::{json, Map, Value};
+
+use crate::cli::{
+    self, check_memory_size, check_vcpus, Args, MemoryConfig, SerialConfig, VhostUserConfig,
+};
+
+/// The kernel command line when `payload.cmdline` is absent (and the
+/// command line's default).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// What the VM is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: u8,
+    pub memory: MemoryConfig,
+    pub serial: SerialConfig,
+    /// vhost-user devices, plugged in this order from slot 1.
+    pub devices: Vec<VhostUserConfig>,
+}
+
+/// A checked config and what `vm.info` reports about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmPlan {
+    pub config: VmConfig,
+    /// `vm.info`'s `config`: the `vm.create` body as sent, or the command
+    /// line in that shape.
+    pub echo: Value,
+    /// Fields accepted and ignored, `"rng: ignored"`.
+    pub unsupported: Vec<String>,
+}
+
+/// A field of a `vm.create` body that is missing, malformed or refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// The field's path: `payload.kernel`, `disks[0].path`.
+    pub field: String,
+    pub message: String,
+}
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The plan of the command line, or None without `--kernel`.
+pub fn from_cli(args: &Args) -> Option<VmPlan> {
+    let config = VmConfig {
+        kernel: args.kernel.clone()?,
+        initramfs: args.initramfs.clone(),
+        cmdline: args.cmdline.clone(),
+        cpus: args.cpus.boot,
+        memory: args.memory.clone(),
+        serial: args.serial.clone(),
+        devices: args.vhost_user_devices(),
+    };
+    Some(VmPlan {
+        echo: to_api(&config),
+        config,
+        unsupported: Vec::new(),
+    })
+}
+
+/// `config` as a Cloud Hypervisor `VmConfig` (for `vm.info`).
+pub fn to_api(config: &VmConfig) -> Value {
+    let mut payload = json!({
+        "kernel": config.kernel,
+        "cmdline": config.cmdline,
+    });
+    if let Some(initramfs) = &config.initramfs {
+        payload["initramfs"] = json!(initramfs);
+    }
+    let serial = match &config.serial {
+        SerialConfig::Stdio => json!({"mode": "Tty"}),
+        SerialConfig::Off => json!({"mode": "Off"}),
+        SerialConfig::File(f) => json!({"mode": "File", "file": f}),
+        SerialConfig::Socket(s) => json!({"mode": "Socket", "socket": s}),
+    };
+    let of = |kind: DeviceKind| config.devices.iter().filter(move |d| d.kind == kind);
+    let disks: Vec<Value> = of(DeviceKind::Block)
+        .map(|d| {
+            json!({"vhost_user": true, "vhost_socket": d.socket,
+                   "num_queues": d.num_queues, "queue_size": d.queue_size})
+        })
+        .collect();
+    let fs: Vec<Value> = of(DeviceKind::Fs)
+        .map(|d| {
+            json!({"tag": d.tag, "socket": d.socket,
+                   "num_queues": d.num_queues, "queue_size": d.queue_size})
+        })
+        .collect();
+    let net: Vec<Value> = of(DeviceKind::Net)
+        .map(|d| {
+            let mut n = json!({"vhost_user": true, "vhost_socket": d.socket,
+                               "num_queues": d.num_queues, "queue_size": d.queue_size});
+            if let Some(mac) = d.mac {
+                n["mac"] = json!(mac_string(mac));
+            }
+            n
+        })
+        .collect();
+    json!({
+        "payload": payload,
+        "cpus": {"boot_vcpus": config.cpus, "max_vcpus": config.cpus},
+        "memory": {"size": config.memory.size, "shared": true},
+        "serial": serial,
+        "console": {"mode": "Off"},
+        "disks": disks,
+        "fs": fs,
+        "net": net,
+    })
+}
+
+fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Why a Cloud Hypervisor field we do not implement is refused when it is
+/// set (not inert): it would change what the guest or host gets. `path`
+/// is the field's path with indexes removed (`disks.path`).
+pub fn refusal(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "payload.firmware" | "payload.igvm" | "payload.host_data" => {
+            "only payload.kernel boots here (no firmware, IGVM or confidential guests)"
+        }
+        "disks.path" => {
+            "a disk image the VMM opens itself is not supported yet; serve it with \
+             vhost-blk-daemon and give vhost_user: true, vhost_socket"
+        }
+        "disks.readonly" => {
+            "a vhost-user disk is read-only when its backend is (vhost-blk-daemon \
+             --readonly); the VMM cannot enforce it"
+        }
+        "net.tap" | "net.fds" | "net.ip" | "net.mask" | "net.host_mac" => {
+            "a NIC the VMM runs itself is not supported; serve it with vhost-net-daemon \
+             and give vhost_user: true, vhost_socket"
+        }
+        "net.vhost_mode" => "only vhost_mode Client (the backend listens) is supported",
+        "vsock" => "no virtio-vsock device yet (issue 16 step 3)",
+        "pmem" | "devices" | "user_devices" | "vdpa" | "generic_vhost_user" | "tpm" | "sgx_epc"
+        | "numa" | "balloon" | "debug_console" => "no such device here yet",
+        "iommu" | "disks.iommu" | "net.iommu" | "fs.iommu" => "no virtual IOMMU here",
+        "landlock_enable" | "landlock_rules" => "no Landlock sandbox for the VMM yet",
+        "memory.hugepages" | "memory.hugepage_size" => {
+            "guest RAM is a /dev/shm file, not hugepages"
+        }
+        "memory.zones" => "memory zones are not supported",
+        "platform.tdx" | "platform.sev_snp" => "no confidential guests here",
+        _ => return None,
+    })
+}
+
+/// A value that asks for nothing: `null`, `false`, `0`, `""`, `[]`, `{}`.
+fn inert(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Number(n) => n.as_u64() == Some(0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Bool(true) => false,
+    }
+}
+
+/// Reads one JSON object's fields, remembering which were taken, so the
+/// rest can be refused or reported.
+struct Fields<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+    taken: Vec<&'static str>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(path: impl Into<String>, v: &'a Value) -> Result<Self, ConfigError> {
+        let path = path.into();
+        match v {
+            Value::Object(map) => Ok(Fields {
+                path,
+                map,
+                taken: Vec::new(),
+            }),
+            _ => Err(error(path, "is not an object")),
+        }
+    }
+
+    fn field(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The field, absent when missing or `null`.
+    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.taken.push(key);
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn str(&mut self, key: &'static str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(error(self.field(key), "is not a string")),
+        }
+    }
+
+    fn u64(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| error(self.field(key), "is not a non-negative integer")),
+        }
+    }
+
+    fn bool(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(error(self.field(key), "is not true or false")),
+        }
+    }
+
+    fn required<T>(&self, key: &str, v: Option<T>) -> Result<T, ConfigError> {
+        v.ok_or_else(|| error(self.field(key), "is required"))
+    }
+
+    /// The fields not taken: refused ([`refusal`]) when set, else reported
+    /// in `unsupported` when set.
+    fn finish(self, unsupported: &mut Vec<String>) -> Result<(), ConfigError> {
+        let generic = generic_path(&self.path);
+        for (key, value) in self.map {
+            if self.taken.contains(&key.as_str()) || inert(value) || key == "id" {
+                continue;
+            }
+            let field = self.field(key);
+            let generic = if generic.is_empty() {
+                key.clone()
+            } else {
+                format!("{generic}.{key}")
+            };
+            if let Some(why) = refusal(&generic) {
+                return Err(error(field, why));
+            }
+            nested_refusal(&field, &generic, value)?;
+            unsupported.push(format!("{field}: ignored"));
+        }
+        Ok(())
+    }
+}
+
+/// A refused field set inside an object we ignore (`platform.tdx`).
+fn nested_refusal(field: &str, generic: &str, value: &Value) -> Result<(), ConfigError> {
+    let Value::Object(map) = value else {
+        return Ok(());
+    };
+    for (key, value) in map {
+        if inert(value) {
+            continue;
+        }
+        let (field, generic) = (format!("{field}.{key}"), format!("{generic}.{key}"));
+        if let Some(why) = refusal(&generic) {
+            return Err(error(field, why));
+        }
+        nested_refusal(&field, &generic, value)?;
+    }
+    Ok(())
+}
+
+/// `disks[0].x` → `disks.x`.
+fn generic_path(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            c if !in_index => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A path field that must name an existing regular file.
+fn existing_file(field: String, path: &str) -> Result<PathBuf, ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(PathBuf::from(path)),
+        Ok(_) => Err(error(field, format!("{path} is not a regular file"))),
+        Err(e) => Err(error(field, format!("{path}: {e}"))),
+    }
+}
+
+/// A `vm.create` body: checked, with the fields we ignore listed. Files
+/// named by the payload must exist; sockets are connected at `vm.boot`.
+pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
+    let mut unsupported = Vec::new();
+    let mut top = Fields::new("", body).map_err(|_| error("VmConfig", "is not an object"))?;
+
+    let payload = top
+        .get("payload")
+        .ok_or_else(|| error("payload", "is required"))?;
+    let mut p = Fields::new("payload", payload)?;
+    let kernel = p.str("kernel")?;
+    let kernel = existing_file(p.field("kernel"), p.required("kernel", kernel)?)?;
+    let initramfs = p
+        .str("initramfs")?
+        .map(|f| existing_file(p.field("initramfs"), f))
+        .transpose()?;
+    let cmdline = p.str("cmdline")?.unwrap_or(DEFAULT_CMDLINE).to_string();
+    p.finish(&mut unsupported)?;
+
+    let cpus = match top.get("cpus") {
+        None => 1,
+        Some(v) => {
+            let mut c = Fields::new("cpus", v)?;
+            let boot = c.u64("boot_vcpus")?;
+            let boot = c.required("boot_vcpus", boot)?;
+            let boot = check_vcpus(boot).map_err(|e| error(c.field("boot_vcpus"), e))?;
+            let max = c.u64("max_vcpus")?;
+            let max = c.required("max_vcpus", max)?;
+            if max != u64::from(boot) {
+                return Err(error(
+                    c.field("max_vcpus"),
+                    format!("{max} is not boot_vcpus ({boot}): no vCPU hotplug here"),
+                ));
+            }
+            c.finish(&mut unsupported)?;
+            boot
+        }
+    };
+
+    let memory = match top.get("memory") {
+        None => MemoryConfig {
+            size: 512 << 20,
+            file: None,
+        },
+        Some(v) => {
+            let mut m = Fields::new("memory", v)?;
+            let size = m.u64("size")?;
+            let size = m.required("size", size)?;
+            let size = check_memory_size(size).map_err(|e| error(m.field("size"), e))?;
+            // Guest RAM is always a shared file (vhost-user needs it).
+            m.bool("shared")?;
+            m.finish(&mut unsupported)?;
+            MemoryConfig { size, file: None }
+        }
+    };
+
+    let serial = match top.get("serial") {
+        None => SerialConfig::Off,
+        Some(v) => console_mode("serial", v, &mut unsupported, true)?,
+    };
+    if let Some(v) = top.get("console") {
+        console_mode("console", v, &mut unsupported, false)?;
+    }
+
+    let mut devices = Vec::new();
+    for (key, kind) in [
+        ("disks", DeviceKind::Block),
+        ("fs", DeviceKind::Fs),
+        ("net", DeviceKind::Net),
+    ] {
+        let Some(list) = top.get(key) else {
+            continue;
+        };
+        let Value::Array(items) = list else {
+            return Err(error(key, "is not an array"));
+        };
+        for (i, item) in items.iter().enumerate() {
+            devices.push(device(
+                &format!("{key}[{i}]"),
+                kind,
+                item,
+                &mut unsupported,
+            )?);
+        }
+    }
+    top.finish(&mut unsupported)?;
+
+    Ok(VmPlan {
+        config: VmConfig {
+            kernel,
+            initramfs,
+            cmdline,
+            cpus,
+            memory,
+            serial,
+            devices,
+        },
+        echo: body.clone(),
+        unsupported,
+    })
+}
+
+/// `serial` or `console` (`{mode, file, socket}`); only `serial` has a
+/// device here, so `console` may only be `Off` or `Null`.
+fn console_mode(
+    name: &'static str,
+    v: &Value,
+    unsupported: &mut Vec<String>,
+    is_serial: bool,
+) -> Result<SerialConfig, ConfigError> {
+    let mut c = Fields::new(name, v)?;
+    let mode = c.str("mode")?;
+    let mode = c.required("mode", mode)?;
+    let file = c.str("file")?;
+    let socket = c.str("socket")?;
+    let config = match mode {
+        "Off" | "Null" => SerialConfig::Off,
+        _ if !is_serial => {
+            return Err(error(
+                c.field("mode"),
+                format!("{mode}: there is no virtio-console here; use serial (Off or Null only)"),
+            ))
+        }
+        "Tty" => SerialConfig::Stdio,
+        "File" => SerialConfig::File(c.required("file", file)?.into()),
+        "Socket" => SerialConfig::Socket(c.required("socket", socket)?.into()),
+        "Pty" => {
+            return Err(error(
+                c.field("mode"),
+                "Pty is not supported (Tty, File, Socket, Off, Null)",
+            ))
+        }
+        other => {
+            return Err(error(
+                c.field("mode"),
+                format!("`{other}` is not Off, Pty, Tty, File, Socket or Null"),
+            ))
+        }
+    };
+    c.finish(unsupported)?;
+    Ok(config)
+}
+
+/// One of `disks`, `fs`, `net`: a device a vhost-user backend serves.
+fn device(
+    path: &str,
+    kind: DeviceKind,
+    v: &Value,
+    unsupported: &mut Vec<String>,
+) -> Result<VhostUserConfig, ConfigError> {
+    let mut d = Fields::new(path, v)?;
+    let socket_key = if kind == DeviceKind::Fs {
+        "socket"
+    } else {
+        "vhost_socket"
+    };
+    if kind != DeviceKind::Fs {
+        let vhost_user = d.bool("vhost_user")?.unwrap_or(false);
+        if !vhost_user {
+            // Refuse by the field that asks for a device we would run.
+            let culprit = ["path", "tap", "fds"]
+                .into_iter()
+                .find(|k| d.map.get(*k).is_some_and(|v| !inert(v)))
+                .unwrap_or("vhost_user");
+            let generic = format!("{}.{culprit}", generic_path(path));
+            let why = refusal(&generic)
+                .unwrap_or("only vhost-user devices are supported: vhost_user: true, vhost_socket");
+            return Err(error(d.field(culprit), why));
+        }
+    }
+    let socket = d.str(socket_key)?;
+    let socket = d.required(socket_key, socket)?;
+    let mut pairs: Vec<(&str, String)> = vec![("socket", socket.to_string())];
+    for key in ["num_queues", "queue_size"] {
+        if let Some(n) = d.u64(key)? {
+            pairs.push((key, n.to_string()));
+        }
+    }
+    match kind {
+        DeviceKind::Fs => {
+            let tag = d.str("tag")?;
+            pairs.push(("tag", d.required("tag", tag)?.to_string()));
+        }
+        DeviceKind::Net => {
+            if let Some(mac) = d.str("mac")? {
+                pairs.push(("mac", mac.to_string()));
+            }
+        }
+        DeviceKind::Block => {}
+    }
+    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = cli::vhost_user_from_pairs(kind, &borrowed).map_err(|e| {
+        // Name the JSON field the message is about.
+        let key = ["num_queues", "queue_size", "tag", "mac"]
+            .into_iter()
+            .find(|k| e.starts_with(&format!("{k}=")) || e.starts_with(&format!("{k} ")))
+            .unwrap_or(socket_key);
+        error(d.field(key), e)
+    })?;
+    d.finish(unsupported)?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,308 @@
+use serde_json::json;
+
+use super::*;
+
+/// A file that exists (the test binary), for `payload.kernel`.
+fn kernel() -> String {
+    std::env::current_exe().unwrap().display().to_string()
+}
+
+fn err(body: Value) -> ConfigError {
+    from_api(&body).expect_err("refused")
+}
+
+#[test]
+fn kata_shaped_config_with_vhost_user_devices() {
+    let k = kernel();
+    let body = json!({
+        "payload": {"kernel": k, "cmdline": "console=ttyS0 quiet"},
+        "cpus": {"boot_vcpus": 2, "max_vcpus": 2,
+                 "topology": {"threads_per_core": 1, "cores_per_die": 2,
+                              "dies_per_package": 1, "packages": 1}},
+        "memory": {"size": 268435456u64, "shared": true, "hotplug_method": "Acpi"},
+        "serial": {"mode": "Off"},
+        "console": {"mode": "Off"},
+        "rng": {"src": "/dev/urandom", "iommu": false},
+        "fs": [{"tag": "kataShared", "socket": "/run/vfs.sock",
+                "num_queues": 1, "queue_size": 1024, "pci_segment": 0}],
+        "disks": [{"vhost_user": true, "vhost_socket": "/run/blk.sock",
+                   "num_queues": 2, "queue_size": 128, "readonly": false}],
+        "net": [{"vhost_user": true, "vhost_socket": "/run/net.sock",
+                 "mac": "52:54:00:12:34:56", "num_queues": 2, "queue_size": 256,
+                 "id": "net0"}],
+        "iommu": false,
+        "watchdog": false,
+    });
+    let plan = from_api(&body).unwrap();
+    let c = &plan.config;
+    assert_eq!(c.kernel, PathBuf::from(&k));
+    assert_eq!(c.cmdline, "console=ttyS0 quiet");
+    assert_eq!((c.cpus, c.memory.size), (2, 256 << 20));
+    assert_eq!(c.serial, SerialConfig::Off);
+    // Plug order: disks, shares, NICs, as on the command line.
+    let kinds: Vec<_> = c.devices.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, [DeviceKind::Block, DeviceKind::Fs, DeviceKind::Net]);
+    let (d, f, n) = (&c.devices[0], &c.devices[1], &c.devices[2]);
+    assert_eq!(
+        (d.socket.to_str(), d.num_queues, d.queue_size),
+        (Some("/run/blk.sock"), 2, 128)
+    );
+    assert_eq!((f.tag.as_deref(), f.queue_size), (Some("kataShared"), 1024));
+    assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+    // The command line's defaults for what the body does not say.
+    assert_eq!(d.reconnect, cli::Reconnect::default_for(DeviceKind::Block));
+    assert_eq!(plan.echo, body);
+    assert_eq!(
+        plan.unsupported,
+        [
+            "cpus.topology: ignored",
+            "memory.hotplug_method: ignored",
+            "rng: ignored",
+        ]
+    );
+}
+
+#[test]
+fn the_minimum_is_a_kernel() {
+    let plan = from_api(&json!({"payload": {"kernel": kernel()}})).unwrap();
+    let c = &plan.config;
+    assert_eq!((c.cpus, c.memory.size), (1, 512 << 20));
+    assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+    assert_eq!(c.serial, SerialConfig::Off);
+    assert!(c.devices.is_empty() && plan.unsupported.is_empty());
+}
+
+#[test]
+fn missing_and_malformed_fields_are_named() {
+    let k = kernel();
+    let cases = [
+        (json!([]), "VmConfig", "not an object"),
+        (json!({}), "payload", "is required"),
+        (json!({"payload": {}}), "payload.kernel", "is required"),
+        (
+            json!({"payload": {"kernel": 7}}),
+            "payload.kernel",
+            "not a string",
+        ),
+        (
+            json!({"payload": {"kernel": "/nonexistent/vmlinux"}}),
+            "payload.kernel",
+            "/nonexistent/vmlinux: No such file",
+        ),
+        (
+            json!({"payload": {"kernel": "/"}}),
+            "payload.kernel",
+            "not a regular file",
+        ),
+        (
+            json!({"payload": {"kernel": k, "initramfs": "/nonexistent/initrd"}}),
+            "payload.initramfs",
+            "No such file",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"max_vcpus": 1}}),
+            "cpus.boot_vcpus",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 1}}),
+            "cpus.max_vcpus",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 0, "max_vcpus": 0}}),
+            "cpus.boot_vcpus",
+            "0 is not from 1 to 254",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 1, "max_vcpus": 4}}),
+            "cpus.max_vcpus",
+            "no vCPU hotplug",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "memory": {}}),
+            "memory.size",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "memory": {"size": -1}}),
+            "memory.size",
+            "non-negative",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "memory": {"size": 1000}}),
+            "memory.size",
+            "multiple of 1 MiB",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "serial": {}}),
+            "serial.mode",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "serial": {"mode": "File"}}),
+            "serial.file",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "serial": {"mode": "Pty"}}),
+            "serial.mode",
+            "Pty",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "serial": {"mode": "Loud"}}),
+            "serial.mode",
+            "`Loud`",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "console": {"mode": "Tty"}}),
+            "console.mode",
+            "no virtio-console",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "fs": {}}),
+            "fs",
+            "not an array",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "fs": [{"socket": "/s"}]}),
+            "fs[0].tag",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "fs": [{"tag": "t"}]}),
+            "fs[0].socket",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "fs": [{"tag": "t".repeat(37), "socket": "/s"}]}),
+            "fs[0].tag",
+            "37 bytes",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "disks": [{"vhost_user": true}]}),
+            "disks[0].vhost_socket",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k},
+                   "disks": [{"vhost_user": true, "vhost_socket": "/s", "queue_size": 100}]}),
+            "disks[0].queue_size",
+            "not a power of two",
+        ),
+        (
+            json!({"payload": {"kernel": k},
+                   "net": [{"vhost_user": true, "vhost_socket": "/s", "num_queues": 3}]}),
+            "net[0].num_queues",
+            "odd",
+        ),
+        (
+            json!({"payload": {"kernel": k},
+                   "net": [{"vhost_user": true, "vhost_socket": "/s", "mac": "nope"}]}),
+            "net[0].mac",
+            "not a MAC address",
+        ),
+    ];
+    for (body, field, words) in cases {
+        let e = err(body.clone());
+        assert_eq!(e.field, field, "{body}: {e}");
+        assert!(e.to_string().contains(words), "{body}: {e}");
+        assert!(e.to_string().starts_with(&format!("{field}: ")), "{e}");
+    }
+}
+
+#[test]
+fn what_we_cannot_honour_is_refused_by_its_field() {
+    let k = kernel();
+    let cases = [
+        // Kata's rootfs image: a disk the VMM would open itself.
+        (
+            json!({"disks": [{"path": "/img", "readonly": true, "image_type": "Raw"}]}),
+            "disks[0].path",
+        ),
+        (
+            json!({"disks": [{"vhost_socket": "/s"}]}),
+            "disks[0].vhost_user",
+        ),
+        (
+            json!({"disks": [{"vhost_user": true, "vhost_socket": "/s", "readonly": true}]}),
+            "disks[0].readonly",
+        ),
+        (json!({"net": [{"tap": "tap0"}]}), "net[0].tap"),
+        (
+            json!({"net": [{"vhost_user": true, "vhost_socket": "/s", "vhost_mode": "Server"}]}),
+            "net[0].vhost_mode",
+        ),
+        (
+            json!({"vsock": {"cid": 3, "socket": "/run/clh.sock"}}),
+            "vsock",
+        ),
+        (json!({"pmem": [{"file": "/img"}]}), "pmem"),
+        (json!({"iommu": true}), "iommu"),
+        (
+            json!({"memory": {"size": 67108864, "hugepages": true}}),
+            "memory.hugepages",
+        ),
+        (json!({"platform": {"tdx": true}}), "platform.tdx"),
+        (json!({"payload": {"firmware": "/fw"}}), "payload.firmware"),
+    ];
+    for (extra, field) in cases {
+        let mut body = json!({"payload": {"kernel": k}});
+        for (key, value) in extra.as_object().unwrap() {
+            if key == "payload" {
+                body["payload"]["firmware"] = value["firmware"].clone();
+            } else {
+                body[key] = value.clone();
+            }
+        }
+        let e = err(body.clone());
+        assert_eq!(e.field, field, "{body}: {e}");
+    }
+    // Inert values of the same fields ask for nothing.
+    let plan = from_api(&json!({
+        "payload": {"kernel": k, "firmware": null},
+        "vsock": null, "pmem": [], "iommu": false,
+        "memory": {"size": 67108864, "hugepages": false},
+        "platform": {"num_pci_segments": 1, "tdx": false},
+    }))
+    .unwrap();
+    assert_eq!(plan.unsupported, ["platform: ignored"]);
+}
+
+#[test]
+fn the_command_line_gives_the_same_config_and_echoes_it() {
+    use clap::Parser;
+    let k = kernel();
+    let args = Args::try_parse_from([
+        "vmm",
+        "--kernel",
+        &k,
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=64M",
+        "--serial",
+        "off",
+        "--disk",
+        "socket=/b",
+        "--fs",
+        "tag=t,socket=/f",
+        "--net",
+        "socket=/n,mac=52:54:00:00:00:01",
+    ])
+    .unwrap();
+    let cli = from_cli(&args).unwrap();
+    // The echo, sent back as a vm.create body, is the same config.
+    let api = from_api(&cli.echo).unwrap();
+    assert_eq!(api.config, cli.config);
+    assert_eq!(cli.echo["cpus"], json!({"boot_vcpus": 2, "max_vcpus": 2}));
+    assert_eq!(cli.echo["net"][0]["mac"], "52:54:00:00:00:01");
+    assert!(from_cli(&Args::try_parse_from(["vmm", "--api-socket", "/a"]).unwrap()).is_none());
+}
+
+#[test]
+fn generic_paths_drop_indexes() {
+    assert_eq!(generic_path("disks[12].path"), "disks.path");
+    assert_eq!(generic_path("memory"), "memory");
+    assert!(inert(&json!(0)) && inert(&json!("")) && !inert(&json!(1)));
+}
