@@ -1,0 +1,439 @@
+//! Cloud Hypervisor's lifecycle API as Kata's `clh.go` drives it (issue
+//! 16 step 1): `vmm --api-socket PATH -v --seccomp false` with no kernel,
+//! `vmm.ping`, `vm.create` with the `VmConfig` clh.go builds, `vm.boot`,
+//! the test guest driving our three daemons, `vm.info` in CH's shape,
+//! `vm.shutdown`, `vm.delete`, `vmm.shutdown` (exit 0, socket removed). And
+//! the bad input: each a 4xx with a JSON error naming the field or file,
+//! the VMM left as it was.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vu_driver::fixture::{poll_until, Daemon, Readiness, TempDir};
+use vu_driver::fw_devices;
+use vu_driver::http::{request, HttpError};
+use vu_driver::ours::bare_command;
+use vu_driver::process::Finished;
+use vu_driver::vmm::{halting_kernel, test_guest};
+
+/// KVM here emulates every instruction: the guest needs seconds; the
+/// margin is for a loaded 2-core machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(30);
+const WAITING: &str = "waiting for the power button";
+
+/// Our `vmm` with `args`, ready once its API socket exists (it appears
+/// already listening).
+fn spawn_vmm(args: &[&str], api: &Path) -> Daemon {
+    let mut cmd: Command = bare_command("vmm").unwrap_or_else(|e| panic!("{e}"));
+    cmd.args(args);
+    Daemon::spawn("vmm", cmd, api, &[Readiness::Path(api.to_path_buf())], WAIT)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn chain(e: &HttpError) -> String {
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        line.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    line
+}
+
+/// Status and JSON body (Null when empty) of `method path [body]`.
+fn call(api: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let r = request(api, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {}", chain(&e)));
+    let json = if r.body.is_empty() {
+        Value::Null
+    } else {
+        r.json().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    (r.status, json)
+}
+
+fn put(api: &Path, path: &str) -> (u16, Value) {
+    call(api, "PUT", path, None)
+}
+
+fn create(api: &Path, config: &Value) -> (u16, Value) {
+    call(api, "PUT", "/api/v1/vm.create", Some(&config.to_string()))
+}
+
+/// A 4xx whose JSON error contains every one of `words`.
+fn assert_refused(answer: (u16, Value), status: u16, words: &[&str]) {
+    let (code, body) = answer;
+    assert_eq!(code, status, "{body}");
+    let error = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+    for w in words {
+        assert!(error.contains(w), "{w:?} not in {error:?}");
+    }
+}
+
+fn console(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The paths a launch uses.
+struct Launch<'a> {
+    kernel: &'a Path,
+    console: &'a Path,
+    fs: &'a Path,
+    vsock: &'a Path,
+}
+
+/// The `vm.create` body Kata's Go runtime builds in `clh.go`
+/// (kata-containers main at 00552864fa88, Kata 3.x; `CreateVM` then
+/// `bootVM`) for a guest booted from an initrd, with `debug` off and a
+/// virtio-fs shared directory: payload (kernel, cmdline, initramfs), cpus
+/// with the topology it always sends, memory shared (virtio-fs needs it),
+/// rng, serial and console, `fs` (kataShared) and the hybrid vsock.
+/// Deviations, each because of this harness: the test guest has no
+/// initrd (so none), its cmdline is its own, `max_vcpus` equals
+/// `boot_vcpus` (Kata's `default_maxvcpus` set to `default_vcpus`; no
+/// vCPU hotplug here), and the serial console goes to a file (Kata sends
+/// `Off`, or `Tty` with debug) so the test can read the guest.
+fn kata_vm_create(p: &Launch) -> Value {
+    json!({
+        "payload": {
+            "kernel": p.kernel,
+            "cmdline": "console=ttyS0 wait-power-button",
+        },
+        "cpus": {
+            "boot_vcpus": 1,
+            "max_vcpus": 1,
+            "topology": {
+                "threads_per_core": 1,
+                "cores_per_die": 1,
+                "dies_per_package": 1,
+                "packages": 1,
+            },
+        },
+        "memory": {"size": 64u64 << 20, "shared": true},
+        "rng": {"src": "/dev/urandom"},
+        "serial": {"mode": "File", "file": p.console},
+        "console": {"mode": "Off"},
+        "fs": [{
+            "tag": fw_devices::TAG,
+            "socket": p.fs,
+            "num_queues": 1,
+            "queue_size": 1024,
+        }],
+        "vsock": {"cid": 3, "socket": p.vsock},
+    })
+}
+
+#[test]
+fn kata_launch_sequence_with_our_three_daemons() {
+    let dir = TempDir::new("vmm-lifecycle").unwrap();
+    let b = fw_devices::blk(&dir);
+    let f = fw_devices::fs_share(&dir, &[]);
+    let n = fw_devices::net(&dir);
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let api = dir.join("clh-api.sock");
+    let console_file = dir.join("console.txt");
+    let vsock = dir.join("clh.sock");
+    let api_arg = api.to_str().unwrap();
+    // clh.go's launchClh: the API socket, `-v` with debug, seccomp off.
+    let mut vmm = spawn_vmm(&["--api-socket", api_arg, "-v", "--seccomp", "false"], &api);
+    let log = |vmm: &Daemon| vmm.log_contents();
+
+    // Kata polls vmm.ping until the VMM answers.
+    let (status, ping) = call(&api, "GET", "/api/v1/vmm.ping", None);
+    assert_eq!(status, 200, "{ping}");
+    assert_eq!(ping["pid"], vmm.pid(), "{ping}");
+    assert!(
+        ping["version"].as_str().is_some_and(|v| !v.is_empty()),
+        "{ping}"
+    );
+    assert!(
+        ping["build_version"].is_string() && ping["features"].is_array(),
+        "{ping}"
+    );
+    assert_refused(
+        call(&api, "GET", "/api/v1/vm.info", None),
+        404,
+        &["vm.create"],
+    );
+
+    // The body exactly as clh.go shapes it: its hybrid vsock is refused
+    // by name (no vsock device yet), and nothing is created.
+    let mut config = kata_vm_create(&Launch {
+        kernel: &guest,
+        console: &console_file,
+        fs: &f.socket,
+        vsock: &vsock,
+    });
+    assert_refused(create(&api, &config), 400, &["vsock", "no virtio-vsock"]);
+    assert_refused(call(&api, "GET", "/api/v1/vm.info", None), 404, &[]);
+
+    // Without the vsock, and with the disk and NIC Kata would add later
+    // (vm.add-disk, vm.add-net) as vhost-user devices of our daemons.
+    config.as_object_mut().unwrap().remove("vsock");
+    config["disks"] = json!([{
+        "vhost_user": true, "vhost_socket": b.socket, "num_queues": 1, "queue_size": 128,
+    }]);
+    config["net"] = json!([{
+        "vhost_user": true, "vhost_socket": n.socket, "mac": fw_devices::MAC,
+        "num_queues": 2, "queue_size": 256,
+    }]);
+    let (status, body) = create(&api, &config);
+    assert_eq!(status, 204, "{body}\n{}", log(&vmm));
+    let (status, info) = call(&api, "GET", "/api/v1/vm.info", None);
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["state"], "Created", "{info}");
+    assert_eq!(info["config"], config, "{info}");
+    assert_eq!(
+        info["unsupported"],
+        json!(["cpus.topology: ignored", "rng: ignored"]),
+        "{info}"
+    );
+
+    // vm.boot: answered once the vCPUs run.
+    let (status, body) = put(&api, "/api/v1/vm.boot");
+    assert_eq!(status, 204, "{body}\n{}", log(&vmm));
+    let waiting = poll_until(BOOT_TIMEOUT, || {
+        console(&console_file).contains(WAITING) || !matches!(vmm.try_wait(), Ok(None))
+    });
+    assert!(
+        waiting && console(&console_file).contains(WAITING),
+        "the guest does not get to its wait\n--- console\n{}--- log\n{}",
+        console(&console_file),
+        log(&vmm)
+    );
+
+    // vm.info in Cloud Hypervisor's shape (what clh.go reads), ours beside.
+    let (status, info) = call(&api, "GET", "/api/v1/vm.info", None);
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["state"], "Running", "{info}");
+    assert_eq!(info["config"], config, "{info}");
+    assert_eq!(info["config"]["cpus"]["boot_vcpus"], 1, "{info}");
+    assert_eq!(info["config"]["cpus"]["max_vcpus"], 1, "{info}");
+    assert_eq!(info["config"]["memory"]["size"], 64u64 << 20, "{info}");
+    assert_eq!(info["memory_actual_size"], 64u64 << 20, "{info}");
+    let devices = info["devices"].as_array().unwrap();
+    let kinds: Vec<&str> = devices
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["block", "fs", "net"], "{info}");
+    for d in devices {
+        assert_eq!(d["backend_state"], "connected", "{info}");
+    }
+    assert_eq!(put(&api, "/api/v1/vm.boot").0, 409);
+    assert_refused(create(&api, &config), 409, &["already created"]);
+    assert_eq!(put(&api, "/api/v1/vm.pause").0, 204);
+    assert_eq!(
+        call(&api, "GET", "/api/v1/vm.info", None).1["state"],
+        "Paused"
+    );
+    assert_eq!(put(&api, "/api/v1/vm.resume").0, 204);
+
+    // Kata's StopVM: shutdown, delete, then the VMM.
+    assert_eq!(put(&api, "/api/v1/vm.shutdown").0, 204, "{}", log(&vmm));
+    assert_eq!(
+        call(&api, "GET", "/api/v1/vm.info", None).1["state"],
+        "Shutdown"
+    );
+    assert_eq!(put(&api, "/api/v1/vm.delete").0, 204, "{}", log(&vmm));
+    assert_refused(
+        call(&api, "GET", "/api/v1/vm.info", None),
+        404,
+        &["vm.create"],
+    );
+    assert_eq!(put(&api, "/api/v1/vmm.shutdown").0, 204);
+    let status = vmm
+        .wait_timeout(WAIT)
+        .unwrap()
+        .unwrap_or_else(|| panic!("the VMM did not exit\n{}", log(&vmm)));
+    assert_eq!(status.code(), Some(0), "{}", log(&vmm));
+    assert!(!api.exists(), "the API socket was left behind");
+
+    // What the guest did with each device, as in vmm_devices.
+    let run = Finished {
+        status: Some(status),
+        stdout: console(&console_file),
+        stderr: log(&vmm),
+    };
+    let daemons = [&b.daemon, &f.daemon, &n.daemon];
+    for line in [
+        "pci 00:01.0 1af4:1042 class 0180\n",
+        "pci 00:02.0 1af4:105a class 0180\n",
+        "pci 00:03.0 1af4:1041 class 0200\n",
+        "virtio: 3 device(s)\n",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "{line:?}\n{}",
+            fw_devices::show(&run, &daemons)
+        );
+    }
+    fw_devices::assert_blk(&run, &b, &daemons);
+    fw_devices::assert_fs(&run, fw_devices::TAG, &daemons);
+    fw_devices::assert_net(&run, &n, true, &daemons);
+    // `-v` raised the log to debug; `--seccomp false` was heard.
+    assert!(run.stderr.contains("--seccomp false"), "{}", run.stderr);
+}
+
+/// Entries in /proc/PID/fd.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
+    let dir = TempDir::new("vmm-lifecycle-bad").unwrap();
+    let kernel = dir.join("halt.elf");
+    halting_kernel(&kernel).unwrap();
+    let api = dir.join("api.sock");
+    let log_file = dir.join("vmm.log");
+    let mut vmm = spawn_vmm(
+        &[
+            "--api-socket",
+            api.to_str().unwrap(),
+            "--log-file",
+            log_file.to_str().unwrap(),
+        ],
+        &api,
+    );
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    let pid = vmm.pid();
+    let fds_before = fds(pid);
+
+    assert_refused(put(&api, "/api/v1/vm.boot"), 404, &["boot", "vm.create"]);
+    assert_refused(put(&api, "/api/v1/vm.pause"), 404, &["vm.create"]);
+    let raw = |body: &str| call(&api, "PUT", "/api/v1/vm.create", Some(body));
+    assert_refused(raw("{\"payload\": {"), 400, &["not valid JSON"]);
+    assert_refused(put(&api, "/api/v1/vm.create"), 400, &["needs a body"]);
+    assert_refused(
+        raw("{\"cpus\": {\"boot_vcpus\": 1, \"max_vcpus\": 1}}"),
+        400,
+        &["payload: is required"],
+    );
+    let missing = dir.join("no-such-vmlinux");
+    let missing_kernel = json!({"payload": {"kernel": missing}});
+    assert_refused(
+        create(&api, &missing_kernel),
+        400,
+        &["payload.kernel", missing.to_str().unwrap(), "No such file"],
+    );
+    let ok = |extra: Value| {
+        let mut c = json!({"payload": {"kernel": kernel}, "memory": {"size": 32u64 << 20}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    assert_refused(
+        create(&api, &ok(json!({"cpus": {"boot_vcpus": 1}}))),
+        400,
+        &["cpus.max_vcpus: is required"],
+    );
+    assert_refused(
+        create(
+            &api,
+            &ok(json!({"disks": [{"path": "/var/lib/kata/rootfs.img", "readonly": true}]})),
+        ),
+        400,
+        &["disks[0].path"],
+    );
+    assert_refused(
+        create(&api, &ok(json!({"fs": [{"socket": "/run/fs.sock"}]}))),
+        400,
+        &["fs[0].tag: is required"],
+    );
+    // None of that created anything.
+    assert_refused(call(&api, "GET", "/api/v1/vm.info", None), 404, &[]);
+
+    // A config whose disk socket nobody serves: created, then vm.boot
+    // fails naming the socket, and the VM is dropped whole.
+    let nobody = dir.join("nobody.sock");
+    let config = ok(json!({"disks": [{"vhost_user": true, "vhost_socket": nobody}]}));
+    assert_eq!(create(&api, &config).0, 204, "{}", log());
+    assert_refused(create(&api, &config), 409, &["already created"]);
+    assert_refused(
+        put(&api, "/api/v1/vm.boot"),
+        400,
+        &["vm.boot", nobody.to_str().unwrap()],
+    );
+    let (status, info) = call(&api, "GET", "/api/v1/vm.info", None);
+    assert_eq!((status, &info["state"]), (200, &json!("Created")), "{info}");
+    assert_eq!(info["devices"][0]["backend_state"], "connecting", "{info}");
+    assert_eq!(
+        fds(pid),
+        fds_before,
+        "fds left by the failed boot\n{}",
+        log()
+    );
+    assert_eq!(put(&api, "/api/v1/vm.delete").0, 204);
+    assert_refused(call(&api, "GET", "/api/v1/vm.info", None), 404, &[]);
+
+    // The VMM still serves, and ends cleanly; its log went to the file.
+    assert_eq!(call(&api, "GET", "/api/v1/vmm.ping", None).0, 200);
+    assert_eq!(put(&api, "/api/v1/vmm.shutdown").0, 204);
+    let status = vmm.wait_timeout(WAIT).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", log());
+    assert!(!api.exists());
+    assert!(log().contains("control API on"), "{}", log());
+    assert!(
+        !vmm.log_contents().contains("control API on"),
+        "{}",
+        vmm.log_contents()
+    );
+}
+
+/// The command-line form boots through the same create + boot, and its
+/// config reads back in Cloud Hypervisor's shape.
+#[test]
+fn the_command_line_vm_reports_its_config_in_ch_shape() {
+    let dir = TempDir::new("vmm-lifecycle-cli").unwrap();
+    let kernel = dir.join("halt.elf");
+    halting_kernel(&kernel).unwrap();
+    let api = dir.join("api.sock");
+    let mut vmm = spawn_vmm(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=32M",
+            "--serial",
+            "off",
+            "--api-socket",
+            api.to_str().unwrap(),
+        ],
+        &api,
+    );
+    let running = poll_until(WAIT, || {
+        call(&api, "GET", "/api/v1/vm.info", None).1["state"] == "Running"
+    });
+    let (_, info) = call(&api, "GET", "/api/v1/vm.info", None);
+    assert!(running, "{info}\n{}", vmm.log_contents());
+    assert_eq!(
+        info["config"]["payload"]["kernel"],
+        kernel.to_str().unwrap(),
+        "{info}"
+    );
+    assert_eq!(
+        info["config"]["cpus"],
+        json!({"boot_vcpus": 2, "max_vcpus": 2}),
+        "{info}"
+    );
+    assert_eq!(info["config"]["memory"]["size"], 32u64 << 20, "{info}");
+    assert_eq!(info["config"]["serial"]["mode"], "Off", "{info}");
+    assert_eq!(info["unsupported"], json!([]), "{info}");
+    assert_refused(create(&api, &info["config"]), 409, &["already created"]);
+    assert_eq!(put(&api, "/api/v1/vmm.shutdown").0, 204);
+    let status = vmm.wait_timeout(WAIT).unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        vmm.log_contents()
+    );
+    assert!(!api.exists());
+}
