@@ -126,7 +126,9 @@ impl Vmm {
         if !matches!(inner.slot, Slot::Empty) {
             return Err(ControlError::AlreadyCreated);
         }
-        log::info!(
+        // Debug: the command line's VM would otherwise add a line before a
+        // startup error's one line.
+        log::debug!(
             "VM created: kernel {}, {} vCPU(s), {} MiB, {} vhost-user device(s)",
             plan.config.kernel.display(),
             plan.config.cpus,
