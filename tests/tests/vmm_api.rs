@@ -38,7 +38,8 @@ fn serial(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// The VMM with 2 vCPUs, 64 MiB, the disk on `blk_sock`, the API on
+/// The VMM with 2 vCPUs, 64 MiB, the disk on `blk_sock` (`reconnect=off`:
+/// a killed backend fails the disk at once), the API on
 /// `api` and the serial console in the file `console` (apart from the
 /// VMM's log, so lines do not interleave), once the guest waits for the
 /// power button.
@@ -59,7 +60,7 @@ fn vmm_waiting(api: &Path, blk_sock: &Path, console: &Path) -> Daemon {
             "--api-socket".into(),
             api.as_os_str().to_owned(),
             "--disk".into(),
-            format!("socket={}", blk_sock.display()).into(),
+            format!("socket={},reconnect=off", blk_sock.display()).into(),
         ],
         api,
         &["control API on"],

@@ -256,7 +256,8 @@ fn a_backend_killed_while_the_vm_runs_leaves_the_vmm_running() {
             "--serial".into(),
             "off".into(),
             "--disk".into(),
-            arg(&[("socket", &blk_sock)]).into(),
+            // No reconnect: the killed backend fails the disk at once.
+            format!("{},reconnect=off", arg(&[("socket", &blk_sock)])).into(),
             "--fs".into(),
             format!("tag=myfs,{}", arg(&[("socket", &fs_sock)])).into(),
         ],

@@ -1,8 +1,9 @@
 //! A backend killed mid-run (issue #6): the test guest drives a disk, a
 //! share and a NIC served by our three daemons (`vu_driver::fw_devices`),
 //! then waits for the power button (`wait-power-button`). The disk's
-//! daemon is killed: the VMM keeps running and `vm.info` shows the disk
-//! `failed`, the share and the NIC `connected`. After the power button the
+//! daemon is killed and none comes back on its socket within the disk's
+//! `reconnect=1` (one second of retries): the VMM keeps running and
+//! `vm.info` shows the disk `failed`, the share and the NIC `connected`. After the power button the
 //! guest prints each device's `device_status` as it reads it then
 //! (`guest-fw/src/status.rs`): DEVICE_NEEDS_RESET (0x40) on the disk only,
 //! with the disk's configuration-change MSI-X vector pending in its LAPIC
@@ -104,7 +105,7 @@ fn vmm_waiting(api: &Path, console: &Path, b: &Blk, f: &Fs, n: &Net) -> Daemon {
             "--api-socket".into(),
             api.as_os_str().to_owned(),
             "--disk".into(),
-            format!("socket={}", b.socket.display()).into(),
+            format!("socket={},reconnect=1", b.socket.display()).into(),
             "--fs".into(),
             format!("tag=myfs,socket={}", f.socket.display()).into(),
             "--net".into(),

@@ -76,6 +76,7 @@ pub fn backend_state(state: DeviceState, needs_reset: bool) -> BackendState {
     match state {
         DeviceState::Failed => BackendState::Failed,
         _ if needs_reset => BackendState::Failed,
+        DeviceState::Reconnecting => BackendState::Connecting,
         DeviceState::Ready | DeviceState::Active => BackendState::Connected,
     }
 }
@@ -163,6 +164,11 @@ impl VmController {
                 u64::from(backend_state(info.state, info.needs_reset) == BackendState::Failed),
             ),
             ("needs_reset", u64::from(info.needs_reset)),
+            (
+                "reconnecting",
+                u64::from(info.state == DeviceState::Reconnecting),
+            ),
+            ("reconnects", info.reconnects),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -29,11 +29,17 @@ struct Seen {
     acked: u64,
     config: Vec<u8>,
     kicked: Vec<u16>,
+    /// The ring's next available index at each kick.
+    next_avail: Vec<u16>,
     memory_updates: usize,
 }
 
-/// A two-queue device that answers every kick with a call.
-struct Tiny(Arc<Mutex<Seen>>);
+/// The features [`Tiny`] offers unless told otherwise.
+const TINY_FEATURES: u64 = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES | (1 << 9);
+
+/// A two-queue device offering the given features that answers every
+/// kick with a call.
+struct Tiny(Arc<Mutex<Seen>>, u64);
 
 impl VhostUserBackendMut for Tiny {
     type Bitmap = ();
@@ -46,7 +52,7 @@ impl VhostUserBackendMut for Tiny {
         256
     }
     fn features(&self) -> u64 {
-        VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES | (1 << 9)
+        self.1
     }
     fn acked_features(&mut self, features: u64) {
         self.0.lock().unwrap().acked = features;
@@ -80,7 +86,10 @@ impl VhostUserBackendMut for Tiny {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> std::io::Result<()> {
-        self.0.lock().unwrap().kicked.push(q);
+        let mut seen = self.0.lock().unwrap();
+        seen.kicked.push(q);
+        seen.next_avail
+            .push(vrings[usize::from(q)].queue_next_avail());
         vrings[usize::from(q)].signal_used_queue()
     }
 }
@@ -96,6 +105,11 @@ impl Drop for Sock {
 
 /// A daemon serving one connection on a fresh socket.
 fn serve(name: &str) -> (Sock, Arc<Mutex<Seen>>) {
+    serve_offering(name, TINY_FEATURES)
+}
+
+/// [`serve`], the backend offering `features`.
+fn serve_offering(name: &str, features: u64) -> (Sock, Arc<Mutex<Seen>>) {
     let path = std::env::temp_dir().join(format!("devices-vu-{}-{name}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     // Bound before the thread starts, so connect() never races it.
@@ -104,7 +118,7 @@ fn serve(name: &str) -> (Sock, Arc<Mutex<Seen>>) {
         config: (0..60).collect(),
         ..Default::default()
     }));
-    let backend = Arc::new(Mutex::new(Tiny(seen.clone())));
+    let backend = Arc::new(Mutex::new(Tiny(seen.clone(), features)));
     std::thread::Builder::new()
         .name(format!("vu-test-{name}"))
         .spawn(move || {
@@ -262,22 +276,33 @@ struct Rig {
     _mem: GuestMemoryMmap,
 }
 
+/// A recording connection to `path`, logging into `log`.
+fn recording(path: &std::path::Path, log: &Arc<Mutex<Vec<(&'static str, bool)>>>) -> Recording {
+    let stream = UnixStream::connect(path).unwrap();
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    Recording {
+        inner: Frontend::from_stream(stream, 2),
+        need_reply: false,
+        log: Arc::clone(log),
+    }
+}
+
 impl Rig {
     fn new(name: &str) -> Self {
+        Self::with_reconnect(name, false)
+    }
+
+    /// With [`DeviceOptions::reconnect`] as given.
+    fn with_reconnect(name: &str, reconnect: bool) -> Self {
         let (sock, seen) = serve(name);
-        let stream = UnixStream::connect(&sock.0).unwrap();
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
         let log = Arc::default();
-        let conn = Recording {
-            inner: Frontend::from_stream(stream, 2),
-            need_reply: false,
-            log: Arc::clone(&log),
-        };
+        let conn = recording(&sock.0, &log);
         let mem = guest_memory();
         let kept = KeptEvents::default();
         let events = kept.0.clone();
         let mut options = DeviceOptions::new(DeviceKind::Block);
         options.queues = 2;
+        options.reconnect = reconnect;
         let dev = VhostUserDevice::with_conn(
             Box::new(conn),
             sock.0.clone(),
@@ -451,4 +476,126 @@ fn a_dead_backend_found_by_a_config_read_sets_needs_reset() {
     pci.write_bar(0, 0x2000, &[1]);
     pci.write_bar(0, 0x14, &[0]);
     assert_eq!(pci.device().state(), DeviceState::Failed);
+}
+
+#[test]
+fn a_backend_that_comes_back_gets_the_whole_setup_with_rings_at_the_used_index() {
+    let mut rig = Rig::with_reconnect("again", true);
+    rig.dev.activate(VERSION_1 | (1 << 9), queues()).unwrap();
+    rig.events.lock().unwrap().clear();
+    // The driver had 5 requests of queue 0 completed, 2 of queue 1.
+    for (q, used) in queues().iter().zip([5u16, 2]) {
+        vm_memory::Bytes::write_obj(&rig._mem, used, GuestAddress(q.used_ring + 2)).unwrap();
+    }
+    rig.log();
+
+    rig.cut();
+    assert_eq!(rig.dev.check_connection(), DeviceState::Reconnecting);
+    assert!(!rig.dev.needs_reset());
+    // The driver reads its configuration meanwhile: the last copy.
+    let mut buf = [0u8; 2];
+    rig.dev.read_config(8, &mut buf);
+    assert_eq!(buf, [8, 9]);
+    // (The old daemon's thread still holds its listener: a connect there
+    // would be accepted and never served.)
+    let link = rig.dev.reconnector();
+
+    // The backend is back on the same path.
+    let (sock, seen) = serve("again");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    link.replay(Box::new(recording(&sock.0, &log))).unwrap();
+    assert_eq!(rig.dev.state(), DeviceState::Active);
+    assert_eq!(rig.dev.reconnects(), 1);
+    let names: Vec<_> = log.lock().unwrap().iter().map(|(n, _)| *n).collect();
+    let mut want = vec![
+        "SET_OWNER",
+        "GET_FEATURES",
+        "GET_PROTOCOL_FEATURES",
+        "SET_PROTOCOL_FEATURES",
+        "GET_QUEUE_NUM",
+        "SET_FEATURES",
+        "SET_MEM_TABLE",
+    ];
+    for _ in 0..2 {
+        want.extend([
+            "SET_VRING_NUM",
+            "SET_VRING_ADDR",
+            "SET_VRING_BASE",
+            "SET_VRING_CALL",
+            "SET_VRING_KICK",
+            "SET_VRING_ENABLE",
+        ]);
+    }
+    assert_eq!(names, want);
+    // Both rings were kicked (no kick from the driver) and resumed at
+    // their used index, and the backend calls.
+    let events = std::mem::take(&mut *rig.events.lock().unwrap());
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert!(readable(&e.call), "no call after the reconnect");
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.acked,
+        VERSION_1 | (1 << 9) | VHOST_USER_F_PROTOCOL_FEATURES
+    );
+    let mut resumed: Vec<_> = seen.kicked.iter().zip(&seen.next_avail).collect();
+    resumed.sort();
+    resumed.dedup();
+    assert_eq!(resumed, vec![(&0, &5), (&1, &2)]);
+    drop(seen);
+    drop(sock);
+    // A reset afterwards stops the new backend's rings.
+    rig.dev.reset();
+    assert_eq!(rig.dev.state(), DeviceState::Ready);
+}
+
+#[test]
+fn a_backend_that_comes_back_with_fewer_features_is_refused() {
+    let mut rig = Rig::with_reconnect("fewer", true);
+    rig.dev.activate(VERSION_1 | (1 << 9), queues()).unwrap();
+    rig.cut();
+    assert_eq!(rig.dev.check_connection(), DeviceState::Reconnecting);
+    let (sock, _seen) = serve_offering("fewer", TINY_FEATURES & !(1 << 9));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let err = rig
+        .dev
+        .reconnector()
+        .replay(Box::new(recording(&sock.0, &log)))
+        .unwrap_err();
+    assert!(matches!(err, VhostUserError::FeaturesLost { .. }), "{err}");
+    assert!(err.to_string().contains("without 0x200"), "{err}");
+    assert_eq!(rig.dev.state(), DeviceState::Failed);
+    assert!(rig.dev.needs_reset());
+}
+
+#[test]
+fn a_device_reset_while_reconnecting_comes_back_ready_and_an_activation_waits() {
+    let mut rig = Rig::with_reconnect("reset", true);
+    rig.dev.activate(VERSION_1, queues()).unwrap();
+    rig.cut();
+    assert_eq!(rig.dev.check_connection(), DeviceState::Reconnecting);
+    rig.dev.reset();
+    assert_eq!(rig.dev.state(), DeviceState::Reconnecting);
+    let (sock, _seen) = serve("reset");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let link = rig.dev.reconnector();
+    link.replay(Box::new(recording(&sock.0, &log))).unwrap();
+    assert_eq!(rig.dev.state(), DeviceState::Ready);
+    assert!(!log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(n, _)| *n == "SET_FEATURES"));
+
+    // An activation while reconnecting is replayed on the next backend.
+    rig.cut();
+    assert_eq!(rig.dev.check_connection(), DeviceState::Reconnecting);
+    rig.dev.activate(VERSION_1, queues()).unwrap();
+    assert_eq!(rig.dev.state(), DeviceState::Reconnecting);
+    assert!(!rig.dev.needs_reset());
+    let (sock, _seen) = serve("reset");
+    link.replay(Box::new(recording(&sock.0, &log))).unwrap();
+    assert_eq!(rig.dev.state(), DeviceState::Active);
+    assert!(!link.give_up("test"));
 }

@@ -39,9 +39,12 @@ pub enum DeviceState {
     Ready,
     /// The rings are running.
     Active,
-    /// The backend died or broke the protocol; the device needs a reset
-    /// (and a reconnect, not done yet).
+    /// The backend died or broke the protocol; the device needs a reset.
     Failed,
+    /// The backend's socket closed and the device waits for a new
+    /// connection ([`Reconnector`]); the driver sees nothing, its kicks
+    /// wait in the kick eventfds.
+    Reconnecting,
 }
 
 impl DeviceState {
@@ -49,6 +52,7 @@ impl DeviceState {
         match v {
             0 => Self::Ready,
             1 => Self::Active,
+            3 => Self::Reconnecting,
             _ => Self::Failed,
         }
     }
@@ -58,6 +62,7 @@ impl DeviceState {
             Self::Ready => 0,
             Self::Active => 1,
             Self::Failed => 2,
+            Self::Reconnecting => 3,
         }
     }
 }
@@ -83,6 +88,10 @@ pub struct DeviceOptions {
     /// The device configuration shown when the backend does not serve
     /// GET_CONFIG (without CONFIG), `kind.config_len()` long.
     pub config: Vec<u8>,
+    /// A lost connection makes the device [`DeviceState::Reconnecting`]
+    /// (for a [`Reconnector`] to renew) instead of
+    /// [`DeviceState::Failed`].
+    pub reconnect: bool,
 }
 
 impl DeviceOptions {
@@ -93,6 +102,7 @@ impl DeviceOptions {
             queues: kind.default_queues(),
             queue_size: kind.default_queue_size(),
             config: vec![0; kind.config_len()],
+            reconnect: false,
         }
     }
 }
@@ -121,6 +131,16 @@ struct Inner {
     started: Vec<StartedQueue>,
     /// SET_FEATURES was sent since the last reset.
     features_set: bool,
+    /// What the driver started (DRIVER_OK) since the last reset: what a
+    /// reconnect replays.
+    activation: Option<Activation>,
+}
+
+/// The driver's acked features and its queues, as given at DRIVER_OK.
+#[derive(Clone, Debug)]
+struct Activation {
+    acked: u64,
+    queues: Vec<QueueConfig>,
 }
 
 /// The device, shared with deferred activations.
@@ -142,6 +162,8 @@ struct Shared {
     /// Bumped by every reset, so an activation deferred before a reset
     /// does not start after it.
     generation: AtomicU64,
+    /// Connections renewed by a [`Reconnector`].
+    reconnects: AtomicU64,
     config_errors: RateLimited,
 }
 
@@ -186,16 +208,8 @@ impl VhostUserDevice {
         events: Box<dyn QueueEventProvider>,
     ) -> Result<Self, VhostUserError> {
         let path = path.as_ref().to_path_buf();
-        let connect_err = |source| VhostUserError::Connect {
-            path: path.clone(),
-            source,
-        };
-        let stream = UnixStream::connect(&path).map_err(connect_err)?;
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .map_err(connect_err)?;
-        let conn = Frontend::from_stream(stream, options.queues as u64);
-        Self::with_conn(Box::new(conn), path, options, memory, events)
+        let conn = connect_socket(&path, options.queues)?;
+        Self::with_conn(conn, path, options, memory, events)
     }
 
     /// Negotiates over an established connection; `path` names it in logs.
@@ -247,12 +261,14 @@ impl VhostUserDevice {
                     events,
                     started: Vec::new(),
                     features_set: false,
+                    activation: None,
                 }),
                 state: AtomicU8::new(DeviceState::Ready.to_u8()),
                 backend_features: AtomicU64::new(negotiated.backend_features),
                 config: Mutex::new(config),
                 activation_failed: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
+                reconnects: AtomicU64::new(0),
                 config_errors: RateLimited::default(),
             }),
             deferrer: None,
@@ -298,25 +314,152 @@ impl VhostUserDevice {
         lock(&self.shared.inner).conn.raw_fd()
     }
 
-    /// Marks the device failed if the backend hung up while idle, and
-    /// returns the state. After `Failed`, the transport's `check_device`
-    /// sets DEVICE_NEEDS_RESET. With a request in flight this does not
-    /// wait: the request notices a hang-up itself.
+    /// Marks the device failed (or, with [`DeviceOptions::reconnect`],
+    /// reconnecting) if the backend hung up while idle, and returns the
+    /// state. After `Failed`, the transport's `check_device` sets
+    /// DEVICE_NEEDS_RESET. With a request in flight this does not wait:
+    /// the request notices a hang-up itself.
     pub fn check_connection(&mut self) -> DeviceState {
         let sh = &self.shared;
         let Some(inner) = try_lock(&sh.inner) else {
             return sh.state();
         };
-        if sh.state() != DeviceState::Failed && inner.conn.peer_gone() {
-            warn!(
-                "vhost-user {} {}: the backend hung up; the device needs a reset",
-                sh.options.kind.name(),
-                sh.path.display()
-            );
-            sh.set_state(DeviceState::Failed);
+        if sh.connected() && inner.conn.peer_gone() {
+            sh.lost("the backend hung up");
         }
         sh.state()
     }
+
+    /// The handle that renews the device's connection after
+    /// [`DeviceState::Reconnecting`].
+    pub fn reconnector(&self) -> Reconnector {
+        Reconnector {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// How many times the connection was renewed.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Acquire)
+    }
+}
+
+/// Renews a [`DeviceState::Reconnecting`] device's connection, from a VMM
+/// thread (it waits for the backend's replies, never for the guest):
+/// [`try_connect`](Self::try_connect) to the same socket path, or
+/// [`replay`](Self::replay) over a connection made elsewhere.
+#[derive(Clone)]
+pub struct Reconnector {
+    shared: Arc<Shared>,
+}
+
+impl Reconnector {
+    /// The device's state.
+    pub fn state(&self) -> DeviceState {
+        self.shared.state()
+    }
+
+    /// The socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The current connection's socket (waits for a request in flight).
+    pub fn connection_fd(&self) -> Option<RawFd> {
+        lock(&self.shared.inner).conn.raw_fd()
+    }
+
+    /// Connects to the socket path again and replays the setup. `Err` with
+    /// [`VhostUserError::Connect`] when nobody listens yet; see
+    /// [`replay`](Self::replay) for the rest.
+    pub fn try_connect(&self) -> Result<(), VhostUserError> {
+        let conn = connect_socket(&self.shared.path, self.shared.options.queues)?;
+        self.replay(conn)
+    }
+
+    /// Replays the whole setup over `conn`, if the device still waits for
+    /// one: SET_OWNER, features, protocol features, queue count; then, if
+    /// the driver had started the device, SET_FEATURES (refused when the
+    /// backend now offers less than the driver acked), SET_MEM_TABLE and
+    /// each ring with its base at the used index in guest memory (requests
+    /// the old backend had taken but not completed are read again), and a
+    /// kick on each ring so that no kick made meanwhile is lost.
+    ///
+    /// On success the device is Active (or Ready); a connection lost again
+    /// leaves it Reconnecting (retry); any other error marks it Failed
+    /// (logged), for the transport to set DEVICE_NEEDS_RESET.
+    pub fn replay(&self, mut conn: Box<dyn VhostUserConn>) -> Result<(), VhostUserError> {
+        let sh = &self.shared;
+        let mut inner = lock(&sh.inner);
+        if sh.state() != DeviceState::Reconnecting {
+            return Ok(());
+        }
+        let result = sh.replay(&mut inner, &mut conn);
+        match &result {
+            Ok(()) => {
+                sh.reconnects.fetch_add(1, Ordering::AcqRel);
+                let started = inner.started.len();
+                info!(
+                    "vhost-user {} {}: reconnected; {started} ring(s) resumed",
+                    sh.options.kind.name(),
+                    sh.path.display()
+                );
+            }
+            Err(e) if e.is_disconnect() => {
+                inner.started.clear();
+                debug!(
+                    "vhost-user {} {}: reconnect: {e}: {}",
+                    sh.options.kind.name(),
+                    sh.path.display(),
+                    source_of(e)
+                );
+            }
+            Err(e) => {
+                inner.started.clear();
+                warn!(
+                    "vhost-user {} {}: reconnect refused: {e}{}; the device needs a reset",
+                    sh.options.kind.name(),
+                    sh.path.display(),
+                    std::error::Error::source(e)
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default()
+                );
+                sh.set_state(DeviceState::Failed);
+            }
+        }
+        result
+    }
+
+    /// Ends the wait: a Reconnecting device becomes Failed (the VMM's
+    /// time limit ran out). Returns whether it did.
+    pub fn give_up(&self, why: &str) -> bool {
+        let sh = &self.shared;
+        let _inner = lock(&sh.inner);
+        if sh.state() != DeviceState::Reconnecting {
+            return false;
+        }
+        warn!(
+            "vhost-user {} {}: {why}; the device needs a reset",
+            sh.options.kind.name(),
+            sh.path.display()
+        );
+        sh.set_state(DeviceState::Failed);
+        true
+    }
+}
+
+/// A frontend connection to the backend at `path`, with the reply
+/// timeout.
+fn connect_socket(path: &Path, queues: usize) -> Result<Box<dyn VhostUserConn>, VhostUserError> {
+    let connect_err = |source| VhostUserError::Connect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stream = UnixStream::connect(path).map_err(connect_err)?;
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(connect_err)?;
+    Ok(Box::new(Frontend::from_stream(stream, queues as u64)))
 }
 
 impl Shared {
@@ -328,15 +471,126 @@ impl Shared {
         self.state.store(state.to_u8(), Ordering::Release);
     }
 
+    /// Whether the connection is up (Ready or Active).
+    fn connected(&self) -> bool {
+        matches!(self.state(), DeviceState::Ready | DeviceState::Active)
+    }
+
+    /// The connection is gone (`why`, logged once): Reconnecting with
+    /// [`DeviceOptions::reconnect`], else Failed.
+    fn lost(&self, why: &str) {
+        if !self.connected() {
+            return;
+        }
+        let (kind, path) = (self.options.kind.name(), self.path.display());
+        if self.options.reconnect {
+            warn!("vhost-user {kind} {path}: {why}; reconnecting");
+            self.set_state(DeviceState::Reconnecting);
+        } else {
+            warn!("vhost-user {kind} {path}: {why}; the device needs a reset");
+            self.set_state(DeviceState::Failed);
+        }
+    }
+
+    /// [`Reconnector::replay`]'s work, under the lock: `conn` replaces
+    /// the dead connection once the handshake succeeded.
+    fn replay(
+        &self,
+        inner: &mut Inner,
+        conn: &mut Box<dyn VhostUserConn>,
+    ) -> Result<(), VhostUserError> {
+        let negotiated = handshake(conn.as_mut(), &self.options)?;
+        if let Some(a) = &inner.activation {
+            let old = inner.negotiated.backend_features;
+            let needed = (a.acked & old) | (old & VHOST_USER_F_PROTOCOL_FEATURES);
+            let missing = needed & !negotiated.backend_features;
+            if missing != 0 {
+                return Err(VhostUserError::FeaturesLost {
+                    acked: needed,
+                    offered: negotiated.backend_features,
+                });
+            }
+        }
+        std::mem::swap(&mut inner.conn, conn);
+        inner.negotiated = negotiated;
+        inner.started.clear();
+        inner.features_set = false;
+        self.backend_features
+            .store(negotiated.backend_features, Ordering::Release);
+        let Some(a) = inner.activation.clone() else {
+            self.set_state(DeviceState::Ready);
+            return Ok(());
+        };
+        let bases = a
+            .queues
+            .iter()
+            .map(|q| {
+                self.memory
+                    .read_u16(q.used_ring + 2)
+                    .ok_or(VhostUserError::RingAddress {
+                        queue: q.index,
+                        ring: "used ring",
+                        addr: q.used_ring,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (q, base) in a.queues.iter().zip(&bases) {
+            let avail = self.memory.read_u16(q.avail_ring + 2).unwrap_or(*base);
+            info!(
+                "vhost-user {} {}: queue {} resumes at used index {base}, {} request(s) \
+                 available to the backend again",
+                self.options.kind.name(),
+                self.path.display(),
+                q.index,
+                avail.wrapping_sub(*base)
+            );
+        }
+        self.start_rings(inner, a.acked, &a.queues, &bases)?;
+        for q in &inner.started {
+            // A kick made while no backend listened is in the eventfd
+            // already; one more costs the backend a look at the ring.
+            let _ = q.events.kick.write(1);
+        }
+        self.set_state(DeviceState::Active);
+        Ok(())
+    }
+
     fn start(
         &self,
         inner: &mut Inner,
         acked: u64,
         queues: &[QueueConfig],
     ) -> Result<(), VhostUserError> {
-        if self.state() == DeviceState::Failed {
-            return Err(VhostUserError::Failed);
+        match self.state() {
+            DeviceState::Failed => return Err(VhostUserError::Failed),
+            // The replay on the next connection starts the rings.
+            DeviceState::Reconnecting => {
+                inner.activation = Some(Activation {
+                    acked,
+                    queues: queues.to_vec(),
+                });
+                return Ok(());
+            }
+            DeviceState::Ready | DeviceState::Active => {}
         }
+        inner.activation = Some(Activation {
+            acked,
+            queues: queues.to_vec(),
+        });
+        self.start_rings(inner, acked, queues, &vec![0; queues.len()])?;
+        self.set_state(DeviceState::Active);
+        Ok(())
+    }
+
+    /// SET_FEATURES, SET_MEM_TABLE and each queue's setup, ring `i` from
+    /// `bases[i]`.
+    fn start_rings(
+        &self,
+        inner: &mut Inner,
+        acked: u64,
+        queues: &[QueueConfig],
+        bases: &[u16],
+    ) -> Result<(), VhostUserError> {
         let n = inner.negotiated;
         let proto = n.backend_features & VHOST_USER_F_PROTOCOL_FEATURES;
         let features = (acked & n.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES) | proto;
@@ -352,7 +606,7 @@ impl Shared {
             .conn
             .set_mem_table(&self.memory.to_vhost())
             .map_err(VhostUserError::SetMemTable)?;
-        for q in queues {
+        for (q, &base) in queues.iter().zip(bases) {
             let ring = |ring, addr, len| {
                 self.memory
                     .translate(addr, len)
@@ -385,7 +639,7 @@ impl Shared {
                 .map_err(VhostUserError::SetVringNum)?;
             conn.set_vring_addr(i, &config)
                 .map_err(VhostUserError::SetVringAddr)?;
-            conn.set_vring_base(i, 0)
+            conn.set_vring_base(i, base)
                 .map_err(VhostUserError::SetVringBase)?;
             // From here the backend may hold the ring: stop it on reset.
             inner.started.push(StartedQueue {
@@ -403,7 +657,6 @@ impl Shared {
                     .map_err(VhostUserError::SetVringEnable)?;
             }
         }
-        self.set_state(DeviceState::Active);
         Ok(())
     }
 
@@ -425,6 +678,11 @@ impl Shared {
         }
         if let Err(e) = self.start(&mut inner, acked, queues) {
             self.note_error(&e);
+            if self.state() == DeviceState::Reconnecting {
+                // The replay on the next connection starts the rings.
+                inner.started.clear();
+                return;
+            }
             warn!(
                 "vhost-user {} {}: activation failed; the device needs a reset",
                 self.options.kind.name(),
@@ -479,15 +737,7 @@ impl Shared {
             );
             return;
         }
-        if self.state() != DeviceState::Failed {
-            warn!(
-                "vhost-user {} {}: {e}: {}; the backend is gone, the device needs a reset",
-                kind.name(),
-                path.display(),
-                source_of(e)
-            );
-            self.set_state(DeviceState::Failed);
-        }
+        self.lost(&format!("{e}: {}; the backend is gone", source_of(e)));
     }
 }
 
@@ -557,7 +807,7 @@ impl VirtioDevice for VhostUserDevice {
                 .negotiated
                 .protocol
                 .contains(VhostUserProtocolFeatures::CONFIG);
-            if with_config && sh.state() != DeviceState::Failed {
+            if with_config && sh.connected() {
                 let len = lock(&sh.config).len() as u32;
                 match inner.conn.get_config(0, len) {
                     Ok(c) => *lock(&sh.config) = c,
@@ -609,7 +859,7 @@ impl VirtioDevice for VhostUserDevice {
             .negotiated
             .protocol
             .contains(VhostUserProtocolFeatures::CONFIG);
-        if with_config && sh.state() != DeviceState::Failed {
+        if with_config && sh.connected() {
             if let Err(e) = inner.conn.set_config(start as u32, data) {
                 sh.note_error(&VhostUserError::SetConfig(e));
             }
@@ -640,8 +890,10 @@ impl VirtioDevice for VhostUserDevice {
         let mut inner = lock(&sh.inner);
         sh.generation.fetch_add(1, Ordering::AcqRel);
         sh.activation_failed.store(false, Ordering::Release);
-        if sh.state() == DeviceState::Failed {
-            // Nothing to stop: the backend is gone. A reconnect goes here.
+        inner.activation = None;
+        if !sh.connected() {
+            // Nothing to stop: the backend is gone (a reconnect finds the
+            // device reset).
             inner.started.clear();
             inner.features_set = false;
             return;
@@ -651,7 +903,7 @@ impl VirtioDevice for VhostUserDevice {
             Err(e) => {
                 sh.note_error(&e);
                 inner.started.clear();
-                if sh.state() != DeviceState::Failed {
+                if sh.connected() {
                     sh.set_state(DeviceState::Ready);
                 }
             }

@@ -5,7 +5,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 use vhost::VhostUserMemoryRegionInfo;
-use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::VhostUserError;
 
@@ -32,6 +32,9 @@ pub struct MemoryRegionInfo {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryTable {
     regions: Vec<MemoryRegionInfo>,
+    /// The guest memory itself, when the table was made from it: what a
+    /// reconnect reads each ring's used index from.
+    guest: Option<GuestMemoryMmap>,
 }
 
 impl MemoryTable {
@@ -40,7 +43,10 @@ impl MemoryTable {
         if regions.is_empty() || regions.len() > MAX_MEM_REGIONS {
             return Err(VhostUserError::MemoryRegionCount(regions.len()));
         }
-        Ok(Self { regions })
+        Ok(Self {
+            regions,
+            guest: None,
+        })
     }
 
     /// The table of a file-backed `GuestMemoryMmap`: every region must have
@@ -61,7 +67,16 @@ impl MemoryTable {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Self::new(regions)
+        let mut table = Self::new(regions)?;
+        table.guest = Some(mem.clone());
+        Ok(table)
+    }
+
+    /// The little-endian u16 at guest-physical `gpa` (a ring's index), when
+    /// the table was made from guest memory and `gpa` lies in it.
+    pub fn read_u16(&self, gpa: u64) -> Option<u16> {
+        let v: u16 = self.guest.as_ref()?.read_obj(GuestAddress(gpa)).ok()?;
+        Some(u16::from_le(v))
     }
 
     /// The regions.

@@ -25,16 +25,26 @@
 //! without it.
 //!
 //! A backend that dies does not take the VM down: the first socket error
-//! marks the device [`DeviceState::Failed`], is logged once with the socket
-//! path, and makes
+//! is logged once with the socket path and marks the device
+//! [`DeviceState::Failed`], which makes
 //! [`VirtioDevice::needs_reset`](crate::virtio_pci::VirtioDevice::needs_reset)
 //! true, which the transport turns into DEVICE_NEEDS_RESET and a
 //! configuration interrupt. The VMM may also watch
 //! [`VhostUserDevice::connection_fd`] and call
 //! [`VhostUserDevice::check_connection`] when it becomes readable, to notice
-//! a death while the device is idle. Reconnecting is not done yet; the
-//! handshake is one function ([`VhostUserDevice`]'s `handshake`) so that a
-//! reconnect can replay it.
+//! a death while the device is idle.
+//!
+//! With [`DeviceOptions::reconnect`] the device goes to
+//! [`DeviceState::Reconnecting`] instead: the driver sees nothing (its
+//! configuration reads get the last copy, its kicks wait in the kick
+//! eventfds, an activation or reset meanwhile is remembered), and the VMM
+//! renews the connection through a [`Reconnector`], which replays the whole
+//! setup: the handshake, then, if the driver had started the device,
+//! SET_FEATURES (refused, and the device Failed, when the backend now
+//! offers less than the driver acked), SET_MEM_TABLE and each ring with
+//! its base at the used index in guest memory (without in-flight tracking,
+//! as QEMU does: requests the dead backend had taken but not completed are
+//! read again), and one kick per ring.
 //!
 //! The configuration layouts of net and fs (what the frontend shows a
 //! driver when the backend serves no GET_CONFIG) are in [`config`].
@@ -48,7 +58,9 @@ mod device;
 mod memory;
 
 pub use conn::VhostUserConn;
-pub use device::{Deferrer, DeviceOptions, DeviceState, VhostUserDevice, REPLY_TIMEOUT};
+pub use device::{
+    Deferrer, DeviceOptions, DeviceState, Reconnector, VhostUserDevice, REPLY_TIMEOUT,
+};
 pub use memory::{MemoryRegionInfo, MemoryTable, MAX_MEM_REGIONS};
 
 use std::os::unix::io::AsRawFd;
@@ -238,10 +250,20 @@ pub enum VhostUserError {
     /// The memory table is empty or too large for SET_MEM_TABLE.
     #[error("{0} memory regions; SET_MEM_TABLE takes 1 to 8")]
     MemoryRegionCount(usize),
-    /// The backend failed earlier; the device needs a reset (and, later, a
-    /// reconnect).
+    /// The backend failed earlier; the device needs a reset.
     #[error("the backend is gone")]
     Failed,
+    /// A reconnected backend offers less than the driver acked.
+    #[error(
+        "the backend now offers features {offered:#x}, without {:#x} of the {acked:#x} in use",
+        acked & !offered
+    )]
+    FeaturesLost {
+        /// The features in use (the driver's, and PROTOCOL_FEATURES).
+        acked: u64,
+        /// GET_FEATURES of the new connection.
+        offered: u64,
+    },
 }
 
 impl VhostUserError {
@@ -276,7 +298,8 @@ impl VhostUserError {
             | Self::QueueEvents { .. }
             | Self::RingAddress { .. }
             | Self::MemoryNotShared(_)
-            | Self::MemoryRegionCount(_) => return false,
+            | Self::MemoryRegionCount(_)
+            | Self::FeaturesLost { .. } => return false,
         };
         match source {
             vhost::Error::VhostUserProtocol(e) => matches!(

@@ -13,9 +13,14 @@
 //! ([`activate`]), not on the vCPU that wrote it.
 //!
 //! A backend that dies is noticed by the `vu-watch` thread
-//! ([`watch`]), which calls [`VhostUserPci::check_backend`]: the
-//! device is marked failed, DEVICE_NEEDS_RESET is set and a configuration
-//! interrupt sent; the VM goes on.
+//! ([`watch`]), which calls [`VhostUserPci::check_backend`]. With
+//! `reconnect=` (the default for blk and net) the device goes to
+//! Reconnecting, the guest sees nothing, and `vu-watch` retries the socket
+//! path with backoff ([`VhostUserPci::try_reconnect`]); the frontend
+//! replays the whole setup on the new connection. When the time limit runs
+//! out, or with `reconnect=off`, or when the new backend cannot serve what
+//! was negotiated, the device is marked failed, DEVICE_NEEDS_RESET is set
+//! and a configuration interrupt sent; the VM goes on.
 
 pub mod activate;
 #[cfg(test)]
@@ -30,12 +35,13 @@ use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use devices::pci::{BusError, MsiSink, PciAddress, PciDevice, MSIX_NO_VECTOR};
 use devices::vhost_user::config::{fs_config, fs_tag, net_config, net_mac};
 use devices::vhost_user::{
     DeviceKind, DeviceOptions, DeviceState, MemoryTable, QueueEventProvider, QueueEvents,
-    VhostUserDevice, VhostUserError,
+    Reconnector, VhostUserDevice, VhostUserError,
 };
 use devices::virtio_pci::{
     VirtioDevice, VirtioPciDevice, VirtioPciError, STATUS_DEVICE_NEEDS_RESET, VIRTIO_PCI_BAR,
@@ -44,7 +50,7 @@ use lograte::RateLimited;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cli::VhostUserConfig;
+use crate::cli::{Reconnect, VhostUserConfig};
 use crate::irq::{IrqError, IrqRouter, MsiVectors};
 use crate::pci::{PciError, PciHost};
 
@@ -101,11 +107,14 @@ pub struct DeviceInfo {
     pub socket: PathBuf,
     /// Where it sits on the PCI bus (`0000:00:01.0` when displayed).
     pub bdf: PciAddress,
-    /// Ready (connected, not started), Active (rings running) or Failed
-    /// (the backend is gone).
+    /// Ready (connected, not started), Active (rings running),
+    /// Reconnecting (the backend is gone, its socket is being retried) or
+    /// Failed (the backend is gone for good).
     pub state: DeviceState,
     /// DEVICE_NEEDS_RESET is set in the device status.
     pub needs_reset: bool,
+    /// How many times the connection was renewed.
+    pub reconnects: u64,
 }
 
 /// The frontend's options for `config`: queue count and size, and the
@@ -115,6 +124,7 @@ pub fn device_options(config: &VhostUserConfig) -> DeviceOptions {
     let mut options = DeviceOptions::new(config.kind);
     options.queues = config.device_queues();
     options.queue_size = config.queue_size;
+    options.reconnect = config.reconnect != Reconnect::Off;
     match config.kind {
         DeviceKind::Fs => {
             let requests = u32::try_from(config.num_queues).unwrap_or(u32::MAX);
@@ -229,7 +239,7 @@ pub struct VhostUserPci {
     config: VhostUserConfig,
     address: PciAddress,
     transport: Arc<Mutex<Transport>>,
-    connection: Option<RawFd>,
+    link: Reconnector,
     gone: AtomicBool,
 }
 
@@ -363,7 +373,6 @@ impl Connected {
         } = self;
         let fail = |source| device_error(&config, source);
         let queues = kicks.len();
-        let connection = device.connection_fd();
         let sink: Arc<dyn MsiSink> = msi;
         let transport = VirtioPciDevice::new(device, vectors, sink)
             .map_err(|e| fail(SetupError::Transport(e)))?;
@@ -399,9 +408,7 @@ impl Connected {
             config.socket.display(),
             config.queue_size
         );
-        Ok(Arc::new(VhostUserPci::new(
-            config, address, transport, connection,
-        )))
+        Ok(Arc::new(VhostUserPci::new(config, address, transport)))
     }
 }
 
@@ -477,13 +484,13 @@ impl VhostUserPci {
         config: VhostUserConfig,
         address: PciAddress,
         transport: Arc<Mutex<Transport>>,
-        connection: Option<RawFd>,
     ) -> Self {
+        let link = lock(&transport).device().reconnector();
         Self {
             config,
             address,
             transport,
-            connection,
+            link,
             gone: AtomicBool::new(false),
         }
     }
@@ -505,7 +512,60 @@ impl VhostUserPci {
 
     /// The backend's socket, to watch for a hang-up.
     pub fn connection_fd(&self) -> Option<RawFd> {
-        self.connection
+        self.link.connection_fd()
+    }
+
+    /// How long `vu-watch` retries the socket after a disconnect: `None`
+    /// for ever.
+    pub fn reconnect_limit(&self) -> Option<Duration> {
+        match self.config.reconnect {
+            Reconnect::For(d) => Some(d),
+            Reconnect::Off | Reconnect::Forever => None,
+        }
+    }
+
+    /// The frontend's state, without waiting for the transport's lock.
+    pub fn state(&self) -> DeviceState {
+        self.link.state()
+    }
+
+    /// One attempt to renew a Reconnecting device's connection (see
+    /// [`Reconnector::try_connect`]); returns the state after it. A
+    /// backend that cannot serve what was negotiated makes the device
+    /// need a reset.
+    pub fn try_reconnect(&self) -> DeviceState {
+        let _ = self.link.try_connect();
+        let state = self.link.state();
+        if state == DeviceState::Failed {
+            self.needs_reset_now();
+        }
+        state
+    }
+
+    /// The reconnect time limit ran out: the device needs a reset.
+    pub fn give_up(&self, after: Duration) {
+        let why = format!(
+            "no backend on the socket within the reconnect limit ({} s)",
+            after.as_secs()
+        );
+        if self.link.give_up(&why) {
+            self.needs_reset_now();
+        }
+    }
+
+    /// Sets DEVICE_NEEDS_RESET (with a configuration interrupt) on a
+    /// failed device, and logs it once.
+    fn needs_reset_now(&self) {
+        lock(&self.transport).check_device();
+        if !self.gone.swap(true, Ordering::AcqRel) {
+            log::warn!(
+                "vhost-user {} device {} ({}): the backend is gone; DEVICE_NEEDS_RESET set, \
+                 the guest must reset the device",
+                kind_name(self.config.kind),
+                self.address,
+                self.config.socket.display()
+            );
+        }
     }
 
     /// What `vm.info` shows. Takes the transport's lock (which a vCPU
@@ -518,30 +578,26 @@ impl VhostUserPci {
             bdf: self.address,
             state: t.device().state(),
             needs_reset: t.status() & STATUS_DEVICE_NEEDS_RESET != 0,
+            reconnects: t.device().reconnects(),
         }
     }
 
     /// The backend's socket became readable or hung up: checks whether the
-    /// backend is gone; if so marks the device failed, sets
-    /// DEVICE_NEEDS_RESET (with a configuration interrupt) and logs it
-    /// once. Returns whether the backend is gone.
+    /// backend is gone. If so the device is Reconnecting (with
+    /// `reconnect=`; the caller retries) or failed: then DEVICE_NEEDS_RESET
+    /// is set (with a configuration interrupt) and logged once. Returns
+    /// whether the backend is gone.
     pub fn check_backend(&self) -> bool {
         let mut t = lock(&self.transport);
-        if t.device_mut().check_connection() != DeviceState::Failed {
-            return false;
+        match t.device_mut().check_connection() {
+            DeviceState::Ready | DeviceState::Active => false,
+            DeviceState::Reconnecting => true,
+            DeviceState::Failed => {
+                drop(t);
+                self.needs_reset_now();
+                true
+            }
         }
-        t.check_device();
-        drop(t);
-        if !self.gone.swap(true, Ordering::AcqRel) {
-            log::warn!(
-                "vhost-user {} device {} ({}): the backend is gone; DEVICE_NEEDS_RESET set, \
-                 the guest must reset the device",
-                kind_name(self.config.kind),
-                self.address,
-                self.config.socket.display()
-            );
-        }
-        true
     }
 }
 

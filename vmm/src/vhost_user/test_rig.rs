@@ -162,15 +162,28 @@ fn tempfile_in_shm() -> std::fs::File {
     f
 }
 
-/// A plugged blk device whose backend is the returned peer.
+/// A plugged blk device whose backend is the returned peer; no
+/// reconnect (`reconnect=off`).
 pub(crate) fn device(slot: u8) -> (Arc<VhostUserPci>, UnixStream) {
     device_hanging(slot, None)
 }
 
+/// [`device`] with `reconnect=` as given.
+pub(crate) fn device_reconnecting(slot: u8, reconnect: &str) -> (Arc<VhostUserPci>, UnixStream) {
+    device_with(slot, None, reconnect)
+}
+
 /// [`device`], its backend hanging at SET_MEM_TABLE if `hang` says so.
 pub(crate) fn device_hanging(slot: u8, hang: Option<Hang>) -> (Arc<VhostUserPci>, UnixStream) {
+    device_with(slot, hang, "off")
+}
+
+fn device_with(slot: u8, hang: Option<Hang>, reconnect: &str) -> (Arc<VhostUserPci>, UnixStream) {
     let (sock, peer) = UnixStream::pair().unwrap();
-    let config = parse_disk(&format!("socket=/test/blk{slot}.sock")).unwrap();
+    let config = parse_disk(&format!(
+        "socket=/test/blk{slot}.sock,reconnect={reconnect}"
+    ))
+    .unwrap();
     let dev = VhostUserDevice::with_conn(
         Box::new(Fake { sock, hang }),
         config.socket.clone(),
@@ -179,14 +192,12 @@ pub(crate) fn device_hanging(slot: u8, hang: Option<Hang>) -> (Arc<VhostUserPci>
         Box::new(NoEvents),
     )
     .unwrap();
-    let fd = dev.connection_fd();
-    assert!(fd.is_some());
+    assert!(dev.connection_fd().is_some());
     let transport = VirtioPciDevice::new(dev, 2, Arc::new(NoSink)).unwrap();
     let plugged = VhostUserPci::new(
         config,
         PciAddress::slot(slot),
         Arc::new(Mutex::new(transport)),
-        fd,
     );
     (Arc::new(plugged), peer)
 }

@@ -7,7 +7,7 @@ use devices::vhost_user::DeviceState;
 use devices::virtio_pci::STATUS_DEVICE_NEEDS_RESET;
 
 use super::Watcher;
-use crate::vhost_user::test_rig::{device, wait_until};
+use crate::vhost_user::test_rig::{device, device_reconnecting, wait_until};
 
 #[test]
 fn a_closed_peer_fails_only_its_device() {
@@ -53,6 +53,27 @@ fn unexpected_data_counts_as_gone_but_an_idle_socket_does_not() {
     assert_eq!(a.info().state, DeviceState::Ready);
     std::io::Write::write_all(&mut peer, b"x").unwrap();
     assert!(wait_until(|| a.info().state == DeviceState::Failed));
+    drop(watcher);
+}
+
+#[test]
+fn a_lost_backend_is_retried_until_the_limit_then_needs_a_reset() {
+    let (a, peer_a) = device_reconnecting(4, "1");
+    let (b, _peer_b) = device_reconnecting(5, "0");
+    let watcher = Watcher::start(vec![a.clone(), b.clone()]).unwrap();
+    drop(peer_a);
+    // Nobody listens at /test/blk4.sock: the device stays reconnecting,
+    // the guest sees nothing...
+    assert!(wait_until(|| a.info().state == DeviceState::Reconnecting));
+    assert!(!a.info().needs_reset);
+    // ...until the limit (1 s) runs out.
+    assert!(wait_until(|| a.info().state == DeviceState::Failed));
+    assert!(wait_until(|| a.info().needs_reset));
+    let other = b.info();
+    assert_eq!(
+        (other.state, other.needs_reset),
+        (DeviceState::Ready, false)
+    );
     drop(watcher);
 }
 
