@@ -1,9 +1,17 @@
 //! virtio-blk (spec 5.2): writes a known pattern to sector 8 (the test
 //! reads it back from the host's image), reads it back and compares.
+//!
+//! With `blk-loop` on the command line it then loops until the power
+//! button: round `n` writes sector `16 + n % 8` filled with
+//! [`loop_byte`]`(n, i)`, reads it back and compares, and prints
+//! `blk-loop: round N ok` (one line per round, so the host sees each
+//! completion). A request may take long (its backend restarting): it is
+//! waited for up to ~1 min. At the power button it prints
+//! `blk-loop: stopped after N rounds, no error` (or the first error).
 
 use crate::io::{serial, serial_dec};
 use crate::virtio::{report_msi, Device};
-use crate::virtq::{alloc, r8, w32, w64, w8, Buf};
+use crate::virtq::{alloc, r8, w32, w64, w8, Buf, Virtq};
 
 const SECTOR: u64 = 8;
 const T_IN: u32 = 0;
@@ -15,6 +23,14 @@ pub const PATTERN_TEXT: &[u8] = b"guest-fw wrote sector 8 through virtio-blk\n";
 fn pattern(i: usize) -> u8 {
     PATTERN_TEXT.get(i).copied().unwrap_or((i % 251) as u8)
 }
+
+/// Byte `i` of the sector written in round `n` of `blk-loop`.
+pub fn loop_byte(n: u64, i: usize) -> u8 {
+    ((n.wrapping_mul(7) + i as u64) % 253) as u8
+}
+
+/// How many ~10 s waits a `blk-loop` request gets.
+const LOOP_WAITS: u32 = 6;
 
 pub fn run(d: &mut Device) -> Result<(), &'static str> {
     d.negotiate(0)?;
@@ -60,5 +76,76 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
     serial(b" sectors; wrote and read back sector 8: ok");
     report_msi(&q);
     serial(b"\n");
+    if crate::wait::cmdline_has(b"blk-loop") {
+        io_loop(&mut q, header, data, back, status)?;
+    }
     Ok(())
+}
+
+/// `blk-loop` (see the module docs).
+fn io_loop(
+    q: &mut Virtq,
+    header: u64,
+    data: u64,
+    back: u64,
+    status: u64,
+) -> Result<(), &'static str> {
+    let mut n = 0u64;
+    let result = loop {
+        if crate::wait::power_button() {
+            break Ok(());
+        }
+        let sector = 16 + n % 8;
+        for i in 0..512 {
+            w8(data + i as u64, loop_byte(n, i));
+            w8(back + i as u64, 0);
+        }
+        let mut failed = None;
+        for (kind, buf) in [(T_OUT, data), (T_IN, back)] {
+            w32(header, kind);
+            w32(header + 4, 0);
+            w64(header + 8, sector);
+            w8(status, 0xff);
+            let chain = [
+                Buf(header, 16, false),
+                Buf(buf, 512, kind == T_IN),
+                Buf(status, 1, true),
+            ];
+            q.add(&chain);
+            q.kick();
+            if !(0..LOOP_WAITS).any(|_| q.wait().is_some()) {
+                failed = Some("no completion");
+                break;
+            }
+            if r8(status) != 0 {
+                failed = Some(if kind == T_OUT {
+                    "a write failed"
+                } else {
+                    "a read failed"
+                });
+                break;
+            }
+        }
+        if let Some(why) = failed {
+            break Err(why);
+        }
+        if (0..512).any(|i| r8(back + i as u64) != loop_byte(n, i)) {
+            break Err("a sector read back differs");
+        }
+        n += 1;
+        serial(b"blk-loop: round ");
+        serial_dec(n);
+        serial(b" ok\n");
+    };
+    serial(b"blk-loop: stopped after ");
+    serial_dec(n);
+    match result {
+        Ok(()) => serial(b" rounds, no error\n"),
+        Err(why) => {
+            serial(b" rounds: ");
+            serial(why.as_bytes());
+            serial(b"\n");
+        }
+    }
+    result
 }

@@ -8,7 +8,9 @@
 //! through CF8/CFC and checks one ECAM read against CF8/CFC; drives every
 //! virtio 1.x PCI function it finds (`virtio`: blk writes and reads back a
 //! sector, fs does FUSE INIT, LOOKUP, OPEN and READ of `hello.txt`, net
-//! sends one frame; queues are polled, MSI-X is checked in the LAPIC's IRR);
+//! sends one frame; queues are polled, MSI-X is checked in the LAPIC's IRR;
+//! with `blk-loop` on the command line blk then keeps writing and reading
+//! until the power button, see `blk`);
 //! starts every other CPU of the MADT with INIT-SIPI-SIPI through the LAPIC
 //! (real-mode trampoline at 0x10000), each of which prints that it reported
 //! in; and powers off by writing SLP_TYP | SLP_EN to the FADT's PM1a
@@ -110,6 +112,7 @@ fn start_ap(apic_id: u32, slot: usize) -> bool {
 #[no_mangle]
 extern "C" fn bsp_main(start_info: u64) -> ! {
     debug(b"guest-fw: entry\n");
+    wait::init(start_info);
     serial(b"hello from the test guest\n");
     serial(b"cpu 0: apic id ");
     serial_dec(apic_id() as u64);

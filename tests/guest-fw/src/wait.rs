@@ -7,6 +7,7 @@
 //! off. The PM1a event block's port comes from the FADT (PM1a_EVT_BLK).
 
 use core::ptr::read_unaligned;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::io::{out16, serial};
 
@@ -14,6 +15,33 @@ const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 /// PWRBTN_STS in PM1_STS, PWRBTN_EN in PM1_EN.
 const PWRBTN: u16 = 1 << 8;
 const WORD: &[u8] = b"wait-power-button";
+
+/// The PVH start info's address, for [`cmdline_has`] and [`power_button`].
+static START_INFO: AtomicU64 = AtomicU64::new(0);
+
+/// Remembers the start info (called once at entry).
+pub fn init(start_info: u64) {
+    START_INFO.store(start_info, Ordering::Relaxed);
+}
+
+/// Whether the kernel command line has the word `word`.
+pub fn cmdline_has(word: &[u8]) -> bool {
+    has_word(START_INFO.load(Ordering::Relaxed), word)
+}
+
+/// Whether the power button was pressed (PWRBTN_STS; enabled on first
+/// use, cleared when seen).
+pub fn power_button() -> bool {
+    let Some(evt) = pm1a_evt(START_INFO.load(Ordering::Relaxed)) else {
+        return false;
+    };
+    out16(evt + 2, PWRBTN);
+    if in16(evt) & PWRBTN == 0 {
+        return false;
+    }
+    out16(evt, PWRBTN);
+    true
+}
 
 fn r8(addr: u64) -> u8 {
     // SAFETY: the low 4 GiB are identity-mapped; the start info, command
@@ -38,6 +66,11 @@ fn in16(port: u16) -> u16 {
 
 /// Whether the command line has the word `wait-power-button`.
 fn asked(start_info: u64) -> bool {
+    has_word(start_info, WORD)
+}
+
+/// Whether the command line has the word `word`.
+fn has_word(start_info: u64, word: &[u8]) -> bool {
     if start_info == 0 || r32(start_info) != XEN_HVM_START_MAGIC {
         return false;
     }
@@ -49,8 +82,8 @@ fn asked(start_info: u64) -> bool {
     let mut i = 0;
     while i < 4096 {
         // At the start of a word.
-        let len = WORD.len() as u64;
-        if (0..len).all(|j| at(i + j) == WORD[j as usize]) && matches!(at(i + len), 0 | b' ') {
+        let len = word.len() as u64;
+        if (0..len).all(|j| at(i + j) == word[j as usize]) && matches!(at(i + len), 0 | b' ') {
             return true;
         }
         // Skip to the next word.

@@ -1,0 +1,220 @@
+//! A killed blk daemon restarted on its socket (issue #13 step 1): the test
+//! guest loops over blk I/O (`blk-loop`: write a sector, read it back,
+//! compare, print `blk-loop: round N ok`). The host SIGKILLs
+//! vhost-blk-daemon mid-run; `vm.info` shows the disk `connecting` while no
+//! daemon listens; a new daemon on the same socket is reconnected by the
+//! VMM (the ring resumes at the used index, the request the dead daemon
+//! had taken is read again), `vm.info` shows it `connected` with one
+//! reconnect, and the guest's rounds go on. At the power button the guest
+//! reports no error, and the image holds what the last rounds wrote.
+//! Prints the time from the new daemon listening to the guest's next
+//! completed round.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vu_driver::fixture::{poll_until, Daemon, TempDir};
+use vu_driver::fw_devices;
+use vu_driver::http::request;
+use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
+use vu_driver::vmm::{spawn_vmm, test_guest};
+
+/// KVM here emulates the guest's kernel mode: generous for loaded machines.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(60);
+const POWERED_OFF: &str = "guest powered off; serving the API until vmm.shutdown";
+
+/// Byte `i` of the sector written in round `n` (guest-fw `blk::loop_byte`).
+fn loop_byte(n: u64, i: usize) -> u8 {
+    ((n.wrapping_mul(7) + i as u64) % 253) as u8
+}
+
+fn serial(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The last `blk-loop: round N ok` of the console.
+fn rounds(console: &Path) -> u64 {
+    serial(console)
+        .lines()
+        .filter_map(|l| l.strip_prefix("blk-loop: round ")?.strip_suffix(" ok"))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn show(console: &Path, vmm: &Daemon, blk: &Daemon) -> String {
+    let out = serial(console);
+    let tail: String = out
+        .lines()
+        .rev()
+        .take(30)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        "--- serial (last lines)\n{tail}\n--- vmm log\n{}--- {} log\n{}",
+        vmm.log_contents(),
+        blk.name(),
+        blk.log_contents()
+    )
+}
+
+fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
+    let r = request(api, method, path, None).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let body = if r.body.is_empty() {
+        Value::Null
+    } else {
+        r.json().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    (r.status, body)
+}
+
+fn disk_state(api: &Path) -> String {
+    let (status, vm) = call(api, "GET", "/api/v1/vm.info");
+    assert_eq!(status, 200, "{vm}");
+    vm["devices"][0]["backend_state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn counter(api: &Path, name: &str) -> u64 {
+    let (status, body) = call(api, "GET", "/api/v1/vm.counters");
+    assert_eq!(status, 200, "{body}");
+    body["disk0"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no disk0.{name} in {body}"))
+}
+
+#[test]
+fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_never_notices() {
+    let dir = TempDir::new("vmm-reconnect").unwrap();
+    let mut b = fw_devices::blk(&dir);
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let mut vmm = spawn_vmm(
+        [
+            "--kernel".into(),
+            guest.into_os_string(),
+            "--cmdline".into(),
+            "console=ttyS0 blk-loop".into(),
+            "--memory".into(),
+            "size=64M".into(),
+            "--serial".into(),
+            format!("file={}", console.display()).into(),
+            "--api-socket".into(),
+            api.as_os_str().to_owned(),
+            "--disk".into(),
+            format!("socket={}", b.socket.display()).into(),
+        ],
+        &api,
+        &["control API on"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        poll_until(BOOT_TIMEOUT, || rounds(&console) >= 3),
+        "the guest does not loop over blk I/O\n{}",
+        show(&console, &vmm, &b.daemon)
+    );
+    assert_eq!(disk_state(&api), "connected");
+    assert_eq!(counter(&api, "reconnects"), 0);
+
+    // Kill the daemon: the disk is reconnecting, the guest's request waits.
+    b.daemon.signal(libc::SIGKILL).unwrap();
+    assert!(b.daemon.wait_timeout(WAIT).unwrap().is_some());
+    assert!(
+        poll_until(WAIT, || disk_state(&api) == "connecting"),
+        "{}",
+        show(&console, &vmm, &b.daemon)
+    );
+    assert_eq!(counter(&api, "reconnecting"), 1);
+    assert_eq!(counter(&api, "needs_reset"), 0);
+    let before = rounds(&console);
+
+    // A new daemon on the same socket (the dead one's file removed, so
+    // readiness means listening).
+    let _ = std::fs::remove_file(&b.socket);
+    b.daemon = vhost_blk_daemon(&b.image, &b.socket, &BlkDaemonOpts::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listening = Instant::now();
+    // Polled every millisecond, for the measurement.
+    let resumed = loop {
+        if rounds(&console) > before {
+            break true;
+        }
+        if listening.elapsed() > WAIT {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let recovery = listening.elapsed();
+    assert!(
+        resumed,
+        "the guest's I/O did not resume\n{}",
+        show(&console, &vmm, &b.daemon)
+    );
+    println!("from the new daemon listening to the guest's next completed round: {recovery:?}");
+    let log = vmm.log_contents();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("resumes at used") || l.contains("reconnected"))
+    {
+        println!("{l}");
+    }
+    assert!(
+        poll_until(WAIT, || disk_state(&api) == "connected"),
+        "{}",
+        show(&console, &vmm, &b.daemon)
+    );
+    assert_eq!(counter(&api, "reconnects"), 1);
+    assert_eq!(counter(&api, "reconnecting"), 0);
+    assert_eq!(counter(&api, "needs_reset"), 0);
+    assert!(
+        poll_until(WAIT, || rounds(&console) >= before + 20),
+        "{}",
+        show(&console, &vmm, &b.daemon)
+    );
+
+    // The power button ends the loop; the guest reports and powers off.
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
+    assert!(
+        poll_until(WAIT, || vmm.log_contents().contains(POWERED_OFF)),
+        "{}",
+        show(&console, &vmm, &b.daemon)
+    );
+    let out = serial(&console);
+    let all = show(&console, &vmm, &b.daemon);
+    let stopped = out
+        .lines()
+        .find_map(|l| l.strip_prefix("blk-loop: stopped after "))
+        .unwrap_or_else(|| panic!("no summary\n{all}"));
+    let n: u64 = stopped
+        .strip_suffix(" rounds, no error")
+        .unwrap_or_else(|| panic!("{stopped:?}\n{all}"))
+        .parse()
+        .unwrap();
+    assert!(n >= before + 20, "{n}\n{all}");
+    assert!(!out.contains("FAILED"), "{all}");
+
+    // Sectors 16..24 hold what the last round for each wrote.
+    let image = std::fs::read(&b.image).unwrap();
+    for k in 0..8u64 {
+        let last = (0..n).rev().find(|r| r % 8 == k).unwrap();
+        let at = (16 + k as usize) * 512;
+        let want: Vec<u8> = (0..512).map(|i| loop_byte(last, i)).collect();
+        assert_eq!(image[at..at + 512], want[..], "sector {}\n{all}", 16 + k);
+    }
+
+    assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
+    let status = vmm
+        .wait_timeout(WAIT)
+        .unwrap()
+        .unwrap_or_else(|| panic!("the VMM did not exit\n{all}"));
+    assert_eq!(status.code(), Some(0), "{all}");
+}
