@@ -9,6 +9,11 @@
 //! reports no error, and the image holds what the last rounds wrote.
 //! Prints the time from the new daemon listening to the guest's next
 //! completed round.
+//!
+//! The same for vhost-net-daemon while the guest waits for the power
+//! button after sending its frame: the NIC is `connecting`, then
+//! `connected` with one reconnect, and the guest reads its status as
+//! DRIVER_OK without DEVICE_NEEDS_RESET.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,7 +22,7 @@ use serde_json::Value;
 use vu_driver::fixture::{poll_until, Daemon, TempDir};
 use vu_driver::fw_devices;
 use vu_driver::http::request;
-use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
+use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, BlkDaemonOpts};
 use vu_driver::vmm::{spawn_vmm, test_guest};
 
 /// KVM here emulates the guest's kernel mode: generous for loaded machines.
@@ -83,11 +88,15 @@ fn disk_state(api: &Path) -> String {
 }
 
 fn counter(api: &Path, name: &str) -> u64 {
+    device_counter(api, "disk0", name)
+}
+
+fn device_counter(api: &Path, id: &str, name: &str) -> u64 {
     let (status, body) = call(api, "GET", "/api/v1/vm.counters");
     assert_eq!(status, 200, "{body}");
-    body["disk0"][name]
+    body[id][name]
         .as_u64()
-        .unwrap_or_else(|| panic!("no disk0.{name} in {body}"))
+        .unwrap_or_else(|| panic!("no {id}.{name} in {body}"))
 }
 
 #[test]
@@ -211,6 +220,90 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
         assert_eq!(image[at..at + 512], want[..], "sector {}\n{all}", 16 + k);
     }
 
+    assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
+    let status = vmm
+        .wait_timeout(WAIT)
+        .unwrap()
+        .unwrap_or_else(|| panic!("the VMM did not exit\n{all}"));
+    assert_eq!(status.code(), Some(0), "{all}");
+}
+
+#[test]
+fn a_killed_net_daemon_restarted_on_its_socket_is_reconnected() {
+    let dir = TempDir::new("vmm-reconnect-net").unwrap();
+    let mut n = fw_devices::net(&dir);
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let mut vmm = spawn_vmm(
+        [
+            "--kernel".into(),
+            guest.into_os_string(),
+            "--cmdline".into(),
+            "console=ttyS0 wait-power-button".into(),
+            "--memory".into(),
+            "size=64M".into(),
+            "--serial".into(),
+            format!("file={}", console.display()).into(),
+            "--api-socket".into(),
+            api.as_os_str().to_owned(),
+            "--net".into(),
+            format!("socket={},mac={}", n.socket.display(), fw_devices::MAC).into(),
+        ],
+        &api,
+        &["control API on"],
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        poll_until(BOOT_TIMEOUT, || serial(&console)
+            .contains("waiting for the power button")),
+        "{}",
+        show(&console, &vmm, &n.daemon)
+    );
+    assert!(
+        serial(&console).contains("net: mac "),
+        "{}",
+        show(&console, &vmm, &n.daemon)
+    );
+    // The only device is the NIC: vm.info's first.
+    assert_eq!(disk_state(&api), "connected");
+
+    n.daemon.signal(libc::SIGKILL).unwrap();
+    assert!(n.daemon.wait_timeout(WAIT).unwrap().is_some());
+    assert!(
+        poll_until(WAIT, || disk_state(&api) == "connecting"),
+        "{}",
+        show(&console, &vmm, &n.daemon)
+    );
+    let _ = std::fs::remove_file(&n.socket);
+    n.daemon = vhost_net_daemon(
+        &n.ns,
+        &n.socket,
+        &["--tap", fw_devices::TAP, "--mac", fw_devices::MAC],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        poll_until(WAIT, || disk_state(&api) == "connected"),
+        "{}",
+        show(&console, &vmm, &n.daemon)
+    );
+    assert_eq!(device_counter(&api, "net0", "reconnects"), 1);
+    assert_eq!(device_counter(&api, "net0", "needs_reset"), 0);
+
+    assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
+    assert!(
+        poll_until(WAIT, || vmm.log_contents().contains(POWERED_OFF)),
+        "{}",
+        show(&console, &vmm, &n.daemon)
+    );
+    let out = serial(&console);
+    let all = show(&console, &vmm, &n.daemon);
+    let status = out
+        .lines()
+        .find_map(|l| l.strip_prefix("status 00:01.0 net: 0x"))
+        .unwrap_or_else(|| panic!("no net status\n{all}"));
+    assert!(status.starts_with("0f ok"), "{status:?}\n{all}");
     assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
     let status = vmm
         .wait_timeout(WAIT)
