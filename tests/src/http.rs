@@ -59,6 +59,44 @@ impl Response {
     }
 }
 
+impl Response {
+    /// The body as JSON, `Null` when it is empty.
+    pub fn json_or_null(&self) -> Result<serde_json::Value, HttpError> {
+        if self.body.is_empty() {
+            Ok(serde_json::Value::Null)
+        } else {
+            self.json()
+        }
+    }
+}
+
+/// `e` and each of its causes, `: `-separated on one line.
+pub fn error_chain(e: &HttpError) -> String {
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        line.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    line
+}
+
+/// The status and JSON body (`Null` when empty) of `method path [body]`,
+/// for tests: panics naming the request and every cause of an error.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let r = request(socket, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {}", error_chain(&e)));
+    let json = r
+        .json_or_null()
+        .unwrap_or_else(|e| panic!("{method} {path}: {}", error_chain(&e)));
+    (r.status, json)
+}
+
 /// Sends `raw` as is on a new connection to `socket` and reads the
 /// response until the server closes the connection.
 pub fn exchange(socket: &Path, raw: &[u8]) -> Result<Response, HttpError> {

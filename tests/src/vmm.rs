@@ -113,6 +113,35 @@ pub fn boot_test_guest(cpus: u8, timeout: Duration) -> Finished {
     )
 }
 
+/// Our `vmm` booting the test guest with `console=ttyS0 guest_args` and
+/// 64 MiB, the serial console in the file `console` (apart from the VMM's
+/// log, so lines do not interleave), the API on `api`, and `extra` (the
+/// devices, `--cpus`); returned once the API listens. Panics if it cannot
+/// start, as [`boot_test_guest`] does.
+pub fn spawn_test_guest(
+    api: &Path,
+    console: &Path,
+    guest_args: &str,
+    extra: &[String],
+    timeout: Duration,
+) -> Daemon {
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--kernel".into(),
+        guest.into_os_string(),
+        "--cmdline".into(),
+        format!("console=ttyS0 {guest_args}").into(),
+        "--memory".into(),
+        "size=64M".into(),
+        "--serial".into(),
+        format!("file={}", console.display()).into(),
+        "--api-socket".into(),
+        api.as_os_str().to_owned(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    spawn_vmm(args, api, &["control API on"], timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Where [`halting_kernel`] loads its one segment (1 MiB, where RAM above
 /// the legacy hole starts).
 const HALT_LOAD_ADDR: u64 = 0x10_0000;

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
-use vu_driver::http::{self, exchange, get, put, request};
+use vu_driver::http::{self, exchange, get, put};
 use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
-use vu_driver::vmm::{run_vmm, spawn_vmm, test_guest};
+use vu_driver::vmm::{run_vmm, spawn_test_guest, test_guest};
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
 /// reach its wait; the margin is for loaded machines.
@@ -44,29 +44,18 @@ fn serial(path: &Path) -> String {
 /// VMM's log, so lines do not interleave), once the guest waits for the
 /// power button.
 fn vmm_waiting(api: &Path, blk_sock: &Path, console: &Path) -> Daemon {
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let mut vmm = spawn_vmm(
-        [
-            "--kernel".into(),
-            guest.into_os_string(),
-            "--cmdline".into(),
-            "console=ttyS0 wait-power-button".into(),
+    let mut vmm = spawn_test_guest(
+        api,
+        console,
+        "wait-power-button",
+        &[
             "--cpus".into(),
             "boot=2".into(),
-            "--memory".into(),
-            "size=64M".into(),
-            "--serial".into(),
-            format!("file={}", console.display()).into(),
-            "--api-socket".into(),
-            api.as_os_str().to_owned(),
             "--disk".into(),
-            format!("socket={},reconnect=off", blk_sock.display()).into(),
+            format!("socket={},reconnect=off", blk_sock.display()),
         ],
-        api,
-        &["control API on"],
         BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let waiting = poll_until(BOOT_TIMEOUT, || {
         serial(console).contains(WAITING) || !matches!(vmm.try_wait(), Ok(None))
     });
@@ -81,24 +70,7 @@ fn vmm_waiting(api: &Path, blk_sock: &Path, console: &Path) -> Daemon {
 
 /// The status and JSON body (Null when empty) of one request.
 fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
-    let r = request(api, method, path, None)
-        .unwrap_or_else(|e| panic!("{method} {path}: {}", vu_driver_error(&e)));
-    let body = if r.body.is_empty() {
-        Value::Null
-    } else {
-        r.json().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    };
-    (r.status, body)
-}
-
-fn vu_driver_error(e: &http::HttpError) -> String {
-    let mut line = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        line.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    line
+    http::call(api, method, path, None)
 }
 
 fn info(api: &Path) -> Value {
@@ -117,7 +89,7 @@ fn counter(api: &Path, who: &str, name: &str) -> u64 {
 
 /// An error answer: the status and a JSON `{"error": "..."}` body.
 fn assert_error(api: &Path, raw: &[u8], status: u16) {
-    let r = exchange(api, raw).unwrap_or_else(|e| panic!("{}", vu_driver_error(&e)));
+    let r = exchange(api, raw).unwrap_or_else(|e| panic!("{}", http::error_chain(&e)));
     assert_eq!(r.status, status, "{raw:?} -> {r:?}");
     assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
     let body = r.json().unwrap();

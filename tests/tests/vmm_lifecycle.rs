@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use vu_driver::fixture::{poll_until, Daemon, Readiness, TempDir};
 use vu_driver::fw_devices;
-use vu_driver::http::{request, HttpError};
+use vu_driver::http;
 use vu_driver::ours::bare_command;
 use vu_driver::process::Finished;
 use vu_driver::vmm::{halting_kernel, test_guest};
@@ -33,26 +33,9 @@ fn spawn_vmm(args: &[&str], api: &Path) -> Daemon {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn chain(e: &HttpError) -> String {
-    let mut line = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        line.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    line
-}
-
 /// Status and JSON body (Null when empty) of `method path [body]`.
 fn call(api: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let r = request(api, method, path, body)
-        .unwrap_or_else(|e| panic!("{method} {path}: {}", chain(&e)));
-    let json = if r.body.is_empty() {
-        Value::Null
-    } else {
-        r.json().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    };
-    (r.status, json)
+    http::call(api, method, path, body)
 }
 
 fn put(api: &Path, path: &str) -> (u16, Value) {

@@ -17,9 +17,8 @@ use serde_json::Value;
 use vu_driver::fixture::TempDir;
 use vu_driver::fixture::{poll_until, Daemon};
 use vu_driver::fw_devices::{self, Blk, Fs, Net};
-use vu_driver::http::request;
 use vu_driver::process::Finished;
-use vu_driver::vmm::{spawn_vmm, test_guest};
+use vu_driver::vmm::spawn_test_guest;
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
 /// drive three devices and reach its wait; the margin is for loaded
@@ -52,13 +51,7 @@ fn show(console: &Path, vmm: &Daemon, daemons: &[&Daemon]) -> String {
 
 /// The status and JSON body (Null when empty) of one request.
 fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
-    let r = request(api, method, path, None).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let body = if r.body.is_empty() {
-        Value::Null
-    } else {
-        r.json().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    };
-    (r.status, body)
+    vu_driver::http::call(api, method, path, None)
 }
 
 fn info(api: &Path) -> Value {
@@ -91,31 +84,20 @@ fn states(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 /// in the file `console` (apart from the VMM's log), once the guest waits
 /// for the power button.
 fn vmm_waiting(api: &Path, console: &Path, b: &Blk, f: &Fs, n: &Net) -> Daemon {
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let mut vmm = spawn_vmm(
-        [
-            "--kernel".into(),
-            guest.into_os_string(),
-            "--cmdline".into(),
-            "console=ttyS0 wait-power-button".into(),
-            "--memory".into(),
-            "size=64M".into(),
-            "--serial".into(),
-            format!("file={}", console.display()).into(),
-            "--api-socket".into(),
-            api.as_os_str().to_owned(),
-            "--disk".into(),
-            format!("socket={},reconnect=1", b.socket.display()).into(),
-            "--fs".into(),
-            format!("tag=myfs,socket={}", f.socket.display()).into(),
-            "--net".into(),
-            format!("socket={},mac={}", n.socket.display(), fw_devices::MAC).into(),
-        ],
+    let mut vmm = spawn_test_guest(
         api,
-        &["control API on"],
+        console,
+        "wait-power-button",
+        &[
+            "--disk".into(),
+            format!("socket={},reconnect=1", b.socket.display()),
+            "--fs".into(),
+            format!("tag=myfs,socket={}", f.socket.display()),
+            "--net".into(),
+            format!("socket={},mac={}", n.socket.display(), fw_devices::MAC),
+        ],
         BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let waiting = poll_until(BOOT_TIMEOUT, || {
         serial(console).contains(WAITING) || !matches!(vmm.try_wait(), Ok(None))
     });

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vu_driver::fixture::{poll_until, Daemon, TempDir};
 use vu_driver::fw_devices;
-use vu_driver::http::request;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, BlkDaemonOpts};
-use vu_driver::vmm::{spawn_vmm, test_guest};
+use vu_driver::vmm::spawn_test_guest;
 
 /// KVM here emulates the guest's kernel mode: generous for loaded machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -69,13 +68,7 @@ fn show(console: &Path, vmm: &Daemon, blk: &Daemon) -> String {
 }
 
 fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
-    let r = request(api, method, path, None).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let body = if r.body.is_empty() {
-        Value::Null
-    } else {
-        r.json().unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    };
-    (r.status, body)
+    vu_driver::http::call(api, method, path, None)
 }
 
 fn disk_state(api: &Path) -> String {
@@ -105,27 +98,13 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
     let mut b = fw_devices::blk(&dir);
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let mut vmm = spawn_vmm(
-        [
-            "--kernel".into(),
-            guest.into_os_string(),
-            "--cmdline".into(),
-            "console=ttyS0 blk-loop".into(),
-            "--memory".into(),
-            "size=64M".into(),
-            "--serial".into(),
-            format!("file={}", console.display()).into(),
-            "--api-socket".into(),
-            api.as_os_str().to_owned(),
-            "--disk".into(),
-            format!("socket={}", b.socket.display()).into(),
-        ],
+    let mut vmm = spawn_test_guest(
         &api,
-        &["control API on"],
+        &console,
+        "blk-loop",
+        &["--disk".into(), format!("socket={}", b.socket.display())],
         BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert!(
         poll_until(BOOT_TIMEOUT, || rounds(&console) >= 3),
         "the guest does not loop over blk I/O\n{}",
@@ -234,27 +213,16 @@ fn a_killed_net_daemon_restarted_on_its_socket_is_reconnected() {
     let mut n = fw_devices::net(&dir);
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let mut vmm = spawn_vmm(
-        [
-            "--kernel".into(),
-            guest.into_os_string(),
-            "--cmdline".into(),
-            "console=ttyS0 wait-power-button".into(),
-            "--memory".into(),
-            "size=64M".into(),
-            "--serial".into(),
-            format!("file={}", console.display()).into(),
-            "--api-socket".into(),
-            api.as_os_str().to_owned(),
-            "--net".into(),
-            format!("socket={},mac={}", n.socket.display(), fw_devices::MAC).into(),
-        ],
+    let mut vmm = spawn_test_guest(
         &api,
-        &["control API on"],
+        &console,
+        "wait-power-button",
+        &[
+            "--net".into(),
+            format!("socket={},mac={}", n.socket.display(), fw_devices::MAC),
+        ],
         BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert!(
         poll_until(BOOT_TIMEOUT, || serial(&console)
             .contains("waiting for the power button")),
