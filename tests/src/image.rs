@@ -29,6 +29,37 @@ pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
         .unwrap_or_else(|e| panic!("write {} at {offset}: {e}", path.display()));
 }
 
+/// The hex digest of `data` by the host's `tool` (`sha256sum`, `md5sum`),
+/// which reads it on stdin: the same program the guest's scripts use.
+pub fn digest_hex(tool: &str, data: &[u8]) -> std::io::Result<String> {
+    use std::io::{Error, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(tool)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new(e.kind(), format!("{tool}: {e}")))?;
+    // The tool reads all its input before it writes anything.
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(data)?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(Error::other(format!("{tool}: {}", out.status)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let word = text.split_whitespace().next().unwrap_or_default();
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::other(format!("{tool} printed {text:?}")));
+    }
+    Ok(word.to_string())
+}
+
+/// [`digest_hex`] with `sha256sum`.
+pub fn sha256_hex(data: &[u8]) -> std::io::Result<String> {
+    digest_hex("sha256sum", data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +76,19 @@ mod tests {
         let back = std::fs::read(&path).unwrap();
         assert_eq!(&back[4..8], pattern(1, 4).as_slice());
         assert_eq!(back.len(), 16);
+    }
+
+    #[test]
+    fn digests_come_from_the_host_tool() {
+        assert_eq!(
+            sha256_hex(b"abc").unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            digest_hex("md5sum", b"").unwrap(),
+            "d41d8cd98f00b204e9800998ecf8427e"
+        );
+        let err = digest_hex("no-such-digest-tool", b"x").unwrap_err();
+        assert!(err.to_string().contains("no-such-digest-tool"), "{err}");
     }
 }

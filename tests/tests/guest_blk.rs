@@ -13,7 +13,6 @@
 //! `cargo build --workspace --bins`; anything missing is a failure.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -125,35 +124,13 @@ fn host_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("{e} (scripts/setup.sh installs it)"))
 }
 
-/// The hex SHA-256 of `data`, by the host's `sha256sum`.
-fn sha256_hex(data: &[u8]) -> String {
-    let mut child = Command::new(host_tool("sha256sum"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn sha256sum");
-    // sha256sum reads all its input before it writes anything.
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(data)
-        .expect("write to sha256sum");
-    let out = child.wait_with_output().expect("wait for sha256sum");
-    assert!(out.status.success(), "sha256sum: {}", out.status);
-    let text = String::from_utf8(out.stdout).unwrap();
-    let hex = text
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(hex.len(), 64, "sha256sum printed {text:?}");
-    hex
-}
-
 /// Shell that reports `vutest-kv KEY <sha256 of FILE>`.
 fn report_sha(key: &str, file: &str) -> String {
     format!("vutest-kv {key} \"$(sha256sum <{file} | cut -d' ' -f1)\"\n")
+}
+
+fn sha256(data: &[u8]) -> String {
+    vu_driver::image::sha256_hex(data).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -197,14 +174,14 @@ vutest-kv readback_size \"$(stat -c %s /tmp/back)\"
     // The host's image holds the guest's bytes at the same offset ...
     let offset = SEEK * BS;
     let len = COUNT * BS;
-    assert_eq!(sha256_hex(&disk.read(offset, len)), written, "host image");
+    assert_eq!(sha256(&disk.read(offset, len)), written, "host image");
     // ... and nothing around it was touched.
     assert!(disk.read(offset - BS, BS).iter().all(|&b| b == 0));
     assert!(disk.read(offset + len, BS).iter().all(|&b| b == 0));
     // The guest read what the host wrote.
     assert_eq!(
         out.expect_kv("host_pattern_sha256"),
-        sha256_hex(&host_pattern),
+        sha256(&host_pattern),
         "guest read of the host's pattern"
     );
 }
@@ -295,7 +272,7 @@ umount /mnt/disk
     );
     let random = debugfs(&disk.image, "cat /dir/random.bin");
     assert_eq!(random.len(), RANDOM_KIB as usize * 1024);
-    assert_eq!(sha256_hex(&random), random_sha);
+    assert_eq!(sha256(&random), random_sha);
     let listing = String::from_utf8(debugfs(&disk.image, "ls -p /dir")).unwrap();
     // `ls -p`: /inode/mode/uid/gid/name/size/ per entry.
     let names: Vec<&str> = listing
@@ -362,7 +339,7 @@ done
             "cpu {c}"
         );
         let host = disk.read(c * STRIDE * BS, COUNT * BS);
-        assert_eq!(sha256_hex(&host), written, "host image, cpu {c}");
+        assert_eq!(sha256(&host), written, "host image, cpu {c}");
         let irqs: u64 = out
             .expect_kv(&format!("irq_req_{c}"))
             .parse()
@@ -411,7 +388,7 @@ dd if=/dev/vda of=/tmp/after bs={BS} count={count} iflag=direct
         "0",
         "buffered write succeeded"
     );
-    let want = sha256_hex(&data);
+    let want = sha256(&data);
     assert_eq!(
         out.expect_kv("before_sha256"),
         want,

@@ -19,7 +19,6 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -250,17 +249,8 @@ fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
     v
 }
 
-/// The hex SHA-256 of `data`, by the host's `sha256sum`.
-fn sha256_hex(data: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn sha256sum");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "sha256sum failed");
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+fn sha256(data: &[u8]) -> String {
+    vu_driver::image::sha256_hex(data).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -268,7 +258,7 @@ fn guest_pings_host_and_moves_10_mib_each_way() {
     let mut net = NetSetup::new(1);
     let stop = Arc::new(AtomicBool::new(false));
     let down_data = Arc::new(pseudo_random(XFER_LEN, 0x5eed_1234_abcd_0001));
-    let down_sha = sha256_hex(&down_data);
+    let down_sha = sha256(&down_data);
     let up = receive_one(net.listen(UP_PORT), stop.clone());
     let down = send_one(net.listen(DOWN_PORT), stop.clone(), down_data);
 
@@ -310,7 +300,7 @@ vutest-kv down_sha256 "$(sha256sum < /tmp/down | cut -d' ' -f1)"
     // Guest to host: the host got every byte the guest summed.
     let up = up.unwrap_or_else(|e| panic!("host side of the upload: {e}"));
     assert_eq!(up.len(), XFER_LEN, "bytes the host received");
-    assert_eq!(sha256_hex(&up), out.expect_kv("up_sha256"));
+    assert_eq!(sha256(&up), out.expect_kv("up_sha256"));
 
     // Host to guest.
     down.unwrap_or_else(|e| panic!("host side of the download: {e}"));
@@ -388,7 +378,7 @@ sleep 1
     for (cpu, r) in received.into_iter().enumerate() {
         let data = r.unwrap_or_else(|e| panic!("upload from vCPU {cpu}: {e}"));
         assert_eq!(data.len(), 2 << 20, "bytes from vCPU {cpu}");
-        assert_eq!(sha256_hex(&data), want, "upload from vCPU {cpu}");
+        assert_eq!(sha256(&data), want, "upload from vCPU {cpu}");
     }
 }
 

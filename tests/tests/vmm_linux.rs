@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use vu_driver::fixture::{create_sparse_image, TempDir};
 use vu_driver::guest::{ConsoleParser, GuestStatus};
+use vu_driver::image;
 use vu_driver::linux::OurLinux;
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
@@ -91,35 +92,6 @@ fn seq_mib() -> Vec<u8> {
     out
 }
 
-/// A pattern no guest code would produce by accident.
-fn host_pattern() -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    let dir = TempDir::new("vmm-linux-sum").unwrap();
-    let part = dir.join("part");
-    std::fs::write(&part, data).unwrap();
-    let out = std::process::Command::new("sha256sum")
-        .arg(&part)
-        .output()
-        .expect("running sha256sum");
-    assert!(out.status.success(), "sha256sum: {}", out.status);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn show(run: &Finished) -> String {
     format!(
         "status {:?}\n--- stdout (console)\n{}--- stderr\n{}",
@@ -132,12 +104,6 @@ fn now_s() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
-}
-
-fn write_at(path: &Path, offset: u64, data: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(data, offset).unwrap();
 }
 
 fn read_at(path: &Path, offset: u64, len: u64) -> Vec<u8> {
@@ -178,8 +144,8 @@ fn linux_guest_uses_a_share_a_disk_and_a_nic() {
 
     let image = dir.join("disk.img");
     create_sparse_image(&image, 64 * MIB).unwrap();
-    let pattern = host_pattern();
-    write_at(&image, HOST_BLOCK * 64 * 1024, &pattern);
+    let pattern = image::pattern(0x9e37_79b9, MIB as usize);
+    image::write_at(&image, HOST_BLOCK * 64 * 1024, &pattern);
     let blk_sock = dir.join("blk.sock");
     let _blk = vhost_blk_daemon(&image, &blk_sock, &BlkDaemonOpts::default())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -241,7 +207,8 @@ fn linux_guest_uses_a_share_a_disk_and_a_nic() {
     // virtio-blk both ways: the guest read the host's MiB, and its own MiB
     // is in the image where it put it.
     let guest_data = seq_mib();
-    assert_eq!(kv("disk_read"), Some(sha256_hex(&pattern).as_str()));
+    let pattern_sha = image::sha256_hex(&pattern).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(kv("disk_read"), Some(pattern_sha.as_str()));
     assert!(
         read_at(&image, GUEST_BLOCK * 64 * 1024, MIB) == guest_data,
         "the image does not hold the guest's MiB at block {GUEST_BLOCK}\n{}",
@@ -289,5 +256,5 @@ fn the_host_knows_what_the_guest_writes() {
     assert!(data.starts_with(b"1\n2\n3\n"));
     // 1..=9 take 18 bytes, 10..=99 270, 100..=999 3600, ...
     assert_eq!(&data[18..21], b"10\n");
-    assert_ne!(host_pattern(), data);
+    assert_ne!(image::pattern(0x9e37_79b9, MIB as usize), data);
 }
