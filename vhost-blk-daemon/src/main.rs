@@ -1,19 +1,13 @@
 //! `vhost-blk-daemon`: a vhost-user virtio-blk backend over a file or block
 //! device. See `--help`, and ARCHITECTURE.md for why it is fast.
 
-mod backend;
-mod cli;
-mod config;
-mod disk;
-mod request;
-mod uring;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 use common::daemon::DaemonError;
 
-use crate::cli::Cli;
+use vhost_blk_daemon::backend;
+use vhost_blk_daemon::cli::Cli;
 
 /// Capabilities for QEMU's vhost-user JSON (docs/interop/vhost-user.json).
 const CAPABILITIES: &[&str] = &["read-only", "blk-file"];

@@ -1,20 +1,13 @@
 //! `vhost-net-daemon`: a vhost-user virtio-net backend over a tap device.
 //! See `--help`, and ARCHITECTURE.md for the data path.
 
-mod backend;
-mod cli;
-mod config;
-mod ctrl;
-mod rx;
-mod tap;
-mod tx;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 use common::daemon::DaemonError;
 
-use crate::cli::Cli;
+use vhost_net_daemon::backend;
+use vhost_net_daemon::cli::Cli;
 
 /// Capabilities for QEMU's vhost-user JSON (docs/interop/vhost-user.json).
 const CAPABILITIES: &[&str] = &[];

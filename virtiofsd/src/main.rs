@@ -4,20 +4,12 @@
 //! serves the next frontend after one disconnects (a guest reboot), unless
 //! `--exit-on-disconnect`.
 
-mod backend;
-mod cli;
-mod dots;
-mod fs;
-mod pool;
-mod request;
-mod seccomp_fs;
-mod setup;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::Cli;
+use virtiofsd::cli::Cli;
+use virtiofsd::setup;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
