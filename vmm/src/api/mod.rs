@@ -74,6 +74,42 @@ use std::fmt;
 use serde::Serialize;
 
 pub use http::Limits;
+
+/// The request decoder and the router without a socket, for the fuzz
+/// targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod fuzz_api {
+    pub use super::http::{Decoded, HttpError, Request, Response};
+    pub use super::routes::{handle, Reply};
+    use super::Limits;
+
+    /// The server's request decoder.
+    #[derive(Debug)]
+    pub struct Decoder(super::http::Decoder);
+
+    impl Decoder {
+        /// A decoder with these limits.
+        pub fn new(limits: Limits) -> Self {
+            Decoder(super::http::Decoder::new(limits))
+        }
+
+        /// Appends bytes read from the connection.
+        pub fn feed(&mut self, data: &[u8]) {
+            self.0.feed(data);
+        }
+
+        /// Whether part of a request has been received.
+        pub fn in_request(&self) -> bool {
+            self.0.in_request()
+        }
+
+        /// The next request, if all of it has arrived.
+        pub fn decode(&mut self) -> Result<Decoded, HttpError> {
+            self.0.next()
+        }
+    }
+}
+
 pub use server::{bind, serve, serve_with_limits, ApiError, ApiStop, SocketFile};
 
 /// The VM's lifecycle state, spelled as Cloud Hypervisor spells it.

@@ -38,7 +38,7 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
 
 /// A response, and whether the connection closes after it.
 #[derive(Debug)]
-pub(super) struct Reply {
+pub struct Reply {
     pub response: Response,
     pub close: bool,
 }
@@ -53,7 +53,7 @@ impl From<Response> for Reply {
 }
 
 /// Answers one request.
-pub(super) fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
+pub fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
     let Some(&(_, allowed, endpoint)) = ROUTES.iter().find(|(path, _, _)| *path == req.path) else {
         return Response::error(404, format!("unknown path {}", req.path)).into();
     };
