@@ -3,11 +3,13 @@
 //! `target/guest-fw/`, outside the workspace).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::fixture::{Daemon, Readiness, Result as FixtureResult};
+use serde_json::Value;
+
+use crate::fixture::{poll_until, Daemon, Readiness, Result as FixtureResult};
 use crate::ours::{bare_command, run_to_exit};
 use crate::process::Finished;
 
@@ -140,6 +142,127 @@ pub fn spawn_test_guest(
     ];
     args.extend(extra.iter().map(Into::into));
     spawn_vmm(args, api, &["control API on"], timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What the VMM logs when the guest powers off while the API serves on.
+pub const POWERED_OFF: &str = "guest powered off; serving the API until vmm.shutdown";
+
+/// A finished `vmm` run (status, stdout, stderr), for failure messages.
+pub fn show_run(run: &Finished) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        run.status, run.stdout, run.stderr
+    )
+}
+
+/// Runs our `vmm` with `args` and checks that it refuses them: exit `code`
+/// and one stderr line, the `error: ` line naming every one of `culprits`.
+pub fn assert_one_line_refusal(args: &[&str], code: i32, culprits: &[&str], timeout: Duration) {
+    let run = run_vmm(args.iter().copied(), timeout);
+    let line = run
+        .refusal(&[code], culprits)
+        .unwrap_or_else(|e| panic!("vmm {args:?}: {e}"));
+    assert_eq!(
+        run.stderr.trim_end().lines().count(),
+        1,
+        "not one line: {line}\n{}",
+        show_run(&run)
+    );
+}
+
+/// The guest's serial console file so far (empty before it exists).
+pub fn serial(console: &Path) -> String {
+    std::fs::read_to_string(console).unwrap_or_default()
+}
+
+/// Waits until the console file holds `line`, or the VMM exits; panics
+/// unless the console holds it, with `context(vmm)` (the logs to show).
+pub fn wait_for_serial(
+    vmm: &mut Daemon,
+    console: &Path,
+    line: &str,
+    timeout: Duration,
+    context: impl Fn(&Daemon) -> String,
+) {
+    let seen = poll_until(timeout, || {
+        serial(console).contains(line) || !matches!(vmm.try_wait(), Ok(None))
+    });
+    assert!(
+        seen && serial(console).contains(line),
+        "the guest's console does not get to {line:?}\n{}",
+        context(vmm)
+    );
+}
+
+/// `vm.power-button` (answered 204), then waits for the VMM to log
+/// [`POWERED_OFF`]; panics with `context()` if it does not.
+pub fn press_power_button(
+    api: &Path,
+    vmm: &Daemon,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) {
+    assert_eq!(
+        crate::http::call(api, "PUT", "/api/v1/vm.power-button", None).0,
+        204
+    );
+    assert!(
+        poll_until(timeout, || vmm.log_contents().contains(POWERED_OFF)),
+        "the guest did not power off\n{}",
+        context()
+    );
+}
+
+/// `vmm.shutdown` (answered 204), then the VMM exits with 0 within
+/// `timeout`; `context(vmm)` (the logs) is shown if not. Returns its status.
+pub fn shutdown_vmm(
+    api: &Path,
+    vmm: &mut Daemon,
+    timeout: Duration,
+    context: impl Fn(&Daemon) -> String,
+) -> ExitStatus {
+    assert_eq!(
+        crate::http::call(api, "PUT", "/api/v1/vmm.shutdown", None).0,
+        204,
+        "{}",
+        context(vmm)
+    );
+    let status = vmm
+        .wait_timeout(timeout)
+        .unwrap()
+        .unwrap_or_else(|| panic!("the VMM did not exit\n{}", context(vmm)));
+    assert_eq!(status.code(), Some(0), "{}", context(vmm));
+    status
+}
+
+/// The test guest's console lists a disk, a share and a NIC, plugged in
+/// that order from slot 1, and counts three virtio devices; `context()`
+/// (the logs) is shown for a missing line.
+pub fn assert_disk_share_nic_listed(stdout: &str, context: impl Fn() -> String) {
+    for line in [
+        "pci 00:01.0 1af4:1042 class 0180\n",
+        "pci 00:02.0 1af4:105a class 0180\n",
+        "pci 00:03.0 1af4:1041 class 0200\n",
+        "virtio: 3 device(s)\n",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?}\n{}", context());
+    }
+}
+
+/// `vm.info` (answered 200).
+pub fn vm_info(api: &Path) -> Value {
+    let (status, body) = crate::http::call(api, "GET", "/api/v1/vm.info", None);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The counter `who.name` of `vm.counters` (answered 200).
+pub fn vm_counter(api: &Path, who: &str, name: &str) -> u64 {
+    let (status, body) = crate::http::call(api, "GET", "/api/v1/vm.counters", None);
+    assert_eq!(status, 200, "{body}");
+    body[who][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {who}.{name} in {body}"))
 }
 
 /// Where [`halting_kernel`] loads its one segment (1 MiB, where RAM above

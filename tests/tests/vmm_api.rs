@@ -8,35 +8,26 @@
 //! guest waits shows as failed while the VMM keeps serving; a live socket
 //! at the path is a one-line error.
 
+use std::ffi::OsStr;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
-use vu_driver::http::{self, exchange, get, put};
-use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
-use vu_driver::vmm::{run_vmm, spawn_test_guest, test_guest};
+use vu_driver::fixture::{poll_until, Daemon, TempDir};
+use vu_driver::fw_devices;
+use vu_driver::http::{self, exchange, get};
+use vu_driver::process::Finished;
+use vu_driver::vmm::{
+    run_vmm, serial, shutdown_vmm, spawn_test_guest, test_guest, vm_counter as counter,
+    vm_info as info, wait_for_serial, POWERED_OFF,
+};
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
 /// reach its wait; the margin is for loaded machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(30);
 const WAITING: &str = "waiting for the power button";
-
-fn blk(dir: &TempDir) -> (PathBuf, Daemon) {
-    let image = dir.join("disk.img");
-    create_sparse_image(&image, 16 << 20).unwrap();
-    let socket = dir.join("blk.sock");
-    let d = vhost_blk_daemon(&image, &socket, &BlkDaemonOpts::default())
-        .unwrap_or_else(|e| panic!("{e}"));
-    (socket, d)
-}
-
-/// The guest's serial output so far.
-fn serial(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 /// The VMM with 2 vCPUs, 64 MiB, the disk on `blk_sock` (`reconnect=off`:
 /// a killed backend fails the disk at once), the API on
@@ -56,15 +47,13 @@ fn vmm_waiting(api: &Path, blk_sock: &Path, console: &Path) -> Daemon {
         ],
         BOOT_TIMEOUT,
     );
-    let waiting = poll_until(BOOT_TIMEOUT, || {
-        serial(console).contains(WAITING) || !matches!(vmm.try_wait(), Ok(None))
+    wait_for_serial(&mut vmm, console, WAITING, BOOT_TIMEOUT, |vmm| {
+        format!(
+            "--- serial\n{}--- log\n{}",
+            serial(console),
+            vmm.log_contents()
+        )
     });
-    assert!(
-        waiting && serial(console).contains(WAITING),
-        "the guest does not wait for the power button\n--- serial\n{}--- log\n{}",
-        serial(console),
-        vmm.log_contents()
-    );
     vmm
 }
 
@@ -73,18 +62,17 @@ fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
     http::call(api, method, path, None)
 }
 
-fn info(api: &Path) -> Value {
-    let (status, body) = call(api, "GET", "/api/v1/vm.info");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn counter(api: &Path, who: &str, name: &str) -> u64 {
-    let (status, body) = call(api, "GET", "/api/v1/vm.counters");
-    assert_eq!(status, 200, "{body}");
-    body[who][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {who}.{name} in {body}"))
+/// Our `vmm` booting the test guest in 32 MiB with `extra` arguments, to
+/// its end (killed after `timeout`).
+fn run_guest(extra: &[&OsStr], timeout: Duration) -> Finished {
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let args = [
+        "--kernel".as_ref(),
+        guest.as_os_str(),
+        "--memory".as_ref(),
+        "size=32M".as_ref(),
+    ];
+    run_vmm(args.iter().chain(extra), timeout)
 }
 
 /// An error answer: the status and a JSON `{"error": "..."}` body.
@@ -102,10 +90,11 @@ fn assert_error(api: &Path, raw: &[u8], status: u16) {
 #[test]
 fn the_api_pauses_resumes_and_powers_the_guest_off() {
     let dir = TempDir::new("vmm-api").unwrap();
-    let (blk_sock, _blk) = blk(&dir);
+    let b = fw_devices::blk(&dir);
+    let blk_sock = &b.socket;
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
-    let mut vmm = vmm_waiting(&api, &blk_sock, &console);
+    let mut vmm = vmm_waiting(&api, blk_sock, &console);
 
     let (status, ping) = call(&api, "GET", "/api/v1/vmm.ping");
     assert_eq!(status, 200, "{ping}");
@@ -179,9 +168,7 @@ fn the_api_pauses_resumes_and_powers_the_guest_off() {
     assert_eq!(call(&api, "PUT", "/api/v1/vm.resume").0, 204);
     assert_eq!(call(&api, "PUT", "/api/v1/vm.resume").0, 409);
     assert!(
-        poll_until(WAIT, || vmm
-            .log_contents()
-            .contains("guest powered off; serving the API until vmm.shutdown")),
+        poll_until(WAIT, || vmm.log_contents().contains(POWERED_OFF)),
         "{}",
         vmm.log_contents()
     );
@@ -199,26 +186,22 @@ fn the_api_pauses_resumes_and_powers_the_guest_off() {
     assert_error(&api, b"GARBAGE\r\n\r\n", 400);
     assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
 
-    assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
-    let status = vmm
-        .wait_timeout(WAIT)
-        .unwrap()
-        .unwrap_or_else(|| panic!("the VMM did not exit\n{}", vmm.log_contents()));
-    assert_eq!(status.code(), Some(0), "{}", vmm.log_contents());
+    shutdown_vmm(&api, &mut vmm, WAIT, Daemon::log_contents);
     assert!(!api.exists(), "the API socket was left behind");
 }
 
 #[test]
 fn a_backend_killed_while_the_guest_waits_shows_failed() {
     let dir = TempDir::new("vmm-api-kill").unwrap();
-    let (blk_sock, mut blk) = blk(&dir);
+    let mut b = fw_devices::blk(&dir);
+    let blk_sock = &b.socket;
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
-    let mut vmm = vmm_waiting(&api, &blk_sock, &console);
+    let mut vmm = vmm_waiting(&api, blk_sock, &console);
     assert_eq!(info(&api)["devices"][0]["backend_state"], "connected");
 
-    blk.signal(libc::SIGKILL).unwrap();
-    assert!(blk.wait_timeout(WAIT).unwrap().is_some());
+    b.daemon.signal(libc::SIGKILL).unwrap();
+    assert!(b.daemon.wait_timeout(WAIT).unwrap().is_some());
     assert!(
         poll_until(WAIT, || info(&api)["devices"][0]["backend_state"]
             == "failed"),
@@ -242,14 +225,7 @@ fn a_backend_killed_while_the_guest_waits_shows_failed() {
     assert_eq!(counter(&api, "vcpu0", "exits"), exits);
     assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
 
-    assert_eq!(put(&api, "/api/v1/vmm.shutdown").unwrap().status, 204);
-    let status = vmm.wait_timeout(WAIT).unwrap();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        vmm.log_contents()
-    );
+    shutdown_vmm(&api, &mut vmm, WAIT, Daemon::log_contents);
     assert!(!api.exists());
     assert!(get(&api, "/api/v1/vmm.ping").is_err());
 }
@@ -259,18 +235,7 @@ fn a_live_api_socket_is_a_one_line_error() {
     let dir = TempDir::new("vmm-api-live").unwrap();
     let api = dir.join("api.sock");
     let _other = UnixListener::bind(&api).unwrap();
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let run = run_vmm(
-        [
-            "--kernel".as_ref(),
-            guest.as_os_str(),
-            "--memory".as_ref(),
-            "size=32M".as_ref(),
-            "--api-socket".as_ref(),
-            api.as_os_str(),
-        ],
-        WAIT,
-    );
+    let run = run_guest(&["--api-socket".as_ref(), api.as_os_str()], WAIT);
     let line = run
         .refusal(&[1], &[api.to_str().unwrap(), "in use"])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -286,16 +251,7 @@ fn a_live_api_socket_is_a_one_line_error() {
 
 #[test]
 fn without_an_api_socket_power_off_still_ends_the_vmm() {
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let run = run_vmm(
-        [
-            "--kernel".as_ref(),
-            guest.as_os_str(),
-            "--memory".as_ref(),
-            "size=32M".as_ref(),
-        ],
-        BOOT_TIMEOUT,
-    );
+    let run = run_guest(&[], BOOT_TIMEOUT);
     assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
     assert!(!run.stdout.contains(WAITING), "{}", run.stdout);
     assert!(run.stderr.contains("guest powered off"), "{}", run.stderr);

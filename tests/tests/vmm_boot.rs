@@ -7,19 +7,14 @@
 use std::time::Duration;
 
 use vu_driver::process::Finished;
-use vu_driver::vmm::{boot_test_guest, run_vmm, test_guest};
+use vu_driver::vmm::{
+    assert_one_line_refusal, boot_test_guest, run_vmm, show_run as show, test_guest,
+};
 
 /// KVM here emulates every instruction (~1 µs each); the guest needs well
 /// under a second, the margin is for loaded CI machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn show(run: &Finished) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        run.status, run.stdout, run.stderr
-    )
-}
 
 fn assert_booted(run: &Finished, cpus: u8) {
     assert_eq!(run.code(), Some(0), "{}", show(run));
@@ -106,16 +101,7 @@ fn serial_to_a_file_and_memory_in_a_given_file() {
 }
 
 fn refusal(args: &[&str], code: i32, culprits: &[&str]) {
-    let run = run_vmm(args.iter().copied(), CLI_TIMEOUT);
-    let line = run
-        .refusal(&[code], culprits)
-        .unwrap_or_else(|e| panic!("vmm {args:?}: {e}"));
-    assert_eq!(
-        run.stderr.trim_end().lines().count(),
-        1,
-        "not one line: {line}\n{}",
-        show(&run)
-    );
+    assert_one_line_refusal(args, code, culprits, CLI_TIMEOUT);
 }
 
 #[test]
@@ -142,25 +128,17 @@ fn not_a_kernel_is_one_line() {
 
 #[test]
 fn odd_memory_size_is_one_line() {
-    refusal(
-        &["--kernel", "k", "--memory", "size=1000K"],
-        2,
-        &["--memory", "multiple of 1 MiB"],
-    );
-    refusal(
-        &["--kernel", "k", "--memory", "size=lots"],
-        2,
-        &["--memory", "not a size"],
-    );
-    refusal(
-        &["--kernel", "k", "--cpus", "boot=0"],
-        2,
-        &["--cpus", "boot=0"],
-    );
-    refusal(
-        &["--kernel", "k", "--serial", "pty"],
-        2,
-        &["--serial", "pty"],
-    );
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--memory", "size=1000K"],
+            &["--memory", "multiple of 1 MiB"],
+        ),
+        (&["--memory", "size=lots"], &["--memory", "not a size"]),
+        (&["--cpus", "boot=0"], &["--cpus", "boot=0"]),
+        (&["--serial", "pty"], &["--serial", "pty"]),
+    ];
+    for (option, culprits) in cases {
+        refusal(&[&["--kernel", "k"][..], option].concat(), 2, culprits);
+    }
     refusal(&["--memory", "size=64M"], 2, &["--kernel"]);
 }

@@ -7,47 +7,22 @@
 //! while the VM runs leaves the VMM running, the device marked as needing
 //! a reset.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
+use vu_driver::fixture::{poll_until, TempDir};
 use vu_driver::fw_devices;
-use vu_driver::ours::{vhost_blk_daemon, virtiofsd, BlkDaemonOpts};
 use vu_driver::process::Finished;
-use vu_driver::vmm::{halting_kernel, run_vmm, spawn_vmm, test_guest};
+use vu_driver::vmm::{
+    assert_disk_share_nic_listed, assert_one_line_refusal, halting_kernel, run_vmm,
+    show_run as show, spawn_vmm, test_guest,
+};
 
 /// KVM here emulates every instruction; the guest needs a few seconds at
 /// most, the margin is for loaded CI machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(30);
-
-fn show(run: &Finished) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        run.status, run.stdout, run.stderr
-    )
-}
-
-/// A disk image and its daemon.
-fn blk(dir: &TempDir) -> (PathBuf, Daemon) {
-    let image = dir.join("disk.img");
-    create_sparse_image(&image, 16 << 20).unwrap();
-    let socket = dir.join("blk.sock");
-    let d = vhost_blk_daemon(&image, &socket, &BlkDaemonOpts::default())
-        .unwrap_or_else(|e| panic!("{e}"));
-    (socket, d)
-}
-
-/// A share (with `hello.txt`) and virtiofsd with `args`.
-fn fs(dir: &TempDir, args: &[&str]) -> (PathBuf, Daemon) {
-    let share = dir.join("share");
-    std::fs::create_dir_all(&share).unwrap();
-    std::fs::write(share.join("hello.txt"), "hello from the host\n").unwrap();
-    let socket = dir.join("fs.sock");
-    let d = virtiofsd(&share, &socket, args).unwrap_or_else(|e| panic!("{e}"));
-    (socket, d)
-}
 
 fn arg(key_values: &[(&str, &Path)]) -> String {
     key_values
@@ -95,19 +70,7 @@ fn boot_with_devices(guest: &Path, blk_sock: &Path, fs_sock: &Path, net_sock: &P
         BOOT_TIMEOUT,
     );
     assert_eq!(run.code(), Some(0), "{}", show(&run));
-    // Plugged in the order disks, shares, NICs from slot 1.
-    for line in [
-        "pci 00:01.0 1af4:1042 class 0180\n",
-        "pci 00:02.0 1af4:105a class 0180\n",
-        "pci 00:03.0 1af4:1041 class 0200\n",
-        "virtio: 3 device(s)\n",
-    ] {
-        assert!(
-            run.stdout.contains(line),
-            "missing {line:?}\n{}",
-            show(&run)
-        );
-    }
+    assert_disk_share_nic_listed(&run.stdout, || show(&run));
     for (kind, sock, bdf, queues) in [
         ("blk", blk_sock, "0000:00:01.0", 1),
         ("fs", fs_sock, "0000:00:02.0", 2),
@@ -135,16 +98,7 @@ fn boot_with_devices(guest: &Path, blk_sock: &Path, fs_sock: &Path, net_sock: &P
 }
 
 fn refusal(args: &[&str], code: i32, culprits: &[&str]) {
-    let run = run_vmm(args.iter().copied(), CLI_TIMEOUT);
-    let line = run
-        .refusal(&[code], culprits)
-        .unwrap_or_else(|e| panic!("vmm {args:?}: {e}"));
-    assert_eq!(
-        run.stderr.trim_end().lines().count(),
-        1,
-        "not one line: {line}\n{}",
-        show(&run)
-    );
+    assert_one_line_refusal(args, code, culprits, CLI_TIMEOUT);
 }
 
 #[test]
@@ -242,9 +196,11 @@ fn a_backend_killed_while_the_vm_runs_leaves_the_vmm_running() {
     let dir = TempDir::new("vmm-kill").unwrap();
     let kernel = dir.join("halt.elf");
     halting_kernel(&kernel).unwrap();
-    let (blk_sock, mut blk) = blk(&dir);
+    let mut blk = fw_devices::blk(&dir);
+    let blk_sock = blk.socket.clone();
     // virtiofsd's default tag, kataShared, is not the command line's.
-    let (fs_sock, _fs) = fs(&dir, &[]);
+    let fs = fw_devices::fs_share(&dir, &[]);
+    let fs_sock = &fs.socket;
     let blk_line = format!("vhost-user blk {}: PCI 0000:00:01.0", blk_sock.display());
     let fs_line = format!("vhost-user fs {}: PCI 0000:00:02.0", fs_sock.display());
     let mut vmm = spawn_vmm(
@@ -259,7 +215,7 @@ fn a_backend_killed_while_the_vm_runs_leaves_the_vmm_running() {
             // No reconnect: the killed backend fails the disk at once.
             format!("{},reconnect=off", arg(&[("socket", &blk_sock)])).into(),
             "--fs".into(),
-            format!("tag=myfs,{}", arg(&[("socket", &fs_sock)])).into(),
+            format!("tag=myfs,{}", arg(&[("socket", fs_sock)])).into(),
         ],
         &blk_sock,
         &[
@@ -288,8 +244,8 @@ fn a_backend_killed_while_the_vm_runs_leaves_the_vmm_running() {
     );
     assert!(ignores_sigpipe(pid), "SIGPIPE is not ignored by the VMM");
 
-    blk.signal(libc::SIGKILL).unwrap();
-    assert!(blk.wait_timeout(WAIT).unwrap().is_some());
+    blk.daemon.signal(libc::SIGKILL).unwrap();
+    assert!(blk.daemon.wait_timeout(WAIT).unwrap().is_some());
     let gone = format!(
         "vhost-user blk device 0000:00:01.0 ({}): the backend is gone; DEVICE_NEEDS_RESET set",
         blk_sock.display()

@@ -6,7 +6,7 @@
 //! the bad input: each a 4xx with a JSON error naming the field or file,
 //! the VMM left as it was.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,7 +16,10 @@ use vu_driver::fw_devices;
 use vu_driver::http;
 use vu_driver::ours::bare_command;
 use vu_driver::process::Finished;
-use vu_driver::vmm::{halting_kernel, test_guest};
+use vu_driver::vmm::{
+    assert_disk_share_nic_listed, halting_kernel, serial as console, shutdown_vmm, test_guest,
+    wait_for_serial,
+};
 
 /// KVM here emulates every instruction: the guest needs seconds; the
 /// margin is for a loaded 2-core machine.
@@ -54,10 +57,6 @@ fn assert_refused(answer: (u16, Value), status: u16, words: &[&str]) {
     for w in words {
         assert!(error.contains(w), "{w:?} not in {error:?}");
     }
-}
-
-fn console(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// The paths a launch uses.
@@ -178,15 +177,13 @@ fn kata_launch_sequence_with_our_three_daemons() {
     // vm.boot: answered once the vCPUs run.
     let (status, body) = put(&api, "/api/v1/vm.boot");
     assert_eq!(status, 204, "{body}\n{}", log(&vmm));
-    let waiting = poll_until(BOOT_TIMEOUT, || {
-        console(&console_file).contains(WAITING) || !matches!(vmm.try_wait(), Ok(None))
+    wait_for_serial(&mut vmm, &console_file, WAITING, BOOT_TIMEOUT, |vmm| {
+        format!(
+            "--- console\n{}--- log\n{}",
+            console(&console_file),
+            log(vmm)
+        )
     });
-    assert!(
-        waiting && console(&console_file).contains(WAITING),
-        "the guest does not get to its wait\n--- console\n{}--- log\n{}",
-        console(&console_file),
-        log(&vmm)
-    );
 
     // vm.info in Cloud Hypervisor's shape (what clh.go reads), ours beside.
     let (status, info) = call(&api, "GET", "/api/v1/vm.info", None);
@@ -227,12 +224,7 @@ fn kata_launch_sequence_with_our_three_daemons() {
         404,
         &["vm.create"],
     );
-    assert_eq!(put(&api, "/api/v1/vmm.shutdown").0, 204);
-    let status = vmm
-        .wait_timeout(WAIT)
-        .unwrap()
-        .unwrap_or_else(|| panic!("the VMM did not exit\n{}", log(&vmm)));
-    assert_eq!(status.code(), Some(0), "{}", log(&vmm));
+    let status = shutdown_vmm(&api, &mut vmm, WAIT, log);
     assert!(!api.exists(), "the API socket was left behind");
 
     // What the guest did with each device, as in vmm_devices.
@@ -242,18 +234,7 @@ fn kata_launch_sequence_with_our_three_daemons() {
         stderr: log(&vmm),
     };
     let daemons = [&b.daemon, &f.daemon, &n.daemon];
-    for line in [
-        "pci 00:01.0 1af4:1042 class 0180\n",
-        "pci 00:02.0 1af4:105a class 0180\n",
-        "pci 00:03.0 1af4:1041 class 0200\n",
-        "virtio: 3 device(s)\n",
-    ] {
-        assert!(
-            run.stdout.contains(line),
-            "{line:?}\n{}",
-            fw_devices::show(&run, &daemons)
-        );
-    }
+    assert_disk_share_nic_listed(&run.stdout, || fw_devices::show(&run, &daemons));
     fw_devices::assert_blk(&run, &b, &daemons);
     fw_devices::assert_fs(&run, fw_devices::TAG, &daemons);
     fw_devices::assert_net(&run, &n, true, &daemons);
@@ -266,12 +247,19 @@ fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-#[test]
-fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
-    let dir = TempDir::new("vmm-lifecycle-bad").unwrap();
+/// A temporary directory named after `name` holding the halting kernel,
+/// and the API socket's path in it.
+fn halting_setup(name: &str) -> (TempDir, PathBuf, PathBuf) {
+    let dir = TempDir::new(name).unwrap();
     let kernel = dir.join("halt.elf");
     halting_kernel(&kernel).unwrap();
     let api = dir.join("api.sock");
+    (dir, kernel, api)
+}
+
+#[test]
+fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
+    let (dir, kernel, api) = halting_setup("vmm-lifecycle-bad");
     let log_file = dir.join("vmm.log");
     let mut vmm = spawn_vmm(
         &[
@@ -356,9 +344,7 @@ fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
 
     // The VMM still serves, and ends cleanly; its log went to the file.
     assert_eq!(call(&api, "GET", "/api/v1/vmm.ping", None).0, 200);
-    assert_eq!(put(&api, "/api/v1/vmm.shutdown").0, 204);
-    let status = vmm.wait_timeout(WAIT).unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", log());
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| log());
     assert!(!api.exists());
     assert!(log().contains("control API on"), "{}", log());
     assert!(
@@ -372,10 +358,7 @@ fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
 /// config reads back in Cloud Hypervisor's shape.
 #[test]
 fn the_command_line_vm_reports_its_config_in_ch_shape() {
-    let dir = TempDir::new("vmm-lifecycle-cli").unwrap();
-    let kernel = dir.join("halt.elf");
-    halting_kernel(&kernel).unwrap();
-    let api = dir.join("api.sock");
+    let (_dir, kernel, api) = halting_setup("vmm-lifecycle-cli");
     let mut vmm = spawn_vmm(
         &[
             "--kernel",
@@ -410,13 +393,6 @@ fn the_command_line_vm_reports_its_config_in_ch_shape() {
     assert_eq!(info["config"]["serial"]["mode"], "Off", "{info}");
     assert_eq!(info["unsupported"], json!([]), "{info}");
     assert_refused(create(&api, &info["config"]), 409, &["already created"]);
-    assert_eq!(put(&api, "/api/v1/vmm.shutdown").0, 204);
-    let status = vmm.wait_timeout(WAIT).unwrap();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        vmm.log_contents()
-    );
+    shutdown_vmm(&api, &mut vmm, WAIT, Daemon::log_contents);
     assert!(!api.exists());
 }

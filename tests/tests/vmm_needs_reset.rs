@@ -18,7 +18,9 @@ use vu_driver::fixture::TempDir;
 use vu_driver::fixture::{poll_until, Daemon};
 use vu_driver::fw_devices::{self, Blk, Fs, Net};
 use vu_driver::process::Finished;
-use vu_driver::vmm::spawn_test_guest;
+use vu_driver::vmm::{
+    press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_info as info, wait_for_serial,
+};
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
 /// drive three devices and reach its wait; the margin is for loaded
@@ -26,15 +28,9 @@ use vu_driver::vmm::spawn_test_guest;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(30);
 const WAITING: &str = "waiting for the power button";
-const POWERED_OFF: &str = "guest powered off; serving the API until vmm.shutdown";
 /// virtio device status bits.
 const DRIVER_READY: u8 = 0x0f; // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 const NEEDS_RESET: u8 = 0x40;
-
-/// The guest's serial output so far.
-fn serial(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 /// The serial console, the VMM's log and every daemon's log.
 fn show(console: &Path, vmm: &Daemon, daemons: &[&Daemon]) -> String {
@@ -52,12 +48,6 @@ fn show(console: &Path, vmm: &Daemon, daemons: &[&Daemon]) -> String {
 /// The status and JSON body (Null when empty) of one request.
 fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
     vu_driver::http::call(api, method, path, None)
-}
-
-fn info(api: &Path) -> Value {
-    let (status, body) = call(api, "GET", "/api/v1/vm.info");
-    assert_eq!(status, 200, "{body}");
-    body
 }
 
 /// `(id, backend_state)` of every device in `vm.info`, in plug order.
@@ -98,14 +88,9 @@ fn vmm_waiting(api: &Path, console: &Path, b: &Blk, f: &Fs, n: &Net) -> Daemon {
         ],
         BOOT_TIMEOUT,
     );
-    let waiting = poll_until(BOOT_TIMEOUT, || {
-        serial(console).contains(WAITING) || !matches!(vmm.try_wait(), Ok(None))
+    wait_for_serial(&mut vmm, console, WAITING, BOOT_TIMEOUT, |vmm| {
+        show(console, vmm, &[&b.daemon, &f.daemon, &n.daemon])
     });
-    assert!(
-        waiting && serial(console).contains(WAITING),
-        "the guest does not wait for the power button\n{}",
-        show(console, &vmm, &[&b.daemon, &f.daemon, &n.daemon])
-    );
     vmm
 }
 
@@ -181,12 +166,9 @@ fn a_killed_backend_needs_a_reset_in_the_guest_on_that_device_only() {
     assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
 
     // The power button: the guest reports what it reads and powers off.
-    assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
-    assert!(
-        poll_until(WAIT, || vmm.log_contents().contains(POWERED_OFF)),
-        "{}",
+    press_power_button(&api, &vmm, WAIT, || {
         show(&console, &vmm, &[&f.daemon, &n.daemon])
-    );
+    });
     // The guest is off: its console is complete.
     let all = show(&console, &vmm, &[&f.daemon, &n.daemon]);
     let out = serial(&console);
@@ -225,12 +207,7 @@ fn a_killed_backend_needs_a_reset_in_the_guest_on_that_device_only() {
 
     // Shutdown: the VMM serves on until vmm.shutdown, then exits 0.
     assert_eq!(info(&api)["state"], "Shutdown");
-    assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
-    let status = vmm
-        .wait_timeout(WAIT)
-        .unwrap()
-        .unwrap_or_else(|| panic!("the VMM did not exit\n{}", all));
-    assert_eq!(status.code(), Some(0), "{}", all);
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
     assert!(!api.exists(), "the API socket was left behind");
 
     // The other backends were never disturbed.

@@ -15,27 +15,22 @@
 //! `connected` with one reconnect, and the guest reads its status as
 //! DRIVER_OK without DEVICE_NEEDS_RESET.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vu_driver::fixture::{poll_until, Daemon, TempDir};
 use vu_driver::fw_devices;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, BlkDaemonOpts};
-use vu_driver::vmm::spawn_test_guest;
+use vu_driver::vmm::{press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_counter};
 
 /// KVM here emulates the guest's kernel mode: generous for loaded machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(60);
-const POWERED_OFF: &str = "guest powered off; serving the API until vmm.shutdown";
 
 /// Byte `i` of the sector written in round `n` (guest-fw `blk::loop_byte`).
 fn loop_byte(n: u64, i: usize) -> u8 {
     ((n.wrapping_mul(7) + i as u64) % 253) as u8
-}
-
-fn serial(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// The last `blk-loop: round N ok` of the console.
@@ -81,29 +76,26 @@ fn disk_state(api: &Path) -> String {
 }
 
 fn counter(api: &Path, name: &str) -> u64 {
-    device_counter(api, "disk0", name)
+    vm_counter(api, "disk0", name)
 }
 
-fn device_counter(api: &Path, id: &str, name: &str) -> u64 {
-    let (status, body) = call(api, "GET", "/api/v1/vm.counters");
-    assert_eq!(status, 200, "{body}");
-    body[id][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {id}.{name} in {body}"))
+/// The test guest with `guest_args` and the devices `extra`: its API
+/// socket and console file in `dir`, and the VMM.
+fn guest(dir: &TempDir, guest_args: &str, extra: &[String]) -> (PathBuf, PathBuf, Daemon) {
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let vmm = spawn_test_guest(&api, &console, guest_args, extra, BOOT_TIMEOUT);
+    (api, console, vmm)
 }
 
 #[test]
 fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_never_notices() {
     let dir = TempDir::new("vmm-reconnect").unwrap();
     let mut b = fw_devices::blk(&dir);
-    let api = dir.join("api.sock");
-    let console = dir.join("console.txt");
-    let mut vmm = spawn_test_guest(
-        &api,
-        &console,
+    let (api, console, mut vmm) = guest(
+        &dir,
         "blk-loop",
         &["--disk".into(), format!("socket={}", b.socket.display())],
-        BOOT_TIMEOUT,
     );
     assert!(
         poll_until(BOOT_TIMEOUT, || rounds(&console) >= 3),
@@ -170,12 +162,7 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
     );
 
     // The power button ends the loop; the guest reports and powers off.
-    assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
-    assert!(
-        poll_until(WAIT, || vmm.log_contents().contains(POWERED_OFF)),
-        "{}",
-        show(&console, &vmm, &b.daemon)
-    );
+    press_power_button(&api, &vmm, WAIT, || show(&console, &vmm, &b.daemon));
     let out = serial(&console);
     let all = show(&console, &vmm, &b.daemon);
     let stopped = out
@@ -199,29 +186,20 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
         assert_eq!(image[at..at + 512], want[..], "sector {}\n{all}", 16 + k);
     }
 
-    assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
-    let status = vmm
-        .wait_timeout(WAIT)
-        .unwrap()
-        .unwrap_or_else(|| panic!("the VMM did not exit\n{all}"));
-    assert_eq!(status.code(), Some(0), "{all}");
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
 }
 
 #[test]
 fn a_killed_net_daemon_restarted_on_its_socket_is_reconnected() {
     let dir = TempDir::new("vmm-reconnect-net").unwrap();
     let mut n = fw_devices::net(&dir);
-    let api = dir.join("api.sock");
-    let console = dir.join("console.txt");
-    let mut vmm = spawn_test_guest(
-        &api,
-        &console,
+    let (api, console, mut vmm) = guest(
+        &dir,
         "wait-power-button",
         &[
             "--net".into(),
             format!("socket={},mac={}", n.socket.display(), fw_devices::MAC),
         ],
-        BOOT_TIMEOUT,
     );
     assert!(
         poll_until(BOOT_TIMEOUT, || serial(&console)
@@ -256,15 +234,10 @@ fn a_killed_net_daemon_restarted_on_its_socket_is_reconnected() {
         "{}",
         show(&console, &vmm, &n.daemon)
     );
-    assert_eq!(device_counter(&api, "net0", "reconnects"), 1);
-    assert_eq!(device_counter(&api, "net0", "needs_reset"), 0);
+    assert_eq!(vm_counter(&api, "net0", "reconnects"), 1);
+    assert_eq!(vm_counter(&api, "net0", "needs_reset"), 0);
 
-    assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
-    assert!(
-        poll_until(WAIT, || vmm.log_contents().contains(POWERED_OFF)),
-        "{}",
-        show(&console, &vmm, &n.daemon)
-    );
+    press_power_button(&api, &vmm, WAIT, || show(&console, &vmm, &n.daemon));
     let out = serial(&console);
     let all = show(&console, &vmm, &n.daemon);
     let status = out
@@ -272,10 +245,5 @@ fn a_killed_net_daemon_restarted_on_its_socket_is_reconnected() {
         .find_map(|l| l.strip_prefix("status 00:01.0 net: 0x"))
         .unwrap_or_else(|| panic!("no net status\n{all}"));
     assert!(status.starts_with("0f ok"), "{status:?}\n{all}");
-    assert_eq!(call(&api, "PUT", "/api/v1/vmm.shutdown").0, 204);
-    let status = vmm
-        .wait_timeout(WAIT)
-        .unwrap()
-        .unwrap_or_else(|| panic!("the VMM did not exit\n{all}"));
-    assert_eq!(status.code(), Some(0), "{all}");
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
 }
