@@ -40,10 +40,16 @@ impl Request {
 
     /// FUSE_CREATE of `name` in `parent` (umask 0) with `open(2)` flags.
     pub fn create(parent: u64, name: &[u8], mode: u32, flags: i32) -> Result<Self> {
+        Self::create_umask(parent, name, mode, flags, 0)
+    }
+
+    /// FUSE_CREATE of `name` in `parent` with `open(2)` flags and the
+    /// caller's `umask`.
+    fn create_umask(parent: u64, name: &[u8], mode: u32, flags: i32, umask: u32) -> Result<Self> {
         let arg = CreateIn {
             flags: flags as u32,
             mode,
-            umask: 0,
+            umask,
             fuse_flags: 0,
         };
         Request::new("CREATE", Opcode::Create, parent)
@@ -59,6 +65,18 @@ impl Request {
             ..Default::default()
         };
         Request::new("RELEASE", Opcode::Release, nodeid).arg(&arg)
+    }
+
+    /// FUSE_GETXATTR of `name` into a buffer of `size` bytes (0: ask the size).
+    fn getxattr(nodeid: u64, name: &[u8], size: u32) -> Result<Self> {
+        Request::new("GETXATTR", Opcode::Getxattr, nodeid)
+            .arg(&GetxattrIn { size, padding: 0 })
+            .name(name)
+    }
+
+    /// FUSE_LISTXATTR into a buffer of `size` bytes (0: ask the size).
+    fn listxattr(nodeid: u64, size: u32) -> Self {
+        Request::new("LISTXATTR", Opcode::Listxattr, nodeid).arg(&GetxattrIn { size, padding: 0 })
     }
 }
 
@@ -130,6 +148,36 @@ impl FsClient {
     fn call_struct<T: vm_memory::ByteValued + Default>(&mut self, req: &Request) -> Result<T> {
         let body = self.call(req, 0, size_of::<T>())?;
         body_struct(req.op, &body)
+    }
+
+    /// Sends a request that makes `parent/name` with `arg` before the name
+    /// (MKDIR, MKNOD, LINK); the new entry.
+    fn call_new_entry<A: vm_memory::ByteValued>(
+        &mut self,
+        op: &'static str,
+        opcode: Opcode,
+        parent: u64,
+        arg: &A,
+        name: &[u8],
+    ) -> Result<EntryOut> {
+        self.call_struct(&Request::new(op, opcode, parent).arg(arg).name(name)?)
+    }
+
+    /// Sends a FUSE_CREATE: the new entry and its open handle.
+    fn call_create(&mut self, req: &Request) -> Result<(EntryOut, OpenOut)> {
+        let body = self.call(req, 0, size_of::<EntryOut>() + size_of::<OpenOut>())?;
+        let entry: EntryOut = body_struct("CREATE", &body)?;
+        let open: OpenOut = body_struct(
+            "CREATE",
+            &body[body.len().min(std::mem::size_of::<EntryOut>())..],
+        )?;
+        Ok((entry, open))
+    }
+
+    /// Sends a GETXATTR or LISTXATTR of size 0: the size the value needs.
+    fn call_xattr_size(&mut self, req: &Request) -> Result<u32> {
+        let out: GetxattrOut = self.call_struct(req)?;
+        Ok(out.size)
     }
 
     /// Sends a request whose reply has no body.
@@ -246,22 +294,12 @@ impl FsClient {
         mode: u32,
         flags: i32,
     ) -> Result<(EntryOut, OpenOut)> {
-        let req = Request::create(parent, name.as_ref(), mode, flags)?;
-        let body = self.call(&req, 0, size_of::<EntryOut>() + size_of::<OpenOut>())?;
-        let entry: EntryOut = body_struct("CREATE", &body)?;
-        let open: OpenOut = body_struct(
-            "CREATE",
-            &body[body.len().min(std::mem::size_of::<EntryOut>())..],
-        )?;
-        Ok((entry, open))
+        self.call_create(&Request::create(parent, name.as_ref(), mode, flags)?)
     }
 
     /// FUSE_MKDIR of `name` in `parent` (umask 0).
     pub fn mkdir(&mut self, parent: u64, name: impl AsRef<[u8]>, mode: u32) -> Result<EntryOut> {
-        let req = Request::new("MKDIR", Opcode::Mkdir, parent)
-            .arg(&MkdirIn { mode, umask: 0 })
-            .name(name.as_ref())?;
-        self.call_struct(&req)
+        self.mkdir_umask(parent, name, mode, 0)
     }
 
     /// FUSE_UNLINK.
@@ -484,10 +522,8 @@ impl FsClient {
         newparent: u64,
         newname: impl AsRef<[u8]>,
     ) -> Result<EntryOut> {
-        let req = Request::new("LINK", Opcode::Link, newparent)
-            .arg(&LinkIn { oldnodeid: oldnode })
-            .name(newname.as_ref())?;
-        self.call_struct(&req)
+        let arg = LinkIn { oldnodeid: oldnode };
+        self.call_new_entry("LINK", Opcode::Link, newparent, &arg, newname.as_ref())
     }
 
     /// FUSE_MKNOD of `parent/name` (umask 0); `mode` carries the type bits
@@ -499,15 +535,13 @@ impl FsClient {
         mode: u32,
         rdev: u32,
     ) -> Result<EntryOut> {
-        let req = Request::new("MKNOD", Opcode::Mknod, parent)
-            .arg(&MknodIn {
-                mode,
-                rdev,
-                umask: 0,
-                padding: 0,
-            })
-            .name(name.as_ref())?;
-        self.call_struct(&req)
+        let arg = MknodIn {
+            mode,
+            rdev,
+            umask: 0,
+            padding: 0,
+        };
+        self.call_new_entry("MKNOD", Opcode::Mknod, parent, &arg, name.as_ref())
     }
 
     /// FUSE_MKDIR with the caller's `umask` (what a kernel that
@@ -519,10 +553,8 @@ impl FsClient {
         mode: u32,
         umask: u32,
     ) -> Result<EntryOut> {
-        let req = Request::new("MKDIR", Opcode::Mkdir, parent)
-            .arg(&MkdirIn { mode, umask })
-            .name(name.as_ref())?;
-        self.call_struct(&req)
+        let arg = MkdirIn { mode, umask };
+        self.call_new_entry("MKDIR", Opcode::Mkdir, parent, &arg, name.as_ref())
     }
 
     /// FUSE_CREATE (O_CREAT|O_EXCL|O_RDWR) with the caller's `umask`; the
@@ -534,21 +566,9 @@ impl FsClient {
         mode: u32,
         umask: u32,
     ) -> Result<EntryOut> {
-        let arg = CreateIn {
-            flags: (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR) as u32,
-            mode,
-            umask,
-            fuse_flags: 0,
-        };
-        let req = Request::new("CREATE", Opcode::Create, parent)
-            .arg(&arg)
-            .name(name.as_ref())?;
-        let body = self.call(&req, 0, size_of::<EntryOut>() + size_of::<OpenOut>())?;
-        let entry: EntryOut = body_struct("CREATE", &body)?;
-        let open: OpenOut = body_struct(
-            "CREATE",
-            &body[body.len().min(std::mem::size_of::<EntryOut>())..],
-        )?;
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
+        let req = Request::create_umask(parent, name.as_ref(), mode, flags, umask)?;
+        let (entry, open) = self.call_create(&req)?;
         self.release(open.fh, entry.nodeid, libc::O_RDWR)?;
         Ok(entry)
     }
@@ -579,40 +599,23 @@ impl FsClient {
 
     /// FUSE_GETXATTR with size 0: the size of the value of `name`.
     pub fn getxattr_size(&mut self, nodeid: u64, name: impl AsRef<[u8]>) -> Result<u32> {
-        let req = Request::new("GETXATTR", Opcode::Getxattr, nodeid)
-            .arg(&GetxattrIn {
-                size: 0,
-                padding: 0,
-            })
-            .name(name.as_ref())?;
-        let out: GetxattrOut = self.call_struct(&req)?;
-        Ok(out.size)
+        self.call_xattr_size(&Request::getxattr(nodeid, name.as_ref(), 0)?)
     }
 
     /// FUSE_GETXATTR: the value of `name`, in a buffer of `size` bytes
     /// (ERANGE if it does not fit).
     pub fn getxattr(&mut self, nodeid: u64, name: impl AsRef<[u8]>, size: u32) -> Result<Vec<u8>> {
-        let req = Request::new("GETXATTR", Opcode::Getxattr, nodeid)
-            .arg(&GetxattrIn { size, padding: 0 })
-            .name(name.as_ref())?;
-        self.call(&req, 0, size)
+        self.call(&Request::getxattr(nodeid, name.as_ref(), size)?, 0, size)
     }
 
     /// FUSE_LISTXATTR with size 0: bytes the NUL-separated list needs.
     pub fn listxattr_size(&mut self, nodeid: u64) -> Result<u32> {
-        let req = Request::new("LISTXATTR", Opcode::Listxattr, nodeid).arg(&GetxattrIn {
-            size: 0,
-            padding: 0,
-        });
-        let out: GetxattrOut = self.call_struct(&req)?;
-        Ok(out.size)
+        self.call_xattr_size(&Request::listxattr(nodeid, 0))
     }
 
     /// FUSE_LISTXATTR into a buffer of `size` bytes: the attribute names.
     pub fn listxattr(&mut self, nodeid: u64, size: u32) -> Result<Vec<Vec<u8>>> {
-        let req = Request::new("LISTXATTR", Opcode::Listxattr, nodeid)
-            .arg(&GetxattrIn { size, padding: 0 });
-        let body = self.call(&req, 0, size)?;
+        let body = self.call(&Request::listxattr(nodeid, size), 0, size)?;
         Ok(body
             .split(|&b| b == 0)
             .filter(|n| !n.is_empty())
