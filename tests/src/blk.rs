@@ -18,30 +18,16 @@ pub const SECTOR_SIZE: u64 = 512;
 /// Length of the GET_ID answer.
 pub const ID_BYTES: u32 = 20;
 
-/// Feature bits the driver understands.
+/// Feature bits the driver understands (virtio 1.2, 5.2.3).
 pub mod features {
-    /// size_max is valid.
-    pub const SIZE_MAX: u32 = 1;
-    /// seg_max is valid.
-    pub const SEG_MAX: u32 = 2;
-    /// geometry is valid.
-    pub const GEOMETRY: u32 = 4;
-    /// The device is read-only.
-    pub const RO: u32 = 5;
-    /// blk_size is valid.
-    pub const BLK_SIZE: u32 = 6;
-    /// Flush is supported.
-    pub const FLUSH: u32 = 9;
-    /// Topology fields are valid.
-    pub const TOPOLOGY: u32 = 10;
-    /// Writeback toggle in config.
-    pub const CONFIG_WCE: u32 = 11;
-    /// num_queues is valid.
-    pub const MQ: u32 = 12;
-    /// Discard is supported.
-    pub const DISCARD: u32 = 13;
-    /// Write zeroes is supported.
-    pub const WRITE_ZEROES: u32 = 14;
+    pub use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_F_BLK_SIZE as BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE as CONFIG_WCE,
+        VIRTIO_BLK_F_DISCARD as DISCARD, VIRTIO_BLK_F_FLUSH as FLUSH,
+        VIRTIO_BLK_F_GEOMETRY as GEOMETRY, VIRTIO_BLK_F_MQ as MQ, VIRTIO_BLK_F_RO as RO,
+        VIRTIO_BLK_F_SEG_MAX as SEG_MAX, VIRTIO_BLK_F_SIZE_MAX as SIZE_MAX,
+        VIRTIO_BLK_F_TOPOLOGY as TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES as WRITE_ZEROES,
+    };
+
     /// All of the above, as a mask.
     pub const ALL: u64 = (1 << SIZE_MAX)
         | (1 << SEG_MAX)
@@ -56,30 +42,25 @@ pub mod features {
         | (1 << WRITE_ZEROES);
 }
 
-/// Request types.
+/// Request types (virtio 1.2, 5.2.6).
 pub mod req {
-    /// Read.
-    pub const IN: u32 = 0;
-    /// Write.
-    pub const OUT: u32 = 1;
-    /// Flush.
-    pub const FLUSH: u32 = 4;
-    /// Get the device id string.
-    pub const GET_ID: u32 = 8;
-    /// Discard.
-    pub const DISCARD: u32 = 11;
-    /// Write zeroes.
-    pub const WRITE_ZEROES: u32 = 13;
+    pub use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_DISCARD as DISCARD, VIRTIO_BLK_T_FLUSH as FLUSH,
+        VIRTIO_BLK_T_GET_ID as GET_ID, VIRTIO_BLK_T_IN as IN, VIRTIO_BLK_T_OUT as OUT,
+        VIRTIO_BLK_T_WRITE_ZEROES as WRITE_ZEROES,
+    };
 }
 
-/// Status byte values.
+/// Status byte values (virtio 1.2, 5.2.6).
 pub mod status {
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+
     /// Success.
-    pub const OK: u8 = 0;
+    pub const OK: u8 = VIRTIO_BLK_S_OK as u8;
     /// I/O error.
-    pub const IOERR: u8 = 1;
+    pub const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
     /// Unsupported request.
-    pub const UNSUPP: u8 = 2;
+    pub const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 }
 
 /// Errors of the block helper.
