@@ -141,6 +141,22 @@ impl TxRing {
         Ok(())
     }
 
+    fn kick(&self, vq: &mut VirtQueue) -> Result<bool> {
+        vq.kick().map_err(qerr(self.queue, "TX kick"))
+    }
+
+    /// Waits until `deadline` for the device to return a chain and takes
+    /// it back; the error names `op`.
+    fn complete_next(
+        &mut self,
+        vq: &mut VirtQueue,
+        deadline: Instant,
+        op: &'static str,
+    ) -> Result<()> {
+        let u = wait_until(vq, deadline, op)?;
+        self.complete(u)
+    }
+
     fn segs(&self, addr: GuestAddress, len: u32) -> Vec<Seg> {
         let hdr = NET_HDR_LEN as u32;
         match self.layout {
@@ -166,6 +182,24 @@ impl TxRing {
         }
     }
 
+    /// Posts slot `slot` holding `len` bytes, or puts it back on the free
+    /// list when the ring has no room; whether it was posted.
+    fn post_or_free(&mut self, vq: &mut VirtQueue, slot: u32, len: u32) -> Result<bool> {
+        let posted = self.post(vq, slot, len)?;
+        if !posted {
+            self.free.push(slot);
+        }
+        Ok(posted)
+    }
+
+    /// Kicks if `posted` chains were (more than none); returns `posted`.
+    fn kick_posted(&self, vq: &mut VirtQueue, posted: usize) -> Result<usize> {
+        if posted > 0 {
+            self.kick(vq)?;
+        }
+        Ok(posted)
+    }
+
     /// A free slot, waiting up to `timeout` for the device to return one.
     fn take_slot(&mut self, vq: &mut VirtQueue, deadline: Instant) -> Result<u32> {
         self.reap(vq)?;
@@ -173,9 +207,8 @@ impl TxRing {
             if let Some(s) = self.free.pop() {
                 return Ok(s);
             }
-            vq.kick().map_err(qerr(self.queue, "TX kick"))?;
-            let u = wait_until(vq, deadline, "TX wait for a free slot")?;
-            self.complete(u)?;
+            self.kick(vq)?;
+            self.complete_next(vq, deadline, "TX wait for a free slot")?;
         }
     }
 
@@ -216,11 +249,22 @@ impl TxRing {
     ) -> Result<()> {
         self.check_fits(NET_HDR_LEN + frame.len(), "TX send")?;
         let deadline = Instant::now() + timeout;
+        self.send_in_slot(vq, &[&hdr.to_bytes(), frame], deadline)
+    }
+
+    /// Writes `parts` in a free slot (waiting until `deadline` for one),
+    /// posts it, kicks and reaps finished chains.
+    fn send_in_slot(
+        &mut self,
+        vq: &mut VirtQueue,
+        parts: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<()> {
         let slot = self.take_slot(vq, deadline)?;
         self.prefilled = None;
-        let len = self.write_slot(vq, slot, &[&hdr.to_bytes(), frame])?;
+        let len = self.write_slot(vq, slot, parts)?;
         self.post_blocking(vq, slot, len, deadline)?;
-        vq.kick().map_err(qerr(self.queue, "TX kick"))?;
+        self.kick(vq)?;
         self.reap(vq)?;
         Ok(())
     }
@@ -233,9 +277,8 @@ impl TxRing {
         deadline: Instant,
     ) -> Result<()> {
         while !self.post(vq, slot, len)? {
-            vq.kick().map_err(qerr(self.queue, "TX kick"))?;
-            let u = wait_until(vq, deadline, "TX wait for descriptors")?;
-            self.complete(u)?;
+            self.kick(vq)?;
+            self.complete_next(vq, deadline, "TX wait for descriptors")?;
         }
         Ok(())
     }
@@ -247,13 +290,7 @@ impl TxRing {
     pub fn send_raw(&mut self, vq: &mut VirtQueue, bytes: &[u8], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         if bytes.len() <= self.slot_len as usize {
-            let slot = self.take_slot(vq, deadline)?;
-            self.prefilled = None;
-            let len = self.write_slot(vq, slot, &[bytes])?;
-            self.post_blocking(vq, slot, len, deadline)?;
-            vq.kick().map_err(qerr(self.queue, "TX kick"))?;
-            self.reap(vq)?;
-            return Ok(());
+            return self.send_in_slot(vq, &[bytes], deadline);
         }
         let len = u32::try_from(bytes.len()).map_err(|_| NetError::TooLarge {
             queue: self.queue,
@@ -279,19 +316,17 @@ impl TxRing {
             match vq.add(&[Seg::out(addr, len)], SCRATCH_TOKEN) {
                 Ok(_) => break,
                 Err(QueueError::Full { .. }) => {
-                    vq.kick().map_err(qerr(self.queue, "TX kick"))?;
-                    let u = wait_until(vq, deadline, "TX wait for descriptors")?;
-                    self.complete(u)?;
+                    self.kick(vq)?;
+                    self.complete_next(vq, deadline, "TX wait for descriptors")?;
                 }
                 Err(e) => return Err(qerr(self.queue, "TX add")(e)),
             }
         }
         self.sent += 1;
         self.scratch_busy = true;
-        vq.kick().map_err(qerr(self.queue, "TX kick"))?;
+        self.kick(vq)?;
         while self.scratch_busy {
-            let u = wait_until(vq, deadline, "TX wait for the oversize buffer")?;
-            self.complete(u)?;
+            self.complete_next(vq, deadline, "TX wait for the oversize buffer")?;
         }
         Ok(())
     }
@@ -311,26 +346,21 @@ impl TxRing {
             let Some(slot) = self.free.pop() else { break };
             self.prefilled = None;
             let len = self.write_slot(vq, slot, &[&hdr.to_bytes(), frame])?;
-            if !self.post(vq, slot, len)? {
-                self.free.push(slot);
+            if !self.post_or_free(vq, slot, len)? {
                 break;
             }
             n += 1;
         }
-        if n > 0 {
-            vq.kick().map_err(qerr(self.queue, "TX kick"))?;
-        }
-        Ok(n)
+        self.kick_posted(vq, n)
     }
 
     /// Waits until the device has returned every chain (up to `timeout`).
     pub fn flush(&mut self, vq: &mut VirtQueue, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        vq.kick().map_err(qerr(self.queue, "TX kick"))?;
+        self.kick(vq)?;
         self.reap(vq)?;
         while self.in_flight() > 0 {
-            let u = wait_until(vq, deadline, "TX flush")?;
-            self.complete(u)?;
+            self.complete_next(vq, deadline, "TX flush")?;
         }
         Ok(())
     }
@@ -364,16 +394,12 @@ impl TxRing {
         let mut posted = 0;
         while posted < n {
             let Some(slot) = self.free.pop() else { break };
-            if !self.post(vq, slot, len)? {
-                self.free.push(slot);
+            if !self.post_or_free(vq, slot, len)? {
                 break;
             }
             posted += 1;
         }
-        if posted > 0 {
-            vq.kick().map_err(qerr(self.queue, "TX kick"))?;
-        }
-        Ok(posted)
+        self.kick_posted(vq, posted)
     }
 }
 
