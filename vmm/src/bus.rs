@@ -2,9 +2,7 @@
 //! work plugs in here: a config-space device on 0xcf8..0xd00, BARs on the
 //! MMIO bus.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, RwLock};
 
 /// A device on a [`Bus`]. `offset` is relative to the range it was
@@ -26,28 +24,6 @@ pub enum BusError {
 }
 
 type Device = Arc<Mutex<dyn BusDevice>>;
-
-thread_local! {
-    /// What the devices this thread's access reached asked it to wait for
-    /// once the access is over (see [`wait_after_access`]).
-    static AFTER_ACCESS: RefCell<Vec<Receiver<()>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Device side: the thread making this access (a vCPU) is to wait, once
-/// the access is over and the device's lock released, until `done` is
-/// sent or dropped. For work a device hands to another thread that the
-/// guest must not outrun (a vhost-user activation): the vCPU waits, but
-/// nothing waits on the device's lock meanwhile (`vm.info`, `vu-watch`,
-/// other vCPUs).
-pub fn wait_after_access(done: Receiver<()>) {
-    AFTER_ACCESS.with(|w| w.borrow_mut().push(done));
-}
-
-/// Accessing side: what this thread's last accesses asked it to wait for
-/// (see [`wait_after_access`]).
-pub fn take_waits() -> Vec<Receiver<()>> {
-    AFTER_ACCESS.with(|w| std::mem::take(&mut *w.borrow_mut()))
-}
 
 /// Ranges of addresses, each served by one device.
 #[derive(Default)]

@@ -67,10 +67,11 @@ impl DeviceState {
     }
 }
 
-/// Where a device's activation runs when it must not run on the thread
-/// of the guest's access (a vCPU): the VMM's control thread. Activation
-/// sends every vring message and waits for each reply, so a hung backend
-/// would hold that thread for up to [`REPLY_TIMEOUT`].
+/// Where a device's requests to its backend run when they must not run on
+/// the thread of the guest's access (a vCPU): the VMM's control thread.
+/// An activation sends every vring message and waits for each reply, so a
+/// hung backend would hold that thread for up to [`REPLY_TIMEOUT`] a
+/// message.
 pub trait Deferrer: Send + Sync {
     /// Runs `work` later, after the work deferred before it.
     fn defer(&self, work: Box<dyn FnOnce() + Send>);
@@ -153,15 +154,18 @@ struct Shared {
     state: AtomicU8,
     /// The backend's features (GET_FEATURES), for the same reason.
     backend_features: AtomicU64,
-    /// The device configuration as last read or written; what a driver
-    /// reads while a request is in flight. Locked after `inner`, never
-    /// before.
+    /// The device configuration a driver reads: the backend's (GET_CONFIG)
+    /// as of the last connection, with the driver's writes applied. No
+    /// read waits for the backend (as QEMU and Cloud Hypervisor keep a
+    /// copy). Locked after `inner`, never before.
     config: Mutex<Vec<u8>>,
     /// A deferred activation failed: the device needs a reset.
     activation_failed: AtomicBool,
     /// Bumped by every reset, so an activation deferred before a reset
     /// does not start after it.
     generation: AtomicU64,
+    /// Resets handed to the deferrer and not finished yet.
+    resets_pending: AtomicU64,
     /// Connections renewed by a [`Reconnector`].
     reconnects: AtomicU64,
     config_errors: RateLimited,
@@ -223,25 +227,8 @@ impl VhostUserDevice {
         let negotiated = handshake(conn.as_mut(), &options)?;
         let mut config = options.config.clone();
         config.resize(options.kind.config_len(), 0);
-        if negotiated
-            .protocol
-            .contains(VhostUserProtocolFeatures::CONFIG)
-        {
-            match conn.get_config(0, config.len() as u32) {
-                Ok(c) => config = c,
-                Err(e) => {
-                    let e = VhostUserError::GetConfig(e);
-                    if e.is_disconnect() {
-                        return Err(e);
-                    }
-                    warn!(
-                        "vhost-user {} {}: {e}: {}; using the default configuration",
-                        options.kind.name(),
-                        path.display(),
-                        source_of(&e)
-                    );
-                }
-            }
+        if let Some(c) = fetch_config(conn.as_mut(), negotiated, &options, &path)? {
+            config = c;
         }
         info!(
             "vhost-user {} {}: features {:#x}, protocol features {:#x}",
@@ -268,6 +255,7 @@ impl VhostUserDevice {
                 config: Mutex::new(config),
                 activation_failed: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
+                resets_pending: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
                 config_errors: RateLimited::default(),
             }),
@@ -275,14 +263,17 @@ impl VhostUserDevice {
         })
     }
 
-    /// From now on, activations run through `deferrer` (the VMM's control
-    /// thread) instead of on the thread that set DRIVER_OK: the driver's
-    /// write returns at once, its device status reads DRIVER_OK, and the
-    /// configuration, the features and the state stay readable while the
-    /// backend is being set up. An activation that fails makes
+    /// From now on, what the driver asks of the backend runs through
+    /// `deferrer` (the VMM's control thread), in order, instead of on the
+    /// thread of the driver's access (a vCPU): the activation at DRIVER_OK
+    /// (the status reads DRIVER_OK at once; every ring is kicked once when
+    /// it is done), a reset (the status reads as before until it is done,
+    /// see [`reset_pending`](VirtioDevice::reset_pending)), SET_CONFIG. The
+    /// configuration, features and state stay readable meanwhile, and the
+    /// vCPU runs on. An activation that fails makes
     /// [`needs_reset`](VirtioDevice::needs_reset) true; the deferrer then
     /// tells the transport (`check_device`).
-    pub fn defer_activation(&mut self, deferrer: Arc<dyn Deferrer>) {
+    pub fn defer_requests(&mut self, deferrer: Arc<dyn Deferrer>) {
         self.deferrer = Some(deferrer);
     }
 
@@ -511,6 +502,9 @@ impl Shared {
                 });
             }
         }
+        if let Some(c) = fetch_config(conn.as_mut(), negotiated, &self.options, &self.path)? {
+            *lock(&self.config) = c;
+        }
         std::mem::swap(&mut inner.conn, conn);
         inner.negotiated = negotiated;
         inner.started.clear();
@@ -546,11 +540,7 @@ impl Shared {
             );
         }
         self.start_rings(inner, a.acked, &a.queues, &bases)?;
-        for q in &inner.started {
-            // A kick made while no backend listened is in the eventfd
-            // already; one more costs the backend a look at the ring.
-            let _ = q.events.kick.write(1);
-        }
+        kick_all(inner);
         self.set_state(DeviceState::Active);
         Ok(())
     }
@@ -578,6 +568,7 @@ impl Shared {
             queues: queues.to_vec(),
         });
         self.start_rings(inner, acked, queues, &vec![0; queues.len()])?;
+        kick_all(inner);
         self.set_state(DeviceState::Active);
         Ok(())
     }
@@ -683,12 +674,73 @@ impl Shared {
                 inner.started.clear();
                 return;
             }
+            if self.generation.load(Ordering::Acquire) != generation {
+                // The driver reset the device meanwhile; the reset behind
+                // this job finds it stopped.
+                return;
+            }
             warn!(
                 "vhost-user {} {}: activation failed; the device needs a reset",
                 self.options.kind.name(),
                 self.path.display()
             );
             self.activation_failed.store(true, Ordering::Release);
+        }
+    }
+
+    /// The driver's reset, done: every started ring stopped
+    /// (GET_VRING_BASE), then RESET_DEVICE (or RESET_OWNER and a new
+    /// handshake). Waits for a request in flight.
+    fn reset(&self) {
+        let mut inner = lock(&self.inner);
+        self.activation_failed.store(false, Ordering::Release);
+        inner.activation = None;
+        if !self.connected() {
+            // Nothing to stop: the backend is gone (a reconnect finds the
+            // device reset).
+            inner.started.clear();
+            inner.features_set = false;
+            return;
+        }
+        match Self::stop(&mut inner, &self.options) {
+            Ok(()) => self.set_state(DeviceState::Ready),
+            Err(e) => {
+                self.note_error(&e);
+                inner.started.clear();
+                if self.connected() {
+                    self.set_state(DeviceState::Ready);
+                }
+            }
+        }
+    }
+
+    /// SET_CONFIG of the driver's write (`data` at `offset`, already in the
+    /// copy), when CONFIG was negotiated and the backend is there.
+    fn send_config(&self, offset: u32, data: &[u8]) {
+        let mut inner = lock(&self.inner);
+        let with_config = inner
+            .negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIG);
+        if with_config && self.connected() {
+            if let Err(e) = inner.conn.set_config(offset, data) {
+                self.note_error(&VhostUserError::SetConfig(e));
+            }
+        }
+    }
+
+    /// Passes a kick the VMM caught itself (no ioeventfd) to `queue`'s
+    /// kick eventfd.
+    fn kick(&self, inner: &Inner, queue: u16) {
+        if let Some(q) = inner.started.iter().find(|q| q.index == queue) {
+            if let Err(e) = q.events.kick.write(1) {
+                if let Some(n) = self.config_errors.hit() {
+                    debug!(
+                        "vhost-user {}: kick of queue {queue}: {e} ({n} times)",
+                        self.path.display()
+                    );
+                }
+            }
         }
     }
 
@@ -741,6 +793,17 @@ impl Shared {
     }
 }
 
+/// One kick on every started ring. The driver may have kicked while its
+/// ring was being set up (the activation runs beside the vCPU), and a
+/// backend drops a kick on a ring it has not enabled; one more kick costs
+/// the backend a look at the ring. The same after a reconnect, for kicks
+/// made while no backend listened.
+fn kick_all(inner: &Inner) {
+    for q in &inner.started {
+        let _ = q.events.kick.write(1);
+    }
+}
+
 /// SET_OWNER, features, protocol features, queue count: what a new (or,
 /// later, a renewed) connection needs before the driver starts the device.
 fn handshake(
@@ -774,6 +837,39 @@ fn handshake(
     })
 }
 
+/// The backend's device configuration (GET_CONFIG) when CONFIG was
+/// negotiated. `Ok(None)` without CONFIG, or when the backend refused (logged:
+/// the copy the device has stays); `Err` only when the connection is gone.
+fn fetch_config(
+    conn: &mut dyn VhostUserConn,
+    negotiated: Negotiated,
+    options: &DeviceOptions,
+    path: &Path,
+) -> Result<Option<Vec<u8>>, VhostUserError> {
+    if !negotiated
+        .protocol
+        .contains(VhostUserProtocolFeatures::CONFIG)
+    {
+        return Ok(None);
+    }
+    match conn.get_config(0, options.kind.config_len() as u32) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            let e = VhostUserError::GetConfig(e);
+            if e.is_disconnect() {
+                return Err(e);
+            }
+            warn!(
+                "vhost-user {} {}: {e}: {}; keeping the configuration it had",
+                options.kind.name(),
+                path.display(),
+                source_of(&e)
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// The source's message, for one log line (our messages never repeat it).
 fn source_of(e: &VhostUserError) -> String {
     std::error::Error::source(e)
@@ -801,29 +897,11 @@ impl VirtioDevice for VhostUserDevice {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let sh = &self.shared;
-        // With a request in flight (a deferred activation), the last copy.
-        if let Some(mut inner) = try_lock(&sh.inner) {
-            let with_config = inner
-                .negotiated
-                .protocol
-                .contains(VhostUserProtocolFeatures::CONFIG);
-            if with_config && sh.connected() {
-                let len = lock(&sh.config).len() as u32;
-                match inner.conn.get_config(0, len) {
-                    Ok(c) => *lock(&sh.config) = c,
-                    Err(e) => {
-                        let e = VhostUserError::GetConfig(e);
-                        if e.is_disconnect() {
-                            sh.note_error(&e);
-                        } else if let Some(n) = sh.config_errors.hit() {
-                            debug!(
-                                "vhost-user {}: {e}: {} ({n} times)",
-                                sh.path.display(),
-                                source_of(&e)
-                            );
-                        }
-                    }
-                }
+        // No request goes out, but a backend that hung up is noticed (a
+        // peek, never a wait; with a request in flight, it notices).
+        if let Some(inner) = try_lock(&sh.inner) {
+            if sh.connected() && inner.conn.peer_gone() {
+                sh.lost("the backend hung up");
             }
         }
         let Ok(start) = usize::try_from(offset) else {
@@ -837,7 +915,6 @@ impl VirtioDevice for VhostUserDevice {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let sh = &self.shared;
-        let mut inner = lock(&sh.inner);
         let mut config = lock(&sh.config);
         let in_range = usize::try_from(offset)
             .ok()
@@ -855,14 +932,12 @@ impl VirtioDevice for VhostUserDevice {
         };
         config[start..end].copy_from_slice(data);
         drop(config);
-        let with_config = inner
-            .negotiated
-            .protocol
-            .contains(VhostUserProtocolFeatures::CONFIG);
-        if with_config && sh.connected() {
-            if let Err(e) = inner.conn.set_config(start as u32, data) {
-                sh.note_error(&VhostUserError::SetConfig(e));
+        match &self.deferrer {
+            Some(deferrer) => {
+                let (shared, data) = (sh.clone(), data.to_vec());
+                deferrer.defer(Box::new(move || shared.send_config(start as u32, &data)));
             }
+            None => sh.send_config(start as u32, data),
         }
     }
 
@@ -885,44 +960,43 @@ impl VirtioDevice for VhostUserDevice {
 
     fn reset(&mut self) {
         let sh = &self.shared;
-        // Waits for a deferred activation in flight; one not started yet
-        // sees the new generation and does nothing.
-        let mut inner = lock(&sh.inner);
+        // An activation deferred and not started yet sees the new
+        // generation and does nothing; one in flight ends first (the
+        // deferrer runs its work in order).
         sh.generation.fetch_add(1, Ordering::AcqRel);
         sh.activation_failed.store(false, Ordering::Release);
-        inner.activation = None;
-        if !sh.connected() {
-            // Nothing to stop: the backend is gone (a reconnect finds the
-            // device reset).
-            inner.started.clear();
-            inner.features_set = false;
-            return;
-        }
-        match Shared::stop(&mut inner, &sh.options) {
-            Ok(()) => sh.set_state(DeviceState::Ready),
-            Err(e) => {
-                sh.note_error(&e);
-                inner.started.clear();
-                if sh.connected() {
-                    sh.set_state(DeviceState::Ready);
-                }
+        match &self.deferrer {
+            Some(deferrer) => {
+                sh.resets_pending.fetch_add(1, Ordering::AcqRel);
+                let shared = sh.clone();
+                deferrer.defer(Box::new(move || {
+                    shared.reset();
+                    shared.resets_pending.fetch_sub(1, Ordering::AcqRel);
+                }));
             }
+            None => sh.reset(),
         }
     }
 
+    fn reset_pending(&self) -> bool {
+        self.shared.resets_pending.load(Ordering::Acquire) != 0
+    }
+
     fn queue_notify(&mut self, queue: u16) {
-        // No ioeventfd caught the write: pass the kick on ourselves.
+        // No ioeventfd caught the write: pass the kick on ourselves. With
+        // a request in flight, after it (an activation in flight kicks
+        // every ring when it ends anyway).
         let sh = &self.shared;
-        let inner = lock(&sh.inner);
-        if let Some(q) = inner.started.iter().find(|q| q.index == queue) {
-            if let Err(e) = q.events.kick.write(1) {
-                if let Some(n) = sh.config_errors.hit() {
-                    debug!(
-                        "vhost-user {}: kick of queue {queue}: {e} ({n} times)",
-                        sh.path.display()
-                    );
-                }
+        if let Some(inner) = try_lock(&sh.inner) {
+            sh.kick(&inner, queue);
+            return;
+        }
+        match &self.deferrer {
+            Some(deferrer) => {
+                let shared = sh.clone();
+                deferrer.defer(Box::new(move || shared.kick(&lock(&shared.inner), queue)));
             }
+            None => sh.kick(&lock(&sh.inner), queue),
         }
     }
 

@@ -8,15 +8,18 @@
 //! ([`VirtioDevice::activate`](crate::virtio_pci::VirtioDevice::activate)) it
 //! sends SET_FEATURES, SET_MEM_TABLE and, per queue, SET_VRING_NUM, _ADDR,
 //! _BASE, _CALL, _KICK and _ENABLE; on reset, GET_VRING_BASE per started
-//! queue and RESET_DEVICE (or RESET_OWNER and a new handshake). The device
-//! configuration goes through GET_CONFIG / SET_CONFIG when CONFIG was
-//! negotiated, else through a local copy.
+//! queue and RESET_DEVICE (or RESET_OWNER and a new handshake). The driver
+//! reads the device configuration from a copy taken with GET_CONFIG at
+//! each connection (when CONFIG was negotiated, else the kind's defaults);
+//! its writes go to the copy and, with CONFIG, out as SET_CONFIG.
 //!
-//! A VMM may hand activations to a thread of its own
-//! ([`VhostUserDevice::defer_activation`] with a [`Deferrer`]), so the
-//! vCPU whose DRIVER_OK write starts one does not wait for the backend's
-//! replies; the state, features and configuration stay readable without
-//! waiting for a request in flight.
+//! A VMM hands these requests to a thread of its own
+//! ([`VhostUserDevice::defer_requests`] with a [`Deferrer`]), so no vCPU
+//! ever waits for a backend's reply: a DRIVER_OK write returns at once
+//! (the rings are kicked once the activation is done), a reset shows the
+//! driver its old status until it is done (a virtio 1.x driver waits for
+//! 0), SET_CONFIG goes out in order behind them; the state, features and
+//! configuration stay readable meanwhile.
 //!
 //! REPLY_ACK: every set message carries NEED_REPLY once the backend acks
 //! them, that is from the SET_FEATURES that acks PROTOCOL_FEATURES on. The

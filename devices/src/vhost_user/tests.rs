@@ -13,7 +13,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::*;
 use crate::pci::msix::test_sink::CountingSink;
 use crate::pci::PciDevice;
-use crate::virtio_pci::{QueueConfig, VirtioDevice, VirtioPciDevice, STATUS_DEVICE_NEEDS_RESET};
+use crate::virtio_pci::{
+    QueueConfig, VirtioDevice, VirtioPciDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+};
 
 /// One request as the backend saw it, with whether it carried NEED_REPLY.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +43,9 @@ pub(super) enum Msg {
     SetConfig(u32, Vec<u8>),
 }
 
+/// Which request hangs, where it says it arrived, what lets it go on.
+type Hang = (fn(&Msg) -> bool, Sender<()>, Receiver<()>);
+
 #[derive(Default)]
 struct Backend {
     log: Vec<(Msg, bool)>,
@@ -47,9 +53,11 @@ struct Backend {
     /// The connection dies when this many requests were seen.
     die_after: Option<usize>,
     dead: bool,
-    /// SET_MEM_TABLE says it arrived on the first, then waits for the
-    /// second: a backend that hangs.
-    hang: Option<(Sender<()>, Receiver<()>)>,
+    /// The first request this matches says it arrived on the sender, then
+    /// waits for the receiver: a backend that hangs.
+    hang: Option<Hang>,
+    /// Each SET_VRING_KICK's eventfd, to see the frontend's kicks.
+    kicks: Vec<(usize, EventFd)>,
 }
 
 struct Fake {
@@ -66,12 +74,16 @@ fn gone() -> vhost::Error {
 
 impl Fake {
     fn req(&mut self, m: Msg) -> vhost::Result<()> {
-        if matches!(m, Msg::SetMemTable(_)) {
-            let hang = self.b.lock().unwrap().hang.take();
-            if let Some((reached, release)) = hang {
-                let _ = reached.send(());
-                let _ = release.recv();
+        let hang = {
+            let mut b = self.b.lock().unwrap();
+            match &b.hang {
+                Some((at, _, _)) if at(&m) => b.hang.take(),
+                _ => None,
             }
+        };
+        if let Some((_, reached, release)) = hang {
+            let _ = reached.send(());
+            let _ = release.recv();
         }
         let mut b = self.b.lock().unwrap();
         if b.dead || b.die_after == Some(b.log.len()) {
@@ -146,8 +158,11 @@ impl VhostUserConn for Fake {
     fn set_vring_call(&mut self, queue: usize, _fd: &EventFd) -> vhost::Result<()> {
         self.req(Msg::SetVringCall(queue))
     }
-    fn set_vring_kick(&mut self, queue: usize, _fd: &EventFd) -> vhost::Result<()> {
-        self.req(Msg::SetVringKick(queue))
+    fn set_vring_kick(&mut self, queue: usize, fd: &EventFd) -> vhost::Result<()> {
+        self.req(Msg::SetVringKick(queue))?;
+        let fd = fd.try_clone().map_err(vhost::Error::IOError)?;
+        self.b.lock().unwrap().kicks.push((queue, fd));
+        Ok(())
     }
     fn set_vring_enable(&mut self, queue: usize, enable: bool) -> vhost::Result<()> {
         self.req(Msg::SetVringEnable(queue, enable))
@@ -222,10 +237,23 @@ impl Setup {
     /// The backend hangs at the next SET_MEM_TABLE: the receiver hears
     /// when it got there, the sender lets it go on.
     fn hang_at_mem_table(&self) -> (Receiver<()>, Sender<()>) {
+        self.hang_at(|m| matches!(m, Msg::SetMemTable(_)))
+    }
+    /// The backend hangs at the next request `at` matches (see
+    /// [`hang_at_mem_table`](Self::hang_at_mem_table)).
+    fn hang_at(&self, at: fn(&Msg) -> bool) -> (Receiver<()>, Sender<()>) {
         let (reached_tx, reached) = channel();
         let (release, release_rx) = channel();
-        self.b.lock().unwrap().hang = Some((reached_tx, release_rx));
+        self.b.lock().unwrap().hang = Some((at, reached_tx, release_rx));
         (reached, release)
+    }
+    /// How many kicks each ring's kick eventfd holds (read, so reset).
+    fn kicks(&self) -> Vec<(usize, u64)> {
+        let b = self.b.lock().unwrap();
+        b.kicks
+            .iter()
+            .map(|(q, fd)| (*q, fd.read().unwrap_or(0)))
+            .collect()
     }
 }
 
@@ -412,14 +440,16 @@ fn without_reply_ack_or_protocol_features() {
 fn config_goes_through_the_backend_with_config() {
     let (dev, s) = device(DeviceKind::Block, VHOST_USER_F_PROTOCOL_FEATURES, P::CONFIG);
     let mut dev = dev.unwrap();
-    s.log();
+    // The copy a driver reads was taken at connect.
+    assert!(s.log().iter().any(|(m, _)| *m == Msg::GetConfig(0, 60)));
     let mut buf = [0u8; 4];
     dev.read_config(8, &mut buf);
     assert_eq!(buf, [9, 10, 11, 12]);
     dev.write_config(20, &[0xaa, 0xbb]);
     assert_eq!(
         no_reply(&s.log()),
-        vec![Msg::GetConfig(0, 60), Msg::SetConfig(20, vec![0xaa, 0xbb])]
+        vec![Msg::SetConfig(20, vec![0xaa, 0xbb])],
+        "a read waits for no backend; a write goes out"
     );
     dev.read_config(20, &mut buf);
     assert_eq!(buf, [0xaa, 0xbb, 23, 24]);
@@ -617,7 +647,7 @@ fn a_deferred_activation_leaves_the_device_readable_while_the_backend_hangs() {
     let (dev, s) = device(DeviceKind::Fs, features, all_protocol());
     let mut dev = dev.unwrap();
     let (done_tx, done) = channel();
-    dev.defer_activation(ControlThread::start(done_tx));
+    dev.defer_requests(ControlThread::start(done_tx));
     s.log();
     let (reached, release) = s.hang_at_mem_table();
     let start = Instant::now();
@@ -651,6 +681,65 @@ fn a_deferred_activation_leaves_the_device_readable_while_the_backend_hangs() {
         !log.iter().any(|m| matches!(m, Msg::GetConfig(..))),
         "{log:?}"
     );
+    // The driver ran on meanwhile and may have kicked a ring the backend
+    // had not enabled: every ring is kicked once the activation is done.
+    assert_eq!(s.kicks(), vec![(0, 1), (1, 1)]);
+}
+
+#[test]
+fn a_deferred_reset_shows_the_old_status_until_the_rings_are_stopped() {
+    let features = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
+    let (dev, s) = device(DeviceKind::Block, features, all_protocol());
+    let mut dev = dev.unwrap();
+    let (done_tx, done) = channel();
+    dev.defer_requests(ControlThread::start(done_tx));
+    let sink = Arc::new(CountingSink::default());
+    let mut pci = VirtioPciDevice::new(dev, 2, sink).unwrap();
+    pci.config_mut().set_bar_address(0, 0x80_0000_0000).unwrap();
+    // The driver's steps: VERSION_1 acked, FEATURES_OK, a queue, DRIVER_OK.
+    let status = |pci: &mut VirtioPciDevice<VhostUserDevice>| {
+        let mut b = [0u8];
+        pci.read_bar(0, 0x14, &mut b);
+        b[0]
+    };
+    let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+    pci.write_bar(0, 0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
+    pci.write_bar(0, 0x08, &1u32.to_le_bytes());
+    pci.write_bar(0, 0x0c, &1u32.to_le_bytes());
+    pci.write_bar(0, 0x14, &[ok & !STATUS_DRIVER_OK]);
+    pci.write_bar(0, 0x16, &0u16.to_le_bytes());
+    pci.write_bar(0, 0x18, &64u16.to_le_bytes());
+    pci.write_bar(0, 0x20, &GUEST_BASE.to_le_bytes());
+    pci.write_bar(0, 0x28, &(GUEST_BASE + 0x400).to_le_bytes());
+    pci.write_bar(0, 0x30, &(GUEST_BASE + 0x800).to_le_bytes());
+    pci.write_bar(0, 0x1c, &1u16.to_le_bytes());
+    pci.write_bar(0, 0x14, &[ok]);
+    done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(pci.device().state(), DeviceState::Active);
+    s.log();
+
+    // The backend hangs stopping the ring: the driver's reset returns at
+    // once, and its status reads as before until the reset is done.
+    let (reached, release) = s.hang_at(|m| matches!(m, Msg::GetVringBase(_)));
+    let start = Instant::now();
+    pci.write_bar(0, 0x14, &[0]);
+    reached.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(status(&mut pci), ok, "reset in progress");
+    assert!(pci.device().reset_pending());
+    let mut buf = [0u8; 4];
+    pci.read_bar(0, 0x2000, &mut buf);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    release.send(()).unwrap();
+    done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(!pci.device().reset_pending());
+    assert_eq!(status(&mut pci), 0, "reset done");
+    assert_eq!(pci.device().state(), DeviceState::Ready);
+    let log: Vec<Msg> = s.log().into_iter().map(|(m, _)| m).collect();
+    assert_eq!(log, vec![Msg::GetVringBase(0), Msg::ResetDevice]);
 }
 
 #[test]
@@ -662,12 +751,15 @@ fn a_deferred_activation_fails_the_device_or_yields_to_a_reset() {
     );
     let mut dev = dev.unwrap();
     let later = Arc::new(Later::default());
-    dev.defer_activation(later.clone());
+    dev.defer_requests(later.clone());
     s.log();
-    // A reset before the activation ran: it sends nothing.
+    // A reset before the activation ran: the activation is skipped, the
+    // reset sends nothing.
     dev.activate(0, vec![queue(0, GUEST_BASE)]).unwrap();
     dev.reset();
-    assert_eq!(later.run_all(), 1);
+    assert!(dev.reset_pending());
+    assert_eq!(later.run_all(), 2);
+    assert!(!dev.reset_pending());
     assert!(s.log().is_empty());
     assert_eq!(dev.state(), DeviceState::Ready);
     // A ring outside guest memory (no disconnect): the device needs a

@@ -123,8 +123,17 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
 
     /// The driver wrote 0 to the status (also at probe, before any
-    /// activation): stop the queues, forget the negotiated state.
+    /// activation): stop the queues, forget the negotiated state. A device
+    /// may finish the reset on another thread (a backend's replies must
+    /// not hold up a vCPU); until [`reset_pending`](Self::reset_pending)
+    /// is false the transport shows the driver its old status, and a
+    /// virtio 1.x driver waits for 0 before it sets the device up again.
     fn reset(&mut self);
+
+    /// A reset is still being finished on another thread.
+    fn reset_pending(&self) -> bool {
+        false
+    }
 
     /// A write to `queue`'s notify address reached the VMM (no ioeventfd is
     /// registered there). Only delivered while the device is active.

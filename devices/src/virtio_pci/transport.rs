@@ -12,7 +12,7 @@ use crate::pci::{
     MSIX_CAP_ID, MSIX_NO_VECTOR,
 };
 
-use super::common_cfg::{Action, CommonConfig, COMMON_CFG_LEN};
+use super::common_cfg::{Action, CommonConfig, COMMON_CFG_LEN, DEVICE_STATUS};
 use super::{
     VirtioDevice, ISR_CONFIG, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
     TRANSPORT_UNSUPPORTED_FEATURES, VIRTIO_F_VERSION_1,
@@ -116,6 +116,9 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     layout: BarLayout,
     isr: u8,
     active: bool,
+    /// The status when the driver last wrote 0: what `device_status` reads
+    /// while the device finishes that reset elsewhere.
+    status_before_reset: u8,
     num_queues: u16,
     msix_cap: usize,
     pci_cfg_cap: usize,
@@ -241,6 +244,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             layout,
             isr: 0,
             active: false,
+            status_before_reset: 0,
             num_queues: num_queues as u16,
             msix_cap,
             pci_cfg_cap,
@@ -358,6 +362,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         match self.common.write(offset, data) {
             Action::None => {}
             Action::Reset => {
+                self.status_before_reset = self.common.status();
                 self.device.reset();
                 self.common.reset();
                 self.isr = 0;
@@ -384,6 +389,27 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
                 self.guest_error(format_args!("DRIVER_OK without FEATURES_OK"));
                 self.set_needs_reset();
             }
+        }
+    }
+
+    /// While the device finishes a reset on another thread
+    /// ([`VirtioDevice::reset_pending`]) and the driver has written nothing
+    /// since, `device_status` (in a read of the common configuration at
+    /// `offset`) reads as before the reset: virtio 1.2 §4.1.4.3.2, the
+    /// device presents 0 once the reset is done, and the driver waits for
+    /// that before it sets the device up again.
+    fn show_reset_in_progress(&self, offset: u64, data: &mut [u8]) {
+        if self.status_before_reset == 0
+            || self.common.status() != 0
+            || !self.device.reset_pending()
+        {
+            return;
+        }
+        let byte = DEVICE_STATUS
+            .checked_sub(offset)
+            .and_then(|i| data.get_mut(usize::try_from(i).ok()?));
+        if let Some(b) = byte {
+            *b = self.status_before_reset;
         }
     }
 
@@ -482,7 +508,10 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
         }
         let (table, pba) = (self.layout.msix_table, self.layout.msix_pba);
         match offset {
-            o if o < ISR_OFFSET => self.common.read(o - COMMON_OFFSET, data),
+            o if o < ISR_OFFSET => {
+                self.common.read(o - COMMON_OFFSET, data);
+                self.show_reset_in_progress(o - COMMON_OFFSET, data);
+            }
             o if o < DEVICE_CFG_OFFSET => self.isr_read(o - ISR_OFFSET, data),
             o if o < NOTIFY_OFFSET => {
                 data.fill(0);

@@ -178,11 +178,17 @@ impl Device {
     /// features, or what went wrong.
     pub fn negotiate(&mut self, wanted: u64) -> Result<u64, &'static str> {
         w8(self.common + DEVICE_STATUS, 0);
+        // The device may finish its reset on another thread of the VMM
+        // (virtio 1.2 §4.1.4.3.2: wait for 0): one read per ~1000
+        // `pause`s, for up to ~10 s.
         let mut reset = false;
-        for _ in 0..1000 {
+        for _ in 0..10_000 {
             if r8(self.common + DEVICE_STATUS) == 0 {
                 reset = true;
                 break;
+            }
+            for _ in 0..1000 {
+                core::hint::spin_loop();
             }
         }
         if !reset {

@@ -24,10 +24,9 @@ pub use internal_error::{instruction_name, CpuState, InternalError};
 pub use kick::{install_kick_handler, kick, kick_signal};
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use kvm_bindings::{
     kvm_run, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_SYSTEM_EVENT_RESET,
@@ -36,11 +35,8 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use lograte::RateLimited;
 
-use crate::bus::{self, Bus};
+use crate::bus::Bus;
 use crate::event::VmEvent;
-
-/// How often a vCPU waiting for a device looks at the gate.
-const DEVICE_WAIT_POLL: Duration = Duration::from_millis(5);
 
 /// One vCPU and what its exits are dispatched to.
 pub struct Vcpu {
@@ -98,7 +94,6 @@ impl Vcpu {
                 }
                 Err(e) => Outcome::Fail(format!("KVM_RUN: {e}")),
             };
-            self.wait_for_devices();
             let event = match outcome {
                 Outcome::Continue => continue,
                 Outcome::End(event) => event,
@@ -127,27 +122,6 @@ impl Vcpu {
             };
             let _ = self.events.send(event);
             return;
-        }
-    }
-
-    /// Waits for what the devices this exit reached handed to other
-    /// threads ([`bus::wait_after_access`]), parking meanwhile if a pause
-    /// is asked for; returns early if the VM is stopping.
-    fn wait_for_devices(&self) {
-        for done in bus::take_waits() {
-            loop {
-                match done.recv_timeout(DEVICE_WAIT_POLL) {
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                    Err(RecvTimeoutError::Timeout) => {
-                        if self.gate.should_stop() {
-                            return;
-                        }
-                        if self.gate.pause_requested() {
-                            self.gate.park(self.id);
-                        }
-                    }
-                }
-            }
         }
     }
 

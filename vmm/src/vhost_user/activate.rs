@@ -1,23 +1,20 @@
-//! `vu-activate`: the VMM thread where vhost-user devices are activated.
+//! `vu-activate`: the VMM thread where vhost-user devices talk to their
+//! backends on the guest's behalf.
 //!
-//! A driver's DRIVER_OK write reaches its device on a vCPU thread, under
-//! the device's lock. Activation sends every vring message and waits for
-//! each reply (up to [`REPLY_TIMEOUT`](devices::vhost_user::REPLY_TIMEOUT)),
-//! so done there, a hung backend would hold the device's lock, and with it
-//! `vm.info`, `vu-watch` and every other vCPU that touches the device.
-//! Instead the frontend hands the activation to this thread (its
-//! [`Deferrer`]) and the access returns at once, the lock released; the
-//! device's status, configuration and state stay readable meanwhile. The
-//! vCPU that wrote DRIVER_OK then waits, outside any lock, until the
-//! activation is over ([`bus::wait_after_access`]; it still parks for a
-//! pause and leaves for a stop): a guest that ran on would kick rings the
-//! backend has not enabled yet, and a backend drops such a kick. After
-//! each activation the transport is checked, so one that failed sets
-//! DEVICE_NEEDS_RESET with a configuration interrupt.
-//!
-//! A reset still runs on the vCPU, under the lock (the driver must see the
-//! rings stopped before its status read returns 0); it waits for an
-//! activation in flight.
+//! A driver's DRIVER_OK write, its reset (a 0 written to the status) and
+//! its configuration writes reach the device on a vCPU thread, under the
+//! device's lock. Each means vhost-user messages whose replies are waited
+//! for (up to [`REPLY_TIMEOUT`](devices::vhost_user::REPLY_TIMEOUT) each),
+//! so done there, a hung backend would stall the vCPU and hold the
+//! device's lock, and with it `vm.info`, `vu-watch` and every other vCPU
+//! that touches the device. Instead the frontend hands them to this
+//! thread (its [`Deferrer`]), which runs them in order, and the access
+//! returns at once: the vCPU runs on. The driver cannot tell: its status
+//! reads DRIVER_OK at once and every ring is kicked when the activation is
+//! done (a kick made meanwhile is not lost); after a reset the status
+//! reads as before until the rings are stopped, and a virtio 1.x driver
+//! waits for 0. After each job the transport is checked, so an activation
+//! that failed sets DEVICE_NEEDS_RESET with a configuration interrupt.
 
 use std::io;
 use std::sync::mpsc::{channel, Sender};
@@ -26,19 +23,16 @@ use std::sync::{Arc, Mutex, Weak};
 use devices::vhost_user::Deferrer;
 
 use super::{lock, Transport};
-use crate::bus;
 
-/// One deferred activation, the transport to check after it, and what
-/// tells the vCPU it is over (dropped when it is).
+/// One deferred request and the transport to check after it.
 struct Job {
     work: Box<dyn FnOnce() + Send>,
     transport: Weak<Mutex<Transport>>,
-    _done: Sender<()>,
 }
 
 /// The `vu-activate` thread. It ends once this and every device's
-/// deferrer are gone; nothing joins it (an activation hung on a backend
-/// must not hold up the VMM's exit).
+/// deferrer are gone; nothing joins it (a request hung on a backend must
+/// not hold up the VMM's exit).
 pub struct ActivationThread {
     jobs: Sender<Job>,
 }
@@ -77,20 +71,16 @@ struct DeviceDeferrer {
 
 impl Deferrer for DeviceDeferrer {
     fn defer(&self, work: Box<dyn FnOnce() + Send>) {
-        let (done, wait) = channel();
         let job = Job {
             work,
             transport: self.transport.clone(),
-            _done: done,
         };
         if let Err(e) = self.jobs.send(job) {
-            // The thread is gone (it panicked): activate here, as without
+            // The thread is gone (it panicked): run it here, as without
             // it. The transport checks the device when this returns.
-            log::warn!("vu-activate is gone; activating on the vCPU thread");
+            log::warn!("vu-activate is gone; running a vhost-user request on the vCPU thread");
             (e.0.work)();
-            return;
         }
-        bus::wait_after_access(wait);
     }
 }
 
@@ -112,78 +102,88 @@ mod tests {
     const DRIVER_FEATURE_SELECT: u64 = 0x08;
     const DRIVER_FEATURE: u64 = 0x0c;
     const DEVICE_STATUS: u64 = 0x14;
+    const QUEUE_SELECT: u64 = 0x16;
+    const QUEUE_ENABLE: u64 = 0x1c;
+    const QUEUE_DESC: u64 = 0x20;
+    const QUEUE_DRIVER: u64 = 0x28;
+    const QUEUE_DEVICE: u64 = 0x30;
     /// The device configuration region in BAR 0.
     const DEVICE_CFG: u64 = 0x2000;
 
     #[test]
-    fn driver_ok_frees_the_device_at_once_and_the_vcpu_waits_outside_its_lock() {
-        let (reached_tx, reached) = channel();
-        let (release, release_rx) = channel();
-        let hang = Hang {
-            reached: reached_tx,
-            release: release_rx,
-        };
-        let (dev, _peer) = device_hanging(4, Some(hang));
+    fn driver_ok_and_reset_return_at_once_while_the_backend_hangs() {
+        let (mem_reached_tx, mem_reached) = channel();
+        let (mem_release, mem_release_rx) = channel();
+        let (base_reached_tx, base_reached) = channel();
+        let (base_release, base_release_rx) = channel();
+        let hangs = vec![
+            Hang {
+                at: "SET_MEM_TABLE",
+                reached: mem_reached_tx,
+                release: mem_release_rx,
+            },
+            Hang {
+                at: "GET_VRING_BASE",
+                reached: base_reached_tx,
+                release: base_release_rx,
+            },
+        ];
+        let (dev, _peer) = device_hanging(4, hangs);
         let activation = ActivationThread::start().unwrap();
         let deferrer = activation.deferrer(dev.transport());
-        lock(dev.transport())
-            .device_mut()
-            .defer_activation(deferrer);
+        lock(dev.transport()).device_mut().defer_requests(deferrer);
 
         // The driver's steps, as a vCPU makes them: VERSION_1 acked,
-        // FEATURES_OK, then DRIVER_OK.
+        // FEATURES_OK, a queue, then DRIVER_OK.
         let write = |offset: u64, data: &[u8]| lock(dev.transport()).write_bar(0, offset, data);
+        let status = || {
+            let mut b = [0u8];
+            lock(dev.transport()).read_bar(0, DEVICE_STATUS, &mut b);
+            b[0]
+        };
         write(DEVICE_STATUS, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER]);
         write(DRIVER_FEATURE_SELECT, &1u32.to_le_bytes());
         write(DRIVER_FEATURE, &1u32.to_le_bytes());
         let features_ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
         write(DEVICE_STATUS, &[features_ok]);
-        assert_eq!(lock(dev.transport()).status(), features_ok);
+        write(QUEUE_SELECT, &0u16.to_le_bytes());
+        write(QUEUE_DESC, &0x1000u64.to_le_bytes());
+        write(QUEUE_DRIVER, &0x2000u64.to_le_bytes());
+        write(QUEUE_DEVICE, &0x3000u64.to_le_bytes());
+        write(QUEUE_ENABLE, &1u16.to_le_bytes());
+        assert_eq!(status(), features_ok);
+        let driver_ok = features_ok | STATUS_DRIVER_OK;
         let start = Instant::now();
-        let (vcpu_tx, vcpu) = channel();
-        let transport = dev.transport().clone();
-        std::thread::spawn(move || {
-            lock(&transport).write_bar(0, DEVICE_STATUS, &[features_ok | STATUS_DRIVER_OK]);
-            // The access is over, the lock free; then the vCPU waits.
-            let waits = bus::take_waits();
-            let _ = vcpu_tx.send(waits.len());
-            for done in waits {
-                let _ = done.recv();
-            }
-            let _ = vcpu_tx.send(0);
-        });
-        assert_eq!(
-            vcpu.recv_timeout(Duration::from_secs(2)),
-            Ok(1),
-            "the vCPU's DRIVER_OK write returned, with one activation to wait for"
-        );
-        reached
+        write(DEVICE_STATUS, &[driver_ok]);
+        mem_reached
             .recv_timeout(Duration::from_secs(10))
             .expect("the activation reached the backend");
 
-        // The backend hangs in SET_MEM_TABLE on vu-activate; the vCPU's
-        // reads and the API's vm.info are answered meanwhile.
-        assert_eq!(
-            lock(dev.transport()).status(),
-            features_ok | STATUS_DRIVER_OK
-        );
+        // The backend hangs in SET_MEM_TABLE on vu-activate; the vCPU ran
+        // on, and its reads and the API's vm.info are answered meanwhile.
+        assert_eq!(status(), driver_ok);
         let mut config = [0xffu8; 8];
         lock(dev.transport()).read_bar(0, DEVICE_CFG, &mut config);
         let info = dev.info();
         assert_eq!((info.state, info.needs_reset), (DeviceState::Ready, false));
+
+        // The driver resets the device meanwhile: the write returns at
+        // once, and the status reads as before until the reset is done.
+        write(DEVICE_STATUS, &[0]);
+        assert_eq!(status(), driver_ok, "the reset is still to be done");
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "{:?}",
             start.elapsed()
         );
-
-        assert!(
-            vcpu.try_recv().is_err(),
-            "the vCPU waits for the activation"
-        );
-        release.send(()).unwrap();
-        assert_eq!(vcpu.recv_timeout(Duration::from_secs(10)), Ok(0));
-        assert!(wait_until(|| dev.info().state == DeviceState::Active));
+        mem_release.send(()).unwrap();
+        base_reached
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the reset stops the ring the activation started");
+        assert_eq!(status(), driver_ok, "the reset is still to be done");
+        base_release.send(()).unwrap();
+        assert!(wait_until(|| status() == 0), "the reset was done");
+        assert_eq!(dev.info().state, DeviceState::Ready);
         assert!(!dev.info().needs_reset);
     }
 }

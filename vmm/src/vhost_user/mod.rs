@@ -378,7 +378,7 @@ impl Connected {
             .map_err(|e| fail(SetupError::Transport(e)))?;
         let transport = Arc::new(Mutex::new(transport));
         let deferrer = activation.deferrer(&transport);
-        lock(&transport).device_mut().defer_activation(deferrer);
+        lock(&transport).device_mut().defer_requests(deferrer);
         let address = pci
             .bus()
             .add_device(transport.clone())

@@ -24,18 +24,29 @@ use crate::vhost_user::VhostUserPci;
 const VERSION_1: u64 = 1 << 32;
 
 /// A backend that answers the handshake (no protocol features) and whose
-/// socket is one end of a socketpair; with `hang`, SET_MEM_TABLE says it
-/// arrived on the first channel, then waits for the second (a backend that
-/// hangs).
+/// socket is one end of a socketpair; each of `hangs` makes the first of
+/// its request say it arrived, then wait (a backend that hangs).
 struct Fake {
     sock: UnixStream,
-    hang: Option<Hang>,
+    hangs: Vec<Hang>,
 }
 
-/// A hang: the backend tells `reached` and waits for `release`.
+/// A hang at the request `at` ("SET_MEM_TABLE", "GET_VRING_BASE"): the
+/// backend tells `reached` and waits for `release`.
 pub(crate) struct Hang {
+    pub at: &'static str,
     pub reached: Sender<()>,
     pub release: Receiver<()>,
+}
+
+impl Fake {
+    fn maybe_hang(&mut self, request: &str) {
+        if let Some(i) = self.hangs.iter().position(|h| h.at == request) {
+            let hang = self.hangs.remove(i);
+            let _ = hang.reached.send(());
+            let _ = hang.release.recv();
+        }
+    }
 }
 
 impl VhostUserConn for Fake {
@@ -65,10 +76,7 @@ impl VhostUserConn for Fake {
         Ok(1)
     }
     fn set_mem_table(&mut self, _regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()> {
-        if let Some(hang) = self.hang.take() {
-            let _ = hang.reached.send(());
-            let _ = hang.release.recv();
-        }
+        self.maybe_hang("SET_MEM_TABLE");
         Ok(())
     }
     fn set_vring_num(&mut self, _queue: usize, _num: u16) -> vhost::Result<()> {
@@ -81,6 +89,7 @@ impl VhostUserConn for Fake {
         Ok(())
     }
     fn get_vring_base(&mut self, _queue: usize) -> vhost::Result<u32> {
+        self.maybe_hang("GET_VRING_BASE");
         Ok(0)
     }
     fn set_vring_call(&mut self, _queue: usize, _fd: &EventFd) -> vhost::Result<()> {
@@ -165,27 +174,27 @@ fn tempfile_in_shm() -> std::fs::File {
 /// A plugged blk device whose backend is the returned peer; no
 /// reconnect (`reconnect=off`).
 pub(crate) fn device(slot: u8) -> (Arc<VhostUserPci>, UnixStream) {
-    device_hanging(slot, None)
+    device_hanging(slot, Vec::new())
 }
 
 /// [`device`] with `reconnect=` as given.
 pub(crate) fn device_reconnecting(slot: u8, reconnect: &str) -> (Arc<VhostUserPci>, UnixStream) {
-    device_with(slot, None, reconnect)
+    device_with(slot, Vec::new(), reconnect)
 }
 
-/// [`device`], its backend hanging at SET_MEM_TABLE if `hang` says so.
-pub(crate) fn device_hanging(slot: u8, hang: Option<Hang>) -> (Arc<VhostUserPci>, UnixStream) {
-    device_with(slot, hang, "off")
+/// [`device`], its backend hanging where `hangs` say.
+pub(crate) fn device_hanging(slot: u8, hangs: Vec<Hang>) -> (Arc<VhostUserPci>, UnixStream) {
+    device_with(slot, hangs, "off")
 }
 
-fn device_with(slot: u8, hang: Option<Hang>, reconnect: &str) -> (Arc<VhostUserPci>, UnixStream) {
+fn device_with(slot: u8, hangs: Vec<Hang>, reconnect: &str) -> (Arc<VhostUserPci>, UnixStream) {
     let (sock, peer) = UnixStream::pair().unwrap();
     let config = parse_disk(&format!(
         "socket=/test/blk{slot}.sock,reconnect={reconnect}"
     ))
     .unwrap();
     let dev = VhostUserDevice::with_conn(
-        Box::new(Fake { sock, hang }),
+        Box::new(Fake { sock, hangs }),
         config.socket.clone(),
         crate::vhost_user::device_options(&config),
         memory(),
