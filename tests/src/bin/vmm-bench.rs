@@ -56,8 +56,8 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -195,11 +195,7 @@ enum Stream {
     Err,
 }
 
-fn pump(
-    r: impl std::io::Read + Send + 'static,
-    s: Stream,
-    tx: std::sync::mpsc::Sender<(Instant, Stream, String)>,
-) {
+fn pump(r: Box<dyn std::io::Read + Send>, s: Stream, tx: Sender<Arrival<String>>) {
     thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut buf = Vec::new();
@@ -280,33 +276,62 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// Spawns `cmd`, follows its output until it exits or `timeout` passes;
-/// with `memory`, stops it at the devices line to read its memory.
-fn boot(mut cmd: Command, timeout: Duration, memory: bool) -> Run {
+/// What a pump thread sends: when, from which stream, what it read.
+type Arrival<T> = (Instant, Stream, T);
+
+/// Spawns `cmd` with stdin closed and stdout and stderr read by `pump`
+/// threads: the child, the instant just before the spawn and the receiver
+/// of both streams, or the error as a log line.
+fn spawn_pumped<T>(
+    mut cmd: Command,
+    pump: fn(Box<dyn std::io::Read + Send>, Stream, Sender<Arrival<T>>),
+) -> Result<(Child, Instant, Receiver<Arrival<T>>), String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut run = Run::default();
     let start = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            run.log = format!("spawn: {e}");
-            return run;
+    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let (tx, rx) = channel();
+    pump(
+        Box::new(child.stdout.take().expect("piped")),
+        Stream::Out,
+        tx.clone(),
+    );
+    pump(
+        Box::new(child.stderr.take().expect("piped")),
+        Stream::Err,
+        tx,
+    );
+    Ok((child, start, rx))
+}
+
+/// Kills `child` unless it has exited, then reaps it.
+fn reap(child: &mut Child) -> std::io::Result<ExitStatus> {
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = child.kill();
+    }
+    child.wait()
+}
+
+/// Spawns `cmd`, follows its output until it exits or `timeout` passes;
+/// with `memory`, stops it at the devices line to read its memory.
+fn boot(cmd: Command, timeout: Duration, memory: bool) -> Run {
+    let (mut child, start, rx) = match spawn_pumped(cmd, pump) {
+        Ok(spawned) => spawned,
+        Err(log) => {
+            return Run {
+                log,
+                ..Run::default()
+            }
         }
     };
-    let (tx, rx) = channel();
-    pump(child.stdout.take().expect("piped"), Stream::Out, tx.clone());
-    pump(child.stderr.take().expect("piped"), Stream::Err, tx);
+    let mut run = Run::default();
     follow(&mut run, &rx, start, timeout, |r| {
         if memory {
             stopped_memory(r, child.id());
         }
     });
-    if child.try_wait().ok().flatten().is_none() {
-        let _ = child.kill();
-    }
-    let status = child.wait();
+    let status = reap(&mut child);
     run.exit = Some(start.elapsed());
     // The rest of the output.
     for (at, s, line) in rx.iter() {
@@ -324,7 +349,7 @@ fn boot(mut cmd: Command, timeout: Duration, memory: bool) -> Run {
 /// once the devices line arrived.
 fn follow(
     run: &mut Run,
-    rx: &Receiver<(Instant, Stream, String)>,
+    rx: &Receiver<Arrival<String>>,
     start: Instant,
     timeout: Duration,
     mut at_devices: impl FnMut(&mut Run),
@@ -571,7 +596,6 @@ fn bench(args: &Args) -> Result<(), String> {
 /// `--guest linux`: the Linux kit under both VMMs.
 mod linux {
     use std::io::Read;
-    use std::sync::mpsc::Sender;
 
     use vu_driver::guest::{ConsoleParser, GuestStatus};
     use vu_driver::linux::OurLinux;
@@ -698,11 +722,7 @@ echo "VUTEST-KV mac=$(cat /sys/class/net/eth0/address)"
         log: String,
     }
 
-    fn pump_chunks(
-        mut r: impl Read + Send + 'static,
-        s: Stream,
-        tx: Sender<(Instant, Stream, Vec<u8>)>,
-    ) {
+    fn pump_chunks(mut r: Box<dyn Read + Send>, s: Stream, tx: Sender<Arrival<Vec<u8>>>) {
         thread::spawn(move || {
             let mut buf = vec![0u8; 64 << 10];
             while let Ok(n) = r.read(&mut buf) {
@@ -715,22 +735,17 @@ echo "VUTEST-KV mac=$(cat /sys/class/net/eth0/address)"
 
     /// Spawns `cmd`, stamps its output until it exits or `timeout` passes,
     /// reads its memory at the script's first line.
-    fn boot(mut cmd: Command, timeout: Duration) -> Boot {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut run = Boot::default();
-        let start = Instant::now();
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                run.log = format!("spawn: {e}");
-                return run;
+    fn boot(cmd: Command, timeout: Duration) -> Boot {
+        let (mut child, start, rx) = match spawn_pumped(cmd, pump_chunks) {
+            Ok(spawned) => spawned,
+            Err(log) => {
+                return Boot {
+                    log,
+                    ..Boot::default()
+                }
             }
         };
-        let (tx, rx) = channel();
-        pump_chunks(child.stdout.take().expect("piped"), Stream::Out, tx.clone());
-        pump_chunks(child.stderr.take().expect("piped"), Stream::Err, tx);
+        let mut run = Boot::default();
         let (mut out, mut err) = (Arrivals::default(), Arrivals::default());
         let mut take = |at: Instant, s: Stream, data: &[u8]| {
             let t = at.duration_since(start);
@@ -763,10 +778,7 @@ echo "VUTEST-KV mac=$(cat /sys/class/net/eth0/address)"
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        if child.try_wait().ok().flatten().is_none() {
-            let _ = child.kill();
-        }
-        let status = child.wait();
+        let status = reap(&mut child);
         run.exit = Some(start.elapsed());
         for (at, s, data) in rx.iter() {
             take(at, s, &data);
