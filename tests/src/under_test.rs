@@ -151,6 +151,13 @@ pub trait Env: Sync {
     fn assert_unit_options(&self, socket: &Path, vars: &BTreeMap<String, String>);
 }
 
+/// Points the example configuration's variable `name` at `value`, after
+/// checking that the example sets it (for [`Env::configure_unit`]).
+pub fn set_example_var(vars: &mut BTreeMap<String, String>, name: &str, value: &str) {
+    assert!(vars.contains_key(name), "the example sets {name}");
+    vars.insert(name.into(), value.into());
+}
+
 /// A connected frontend of one daemon.
 pub trait Frontend {
     /// The vhost-user device underneath.

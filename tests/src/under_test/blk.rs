@@ -16,7 +16,7 @@ use std::time::Duration;
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest, FILL, T};
-use super::{Contrib, DaemonUnderTest, Env, Frontend, Scratch};
+use super::{set_example_var, Contrib, DaemonUnderTest, Env, Frontend, Scratch};
 use crate::blk::raw::RequestBuilder;
 use crate::blk::{req, status, BlkClient, BlkError, BlkOptions, BlkQueue, Request, SECTOR_SIZE};
 use crate::device::VuDevice;
@@ -150,11 +150,7 @@ impl Env for BlkEnv {
     }
 
     fn configure_unit(&self, vars: &mut BTreeMap<String, String>) {
-        assert!(
-            vars.contains_key("VHOST_BLK_FILE"),
-            "the example sets VHOST_BLK_FILE"
-        );
-        vars.insert("VHOST_BLK_FILE".into(), self.image.to_str().unwrap().into());
+        set_example_var(vars, "VHOST_BLK_FILE", self.image.to_str().unwrap());
     }
 
     fn assert_unit_options(&self, socket: &Path, _vars: &BTreeMap<String, String>) {

@@ -17,7 +17,7 @@ use fuse_backend_rs::abi::fuse_abi::{Opcode, WriteIn, ROOT_ID};
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest};
-use super::{Contrib, DaemonUnderTest, Env, Frontend, Scratch};
+use super::{set_example_var, Contrib, DaemonUnderTest, Env, Frontend, Scratch};
 use crate::device::VuDevice;
 use crate::fixture::Daemon;
 use crate::fs::wire::{Request, OUT_HEADER_LEN};
@@ -178,14 +178,7 @@ impl Env for FsEnv {
     }
 
     fn configure_unit(&self, vars: &mut BTreeMap<String, String>) {
-        assert!(
-            vars.contains_key("VIRTIOFSD_SHARED_DIR"),
-            "the example sets VIRTIOFSD_SHARED_DIR"
-        );
-        vars.insert(
-            "VIRTIOFSD_SHARED_DIR".into(),
-            self.share.to_str().unwrap().into(),
-        );
+        set_example_var(vars, "VIRTIOFSD_SHARED_DIR", self.share.to_str().unwrap());
         vars.insert("VIRTIOFSD_TAG".into(), "from-unit".into());
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest, FILL};
-use super::{Contrib, DaemonUnderTest, Env, Frontend, Scratch};
+use super::{set_example_var, Contrib, DaemonUnderTest, Env, Frontend, Scratch};
 use crate::device::VuDevice;
 use crate::fixture::{poll_until, Daemon, TempDir};
 use crate::net::frame::Mac;
@@ -175,12 +175,8 @@ impl Env for NetEnv {
     }
 
     fn configure_unit(&self, vars: &mut BTreeMap<String, String>) {
-        assert!(
-            vars.contains_key("VHOST_NET_TAP"),
-            "the example sets VHOST_NET_TAP"
-        );
         // The example's tap, made as its comment says, under this test's name.
-        vars.insert("VHOST_NET_TAP".into(), ENV_TAP.into());
+        set_example_var(vars, "VHOST_NET_TAP", ENV_TAP);
     }
 
     fn assert_unit_options(&self, socket: &Path, vars: &BTreeMap<String, String>) {
