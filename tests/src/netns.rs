@@ -234,6 +234,53 @@ impl Drop for NetNs {
     }
 }
 
+/// `what: e`, of the same kind as `e`.
+pub(crate) fn context(what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// An AF_PACKET raw socket bound to interface `ifname` for `protocol`
+/// (an `ETH_P_*` in network byte order; 0: it receives nothing); errors
+/// name the failing step.
+pub(crate) fn bind_packet_socket(ifname: &str, protocol: u16) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol),
+        )
+    };
+    if fd < 0 {
+        return Err(context("AF_PACKET socket", io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(context(ifname, io::Error::last_os_error()));
+    }
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = protocol;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(context("bind AF_PACKET", io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
 /// A raw socket that sends and receives whole Ethernet frames on one
 /// interface.
 #[derive(Debug)]
@@ -243,42 +290,7 @@ pub struct PacketSocket {
 
 impl PacketSocket {
     fn bind(ifname: &str) -> io::Result<Self> {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2); the result is checked and owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and is ours.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
-        // SAFETY: `name` is NUL-terminated and outlives the call.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = index as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = bind_packet_socket(ifname, (libc::ETH_P_ALL as u16).to_be())?;
         Ok(PacketSocket { fd })
     }
 

@@ -4,14 +4,14 @@
 //! TCP frames of the TSO workload, and per-thread CPU time.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use virtio_bindings::virtio_net::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
 
 use crate::net::frame::{fold, internet_checksum, pattern, sum16, Mac};
 use crate::net::{VirtioNetHdr, NET_HDR_LEN};
-use crate::netns::{NetNs, NetNsError};
+use crate::netns::{bind_packet_socket, context, NetNs, NetNsError};
 
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
@@ -19,10 +19,6 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 /// Frames per `sendmmsg`.
 pub const INJECT_BATCH: usize = 64;
-
-fn sys(what: &str, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
 
 fn ns_err(e: NetNsError) -> io::Error {
     io::Error::other(e)
@@ -59,18 +55,18 @@ impl TapFd {
     /// single queue, and not opened by anyone else).
     pub fn open(ns: &NetNs, name: &str) -> io::Result<TapFd> {
         let fd = crate::tap::open_queue(ns, name, crate::tap::QUEUE_FLAGS)
-            .map_err(|e| sys(&format!("TUNSETIFF {name}"), e))?;
+            .map_err(|e| context(&format!("TUNSETIFF {name}"), e))?;
         // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
         unsafe {
             let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
             if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-                return Err(sys("O_NONBLOCK", io::Error::last_os_error()));
+                return Err(context("O_NONBLOCK", io::Error::last_os_error()));
             }
         }
         let sz: libc::c_int = NET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer passed.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &sz) } < 0 {
-            return Err(sys("TUNSETVNETHDRSZ", io::Error::last_os_error()));
+            return Err(context("TUNSETVNETHDRSZ", io::Error::last_os_error()));
         }
         Ok(TapFd { fd })
     }
@@ -137,34 +133,7 @@ impl Injector {
     }
 
     fn bind(ifname: &str) -> io::Result<Injector> {
-        // SAFETY: plain socket(2); the result is checked and owned below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(sys("AF_PACKET socket", io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just created and is ours.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
-        // SAFETY: `name` is NUL-terminated and outlives the call.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(sys(ifname, io::Error::last_os_error()));
-        }
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = index as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(sys("bind AF_PACKET", io::Error::last_os_error()));
-        }
+        let fd = bind_packet_socket(ifname, 0)?;
         let one: libc::c_int = 1;
         // SAFETY: the option value is one int that outlives the call.
         let r = unsafe {
@@ -177,7 +146,7 @@ impl Injector {
             )
         };
         if r < 0 {
-            return Err(sys("PACKET_QDISC_BYPASS", io::Error::last_os_error()));
+            return Err(context("PACKET_QDISC_BYPASS", io::Error::last_os_error()));
         }
         Ok(Injector { fd })
     }
