@@ -115,15 +115,7 @@ impl FsClient {
         body_cap: u32,
     ) -> Result<u32> {
         let op = req.op;
-        let unique = self.next_unique();
-        let hdr = req.encode(unique, self.opts.creds, payload_len as usize);
-        if hdr.len() as u64 > HDR_AREA {
-            return Err(FsError::TooBig {
-                op,
-                len: hdr.len() as u64,
-                max: HDR_AREA,
-            });
-        }
+        let (unique, hdr) = self.encode_within(req, payload_len as usize, HDR_AREA)?;
         let (req_area, rep_area) = (self.req, self.rep);
         self.check_payload(op, &req_area, u64::from(payload_len))?;
         self.check_payload(op, &rep_area, u64::from(body_cap))?;
@@ -266,15 +258,7 @@ impl FsClient {
         while self.free_forget.is_empty() || self.dev.queue(HIPRIO_QUEUE).free_descs() < 2 {
             self.wait_one_forget()?;
         }
-        let unique = self.next_unique();
-        let bytes = req.encode(unique, self.opts.creds, 0);
-        if bytes.len() as u64 > FORGET_SLOT {
-            return Err(FsError::TooBig {
-                op,
-                len: bytes.len() as u64,
-                max: FORGET_SLOT,
-            });
-        }
+        let (_, bytes) = self.encode_within(req, 0, FORGET_SLOT)?;
         let slot = self.free_forget.pop_front().expect("a slot is free");
         let addr = self
             .forget_slots

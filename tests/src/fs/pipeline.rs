@@ -91,15 +91,7 @@ impl Pipeline {
                 op,
                 reason: format!("pipeline slot {slot} is busy or does not exist"),
             })?;
-        let unique = fs.next_unique();
-        let bytes = req.encode(unique, fs.opts.creds, 0);
-        if bytes.len() as u64 > SLOT_REQ {
-            return Err(FsError::TooBig {
-                op,
-                len: bytes.len() as u64,
-                max: SLOT_REQ,
-            });
-        }
+        let (unique, bytes) = fs.encode_within(req, 0, SLOT_REQ)?;
         let merr = |source| FsError::Memory { op, source };
         let mem = fs.dev.mem().clone();
         mem.write(s.req, &bytes).map_err(merr)?;

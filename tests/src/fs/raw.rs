@@ -139,6 +139,25 @@ impl FsClient {
         (unique, req.encode(unique, self.opts.creds, payload_len))
     }
 
+    /// Like [`FsClient::encode`], but refuses a request whose header and
+    /// arguments take more than `max` bytes (the room it is copied into).
+    pub(super) fn encode_within(
+        &mut self,
+        req: &Request,
+        payload_len: usize,
+        max: u64,
+    ) -> Result<(u64, Vec<u8>)> {
+        let (unique, bytes) = self.encode(req, payload_len);
+        if bytes.len() as u64 > max {
+            return Err(FsError::TooBig {
+                op: req.op,
+                len: bytes.len() as u64,
+                max,
+            });
+        }
+        Ok((unique, bytes))
+    }
+
     /// Sends `in_bytes` as one device-readable descriptor on virtqueue
     /// `queue` (0 is hiprio) with one device-writable descriptor of
     /// `out_capacity` bytes (none if 0), and returns what the device wrote.

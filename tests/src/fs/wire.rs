@@ -218,54 +218,57 @@ impl DirEntryPlus {
     }
 }
 
-fn dirent_name(buf: &[u8], at: usize, d: &Dirent) -> Result<(Vec<u8>, usize), String> {
-    let namelen = d.namelen as usize;
-    let end = at
-        .checked_add(namelen)
-        .filter(|&e| e <= buf.len())
-        .ok_or_else(|| format!("name of {namelen} bytes at {at} runs past {}", buf.len()))?;
-    Ok((buf[at..end].to_vec(), namelen))
+/// Walks a READDIR or READDIRPLUS body: records of a fixed part `T`
+/// (named `what` in errors) holding a [`Dirent`] that `dirent` picks, each
+/// followed by the name and padded to 8 bytes; `entry` makes each record's
+/// entry from its fixed part and its [`DirEntry`].
+fn parse_records<T: ByteValued + Default, E>(
+    buf: &[u8],
+    what: &str,
+    dirent: fn(&T) -> &Dirent,
+    entry: fn(&T, DirEntry) -> E,
+) -> Result<Vec<E>, String> {
+    let fixed = std::mem::size_of::<T>();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let rec: T = read_struct(&buf[pos..])
+            .ok_or_else(|| format!("truncated {what} at {pos} of {}", buf.len()))?;
+        let d = dirent(&rec);
+        let at = pos + fixed;
+        let namelen = d.namelen as usize;
+        let end = at
+            .checked_add(namelen)
+            .filter(|&e| e <= buf.len())
+            .ok_or_else(|| format!("name of {namelen} bytes at {at} runs past {}", buf.len()))?;
+        let plain = DirEntry {
+            ino: d.ino,
+            off: d.off,
+            typ: d.type_,
+            name: buf[at..end].to_vec(),
+        };
+        out.push(entry(&rec, plain));
+        pos += dirent_align(fixed + namelen);
+    }
+    Ok(out)
 }
 
 /// Parses a READDIR reply body.
 pub fn parse_dirents(buf: &[u8]) -> Result<Vec<DirEntry>, String> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let d: Dirent = read_struct(&buf[pos..])
-            .ok_or_else(|| format!("truncated dirent at {pos} of {}", buf.len()))?;
-        let (name, namelen) = dirent_name(buf, pos + DIRENT_LEN, &d)?;
-        out.push(DirEntry {
-            ino: d.ino,
-            off: d.off,
-            typ: d.type_,
-            name,
-        });
-        pos += dirent_align(DIRENT_LEN + namelen);
-    }
-    Ok(out)
+    parse_records(buf, "dirent", |d: &Dirent| d, |_, e| e)
 }
 
 /// Parses a READDIRPLUS reply body.
 pub fn parse_direntplus(buf: &[u8]) -> Result<Vec<DirEntryPlus>, String> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let d: Direntplus = read_struct(&buf[pos..])
-            .ok_or_else(|| format!("truncated direntplus at {pos} of {}", buf.len()))?;
-        let (name, namelen) = dirent_name(buf, pos + DIRENTPLUS_LEN, &d.dirent)?;
-        out.push(DirEntryPlus {
-            dirent: DirEntry {
-                ino: d.dirent.ino,
-                off: d.dirent.off,
-                typ: d.dirent.type_,
-                name,
-            },
+    parse_records(
+        buf,
+        "direntplus",
+        |d: &Direntplus| &d.dirent,
+        |d, dirent| DirEntryPlus {
+            dirent,
             entry: d.entry_out,
-        });
-        pos += dirent_align(DIRENTPLUS_LEN + namelen);
-    }
-    Ok(out)
+        },
+    )
 }
 
 #[cfg(test)]
