@@ -8,7 +8,7 @@
 //! vu-bench --start-ours --workloads net-tx-64b,net-rx-64b   # vhost-net-daemon vs tap-direct (root)
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -99,6 +99,19 @@ struct Spec {
     dir: Option<PathBuf>,
 }
 
+impl Spec {
+    /// A backend the bench started: `name`, listening on `socket`, process
+    /// `pid`, sharing `dir` (fs).
+    fn started(name: &str, socket: &Path, pid: u32, dir: Option<PathBuf>) -> Spec {
+        Spec {
+            name: name.into(),
+            socket: socket.to_owned(),
+            pid: Some(pid),
+            dir,
+        }
+    }
+}
+
 fn parse_spec(s: &str) -> Result<Spec, String> {
     let mut parts = s.split(',');
     let first = parts.next().unwrap_or_default();
@@ -148,24 +161,15 @@ fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
     if specs.is_empty() || workloads.is_empty() {
         return Ok(());
     }
-    let mut targets = Vec::new();
-    for s in specs {
+    let mut targets = connect_all(specs, "blk", |s| {
         let opts = BlkOptions {
             max_io: 128 * 1024,
             ..BlkOptions::default()
         };
-        let mut client = BlkClient::connect(&s.socket, &opts)
-            .map_err(|e| format!("blk backend {}: {}", s.name, chain(&e)))?;
-        let capacity = client
-            .config()
-            .map_err(|e| format!("blk backend {}: {}", s.name, chain(&e)))?
-            .capacity
-            * SECTOR_SIZE;
-        targets.push(Target {
-            spec: s.clone(),
-            client: (client, capacity),
-        });
-    }
+        let mut client = BlkClient::connect(&s.socket, &opts).map_err(|e| chain(&e))?;
+        let capacity = client.config().map_err(|e| chain(&e))?.capacity * SECTOR_SIZE;
+        Ok((client, capacity))
+    })?;
     let duration = Duration::from_secs_f64(args.duration);
     for w in workloads {
         let mut seed = 1;
@@ -176,6 +180,25 @@ fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
         })?;
     }
     Ok(())
+}
+
+/// A target per spec, connected by `connect`; its error is named after the
+/// backend (`KIND backend NAME: ...`).
+fn connect_all<C>(
+    specs: &[Spec],
+    kind: &str,
+    mut connect: impl FnMut(&Spec) -> Result<C, String>,
+) -> Result<Vec<Target<C>>, String> {
+    specs
+        .iter()
+        .map(|s| {
+            let client = connect(s).map_err(|e| format!("{kind} backend {}: {e}", s.name))?;
+            Ok(Target {
+                spec: s.clone(),
+                client,
+            })
+        })
+        .collect()
 }
 
 /// Runs one workload on every target (alternating) and adds a row per target.
@@ -232,6 +255,12 @@ impl ScratchDir {
     fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+    /// Makes directory `name` in it (a share).
+    fn new_share(&self, name: &str) -> Result<PathBuf, String> {
+        let share = self.join(name);
+        std::fs::create_dir(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+        Ok(share)
+    }
 }
 
 impl Drop for ScratchDir {
@@ -265,28 +294,21 @@ fn start_references(
     };
     let qsd = Daemon::qemu_storage_daemon_blk(&image, &dir.join("qsd.sock"), &qsd_opts)
         .map_err(|e| chain(&e))?;
-    blk.push(Spec {
-        name: "qsd".into(),
-        socket: qsd.socket().to_owned(),
-        pid: Some(qsd.pid()),
-        dir: None,
-    });
+    blk.push(Spec::started("qsd", qsd.socket(), qsd.pid(), None));
     daemons.push(qsd);
-    let share = dir.join("c-virtiofsd-share");
-    std::fs::create_dir(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+    let share = dir.new_share("c-virtiofsd-share")?;
     let vfs =
         Daemon::c_virtiofsd(&share, &dir.join("c-virtiofsd.sock"), &[]).map_err(|e| chain(&e))?;
-    fs.push(Spec {
-        name: "c-virtiofsd".into(),
-        socket: vfs.socket().to_owned(),
-        pid: Some(vfs.pid()),
-        dir: Some(share),
-    });
+    fs.push(Spec::started(
+        "c-virtiofsd",
+        vfs.socket(),
+        vfs.pid(),
+        Some(share),
+    ));
     daemons.push(vfs);
     match rust_virtiofsd() {
         Some(bin) => {
-            let share = dir.join("rust-virtiofsd-share");
-            std::fs::create_dir(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+            let share = dir.new_share("rust-virtiofsd-share")?;
             let sock = dir.join("rust-virtiofsd.sock");
             let mut cmd = std::process::Command::new(&bin);
             cmd.arg("--socket-path").arg(&sock).arg("--shared-dir").arg(&share).arg("--cache=auto");
@@ -298,12 +320,7 @@ fn start_references(
                 vu_driver::fixture::DEFAULT_READY_TIMEOUT,
             )
             .map_err(|e| chain(&e))?;
-            fs.push(Spec {
-                name: "rust-virtiofsd".into(),
-                socket: sock,
-                pid: Some(d.pid()),
-                dir: Some(share),
-            });
+            fs.push(Spec::started("rust-virtiofsd", &sock, d.pid(), Some(share)));
             daemons.push(d);
         }
         None => eprintln!(
@@ -312,12 +329,7 @@ fn start_references(
     }
     let pmd = TestPmd::spawn(&TestPmdOptions::new(&dir.join("testpmd.sock"), 1))
         .map_err(|e| chain(&e))?;
-    net.push(Spec {
-        name: "dpdk-testpmd".into(),
-        socket: pmd.socket().to_owned(),
-        pid: Some(pmd.pid()),
-        dir: None,
-    });
+    net.push(Spec::started("dpdk-testpmd", pmd.socket(), pmd.pid(), None));
     Ok(References {
         _daemons: daemons,
         _testpmd: pmd,
@@ -372,14 +384,8 @@ fn start_ours(args: &Args, blk: &mut Vec<Spec>, fs: &mut Vec<Spec>) -> Result<Ou
     };
     let d =
         ours::vhost_blk_daemon(&image, &dir.join("ours-blk.sock"), &opts).map_err(|e| chain(&e))?;
-    blk.push(Spec {
-        name: "vhost-blk-daemon".into(),
-        socket: d.socket().to_owned(),
-        pid: Some(d.pid()),
-        dir: None,
-    });
-    let share = dir.join("ours-share");
-    std::fs::create_dir(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+    blk.push(Spec::started("vhost-blk-daemon", d.socket(), d.pid(), None));
+    let share = dir.new_share("ours-share")?;
     let mut fs_args = vec!["--cache=auto"];
     fs_args.extend(
         args.ours_fs_args
@@ -389,12 +395,12 @@ fn start_ours(args: &Args, blk: &mut Vec<Spec>, fs: &mut Vec<Spec>) -> Result<Ou
     );
     let vfs =
         ours::virtiofsd(&share, &dir.join("ours-fs.sock"), &fs_args).map_err(|e| chain(&e))?;
-    fs.push(Spec {
-        name: "virtiofsd (ours)".into(),
-        socket: vfs.socket().to_owned(),
-        pid: Some(vfs.pid()),
-        dir: Some(share),
-    });
+    fs.push(Spec::started(
+        "virtiofsd (ours)",
+        vfs.socket(),
+        vfs.pid(),
+        Some(share),
+    ));
     Ok(Ours {
         _daemons: vec![d, vfs],
         blk_image: image,
@@ -436,22 +442,13 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
             rows.push(row);
         }
     }
-    let mut targets = Vec::new();
-    for s in specs {
-        let dir = s
-            .dir
-            .as_ref()
-            .ok_or_else(|| format!("fs backend {}: needs dir=SHARED_DIR", s.name))?;
+    let mut targets = connect_all(specs, "fs", |s| {
+        let dir = s.dir.as_ref().ok_or("needs dir=SHARED_DIR")?;
         for w in &workloads {
             w.prepare_host(dir).map_err(|e| chain(&e))?;
         }
-        let client = FsClient::connect(&s.socket, FsOptions::default())
-            .map_err(|e| format!("fs backend {}: {}", s.name, chain(&e)))?;
-        targets.push(Target {
-            spec: s.clone(),
-            client,
-        });
-    }
+        FsClient::connect(&s.socket, FsOptions::default()).map_err(|e| chain(&e))
+    })?;
     let duration = Duration::from_secs_f64(args.duration);
     for w in workloads {
         let mut rep = 0;
@@ -468,16 +465,10 @@ fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
     if specs.is_empty() || workloads.is_empty() {
         return Ok(());
     }
-    let mut targets = Vec::new();
-    for s in specs {
-        // The bench needs no control queue (DPDK offers one it does not serve).
-        let client = NetClient::connect(&s.socket, &TestPmd::net_options(1))
-            .map_err(|e| format!("net backend {}: {}", s.name, chain(&e)))?;
-        targets.push(Target {
-            spec: s.clone(),
-            client,
-        });
-    }
+    // The bench needs no control queue (DPDK offers one it does not serve).
+    let mut targets = connect_all(specs, "net", |s| {
+        NetClient::connect(&s.socket, &TestPmd::net_options(1)).map_err(|e| chain(&e))
+    })?;
     let duration = Duration::from_secs_f64(args.duration);
     for w in workloads {
         measure(args, &mut targets, w.name, rows, |t| {
