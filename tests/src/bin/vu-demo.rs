@@ -15,6 +15,7 @@
 //! Linux under `qemu-system-x86_64 -accel tcg` uses the same backends as a
 //! third-party frontend.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -190,36 +191,37 @@ fn net_driver_phase(ns: &NetNs, netd: &Daemon) -> Result<(), String> {
     Ok(())
 }
 
+/// The three backends a VM's devices use, and the share's host side and tag.
+struct Backends<'a> {
+    share: &'a Path,
+    blkd: &'a Daemon,
+    vfs: &'a Daemon,
+    netd: &'a Daemon,
+    tag: &'a str,
+}
+
 /// Our VMM with the three backends. Where KVM cannot run Linux (an
 /// instruction emulator, as on our machines), the freestanding test guest
 /// drives each device instead; the demo says which and why.
-fn vmm_phase(
-    share: &Path,
-    blkd: &Daemon,
-    vfs: &Daemon,
-    netd: &Daemon,
-    tag: &str,
-) -> Result<(), String> {
+fn vmm_phase(b: &Backends) -> Result<(), String> {
     println!("== VM: Linux under our vmm (KVM), each device through its backend process");
     let linux = vu_driver::linux::OurLinux::locate().map_err(err("Linux for our vmm"))?;
     println!("vmm: {} ({})", linux.why, linux.release);
-    let mut args = linux.vmm_args(&linux_script(), tag, 400);
+    let mut args = linux.vmm_args(&linux_script(), b.tag, 400);
     for a in [
         "--disk".to_string(),
-        format!("socket={}", blkd.socket().display()),
+        format!("socket={}", b.blkd.socket().display()),
         "--fs".to_string(),
-        format!("tag={tag},socket={}", vfs.socket().display()),
+        format!("tag={},socket={}", b.tag, b.vfs.socket().display()),
         "--net".to_string(),
-        format!("socket={},mac=02:00:00:00:02:02", netd.socket().display()),
+        format!("socket={},mac=02:00:00:00:02:02", b.netd.socket().display()),
     ] {
         args.push(a.into());
     }
     let started = std::time::Instant::now();
     let run = vu_driver::vmm::run_vmm(args, Duration::from_secs(600));
     let console = vu_driver::guest::ConsoleParser::parse(&run.stdout);
-    for (k, v) in &console.kv {
-        println!("guest: {k} = {v}");
-    }
+    print_kv(&console.kv);
     let passed = console
         .result
         .as_ref()
@@ -230,7 +232,7 @@ fn vmm_phase(
             run.status, run.stdout, run.stderr
         ));
     }
-    check_linux(share, |k| console.kv.get(k).map(String::as_str))?;
+    check_linux(b.share, &console.kv)?;
     println!(
         "host: the guest powered off and our vmm exited 0 after {:.1?}",
         started.elapsed()
@@ -238,8 +240,17 @@ fn vmm_phase(
     Ok(())
 }
 
-/// What the host checks after [`linux_script`] ran, under either frontend.
-fn check_linux<'a>(share: &Path, kv: impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
+/// Prints what the guest's script reported.
+fn print_kv(kv: &BTreeMap<String, String>) {
+    for (k, v) in kv {
+        println!("guest: {k} = {v}");
+    }
+}
+
+/// What the host checks after [`linux_script`] ran, under either frontend,
+/// in the values `kv` the script reported.
+fn check_linux(share: &Path, kv: &BTreeMap<String, String>) -> Result<(), String> {
+    let kv = |k: &str| kv.get(k).map(String::as_str);
     let driver_md5 = md5_hex(&pattern(64 * 1024));
     if kv("disk_driver_md5") != Some(driver_md5.as_str()) {
         return Err("guest: the driver's disk pattern has a different checksum in the VM".into());
@@ -284,31 +295,23 @@ vutest-kv disk_write_readback ok
     )
 }
 
-fn vm_phase(
-    share: &Path,
-    blkd: &Daemon,
-    vfs: &Daemon,
-    netd: &Daemon,
-    tag: &str,
-) -> Result<(), String> {
+fn vm_phase(b: &Backends) -> Result<(), String> {
     println!("== VM: Debian's Linux under QEMU TCG (a third-party frontend) on the same backends");
     let script = linux_script();
     let out = QemuGuest::locate()
         .map_err(err("guest kit"))?
-        .fs(vfs.socket(), tag)
-        .blk(blkd.socket())
-        .net_vhost_user(netd.socket())
+        .fs(b.vfs.socket(), b.tag)
+        .blk(b.blkd.socket())
+        .net_vhost_user(b.netd.socket())
         .memory_mib(512)
         .script(&script)
         .script_transport(ScriptTransport::Cmdline)
         .timeout(Duration::from_secs(300))
         .run()
         .map_err(err("guest"))?;
-    for (k, v) in &out.kv {
-        println!("guest: {k} = {v}");
-    }
+    print_kv(&out.kv);
     out.ensure_pass().map_err(err("guest script"))?;
-    check_linux(share, |k| out.kv(k))?;
+    check_linux(b.share, &out.kv)?;
     println!("host: QEMU's guest ran {:.1?}", out.duration);
     Ok(())
 }
@@ -375,8 +378,15 @@ fn run(args: Args) -> Result<(), String> {
     driver_phase(&share, &image, &blkd, &vfs, &args.tag)?;
     net_driver_phase(&ns, &netd)?;
     if !args.no_vm {
-        vmm_phase(&share, &blkd, &vfs, &netd, &args.tag)?;
-        vm_phase(&share, &blkd, &vfs, &netd, &args.tag)?;
+        let backends = Backends {
+            share: &share,
+            blkd: &blkd,
+            vfs: &vfs,
+            netd: &netd,
+            tag: &args.tag,
+        };
+        vmm_phase(&backends)?;
+        vm_phase(&backends)?;
     }
     println!("== done: every device answered through its own backend process");
     Ok(())
