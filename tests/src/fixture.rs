@@ -482,8 +482,15 @@ impl Daemon {
             .arg("-o")
             .arg("cache=auto")
             .args(extra_args);
+        Daemon::spawn_virtiofsd("virtiofsd-c", cmd, socket)
+    }
+
+    /// Spawns a virtiofsd (`name`: the C one or ours) running `cmd` on
+    /// `socket`; ready when its log shows [`VIRTIOFSD_READY_LINE`] and
+    /// `socket` exists.
+    pub(crate) fn spawn_virtiofsd(name: &str, cmd: Command, socket: &Path) -> Result<Self> {
         Daemon::spawn(
-            "virtiofsd-c",
+            name,
             cmd,
             socket,
             &[
@@ -646,19 +653,24 @@ mod tests {
         assert!(matches!(err, FixtureError::PathTimeout { .. }));
     }
 
+    /// `sh -c script` as daemon `name` on `dir/sock`, ready on `ready`.
+    fn spawn_sh(name: &str, script: &str, dir: &TempDir, ready: Readiness) -> Result<Daemon> {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        Daemon::spawn(
+            name,
+            cmd,
+            &dir.join("sock"),
+            &[ready],
+            Duration::from_secs(10),
+        )
+    }
+
     #[test]
     fn daemon_exiting_early_reports_its_log() {
         let dir = TempDir::new("vutest-unit").unwrap();
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg("echo boom-marker >&2; exit 3");
-        let err = Daemon::spawn(
-            "early",
-            cmd,
-            &dir.join("sock"),
-            &[Readiness::Path(dir.join("sock"))],
-            Duration::from_secs(10),
-        )
-        .unwrap_err();
+        let ready = Readiness::Path(dir.join("sock"));
+        let err = spawn_sh("early", "echo boom-marker >&2; exit 3", &dir, ready).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("boom-marker"), "{msg}");
         assert!(matches!(err, FixtureError::ExitedEarly { .. }));
@@ -667,16 +679,8 @@ mod tests {
     #[test]
     fn daemon_ready_on_log_line_and_stopped_on_drop() {
         let dir = TempDir::new("vutest-unit").unwrap();
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg("echo ready-now; exec sleep 1000");
-        let mut d = Daemon::spawn(
-            "sleeper",
-            cmd,
-            &dir.join("sock"),
-            &[Readiness::LogLine("ready-now".into())],
-            Duration::from_secs(10),
-        )
-        .unwrap();
+        let ready = Readiness::LogLine("ready-now".into());
+        let mut d = spawn_sh("sleeper", "echo ready-now; exec sleep 1000", &dir, ready).unwrap();
         assert_eq!(d.try_wait().unwrap(), None);
         let status = d.stop().unwrap();
         assert!(!status.success());

@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::fixture::{
-    Daemon, FixtureError, Readiness, Result, DEFAULT_READY_TIMEOUT, VIRTIOFSD_READY_LINE,
-};
+use crate::fixture::{Daemon, FixtureError, Readiness, Result, DEFAULT_READY_TIMEOUT};
 use crate::netns::NetNs;
 use crate::process::{run_bounded, without_systemd_env, Finished};
 
@@ -148,19 +146,11 @@ pub fn virtiofsd_command(shared_dir: &Path, socket: &Path, extra_args: &[&str]) 
 }
 
 /// Spawns a `virtiofsd` command built by [`virtiofsd_command`] (perhaps
-/// changed since); ready when its log shows [`VIRTIOFSD_READY_LINE`] and
+/// changed since); ready when its log shows
+/// [`VIRTIOFSD_READY_LINE`](crate::fixture::VIRTIOFSD_READY_LINE) and
 /// `socket` exists.
 pub fn spawn_virtiofsd(cmd: Command, socket: &Path) -> Result<Daemon> {
-    Daemon::spawn(
-        "virtiofsd",
-        cmd,
-        socket,
-        &[
-            Readiness::LogLine(VIRTIOFSD_READY_LINE.to_string()),
-            Readiness::Path(socket.to_path_buf()),
-        ],
-        DEFAULT_READY_TIMEOUT,
-    )
+    Daemon::spawn_virtiofsd("virtiofsd", cmd, socket)
 }
 
 /// Spawns our `virtiofsd` sharing `shared_dir` on `socket` with
