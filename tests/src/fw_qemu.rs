@@ -49,30 +49,34 @@ impl FwQemu {
         self
     }
 
+    /// Adds QEMU option `name` (`-device`, ...) with `value`.
+    fn option(&mut self, name: &str, value: String) {
+        self.devices.push(name.into());
+        self.devices.push(value.into());
+    }
+
     fn chardev(&mut self, socket: &Path) -> String {
         let id = format!("c{}", self.next_id);
         self.next_id += 1;
-        self.devices.push("-chardev".into());
-        self.devices
-            .push(format!("socket,id={id},path={}", qemu_escape(socket.as_os_str())).into());
+        let path = qemu_escape(socket.as_os_str());
+        self.option("-chardev", format!("socket,id={id},path={path}"));
         id
     }
 
     /// A `vhost-user-blk-pci` on `socket`.
     pub fn blk(mut self, socket: &Path) -> Self {
         let id = self.chardev(socket);
-        self.devices.push("-device".into());
-        self.devices
-            .push(format!("vhost-user-blk-pci,chardev={id}").into());
+        self.option("-device", format!("vhost-user-blk-pci,chardev={id}"));
         self
     }
 
     /// A `vhost-user-fs-pci` with `tag` on `socket`.
     pub fn fs(mut self, socket: &Path, tag: &str) -> Self {
         let id = self.chardev(socket);
-        self.devices.push("-device".into());
-        self.devices
-            .push(format!("vhost-user-fs-pci,chardev={id},tag={tag}").into());
+        self.option(
+            "-device",
+            format!("vhost-user-fs-pci,chardev={id},tag={tag}"),
+        );
         self
     }
 
@@ -80,12 +84,11 @@ impl FwQemu {
     /// `socket`, without MSI-X (see the module documentation).
     pub fn net(mut self, socket: &Path, mac: &str) -> Self {
         let id = self.chardev(socket);
-        self.devices.push("-netdev".into());
-        self.devices
-            .push(format!("vhost-user,id=n{id},chardev={id}").into());
-        self.devices.push("-device".into());
-        self.devices
-            .push(format!("virtio-net-pci,netdev=n{id},mac={mac},vectors=0,romfile=").into());
+        self.option("-netdev", format!("vhost-user,id=n{id},chardev={id}"));
+        self.option(
+            "-device",
+            format!("virtio-net-pci,netdev=n{id},mac={mac},vectors=0,romfile="),
+        );
         self
     }
 
