@@ -451,33 +451,24 @@ impl TapBench {
         self.drain_driver()?;
         let frame = Self::rx_frame(w);
         let before = self.stats(DAEMON_TAP)?;
-        let consumed = AtomicU64::new(0);
-        let continuous = self.rx_continuous;
-        let stop = AtomicBool::new(false);
-        let inj = &self.inject_daemon;
         let net = &mut self.net;
-        let (got, src) = std::thread::scope(|sc| {
-            let src = sc.spawn(|| inject(inj, &frame, &consumed, &stop, continuous));
-            let got = (|| -> Result<(Sample, f64, u64)> {
-                let mut s = Sample::default();
-                let mut short = 0;
-                let cpu0 = thread_cpu_s();
-                let t0 = Instant::now();
-                while t0.elapsed() < d {
-                    let c = net.recv_count(0, Duration::from_millis(100))?;
-                    s.ops += c.frames;
-                    s.bytes += c.bytes;
-                    short += c.short;
-                    consumed.store(s.ops, Ordering::Release);
-                }
-                s.elapsed = t0.elapsed();
-                Ok((s, thread_cpu_s() - cpu0, short))
-            })();
-            stop.store(true, Ordering::Relaxed);
-            (got, src.join().expect("injector thread"))
-        });
-        let (s, driver_cpu_s, short) = got?;
-        let src = src.map_err(host("injecting frames"))?;
+        let receive = |consumed: &AtomicU64| -> Result<(Sample, f64, u64)> {
+            let mut s = Sample::default();
+            let mut short = 0;
+            let cpu0 = thread_cpu_s();
+            let t0 = Instant::now();
+            while t0.elapsed() < d {
+                let c = net.recv_count(0, Duration::from_millis(100))?;
+                s.ops += c.frames;
+                s.bytes += c.bytes;
+                short += c.short;
+                consumed.store(s.ops, Ordering::Release);
+            }
+            s.elapsed = t0.elapsed();
+            Ok((s, thread_cpu_s() - cpu0, short))
+        };
+        let ((s, driver_cpu_s, short), src) =
+            with_injector(&self.inject_daemon, &frame, self.rx_continuous, receive)?;
         self.drain_driver()?;
         let after = self.stats(DAEMON_TAP)?;
         let extra = Extra {
@@ -494,50 +485,40 @@ impl TapBench {
         self.drain_direct(&mut buf)?;
         let frame = Self::rx_frame(w);
         let before = self.stats(DIRECT_TAP)?;
-        let consumed = AtomicU64::new(0);
-        let continuous = self.rx_continuous;
-        let stop = AtomicBool::new(false);
         let tap = &self.direct;
-        let inj = &self.inject_direct;
-        let (got, src) = std::thread::scope(|sc| {
-            let src = sc.spawn(|| inject(inj, &frame, &consumed, &stop, continuous));
-            let got = (|| -> Result<Sample> {
-                let mut s = Sample::default();
-                let cpu0 = thread_cpu_s();
-                let t0 = Instant::now();
-                let mut since_check = 0u32;
-                loop {
-                    match tap.read_frame(&mut buf) {
-                        Ok(n) => {
-                            s.ops += 1;
-                            s.bytes += n.saturating_sub(NET_HDR_LEN) as u64;
-                            since_check += 1;
-                            if since_check < 16 {
-                                continue;
-                            }
+        let receive = |consumed: &AtomicU64| -> Result<Sample> {
+            let mut s = Sample::default();
+            let cpu0 = thread_cpu_s();
+            let t0 = Instant::now();
+            let mut since_check = 0u32;
+            loop {
+                match tap.read_frame(&mut buf) {
+                    Ok(n) => {
+                        s.ops += 1;
+                        s.bytes += n.saturating_sub(NET_HDR_LEN) as u64;
+                        since_check += 1;
+                        if since_check < 16 {
+                            continue;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            consumed.store(s.ops, Ordering::Release);
-                            tap.wait_readable(Duration::from_millis(100))
-                                .map_err(host("polling the direct tap"))?;
-                        }
-                        Err(e) => return Err(host("reading the direct tap")(e)),
                     }
-                    since_check = 0;
-                    consumed.store(s.ops, Ordering::Release);
-                    if t0.elapsed() >= d {
-                        break;
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        consumed.store(s.ops, Ordering::Release);
+                        tap.wait_readable(Duration::from_millis(100))
+                            .map_err(host("polling the direct tap"))?;
                     }
+                    Err(e) => return Err(host("reading the direct tap")(e)),
                 }
-                s.elapsed = t0.elapsed();
-                s.cpu_s = Some(thread_cpu_s() - cpu0);
-                Ok(s)
-            })();
-            stop.store(true, Ordering::Relaxed);
-            (got, src.join().expect("injector thread"))
-        });
-        let s = got?;
-        let src = src.map_err(host("injecting frames"))?;
+                since_check = 0;
+                consumed.store(s.ops, Ordering::Release);
+                if t0.elapsed() >= d {
+                    break;
+                }
+            }
+            s.elapsed = t0.elapsed();
+            s.cpu_s = Some(thread_cpu_s() - cpu0);
+            Ok(s)
+        };
+        let (s, src) = with_injector(&self.inject_direct, &frame, self.rx_continuous, receive)?;
         self.drain_direct(&mut buf)?;
         let after = self.stats(DIRECT_TAP)?;
         let extra = Extra {
@@ -555,6 +536,29 @@ struct Injected {
     cpu_s: f64,
     /// `sendmmsg` calls the tap refused (its queue was full).
     refused: u64,
+}
+
+/// Runs `receive` (which publishes in `consumed` how many frames it has
+/// taken) while a thread injects copies of `frame` with `inj` (see
+/// [`inject`]); stops the injector once `receive` returns. What `receive`
+/// returned and what the injector did.
+fn with_injector<T>(
+    inj: &Injector,
+    frame: &[u8],
+    continuous: bool,
+    receive: impl FnOnce(&AtomicU64) -> Result<T>,
+) -> Result<(T, Injected)> {
+    let consumed = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (got, src) = std::thread::scope(|sc| {
+        let src = sc.spawn(|| inject(inj, frame, &consumed, &stop, continuous));
+        let got = receive(&consumed);
+        stop.store(true, Ordering::Relaxed);
+        (got, src.join().expect("injector thread"))
+    });
+    let got = got?;
+    let src = src.map_err(host("injecting frames"))?;
+    Ok((got, src))
 }
 
 /// Injects copies of `frame` until `stop`, never more than [`RX_AHEAD`]
