@@ -41,26 +41,22 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
         return Err("the disk is smaller than 9 sectors");
     }
 
-    let header = alloc(16, 16).ok_or("out of memory")?;
+    let req = Request {
+        header: alloc(16, 16).ok_or("out of memory")?,
+        status: alloc(1, 1).ok_or("out of memory")?,
+    };
     let data = alloc(512, 512).ok_or("out of memory")?;
     let back = alloc(512, 512).ok_or("out of memory")?;
-    let status = alloc(1, 1).ok_or("out of memory")?;
     for i in 0..512 {
         w8(data + i as u64, pattern(i));
     }
 
     for (kind, buf) in [(T_OUT, data), (T_IN, back)] {
-        w32(header, kind);
-        w32(header + 4, 0);
-        w64(header + 8, SECTOR);
-        w8(status, 0xff);
-        let chain = [
-            Buf(header, 16, false),
-            Buf(buf, 512, kind == T_IN),
-            Buf(status, 1, true),
-        ];
-        q.call(&chain).ok_or("no completion")?;
-        if r8(status) != 0 {
+        if req
+            .sector_io(&mut q, kind, SECTOR, buf, 1)
+            .ok_or("no completion")?
+            != 0
+        {
             return Err(if kind == T_OUT {
                 "the write failed"
             } else {
@@ -77,19 +73,41 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
     report_msi(&q);
     serial(b"\n");
     if crate::wait::cmdline_has(b"blk-loop") {
-        io_loop(&mut q, header, data, back, status)?;
+        io_loop(&mut q, &req, data, back)?;
     }
     Ok(())
 }
 
-/// `blk-loop` (see the module docs).
-fn io_loop(
-    q: &mut Virtq,
+/// The header and status buffers of one request at a time.
+struct Request {
     header: u64,
-    data: u64,
-    back: u64,
     status: u64,
-) -> Result<(), &'static str> {
+}
+
+impl Request {
+    /// Writes (`T_OUT`) the 512 bytes at `buf` to `sector`, or reads
+    /// (`T_IN`) them into `buf`, waiting up to `waits` times (~10 s each)
+    /// for the completion: its status byte, or None if none came.
+    fn sector_io(&self, q: &mut Virtq, kind: u32, sector: u64, buf: u64, waits: u32) -> Option<u8> {
+        w32(self.header, kind);
+        w32(self.header + 4, 0);
+        w64(self.header + 8, sector);
+        w8(self.status, 0xff);
+        let chain = [
+            Buf(self.header, 16, false),
+            Buf(buf, 512, kind == T_IN),
+            Buf(self.status, 1, true),
+        ];
+        q.add(&chain);
+        q.kick();
+        (0..waits)
+            .any(|_| q.wait().is_some())
+            .then(|| r8(self.status))
+    }
+}
+
+/// `blk-loop` (see the module docs).
+fn io_loop(q: &mut Virtq, req: &Request, data: u64, back: u64) -> Result<(), &'static str> {
     let mut n = 0u64;
     let result = loop {
         if crate::wait::power_button() {
@@ -102,22 +120,11 @@ fn io_loop(
         }
         let mut failed = None;
         for (kind, buf) in [(T_OUT, data), (T_IN, back)] {
-            w32(header, kind);
-            w32(header + 4, 0);
-            w64(header + 8, sector);
-            w8(status, 0xff);
-            let chain = [
-                Buf(header, 16, false),
-                Buf(buf, 512, kind == T_IN),
-                Buf(status, 1, true),
-            ];
-            q.add(&chain);
-            q.kick();
-            if !(0..LOOP_WAITS).any(|_| q.wait().is_some()) {
+            let Some(status) = req.sector_io(q, kind, sector, buf, LOOP_WAITS) else {
                 failed = Some("no completion");
                 break;
-            }
-            if r8(status) != 0 {
+            };
+            if status != 0 {
                 failed = Some(if kind == T_OUT {
                     "a write failed"
                 } else {
