@@ -16,22 +16,27 @@ pub struct Tables {
     pub ecam: u64,
 }
 
-const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+pub const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 
-fn r8(addr: u64) -> u8 {
-    // SAFETY: the low 4 GiB are identity-mapped and the tables lie in RAM.
+/// Reads the byte at `addr` of the start info, the command line or a table.
+pub fn r8(addr: u64) -> u8 {
+    // SAFETY: the low 4 GiB are identity-mapped; the start info, command
+    // line and ACPI tables lie in RAM.
     unsafe { read_unaligned(addr as *const u8) }
 }
-fn r32(addr: u64) -> u32 {
+/// Reads the `u32` at `addr`, as [`r8`].
+pub fn r32(addr: u64) -> u32 {
     // SAFETY: as in r8.
     unsafe { read_unaligned(addr as *const u32) }
 }
-fn r64(addr: u64) -> u64 {
+/// Reads the `u64` at `addr`, as [`r8`].
+pub fn r64(addr: u64) -> u64 {
     // SAFETY: as in r8.
     unsafe { read_unaligned(addr as *const u64) }
 }
 
-fn sig(addr: u64, s: &[u8]) -> bool {
+/// Whether the bytes at `addr` are `s`.
+pub fn sig(addr: u64, s: &[u8]) -> bool {
     s.iter().enumerate().all(|(i, &c)| r8(addr + i as u64) == c)
 }
 
@@ -48,13 +53,7 @@ pub fn find(start_info: u64) -> Option<Tables> {
     if rsdp == 0 || !sig(rsdp, b"RSD PTR ") || !checksum_ok(rsdp, 20) {
         return None;
     }
-    // Revision 2+ has the XSDT (8-byte entries); ACPI 1.0 only the RSDT.
-    let (root, entry_size, root_sig): (u64, u64, &[u8]) =
-        if r8(rsdp + 15) >= 2 && r64(rsdp + 24) != 0 {
-            (r64(rsdp + 24), 8, b"XSDT")
-        } else {
-            (r32(rsdp + 16) as u64, 4, b"RSDT")
-        };
+    let (root, entry_size, root_sig) = root_table(rsdp);
     if !sig(root, root_sig) || !checksum_ok(root, r32(root + 4) as u64) {
         return None;
     }
@@ -65,14 +64,7 @@ pub fn find(start_info: u64) -> Option<Tables> {
         apic_ids: [0; 16],
         ecam: 0,
     };
-    let entries = (r32(root + 4) as u64 - 36) / entry_size;
-    for i in 0..entries {
-        let entry = root + 36 + i * entry_size;
-        let table = if entry_size == 8 {
-            r64(entry)
-        } else {
-            r32(entry) as u64
-        };
+    for table in root_entries(root, entry_size) {
         let len = r32(table + 4) as u64;
         if !checksum_ok(table, len) {
             continue;
@@ -110,6 +102,31 @@ pub fn find(start_info: u64) -> Option<Tables> {
         }
     }
     Some(tables)
+}
+
+/// The root table of the RSDP at `rsdp`: revision 2+ has the XSDT
+/// (8-byte entries), ACPI 1.0 only the RSDT (4-byte entries). Its address,
+/// entry size and signature.
+pub fn root_table(rsdp: u64) -> (u64, u64, &'static [u8]) {
+    if r8(rsdp + 15) >= 2 && r64(rsdp + 24) != 0 {
+        (r64(rsdp + 24), 8, b"XSDT")
+    } else {
+        (r32(rsdp + 16) as u64, 4, b"RSDT")
+    }
+}
+
+/// The addresses of the tables the root table at `root` (entries of
+/// `entry_size` bytes) lists.
+pub fn root_entries(root: u64, entry_size: u64) -> impl Iterator<Item = u64> {
+    let entries = (r32(root + 4) as u64).saturating_sub(36) / entry_size;
+    (0..entries).map(move |i| {
+        let entry = root + 36 + i * entry_size;
+        if entry_size == 8 {
+            r64(entry)
+        } else {
+            r32(entry) as u64
+        }
+    })
 }
 
 /// The first element of `Name (_S5_, Package () { typ, ... })` in the DSDT

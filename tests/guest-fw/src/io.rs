@@ -25,6 +25,13 @@ pub fn in32(port: u16) -> u32 {
     value
 }
 
+pub fn in16(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: as in out8.
+    unsafe { core::arch::asm!("in ax, dx", out("ax") value, in("dx") port) }
+    value
+}
+
 pub fn in8(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as in out8.

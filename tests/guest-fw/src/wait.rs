@@ -6,12 +6,11 @@
 //! line per virtio device it drove (see `status`), and goes on to power
 //! off. The PM1a event block's port comes from the FADT (PM1a_EVT_BLK).
 
-use core::ptr::read_unaligned;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::io::{out16, serial};
+use crate::acpi::{r32, r64, r8, root_entries, root_table, sig, XEN_HVM_START_MAGIC};
+use crate::io::{in16, out16, serial};
 
-const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 /// PWRBTN_STS in PM1_STS, PWRBTN_EN in PM1_EN.
 const PWRBTN: u16 = 1 << 8;
 const WORD: &[u8] = b"wait-power-button";
@@ -41,27 +40,6 @@ pub fn power_button() -> bool {
     }
     out16(evt, PWRBTN);
     true
-}
-
-fn r8(addr: u64) -> u8 {
-    // SAFETY: the low 4 GiB are identity-mapped; the start info, command
-    // line and ACPI tables lie in RAM.
-    unsafe { read_unaligned(addr as *const u8) }
-}
-fn r32(addr: u64) -> u32 {
-    // SAFETY: as in r8.
-    unsafe { read_unaligned(addr as *const u32) }
-}
-fn r64(addr: u64) -> u64 {
-    // SAFETY: as in r8.
-    unsafe { read_unaligned(addr as *const u64) }
-}
-
-fn in16(port: u16) -> u16 {
-    let value: u16;
-    // SAFETY: port I/O has no memory effects in this guest.
-    unsafe { core::arch::asm!("in ax, dx", out("ax") value, in("dx") port) }
-    value
 }
 
 /// Whether the command line has the word `wait-power-button`.
@@ -107,22 +85,9 @@ fn pm1a_evt(start_info: u64) -> Option<u16> {
     if rsdp == 0 {
         return None;
     }
-    let (root, entry_size) = if r8(rsdp + 15) >= 2 && r64(rsdp + 24) != 0 {
-        (r64(rsdp + 24), 8)
-    } else {
-        (r32(rsdp + 16) as u64, 4)
-    };
-    let entries = (r32(root + 4) as u64).saturating_sub(36) / entry_size;
-    (0..entries)
-        .map(|i| {
-            let entry = root + 36 + i * entry_size;
-            if entry_size == 8 {
-                r64(entry)
-            } else {
-                r32(entry) as u64
-            }
-        })
-        .find(|&t| (0..4).all(|i| r8(t + i) == b"FACP"[i as usize]))
+    let (root, entry_size, _) = root_table(rsdp);
+    root_entries(root, entry_size)
+        .find(|&t| sig(t, b"FACP"))
         .map(|fadt| r32(fadt + 56) as u16)
         .filter(|&port| port != 0)
 }
