@@ -45,13 +45,8 @@ TARBALL=/usr/src/linux-source-6.1.tar.xz
 PACKAGES=("$SRC_PKG" gcc make libc6-dev bc flex bison libelf-dev xz-utils patch
     busybox-static cpio)
 
-SUMMARY=()
-log() { echo "build-linux-kit.sh: $*" >&2; }
-die() {
-    echo "build-linux-kit.sh: error: $*" >&2
-    exit 1
-}
-
+# shellcheck source=scripts/lib-log.sh
+. "$ROOT/scripts/lib-log.sh"
 # shellcheck source=scripts/lib-packages.sh
 . "$ROOT/scripts/lib-packages.sh"
 
@@ -179,4 +174,4 @@ else
     SUMMARY+=("initrd=rebuilt($(du -k "$INITRD" | cut -f1)KiB)")
 fi
 
-echo "build-linux-kit.sh: ${SUMMARY[*]} kit=$OUT"
+summary "kit=$OUT"

@@ -42,13 +42,8 @@ MODULES=(
     crc16 mbcache jbd2 crc32c_generic ext4
 )
 
-SUMMARY=()
-log() { echo "setup.sh: $*" >&2; }
-die() {
-    echo "setup.sh: error: $*" >&2
-    exit 1
-}
-
+# shellcheck source=scripts/lib-log.sh
+. "$ROOT/scripts/lib-log.sh"
 # shellcheck source=scripts/lib-packages.sh
 . "$ROOT/scripts/lib-packages.sh"
 
@@ -245,7 +240,7 @@ else
     SUMMARY+=("initrd=up-to-date")
 fi
 
-echo "setup.sh: ${SUMMARY[*]} kit=$KIT"
+summary "kit=$KIT"
 
 # --- 5. the Linux kit: our own small kernel for our vmm ----------------------
 # Built from Debian's linux-source-6.1 (several minutes the first time, then
