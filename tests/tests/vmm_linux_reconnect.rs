@@ -1,0 +1,407 @@
+//! Crash recovery with a real Linux guest under OUR VMM (issue #13): the
+//! guest never notices that its disk's and its NIC's daemons were killed
+//! and restarted.
+//!
+//! - **blk**: two writers in the guest keep 64 KiB O_DIRECT writes in
+//!   flight on `/dev/vda` (256 KiB rounds of distinct content, each writer
+//!   in its own region) until the host puts `stop` in the share. Meanwhile
+//!   the host SIGKILLs vhost-blk-daemon twice, each time with a write in
+//!   flight (the daemon is stopped first until the guest's kick waits in
+//!   its eventfd), and starts a new one on the same socket; `vm.info`
+//!   shows the disk `connecting`, then `connected`, the VMM's reconnect
+//!   finds the write still to be done, and both writers go on. No write fails, the guest's
+//!   kernel logs no I/O error, and the image holds exactly the last round
+//!   of each writer.
+//! - **net**: the guest sends 1 MiB over TCP to a listener in the host's
+//!   namespace that stops reading after the first 64 KiB; while the
+//!   connection waits, the host SIGKILLs vhost-net-daemon twice and
+//!   restarts it on the same tap; then it reads on, and the stream matches
+//!   byte for byte (frames lost while no daemon ran are retransmitted by
+//!   TCP).
+//!
+//! The guest's data is made in user mode (`seq`), which runs natively even
+//! where KVM emulates the guest's kernel. Needs root (namespace, tap),
+//! `scripts/setup.sh` (the Linux kit) and `cargo build --workspace --bins`.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
+use vu_driver::guest::{ConsoleParser, GuestStatus};
+use vu_driver::linux::OurLinux;
+use vu_driver::netns::NetNs;
+use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
+use vu_driver::vmm::{serial, shutdown_vmm, spawn_vmm, vm_counter, vm_info, POWERED_OFF};
+
+const TAG: &str = "kataShared";
+const TAP: &str = "vmmrec0";
+const HOST_IP: &str = "10.0.8.1";
+const GUEST_IP: &str = "10.0.8.2";
+const TCP_PORT: u16 = 5556;
+const MAC: &str = "52:54:00:12:34:71";
+/// The script's own limit (init kills it after this), below the test's.
+const SCRIPT_TIMEOUT_S: u64 = 900;
+/// Generous: the small kernel boots in ~90 s on an idle emulating machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const WAIT: Duration = Duration::from_secs(300);
+const MIB: usize = 1 << 20;
+/// A writer's round: 4 O_DIRECT writes of 64 KiB.
+const ROUND: usize = 256 << 10;
+/// Where writer `w` (1 or 2) writes, in 64 KiB blocks.
+fn region_block(w: u64) -> u64 {
+    64 * w
+}
+/// The first number `seq` prints in writer `w`'s round `n`.
+fn round_start(w: u64, n: u64) -> u64 {
+    w * 100_000_000 + n * 1000
+}
+/// What the TCP listener reads before it waits for the kills.
+const TCP_FIRST: usize = 64 << 10;
+/// What the guest's kernel must not log.
+const IO_ERRORS: &str = "I/O error|blk_update_request|transmit queue .* timed out";
+
+fn script() -> String {
+    format!(
+        r#"set -e
+test -n "$VUTEST_FS" || exit 10
+ip link set eth0 up
+ip addr add {GUEST_IP}/24 dev eth0
+w() {{
+n=0
+while [ ! -e "$VUTEST_FS/stop" ]; do
+n=$((n+1))
+seq $(($1*100000000+n*1000)) 999999999 | head -c {ROUND} >/tmp/d$1
+dd if=/tmp/d$1 of=/dev/vda bs=64k seek=$((64*$1)) oflag=direct conv=notrunc 2>/dev/null || {{ echo "writer $1: round $n failed"; return 1; }}
+echo "writer $1: round $n done"
+done
+vutest-kv rounds$1 $n
+}}
+w 1 & p1=$!
+w 2 & p2=$!
+wait $p1 || exit 11
+wait $p2 || exit 12
+seq 1 999999999 | head -c {MIB} >/tmp/t
+timeout 600 nc {HOST_IP} {TCP_PORT} </tmp/t || exit 22
+c="$(dmesg | grep -E '{IO_ERRORS}' | tr '\n' '|' || true)"
+vutest-kv io_errors "${{c:-none}}"
+"#
+    )
+}
+
+/// What `seq START 999999999 | head -c LEN` prints.
+fn seq_from(start: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut n = start;
+    while out.len() < len {
+        out.extend_from_slice(format!("{n}\n").as_bytes());
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// The last round writer `w` reported done on the console.
+fn rounds(console: &Path, w: u64) -> u64 {
+    let prefix = format!("writer {w}: round ");
+    serial(console)
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix)?.strip_suffix(" done"))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn device_state(api: &Path, id: &str) -> String {
+    let info: Value = vm_info(api);
+    info["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == id))
+        .and_then(|d| d["backend_state"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+struct Vm {
+    api: PathBuf,
+    console: PathBuf,
+    vmm: Daemon,
+}
+
+impl Vm {
+    fn show(&self, daemons: &[&Daemon]) -> String {
+        let out = serial(&self.console);
+        let tail: Vec<&str> = out.lines().rev().take(40).collect();
+        let mut s = format!(
+            "--- serial (last lines)\n{}\n--- vmm log\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            self.vmm.log_contents()
+        );
+        for d in daemons {
+            s.push_str(&format!("--- {} log\n{}", d.name(), d.log_contents()));
+        }
+        s
+    }
+}
+
+/// The kicks waiting in `pid`'s eventfds (`eventfd-count` in
+/// /proc/PID/fdinfo): a stopped daemon's kick eventfd counts the guest's
+/// kicks, so a count means a request sits in a ring, untaken.
+fn pending_kicks(pid: u32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("eventfd-count:"))
+                .and_then(|n| u64::from_str_radix(n.trim(), 16).ok())
+        })
+        .sum()
+}
+
+/// Stops `daemon` (SIGSTOP) and waits until the guest has kicked it: a
+/// request is then in flight, taken by nobody, when the daemon dies.
+fn stop_with_a_request_in_flight(vm: &Vm, daemon: &mut Daemon) {
+    daemon.signal(libc::SIGSTOP).unwrap();
+    let pid = daemon.pid();
+    assert!(
+        poll_until(WAIT, || pending_kicks(pid) > 0),
+        "no kick reaches the stopped {}\n{}",
+        daemon.name(),
+        vm.show(&[&*daemon])
+    );
+}
+
+/// How many requests each reconnect of `socket` found in queue 0 (the
+/// VMM's "resumes at used index" lines).
+fn resumed_requests(vm: &Vm, socket: &Path) -> Vec<u64> {
+    let tag = format!("{}: queue 0 resumes at used index ", socket.display());
+    vm.vmm
+        .log_contents()
+        .lines()
+        .filter_map(|l| l.split_once(&tag)?.1.split_once(", ")?.1.split_once(' '))
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect()
+}
+
+/// SIGKILLs `daemon`, waits until the VMM shows `id` connecting, starts
+/// `restart()` on the same socket and waits until `id` is connected again
+/// with `n` reconnects in all.
+fn kill_and_restart(
+    vm: &Vm,
+    id: &str,
+    n: u64,
+    daemon: &mut Daemon,
+    socket: &Path,
+    restart: impl FnOnce() -> Daemon,
+) {
+    daemon.signal(libc::SIGKILL).unwrap();
+    assert!(daemon.wait_timeout(WAIT).unwrap().is_some());
+    assert!(
+        poll_until(WAIT, || device_state(&vm.api, id) == "connecting"),
+        "{id} is not reconnecting\n{}",
+        vm.show(&[&*daemon])
+    );
+    let _ = std::fs::remove_file(socket);
+    *daemon = restart();
+    assert!(
+        poll_until(WAIT, || device_state(&vm.api, id) == "connected"),
+        "{id} is not reconnected\n{}",
+        vm.show(&[&*daemon])
+    );
+    assert_eq!(vm_counter(&vm.api, id, "reconnects"), n);
+    assert_eq!(vm_counter(&vm.api, id, "needs_reset"), 0);
+}
+
+/// Accepts one connection, reads its first [`TCP_FIRST`] bytes, says so on
+/// `partial`, waits for `go`, then reads on until the end or 1 MiB.
+fn receive_in_two_parts(
+    listener: TcpListener,
+    partial: mpsc::Sender<()>,
+    go: mpsc::Receiver<()>,
+) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let got = listener.accept().and_then(|(mut conn, _)| {
+            let mut data = vec![0u8; TCP_FIRST];
+            conn.read_exact(&mut data)?;
+            let _ = partial.send(());
+            let _ = go.recv();
+            conn.take((MIB - TCP_FIRST) as u64).read_to_end(&mut data)?;
+            Ok(data)
+        });
+        let _ = tx.send(got);
+    });
+    rx
+}
+
+#[test]
+fn linux_guest_rides_out_killed_blk_and_net_daemons() {
+    let linux = OurLinux::locate().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("vmm_linux_reconnect: {} ({})", linux.why, linux.release);
+    let dir = TempDir::new("vmm-linux-rec").unwrap();
+
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let fs_sock = dir.join("fs.sock");
+    let fs = virtiofsd(&share, &fs_sock, &["--tag", TAG]).unwrap_or_else(|e| panic!("{e}"));
+
+    let image = dir.join("disk.img");
+    create_sparse_image(&image, 64 * MIB as u64).unwrap();
+    let blk_sock = dir.join("blk.sock");
+    let start_blk = || {
+        vhost_blk_daemon(&image, &blk_sock, &BlkDaemonOpts::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut blk = start_blk();
+
+    let ns = NetNs::new("vmmrec").unwrap_or_else(|e| panic!("{e}"));
+    ns.add_tap(TAP, false, Some(&format!("{HOST_IP}/24")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = ns
+        .enter(|| TcpListener::bind((HOST_IP, TCP_PORT)))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("listening on {HOST_IP}:{TCP_PORT} in the namespace: {e}"));
+    let (partial_tx, partial) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    let received = receive_in_two_parts(listener, partial_tx, go_rx);
+    let net_sock = dir.join("net.sock");
+    let start_net = || {
+        vhost_net_daemon(&ns, &net_sock, &["--tap", TAP, "--mac", MAC])
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut net = start_net();
+
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut args = linux.vmm_args(&script(), TAG, SCRIPT_TIMEOUT_S);
+    let serial_at = args.iter().position(|a| a == "--serial").unwrap();
+    args[serial_at + 1] = format!("file={}", console.display()).into();
+    for a in [
+        "--cpus".to_string(),
+        "boot=1".to_string(),
+        "--api-socket".to_string(),
+        api.display().to_string(),
+        "--disk".to_string(),
+        format!("socket={}", blk_sock.display()),
+        "--fs".to_string(),
+        format!("tag={TAG},socket={}", fs_sock.display()),
+        "--net".to_string(),
+        format!("socket={},mac={MAC}", net_sock.display()),
+    ] {
+        args.push(a.into());
+    }
+    let vmm =
+        spawn_vmm(args, &api, &["control API on"], BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let mut vm = Vm { api, console, vmm };
+
+    // blk: both writers under way, then two kills, each while they write.
+    assert!(
+        poll_until(BOOT_TIMEOUT, || rounds(&vm.console, 1) >= 1
+            && rounds(&vm.console, 2) >= 1),
+        "the guest's writers do not start\n{}",
+        vm.show(&[&blk])
+    );
+    for n in 1..=2 {
+        let before = (rounds(&vm.console, 1), rounds(&vm.console, 2));
+        stop_with_a_request_in_flight(&vm, &mut blk);
+        kill_and_restart(&vm, "disk0", n, &mut blk, &blk_sock, start_blk);
+        assert!(
+            poll_until(WAIT, || rounds(&vm.console, 1) >= before.0 + 2
+                && rounds(&vm.console, 2) >= before.1 + 2),
+            "the writers do not go on after kill {n}\n{}",
+            vm.show(&[&blk])
+        );
+    }
+    std::fs::write(share.join("stop"), b"").unwrap();
+
+    // net: the guest's stream waits half-read while the daemon dies twice.
+    assert!(
+        partial.recv_timeout(WAIT).is_ok(),
+        "the guest's TCP stream does not arrive\n{}",
+        vm.show(&[&net])
+    );
+    for n in 1..=2 {
+        kill_and_restart(&vm, "net0", n, &mut net, &net_sock, start_net);
+    }
+    go.send(()).unwrap();
+    let tcp = received
+        .recv_timeout(WAIT)
+        .expect("the listener thread did not finish")
+        .expect("receiving the guest's TCP stream");
+
+    // The guest ends its script and powers off; the VMM serves on.
+    assert!(
+        poll_until(WAIT, || vm.vmm.log_contents().contains(POWERED_OFF)),
+        "the guest does not power off\n{}",
+        vm.show(&[&blk, &net, &fs])
+    );
+    let all = vm.show(&[&blk, &net, &fs]);
+    let out = serial(&vm.console);
+    let parsed = ConsoleParser::parse(&out);
+    assert!(parsed.errors.is_empty(), "{:?}\n{all}", parsed.errors);
+    let result = parsed
+        .result
+        .as_ref()
+        .unwrap_or_else(|| panic!("no VUTEST-RESULT line\n{all}"));
+    assert_eq!(
+        (result.status, result.exit_code),
+        (GuestStatus::Pass, 0),
+        "{all}"
+    );
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("writer ") && l.ends_with(" failed")),
+        "{all}"
+    );
+    let kv = |k: &str| parsed.kv.get(k).map(String::as_str);
+    assert_eq!(kv("io_errors"), Some("none"), "{all}");
+
+    // The image holds exactly each writer's last round.
+    let disk = std::fs::read(&image).unwrap();
+    for w in 1..=2u64 {
+        let last: u64 = kv(&format!("rounds{w}"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no rounds{w}\n{all}"));
+        assert!(last >= 5, "writer {w}: {last} rounds\n{all}");
+        let at = (region_block(w) * 64 * 1024) as usize;
+        assert!(
+            disk[at..at + ROUND] == seq_from(round_start(w, last), ROUND)[..],
+            "writer {w}: the image does not hold round {last}\n{all}"
+        );
+    }
+    assert!(
+        tcp == seq_from(1, MIB),
+        "the TCP stream differs from the guest's MiB ({} bytes)",
+        tcp.len()
+    );
+    // Each blk kill left a write in flight, which the new daemon did.
+    let resumed = resumed_requests(&vm, &blk_sock);
+    assert_eq!(resumed.len(), 2, "{all}");
+    assert!(resumed.iter().all(|n| *n >= 1), "{resumed:?}\n{all}");
+    println!("blk: requests in flight at each reconnect: {resumed:?}");
+    println!(
+        "net: RX buffers and TX frames at each reconnect: {:?}",
+        resumed_requests(&vm, &net_sock)
+    );
+    assert_eq!(vm_counter(&vm.api, "disk0", "reconnects"), 2);
+    assert_eq!(vm_counter(&vm.api, "net0", "reconnects"), 2);
+    shutdown_vmm(&vm.api, &mut vm.vmm, WAIT, |_| all.clone());
+}
+
+#[test]
+fn the_script_fits_and_the_host_knows_the_rounds() {
+    let linux = OurLinux::locate().unwrap_or_else(|e| panic!("{e}"));
+    assert!(linux.cmdline(&script(), TAG, SCRIPT_TIMEOUT_S).len() < 2048);
+    // The script seeks where region_block says.
+    assert!(script().contains("seek=$((64*$1))"));
+    assert_eq!(region_block(2), 128);
+    let r = seq_from(round_start(1, 3), ROUND);
+    assert!(r.starts_with(b"100003000\n100003001\n"));
+    assert_eq!(r.len(), ROUND);
+}
