@@ -611,6 +611,19 @@ impl Drop for Daemon {
     }
 }
 
+/// QEMU's options for `mib` MiB of guest RAM in a shared `/dev/shm` file,
+/// as vhost-user backends need to map it.
+pub fn qemu_shared_memory_args(mib: u32) -> [String; 6] {
+    [
+        "-m".into(),
+        format!("{mib}M"),
+        "-object".into(),
+        format!("memory-backend-file,id=mem,size={mib}M,mem-path=/dev/shm,share=on"),
+        "-numa".into(),
+        "node,memdev=mem".into(),
+    ]
+}
+
 /// Escapes a value for QEMU's `key=value,...` option syntax (`,` doubles).
 pub fn qemu_escape(value: &OsStr) -> String {
     value.to_string_lossy().replace(',', ",,")

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::fixture::{find_binary, qemu_escape};
+use crate::fixture::{find_binary, qemu_escape, qemu_shared_memory_args};
 use crate::process::{run_bounded, Finished};
 use crate::vmm::test_guest;
 
@@ -94,7 +94,6 @@ impl FwQemu {
 
     /// QEMU's arguments for booting `guest`.
     pub fn args(&self, guest: &Path) -> Vec<OsString> {
-        let mib = self.memory_mib;
         let mut args: Vec<OsString> = [
             "-machine",
             "q35,accel=tcg",
@@ -103,18 +102,11 @@ impl FwQemu {
             "-serial",
             "stdio",
             "-no-reboot",
-            "-m",
         ]
         .iter()
         .map(Into::into)
         .collect();
-        args.push(format!("{mib}M").into());
-        args.push("-object".into());
-        args.push(
-            format!("memory-backend-file,id=mem,size={mib}M,mem-path=/dev/shm,share=on").into(),
-        );
-        args.push("-numa".into());
-        args.push("node,memdev=mem".into());
+        args.extend(qemu_shared_memory_args(self.memory_mib).map(OsString::from));
         args.push("-kernel".into());
         args.push(guest.into());
         args.extend(self.devices.iter().cloned());

@@ -27,7 +27,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::fixture::{find_binary, qemu_escape, FixtureError, TempDir};
+use crate::fixture::{find_binary, qemu_escape, qemu_shared_memory_args, FixtureError, TempDir};
 
 mod console;
 
@@ -156,18 +156,7 @@ impl GuestKit {
     pub fn at(dir: &Path) -> Result<Self> {
         let kernel = dir.join("vmlinuz");
         let initrd = dir.join("initrd.gz");
-        let version_file = dir.join("kernel-version");
-        for f in [&kernel, &initrd, &version_file] {
-            if !f.is_file() {
-                return Err(GuestError::KitMissing { missing: f.clone() });
-            }
-        }
-        let kernel_version = fs::read_to_string(&version_file)
-            .map_err(|_| GuestError::KitMissing {
-                missing: version_file.clone(),
-            })?
-            .trim()
-            .to_string();
+        let kernel_version = read_kit(&kernel, &initrd, &dir.join("kernel-version"))?;
         Ok(GuestKit {
             dir: dir.to_path_buf(),
             kernel,
@@ -175,6 +164,20 @@ impl GuestKit {
             kernel_version,
         })
     }
+}
+
+/// Checks that a kit's `kernel`, `initrd` and `version` files are there
+/// ([`GuestError::KitMissing`] names the first that is not); the version
+/// (`version`'s trimmed text).
+pub(crate) fn read_kit(kernel: &Path, initrd: &Path, version: &Path) -> Result<String> {
+    let missing = |f: &Path| GuestError::KitMissing {
+        missing: f.to_path_buf(),
+    };
+    if let Some(f) = [kernel, initrd, version].into_iter().find(|f| !f.is_file()) {
+        return Err(missing(f));
+    }
+    let text = fs::read_to_string(version).map_err(|_| missing(version))?;
+    Ok(text.trim().to_string())
 }
 
 /// How the script reaches the guest.
@@ -457,7 +460,6 @@ impl QemuGuest {
     /// The QEMU arguments for this guest; `script_disk` is the raw file
     /// carrying the script, if any.
     fn qemu_command_args(&self, cmdline: &str, script_disk: Option<&Path>) -> Vec<String> {
-        let mem = self.memory_mib;
         let mut a: Vec<String> = [
             "-machine",
             "q35,accel=tcg",
@@ -472,15 +474,10 @@ impl QemuGuest {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        a.extend(qemu_shared_memory_args(self.memory_mib));
         a.extend([
-            "-m".to_string(),
-            format!("{mem}M"),
             "-smp".to_string(),
             self.cpus.to_string(),
-            "-object".to_string(),
-            format!("memory-backend-file,id=mem,size={mem}M,mem-path=/dev/shm,share=on"),
-            "-numa".to_string(),
-            "node,memdev=mem".to_string(),
             "-kernel".to_string(),
             self.kit.kernel.to_string_lossy().into_owned(),
             "-initrd".to_string(),

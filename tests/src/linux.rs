@@ -17,7 +17,7 @@
 
 use std::path::PathBuf;
 
-use crate::guest::{base64_encode, kit_dir, GuestError, GuestKit, Result};
+use crate::guest::{base64_encode, kit_dir, read_kit, GuestKit, Result};
 
 /// The command line file of the small kit.
 const SMALL_CMDLINE: &str = include_str!("../guest/linux/cmdline");
@@ -81,18 +81,7 @@ impl OurLinux {
         let dir = kit_dir().join("linux");
         let kernel = dir.join("vmlinux");
         let initrd = dir.join("initrd.cpio");
-        let release_file = dir.join("kernel-release");
-        for f in [&kernel, &initrd, &release_file] {
-            if !f.is_file() {
-                return Err(GuestError::KitMissing { missing: f.clone() });
-            }
-        }
-        let release = std::fs::read_to_string(&release_file)
-            .map_err(|_| GuestError::KitMissing {
-                missing: release_file.clone(),
-            })?
-            .trim()
-            .to_string();
+        let release = read_kit(&kernel, &initrd, &dir.join("kernel-release"))?;
         let mut base_cmdline = small_cmdline(SMALL_CMDLINE);
         if let Some(khz) = crate::kvm_probe::tsc_khz() {
             base_cmdline.push_str(&format!(" tsc_early_khz={khz}"));
