@@ -33,7 +33,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time a response may take to be written.
     pub write_timeout: Duration,
-    /// Connections served at once; more are answered 503 and closed.
+    /// Connections served at once. A newcomer beyond them closes the one
+    /// idle the longest; when all are inside a request it is answered 503.
     pub max_connections: usize,
 }
 
@@ -45,7 +46,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
-            max_connections: 4,
+            max_connections: 16,
         }
     }
 }

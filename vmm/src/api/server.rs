@@ -1,12 +1,17 @@
 //! The socket, the `vmm-api` accept thread and one `vmm-api-conn` thread
-//! per connection (at most [`Limits::max_connections`]).
+//! per connection (at most [`Limits::max_connections`]). When all are
+//! taken, a newcomer closes the connection that has waited longest for its
+//! next request (never one in the middle of a request), so clients that
+//! connect and stay idle cannot lock others out; only when every
+//! connection is inside a request (each bounded by
+//! [`Limits::request_timeout`]) is a newcomer answered 503.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -197,12 +202,20 @@ pub fn serve_with_limits(
 enum Wake {
     Readable,
     Stopped,
+    /// A newcomer needs this idle connection's place.
+    Evicted,
     TimedOut,
 }
 
-/// Waits until `fd` is readable (or hung up), `stop` is given, or
-/// `deadline` passes. `stop` wins over readable.
-fn wait(fd: RawFd, stop: &ApiStop, deadline: Option<Instant>) -> io::Result<Wake> {
+/// Waits until `fd` is readable (or hung up), `stop` is given, `evict`
+/// (if any) is signalled, or `deadline` passes. `stop` wins over
+/// readable, readable over `evict`.
+fn wait(
+    fd: RawFd,
+    stop: &ApiStop,
+    evict: Option<&EventFd>,
+    deadline: Option<Instant>,
+) -> io::Result<Wake> {
     loop {
         let timeout_ms = match deadline {
             None => -1,
@@ -225,9 +238,15 @@ fn wait(fd: RawFd, stop: &ApiStop, deadline: Option<Instant>) -> io::Result<Wake
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                // A negative fd is ignored by poll.
+                fd: evict.map_or(-1, |e| e.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: poll reads and writes exactly the two pollfds of `fds`,
-        // which we own, for the length we pass.
+        // SAFETY: poll reads and writes exactly the three pollfds of
+        // `fds`, which we own, for the length we pass.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -242,19 +261,67 @@ fn wait(fd: RawFd, stop: &ApiStop, deadline: Option<Instant>) -> io::Result<Wake
         if fds[0].revents != 0 {
             return Ok(Wake::Readable);
         }
+        if fds[2].revents != 0 {
+            return Ok(Wake::Evicted);
+        }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(Wake::TimedOut);
         }
     }
 }
 
+/// What the accept thread and a connection's thread share.
+#[derive(Debug)]
+struct ConnShared {
+    /// Since when the connection waits for its next request; None while a
+    /// request is being read or answered.
+    idle_since: Mutex<Option<Instant>>,
+    /// Tells the connection to close once idle.
+    evict: EventFd,
+}
+
+impl ConnShared {
+    fn set_idle(&self, since: Option<Instant>) {
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = since;
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connection's thread.
+struct Conn {
+    thread: JoinHandle<()>,
+    shared: Arc<ConnShared>,
+    /// Asked to make room (it leaves at its next idle wait).
+    evicted: bool,
+}
+
+/// Asks the connection idle the longest to close; false when every
+/// connection is inside a request.
+fn evict_longest_idle(conns: &mut [Conn]) -> bool {
+    let victim = conns
+        .iter_mut()
+        .filter(|c| !c.evicted)
+        .filter_map(|c| Some((c.shared.idle_since()?, c)))
+        .min_by_key(|(since, _)| *since);
+    match victim {
+        Some((_, c)) if c.shared.evict.write(1).is_ok() => {
+            c.evicted = true;
+            true
+        }
+        _ => false,
+    }
+}
+
 fn accept_loop(listener: UnixListener, ctl: Arc<dyn VmControl>, stop: ApiStop, limits: Limits) {
-    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    let mut conns: Vec<Conn> = Vec::new();
     loop {
-        match wait(listener.as_raw_fd(), &stop, None) {
+        match wait(listener.as_raw_fd(), &stop, None, None) {
             Ok(Wake::Readable) => {}
             Ok(Wake::Stopped) => break,
-            Ok(Wake::TimedOut) => continue,
+            Ok(Wake::TimedOut | Wake::Evicted) => continue,
             Err(e) => {
                 log::error!("API socket: poll: {e}; the API stops");
                 break;
@@ -277,26 +344,45 @@ fn accept_loop(listener: UnixListener, ctl: Arc<dyn VmControl>, stop: ApiStop, l
                 continue;
             }
         };
-        let (done, running): (Vec<_>, Vec<_>) = conns.into_iter().partition(|h| h.is_finished());
+        let (done, running): (Vec<_>, Vec<_>) =
+            conns.into_iter().partition(|c| c.thread.is_finished());
         conns = running;
-        for h in done {
-            let _ = h.join();
+        for c in done {
+            let _ = c.thread.join();
         }
-        if conns.len() >= limits.max_connections {
+        // Connections asked to leave count as gone: they close at once
+        // (after the request they may be reading).
+        let staying = conns.iter().filter(|c| !c.evicted).count();
+        if staying >= limits.max_connections && !evict_longest_idle(&mut conns) {
             refuse_busy(stream, limits.max_connections);
             continue;
         }
-        let (ctl, stop) = (Arc::clone(&ctl), stop.clone());
+        let evict = match EventFd::new(EFD_NONBLOCK) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("API socket: a connection's eventfd: {e}");
+                continue;
+            }
+        };
+        let shared = Arc::new(ConnShared {
+            idle_since: Mutex::new(Some(Instant::now())),
+            evict,
+        });
+        let (ctl, stop, mine) = (Arc::clone(&ctl), stop.clone(), Arc::clone(&shared));
         let spawned = std::thread::Builder::new()
             .name("vmm-api-conn".into())
-            .spawn(move || serve_connection(stream, &*ctl, &stop, &limits));
+            .spawn(move || serve_connection(stream, &*ctl, &stop, &mine, &limits));
         match spawned {
-            Ok(h) => conns.push(h),
+            Ok(thread) => conns.push(Conn {
+                thread,
+                shared,
+                evicted: false,
+            }),
             Err(e) => log::warn!("API socket: starting a connection thread: {e}"),
         }
     }
-    for h in conns {
-        let _ = h.join();
+    for c in conns {
+        let _ = c.thread.join();
     }
 }
 
@@ -309,8 +395,15 @@ fn refuse_busy(mut stream: UnixStream, limit: usize) {
 }
 
 /// Reads requests, answers each, until the client closes, asks to close,
-/// breaks the protocol, times out, or the server stops.
-fn serve_connection(mut stream: UnixStream, ctl: &dyn VmControl, stop: &ApiStop, limits: &Limits) {
+/// breaks the protocol, times out, the server stops, or a newcomer needs
+/// the place while it is idle.
+fn serve_connection(
+    mut stream: UnixStream,
+    ctl: &dyn VmControl,
+    stop: &ApiStop,
+    shared: &ConnShared,
+    limits: &Limits,
+) {
     if let Err(e) = stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_write_timeout(Some(limits.write_timeout)))
@@ -333,7 +426,13 @@ fn serve_connection(mut stream: UnixStream, ctl: &dyn VmControl, stop: &ApiStop,
                         req.path,
                         reply.response.status
                     );
-                    let keep_alive = req.keep_alive && !reply.close;
+                    // Idle from here (before the client can read the
+                    // answer and a newcomer look for room); asked to make
+                    // room already, this answer is the last.
+                    idle_since = Instant::now();
+                    shared.set_idle(Some(idle_since));
+                    let evicted = shared.evict.read().is_ok();
+                    let keep_alive = req.keep_alive && !reply.close && !evicted;
                     let head_only = req.method == "HEAD";
                     if reply
                         .response
@@ -344,7 +443,6 @@ fn serve_connection(mut stream: UnixStream, ctl: &dyn VmControl, stop: &ApiStop,
                         return;
                     }
                     started = None;
-                    idle_since = Instant::now();
                 }
                 Ok(Decoded::NeedMore { send_continue }) => {
                     if send_continue && stream.write_all(http::CONTINUE).is_err() {
@@ -358,16 +456,26 @@ fn serve_connection(mut stream: UnixStream, ctl: &dyn VmControl, stop: &ApiStop,
         if decoder.in_request() {
             started.get_or_insert_with(Instant::now);
         }
+        shared.set_idle(if started.is_some() {
+            None
+        } else {
+            Some(idle_since)
+        });
         let deadline = match started {
             Some(t) => t + limits.request_timeout,
             None => idle_since + limits.idle_timeout,
         };
-        match wait(stream.as_raw_fd(), stop, Some(deadline)) {
-            Ok(Wake::Readable) => {}
+        let evict = if started.is_some() {
+            None
+        } else {
+            Some(&shared.evict)
+        };
+        match wait(stream.as_raw_fd(), stop, evict, Some(deadline)) {
+            Ok(Wake::Readable) => shared.set_idle(None),
             Ok(Wake::TimedOut) if started.is_some() => {
                 return refuse(&mut stream, &HttpError::Timeout(limits.request_timeout))
             }
-            Ok(Wake::TimedOut | Wake::Stopped) | Err(_) => return,
+            Ok(Wake::TimedOut | Wake::Stopped | Wake::Evicted) | Err(_) => return,
         }
         match stream.read(&mut buf) {
             // The client closed; half a request gets no answer.

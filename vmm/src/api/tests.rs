@@ -465,36 +465,79 @@ fn clients_that_vanish_do_no_harm() {
     assert!(server.vm.calls.lock().unwrap().is_empty());
 }
 
+/// Starts a `vm.pause` whose body the server then waits for: once the
+/// `100 Continue` is read, the server is inside this connection's request.
+fn start_a_request(c: &mut Client) {
+    c.send(b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+    let mut line = String::new();
+    c.reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    line.clear();
+    c.reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "\r\n");
+}
+
 #[test]
-fn too_many_connections_get_503() {
+fn a_newcomer_closes_the_connection_idle_the_longest() {
     let server = Server::start(Limits {
         max_connections: 2,
         ..Limits::default()
     });
     let mut a = server.connect();
     let mut b = server.connect();
-    // Make sure both are being served before the third arrives.
     assert_eq!(a.request("GET", "/api/v1/vmm.ping", "").status, 200);
     assert_eq!(b.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    // Both wait idle for their next request; a newcomer takes a's place.
+    let mut c = server.connect();
+    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert!(a.closed(), "the connection idle the longest is closed");
+    assert_eq!(b.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+}
+
+#[test]
+fn too_many_connections_inside_requests_get_503() {
+    let server = Server::start(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    });
+    let mut a = server.connect();
+    let mut b = server.connect();
+    start_a_request(&mut a);
+    start_a_request(&mut b);
+    // Nobody idle to make room: refused.
     let mut c = server.connect();
     let r = c.read().unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.error(), "too many API connections (limit 2)");
     assert!(c.closed());
-    drop(a);
-    // Once one leaves, a new client is served again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut d = server.connect();
-        // Refused connections may be closed before the request is sent.
-        let _ = d.stream.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n");
-        if d.read().unwrap().status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still refused");
-        std::thread::sleep(Duration::from_millis(20));
+    // a's request ends; a is idle and a newcomer takes its place.
+    a.send(b"{}");
+    assert_eq!(a.read().unwrap().status, 204);
+    let mut d = server.connect();
+    assert_eq!(d.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert!(a.closed());
+    // b's request was waited for all along (a paused the VM already).
+    b.send(b"{}");
+    assert_eq!(b.read().unwrap().status, 409);
+}
+
+#[test]
+fn idle_clients_holding_every_place_lock_nobody_out() {
+    let server = Server::start(Limits::default());
+    // A client that opens connection after connection and never asks.
+    let hoarded: Vec<Client> = (0..64).map(|_| server.connect()).collect();
+    for i in 0..40 {
+        let mut c = server.connect();
+        assert_eq!(
+            c.request("GET", "/api/v1/vmm.ping", "").status,
+            200,
+            "ping {i}"
+        );
     }
-    assert_eq!(b.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    let mut c = server.connect();
+    assert_eq!(c.request("GET", "/api/v1/vm.info", "").status, 200);
+    drop(hoarded);
 }
 
 #[test]
