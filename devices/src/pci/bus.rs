@@ -118,14 +118,6 @@ impl PciDevice for HostBridge {
         &mut self.config
     }
 
-    fn read_config(&mut self, offset: u16, data: &mut [u8]) {
-        self.config.read(usize::from(offset), data);
-    }
-
-    fn write_config(&mut self, offset: u16, data: &[u8]) {
-        self.config.write(usize::from(offset), data);
-    }
-
     fn read_bar(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
         data.fill(0xff);
     }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::pci::alloc::AddressWindow;
+use crate::pci::config::tests::header;
 use crate::pci::config::{BAR0, COMMAND, COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE};
 
 /// A device with a 64-bit memory BAR 0 and an I/O BAR 2 that records
@@ -11,15 +12,7 @@ struct TestDevice {
 
 impl TestDevice {
     fn new(bar0: u64) -> Self {
-        let mut config = PciConfig::new(&PciHeader {
-            vendor_id: 0x1af4,
-            device_id: 0x1042,
-            revision: 1,
-            class_code: 0x01_80_00,
-            subsystem_vendor_id: 0x1af4,
-            subsystem_id: 0x1100,
-            interrupt_pin: 0,
-        });
+        let mut config = PciConfig::new(&header());
         config
             .add_bar(
                 0,
@@ -44,14 +37,6 @@ impl PciDevice for TestDevice {
 
     fn config_mut(&mut self) -> &mut PciConfig {
         &mut self.config
-    }
-
-    fn read_config(&mut self, offset: u16, data: &mut [u8]) {
-        self.config.read(usize::from(offset), data);
-    }
-
-    fn write_config(&mut self, offset: u16, data: &[u8]) {
-        self.config.write(usize::from(offset), data);
     }
 
     fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]) {

@@ -484,10 +484,11 @@ impl Iterator for CapabilityIter<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header() -> PciHeader {
+    /// A virtio-blk-like identity, shared with the bus tests.
+    pub(crate) fn header() -> PciHeader {
         PciHeader {
             vendor_id: 0x1af4,
             device_id: 0x1042,

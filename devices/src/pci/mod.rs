@@ -78,11 +78,17 @@ pub trait PciDevice: Send {
     /// when the device is plugged.
     fn config_mut(&mut self) -> &mut PciConfig;
 
-    /// A guest read of the configuration space.
-    fn read_config(&mut self, offset: u16, data: &mut [u8]);
+    /// A guest read of the configuration space: by default the bytes of
+    /// [`config`](Self::config) as they are.
+    fn read_config(&mut self, offset: u16, data: &mut [u8]) {
+        self.config().read(usize::from(offset), data);
+    }
 
-    /// A guest write to the configuration space.
-    fn write_config(&mut self, offset: u16, data: &[u8]);
+    /// A guest write to the configuration space: by default into
+    /// [`config_mut`](Self::config_mut) through its write masks.
+    fn write_config(&mut self, offset: u16, data: &[u8]) {
+        self.config_mut().write(usize::from(offset), data);
+    }
 
     /// A guest read inside BAR `bar` at `offset` from its base.
     fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]);

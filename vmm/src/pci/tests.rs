@@ -34,12 +34,6 @@ impl PciDevice for Dev {
     fn config_mut(&mut self) -> &mut PciConfig {
         &mut self.config
     }
-    fn read_config(&mut self, offset: u16, data: &mut [u8]) {
-        self.config.read(usize::from(offset), data);
-    }
-    fn write_config(&mut self, offset: u16, data: &[u8]) {
-        self.config.write(usize::from(offset), data);
-    }
     fn read_bar(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
         data.fill(offset as u8);
     }
