@@ -20,7 +20,7 @@ use vu_driver::lifecycle::{
     WatchdogPid,
 };
 use vu_driver::process::{fd_count, fd_targets, serving_pid};
-use vu_driver::under_test::{DaemonUnderTest, T};
+use vu_driver::under_test::{DaemonUnderTest, Env, T};
 
 /// How long a signalled daemon may take to exit ("within a second or so").
 const EXIT_DEADLINE: Duration = Duration::from_secs(2);
@@ -44,6 +44,28 @@ for_each_daemon!(
     journal_stream_makes_every_log_line_carry_a_syslog_priority,
 );
 
+/// The daemon has not exited, and has not panicked.
+fn assert_still_serving(daemon: &mut Daemon) {
+    assert_eq!(daemon.try_wait().unwrap(), None, "the daemon exited");
+    assert_no_panic(daemon);
+}
+
+/// Starts the daemon in `env`; returns it, the pid that serves, and what
+/// that process holds before any frontend.
+fn start_idle(d: &DaemonUnderTest, env: &dyn Env) -> (Daemon, u32, Snapshot) {
+    let daemon = d.start(env);
+    let pid = serving_pid(daemon.pid());
+    let fresh = Snapshot::take(pid);
+    (daemon, pid, fresh)
+}
+
+/// Sends `sig`: the daemon exits 0 within [`EXIT_DEADLINE`].
+fn signal_exits_promptly(daemon: &mut Daemon, sig: libc::c_int) {
+    let (status, took) = signal_and_wait(daemon, sig, EXIT_DEADLINE);
+    assert!(status.success(), "exit status {status} after signal {sig}");
+    assert!(took < EXIT_DEADLINE, "took {took:?}");
+}
+
 fn serves_one_frontend_after_another(d: &DaemonUnderTest) {
     let env = d.env("reconnect");
     let socket = env.socket();
@@ -61,16 +83,13 @@ fn serves_one_frontend_after_another(d: &DaemonUnderTest) {
         f.device().stop_queues().unwrap();
     }
     env.connect(socket).serve(2);
-    assert_eq!(daemon.try_wait().unwrap(), None, "the daemon exited");
-    assert_no_panic(&daemon);
+    assert_still_serving(&mut daemon);
 }
 
 fn a_hundred_connections_leak_no_descriptors_threads_or_memory(d: &DaemonUnderTest) {
     let env = d.env("cycles");
     let socket = env.socket();
-    let mut daemon = d.start(&*env);
-    let pid = serving_pid(daemon.pid());
-    let fresh = Snapshot::take(pid);
+    let (mut daemon, pid, fresh) = start_idle(d, &*env);
 
     // Warm-up: what the first connection sets up for good (memory) is
     // allowed, descriptors are not. Its teardown may finish after the
@@ -148,16 +167,13 @@ fn a_hundred_connections_leak_no_descriptors_threads_or_memory(d: &DaemonUnderTe
     // The serve loop counted every one of them.
     let log = daemon.log_contents();
     assert!(log.contains("(connection 101)"), "{log}");
-    assert_eq!(daemon.try_wait().unwrap(), None, "the daemon exited");
-    assert_no_panic(&daemon);
+    assert_still_serving(&mut daemon);
 }
 
 fn frontends_vanishing_mid_request_or_mid_handshake_do_not_stop_it(d: &DaemonUnderTest) {
     let env = d.env("abrupt");
     let socket = env.socket();
-    let mut daemon = d.start(&*env);
-    let pid = serving_pid(daemon.pid());
-    let fresh = Snapshot::take(pid);
+    let (mut daemon, pid, fresh) = start_idle(d, &*env);
     for round in 0..3 {
         // Gone with requests in flight: socket closed, memory unmapped here.
         env.connect(socket).leave_in_flight(round);
@@ -199,9 +215,7 @@ fn idle_signal_exits_cleanly(d: &DaemonUnderTest, sig: libc::c_int, rounds: u64)
     for round in 0..rounds {
         d.serve(&*env, env.socket(), round);
     }
-    let (status, took) = signal_and_wait(&mut daemon, sig, EXIT_DEADLINE);
-    assert!(status.success(), "exit status {status} after signal {sig}");
-    assert!(took < EXIT_DEADLINE, "took {took:?}");
+    signal_exits_promptly(&mut daemon, sig);
     assert!(
         !env.socket().exists(),
         "socket {} left behind",
@@ -224,9 +238,7 @@ fn sigterm_while_connected_exits_0_and_removes_the_socket(d: &DaemonUnderTest) {
     let mut daemon = d.start(&*env);
     let mut f = env.connect(env.socket());
     f.serve(0);
-    let (status, took) = signal_and_wait(&mut daemon, libc::SIGTERM, EXIT_DEADLINE);
-    assert!(status.success(), "exit status {status}");
-    assert!(took < EXIT_DEADLINE, "took {took:?}");
+    signal_exits_promptly(&mut daemon, libc::SIGTERM);
     assert!(!env.socket().exists(), "socket left behind");
     assert_no_panic(&daemon);
     drop(f);
@@ -292,9 +304,7 @@ fn inherited_listening_fd_is_served_and_its_socket_file_kept(d: &DaemonUnderTest
             .is_some_and(|(_, rest)| rest.contains('5'))),
         "no `listening on` line naming fd 5:\n{log}"
     );
-    let (status, took) = signal_and_wait(&mut daemon, libc::SIGTERM, EXIT_DEADLINE);
-    assert!(status.success(), "exit status {status}");
-    assert!(took < EXIT_DEADLINE, "took {took:?}");
+    signal_exits_promptly(&mut daemon, libc::SIGTERM);
     assert!(
         socket.exists(),
         "the daemon removed {}, a socket it did not create",
@@ -318,9 +328,7 @@ fn systemd_socket_activation_serves_connections(d: &DaemonUnderTest) {
     let exe = std::fs::read_link(format!("/proc/{}/exe", daemon.pid())).unwrap();
     assert_eq!(exe, d.binary().canonicalize().unwrap(), "activated process");
 
-    let (status, took) = signal_and_wait(&mut daemon, libc::SIGTERM, EXIT_DEADLINE);
-    assert!(status.success(), "exit status {status}");
-    assert!(took < EXIT_DEADLINE, "took {took:?}");
+    signal_exits_promptly(&mut daemon, libc::SIGTERM);
     assert!(
         socket.exists(),
         "the daemon removed the activated socket's file"

@@ -25,6 +25,16 @@ fn assert_alive(d: &mut Daemon, after: &str) {
     );
 }
 
+/// Stops the daemon (SIGTERM): it exits 0.
+fn assert_stops_cleanly(d: &mut Daemon, how: &str) {
+    let status = d.stop().unwrap();
+    assert!(
+        status.success(),
+        "exit {status} {how}:\n{}",
+        d.log_contents()
+    );
+}
+
 fn default_daemon_serves_every_request_type_under_a_filter(d: &DaemonUnderTest) {
     let env = d.env("seccomp");
     let socket = env.socket();
@@ -48,12 +58,7 @@ fn default_daemon_serves_every_request_type_under_a_filter(d: &DaemonUnderTest) 
     }
     assert_alive(&mut daemon, "three connections");
     assert_no_panic(&daemon);
-    let status = daemon.stop().unwrap();
-    assert!(
-        status.success(),
-        "exit {status} under the filter:\n{}",
-        daemon.log_contents()
-    );
+    assert_stops_cleanly(&mut daemon, "under the filter");
 }
 
 fn seccomp_none_installs_no_filter(d: &DaemonUnderTest) {
@@ -65,5 +70,5 @@ fn seccomp_none_installs_no_filter(d: &DaemonUnderTest) {
     // Connected and serving: past the point where the filter would go on.
     d.serve(&*env, socket, 0);
     assert_eq!(seccomp_mode(serving_pid(daemon.pid())).unwrap(), 0);
-    assert!(daemon.stop().unwrap().success());
+    assert_stops_cleanly(&mut daemon, "with no filter");
 }
