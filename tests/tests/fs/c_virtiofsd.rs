@@ -12,7 +12,9 @@ use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
 use vu_driver::fixture::{Daemon, TempDir};
 use vu_driver::fs::{FsClient, FsError, FsOptions, Layout, Malformed, Outcome, SetAttr};
 
-use crate::common::{assert_attr_is_host, dir_with_a_written_file, pattern};
+use crate::common::{
+    assert_attr_is_host, big_request_layouts, dir_with_a_written_file, forget_storm, pattern,
+};
 
 /// A running virtiofsd with a connected, initialised client.
 /// Fields drop in order: the client disconnects before the daemon is stopped.
@@ -244,16 +246,7 @@ fn forget_does_not_break_the_session() {
     fs.forget(0xdead_beef, 1).unwrap();
     fs.wait_forgets().unwrap();
     assert_eq!(fs.forgets_in_flight(), 0);
-    let e = fs.lookup(ROOT_ID, "f").unwrap();
-    let fh = fs.open(e.nodeid, libc::O_RDONLY).unwrap().fh;
-    assert_eq!(fs.read(fh, e.nodeid, 0, 100).unwrap(), b"forget me");
-    // Many FORGETs without waiting: slots are recycled.
-    for _ in 0..600 {
-        fs.lookup(ROOT_ID, "f").unwrap();
-        fs.forget(e.nodeid, 1).unwrap();
-    }
-    fs.wait_forgets().unwrap();
-    assert_eq!(fs.getattr(e.nodeid, Some(fh)).unwrap().attr.size, 9);
+    forget_storm(fs);
 }
 
 /// 1 MiB write and read under each descriptor layout; checked against the host.
@@ -264,18 +257,7 @@ fn one_mib_round_trips_with_any_descriptor_layout() {
     eprintln!("C virtiofsd max_write {max}");
     let len = 1usize << 20;
     assert!(max as usize >= len, "max_write {max} < 1 MiB");
-    let layouts = [
-        Layout::Linux,
-        Layout::Single,
-        Layout::Fragmented {
-            chunk: 4096,
-            gap: 64,
-        },
-        Layout::Fragmented {
-            chunk: 65536 + 512,
-            gap: 4096,
-        },
-    ];
+    let layouts = big_request_layouts();
     let (e, open) =
         s.fs.create(ROOT_ID, "big", libc::S_IFREG | 0o644, libc::O_RDWR)
             .unwrap();

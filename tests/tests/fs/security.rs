@@ -642,12 +642,7 @@ fn default_sandbox_and_seccomp_serve_every_operation() {
         still_serving(&mut fs, &mut run.daemon, &share, &format!("round {round}"));
     }
     run.daemon.signal(libc::SIGTERM).unwrap();
-    let status = run.daemon.wait_timeout(T).unwrap();
-    assert!(
-        status.is_some_and(|s| s.code() == Some(0)),
-        "SIGTERM: {status:?}; log:\n{}",
-        log_tail(&run.daemon, 10)
-    );
+    assert_exits_zero(&mut run.daemon, "SIGTERM", 10);
 }
 
 /// libvirt's command line (`-o source=DIR,cache=always,sandbox=chroot,xattr`,

@@ -65,34 +65,18 @@ fn exit_on_disconnect_exits_zero_after_the_first_frontend() {
         fs.lookup(ROOT_ID, "f").unwrap();
         assert!(r.daemon.try_wait().unwrap().is_none());
     }
-    let status = r.daemon.wait_timeout(T).unwrap();
-    assert!(
-        status.is_some_and(|s| s.code() == Some(0)),
-        "status {status:?}; log:\n{}",
-        log_tail(&r.daemon, 20)
-    );
+    assert_exits_zero(&mut r.daemon, "after the first frontend left", 20);
 }
 
 /// 1 MiB WRITE and READ under each descriptor layout, with indirect tables
 /// and with direct chains; checked against the host.
 #[test]
 fn one_mib_requests_in_every_descriptor_layout() {
-    let layouts = [
-        Layout::Linux,
-        Layout::Single,
-        Layout::Fragmented {
-            chunk: 4096,
-            gap: 64,
-        },
-        Layout::Fragmented {
-            chunk: 65536 + 512,
-            gap: 4096,
-        },
-        Layout::Fragmented {
-            chunk: 2048,
-            gap: 8,
-        },
-    ];
+    let mut layouts = big_request_layouts();
+    layouts.push(Layout::Fragmented {
+        chunk: 2048,
+        gap: 8,
+    });
     let r = run(&["--cache=never"]);
     let len = 1usize << 20;
     for indirect in [true, false] {
@@ -114,7 +98,7 @@ fn one_mib_requests_in_every_descriptor_layout() {
         let (e, open) = fs
             .create(ROOT_ID, &name, libc::S_IFREG | 0o644, libc::O_RDWR)
             .unwrap();
-        for (i, layout) in layouts.into_iter().enumerate() {
+        for (i, layout) in layouts.iter().copied().enumerate() {
             let what = format!("{layout:?}, indirect {indirect}");
             fs.set_layout(layout).unwrap();
             let data = pattern(len, i as u8 + if indirect { 0 } else { 100 });

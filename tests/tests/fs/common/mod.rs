@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{Attr, EntryOut, OpenOut, ROOT_ID};
 use vu_driver::fixture::{Daemon, TempDir};
-use vu_driver::fs::{FsClient, FsError, FsOptions};
+use vu_driver::fs::{FsClient, FsError, FsOptions, Layout};
 use vu_driver::ours::{spawn_virtiofsd, virtiofsd_command};
 
 /// How long one request may take.
@@ -247,6 +247,52 @@ pub fn still_serving(fs: &mut FsClient, daemon: &mut Daemon, share: &Path, what:
         daemon.try_wait().unwrap().is_none(),
         "after {what}: the daemon exited"
     );
+}
+
+/// Waits up to [`T`] for the daemon to exit by itself with 0; `what` and
+/// the last `n` lines of its log are shown if it does not.
+pub fn assert_exits_zero(daemon: &mut Daemon, what: &str, n: usize) {
+    let status = daemon.wait_timeout(T).unwrap();
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "{what}: {status:?}; log:\n{}",
+        log_tail(daemon, n)
+    );
+}
+
+/// The descriptor layouts every 1 MiB round trip is tried under: Linux's,
+/// one descriptor, and two fragmentations (4 KiB chunks, and chunks just
+/// over 64 KiB).
+pub fn big_request_layouts() -> Vec<Layout> {
+    vec![
+        Layout::Linux,
+        Layout::Single,
+        Layout::Fragmented {
+            chunk: 4096,
+            gap: 64,
+        },
+        Layout::Fragmented {
+            chunk: 65536 + 512,
+            gap: 4096,
+        },
+    ]
+}
+
+/// With every earlier lookup of `f` (holding `forget me`) forgotten: looks
+/// it up afresh, opens and reads it, then sends 600 LOOKUP + FORGET pairs
+/// without waiting (the FORGET slots are recycled); the open file still
+/// has its 9 bytes. Returns its node id and file handle.
+pub fn forget_storm(fs: &mut FsClient) -> (u64, u64) {
+    let e = fs.lookup(ROOT_ID, "f").unwrap();
+    let fh = fs.open(e.nodeid, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(fs.read(fh, e.nodeid, 0, 100).unwrap(), b"forget me");
+    for _ in 0..600 {
+        fs.lookup(ROOT_ID, "f").unwrap();
+        fs.forget(e.nodeid, 1).unwrap();
+    }
+    fs.wait_forgets().unwrap();
+    assert_eq!(fs.getattr(e.nodeid, Some(fh)).unwrap().attr.size, 9);
+    (e.nodeid, fh)
 }
 
 /// The last `n` lines of a daemon's log, for failure messages.
