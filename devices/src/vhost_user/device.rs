@@ -6,22 +6,18 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::time::Duration;
 
 use log::{debug, info, warn};
 use lograte::RateLimited;
-use vhost::vhost_user::{Frontend, VhostUserProtocolFeatures};
+use vhost::vhost_user::VhostUserProtocolFeatures;
 use vhost::VringConfigData;
 
+use super::conn::TimedFrontend;
 use super::{
     DeviceKind, MemoryTable, QueueEventProvider, QueueEvents, VhostUserConn, VhostUserError,
     VHOST_USER_F_PROTOCOL_FEATURES,
 };
 use crate::virtio_pci::{ActivateError, QueueConfig, VirtioDevice};
-
-/// How long the frontend waits for a reply before it declares the backend
-/// dead (a hung backend must not hang the vCPU doing the access).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Protocol features the frontend uses when the backend offers them.
 fn wanted_protocol_features() -> VhostUserProtocolFeatures {
@@ -70,7 +66,7 @@ impl DeviceState {
 /// Where a device's requests to its backend run when they must not run on
 /// the thread of the guest's access (a vCPU): the VMM's control thread.
 /// An activation sends every vring message and waits for each reply, so a
-/// hung backend would hold that thread for up to [`REPLY_TIMEOUT`] a
+/// hung backend would hold that thread for up to [`REPLY_TIMEOUT`](super::REPLY_TIMEOUT) a
 /// message.
 pub trait Deferrer: Send + Sync {
     /// Runs `work` later, after the work deferred before it.
@@ -442,15 +438,15 @@ impl Reconnector {
 /// A frontend connection to the backend at `path`, with the reply
 /// timeout.
 fn connect_socket(path: &Path, queues: usize) -> Result<Box<dyn VhostUserConn>, VhostUserError> {
-    let connect_err = |source| VhostUserError::Connect {
+    let stream = UnixStream::connect(path).map_err(|source| VhostUserError::Connect {
         path: path.to_path_buf(),
         source,
-    };
-    let stream = UnixStream::connect(path).map_err(connect_err)?;
-    stream
-        .set_read_timeout(Some(REPLY_TIMEOUT))
-        .map_err(connect_err)?;
-    Ok(Box::new(Frontend::from_stream(stream, queues as u64)))
+    })?;
+    Ok(Box::new(TimedFrontend::new(
+        stream,
+        path.to_path_buf(),
+        queues as u64,
+    )))
 }
 
 impl Shared {

@@ -60,10 +60,8 @@ mod conn;
 mod device;
 mod memory;
 
-pub use conn::VhostUserConn;
-pub use device::{
-    Deferrer, DeviceOptions, DeviceState, Reconnector, VhostUserDevice, REPLY_TIMEOUT,
-};
+pub use conn::{TimedFrontend, VhostUserConn, REPLY_TIMEOUT};
+pub use device::{Deferrer, DeviceOptions, DeviceState, Reconnector, VhostUserDevice};
 pub use memory::{MemoryRegionInfo, MemoryTable, MAX_MEM_REGIONS};
 
 use std::os::unix::io::AsRawFd;

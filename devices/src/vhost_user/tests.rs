@@ -818,3 +818,24 @@ fn memory_table_translates_within_one_region() {
     assert_eq!(t.translate(GUEST_BASE - 1, 1), None);
     assert_eq!(t.translate(u64::MAX, 2), None);
 }
+
+#[test]
+fn a_backend_that_never_replies_is_cut_off_at_the_deadline() {
+    use std::os::unix::net::UnixStream;
+    // The peer accepts and never answers (the vhost crate would retry a
+    // timed-out receive for ever).
+    let (ours, peer) = UnixStream::pair().unwrap();
+    let mut conn = TimedFrontend::with_timeout(
+        ours,
+        "/test/silent.sock".into(),
+        1,
+        Duration::from_millis(200),
+    );
+    let start = Instant::now();
+    let err = VhostUserError::GetFeatures(VhostUserConn::get_features(&mut conn).unwrap_err());
+    assert!(err.is_disconnect(), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    // The connection is dead from then on; nothing waits again.
+    assert!(VhostUserConn::set_owner(&mut conn).is_err());
+    drop(peer);
+}
