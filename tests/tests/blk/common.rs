@@ -107,6 +107,29 @@ pub fn run_q(q: &mut BlkQueue<'_>, r: Request, data: Option<&[u8]>) -> Completio
     }
 }
 
+/// Copies `data` into the buffer of the next free slot of `q` and submits
+/// a write of it at `sector`, without kicking; returns the slot (checked
+/// to be the one the data went to).
+pub fn submit_write(q: &mut BlkQueue<'_>, sector: u64, data: &[u8]) -> u16 {
+    let mem = q.virtqueue().mem().clone();
+    let slot = q.peek_slot().unwrap();
+    mem.write(q.data_addr(slot), data).unwrap();
+    let len = data.len() as u32;
+    let used = q.submit(Request::Write { sector, len }).unwrap();
+    assert_eq!(used, slot, "the write went to another slot than its data");
+    used
+}
+
+/// Kicks `q` and waits for `n` completions; returns them.
+pub fn kick_and_reap(q: &mut BlkQueue<'_>, n: usize) -> Vec<Completion> {
+    q.kick().unwrap();
+    let mut done = Vec::new();
+    while done.len() < n {
+        q.reap(T, &mut done).unwrap();
+    }
+    done
+}
+
 /// [`run_on`] queue 0 without data.
 pub fn run(c: &mut BlkClient, r: Request) -> Completion {
     run_on(c, 0, r, None)

@@ -5,11 +5,13 @@
 //! a queue full of requests in flight, each completed exactly once with
 //! its own data, and reads the image can no longer satisfy.
 
+use std::collections::HashMap;
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vu_driver::blk::{status, BlkClient, BlkOptions, Request};
-use vu_driver::fixture::create_sparse_image;
+use vu_driver::blk::{status, BlkClient, BlkOptions, BlkQueue, Request};
+use vu_driver::fixture::{create_sparse_image, Daemon};
 use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
 
 use crate::common::*;
@@ -80,11 +82,7 @@ fn a_full_queue_completes_each_request_once_with_its_data() {
                 .unwrap();
             want.insert(slot, i);
         }
-        q.kick().unwrap();
-        let mut done = Vec::new();
-        while done.len() < 40 {
-            q.reap(T, &mut done).unwrap();
-        }
+        let done = kick_and_reap(&mut q, 40);
         assert_eq!(done.len(), 40, "{engine}: completions");
         let mut order = Vec::new();
         for d in &done {
@@ -140,6 +138,47 @@ fn reads_past_the_end_of_a_shrunk_image_are_ioerr() {
     }
 }
 
+/// A daemon with `engine` and O_DIRECT serving a fresh sparse image of
+/// `size` bytes on a disk filesystem (/var/tmp), which `populate` fills
+/// first: its directory, the image and the daemon.
+fn direct_daemon(
+    engine: &str,
+    size: u64,
+    populate: impl FnOnce(&Path),
+) -> (crate::io::VarTmpDir, PathBuf, Daemon) {
+    let dir = crate::io::VarTmpDir::new();
+    let image = dir.0.join("direct.img");
+    create_sparse_image(&image, size).unwrap();
+    populate(&image);
+    let mut opts = opts(engine);
+    opts.direct = true;
+    let d = vhost_blk_daemon(&image, &dir.0.join("blk.sock"), &opts).unwrap();
+    (dir, image, d)
+}
+
+/// Submits reads of `len` bytes at `sector(i)` for i in 0..n, each into a
+/// zeroed buffer, without kicking; returns each slot's i.
+fn submit_zeroed_reads(
+    q: &mut BlkQueue<'_>,
+    n: u64,
+    len: usize,
+    sector: impl Fn(u64) -> u64,
+) -> HashMap<u16, u64> {
+    let mem = q.virtqueue().mem().clone();
+    let mut want = HashMap::new();
+    for i in 0..n {
+        let slot = q
+            .submit(Request::Read {
+                sector: sector(i),
+                len: len as u32,
+            })
+            .unwrap();
+        mem.write(q.data_addr(slot), &vec![0u8; len]).unwrap();
+        want.insert(slot, i);
+    }
+    want
+}
+
 /// SIGTERM while O_DIRECT reads of a disk image are in the kernel: every
 /// request the daemon took completes, with its data, before it exits 0.
 #[test]
@@ -147,28 +186,15 @@ fn sigterm_with_direct_reads_in_the_kernel_completes_them() {
     const N: u64 = 40;
     const LEN: usize = 1 << 20;
     for engine in ENGINES {
-        let dir = crate::io::VarTmpDir::new();
-        let image = dir.0.join("direct.img");
-        create_sparse_image(&image, N * LEN as u64).unwrap();
-        for i in 0..N {
-            host_write(&image, i * 2048, &pattern(i as u8, LEN));
-        }
-        let mut opts = opts(engine);
-        opts.direct = true;
-        let mut d = vhost_blk_daemon(&image, &dir.0.join("blk.sock"), &opts).unwrap();
+        let (_dir, _, mut d) = direct_daemon(engine, N * LEN as u64, |image| {
+            for i in 0..N {
+                host_write(image, i * 2048, &pattern(i as u8, LEN));
+            }
+        });
         let mut c = BlkClient::connect(d.socket(), &BlkOptions::default()).unwrap();
         let mut q = c.queue(0);
         let mem = q.virtqueue().mem().clone();
-        let mut want = std::collections::HashMap::new();
-        for i in 0..N {
-            let slot = q
-                .submit(Request::Read {
-                    sector: i * 2048,
-                    len: LEN as u32,
-                })
-                .unwrap();
-            want.insert(slot, i);
-        }
+        let mut want = submit_zeroed_reads(&mut q, N, LEN, |i| i * 2048);
         q.kick().unwrap();
         // The first completion means the daemon took the whole batch.
         let mut done = Vec::new();
@@ -197,32 +223,15 @@ fn direct_writes_and_reads_at_depth_round_trip() {
     const N: u64 = 40;
     const LEN: usize = 64 << 10;
     for engine in ENGINES {
-        let dir = crate::io::VarTmpDir::new();
-        let image = dir.0.join("direct.img");
-        create_sparse_image(&image, N * 2 * LEN as u64).unwrap();
-        let mut opts = opts(engine);
-        opts.direct = true;
-        let d = vhost_blk_daemon(&image, &dir.0.join("blk.sock"), &opts).unwrap();
+        let (_dir, image, d) = direct_daemon(engine, N * 2 * LEN as u64, |_| {});
         let mut c = BlkClient::connect(d.socket(), &BlkOptions::default()).unwrap();
         let sector = |i: u64| i * 2 * (LEN as u64 / 512);
         {
             let mut q = c.queue(0);
-            let mem = q.virtqueue().mem().clone();
             for i in 0..N {
-                let slot = q.peek_slot().unwrap();
-                mem.write(q.data_addr(slot), &pattern(i as u8 ^ 0x5a, LEN))
-                    .unwrap();
-                q.submit(Request::Write {
-                    sector: sector(i),
-                    len: LEN as u32,
-                })
-                .unwrap();
+                submit_write(&mut q, sector(i), &pattern(i as u8 ^ 0x5a, LEN));
             }
-            q.kick().unwrap();
-            let mut done = Vec::new();
-            while done.len() < N as usize {
-                q.reap(T, &mut done).unwrap();
-            }
+            let done = kick_and_reap(&mut q, N as usize);
             let mut slots: Vec<_> = done.iter().map(|d| d.slot).collect();
             slots.sort_unstable();
             slots.dedup();
@@ -241,23 +250,8 @@ fn direct_writes_and_reads_at_depth_round_trip() {
         }
         let mut q = c.queue(0);
         let mem = q.virtqueue().mem().clone();
-        let mut want = std::collections::HashMap::new();
-        for i in 0..N {
-            let slot = q
-                .submit(Request::Read {
-                    sector: sector(i),
-                    len: LEN as u32,
-                })
-                .unwrap();
-            mem.write(q.data_addr(slot), &vec![0u8; LEN]).unwrap();
-            want.insert(slot, i);
-        }
-        q.kick().unwrap();
-        let mut done = Vec::new();
-        while done.len() < N as usize {
-            q.reap(T, &mut done).unwrap();
-        }
-        for d in &done {
+        let mut want = submit_zeroed_reads(&mut q, N, LEN, sector);
+        for d in &kick_and_reap(&mut q, N as usize) {
             let i = want.remove(&d.slot).expect("each read completes once");
             assert_eq!((d.status, d.used_len), (status::OK, LEN as u32 + 1));
             let got = mem.read_vec(q.data_addr(d.slot), LEN).unwrap();

@@ -93,11 +93,13 @@ fn flush_succeeds() {
     assert_eq!(host_read(&s.image, 0, 4096), pattern(1, 4096));
 }
 
-#[test]
-fn discard_punches_a_hole_and_reads_back_zeros() {
+/// 1 MiB of data at sector 2048, with a 4 KiB guard on either side, then
+/// `r` over the 1 MiB (`what`): it succeeds, the range reads back as zeros
+/// through the daemon and on the host, the guards are intact, the blocks
+/// are given back, and the image keeps its size.
+fn assert_punches_a_hole(r: Request, what: &str) {
     let s = daemon(&BlkDaemonOpts::default());
     let mut c = connect(&s);
-    // 1 MiB of data at 1 MiB, with a 4 KiB guard on either side.
     let data = pattern(3, 1 << 20);
     c.write(2040, &pattern(1, 4096)).unwrap();
     c.write(2048, &data).unwrap();
@@ -106,14 +108,7 @@ fn discard_punches_a_hole_and_reads_back_zeros() {
     let before = host_blocks(&s.image);
     assert!(before >= 2048 + 16, "image holds only {before} blocks");
 
-    let done = run(
-        &mut c,
-        Request::Discard {
-            sector: 2048,
-            num_sectors: 2048,
-        },
-    );
-    assert_status_ok(done, 1, "discard");
+    assert_status_ok(run(&mut c, r), 1, what);
     assert!(c.read(2048, 1 << 20).unwrap().iter().all(|&b| b == 0));
     assert!(host_read(&s.image, 2048, 1 << 20).iter().all(|&b| b == 0));
     assert_eq!(c.read(2040, 4096).unwrap(), pattern(1, 4096));
@@ -123,9 +118,20 @@ fn discard_punches_a_hole_and_reads_back_zeros() {
     // filesystem may keep some metadata).
     assert!(
         after + 1536 <= before,
-        "st_blocks {before} -> {after}: no hole punched"
+        "{what}: st_blocks {before} -> {after}: no hole punched"
     );
     assert_eq!(fs::metadata(&s.image).unwrap().len(), IMAGE_SIZE);
+}
+
+#[test]
+fn discard_punches_a_hole_and_reads_back_zeros() {
+    assert_punches_a_hole(
+        Request::Discard {
+            sector: 2048,
+            num_sectors: 2048,
+        },
+        "discard",
+    );
 }
 
 #[test]
@@ -153,30 +159,14 @@ fn write_zeroes_without_unmap_zeroes_the_range() {
 
 #[test]
 fn write_zeroes_with_unmap_punches_a_hole() {
-    let s = daemon(&BlkDaemonOpts::default());
-    let mut c = connect(&s);
-    c.write(2048, &pattern(9, 1 << 20)).unwrap();
-    c.write(4096, &pattern(2, 4096)).unwrap();
-    c.flush().unwrap();
-    let before = host_blocks(&s.image);
-    let done = run(
-        &mut c,
+    assert_punches_a_hole(
         Request::WriteZeroes {
             sector: 2048,
             num_sectors: 2048,
             unmap: true,
         },
+        "write-zeroes unmap",
     );
-    assert_status_ok(done, 1, "write-zeroes unmap");
-    assert!(c.read(2048, 1 << 20).unwrap().iter().all(|&b| b == 0));
-    assert!(host_read(&s.image, 2048, 1 << 20).iter().all(|&b| b == 0));
-    assert_eq!(c.read(4096, 4096).unwrap(), pattern(2, 4096));
-    let after = host_blocks(&s.image);
-    assert!(
-        after + 1536 <= before,
-        "st_blocks {before} -> {after}: no hole punched"
-    );
-    assert_eq!(fs::metadata(&s.image).unwrap().len(), IMAGE_SIZE);
 }
 
 #[test]
@@ -435,16 +425,9 @@ fn queues_at_depth_32(n: u16) {
                 let mut want = std::collections::HashMap::new();
                 for i in 0..32u64 {
                     let sector = sector_of(qi, i);
-                    let slot = q.peek_slot().unwrap();
-                    mem.write(q.data_addr(slot), &pattern(sector as u8, 4096))
-                        .unwrap();
-                    q.submit(Request::Write { sector, len: 4096 }).unwrap();
+                    submit_write(&mut q, sector, &pattern(sector as u8, 4096));
                 }
-                q.kick().unwrap();
-                let mut done = Vec::new();
-                while done.len() < 32 {
-                    q.reap(T, &mut done).unwrap();
-                }
+                let done = kick_and_reap(&mut q, 32);
                 assert!(done
                     .iter()
                     .all(|d| d.status == status::OK && d.used_len == 1));
@@ -456,12 +439,7 @@ fn queues_at_depth_32(n: u16) {
                     let slot = q.submit(Request::Read { sector, len: 4096 }).unwrap();
                     want.insert(slot, sector);
                 }
-                q.kick().unwrap();
-                done.clear();
-                while done.len() < 32 {
-                    q.reap(T, &mut done).unwrap();
-                }
-                for d in &done {
+                for d in &kick_and_reap(&mut q, 32) {
                     assert_eq!((d.status, d.used_len), (status::OK, 4097), "{d:?}");
                     let sector = want[&d.slot];
                     let got = mem.read_vec(q.data_addr(d.slot), 4096).unwrap();
@@ -617,22 +595,10 @@ fn notification_workout(event_idx: bool, indirect: bool) -> (Setup, BlkClient) {
         assert_eq!(c.read(i * 8, 4096).unwrap(), pattern(i as u8, 4096));
     }
     let mut q = c.queue(0);
-    let mem = q.virtqueue().mem().clone();
     for i in 0..32u64 {
-        let slot = q.peek_slot().unwrap();
-        mem.write(q.data_addr(slot), &pattern(i as u8 ^ 0x55, 512))
-            .unwrap();
-        q.submit(Request::Write {
-            sector: 1000 + i,
-            len: 512,
-        })
-        .unwrap();
+        submit_write(&mut q, 1000 + i, &pattern(i as u8 ^ 0x55, 512));
     }
-    q.kick().unwrap();
-    let mut done = Vec::new();
-    while done.len() < 32 {
-        q.reap(T, &mut done).unwrap();
-    }
+    let done = kick_and_reap(&mut q, 32);
     assert!(done.iter().all(|d| d.status == status::OK));
     for i in 0..32u64 {
         assert_eq!(

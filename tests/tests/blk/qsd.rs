@@ -4,14 +4,12 @@
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
 
 use vu_driver::blk::{features, status, BlkClient, BlkError, BlkOptions, Request, SECTOR_SIZE};
 use vu_driver::device::VIRTIO_RING_F_EVENT_IDX;
 use vu_driver::fixture::{create_sparse_image, Daemon, QsdOpts, TempDir};
 
-const IMAGE_SIZE: u64 = 64 << 20;
-const T: Duration = Duration::from_secs(10);
+use crate::common::{kick_and_reap, pattern, submit_write, IMAGE_SIZE, T};
 
 struct Setup {
     _dir: TempDir,
@@ -30,12 +28,6 @@ fn qsd(opts: QsdOpts) -> Setup {
         image,
         daemon,
     }
-}
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
-        .collect()
 }
 
 #[test]
@@ -173,20 +165,11 @@ fn queue_depth_32_on_two_queues_with_fragmented_indirect_buffers() {
             scope.spawn(move || {
                 q.set_data_segments(3);
                 q.virtqueue().set_force_indirect(true);
-                let mem = q.virtqueue().mem().clone();
                 for i in 0..32u64 {
                     let sector = (qi as u64 * 32 + i) * 8;
-                    let slot = q.peek_slot().unwrap();
-                    mem.write(q.data_addr(slot), &pattern(sector as u8, 4096))
-                        .unwrap();
-                    let used = q.submit(Request::Write { sector, len: 4096 }).unwrap();
-                    assert_eq!(used, slot);
+                    submit_write(&mut q, sector, &pattern(sector as u8, 4096));
                 }
-                q.kick().unwrap();
-                let mut done = Vec::new();
-                while done.len() < 32 {
-                    q.reap(T, &mut done).unwrap();
-                }
+                let done = kick_and_reap(&mut q, 32);
                 assert!(done.iter().all(|d| d.status == status::OK));
             });
         }
