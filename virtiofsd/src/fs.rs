@@ -46,8 +46,17 @@ fn is_dir(st: &stat64) -> bool {
 
 /// Trait methods that only pass the call on to `self.inner`, listed by
 /// signature; after `writable;`, each first refuses with EROFS under
-/// `--readonly`.
+/// `--readonly`; after `names;`, each first checks the names listed in
+/// brackets after its signature ([`check_name`]), then refuses with EROFS
+/// under `--readonly`.
 macro_rules! forward {
+    (names; $($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty [$($checked:ident),+];)*) => {
+        $($(#[$m])* fn $name(&self, $($arg: $ty),*) -> $ret {
+            $(check_name($checked)?;)+
+            self.writable()?;
+            self.inner.$name($($arg),*)
+        })*
+    };
     (writable; $($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
         $($(#[$m])* fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
             self.writable()?;
@@ -234,18 +243,6 @@ where
         Ok(entry)
     }
 
-    fn symlink(
-        &self,
-        ctx: &Context,
-        linkname: &CStr,
-        parent: Self::Inode,
-        name: &CStr,
-    ) -> io::Result<Entry> {
-        check_name(name)?;
-        self.writable()?;
-        self.inner.symlink(ctx, linkname, parent, name)
-    }
-
     fn mknod(
         &self,
         ctx: &Context,
@@ -273,46 +270,6 @@ where
         self.writable()?;
         let umask = self.umask_for(ctx, parent, umask);
         self.inner.mkdir(ctx, parent, name, mode, umask)
-    }
-
-    fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
-        check_name(name)?;
-        self.writable()?;
-        self.inner.unlink(ctx, parent, name)
-    }
-
-    fn rmdir(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
-        check_name(name)?;
-        self.writable()?;
-        self.inner.rmdir(ctx, parent, name)
-    }
-
-    fn rename(
-        &self,
-        ctx: &Context,
-        olddir: Self::Inode,
-        oldname: &CStr,
-        newdir: Self::Inode,
-        newname: &CStr,
-        flags: u32,
-    ) -> io::Result<()> {
-        check_name(oldname)?;
-        check_name(newname)?;
-        self.writable()?;
-        self.inner
-            .rename(ctx, olddir, oldname, newdir, newname, flags)
-    }
-
-    fn link(
-        &self,
-        ctx: &Context,
-        inode: Self::Inode,
-        newparent: Self::Inode,
-        newname: &CStr,
-    ) -> io::Result<Entry> {
-        check_name(newname)?;
-        self.writable()?;
-        self.inner.link(ctx, inode, newparent, newname)
     }
 
     fn open(
@@ -400,6 +357,17 @@ where
                 add_entry(d, e)
             },
         )
+    }
+
+    // A name that enters or leaves a directory: checked, refused with
+    // EROFS under --readonly, else passed through.
+    forward! {
+        names;
+        fn symlink(ctx: &Context, linkname: &CStr, parent: Self::Inode, name: &CStr) -> io::Result<Entry> [name];
+        fn unlink(ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> [name];
+        fn rmdir(ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> [name];
+        fn rename(ctx: &Context, olddir: Self::Inode, oldname: &CStr, newdir: Self::Inode, newname: &CStr, flags: u32) -> io::Result<()> [oldname, newname];
+        fn link(ctx: &Context, inode: Self::Inode, newparent: Self::Inode, newname: &CStr) -> io::Result<Entry> [newname];
     }
 
     // Refused with EROFS under --readonly, else passed through.
