@@ -46,7 +46,9 @@ const KEEP_CAPS: &[Capability] = &[
     Capability::CAP_SETFCAP,
 ];
 
-fn passthrough_config(cli: &Cli, root_dir: &str) -> Config {
+/// The passthrough's configuration for `cli`, serving `root_dir` (also what
+/// the `fs_request` fuzz target serves).
+pub fn passthrough_config(cli: &Cli, root_dir: &str) -> Config {
     let (policy, timeout) = match cli.cache {
         Cache::Never => (CachePolicy::Never, 0),
         Cache::Metadata => (CachePolicy::Metadata, 86400),
