@@ -289,30 +289,30 @@ fn rx_readable_descriptor() {
     rx_edited(|d| d[1].flags &= !W);
 }
 
-#[test]
-fn rx_readable_only_chain() {
+/// The first 1 KiB buffer alone, with `flags` and (when given) `len`.
+fn rx_one(flags: u16, len: Option<u32>) {
     rx_edited(|d| {
         d.truncate(1);
-        d[0].flags = 0;
+        d[0].flags = flags;
+        if let Some(len) = len {
+            d[0].len = len;
+        }
     });
+}
+
+#[test]
+fn rx_readable_only_chain() {
+    rx_one(0, None);
 }
 
 #[test]
 fn rx_zero_length_buffer() {
-    rx_edited(|d| {
-        d.truncate(1);
-        d[0].flags = W;
-        d[0].len = 0;
-    });
+    rx_one(W, Some(0));
 }
 
 #[test]
 fn rx_buffer_shorter_than_the_net_header() {
-    rx_edited(|d| {
-        d.truncate(1);
-        d[0].flags = W;
-        d[0].len = 6;
-    });
+    rx_one(W, Some(6));
 }
 
 #[test]

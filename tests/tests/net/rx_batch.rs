@@ -8,9 +8,24 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use vu_driver::net::NetClient;
+
 use crate::common::*;
 
 const FRAMES: u64 = 20_000;
+
+/// Adds what arrives on queue 0 within `wait` to the frames `got` and the
+/// buffers returned empty (`short`); nothing arriving is no error.
+fn recv_some(net: &mut NetClient, wait: Duration, got: &mut u64, short: &mut u64) {
+    match net.recv_count(0, wait) {
+        Ok(c) => {
+            *got += c.frames;
+            *short += c.short;
+        }
+        Err(e) if e.is_timeout() => {}
+        Err(e) => panic!("after {got} frames: {e}"),
+    }
+}
 
 #[test]
 fn a_long_rx_batch_returns_every_buffer_once() {
@@ -37,14 +52,7 @@ fn a_long_rx_batch_returns_every_buffer_once() {
                 Instant::now() < deadline,
                 "{got} received + {dropped} dropped of {FRAMES}"
             );
-            match net.recv_count(0, Duration::from_millis(200)) {
-                Ok(c) => {
-                    got += c.frames;
-                    short += c.short;
-                }
-                Err(e) if e.is_timeout() => {}
-                Err(e) => panic!("after {got} frames: {e}"),
-            }
+            recv_some(&mut net, Duration::from_millis(200), &mut got, &mut short);
         }
     });
     let dropped = rig.ns.counter(TAP, "tx_dropped").unwrap();
@@ -66,7 +74,7 @@ fn one_batch_fills_a_whole_1024_entry_ring() {
         .unwrap();
     let mut opts = vu_driver::net::NetOptions::default();
     opts.device.queue_size = 1024;
-    let mut net = vu_driver::net::NetClient::connect_unfilled(rig.socket(), &opts).unwrap();
+    let mut net = NetClient::connect_unfilled(rig.socket(), &opts).unwrap();
     let tag = unique_tag("queued");
     for i in 0..QUEUED {
         rig.inject(&to_guest(&format!("{tag}-{i:05}"), 64));
@@ -77,14 +85,7 @@ fn one_batch_fills_a_whole_1024_entry_ring() {
     let mut short = 0u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     while got < QUEUED as u64 && Instant::now() < deadline {
-        match net.recv_count(0, Duration::from_millis(500)) {
-            Ok(c) => {
-                got += c.frames;
-                short += c.short;
-            }
-            Err(e) if e.is_timeout() => {}
-            Err(e) => panic!("after {got} frames: {e}"),
-        }
+        recv_some(&mut net, Duration::from_millis(500), &mut got, &mut short);
     }
     let dropped = rig.ns.counter(TAP, "tx_dropped").unwrap();
     assert_eq!(short, 0, "buffers returned empty");
