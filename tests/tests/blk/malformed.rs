@@ -50,14 +50,12 @@ fn small_queue_rig() -> (Setup, BlkClient) {
 
 /// A read of 512 bytes at sector 0: header, data (preset to FILL), status.
 fn read_req(mem: &GuestMem) -> RawRequest {
-    RequestBuilder::new(mem)
-        .header(req::IN, 0)
-        .unwrap()
-        .writable(512, FILL)
-        .unwrap()
-        .status()
-        .unwrap()
-        .build()
+    read_tail(RequestBuilder::new(mem).header(req::IN, 0).unwrap())
+}
+
+/// `b` followed by a read's 512-byte buffer (preset to FILL) and status.
+fn read_tail(b: RequestBuilder<'_>) -> RawRequest {
+    b.writable(512, FILL).unwrap().status().unwrap().build()
 }
 
 /// Publishes `descs` as a raw chain on queue `qi` (see
@@ -157,6 +155,15 @@ fn malformed_case(build: impl FnOnce(&GuestMem) -> (Vec<RawDesc>, Probe)) {
     let (descs, probe) = build(&mem);
     let (head, used) = send_raw(&mut c, 0, &descs);
     assert_malformed(&mut s, &mut c, 0, head, used, probe);
+}
+
+/// [`malformed_case`] for a request sent as built, whose every buffer is
+/// probed.
+fn request_case(build: impl FnOnce(&GuestMem) -> RawRequest) {
+    malformed_case(|mem| {
+        let r = build(mem);
+        (r.raw_descs(), Probe::from(&r))
+    });
 }
 
 /// A read request with `edit` applied to its descriptors.
@@ -306,16 +313,13 @@ fn read_only_descriptor_for_the_status_byte() {
 
 #[test]
 fn head_only_chain() {
-    malformed_case(|mem| {
-        let r = RequestBuilder::new(mem).header(req::IN, 0).unwrap().build();
-        (r.raw_descs(), Probe::from(&r))
-    });
+    request_case(|mem| RequestBuilder::new(mem).header(req::IN, 0).unwrap().build());
 }
 
 #[test]
 fn readable_descriptor_after_a_writable_one() {
-    malformed_case(|mem| {
-        let r = RequestBuilder::new(mem)
+    request_case(|mem| {
+        RequestBuilder::new(mem)
             .header(req::IN, 0)
             .unwrap()
             .writable(512, FILL)
@@ -324,28 +328,23 @@ fn readable_descriptor_after_a_writable_one() {
             .unwrap()
             .status()
             .unwrap()
-            .build();
-        (r.raw_descs(), Probe::from(&r))
+            .build()
     });
 }
 
 #[test]
 fn header_shorter_than_16_bytes() {
-    malformed_case(|mem| {
+    request_case(|mem| {
         let hdr = OutHdr {
             type_: req::IN,
             ioprio: 0,
             sector: 0,
         };
-        let r = RequestBuilder::new(mem)
-            .readable(&hdr.as_slice()[..8])
-            .unwrap()
-            .writable(512, FILL)
-            .unwrap()
-            .status()
-            .unwrap()
-            .build();
-        (r.raw_descs(), Probe::from(&r))
+        read_tail(
+            RequestBuilder::new(mem)
+                .readable(&hdr.as_slice()[..8])
+                .unwrap(),
+        )
     });
 }
 

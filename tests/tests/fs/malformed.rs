@@ -99,28 +99,40 @@ fn truncated_header_is_returned_with_len_0_and_logged() {
     );
 }
 
+/// A fresh daemon gets the malformed `case` (`what`): it answers with an
+/// errno or drops it (see [`answer`]), and still serves after it (`after`).
+fn refused(case: Malformed, what: &str, after: &str) {
+    let mut s = rig(FsOptions::default());
+    let (unique, r) = malformed(&mut s, case);
+    answer(what, unique, &r);
+    alive(&mut s, after);
+}
+
 #[test]
 fn len_larger_than_the_buffer_is_refused() {
-    let mut s = rig(FsOptions::default());
-    let (unique, r) = malformed(&mut s, Malformed::LenTooLarge);
-    answer("len 4096 on a 56-byte GETATTR", unique, &r);
-    alive(&mut s, "len too large");
+    refused(
+        Malformed::LenTooLarge,
+        "len 4096 on a 56-byte GETATTR",
+        "len too large",
+    );
 }
 
 #[test]
 fn len_smaller_than_the_header_is_refused() {
-    let mut s = rig(FsOptions::default());
-    let (unique, r) = malformed(&mut s, Malformed::LenTooSmall);
-    answer("len 8 on a 56-byte GETATTR", unique, &r);
-    alive(&mut s, "len too small");
+    refused(
+        Malformed::LenTooSmall,
+        "len 8 on a 56-byte GETATTR",
+        "len too small",
+    );
 }
 
 #[test]
 fn missing_arguments_are_refused() {
-    let mut s = rig(FsOptions::default());
-    let (unique, r) = malformed(&mut s, Malformed::MissingArgs);
-    answer("READ without fuse_read_in", unique, &r);
-    alive(&mut s, "missing arguments");
+    refused(
+        Malformed::MissingArgs,
+        "READ without fuse_read_in",
+        "missing arguments",
+    );
 }
 
 #[test]
