@@ -30,6 +30,18 @@ fn bit(b: u32) -> u64 {
     1 << b
 }
 
+/// A client offered every driver feature but `feature`, which is then not
+/// negotiated.
+fn connect_without(r: &Rig, feature: u32) -> NetClient {
+    let opts = NetOptions {
+        feature_mask: NET_DRIVER_FEATURES & !bit(feature),
+        ..NetOptions::default()
+    };
+    let net = r.connect(&opts);
+    assert!(!net.has_feature(feature), "feature {feature} negotiated");
+    net
+}
+
 #[test]
 fn a_frame_crosses_each_way() {
     let r = rig(&[]);
@@ -230,12 +242,7 @@ fn a_frame_spans_small_merged_buffers() {
 #[test]
 fn big_buffers_without_mrg_rxbuf() {
     let r = rig(&[]);
-    let opts = NetOptions {
-        feature_mask: NET_DRIVER_FEATURES & !bit(VIRTIO_NET_F_MRG_RXBUF),
-        ..NetOptions::default()
-    };
-    let mut net = r.connect(&opts);
-    assert!(!net.has_feature(VIRTIO_NET_F_MRG_RXBUF));
+    let mut net = connect_without(&r, VIRTIO_NET_F_MRG_RXBUF);
     let layout = net.rx_ring(0).unwrap().layout();
     assert!(!layout.mergeable && layout.descs_per_buf > 1, "{layout:?}");
     for len in [64usize, 1500] {
@@ -464,12 +471,7 @@ fn a_tso_frame_reaches_a_tso_guest_whole() {
 #[test]
 fn a_tso_frame_without_host_tso4_is_dropped() {
     let r = rig(&[]);
-    let opts = NetOptions {
-        feature_mask: NET_DRIVER_FEATURES & !bit(VIRTIO_NET_F_HOST_TSO4),
-        ..NetOptions::default()
-    };
-    let mut net = r.connect(&opts);
-    assert!(!net.has_feature(VIRTIO_NET_F_HOST_TSO4));
+    let mut net = connect_without(&r, VIRTIO_NET_F_HOST_TSO4);
     let payload = vu_driver::net::frame::pattern(4000, 9);
     let (hdr, frame) = tcp_frame(
         GUEST_MAC,
