@@ -8,6 +8,10 @@
 
 use std::ops::Deref;
 
+use virtio_bindings::virtio_blk::{
+    virtio_blk_discard_write_zeroes, virtio_blk_outhdr, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestAddress, GuestMemory};
 
@@ -16,36 +20,33 @@ use common::iov::{copy_in, copy_out, GuestIoVec, GuestIoVecs, IoVecBuf};
 
 use crate::disk::{Disk, SECTOR};
 
-/// Request types (virtio 1.2, 5.2.6).
+/// Request types (virtio 1.2, 5.2.6), as virtio-bindings names them.
 pub mod req_type {
-    /// Read.
-    pub const IN: u32 = 0;
-    /// Write.
-    pub const OUT: u32 = 1;
-    /// Flush.
-    pub const FLUSH: u32 = 4;
-    /// Device id string.
-    pub const GET_ID: u32 = 8;
-    /// Discard.
-    pub const DISCARD: u32 = 11;
-    /// Write zeroes.
-    pub const WRITE_ZEROES: u32 = 13;
+    pub use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_DISCARD as DISCARD, VIRTIO_BLK_T_FLUSH as FLUSH,
+        VIRTIO_BLK_T_GET_ID as GET_ID, VIRTIO_BLK_T_IN as IN, VIRTIO_BLK_T_OUT as OUT,
+        VIRTIO_BLK_T_WRITE_ZEROES as WRITE_ZEROES,
+    };
 }
 
-/// Status byte values.
+/// Status byte values: virtio-bindings' as the byte the device writes.
 pub mod status {
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+
     /// Success.
-    pub const OK: u8 = 0;
+    pub const OK: u8 = VIRTIO_BLK_S_OK as u8;
     /// I/O error (also: out of range, read-only, bad length).
-    pub const IOERR: u8 = 1;
+    pub const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
     /// Unsupported request.
-    pub const UNSUPP: u8 = 2;
+    pub const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 }
 
-const HEADER_LEN: usize = 16;
-const SEGMENT_LEN: usize = 16;
-const ID_LEN: usize = 20;
-const FLAG_UNMAP: u32 = 1;
+/// `struct virtio_blk_outhdr`: type, ioprio, sector.
+const HEADER_LEN: usize = std::mem::size_of::<virtio_blk_outhdr>();
+/// `struct virtio_blk_discard_write_zeroes`: sector, num_sectors, flags.
+const SEGMENT_LEN: usize = std::mem::size_of::<virtio_blk_discard_write_zeroes>();
+const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
+const FLAG_UNMAP: u32 = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
 /// Why a chain cannot be a request: it is returned to the driver unused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
