@@ -73,10 +73,7 @@ const SECCOMP_NET: &[i64] = &[
 ];
 
 /// tap ioctls the data path and the control queue use.
-const TAP_IOCTLS: &[u64] = &[
-    0x4004_54d0, /* TUNSETOFFLOAD */
-    0x4004_54d9, /* TUNSETQUEUE */
-];
+const TAP_IOCTLS: &[u64] = &[libc::TUNSETOFFLOAD, libc::TUNSETQUEUE];
 
 /// Opens the tap and serves it until SIGTERM, each connection through the
 /// relay (QEMU's vhost-user-net enables rings before it sets features).

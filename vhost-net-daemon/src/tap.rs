@@ -10,32 +10,17 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use libc::{
+    IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR,
+    TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETQUEUE, TUNSETVNETHDRSZ,
+};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-
-/// `/dev/net/tun` ioctls (linux/if_tun.h).
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
-
-const IFF_TAP: i16 = 0x0002;
-const IFF_NO_PI: i16 = 0x1000;
-const IFF_VNET_HDR: i16 = 0x4000;
-const IFF_MULTI_QUEUE: i16 = 0x0100;
-const IFF_ATTACH_QUEUE: i16 = 0x0200;
-const IFF_DETACH_QUEUE: i16 = 0x0400;
 
 /// TUNSETOFFLOAD flags: what the reader of the tap (the guest) accepts.
 pub mod offload {
-    /// Partial checksums.
-    pub const CSUM: u32 = 0x01;
-    /// TCPv4 segmentation.
-    pub const TSO4: u32 = 0x02;
-    /// TCPv6 segmentation.
-    pub const TSO6: u32 = 0x04;
-    /// TSO with ECN.
-    pub const TSO_ECN: u32 = 0x08;
+    pub use libc::{
+        TUN_F_CSUM as CSUM, TUN_F_TSO4 as TSO4, TUN_F_TSO6 as TSO6, TUN_F_TSO_ECN as TSO_ECN,
+    };
 }
 
 /// The header size every queue is set to.
@@ -97,14 +82,20 @@ struct IfReq {
 }
 
 impl IfReq {
-    fn new(name: &str, flags: i16) -> Self {
+    /// `flags` are linux/if_tun.h's `IFF_*`, which all fit the short
+    /// `ifr_flags`.
+    fn new(name: &str, flags: libc::c_int) -> Self {
         let mut r = IfReq {
             name: [0; 16],
-            flags,
+            flags: flags as i16,
             _pad: [0; 22],
         };
         r.name[..name.len()].copy_from_slice(name.as_bytes());
         r
+    }
+
+    fn flags(&self) -> libc::c_int {
+        libc::c_int::from(self.flags)
     }
 
     fn name(&self) -> String {
@@ -251,10 +242,10 @@ impl Tap {
                 (IFF_NO_PI, "IFF_NO_PI"),
                 (IFF_VNET_HDR, "IFF_VNET_HDR"),
             ];
-            if let Some((_, what)) = want.iter().find(|(f, _)| req.flags & f == 0) {
+            if let Some((_, what)) = want.iter().find(|(f, _)| req.flags() & f == 0) {
                 return Err(bad(format!("tap {} was opened without {what}", req.name())));
             }
-            if fds.len() > 1 && req.flags & IFF_MULTI_QUEUE == 0 {
+            if fds.len() > 1 && req.flags() & IFF_MULTI_QUEUE == 0 {
                 return Err(bad(format!(
                     "tap {} has no IFF_MULTI_QUEUE, but {} queue pairs were asked for",
                     req.name(),
