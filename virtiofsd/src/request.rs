@@ -4,31 +4,36 @@
 //! header's `len` is the request's real length, nothing but INIT comes
 //! before INIT, and a WRITE carries exactly the bytes it announces.
 
+use std::mem::size_of;
 use std::ops::Deref;
+
+use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader, WriteIn};
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemory};
 
-/// FUSE opcodes the checks need.
+/// FUSE opcodes the checks need, as fuse-backend-rs numbers them.
 pub mod opcode {
+    use fuse_backend_rs::abi::fuse_abi::Opcode;
+
     /// FORGET (no reply).
-    pub const FORGET: u32 = 2;
+    pub const FORGET: u32 = Opcode::Forget as u32;
     /// WRITE.
-    pub const WRITE: u32 = 16;
+    pub const WRITE: u32 = Opcode::Write as u32;
     /// INIT.
-    pub const INIT: u32 = 26;
+    pub const INIT: u32 = Opcode::Init as u32;
     /// DESTROY.
-    pub const DESTROY: u32 = 38;
+    pub const DESTROY: u32 = Opcode::Destroy as u32;
     /// BATCH_FORGET (no reply).
-    pub const BATCH_FORGET: u32 = 42;
+    pub const BATCH_FORGET: u32 = Opcode::BatchForget as u32;
 }
 
 /// `struct fuse_in_header`.
-pub const IN_HEADER_LEN: usize = 40;
+pub const IN_HEADER_LEN: usize = size_of::<InHeader>();
 /// `struct fuse_write_in`.
-const WRITE_IN_LEN: usize = 40;
+const WRITE_IN_LEN: usize = size_of::<WriteIn>();
 /// `struct fuse_out_header`.
-pub const OUT_HEADER_LEN: usize = 16;
+pub const OUT_HEADER_LEN: usize = size_of::<OutHeader>();
 
 /// The fields of a request's header the checks use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,36 +197,41 @@ mod tests {
         writable: 4096,
     };
 
+    /// Judges each case against `shape`, naming it when it fails.
+    fn judge_all(shape: &Shape, cases: &[(&str, Header, bool, Verdict)]) {
+        for (name, header, initialized, want) in cases {
+            assert_eq!(judge(header, shape, *initialized), *want, "{name}");
+        }
+    }
+
     #[test]
     fn len_must_match_the_request() {
-        assert_eq!(judge(&h(56, 3, None), &SHAPE, true), Verdict::Serve);
-        assert_eq!(
-            judge(&h(4096, 3, None), &SHAPE, true),
-            Verdict::Refuse(libc::EINVAL)
-        );
-        assert_eq!(
-            judge(&h(8, 3, None), &SHAPE, true),
-            Verdict::Refuse(libc::EINVAL)
-        );
-        assert_eq!(
-            judge(&h(8, opcode::FORGET, None), &SHAPE, true),
-            Verdict::Drop
+        let einval = Verdict::Refuse(libc::EINVAL);
+        judge_all(
+            &SHAPE,
+            &[
+                ("len as readable", h(56, 3, None), true, Verdict::Serve),
+                ("len past readable", h(4096, 3, None), true, einval),
+                ("len short of readable", h(8, 3, None), true, einval),
+                (
+                    "FORGET, wrong len",
+                    h(8, opcode::FORGET, None),
+                    true,
+                    Verdict::Drop,
+                ),
+            ],
         );
     }
 
     #[test]
     fn only_init_before_init() {
-        assert_eq!(
-            judge(&h(56, 3, None), &SHAPE, false),
-            Verdict::Refuse(libc::EIO)
-        );
-        assert_eq!(
-            judge(&h(56, opcode::INIT, None), &SHAPE, false),
-            Verdict::Serve
-        );
-        assert_eq!(
-            judge(&h(56, opcode::FORGET, None), &SHAPE, false),
-            Verdict::Drop
+        judge_all(
+            &SHAPE,
+            &[
+                ("GETATTR", h(56, 3, None), false, Verdict::Refuse(libc::EIO)),
+                ("INIT", h(56, opcode::INIT, None), false, Verdict::Serve),
+                ("FORGET", h(56, opcode::FORGET, None), false, Verdict::Drop),
+            ],
         );
     }
 
@@ -231,17 +241,15 @@ mod tests {
             readable: 80 + 4096,
             writable: 16,
         };
-        assert_eq!(
-            judge(&h(80 + 4096, opcode::WRITE, Some(4096)), &shape, true),
-            Verdict::Serve
-        );
-        assert_eq!(
-            judge(&h(80 + 4096, opcode::WRITE, Some(16 << 20)), &shape, true),
-            Verdict::Refuse(libc::EINVAL)
-        );
-        assert_eq!(
-            judge(&h(80 + 4096, opcode::WRITE, None), &shape, true),
-            Verdict::Refuse(libc::EINVAL)
+        let write = |size| h(80 + 4096, opcode::WRITE, size);
+        let einval = Verdict::Refuse(libc::EINVAL);
+        judge_all(
+            &shape,
+            &[
+                ("size as payload", write(Some(4096)), true, Verdict::Serve),
+                ("size past payload", write(Some(16 << 20)), true, einval),
+                ("no size", write(None), true, einval),
+            ],
         );
     }
 
