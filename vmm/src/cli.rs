@@ -6,7 +6,9 @@
 //! repeatable:
 //!
 //! - `--disk socket=PATH[,num_queues=N,queue_size=N,reconnect=SECS]`: virtio-blk;
-//!   `num_queues` request queues (default 1).
+//!   `num_queues` request queues (default 1). `path=IMAGE[,readonly=on]`
+//!   instead of `socket=`: the VMM runs `vhost-blk-daemon` on the image
+//!   itself and restarts it if it dies ([`crate::spawned`]).
 //! - `--fs tag=TAG,socket=PATH[,num_queues=N,queue_size=N,reconnect=SECS]`: virtio-fs;
 //!   `num_queues` request queues (default 1) besides the high-priority
 //!   queue, as in Cloud Hypervisor.
@@ -84,8 +86,9 @@ pub struct Args {
     #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
     pub seccomp: String,
     /// A disk served by a vhost-user-blk backend:
-    /// `socket=PATH[,num_queues=N,queue_size=N]`. Repeatable.
-    #[arg(long = "disk", value_name = "socket=PATH[,...]", value_parser = parse_disk)]
+    /// `socket=PATH[,num_queues=N,queue_size=N]`, or `path=IMAGE[,readonly=on]`
+    /// for a vhost-blk-daemon the VMM runs itself. Repeatable.
+    #[arg(long = "disk", value_name = "socket=PATH|path=IMAGE[,...]", value_parser = parse_disk)]
     pub disks: Vec<VhostUserConfig>,
     /// A share served by a vhost-user-fs backend (virtiofsd):
     /// `tag=TAG,socket=PATH[,num_queues=N,queue_size=N]`; `num_queues`
@@ -146,8 +149,12 @@ pub enum SerialConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VhostUserConfig {
     pub kind: DeviceKind,
-    /// The backend's listening socket.
+    /// The backend's listening socket (for a disk with `image`, empty until
+    /// the VMM has started its daemon).
     pub socket: PathBuf,
+    /// A disk image the VMM serves with a `vhost-blk-daemon` it runs
+    /// (`path=`), instead of connecting to someone else's backend.
+    pub image: Option<DiskImage>,
     /// `num_queues` as given (see [`VhostUserConfig::device_queues`]).
     pub num_queues: usize,
     /// Largest queue size, a power of two.
@@ -159,6 +166,15 @@ pub struct VhostUserConfig {
     pub mac: Option<[u8; 6]>,
     /// `reconnect=`: what happens when the backend's socket closes.
     pub reconnect: Reconnect,
+}
+
+/// `--disk path=IMAGE[,readonly=on]`: an image the VMM's own
+/// `vhost-blk-daemon` serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskImage {
+    pub path: PathBuf,
+    /// `readonly=on`: the daemon opens it read-only (`--read-only`).
+    pub readonly: bool,
 }
 
 /// `reconnect=SECS|off` of a vhost-user device.
@@ -353,12 +369,21 @@ pub fn vhost_user_from_pairs(
     pairs: &[(&str, &str)],
 ) -> Result<VhostUserConfig, String> {
     let known: &[&str] = match kind {
-        DeviceKind::Block => &["socket", "num_queues", "queue_size", "reconnect"],
+        DeviceKind::Block => &[
+            "socket",
+            "path",
+            "readonly",
+            "num_queues",
+            "queue_size",
+            "reconnect",
+        ],
         DeviceKind::Fs => &["tag", "socket", "num_queues", "queue_size", "reconnect"],
         DeviceKind::Net => &["socket", "mac", "num_queues", "queue_size", "reconnect"],
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut socket = None;
+    let mut image = None;
+    let mut readonly = None;
     let mut num_queues = None;
     let mut queue_size = None;
     let mut tag = None;
@@ -375,6 +400,9 @@ pub fn vhost_user_from_pairs(
         match k {
             "socket" if v.is_empty() => return Err("socket= needs a path".into()),
             "socket" => socket = Some(PathBuf::from(v)),
+            "path" if v.is_empty() => return Err("path= needs a disk image".into()),
+            "path" => image = Some(PathBuf::from(v)),
+            "readonly" => readonly = Some(parse_switch(k, v)?),
             "num_queues" => num_queues = Some(parse_count(k, v)?),
             "queue_size" => {
                 let n: u16 = v.parse().map_err(|_| {
@@ -400,7 +428,36 @@ pub fn vhost_user_from_pairs(
             _ => mac = Some(parse_mac(v)?),
         }
     }
-    let socket = socket.ok_or("missing socket=PATH (the vhost-user backend's socket)")?;
+    let (socket, image) = match (socket, image) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "give socket=PATH (a running backend) or path=IMAGE (the vmm runs \
+                 vhost-blk-daemon on it), not both"
+                    .into(),
+            )
+        }
+        (Some(socket), None) if readonly.is_some() => {
+            return Err(format!(
+                "readonly= goes with path=IMAGE; the backend on {} decides itself \
+                 (vhost-blk-daemon --read-only)",
+                socket.display()
+            ))
+        }
+        (Some(socket), None) => (socket, None),
+        (None, Some(path)) => (
+            PathBuf::new(),
+            Some(DiskImage {
+                path,
+                readonly: readonly.unwrap_or(false),
+            }),
+        ),
+        (None, None) if kind == DeviceKind::Block => {
+            return Err(
+                "missing socket=PATH (the vhost-user backend's socket) or path=IMAGE".into(),
+            )
+        }
+        (None, None) => return Err("missing socket=PATH (the vhost-user backend's socket)".into()),
+    };
     if kind == DeviceKind::Fs && tag.is_none() {
         return Err("missing tag=TAG (the tag the guest mounts)".into());
     }
@@ -422,12 +479,22 @@ pub fn vhost_user_from_pairs(
     Ok(VhostUserConfig {
         kind,
         socket,
+        image,
         num_queues,
         queue_size: queue_size.unwrap_or_else(|| kind.default_queue_size()),
         tag,
         mac,
         reconnect,
     })
+}
+
+/// `on`/`off` (also `true`/`false`) of `key`.
+fn parse_switch(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{key}={v} is not on or off")),
+    }
 }
 
 /// `reconnect=SECS|off`.
@@ -596,6 +663,7 @@ mod tests {
             VhostUserConfig {
                 kind: DeviceKind::Block,
                 socket: "/run/blk.sock".into(),
+                image: None,
                 num_queues: 1,
                 queue_size: 256,
                 tag: None,
@@ -604,6 +672,30 @@ mod tests {
             }
         );
         assert_eq!(d.device_queues(), 1);
+        // An image the vmm serves with its own vhost-blk-daemon.
+        let d = parse_disk("path=/img/root.raw,readonly=on,num_queues=2").unwrap();
+        assert_eq!(
+            d.image,
+            Some(DiskImage {
+                path: "/img/root.raw".into(),
+                readonly: true
+            })
+        );
+        assert_eq!((d.socket, d.num_queues), (PathBuf::new(), 2));
+        assert!(!parse_disk("path=/i").unwrap().image.unwrap().readonly);
+        for (bad, says) in [
+            ("socket=/s,path=/i", "not both"),
+            ("socket=/s,readonly=on", "goes with path=IMAGE"),
+            ("path=/i,readonly=yes", "readonly=yes is not on or off"),
+            ("path=", "path= needs a disk image"),
+            ("num_queues=1", "or path=IMAGE"),
+        ] {
+            let e = parse_disk(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(parse_fs("tag=t,path=/i")
+            .unwrap_err()
+            .contains("unknown key `path`"));
         let r = |s: &str| parse_disk(s).map(|d| d.reconnect);
         assert_eq!(r("socket=/b,reconnect=0"), Ok(Reconnect::Forever));
         assert_eq!(r("socket=/b,reconnect=off"), Ok(Reconnect::Off));

@@ -107,9 +107,12 @@ pub fn to_api(config: &VmConfig) -> Value {
     };
     let of = |kind: DeviceKind| config.devices.iter().filter(move |d| d.kind == kind);
     let disks: Vec<Value> = of(DeviceKind::Block)
-        .map(|d| {
-            json!({"vhost_user": true, "vhost_socket": d.socket,
-                   "num_queues": d.num_queues, "queue_size": d.queue_size})
+        .map(|d| match &d.image {
+            Some(image) => json!({"path": image.path, "readonly": image.readonly,
+                                  "image_type": "Raw",
+                                  "num_queues": d.num_queues, "queue_size": d.queue_size}),
+            None => json!({"vhost_user": true, "vhost_socket": d.socket,
+                           "num_queues": d.num_queues, "queue_size": d.queue_size}),
         })
         .collect();
     let fs: Vec<Value> = of(DeviceKind::Fs)
@@ -154,14 +157,6 @@ pub fn refusal(path: &str) -> Option<&'static str> {
     Some(match path {
         "payload.firmware" | "payload.igvm" | "payload.host_data" => {
             "only payload.kernel boots here (no firmware, IGVM or confidential guests)"
-        }
-        "disks.path" => {
-            "a disk image the VMM opens itself is not supported yet; serve it with \
-             vhost-blk-daemon and give vhost_user: true, vhost_socket"
-        }
-        "disks.readonly" => {
-            "a vhost-user disk is read-only when its backend is (vhost-blk-daemon \
-             --readonly); the VMM cannot enforce it"
         }
         "net.tap" | "net.fds" | "net.ip" | "net.mask" | "net.host_mac" => {
             "a NIC the VMM runs itself is not supported; serve it with vhost-net-daemon \
@@ -481,7 +476,40 @@ fn device(
     } else {
         "vhost_socket"
     };
-    if kind != DeviceKind::Fs {
+    let image = match kind {
+        DeviceKind::Block => d.str("path")?.filter(|p| !p.is_empty()),
+        _ => None,
+    };
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    if let Some(image) = image {
+        // An image: the VMM runs vhost-blk-daemon on it (raw only).
+        if d.bool("vhost_user")?.unwrap_or(false) {
+            return Err(error(
+                d.field("path"),
+                "a disk is either an image (path) or a vhost-user backend \
+                 (vhost_user, vhost_socket), not both",
+            ));
+        }
+        if let Some(t) = d.str("image_type")? {
+            if !t.eq_ignore_ascii_case("raw") {
+                return Err(error(
+                    d.field("image_type"),
+                    format!("{t} images are not supported; vhost-blk-daemon serves raw images"),
+                ));
+            }
+        }
+        match std::fs::metadata(image) {
+            Ok(m) if m.is_dir() => {
+                return Err(error(d.field("path"), format!("{image} is a directory")))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(error(d.field("path"), format!("{image}: {e}"))),
+        }
+        pairs.push(("path", image.to_string()));
+        if d.bool("readonly")?.unwrap_or(false) {
+            pairs.push(("readonly", "on".into()));
+        }
+    } else if kind != DeviceKind::Fs {
         let vhost_user = d.bool("vhost_user")?.unwrap_or(false);
         if !vhost_user {
             // Refuse by the field that asks for a device we would run.
@@ -495,9 +523,18 @@ fn device(
             return Err(error(d.field(culprit), why));
         }
     }
-    let socket = d.str(socket_key)?;
-    let socket = d.required(socket_key, socket)?;
-    let mut pairs: Vec<(&str, String)> = vec![("socket", socket.to_string())];
+    if image.is_none() {
+        let socket = d.str(socket_key)?;
+        let socket = d.required(socket_key, socket)?;
+        pairs.push(("socket", socket.to_string()));
+        if kind == DeviceKind::Block && d.bool("readonly")?.unwrap_or(false) {
+            return Err(error(
+                d.field("readonly"),
+                "a vhost-user disk is read-only when its backend is (vhost-blk-daemon \
+                 --read-only); give path to have the VMM run it read-only",
+            ));
+        }
+    }
     for key in ["num_queues", "queue_size"] {
         if let Some(n) = d.u64(key)? {
             pairs.push((key, n.to_string()));

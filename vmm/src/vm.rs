@@ -25,6 +25,10 @@ use crate::pci::{PciError, PciHost};
 use crate::platform::{
     self, cmos, AcpiPm, Cmos, DebugPort, DebugPortAt, PmTimer, SerialDevice, SerialError, I8042,
 };
+use devices::vhost_user::DeviceKind;
+
+use crate::cli::VhostUserConfig;
+use crate::spawned::{DaemonSpec, RuntimeDir, SpawnError, Supervised};
 use crate::vcpu::setup::CpuError;
 use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuGate};
 use crate::vhost_user::{
@@ -85,6 +89,8 @@ pub enum VmError {
     Watch(#[source] std::io::Error),
     #[error("starting the vu-activate thread")]
     Activation(#[source] std::io::Error),
+    #[error("a backend daemon the VMM runs")]
+    Backend(#[from] SpawnError),
     #[error("KVM_IRQFD for IRQ {irq}")]
     Irqfd {
         irq: u32,
@@ -130,6 +136,60 @@ pub struct Vm {
     events: Receiver<VmEvent>,
     events_tx: Sender<VmEvent>,
     control: Arc<VmController>,
+    /// The daemons this VMM runs, stopped after every device is gone.
+    _backends: Backends,
+}
+
+/// The backend daemons the VMM runs itself (`--disk path=IMAGE`), and the
+/// private directory of their sockets.
+#[derive(Debug, Default)]
+struct Backends {
+    daemons: Vec<Supervised>,
+    dir: Option<RuntimeDir>,
+}
+
+impl Backends {
+    /// Starts a `vhost-blk-daemon` for each disk with an image; returns
+    /// them and the device configs, each disk's socket the daemon's.
+    fn start(devices: &[VhostUserConfig]) -> Result<(Backends, Vec<VhostUserConfig>), VmError> {
+        let mut backends = Backends::default();
+        let mut configs = Vec::with_capacity(devices.len());
+        let mut disk = 0;
+        for d in devices {
+            let mut d = d.clone();
+            if let Some(image) = &d.image {
+                let dir = match &backends.dir {
+                    Some(dir) => dir,
+                    None => backends.dir.insert(RuntimeDir::create()?),
+                };
+                let name = format!("disk{disk}");
+                let mut args: Vec<std::ffi::OsString> = vec![
+                    "--blk-file".into(),
+                    image.path.clone().into(),
+                    "--num-queues".into(),
+                    d.num_queues.to_string().into(),
+                    "--queue-size".into(),
+                    d.queue_size.max(2).to_string().into(),
+                ];
+                if image.readonly {
+                    args.push("--read-only".into());
+                }
+                let daemon = Supervised::start(DaemonSpec {
+                    program: "vhost-blk-daemon".into(),
+                    args,
+                    socket: dir.path().join(format!("{name}.sock")),
+                    name,
+                })?;
+                d.socket = daemon.socket().to_path_buf();
+                backends.daemons.push(daemon);
+            }
+            if d.kind == DeviceKind::Block {
+                disk += 1;
+            }
+            configs.push(d);
+        }
+        Ok((backends, configs))
+    }
 }
 
 impl Vm {
@@ -148,9 +208,9 @@ impl Vm {
         // are over before any vCPU runs (the guest may read a device's
         // configuration from its first instructions on).
         let irq = Arc::new(IrqRouter::new(vm.clone()));
+        let (backends, device_configs) = Backends::start(&config.devices)?;
         let handshakes = Handshakes::start(
-            config
-                .devices
+            device_configs
                 .iter()
                 .map(|d| VhostUserPci::prepare(d, &irq, ram.memory()))
                 .collect::<Result<Vec<_>, _>>()?,
@@ -306,6 +366,7 @@ impl Vm {
             events,
             events_tx,
             control,
+            _backends: backends,
         })
     }
 

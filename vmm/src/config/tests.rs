@@ -215,9 +215,13 @@ fn missing_and_malformed_fields_are_named() {
 fn what_we_cannot_honour_is_refused_by_its_field() {
     let k = kernel();
     let cases = [
-        // Kata's rootfs image: a disk the VMM would open itself.
+        // An image that cannot be one: the VMM would start nothing.
         (
-            json!({"disks": [{"path": "/img", "readonly": true, "image_type": "Raw"}]}),
+            json!({"disks": [{"path": "/", "readonly": true}]}),
+            "disks[0].path",
+        ),
+        (
+            json!({"disks": [{"path": "/nonexistent/root.img"}]}),
             "disks[0].path",
         ),
         (
@@ -305,4 +309,39 @@ fn generic_paths_drop_indexes() {
     assert_eq!(generic_path("disks[12].path"), "disks.path");
     assert_eq!(generic_path("memory"), "memory");
     assert!(inert(&json!(0)) && inert(&json!("")) && !inert(&json!(1)));
+}
+
+#[test]
+fn kata_rootfs_image_is_served_by_a_daemon_the_vmm_runs() {
+    let k = kernel();
+    let body = json!({
+        "payload": {"kernel": k},
+        "disks": [{"path": k, "readonly": true, "image_type": "Raw"}],
+    });
+    let plan = from_api(&body).unwrap();
+    let d = &plan.config.devices[0];
+    assert_eq!(
+        d.image,
+        Some(cli::DiskImage {
+            path: PathBuf::from(&k),
+            readonly: true
+        })
+    );
+    assert!(plan.unsupported.is_empty(), "{:?}", plan.unsupported);
+    for (disk, field, words) in [
+        (
+            json!({"path": k, "image_type": "Qcow2"}),
+            "disks[0].image_type",
+            "Qcow2 images are not supported",
+        ),
+        (
+            json!({"path": k, "vhost_user": true, "vhost_socket": "/s"}),
+            "disks[0].path",
+            "not both",
+        ),
+    ] {
+        let e = err(json!({"payload": {"kernel": k}, "disks": [disk]}));
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.to_string().contains(words), "{e}");
+    }
 }

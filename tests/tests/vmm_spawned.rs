@@ -1,0 +1,236 @@
+//! Disks whose daemon our VMM runs itself (`--disk path=IMAGE`, a
+//! `vm.create` disk with a `path`, as Kata sends for the guest's root
+//! image; issue #16 step 2): the guest uses the disk as with a daemon run
+//! by hand, a daemon that dies is restarted on the same socket and the
+//! guest never notices, and when the VMM ends no daemon and no socket is
+//! left behind.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vu_driver::fixture::{create_sparse_image, poll_until, TempDir};
+use vu_driver::fw_devices::{line, sector8_expected, DISK_SIZE};
+use vu_driver::vmm::{
+    press_power_button, run_vmm, serial, show_run, shutdown_vmm, spawn_test_guest, test_guest,
+    vm_counter, vm_info,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The pids of `pid`'s children (every thread's).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The last `blk-loop: round N ok` of the console.
+fn rounds(console: &Path) -> u64 {
+    serial(console)
+        .lines()
+        .filter_map(|l| l.strip_prefix("blk-loop: round ")?.strip_suffix(" ok"))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn disk_socket(api: &Path) -> PathBuf {
+    let info = vm_info(api);
+    PathBuf::from(info["devices"][0]["socket"].as_str().unwrap_or_default())
+}
+
+#[test]
+fn the_guest_uses_an_image_served_by_a_daemon_the_vmm_runs() {
+    let dir = TempDir::new("vmm-spawned").unwrap();
+    let image = dir.join("disk.img");
+    create_sparse_image(&image, DISK_SIZE).unwrap();
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let disk = format!("path={}", image.display());
+    let run = run_vmm(
+        [
+            "--kernel".as_ref(),
+            guest.as_os_str(),
+            "--memory".as_ref(),
+            "size=64M".as_ref(),
+            "--disk".as_ref(),
+            disk.as_ref(),
+        ],
+        TIMEOUT,
+    );
+    let all = show_run(&run);
+    assert_eq!(run.code(), Some(0), "{all}");
+    let blk = line(&run, "blk: ").unwrap_or_else(|| panic!("no blk line\n{all}"));
+    assert!(
+        blk.contains("wrote and read back sector 8: ok"),
+        "{blk}\n{all}"
+    );
+    let written = std::fs::read(&image).unwrap();
+    assert_eq!(written[8 * 512..9 * 512], sector8_expected()[..], "{all}");
+    // The daemon ran as the VMM's child and stopped with it, cleanly.
+    assert!(
+        all.contains("vhost-blk-daemon") && all.contains("stopped ("),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
+    let dir = TempDir::new("vmm-spawned-restart").unwrap();
+    let image = dir.join("disk.img");
+    create_sparse_image(&image, DISK_SIZE).unwrap();
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut vmm = spawn_test_guest(
+        &api,
+        &console,
+        "blk-loop",
+        &[
+            "--disk".into(),
+            format!("path={},num_queues=1", image.display()),
+        ],
+        TIMEOUT,
+    );
+    let show = |vmm: &vu_driver::fixture::Daemon| {
+        format!(
+            "--- serial\n{}\n--- vmm log\n{}",
+            serial(&console),
+            vmm.log_contents()
+        )
+    };
+    assert!(
+        poll_until(TIMEOUT, || rounds(&console) >= 3),
+        "the guest does not loop over blk I/O\n{}",
+        show(&vmm)
+    );
+    let socket = disk_socket(&api);
+    assert!(socket.is_absolute(), "{}", socket.display());
+    let daemons: Vec<u32> = children(vmm.pid())
+        .into_iter()
+        .filter(|p| command_line(*p).contains("vhost-blk-daemon"))
+        .collect();
+    assert_eq!(daemons.len(), 1, "{daemons:?}\n{}", show(&vmm));
+    let first = daemons[0];
+    assert!(command_line(first).contains(&image.display().to_string()));
+
+    // Killed: the VMM starts another on the same socket, the disk is
+    // reconnected and the guest's rounds go on.
+    let before = rounds(&console);
+    // SAFETY: kill(2) with a pid and a signal touches no memory.
+    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+    assert!(
+        poll_until(WAIT, || vm_counter(&api, "disk0", "reconnects") == 1),
+        "{}",
+        show(&vmm)
+    );
+    assert!(
+        poll_until(WAIT, || rounds(&console) >= before + 10),
+        "{}",
+        show(&vmm)
+    );
+    let now: Vec<u32> = children(vmm.pid())
+        .into_iter()
+        .filter(|p| command_line(*p).contains("vhost-blk-daemon"))
+        .collect();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], first);
+    assert_eq!(disk_socket(&api), socket);
+    assert_eq!(vm_counter(&api, "disk0", "needs_reset"), 0);
+
+    press_power_button(&api, &vmm, WAIT, || show(&vmm));
+    let out = serial(&console);
+    assert!(out.contains("rounds, no error"), "{}", show(&vmm));
+    let all = show(&vmm);
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+    assert!(!alive(now[0]), "the daemon outlived the VMM");
+    assert!(
+        !socket.exists() && !socket.parent().unwrap().exists(),
+        "{} is left behind",
+        socket.display()
+    );
+}
+
+#[test]
+fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
+    let dir = TempDir::new("vmm-spawned-api").unwrap();
+    let image = dir.join("rootfs.img");
+    create_sparse_image(&image, DISK_SIZE).unwrap();
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut vmm = vu_driver::vmm::spawn_vmm(
+        ["--api-socket".as_ref(), api.as_os_str()],
+        &api,
+        &["control API on"],
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    // As clh.go sends the guest's root image (read-only, raw).
+    let config = serde_json::json!({
+        "payload": {"kernel": guest, "cmdline": "console=ttyS0 wait-power-button"},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+        "memory": {"size": 64u64 << 20, "shared": true},
+        "serial": {"mode": "File", "file": console},
+        "disks": [{"path": image, "readonly": true, "image_type": "Raw"}],
+    });
+    let body = config.to_string();
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        vu_driver::http::call(&api, method, path, body)
+    };
+    let (status, reply) = call("PUT", "/api/v1/vm.create", Some(&body));
+    assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
+    assert!(
+        children(vmm.pid()).is_empty(),
+        "vm.create starts nothing yet"
+    );
+    let (status, reply) = call("PUT", "/api/v1/vm.boot", None);
+    assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
+    let daemons: Vec<u32> = children(vmm.pid())
+        .into_iter()
+        .filter(|p| command_line(*p).contains("vhost-blk-daemon"))
+        .collect();
+    assert_eq!(daemons.len(), 1, "{}", vmm.log_contents());
+    assert!(command_line(daemons[0]).contains("--read-only"));
+    let info = vm_info(&api);
+    assert_eq!(info["config"], config, "{info}");
+    assert_eq!(info["devices"][0]["backend_state"], "connected", "{info}");
+    let socket = disk_socket(&api);
+    assert!(
+        poll_until(WAIT, || serial(&console)
+            .contains("waiting for the power button")),
+        "{}",
+        vmm.log_contents()
+    );
+    // The guest found a read-only disk: its write was refused, not done.
+    assert!(serial(&console).contains("blk: "), "{}", serial(&console));
+    assert!(std::fs::read(&image).unwrap().iter().all(|b| *b == 0));
+
+    let (status, reply) = call("PUT", "/api/v1/vm.delete", None);
+    assert_eq!(status, 204, "{reply}");
+    assert!(
+        poll_until(WAIT, || !alive(daemons[0])),
+        "the daemon outlived vm.delete"
+    );
+    assert!(!socket.exists());
+    let all = vmm.log_contents();
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+}

@@ -1,0 +1,460 @@
+//! Backend daemons the VMM starts itself: `--disk path=IMAGE` (and a
+//! `vm.create` disk with a `path`, as Kata sends for the guest's root
+//! image) runs `vhost-blk-daemon` on the image in its own process, as
+//! Cloud Hypervisor users expect a disk to just work, while the device
+//! stays disaggregated.
+//!
+//! The VMM holds the listening socket (in a private runtime directory) and
+//! hands it to the daemon as `--fd 3`, as systemd's socket activation
+//! does: the daemon is ready as soon as it runs, and a daemon that dies is
+//! restarted on the same listener (the device's `reconnect=` finds it
+//! there; a connection made meanwhile waits in the backlog). The daemon
+//! gets `PR_SET_PDEATHSIG` so it never outlives the VMM; on drop it gets
+//! SIGTERM (its clean exit), then SIGKILL after [`STOP_GRACE`].
+//!
+//! The program is found next to the `vmm` executable, else on `PATH`.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a daemon has to exit after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The first and the longest pause before restarting a daemon that died.
+const RESTART_FIRST: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_secs(5);
+/// The descriptor the listening socket has in the daemon.
+const LISTEN_FD: i32 = 3;
+
+/// Errors starting a daemon; each names the program or path.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// No such program next to the vmm or on PATH.
+    #[error("{0} not found next to the vmm executable or on PATH")]
+    NotFound(String),
+    /// The runtime directory could not be made.
+    #[error("runtime directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The listening socket could not be made.
+    #[error("listening socket {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The program could not be started.
+    #[error("starting {program}")]
+    Start {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon exited before the VMM could use it.
+    #[error("{program} exited at once ({status}); see its error above")]
+    ExitedAtOnce { program: PathBuf, status: String },
+}
+
+/// A private directory (0700) for the sockets of the daemons this VMM
+/// starts: under `$XDG_RUNTIME_DIR`, else `/run`, else the temp dir;
+/// removed (with what is left in it) on drop.
+#[derive(Debug)]
+pub struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    /// Makes `vmm-<pid>-<n>` in the first usable base directory.
+    pub fn create() -> Result<Self, SpawnError> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "vmm-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let bases = [
+            std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+            Some(PathBuf::from("/run")),
+            Some(std::env::temp_dir()),
+        ];
+        let mut last = None;
+        for base in bases.into_iter().flatten() {
+            let path = base.join(&name);
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) => last = Some((path, e)),
+            }
+        }
+        let (path, source) =
+            last.unwrap_or_else(|| (PathBuf::from(&name), io::ErrorKind::NotFound.into()));
+        Err(SpawnError::Dir { path, source })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A daemon to run: the program's name, its arguments (`--fd 3` is added),
+/// and the socket path the VMM's device connects to.
+#[derive(Debug, Clone)]
+pub struct DaemonSpec {
+    /// `vhost-blk-daemon`.
+    pub program: String,
+    pub args: Vec<OsString>,
+    /// Where the listening socket is bound.
+    pub socket: PathBuf,
+    /// Names it in logs (`disk0`).
+    pub name: String,
+}
+
+/// Where `program` is: next to the running executable, else on `PATH`.
+pub fn locate(program: &str) -> Result<PathBuf, SpawnError> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(program)));
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(program));
+    beside
+        .into_iter()
+        .chain(on_path)
+        .find(|p| p.is_file())
+        .ok_or_else(|| SpawnError::NotFound(program.to_string()))
+}
+
+/// What the supervising thread and the handle share.
+struct Shared {
+    stopping: AtomicBool,
+    /// The running child's pid (0: none).
+    pid: AtomicU32,
+    restarts: AtomicU32,
+}
+
+/// A running daemon, restarted when it dies, stopped on drop.
+pub struct Supervised {
+    spec: DaemonSpec,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Supervised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervised")
+            .field("name", &self.spec.name)
+            .field("pid", &self.pid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervised {
+    /// Binds the socket, starts the daemon on it and supervises it from a
+    /// thread of its own (the parent whose death the daemon follows).
+    /// Returns once the daemon runs; an error if it cannot start or exits
+    /// within its first moments.
+    pub fn start(spec: DaemonSpec) -> Result<Self, SpawnError> {
+        let program = locate(&spec.program)?;
+        let _ = std::fs::remove_file(&spec.socket);
+        let listener = UnixListener::bind(&spec.socket).map_err(|source| SpawnError::Listen {
+            path: spec.socket.clone(),
+            source,
+        })?;
+        let listener = OwnedFd::from(listener);
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            pid: AtomicU32::new(0),
+            restarts: AtomicU32::new(0),
+        });
+        let (started_tx, started) = channel();
+        let thread = {
+            let (theirs, shared) = (spec.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name(format!("vmm-daemon-{}", spec.name))
+                .spawn(move || supervise(&theirs, &program, &listener, &shared, started_tx))
+                .map_err(|source| SpawnError::Start {
+                    program: PathBuf::from(&spec.program),
+                    source,
+                })?
+        };
+        let mut me = Self {
+            spec,
+            shared,
+            thread: Some(thread),
+        };
+        match started.recv() {
+            Ok(Ok(())) => Ok(me),
+            Ok(Err(e)) => {
+                me.stop();
+                Err(e)
+            }
+            Err(_) => {
+                me.stop();
+                Err(SpawnError::Start {
+                    program: PathBuf::from(&me.spec.program),
+                    source: io::Error::other("the supervising thread ended"),
+                })
+            }
+        }
+    }
+
+    /// The socket the device connects to.
+    pub fn socket(&self) -> &Path {
+        &self.spec.socket
+    }
+
+    /// The running daemon's pid, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.shared.pid.load(Ordering::Acquire)).filter(|p| *p != 0)
+    }
+
+    /// How many times the daemon was restarted.
+    pub fn restarts(&self) -> u32 {
+        self.shared.restarts.load(Ordering::Acquire)
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; waits for the
+    /// supervising thread (which sends them).
+    pub fn stop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The supervising thread: starts the daemon, reports the first start on
+/// `started`, and restarts it whenever it dies until told to stop.
+fn supervise(
+    spec: &DaemonSpec,
+    program: &Path,
+    listener: &OwnedFd,
+    shared: &Shared,
+    started: std::sync::mpsc::Sender<Result<(), SpawnError>>,
+) {
+    let mut started = Some(started);
+    let mut pause = RESTART_FIRST;
+    loop {
+        let mut child = match spawn(spec, program, listener) {
+            Ok(c) => c,
+            Err(e) => {
+                match started.take() {
+                    Some(tx) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                    None => log::error!("{}: restarting {}: {e}", spec.name, spec.program),
+                }
+                if !sleep_unless_stopping(shared, pause) {
+                    return;
+                }
+                pause = (pause * 2).min(RESTART_MAX);
+                continue;
+            }
+        };
+        shared.pid.store(child.id(), Ordering::Release);
+        let began = Instant::now();
+        if let Some(tx) = started.take() {
+            // A daemon that refuses its options exits at once: report that
+            // instead of a device whose backend never answers.
+            match wait_for(&mut child, shared, Duration::from_millis(500)) {
+                Some(status) => {
+                    shared.pid.store(0, Ordering::Release);
+                    let _ = tx.send(Err(SpawnError::ExitedAtOnce {
+                        program: program.to_path_buf(),
+                        status: describe(status),
+                    }));
+                    return;
+                }
+                None => {
+                    log::info!(
+                        "{}: started {} (pid {}) on {}",
+                        spec.name,
+                        spec.program,
+                        child.id(),
+                        spec.socket.display()
+                    );
+                    let _ = tx.send(Ok(()));
+                }
+            }
+        }
+        let status = wait_until_stop(&mut child, shared);
+        shared.pid.store(0, Ordering::Release);
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        if began.elapsed() > RESTART_MAX * 2 {
+            pause = RESTART_FIRST;
+        }
+        log::warn!(
+            "{}: {} (pid {}) {}; restarting it in {:?}",
+            spec.name,
+            spec.program,
+            child.id(),
+            describe(status),
+            pause
+        );
+        if !sleep_unless_stopping(shared, pause) {
+            return;
+        }
+        pause = (pause * 2).min(RESTART_MAX);
+        shared.restarts.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => format!("ended ({status})"),
+    }
+}
+
+/// Sleeps `pause` in small steps; false if told to stop meanwhile.
+fn sleep_unless_stopping(shared: &Shared, pause: Duration) -> bool {
+    let end = Instant::now() + pause;
+    while Instant::now() < end {
+        if shared.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10).min(pause));
+    }
+    !shared.stopping.load(Ordering::Acquire)
+}
+
+/// Waits up to `limit` for `child` to exit (polling, so a stop is seen).
+fn wait_for(child: &mut Child, shared: &Shared, limit: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= end || shared.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for `child` to exit; once a stop is asked for, sends it SIGTERM
+/// (its clean exit) and, [`STOP_GRACE`] later, SIGKILL.
+fn wait_until_stop(child: &mut Child, shared: &Shared) -> ExitStatus {
+    let mut stop_seen: Option<Instant> = None;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return s,
+            Ok(None) => {}
+            Err(_) => return ExitStatus::from_raw(0),
+        }
+        if shared.stopping.load(Ordering::Acquire) {
+            match stop_seen {
+                None => {
+                    stop_seen = Some(Instant::now());
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(child.id() as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                Some(since) if since.elapsed() > STOP_GRACE => {
+                    log::warn!(
+                        "a backend daemon (pid {}) ignored SIGTERM; killing it",
+                        child.id()
+                    );
+                    let _ = child.kill();
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `program` with `spec.args` and `--fd 3` on the listener, dying
+/// with its parent thread, stdout to /dev/null, stderr shared with the VMM.
+fn spawn(spec: &DaemonSpec, program: &Path, listener: &OwnedFd) -> Result<Child, SpawnError> {
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.arg("--fd")
+        .arg(LISTEN_FD.to_string())
+        .args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Socket activation's variables are the VMM's, not the daemon's.
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("NOTIFY_SOCKET");
+    // SAFETY: the closure runs in the child between fork and exec and
+    // calls only async-signal-safe functions (prctl, dup2, fcntl) on
+    // descriptors it owns there; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if fd == LISTEN_FD {
+                // Already there: only drop close-on-exec.
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, LISTEN_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|source| SpawnError::Start {
+        program: program.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_named() {
+        let err = locate("no-such-daemon-xyz").unwrap_err();
+        assert!(err.to_string().contains("no-such-daemon-xyz"), "{err}");
+    }
+
+    #[test]
+    fn the_runtime_dir_is_private_and_goes_away() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = RuntimeDir::create().unwrap();
+        let path = dir.path().to_path_buf();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::write(path.join("x.sock"), b"").unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+}
