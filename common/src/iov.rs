@@ -335,108 +335,110 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_range_across_regions_gives_two_iovecs() {
+    /// Runs `f` on [`two_regions`] and its iovecs after `len` bytes at
+    /// `addr` were pushed.
+    fn with_range(
+        addr: u64,
+        len: u32,
+        f: impl for<'m> FnOnce(&'m GuestMemoryMmap<()>, &mut GuestIoVecs<'_, 'm>),
+    ) {
         let mem = two_regions();
         let mut buf = IoVecBuf::default();
         let mut v = buf.walk();
-        v.push(&mem, GuestAddress(0xff0), 0x20).unwrap();
-        let lens: Vec<_> = v.as_slice().iter().map(|x| x.len()).collect();
-        assert_eq!(lens, [0x10, 0x10]);
+        v.push(&mem, GuestAddress(addr), len).unwrap();
+        f(&mem, &mut v);
+    }
+
+    #[test]
+    fn a_range_across_regions_gives_two_iovecs() {
+        with_range(0xff0, 0x20, |_, v| {
+            let lens: Vec<_> = v.as_slice().iter().map(|x| x.len()).collect();
+            assert_eq!(lens, [0x10, 0x10]);
+        });
     }
 
     #[test]
     fn a_range_past_memory_is_refused_and_leaves_nothing() {
-        let mem = two_regions();
-        let mut buf = IoVecBuf::default();
-        let mut v = buf.walk();
-        v.push(&mem, GuestAddress(0), 4).unwrap();
-        let e = v.push(&mem, GuestAddress(0x1ff0), 0x20).unwrap_err();
-        assert_eq!(
-            e,
-            OutsideMemory {
-                addr: 0x1ff0,
-                len: 0x20
-            }
-        );
-        assert_eq!(v.len(), 1);
+        with_range(0, 4, |mem, v| {
+            let e = v.push(mem, GuestAddress(0x1ff0), 0x20).unwrap_err();
+            assert_eq!(
+                e,
+                OutsideMemory {
+                    addr: 0x1ff0,
+                    len: 0x20
+                }
+            );
+            assert_eq!(v.len(), 1);
+        });
     }
 
     #[test]
     fn copies_follow_the_iovecs() {
-        let mem = two_regions();
-        let mut buf = IoVecBuf::default();
-        let mut v = buf.walk();
-        v.push(&mem, GuestAddress(0xffc), 8).unwrap();
-        assert_eq!(copy_in(v.as_slice(), b"abcdefghij"), 8);
-        assert_eq!(copy_in_at(v.as_slice(), 3, b"XY"), 2);
-        let mut out = [0u8; 10];
-        assert_eq!(copy_out(v.as_slice(), &mut out), 8);
-        assert_eq!(&out[..8], b"abcXYfgh");
-        let last = v.take_last_byte().unwrap();
-        assert_eq!(v.total_len(), 7);
-        let mut b = [0u8; 1];
-        copy_out(&[last], &mut b);
-        assert_eq!(b, *b"h");
-        v.advance(5);
-        assert_eq!(v.total_len(), 2);
-        copy_out(v.as_slice(), &mut b);
-        assert_eq!(b, *b"f");
-        v.advance(10);
-        assert!(v.is_empty());
-        assert!(v.take_last_byte().is_none());
+        with_range(0xffc, 8, |_, v| {
+            assert_eq!(copy_in(v.as_slice(), b"abcdefghij"), 8);
+            assert_eq!(copy_in_at(v.as_slice(), 3, b"XY"), 2);
+            let mut out = [0u8; 10];
+            assert_eq!(copy_out(v.as_slice(), &mut out), 8);
+            assert_eq!(&out[..8], b"abcXYfgh");
+            let last = v.take_last_byte().unwrap();
+            assert_eq!(v.total_len(), 7);
+            let mut b = [0u8; 1];
+            copy_out(&[last], &mut b);
+            assert_eq!(b, *b"h");
+            v.advance(5);
+            assert_eq!(v.total_len(), 2);
+            copy_out(v.as_slice(), &mut b);
+            assert_eq!(b, *b"f");
+            v.advance(10);
+            assert!(v.is_empty());
+            assert!(v.take_last_byte().is_none());
+        });
     }
 
     #[test]
     fn the_last_byte_of_a_one_byte_buffer_empties_it() {
-        let mem = two_regions();
-        let mut buf = IoVecBuf::default();
-        let mut v = buf.walk();
-        v.push(&mem, GuestAddress(0x10), 1).unwrap();
-        assert!(v.take_last_byte().is_some());
-        assert!(v.is_empty());
+        with_range(0x10, 1, |_, v| {
+            assert!(v.take_last_byte().is_some());
+            assert!(v.is_empty());
+        });
     }
 
     #[test]
     fn nowait_reads_and_writes_reach_the_page_cache() {
-        let mem = two_regions();
-        let mut buf = IoVecBuf::default();
-        let mut v = buf.walk();
-        v.push(&mem, GuestAddress(0xffe), 4).unwrap();
-        let file = vmm_sys_util::tempfile::TempFile::new().unwrap();
-        let f = file.as_file();
-        copy_in(v.as_slice(), b"wxyz");
-        match pwritev_nowait(f, v.as_slice(), 8) {
-            Ok(n) => assert_eq!(n, 4),
-            // Filesystems without non-blocking buffered writes.
-            Err(e) => {
-                assert!(matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAGAIN | libc::EOPNOTSUPP)
-                ));
-                assert_eq!(pwritev(f, v.as_slice(), 8).unwrap(), 4);
+        with_range(0xffe, 4, |_, v| {
+            let file = vmm_sys_util::tempfile::TempFile::new().unwrap();
+            let f = file.as_file();
+            copy_in(v.as_slice(), b"wxyz");
+            match pwritev_nowait(f, v.as_slice(), 8) {
+                Ok(n) => assert_eq!(n, 4),
+                // Filesystems without non-blocking buffered writes.
+                Err(e) => {
+                    assert!(matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EOPNOTSUPP)
+                    ));
+                    assert_eq!(pwritev(f, v.as_slice(), 8).unwrap(), 4);
+                }
             }
-        }
-        copy_in(v.as_slice(), b"....");
-        assert_eq!(preadv_nowait(f, v.as_slice(), 8).unwrap(), 4);
-        let mut out = [0u8; 4];
-        copy_out(v.as_slice(), &mut out);
-        assert_eq!(&out, b"wxyz");
+            copy_in(v.as_slice(), b"....");
+            assert_eq!(preadv_nowait(f, v.as_slice(), 8).unwrap(), 4);
+            let mut out = [0u8; 4];
+            copy_out(v.as_slice(), &mut out);
+            assert_eq!(&out, b"wxyz");
+        });
     }
 
     #[test]
     fn vectored_io_moves_guest_bytes() {
-        let mem = two_regions();
-        let mut buf = IoVecBuf::default();
-        let mut v = buf.walk();
-        v.push(&mem, GuestAddress(0xffe), 4).unwrap();
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        copy_in(v.as_slice(), b"wxyz");
-        assert_eq!(writev(&a, v.as_slice()).unwrap(), 4);
-        copy_in(v.as_slice(), b"....");
-        assert_eq!(readv(&b, v.as_slice()).unwrap(), 4);
-        let mut out = [0u8; 4];
-        copy_out(v.as_slice(), &mut out);
-        assert_eq!(&out, b"wxyz");
+        with_range(0xffe, 4, |_, v| {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            copy_in(v.as_slice(), b"wxyz");
+            assert_eq!(writev(&a, v.as_slice()).unwrap(), 4);
+            copy_in(v.as_slice(), b"....");
+            assert_eq!(readv(&b, v.as_slice()).unwrap(), 4);
+            let mut out = [0u8; 4];
+            copy_out(v.as_slice(), &mut out);
+            assert_eq!(&out, b"wxyz");
+        });
     }
 }

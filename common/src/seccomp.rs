@@ -266,7 +266,7 @@ pub fn apply(action: SeccompAction, allowed: &[i64], ioctls: &[u64]) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::in_child;
+    use crate::testutil::{in_child, ChildOutcome};
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::{UnixListener, UnixStream};
@@ -309,26 +309,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn kill_mode_kills_the_process_on_a_call_not_listed() {
-        let out = in_child(|| {
-            apply(SeccompAction::Kill, VHOST_USER_BASE, VHOST_USER_IOCTLS)
-                .map_err(|e| e.to_string())?;
+    /// A child that applies the base lists under `action`, then makes a
+    /// call they do not hold (getppid).
+    fn call_not_listed_under(action: SeccompAction) -> ChildOutcome {
+        in_child(|| {
+            apply(action, VHOST_USER_BASE, VHOST_USER_IOCTLS).map_err(|e| e.to_string())?;
             getppid();
             Ok(0)
-        });
-        out.assert_killed_by(libc::SIGSYS);
+        })
+    }
+
+    #[test]
+    fn kill_mode_kills_the_process_on_a_call_not_listed() {
+        call_not_listed_under(SeccompAction::Kill).assert_killed_by(libc::SIGSYS);
     }
 
     #[test]
     fn trap_mode_sends_sigsys() {
-        let out = in_child(|| {
-            apply(SeccompAction::Trap, VHOST_USER_BASE, VHOST_USER_IOCTLS)
-                .map_err(|e| e.to_string())?;
-            getppid();
-            Ok(0)
-        });
-        out.assert_killed_by(libc::SIGSYS);
+        call_not_listed_under(SeccompAction::Trap).assert_killed_by(libc::SIGSYS);
     }
 
     #[test]
