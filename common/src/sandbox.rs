@@ -466,6 +466,19 @@ fn mount(
     })
 }
 
+/// Makes every mount at and below `target` a slave: it still sees the
+/// host's changes, and nothing done under it propagates back.
+fn make_rslave(what: &'static str, target: &Path) -> Result<(), SandboxError> {
+    mount(
+        what,
+        None,
+        target,
+        None,
+        libc::MS_SLAVE | libc::MS_REC,
+        None,
+    )
+}
+
 fn chdir(path: &Path) -> Result<(), SandboxError> {
     std::env::set_current_dir(path).map_err(|source| SandboxError::Chdir {
         path: path.to_path_buf(),
@@ -517,13 +530,9 @@ pub fn prepare_root(mode: SandboxMode, shared_dir: &Path) -> Result<(), SandboxE
     if canonical == Path::new("/") {
         return Err(SandboxError::ShareIsRoot);
     }
-    mount(
+    make_rslave(
         "make the mounts private (recursive slave) under",
-        None,
         Path::new("/"),
-        None,
-        libc::MS_SLAVE | libc::MS_REC,
-        None,
     )?;
     // A detached copy of the share with its submounts, taken before the
     // tmpfs covers the path (a recursive bind made afterwards would copy
@@ -626,15 +635,7 @@ pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxErr
             })?;
             // As runc and virtiofsd do: make sure the unmount cannot
             // propagate anywhere, then detach the old root.
-            let old_root = Path::new(".");
-            mount(
-                "make the old root a recursive slave at",
-                None,
-                old_root,
-                None,
-                libc::MS_SLAVE | libc::MS_REC,
-                None,
-            )?;
+            make_rslave("make the old root a recursive slave at", Path::new("."))?;
             nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
                 SandboxError::Mount {
                     what: "detach the old root directory stacked on",

@@ -162,15 +162,7 @@ fn namespace_root_keeps_the_shares_submounts() {
         enter_namespaces(SandboxMode::Namespace, || {}).map_err(e)?;
         // Our own mount, in our namespace only (slave first, so it
         // cannot propagate to the host).
-        mount(
-            "",
-            None,
-            Path::new("/"),
-            None,
-            libc::MS_SLAVE | libc::MS_REC,
-            None,
-        )
-        .map_err(e)?;
+        make_rslave("", Path::new("/")).map_err(e)?;
         let sub = share.join("sub");
         mount("", Some(c"tmpfs"), &sub, Some(c"tmpfs"), 0, None).map_err(e)?;
         std::fs::write(sub.join("on-submount"), b"x").map_err(|e| e.to_string())?;
