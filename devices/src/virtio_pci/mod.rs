@@ -26,35 +26,36 @@ pub use transport::{
 };
 
 use thiserror::Error;
+use virtio_bindings::virtio_config;
 
 /// Status: the guest found the device.
-pub const STATUS_ACKNOWLEDGE: u8 = 1;
+pub const STATUS_ACKNOWLEDGE: u8 = virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
 /// Status: the guest has a driver for it.
-pub const STATUS_DRIVER: u8 = 2;
+pub const STATUS_DRIVER: u8 = virtio_config::VIRTIO_CONFIG_S_DRIVER as u8;
 /// Status: the driver is ready.
-pub const STATUS_DRIVER_OK: u8 = 4;
+pub const STATUS_DRIVER_OK: u8 = virtio_config::VIRTIO_CONFIG_S_DRIVER_OK as u8;
 /// Status: feature negotiation is complete.
-pub const STATUS_FEATURES_OK: u8 = 8;
+pub const STATUS_FEATURES_OK: u8 = virtio_config::VIRTIO_CONFIG_S_FEATURES_OK as u8;
 /// Status: the device hit an error it cannot recover from without a reset.
-pub const STATUS_DEVICE_NEEDS_RESET: u8 = 0x40;
+pub const STATUS_DEVICE_NEEDS_RESET: u8 = virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET as u8;
 /// Status: the driver gave up.
-pub const STATUS_FAILED: u8 = 0x80;
+pub const STATUS_FAILED: u8 = virtio_config::VIRTIO_CONFIG_S_FAILED as u8;
 
 /// VIRTIO_F_VERSION_1 (bit 32): the modern interface; always offered.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_config::VIRTIO_F_VERSION_1;
 /// VIRTIO_F_RING_PACKED (bit 34): queue sizes need not be powers of two.
-pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
+pub const VIRTIO_F_RING_PACKED: u64 = 1 << virtio_config::VIRTIO_F_RING_PACKED;
 /// VIRTIO_F_SR_IOV (bit 37), not offered by this transport.
-pub const VIRTIO_F_SR_IOV: u64 = 1 << 37;
+pub const VIRTIO_F_SR_IOV: u64 = 1 << virtio_config::VIRTIO_F_SR_IOV;
 /// VIRTIO_F_NOTIFICATION_DATA (bit 38), not offered (notify writes carry only
 /// the queue index).
-pub const VIRTIO_F_NOTIFICATION_DATA: u64 = 1 << 38;
+pub const VIRTIO_F_NOTIFICATION_DATA: u64 = 1 << virtio_config::VIRTIO_F_NOTIFICATION_DATA;
 /// VIRTIO_F_NOTIF_CONFIG_DATA (bit 39), not offered (no `queue_notify_data`).
-pub const VIRTIO_F_NOTIF_CONFIG_DATA: u64 = 1 << 39;
+pub const VIRTIO_F_NOTIF_CONFIG_DATA: u64 = 1 << virtio_config::VIRTIO_F_NOTIF_CONFIG_DATA;
 /// VIRTIO_F_RING_RESET (bit 40), not offered (no `queue_reset`).
-pub const VIRTIO_F_RING_RESET: u64 = 1 << 40;
+pub const VIRTIO_F_RING_RESET: u64 = 1 << virtio_config::VIRTIO_F_RING_RESET;
 /// VIRTIO_F_ADMIN_VQ (bit 41), not offered.
-pub const VIRTIO_F_ADMIN_VQ: u64 = 1 << 41;
+pub const VIRTIO_F_ADMIN_VQ: u64 = 1 << virtio_config::VIRTIO_F_ADMIN_VQ;
 /// Feature bits this transport removes from what the device offers.
 pub const TRANSPORT_UNSUPPORTED_FEATURES: u64 = VIRTIO_F_SR_IOV
     | VIRTIO_F_NOTIFICATION_DATA
