@@ -16,6 +16,16 @@ fn w(c: &mut CommonConfig, off: u64, len: usize, v: u64) -> Action {
     c.write(off, &v.to_le_bytes()[..len])
 }
 
+/// A config whose driver acked VERSION_1 alone and set ACKNOWLEDGE, DRIVER
+/// and FEATURES_OK.
+fn features_ok() -> CommonConfig {
+    let mut c = cfg();
+    w(&mut c, DRIVER_FEATURE_SELECT, 4, 1);
+    w(&mut c, DRIVER_FEATURE, 4, 1);
+    w(&mut c, DEVICE_STATUS, 1, 0x0b);
+    c
+}
+
 #[test]
 fn feature_select_windows() {
     let mut c = cfg();
@@ -52,10 +62,7 @@ fn features_ok_requires_subset_and_version_1() {
     w(&mut c, DRIVER_FEATURE, 4, 0x2); // no VERSION_1
     w(&mut c, DEVICE_STATUS, 1, 0x0b);
     assert_eq!(c.status() & STATUS_FEATURES_OK, 0);
-    let mut c = cfg();
-    w(&mut c, DRIVER_FEATURE_SELECT, 4, 1);
-    w(&mut c, DRIVER_FEATURE, 4, 1);
-    w(&mut c, DEVICE_STATUS, 1, 0x0b);
+    let mut c = features_ok();
     assert_eq!(c.status(), 0x0b);
     // Features are frozen after FEATURES_OK.
     w(&mut c, DRIVER_FEATURE, 4, 0);
@@ -83,10 +90,7 @@ fn status_bits_accumulate_and_zero_resets() {
 fn driver_ok_activates_only_after_features_ok() {
     let mut c = cfg();
     assert_eq!(w(&mut c, DEVICE_STATUS, 1, 0x07), Action::Fail);
-    let mut c = cfg();
-    w(&mut c, DRIVER_FEATURE_SELECT, 4, 1);
-    w(&mut c, DRIVER_FEATURE, 4, 1);
-    w(&mut c, DEVICE_STATUS, 1, 0x0b);
+    let mut c = features_ok();
     assert_eq!(w(&mut c, DEVICE_STATUS, 1, 0x0f), Action::Activate);
     assert_eq!(w(&mut c, DEVICE_STATUS, 1, 0x0f), Action::None, "only once");
 }
@@ -198,10 +202,7 @@ fn enabled_queue_is_locked() {
 
 #[test]
 fn queue_setup_is_frozen_after_driver_ok() {
-    let mut c = cfg();
-    w(&mut c, DRIVER_FEATURE_SELECT, 4, 1);
-    w(&mut c, DRIVER_FEATURE, 4, 1);
-    w(&mut c, DEVICE_STATUS, 1, 0x0b);
+    let mut c = features_ok();
     w(&mut c, DEVICE_STATUS, 1, 0x0f);
     w(&mut c, QUEUE_SELECT, 2, 2);
     w(&mut c, QUEUE_SIZE, 2, 16);

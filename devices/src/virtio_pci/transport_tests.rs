@@ -160,6 +160,14 @@ impl Fixture {
         self.rd(0x14, 1) as u8
     }
 
+    /// A fixture with MSI-X on and the driver brought up.
+    fn brought_up(fail_activate: bool) -> Self {
+        let mut f = Fixture::new(fail_activate);
+        f.enable_msix();
+        f.bring_up();
+        f
+    }
+
     fn enable_msix(&mut self) {
         let control = self.msix_cap() + 2;
         self.cfg_wr(control as u16, 2, u64::from(MSIX_CONTROL_ENABLE));
@@ -306,9 +314,7 @@ fn driver_ok_without_features_ok_needs_reset() {
 
 #[test]
 fn failed_activation_sets_needs_reset_and_interrupts() {
-    let mut f = Fixture::new(true);
-    f.enable_msix();
-    f.bring_up();
+    let mut f = Fixture::brought_up(true);
     assert!(!f.dev.is_active());
     assert_ne!(f.dev.status() & STATUS_DEVICE_NEEDS_RESET, 0);
     assert_eq!(
@@ -326,9 +332,7 @@ fn failed_activation_sets_needs_reset_and_interrupts() {
 
 #[test]
 fn needs_reset_from_the_vmm() {
-    let mut f = Fixture::new(false);
-    f.enable_msix();
-    f.bring_up();
+    let mut f = Fixture::brought_up(false);
     f.dev.set_needs_reset();
     f.dev.set_needs_reset();
     assert_eq!(f.sink.delivered().len(), 1, "once");
@@ -339,9 +343,7 @@ fn needs_reset_from_the_vmm() {
 
 #[test]
 fn a_broken_device_is_noticed_on_its_next_access_or_check() {
-    let mut f = Fixture::new(false);
-    f.enable_msix();
-    f.bring_up();
+    let mut f = Fixture::brought_up(false);
     let broken = f.dev.device().broken.clone();
     broken.store(true, Ordering::Relaxed);
     f.dev.check_device();
@@ -507,9 +509,7 @@ fn pci_cfg_access_window() {
 
 #[test]
 fn guest_input_anywhere_does_not_panic() {
-    let mut f = Fixture::new(false);
-    f.enable_msix();
-    f.bring_up();
+    let mut f = Fixture::brought_up(false);
     let size = f.dev.layout().size;
     for off in (0..size + 64).step_by(7).chain([u64::MAX - 3, u64::MAX]) {
         for len in [1usize, 2, 3, 4, 8] {
