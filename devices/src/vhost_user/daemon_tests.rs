@@ -163,82 +163,41 @@ impl Recording {
     }
 }
 
+/// `VhostUserConn` methods that pass the request on to the real frontend
+/// and record it under its message name.
+macro_rules! recorded {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $msg:literal;)*) => {
+        $(fn $name(&mut self, $($arg: $ty),*) -> vhost::Result<$ret> {
+            let r = self.inner.$name($($arg),*);
+            self.rec($msg, r)
+        })*
+    };
+}
+
 impl VhostUserConn for Recording {
     fn set_need_reply(&mut self, on: bool) {
         self.need_reply = on;
         self.inner.set_need_reply(on);
     }
-    fn set_owner(&mut self) -> vhost::Result<()> {
-        let r = self.inner.set_owner();
-        self.rec("SET_OWNER", r)
-    }
-    fn reset_owner(&mut self) -> vhost::Result<()> {
-        let r = self.inner.reset_owner();
-        self.rec("RESET_OWNER", r)
-    }
-    fn reset_device(&mut self) -> vhost::Result<()> {
-        let r = self.inner.reset_device();
-        self.rec("RESET_DEVICE", r)
-    }
-    fn get_features(&mut self) -> vhost::Result<u64> {
-        let r = self.inner.get_features();
-        self.rec("GET_FEATURES", r)
-    }
-    fn set_features(&mut self, features: u64) -> vhost::Result<()> {
-        let r = self.inner.set_features(features);
-        self.rec("SET_FEATURES", r)
-    }
-    fn get_protocol_features(&mut self) -> vhost::Result<P> {
-        let r = self.inner.get_protocol_features();
-        self.rec("GET_PROTOCOL_FEATURES", r)
-    }
-    fn set_protocol_features(&mut self, features: P) -> vhost::Result<()> {
-        let r = self.inner.set_protocol_features(features);
-        self.rec("SET_PROTOCOL_FEATURES", r)
-    }
-    fn get_queue_num(&mut self) -> vhost::Result<u64> {
-        let r = self.inner.get_queue_num();
-        self.rec("GET_QUEUE_NUM", r)
-    }
-    fn set_mem_table(&mut self, regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()> {
-        let r = self.inner.set_mem_table(regions);
-        self.rec("SET_MEM_TABLE", r)
-    }
-    fn set_vring_num(&mut self, queue: usize, num: u16) -> vhost::Result<()> {
-        let r = self.inner.set_vring_num(queue, num);
-        self.rec("SET_VRING_NUM", r)
-    }
-    fn set_vring_addr(&mut self, queue: usize, config: &VringConfigData) -> vhost::Result<()> {
-        let r = self.inner.set_vring_addr(queue, config);
-        self.rec("SET_VRING_ADDR", r)
-    }
-    fn set_vring_base(&mut self, queue: usize, base: u16) -> vhost::Result<()> {
-        let r = self.inner.set_vring_base(queue, base);
-        self.rec("SET_VRING_BASE", r)
-    }
-    fn get_vring_base(&mut self, queue: usize) -> vhost::Result<u32> {
-        let r = self.inner.get_vring_base(queue);
-        self.rec("GET_VRING_BASE", r)
-    }
-    fn set_vring_call(&mut self, queue: usize, fd: &EventFd) -> vhost::Result<()> {
-        let r = self.inner.set_vring_call(queue, fd);
-        self.rec("SET_VRING_CALL", r)
-    }
-    fn set_vring_kick(&mut self, queue: usize, fd: &EventFd) -> vhost::Result<()> {
-        let r = self.inner.set_vring_kick(queue, fd);
-        self.rec("SET_VRING_KICK", r)
-    }
-    fn set_vring_enable(&mut self, queue: usize, enable: bool) -> vhost::Result<()> {
-        let r = self.inner.set_vring_enable(queue, enable);
-        self.rec("SET_VRING_ENABLE", r)
-    }
-    fn get_config(&mut self, offset: u32, size: u32) -> vhost::Result<Vec<u8>> {
-        let r = self.inner.get_config(offset, size);
-        self.rec("GET_CONFIG", r)
-    }
-    fn set_config(&mut self, offset: u32, data: &[u8]) -> vhost::Result<()> {
-        let r = self.inner.set_config(offset, data);
-        self.rec("SET_CONFIG", r)
+    recorded! {
+        set_owner() -> () = "SET_OWNER";
+        reset_owner() -> () = "RESET_OWNER";
+        reset_device() -> () = "RESET_DEVICE";
+        get_features() -> u64 = "GET_FEATURES";
+        set_features(features: u64) -> () = "SET_FEATURES";
+        get_protocol_features() -> P = "GET_PROTOCOL_FEATURES";
+        set_protocol_features(features: P) -> () = "SET_PROTOCOL_FEATURES";
+        get_queue_num() -> u64 = "GET_QUEUE_NUM";
+        set_mem_table(regions: &[VhostUserMemoryRegionInfo]) -> () = "SET_MEM_TABLE";
+        set_vring_num(queue: usize, num: u16) -> () = "SET_VRING_NUM";
+        set_vring_addr(queue: usize, config: &VringConfigData) -> () = "SET_VRING_ADDR";
+        set_vring_base(queue: usize, base: u16) -> () = "SET_VRING_BASE";
+        get_vring_base(queue: usize) -> u32 = "GET_VRING_BASE";
+        set_vring_call(queue: usize, fd: &EventFd) -> () = "SET_VRING_CALL";
+        set_vring_kick(queue: usize, fd: &EventFd) -> () = "SET_VRING_KICK";
+        set_vring_enable(queue: usize, enable: bool) -> () = "SET_VRING_ENABLE";
+        get_config(offset: u32, size: u32) -> Vec<u8> = "GET_CONFIG";
+        set_config(offset: u32, data: &[u8]) -> () = "SET_CONFIG";
     }
     fn raw_fd(&self) -> Option<RawFd> {
         self.inner.raw_fd()
