@@ -285,6 +285,13 @@ fn device(
     (dev, Setup { b, asked })
 }
 
+/// A device of `kind` connected to a fake backend that offers
+/// PROTOCOL_FEATURES and every protocol feature the frontend uses.
+fn connected(kind: DeviceKind) -> (VhostUserDevice, Setup) {
+    let (dev, s) = device(kind, VHOST_USER_F_PROTOCOL_FEATURES, all_protocol());
+    (dev.unwrap(), s)
+}
+
 fn all_protocol() -> P {
     P::REPLY_ACK | P::MQ | P::CONFIG | P::RESET_DEVICE | P::CONFIGURE_MEM_SLOTS | P::LOG_SHMFD
 }
@@ -512,12 +519,7 @@ fn mq_backend_with_too_few_queues_is_refused() {
 
 #[test]
 fn a_ring_outside_guest_memory_fails_activation_but_not_the_device() {
-    let (dev, s) = device(
-        DeviceKind::Block,
-        VHOST_USER_F_PROTOCOL_FEATURES,
-        all_protocol(),
-    );
-    let mut dev = dev.unwrap();
+    let (mut dev, s) = connected(DeviceKind::Block);
     s.log();
     let err = dev.activate(0, vec![queue(0, 0x10)]).unwrap_err();
     let inner = err.0.downcast_ref::<VhostUserError>().unwrap();
@@ -539,12 +541,7 @@ fn a_ring_outside_guest_memory_fails_activation_but_not_the_device() {
 
 #[test]
 fn a_backend_that_dies_mid_activation_fails_the_device_once() {
-    let (dev, s) = device(
-        DeviceKind::Fs,
-        VHOST_USER_F_PROTOCOL_FEATURES,
-        all_protocol(),
-    );
-    let mut dev = dev.unwrap();
+    let (mut dev, s) = connected(DeviceKind::Fs);
     s.log();
     // Dies at the second queue's SET_VRING_ADDR.
     s.die_after(9);
@@ -570,12 +567,7 @@ fn a_backend_that_dies_mid_activation_fails_the_device_once() {
 
 #[test]
 fn idle_death_is_found_by_check_connection() {
-    let (dev, s) = device(
-        DeviceKind::Block,
-        VHOST_USER_F_PROTOCOL_FEATURES,
-        all_protocol(),
-    );
-    let mut dev = dev.unwrap();
+    let (mut dev, s) = connected(DeviceKind::Block);
     assert_eq!(dev.check_connection(), DeviceState::Ready);
     s.b.lock().unwrap().dead = true;
     assert_eq!(dev.check_connection(), DeviceState::Failed);
@@ -584,13 +576,9 @@ fn idle_death_is_found_by_check_connection() {
 
 #[test]
 fn the_transport_sets_needs_reset_when_a_config_read_finds_the_backend_dead() {
-    let (dev, s) = device(
-        DeviceKind::Block,
-        VHOST_USER_F_PROTOCOL_FEATURES,
-        all_protocol(),
-    );
+    let (dev, s) = connected(DeviceKind::Block);
     let sink = Arc::new(CountingSink::default());
-    let mut pci = VirtioPciDevice::new(dev.unwrap(), 2, sink).unwrap();
+    let mut pci = VirtioPciDevice::new(dev, 2, sink).unwrap();
     pci.config_mut().set_bar_address(0, 0x80_0000_0000).unwrap();
     s.b.lock().unwrap().dead = true;
     let mut buf = [0u8; 4];
@@ -744,12 +732,7 @@ fn a_deferred_reset_shows_the_old_status_until_the_rings_are_stopped() {
 
 #[test]
 fn a_deferred_activation_fails_the_device_or_yields_to_a_reset() {
-    let (dev, s) = device(
-        DeviceKind::Block,
-        VHOST_USER_F_PROTOCOL_FEATURES,
-        all_protocol(),
-    );
-    let mut dev = dev.unwrap();
+    let (mut dev, s) = connected(DeviceKind::Block);
     let later = Arc::new(Later::default());
     dev.defer_requests(later.clone());
     s.log();
