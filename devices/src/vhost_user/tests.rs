@@ -629,13 +629,22 @@ impl ControlThread {
     }
 }
 
-#[test]
-fn a_deferred_activation_leaves_the_device_readable_while_the_backend_hangs() {
-    let features = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
-    let (dev, s) = device(DeviceKind::Fs, features, all_protocol());
+/// What the backend of a [`deferring`] device offers.
+const DEFERRING_FEATURES: u64 = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
+
+/// A device of `kind` whose requests run on a [`ControlThread`]; the
+/// receiver gets one `()` per request done.
+fn deferring(kind: DeviceKind) -> (VhostUserDevice, Setup, Receiver<()>) {
+    let (dev, s) = device(kind, DEFERRING_FEATURES, all_protocol());
     let mut dev = dev.unwrap();
     let (done_tx, done) = channel();
     dev.defer_requests(ControlThread::start(done_tx));
+    (dev, s, done)
+}
+
+#[test]
+fn a_deferred_activation_leaves_the_device_readable_while_the_backend_hangs() {
+    let (mut dev, s, done) = deferring(DeviceKind::Fs);
     s.log();
     let (reached, release) = s.hang_at_mem_table();
     let start = Instant::now();
@@ -663,7 +672,7 @@ fn a_deferred_activation_leaves_the_device_readable_while_the_backend_hangs() {
     done.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(dev.state(), DeviceState::Active);
     let log: Vec<Msg> = s.log().into_iter().map(|(m, _)| m).collect();
-    assert_eq!(log.first(), Some(&Msg::SetFeatures(features)));
+    assert_eq!(log.first(), Some(&Msg::SetFeatures(DEFERRING_FEATURES)));
     assert_eq!(log.last(), Some(&Msg::SetVringEnable(1, true)));
     assert!(
         !log.iter().any(|m| matches!(m, Msg::GetConfig(..))),
@@ -676,11 +685,7 @@ fn a_deferred_activation_leaves_the_device_readable_while_the_backend_hangs() {
 
 #[test]
 fn a_deferred_reset_shows_the_old_status_until_the_rings_are_stopped() {
-    let features = VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
-    let (dev, s) = device(DeviceKind::Block, features, all_protocol());
-    let mut dev = dev.unwrap();
-    let (done_tx, done) = channel();
-    dev.defer_requests(ControlThread::start(done_tx));
+    let (dev, s, done) = deferring(DeviceKind::Block);
     let sink = Arc::new(CountingSink::default());
     let mut pci = VirtioPciDevice::new(dev, 2, sink).unwrap();
     pci.config_mut().set_bar_address(0, 0x80_0000_0000).unwrap();
