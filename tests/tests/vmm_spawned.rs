@@ -184,20 +184,23 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    // As clh.go sends the guest's root image (read-only, raw).
-    let config = serde_json::json!({
+    // The VM, then the guest's root image as clh.go sends it (read-only,
+    // raw), cold-plugged with vm.add-disk before vm.boot.
+    let mut config = serde_json::json!({
         "payload": {"kernel": guest, "cmdline": "console=ttyS0 wait-power-button"},
         "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
         "memory": {"size": 64u64 << 20, "shared": true},
         "serial": {"mode": "File", "file": console},
-        "disks": [{"path": image, "readonly": true, "image_type": "Raw"}],
     });
-    let body = config.to_string();
     let call = |method: &str, path: &str, body: Option<&str>| {
         vu_driver::http::call(&api, method, path, body)
     };
-    let (status, reply) = call("PUT", "/api/v1/vm.create", Some(&body));
+    let (status, reply) = call("PUT", "/api/v1/vm.create", Some(&config.to_string()));
     assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
+    let disk = serde_json::json!({"path": image, "readonly": true, "image_type": "Raw"});
+    let (status, reply) = call("PUT", "/api/v1/vm.add-disk", Some(&disk.to_string()));
+    assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
+    config["disks"] = serde_json::json!([disk]);
     assert!(
         children(vmm.pid()).is_empty(),
         "vm.create starts nothing yet"
@@ -212,6 +215,17 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
     assert!(command_line(daemons[0]).contains("--read-only"));
     let info = vm_info(&api);
     assert_eq!(info["config"], config, "{info}");
+    // Hotplug is not there yet: a clear 409, nothing added.
+    let (status, reply) = call("PUT", "/api/v1/vm.add-disk", Some(&disk.to_string()));
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hotplug"),
+        "{reply}"
+    );
+    assert_eq!(vm_info(&api)["devices"].as_array().map(Vec::len), Some(1));
     assert_eq!(info["devices"][0]["backend_state"], "connected", "{info}");
     let socket = disk_socket(&api);
     assert!(

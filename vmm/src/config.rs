@@ -463,6 +463,53 @@ fn console_mode(
     Ok(config)
 }
 
+/// Plug order: disks, shares, NICs (as `vm.create` and the command line).
+fn plug_rank(kind: DeviceKind) -> u8 {
+    match kind {
+        DeviceKind::Block => 0,
+        DeviceKind::Fs => 1,
+        DeviceKind::Net => 2,
+    }
+}
+
+/// The `vm.create` array of `kind`'s devices.
+fn list_key(kind: DeviceKind) -> &'static str {
+    match kind {
+        DeviceKind::Block => "disks",
+        DeviceKind::Fs => "fs",
+        DeviceKind::Net => "net",
+    }
+}
+
+/// `plan` with one more device of `kind` (`vm.add-disk`, `vm.add-fs`,
+/// `vm.add-net` before `vm.boot`; Cloud Hypervisor's cold plug): `body` is
+/// checked as an entry of the `vm.create` array would be (errors name the
+/// field as `disks[N].x`), plugged after the devices of its kind, and
+/// echoed in `vm.info`'s config.
+pub fn add_device(plan: &VmPlan, kind: DeviceKind, body: &Value) -> Result<VmPlan, ConfigError> {
+    let key = list_key(kind);
+    let mut plan = plan.clone();
+    let n = plan
+        .config
+        .devices
+        .iter()
+        .filter(|d| d.kind == kind)
+        .count();
+    let device = device(&format!("{key}[{n}]"), kind, body, &mut plan.unsupported)?;
+    let at = plan
+        .config
+        .devices
+        .iter()
+        .rposition(|d| plug_rank(d.kind) <= plug_rank(kind))
+        .map_or(0, |i| i + 1);
+    plan.config.devices.insert(at, device);
+    match plan.echo.get_mut(key) {
+        Some(Value::Array(list)) => list.push(body.clone()),
+        _ => plan.echo[key] = Value::Array(vec![body.clone()]),
+    }
+    Ok(plan)
+}
+
 /// One of `disks`, `fs`, `net`: a device a vhost-user backend serves.
 fn device(
     path: &str,

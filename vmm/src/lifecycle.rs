@@ -307,6 +307,30 @@ impl VmControl for Vmm {
         self.controller("press the power button")?.power_button()
     }
 
+    fn add_device(
+        &self,
+        kind: devices::vhost_user::DeviceKind,
+        body: &serde_json::Value,
+    ) -> Result<(), ControlError> {
+        let mut inner = self.lock();
+        let state = match &inner.slot {
+            Slot::Empty => return Err(ControlError::NotCreated("add a device")),
+            Slot::Created(plan) => {
+                let plan = config::add_device(plan, kind, body)
+                    .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+                log::info!("{} added before boot", crate::control::api_kind(kind));
+                inner.slot = Slot::Created(Arc::new(plan));
+                return Ok(());
+            }
+            Slot::Booting(_) => VmState::Created,
+            Slot::Booted { ctl, .. } => ctl.state(),
+        };
+        Err(ControlError::InvalidState {
+            action: "add a device (hotplug is not supported yet; add it before vm.boot)",
+            state,
+        })
+    }
+
     fn vmm_shutdown(&self) -> Result<(), ControlError> {
         let mut inner = self.lock();
         inner.quitting = true;
@@ -427,6 +451,26 @@ mod tests {
         vmm.delete().unwrap();
         assert_eq!(vmm.info().unwrap_err().status(), 404);
         vmm.create_plan(plan()).unwrap();
+    }
+
+    #[test]
+    fn devices_are_added_while_created_only() {
+        let (vmm, _runner) = Vmm::new(Instant::now());
+        let disk = serde_json::json!({"vhost_user": true, "vhost_socket": "/run/b.sock"});
+        let kind = devices::vhost_user::DeviceKind::Block;
+        assert_eq!(vmm.add_device(kind, &disk).unwrap_err().status(), 404);
+        vmm.create_plan(plan()).unwrap();
+        vmm.add_device(kind, &disk).unwrap();
+        let info = vmm.info().unwrap();
+        assert_eq!(info.devices.last().unwrap().socket, "/run/b.sock");
+        assert_eq!(info.config["disks"].as_array().unwrap().last(), Some(&disk));
+        let bad = vmm
+            .add_device(kind, &serde_json::json!({"vhost_user": true}))
+            .unwrap_err();
+        assert_eq!(bad.status(), 400);
+        assert!(bad.to_string().contains("vhost_socket"), "{bad}");
+        vmm.set(Slot::Booting(Arc::new(plan())));
+        assert_eq!(vmm.add_device(kind, &disk).unwrap_err().status(), 409);
     }
 
     #[test]

@@ -285,4 +285,15 @@ pub trait VmControl: Send + Sync {
     fn power_button(&self) -> Result<(), ControlError>;
     /// Ask the VMM process to exit (`vmm.shutdown`); see the module docs.
     fn vmm_shutdown(&self) -> Result<(), ControlError>;
+
+    /// `vm.add-disk`, `vm.add-fs`, `vm.add-net`: one more device of
+    /// `kind` (`body` as an entry of `vm.create`'s list), before `vm.boot`
+    /// (cold plug; a running VM answers 409, hotplug is not supported yet).
+    fn add_device(
+        &self,
+        _kind: devices::vhost_user::DeviceKind,
+        _body: &serde_json::Value,
+    ) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported("adding a device"))
+    }
 }

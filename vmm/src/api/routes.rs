@@ -2,6 +2,8 @@
 
 use serde_json::json;
 
+use devices::vhost_user::DeviceKind;
+
 use super::http::{Request, Response};
 use super::{ControlError, VmControl};
 
@@ -19,6 +21,7 @@ enum Endpoint {
     VmResume,
     VmShutdown,
     VmPowerButton,
+    VmAdd(DeviceKind),
 }
 
 /// Path, the one method it takes, endpoint.
@@ -34,6 +37,17 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("/api/v1/vm.resume", "PUT", Endpoint::VmResume),
     ("/api/v1/vm.shutdown", "PUT", Endpoint::VmShutdown),
     ("/api/v1/vm.power-button", "PUT", Endpoint::VmPowerButton),
+    (
+        "/api/v1/vm.add-disk",
+        "PUT",
+        Endpoint::VmAdd(DeviceKind::Block),
+    ),
+    ("/api/v1/vm.add-fs", "PUT", Endpoint::VmAdd(DeviceKind::Fs)),
+    (
+        "/api/v1/vm.add-net",
+        "PUT",
+        Endpoint::VmAdd(DeviceKind::Net),
+    ),
 ];
 
 /// A response, and whether the connection closes after it.
@@ -89,6 +103,14 @@ pub fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
             .into(),
         },
         Endpoint::VmBoot => action(ctl.boot()).into(),
+        Endpoint::VmAdd(kind) => match body {
+            Some(device) => action(ctl.add_device(kind, &device)).into(),
+            None => Response::error(
+                400,
+                format!("{} needs a body: the device as JSON", req.path),
+            )
+            .into(),
+        },
         Endpoint::VmDelete => action(ctl.delete()).into(),
         Endpoint::VmInfo => match ctl.info() {
             Ok(info) => to_json(&info),

@@ -276,11 +276,24 @@ struct ConnShared {
     /// Since when the connection waits for its next request; None while a
     /// request is being read or answered.
     idle_since: Mutex<Option<Instant>>,
-    /// Tells the connection to close once idle.
-    evict: EventFd,
+    /// Tells the connection to close once idle; gone (its descriptor
+    /// closed) as soon as the connection ends, not when the accept thread
+    /// next reaps it.
+    evict: Mutex<Option<Arc<EventFd>>>,
 }
 
 impl ConnShared {
+    /// Signals the eviction; false if the connection has ended.
+    fn evict(&self) -> bool {
+        let fd = self.evict.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        fd.is_some_and(|fd| fd.write(1).is_ok())
+    }
+
+    /// The connection's end: its eventfd goes.
+    fn close(&self) {
+        *self.evict.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     fn set_idle(&self, since: Option<Instant>) {
         *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = since;
     }
@@ -307,7 +320,7 @@ fn evict_longest_idle(conns: &mut [Conn]) -> bool {
         .filter_map(|c| Some((c.shared.idle_since()?, c)))
         .min_by_key(|(since, _)| *since);
     match victim {
-        Some((_, c)) if c.shared.evict.write(1).is_ok() => {
+        Some((_, c)) if c.shared.evict() => {
             c.evicted = true;
             true
         }
@@ -364,14 +377,23 @@ fn accept_loop(listener: UnixListener, ctl: Arc<dyn VmControl>, stop: ApiStop, l
                 continue;
             }
         };
+        let evict = Arc::new(evict);
         let shared = Arc::new(ConnShared {
             idle_since: Mutex::new(Some(Instant::now())),
-            evict,
+            evict: Mutex::new(Some(evict.clone())),
         });
         let (ctl, stop, mine) = (Arc::clone(&ctl), stop.clone(), Arc::clone(&shared));
         let spawned = std::thread::Builder::new()
             .name("vmm-api-conn".into())
-            .spawn(move || serve_connection(stream, &*ctl, &stop, &mine, &limits));
+            .spawn(move || {
+                let mut stream = stream;
+                serve_connection(&mut stream, &*ctl, &stop, &mine, &evict, &limits);
+                // The eventfd goes before the client can see the socket
+                // close: nothing of the connection outlives its end.
+                mine.close();
+                drop(evict);
+                drop(stream);
+            });
         match spawned {
             Ok(thread) => conns.push(Conn {
                 thread,
@@ -398,10 +420,11 @@ fn refuse_busy(mut stream: UnixStream, limit: usize) {
 /// breaks the protocol, times out, the server stops, or a newcomer needs
 /// the place while it is idle.
 fn serve_connection(
-    mut stream: UnixStream,
+    stream: &mut UnixStream,
     ctl: &dyn VmControl,
     stop: &ApiStop,
     shared: &ConnShared,
+    evict: &EventFd,
     limits: &Limits,
 ) {
     if let Err(e) = stream
@@ -431,12 +454,12 @@ fn serve_connection(
                     // room already, this answer is the last.
                     idle_since = Instant::now();
                     shared.set_idle(Some(idle_since));
-                    let evicted = shared.evict.read().is_ok();
+                    let evicted = evict.read().is_ok();
                     let keep_alive = req.keep_alive && !reply.close && !evicted;
                     let head_only = req.method == "HEAD";
                     if reply
                         .response
-                        .write_to(&mut stream, keep_alive, head_only)
+                        .write_to(stream, keep_alive, head_only)
                         .is_err()
                         || !keep_alive
                     {
@@ -450,7 +473,7 @@ fn serve_connection(
                     }
                     break;
                 }
-                Err(e) => return refuse(&mut stream, &e),
+                Err(e) => return refuse(stream, &e),
             }
         }
         if decoder.in_request() {
@@ -465,15 +488,11 @@ fn serve_connection(
             Some(t) => t + limits.request_timeout,
             None => idle_since + limits.idle_timeout,
         };
-        let evict = if started.is_some() {
-            None
-        } else {
-            Some(&shared.evict)
-        };
+        let evict = if started.is_some() { None } else { Some(evict) };
         match wait(stream.as_raw_fd(), stop, evict, Some(deadline)) {
             Ok(Wake::Readable) => shared.set_idle(None),
             Ok(Wake::TimedOut) if started.is_some() => {
-                return refuse(&mut stream, &HttpError::Timeout(limits.request_timeout))
+                return refuse(stream, &HttpError::Timeout(limits.request_timeout))
             }
             Ok(Wake::TimedOut | Wake::Stopped | Wake::Evicted) | Err(_) => return,
         }

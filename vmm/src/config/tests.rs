@@ -345,3 +345,35 @@ fn kata_rootfs_image_is_served_by_a_daemon_the_vmm_runs() {
         assert!(e.to_string().contains(words), "{e}");
     }
 }
+
+#[test]
+fn devices_added_before_boot_join_the_plan_in_plug_order() {
+    let k = kernel();
+    let plan = from_api(&json!({
+        "payload": {"kernel": k},
+        "disks": [{"vhost_user": true, "vhost_socket": "/run/a.sock"}],
+        "net": [{"vhost_user": true, "vhost_socket": "/run/n.sock"}],
+    }))
+    .unwrap();
+    let disk = json!({"vhost_user": true, "vhost_socket": "/run/b.sock", "num_queues": 2});
+    let plan = add_device(&plan, DeviceKind::Block, &disk).unwrap();
+    let fs = json!({"tag": "kataShared", "socket": "/run/fs.sock"});
+    let plan = add_device(&plan, DeviceKind::Fs, &fs).unwrap();
+    let order: Vec<_> = plan
+        .config
+        .devices
+        .iter()
+        .map(|d| d.socket.display().to_string())
+        .collect();
+    assert_eq!(
+        order,
+        ["/run/a.sock", "/run/b.sock", "/run/fs.sock", "/run/n.sock"]
+    );
+    assert_eq!(plan.echo["disks"][1], disk);
+    assert_eq!(plan.echo["fs"], json!([fs]));
+    // Checked as a vm.create entry would be, the field named by its place.
+    let e = add_device(&plan, DeviceKind::Block, &json!({"vhost_user": true})).unwrap_err();
+    assert_eq!(e.field, "disks[2].vhost_socket", "{e}");
+    let e = add_device(&plan, DeviceKind::Net, &json!({"tap": "tap0"})).unwrap_err();
+    assert_eq!(e.field, "net[1].tap", "{e}");
+}
