@@ -525,6 +525,15 @@ pub fn parse_net(s: &str) -> Result<VhostUserConfig, String> {
 mod tests {
     use super::*;
 
+    /// Checks that `parse` refuses each input with an error that says the
+    /// text paired with it; a failure names the input.
+    fn refuses(parse: fn(&str) -> Result<VhostUserConfig, String>, cases: &[(&str, &str)]) {
+        for (bad, says) in cases {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("512M"), Ok(512 << 20));
@@ -683,19 +692,17 @@ mod tests {
         );
         assert_eq!((d.socket, d.num_queues), (PathBuf::new(), 2));
         assert!(!parse_disk("path=/i").unwrap().image.unwrap().readonly);
-        for (bad, says) in [
-            ("socket=/s,path=/i", "not both"),
-            ("socket=/s,readonly=on", "goes with path=IMAGE"),
-            ("path=/i,readonly=yes", "readonly=yes is not on or off"),
-            ("path=", "path= needs a disk image"),
-            ("num_queues=1", "or path=IMAGE"),
-        ] {
-            let e = parse_disk(bad).unwrap_err();
-            assert!(e.contains(says), "{bad}: {e}");
-        }
-        assert!(parse_fs("tag=t,path=/i")
-            .unwrap_err()
-            .contains("unknown key `path`"));
+        refuses(
+            parse_disk,
+            &[
+                ("socket=/s,path=/i", "not both"),
+                ("socket=/s,readonly=on", "goes with path=IMAGE"),
+                ("path=/i,readonly=yes", "readonly=yes is not on or off"),
+                ("path=", "path= needs a disk image"),
+                ("num_queues=1", "or path=IMAGE"),
+            ],
+        );
+        refuses(parse_fs, &[("tag=t,path=/i", "unknown key `path`")]);
         let r = |s: &str| parse_disk(s).map(|d| d.reconnect);
         assert_eq!(r("socket=/b,reconnect=0"), Ok(Reconnect::Forever));
         assert_eq!(r("socket=/b,reconnect=off"), Ok(Reconnect::Off));
@@ -712,19 +719,26 @@ mod tests {
         );
         let d = parse_disk("num_queues=4,socket=/b,queue_size=128").unwrap();
         assert_eq!((d.num_queues, d.queue_size, d.device_queues()), (4, 128, 4));
-        let err = |s: &str| parse_disk(s).unwrap_err();
-        assert!(err("num_queues=2").contains("missing socket=PATH"));
-        assert!(err("socket=").contains("socket= needs a path"));
-        assert!(err("socket=/b,tag=x").contains("unknown key `tag`"));
-        assert!(err("socket=/b,num_queues=two").contains("num_queues=two is not a number"));
-        assert!(err("socket=/b,num_queues=0").contains("num_queues=0"));
-        assert!(err("socket=/b,num_queues=257").contains("from 1 to 256"));
-        assert!(err("socket=/b,queue_size=100").contains("not a power of two"));
-        assert!(err("socket=/b,queue_size=0").contains("not a power of two"));
-        assert!(err("socket=/b,queue_size=65536").contains("queue_size=65536 is not a number"));
-        assert!(err("socket=/b,queue_size=x").contains("not a number"));
-        assert!(err("socket=/a,socket=/b").contains("given twice"));
-        assert!(err("/b").contains("key=value"));
+        refuses(
+            parse_disk,
+            &[
+                ("num_queues=2", "missing socket=PATH"),
+                ("socket=", "socket= needs a path"),
+                ("socket=/b,tag=x", "unknown key `tag`"),
+                ("socket=/b,num_queues=two", "num_queues=two is not a number"),
+                ("socket=/b,num_queues=0", "num_queues=0"),
+                ("socket=/b,num_queues=257", "from 1 to 256"),
+                ("socket=/b,queue_size=100", "not a power of two"),
+                ("socket=/b,queue_size=0", "not a power of two"),
+                (
+                    "socket=/b,queue_size=65536",
+                    "queue_size=65536 is not a number",
+                ),
+                ("socket=/b,queue_size=x", "not a number"),
+                ("socket=/a,socket=/b", "given twice"),
+                ("/b", "key=value"),
+            ],
+        );
     }
 
     #[test]
@@ -737,12 +751,19 @@ mod tests {
         );
         let tag36 = "t".repeat(36);
         assert!(parse_fs(&format!("tag={tag36},socket=/f")).is_ok());
-        let err = |s: &str| parse_fs(s).unwrap_err();
-        assert!(err(&format!("tag={tag36}x,socket=/f")).contains("37 bytes; a tag has 1 to 36"));
-        assert!(err("tag=,socket=/f").contains("0 bytes"));
-        assert!(err("socket=/f").contains("missing tag=TAG"));
-        assert!(err("tag=x").contains("missing socket=PATH"));
-        assert!(err("tag=x,socket=/f,mac=52:54:00:00:00:01").contains("unknown key `mac`"));
+        refuses(
+            parse_fs,
+            &[
+                (
+                    &format!("tag={tag36}x,socket=/f"),
+                    "37 bytes; a tag has 1 to 36",
+                ),
+                ("tag=,socket=/f", "0 bytes"),
+                ("socket=/f", "missing tag=TAG"),
+                ("tag=x", "missing socket=PATH"),
+                ("tag=x,socket=/f,mac=52:54:00:00:00:01", "unknown key `mac`"),
+            ],
+        );
     }
 
     #[test]
@@ -752,8 +773,6 @@ mod tests {
         assert_eq!((n.num_queues, n.queue_size, n.device_queues()), (2, 256, 3));
         let n = parse_net("socket=/n,num_queues=4").unwrap();
         assert_eq!((n.mac, n.device_queues()), (None, 5));
-        let err = |s: &str| parse_net(s).unwrap_err();
-        assert!(err("socket=/n,num_queues=3").contains("num_queues=3 is odd"));
         for bad in [
             "52:54:00:12:34",
             "52:54:00:12:34:56:78",
@@ -762,14 +781,20 @@ mod tests {
             "525400123456",
             "",
         ] {
-            assert!(
-                err(&format!("socket=/n,mac={bad}")).contains("is not a MAC address"),
-                "{bad}"
+            refuses(
+                parse_net,
+                &[(&format!("socket=/n,mac={bad}"), "is not a MAC address")],
             );
         }
-        assert!(err("socket=/n,mac=01:00:5e:00:00:01").contains("multicast"));
-        assert!(err("mac=52:54:00:12:34:56").contains("missing socket=PATH"));
-        assert!(err("socket=/n,tag=x").contains("unknown key `tag`"));
+        refuses(
+            parse_net,
+            &[
+                ("socket=/n,num_queues=3", "num_queues=3 is odd"),
+                ("socket=/n,mac=01:00:5e:00:00:01", "multicast"),
+                ("mac=52:54:00:12:34:56", "missing socket=PATH"),
+                ("socket=/n,tag=x", "unknown key `tag`"),
+            ],
+        );
     }
 
     #[test]
