@@ -8,6 +8,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::{read_first_byte, write_first_byte};
 use crate::acpi;
 use crate::bus::BusDevice;
 
@@ -144,25 +145,18 @@ impl Cmos {
 
 impl BusDevice for Cmos {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0xff);
-        let Some(first) = data.first_mut() else {
-            return;
-        };
-        *first = match offset {
+        read_first_byte(data, 0xff, || match offset {
             0 => self.index,
             _ => self.read_register(self.index),
-        };
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let Some(&value) = data.first() else {
-            return;
-        };
-        match offset {
+        write_first_byte(data, |value| match offset {
             // Bit 7 masks NMIs on real hardware; the register index is 7 bits.
             0 => self.index = value & 0x7f,
             _ => self.write_register(self.index, value),
-        }
+        });
     }
 }
 

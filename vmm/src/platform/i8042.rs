@@ -6,6 +6,7 @@ use std::sync::mpsc::Sender;
 
 use vm_superio::{I8042Device, Trigger};
 
+use super::{read_first_byte, write_first_byte};
 use crate::bus::BusDevice;
 use crate::event::VmEvent;
 
@@ -44,17 +45,14 @@ impl I8042 {
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = self.dev.read(offset as u8);
-        }
+        read_first_byte(data, 0, || self.dev.read(offset as u8));
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(&value) = data.first() {
+        write_first_byte(data, |value| {
             if let Err(e) = self.dev.write(offset as u8, value) {
                 log::warn!("i8042: {e}");
             }
-        }
+        });
     }
 }
 

@@ -22,3 +22,21 @@ pub use debug::{DebugPort, DebugPortAt, DEBUGCON_PORT, POST_PORT};
 pub use i8042::{I8042, I8042_PORT};
 pub use pm::{AcpiPm, PmTimer, SciLine};
 pub use serial::{SerialDevice, SerialError, COM1_IRQ, COM1_PORT};
+
+/// A read of any size from a device of 8-bit registers (the UART, the
+/// i8042, CMOS): the first byte is the register `read` gives, the rest
+/// `fill`; an empty access reads no register.
+fn read_first_byte(data: &mut [u8], fill: u8, read: impl FnOnce() -> u8) {
+    data.fill(fill);
+    if let Some(first) = data.first_mut() {
+        *first = read();
+    }
+}
+
+/// A write of any size to a device of 8-bit registers: only its first byte
+/// reaches `write`; an empty access writes nothing.
+fn write_first_byte(data: &[u8], write: impl FnOnce(u8)) {
+    if let Some(&value) = data.first() {
+        write(value);
+    }
+}

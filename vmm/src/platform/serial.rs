@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::{read_first_byte, write_first_byte};
 use crate::bus::BusDevice;
 use crate::cli::SerialConfig;
 
@@ -80,18 +81,15 @@ impl SerialDevice {
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = self.serial.read(offset as u8);
-        }
+        read_first_byte(data, 0, || self.serial.read(offset as u8));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(&value) = data.first() {
+        write_first_byte(data, |value| {
             if let Err(e) = self.serial.write(offset as u8, value) {
                 log::debug!("serial: {e:?}");
             }
-        }
+        });
     }
 }
 
