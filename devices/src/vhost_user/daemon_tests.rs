@@ -207,6 +207,20 @@ impl VhostUserConn for Recording {
     }
 }
 
+/// The messages that set up `rings` rings, in the order the frontend
+/// sends them.
+fn ring_setup(rings: usize) -> Vec<&'static str> {
+    [
+        "SET_VRING_NUM",
+        "SET_VRING_ADDR",
+        "SET_VRING_BASE",
+        "SET_VRING_CALL",
+        "SET_VRING_KICK",
+        "SET_VRING_ENABLE",
+    ]
+    .repeat(rings)
+}
+
 /// Keeps a copy of every queue's eventfds, as the VMM would.
 #[derive(Default)]
 struct KeptEvents(Arc<Mutex<Vec<QueueEvents>>>);
@@ -363,16 +377,7 @@ fn real_backend_negotiation_config_rings_and_reset() {
     rig.dev.activate(VERSION_1 | (1 << 9), queues()).unwrap();
     let log = rig.log();
     let mut want = vec!["SET_FEATURES", "SET_MEM_TABLE"];
-    for _ in 0..2 {
-        want.extend([
-            "SET_VRING_NUM",
-            "SET_VRING_ADDR",
-            "SET_VRING_BASE",
-            "SET_VRING_CALL",
-            "SET_VRING_KICK",
-            "SET_VRING_ENABLE",
-        ]);
-    }
+    want.extend(ring_setup(2));
     assert_eq!(log.iter().map(|(n, _)| *n).collect::<Vec<_>>(), want);
     assert!(
         log.iter().all(|(_, nr)| *nr),
@@ -501,16 +506,7 @@ fn a_backend_that_comes_back_gets_the_whole_setup_with_rings_at_the_used_index()
         "SET_FEATURES",
         "SET_MEM_TABLE",
     ];
-    for _ in 0..2 {
-        want.extend([
-            "SET_VRING_NUM",
-            "SET_VRING_ADDR",
-            "SET_VRING_BASE",
-            "SET_VRING_CALL",
-            "SET_VRING_KICK",
-            "SET_VRING_ENABLE",
-        ]);
-    }
+    want.extend(ring_setup(2));
     assert_eq!(names, want);
     // Both rings were kicked (no kick from the driver) and resumed at
     // their used index, and the backend calls.
