@@ -238,6 +238,8 @@ pub struct QemuGuest {
     automount_fs: bool,
     cmdline: Vec<String>,
     qemu_args: Vec<String>,
+    /// `reconnect=N` on every vhost-user chardev.
+    reconnect_s: Option<u32>,
 }
 
 impl QemuGuest {
@@ -266,6 +268,7 @@ impl QemuGuest {
             automount_fs: true,
             cmdline: Vec::new(),
             qemu_args: Vec::new(),
+            reconnect_s: None,
         }
     }
 
@@ -277,6 +280,15 @@ impl QemuGuest {
             socket: socket.as_ref().to_path_buf(),
             tag: tag.to_string(),
         });
+        self
+    }
+
+    /// QEMU reconnects each vhost-user blk and net socket `secs` seconds
+    /// after its backend went away (`-chardev socket,...,reconnect=N`),
+    /// replaying the setup on the new connection (QEMU 7.2 cannot start
+    /// vhost-user-fs on a reconnecting socket, so shares keep a plain one).
+    pub fn reconnect(mut self, secs: u32) -> Self {
+        self.reconnect_s = Some(secs);
         self
     }
 
@@ -492,8 +504,15 @@ impl QemuGuest {
                 | Device::Net { socket, .. } => socket,
             };
             a.push("-chardev".into());
+            // QEMU 7.2's vhost-user-fs cannot start on a reconnecting
+            // socket ("Failed to set msg fds"): only blk and net get it.
+            let reconnect = self
+                .reconnect_s
+                .filter(|_| !matches!(dev, Device::Fs { .. }))
+                .map(|n| format!(",reconnect={n}"))
+                .unwrap_or_default();
             a.push(format!(
-                "socket,id=vu{i},path={}",
+                "socket,id=vu{i},path={}{reconnect}",
                 qemu_escape(socket.as_os_str())
             ));
             match dev {
