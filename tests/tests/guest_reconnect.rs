@@ -10,15 +10,26 @@
 //! guest's kernel logs no I/O error, and the image holds each writer's
 //! last round.
 //!
-//! Needs `scripts/setup.sh` (guest kit) and `cargo build --workspace --bins`.
+//! The same for vhost-net-daemon: a 1 MiB TCP stream from the guest to a
+//! listener in the host's namespace that stops reading after 64 KiB, while
+//! the host kills the daemon twice and restarts it on the same tap; QEMU
+//! reconnects (the guest's link goes down and up) and the stream arrives
+//! byte for byte.
+//!
+//! Needs root (namespace, tap), `scripts/setup.sh` (guest kit) and
+//! `cargo build --workspace --bins`.
 
 use std::cell::RefCell;
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::Path;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
-use vu_driver::guest::QemuGuest;
-use vu_driver::ours::{vhost_blk_daemon, virtiofsd, BlkDaemonOpts};
+use vu_driver::guest::{NetDeviceOpts, QemuGuest};
+use vu_driver::netns::NetNs;
+use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
 
 const TAG: &str = "kataShared";
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -200,5 +211,113 @@ fn qemu_reconnects_to_a_restarted_blk_daemon_and_no_write_is_lost() {
     assert!(
         Path::new(&stop_file).exists(),
         "the guest was told to stop\n{all}"
+    );
+}
+
+const TAP: &str = "vrtap0";
+const HOST_IP: &str = "10.0.9.1";
+const GUEST_IP: &str = "10.0.9.2";
+const GUEST_MAC: &str = "02:00:00:00:00:23";
+const TCP_PORT: u16 = 5557;
+const MIB: usize = 1 << 20;
+/// What the listener reads before the kills.
+const TCP_FIRST: usize = 64 << 10;
+
+#[test]
+fn qemu_reconnects_to_a_restarted_net_daemon_and_a_tcp_stream_survives() {
+    let dir = TempDir::new("guest-reconnect-net").unwrap();
+    let ns = NetNs::new("vrn").unwrap_or_else(|e| panic!("{e}"));
+    ns.add_tap(TAP, false, Some(&format!("{HOST_IP}/24")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let socket = dir.join("net.sock");
+    let start = || {
+        vhost_net_daemon(&ns, &socket, &["--tap", TAP, "--mac", GUEST_MAC])
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let net = Mutex::new(start());
+    let listener = ns
+        .enter(|| TcpListener::bind((HOST_IP, TCP_PORT)))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("listening on {HOST_IP}:{TCP_PORT}: {e}"));
+    let script = format!(
+        r#"set -e
+ip link set eth0 up
+ip addr add {GUEST_IP}/24 dev eth0
+seq 1 999999999 | head -c {MIB} >/tmp/t
+timeout 300 nc {HOST_IP} {TCP_PORT} </tmp/t || exit 22
+"#
+    );
+    let guest = QemuGuest::locate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .net_vhost_user_with(
+            &socket,
+            &NetDeviceOpts {
+                mac: Some(GUEST_MAC.to_string()),
+                queue_pairs: None,
+            },
+        )
+        .reconnect(1)
+        .script(&script)
+        .timeout(GUEST_TIMEOUT);
+    let (partial_tx, partial) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let (out, received, kills) = std::thread::scope(|scope| {
+        let receiver = scope.spawn(move || {
+            // Nonblocking accept up to the guest's time: a guest that never
+            // connects must not hang the test.
+            listener.set_nonblocking(true)?;
+            let mut conn = None;
+            let _ = poll_until(GUEST_TIMEOUT, || {
+                conn = listener.accept().ok().map(|(c, _)| c);
+                conn.is_some()
+            });
+            let mut conn =
+                conn.ok_or_else(|| std::io::Error::other("the guest never connected"))?;
+            conn.set_nonblocking(false)?;
+            let mut data = vec![0u8; TCP_FIRST];
+            conn.read_exact(&mut data)?;
+            let _ = partial_tx.send(());
+            let _ = go_rx.recv();
+            conn.take((MIB - TCP_FIRST) as u64).read_to_end(&mut data)?;
+            std::io::Result::Ok(data)
+        });
+        let (net, start) = (&net, &start);
+        let killer = scope.spawn(move || -> Result<u32, String> {
+            partial
+                .recv_timeout(GUEST_TIMEOUT)
+                .map_err(|_| "the guest's stream never arrived".to_string())?;
+            for n in 1..=2u32 {
+                let mut d = net.lock().unwrap();
+                d.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
+                d.wait_timeout(WAIT).map_err(|e| e.to_string())?;
+                *d = start();
+                // QEMU's reconnect: the new daemon's first frontend.
+                if !poll_until(WAIT, || d.log_contents().contains("frontend connected")) {
+                    return Err(format!("QEMU did not reconnect after kill {n}"));
+                }
+            }
+            let _ = go.send(());
+            Ok(2)
+        });
+        let out = guest.run();
+        let kills = killer.join().unwrap();
+        (out, receiver.join().unwrap(), kills)
+    });
+    let net = net.into_inner().unwrap();
+    let out = out.unwrap_or_else(|e| panic!("{e}"));
+    let all = format!(
+        "--- console\n{}\n--- QEMU stderr\n{}\n--- {} log\n{}",
+        out.console_text(),
+        out.qemu_stderr,
+        net.name(),
+        net.log_contents()
+    );
+    assert_eq!(kills, Ok(2), "{all}");
+    out.ensure_pass().unwrap_or_else(|e| panic!("{e}\n{all}"));
+    let tcp = received.unwrap_or_else(|e| panic!("receiving the stream: {e}\n{all}"));
+    assert!(
+        tcp == seq_from(1, MIB),
+        "the TCP stream differs from the guest's MiB ({} bytes)\n{all}",
+        tcp.len()
     );
 }
