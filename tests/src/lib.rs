@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod blk;
 pub mod contrib;
+pub mod crash;
 pub mod device;
 pub mod fixture;
 pub mod fs;

@@ -61,6 +61,48 @@ pub fn fd_targets(pid: u32) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// The kicks waiting in `pid`'s eventfds (`eventfd-count` in
+/// /proc/PID/fdinfo). A stopped vhost-user daemon's kick eventfd counts the
+/// guest's kicks, so a count means a request sits in a ring, untaken.
+pub fn pending_kicks(pid: u32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("eventfd-count:"))
+                .and_then(|n| u64::from_str_radix(n.trim(), 16).ok())
+        })
+        .sum()
+}
+
+/// The pids of `pid`'s children (every thread's) whose command line
+/// contains `program`.
+pub fn children_running(pid: u32, program: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|p| command_line(*p).contains(program))
+        .collect()
+}
+
+/// `pid`'s command line, arguments joined with spaces (empty once gone).
+pub fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
 /// Number of threads of `pid` (entries of `/proc/PID/task`).
 pub fn thread_count(pid: u32) -> io::Result<usize> {
     Ok(fs::read_dir(format!("/proc/{pid}/task"))?.count())

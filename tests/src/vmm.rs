@@ -98,21 +98,34 @@ where
 
 /// Boots the test guest with `cpus` vCPUs and 64 MiB, serial on stdout.
 pub fn boot_test_guest(cpus: u8, timeout: Duration) -> Finished {
+    run_test_guest(&["--cpus".into(), format!("boot={cpus}")], timeout)
+}
+
+/// Runs the test guest with 64 MiB, serial on stdout, and `extra` (the
+/// devices, `--cpus`) to its end.
+pub fn run_test_guest(extra: &[String], timeout: Duration) -> Finished {
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let cpus = format!("boot={cpus}");
-    run_vmm(
-        [
-            "--kernel".as_ref(),
-            guest.as_os_str(),
-            "--memory".as_ref(),
-            "size=64M".as_ref(),
-            "--serial".as_ref(),
-            "stdio".as_ref(),
-            "--cpus".as_ref(),
-            cpus.as_ref(),
-        ],
-        timeout,
-    )
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--kernel".into(),
+        guest.into_os_string(),
+        "--memory".into(),
+        "size=64M".into(),
+        "--serial".into(),
+        "stdio".into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    run_vmm(args, timeout)
+}
+
+/// The last `blk-loop: round N ok` on the test guest's console (its
+/// `blk-loop` mode writes, reads back and compares a sector per round).
+pub fn blk_loop_rounds(console: &Path) -> u64 {
+    serial(console)
+        .lines()
+        .filter_map(|l| l.strip_prefix("blk-loop: round ")?.strip_suffix(" ok"))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Our `vmm` booting the test guest with `console=ttyS0 guest_args` and

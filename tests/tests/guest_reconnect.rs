@@ -20,22 +20,22 @@
 //! `cargo build --workspace --bins`.
 
 use std::cell::RefCell;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+use vu_driver::crash;
 use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
 use vu_driver::guest::{NetDeviceOpts, QemuGuest};
+use vu_driver::image::seq_from;
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
+use vu_driver::process::pending_kicks;
 
 const TAG: &str = "kataShared";
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 const WAIT: Duration = Duration::from_secs(60);
-/// A writer's round: 4 O_DIRECT writes of 64 KiB.
-const ROUND: usize = 256 << 10;
 /// Rounds each writer does after a kill before the next step.
 const AFTER_KILL: u64 = 3;
 const IO_ERRORS: &str = "I/O error|blk_update_request";
@@ -44,51 +44,11 @@ fn script() -> String {
     format!(
         r#"set -e
 test -n "$VUTEST_FS" || exit 10
-w() {{
-n=0
-while [ ! -e "$VUTEST_FS/stop" ]; do
-n=$((n+1))
-seq $(($1*100000000+n*1000)) 999999999 | head -c {ROUND} >/tmp/d$1
-dd if=/tmp/d$1 of=/dev/vda bs=64k seek=$((64*$1)) oflag=direct conv=notrunc 2>/dev/null || {{ echo "writer $1: round $n failed"; return 1; }}
-echo "writer $1: round $n done"
-done
-vutest-kv rounds$1 $n
-}}
-w 1 & p1=$!
-w 2 & p2=$!
-wait $p1 || exit 11
-wait $p2 || exit 12
-c="$(dmesg | grep -E '{IO_ERRORS}' | tr '\n' '|' || true)"
+{writers}c="$(dmesg | grep -E '{IO_ERRORS}' | tr '\n' '|' || true)"
 vutest-kv io_errors "${{c:-none}}"
-"#
+"#,
+        writers = crash::writers_script()
     )
-}
-
-/// What `seq START 999999999 | head -c LEN` prints.
-fn seq_from(start: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 16);
-    let mut n = start;
-    while out.len() < len {
-        out.extend_from_slice(format!("{n}\n").as_bytes());
-        n += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-/// The kicks waiting in `pid`'s eventfds (see vmm_linux_reconnect).
-fn pending_kicks(pid: u32) -> u64 {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    fds.flatten()
-        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("eventfd-count:"))
-                .and_then(|n| u64::from_str_radix(n.trim(), 16).ok())
-        })
-        .sum()
 }
 
 /// Where the test is: kills done, and the rounds seen when each was done.
@@ -149,12 +109,7 @@ fn qemu_reconnects_to_a_restarted_blk_daemon_and_no_write_is_lost() {
         .run_watching(|line| {
             let mut p = progress.borrow_mut();
             for w in 0..2 {
-                let prefix = format!("writer {}: round ", w + 1);
-                if let Some(n) = line
-                    .strip_prefix(&prefix)
-                    .and_then(|l| l.strip_suffix(" done"))
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                {
+                if let Some(n) = crash::round_done(line, w as u64 + 1) {
                     p.rounds[w] = p.rounds[w].max(n);
                 }
             }
@@ -196,18 +151,12 @@ fn qemu_reconnects_to_a_restarted_blk_daemon_and_no_write_is_lost() {
     assert_eq!((p.kills, p.stop_written), (2, true), "{all}");
     out.ensure_pass().unwrap_or_else(|e| panic!("{e}\n{all}"));
     assert_eq!(out.kv("io_errors"), Some("none"), "{all}");
-    let disk = std::fs::read(&image).unwrap();
-    for w in 1..=2u64 {
-        let last: u64 = out
-            .kv(&format!("rounds{w}"))
+    let rounds = [1, 2].map(|w| {
+        out.kv(&format!("rounds{w}"))
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no rounds{w}\n{all}"));
-        let at = (64 * w * 64 * 1024) as usize;
-        assert!(
-            disk[at..at + ROUND] == seq_from(w * 100_000_000 + last * 1000, ROUND)[..],
-            "writer {w}: the image does not hold round {last}\n{all}"
-        );
-    }
+            .unwrap_or_else(|| panic!("no rounds{w}\n{all}"))
+    });
+    crash::check_last_rounds(&image, rounds).unwrap_or_else(|e| panic!("{e}\n{all}"));
     assert!(
         Path::new(&stop_file).exists(),
         "the guest was told to stop\n{all}"
@@ -262,25 +211,8 @@ timeout 300 nc {HOST_IP} {TCP_PORT} </tmp/t || exit 22
     let (partial_tx, partial) = mpsc::channel();
     let (go, go_rx) = mpsc::channel::<()>();
     let (out, received, kills) = std::thread::scope(|scope| {
-        let receiver = scope.spawn(move || {
-            // Nonblocking accept up to the guest's time: a guest that never
-            // connects must not hang the test.
-            listener.set_nonblocking(true)?;
-            let mut conn = None;
-            let _ = poll_until(GUEST_TIMEOUT, || {
-                conn = listener.accept().ok().map(|(c, _)| c);
-                conn.is_some()
-            });
-            let mut conn =
-                conn.ok_or_else(|| std::io::Error::other("the guest never connected"))?;
-            conn.set_nonblocking(false)?;
-            let mut data = vec![0u8; TCP_FIRST];
-            conn.read_exact(&mut data)?;
-            let _ = partial_tx.send(());
-            let _ = go_rx.recv();
-            conn.take((MIB - TCP_FIRST) as u64).read_to_end(&mut data)?;
-            std::io::Result::Ok(data)
-        });
+        let receiver =
+            crash::receive_in_two_parts(listener, TCP_FIRST, MIB, GUEST_TIMEOUT, partial_tx, go_rx);
         let (net, start) = (&net, &start);
         let killer = scope.spawn(move || -> Result<u32, String> {
             partial

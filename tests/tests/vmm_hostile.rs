@@ -5,7 +5,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use vu_driver::fixture::TempDir;
-use vu_driver::vmm::{run_vmm, show_run, test_guest};
+use vu_driver::vmm::{run_test_guest, show_run};
 
 /// The VMM gives a request 5 s; a loaded machine gets more.
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -22,17 +22,8 @@ fn a_backend_that_accepts_and_never_replies_stops_the_start_naming_it() {
             held.push(conn);
         }
     });
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let disk = format!("socket={}", socket.display());
-    let run = run_vmm(
-        [
-            "--kernel".as_ref(),
-            guest.as_os_str(),
-            "--memory".as_ref(),
-            "size=64M".as_ref(),
-            "--disk".as_ref(),
-            disk.as_ref(),
-        ],
+    let run = run_test_guest(
+        &["--disk".into(), format!("socket={}", socket.display())],
         TIMEOUT,
     );
     assert_eq!(run.code(), Some(1), "{}", show_run(&run));

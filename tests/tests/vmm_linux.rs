@@ -82,14 +82,7 @@ vutest-kv complaints "${{c:-none}}"
 
 /// What `seq 1000000 | head -c 1048576` prints.
 fn seq_mib() -> Vec<u8> {
-    let mut out = Vec::with_capacity(MIB as usize + 16);
-    let mut n = 1u32;
-    while out.len() < MIB as usize {
-        out.extend_from_slice(format!("{n}\n").as_bytes());
-        n += 1;
-    }
-    out.truncate(MIB as usize);
-    out
+    image::seq_from(1, MIB as usize)
 }
 
 fn show(run: &Finished) -> String {

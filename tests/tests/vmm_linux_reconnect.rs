@@ -23,18 +23,20 @@
 //! where KVM emulates the guest's kernel. Needs root (namespace, tap),
 //! `scripts/setup.sh` (the Linux kit) and `cargo build --workspace --bins`.
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
+use vu_driver::crash;
 use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
 use vu_driver::guest::{ConsoleParser, GuestStatus};
+use vu_driver::image::seq_from;
 use vu_driver::linux::OurLinux;
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
+use vu_driver::process::pending_kicks;
 use vu_driver::vmm::{serial, shutdown_vmm, spawn_vmm, vm_counter, vm_info, POWERED_OFF};
 
 const TAG: &str = "kataShared";
@@ -49,16 +51,6 @@ const SCRIPT_TIMEOUT_S: u64 = 900;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 const WAIT: Duration = Duration::from_secs(300);
 const MIB: usize = 1 << 20;
-/// A writer's round: 4 O_DIRECT writes of 64 KiB.
-const ROUND: usize = 256 << 10;
-/// Where writer `w` (1 or 2) writes, in 64 KiB blocks.
-fn region_block(w: u64) -> u64 {
-    64 * w
-}
-/// The first number `seq` prints in writer `w`'s round `n`.
-fn round_start(w: u64, n: u64) -> u64 {
-    w * 100_000_000 + n * 1000
-}
 /// What the TCP listener reads before it waits for the kills.
 const TCP_FIRST: usize = 64 << 10;
 /// What the guest's kernel must not log.
@@ -70,47 +62,20 @@ fn script() -> String {
 test -n "$VUTEST_FS" || exit 10
 ip link set eth0 up
 ip addr add {GUEST_IP}/24 dev eth0
-w() {{
-n=0
-while [ ! -e "$VUTEST_FS/stop" ]; do
-n=$((n+1))
-seq $(($1*100000000+n*1000)) 999999999 | head -c {ROUND} >/tmp/d$1
-dd if=/tmp/d$1 of=/dev/vda bs=64k seek=$((64*$1)) oflag=direct conv=notrunc 2>/dev/null || {{ echo "writer $1: round $n failed"; return 1; }}
-echo "writer $1: round $n done"
-done
-vutest-kv rounds$1 $n
-}}
-w 1 & p1=$!
-w 2 & p2=$!
-wait $p1 || exit 11
-wait $p2 || exit 12
-seq 1 999999999 | head -c {MIB} >/tmp/t
+{writers}seq 1 999999999 | head -c {MIB} >/tmp/t
 timeout 600 nc {HOST_IP} {TCP_PORT} </tmp/t || exit 22
 c="$(dmesg | grep -E '{IO_ERRORS}' | tr '\n' '|' || true)"
 vutest-kv io_errors "${{c:-none}}"
-"#
+"#,
+        writers = crash::writers_script()
     )
-}
-
-/// What `seq START 999999999 | head -c LEN` prints.
-fn seq_from(start: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 16);
-    let mut n = start;
-    while out.len() < len {
-        out.extend_from_slice(format!("{n}\n").as_bytes());
-        n += 1;
-    }
-    out.truncate(len);
-    out
 }
 
 /// The last round writer `w` reported done on the console.
 fn rounds(console: &Path, w: u64) -> u64 {
-    let prefix = format!("writer {w}: round ");
     serial(console)
         .lines()
-        .filter_map(|l| l.strip_prefix(&prefix)?.strip_suffix(" done"))
-        .filter_map(|n| n.trim().parse().ok())
+        .filter_map(|l| crash::round_done(l, w))
         .max()
         .unwrap_or(0)
 }
@@ -145,23 +110,6 @@ impl Vm {
         }
         s
     }
-}
-
-/// The kicks waiting in `pid`'s eventfds (`eventfd-count` in
-/// /proc/PID/fdinfo): a stopped daemon's kick eventfd counts the guest's
-/// kicks, so a count means a request sits in a ring, untaken.
-fn pending_kicks(pid: u32) -> u64 {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    fds.flatten()
-        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("eventfd-count:"))
-                .and_then(|n| u64::from_str_radix(n.trim(), 16).ok())
-        })
-        .sum()
 }
 
 /// Stops `daemon` (SIGSTOP) and waits until the guest has kicked it: a
@@ -218,28 +166,6 @@ fn kill_and_restart(
     assert_eq!(vm_counter(&vm.api, id, "needs_reset"), 0);
 }
 
-/// Accepts one connection, reads its first [`TCP_FIRST`] bytes, says so on
-/// `partial`, waits for `go`, then reads on until the end or 1 MiB.
-fn receive_in_two_parts(
-    listener: TcpListener,
-    partial: mpsc::Sender<()>,
-    go: mpsc::Receiver<()>,
-) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let got = listener.accept().and_then(|(mut conn, _)| {
-            let mut data = vec![0u8; TCP_FIRST];
-            conn.read_exact(&mut data)?;
-            let _ = partial.send(());
-            let _ = go.recv();
-            conn.take((MIB - TCP_FIRST) as u64).read_to_end(&mut data)?;
-            Ok(data)
-        });
-        let _ = tx.send(got);
-    });
-    rx
-}
-
 #[test]
 fn linux_guest_rides_out_killed_blk_and_net_daemons() {
     let linux = OurLinux::locate().unwrap_or_else(|e| panic!("{e}"));
@@ -269,7 +195,7 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
         .unwrap_or_else(|e| panic!("listening on {HOST_IP}:{TCP_PORT} in the namespace: {e}"));
     let (partial_tx, partial) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
-    let received = receive_in_two_parts(listener, partial_tx, go_rx);
+    let received = crash::receive_in_two_parts(listener, TCP_FIRST, MIB, WAIT, partial_tx, go_rx);
     let net_sock = dir.join("net.sock");
     let start_net = || {
         vhost_net_daemon(&ns, &net_sock, &["--tap", TAP, "--mac", MAC])
@@ -331,8 +257,8 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
     }
     go.send(()).unwrap();
     let tcp = received
-        .recv_timeout(WAIT)
-        .expect("the listener thread did not finish")
+        .join()
+        .unwrap()
         .expect("receiving the guest's TCP stream");
 
     // The guest ends its script and powers off; the VMM serves on.
@@ -354,27 +280,19 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
         (GuestStatus::Pass, 0),
         "{all}"
     );
-    assert!(
-        !out.lines()
-            .any(|l| l.starts_with("writer ") && l.ends_with(" failed")),
-        "{all}"
-    );
+    assert!(!out.lines().any(crash::write_failed), "{all}");
     let kv = |k: &str| parsed.kv.get(k).map(String::as_str);
     assert_eq!(kv("io_errors"), Some("none"), "{all}");
 
     // The image holds exactly each writer's last round.
-    let disk = std::fs::read(&image).unwrap();
-    for w in 1..=2u64 {
-        let last: u64 = kv(&format!("rounds{w}"))
+    let last = [1, 2].map(|w| {
+        let n: u64 = kv(&format!("rounds{w}"))
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no rounds{w}\n{all}"));
-        assert!(last >= 5, "writer {w}: {last} rounds\n{all}");
-        let at = (region_block(w) * 64 * 1024) as usize;
-        assert!(
-            disk[at..at + ROUND] == seq_from(round_start(w, last), ROUND)[..],
-            "writer {w}: the image does not hold round {last}\n{all}"
-        );
-    }
+        assert!(n >= 5, "writer {w}: {n} rounds\n{all}");
+        n
+    });
+    crash::check_last_rounds(&image, last).unwrap_or_else(|e| panic!("{e}\n{all}"));
     assert!(
         tcp == seq_from(1, MIB),
         "the TCP stream differs from the guest's MiB ({} bytes)",
@@ -395,13 +313,7 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
 }
 
 #[test]
-fn the_script_fits_and_the_host_knows_the_rounds() {
+fn the_script_fits_on_the_command_line() {
     let linux = OurLinux::locate().unwrap_or_else(|e| panic!("{e}"));
     assert!(linux.cmdline(&script(), TAG, SCRIPT_TIMEOUT_S).len() < 2048);
-    // The script seeks where region_block says.
-    assert!(script().contains("seek=$((64*$1))"));
-    assert_eq!(region_block(2), 128);
-    let r = seq_from(round_start(1, 3), ROUND);
-    assert!(r.starts_with(b"100003000\n100003001\n"));
-    assert_eq!(r.len(), ROUND);
 }

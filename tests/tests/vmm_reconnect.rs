@@ -22,7 +22,9 @@ use serde_json::Value;
 use vu_driver::fixture::{poll_until, Daemon, TempDir};
 use vu_driver::fw_devices;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, BlkDaemonOpts};
-use vu_driver::vmm::{press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_counter};
+use vu_driver::vmm::{
+    blk_loop_rounds, press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_counter,
+};
 
 /// KVM here emulates the guest's kernel mode: generous for loaded machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -31,16 +33,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Byte `i` of the sector written in round `n` (guest-fw `blk::loop_byte`).
 fn loop_byte(n: u64, i: usize) -> u8 {
     ((n.wrapping_mul(7) + i as u64) % 253) as u8
-}
-
-/// The last `blk-loop: round N ok` of the console.
-fn rounds(console: &Path) -> u64 {
-    serial(console)
-        .lines()
-        .filter_map(|l| l.strip_prefix("blk-loop: round ")?.strip_suffix(" ok"))
-        .filter_map(|n| n.parse().ok())
-        .max()
-        .unwrap_or(0)
 }
 
 fn show(console: &Path, vmm: &Daemon, blk: &Daemon) -> String {
@@ -98,7 +90,7 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
         &["--disk".into(), format!("socket={}", b.socket.display())],
     );
     assert!(
-        poll_until(BOOT_TIMEOUT, || rounds(&console) >= 3),
+        poll_until(BOOT_TIMEOUT, || blk_loop_rounds(&console) >= 3),
         "the guest does not loop over blk I/O\n{}",
         show(&console, &vmm, &b.daemon)
     );
@@ -115,7 +107,7 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
     );
     assert_eq!(counter(&api, "reconnecting"), 1);
     assert_eq!(counter(&api, "needs_reset"), 0);
-    let before = rounds(&console);
+    let before = blk_loop_rounds(&console);
 
     // A new daemon on the same socket (the dead one's file removed, so
     // readiness means listening).
@@ -125,7 +117,7 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
     let listening = Instant::now();
     // Polled every millisecond, for the measurement.
     let resumed = loop {
-        if rounds(&console) > before {
+        if blk_loop_rounds(&console) > before {
             break true;
         }
         if listening.elapsed() > WAIT {
@@ -156,7 +148,7 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
     assert_eq!(counter(&api, "reconnecting"), 0);
     assert_eq!(counter(&api, "needs_reset"), 0);
     assert!(
-        poll_until(WAIT, || rounds(&console) >= before + 20),
+        poll_until(WAIT, || blk_loop_rounds(&console) >= before + 20),
         "{}",
         show(&console, &vmm, &b.daemon)
     );

@@ -10,48 +10,17 @@ use std::time::Duration;
 
 use vu_driver::fixture::{create_sparse_image, poll_until, TempDir};
 use vu_driver::fw_devices::{line, sector8_expected, DISK_SIZE};
+use vu_driver::process::{children_running, command_line};
 use vu_driver::vmm::{
-    press_power_button, run_vmm, serial, show_run, shutdown_vmm, spawn_test_guest, test_guest,
-    vm_counter, vm_info,
+    blk_loop_rounds, press_power_button, run_test_guest, serial, show_run, shutdown_vmm,
+    spawn_test_guest, test_guest, vm_counter, vm_info,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The pids of `pid`'s children (every thread's).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
-fn command_line(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .unwrap_or_default()
-}
-
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// The last `blk-loop: round N ok` of the console.
-fn rounds(console: &Path) -> u64 {
-    serial(console)
-        .lines()
-        .filter_map(|l| l.strip_prefix("blk-loop: round ")?.strip_suffix(" ok"))
-        .filter_map(|n| n.parse().ok())
-        .max()
-        .unwrap_or(0)
 }
 
 fn disk_socket(api: &Path) -> PathBuf {
@@ -64,17 +33,8 @@ fn the_guest_uses_an_image_served_by_a_daemon_the_vmm_runs() {
     let dir = TempDir::new("vmm-spawned").unwrap();
     let image = dir.join("disk.img");
     create_sparse_image(&image, DISK_SIZE).unwrap();
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
-    let disk = format!("path={}", image.display());
-    let run = run_vmm(
-        [
-            "--kernel".as_ref(),
-            guest.as_os_str(),
-            "--memory".as_ref(),
-            "size=64M".as_ref(),
-            "--disk".as_ref(),
-            disk.as_ref(),
-        ],
+    let run = run_test_guest(
+        &["--disk".into(), format!("path={}", image.display())],
         TIMEOUT,
     );
     let all = show_run(&run);
@@ -118,23 +78,20 @@ fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
         )
     };
     assert!(
-        poll_until(TIMEOUT, || rounds(&console) >= 3),
+        poll_until(TIMEOUT, || blk_loop_rounds(&console) >= 3),
         "the guest does not loop over blk I/O\n{}",
         show(&vmm)
     );
     let socket = disk_socket(&api);
     assert!(socket.is_absolute(), "{}", socket.display());
-    let daemons: Vec<u32> = children(vmm.pid())
-        .into_iter()
-        .filter(|p| command_line(*p).contains("vhost-blk-daemon"))
-        .collect();
+    let daemons: Vec<u32> = children_running(vmm.pid(), "vhost-blk-daemon");
     assert_eq!(daemons.len(), 1, "{daemons:?}\n{}", show(&vmm));
     let first = daemons[0];
     assert!(command_line(first).contains(&image.display().to_string()));
 
     // Killed: the VMM starts another on the same socket, the disk is
     // reconnected and the guest's rounds go on.
-    let before = rounds(&console);
+    let before = blk_loop_rounds(&console);
     // SAFETY: kill(2) with a pid and a signal touches no memory.
     assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
     assert!(
@@ -143,14 +100,11 @@ fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
         show(&vmm)
     );
     assert!(
-        poll_until(WAIT, || rounds(&console) >= before + 10),
+        poll_until(WAIT, || blk_loop_rounds(&console) >= before + 10),
         "{}",
         show(&vmm)
     );
-    let now: Vec<u32> = children(vmm.pid())
-        .into_iter()
-        .filter(|p| command_line(*p).contains("vhost-blk-daemon"))
-        .collect();
+    let now: Vec<u32> = children_running(vmm.pid(), "vhost-blk-daemon");
     assert_eq!(now.len(), 1, "{now:?}");
     assert_ne!(now[0], first);
     assert_eq!(disk_socket(&api), socket);
@@ -202,15 +156,12 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
     assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
     config["disks"] = serde_json::json!([disk]);
     assert!(
-        children(vmm.pid()).is_empty(),
+        children_running(vmm.pid(), "").is_empty(),
         "vm.create starts nothing yet"
     );
     let (status, reply) = call("PUT", "/api/v1/vm.boot", None);
     assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
-    let daemons: Vec<u32> = children(vmm.pid())
-        .into_iter()
-        .filter(|p| command_line(*p).contains("vhost-blk-daemon"))
-        .collect();
+    let daemons: Vec<u32> = children_running(vmm.pid(), "vhost-blk-daemon");
     assert_eq!(daemons.len(), 1, "{}", vmm.log_contents());
     assert!(command_line(daemons[0]).contains("--read-only"));
     let info = vm_info(&api);
