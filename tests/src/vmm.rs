@@ -140,6 +140,18 @@ pub fn spawn_test_guest(
     extra: &[String],
     timeout: Duration,
 ) -> Daemon {
+    spawn_test_guest_with_memory(api, console, guest_args, "size=64M", extra, timeout)
+}
+
+/// [`spawn_test_guest`] with `--memory memory`.
+pub fn spawn_test_guest_with_memory(
+    api: &Path,
+    console: &Path,
+    guest_args: &str,
+    memory: &str,
+    extra: &[String],
+    timeout: Duration,
+) -> Daemon {
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let mut args: Vec<std::ffi::OsString> = vec![
         "--kernel".into(),
@@ -147,7 +159,7 @@ pub fn spawn_test_guest(
         "--cmdline".into(),
         format!("console=ttyS0 {guest_args}").into(),
         "--memory".into(),
-        "size=64M".into(),
+        memory.into(),
         "--serial".into(),
         format!("file={}", console.display()).into(),
         "--api-socket".into(),

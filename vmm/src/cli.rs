@@ -130,11 +130,20 @@ pub struct CpusConfig {
 }
 
 /// `--memory`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MemoryConfig {
     pub size: u64,
     pub file: Option<PathBuf>,
+    /// `hugepages=on[,hugepage_size=2M|1G]`: guest RAM from a hugetlbfs
+    /// memfd with pages of this size (still shared with the daemons).
+    pub hugepage_size: Option<u64>,
+    /// `prefault=on` (Cloud Hypervisor) or `prealloc=on` (QEMU's
+    /// `-mem-prealloc`): every page is allocated before the guest runs.
+    pub prefault: bool,
 }
+
+/// The huge page sizes `hugepage_size=` takes.
+pub const HUGEPAGE_SIZES: [u64; 2] = [2 << 20, 1 << 30];
 
 /// `--serial`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,16 +314,76 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
     let mut size = None;
     let mut file = None;
+    let mut hugepages = false;
+    let mut hugepage_size = None;
+    let mut prefault = false;
     for (k, v) in pairs(s)? {
         match k {
             "size" => size = Some(parse_size(v)?),
             "file" if !v.is_empty() => file = Some(PathBuf::from(v)),
             "file" => return Err("file= needs a path".into()),
-            other => return Err(format!("unknown key `{other}` (known: size, file)")),
+            "hugepages" => hugepages = parse_switch(k, v)?,
+            "hugepage_size" => hugepage_size = Some(parse_size(v)?),
+            "prefault" | "prealloc" => prefault = parse_switch(k, v)?,
+            "shared" if parse_switch(k, v)? => {}
+            "shared" => {
+                return Err(
+                    "shared=off: guest RAM is always shared (the device daemons map it)".into(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` (known: size, file, hugepages, hugepage_size, \
+                     prefault, prealloc, shared)"
+                ))
+            }
         }
     }
     let size = check_memory_size(size.ok_or("missing size=SIZE")?)?;
-    Ok(MemoryConfig { size, file })
+    let hugepage_size = check_hugepages(size, hugepages, hugepage_size, file.is_some())?;
+    Ok(MemoryConfig {
+        size,
+        file,
+        hugepage_size,
+        prefault,
+    })
+}
+
+/// The huge page size of `hugepages=on` (`hugepage_size`, default 2M),
+/// checked against `size` and `file=`; None without hugepages.
+pub fn check_hugepages(
+    size: u64,
+    hugepages: bool,
+    hugepage_size: Option<u64>,
+    with_file: bool,
+) -> Result<Option<u64>, String> {
+    if !hugepages {
+        return match hugepage_size {
+            Some(_) => Err("hugepage_size= goes with hugepages=on".into()),
+            None => Ok(None),
+        };
+    }
+    if with_file {
+        return Err(
+            "hugepages=on takes its memory from a hugetlbfs memfd; give file= or hugepages=on, \
+             not both"
+                .into(),
+        );
+    }
+    let page = hugepage_size.unwrap_or(HUGEPAGE_SIZES[0]);
+    if !HUGEPAGE_SIZES.contains(&page) {
+        return Err(format!(
+            "hugepage_size={page} bytes: the sizes are 2M and 1G"
+        ));
+    }
+    if size % page != 0 {
+        return Err(format!(
+            "size={} MiB is not a multiple of the {} MiB huge page",
+            size >> 20,
+            page >> 20
+        ));
+    }
+    Ok(Some(page))
 }
 
 pub fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -554,14 +623,15 @@ mod tests {
             parse_memory("size=64M"),
             Ok(MemoryConfig {
                 size: 64 << 20,
-                file: None
+                ..MemoryConfig::default()
             })
         );
         assert_eq!(
             parse_memory("size=1G,file=/dev/shm/x"),
             Ok(MemoryConfig {
                 size: 1 << 30,
-                file: Some("/dev/shm/x".into())
+                file: Some("/dev/shm/x".into()),
+                ..MemoryConfig::default()
             })
         );
         assert!(parse_memory("size=1000K")
@@ -571,10 +641,36 @@ mod tests {
         assert!(parse_memory("file=/x")
             .unwrap_err()
             .contains("missing size"));
-        assert!(parse_memory("size=64M,shared=on")
+        assert!(parse_memory("size=64M,colour=blue")
             .unwrap_err()
             .contains("unknown key"));
         assert!(parse_memory("64M").unwrap_err().contains("key=value"));
+        // Huge pages and preallocation, in Cloud Hypervisor's and QEMU's words.
+        let m = parse_memory("size=64M,hugepages=on,prefault=on,shared=on").unwrap();
+        assert_eq!((m.hugepage_size, m.prefault), (Some(2 << 20), true));
+        let m = parse_memory("size=2G,hugepages=on,hugepage_size=1G,prealloc=on").unwrap();
+        assert_eq!((m.hugepage_size, m.prefault), (Some(1 << 30), true));
+        for (bad, says) in [
+            ("size=64M,shared=off", "always shared"),
+            ("size=64M,hugepage_size=2M", "goes with hugepages=on"),
+            (
+                "size=64M,hugepages=on,hugepage_size=4M",
+                "the sizes are 2M and 1G",
+            ),
+            (
+                "size=65M,hugepages=on",
+                "not a multiple of the 2 MiB huge page",
+            ),
+            (
+                "size=512M,hugepages=on,hugepage_size=1G",
+                "not a multiple of the 1024 MiB",
+            ),
+            ("size=64M,hugepages=on,file=/dev/shm/x", "not both"),
+            ("size=64M,prefault=yes", "prefault=yes is not on or off"),
+        ] {
+            let e = parse_memory(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -134,13 +134,26 @@ pub fn to_api(config: &VmConfig) -> Value {
     json!({
         "payload": payload,
         "cpus": {"boot_vcpus": config.cpus, "max_vcpus": config.cpus},
-        "memory": {"size": config.memory.size, "shared": true},
+        "memory": memory_echo(&config.memory),
         "serial": serial,
         "console": {"mode": "Off"},
         "disks": disks,
         "fs": fs,
         "net": net,
     })
+}
+
+/// `--memory` in Cloud Hypervisor's `MemoryConfig` shape.
+fn memory_echo(m: &MemoryConfig) -> Value {
+    let mut v = json!({"size": m.size, "shared": true});
+    if let Some(page) = m.hugepage_size {
+        v["hugepages"] = json!(true);
+        v["hugepage_size"] = json!(page);
+    }
+    if m.prefault {
+        v["prefault"] = json!(true);
+    }
+    v
 }
 
 fn mac_string(mac: [u8; 6]) -> String {
@@ -168,9 +181,6 @@ pub fn refusal(path: &str) -> Option<&'static str> {
         | "numa" | "balloon" | "debug_console" => "no such device here yet",
         "iommu" | "disks.iommu" | "net.iommu" | "fs.iommu" => "no virtual IOMMU here",
         "landlock_enable" | "landlock_rules" => "no Landlock sandbox for the VMM yet",
-        "memory.hugepages" | "memory.hugepage_size" => {
-            "guest RAM is a /dev/shm file, not hugepages"
-        }
         "memory.zones" => "memory zones are not supported",
         "platform.tdx" | "platform.sev_snp" => "no confidential guests here",
         _ => return None,
@@ -362,7 +372,7 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
     let memory = match top.get("memory") {
         None => MemoryConfig {
             size: 512 << 20,
-            file: None,
+            ..MemoryConfig::default()
         },
         Some(v) => {
             let mut m = Fields::new("memory", v)?;
@@ -370,9 +380,31 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
             let size = m.required("size", size)?;
             let size = check_memory_size(size).map_err(|e| error(m.field("size"), e))?;
             // Guest RAM is always a shared file (vhost-user needs it).
-            m.bool("shared")?;
+            if m.bool("shared")? == Some(false) {
+                return Err(error(
+                    m.field("shared"),
+                    "guest RAM is always shared (the device daemons map it)",
+                ));
+            }
+            let hugepages = m.bool("hugepages")?.unwrap_or(false);
+            let page = m.u64("hugepage_size")?;
+            let hugepage_size =
+                cli::check_hugepages(size, hugepages, page, false).map_err(|e| {
+                    let key = if e.starts_with("hugepage_size") || e.contains("sizes are") {
+                        "hugepage_size"
+                    } else {
+                        "hugepages"
+                    };
+                    error(m.field(key), e)
+                })?;
+            let prefault = m.bool("prefault")?.unwrap_or(false);
             m.finish(&mut unsupported)?;
-            MemoryConfig { size, file: None }
+            MemoryConfig {
+                size,
+                file: None,
+                hugepage_size,
+                prefault,
+            }
         }
     };
 

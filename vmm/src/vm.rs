@@ -201,7 +201,7 @@ impl Vm {
             return Err(VmError::TooManyVcpus(config.cpus, max));
         }
         let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
-        let ram = GuestRam::new(config.memory.size, config.memory.file.as_deref())?;
+        let ram = GuestRam::new(&config.memory)?;
         let vm = Arc::new(vm);
         // The vhost-user handshakes wait on the backends: they run on their
         // own threads while KVM, the tables and the kernel are set up, and

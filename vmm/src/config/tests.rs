@@ -244,8 +244,12 @@ fn what_we_cannot_honour_is_refused_by_its_field() {
         (json!({"pmem": [{"file": "/img"}]}), "pmem"),
         (json!({"iommu": true}), "iommu"),
         (
-            json!({"memory": {"size": 67108864, "hugepages": true}}),
-            "memory.hugepages",
+            json!({"memory": {"size": 67108864, "hugepages": true, "hugepage_size": 4194304}}),
+            "memory.hugepage_size",
+        ),
+        (
+            json!({"memory": {"size": 67108864, "shared": false}}),
+            "memory.shared",
         ),
         (json!({"platform": {"tdx": true}}), "platform.tdx"),
         (json!({"payload": {"firmware": "/fw"}}), "payload.firmware"),
@@ -376,4 +380,22 @@ fn devices_added_before_boot_join_the_plan_in_plug_order() {
     assert_eq!(e.field, "disks[2].vhost_socket", "{e}");
     let e = add_device(&plan, DeviceKind::Net, &json!({"tap": "tap0"})).unwrap_err();
     assert_eq!(e.field, "net[1].tap", "{e}");
+}
+
+#[test]
+fn hugepages_and_prefault_as_cloud_hypervisor_names_them() {
+    let k = kernel();
+    let body = json!({
+        "payload": {"kernel": k},
+        "memory": {"size": 67108864u64, "shared": true, "hugepages": true,
+                   "hugepage_size": 2097152, "prefault": true},
+    });
+    let plan = from_api(&body).unwrap();
+    let m = &plan.config.memory;
+    assert_eq!((m.hugepage_size, m.prefault), (Some(2 << 20), true));
+    assert!(plan.unsupported.is_empty(), "{:?}", plan.unsupported);
+    let e = err(json!({"payload": {"kernel": k},
+                       "memory": {"size": 65u64 << 20, "hugepages": true}}));
+    assert_eq!(e.field, "memory.hugepages", "{e}");
+    assert!(e.to_string().contains("not a multiple"), "{e}");
 }
