@@ -396,6 +396,12 @@ fn supervise<F: FnOnce()>(child: Pid, waited: &SigSet, _alive: UnixStream, at_ex
 /// and nothing of the process's own open but those; returns what was
 /// closed (`fd N -> PATH`), for the log.
 pub fn close_inherited_files() -> io::Result<Vec<String>> {
+    close_inherited_files_except(&[])
+}
+
+/// [`close_inherited_files`], keeping the descriptors in `keep` (files the
+/// daemon opened itself for the jail, such as vhost-blk-daemon's image).
+pub fn close_inherited_files_except(keep: &[i32]) -> io::Result<Vec<String>> {
     let link = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}"));
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
@@ -403,7 +409,7 @@ pub fn close_inherited_files() -> io::Result<Vec<String>> {
         let Some(fd) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        if fd > 2 {
+        if fd > 2 && !keep.contains(&fd) {
             found.push(fd);
         }
     }
@@ -623,40 +629,8 @@ fn attach_tree(tree: &OwnedFd, target: &Path) -> Result<(), SandboxError> {
 /// `/proc/self/fd/N` paths).
 pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxError> {
     match mode {
-        SandboxMode::Namespace => {
-            // The tmpfs prepare_root mounted over the share's path.
-            chdir(shared_dir)?;
-            // pivot_root(".", ".") stacks the old root on top of the new
-            // one (pivot_root(2), "NOTES"), so no put_old directory has to
-            // exist in the new root.
-            nix::unistd::pivot_root(".", ".").map_err(|e| SandboxError::PivotRoot {
-                path: shared_dir.to_path_buf(),
-                source: e.into(),
-            })?;
-            // As runc and virtiofsd do: make sure the unmount cannot
-            // propagate anywhere, then detach the old root.
-            make_rslave("make the old root a recursive slave at", Path::new("."))?;
-            nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
-                SandboxError::Mount {
-                    what: "detach the old root directory stacked on",
-                    path: shared_dir.to_path_buf(),
-                    source: e.into(),
-                }
-            })?;
-            chdir(Path::new("/"))?;
-            mount(
-                "make the sandbox's root read-only at",
-                None,
-                Path::new("/"),
-                None,
-                libc::MS_REMOUNT
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                None,
-            )?;
-        }
+        // The tmpfs prepare_root mounted over the share's path.
+        SandboxMode::Namespace => pivot_into(shared_dir)?,
         SandboxMode::Chroot => {
             nix::unistd::chroot(shared_dir).map_err(|e| SandboxError::Chroot {
                 path: shared_dir.to_path_buf(),
@@ -667,6 +641,83 @@ pub fn pivot(mode: SandboxMode, shared_dir: &Path) -> Result<PathBuf, SandboxErr
         SandboxMode::None => {}
     }
     Ok(root_after(mode, shared_dir))
+}
+
+/// `pivot_root` into the tmpfs mounted at `dir`, the old root detached and
+/// the new one made read-only.
+fn pivot_into(dir: &Path) -> Result<(), SandboxError> {
+    chdir(dir)?;
+    // pivot_root(".", ".") stacks the old root on top of the new one
+    // (pivot_root(2), "NOTES"), so no put_old directory has to exist in the
+    // new root.
+    nix::unistd::pivot_root(".", ".").map_err(|e| SandboxError::PivotRoot {
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })?;
+    // As runc and virtiofsd do: make sure the unmount cannot propagate
+    // anywhere, then detach the old root.
+    make_rslave("make the old root a recursive slave at", Path::new("."))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+        SandboxError::Mount {
+            what: "detach the old root directory stacked on",
+            path: dir.to_path_buf(),
+            source: e.into(),
+        }
+    })?;
+    chdir(Path::new("/"))?;
+    mount(
+        "make the sandbox's root read-only at",
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+}
+
+/// Where [`empty_root`] mounts the empty tmpfs it pivots into (in a
+/// private mount namespace, so the host sees nothing): the first that
+/// exists.
+const EMPTY_ROOT_AT: [&str; 3] = ["/tmp", "/run", "/mnt"];
+
+/// Confines a daemon that needs nothing of the file system once its files
+/// are open (vhost-blk-daemon: the image, the socket): the root becomes an
+/// empty read-only tmpfs, so no path reaches the host. In namespace mode
+/// inside the mount namespace [`enter_namespaces`] made; in chroot mode in
+/// a private mount namespace made here (CAP_SYS_ADMIN; no pid or network
+/// isolation); nothing with [`SandboxMode::None`].
+pub fn empty_root(mode: SandboxMode) -> Result<(), SandboxError> {
+    match mode {
+        SandboxMode::None => return Ok(()),
+        SandboxMode::Chroot => unshare_mount_namespace().map_err(|source| SandboxError::Mount {
+            what: "make a private mount namespace (unshare CLONE_NEWNS) for",
+            path: PathBuf::from("/"),
+            source,
+        })?,
+        SandboxMode::Namespace => {}
+    }
+    let at = EMPTY_ROOT_AT
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_dir())
+        .ok_or_else(|| SandboxError::Mount {
+            what: "find a directory (/tmp, /run or /mnt) to mount the empty root on",
+            path: PathBuf::from("/"),
+            source: io::ErrorKind::NotFound.into(),
+        })?;
+    make_rslave(
+        "make the mounts private (recursive slave) under",
+        Path::new("/"),
+    )?;
+    mount(
+        "mount the sandbox's empty root tmpfs on",
+        Some(c"tmpfs"),
+        at,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(c"mode=0555,size=4k"),
+    )?;
+    pivot_into(at)
 }
 
 fn group_count() -> Result<usize, SandboxError> {

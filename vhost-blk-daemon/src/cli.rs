@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use common::cli::VhostUserArgs;
+use common::sandbox::SandboxMode;
 use common::seccomp::SeccompAction;
 
 /// Longest `--serial`: the virtio-blk GET_ID answer is 20 bytes.
@@ -48,6 +49,14 @@ pub struct Cli {
     /// What a system call outside the daemon's allow-list does.
     #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
     pub seccomp: SeccompAction,
+
+    /// The jail, entered once the image and the socket are open:
+    /// `namespace` (new pid, mount and network namespaces; an empty
+    /// read-only root; no capabilities; a supervising parent removes the
+    /// socket file at exit), `chroot` (a private mount namespace with the
+    /// same empty root, no pid or network isolation), or `none`.
+    #[arg(long, value_enum, default_value_t = SandboxMode::None)]
+    pub sandbox: SandboxMode,
 
     /// How reads, writes and flushes reach the image: `io_uring` keeps
     /// every request of a queue in the kernel at once (falling back to

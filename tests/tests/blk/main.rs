@@ -15,3 +15,4 @@ mod libblkio;
 mod malformed;
 mod poll;
 mod qsd;
+mod sandbox;

@@ -1,0 +1,94 @@
+//! vhost-blk-daemon's jail (issue #14): with `--sandbox namespace` or
+//! `chroot` the serving process holds no capability, runs with NoNewPrivs
+//! and seccomp, sees an empty root, keeps no descriptor that leads to the
+//! host's tree (the image and sockets only), and still serves reads and
+//! writes; SIGTERM ends it cleanly and the socket file goes.
+
+use std::fs;
+use std::path::Path;
+
+use vu_driver::ours::BlkDaemonOpts;
+use vu_driver::process::{fd_targets, seccomp_mode, serving_pid};
+
+use crate::common::*;
+
+/// A `/proc/PID/status` field as text.
+fn status_field(pid: u32, field: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn jailed(mode: &str, aio: &str) {
+    let opts = BlkDaemonOpts {
+        extra_args: vec!["--sandbox".into(), mode.into(), "--aio".into(), aio.into()],
+        ..BlkDaemonOpts::default()
+    };
+    let mut s = daemon(&opts);
+    let socket = s.daemon.socket().to_path_buf();
+    let mut c = connect(&s);
+    let data = pattern(3, 8192);
+    assert_status_ok(write_req(&mut c, 8, &data), 1, "write");
+    assert_eq!(c.read(8, data.len() as u32).unwrap(), data);
+    assert_eq!(host_read(&s.image, 8, data.len()), data);
+
+    let pid = serving_pid(s.daemon.pid());
+    let log = s.daemon.log_contents();
+    if mode == "namespace" {
+        assert_ne!(pid, s.daemon.pid(), "no supervised child\n{log}");
+    }
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000", "{mode}");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000", "{mode}");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{mode}");
+    assert_eq!(seccomp_mode(pid).unwrap(), 2, "{mode}");
+    // The root is empty: nothing of the host by path.
+    let root: Vec<_> = fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(root.is_empty(), "{mode}: the jail's root holds {root:?}");
+    // Descriptors: the image, sockets, anonymous inodes (eventfds, epoll,
+    // io_uring), pipes and memfds (guest memory) besides standard I/O;
+    // never a directory or another host file.
+    let image = fs::canonicalize(&s.image).unwrap();
+    for entry in fd_targets(pid).unwrap() {
+        let (fd, target) = entry.split_once(" -> ").unwrap();
+        if fd.parse::<u32>().unwrap() <= 2 {
+            continue; // standard I/O, as whoever started the daemon set it up
+        }
+        let ok = ["socket:", "pipe:", "anon_inode:", "/memfd:", "/dev/null"]
+            .iter()
+            .any(|k| target.starts_with(k))
+            || Path::new(target) == image;
+        assert!(ok, "{mode}: the jailed daemon holds {entry}\n{log}");
+    }
+    drop(c);
+    s.daemon.signal(libc::SIGTERM).unwrap();
+    let status = s
+        .daemon
+        .wait_timeout(std::time::Duration::from_secs(30))
+        .unwrap()
+        .expect("the daemon ends on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", s.daemon.log_contents());
+    if mode == "namespace" {
+        assert!(!socket.exists(), "the supervisor removes the socket file");
+    }
+}
+
+#[test]
+fn the_namespace_jail_holds_nothing_and_serves() {
+    jailed("namespace", "sync");
+}
+
+#[test]
+fn the_namespace_jail_serves_with_io_uring_too() {
+    jailed("namespace", "io_uring");
+}
+
+#[test]
+fn the_chroot_jail_holds_nothing_and_serves() {
+    jailed("chroot", "sync");
+}
