@@ -87,7 +87,18 @@ pub struct Spec<'a> {
     pub ioctls: &'a [u64],
     /// Pass each connection through a [`relay`](crate::relay) (for
     /// frontends that enable rings before setting features).
-    pub relay: bool,
+    pub relay: Relay,
+}
+
+/// Whether and how connections pass through a [`relay`](crate::relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    Off,
+    /// Its sockets in a private directory ([`crate::relay::RelayDir::create`]).
+    Dir,
+    /// Its sockets on abstract names: for a daemon in a network namespace
+    /// of its own, whose jailed root has no directory to bind in.
+    Abstract,
 }
 
 /// What a daemon serves, once confined.
@@ -135,8 +146,9 @@ where
     let shutdown = Shutdown::install()?;
     let mut socket = spec.vhost_user.socket_source().listen()?;
     let relay = match spec.relay {
-        true => Some(RelayDir::create(&relay_parent())?),
-        false => None,
+        Relay::Dir => Some(RelayDir::create(&relay_parent())?),
+        Relay::Abstract => Some(RelayDir::abstract_names()),
+        Relay::Off => None,
     };
     let service = Arc::new(confine(&mut socket).map_err(DaemonError::Setup)?);
     let mut allowed = seccomp::VHOST_USER_BASE.to_vec();

@@ -67,10 +67,14 @@ pub enum RelayError {
 }
 
 /// Where relays make the handler's sockets: a private directory made once
-/// (before the daemon's seccomp filter goes on) and removed on drop.
+/// (before the daemon's seccomp filter goes on) and removed on drop; or,
+/// in a jail with a network namespace of its own (whose root has no
+/// directory to bind in), abstract socket names, which only processes of
+/// that namespace (the jailed daemon alone) can reach.
 #[derive(Debug)]
 pub struct RelayDir {
-    dir: PathBuf,
+    /// None: abstract names.
+    dir: Option<PathBuf>,
     next: AtomicU64,
 }
 
@@ -101,18 +105,30 @@ impl RelayDir {
             }
         };
         Ok(RelayDir {
-            dir,
+            dir: Some(dir),
             next: AtomicU64::new(0),
         })
+    }
+
+    /// Abstract socket names instead of a directory: only for a daemon in
+    /// a network namespace of its own (the namespace sandbox), where no
+    /// other process can connect first.
+    pub fn abstract_names() -> Self {
+        RelayDir {
+            dir: None,
+            next: AtomicU64::new(0),
+        }
     }
 
     /// A listener for the handler and our connected end of it. The socket
     /// file is gone again when this returns: the one connection the
     /// handler will accept is already queued.
     pub fn pair(&self) -> Result<(Listener, UnixStream), RelayError> {
-        let path = self
-            .dir
-            .join(format!("{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let Some(dir) = &self.dir else {
+            return Self::abstract_pair(n);
+        };
+        let path = dir.join(format!("{n}"));
         let err = |source| RelayError::Socket {
             path: path.clone(),
             source,
@@ -124,9 +140,28 @@ impl RelayDir {
     }
 }
 
+impl RelayDir {
+    /// [`pair`](Self::pair) on the abstract name `vhost-user-relay.PID.N`.
+    fn abstract_pair(n: u64) -> Result<(Listener, UnixStream), RelayError> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("vhost-user-relay.{}.{n}", std::process::id());
+        let err = |source| RelayError::Socket {
+            path: PathBuf::from(format!("@{name}")),
+            source,
+        };
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(err)?;
+        let listener = UnixListener::bind_addr(&addr).map_err(err)?;
+        let ours = UnixStream::connect_addr(&addr).map_err(err)?;
+        Ok((Listener::from(listener), ours))
+    }
+}
+
 impl Drop for RelayDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -460,6 +495,17 @@ mod tests {
         drop(frontend);
         assert!(recv(&handler).unwrap().is_none());
         t.join().unwrap();
+    }
+
+    #[test]
+    fn abstract_names_give_a_connected_pair_each_time() {
+        let dir = RelayDir::abstract_names();
+        for _ in 0..2 {
+            let (listener, ours) = dir.pair().unwrap();
+            let handler = listener.accept().unwrap().unwrap();
+            send(&ours, &ack(7)).unwrap();
+            assert_eq!(recv(&handler).unwrap().unwrap().request(), 7);
+        }
     }
 
     #[test]

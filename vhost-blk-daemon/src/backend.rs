@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use common::backend::{Device, Event, Worker};
-use common::daemon::{DaemonError, Service, Spec};
+use common::daemon::{DaemonError, Relay, Service, Spec};
 use common::queue::Mem;
 use common::ratelimit::RateLimited;
 use common::sandbox::{self, SandboxMode};
@@ -91,7 +91,7 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
         seccomp: cli.seccomp,
         syscalls: SECCOMP_BLK,
         ioctls: &[disk::BLKDISCARD, disk::BLKZEROOUT],
-        relay: false,
+        relay: Relay::Off,
     };
     let mode = cli.sandbox;
     let image = std::os::fd::AsRawFd::as_raw_fd(blk.disk.file());

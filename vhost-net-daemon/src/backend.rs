@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use common::backend::{Device, Event, Worker};
-use common::daemon::{DaemonError, Service, Spec};
+use common::daemon::{DaemonError, Relay, Service, Spec};
 use common::queue::Mem;
 use common::ratelimit::RateLimited;
+use common::sandbox::{self, SandboxMode};
+use common::socket::BoundSocket;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
@@ -78,6 +80,13 @@ const TAP_IOCTLS: &[u64] = &[libc::TUNSETOFFLOAD, libc::TUNSETQUEUE];
 /// Opens the tap and serves it until SIGTERM, each connection through the
 /// relay (QEMU's vhost-user-net enables rings before it sets features).
 pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
+    if cli.sandbox == SandboxMode::Chroot {
+        return Err(DaemonError::Usage(
+            "--sandbox chroot is not offered by vhost-net-daemon (its relay needs a network \
+             namespace of its own): use namespace or none"
+                .into(),
+        ));
+    }
     let tap = open_tap(&cli, pairs).map_err(DaemonError::setup)?;
     let tap_offloads =
         tap.probe_offloads(offload::CSUM | offload::TSO4 | offload::TSO6 | offload::TSO_ECN);
@@ -100,9 +109,44 @@ pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
         seccomp: cli.seccomp,
         syscalls: SECCOMP_NET,
         ioctls: TAP_IOCTLS,
-        relay: true,
+        relay: match cli.sandbox {
+            SandboxMode::Namespace => Relay::Abstract,
+            _ => Relay::Dir,
+        },
     };
-    common::daemon::run(spec, |_| Ok(net))
+    let mode = cli.sandbox;
+    let taps: Vec<RawFd> = (0..usize::from(pairs))
+        .filter_map(|i| net.tap.fd(i))
+        .collect();
+    common::daemon::run(spec, move |socket| {
+        confine(mode, socket, &taps)?;
+        Ok(net)
+    })
+}
+
+/// The jail (`--sandbox namespace`), entered with the tap open: new pid,
+/// mount and network namespaces (a supervising parent removes the socket
+/// file), inherited files closed but the tap's queues, an empty read-only
+/// root, no capabilities.
+fn confine(
+    mode: SandboxMode,
+    socket: &mut BoundSocket,
+    taps: &[RawFd],
+) -> Result<(), common::daemon::BoxError> {
+    if mode == SandboxMode::None {
+        return Ok(());
+    }
+    let file = socket.take_file();
+    sandbox::enter_namespaces(mode, move || file.into_iter().for_each(|f| f.remove()))?;
+    for c in sandbox::close_inherited_files_except(taps)
+        .map_err(|e| format!("cannot close inherited descriptors: {e}"))?
+    {
+        log::info!("closed an inherited descriptor before entering the sandbox: {c}");
+    }
+    sandbox::empty_root(mode)?;
+    sandbox::drop_supplementary_groups()?;
+    sandbox::limit_capabilities(&[])?;
+    Ok(())
 }
 
 fn open_tap(cli: &Cli, pairs: u16) -> Result<Tap, TapError> {

@@ -4,6 +4,7 @@ use std::os::fd::RawFd;
 
 use clap::Parser;
 use common::cli::VhostUserArgs;
+use common::sandbox::SandboxMode;
 use common::seccomp::SeccompAction;
 
 /// Most queue pairs (one worker thread each).
@@ -51,6 +52,15 @@ pub struct Cli {
     /// What a system call outside the daemon's allow-list does.
     #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
     pub seccomp: SeccompAction,
+
+    /// The jail, entered once the tap is open: `namespace` (new pid,
+    /// mount and network namespaces, the tap's descriptors only; an empty
+    /// read-only root; no capabilities: attaching a tap queue needs none
+    /// unless the tap has an owner other than the daemon's user) or
+    /// `none`. (`chroot` is refused: the relay's sockets need a network
+    /// namespace of their own without a directory.)
+    #[arg(long, value_enum, default_value_t = SandboxMode::None)]
+    pub sandbox: SandboxMode,
 }
 
 impl Cli {

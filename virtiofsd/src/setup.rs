@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use common::daemon::{BoxError, DaemonError, Spec};
+use common::daemon::{BoxError, DaemonError, Relay, Spec};
 use common::ratelimit::RateLimited;
 use common::sandbox::{self, Capability, SandboxMode};
 use common::seccomp::SeccompAction;
@@ -115,7 +115,7 @@ pub fn run(mut cli: Cli) -> Result<(), DaemonError> {
         seccomp,
         syscalls: seccomp_fs::VIRTIOFSD,
         ioctls: &[],
-        relay: false,
+        relay: Relay::Off,
     };
     common::daemon::run(spec, |socket| confine(&cli, &shared_dir, socket))
 }

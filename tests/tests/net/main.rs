@@ -14,3 +14,4 @@ mod lifecycle;
 mod loopback;
 mod malformed;
 mod rx_batch;
+mod sandbox;

@@ -1,0 +1,102 @@
+//! vhost-net-daemon's jail (issue #14): with `--sandbox namespace` the
+//! serving process holds no capability, runs with NoNewPrivs and seccomp,
+//! sees an empty root and holds the tap's queues, sockets and anonymous
+//! inodes only; frames still cross both ways, a second frontend is served
+//! (a new relay pair on abstract names inside the jail's network
+//! namespace), and `--sandbox chroot` is refused by name.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::time::Duration;
+
+use vu_driver::net::frame::{parse_udp, UdpFrame};
+use vu_driver::net::VirtioNetHdr;
+use vu_driver::ours::vhost_net_daemon_command;
+use vu_driver::process::{fd_targets, run_bounded, seccomp_mode, serving_pid};
+
+use crate::common::*;
+
+fn status_field(pid: u32, field: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A frame each way between a new client and the tap's host side.
+fn frames_cross(r: &Rig, what: &str) {
+    let mut net = r.client();
+    let frame = UdpFrame {
+        src_mac: GUEST_MAC,
+        ..UdpFrame::default()
+    }
+    .build(what.as_bytes());
+    net.send(0, &VirtioNetHdr::plain(), &frame).unwrap();
+    let got = r
+        .pkt
+        .recv_matching(T, |b| {
+            parse_udp(b).is_some_and(|v| v.payload == what.as_bytes())
+        })
+        .unwrap();
+    assert_eq!(got.as_deref(), Some(frame.as_slice()), "{what}: TX");
+    let back = UdpFrame {
+        dst_mac: GUEST_MAC,
+        ..UdpFrame::default()
+    }
+    .build(what.as_bytes());
+    r.pkt.send(&back).unwrap();
+    let got = driver_until(&mut net, 0, T, |b| b == back.as_slice());
+    assert_eq!(got.last().map(|(_, f)| f), Some(&back), "{what}: RX");
+}
+
+#[test]
+fn the_namespace_jail_holds_nothing_but_the_tap_and_serves() {
+    let r = rig(&["--sandbox", "namespace"]);
+    frames_cross(&r, "first frontend");
+    let pid = serving_pid(r.daemon.pid());
+    let log = r.daemon.log_contents();
+    assert_ne!(pid, r.daemon.pid(), "no supervised child\n{log}");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(seccomp_mode(pid).unwrap(), 2);
+    let root: Vec<_> = fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(root.is_empty(), "the jail's root holds {root:?}");
+    for entry in fd_targets(pid).unwrap() {
+        let (fd, target) = entry.split_once(" -> ").unwrap();
+        if fd.parse::<u32>().unwrap() <= 2 {
+            continue; // standard I/O, as whoever started the daemon set it up
+        }
+        // A tap queue is /dev/net/tun (10:200), named relative to the
+        // jail's root once the host's /dev is out of reach.
+        let tun = fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == libc::makedev(10, 200));
+        let ok = tun
+            || ["socket:", "pipe:", "anon_inode:", "/memfd:"]
+                .iter()
+                .any(|k| target.starts_with(k));
+        assert!(ok, "the jailed daemon holds {entry}\n{log}");
+    }
+    // The next frontend gets a new relay pair, inside the jail.
+    frames_cross(&r, "second frontend");
+}
+
+#[test]
+fn the_chroot_jail_is_refused_by_name() {
+    let ns = namespace(false);
+    let dir = vu_driver::fixture::TempDir::new("net-chroot").unwrap();
+    let mut cmd = vhost_net_daemon_command(
+        &ns,
+        &dir.join("net.sock"),
+        &["--tap", TAP, "--sandbox", "chroot"],
+    )
+    .unwrap();
+    let run = run_bounded(&mut cmd, Duration::from_secs(30)).unwrap();
+    assert_eq!(run.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--sandbox chroot"), "{}", run.stderr);
+}
