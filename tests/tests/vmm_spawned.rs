@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use vu_driver::fixture::{create_sparse_image, poll_until, TempDir};
 use vu_driver::fw_devices::{line, sector8_expected, DISK_SIZE};
-use vu_driver::process::{children_running, command_line};
+use vu_driver::process::{children_running, command_line, serving_pid};
 use vu_driver::vmm::{
     blk_loop_rounds, press_power_button, run_test_guest, serial, show_run, shutdown_vmm,
     spawn_test_guest, test_guest, vm_counter, vm_info,
@@ -88,6 +88,16 @@ fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
     assert_eq!(daemons.len(), 1, "{daemons:?}\n{}", show(&vmm));
     let first = daemons[0];
     assert!(command_line(first).contains(&image.display().to_string()));
+    // Run as root, the VMM jails it: the serving process is the
+    // supervisor's child, with an empty root and no capabilities.
+    let jailed = serving_pid(first);
+    assert_ne!(jailed, first, "{}", show(&vmm));
+    let root = std::fs::read_dir(format!("/proc/{jailed}/root"))
+        .unwrap()
+        .count();
+    assert_eq!(root, 0, "the jailed daemon's root is not empty");
+    let status = std::fs::read_to_string(format!("/proc/{jailed}/status")).unwrap();
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
 
     // Killed: the VMM starts another on the same socket, the disk is
     // reconnected and the guest's rounds go on.
@@ -116,6 +126,10 @@ fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
     let all = show(&vmm);
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
     assert!(!alive(now[0]), "the daemon outlived the VMM");
+    assert!(
+        poll_until(WAIT, || !alive(jailed)),
+        "the first jailed daemon outlived its supervisor"
+    );
     assert!(
         !socket.exists() && !socket.parent().unwrap().exists(),
         "{} is left behind",

@@ -174,6 +174,11 @@ impl Backends {
                 if image.readonly {
                     args.push("--read-only".into());
                 }
+                // Jailed where it can be (the namespace jail needs root's
+                // CAP_SYS_ADMIN): an empty root, no capabilities.
+                if nix::unistd::geteuid().is_root() {
+                    args.extend(["--sandbox".into(), "namespace".into()]);
+                }
                 let daemon = Supervised::start(DaemonSpec {
                     program: "vhost-blk-daemon".into(),
                     args,
