@@ -34,6 +34,7 @@ fn open_notify_socket() -> io::Result<Option<UnixDatagram>> {
 /// Connects to `$NOTIFY_SOCKET` now (before a sandbox hides its path).
 /// Later calls do nothing.
 pub fn connect() {
+    watchdog_interval();
     NOTIFY.get_or_init(|| match open_notify_socket() {
         Ok(s) => s,
         Err(e) => {
@@ -70,8 +71,16 @@ pub fn notify_status(status: &str) {
 }
 
 /// The watchdog interval asked for by `WATCHDOG_USEC`, when `WATCHDOG_PID`
-/// is unset or names this process (as sd_watchdog_enabled(3) reads them).
+/// is unset or names this process (as sd_watchdog_enabled(3) reads them),
+/// read once: [`connect`] reads it before a sandbox forks, so the jailed
+/// child (PID 1 of its own pid namespace) pings for the process systemd
+/// started, as WATCHDOG_PID names it.
 pub fn watchdog_interval() -> Option<Duration> {
+    static INTERVAL: OnceLock<Option<Duration>> = OnceLock::new();
+    *INTERVAL.get_or_init(watchdog_interval_now)
+}
+
+fn watchdog_interval_now() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if usec == 0 {
         return None;

@@ -40,10 +40,10 @@ pub struct DaemonUnderTest {
     /// A line the daemon prints once it accepts connections, which a
     /// management layer waits for (virtiofsd's, for Kata).
     pub ready_line: Option<&'static str>,
-    /// Options under which the daemon serves from its main process, the
-    /// one systemd's watchdog is bound to (virtiofsd's namespace sandbox
-    /// serves from a forked child, which is why its unit sets no
-    /// `WatchdogSec=`).
+    /// Options the watchdog tests run the daemon with: its namespace jail
+    /// (the daemon reads WATCHDOG_PID before the jail forks, so the jailed
+    /// child, PID 1 of its own pid namespace, pings for the process
+    /// systemd started).
     pub watchdog_args: &'static [&'static str],
     /// Its files in `contrib/`.
     pub contrib: Contrib,

@@ -29,7 +29,7 @@ pub static BLK: DaemonUnderTest = DaemonUnderTest {
     name: "vhost-blk-daemon",
     capabilities: "{\"type\":\"block\",\"features\":[\"read-only\",\"blk-file\"]}\n",
     ready_line: None,
-    watchdog_args: &[],
+    watchdog_args: &["--sandbox", "namespace"],
     contrib: Contrib {
         kind: "block",
         installed_binary: "/usr/libexec/vhost-blk-daemon",

@@ -30,7 +30,7 @@ pub static FS: DaemonUnderTest = DaemonUnderTest {
     name: "virtiofsd",
     capabilities: "{\"type\":\"fs\",\"features\":[\"separate-options\"]}\n",
     ready_line: Some(READY_LINE),
-    watchdog_args: &["--sandbox", "none"],
+    watchdog_args: &[],
     contrib: Contrib {
         kind: "fs",
         installed_binary: "/usr/libexec/virtiofsd",
@@ -40,7 +40,7 @@ pub static FS: DaemonUnderTest = DaemonUnderTest {
         // the block daemon's unit does not have; still "OK".
         max_exposure: 35,
         read_write_paths: true,
-        watchdog: false,
+        watchdog: true,
     },
     env: |test| Box::new(FsEnv::new(test)),
 };

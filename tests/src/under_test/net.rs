@@ -35,7 +35,7 @@ pub static NET: DaemonUnderTest = DaemonUnderTest {
     name: "vhost-net-daemon",
     capabilities: "{\"type\":\"net\",\"features\":[]}\n",
     ready_line: None,
-    watchdog_args: &[],
+    watchdog_args: &["--sandbox", "namespace"],
     contrib: Contrib {
         kind: "net",
         installed_binary: "/usr/libexec/vhost-net-daemon",
