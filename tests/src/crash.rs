@@ -19,8 +19,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::fixture::poll_until;
+use crate::fixture::{poll_until, Daemon};
 use crate::image::seq_from;
+use crate::process::{pending_kicks, serving_pid};
 
 /// A writer's round: 4 O_DIRECT writes of 64 KiB.
 pub const ROUND: usize = 256 << 10;
@@ -114,6 +115,41 @@ pub fn receive_in_two_parts(
         conn.take((total - first) as u64).read_to_end(&mut data)?;
         Ok(data)
     })
+}
+
+/// Stops the process that serves for `daemon` (its jail's child, or the
+/// daemon itself) with SIGSTOP, then waits until a guest's kick waits in
+/// its eventfds: a request sits in a ring, taken by nobody, when it dies.
+pub fn stop_with_a_request_in_flight(daemon: &Daemon, timeout: Duration) -> Result<(), String> {
+    let pid = serving_pid(daemon.pid());
+    // SAFETY: kill(2) with a pid and a signal touches no memory.
+    if unsafe { libc::kill(pid as i32, libc::SIGSTOP) } != 0 {
+        return Err(format!(
+            "SIGSTOP to {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if !poll_until(timeout, || pending_kicks(pid) > 0) {
+        return Err(format!(
+            "no kick reached the stopped {} ({pid})",
+            daemon.name()
+        ));
+    }
+    Ok(())
+}
+
+/// A crash: SIGKILL to the process that serves for `daemon` and to
+/// `daemon` itself (a jail's supervisor), then waits for it to end.
+pub fn kill_hard(daemon: &mut Daemon, timeout: Duration) -> Result<(), String> {
+    let serving = serving_pid(daemon.pid());
+    // SAFETY: kill(2) with a pid and a signal touches no memory.
+    unsafe { libc::kill(serving as i32, libc::SIGKILL) };
+    let _ = daemon.signal(libc::SIGKILL);
+    daemon
+        .wait_timeout(timeout)
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .ok_or_else(|| format!("{} did not end", daemon.name()))
 }
 
 #[cfg(test)]

@@ -31,7 +31,6 @@ use vu_driver::guest::{NetDeviceOpts, QemuGuest};
 use vu_driver::image::seq_from;
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
-use vu_driver::process::pending_kicks;
 
 const TAG: &str = "kataShared";
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -69,13 +68,8 @@ fn kill_with_a_write_in_flight(
     daemon: &mut Daemon,
     restart: &dyn Fn() -> Daemon,
 ) -> Result<(), String> {
-    daemon.signal(libc::SIGSTOP).map_err(|e| e.to_string())?;
-    let pid = daemon.pid();
-    if !poll_until(WAIT, || pending_kicks(pid) > 0) {
-        return Err("no kick reached the stopped daemon".into());
-    }
-    daemon.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
-    daemon.wait_timeout(WAIT).map_err(|e| e.to_string())?;
+    crash::stop_with_a_request_in_flight(daemon, WAIT)?;
+    crash::kill_hard(daemon, WAIT)?;
     *daemon = restart();
     Ok(())
 }
@@ -220,8 +214,7 @@ timeout 300 nc {HOST_IP} {TCP_PORT} </tmp/t || exit 22
                 .map_err(|_| "the guest's stream never arrived".to_string())?;
             for n in 1..=2u32 {
                 let mut d = net.lock().unwrap();
-                d.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
-                d.wait_timeout(WAIT).map_err(|e| e.to_string())?;
+                crash::kill_hard(&mut d, WAIT)?;
                 *d = start();
                 // QEMU's reconnect: the new daemon's first frontend.
                 if !poll_until(WAIT, || d.log_contents().contains("frontend connected")) {

@@ -200,8 +200,7 @@ fn a_backend_killed_while_the_guest_waits_shows_failed() {
     let mut vmm = vmm_waiting(&api, blk_sock, &console);
     assert_eq!(info(&api)["devices"][0]["backend_state"], "connected");
 
-    b.daemon.signal(libc::SIGKILL).unwrap();
-    assert!(b.daemon.wait_timeout(WAIT).unwrap().is_some());
+    vu_driver::crash::kill_hard(&mut b.daemon, WAIT).unwrap();
     assert!(
         poll_until(WAIT, || info(&api)["devices"][0]["backend_state"]
             == "failed"),

@@ -244,8 +244,7 @@ fn a_backend_killed_while_the_vm_runs_leaves_the_vmm_running() {
     );
     assert!(ignores_sigpipe(pid), "SIGPIPE is not ignored by the VMM");
 
-    blk.daemon.signal(libc::SIGKILL).unwrap();
-    assert!(blk.daemon.wait_timeout(WAIT).unwrap().is_some());
+    vu_driver::crash::kill_hard(&mut blk.daemon, WAIT).unwrap();
     let gone = format!(
         "vhost-user blk device 0000:00:01.0 ({}): the backend is gone; DEVICE_NEEDS_RESET set",
         blk_sock.display()

@@ -36,7 +36,6 @@ use vu_driver::image::seq_from;
 use vu_driver::linux::OurLinux;
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
-use vu_driver::process::pending_kicks;
 use vu_driver::vmm::{serial, shutdown_vmm, spawn_vmm, vm_counter, vm_info, POWERED_OFF};
 
 const TAG: &str = "kataShared";
@@ -112,17 +111,12 @@ impl Vm {
     }
 }
 
-/// Stops `daemon` (SIGSTOP) and waits until the guest has kicked it: a
-/// request is then in flight, taken by nobody, when the daemon dies.
+/// Stops `daemon` until the guest has kicked it: a request is then in
+/// flight, taken by nobody, when the daemon dies.
 fn stop_with_a_request_in_flight(vm: &Vm, daemon: &mut Daemon) {
-    daemon.signal(libc::SIGSTOP).unwrap();
-    let pid = daemon.pid();
-    assert!(
-        poll_until(WAIT, || pending_kicks(pid) > 0),
-        "no kick reaches the stopped {}\n{}",
-        daemon.name(),
-        vm.show(&[&*daemon])
-    );
+    if let Err(e) = crash::stop_with_a_request_in_flight(daemon, WAIT) {
+        panic!("{e}\n{}", vm.show(&[&*daemon]));
+    }
 }
 
 /// How many requests each reconnect of `socket` found in queue 0 (the
@@ -148,8 +142,9 @@ fn kill_and_restart(
     socket: &Path,
     restart: impl FnOnce() -> Daemon,
 ) {
-    daemon.signal(libc::SIGKILL).unwrap();
-    assert!(daemon.wait_timeout(WAIT).unwrap().is_some());
+    if let Err(e) = crash::kill_hard(daemon, WAIT) {
+        panic!("{e}\n{}", vm.show(&[&*daemon]));
+    }
     assert!(
         poll_until(WAIT, || device_state(&vm.api, id) == "connecting"),
         "{id} is not reconnecting\n{}",

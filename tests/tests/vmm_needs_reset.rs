@@ -142,8 +142,7 @@ fn a_killed_backend_needs_a_reset_in_the_guest_on_that_device_only() {
 
     // Kill the disk's daemon: the VMM notices, marks the disk failed and
     // runs on.
-    b.daemon.signal(libc::SIGKILL).unwrap();
-    assert!(b.daemon.wait_timeout(WAIT).unwrap().is_some());
+    vu_driver::crash::kill_hard(&mut b.daemon, WAIT).unwrap();
     let want = states(&[
         ("disk0", "failed"),
         ("fs0", "connected"),

@@ -98,8 +98,7 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
     assert_eq!(counter(&api, "reconnects"), 0);
 
     // Kill the daemon: the disk is reconnecting, the guest's request waits.
-    b.daemon.signal(libc::SIGKILL).unwrap();
-    assert!(b.daemon.wait_timeout(WAIT).unwrap().is_some());
+    vu_driver::crash::kill_hard(&mut b.daemon, WAIT).unwrap();
     assert!(
         poll_until(WAIT, || disk_state(&api) == "connecting"),
         "{}",
@@ -207,8 +206,7 @@ fn a_killed_net_daemon_restarted_on_its_socket_is_reconnected() {
     // The only device is the NIC: vm.info's first.
     assert_eq!(disk_state(&api), "connected");
 
-    n.daemon.signal(libc::SIGKILL).unwrap();
-    assert!(n.daemon.wait_timeout(WAIT).unwrap().is_some());
+    vu_driver::crash::kill_hard(&mut n.daemon, WAIT).unwrap();
     assert!(
         poll_until(WAIT, || disk_state(&api) == "connecting"),
         "{}",

@@ -55,7 +55,7 @@ pub struct Cli {
     /// read-only root; no capabilities; a supervising parent removes the
     /// socket file at exit), `chroot` (a private mount namespace with the
     /// same empty root, no pid or network isolation), or `none`.
-    #[arg(long, value_enum, default_value_t = SandboxMode::None)]
+    #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
     pub sandbox: SandboxMode,
 
     /// How reads, writes and flushes reach the image: `io_uring` keeps

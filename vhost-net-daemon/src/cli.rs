@@ -59,7 +59,7 @@ pub struct Cli {
     /// unless the tap has an owner other than the daemon's user) or
     /// `none`. (`chroot` is refused: the relay's sockets need a network
     /// namespace of their own without a directory.)
-    #[arg(long, value_enum, default_value_t = SandboxMode::None)]
+    #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
     pub sandbox: SandboxMode,
 }
 

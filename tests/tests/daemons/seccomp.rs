@@ -39,10 +39,12 @@ fn default_daemon_serves_every_request_type_under_a_filter(d: &DaemonUnderTest) 
     let env = d.env("seccomp");
     let socket = env.socket();
     let mut daemon = d.start(&*env);
-    // The socket exists (ready) a moment before the filter goes on.
-    let pid = serving_pid(daemon.pid());
+    // The socket exists (ready) a moment before the jail's child is
+    // forked and the filter goes on.
     assert!(
-        poll_until(Duration::from_secs(5), || seccomp_mode(pid).unwrap() == 2),
+        poll_until(Duration::from_secs(5), || {
+            seccomp_mode(serving_pid(daemon.pid())).unwrap_or(0) == 2
+        }),
         "no seccomp filter installed by default"
     );
     for round in 0..3 {
