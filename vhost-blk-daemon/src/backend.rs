@@ -80,7 +80,7 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
         config,
         malformed: RateLimited::default(),
         io_errors: RateLimited::default(),
-        aio: engine(cli.aio),
+        aio: engine(cli.aio.resolve(cli.direct)),
     };
     if blk.aio == Aio::IoUring && cli.vhost_user.poll_us > 0 {
         log::warn!("--poll-us is not applied with --aio io_uring (its queues do not poll yet)");

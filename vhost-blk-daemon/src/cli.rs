@@ -61,8 +61,9 @@ pub struct Cli {
     /// How reads, writes and flushes reach the image: `io_uring` keeps
     /// every request of a queue in the kernel at once (falling back to
     /// `sync`, logged, where the kernel refuses io_uring); `sync` runs them
-    /// one at a time per queue with preadv/pwritev.
-    #[arg(long, value_enum, default_value_t = Aio::Sync, env = "VHOST_BLK_AIO")]
+    /// one at a time per queue with preadv/pwritev; `auto`: `io_uring` with
+    /// `--direct`, `sync` on the page cache.
+    #[arg(long, value_enum, default_value_t = Aio::Auto, env = "VHOST_BLK_AIO")]
     pub aio: Aio,
 
     /// Logical block size the guest sees: 512, 1024, 2048 or 4096.
@@ -73,11 +74,27 @@ pub struct Cli {
 /// The I/O engine (`--aio`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Aio {
+    /// `io_uring` with `--direct` (on real storage it keeps a queue's
+    /// requests in the device at once: 4-5x the IOPS of `sync` at queue
+    /// depth 32), `sync` on the page cache (where both are as fast and
+    /// `sync` spends less per request at queue depth 1).
+    Auto,
     /// One io_uring per queue.
     #[value(name = "io_uring")]
     IoUring,
     /// preadv/pwritev on the worker thread.
     Sync,
+}
+
+impl Aio {
+    /// The engine `Auto` stands for with or without `--direct`.
+    pub fn resolve(self, direct: bool) -> Aio {
+        match self {
+            Aio::Auto if direct => Aio::IoUring,
+            Aio::Auto => Aio::Sync,
+            other => other,
+        }
+    }
 }
 
 fn parse_serial(s: &str) -> Result<String, String> {
@@ -106,6 +123,14 @@ mod tests {
     }
 
     #[test]
+    fn auto_aio_is_io_uring_with_direct_and_sync_on_the_page_cache() {
+        assert_eq!(Aio::Auto.resolve(true), Aio::IoUring);
+        assert_eq!(Aio::Auto.resolve(false), Aio::Sync);
+        assert_eq!(Aio::Sync.resolve(true), Aio::Sync);
+        assert_eq!(Aio::IoUring.resolve(false), Aio::IoUring);
+    }
+
+    #[test]
     fn defaults() {
         let c = parse(&["--socket-path", "/s", "--blk-file", "/f"]).unwrap();
         assert_eq!(
@@ -113,7 +138,9 @@ mod tests {
             (1, 1024, 512)
         );
         assert!(!c.read_only && !c.direct && c.serial.is_none());
-        assert_eq!(c.aio, Aio::Sync);
+        if std::env::var_os("VHOST_BLK_AIO").is_none() {
+            assert_eq!(c.aio, Aio::Auto);
+        }
         let c = parse(&["--blk-file", "/f", "--aio", "io_uring"]).unwrap();
         assert_eq!(c.aio, Aio::IoUring);
     }
