@@ -273,6 +273,18 @@ pub fn enter_namespaces<F: FnOnce()>(mode: SandboxMode, at_exit: F) -> Result<()
     }
 }
 
+/// Maps `uid` and `gid` to 0 in the user namespace just made (setgroups
+/// denied first, as an unprivileged process must).
+fn map_ids(uid: u32, gid: u32) -> io::Result<()> {
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/self/{file}: {e}")))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("0 {uid} 1"))?;
+    write("gid_map", format!("0 {gid} 1"))
+}
+
 /// The child's parent, and what it waits with.
 type Supervisor = (Pid, SigSet, UnixStream);
 
@@ -284,8 +296,19 @@ fn fork_into_namespaces(mode: SandboxMode) -> Result<Option<Supervisor>, (Sandbo
     if threads != 1 {
         return Err(before(SandboxError::Threaded { mode, threads }));
     }
-    unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET)
-        .map_err(|e| before(SandboxError::Unshare(e.into())))?;
+    // Not root: a user namespace of our own first (our uid and gid mapped
+    // to 0 inside), where making the others needs no privilege on the host.
+    let uid = nix::unistd::geteuid();
+    let gid = nix::unistd::getegid();
+    let userns = !uid.is_root();
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET;
+    if userns {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    unshare(flags).map_err(|e| before(SandboxError::Unshare(e.into())))?;
+    if userns {
+        map_ids(uid.as_raw(), gid.as_raw()).map_err(|e| before(SandboxError::Unshare(e)))?;
+    }
 
     let supervisor = |what| move |source| SandboxError::Supervisor { what, source };
     // The parent finds out its child ended through SIGCHLD: it must not be
@@ -739,6 +762,15 @@ pub fn drop_supplementary_groups() -> Result<(), SandboxError> {
     let source = io::Error::from(e);
     if count == 0 && source.raw_os_error() == Some(libc::EPERM) {
         log::debug!("no supplementary groups to drop (setgroups: {source})");
+        return Ok(());
+    }
+    let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    if denied && source.raw_os_error() == Some(libc::EPERM) {
+        // The unprivileged jail's user namespace: the groups cannot be
+        // dropped there (they are what they were outside, no more).
+        log::info!(
+            "keeping {count} supplementary group(s): setgroups is denied in this user namespace"
+        );
         return Ok(());
     }
     Err(SandboxError::SetGroups { count, source })

@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::Path;
 
+use vu_driver::blk::{BlkClient, BlkOptions};
 use vu_driver::ours::BlkDaemonOpts;
 use vu_driver::process::{fd_targets, seccomp_mode, serving_pid};
 
@@ -91,4 +92,50 @@ fn the_namespace_jail_serves_with_io_uring_too() {
 #[test]
 fn the_chroot_jail_holds_nothing_and_serves() {
     jailed("chroot", "sync");
+}
+
+/// Not root: the jail builds on a user namespace of its own (its uid and
+/// gid mapped to 0 inside), with the same result.
+#[test]
+fn the_namespace_jail_works_without_root() {
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let dir = vu_driver::fixture::TempDir::new("blk-unpriv").unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let image = dir.join("disk.img");
+    vu_driver::fixture::create_sparse_image(&image, IMAGE_SIZE).unwrap();
+    std::os::unix::fs::chown(&image, Some(NOBODY), Some(NOBODY)).unwrap();
+    let socket = dir.join("blk.sock");
+    let opts = BlkDaemonOpts {
+        extra_args: vec!["--sandbox".into(), "namespace".into()],
+        ..BlkDaemonOpts::default()
+    };
+    let mut cmd = vu_driver::ours::vhost_blk_daemon_command(&image, &socket, &opts).unwrap();
+    cmd.uid(NOBODY).gid(NOBODY);
+    let daemon = vu_driver::fixture::Daemon::spawn(
+        "vhost-blk-daemon",
+        cmd,
+        &socket,
+        &[vu_driver::fixture::Readiness::Path(socket.clone())],
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut c = BlkClient::connect(&socket, &BlkOptions::default()).unwrap();
+    let data = pattern(5, 4096);
+    assert_status_ok(write_req(&mut c, 16, &data), 1, "write");
+    assert_eq!(c.read(16, data.len() as u32).unwrap(), data);
+    assert_eq!(host_read(&image, 16, data.len()), data);
+    let pid = serving_pid(daemon.pid());
+    let log = daemon.log_contents();
+    assert_ne!(pid, daemon.pid(), "no supervised child\n{log}");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(seccomp_mode(pid).unwrap(), 2);
+    let uid_map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "65534", "1"],
+        "the jail's user namespace maps nobody to 0"
+    );
+    let root = fs::read_dir(format!("/proc/{pid}/root")).unwrap().count();
+    assert_eq!(root, 0, "the jail's root is not empty\n{log}");
 }
