@@ -137,6 +137,29 @@ fn check_extent(meta: &std::fs::Metadata, offset: u64, size: u64) -> Result<(), 
     Ok(())
 }
 
+/// The memory slots vhost-user-backend 0.21 advertises (GET_MAX_MEM_SLOTS):
+/// a map with more regions than this is refused.
+pub const MAX_MEM_SLOTS: usize = 509;
+
+/// A map with more regions than [`MAX_MEM_SLOTS`] (ADD_MEM_REG after
+/// ADD_MEM_REG: each holds a descriptor and a mapping).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{count} memory regions, more than the {MAX_MEM_SLOTS} slots advertised (GET_MAX_MEM_SLOTS)"
+)]
+pub struct TooManyRegions {
+    pub count: usize,
+}
+
+/// Checks that `map` fits the advertised memory slots.
+pub fn check_slots(map: &Mem) -> Result<(), TooManyRegions> {
+    let count = map.num_regions();
+    if count > MAX_MEM_SLOTS {
+        return Err(TooManyRegions { count });
+    }
+    Ok(())
+}
+
 /// Checks every file-backed region of `map` against its file descriptor;
 /// the first bad one is the error.
 pub fn check_map(map: &Mem) -> Result<(), BadRegion> {
@@ -246,5 +269,21 @@ mod tests {
             check_extent(&null, 0, 4096),
             Err(Problem::NotAFile(FdKind::CharDevice))
         );
+    }
+
+    #[test]
+    fn more_regions_than_the_slots_advertised_are_refused() {
+        let regions = |n: u64| {
+            Mem::from_ranges(
+                &(0..n)
+                    .map(|i| (GuestAddress(i * 0x10000), 0x1000))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        assert_eq!(check_slots(&regions(MAX_MEM_SLOTS as u64)), Ok(()));
+        let e = check_slots(&regions(MAX_MEM_SLOTS as u64 + 1)).unwrap_err();
+        assert_eq!(e.count, MAX_MEM_SLOTS + 1);
+        assert!(e.to_string().contains("more than the 509 slots"), "{e}");
     }
 }

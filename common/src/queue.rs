@@ -304,6 +304,10 @@ impl Rings {
     /// guest memory; libblkio does exactly that).
     pub fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
         let map = mem.memory().into_inner();
+        if let Err(e) = memory::check_slots(&map) {
+            log::error!("guest memory map refused: {e}");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+        }
         if let Err(e) = memory::check_map(&map) {
             log::error!("guest memory map refused: {e}");
             return Err(io::Error::new(io::ErrorKind::InvalidInput, e));

@@ -15,6 +15,7 @@ for_each_daemon!(
     set_mem_table_with_a_region_larger_than_its_fd_is_refused,
     set_mem_table_with_an_offset_past_the_end_of_its_fd_is_refused,
     add_mem_reg_with_a_region_larger_than_its_fd_is_refused,
+    add_mem_reg_past_the_advertised_slots_is_refused,
 );
 
 /// The size of the memfd behind a lying region.
@@ -150,6 +151,72 @@ fn add_mem_reg_with_a_region_larger_than_its_fd_is_refused(d: &DaemonUnderTest) 
             ],
         );
     }
+    drop((dev, extra));
+    still_serves(d, &*env, &mut daemon);
+}
+
+/// ADD_MEM_REG after ADD_MEM_REG past the slots the daemon advertises
+/// (GET_MAX_MEM_SLOTS): the one too many is refused, logged with the
+/// count, and the connection (with every region it mapped) ends; the
+/// daemon serves on. Each region is a 4 KiB page of one memfd.
+fn add_mem_reg_past_the_advertised_slots_is_refused(d: &DaemonUnderTest) {
+    let (env, mut daemon) = served(d, "mem-slots");
+    let from = daemon.log_contents().len();
+    let mut dev = frontend(d, &*env);
+    let regions = dev.mem().regions();
+    dev.frontend().set_mem_table(&regions).unwrap();
+    let extra = GuestMem::new(FD_SIZE, &Backing::Memfd).unwrap();
+    let base = extra.regions()[0];
+    if !dev
+        .protocol_features()
+        .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    {
+        // Not offered (vhost-net-daemon): no region may be added at all.
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 1 << 32,
+            memory_size: 4096,
+            ..base
+        };
+        assert!(
+            dev.frontend().add_mem_region(&region).is_err(),
+            "{}: ADD_MEM_REG without CONFIGURE_MEM_SLOTS was accepted",
+            d.name
+        );
+        drop((dev, extra));
+        still_serves(d, &*env, &mut daemon);
+        return;
+    }
+    let slots = dev.frontend().get_max_mem_slots().unwrap();
+    // The table holds one region: `slots - 1` more fit.
+    let mut refused = None;
+    for i in 0..slots {
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: (1 << 32) + i * 4096,
+            memory_size: 4096,
+            userspace_addr: base.userspace_addr + i * 4096,
+            mmap_offset: i * 4096,
+            ..base
+        };
+        if dev.frontend().add_mem_region(&region).is_err() {
+            refused = Some(i);
+            break;
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(slots - 1),
+        "{}: region {} of {slots} slots was accepted",
+        d.name,
+        slots + 1
+    );
+    assert_logged(
+        &daemon,
+        from,
+        &[&format!(
+            "{} memory regions, more than the {slots} slots",
+            slots + 1
+        )],
+    );
     drop((dev, extra));
     still_serves(d, &*env, &mut daemon);
 }
