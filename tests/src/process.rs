@@ -108,14 +108,14 @@ pub fn thread_count(pid: u32) -> io::Result<usize> {
     Ok(fs::read_dir(format!("/proc/{pid}/task"))?.count())
 }
 
-/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmSize`, `RssShmem`, ...)
-/// in KiB.
-pub fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
+/// The value of `field` in `/proc/PID/status` (`CapEff`, `NoNewPrivs`,
+/// ...), trimmed.
+pub fn status_field(pid: u32, field: &str) -> io::Result<String> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .map(|v| v.trim().to_string())
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -124,19 +124,31 @@ pub fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
         })
 }
 
-/// The `Seccomp:` mode of `/proc/PID/status` (0 none, 1 strict, 2 filter).
-pub fn seccomp_mode(pid: u32) -> io::Result<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .and_then(|v| v.trim().parse().ok())
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmSize`, `RssShmem`, ...)
+/// in KiB.
+pub fn status_kib(pid: u32, field: &str) -> io::Result<u64> {
+    let value = status_field(pid, field)?;
+    value
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("/proc/{pid}/status has no Seccomp: line"),
+                format!("/proc/{pid}/status: {field}: {value} is not a kB count"),
             )
         })
+}
+
+/// The `Seccomp:` mode of `/proc/PID/status` (0 none, 1 strict, 2 filter).
+pub fn seccomp_mode(pid: u32) -> io::Result<u32> {
+    let value = status_field(pid, "Seccomp")?;
+    value.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/status: Seccomp: {value} is not a mode"),
+        )
+    })
 }
 
 /// The process that serves for the daemon `pid`: `pid` itself, or the

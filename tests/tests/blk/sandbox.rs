@@ -9,19 +9,9 @@ use std::path::Path;
 
 use vu_driver::blk::{BlkClient, BlkOptions};
 use vu_driver::ours::BlkDaemonOpts;
-use vu_driver::process::{fd_targets, seccomp_mode, serving_pid};
+use vu_driver::process::{fd_targets, seccomp_mode, serving_pid, status_field};
 
 use crate::common::*;
-
-/// A `/proc/PID/status` field as text.
-fn status_field(pid: u32, field: &str) -> String {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
 
 fn jailed(mode: &str, aio: &str) {
     let opts = BlkDaemonOpts {
@@ -41,9 +31,17 @@ fn jailed(mode: &str, aio: &str) {
     if mode == "namespace" {
         assert_ne!(pid, s.daemon.pid(), "no supervised child\n{log}");
     }
-    assert_eq!(status_field(pid, "CapEff"), "0000000000000000", "{mode}");
-    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000", "{mode}");
-    assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{mode}");
+    assert_eq!(
+        status_field(pid, "CapEff").unwrap(),
+        "0000000000000000",
+        "{mode}"
+    );
+    assert_eq!(
+        status_field(pid, "CapPrm").unwrap(),
+        "0000000000000000",
+        "{mode}"
+    );
+    assert_eq!(status_field(pid, "NoNewPrivs").unwrap(), "1", "{mode}");
     assert_eq!(seccomp_mode(pid).unwrap(), 2, "{mode}");
     // The root is empty: nothing of the host by path.
     let root: Vec<_> = fs::read_dir(format!("/proc/{pid}/root"))
@@ -128,7 +126,7 @@ fn the_namespace_jail_works_without_root() {
     let pid = serving_pid(daemon.pid());
     let log = daemon.log_contents();
     assert_ne!(pid, daemon.pid(), "no supervised child\n{log}");
-    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapEff").unwrap(), "0000000000000000");
     assert_eq!(seccomp_mode(pid).unwrap(), 2);
     let uid_map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
     assert_eq!(

@@ -12,18 +12,9 @@ use std::time::Duration;
 use vu_driver::net::frame::{parse_udp, UdpFrame};
 use vu_driver::net::VirtioNetHdr;
 use vu_driver::ours::vhost_net_daemon_command;
-use vu_driver::process::{fd_targets, run_bounded, seccomp_mode, serving_pid};
+use vu_driver::process::{fd_targets, run_bounded, seccomp_mode, serving_pid, status_field};
 
 use crate::common::*;
-
-fn status_field(pid: u32, field: &str) -> String {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
 
 /// A frame each way between a new client and the tap's host side.
 fn frames_cross(r: &Rig, what: &str) {
@@ -58,9 +49,9 @@ fn the_namespace_jail_holds_nothing_but_the_tap_and_serves() {
     let pid = serving_pid(r.daemon.pid());
     let log = r.daemon.log_contents();
     assert_ne!(pid, r.daemon.pid(), "no supervised child\n{log}");
-    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
-    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
-    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "CapEff").unwrap(), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm").unwrap(), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs").unwrap(), "1");
     assert_eq!(seccomp_mode(pid).unwrap(), 2);
     let root: Vec<_> = fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()
