@@ -50,6 +50,15 @@ fn assert_still_serving(daemon: &mut Daemon) {
     assert_no_panic(daemon);
 }
 
+/// One resource of each snapshot in turn, joined by `sep` ("1 -> 2 -> 3").
+fn across<T: std::fmt::Display>(
+    snaps: [&Snapshot; 3],
+    sep: &str,
+    value: impl Fn(&Snapshot) -> T,
+) -> String {
+    snaps.map(|s| value(s).to_string()).join(sep)
+}
+
 /// Starts the daemon in `env`; returns it, the pid that serves, and what
 /// that process holds before any frontend.
 fn start_idle(d: &DaemonUnderTest, env: &dyn Env) -> (Daemon, u32, Snapshot) {
@@ -117,37 +126,23 @@ fn a_hundred_connections_leak_no_descriptors_threads_or_memory(d: &DaemonUnderTe
         last = Snapshot::take(pid);
         last.within(&base) && last.within(&fresh)
     });
+    let snaps = [&fresh, &base, &last];
     assert!(
         settled,
-        "resources grew over 100 connections:\n  fds {} -> {} -> {}, threads {} -> {} -> {}, \
-         guest-RAM mappings {} -> {} -> {} (idle, after 1, after 101)\n  \
-         fds when idle: {:#?}\n  fds now: {:#?}",
-        fresh.fds,
-        base.fds,
-        last.fds,
-        fresh.threads,
-        base.threads,
-        last.threads,
-        fresh.guest_ram_mappings,
-        base.guest_ram_mappings,
-        last.guest_ram_mappings,
+        "resources grew over 100 connections:\n  fds {}, threads {}, guest-RAM mappings {} \
+         (idle, after 1, after 101)\n  fds when idle: {:#?}\n  fds now: {:#?}",
+        across(snaps, " -> ", |s| s.fds),
+        across(snaps, " -> ", |s| s.threads),
+        across(snaps, " -> ", |s| s.guest_ram_mappings),
         fresh.fd_targets,
         last.fd_targets
     );
     eprintln!(
-        "fds {}/{}/{}, threads {}/{}/{}, VmRSS {}/{}/{} KiB, RssAnon {}/{}/{} KiB (idle, after 1, after 101)",
-        fresh.fds,
-        base.fds,
-        last.fds,
-        fresh.threads,
-        base.threads,
-        last.threads,
-        fresh.rss_kib,
-        base.rss_kib,
-        last.rss_kib,
-        fresh.rss_anon_kib,
-        base.rss_anon_kib,
-        last.rss_anon_kib
+        "fds {}, threads {}, VmRSS {} KiB, RssAnon {} KiB (idle, after 1, after 101)",
+        across(snaps, "/", |s| s.fds),
+        across(snaps, "/", |s| s.threads),
+        across(snaps, "/", |s| s.rss_kib),
+        across(snaps, "/", |s| s.rss_anon_kib)
     );
     for (what, limit_kib, [idle, after_1, after_101]) in [
         (
