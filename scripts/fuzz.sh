@@ -13,8 +13,8 @@
 # Prints a table: target, execs, coverage (cov/ft from libFuzzer's last
 # stats line), crashes. Exits 1 if a target crashed.
 #
-# Needs the nightly toolchain and cargo-fuzz (scripts/setup.sh installs
-# them where it can). One libFuzzer process at a time (the machine is
+# Needs cargo-fuzz and the nightly toolchain, or RUSTC_BOOTSTRAP=1 on the
+# installed one (scripts/setup.sh installs what it can). One libFuzzer process at a time (the machine is
 # shared); FUZZ_JOBS=N runs N processes per target instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,11 +37,16 @@ for t in "${targets[@]}"; do
 done
 if [ "$ci" -eq 1 ]; then seconds=20; else seconds=$((minutes * 60)); fi
 
-if ! cargo +nightly --version >/dev/null 2>&1; then
-    echo "fuzz.sh: error: no nightly toolchain (scripts/setup.sh installs it with rustup)" >&2
-    exit 1
+# cargo-fuzz builds with -Zsanitizer: nightly, or where there is none (a
+# machine with one stable toolchain) the installed one with RUSTC_BOOTSTRAP.
+if cargo +nightly --version >/dev/null 2>&1; then
+    CARGO=(cargo +nightly)
+else
+    echo "fuzz.sh: no nightly toolchain; building with $(rustc --version) and RUSTC_BOOTSTRAP=1" >&2
+    CARGO=(cargo)
+    export RUSTC_BOOTSTRAP=1
 fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+if ! "${CARGO[@]}" fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: error: cargo-fuzz missing (scripts/setup.sh: cargo install cargo-fuzz --locked)" >&2
     exit 1
 fi
@@ -49,9 +54,9 @@ fi
 echo "== cargo fuzz build (${targets[*]})"
 # -a: debug assertions and overflow checks, as in the unit tests.
 if [ ${#targets[@]} -eq ${#ALL[@]} ]; then
-    cargo +nightly fuzz build -a >&2
+    "${CARGO[@]}" fuzz build -a >&2
 else
-    for t in "${targets[@]}"; do cargo +nightly fuzz build -a "$t" >&2; done
+    for t in "${targets[@]}"; do "${CARGO[@]}" fuzz build -a "$t" >&2; done
 fi
 BIN="$ROOT/fuzz/target/x86_64-unknown-linux-gnu/release"
 

@@ -83,6 +83,23 @@ else
     SUMMARY+=("rust-target=no-rustup")
 fi
 
+# --- 2b. the fuzzers' toolchain (scripts/fuzz.sh) -----------------------------
+# cargo-fuzz wants nightly; where rustup cannot fetch one, scripts/fuzz.sh
+# uses the installed toolchain with RUSTC_BOOTSTRAP=1.
+if command -v rustup >/dev/null 2>&1 && ! cargo +nightly --version >/dev/null 2>&1; then
+    log "installing the nightly toolchain (scripts/fuzz.sh)"
+    rustup toolchain install nightly --profile minimal >&2 \
+        || log "warning: no nightly toolchain; scripts/fuzz.sh will use RUSTC_BOOTSTRAP=1"
+fi
+if cargo fuzz --version >/dev/null 2>&1; then
+    SUMMARY+=("cargo-fuzz=ok")
+elif cargo install cargo-fuzz --locked >&2; then
+    SUMMARY+=("cargo-fuzz=installed")
+else
+    log "warning: 'cargo install cargo-fuzz --locked' failed; scripts/fuzz.sh cannot run"
+    SUMMARY+=("cargo-fuzz=FAILED")
+fi
+
 # --- 3. Debian's kernel -----------------------------------------------------
 mkdir -p "$KIT/debs" "$KIT/kernel"
 

@@ -27,5 +27,12 @@ cargo build --workspace --bins --locked
 
 echo "== cargo test"
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+
+# The fuzz targets (fuzz/) on their kept corpora, 20 s each; a crash fails
+# the run. FUZZ_CI=0 skips them.
+if [ "${FUZZ_CI:-1}" != 0 ]; then
+    echo "== fuzz (scripts/fuzz.sh --ci)"
+    scripts/fuzz.sh --ci
+fi
 # cargo's last line is often an empty doc-test run; end on the real totals.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
