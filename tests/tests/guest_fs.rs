@@ -20,16 +20,14 @@
 //! the second-guest test cannot pass against it.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fs;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vu_driver::fixture::{find_binary, Daemon, TempDir};
+use vu_driver::fs::host::{lgetxattr, lsetxattr};
 use vu_driver::guest::{GuestKit, GuestOutput, QemuGuest};
 use vu_driver::ours::virtiofsd;
 
@@ -147,47 +145,6 @@ fn sha256_file(path: &Path) -> String {
     hex
 }
 
-fn c_path(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap()
-}
-
-/// The value of extended attribute `name` of `path` (not following a symlink).
-fn get_xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
-    let p = c_path(path);
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: both strings are NUL-terminated and outlive the call; the
-    // kernel writes at most buf.len() bytes into buf.
-    let len =
-        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if len < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(usize::try_from(len).unwrap());
-    Ok(buf)
-}
-
-/// Sets extended attribute `name` of `path` to `value`.
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = c_path(path);
-    let n = CString::new(name).unwrap();
-    // SAFETY: both strings are NUL-terminated and outlive the call; the
-    // kernel reads value.len() bytes from value.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Changes the owner of `path` (the test runs as root, like the daemon).
 fn chown(path: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
@@ -297,7 +254,7 @@ fn guest_file_operations_match_the_host() {
         fs::write(&f, HOST_TEXT).unwrap();
         fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
         chown(&f, 777, 888);
-        set_xattr(&f, "user.host", HOST_XATTR.as_bytes()).unwrap();
+        lsetxattr(&f, "user.host", HOST_XATTR.as_bytes()).unwrap();
     });
     let out = share.run_guest("operations", &operations_script(), |_| {});
     let p = |rel: &str| share.path(rel);
@@ -401,10 +358,10 @@ fn guest_file_operations_match_the_host() {
     assert_eq!(out.expect_kv("modes_stat"), "604 1234 5678");
     // xattrs both ways; the removed one is gone.
     assert_eq!(
-        get_xattr(&p("created.txt"), "user.vutest").unwrap(),
+        lgetxattr(&p("created.txt"), "user.vutest").unwrap(),
         GUEST_XATTR.as_bytes()
     );
-    let gone = get_xattr(&p("created.txt"), "user.gone").unwrap_err();
+    let gone = lgetxattr(&p("created.txt"), "user.gone").unwrap_err();
     assert_eq!(
         gone.raw_os_error(),
         Some(libc::ENODATA),

@@ -8,6 +8,7 @@
 //! leave the data in those buffers.
 //!
 //! - [`wire`]: FUSE encoding and parsing (pure, unit-tested).
+//! - [`host`]: extended attributes of a host path, beside what is served.
 //! - `ops`: the typed operations (INIT, LOOKUP, ..., STATFS).
 //! - `ops_more`: links, MKNOD, xattrs, FALLOCATE, LSEEK, ACCESS.
 //! - `raw`: requests made of arbitrary bytes, for bad-input tests.
@@ -25,6 +26,7 @@ use crate::device::{DeviceError, DeviceOptions, VuDevice};
 use crate::memory::MemoryError;
 use crate::virtqueue::{QueueError, Seg};
 
+pub mod host;
 mod io;
 mod ops;
 mod pipeline;

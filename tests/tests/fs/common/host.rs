@@ -111,41 +111,13 @@ pub fn user_xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
 /// The value of extended attribute `name` of `p` on the host (None if it
 /// has none).
 pub fn host_getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: lgetxattr writes at most buf.len() bytes into `buf`, which we
-    // own; both strings are NUL-terminated.
-    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return None;
-    }
-    buf.truncate(r as usize);
-    Some(buf)
+    vu_driver::fs::host::lgetxattr(p, name).ok()
 }
 
 /// Sets extended attribute `name` of `p` on the host.
 pub fn host_setxattr(p: &Path, name: &str, value: &[u8]) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: lsetxattr reads value.len() bytes from `value` and the two
-    // NUL-terminated strings; it writes no memory of ours.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "lsetxattr {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
+    vu_driver::fs::host::lsetxattr(p, name, value)
+        .unwrap_or_else(|e| panic!("lsetxattr {}: {e}", p.display()));
 }
 
 /// Creates a device or FIFO node on the host (`mode` with its type bits).
