@@ -59,28 +59,27 @@ impl Bus {
         (addr - base < *len).then(|| (addr - base, device.clone()))
     }
 
-    /// Dispatches a read; false if no device serves `addr`.
-    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+    /// Runs `access` on the device serving `addr` (its lock held) with the
+    /// offset of `addr` in its range; false if no device serves `addr`.
+    fn dispatch(&self, addr: u64, access: impl FnOnce(&mut dyn BusDevice, u64)) -> bool {
         let Some((offset, device)) = self.find(addr) else {
             return false;
         };
-        device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read(offset, data);
+        access(
+            &mut *device.lock().unwrap_or_else(|e| e.into_inner()),
+            offset,
+        );
         true
+    }
+
+    /// Dispatches a read; false if no device serves `addr`.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.dispatch(addr, |device, offset| device.read(offset, data))
     }
 
     /// Dispatches a write; false if no device serves `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        let Some((offset, device)) = self.find(addr) else {
-            return false;
-        };
-        device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(offset, data);
-        true
+        self.dispatch(addr, |device, offset| device.write(offset, data))
     }
 }
 
