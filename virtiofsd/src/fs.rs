@@ -23,6 +23,9 @@ use fuse_backend_rs::api::filesystem::{
 
 /// FUSE_ATTR_SUBMOUNT (fuse.h): the entry is a mount point.
 const ATTR_SUBMOUNT: u32 = 1;
+/// The longest xattr value and the longest list of names (limits.h).
+const XATTR_SIZE_MAX: u32 = 65536;
+const XATTR_LIST_MAX: u32 = 65536;
 /// A directory's default ACL, as an xattr.
 const DEFAULT_ACL: &CStr = c"system.posix_acl_default";
 
@@ -380,6 +383,29 @@ where
         fn removexattr(ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()>;
     }
 
+    // The passthrough allocates the buffer the guest asks for (up to 4 GiB
+    // per request); no value or list is longer than XATTR_SIZE_MAX or
+    // XATTR_LIST_MAX, so a larger size asks for nothing more.
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.inner
+            .getxattr(ctx, inode, name, size.min(XATTR_SIZE_MAX))
+    }
+
+    fn listxattr(
+        &self,
+        ctx: &Context,
+        inode: Self::Inode,
+        size: u32,
+    ) -> io::Result<ListxattrReply> {
+        self.inner.listxattr(ctx, inode, size.min(XATTR_LIST_MAX))
+    }
+
     // Passed through unchanged.
     forward! {
         fn destroy();
@@ -392,8 +418,6 @@ where
         fn fsync(ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()>;
         fn release(ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle, flush: bool, flock_release: bool, lock_owner: Option<u64>) -> io::Result<()>;
         fn statfs(ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64>;
-        fn getxattr(ctx: &Context, inode: Self::Inode, name: &CStr, size: u32) -> io::Result<GetxattrReply>;
-        fn listxattr(ctx: &Context, inode: Self::Inode, size: u32) -> io::Result<ListxattrReply>;
         fn opendir(ctx: &Context, inode: Self::Inode, flags: u32) -> io::Result<(Option<Self::Handle>, OpenOptions)>;
         fn fsyncdir(ctx: &Context, inode: Self::Inode, datasync: bool, handle: Self::Handle) -> io::Result<()>;
         fn releasedir(ctx: &Context, inode: Self::Inode, flags: u32, handle: Self::Handle) -> io::Result<()>;
@@ -414,5 +438,49 @@ where
         /// Send notify reply.
         fn notify_reply() -> io::Result<()>;
         fn id_remap(ctx: &mut Context) -> io::Result<()>;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records the sizes it is asked for.
+    #[derive(Default)]
+    struct Sizes(Mutex<Vec<u32>>);
+
+    impl FileSystem for Sizes {
+        type Inode = u64;
+        type Handle = u64;
+
+        fn getxattr(&self, _: &Context, _: u64, _: &CStr, size: u32) -> io::Result<GetxattrReply> {
+            self.0.lock().unwrap().push(size);
+            Ok(GetxattrReply::Count(0))
+        }
+
+        fn listxattr(&self, _: &Context, _: u64, size: u32) -> io::Result<ListxattrReply> {
+            self.0.lock().unwrap().push(size);
+            Ok(ListxattrReply::Count(0))
+        }
+    }
+
+    /// Found by the fs_request fuzz target: a GETXATTR asking for
+    /// 0xfeff_fffe bytes made the passthrough allocate 4 GiB.
+    #[test]
+    fn xattr_sizes_are_capped_at_the_kernel_limits() {
+        let fs = Guarded::new(Sizes::default(), false, false, false);
+        let ctx = Context::default();
+        for size in [0, 1, 65536, 65537, 0xfeff_fffe, u32::MAX] {
+            fs.getxattr(&ctx, 1, c"user.a", size).unwrap();
+            fs.listxattr(&ctx, 1, size).unwrap();
+        }
+        let seen = fs.inner.0.lock().unwrap().clone();
+        let want: Vec<u32> = [0, 1, 65536, 65536, 65536, 65536]
+            .iter()
+            .flat_map(|&s| [s, s])
+            .collect();
+        assert_eq!(seen, want);
     }
 }
