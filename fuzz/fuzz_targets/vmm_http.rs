@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
-use vmm::api::fuzz_api::{handle, Decoded, Decoder};
+use vmm::api::fuzz_api::{handle, transition, Decoded, Decoder};
 use vmm::api::{ControlError, Counters, Limits, MemoryInfo, VmControl, VmInfo, VmState};
 
 /// A VM that follows the state rules a real one does.
@@ -29,14 +29,7 @@ impl FakeVm {
         let Some((state, _)) = s.as_mut() else {
             return Err(ControlError::NotCreated(action));
         };
-        if !from.contains(state) {
-            return Err(ControlError::InvalidState {
-                action,
-                state: *state,
-            });
-        }
-        *state = to;
-        Ok(())
+        transition(state, action, from, to)
     }
 }
 

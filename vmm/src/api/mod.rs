@@ -81,7 +81,26 @@ pub use http::Limits;
 pub mod fuzz_api {
     pub use super::http::{Decoded, HttpError, Request, Response};
     pub use super::routes::{handle, Reply};
-    use super::Limits;
+    use super::{ControlError, Limits, VmState};
+
+    /// The state rule a VM double follows (the unit tests' and the fuzz
+    /// target's): `action` moves `state` to `to` from one of `from`, and is
+    /// refused as the real VM refuses it from any other.
+    pub fn transition(
+        state: &mut VmState,
+        action: &'static str,
+        from: &[VmState],
+        to: VmState,
+    ) -> Result<(), ControlError> {
+        if !from.contains(state) {
+            return Err(ControlError::InvalidState {
+                action,
+                state: *state,
+            });
+        }
+        *state = to;
+        Ok(())
+    }
 
     /// The server's request decoder.
     #[derive(Debug)]

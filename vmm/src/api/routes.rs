@@ -196,15 +196,7 @@ pub(super) mod tests {
             to: VmState,
         ) -> Result<(), ControlError> {
             self.calls.lock().unwrap().push(action);
-            let mut state = self.state.lock().unwrap();
-            if !from.contains(&state) {
-                return Err(ControlError::InvalidState {
-                    action,
-                    state: *state,
-                });
-            }
-            *state = to;
-            Ok(())
+            super::super::fuzz_api::transition(&mut self.state.lock().unwrap(), action, from, to)
         }
     }
 
