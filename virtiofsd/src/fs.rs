@@ -118,6 +118,21 @@ where
         }
     }
 
+    /// What a new `parent/name` (MKNOD, MKDIR, CREATE) gets before it is
+    /// made: the name checked ([`check_name`]), EROFS under `--readonly`,
+    /// and the umask it is made with ([`Self::umask_for`]).
+    fn new_name_umask(
+        &self,
+        ctx: &Context,
+        parent: FS::Inode,
+        name: &CStr,
+        umask: u32,
+    ) -> io::Result<u32> {
+        check_name(name)?;
+        self.writable()?;
+        Ok(self.umask_for(ctx, parent, umask))
+    }
+
     fn writable(&self) -> io::Result<()> {
         if self.readonly {
             Err(io::Error::from_raw_os_error(libc::EROFS))
@@ -255,9 +270,7 @@ where
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        check_name(name)?;
-        self.writable()?;
-        let umask = self.umask_for(ctx, inode, umask);
+        let umask = self.new_name_umask(ctx, inode, name, umask)?;
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
 
@@ -269,9 +282,7 @@ where
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        check_name(name)?;
-        self.writable()?;
-        let umask = self.umask_for(ctx, parent, umask);
+        let umask = self.new_name_umask(ctx, parent, name, umask)?;
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
@@ -293,9 +304,7 @@ where
         name: &CStr,
         mut args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        check_name(name)?;
-        self.writable()?;
-        args.umask = self.umask_for(ctx, parent, args.umask);
+        args.umask = self.new_name_umask(ctx, parent, name, args.umask)?;
         self.inner.create(ctx, parent, name, args)
     }
 
