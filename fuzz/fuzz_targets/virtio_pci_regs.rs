@@ -9,26 +9,13 @@
 
 #![no_main]
 
-use std::io;
 use std::sync::Arc;
 
-use devices::pci::{MsiMessage, MsiSink, PciDevice};
+use devices::pci::{NullMsiSink, PciDevice};
 use devices::virtio_pci::VirtioPciDevice;
 use devices::virtio_pci::{ActivateError, QueueConfig, VirtioDevice, STATUS_DRIVER_OK};
 use fuzz::Input;
 use libfuzzer_sys::fuzz_target;
-
-struct NullSink;
-
-impl MsiSink for NullSink {
-    fn update_route(&self, _vector: u16, _msg: Option<MsiMessage>) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn deliver(&self, _vector: u16, _msg: MsiMessage) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 struct FakeDevice {
     device_type: u32,
@@ -126,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
         reset_pending: 0,
     };
     let queues = device.queues as u16;
-    let Ok(mut pci) = VirtioPciDevice::new(device, u16::from(vectors % 70), Arc::new(NullSink))
+    let Ok(mut pci) = VirtioPciDevice::new(device, u16::from(vectors % 70), Arc::new(NullMsiSink))
     else {
         return;
     };

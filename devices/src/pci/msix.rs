@@ -63,6 +63,22 @@ pub trait MsiSink: Send + Sync {
     fn deliver(&self, vector: u16, msg: MsiMessage) -> io::Result<()>;
 }
 
+/// A sink that routes nothing and drops every interrupt, for tests and
+/// fuzz targets that drive a device but do not look at its interrupts.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullMsiSink;
+
+impl MsiSink for NullMsiSink {
+    fn update_route(&self, _vector: u16, _msg: Option<MsiMessage>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn deliver(&self, _vector: u16, _msg: MsiMessage) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What [`MsixConfig::trigger`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TriggerOutcome {

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::pci::{MsiMessage, MsiSink, PciAddress};
+use devices::pci::{NullMsiSink, PciAddress};
 use devices::vhost_user::{
     MemoryRegionInfo, MemoryTable, QueueEventProvider, QueueEvents, VhostUserConn, VhostUserDevice,
 };
@@ -137,17 +137,6 @@ impl QueueEventProvider for NoEvents {
     }
 }
 
-struct NoSink;
-
-impl MsiSink for NoSink {
-    fn update_route(&self, _vector: u16, _msg: Option<MsiMessage>) -> io::Result<()> {
-        Ok(())
-    }
-    fn deliver(&self, _vector: u16, _msg: MsiMessage) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 fn memory() -> MemoryTable {
     let file = tempfile_in_shm();
     MemoryTable::new(vec![MemoryRegionInfo {
@@ -202,7 +191,7 @@ fn device_with(slot: u8, hangs: Vec<Hang>, reconnect: &str) -> (Arc<VhostUserPci
     )
     .unwrap();
     assert!(dev.connection_fd().is_some());
-    let transport = VirtioPciDevice::new(dev, 2, Arc::new(NoSink)).unwrap();
+    let transport = VirtioPciDevice::new(dev, 2, Arc::new(NullMsiSink)).unwrap();
     let plugged = VhostUserPci::new(
         config,
         PciAddress::slot(slot),
