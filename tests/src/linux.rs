@@ -62,6 +62,14 @@ impl OurLinux {
         }
     }
 
+    /// [`OurLinux::locate`] for a test named `test`, which says on stderr
+    /// which Linux it boots and why; panics with the error if there is none.
+    pub fn for_test(test: &str) -> Self {
+        let linux = Self::locate().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{test}: {} ({})", linux.why, linux.release);
+        linux
+    }
+
     /// Debian's kernel from the guest kit.
     pub fn debian() -> Result<Self> {
         let kit = GuestKit::locate()?;

@@ -10,6 +10,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
@@ -93,6 +94,14 @@ impl NetNs {
         ip(["netns", "add", &name])?;
         let ns = NetNs { name };
         ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// [`NetNs::new`] with one single-queue tap `tap` that has `addr`
+    /// (CIDR) and is up.
+    pub fn with_tap(prefix: &str, tap: &str, addr: &str) -> Result<Self> {
+        let ns = Self::new(prefix)?;
+        ns.add_tap(tap, false, Some(addr))?;
         Ok(ns)
     }
 
@@ -202,6 +211,17 @@ impl NetNs {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
+    }
+
+    /// A TCP listener on `ip:port` in this namespace (an address one of
+    /// its taps has).
+    pub fn listen_tcp(&self, ip: &str, port: u16) -> Result<TcpListener> {
+        self.enter(|| TcpListener::bind((ip, port)))?
+            .map_err(|source| NetNsError::Sys {
+                ns: self.name.clone(),
+                what: format!("listening on {ip}:{port}"),
+                source,
+            })
     }
 
     /// An AF_PACKET socket on interface `ifname` in this namespace.

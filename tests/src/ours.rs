@@ -160,6 +160,34 @@ pub fn virtiofsd(shared_dir: &Path, socket: &Path, extra_args: &[&str]) -> Resul
     spawn_virtiofsd(virtiofsd_command(shared_dir, socket, extra_args)?, socket)
 }
 
+/// A directory shared by our `virtiofsd`: [`virtiofsd_share`].
+#[derive(Debug)]
+pub struct Share {
+    /// The shared directory, `DIR/share`.
+    pub path: PathBuf,
+    /// Its vhost-user socket, `DIR/fs.sock`.
+    pub socket: PathBuf,
+    /// The daemon serving it.
+    pub daemon: Daemon,
+}
+
+/// Creates `dir/share` and spawns our `virtiofsd` sharing it on
+/// `dir/fs.sock` under `tag` (see [`virtiofsd`]).
+pub fn virtiofsd_share(dir: &Path, tag: &str) -> Result<Share> {
+    let path = dir.join("share");
+    std::fs::create_dir_all(&path).map_err(|source| FixtureError::CreateTempDir {
+        path: path.clone(),
+        source,
+    })?;
+    let socket = dir.join("fs.sock");
+    let daemon = virtiofsd(&path, &socket, &["--tag", tag])?;
+    Ok(Share {
+        path,
+        socket,
+        daemon,
+    })
+}
+
 /// `vhost-net-daemon` run inside `ns` (`ip netns exec`, which execs it
 /// under its own pid) with no arguments yet and systemd's variables
 /// removed from its environment; not spawned.

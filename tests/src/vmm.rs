@@ -2,6 +2,7 @@
 //! (`tests/guest-fw`, built for `x86_64-unknown-none` into
 //! `target/guest-fw/`, outside the workspace).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
@@ -94,6 +95,26 @@ where
     S: Into<std::ffi::OsString>,
 {
     run_to_exit("vmm", args, timeout)
+}
+
+/// Our vmm's options for a disk, a share and a NIC whose backends serve on
+/// these sockets: `--disk socket=BLK --fs tag=TAG,socket=FS --net
+/// socket=NET,mac=MAC`.
+pub fn device_args(
+    blk_socket: &Path,
+    tag: &str,
+    fs_socket: &Path,
+    net_socket: &Path,
+    mac: &str,
+) -> [OsString; 6] {
+    [
+        "--disk".into(),
+        format!("socket={}", blk_socket.display()).into(),
+        "--fs".into(),
+        format!("tag={tag},socket={}", fs_socket.display()).into(),
+        "--net".into(),
+        format!("socket={},mac={mac}", net_socket.display()).into(),
+    ]
 }
 
 /// Boots the test guest with `cpus` vCPUs and 64 MiB, serial on stdout.

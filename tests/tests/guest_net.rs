@@ -155,9 +155,8 @@ impl NetSetup {
     fn listen(&self, port: u16) -> TcpListener {
         let l = self
             .ns
-            .enter(|| TcpListener::bind((HOST_IP, port)))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|e| panic!("bind {HOST_IP}:{port} in the namespace: {e}"));
+            .listen_tcp(HOST_IP, port)
+            .unwrap_or_else(|e| panic!("{e}"));
         l.set_nonblocking(true).unwrap();
         l
     }

@@ -20,7 +20,6 @@
 //! `cargo build --workspace --bins`.
 
 use std::cell::RefCell;
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
@@ -30,7 +29,7 @@ use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
 use vu_driver::guest::{NetDeviceOpts, QemuGuest};
 use vu_driver::image::seq_from;
 use vu_driver::netns::NetNs;
-use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
+use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd_share, BlkDaemonOpts};
 
 const TAG: &str = "kataShared";
 const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -77,10 +76,8 @@ fn kill_with_a_write_in_flight(
 #[test]
 fn qemu_reconnects_to_a_restarted_blk_daemon_and_no_write_is_lost() {
     let dir = TempDir::new("guest-reconnect").unwrap();
-    let share = dir.join("share");
-    std::fs::create_dir_all(&share).unwrap();
-    let fs_sock = dir.join("fs.sock");
-    let fs = virtiofsd(&share, &fs_sock, &["--tag", TAG]).unwrap_or_else(|e| panic!("{e}"));
+    let fs = virtiofsd_share(dir.path(), TAG).unwrap_or_else(|e| panic!("{e}"));
+    let (share, fs_sock) = (&fs.path, &fs.socket);
     let image = dir.join("disk.img");
     create_sparse_image(&image, 64 << 20).unwrap();
     let blk_sock = dir.join("blk.sock");
@@ -93,7 +90,7 @@ fn qemu_reconnects_to_a_restarted_blk_daemon_and_no_write_is_lost() {
 
     let guest = QemuGuest::locate()
         .unwrap_or_else(|e| panic!("{e}"))
-        .fs(&fs_sock, TAG)
+        .fs(fs_sock, TAG)
         .blk(&blk_sock)
         .reconnect(1)
         .script(&script())
@@ -138,8 +135,8 @@ fn qemu_reconnects_to_a_restarted_blk_daemon_and_no_write_is_lost() {
         out.qemu_stderr,
         blk.name(),
         blk.log_contents(),
-        fs.name(),
-        fs.log_contents()
+        fs.daemon.name(),
+        fs.daemon.log_contents()
     );
     assert_eq!(p.error, None, "{all}");
     assert_eq!((p.kills, p.stop_written), (2, true), "{all}");
@@ -169,9 +166,8 @@ const TCP_FIRST: usize = 64 << 10;
 #[test]
 fn qemu_reconnects_to_a_restarted_net_daemon_and_a_tcp_stream_survives() {
     let dir = TempDir::new("guest-reconnect-net").unwrap();
-    let ns = NetNs::new("vrn").unwrap_or_else(|e| panic!("{e}"));
-    ns.add_tap(TAP, false, Some(&format!("{HOST_IP}/24")))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ns =
+        NetNs::with_tap("vrn", TAP, &format!("{HOST_IP}/24")).unwrap_or_else(|e| panic!("{e}"));
     let socket = dir.join("net.sock");
     let start = || {
         vhost_net_daemon(&ns, &socket, &["--tap", TAP, "--mac", GUEST_MAC])
@@ -179,9 +175,8 @@ fn qemu_reconnects_to_a_restarted_net_daemon_and_a_tcp_stream_survives() {
     };
     let net = Mutex::new(start());
     let listener = ns
-        .enter(|| TcpListener::bind((HOST_IP, TCP_PORT)))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("listening on {HOST_IP}:{TCP_PORT}: {e}"));
+        .listen_tcp(HOST_IP, TCP_PORT)
+        .unwrap_or_else(|e| panic!("{e}"));
     let script = format!(
         r#"set -e
 ip link set eth0 up

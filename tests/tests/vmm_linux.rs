@@ -29,9 +29,9 @@ use vu_driver::guest::{ConsoleParser, GuestStatus};
 use vu_driver::image;
 use vu_driver::linux::OurLinux;
 use vu_driver::netns::NetNs;
-use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
+use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd_share, BlkDaemonOpts};
 use vu_driver::process::Finished;
-use vu_driver::vmm::run_vmm;
+use vu_driver::vmm::{device_args, run_vmm};
 
 const TAG: &str = "kataShared";
 const TAP: &str = "vmmlin0";
@@ -125,15 +125,12 @@ fn receive_one(listener: TcpListener) -> mpsc::Receiver<std::io::Result<Vec<u8>>
 
 #[test]
 fn linux_guest_uses_a_share_a_disk_and_a_nic() {
-    let linux = OurLinux::locate().unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("vmm_linux: {} ({})", linux.why, linux.release);
+    let linux = OurLinux::for_test("vmm_linux");
     let dir = TempDir::new("vmm-linux").unwrap();
 
-    let share = dir.join("share");
-    std::fs::create_dir_all(&share).unwrap();
+    let fs = virtiofsd_share(dir.path(), TAG).unwrap_or_else(|e| panic!("{e}"));
+    let (share, fs_sock) = (&fs.path, &fs.socket);
     std::fs::write(share.join("hello.txt"), format!("{SHARED_TEXT}\n")).unwrap();
-    let fs_sock = dir.join("fs.sock");
-    let _fs = virtiofsd(&share, &fs_sock, &["--tag", TAG]).unwrap_or_else(|e| panic!("{e}"));
 
     let image = dir.join("disk.img");
     create_sparse_image(&image, 64 * MIB).unwrap();
@@ -143,31 +140,19 @@ fn linux_guest_uses_a_share_a_disk_and_a_nic() {
     let _blk = vhost_blk_daemon(&image, &blk_sock, &BlkDaemonOpts::default())
         .unwrap_or_else(|e| panic!("{e}"));
 
-    let ns = NetNs::new("vmmlin").unwrap_or_else(|e| panic!("{e}"));
-    ns.add_tap(TAP, false, Some(&format!("{HOST_IP}/24")))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ns =
+        NetNs::with_tap("vmmlin", TAP, &format!("{HOST_IP}/24")).unwrap_or_else(|e| panic!("{e}"));
     let listener = ns
-        .enter(|| TcpListener::bind((HOST_IP, TCP_PORT)))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("listening on {HOST_IP}:{TCP_PORT} in the namespace: {e}"));
+        .listen_tcp(HOST_IP, TCP_PORT)
+        .unwrap_or_else(|e| panic!("{e}"));
     let received = receive_one(listener);
     let net_sock = dir.join("net.sock");
     let _net = vhost_net_daemon(&ns, &net_sock, &["--tap", TAP, "--mac", MAC])
         .unwrap_or_else(|e| panic!("{e}"));
 
     let mut args = linux.vmm_args(&script(), TAG, SCRIPT_TIMEOUT_S);
-    for a in [
-        "--cpus".to_string(),
-        "boot=1".to_string(),
-        "--disk".to_string(),
-        format!("socket={}", blk_sock.display()),
-        "--fs".to_string(),
-        format!("tag={TAG},socket={}", fs_sock.display()),
-        "--net".to_string(),
-        format!("socket={},mac={MAC}", net_sock.display()),
-    ] {
-        args.push(a.into());
-    }
+    args.extend(["--cpus".into(), "boot=1".into()]);
+    args.extend(device_args(&blk_sock, TAG, fs_sock, &net_sock, MAC));
     let started = now_s();
     let run = run_vmm(args, VMM_TIMEOUT);
     let ended = now_s();

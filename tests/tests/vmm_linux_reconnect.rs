@@ -23,7 +23,6 @@
 //! where KVM emulates the guest's kernel. Needs root (namespace, tap),
 //! `scripts/setup.sh` (the Linux kit) and `cargo build --workspace --bins`.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -35,8 +34,10 @@ use vu_driver::guest::{ConsoleParser, GuestStatus};
 use vu_driver::image::seq_from;
 use vu_driver::linux::OurLinux;
 use vu_driver::netns::NetNs;
-use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd, BlkDaemonOpts};
-use vu_driver::vmm::{serial, shutdown_vmm, spawn_vmm, vm_counter, vm_info, POWERED_OFF};
+use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd_share, BlkDaemonOpts};
+use vu_driver::vmm::{
+    device_args, serial, shutdown_vmm, spawn_vmm, vm_counter, vm_info, POWERED_OFF,
+};
 
 const TAG: &str = "kataShared";
 const TAP: &str = "vmmrec0";
@@ -163,14 +164,11 @@ fn kill_and_restart(
 
 #[test]
 fn linux_guest_rides_out_killed_blk_and_net_daemons() {
-    let linux = OurLinux::locate().unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("vmm_linux_reconnect: {} ({})", linux.why, linux.release);
+    let linux = OurLinux::for_test("vmm_linux_reconnect");
     let dir = TempDir::new("vmm-linux-rec").unwrap();
 
-    let share = dir.join("share");
-    std::fs::create_dir_all(&share).unwrap();
-    let fs_sock = dir.join("fs.sock");
-    let fs = virtiofsd(&share, &fs_sock, &["--tag", TAG]).unwrap_or_else(|e| panic!("{e}"));
+    let fs = virtiofsd_share(dir.path(), TAG).unwrap_or_else(|e| panic!("{e}"));
+    let (share, fs_sock) = (&fs.path, &fs.socket);
 
     let image = dir.join("disk.img");
     create_sparse_image(&image, 64 * MIB as u64).unwrap();
@@ -181,13 +179,11 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
     };
     let mut blk = start_blk();
 
-    let ns = NetNs::new("vmmrec").unwrap_or_else(|e| panic!("{e}"));
-    ns.add_tap(TAP, false, Some(&format!("{HOST_IP}/24")))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ns =
+        NetNs::with_tap("vmmrec", TAP, &format!("{HOST_IP}/24")).unwrap_or_else(|e| panic!("{e}"));
     let listener = ns
-        .enter(|| TcpListener::bind((HOST_IP, TCP_PORT)))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("listening on {HOST_IP}:{TCP_PORT} in the namespace: {e}"));
+        .listen_tcp(HOST_IP, TCP_PORT)
+        .unwrap_or_else(|e| panic!("{e}"));
     let (partial_tx, partial) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
     let received = crash::receive_in_two_parts(listener, TCP_FIRST, MIB, WAIT, partial_tx, go_rx);
@@ -203,20 +199,13 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
     let mut args = linux.vmm_args(&script(), TAG, SCRIPT_TIMEOUT_S);
     let serial_at = args.iter().position(|a| a == "--serial").unwrap();
     args[serial_at + 1] = format!("file={}", console.display()).into();
-    for a in [
-        "--cpus".to_string(),
-        "boot=1".to_string(),
-        "--api-socket".to_string(),
-        api.display().to_string(),
-        "--disk".to_string(),
-        format!("socket={}", blk_sock.display()),
-        "--fs".to_string(),
-        format!("tag={TAG},socket={}", fs_sock.display()),
-        "--net".to_string(),
-        format!("socket={},mac={MAC}", net_sock.display()),
-    ] {
-        args.push(a.into());
-    }
+    args.extend([
+        "--cpus".into(),
+        "boot=1".into(),
+        "--api-socket".into(),
+        api.clone().into(),
+    ]);
+    args.extend(device_args(&blk_sock, TAG, fs_sock, &net_sock, MAC));
     let vmm =
         spawn_vmm(args, &api, &["control API on"], BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let mut vm = Vm { api, console, vmm };
@@ -260,9 +249,9 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
     assert!(
         poll_until(WAIT, || vm.vmm.log_contents().contains(POWERED_OFF)),
         "the guest does not power off\n{}",
-        vm.show(&[&blk, &net, &fs])
+        vm.show(&[&blk, &net, &fs.daemon])
     );
-    let all = vm.show(&[&blk, &net, &fs]);
+    let all = vm.show(&[&blk, &net, &fs.daemon]);
     let out = serial(&vm.console);
     let parsed = ConsoleParser::parse(&out);
     assert!(parsed.errors.is_empty(), "{:?}\n{all}", parsed.errors);

@@ -129,14 +129,7 @@ struct Backends {
 impl Backends {
     /// Our VMM's options for the three devices.
     fn vmm_args(&self) -> [OsString; 6] {
-        [
-            "--disk".into(),
-            format!("socket={}", self.blk.display()).into(),
-            "--fs".into(),
-            format!("tag={TAG},socket={}", self.fs.display()).into(),
-            "--net".into(),
-            format!("socket={},mac={MAC}", self.net.display()).into(),
-        ]
+        vu_driver::vmm::device_args(&self.blk, TAG, &self.fs, &self.net, MAC)
     }
 }
 

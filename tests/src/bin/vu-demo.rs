@@ -208,16 +208,13 @@ fn vmm_phase(b: &Backends) -> Result<(), String> {
     let linux = vu_driver::linux::OurLinux::locate().map_err(err("Linux for our vmm"))?;
     println!("vmm: {} ({})", linux.why, linux.release);
     let mut args = linux.vmm_args(&linux_script(), b.tag, 400);
-    for a in [
-        "--disk".to_string(),
-        format!("socket={}", b.blkd.socket().display()),
-        "--fs".to_string(),
-        format!("tag={},socket={}", b.tag, b.vfs.socket().display()),
-        "--net".to_string(),
-        format!("socket={},mac=02:00:00:00:02:02", b.netd.socket().display()),
-    ] {
-        args.push(a.into());
-    }
+    args.extend(vu_driver::vmm::device_args(
+        b.blkd.socket(),
+        b.tag,
+        b.vfs.socket(),
+        b.netd.socket(),
+        "02:00:00:00:02:02",
+    ));
     let started = std::time::Instant::now();
     let run = vu_driver::vmm::run_vmm(args, Duration::from_secs(600));
     let console = vu_driver::guest::ConsoleParser::parse(&run.stdout);
