@@ -77,6 +77,14 @@ fn frontend(d: &DaemonUnderTest, env: &dyn Env) -> VuDevice {
     dev
 }
 
+/// [`frontend`], with its guest memory sent as the memory table.
+fn frontend_with_its_table(d: &DaemonUnderTest, env: &dyn Env) -> VuDevice {
+    let mut dev = frontend(d, env);
+    let regions = dev.mem().regions();
+    dev.frontend().set_mem_table(&regions).unwrap();
+    dev
+}
+
 /// SET_MEM_TABLE of one region over a `FD_SIZE` memfd that claims
 /// `size` bytes from `offset`: refused (an error ack or the connection
 /// closed), logged naming the region, and the daemon serves on.
@@ -121,9 +129,7 @@ fn set_mem_table_with_an_offset_past_the_end_of_its_fd_is_refused(d: &DaemonUnde
 fn add_mem_reg_with_a_region_larger_than_its_fd_is_refused(d: &DaemonUnderTest) {
     let (env, mut daemon) = served(d, "mem-add");
     let from = daemon.log_contents().len();
-    let mut dev = frontend(d, &*env);
-    let regions = dev.mem().regions();
-    dev.frontend().set_mem_table(&regions).unwrap();
+    let mut dev = frontend_with_its_table(d, &*env);
     let slots = dev
         .protocol_features()
         .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
@@ -162,9 +168,7 @@ fn add_mem_reg_with_a_region_larger_than_its_fd_is_refused(d: &DaemonUnderTest) 
 fn add_mem_reg_past_the_advertised_slots_is_refused(d: &DaemonUnderTest) {
     let (env, mut daemon) = served(d, "mem-slots");
     let from = daemon.log_contents().len();
-    let mut dev = frontend(d, &*env);
-    let regions = dev.mem().regions();
-    dev.frontend().set_mem_table(&regions).unwrap();
+    let mut dev = frontend_with_its_table(d, &*env);
     let extra = GuestMem::new(FD_SIZE, &Backing::Memfd).unwrap();
     let base = extra.regions()[0];
     if !dev
