@@ -216,6 +216,14 @@ impl DirEntryPlus {
     pub fn name(&self) -> &[u8] {
         &self.dirent.name
     }
+
+    /// The entry named `name` in `list`; panics naming it and the list if
+    /// there is none (for tests).
+    pub fn find<'a>(list: &'a [DirEntryPlus], name: &[u8]) -> &'a DirEntryPlus {
+        list.iter()
+            .find(|d| d.name() == name)
+            .unwrap_or_else(|| panic!("{} not listed in {list:?}", String::from_utf8_lossy(name)))
+    }
 }
 
 /// Walks a READDIR or READDIRPLUS body: records of a fixed part `T`

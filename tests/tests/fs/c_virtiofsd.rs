@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::ROOT_ID;
 use vu_driver::fixture::{Daemon, TempDir};
-use vu_driver::fs::{FsClient, FsError, FsOptions, Layout, Malformed, Outcome, SetAttr};
+use vu_driver::fs::{
+    DirEntryPlus, FsClient, FsError, FsOptions, Layout, Malformed, Outcome, SetAttr,
+};
 
 use crate::common::{
     assert_attr_is_host, big_request_layouts, dir_with_a_written_file, forget_storm, pattern,
@@ -119,11 +121,7 @@ fn file_round_trip(cache: &str) {
 
     // READDIRPLUS lists both, with the right inode numbers and sizes.
     let list = fs.list_dir(ROOT_ID).unwrap();
-    let find = |name: &[u8]| {
-        list.iter()
-            .find(|d| d.name() == name)
-            .unwrap_or_else(|| panic!("{name:?} not listed in {list:?}"))
-    };
+    let find = |name: &[u8]| DirEntryPlus::find(&list, name);
     let f = find(b"hello.bin");
     assert_eq!(f.entry.attr.ino, meta.ino());
     assert_eq!(f.entry.attr.size, 10_000);

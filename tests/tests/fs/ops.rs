@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use fuse_backend_rs::abi::fuse_abi::{FsOptions as InitFlags, ROOT_ID};
-use vu_driver::fs::{FsClient, FsOptions, SetAttr, TAG_LEN};
+use vu_driver::fs::{DirEntryPlus, FsClient, FsOptions, SetAttr, TAG_LEN};
 
 use crate::common::*;
 
@@ -172,10 +172,7 @@ fn file_round_trip(cache: &str, want: CacheExpect) {
     );
     fs.releasedir(d.fh, ROOT_ID).unwrap();
     let list = fs.list_dir(ROOT_ID).unwrap();
-    let f = list
-        .iter()
-        .find(|d| d.name() == b"hello.bin")
-        .unwrap_or_else(|| panic!("hello.bin not listed: {list:?}"));
+    let f = DirEntryPlus::find(&list, b"hello.bin");
     assert_eq!(f.entry.attr.ino, meta.ino());
     assert_eq!(f.entry.nodeid, entry.nodeid);
     assert_eq!(f.dirent.typ, u32::from(libc::DT_REG));
@@ -539,14 +536,7 @@ fn submount_flags(args: &[&str]) -> (InitFlags, [(String, u32); 4]) {
     assert_eq!(fs.read(fh, inside.nodeid, 0, 100).unwrap(), b"on tmpfs");
     fs.release(fh, inside.nodeid, libc::O_RDONLY).unwrap();
     let list = fs.list_dir(ROOT_ID).unwrap();
-    let plus = |name: &[u8]| {
-        list.iter()
-            .find(|d| d.name() == name)
-            .unwrap_or_else(|| panic!("{name:?} not listed"))
-            .entry
-            .attr
-            .flags
-    };
+    let plus = |name: &[u8]| DirEntryPlus::find(&list, name).entry.attr.flags;
     (
         flags,
         [
