@@ -70,17 +70,6 @@ impl Response {
     }
 }
 
-/// `e` and each of its causes, `: `-separated on one line.
-pub fn error_chain(e: &HttpError) -> String {
-    let mut line = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        line.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    line
-}
-
 /// The status and JSON body (`Null` when empty) of `method path [body]`,
 /// for tests: panics naming the request and every cause of an error.
 pub fn call(
@@ -90,10 +79,10 @@ pub fn call(
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
     let r = request(socket, method, path, body)
-        .unwrap_or_else(|e| panic!("{method} {path}: {}", error_chain(&e)));
+        .unwrap_or_else(|e| panic!("{method} {path}: {}", crate::error_chain(&e)));
     let json = r
         .json_or_null()
-        .unwrap_or_else(|e| panic!("{method} {path}: {}", error_chain(&e)));
+        .unwrap_or_else(|e| panic!("{method} {path}: {}", crate::error_chain(&e)));
     (r.status, json)
 }
 

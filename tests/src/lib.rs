@@ -39,3 +39,11 @@ pub mod tap;
 pub mod under_test;
 pub mod virtqueue;
 pub mod vmm;
+
+/// `e` and each of its causes, `: `-separated on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}

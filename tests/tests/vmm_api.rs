@@ -77,7 +77,7 @@ fn run_guest(extra: &[&OsStr], timeout: Duration) -> Finished {
 
 /// An error answer: the status and a JSON `{"error": "..."}` body.
 fn assert_error(api: &Path, raw: &[u8], status: u16) {
-    let r = exchange(api, raw).unwrap_or_else(|e| panic!("{}", http::error_chain(&e)));
+    let r = exchange(api, raw).unwrap_or_else(|e| panic!("{}", vu_driver::error_chain(&e)));
     assert_eq!(r.status, status, "{raw:?} -> {r:?}");
     assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
     let body = r.json().unwrap();

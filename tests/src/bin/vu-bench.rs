@@ -16,6 +16,7 @@ use clap::Parser;
 use vu_driver::bench::net::tap::{self, TapBench};
 use vu_driver::bench::{self, Row};
 use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
+use vu_driver::error_chain;
 use vu_driver::fixture::{Daemon, QsdOpts, Readiness};
 use vu_driver::fs::{FsClient, FsOptions};
 use vu_driver::net::testpmd::{TestPmd, TestPmdOptions};
@@ -110,6 +111,11 @@ impl Spec {
             dir,
         }
     }
+
+    /// [`Spec::started`] for a daemon the bench started: its socket and pid.
+    fn of_daemon(name: &str, daemon: &Daemon, dir: Option<PathBuf>) -> Spec {
+        Spec::started(name, daemon.socket(), daemon.pid(), dir)
+    }
 }
 
 fn parse_spec(s: &str) -> Result<Spec, String> {
@@ -166,8 +172,8 @@ fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
             max_io: 128 * 1024,
             ..BlkOptions::default()
         };
-        let mut client = BlkClient::connect(&s.socket, &opts).map_err(|e| chain(&e))?;
-        let capacity = client.config().map_err(|e| chain(&e))?.capacity * SECTOR_SIZE;
+        let mut client = BlkClient::connect(&s.socket, &opts).map_err(|e| error_chain(&e))?;
+        let capacity = client.config().map_err(|e| error_chain(&e))?.capacity * SECTOR_SIZE;
         Ok((client, capacity))
     })?;
     let duration = Duration::from_secs_f64(args.duration);
@@ -218,7 +224,7 @@ fn measure<C, E: std::error::Error>(
                 format!(
                     "backend {}: workload {workload}: {}",
                     t.spec.name,
-                    chain(&e)
+                    error_chain(&e)
                 )
             })
         },
@@ -229,18 +235,6 @@ fn measure<C, E: std::error::Error>(
     }
     eprintln!("done: {workload}");
     Ok(())
-}
-
-/// "error: cause: cause" for the whole source chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A directory of ours under --scratch-dir, removed at exit.
@@ -293,18 +287,13 @@ fn start_references(
         ..QsdOpts::default()
     };
     let qsd = Daemon::qemu_storage_daemon_blk(&image, &dir.join("qsd.sock"), &qsd_opts)
-        .map_err(|e| chain(&e))?;
-    blk.push(Spec::started("qsd", qsd.socket(), qsd.pid(), None));
+        .map_err(|e| error_chain(&e))?;
+    blk.push(Spec::of_daemon("qsd", &qsd, None));
     daemons.push(qsd);
     let share = dir.new_share("c-virtiofsd-share")?;
-    let vfs =
-        Daemon::c_virtiofsd(&share, &dir.join("c-virtiofsd.sock"), &[]).map_err(|e| chain(&e))?;
-    fs.push(Spec::started(
-        "c-virtiofsd",
-        vfs.socket(),
-        vfs.pid(),
-        Some(share),
-    ));
+    let vfs = Daemon::c_virtiofsd(&share, &dir.join("c-virtiofsd.sock"), &[])
+        .map_err(|e| error_chain(&e))?;
+    fs.push(Spec::of_daemon("c-virtiofsd", &vfs, Some(share)));
     daemons.push(vfs);
     match rust_virtiofsd() {
         Some(bin) => {
@@ -319,7 +308,7 @@ fn start_references(
                 &[Readiness::Path(sock.clone())],
                 vu_driver::fixture::DEFAULT_READY_TIMEOUT,
             )
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
             fs.push(Spec::started("rust-virtiofsd", &sock, d.pid(), Some(share)));
             daemons.push(d);
         }
@@ -328,7 +317,7 @@ fn start_references(
         ),
     }
     let pmd = TestPmd::spawn(&TestPmdOptions::new(&dir.join("testpmd.sock"), 1))
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| error_chain(&e))?;
     net.push(Spec::started("dpdk-testpmd", pmd.socket(), pmd.pid(), None));
     Ok(References {
         _daemons: daemons,
@@ -382,9 +371,9 @@ fn start_ours(args: &Args, blk: &mut Vec<Spec>, fs: &mut Vec<Spec>) -> Result<Ou
             .collect(),
         ..BlkDaemonOpts::default()
     };
-    let d =
-        ours::vhost_blk_daemon(&image, &dir.join("ours-blk.sock"), &opts).map_err(|e| chain(&e))?;
-    blk.push(Spec::started("vhost-blk-daemon", d.socket(), d.pid(), None));
+    let d = ours::vhost_blk_daemon(&image, &dir.join("ours-blk.sock"), &opts)
+        .map_err(|e| error_chain(&e))?;
+    blk.push(Spec::of_daemon("vhost-blk-daemon", &d, None));
     let share = dir.new_share("ours-share")?;
     let mut fs_args = vec!["--cache=auto"];
     fs_args.extend(
@@ -393,14 +382,9 @@ fn start_ours(args: &Args, blk: &mut Vec<Spec>, fs: &mut Vec<Spec>) -> Result<Ou
             .filter(|a| !a.is_empty())
             .map(String::as_str),
     );
-    let vfs =
-        ours::virtiofsd(&share, &dir.join("ours-fs.sock"), &fs_args).map_err(|e| chain(&e))?;
-    fs.push(Spec::started(
-        "virtiofsd (ours)",
-        vfs.socket(),
-        vfs.pid(),
-        Some(share),
-    ));
+    let vfs = ours::virtiofsd(&share, &dir.join("ours-fs.sock"), &fs_args)
+        .map_err(|e| error_chain(&e))?;
+    fs.push(Spec::of_daemon("virtiofsd (ours)", &vfs, Some(share)));
     Ok(Ours {
         _daemons: vec![d, vfs],
         blk_image: image,
@@ -445,9 +429,9 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
     let mut targets = connect_all(specs, "fs", |s| {
         let dir = s.dir.as_ref().ok_or("needs dir=SHARED_DIR")?;
         for w in &workloads {
-            w.prepare_host(dir).map_err(|e| chain(&e))?;
+            w.prepare_host(dir).map_err(|e| error_chain(&e))?;
         }
-        FsClient::connect(&s.socket, FsOptions::default()).map_err(|e| chain(&e))
+        FsClient::connect(&s.socket, FsOptions::default()).map_err(|e| error_chain(&e))
     })?;
     let duration = Duration::from_secs_f64(args.duration);
     for w in workloads {
@@ -467,7 +451,7 @@ fn run_net(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
     }
     // The bench needs no control queue (DPDK offers one it does not serve).
     let mut targets = connect_all(specs, "net", |s| {
-        NetClient::connect(&s.socket, &TestPmd::net_options(1)).map_err(|e| chain(&e))
+        NetClient::connect(&s.socket, &TestPmd::net_options(1)).map_err(|e| error_chain(&e))
     })?;
     let duration = Duration::from_secs_f64(args.duration);
     for w in workloads {
@@ -495,7 +479,7 @@ fn run_net_tap(args: &Args, rows: &mut Vec<Row>) -> Result<Option<String>, Strin
     let mut tb = match TapBench::start(&extra) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("note: net tap workloads skipped: {}", chain(&e));
+            eprintln!("note: net tap workloads skipped: {}", error_chain(&e));
             return Ok(None);
         }
     };
@@ -507,7 +491,7 @@ fn run_net_tap(args: &Args, rows: &mut Vec<Row>) -> Result<Option<String>, Strin
             format!(
                 "workload {}: {}\nvhost-net-daemon's log ends:\n{}",
                 w.name,
-                chain(&e),
+                error_chain(&e),
                 tb.daemon_log_tail(20)
             )
         })?;
@@ -588,7 +572,7 @@ fn run(args: Args) -> Result<(), String> {
         print!("\n{t}");
     }
     if let Some(path) = &args.json {
-        bench::append_json(path, &rows).map_err(|e| chain(&e))?;
+        bench::append_json(path, &rows).map_err(|e| error_chain(&e))?;
     }
     Ok(())
 }

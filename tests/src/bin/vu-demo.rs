@@ -59,15 +59,7 @@ const GUEST_IP: &str = "10.0.2.2";
 const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x02, 0x02];
 
 fn err<E: std::error::Error>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| {
-        let mut s = format!("{what}: {e}");
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            s.push_str(&format!(": {c}"));
-            cur = c.source();
-        }
-        s
-    }
+    move |e| format!("{what}: {}", vu_driver::error_chain(&e))
 }
 
 fn pattern(len: usize) -> Vec<u8> {
