@@ -28,6 +28,7 @@ use vu_driver::fixture::{Daemon, TempDir};
 use vu_driver::guest::{GuestKit, GuestOutput, NetDeviceOpts, QemuGuest};
 use vu_driver::netns::NetNs;
 use vu_driver::ours::vhost_net_daemon;
+use vu_driver::process::serving_pid;
 
 const TAP: &str = "vtap0";
 const HOST_IP: &str = "10.0.0.1";
@@ -342,12 +343,13 @@ sleep 1
         setup = setup_and_ping(3),
     );
     let guest = net.guest(2).cpus(2);
+    // The jailed daemon's workers run in its supervisor's child.
     let pid = net.daemon.pid();
     let mut workers = Vec::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         net.run_watching("two queue pairs", guest, &script, |line| {
             if line.contains("VUTEST-KV uploaded=1") {
-                workers = worker_io(pid);
+                workers = worker_io(serving_pid(pid));
             }
         })
     }));
