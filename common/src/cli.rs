@@ -1,10 +1,11 @@
 //! Command-line options common to every daemon, flattened into each
 //! daemon's own `clap` parser, and the `--print-capabilities` output.
 
+use std::fmt;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::logging::LogLevel;
 use crate::socket::SocketSource;
@@ -71,6 +72,16 @@ pub fn parse_queue_size(s: &str) -> Result<u16, String> {
     Ok(n as u16)
 }
 
+/// Writes an option's value as the command line spells it (clap's name
+/// for it): the `Display` of `--sandbox` and `--seccomp` values, so that
+/// messages name them as a user types them.
+pub fn write_value_name(value: &impl ValueEnum, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match value.to_possible_value() {
+        Some(v) => f.write_str(v.get_name()),
+        None => Ok(()),
+    }
+}
+
 /// The `--print-capabilities` JSON: `{"type":"<kind>","features":[...]}`.
 /// `type` comes first, as in QEMU's own backends' output.
 pub fn capabilities_json(kind: &str, features: &[&str]) -> String {
@@ -84,6 +95,34 @@ pub fn capabilities_json(kind: &str, features: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::SandboxMode;
+    use crate::seccomp::SeccompAction;
+
+    /// Each value parses from its name and is displayed as it.
+    fn assert_named<T>(cases: &[(&str, T)])
+    where
+        T: ValueEnum + fmt::Display + fmt::Debug + PartialEq,
+    {
+        for (name, value) in cases {
+            assert_eq!(T::from_str(name, false).unwrap(), *value);
+            assert_eq!(value.to_string(), *name);
+        }
+    }
+
+    #[test]
+    fn option_values_are_named_for_the_command_line() {
+        assert_named(&[
+            ("namespace", SandboxMode::Namespace),
+            ("chroot", SandboxMode::Chroot),
+            ("none", SandboxMode::None),
+        ]);
+        assert_named(&[
+            ("kill", SeccompAction::Kill),
+            ("log", SeccompAction::Log),
+            ("trap", SeccompAction::Trap),
+            ("none", SeccompAction::None),
+        ]);
+    }
 
     #[test]
     fn capabilities_are_qemu_schema_json() {

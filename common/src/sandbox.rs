@@ -79,11 +79,7 @@ pub enum SandboxMode {
 
 impl fmt::Display for SandboxMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SandboxMode::Namespace => "namespace",
-            SandboxMode::Chroot => "chroot",
-            SandboxMode::None => "none",
-        })
+        crate::cli::write_value_name(self, f)
     }
 }
 
