@@ -60,6 +60,18 @@ impl Server {
         })
     }
 
+    /// A [`Server::quick`] and a client connected to it.
+    fn quick_client() -> (Server, Client) {
+        let server = Server::quick();
+        let client = server.connect();
+        (server, client)
+    }
+
+    /// The status of a `vmm.ping` on a fresh connection.
+    fn ping(&self) -> u16 {
+        self.connect().ping()
+    }
+
     fn connect(&self) -> Client {
         let stream = UnixStream::connect(&self.path).unwrap();
         stream
@@ -161,6 +173,11 @@ impl Client {
         self.read().expect("a response")
     }
 
+    /// The status of a `vmm.ping` on this connection.
+    fn ping(&mut self) -> u16 {
+        self.request("GET", "/api/v1/vmm.ping", "").status
+    }
+
     /// True when the server closed the connection: EOF, or a reset when
     /// it closed with bytes of ours unread; not a read timeout.
     fn closed(&mut self) -> bool {
@@ -174,8 +191,7 @@ impl Client {
 
 #[test]
 fn every_endpoint_on_one_connection() {
-    let server = Server::quick();
-    let mut c = server.connect();
+    let (server, mut c) = Server::quick_client();
 
     let r = c.request("GET", "/api/v1/vmm.ping", "");
     assert_eq!(r.status, 200);
@@ -235,8 +251,7 @@ fn every_endpoint_on_one_connection() {
 
 #[test]
 fn errors_that_keep_the_connection() {
-    let server = Server::quick();
-    let mut c = server.connect();
+    let (server, mut c) = Server::quick_client();
     let r = c.request("GET", "/api/v1/nope", "");
     assert_eq!(
         (r.status, r.error()),
@@ -264,7 +279,7 @@ fn errors_that_keep_the_connection() {
         }
     }
     // Still the same connection.
-    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(c.ping(), 200);
     assert!(server.vm.calls.lock().unwrap().is_empty());
 }
 
@@ -323,19 +338,12 @@ fn malformed_requests_get_4xx_and_close() {
     assert_eq!(r.error(), "request line and headers exceed 512 bytes");
     assert!(server.vm.calls.lock().unwrap().is_empty());
     // The server is still fine.
-    assert_eq!(
-        server
-            .connect()
-            .request("GET", "/api/v1/vmm.ping", "")
-            .status,
-        200
-    );
+    assert_eq!(server.ping(), 200);
 }
 
 #[test]
 fn body_without_content_length() {
-    let server = Server::quick();
-    let mut c = server.connect();
+    let (_server, mut c) = Server::quick_client();
     c.send(b"PUT /api/v1/vm.pause HTTP/1.1\r\nHost: x\r\n\r\n{}");
     assert_eq!(c.read().unwrap().status, 204);
     let r = c.read().unwrap();
@@ -346,8 +354,7 @@ fn body_without_content_length() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let server = Server::quick();
-    let mut c = server.connect();
+    let (_server, mut c) = Server::quick_client();
     c.send(
         b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}\
           GET /api/v1/vm.info HTTP/1.1\r\n\r\n\
@@ -365,8 +372,7 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn request_in_small_pieces() {
-    let server = Server::quick();
-    let mut c = server.connect();
+    let (_server, mut c) = Server::quick_client();
     for piece in [
         &b"GE"[..],
         b"T /api/v1/vm",
@@ -383,8 +389,7 @@ fn request_in_small_pieces() {
 
 #[test]
 fn expect_continue_then_body() {
-    let server = Server::quick();
-    let mut c = server.connect();
+    let (_server, mut c) = Server::quick_client();
     c.send(b"PUT /api/v1/vm.pause HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
     let interim = c.read().unwrap();
     assert_eq!(interim.status, 100);
@@ -394,15 +399,14 @@ fn expect_continue_then_body() {
 
 #[test]
 fn http10_closes_unless_asked() {
-    let server = Server::quick();
-    let mut c = server.connect();
+    let (server, mut c) = Server::quick_client();
     c.send(b"GET /api/v1/vmm.ping HTTP/1.0\r\n\r\n");
     assert_eq!(c.read().unwrap().header("connection"), Some("close"));
     assert!(c.closed());
     let mut c = server.connect();
     c.send(b"GET /api/v1/vmm.ping HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     assert_eq!(c.read().unwrap().header("connection"), Some("keep-alive"));
-    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(c.ping(), 200);
 }
 
 #[test]
@@ -412,13 +416,7 @@ fn slow_client_gets_408_and_others_are_served_meanwhile() {
     let t0 = Instant::now();
     slow.send(b"GET /api/v1/vm.info HTTP/1.1\r\n");
     // Another client is served while the slow one dawdles.
-    assert_eq!(
-        server
-            .connect()
-            .request("GET", "/api/v1/vmm.ping", "")
-            .status,
-        200
-    );
+    assert_eq!(server.ping(), 200);
     // Trickling bytes does not extend the deadline.
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(40));
@@ -435,9 +433,8 @@ fn slow_client_gets_408_and_others_are_served_meanwhile() {
 
 #[test]
 fn idle_connection_is_closed_quietly() {
-    let server = Server::quick();
-    let mut c = server.connect();
-    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    let (_server, mut c) = Server::quick_client();
+    assert_eq!(c.ping(), 200);
     let t0 = Instant::now();
     assert!(c.closed());
     assert!(t0.elapsed() >= Duration::from_millis(500));
@@ -455,13 +452,7 @@ fn clients_that_vanish_do_no_harm() {
     rude.send(b"GET /api/v1/vm.info HTTP/1.1\r\n\r\n");
     drop(rude);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(
-        server
-            .connect()
-            .request("GET", "/api/v1/vmm.ping", "")
-            .status,
-        200
-    );
+    assert_eq!(server.ping(), 200);
     assert!(server.vm.calls.lock().unwrap().is_empty());
 }
 
@@ -477,32 +468,33 @@ fn start_a_request(c: &mut Client) {
     assert_eq!(line, "\r\n");
 }
 
-#[test]
-fn a_newcomer_closes_the_connection_idle_the_longest() {
+/// A server with room for two connections, and two clients that take it.
+fn two_places() -> (Server, Client, Client) {
     let server = Server::start(Limits {
         max_connections: 2,
         ..Limits::default()
     });
-    let mut a = server.connect();
-    let mut b = server.connect();
-    assert_eq!(a.request("GET", "/api/v1/vmm.ping", "").status, 200);
-    assert_eq!(b.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    let a = server.connect();
+    let b = server.connect();
+    (server, a, b)
+}
+
+#[test]
+fn a_newcomer_closes_the_connection_idle_the_longest() {
+    let (server, mut a, mut b) = two_places();
+    assert_eq!(a.ping(), 200);
+    assert_eq!(b.ping(), 200);
     // Both wait idle for their next request; a newcomer takes a's place.
     let mut c = server.connect();
-    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(c.ping(), 200);
     assert!(a.closed(), "the connection idle the longest is closed");
-    assert_eq!(b.request("GET", "/api/v1/vmm.ping", "").status, 200);
-    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(b.ping(), 200);
+    assert_eq!(c.ping(), 200);
 }
 
 #[test]
 fn too_many_connections_inside_requests_get_503() {
-    let server = Server::start(Limits {
-        max_connections: 2,
-        ..Limits::default()
-    });
-    let mut a = server.connect();
-    let mut b = server.connect();
+    let (server, mut a, mut b) = two_places();
     start_a_request(&mut a);
     start_a_request(&mut b);
     // Nobody idle to make room: refused.
@@ -515,7 +507,7 @@ fn too_many_connections_inside_requests_get_503() {
     a.send(b"{}");
     assert_eq!(a.read().unwrap().status, 204);
     let mut d = server.connect();
-    assert_eq!(d.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(d.ping(), 200);
     assert!(a.closed());
     // b's request was waited for all along (a paused the VM already).
     b.send(b"{}");
@@ -529,11 +521,7 @@ fn idle_clients_holding_every_place_lock_nobody_out() {
     let hoarded: Vec<Client> = (0..64).map(|_| server.connect()).collect();
     for i in 0..40 {
         let mut c = server.connect();
-        assert_eq!(
-            c.request("GET", "/api/v1/vmm.ping", "").status,
-            200,
-            "ping {i}"
-        );
+        assert_eq!(c.ping(), 200, "ping {i}");
     }
     let mut c = server.connect();
     assert_eq!(c.request("GET", "/api/v1/vm.info", "").status, 200);
@@ -544,10 +532,10 @@ fn idle_clients_holding_every_place_lock_nobody_out() {
 fn stop_ends_open_connections_and_removes_the_socket() {
     let mut server = Server::quick();
     let mut c = server.connect();
-    assert_eq!(c.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(c.ping(), 200);
     let mut partial = server.connect();
     // Served (accepted) before the partial request starts.
-    assert_eq!(partial.request("GET", "/api/v1/vmm.ping", "").status, 200);
+    assert_eq!(partial.ping(), 200);
     partial.send(b"GET /api");
     let t0 = Instant::now();
     server.shut();
