@@ -48,6 +48,8 @@ use std::path::{Path, PathBuf};
 use caps::{CapSet, CapsHashSet};
 use clap::ValueEnum;
 
+use crate::socket::BoundSocket;
+
 /// The capability names [`limit_capabilities`] takes (from the `caps`
 /// crate), re-exported so daemons need not depend on it.
 pub use caps::Capability;
@@ -115,6 +117,9 @@ pub enum SandboxError {
     /// with it.
     #[error("the sandbox's supervising parent exited before the sandboxed process started")]
     ParentGone,
+    /// Listing or closing the inherited descriptors failed.
+    #[error("cannot close inherited descriptors: {0}")]
+    CloseInherited(#[source] io::Error),
     /// A path cannot be passed to the kernel.
     #[error("path {0} contains a NUL byte")]
     NulInPath(PathBuf),
@@ -416,6 +421,60 @@ fn supervise<F: FnOnce()>(child: Pid, waited: &SigSet, _alive: UnixStream, at_ex
 /// closed (`fd N -> PATH`), for the log.
 pub fn close_inherited_files() -> io::Result<Vec<String>> {
     close_inherited_files_except(&[])
+}
+
+/// A daemon's first step into its jail ([`SandboxMode`]), taken with the
+/// files it serves already open; nothing with [`SandboxMode::None`]. The
+/// socket file's removal (a descriptor of its host directory, from which
+/// `openat(dir, "../..")` walks the host's tree inside any root) stays
+/// outside: in namespace mode [`enter_namespaces`] hands it to the
+/// supervising parent, in chroot mode the file is left behind on exit
+/// (logged; the next start replaces it). Then the files inherited from
+/// whoever started the daemon are closed but `keep`, each logged.
+pub fn enter_jail(
+    mode: SandboxMode,
+    socket: &mut BoundSocket,
+    keep: &[i32],
+) -> Result<(), SandboxError> {
+    if mode == SandboxMode::None {
+        return Ok(());
+    }
+    let file = socket.take_file();
+    match (mode, file) {
+        (SandboxMode::Namespace, file) => {
+            enter_namespaces(mode, move || file.into_iter().for_each(|f| f.remove()))?
+        }
+        (_, Some(f)) => log::info!(
+            "--sandbox chroot: {} is left behind on exit (no process outside the jail \
+             may keep its directory open); the next start replaces it",
+            f.path().display()
+        ),
+        (_, None) => {}
+    }
+    for c in close_inherited_files_except(keep).map_err(SandboxError::CloseInherited)? {
+        log::info!("closed an inherited descriptor before entering the sandbox: {c}");
+    }
+    Ok(())
+}
+
+/// The whole jail of a daemon that needs nothing of the file system once
+/// its files are open, and no capability (it only reads and writes
+/// descriptors it holds: vhost-blk-daemon's image, vhost-net-daemon's tap
+/// queues, kept in `keep`): [`enter_jail`], [`empty_root`], no
+/// supplementary groups, no capabilities. Nothing with
+/// [`SandboxMode::None`].
+pub fn enter_empty_jail(
+    mode: SandboxMode,
+    socket: &mut BoundSocket,
+    keep: &[i32],
+) -> Result<(), SandboxError> {
+    enter_jail(mode, socket, keep)?;
+    if mode != SandboxMode::None {
+        empty_root(mode)?;
+        drop_supplementary_groups()?;
+        limit_capabilities(&[])?;
+    }
+    Ok(())
 }
 
 /// [`close_inherited_files`], keeping the descriptors in `keep` (files the

@@ -15,8 +15,7 @@ use common::backend::{Device, Event, Worker};
 use common::daemon::{DaemonError, Relay, Service, Spec};
 use common::queue::Mem;
 use common::ratelimit::RateLimited;
-use common::sandbox::{self, SandboxMode};
-use common::socket::BoundSocket;
+use common::sandbox;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
@@ -95,49 +94,13 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
     };
     let mode = cli.sandbox;
     let image = std::os::fd::AsRawFd::as_raw_fd(blk.disk.file());
+    // The jail, entered with the image and the socket open: nothing of
+    // the host's file system stays reachable, and no capability is kept
+    // (the daemon only reads and writes descriptors it holds).
     common::daemon::run(spec, move |socket| {
-        confine(mode, socket, image)?;
+        sandbox::enter_empty_jail(mode, socket, &[image])?;
         Ok(blk)
     })
-}
-
-/// The jail ([`SandboxMode`]), entered with the image and the socket open:
-/// nothing of the host's file system stays reachable, no capability is
-/// kept (the daemon only reads and writes descriptors it holds), and in
-/// namespace mode the socket file is removed by the supervising parent,
-/// since a descriptor of its directory must not enter the jail.
-fn confine(
-    mode: SandboxMode,
-    socket: &mut BoundSocket,
-    image: RawFd,
-) -> Result<(), common::daemon::BoxError> {
-    if mode == SandboxMode::None {
-        return Ok(());
-    }
-    let file = socket.take_file();
-    match mode {
-        SandboxMode::Namespace => {
-            sandbox::enter_namespaces(mode, move || file.into_iter().for_each(|f| f.remove()))?
-        }
-        _ => {
-            if let Some(f) = file {
-                log::info!(
-                    "--sandbox chroot: {} is left behind on exit (no process outside the jail \
-                     may keep its directory open); the next start replaces it",
-                    f.path().display()
-                );
-            }
-        }
-    }
-    for c in sandbox::close_inherited_files_except(&[image])
-        .map_err(|e| format!("cannot close inherited descriptors: {e}"))?
-    {
-        log::info!("closed an inherited descriptor before entering the sandbox: {c}");
-    }
-    sandbox::empty_root(mode)?;
-    sandbox::drop_supplementary_groups()?;
-    sandbox::limit_capabilities(&[])?;
-    Ok(())
 }
 
 /// The engine to use for `--aio`: io_uring only where the kernel lets

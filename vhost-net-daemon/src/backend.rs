@@ -15,7 +15,6 @@ use common::daemon::{DaemonError, Relay, Service, Spec};
 use common::queue::Mem;
 use common::ratelimit::RateLimited;
 use common::sandbox::{self, SandboxMode};
-use common::socket::BoundSocket;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
@@ -118,35 +117,13 @@ pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
     let taps: Vec<RawFd> = (0..usize::from(pairs))
         .filter_map(|i| net.tap.fd(i))
         .collect();
+    // The jail (`--sandbox namespace`), entered with the tap open: new
+    // pid, mount and network namespaces, inherited files closed but the
+    // tap's queues, an empty read-only root, no capabilities.
     common::daemon::run(spec, move |socket| {
-        confine(mode, socket, &taps)?;
+        sandbox::enter_empty_jail(mode, socket, &taps)?;
         Ok(net)
     })
-}
-
-/// The jail (`--sandbox namespace`), entered with the tap open: new pid,
-/// mount and network namespaces (a supervising parent removes the socket
-/// file), inherited files closed but the tap's queues, an empty read-only
-/// root, no capabilities.
-fn confine(
-    mode: SandboxMode,
-    socket: &mut BoundSocket,
-    taps: &[RawFd],
-) -> Result<(), common::daemon::BoxError> {
-    if mode == SandboxMode::None {
-        return Ok(());
-    }
-    let file = socket.take_file();
-    sandbox::enter_namespaces(mode, move || file.into_iter().for_each(|f| f.remove()))?;
-    for c in sandbox::close_inherited_files_except(taps)
-        .map_err(|e| format!("cannot close inherited descriptors: {e}"))?
-    {
-        log::info!("closed an inherited descriptor before entering the sandbox: {c}");
-    }
-    sandbox::empty_root(mode)?;
-    sandbox::drop_supplementary_groups()?;
-    sandbox::limit_capabilities(&[])?;
-    Ok(())
 }
 
 fn open_tap(cli: &Cli, pairs: u16) -> Result<Tap, TapError> {

@@ -133,30 +133,7 @@ fn confine(cli: &Cli, shared_dir: &Path, socket: &mut BoundSocket) -> Result<Sha
         crate::cli::Sandbox::Chroot => SandboxMode::Chroot,
         crate::cli::Sandbox::None => SandboxMode::None,
     };
-    // openat(dir, "../..") on the socket's directory walks the host's
-    // tree from inside any root; only a process outside may keep it.
-    let socket_file = match mode {
-        SandboxMode::None => None,
-        _ => socket.take_file(),
-    };
-    match (mode, socket_file) {
-        (SandboxMode::Namespace, file) => {
-            sandbox::enter_namespaces(mode, move || file.into_iter().for_each(|f| f.remove()))?
-        }
-        (_, Some(file)) => log::info!(
-            "--sandbox chroot: {} is left behind on exit (no process outside the chroot \
-             may keep its directory open); the next start replaces it",
-            file.path().display()
-        ),
-        (_, None) => {}
-    }
-    if mode != SandboxMode::None {
-        let closed = sandbox::close_inherited_files()
-            .map_err(|e| format!("cannot close inherited descriptors: {e}"))?;
-        for c in closed {
-            log::info!("closed an inherited descriptor before entering the sandbox: {c}");
-        }
-    }
+    sandbox::enter_jail(mode, socket, &[])?;
     sandbox::raise_nofile_limit(cli.rlimit_nofile)?;
     // How the root is built. fuse-backend-rs needs /proc/self/fd (to reopen
     // O_PATH inodes, and for their extended attributes) and
