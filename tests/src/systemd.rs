@@ -224,6 +224,15 @@ impl Unit {
         }
     }
 
+    /// Checks that each `key` of `[Service]` is given once, with the value
+    /// wanted; a failure names the key.
+    #[track_caller]
+    pub fn assert_service(&self, wanted: &[(&str, &str)]) {
+        for &(key, want) in wanted {
+            assert_eq!(self.one("Service", key), want, "[Service] {key}=");
+        }
+    }
+
     /// All values of a list-valued `key` (`CapabilityBoundingSet=`, ...),
     /// every assignment split on white space.
     pub fn words(&self, section: &str, key: &str) -> Vec<String> {

@@ -216,13 +216,11 @@ fn unit_files_have_the_key_settings() {
         exec.contains("--blk-file ${VHOST_BLK_FILE}"),
         "ExecStart={exec}"
     );
-    for (key, want) in [
+    s.assert_service(&[
         ("RestrictAddressFamilies", "AF_UNIX"),
         ("CapabilityBoundingSet", ""),
         ("StateDirectory", "vhost-blk-daemon"),
-    ] {
-        assert_eq!(s.one("Service", key), want, "[Service] {key}=");
-    }
+    ]);
     // The ReadWritePaths= drop-in for images elsewhere is documented.
     let text = fs::read_to_string(contrib(SERVICE)).unwrap();
     assert!(

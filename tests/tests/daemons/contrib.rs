@@ -61,15 +61,13 @@ fn unit_files_have_the_settings_every_daemon_needs(d: &DaemonUnderTest) {
             "WatchdogSec= for a daemon that does not serve from its main process"
         );
     }
-    for (key, want) in [
+    s.assert_service(&[
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
         ("MemoryDenyWriteExecute", "yes"),
-    ] {
-        assert_eq!(s.one("Service", key), want, "[Service] {key}=");
-    }
+    ]);
 }
 
 fn unit_files_pass_systemd_analyze_verify_and_security(d: &DaemonUnderTest) {
