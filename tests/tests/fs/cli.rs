@@ -349,20 +349,14 @@ fn missing_shared_dir_is_a_usage_error() {
 #[test]
 fn shared_dir_that_is_a_file_or_missing_is_refused_naming_it() {
     let e = env("notdir");
-    let file = e.share.join("hello.txt");
-    assert_refused(
-        &e,
-        args(&e, Some(&file), &[]),
-        &[1, 2],
-        &[file.to_str().unwrap()],
-    );
-    let missing = e.dir.join("no-such-dir");
-    assert_refused(
-        &e,
-        args(&e, Some(&missing), &[]),
-        &[1, 2],
-        &[missing.to_str().unwrap()],
-    );
+    for dir in [e.share.join("hello.txt"), e.dir.join("no-such-dir")] {
+        assert_refused(
+            &e,
+            args(&e, Some(&dir), &[]),
+            &[1, 2],
+            &[dir.to_str().unwrap()],
+        );
+    }
 }
 
 #[test]
