@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{Opcode, WriteIn, ROOT_ID};
+use fuse_backend_rs::abi::fuse_abi::{EntryOut, Opcode, WriteIn, ROOT_ID};
 
 use vm_memory::GuestAddress;
 
@@ -190,6 +190,24 @@ impl Env for FsEnv {
     }
 }
 
+/// Checks that INIT ran (protocol 7), LOOKUPs the share's `hello.txt`,
+/// OPENs it read-only and READs [`HELLO`]; returns the entry and the open
+/// handle (left open).
+#[track_caller]
+pub fn assert_reads_hello(fs: &mut FsClient) -> (EntryOut, u64) {
+    let session = *fs.session().expect("INIT ran at connect");
+    assert_eq!(session.init.major, 7, "{:?}", session.init);
+    let hello = fs.lookup(ROOT_ID, "hello.txt").unwrap();
+    assert_ne!(hello.nodeid, 0);
+    assert_eq!(hello.attr.size, HELLO.len() as u64);
+    let fh = fs.open(hello.nodeid, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(
+        fs.read(fh, hello.nodeid, 0, 4096).unwrap(),
+        HELLO.as_bytes()
+    );
+    (hello, fh)
+}
+
 /// What write `index` holds: `len` bytes of its own.
 fn stamped(len: usize, index: u64) -> Vec<u8> {
     pattern(index as u32 + 1, len)
@@ -208,17 +226,8 @@ impl Frontend for FsFrontend<'_> {
 
     fn serve(&mut self, round: u64) {
         let fs = &mut self.fs;
-        let session = *fs.session().expect("INIT ran at connect");
-        assert_eq!(session.init.major, 7, "{:?}", session.init);
-        let hello = fs.lookup(ROOT_ID, "hello.txt").unwrap();
-        assert_ne!(hello.nodeid, 0);
-        assert_eq!(hello.attr.size, HELLO.len() as u64);
         // The handle stays open: the session's end must close it.
-        let fh = fs.open(hello.nodeid, libc::O_RDONLY).unwrap().fh;
-        assert_eq!(
-            fs.read(fh, hello.nodeid, 0, 4096).unwrap(),
-            HELLO.as_bytes()
-        );
+        assert_reads_hello(fs);
         let mut last = self.env.last.lock().unwrap();
         if let Some((name, data)) = last.as_ref() {
             let e = fs

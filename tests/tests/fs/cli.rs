@@ -26,7 +26,7 @@ use vu_driver::fixture::{find_binary, Daemon, Readiness, TempDir};
 use vu_driver::fs::{FsClient, FsOptions};
 use vu_driver::ours::{bare_command, run_to_exit, spawn_virtiofsd, virtiofsd_command};
 use vu_driver::process::{inherit_fd_as, without_systemd_env, Finished};
-use vu_driver::under_test::fs::{HELLO, READY_LINE};
+use vu_driver::under_test::fs::{assert_reads_hello, HELLO, READY_LINE};
 
 const T: Duration = Duration::from_secs(10);
 /// How long a signalled daemon may take to exit.
@@ -80,13 +80,7 @@ fn spawn_with_listener(mut cmd: Command, e: &Env, fd: i32) -> Daemon {
 fn assert_serves(socket: &Path) -> EntryOut {
     let mut c =
         FsClient::connect(socket, FsOptions::default()).unwrap_or_else(|e| panic!("{e}: {e:?}"));
-    let session = *c.session().expect("INIT ran at connect");
-    assert_eq!(session.init.major, 7, "{:?}", session.init);
-    let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
-    assert_ne!(entry.nodeid, 0);
-    assert_eq!(entry.attr.size, HELLO.len() as u64);
-    let fh = c.open(entry.nodeid, libc::O_RDONLY).unwrap().fh;
-    assert_eq!(c.read(fh, entry.nodeid, 0, 4096).unwrap(), HELLO.as_bytes());
+    let (entry, fh) = assert_reads_hello(&mut c);
     c.release(fh, entry.nodeid, libc::O_RDONLY).unwrap();
     entry
 }
