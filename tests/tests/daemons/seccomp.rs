@@ -15,24 +15,22 @@ for_each_daemon!(
     seccomp_none_installs_no_filter,
 );
 
+/// Fails with `what` and the daemon's log unless `ok`.
+fn assert_or_log(d: &Daemon, ok: bool, what: String) {
+    assert!(ok, "{what}:\n{}", d.log_contents());
+}
+
 /// Fails, with the log, if the daemon is gone (a filter kill is SIGSYS).
 fn assert_alive(d: &mut Daemon, after: &str) {
     let status = d.try_wait().unwrap();
-    assert!(
-        status.is_none(),
-        "the daemon died under its filter after {after} ({status:?}):\n{}",
-        d.log_contents()
-    );
+    let what = format!("the daemon died under its filter after {after} ({status:?})");
+    assert_or_log(d, status.is_none(), what);
 }
 
 /// Stops the daemon (SIGTERM): it exits 0.
 fn assert_stops_cleanly(d: &mut Daemon, how: &str) {
     let status = d.stop().unwrap();
-    assert!(
-        status.success(),
-        "exit {status} {how}:\n{}",
-        d.log_contents()
-    );
+    assert_or_log(d, status.success(), format!("exit {status} {how}"));
 }
 
 fn default_daemon_serves_every_request_type_under_a_filter(d: &DaemonUnderTest) {
