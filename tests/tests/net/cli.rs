@@ -82,11 +82,19 @@ fn no_tap_option_is_a_usage_error_naming_both_ways() {
     assert_refused(&e, &f, &[2], &["--tap", "--tap-fd"]);
 }
 
+/// Runs the daemon in a fresh `env(name)` on `--tap TAP`, a tap that does
+/// not exist: it must refuse naming the tap. Returns the environment and
+/// the error line.
+fn refused_missing_tap(name: &str, tap: &str) -> (Env, String) {
+    let e = env(name);
+    let f = run_in(&e, &["--tap", tap]);
+    let line = assert_refused(&e, &f, &[1], &[tap]);
+    (e, line)
+}
+
 #[test]
 fn a_tap_that_does_not_exist_is_refused_naming_it() {
-    let e = env("missing");
-    let f = run_in(&e, &["--tap", "vnd-nosuch0"]);
-    let line = assert_refused(&e, &f, &[1], &["vnd-nosuch0"]);
+    let (e, line) = refused_missing_tap("missing", "vnd-nosuch0");
     assert!(line.contains("--create"), "no hint at --create: {line}");
     assert!(
         !link_names(&e.ns).iter().any(|l| l == "vnd-nosuch0"),
@@ -122,9 +130,7 @@ fn two_pairs_on_a_tap_without_multi_queue_are_refused_naming_it() {
 /// multi_queue`; a tap made that way must then serve the default one pair.
 #[test]
 fn the_tap_the_missing_tap_hint_suggests_serves_the_default_one_pair() {
-    let e = env("hint");
-    let f = run_in(&e, &["--tap", "vnd-hint"]);
-    let line = assert_refused(&e, &f, &[1], &["vnd-hint"]);
+    let (e, line) = refused_missing_tap("hint", "vnd-hint");
     let suggested = line
         .split('`')
         .nth(1)
@@ -224,8 +230,16 @@ fn create_makes_the_tap_up_and_it_goes_away_with_the_daemon() {
     let l = link(&e.ns, "vnd-made").expect("`ip -n NS link` shows the created tap");
     let flags = l["flags"].to_string();
     assert!(flags.contains("\"UP\""), "created tap is not up: {l}");
-    assert!(d.log_contents().contains("created"), "{}", d.log_contents());
-    let (status, _) = signal_and_wait(&mut d, libc::SIGTERM, Duration::from_secs(2));
+    // "serving tap ... (created)" comes once the jail is set up, after the
+    // socket appeared.
+    assert!(
+        poll_until(Duration::from_secs(30), || d
+            .log_contents()
+            .contains("(created)")),
+        "{}",
+        d.log_contents()
+    );
+    let (status, _) = signal_and_wait(&mut d, libc::SIGTERM, Duration::from_secs(30));
     let gone = poll_until(Duration::from_secs(5), || link(&e.ns, "vnd-made").is_none());
     assert!(
         gone,
