@@ -54,13 +54,7 @@ fn a_frame_crosses_each_way() {
     };
     let frame = f.build(b"to the host");
     net.send(0, &VirtioNetHdr::plain(), &frame).unwrap();
-    let got = r
-        .pkt
-        .recv_matching(T, |b| {
-            parse_udp(b).is_some_and(|v| v.payload == b"to the host")
-        })
-        .unwrap()
-        .expect("frame on the tap");
+    let got = udp_on_tap(&r, b"to the host", "frame on the tap");
     assert_eq!(got, frame);
 
     // RX: a frame written on the tap's host side reaches the driver.
@@ -350,13 +344,7 @@ fn a_partial_checksum_goes_to_the_kernel_as_partial() {
     // unless the kernel is told (NEEDS_CSUM) that it is to be completed.
     let (hdr, frame) = f.build_partial(b"partial;");
     net.send(0, &hdr, &frame).unwrap();
-    let got = r
-        .pkt
-        .recv_matching(T, |b| {
-            parse_udp(b).is_some_and(|v| v.payload == b"partial;")
-        })
-        .unwrap()
-        .expect("the partial frame on the tap");
+    let got = udp_on_tap(&r, b"partial;", "the partial frame on the tap");
     assert!(got == frame, "frame changed on TX");
     let mut buf = [0u8; 64];
     let n = sock
@@ -395,8 +383,32 @@ fn hairpin(r: &Rig) -> Mac {
     r.ns.mac(TAP).unwrap()
 }
 
+/// The next UDP frame on the tap that carries `payload`; panics with
+/// `what` if none comes within [`T`].
+fn udp_on_tap(r: &Rig, payload: &[u8], what: &str) -> Vec<u8> {
+    r.pkt
+        .recv_matching(T, |b| parse_udp(b).is_some_and(|v| v.payload == payload))
+        .unwrap()
+        .expect(what)
+}
+
 fn is_tcp(f: &[u8]) -> bool {
     f.len() > TCP_HDRS && f[12..14] == [8, 0] && f[23] == 6
+}
+
+/// A TSO frame (mss 1448) of a 4000-byte TCP payload from the guest
+/// (10.0.0.1) to 10.0.0.3 at `dst_mac`: its header, the frame, the payload.
+fn tso_frame_to(dst_mac: Mac) -> (VirtioNetHdr, Vec<u8>, Vec<u8>) {
+    let payload = vu_driver::net::frame::pattern(4000, 9);
+    let (hdr, frame) = tcp_frame(
+        GUEST_MAC,
+        dst_mac,
+        [10, 0, 0, 1],
+        [10, 0, 0, 3],
+        &payload,
+        1448,
+    );
+    (hdr, frame, payload)
 }
 
 /// Sends a 4000-byte TSO frame from the guest to 10.0.0.3, which the
@@ -407,15 +419,7 @@ fn tso_round_trip(opts: &NetOptions) -> (Vec<(VirtioNetHdr, Vec<u8>)>, Vec<u8>) 
     let mut net = r.connect(opts);
     assert!(net.has_feature(VIRTIO_NET_F_HOST_TSO4));
     let tap_mac = hairpin(&r);
-    let payload = vu_driver::net::frame::pattern(4000, 9);
-    let (hdr, frame) = tcp_frame(
-        GUEST_MAC,
-        tap_mac,
-        [10, 0, 0, 1],
-        [10, 0, 0, 3],
-        &payload,
-        1448,
-    );
+    let (hdr, frame, payload) = tso_frame_to(tap_mac);
     net.send(0, &hdr, &frame).unwrap();
     // The AF_PACKET socket sees the frame as the tap delivered it: whole.
     let got = r
@@ -472,15 +476,7 @@ fn a_tso_frame_reaches_a_tso_guest_whole() {
 fn a_tso_frame_without_host_tso4_is_dropped() {
     let r = rig(&[]);
     let mut net = connect_without(&r, VIRTIO_NET_F_HOST_TSO4);
-    let payload = vu_driver::net::frame::pattern(4000, 9);
-    let (hdr, frame) = tcp_frame(
-        GUEST_MAC,
-        HOST_MAC,
-        [10, 0, 0, 1],
-        [10, 0, 0, 3],
-        &payload,
-        1448,
-    );
+    let (hdr, frame, _) = tso_frame_to(HOST_MAC);
     net.send_raw(0, &chain_bytes(&hdr, &frame)).unwrap();
     let tag = unique_tag("after-tso");
     net.send(0, &VirtioNetHdr::plain(), &to_host(&tag, 100))
