@@ -35,18 +35,19 @@ const WAITING: &str = "waiting for the power button";
 /// VMM's log, so lines do not interleave), once the guest waits for the
 /// power button.
 fn vmm_waiting(api: &Path, blk_sock: &Path, console: &Path) -> Daemon {
-    let mut vmm = spawn_test_guest(
-        api,
-        console,
-        "wait-power-button",
-        &[
-            "--cpus".into(),
-            "boot=2".into(),
-            "--disk".into(),
-            format!("socket={},reconnect=off", blk_sock.display()),
-        ],
-        BOOT_TIMEOUT,
-    );
+    vmm_waiting_with(api, blk_sock, console, &[])
+}
+
+/// [`vmm_waiting`] with `extra` arguments.
+fn vmm_waiting_with(api: &Path, blk_sock: &Path, console: &Path, extra: &[&str]) -> Daemon {
+    let mut args = vec![
+        "--cpus".into(),
+        "boot=2".into(),
+        "--disk".into(),
+        format!("socket={},reconnect=off", blk_sock.display()),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut vmm = spawn_test_guest(api, console, "wait-power-button", &args, BOOT_TIMEOUT);
     wait_for_serial(&mut vmm, console, WAITING, BOOT_TIMEOUT, |vmm| {
         format!(
             "--- serial\n{}--- log\n{}",
@@ -254,4 +255,82 @@ fn without_an_api_socket_power_off_still_ends_the_vmm() {
     assert_eq!(run.code(), Some(0), "{}\n{}", run.stdout, run.stderr);
     assert!(!run.stdout.contains(WAITING), "{}", run.stdout);
     assert!(run.stderr.contains("guest powered off"), "{}", run.stderr);
+}
+
+/// Each thread's name, `Seccomp` mode and `Seccomp_filters` count.
+fn thread_filters(pid: u32) -> Vec<(String, u32, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut threads = Vec::new();
+    for task in tasks {
+        let tid: u32 = task.unwrap().file_name().to_string_lossy().parse().unwrap();
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue; // ended meanwhile
+        };
+        let field = |name: &str| -> String {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/task/{tid}/status"))
+                .trim()
+                .to_string()
+        };
+        threads.push((
+            field("Name"),
+            field("Seccomp").parse().unwrap(),
+            field("Seccomp_filters").parse().unwrap(),
+        ));
+    }
+    threads
+}
+
+/// `--seccomp true` (the default): the main thread and what it starts run
+/// under the VMM's filter, the vCPUs and the API under two more of their
+/// own, the thread that starts device daemons under none (a filter would
+/// hold the daemons); `--seccomp false`: no filter anywhere. The VM runs
+/// and the API answers either way.
+#[test]
+fn each_thread_runs_under_its_roles_seccomp_filter() {
+    for seccomp in ["true", "false"] {
+        let dir = TempDir::new("vmm-api-seccomp").unwrap();
+        let b = fw_devices::blk(&dir);
+        let api = dir.join("api.sock");
+        let console = dir.join("console.txt");
+        let mut vmm = vmm_waiting_with(&api, &b.socket, &console, &["--seccomp", seccomp]);
+        assert_eq!(info(&api)["state"], "Running");
+        let threads = thread_filters(vmm.pid());
+        for role in ["vmm", "vcpu0", "vcpu1", "vmm-api"] {
+            assert!(
+                threads.iter().any(|(name, ..)| name == role),
+                "--seccomp {seccomp}: no {role} thread in {threads:?}"
+            );
+        }
+        // KVM's own kernel workers (kvm-nx-lpage-recovery) show in the
+        // task list too; they are not the VMM's.
+        for (name, mode, filters) in threads.iter().filter(|(n, ..)| !n.starts_with("kvm-")) {
+            // The VMM's, then for a vCPU or the API: its own and the one
+            // that answers `openat` with ENOENT.
+            let want = match (seccomp, name.as_str()) {
+                ("false", _) | (_, "vmm-launcher") => 0,
+                (_, n) if n.starts_with("vcpu") || n.starts_with("vmm-api") => 3,
+                _ => 1,
+            };
+            assert_eq!(
+                (*filters, *mode),
+                (want, if want == 0 { 0 } else { 2 }),
+                "--seccomp {seccomp}: thread {name}: (filters, mode); all: {threads:?}"
+            );
+        }
+        assert_eq!(
+            threads.iter().any(|(name, ..)| name == "vmm-launcher"),
+            seccomp == "true",
+            "{threads:?}"
+        );
+        assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
+        assert!(
+            poll_until(WAIT, || vmm.log_contents().contains(POWERED_OFF)),
+            "{}",
+            vmm.log_contents()
+        );
+        shutdown_vmm(&api, &mut vmm, WAIT, Daemon::log_contents);
+    }
 }

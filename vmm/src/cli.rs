@@ -34,6 +34,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use devices::vhost_user::DeviceKind;
 
+use crate::seccomp::Mode;
+
 /// The thin KVM core: boots a kernel with guest RAM in a shared file.
 #[derive(Debug, Parser)]
 #[command(name = "vmm", version, about)]
@@ -80,11 +82,12 @@ pub struct Args {
     /// Write the log to PATH (appended) instead of stderr.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
-    /// Cloud Hypervisor's seccomp switch, accepted for its callers (Kata
-    /// passes `--seccomp false`): the VMM has no seccomp filter yet, so
-    /// every value runs without one (logged at start).
-    #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
-    pub seccomp: String,
+    /// System call filters per thread (Cloud Hypervisor's switch; Kata
+    /// passes `--seccomp false`): `true` kills the VMM on a call outside
+    /// its thread's list, `log` lets it run and logs it in the kernel
+    /// log, `false` installs none.
+    #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = parse_seccomp)]
+    pub seccomp: Mode,
     /// A disk served by a vhost-user-blk backend:
     /// `socket=PATH[,num_queues=N,queue_size=N]`, or `path=IMAGE[,readonly=on]`
     /// for a vhost-blk-daemon the VMM runs itself. Repeatable.
@@ -309,6 +312,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = digits.parse().map_err(|_| not_a_size())?;
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_seccomp(value: &str) -> Result<Mode, String> {
+    Mode::parse(value).ok_or_else(|| format!("`{value}`: expected true, false or log"))
 }
 
 pub fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
@@ -726,7 +733,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.kernel, None);
-        assert_eq!(a.seccomp, "false");
+        assert_eq!(a.seccomp, Mode::Off);
         assert_eq!(a.log_file.as_deref(), Some("/tmp/vmm.log".as_ref()));
         assert_eq!(a.log_filter(), log::LevelFilter::Debug);
         let a = Args::try_parse_from(["vmm", "--api-socket", "/a", "-vvvv"]).unwrap();
@@ -736,8 +743,8 @@ mod tests {
         assert_eq!(a.log_filter(), log::LevelFilter::Error);
         let a = Args::try_parse_from(["vmm", "--kernel", "k"]).unwrap();
         assert_eq!(
-            (a.log_filter(), a.seccomp.as_str()),
-            (log::LevelFilter::Info, "true")
+            (a.log_filter(), a.seccomp),
+            (log::LevelFilter::Info, Mode::Kill)
         );
         // Neither a kernel nor an API socket: nothing could ever run.
         let e = Args::try_parse_from(["vmm", "-v"]).unwrap_err().to_string();

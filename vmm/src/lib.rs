@@ -48,6 +48,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod pci;
 pub mod platform;
+pub mod seccomp;
 pub mod spawned;
 pub mod vcpu;
 pub mod vhost_user;

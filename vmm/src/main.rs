@@ -20,6 +20,7 @@ use vmm::api;
 use vmm::cli::Args;
 use vmm::config;
 use vmm::lifecycle::{Runner, Vmm};
+use vmm::seccomp;
 use vmm::vm::{exit_name, VmError, VmExit};
 
 fn main() -> ExitCode {
@@ -69,11 +70,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match args.seccomp.as_str() {
-        "true" => log::debug!("seccomp: the VMM has no seccomp filter yet"),
-        other => {
-            log::info!("--seccomp {other}: the VMM has no seccomp filter yet; nothing changes")
-        }
+    // Before the VM is built: every thread it starts inherits the filter.
+    if let Err(e) = seccomp::init(args.seccomp) {
+        eprintln!("error: {}", vmm::error_chain(&e));
+        return ExitCode::FAILURE;
     }
     let (vmm, runner) = Vmm::new(start);
     if let Some(plan) = config::from_cli(&args) {

@@ -189,13 +189,15 @@ impl Supervised {
         let (started_tx, started) = channel();
         let thread = {
             let (theirs, shared) = (spec.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name(format!("vmm-daemon-{}", spec.name))
-                .spawn(move || supervise(&theirs, &program, &listener, &shared, started_tx))
-                .map_err(|source| SpawnError::Start {
-                    program: PathBuf::from(&spec.program),
-                    source,
-                })?
+            // Outside the VMM's seccomp filter: the daemon it starts
+            // inherits none, and jails itself.
+            crate::seccomp::spawn_unfiltered(format!("vmm-daemon-{}", spec.name), move || {
+                supervise(&theirs, &program, &listener, &shared, started_tx)
+            })
+            .map_err(|source| SpawnError::Start {
+                program: PathBuf::from(&spec.program),
+                source,
+            })?
         };
         let mut me = Self {
             spec,

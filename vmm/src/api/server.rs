@@ -329,6 +329,11 @@ fn evict_longest_idle(conns: &mut [Conn]) -> bool {
 }
 
 fn accept_loop(listener: UnixListener, ctl: Arc<dyn VmControl>, stop: ApiStop, limits: Limits) {
+    // The connection threads start here and inherit it.
+    if let Err(e) = crate::seccomp::apply(crate::seccomp::Role::Api) {
+        log::error!("API socket: {}; the API stops", crate::error_chain(&e));
+        return;
+    }
     let mut conns: Vec<Conn> = Vec::new();
     loop {
         match wait(listener.as_raw_fd(), &stop, None, None) {

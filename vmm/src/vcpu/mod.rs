@@ -67,6 +67,11 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::Role::Vcpu) {
+            let what = format!("vCPU {}: {}", self.id, crate::error_chain(&e));
+            let _ = self.events.send(VmEvent::Error(what));
+            return;
+        }
         let run: *mut kvm_run = self.fd.get_kvm_run();
         kick::set_kvm_run(run);
         self.run_loop();
