@@ -134,6 +134,15 @@ fn blk_header(ty: u32, sector: u64) -> Vec<u8> {
     h
 }
 
+/// Chains a write of `data` at `sector`: the header, `data` readable and
+/// a writable status byte.
+fn blk_write(img: &mut Image, sector: u64, data: &[u8]) {
+    let h = img.buf(&blk_header(1, sector));
+    let d = img.buf(data);
+    let s = img.space(1);
+    img.chain(&[(h, 16, false), (d, data.len() as u32, false), (s, 1, true)]);
+}
+
 /// vhost-blk-daemon requests.
 pub fn blk_request() -> Vec<Seed> {
     let mut seeds = Vec::new();
@@ -146,10 +155,7 @@ pub fn blk_request() -> Vec<Seed> {
     seeds.push(("read".into(), img.finish()));
 
     let mut img = Image::new(3, true, 0, 0);
-    let h = img.buf(&blk_header(1, 2));
-    let d = img.buf(&[0x5a; 1024]);
-    let s = img.space(1);
-    img.chain(&[(h, 16, false), (d, 1024, false), (s, 1, true)]);
+    blk_write(&mut img, 2, &[0x5a; 1024]);
     let h = img.buf(&blk_header(0, 2));
     let d = img.space(1024 + 1);
     img.chain(&[(h, 16, false), (d, 1025, true)]);
@@ -193,10 +199,7 @@ pub fn blk_request() -> Vec<Seed> {
     seeds.push(("indirect_read".into(), img.finish()));
 
     let mut img = Image::new(1, false, 1, 0);
-    let h = img.buf(&blk_header(1, 0));
-    let d = img.buf(&[1; 512]);
-    let s = img.space(1);
-    img.chain(&[(h, 16, false), (d, 512, false), (s, 1, true)]);
+    blk_write(&mut img, 0, &[1; 512]);
     seeds.push(("write_read_only".into(), img.finish()));
     seeds
 }
