@@ -28,11 +28,18 @@ fn disk_socket(api: &Path) -> PathBuf {
     PathBuf::from(info["devices"][0]["socket"].as_str().unwrap_or_default())
 }
 
+/// A temporary directory named after `test` with a sparse image `name` of
+/// [`DISK_SIZE`] in it; the directory and the image's path.
+fn dir_with_image(test: &str, name: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(test).unwrap();
+    let image = dir.join(name);
+    create_sparse_image(&image, DISK_SIZE).unwrap();
+    (dir, image)
+}
+
 #[test]
 fn the_guest_uses_an_image_served_by_a_daemon_the_vmm_runs() {
-    let dir = TempDir::new("vmm-spawned").unwrap();
-    let image = dir.join("disk.img");
-    create_sparse_image(&image, DISK_SIZE).unwrap();
+    let (_dir, image) = dir_with_image("vmm-spawned", "disk.img");
     let run = run_test_guest(
         &["--disk".into(), format!("path={}", image.display())],
         TIMEOUT,
@@ -55,9 +62,7 @@ fn the_guest_uses_an_image_served_by_a_daemon_the_vmm_runs() {
 
 #[test]
 fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
-    let dir = TempDir::new("vmm-spawned-restart").unwrap();
-    let image = dir.join("disk.img");
-    create_sparse_image(&image, DISK_SIZE).unwrap();
+    let (dir, image) = dir_with_image("vmm-spawned-restart", "disk.img");
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
     let mut vmm = spawn_test_guest(
@@ -139,9 +144,7 @@ fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
 
 #[test]
 fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
-    let dir = TempDir::new("vmm-spawned-api").unwrap();
-    let image = dir.join("rootfs.img");
-    create_sparse_image(&image, DISK_SIZE).unwrap();
+    let (dir, image) = dir_with_image("vmm-spawned-api", "rootfs.img");
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
     let mut vmm = vu_driver::vmm::spawn_vmm(
