@@ -12,10 +12,11 @@
 //! Needs `scripts/setup.sh` (guest kit, e2fsprogs) and
 //! `cargo build --workspace --bins`; anything missing is a failure.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use vu_driver::fixture::{create_sparse_image, find_binary, Daemon, QsdOpts, TempDir};
@@ -124,6 +125,25 @@ fn host_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("{e} (scripts/setup.sh installs it)"))
 }
 
+/// Runs the host program `name` with `args` (stdin closed) and checks
+/// that it exits 0; a failure names `what` and shows the exit status and
+/// the program's output.
+fn run_host_tool(name: &str, args: &[&OsStr], what: &str) -> Output {
+    let out = Command::new(host_tool(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e:?}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Shell that reports `vutest-kv KEY <sha256 of FILE>`.
 fn report_sha(key: &str, file: &str) -> String {
     format!("vutest-kv {key} \"$(sha256sum <{file} | cut -d' ' -f1)\"\n")
@@ -188,19 +208,8 @@ vutest-kv readback_size \"$(stat -c %s /tmp/back)\"
 
 /// Runs `debugfs -R REQUEST IMAGE` on the host and returns its stdout.
 fn debugfs(image: &Path, request: &str) -> Vec<u8> {
-    let out = Command::new(host_tool("debugfs"))
-        .arg("-R")
-        .arg(request)
-        .arg(image)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn debugfs");
-    assert!(
-        out.status.success(),
-        "debugfs -R '{request}': {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = ["-R".as_ref(), request.as_ref(), image.as_os_str()];
+    let out = run_host_tool("debugfs", &args, &format!("debugfs -R '{request}'"));
     // debugfs reports a missing path on stderr with exit status 0.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -247,19 +256,8 @@ umount /mnt/disk
     assert_eq!(out.expect_kv("remount_hello"), HELLO);
 
     // The filesystem the guest left behind is consistent ...
-    let fsck = Command::new(host_tool("e2fsck"))
-        .args(["-f", "-n"])
-        .arg(&disk.image)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn e2fsck");
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}\n{}{}",
-        fsck.status,
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    let args = ["-f".as_ref(), "-n".as_ref(), disk.image.as_os_str()];
+    run_host_tool("e2fsck", &args, "e2fsck -fn");
     // ... and holds the guest's files with their contents.
     assert_eq!(
         debugfs(&disk.image, "cat /hello.txt"),
