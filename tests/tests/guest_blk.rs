@@ -19,16 +19,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use vu_driver::fixture::{create_sparse_image, find_binary, Daemon, QsdOpts, TempDir};
+use vu_driver::fixture::{create_sparse_image, find_binary, Daemon, TempDir};
 use vu_driver::guest::{GuestKit, GuestOutput, QemuGuest};
 use vu_driver::image::{pattern, write_at};
-use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
+use vu_driver::ours::serve_blk;
 
 const DISK_SIZE: u64 = 64 << 20;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
 /// dd block size of the raw-disk scripts.
 const BS: u64 = 64 << 10;
-const BACKEND_ENV: &str = "VUTEST_BLK_BACKEND";
 
 /// A served image: the temporary directory, the image and its backend.
 struct Disk {
@@ -52,26 +51,8 @@ impl Disk {
         create_sparse_image(&image, size).unwrap();
         prepare(&image);
         let socket = dir.join("blk.sock");
-        let daemon = match std::env::var(BACKEND_ENV).as_deref() {
-            Ok("qsd") => {
-                let opts = QsdOpts {
-                    num_queues: num_queues.unwrap_or(1),
-                    read_only,
-                    ..QsdOpts::default()
-                };
-                Daemon::qemu_storage_daemon_blk(&image, &socket, &opts)
-            }
-            Ok("ours") | Err(_) => {
-                let opts = BlkDaemonOpts {
-                    num_queues,
-                    read_only,
-                    ..BlkDaemonOpts::default()
-                };
-                vhost_blk_daemon(&image, &socket, &opts)
-            }
-            Ok(other) => panic!("{BACKEND_ENV}={other}: expected `ours` or `qsd`"),
-        }
-        .unwrap_or_else(|e| panic!("{e}"));
+        let daemon =
+            serve_blk(&image, &socket, num_queues, read_only).unwrap_or_else(|e| panic!("{e}"));
         Disk {
             _dir: dir,
             image,

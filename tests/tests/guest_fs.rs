@@ -29,7 +29,7 @@ use std::time::Duration;
 use vu_driver::fixture::{find_binary, Daemon, TempDir};
 use vu_driver::fs::host::{lgetxattr, lsetxattr};
 use vu_driver::guest::{GuestKit, GuestOutput, QemuGuest};
-use vu_driver::ours::virtiofsd;
+use vu_driver::ours::{reference_backend, virtiofsd};
 
 const TAG: &str = "kataShared";
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
@@ -59,34 +59,29 @@ impl Share {
         fs::create_dir(&root).unwrap();
         prepare(&root);
         let socket = dir.join("fs.sock");
-        let backend = std::env::var(BACKEND_ENV);
-        let serves_again = backend.as_deref() != Ok("c");
-        let daemon = match backend.as_deref() {
-            Ok("c") => {
-                let cache = format!("cache={}", if cache == "never" { "none" } else { cache });
-                let mut args = vec!["-o", &cache];
-                if xattr {
-                    args.extend(["-o", "xattr"]);
-                }
-                Daemon::c_virtiofsd(&root, &socket, &args)
+        let c_virtiofsd = reference_backend(BACKEND_ENV, "c");
+        let daemon = if c_virtiofsd {
+            let cache = format!("cache={}", if cache == "never" { "none" } else { cache });
+            let mut args = vec!["-o", &cache];
+            if xattr {
+                args.extend(["-o", "xattr"]);
             }
-            Ok("ours") | Err(_) => {
-                // The default sandbox (namespace) and seccomp filter (kill).
-                let cache = format!("--cache={cache}");
-                let mut args = vec![cache.as_str()];
-                if xattr {
-                    args.push("--xattr");
-                }
-                virtiofsd(&root, &socket, &args)
+            Daemon::c_virtiofsd(&root, &socket, &args)
+        } else {
+            // The default sandbox (namespace) and seccomp filter (kill).
+            let cache = format!("--cache={cache}");
+            let mut args = vec![cache.as_str()];
+            if xattr {
+                args.push("--xattr");
             }
-            Ok(other) => panic!("{BACKEND_ENV}={other}: expected `ours` or `c`"),
-        }
-        .unwrap_or_else(|e| panic!("{e}"));
+            virtiofsd(&root, &socket, &args)
+        };
+        let daemon = daemon.unwrap_or_else(|e| panic!("{e}"));
         Share {
             _dir: dir,
             root,
             daemon,
-            serves_again,
+            serves_again: !c_virtiofsd,
         }
     }
 

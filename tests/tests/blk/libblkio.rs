@@ -16,29 +16,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blkio::{Blkio, Blkioq, Completion, Errno, MemoryRegion, ReqFlags};
-use vu_driver::fixture::{create_sparse_image, Daemon, QsdOpts, TempDir};
+use vu_driver::fixture::{create_sparse_image, Daemon, TempDir};
 use vu_driver::image::{pattern, write_at};
-use vu_driver::ours::{vhost_blk_daemon, BlkDaemonOpts};
+use vu_driver::ours::{reference_backend, serve_blk, BLK_BACKEND_ENV};
 
 const DRIVER: &str = "virtio-blk-vhost-user";
 /// Not a power of two, so a capacity taken from the wrong field shows.
 const IMAGE_SIZE: u64 = (64 << 20) + 3 * 512;
 const BUF_LEN: usize = 2 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKEND_ENV: &str = "VUTEST_BLK_BACKEND";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Ours,
-    Qsd,
-}
-
-fn backend() -> Backend {
-    match std::env::var(BACKEND_ENV).as_deref() {
-        Ok("qsd") => Backend::Qsd,
-        Ok("ours") | Err(_) => Backend::Ours,
-        Ok(other) => panic!("{BACKEND_ENV}={other}: expected `ours` or `qsd`"),
-    }
+/// The backend under test is ours (not qemu-storage-daemon, see
+/// [`BLK_BACKEND_ENV`]).
+fn ours() -> bool {
+    !reference_backend(BLK_BACKEND_ENV, "qsd")
 }
 
 /// An image served by the backend under test.
@@ -55,25 +46,8 @@ fn serve(num_queues: Option<u16>, read_only: bool, prepare: impl FnOnce(&Path)) 
     create_sparse_image(&image, IMAGE_SIZE).unwrap();
     prepare(&image);
     let socket = dir.join("blk.sock");
-    let daemon = match backend() {
-        Backend::Qsd => {
-            let opts = QsdOpts {
-                num_queues: num_queues.unwrap_or(1),
-                read_only,
-                ..QsdOpts::default()
-            };
-            Daemon::qemu_storage_daemon_blk(&image, &socket, &opts)
-        }
-        Backend::Ours => {
-            let opts = BlkDaemonOpts {
-                num_queues,
-                read_only,
-                ..BlkDaemonOpts::default()
-            };
-            vhost_blk_daemon(&image, &socket, &opts)
-        }
-    }
-    .unwrap_or_else(|e| panic!("{e}"));
+    let daemon =
+        serve_blk(&image, &socket, num_queues, read_only).unwrap_or_else(|e| panic!("{e}"));
     Served {
         _dir: dir,
         image,
@@ -243,7 +217,7 @@ fn libblkio_writes_reads_flushes_and_reports_capacity() {
         "max-mem-regions"
     );
     assert!(!b.get_bool("read-only").unwrap());
-    if backend() == Backend::Ours {
+    if ours() {
         assert_eq!(b.get_i32("max-segments").unwrap(), 1024 - 2, "seg_max");
         assert_eq!(b.get_u64("max-write-zeroes-len").unwrap(), 4_194_304 * 512);
         assert_eq!(b.get_u64("max-discard-len").unwrap(), 4_194_304 * 512);
@@ -415,7 +389,7 @@ fn libblkio_write_zeroes_and_discard_zero_the_range() {
     // Our contract punches a hole, so the range reads as zeros on the host
     // and through libblkio (qemu-storage-daemon ignores discards unless its
     // blockdev has discard=unmap).
-    if backend() == Backend::Ours {
+    if ours() {
         assert!(
             s.read(LEN, half).iter().all(|&b| b == 0),
             "discarded range on the host"
