@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::fixture::{Daemon, FixtureError, QsdOpts, Readiness, Result, DEFAULT_READY_TIMEOUT};
+use crate::fixture::{
+    create_sparse_image, Daemon, FixtureError, QsdOpts, Readiness, Result, TempDir,
+    DEFAULT_READY_TIMEOUT,
+};
 use crate::netns::NetNs;
 use crate::process::{run_bounded, without_systemd_env, Finished};
 
@@ -169,6 +172,45 @@ pub fn serve_blk(
             ..BlkDaemonOpts::default()
         };
         vhost_blk_daemon(image, socket, &opts)
+    }
+}
+
+/// A sparse image in a temporary directory, prepared by the host and
+/// served by [`serve_blk`]'s backend; removed on drop.
+pub struct ServedImage {
+    _dir: TempDir,
+    /// The image file.
+    pub image: PathBuf,
+    /// The backend's socket.
+    pub socket: PathBuf,
+    /// The backend.
+    pub daemon: Daemon,
+}
+
+impl ServedImage {
+    /// A sparse image of `size` bytes in a fresh `<tmp>/<prefix>...`,
+    /// `prepare`d by the host, then served on a socket with `num_queues`
+    /// request queues (see [`serve_blk`]).
+    pub fn new(
+        prefix: &str,
+        size: u64,
+        num_queues: Option<u16>,
+        read_only: bool,
+        prepare: impl FnOnce(&Path),
+    ) -> ServedImage {
+        let dir = TempDir::new(prefix).unwrap();
+        let image = dir.join("disk.img");
+        create_sparse_image(&image, size).unwrap();
+        prepare(&image);
+        let socket = dir.join("blk.sock");
+        let daemon =
+            serve_blk(&image, &socket, num_queues, read_only).unwrap_or_else(|e| panic!("{e}"));
+        ServedImage {
+            _dir: dir,
+            image,
+            socket,
+            daemon,
+        }
     }
 }
 

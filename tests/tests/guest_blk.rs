@@ -19,48 +19,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use vu_driver::fixture::{create_sparse_image, find_binary, Daemon, TempDir};
+use vu_driver::fixture::find_binary;
 use vu_driver::guest::{GuestKit, GuestOutput, QemuGuest};
 use vu_driver::image::{pattern, write_at};
-use vu_driver::ours::serve_blk;
+use vu_driver::ours::ServedImage;
 
 const DISK_SIZE: u64 = 64 << 20;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
 /// dd block size of the raw-disk scripts.
 const BS: u64 = 64 << 10;
 
-/// A served image: the temporary directory, the image and its backend.
-struct Disk {
-    _dir: TempDir,
-    image: PathBuf,
-    socket: PathBuf,
-    daemon: Daemon,
+/// A sparse image of `size` bytes, `prepare`d by the host, then served
+/// on a socket with `num_queues` request queues (None: the default).
+fn disk(
+    size: u64,
+    num_queues: Option<u16>,
+    read_only: bool,
+    prepare: impl FnOnce(&Path),
+) -> ServedImage {
+    ServedImage::new("vutest-guest-blk", size, num_queues, read_only, prepare)
 }
 
-impl Disk {
-    /// A sparse image of `size` bytes, `prepare`d by the host, then served
-    /// on a socket with `num_queues` request queues (None: the default).
-    fn new(
-        size: u64,
-        num_queues: Option<u16>,
-        read_only: bool,
-        prepare: impl FnOnce(&Path),
-    ) -> Disk {
-        let dir = TempDir::new("vutest-guest-blk").unwrap();
-        let image = dir.join("disk.img");
-        create_sparse_image(&image, size).unwrap();
-        prepare(&image);
-        let socket = dir.join("blk.sock");
-        let daemon =
-            serve_blk(&image, &socket, num_queues, read_only).unwrap_or_else(|e| panic!("{e}"));
-        Disk {
-            _dir: dir,
-            image,
-            socket,
-            daemon,
-        }
-    }
+/// What the tests do with a served image.
+trait Disk {
+    fn run_guest(&mut self, what: &str, guest: QemuGuest, script: &str) -> GuestOutput;
+    fn read(&self, offset: u64, len: u64) -> Vec<u8>;
+}
 
+impl Disk for ServedImage {
     /// Boots a guest with `disk` as `/dev/vda` and `script`, and returns its
     /// output once it passed; the backend must still be serving afterwards.
     fn run_guest(&mut self, what: &str, guest: QemuGuest, script: &str) -> GuestOutput {
@@ -143,7 +129,7 @@ fn guest_dd_direct_4mib_random_matches_the_host_image() {
     const HOST_OFF: u64 = 32 << 20;
     const HOST_LEN: u64 = 1 << 20;
     let host_pattern = pattern(7, HOST_LEN as usize);
-    let mut disk = Disk::new(DISK_SIZE, None, false, |img| {
+    let mut disk = disk(DISK_SIZE, None, false, |img| {
         write_at(img, HOST_OFF, &host_pattern)
     });
 
@@ -205,7 +191,7 @@ fn guest_ext2_filesystem_is_readable_by_host_debugfs() {
     const HELLO: &str = "hello from the guest over vhost-user-blk";
     const NUMBERS: u32 = 40_000;
     const RANDOM_KIB: u32 = 1200;
-    let mut disk = Disk::new(DISK_SIZE, None, false, |_| {});
+    let mut disk = disk(DISK_SIZE, None, false, |_| {});
 
     let mut script = format!(
         "set -e
@@ -274,7 +260,7 @@ fn guest_uses_two_request_queues_one_per_vcpu() {
     // CPU each queue carries its CPU's requests and raises its interrupts.
     const COUNT: u64 = 16;
     const STRIDE: u64 = 64;
-    let mut disk = Disk::new(DISK_SIZE, Some(2), false, |_| {});
+    let mut disk = disk(DISK_SIZE, Some(2), false, |_| {});
 
     let mut script = format!(
         "set -e
@@ -332,7 +318,7 @@ fn guest_cannot_write_a_read_only_export() {
     const SIZE: u64 = 16 << 20;
     const LEN: u64 = 1 << 20;
     let data = pattern(42, LEN as usize);
-    let mut disk = Disk::new(SIZE, None, true, |img| write_at(img, 0, &data));
+    let mut disk = disk(SIZE, None, true, |img| write_at(img, 0, &data));
     let before = disk.read(0, SIZE);
 
     let script = format!(

@@ -12,13 +12,12 @@
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use blkio::{Blkio, Blkioq, Completion, Errno, MemoryRegion, ReqFlags};
-use vu_driver::fixture::{create_sparse_image, Daemon, TempDir};
 use vu_driver::image::{pattern, write_at};
-use vu_driver::ours::{reference_backend, serve_blk, BLK_BACKEND_ENV};
+use vu_driver::ours::{reference_backend, ServedImage, BLK_BACKEND_ENV};
 
 const DRIVER: &str = "virtio-blk-vhost-user";
 /// Not a power of two, so a capacity taken from the wrong field shows.
@@ -33,30 +32,28 @@ fn ours() -> bool {
 }
 
 /// An image served by the backend under test.
-struct Served {
-    _dir: TempDir,
-    image: PathBuf,
-    socket: PathBuf,
-    daemon: Daemon,
-}
+type Served = ServedImage;
 
+/// An image of [`IMAGE_SIZE`], `prepare`d by the host, served by the
+/// backend under test.
 fn serve(num_queues: Option<u16>, read_only: bool, prepare: impl FnOnce(&Path)) -> Served {
-    let dir = TempDir::new("vutest-libblkio").unwrap();
-    let image = dir.join("disk.img");
-    create_sparse_image(&image, IMAGE_SIZE).unwrap();
-    prepare(&image);
-    let socket = dir.join("blk.sock");
-    let daemon =
-        serve_blk(&image, &socket, num_queues, read_only).unwrap_or_else(|e| panic!("{e}"));
-    Served {
-        _dir: dir,
-        image,
-        socket,
-        daemon,
-    }
+    ServedImage::new(
+        "vutest-libblkio",
+        IMAGE_SIZE,
+        num_queues,
+        read_only,
+        prepare,
+    )
 }
 
-impl Served {
+/// What the tests do with a served image.
+trait ServedExt {
+    fn read(&self, offset: u64, len: usize) -> Vec<u8>;
+    fn connect(&self, read_only: bool) -> Blkio;
+    fn assert_alive(&mut self);
+}
+
+impl ServedExt for Served {
     fn read(&self, offset: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];
         std::fs::File::open(&self.image)
