@@ -143,6 +143,7 @@ where
     C: FnOnce(&mut BoundSocket) -> Result<S, BoxError>,
 {
     crate::systemd::connect();
+    crate::sandbox::set_supervisor_seccomp(spec.seccomp);
     let shutdown = Shutdown::install()?;
     let mut socket = spec.vhost_user.socket_source().listen()?;
     let relay = match spec.relay {

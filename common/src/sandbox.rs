@@ -35,6 +35,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 
 use nix::poll::{poll, PollFd, PollFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -48,6 +49,8 @@ use std::path::{Path, PathBuf};
 use caps::{CapSet, CapsHashSet};
 use clap::ValueEnum;
 
+use crate::daemon::BoxError;
+use crate::seccomp::SeccompAction;
 use crate::socket::BoundSocket;
 
 /// The capability names [`limit_capabilities`] takes (from the `caps`
@@ -392,6 +395,11 @@ fn supervise<F: FnOnce()>(child: Pid, waited: &SigSet, _alive: UnixStream, at_ex
         at_exit();
         _exit(code)
     };
+    if let Err(e) = confine_supervisor() {
+        // Fail closed: the child is ended, and its end ends this process.
+        log::error!("the sandbox's supervisor: {e}; stopping the daemon");
+        let _ = kill(child, Signal::SIGKILL);
+    }
     loop {
         let sig = waited.wait();
         if matches!(sig, Ok(Signal::SIGCHLD) | Err(_)) {
@@ -409,6 +417,30 @@ fn supervise<F: FnOnce()>(child: Pid, waited: &SigSet, _alive: UnixStream, at_ex
             let _ = kill(child, sig);
         }
     }
+}
+
+/// What the supervisor's filter does with a call outside
+/// [`crate::seccomp::SUPERVISOR`]: the daemon's `--seccomp` (set by
+/// [`crate::daemon::run`] before the sandbox), else kill.
+static SUPERVISOR_SECCOMP: OnceLock<SeccompAction> = OnceLock::new();
+
+/// Sets the action of the supervisor's seccomp filter (the daemon's
+/// `--seccomp`); the first call counts.
+pub fn set_supervisor_seccomp(action: SeccompAction) {
+    let _ = SUPERVISOR_SECCOMP.set(action);
+}
+
+/// The supervisor keeps nothing it does not use: no capabilities (it waits,
+/// forwards signals and removes the socket file in a directory root owns),
+/// NoNewPrivs, and a seccomp filter of [`crate::seccomp::SUPERVISOR`].
+fn confine_supervisor() -> Result<(), BoxError> {
+    limit_capabilities(&[])?;
+    let action = SUPERVISOR_SECCOMP
+        .get()
+        .copied()
+        .unwrap_or(SeccompAction::Kill);
+    crate::seccomp::apply(action, crate::seccomp::SUPERVISOR, &[])?;
+    Ok(())
 }
 
 /// Closes the descriptors above standard I/O that are files, directories

@@ -176,6 +176,37 @@ pub const VHOST_USER_BASE: &[i64] = &[
     libc::SYS_getegid,
 ];
 
+/// What the namespace sandbox's supervisor does once its child runs
+/// ([`crate::sandbox::enter_namespaces`]): wait for signals and the
+/// child's end, forward the signals, remove the socket file (a stat and an
+/// unlink relative to its directory's descriptor), log, exit. No ioctl.
+pub const SUPERVISOR: &[i64] = &[
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_restart_syscall,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+    libc::SYS_kill,
+    libc::SYS_newfstatat,
+    libc::SYS_unlinkat,
+    libc::SYS_close,
+    // Debug builds check a descriptor is open before closing it.
+    libc::SYS_fcntl,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_clock_gettime,
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
 /// The ioctl requests [`VHOST_USER_BASE`] goes with: (non-)blocking mode
 /// and close-on-exec of sockets (`set_nonblocking` is an ioctl in Rust's
 /// standard library), bytes readable, and "is this a terminal".

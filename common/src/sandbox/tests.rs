@@ -414,19 +414,26 @@ fn nofile_limit_is_bounded() {
 fn the_supervisor_runs_at_exit_once_the_child_ended_and_the_child_never() {
     let (dir, _share) = share("sandbox-at-exit");
     let marker = dir.0.join("at-exit");
+    std::fs::write(&marker, "").unwrap();
     let m = marker.clone();
     let out = in_child(move || {
-        let seen = m.clone();
         // A descriptor outside the sandbox, as the socket file's removal
-        // holds one: the closure owns it and runs only in the parent.
-        let dir = File::open(seen.parent().unwrap()).map_err(|e| e.to_string())?;
+        // holds one: the closure owns it and runs only in the parent,
+        // where it removes the marker as the socket file is removed
+        // (unlinkat on the directory's descriptor, under the supervisor's
+        // seccomp filter).
+        let dir = File::open(m.parent().unwrap()).map_err(|e| e.to_string())?;
         let dir_fd = dir.as_raw_fd();
         enter_namespaces(SandboxMode::Namespace, move || {
-            let _ = std::fs::write(&m, format!("{}", dir.as_raw_fd()));
+            let _ = nix::unistd::unlinkat(
+                Some(dir.as_raw_fd()),
+                "at-exit",
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
         })
         .map_err(|e| e.to_string())?;
         // The child: the closure was dropped unrun, its descriptor closed.
-        check(!seen.exists(), || "at_exit ran in the child".into())?;
+        check(m.exists(), || "at_exit ran in the child".into())?;
         check(
             nix::fcntl::fcntl(dir_fd, nix::fcntl::FcntlArg::F_GETFD).is_err(),
             || format!("the child still holds descriptor {dir_fd}"),
@@ -435,7 +442,7 @@ fn the_supervisor_runs_at_exit_once_the_child_ended_and_the_child_never() {
     });
     out.assert_exit(5);
     assert!(
-        marker.exists(),
+        !marker.exists(),
         "the supervising parent did not run at_exit"
     );
 }
