@@ -21,6 +21,7 @@ use std::sync::Arc;
 use crate::backend::{Backend, Device};
 use crate::cli::VhostUserArgs;
 use crate::relay::{RelayDir, RelayError};
+use crate::sandbox::SandboxMode;
 use crate::seccomp::{self, SeccompAction, SeccompError};
 use crate::serve::{self, ServeError};
 use crate::signals::{Shutdown, SignalError};
@@ -101,6 +102,24 @@ pub enum Relay {
     Abstract,
 }
 
+impl Relay {
+    /// The relay a daemon jailed in `mode` gets: abstract names in its
+    /// network namespace of its own, a private directory without a jail;
+    /// none in a chroot, whose root has no directory to bind in and where
+    /// an abstract name (in the host's network namespace) would be open to
+    /// any local process. Through the relay, a message with more
+    /// descriptors than a vhost-user message may carry is refused by name
+    /// and ends the connection (the vhost crate alone drops it unlogged
+    /// and reads on).
+    pub fn for_sandbox(mode: SandboxMode) -> Self {
+        match mode {
+            SandboxMode::Namespace => Relay::Abstract,
+            SandboxMode::Chroot => Relay::Off,
+            SandboxMode::None => Relay::Dir,
+        }
+    }
+}
+
 /// What a daemon serves, once confined.
 pub trait Service: Send + Sync + 'static {
     /// The device each connection gets (a fresh one per frontend).
@@ -154,6 +173,9 @@ where
     let service = Arc::new(confine(&mut socket).map_err(DaemonError::Setup)?);
     let mut allowed = seccomp::VHOST_USER_BASE.to_vec();
     allowed.extend_from_slice(spec.syscalls);
+    if spec.relay != Relay::Off {
+        allowed.extend_from_slice(seccomp::RELAY);
+    }
     let mut ioctls = seccomp::VHOST_USER_IOCTLS.to_vec();
     ioctls.extend_from_slice(spec.ioctls);
     seccomp::apply(spec.seccomp, &allowed, &ioctls)?;

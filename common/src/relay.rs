@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
@@ -214,6 +214,7 @@ fn read_exact_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> 
             Err(e) => return Err(e.into()),
         };
         let n = msg.bytes;
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
         for c in msg.cmsgs() {
             if let ControlMessageOwned::ScmRights(received) = c {
                 for fd in received {
@@ -222,6 +223,14 @@ fn read_exact_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> 
                     fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
                 }
             }
+        }
+        if truncated {
+            // The kernel closed what did not fit: the message cannot be
+            // passed on whole.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {MAX_FDS} descriptors attached (the rest were dropped)"),
+            ));
         }
         if n == 0 {
             if at == 0 {
@@ -234,13 +243,26 @@ fn read_exact_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> 
     Ok(true)
 }
 
+/// `request`'s name in the vhost-user spec, or its number.
+fn request_name(request: u32) -> String {
+    match vhost::vhost_user::message::FrontendReq::try_from(request) {
+        Ok(r) => format!("{r:?}"),
+        Err(_) => format!("request {request}"),
+    }
+}
+
 fn recv(sock: &UnixStream) -> io::Result<Option<Message>> {
     let mut m = Message {
         header: [0; HEADER_LEN],
         body: Vec::new(),
         fds: Vec::new(),
     };
-    if !read_exact_fds(sock, &mut m.header, &mut m.fds)? {
+    // A header cut short by a refusal names no request yet.
+    let named = |m: &Message, e: io::Error| {
+        io::Error::new(e.kind(), format!("{}: {e}", request_name(m.request())))
+    };
+    let got = read_exact_fds(sock, &mut m.header, &mut m.fds);
+    if !got.map_err(|e| named(&m, e))? {
         return Ok(None);
     }
     let size = m.word(2) as usize;
@@ -248,14 +270,17 @@ fn recv(sock: &UnixStream) -> io::Result<Option<Message>> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "message {} has a {size}-byte body (at most {MAX_BODY})",
-                m.request()
+                "{} has a {size}-byte body (at most {MAX_BODY})",
+                request_name(m.request())
             ),
         ));
     }
     m.body = vec![0; size];
-    if size > 0 && !read_exact_fds(sock, &mut m.body, &mut m.fds)? {
-        return Err(io::ErrorKind::UnexpectedEof.into());
+    if size > 0 {
+        let got = read_exact_fds(sock, &mut m.body, &mut m.fds);
+        if !got.map_err(|e| named(&m, e))? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
     }
     Ok(Some(m))
 }
@@ -344,6 +369,12 @@ pub fn spawn(
     let f_write = Arc::new(Mutex::new(f_read.try_clone().map_err(RelayError::Thread)?));
     let f_write2 = f_write.clone();
     let name2 = name.clone();
+    // The last request passed on, and whether the frontend has gone: a
+    // handler that ends the connection while the frontend is still there
+    // refused that request, which the vhost crate does not name.
+    let last = Arc::new(AtomicU32::new(u32::MAX));
+    let frontend_gone = Arc::new(AtomicBool::new(false));
+    let (last2, gone2) = (last.clone(), frontend_gone.clone());
     // Handler to frontend: replies, passed on as they are.
     let back = thread::Builder::new()
         .name("vu-relay-reply".into())
@@ -357,7 +388,13 @@ pub fn spawn(
                             break;
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if !gone2.load(Ordering::SeqCst) {
+                            let request = request_name(last2.load(Ordering::SeqCst));
+                            log::warn!("{name2}: the backend ended the connection after {request}");
+                        }
+                        break;
+                    }
                     Err(e) => {
                         log::warn!("{name2}: reading the handler's reply: {e}");
                         break;
@@ -378,11 +415,12 @@ pub fn spawn(
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e) => {
-                        log::warn!("{name}: reading a frontend message: {e}");
+                        log::warn!("{name}: reading a frontend message: {e}; the connection ends");
                         break;
                     }
                 };
                 let request = m.request();
+                last.store(request, Ordering::SeqCst);
                 let (out, ack_it) = reorder.on_message(m);
                 if request == SET_VRING_ENABLE && !out.iter().any(|o| o.request() == request) {
                     log::debug!("{name}: SET_VRING_ENABLE before SET_FEATURES held");
@@ -398,6 +436,7 @@ pub fn spawn(
                     break;
                 }
             }
+            frontend_gone.store(true, Ordering::SeqCst);
             let _ = h_write.shutdown(std::net::Shutdown::Both);
             let f = f_write.lock().unwrap_or_else(|e| e.into_inner());
             let _ = f.shutdown(std::net::Shutdown::Both);
@@ -515,6 +554,32 @@ mod tests {
         let t = spawn(far, ours, "test".into()).unwrap();
         let mut m = msg(1, VERSION_1, &[]);
         m.set_word(2, (MAX_BODY + 1) as u32);
+        send(&frontend, &m).unwrap();
+        assert!(recv(&handler).unwrap().is_none());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_message_with_more_descriptors_than_fit_is_refused_by_name() {
+        let (frontend, far) = UnixStream::pair().unwrap();
+        let fds: Vec<OwnedFd> = (0..MAX_FDS + 1)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect();
+        let m = Message {
+            fds,
+            ..msg(1, VERSION_1, &[])
+        };
+        send(&frontend, &m).unwrap();
+        let Err(e) = recv(&far) else {
+            panic!("a message with {} descriptors was received", MAX_FDS + 1)
+        };
+        let e = e.to_string();
+        assert!(e.contains("GET_FEATURES"), "{e}");
+        assert!(e.contains("more than 32 descriptors"), "{e}");
+        // The relay itself ends the connection: the handler sees nothing.
+        let (frontend, far) = UnixStream::pair().unwrap();
+        let (ours, handler) = UnixStream::pair().unwrap();
+        let t = spawn(far, ours, "test".into()).unwrap();
         send(&frontend, &m).unwrap();
         assert!(recv(&handler).unwrap().is_none());
         t.join().unwrap();

@@ -176,6 +176,18 @@ pub const VHOST_USER_BASE: &[i64] = &[
     libc::SYS_getegid,
 ];
 
+/// What a daemon adds when its connections pass through the
+/// [`relay`](crate::relay): one Unix socket pair per connection, bound in
+/// a directory of its own (removed on exit) or on abstract names.
+pub const RELAY: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rmdir,
+];
+
 /// What the namespace sandbox's supervisor does once its child runs
 /// ([`crate::sandbox::enter_namespaces`]): wait for signals and the
 /// child's end, forward the signals, remove the socket file (a stat and an

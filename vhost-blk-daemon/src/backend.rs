@@ -90,7 +90,7 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
         seccomp: cli.seccomp,
         syscalls: SECCOMP_BLK,
         ioctls: &[disk::BLKDISCARD, disk::BLKZEROOUT],
-        relay: Relay::Off,
+        relay: Relay::for_sandbox(cli.sandbox),
     };
     let mode = cli.sandbox;
     let image = std::os::fd::AsRawFd::as_raw_fd(blk.disk.file());

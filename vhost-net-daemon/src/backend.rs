@@ -62,17 +62,6 @@ pub struct Net {
 /// The program name.
 pub const NAME: &str = "vhost-net-daemon";
 
-/// System calls beyond `common::seccomp::VHOST_USER_BASE`: the relay makes
-/// one unix socket per connection in a directory of its own.
-const SECCOMP_NET: &[i64] = &[
-    libc::SYS_socket,
-    libc::SYS_bind,
-    libc::SYS_listen,
-    libc::SYS_connect,
-    // Removing the relay's directory on exit.
-    libc::SYS_rmdir,
-];
-
 /// tap ioctls the data path and the control queue use.
 const TAP_IOCTLS: &[u64] = &[libc::TUNSETOFFLOAD, libc::TUNSETQUEUE];
 
@@ -106,12 +95,9 @@ pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
         name: NAME,
         vhost_user: &cli.vhost_user,
         seccomp: cli.seccomp,
-        syscalls: SECCOMP_NET,
+        syscalls: &[],
         ioctls: TAP_IOCTLS,
-        relay: match cli.sandbox {
-            SandboxMode::Namespace => Relay::Abstract,
-            _ => Relay::Dir,
-        },
+        relay: Relay::for_sandbox(cli.sandbox),
     };
     let mode = cli.sandbox;
     let taps: Vec<RawFd> = (0..usize::from(pairs))

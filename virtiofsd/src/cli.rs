@@ -50,6 +50,18 @@ pub enum Sandbox {
     None,
 }
 
+impl Sandbox {
+    /// The jail `common::sandbox` builds for it.
+    pub fn mode(self) -> common::sandbox::SandboxMode {
+        use common::sandbox::SandboxMode;
+        match self {
+            Sandbox::Namespace => SandboxMode::Namespace,
+            Sandbox::Chroot => SandboxMode::Chroot,
+            Sandbox::None => SandboxMode::None,
+        }
+    }
+}
+
 /// `--seccomp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Seccomp {

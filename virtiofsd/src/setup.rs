@@ -115,7 +115,7 @@ pub fn run(mut cli: Cli) -> Result<(), DaemonError> {
         seccomp,
         syscalls: seccomp_fs::VIRTIOFSD,
         ioctls: &[],
-        relay: Relay::Off,
+        relay: Relay::for_sandbox(cli.sandbox.mode()),
     };
     common::daemon::run(spec, |socket| confine(&cli, &shared_dir, socket))
 }
@@ -128,11 +128,7 @@ pub fn run(mut cli: Cli) -> Result<(), DaemonError> {
 /// gets a private mount namespace with `/proc` inside its root where it
 /// can.
 fn confine(cli: &Cli, shared_dir: &Path, socket: &mut BoundSocket) -> Result<Share, BoxError> {
-    let mode = match cli.sandbox {
-        crate::cli::Sandbox::Namespace => SandboxMode::Namespace,
-        crate::cli::Sandbox::Chroot => SandboxMode::Chroot,
-        crate::cli::Sandbox::None => SandboxMode::None,
-    };
+    let mode = cli.sandbox.mode();
     sandbox::enter_jail(mode, socket, &[])?;
     sandbox::raise_nofile_limit(cli.rlimit_nofile)?;
     // How the root is built. fuse-backend-rs needs /proc/self/fd (to reopen

@@ -16,6 +16,7 @@ for_each_daemon!(
     set_mem_table_with_an_offset_past_the_end_of_its_fd_is_refused,
     add_mem_reg_with_a_region_larger_than_its_fd_is_refused,
     add_mem_reg_past_the_advertised_slots_is_refused,
+    a_message_with_253_descriptors_is_refused_by_name,
 );
 
 /// The size of the memfd behind a lying region.
@@ -222,5 +223,37 @@ fn add_mem_reg_past_the_advertised_slots_is_refused(d: &DaemonUnderTest) {
         )],
     );
     drop((dev, extra));
+    still_serves(d, &*env, &mut daemon);
+}
+
+/// GET_FEATURES with 253 descriptors (the kernel's SCM_MAX_FD; a
+/// vhost-user message carries at most 32): refused naming the request,
+/// the connection ends (the vhost crate alone would drop the message
+/// unanswered and read the next one as if nothing happened), the daemon
+/// serves on.
+fn a_message_with_253_descriptors_is_refused_by_name(d: &DaemonUnderTest) {
+    use std::io::Read;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let (env, mut daemon) = served(d, "fds-253");
+    let from = daemon.log_contents().len();
+    let mut stream = connect_socket(env.socket(), T).unwrap();
+    let files: Vec<std::fs::File> = (0..253)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    // Header: GET_FEATURES (1), version 1, no body.
+    let header: Vec<u8> = [1u32, 1, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+    stream.send_with_fds(&[&header[..]], &fds).unwrap();
+    drop(files);
+    stream.set_read_timeout(Some(T)).unwrap();
+    let mut reply = Vec::new();
+    let read = stream.read_to_end(&mut reply);
+    assert!(
+        matches!(read, Ok(0)),
+        "{}: the connection stayed open or answered: {read:?} {reply:?}",
+        d.name
+    );
+    assert_logged(&daemon, from, &["GET_FEATURES", "more than 32 descriptors"]);
+    drop(stream);
     still_serves(d, &*env, &mut daemon);
 }
