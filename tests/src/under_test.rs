@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::device::VuDevice;
@@ -102,11 +102,100 @@ impl Scratch {
     }
 }
 
-/// What one test's daemon serves and where its socket goes; removed on
-/// drop (its directory, its network namespace).
-pub trait Env: Sync {
+/// One test's environment: its [`Scratch`] and what the daemon serves
+/// (`S`: an image, a share, a namespace with a tap); removed on drop
+/// (what it serves first, then the directory). Each daemon's
+/// [`Env`] is a `Fixture` of its own `S`.
+#[derive(Debug)]
+pub struct Fixture<S> {
+    served: S,
+    scratch: Scratch,
+}
+
+impl<S> Fixture<S> {
+    /// A fresh [`Scratch`] (`what`, `test`, as [`Scratch::new`]) and what
+    /// `serve` makes to serve in it.
+    pub fn new(what: &str, test: &str, serve: impl FnOnce(&Scratch) -> S) -> Self {
+        let scratch = Scratch::new(what, test);
+        let served = serve(&scratch);
+        Fixture { served, scratch }
+    }
+
+    /// What the daemon serves.
+    pub fn served(&self) -> &S {
+        &self.served
+    }
+}
+
+/// What a frontend does through a connected client of one device, for the
+/// environment `Self` serves: written once as a [`Frontend`] over any
+/// device.
+pub trait Rounds: Sync {
+    /// The device's driver.
+    type Client;
+    /// A client connected to `socket` and set up: features, memory, rings
+    /// (and FUSE INIT for fs).
+    fn client(&self, socket: &Path) -> Self::Client;
+    /// The vhost-user device underneath `client`.
+    fn device(client: &mut Self::Client) -> &mut VuDevice;
+    /// [`Frontend::serve`] through `client`.
+    fn serve(&self, client: &mut Self::Client, round: u64);
+    /// [`Frontend::exercise`] through `client`.
+    fn exercise(&self, client: &mut Self::Client, round: u64, after: &mut dyn FnMut(&str));
+    /// [`Frontend::leave_in_flight`] through `client`.
+    fn leave_in_flight(&self, client: &mut Self::Client, round: u64);
+}
+
+/// What every [`Env`] has, whatever its daemon serves; a [`Fixture`] has it
+/// when what it serves has [`Rounds`].
+pub trait Connect {
     /// The test's directory and the daemon's socket path.
     fn scratch(&self) -> &Scratch;
+    /// A frontend connected to `socket` and set up: features, memory,
+    /// rings (and FUSE INIT for fs).
+    fn connect(&self, socket: &Path) -> Box<dyn Frontend + '_>;
+}
+
+impl<S: Rounds> Connect for Fixture<S> {
+    fn scratch(&self) -> &Scratch {
+        &self.scratch
+    }
+
+    fn connect(&self, socket: &Path) -> Box<dyn Frontend + '_> {
+        Box::new(Connected {
+            served: &self.served,
+            client: self.served.client(socket),
+        })
+    }
+}
+
+/// A connected client of the device `S` serves.
+struct Connected<'a, S: Rounds> {
+    served: &'a S,
+    client: S::Client,
+}
+
+impl<S: Rounds> Frontend for Connected<'_, S> {
+    fn device(&mut self) -> &mut VuDevice {
+        S::device(&mut self.client)
+    }
+
+    fn serve(&mut self, round: u64) {
+        self.served.serve(&mut self.client, round);
+    }
+
+    fn exercise(&mut self, round: u64, after: &mut dyn FnMut(&str)) {
+        self.served.exercise(&mut self.client, round, after);
+    }
+
+    fn leave_in_flight(&mut self, round: u64) {
+        self.served.leave_in_flight(&mut self.client, round);
+    }
+}
+
+/// What one test's daemon serves and where its socket goes; removed on
+/// drop (its directory, its network namespace).
+pub trait Env: Sync + Connect {
     /// The test's own temporary directory (for a notify socket, a log).
     fn dir(&self) -> &Path {
         self.scratch().dir.path()
@@ -119,26 +208,21 @@ pub trait Env: Sync {
     /// (`--blk-file IMAGE`, ...), without a socket option.
     fn args(&self) -> Vec<OsString>;
     /// A command running `program` where the daemon must run (inside the
-    /// network namespace of the tap for net), with systemd's variables
-    /// removed.
+    /// network namespace of the tap for net).
+    fn command_in(&self, program: &Path) -> Command {
+        Command::new(program)
+    }
+    /// [`Env::command_in`] with systemd's variables removed.
     fn wrap(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
+        let mut cmd = self.command_in(program);
         without_systemd_env(&mut cmd);
         cmd
     }
-    /// A frontend connected to `socket` and set up: features, memory,
-    /// rings (and FUSE INIT for fs).
-    fn connect(&self, socket: &Path) -> Box<dyn Frontend + '_>;
     /// Keeps requests in flight through a frontend of its own on `socket`
-    /// until `stop` is set (or the daemon is gone); sets `streaming` once
-    /// they flow. Returns the check to make once the daemon has exited:
-    /// nothing it acknowledged is lost.
-    fn keep_busy(
-        &self,
-        socket: &Path,
-        streaming: &AtomicBool,
-        stop: &AtomicBool,
-    ) -> Box<dyn FnOnce() + Send>;
+    /// until `busy` is told to stop (or the daemon is gone); tells `busy`
+    /// once they stream. Returns the check to make once the daemon has
+    /// exited: nothing it acknowledged is lost.
+    fn keep_busy(&self, socket: &Path, busy: &Busy) -> Box<dyn FnOnce() + Send>;
     /// Checks what the daemon must leave alone when it exits (net: a tap
     /// it did not create).
     fn assert_left_alone(&self) {}
@@ -149,6 +233,36 @@ pub trait Env: Sync {
     /// Checks on a connection to `socket` that the example
     /// configuration's options (`vars`) took effect.
     fn assert_unit_options(&self, socket: &Path, vars: &BTreeMap<String, String>);
+}
+
+/// The two flags between a test and [`Env::keep_busy`]: the test says
+/// stop, the busy frontend says its requests stream.
+#[derive(Debug, Default)]
+pub struct Busy {
+    streaming: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Busy {
+    /// Tells the busy frontend to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Whether the test said stop.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Says that requests stream.
+    pub fn set_streaming(&self) {
+        self.streaming.store(true, Ordering::Release);
+    }
+
+    /// Whether requests stream.
+    pub fn streaming(&self) -> bool {
+        self.streaming.load(Ordering::Acquire)
+    }
 }
 
 /// Points the example configuration's variable `name` at `value`, after

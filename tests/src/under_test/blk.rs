@@ -9,14 +9,13 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest, FILL, T};
-use super::{set_example_var, Contrib, DaemonUnderTest, Env, Frontend, Scratch};
+use super::{set_example_var, Busy, Contrib, DaemonUnderTest, Env, Fixture, Rounds, Scratch};
 use crate::blk::raw::RequestBuilder;
 use crate::blk::{req, status, BlkClient, BlkError, BlkOptions, BlkQueue, Request, SECTOR_SIZE};
 use crate::device::VuDevice;
@@ -40,7 +39,7 @@ pub static BLK: DaemonUnderTest = DaemonUnderTest {
         read_write_paths: true,
         watchdog: true,
     },
-    env: |test| Box::new(BlkEnv::new(test)),
+    env: |test| Box::new(image_env(test)),
 };
 
 /// The image's size (sparse).
@@ -53,24 +52,32 @@ const IN_FLIGHT_SECTOR: u64 = IMAGE_SIZE / SECTOR_SIZE / 4 * 3;
 const BUSY_WRITE_LEN: u32 = 128 * 1024;
 
 /// A sparse image in the test's directory.
-struct BlkEnv {
-    scratch: Scratch,
-    image: PathBuf,
+#[derive(Debug)]
+pub struct Image {
+    /// The image file.
+    pub image: PathBuf,
     /// What the last round wrote: sector and data.
     last: Mutex<Option<(u64, Vec<u8>)>>,
 }
 
-impl BlkEnv {
-    fn new(test: &str) -> Self {
-        let scratch = Scratch::new("blk", test);
+impl Image {
+    /// A sparse `disk.img` of [`IMAGE_SIZE`] in `scratch`.
+    pub fn new(scratch: &Scratch) -> Self {
         let image = scratch.join("disk.img");
         create_sparse_image(&image, IMAGE_SIZE).unwrap();
-        BlkEnv {
-            scratch,
+        Image {
             image,
             last: Mutex::new(None),
         }
     }
+}
+
+/// The environment of [`BLK`].
+pub type BlkEnv = Fixture<Image>;
+
+/// A fresh [`BlkEnv`]; `test` names its directory.
+pub fn image_env(test: &str) -> BlkEnv {
+    Fixture::new("blk", test, Image::new)
 }
 
 /// Reads the image on the host, past the daemon.
@@ -95,33 +102,18 @@ fn small_opts() -> BlkOptions {
 }
 
 impl Env for BlkEnv {
-    fn scratch(&self) -> &Scratch {
-        &self.scratch
-    }
-
     fn args(&self) -> Vec<OsString> {
-        vec!["--blk-file".into(), self.image.clone().into()]
+        vec!["--blk-file".into(), self.served().image.clone().into()]
     }
 
-    fn connect(&self, socket: &Path) -> Box<dyn Frontend + '_> {
-        let c = BlkClient::connect(socket, &small_opts())
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
-        Box::new(BlkFrontend { env: self, c })
-    }
-
-    fn keep_busy(
-        &self,
-        socket: &Path,
-        streaming: &AtomicBool,
-        stop: &AtomicBool,
-    ) -> Box<dyn FnOnce() + Send> {
+    fn keep_busy(&self, socket: &Path, busy: &Busy) -> Box<dyn FnOnce() + Send> {
         let mut opts = small_opts();
         opts.max_io = u64::from(BUSY_WRITE_LEN);
         opts.slots_per_queue = 32;
         let mut c = BlkClient::connect(socket, &opts).unwrap();
         let body = pattern(0, BUSY_WRITE_LEN as usize);
-        let done = keep_writing(&mut c.queue(0), &body, streaming, stop);
-        let image = self.image.clone();
+        let done = keep_writing(&mut c.queue(0), &body, busy);
+        let image = self.served().image.clone();
         Box::new(move || {
             eprintln!("{} writes completed", done.len());
             let failed: Vec<_> = done
@@ -150,7 +142,11 @@ impl Env for BlkEnv {
     }
 
     fn configure_unit(&self, vars: &mut BTreeMap<String, String>) {
-        set_example_var(vars, "VHOST_BLK_FILE", self.image.to_str().unwrap());
+        set_example_var(
+            vars,
+            "VHOST_BLK_FILE",
+            self.served().image.to_str().unwrap(),
+        );
     }
 
     fn assert_unit_options(&self, socket: &Path, _vars: &BTreeMap<String, String>) {
@@ -163,23 +159,25 @@ impl Env for BlkEnv {
     }
 }
 
-/// A connected `BlkClient`.
-struct BlkFrontend<'a> {
-    env: &'a BlkEnv,
-    c: BlkClient,
-}
+/// Through a `BlkClient`.
+impl Rounds for Image {
+    type Client = BlkClient;
 
-impl Frontend for BlkFrontend<'_> {
-    fn device(&mut self) -> &mut VuDevice {
-        self.c.device()
+    fn client(&self, socket: &Path) -> BlkClient {
+        BlkClient::connect(socket, &small_opts())
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()))
     }
 
-    fn serve(&mut self, round: u64) {
-        let cfg = self.c.config().unwrap();
+    fn device(c: &mut BlkClient) -> &mut VuDevice {
+        c.device()
+    }
+
+    fn serve(&self, c: &mut BlkClient, round: u64) {
+        let cfg = c.config().unwrap();
         assert_eq!(cfg.capacity, IMAGE_SIZE / SECTOR_SIZE, "round {round}");
-        let mut last = self.env.last.lock().unwrap();
+        let mut last = self.last.lock().unwrap();
         if let Some((sector, data)) = last.as_ref() {
-            let back = self.c.read(*sector, data.len() as u32).unwrap();
+            let back = c.read(*sector, data.len() as u32).unwrap();
             assert!(
                 back == *data,
                 "round {round}: the previous round's data at sector {sector} is gone"
@@ -187,17 +185,16 @@ impl Frontend for BlkFrontend<'_> {
         }
         let data = pattern(round as u32, 4096);
         let sector = (round % 1000) * 8;
-        self.c.write(sector, &data).unwrap();
-        assert_eq!(self.c.read(sector, 4096).unwrap(), data, "round {round}");
+        c.write(sector, &data).unwrap();
+        assert_eq!(c.read(sector, 4096).unwrap(), data, "round {round}");
         assert!(
-            host_read(&self.env.image, sector * SECTOR_SIZE, data.len()) == data,
+            host_read(&self.image, sector * SECTOR_SIZE, data.len()) == data,
             "round {round}: not on the image"
         );
         *last = Some((sector, data));
     }
 
-    fn exercise(&mut self, round: u64, after: &mut dyn FnMut(&str)) {
-        let c = &mut self.c;
+    fn exercise(&self, c: &mut BlkClient, round: u64, after: &mut dyn FnMut(&str)) {
         let base = EXERCISE_SECTOR;
         let data = vec![0xa5 ^ round as u8; 8192];
         c.write(base + 8, &data).unwrap();
@@ -215,8 +212,8 @@ impl Frontend for BlkFrontend<'_> {
         after("GET_ID");
     }
 
-    fn leave_in_flight(&mut self, round: u64) {
-        let mut q = self.c.queue(0);
+    fn leave_in_flight(&self, c: &mut BlkClient, round: u64) {
+        let mut q = c.queue(0);
         let mem = q.virtqueue().mem().clone();
         for i in 0..16u64 {
             let slot = q.peek_slot().unwrap();
@@ -249,14 +246,9 @@ struct Done {
 
 /// Keeps up to 32 writes of [`BUSY_WRITE_LEN`] in flight (write `i` goes
 /// to byte `i * BUSY_WRITE_LEN` and holds `stamped(body, i)`) until `stop`
-/// is set and no completion arrived for 100 ms; sets `streaming` after 64
-/// completions.
-fn keep_writing(
-    q: &mut BlkQueue<'_>,
-    body: &[u8],
-    streaming: &AtomicBool,
-    stop: &AtomicBool,
-) -> Vec<Done> {
+/// is told to stop and no completion arrived for 100 ms; tells `busy` that
+/// requests stream after 64 completions.
+fn keep_writing(q: &mut BlkQueue<'_>, body: &[u8], busy: &Busy) -> Vec<Done> {
     let max = IMAGE_SIZE / u64::from(BUSY_WRITE_LEN);
     let mem = q.virtqueue().mem().clone();
     let mut in_flight: HashMap<u16, u64> = HashMap::new();
@@ -265,7 +257,7 @@ fn keep_writing(
     let mut batch = Vec::new();
     let mut filled = HashSet::new();
     loop {
-        if !stop.load(Ordering::Acquire) {
+        if !busy.stopping() {
             let mut added = false;
             while in_flight.len() < 32 && next < max {
                 let Some(slot) = q.peek_slot() else { break };
@@ -291,9 +283,7 @@ fn keep_writing(
         batch.clear();
         match q.reap(Duration::from_millis(100), &mut batch) {
             Ok(()) => {}
-            Err(BlkError::Queue(QueueError::Timeout { .. })) if stop.load(Ordering::Acquire) => {
-                break
-            }
+            Err(BlkError::Queue(QueueError::Timeout { .. })) if busy.stopping() => break,
             Err(BlkError::Queue(QueueError::Timeout { .. })) => continue,
             Err(e) => panic!("reaping completions: {e}"),
         }
@@ -307,7 +297,7 @@ fn keep_writing(
             });
         }
         if done.len() >= 64 {
-            streaming.store(true, Ordering::Release);
+            busy.set_streaming();
         }
     }
     done
@@ -340,7 +330,7 @@ struct BlkRing {
 
 impl BlkRing {
     fn new(type_: u32) -> Self {
-        let env = BlkEnv::new("malformed");
+        let env = image_env("malformed");
         let mut cmd = BLK.socket_command(&env);
         cmd.args(["--num-queues", "2"]);
         let daemon = BLK.spawn(cmd, env.socket(), true);
@@ -421,7 +411,7 @@ impl Ring for BlkRing {
         }
         if self.type_ == req::OUT {
             assert_eq!(
-                host_read(&self.env.image, 0, 4096),
+                host_read(&self.env.served().image, 0, 4096),
                 vec![0u8; 4096],
                 "image written"
             );

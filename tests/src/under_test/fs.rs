@@ -8,7 +8,6 @@ use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use fuse_backend_rs::abi::fuse_abi::{EntryOut, Opcode, WriteIn, ROOT_ID};
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest};
-use super::{set_example_var, Contrib, DaemonUnderTest, Env, Frontend, Scratch};
+use super::{set_example_var, Busy, Contrib, DaemonUnderTest, Env, Fixture, Rounds, Scratch};
 use crate::device::VuDevice;
 use crate::fixture::Daemon;
 use crate::fs::wire::{Request, OUT_HEADER_LEN};
@@ -42,7 +41,7 @@ pub static FS: DaemonUnderTest = DaemonUnderTest {
         read_write_paths: true,
         watchdog: true,
     },
-    env: |test| Box::new(FsEnv::new(test)),
+    env: |test| Box::new(share_env(test)),
 };
 
 /// The line Kata's runtime waits for on stderr (with the dots).
@@ -56,55 +55,48 @@ const BUSY_WRITE_LEN: usize = 1024;
 const BUSY_DEPTH: usize = 16;
 
 /// A share with `hello.txt` in the test's directory.
-struct FsEnv {
-    scratch: Scratch,
-    share: PathBuf,
+#[derive(Debug)]
+pub struct Share {
+    /// The shared directory.
+    pub share: PathBuf,
     /// The file the last round made, and what it holds.
     last: Mutex<Option<(String, Vec<u8>)>>,
 }
 
-impl FsEnv {
-    fn new(test: &str) -> Self {
-        let scratch = Scratch::new("fs", test);
+impl Share {
+    /// `share/` holding `hello.txt` ([`HELLO`]) in `scratch`.
+    pub fn new(scratch: &Scratch) -> Self {
         let share = scratch.join("share");
         fs::create_dir(&share).unwrap();
         fs::write(share.join("hello.txt"), HELLO).unwrap();
-        FsEnv {
-            scratch,
+        Share {
             share,
             last: Mutex::new(None),
         }
     }
+}
 
-    fn client(socket: &Path) -> FsClient {
-        FsClient::connect(socket, FsOptions::default())
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}: {e:?}", socket.display()))
-    }
+/// The environment of [`FS`].
+pub type FsEnv = Fixture<Share>;
+
+/// A fresh [`FsEnv`]; `test` names its directory.
+pub fn share_env(test: &str) -> FsEnv {
+    Fixture::new("fs", test, Share::new)
+}
+
+/// A driver connected to `socket`, INIT done.
+fn client(socket: &Path) -> FsClient {
+    FsClient::connect(socket, FsOptions::default())
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}: {e:?}", socket.display()))
 }
 
 impl Env for FsEnv {
-    fn scratch(&self) -> &Scratch {
-        &self.scratch
-    }
-
     fn args(&self) -> Vec<OsString> {
-        vec!["--shared-dir".into(), self.share.clone().into()]
+        vec!["--shared-dir".into(), self.served().share.clone().into()]
     }
 
-    fn connect(&self, socket: &Path) -> Box<dyn Frontend + '_> {
-        Box::new(FsFrontend {
-            env: self,
-            fs: Self::client(socket),
-        })
-    }
-
-    fn keep_busy(
-        &self,
-        socket: &Path,
-        streaming: &AtomicBool,
-        stop: &AtomicBool,
-    ) -> Box<dyn FnOnce() + Send> {
-        let mut fs = Self::client(socket);
+    fn keep_busy(&self, socket: &Path, busy: &Busy) -> Box<dyn FnOnce() + Send> {
+        let mut fs = client(socket);
         let (e, open) = fs
             .create(ROOT_ID, "busy", libc::S_IFREG | 0o644, libc::O_WRONLY)
             .unwrap();
@@ -115,7 +107,7 @@ impl Env for FsEnv {
         let mut in_flight: HashMap<usize, u64> = HashMap::new();
         let (mut next, mut done, mut failed) = (0u64, Vec::new(), Vec::new());
         loop {
-            if !stop.load(Ordering::Acquire) {
+            if !busy.stopping() {
                 while in_flight.len() < BUSY_DEPTH {
                     let slot = (0..BUSY_DEPTH)
                         .find(|s| !in_flight.contains_key(s))
@@ -145,15 +137,15 @@ impl Env for FsEnv {
                         other => failed.push((index, format!("{other:?}"))),
                     }
                 }
-                Err(FsError::Timeout { .. }) if stop.load(Ordering::Acquire) => break,
+                Err(FsError::Timeout { .. }) if busy.stopping() => break,
                 Err(FsError::Timeout { .. }) => continue,
                 Err(e) => panic!("a WRITE reply: {e}"),
             }
             if done.len() >= 64 {
-                streaming.store(true, Ordering::Release);
+                busy.set_streaming();
             }
         }
-        let file = self.share.join("busy");
+        let file = self.served().share.join("busy");
         Box::new(move || {
             eprintln!("{} WRITEs completed", done.len());
             assert!(
@@ -178,12 +170,16 @@ impl Env for FsEnv {
     }
 
     fn configure_unit(&self, vars: &mut BTreeMap<String, String>) {
-        set_example_var(vars, "VIRTIOFSD_SHARED_DIR", self.share.to_str().unwrap());
+        set_example_var(
+            vars,
+            "VIRTIOFSD_SHARED_DIR",
+            self.served().share.to_str().unwrap(),
+        );
         vars.insert("VIRTIOFSD_TAG".into(), "from-unit".into());
     }
 
     fn assert_unit_options(&self, socket: &Path, _vars: &BTreeMap<String, String>) {
-        let mut c = Self::client(socket);
+        let mut c = client(socket);
         assert_eq!(c.tag(), Some("from-unit"));
         let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
         assert_eq!(entry.attr.size, HELLO.len() as u64);
@@ -213,22 +209,22 @@ fn stamped(len: usize, index: u64) -> Vec<u8> {
     pattern(index as u32 + 1, len)
 }
 
-/// A connected, initialised `FsClient`.
-struct FsFrontend<'a> {
-    env: &'a FsEnv,
-    fs: FsClient,
-}
+/// Through a connected, initialised `FsClient`.
+impl Rounds for Share {
+    type Client = FsClient;
 
-impl Frontend for FsFrontend<'_> {
-    fn device(&mut self) -> &mut VuDevice {
-        self.fs.device()
+    fn client(&self, socket: &Path) -> FsClient {
+        client(socket)
     }
 
-    fn serve(&mut self, round: u64) {
-        let fs = &mut self.fs;
+    fn device(fs: &mut FsClient) -> &mut VuDevice {
+        fs.device()
+    }
+
+    fn serve(&self, fs: &mut FsClient, round: u64) {
         // The handle stays open: the session's end must close it.
         assert_reads_hello(fs);
-        let mut last = self.env.last.lock().unwrap();
+        let mut last = self.last.lock().unwrap();
         if let Some((name, data)) = last.as_ref() {
             let e = fs
                 .lookup(ROOT_ID, name)
@@ -243,15 +239,14 @@ impl Frontend for FsFrontend<'_> {
         assert_eq!(fs.write(o.fh, e.nodeid, 0, &data).unwrap(), 4096);
         fs.release(o.fh, e.nodeid, libc::O_WRONLY).unwrap();
         assert!(
-            fs::read(self.env.share.join(&name)).unwrap() == data,
+            fs::read(self.share.join(&name)).unwrap() == data,
             "round {round}: {name} differs on the host"
         );
         *last = Some((name, data));
     }
 
-    fn exercise(&mut self, round: u64, after: &mut dyn FnMut(&str)) {
-        let fs = &mut self.fs;
-        let share = &self.env.share;
+    fn exercise(&self, fs: &mut FsClient, round: u64, after: &mut dyn FnMut(&str)) {
+        let share = &self.share;
         let dir = format!("exercise-{round}");
         let d = fs.mkdir(ROOT_ID, &dir, 0o755).unwrap();
         let (f, o) = fs
@@ -294,17 +289,17 @@ impl Frontend for FsFrontend<'_> {
         after("STATFS, GETATTR, UNLINK, RMDIR, FORGET");
     }
 
-    fn leave_in_flight(&mut self, round: u64) {
-        let mut p = self.fs.pipeline(16).unwrap();
+    fn leave_in_flight(&self, fs: &mut FsClient, round: u64) {
+        let mut p = fs.pipeline(16).unwrap();
         for slot in 0..16 {
             let req = if (slot as u64 + round) % 2 == 0 {
                 Request::lookup(ROOT_ID, b"hello.txt").unwrap()
             } else {
                 Request::getattr(ROOT_ID, None)
             };
-            p.send(&mut self.fs, slot, &req).unwrap();
+            p.send(fs, slot, &req).unwrap();
         }
-        p.kick(&mut self.fs).unwrap();
+        p.kick(fs).unwrap();
     }
 }
 
@@ -330,9 +325,9 @@ struct FsRing {
 
 impl FsRing {
     fn new() -> Self {
-        let env = FsEnv::new("malformed");
+        let env = share_env("malformed");
         let daemon = FS.start(&env);
-        let mut fs = FsEnv::client(env.socket());
+        let mut fs = client(env.socket());
         // A request the daemon should answer must come back soon; a hang
         // is a failure.
         fs.set_timeout(Duration::from_secs(5));
@@ -392,7 +387,7 @@ impl Ring for FsRing {
             .fs()
             .getattr(ROOT_ID, None)
             .unwrap_or_else(|e| panic!("GETATTR of the root: {e}"));
-        let share = fs::metadata(&self.env.share).unwrap();
+        let share = fs::metadata(&self.env.served().share).unwrap();
         assert_eq!(a.attr.ino, share.ino(), "the root is not the share");
     }
 
@@ -407,7 +402,7 @@ impl Ring for FsRing {
     fn reconnect_and_serve(&mut self) {
         // The daemon serves one frontend at a time: this one goes first.
         self.fs = None;
-        self.fs = Some(FsEnv::client(self.env.socket()));
+        self.fs = Some(client(self.env.socket()));
         self.assert_serves();
     }
 

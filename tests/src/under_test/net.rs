@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use vm_memory::GuestAddress;
 
 use super::rings::{Chain, Ring, RingUnderTest, FILL};
-use super::{set_example_var, Contrib, DaemonUnderTest, Env, Frontend, Scratch};
+use super::{set_example_var, Busy, Contrib, DaemonUnderTest, Env, Fixture, Rounds};
 use crate::device::VuDevice;
 use crate::fixture::{poll_until, Daemon, TempDir};
 use crate::net::frame::Mac;
@@ -26,7 +26,6 @@ use crate::net::tagged::{
 use crate::net::{NetClient, NetOptions, VirtioNetHdr};
 use crate::netns::{NetNs, PacketSocket};
 use crate::ours::vhost_net_daemon;
-use crate::process::without_systemd_env;
 use crate::tap::{link, recv_payload, udp, HostSide};
 use crate::virtqueue::{RawDesc, Used, VirtQueue, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
@@ -46,7 +45,7 @@ pub static NET: DaemonUnderTest = DaemonUnderTest {
         read_write_paths: false,
         watchdog: true,
     },
-    env: |test| Box::new(NetEnv::new(test)),
+    env: |test| Box::new(Fixture::new("net", test, |_| MultiQueueTap::new())),
 };
 
 /// The tap in each [`Env`]'s namespace.
@@ -60,40 +59,37 @@ const PAIRS: u16 = 2;
 /// `VIRTIO_NET_OK`.
 const OK: u8 = 0;
 
-/// A namespace with a multi-queue tap, and the test's directory.
-struct NetEnv {
+/// A namespace with a multi-queue tap.
+#[derive(Debug)]
+struct MultiQueueTap {
     ns: NetNs,
-    scratch: Scratch,
 }
 
-impl NetEnv {
-    fn new(test: &str) -> Self {
+impl MultiQueueTap {
+    fn new() -> Self {
         let ns = NetNs::new("vnd-dut").unwrap();
         ns.add_tap(ENV_TAP, true, None).unwrap();
-        NetEnv {
-            ns,
-            scratch: Scratch::new("net", test),
-        }
+        MultiQueueTap { ns }
     }
+}
 
-    /// A driver of `pairs` pairs with small rings (64 entries), so that
-    /// many connections stay cheap.
-    fn client(socket: &Path, pairs: u16) -> NetClient {
-        let mut opts = NetOptions {
-            pairs,
-            ..NetOptions::default()
-        };
-        opts.device.queue_size = 64;
-        NetClient::connect(socket, &opts)
-            .unwrap_or_else(|e| panic!("connecting to {}: {e:?}", socket.display()))
-    }
+/// The environment of [`NET`]: a namespace with a multi-queue tap, and
+/// the test's directory.
+type NetEnv = Fixture<MultiQueueTap>;
+
+/// A driver of `pairs` pairs with small rings (64 entries), so that many
+/// connections stay cheap.
+fn client(socket: &Path, pairs: u16) -> NetClient {
+    let mut opts = NetOptions {
+        pairs,
+        ..NetOptions::default()
+    };
+    opts.device.queue_size = 64;
+    NetClient::connect(socket, &opts)
+        .unwrap_or_else(|e| panic!("connecting to {}: {e:?}", socket.display()))
 }
 
 impl Env for NetEnv {
-    fn scratch(&self) -> &Scratch {
-        &self.scratch
-    }
-
     fn args(&self) -> Vec<OsString> {
         let pairs = PAIRS.to_string();
         [
@@ -108,27 +104,13 @@ impl Env for NetEnv {
         .to_vec()
     }
 
-    fn wrap(&self, program: &Path) -> Command {
-        let mut cmd = self.ns.command(program);
-        without_systemd_env(&mut cmd);
-        cmd
+    fn command_in(&self, program: &Path) -> Command {
+        self.served().ns.command(program)
     }
 
-    fn connect(&self, socket: &Path) -> Box<dyn Frontend + '_> {
-        Box::new(NetFrontend {
-            env: self,
-            net: Self::client(socket, PAIRS),
-        })
-    }
-
-    fn keep_busy(
-        &self,
-        socket: &Path,
-        streaming: &AtomicBool,
-        stop: &AtomicBool,
-    ) -> Box<dyn FnOnce() + Send> {
-        let mut net = Self::client(socket, PAIRS);
-        let host = HostSide::open(&self.ns, ENV_TAP);
+    fn keep_busy(&self, socket: &Path, busy: &Busy) -> Box<dyn FnOnce() + Send> {
+        let mut net = client(socket, PAIRS);
+        let host = HostSide::open(&self.served().ns, ENV_TAP);
         host.assert_exchange(&mut net, 0, ENV_GUEST_MAC, "before the flood");
         let sent = AtomicU64::new(0);
         let injected = AtomicU64::new(0);
@@ -141,13 +123,13 @@ impl Env for NetEnv {
         // or the daemon is gone.
         thread::scope(|scope| {
             scope.spawn(|| {
-                while !stop.load(Ordering::Acquire) {
+                while !busy.stopping() {
                     if host.socket().send(&rx_frame).is_ok() {
                         injected.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
-            'driver: while !stop.load(Ordering::Acquire) {
+            'driver: while !busy.stopping() {
                 for pair in 0..PAIRS {
                     let batch = [(hdr, &tx_frame[..]); 32];
                     match net.send_batch(pair, &batch) {
@@ -159,7 +141,7 @@ impl Env for NetEnv {
                 }
                 if sent.load(Ordering::Relaxed) >= 1000 && injected.load(Ordering::Relaxed) >= 1000
                 {
-                    streaming.store(true, Ordering::Release);
+                    busy.set_streaming();
                 }
             }
         });
@@ -169,7 +151,7 @@ impl Env for NetEnv {
 
     fn assert_left_alone(&self) {
         assert!(
-            link(&self.ns, ENV_TAP).is_some(),
+            link(&self.served().ns, ENV_TAP).is_some(),
             "the daemon removed a tap it did not create"
         );
     }
@@ -183,7 +165,7 @@ impl Env for NetEnv {
         let opts = &vars["VHOST_NET_OPTS"];
         let value = |name: &str| opts.split_whitespace().skip_while(|w| *w != name).nth(1);
         let pairs: u16 = value("--num-queue-pairs").map_or(1, |n| n.parse().unwrap());
-        let mut net = Self::client(socket, pairs);
+        let mut net = client(socket, pairs);
         let cfg = *net.config();
         assert_eq!(cfg.max_virtqueue_pairs.unwrap_or(1), pairs, "{opts}");
         let mac = cfg.mac.expect("VIRTIO_NET_F_MAC");
@@ -194,38 +176,33 @@ impl Env for NetEnv {
                 .collect();
             assert_eq!(mac.to_vec(), want, "{opts}");
         }
-        let host = HostSide::open(&self.ns, ENV_TAP);
+        let host = HostSide::open(&self.served().ns, ENV_TAP);
         for pair in 0..pairs {
             host.assert_exchange(&mut net, pair, mac, &format!("unit pair {pair}"));
         }
     }
 }
 
-/// A connected `NetClient` with both pairs.
-struct NetFrontend<'a> {
-    env: &'a NetEnv,
-    net: NetClient,
-}
+/// Through a `NetClient` with both pairs.
+impl Rounds for MultiQueueTap {
+    type Client = NetClient;
 
-impl Frontend for NetFrontend<'_> {
-    fn device(&mut self) -> &mut VuDevice {
-        self.net.device()
+    fn client(&self, socket: &Path) -> NetClient {
+        client(socket, PAIRS)
     }
 
-    fn serve(&mut self, round: u64) {
+    fn device(net: &mut NetClient) -> &mut VuDevice {
+        net.device()
+    }
+
+    fn serve(&self, net: &mut NetClient, round: u64) {
         let pair = (round % u64::from(PAIRS)) as u16;
-        let host = HostSide::open(&self.env.ns, ENV_TAP);
-        host.assert_exchange(
-            &mut self.net,
-            pair,
-            ENV_GUEST_MAC,
-            &format!("round {round}"),
-        );
+        let host = HostSide::open(&self.ns, ENV_TAP);
+        host.assert_exchange(net, pair, ENV_GUEST_MAC, &format!("round {round}"));
     }
 
-    fn exercise(&mut self, round: u64, after: &mut dyn FnMut(&str)) {
-        let host = HostSide::open(&self.env.ns, ENV_TAP);
-        let net = &mut self.net;
+    fn exercise(&self, net: &mut NetClient, round: u64, after: &mut dyn FnMut(&str)) {
+        let host = HostSide::open(&self.ns, ENV_TAP);
         for pair in 0..PAIRS {
             host.assert_exchange(
                 net,
@@ -259,7 +236,7 @@ impl Frontend for NetFrontend<'_> {
         after("RX modes");
     }
 
-    fn leave_in_flight(&mut self, round: u64) {
+    fn leave_in_flight(&self, net: &mut NetClient, round: u64) {
         let frame = udp(
             ENV_GUEST_MAC,
             [0x02, 0, 0, 0, 0, 0xfe],
@@ -267,7 +244,7 @@ impl Frontend for NetFrontend<'_> {
         );
         let batch = [(VirtioNetHdr::plain(), &frame[..]); 32];
         for pair in 0..PAIRS {
-            self.net.send_batch(pair, &batch).unwrap();
+            net.send_batch(pair, &batch).unwrap();
         }
     }
 }

@@ -9,7 +9,6 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use vu_driver::lifecycle::{
     WatchdogPid,
 };
 use vu_driver::process::{fd_count, fd_targets, serving_pid};
-use vu_driver::under_test::{DaemonUnderTest, Env, T};
+use vu_driver::under_test::{Busy, DaemonUnderTest, Env, T};
 
 /// How long a signalled daemon may take to exit ("within a second or so").
 const EXIT_DEADLINE: Duration = Duration::from_secs(2);
@@ -250,18 +249,17 @@ fn signal_with_requests_in_flight(d: &DaemonUnderTest, sig: libc::c_int) {
     let env = d.env("busy-signal");
     let socket = env.socket();
     let mut daemon = d.start(&*env);
-    let streaming = AtomicBool::new(false);
-    let stop = AtomicBool::new(false);
+    let flags = Busy::default();
     let (started, exit, busy) = thread::scope(|scope| {
-        let busy = scope.spawn(|| env.keep_busy(socket, &streaming, &stop));
+        let busy = scope.spawn(|| env.keep_busy(socket, &flags));
         // Signal while requests are streaming, not before the first one.
-        let started = poll_until(T, || streaming.load(Ordering::Acquire));
+        let started = poll_until(T, || flags.streaming());
         let t0 = Instant::now();
         daemon.signal(sig).unwrap();
         let status = daemon.wait_timeout(Duration::from_secs(5)).unwrap();
         let took = t0.elapsed();
         // The daemon is gone (or the test fails below): nothing more can complete.
-        stop.store(true, Ordering::Release);
+        flags.stop();
         (started, status.map(|s| (s, took)), busy.join())
     });
     let check_nothing_lost = busy.unwrap_or_else(|e| std::panic::resume_unwind(e));
