@@ -10,31 +10,21 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
 use vu_driver::contrib::{contrib, unit};
-use vu_driver::fixture::{create_sparse_image, TempDir};
 use vu_driver::ours::{run_to_exit, vhost_blk_daemon, BlkDaemonOpts};
 use vu_driver::process::Finished;
+use vu_driver::under_test::blk::{image_env, BlkEnv, IMAGE_SIZE};
+use vu_driver::under_test::Env as _;
 
-const IMAGE_SIZE: u64 = 16 << 20;
 const T: Duration = Duration::from_secs(10);
 
-/// A temporary directory with an image and a (not yet existing) socket path.
-struct Env {
-    dir: TempDir,
-    image: PathBuf,
-    socket: PathBuf,
-}
-
-fn env(name: &str) -> Env {
-    let dir = TempDir::new(&format!("blk-cli-{name}")).unwrap();
-    let image = dir.join("disk.img");
-    create_sparse_image(&image, IMAGE_SIZE).unwrap();
-    let socket = dir.join("blk.sock");
-    Env { dir, image, socket }
+/// A temporary directory with an image and a (not yet existing) socket
+/// path, as the daemons suites have.
+fn env(name: &str) -> BlkEnv {
+    image_env(&format!("cli-{name}"))
 }
 
 /// Runs the daemon with `args` until it exits (killed after 10 s).
@@ -47,12 +37,12 @@ where
 }
 
 /// `--socket-path SOCKET --blk-file IMAGE` followed by `extra`.
-fn args(e: &Env, extra: &[&str]) -> Vec<OsString> {
+fn args(e: &BlkEnv, extra: &[&str]) -> Vec<OsString> {
     let mut v: Vec<OsString> = vec![
         "--socket-path".into(),
-        e.socket.clone().into(),
+        e.socket().into(),
         "--blk-file".into(),
-        e.image.clone().into(),
+        e.served().image.clone().into(),
     ];
     v.extend(extra.iter().map(OsString::from));
     v
@@ -69,26 +59,26 @@ fn assert_refused(f: &Finished, codes: &[i32], culprits: &[&str]) -> String {
 #[test]
 fn missing_blk_file_option_is_a_usage_error() {
     let e = env("noblk");
-    let f = run(["--socket-path".into(), e.socket.clone().into_os_string()]);
+    let f = run(["--socket-path".into(), e.socket().as_os_str().to_owned()]);
     assert_refused(&f, &[2], &["--blk-file"]);
-    assert!(!e.socket.exists(), "socket created anyway");
+    assert!(!e.socket().exists(), "socket created anyway");
 }
 
 #[test]
 fn missing_blk_file_exits_1_naming_the_path() {
     let e = env("missing");
-    let missing = e.dir.join("no-such-dir").join("nothing.img");
+    let missing = e.dir().join("no-such-dir").join("nothing.img");
     let f = run([
         OsString::from("--socket-path"),
-        e.socket.clone().into(),
+        e.socket().into(),
         "--blk-file".into(),
         missing.clone().into(),
     ]);
     assert_refused(&f, &[1], &[missing.to_str().unwrap()]);
     assert!(
-        !e.socket.exists(),
+        !e.socket().exists(),
         "socket {} left behind",
-        e.socket.display()
+        e.socket().display()
     );
 }
 
@@ -97,15 +87,15 @@ fn directory_as_blk_file_exits_1_naming_it() {
     let e = env("dir");
     let f = run([
         OsString::from("--socket-path"),
-        e.socket.clone().into(),
+        e.socket().into(),
         "--blk-file".into(),
-        e.dir.path().into(),
+        e.dir().into(),
     ]);
-    assert_refused(&f, &[1], &[e.dir.path().to_str().unwrap()]);
+    assert_refused(&f, &[1], &[e.dir().to_str().unwrap()]);
     assert!(
-        !e.socket.exists(),
+        !e.socket().exists(),
         "socket {} left behind",
-        e.socket.display()
+        e.socket().display()
     );
 }
 
@@ -118,7 +108,7 @@ fn assert_option_refused(name: &str, cases: &[(&[&str], &[&str])]) {
         // A value clap refuses is a usage error (2); one checked later, a runtime error (1).
         let line = assert_refused(&f, &[1, 2], culprits);
         eprintln!("{extra:?}: {line}");
-        assert!(!e.socket.exists(), "{extra:?}: socket created anyway");
+        assert!(!e.socket().exists(), "{extra:?}: socket created anyway");
     }
 }
 
@@ -180,9 +170,9 @@ fn boundary_values_are_accepted_and_take_effect() {
         extra_args: vec!["--log-level".into(), "off".into()],
         ..BlkDaemonOpts::default()
     };
-    let mut d = vhost_blk_daemon(&e.image, &e.socket, &opts).unwrap();
+    let mut d = vhost_blk_daemon(&e.served().image, e.socket(), &opts).unwrap();
     {
-        let mut c = BlkClient::connect(&e.socket, &BlkOptions::default()).unwrap();
+        let mut c = BlkClient::connect(e.socket(), &BlkOptions::default()).unwrap();
         let cfg = c.config().unwrap();
         assert_eq!(cfg.num_queues, 64);
         assert_eq!(cfg.blk_size, 4096);
@@ -198,7 +188,7 @@ fn boundary_values_are_accepted_and_take_effect() {
         logical_block_size: Some(512),
         ..BlkDaemonOpts::default()
     };
-    let mut d = vhost_blk_daemon(&e.image, &e.socket, &opts).unwrap();
+    let mut d = vhost_blk_daemon(&e.served().image, e.socket(), &opts).unwrap();
     assert!(d.stop().unwrap().success());
 }
 

@@ -13,40 +13,30 @@
 //! (namespace) and seccomp filter (kill) unless a command line says otherwise.
 
 use std::ffi::OsString;
-use std::fs;
+
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{EntryOut, ROOT_ID};
 use vu_driver::contrib::unit;
-use vu_driver::fixture::{find_binary, Daemon, Readiness, TempDir};
+use vu_driver::fixture::{find_binary, Daemon, Readiness};
 use vu_driver::fs::{FsClient, FsOptions};
 use vu_driver::ours::{bare_command, run_to_exit, spawn_virtiofsd, virtiofsd_command};
 use vu_driver::process::{inherit_fd_as, without_systemd_env, Finished};
-use vu_driver::under_test::fs::{assert_reads_hello, HELLO, READY_LINE};
+use vu_driver::under_test::fs::{assert_reads_hello, share_env, FsEnv, HELLO, READY_LINE};
+use vu_driver::under_test::Env as _;
 
 const T: Duration = Duration::from_secs(10);
 /// How long a signalled daemon may take to exit.
 const EXIT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// A temporary directory with a share holding `hello.txt` and a (not yet
-/// existing) socket path.
-struct Env {
-    dir: TempDir,
-    share: PathBuf,
-    socket: PathBuf,
-}
-
-fn env(name: &str) -> Env {
-    let dir = TempDir::new(&format!("fs-cli-{name}")).unwrap();
-    let share = dir.join("share");
-    fs::create_dir(&share).unwrap();
-    fs::write(share.join("hello.txt"), HELLO).unwrap();
-    let socket = dir.join("fs.sock");
-    Env { dir, share, socket }
+/// existing) socket path, as the daemons suites have.
+fn env(name: &str) -> FsEnv {
+    share_env(&format!("cli-{name}"))
 }
 
 fn daemon_command() -> Command {
@@ -66,12 +56,12 @@ where
 /// descriptor `fd`, as Kata's Go runtime and libvirt do; ready when the log
 /// shows [`READY_LINE`]. Our copy of the listener is closed once the daemon
 /// is up, so only the daemon listens.
-fn spawn_with_listener(mut cmd: Command, e: &Env, fd: i32) -> Daemon {
-    let listener = UnixListener::bind(&e.socket).unwrap();
+fn spawn_with_listener(mut cmd: Command, e: &FsEnv, fd: i32) -> Daemon {
+    let listener = UnixListener::bind(e.socket()).unwrap();
     inherit_fd_as(&mut cmd, listener.as_raw_fd(), fd);
     let ready = [Readiness::LogLine(READY_LINE.to_string())];
-    let d =
-        Daemon::spawn("virtiofsd", cmd, &e.socket, &ready, T).unwrap_or_else(|err| panic!("{err}"));
+    let d = Daemon::spawn("virtiofsd", cmd, e.socket(), &ready, T)
+        .unwrap_or_else(|err| panic!("{err}"));
     drop(listener);
     d
 }
@@ -104,13 +94,13 @@ fn assert_no_panic(d: &Daemon) {
 
 /// Stops a daemon serving an inherited socket: exit 0 on SIGTERM, and the
 /// socket file, which the daemon did not create, is left alone.
-fn stop_inherited(d: &mut Daemon, e: &Env) {
+fn stop_inherited(d: &mut Daemon, e: &FsEnv) {
     let status = sigterm(d);
     assert!(status.success(), "exit status {status}");
     assert!(
-        e.socket.exists(),
+        e.socket().exists(),
         "the daemon removed {}, a socket it did not create",
-        e.socket.display()
+        e.socket().display()
     );
     assert_no_panic(d);
 }
@@ -121,7 +111,7 @@ fn stop_inherited(d: &mut Daemon, e: &Env) {
 /// is a tmpfs of symlinks to the real `/dev` entries, plus `/dev/log` ->
 /// `dev_log` if given (and no `/dev/log` otherwise), whatever the host has.
 /// Its stdout goes to /dev/null, so the log shows what it wrote on stderr.
-fn with_private_dev(cmd: &Command, e: &Env, dev_log: Option<&Path>) -> Command {
+fn with_private_dev(cmd: &Command, e: &FsEnv, dev_log: Option<&Path>) -> Command {
     const SCRIPT: &str = r#"set -e
 real="$VUTEST_REAL_DEV"
 mkdir -p "$real"
@@ -147,7 +137,7 @@ exec "$@" >/dev/null
     ])
     .arg(cmd.get_program())
     .args(cmd.get_args())
-    .env("VUTEST_REAL_DEV", e.dir.join("real-dev"))
+    .env("VUTEST_REAL_DEV", e.dir().join("real-dev"))
     .env(
         "VUTEST_DEV_LOG",
         dev_log.map(Path::as_os_str).unwrap_or_default(),
@@ -157,9 +147,9 @@ exec "$@" >/dev/null
 }
 
 /// Kata's Rust runtime command line, unchanged (socket as fd 3).
-fn kata_rust_args(e: &Env) -> Vec<OsString> {
+fn kata_rust_args(e: &FsEnv) -> Vec<OsString> {
     let mut shared = OsString::from("--shared-dir=");
-    shared.push(&e.share);
+    shared.push(&e.served().share);
     vec![
         "--syslog".into(),
         "--cache=auto".into(),
@@ -173,14 +163,14 @@ fn kata_rust_args(e: &Env) -> Vec<OsString> {
 #[test]
 fn kata_rust_command_line_serves_and_logs_to_dev_log() {
     let e = env("kata-rust");
-    let syslog_path = e.dir.join("syslog.sock");
+    let syslog_path = e.dir().join("syslog.sock");
     let syslog = UnixDatagram::bind(&syslog_path).unwrap();
     let mut inner = daemon_command();
     inner.args(kata_rust_args(&e));
     let cmd = with_private_dev(&inner, &e, Some(&syslog_path));
     let mut d = spawn_with_listener(cmd, &e, 3);
 
-    let entry = assert_serves(&e.socket);
+    let entry = assert_serves(e.socket());
     // --cache=auto: names and attributes are cached for 1 s.
     assert_eq!((entry.entry_valid, entry.attr_valid), (1, 1), "{entry:?}");
 
@@ -227,7 +217,7 @@ fn kata_rust_command_line_without_dev_log_serves_and_logs_to_stderr() {
     inner.args(kata_rust_args(&e));
     let cmd = with_private_dev(&inner, &e, None);
     let mut d = spawn_with_listener(cmd, &e, 3);
-    assert_serves(&e.socket);
+    assert_serves(e.socket());
     let log = d.log_contents();
     let warnings: Vec<&str> = log
         .lines()
@@ -249,30 +239,30 @@ fn kata_legacy_command_line_serves() {
     let e = env("kata-legacy");
     let mut cmd = daemon_command();
     let mut source = OsString::from("source=");
-    source.push(&e.share);
+    source.push(&e.served().share);
     cmd.arg("--fd=3")
         .arg("-o")
         .arg(source)
         .args(["-o", "cache=auto", "-o", "announce_submounts"]);
     let mut d = spawn_with_listener(cmd, &e, 3);
-    let entry = assert_serves(&e.socket);
+    let entry = assert_serves(e.socket());
     assert_eq!((entry.entry_valid, entry.attr_valid), (1, 1), "{entry:?}");
     // A second frontend after the first left.
-    assert_serves(&e.socket);
+    assert_serves(e.socket());
     stop_inherited(&mut d, &e);
 }
 
 /// libvirt's command line: `--fd=N -o source=DIR,<opts>` (one `-o`).
-fn libvirt(name: &str, opts: &str) -> (Env, Daemon, EntryOut) {
+fn libvirt(name: &str, opts: &str) -> (FsEnv, Daemon, EntryOut) {
     let e = env(name);
     let mut o = OsString::from("source=");
-    o.push(&e.share);
+    o.push(&e.served().share);
     o.push(",");
     o.push(opts);
     let mut cmd = daemon_command();
     cmd.arg("--fd=23").arg("-o").arg(o);
     let d = spawn_with_listener(cmd, &e, 23);
-    let entry = assert_serves(&e.socket);
+    let entry = assert_serves(e.socket());
     (e, d, entry)
 }
 
@@ -308,8 +298,8 @@ fn libvirt_command_line_cache_none_serves() {
 
 /// `--socket-path SOCKET --shared-dir SHARE` (unless `shared` is None),
 /// then `extra`.
-fn args(e: &Env, shared: Option<&Path>, extra: &[&str]) -> Vec<OsString> {
-    let mut v: Vec<OsString> = vec!["--socket-path".into(), e.socket.clone().into()];
+fn args(e: &FsEnv, shared: Option<&Path>, extra: &[&str]) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec!["--socket-path".into(), e.socket().into()];
     if let Some(dir) = shared {
         v.push("--shared-dir".into());
         v.push(dir.into());
@@ -320,13 +310,13 @@ fn args(e: &Env, shared: Option<&Path>, extra: &[&str]) -> Vec<OsString> {
 
 /// Runs the daemon with `args` and checks that it is refused with one of
 /// `codes`, naming `culprits`, and creates no socket.
-fn assert_refused(e: &Env, args: Vec<OsString>, codes: &[i32], culprits: &[&str]) {
+fn assert_refused(e: &FsEnv, args: Vec<OsString>, codes: &[i32], culprits: &[&str]) {
     let f = run(args.clone());
     let line = f
         .refusal(codes, culprits)
         .unwrap_or_else(|m| panic!("{args:?}: {m}"));
     eprintln!("{args:?}: {line}");
-    assert!(!e.socket.exists(), "{args:?}: socket created anyway");
+    assert!(!e.socket().exists(), "{args:?}: socket created anyway");
     assert!(
         !f.stderr.contains(READY_LINE),
         "{args:?}: ready line printed:\n{}",
@@ -343,7 +333,10 @@ fn missing_shared_dir_is_a_usage_error() {
 #[test]
 fn shared_dir_that_is_a_file_or_missing_is_refused_naming_it() {
     let e = env("notdir");
-    for dir in [e.share.join("hello.txt"), e.dir.join("no-such-dir")] {
+    for dir in [
+        e.served().share.join("hello.txt"),
+        e.dir().join("no-such-dir"),
+    ] {
         assert_refused(
             &e,
             args(&e, Some(&dir), &[]),
@@ -356,7 +349,7 @@ fn shared_dir_that_is_a_file_or_missing_is_refused_naming_it() {
 #[test]
 fn legacy_flock_is_unsupported_and_bogus_is_unknown() {
     let e = env("legacy-bad");
-    let share = Some(e.share.as_path());
+    let share = Some(e.served().share.as_path());
     assert_refused(
         &e,
         args(&e, share, &["-o", "flock"]),
@@ -384,7 +377,7 @@ fn thread_pool_size_past_256_is_refused() {
     let extra = ["--thread-pool-size", "257"];
     assert_refused(
         &e,
-        args(&e, Some(&e.share), &extra),
+        args(&e, Some(&e.served().share), &extra),
         &[1, 2],
         &["--thread-pool-size", "257"],
     );
@@ -396,21 +389,21 @@ fn tag_of_37_bytes_is_refused_and_36_is_served() {
     let tag37 = "t".repeat(37);
     assert_refused(
         &e,
-        args(&e, Some(&e.share), &["--tag", &tag37]),
+        args(&e, Some(&e.served().share), &["--tag", &tag37]),
         &[2],
         &["--tag"],
     );
     assert_refused(
         &e,
-        args(&e, Some(&e.share), &["--tag", ""]),
+        args(&e, Some(&e.served().share), &["--tag", ""]),
         &[2],
         &["--tag"],
     );
 
     let tag36 = "0123456789abcdefghijklmnopqrstuvwxyz";
-    let cmd = virtiofsd_command(&e.share, &e.socket, &["--tag", tag36]).unwrap();
-    let mut d = spawn_virtiofsd(cmd, &e.socket).unwrap();
-    let c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
+    let cmd = virtiofsd_command(&e.served().share, e.socket(), &["--tag", tag36]).unwrap();
+    let mut d = spawn_virtiofsd(cmd, e.socket()).unwrap();
+    let c = FsClient::connect(e.socket(), FsOptions::default()).unwrap();
     assert_eq!(c.tag(), Some(tag36), "GET_CONFIG tag");
     assert_eq!(c.config_num_request_queues(), Some(1));
     drop(c);
@@ -426,21 +419,21 @@ fn tag_of_37_bytes_is_refused_and_36_is_served() {
 fn sigterm_while_connected_without_sandbox_exits_0_and_removes_the_socket() {
     let e = env("term-connected");
     let cmd = virtiofsd_command(
-        &e.share,
-        &e.socket,
+        &e.served().share,
+        e.socket(),
         &["--sandbox", "none", "--seccomp", "none"],
     )
     .unwrap();
-    let mut d = spawn_virtiofsd(cmd, &e.socket).unwrap_or_else(|err| panic!("{err}"));
-    let mut c = FsClient::connect(&e.socket, FsOptions::default()).unwrap();
+    let mut d = spawn_virtiofsd(cmd, e.socket()).unwrap_or_else(|err| panic!("{err}"));
+    let mut c = FsClient::connect(e.socket(), FsOptions::default()).unwrap();
     let entry = c.lookup(ROOT_ID, "hello.txt").unwrap();
     assert_eq!(entry.attr.size, HELLO.len() as u64);
     let status = sigterm(&mut d);
     assert!(status.success(), "exit status {status}");
     assert!(
-        !e.socket.exists(),
+        !e.socket().exists(),
         "socket {} left behind",
-        e.socket.display()
+        e.socket().display()
     );
     assert_no_panic(&d);
     drop(c);
