@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::memory;
@@ -110,22 +110,44 @@ where
 }
 
 /// Whether the driver's avail index is at most a queue ahead of what was
-/// taken. One that ran further is a broken ring: logged once (`broken`
-/// remembers it per queue) and left alone until it is set up again.
+/// taken, and the ring's entries can be read. One that ran further, or
+/// whose entries cannot be read (an avail ring at guest address 0, which
+/// `virtio-queue` refuses to walk, or one whose index is in guest memory
+/// but whose entries are not), is a broken ring: logged once (`broken`
+/// remembers it per queue) and left alone until it is set up again. A
+/// ring whose entries cannot be read yields no chain while its index says
+/// there are some, so with EVENT_IDX the drain loops (which look again
+/// whenever `enable_notification` reports entries) would spin on it.
 pub fn avail_sane(q: usize, queue: &Queue, mem: &Mem, broken: &AtomicBool) -> io::Result<bool> {
     let avail = queue
         .avail_idx(mem, Ordering::Acquire)
         .map_err(io::Error::other)?;
     let pending = avail.0.wrapping_sub(queue.next_avail());
-    if pending > queue.size() {
+    let ring = queue.avail_ring();
+    // flags, idx, then the entries (le16 each).
+    let entries = 2 * usize::from(queue.size());
+    let readable = ring != 0
+        && ring
+            .checked_add(4)
+            .is_some_and(|at| mem.check_range(GuestAddress(at), entries));
+    if pending > queue.size() || !readable {
         if !broken.swap(true, Ordering::Relaxed) {
-            log::error!(
-                "queue {q}: avail.idx {} is {pending} entries ahead of {} on a queue of {}; \
-                 queue ignored until it is set up again",
-                avail.0,
-                queue.next_avail(),
-                queue.size()
-            );
+            if readable {
+                log::error!(
+                    "queue {q}: avail.idx {} is {pending} entries ahead of {} on a queue of {}; \
+                     queue ignored until it is set up again",
+                    avail.0,
+                    queue.next_avail(),
+                    queue.size()
+                );
+            } else {
+                log::error!(
+                    "queue {q}: the entries of the avail ring at {ring:#x} (a queue of {}) are \
+                     not all in guest memory, or the ring is at address 0; queue ignored until \
+                     it is set up again",
+                    queue.size()
+                );
+            }
         }
         return Ok(false);
     }
@@ -428,6 +450,39 @@ mod tests {
         assert!(e.to_string().contains("memory region 0"), "{e}");
         let batch = rings.batch().expect("the old map stays");
         assert_eq!(batch.mem().iter().map(|r| r.len()).sum::<u64>(), 0x1000);
+    }
+
+    /// A ring whose avail index says there are entries but whose entries
+    /// cannot be read (at guest address 0, which virtio-queue does not
+    /// walk, or running off the end of memory) made the EVENT_IDX drain
+    /// loops spin forever: no chain came off it, and `enable_notification`
+    /// kept reporting entries (found by the `split_ring` fuzz target).
+    #[test]
+    fn an_unreadable_avail_ring_is_left_alone_not_spun_on() {
+        // (desc, avail, used); avail.idx is 1.
+        for (desc, avail, used) in [(0x1000, 0, 0x2000), (0, 0xfffc, 0x1000)] {
+            let mem = map(&[(0, 0x10000)]);
+            vm_memory::Bytes::write_obj(&mem, 1u16, GuestAddress(avail + 2)).unwrap();
+            let atomic = GuestMemoryAtomic::new(mem);
+            let vring = Vring::new(atomic.clone(), 256).unwrap();
+            vring.set_queue_size(4);
+            vring.set_queue_info(desc, avail, used).unwrap();
+            vring.set_queue_event_idx(true);
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            let mem = atomic.memory().into_inner();
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let broken = AtomicBool::new(false);
+                let r = drain(0, &vring, &mem, true, Duration::ZERO, &broken, |_| 0);
+                let d = drain_deferred(0, &vring, &mem, true, &broken, |_| {});
+                let _ = done_tx.send((r.is_ok(), d.is_ok(), broken.load(Ordering::Relaxed)));
+            });
+            let got = done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("draining the ring at {avail:#x} never returned"));
+            assert_eq!(got, (true, true, true), "ring at {avail:#x}");
+        }
     }
 
     #[test]
