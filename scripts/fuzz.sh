@@ -29,7 +29,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     minutes=$1
     shift
 fi
-ALL=(blk_request net_tx net_ctrl fs_request vmm_http virtio_pci_regs msix)
+ALL=(blk_request net_tx net_ctrl fs_request vmm_http virtio_pci_regs msix vhost_user_msg split_ring)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${ALL[@]}")
 for t in "${targets[@]}"; do

@@ -1,10 +1,14 @@
 //! What the fuzz targets share: guest memory and a split ring laid out
-//! from the input ([`ring`]), a reader of fuzzer bytes ([`Input`]), and
-//! the seed inputs (`seeds`, written by `examples/seeds.rs`).
+//! from the input ([`ring`]), a ring of any geometry ([`split`], for
+//! `split_ring`), a frontend's script of vhost-user messages ([`vu`], for
+//! `vhost_user_msg`), a reader of fuzzer bytes ([`Input`]), and the seed
+//! inputs (`seeds`, written by `examples/seeds.rs`).
 
 pub mod fuse;
 pub mod ring;
 pub mod seeds;
+pub mod split;
+pub mod vu;
 
 /// Reads little-endian fields off the fuzzer's bytes; past the end every
 /// read is `None`.

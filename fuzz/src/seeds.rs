@@ -3,6 +3,7 @@
 
 use crate::fuse::{body, init_message, message};
 use crate::ring::Layout;
+use crate::vu::{self, FdKind, Script};
 
 /// One seed: its file name and bytes.
 pub type Seed = (String, Vec<u8>);
@@ -599,6 +600,297 @@ pub fn msix() -> Vec<Seed> {
     vec![("program_and_trigger".into(), s)]
 }
 
+/// Guest memory of the `vhost_user_msg` seeds: the guest memfd mapped at
+/// guest address 0, at this address in the frontend.
+const VU_USER: u64 = 0x7f00_0000_0000;
+/// Where a queue's rings and buffers are: queue `q` at `q * VU_QUEUE`.
+const VU_QUEUE: u64 = 0x4000;
+
+/// A blk chain in guest memory for queue `q`'s ring of 8 (desc table at
+/// `q * VU_QUEUE`, avail + 0x100, used + 0x200, buffers + 0x1000): `ty`
+/// at `sector`, `data` bytes (readable for a write, else writable space
+/// of that length), a status byte; made available as entry `n`.
+fn vu_blk_chain(s: &mut Script, q: u64, n: u16, ty: u32, sector: u64, data: &[u8], write: bool) {
+    let base = q * VU_QUEUE;
+    let buf = base + 0x1000 + 0x800 * u64::from(n);
+    let (h, d, st) = (buf, buf + 0x10, buf + 0x10 + data.len() as u64);
+    s.poke(h as u16, &blk_header(ty, sector));
+    if write {
+        s.poke(d as u16, data);
+    }
+    let d_flags = if write { NEXT } else { NEXT | WRITE };
+    let mut descs = Vec::new();
+    let first = 3 * n;
+    let mut parts = vec![(h, 16u32, NEXT)];
+    if !data.is_empty() {
+        parts.push((d, data.len() as u32, d_flags));
+    }
+    parts.push((st, 1, WRITE));
+    for (k, &(addr, len, flags)) in parts.iter().enumerate() {
+        let last = k + 1 == parts.len();
+        let next = if last { 0 } else { first + k as u16 + 1 };
+        let flags = if last { flags & !NEXT } else { flags };
+        descs.extend_from_slice(&addr.to_le_bytes());
+        descs.extend_from_slice(&len.to_le_bytes());
+        descs.extend_from_slice(&flags.to_le_bytes());
+        descs.extend_from_slice(&next.to_le_bytes());
+    }
+    s.poke((base + 16 * u64::from(first)) as u16, &descs);
+    s.poke(
+        (base + 0x100 + 4 + 2 * u64::from(n)) as u16,
+        &first.to_le_bytes(),
+    );
+    s.poke((base + 0x100 + 2) as u16, &(n + 1).to_le_bytes());
+}
+
+/// Negotiation as a frontend does it: features (`event_idx`), protocol
+/// features, owner, config, the guest memfd as the memory table.
+fn vu_negotiate(s: &mut Script, read_only: bool, queues: u16, event_idx: bool) {
+    use vu::req::*;
+    let config = vhost_blk_daemon::config::DeviceConfig::new(0x10000, 512, queues, 128, read_only);
+    let mut features = config.features();
+    if !event_idx {
+        features &= !(1 << 29);
+    }
+    let protocol = (1u64 << 0) | (1 << 3) | (1 << 9) | (1 << 15);
+    s.msg(GET_FEATURES, &[])
+        .msg(SET_FEATURES, &features.to_le_bytes())
+        .msg(GET_PROTOCOL_FEATURES, &[])
+        .msg(SET_PROTOCOL_FEATURES, &protocol.to_le_bytes())
+        .msg(SET_OWNER, &[])
+        .msg(GET_QUEUE_NUM, &[])
+        .msg(GET_MAX_MEM_SLOTS, &[]);
+    let mut get_config = vu::body(&[(0, 4), (60, 4), (0, 4)]);
+    get_config.resize(12 + 60, 0);
+    s.msg(GET_CONFIG, &get_config);
+    let table = vu::mem_table(&[vu::region(0, vu::GUEST_LEN, VU_USER, 0)]);
+    s.msg_fds(SET_MEM_TABLE, &table, 1, FdKind::Guest);
+}
+
+/// Sets up queue `q` (size 8, rings at `q * VU_QUEUE`); its call and
+/// kick eventfds are the frontend's `2q`th and `2q + 1`th.
+fn vu_queue(s: &mut Script, q: u32, enable: bool) {
+    use vu::req::*;
+    let base = VU_USER + u64::from(q) * VU_QUEUE;
+    s.msg(SET_VRING_NUM, &vu::vring_state(q, 8))
+        .msg(
+            SET_VRING_ADDR,
+            &vu::vring_addr(q, base, base + 0x200, base + 0x100),
+        )
+        .msg(SET_VRING_BASE, &vu::vring_state(q, 0))
+        .msg_fds(
+            SET_VRING_CALL,
+            &u64::from(q).to_le_bytes(),
+            1,
+            FdKind::Event,
+        )
+        .msg_fds(
+            SET_VRING_KICK,
+            &u64::from(q).to_le_bytes(),
+            1,
+            FdKind::Event,
+        );
+    if enable {
+        s.msg(SET_VRING_ENABLE, &vu::vring_state(q, 1));
+    }
+}
+
+/// vhost-blk-daemon connections: a frontend setting up queues and
+/// kicking requests, and hostile ones.
+pub fn vhost_user_msg() -> Vec<Seed> {
+    use vu::req::*;
+    let mut seeds = Vec::new();
+
+    let mut s = Script::new(0);
+    vu_negotiate(&mut s, false, 1, true);
+    vu_queue(&mut s, 0, true);
+    vu_blk_chain(&mut s, 0, 0, 0, 1, &[0; 512], false);
+    s.kick(1).msg(GET_FEATURES, &[]);
+    vu_blk_chain(&mut s, 0, 1, 1, 2, &[0x5a; 1024], true);
+    s.kick(1).msg(GET_VRING_BASE, &vu::vring_state(0, 0));
+    seeds.push(("read_write".into(), s.finish()));
+
+    // QEMU's vhost-user-net order through the relay: rings enabled before
+    // SET_FEATURES; two queues; requests on queue 1.
+    let mut s = Script::new(2 | 4);
+    s.msg(GET_FEATURES, &[])
+        .msg(SET_VRING_ENABLE, &vu::vring_state(0, 1))
+        .msg(SET_VRING_ENABLE, &vu::vring_state(1, 1));
+    vu_negotiate(&mut s, false, 2, false);
+    vu_queue(&mut s, 0, false);
+    vu_queue(&mut s, 1, true);
+    vu_blk_chain(&mut s, 1, 0, 1, 0, &[7; 512], true);
+    vu_blk_chain(&mut s, 1, 1, 4, 0, &[], false);
+    s.kick(3)
+        .msg(GET_FEATURES, &[])
+        .msg(RESET_OWNER, &[])
+        .msg(SET_OWNER, &[]);
+    seeds.push(("relay_two_queues".into(), s.finish()));
+
+    let mut s = Script::new(8 | 1);
+    vu_negotiate(&mut s, true, 1, true);
+    vu_queue(&mut s, 0, true);
+    vu_blk_chain(&mut s, 0, 0, 0, 0, &[0; 4096], false);
+    vu_blk_chain(&mut s, 0, 1, 1, 0, &[1; 512], true);
+    s.kick(1)
+        .msg(GET_FEATURES, &[])
+        .msg(GET_VRING_BASE, &vu::vring_state(0, 0));
+    seeds.push(("io_uring_read_only".into(), s.finish()));
+
+    // A memory region larger than its memfd (refused: SIGBUS otherwise).
+    let mut s = Script::new(0);
+    vu_negotiate(&mut s, false, 1, false);
+    let table = vu::mem_table(&[vu::region(0, 0x10000, VU_USER, 0)]);
+    s.msg_fds(SET_MEM_TABLE, &table, 1, FdKind::Small);
+    seeds.push(("region_past_fd".into(), s.finish()));
+
+    // Regions added and removed one by one, one behind a pipe.
+    let mut s = Script::new(0);
+    vu_negotiate(&mut s, false, 1, false);
+    let mut add = 0u64.to_le_bytes().to_vec();
+    add.extend_from_slice(&vu::region(0x100000, 0x1000, VU_USER + 0x100000, 0));
+    s.msg_fds(ADD_MEM_REG, &add, 1, FdKind::Small)
+        .msg_fds(REM_MEM_REG, &add, 1, FdKind::Small)
+        .msg_fds(ADD_MEM_REG, &add, 1, FdKind::Pipe);
+    seeds.push(("add_rem_mem_reg".into(), s.finish()));
+
+    // 33 descriptors on one message; a config write; a ring whose size
+    // is not a power of two; an inflight request; a header whose body
+    // is longer than what follows.
+    let mut s = Script::new(4);
+    s.raw(GET_FEATURES, 1, &[], (33, FdKind::Event), true);
+    seeds.push(("fds_33_relay".into(), s.finish()));
+    let mut s = Script::new(0);
+    vu_negotiate(&mut s, false, 1, true);
+    let mut set_config = vu::body(&[(0, 4), (4, 4), (0, 4)]);
+    set_config.extend_from_slice(&[1, 2, 3, 4]);
+    s.msg(SET_CONFIG, &set_config);
+    seeds.push(("set_config".into(), s.finish()));
+    let mut s = Script::new(0);
+    vu_negotiate(&mut s, false, 1, true);
+    s.msg(SET_VRING_NUM, &vu::vring_state(0, 7)).msg(
+        SET_VRING_ADDR,
+        &vu::vring_addr(0, VU_USER, VU_USER + 0x200, VU_USER + 0x100),
+    );
+    seeds.push(("vring_num_7".into(), s.finish()));
+    let mut s = Script::new(0);
+    vu_negotiate(&mut s, false, 1, true);
+    s.msg(
+        GET_INFLIGHT_FD,
+        &vu::body(&[(0, 8), (0, 8), (1, 2), (8, 2)]),
+    )
+    .msg_fds(SET_VRING_ERR, &0u64.to_le_bytes(), 1, FdKind::Event)
+    .raw(SET_VRING_NUM, 1, &[0, 0, 0], (0, FdKind::Event), true)
+    .msg(GET_FEATURES, &[]);
+    seeds.push(("short_body".into(), s.finish()));
+    seeds
+}
+
+/// Split rings: well formed ones at odd places, and what a hostile
+/// driver writes (loops, buffers out of memory or across its hole,
+/// huge lengths, nested and empty indirect tables, an avail index far
+/// ahead, a used ring over the avail ring).
+pub fn split_ring() -> Vec<Seed> {
+    use crate::split::{Handler, Header, SplitImage, INDIRECT as IND, NEXT as N, WRITE as W};
+    let header = |handler, size: u16, desc: u64, avail: u64, used: u64, next: u16| Header {
+        handler,
+        event_idx: false,
+        read_only: false,
+        size,
+        desc,
+        avail,
+        used,
+        next_avail: next,
+        next_used: next,
+    };
+    let mut seeds = Vec::new();
+
+    // Three chains: direct, across the top of region 0 into the hole's
+    // far side (refused), and indirect.
+    let mut img = SplitImage::new(header(Handler::Walker, 16, 0x2000, 0x2400, 0x2800, 0));
+    img.desc(0x2000, 0, 0x3000, 40, N, 1)
+        .desc(0x2000, 1, 0x3100, 64, W, 0)
+        .desc(0x2000, 2, 0xbff0, 0x20, N, 3)
+        .desc(0x2000, 3, 0xd000, 0x100, W, 0)
+        .desc(0x2000, 4, 0x3200, 48, IND, 0)
+        .desc(0x3200, 0, 0xd100, 0x200, N, 1)
+        .desc(0x3200, 1, 0x3400, 0x10, N | W, 2)
+        .desc(0x3200, 2, 0x3500, 1, W, 0)
+        .put(0x3000, b"the readable bytes of chain zero, forty.")
+        .put(0xd100, &[0x3c; 0x200])
+        .avail(3, &[0, 2, 4]);
+    seeds.push(("walker".into(), img.finish()));
+
+    let mut deferred = img.clone();
+    let mut h = header(Handler::Deferred, 16, 0x2000, 0x2400, 0x2800, 0);
+    h.event_idx = true;
+    deferred.header = h;
+    seeds.push(("deferred_event_idx".into(), deferred.finish()));
+
+    // A blk read and write at a wrapped ring state.
+    let mut h = header(Handler::Blk, 4, 0x100, 0x200, 0x300, 0xfffe);
+    h.event_idx = true;
+    let mut img = SplitImage::new(h);
+    img.put(0x1000, &blk_header(0, 1))
+        .desc(0x100, 0, 0x1000, 16, N, 1)
+        .desc(0x100, 1, 0x1100, 512, N | W, 2)
+        .desc(0x100, 2, 0x1300, 1, W, 0)
+        .put(0x1400, &blk_header(1, 3))
+        .put(0x1500, &[0x77; 512])
+        .desc(0x100, 3, 0x1600, 48, IND, 0)
+        .desc(0x1600, 0, 0x1400, 16, N, 1)
+        .desc(0x1600, 1, 0x1500, 512, N, 2)
+        .desc(0x1600, 2, 0x1700, 1, W, 0)
+        .avail(0, &[0, 3]);
+    seeds.push(("blk_wrapped".into(), img.finish()));
+
+    // A FUSE GETATTR.
+    let mut img = SplitImage::new(header(Handler::Fs, 2, 0x0, 0x40, 0x80, 0));
+    let getattr = crate::fuse::message(3, 2, 1, &body(&[0, 0, 0], &[4, 4, 8], &[]));
+    img.put(0x1000, &getattr)
+        .desc(0, 0, 0x1000, getattr.len() as u32, N, 1)
+        .desc(0, 1, 0x2000, 0x80, W, 0)
+        .avail(1, &[0]);
+    seeds.push(("fs_getattr".into(), img.finish()));
+
+    // Hostile: a loop, an indirect table inside an indirect table, an
+    // empty one, one out of memory, a huge length.
+    let mut img = SplitImage::new(header(Handler::Walker, 8, 0x800, 0x900, 0xa00, 0));
+    img.desc(0x800, 0, 0x1000, 8, N, 1)
+        .desc(0x800, 1, 0x1000, 8, N, 0)
+        .desc(0x800, 2, 0x1100, 32, IND, 0)
+        .desc(0x1100, 0, 0x1200, 16, IND, 0)
+        .desc(0x800, 3, 0x1300, 0, IND, 0)
+        .desc(0x800, 4, 0xfff0_0000, 0x1000, IND, 0)
+        .desc(0x800, 5, 0x1000, u32::MAX, W, 0)
+        .desc(0x800, 6, 0x1000, 0x100, N | W, 6)
+        .avail(6, &[0, 2, 3, 4, 5, 6]);
+    seeds.push(("hostile_descriptors".into(), img.finish()));
+
+    // The used ring over the avail ring, and an avail index 1000 ahead.
+    let mut img = SplitImage::new(header(Handler::Walker, 4, 0x0, 0x40, 0x40, 0));
+    img.desc(0, 0, 0x1000, 16, W, 0).avail(1, &[0]);
+    seeds.push(("used_over_avail".into(), img.finish()));
+    let mut img = SplitImage::new(header(Handler::Blk, 4, 0x0, 0x40, 0x80, 0));
+    img.desc(0, 0, 0x1000, 16, W, 0).avail(1000, &[0]);
+    seeds.push(("avail_far_ahead".into(), img.finish()));
+    // Rings whose entries cannot be read while avail.idx says there is
+    // one: at guest address 0 (virtio-queue does not walk it) and
+    // running off the end of region 0. With EVENT_IDX the drain loops
+    // spun on them (fixed in `common::queue::avail_sane`).
+    let mut h = header(Handler::Deferred, 4, 0x1000, 0, 0x2000, 0);
+    h.event_idx = true;
+    let mut img = SplitImage::new(h);
+    img.avail(1, &[]);
+    seeds.push(("avail_ring_at_0".into(), img.finish()));
+    let mut h = header(Handler::Walker, 4, 0, 0xbffc, 0x100, 0);
+    h.event_idx = true;
+    let mut img = SplitImage::new(h);
+    img.avail(1, &[]);
+    seeds.push(("avail_entries_off_memory".into(), img.finish()));
+    seeds
+}
+
 /// Every target's seeds.
 pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
     vec![
@@ -609,5 +901,7 @@ pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
         ("vmm_http", vmm_http()),
         ("virtio_pci_regs", virtio_pci_regs()),
         ("msix", msix()),
+        ("vhost_user_msg", vhost_user_msg()),
+        ("split_ring", split_ring()),
     ]
 }
