@@ -29,7 +29,7 @@ use vhost_blk_daemon::disk::Disk;
 use vhost_blk_daemon::request::{self, Scratch, Target};
 use vhost_user_backend::VringT;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 const IMAGE_LEN: u64 = 64 * 1024;
 /// Largest queue (virtio's limit).
@@ -54,16 +54,7 @@ fn disk(read_only: bool) -> &'static Disk {
 }
 
 fn memory(image: &[u8]) -> GuestMemoryMmap<()> {
-    let ranges: Vec<_> = REGIONS.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).expect("guest memory");
-    let mut rest = image;
-    for &(addr, len) in &REGIONS {
-        let n = rest.len().min(len);
-        mem.write_slice(&rest[..n], GuestAddress(addr))
-            .expect("inside the region");
-        rest = &rest[n..];
-    }
-    mem
+    fuzz::ring::memory_in(&REGIONS, image)
 }
 
 /// Reusable buffers of the walker handler.

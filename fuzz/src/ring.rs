@@ -73,10 +73,16 @@ pub struct Ring {
 
 /// Guest memory holding `image` from address 0.
 pub fn memory(image: &[u8]) -> GuestMemoryMmap<()> {
-    let ranges: Vec<_> = REGIONS.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
+    memory_in(&REGIONS, image)
+}
+
+/// Guest memory of `regions` (address, length), filled with `image` region
+/// after region.
+pub fn memory_in(regions: &[(u64, usize)], image: &[u8]) -> GuestMemoryMmap<()> {
+    let ranges: Vec<_> = regions.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
     let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).expect("guest memory");
     let mut rest = image;
-    for &(addr, len) in &REGIONS {
+    for &(addr, len) in regions {
         let n = rest.len().min(len);
         mem.write_slice(&rest[..n], GuestAddress(addr))
             .expect("inside the region");
