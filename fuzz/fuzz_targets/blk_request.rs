@@ -19,16 +19,8 @@ const IMAGE_LEN: u64 = 64 * 1024;
 fn disk(read_only: bool) -> &'static Disk {
     static DISKS: [OnceLock<Disk>; 2] = [OnceLock::new(), OnceLock::new()];
     DISKS[usize::from(read_only)].get_or_init(|| {
-        let path = std::env::temp_dir().join(format!(
-            "fuzz-blk-{}-{}.img",
-            std::process::id(),
-            if read_only { "ro" } else { "rw" }
-        ));
-        let f = std::fs::File::create(&path).expect("image");
-        f.set_len(IMAGE_LEN).expect("image size");
-        let disk = Disk::open(&path, read_only, false).expect("open the image");
-        let _ = std::fs::remove_file(&path);
-        disk
+        let name = if read_only { "blk-ro" } else { "blk-rw" };
+        fuzz::blk_image(name, IMAGE_LEN, read_only)
     })
 }
 

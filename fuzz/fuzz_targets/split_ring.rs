@@ -40,16 +40,11 @@ const COMPARE: usize = 4096;
 fn disk(read_only: bool) -> &'static Disk {
     static DISKS: [OnceLock<Disk>; 2] = [OnceLock::new(), OnceLock::new()];
     DISKS[usize::from(read_only)].get_or_init(|| {
-        let path = std::env::temp_dir().join(format!(
-            "fuzz-split-{}-{}.img",
-            std::process::id(),
-            u8::from(read_only)
-        ));
-        let f = std::fs::File::create(&path).expect("image");
-        f.set_len(IMAGE_LEN).expect("image size");
-        let disk = Disk::open(&path, read_only, false).expect("open the image");
-        let _ = std::fs::remove_file(&path);
-        disk
+        fuzz::blk_image(
+            &format!("split-{}", u8::from(read_only)),
+            IMAGE_LEN,
+            read_only,
+        )
     })
 }
 

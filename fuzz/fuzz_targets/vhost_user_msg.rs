@@ -33,7 +33,6 @@ use libfuzzer_sys::fuzz_target;
 use vhost_blk_daemon::backend::Blk;
 use vhost_blk_daemon::cli::{Aio, SERIAL_MAX};
 use vhost_blk_daemon::config::DeviceConfig;
-use vhost_blk_daemon::disk::Disk;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -61,11 +60,7 @@ fn blk(setup: u8) -> Arc<Blk> {
     let i = usize::from(read_only) | usize::from(two) << 1 | usize::from(uring) << 2;
     BLKS[i]
         .get_or_init(|| {
-            let path = std::env::temp_dir().join(format!("fuzz-vu-{}-{i}.img", std::process::id()));
-            let f = File::create(&path).expect("image");
-            f.set_len(IMAGE_LEN).expect("image size");
-            let disk = Disk::open(&path, read_only, false).expect("open the image");
-            let _ = std::fs::remove_file(&path);
+            let disk = fuzz::blk_image(&format!("vu-{i}"), IMAGE_LEN, read_only);
             let mut serial = [0u8; SERIAL_MAX];
             serial[..4].copy_from_slice(b"fuzz");
             Arc::new(Blk {

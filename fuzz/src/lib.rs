@@ -10,6 +10,17 @@ pub mod seeds;
 pub mod split;
 pub mod vu;
 
+/// A `len`-byte image opened as vhost-blk-daemon opens it (`read_only` or
+/// not), unlinked at once; `name` tells the temp file apart.
+pub fn blk_image(name: &str, len: u64, read_only: bool) -> vhost_blk_daemon::disk::Disk {
+    let path = std::env::temp_dir().join(format!("fuzz-{name}-{}.img", std::process::id()));
+    let f = std::fs::File::create(&path).expect("image");
+    f.set_len(len).expect("image size");
+    let disk = vhost_blk_daemon::disk::Disk::open(&path, read_only, false).expect("open the image");
+    let _ = std::fs::remove_file(&path);
+    disk
+}
+
 /// Reads little-endian fields off the fuzzer's bytes; past the end every
 /// read is `None`.
 #[derive(Debug, Clone)]
