@@ -108,6 +108,58 @@ pub fn thread_count(pid: u32) -> io::Result<usize> {
     Ok(fs::read_dir(format!("/proc/{pid}/task"))?.count())
 }
 
+/// One thread of a process as `/proc/PID/task/TID/status` shows it.
+#[derive(Debug, Clone)]
+pub struct ThreadStatus {
+    /// Its id.
+    pub tid: u32,
+    /// The whole status text.
+    pub status: String,
+}
+
+impl ThreadStatus {
+    /// The value of `field` (`Name`, `Seccomp`, `State`, ...), trimmed.
+    pub fn field(&self, field: &str) -> Option<&str> {
+        self.status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+
+    /// The thread's name (`comm`).
+    pub fn name(&self) -> &str {
+        self.field("Name").unwrap_or_default()
+    }
+
+    /// How often it was switched out, voluntarily or not: a count that
+    /// stays put while the thread sleeps and never wakes.
+    pub fn switches(&self) -> u64 {
+        ["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"]
+            .iter()
+            .filter_map(|f| self.field(f)?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// Every thread of `pid` (those that end while they are read are left out).
+pub fn threads(pid: u32) -> io::Result<Vec<ThreadStatus>> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse() else {
+            continue;
+        };
+        if let Ok(status) = fs::read_to_string(task.path().join("status")) {
+            out.push(ThreadStatus { tid, status });
+        }
+    }
+    Ok(out)
+}
+
+/// The thread of `pid` named `name`, if it runs.
+pub fn thread_named(pid: u32, name: &str) -> io::Result<Option<ThreadStatus>> {
+    Ok(threads(pid)?.into_iter().find(|t| t.name() == name))
+}
+
 /// The value of `field` in `/proc/PID/status` (`CapEff`, `NoNewPrivs`,
 /// ...), trimmed.
 pub fn status_field(pid: u32, field: &str) -> io::Result<String> {

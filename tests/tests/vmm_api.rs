@@ -17,7 +17,7 @@ use serde_json::Value;
 use vu_driver::fixture::{poll_until, Daemon, TempDir};
 use vu_driver::fw_devices;
 use vu_driver::http::{self, exchange, get};
-use vu_driver::process::Finished;
+use vu_driver::process::{self, Finished};
 use vu_driver::vmm::{
     run_vmm, serial, shutdown_vmm, spawn_test_guest, test_guest, vm_counter as counter,
     vm_info as info, wait_for_serial, POWERED_OFF,
@@ -144,25 +144,43 @@ fn the_api_pauses_resumes_and_powers_the_guest_off() {
     );
     assert_eq!(info(&api)["state"], "Running");
 
-    // Pause: returns once both vCPUs are parked; no exits while paused.
+    // Pause: returns once both vCPUs are parked. A parked vCPU thread
+    // sleeps until resumed: once the handshake has settled (both threads
+    // asleep, state S: the last to park wakes the other, which may not
+    // have run yet), neither its exits nor its context switches move while
+    // the VMM answers 50 requests and takes a power-button press (held
+    // until the guest runs again), and the guest writes nothing.
     assert_eq!(call(&api, "PUT", "/api/v1/vm.pause").0, 204);
     assert_eq!(info(&api)["state"], "Paused");
     assert_eq!(call(&api, "PUT", "/api/v1/vm.pause").0, 409);
-    let paused: Vec<u64> = ["vcpu0", "vcpu1"]
-        .iter()
-        .map(|v| counter(&api, v, "exits"))
-        .collect();
+    let round_trips = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(info(&api)["state"], "Paused");
+        }
+    };
+    let parked = || {
+        ["vcpu0", "vcpu1"].map(|v| {
+            let t = process::thread_named(vmm.pid(), v).unwrap();
+            let t = t.unwrap_or_else(|| panic!("no {v} thread"));
+            (counter(&api, v, "exits"), t.switches())
+        })
+    };
+    let asleep = || {
+        ["vcpu0", "vcpu1"].iter().all(|v| {
+            let t = process::thread_named(vmm.pid(), v).unwrap();
+            t.is_some_and(|t| t.field("State").is_some_and(|s| s.starts_with('S')))
+        })
+    };
+    assert!(
+        poll_until(WAIT, asleep),
+        "{:?}",
+        process::threads(vmm.pid())
+    );
+    let before = parked();
     let console_len = serial(&console).len();
-    std::thread::sleep(Duration::from_millis(1500));
-    let later: Vec<u64> = ["vcpu0", "vcpu1"]
-        .iter()
-        .map(|v| counter(&api, v, "exits"))
-        .collect();
-    assert_eq!(paused, later, "vCPUs ran while paused");
-    // A press while paused is held until the guest runs again.
     assert_eq!(call(&api, "PUT", "/api/v1/vm.power-button").0, 204);
-    std::thread::sleep(Duration::from_millis(500));
-    // No serial output either.
+    round_trips(50);
+    assert_eq!(parked(), before, "a paused vCPU ran: (exits, switches)");
     assert_eq!(serial(&console).len(), console_len, "{}", serial(&console));
 
     // Resume: the guest sees the press and powers off.
@@ -220,8 +238,15 @@ fn a_backend_killed_while_the_guest_waits_shows_failed() {
     assert_eq!(call(&api, "PUT", "/api/v1/vm.shutdown").0, 204);
     assert_eq!(info(&api)["state"], "Shutdown");
     assert_eq!(call(&api, "PUT", "/api/v1/vm.shutdown").0, 409);
+    // The vCPU threads have returned (so no exit can follow).
     let exits = counter(&api, "vcpu0", "exits");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        poll_until(WAIT, || ["vcpu0", "vcpu1"]
+            .iter()
+            .all(|v| process::thread_named(vmm.pid(), v).unwrap().is_none())),
+        "vCPU threads still run after vm.shutdown: {:?}",
+        process::threads(vmm.pid())
+    );
     assert_eq!(counter(&api, "vcpu0", "exits"), exits);
     assert_eq!(vmm.try_wait().unwrap(), None, "{}", vmm.log_contents());
 
@@ -259,28 +284,18 @@ fn without_an_api_socket_power_off_still_ends_the_vmm() {
 
 /// Each thread's name, `Seccomp` mode and `Seccomp_filters` count.
 fn thread_filters(pid: u32) -> Vec<(String, u32, u32)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    let mut threads = Vec::new();
-    for task in tasks {
-        let tid: u32 = task.unwrap().file_name().to_string_lossy().parse().unwrap();
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
-            continue; // ended meanwhile
-        };
-        let field = |name: &str| -> String {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/task/{tid}/status"))
-                .trim()
-                .to_string()
-        };
-        threads.push((
-            field("Name"),
-            field("Seccomp").parse().unwrap(),
-            field("Seccomp_filters").parse().unwrap(),
-        ));
-    }
-    threads
+    let number = |t: &process::ThreadStatus, f: &str| -> u32 {
+        let v = t.field(f).unwrap_or_else(|| panic!("no {f} in {t:?}"));
+        v.parse().unwrap_or_else(|_| panic!("{f}: {v}"))
+    };
+    process::threads(pid)
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let name = t.name().to_string();
+            (name, number(t, "Seccomp"), number(t, "Seccomp_filters"))
+        })
+        .collect()
 }
 
 /// `--seccomp true` (the default): the main thread and what it starts run
