@@ -19,6 +19,15 @@ use crate::serve::{ExitEvents, Gate, GatePass, GuestMem, Vring};
 /// Chains handled between two reads of the avail index.
 const CHUNK: usize = 64;
 
+/// Most descriptors one chain may have, indirect tables' entries included
+/// (QEMU's `VIRTQUEUE_MAX_SIZE`, which its devices and libvhost-user's
+/// enforce the same way). virtio-queue ends a chain only after a queue's
+/// worth, up to 32768; parsers walk `chain.take(MAX_CHAIN_DESCRIPTORS)`, so
+/// a longer chain reads as truncated (its last descriptor taken still has
+/// NEXT set) and is returned unused. Without it a ring of looping
+/// zero-length chains cost a worker 32768 descriptor reads per chain.
+pub const MAX_CHAIN_DESCRIPTORS: usize = 1024;
+
 /// Guest memory as a worker borrows it for one batch.
 pub type Mem = GuestMemoryMmap<()>;
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::iov::{copy_in_at, copy_out, total_len, IoVecBuf};
-use common::queue::{self, Mem};
+use common::queue::{self, Mem, MAX_CHAIN_DESCRIPTORS};
 use common::vring::Vring;
 use fuzz::split::{Handler, Header, REGIONS};
 use libfuzzer_sys::fuzz_target;
@@ -72,7 +72,9 @@ impl Walk {
         let mut writable = self.writable.walk();
         let (mut r_len, mut w_len, mut descs) = (0usize, 0usize, 0usize);
         self.reference.clear();
-        for d in chain {
+        // As every daemon's parser: a chain ends after
+        // MAX_CHAIN_DESCRIPTORS (longer ones are refused as truncated).
+        for d in chain.take(MAX_CHAIN_DESCRIPTORS) {
             descs += 1;
             let (v, len) = if d.is_write_only() {
                 (&mut writable, &mut w_len)
@@ -99,10 +101,8 @@ impl Walk {
                 }
             }
         }
-        // virtio-queue ends a chain after a queue's (or an indirect
-        // table's) worth of descriptors.
         assert!(
-            descs <= usize::from(MAX_QUEUE),
+            descs <= MAX_CHAIN_DESCRIPTORS,
             "a chain of {descs} descriptors"
         );
         assert_eq!(readable.total_len(), r_len);

@@ -10,6 +10,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 use crate::disk::SECTOR;
+use common::queue::MAX_CHAIN_DESCRIPTORS;
 
 /// Largest DISCARD / WRITE_ZEROES segment, in sectors (2 GiB).
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
@@ -92,7 +93,11 @@ impl DeviceConfig {
         put32(
             &mut b,
             12,
-            u32::from(self.queue_size).saturating_sub(2).max(1),
+            // A chain is at most MAX_CHAIN_DESCRIPTORS: header, data, status.
+            u32::from(self.queue_size)
+                .min(MAX_CHAIN_DESCRIPTORS as u32)
+                .saturating_sub(2)
+                .max(1),
         ); // seg_max
            // geometry (16..20) unused.
         put32(&mut b, 20, self.blk_size);
@@ -136,6 +141,18 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b[44..48].try_into().unwrap()), 8);
         assert_eq!(b[56], 1);
         assert_eq!(c.read(56, 8), vec![1, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn seg_max_leaves_a_chain_within_the_descriptor_bound() {
+        for (queue_size, seg_max) in [(256, 254), (1024, 1022), (4096, 1022), (32768, 1022)] {
+            let b = DeviceConfig::new(4096, 512, 1, queue_size, false).bytes();
+            assert_eq!(
+                u32::from_le_bytes(b[12..16].try_into().unwrap()),
+                seg_max,
+                "queue size {queue_size}"
+            );
+        }
     }
 
     #[test]

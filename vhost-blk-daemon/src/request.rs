@@ -17,6 +17,7 @@ use vm_memory::{GuestAddress, GuestMemory};
 
 use crate::config::{DeviceConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
 use common::iov::{copy_in, copy_out, GuestIoVec, GuestIoVecs, IoVecBuf};
+use common::queue::MAX_CHAIN_DESCRIPTORS;
 
 use crate::disk::{Disk, SECTOR};
 
@@ -52,7 +53,7 @@ const FLAG_UNMAP: u32 = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
     /// The chain ended on a descriptor with NEXT set.
-    #[error("chain truncated (descriptor loop, `next` out of range, more descriptors than the table holds, or a bad indirect table)")]
+    #[error("chain truncated (descriptor loop, `next` out of range, more than 1024 descriptors, or a bad indirect table)")]
     Truncated,
     /// A buffer is not inside guest memory.
     #[error("buffer at {addr:#x}+{len} is outside guest memory")]
@@ -163,7 +164,7 @@ where
     let mut total: u32 = 0;
     let mut last_has_next = true; // an empty chain counts as truncated
     let mut status_addr = GuestAddress(0);
-    for desc in chain {
+    for desc in chain.take(MAX_CHAIN_DESCRIPTORS) {
         last_has_next = desc.has_next();
         let len = desc.len();
         total = total.checked_add(len).ok_or(Malformed::TooLong)?;

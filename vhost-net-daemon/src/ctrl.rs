@@ -7,6 +7,7 @@ use std::ops::Deref;
 use std::sync::Mutex;
 
 use common::iov::{copy_in, copy_out, IoVecBuf};
+use common::queue::MAX_CHAIN_DESCRIPTORS;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
     VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
@@ -159,7 +160,7 @@ where
     let (mut r_buf, mut w_buf) = (IoVecBuf::default(), IoVecBuf::default());
     let (mut readable, mut writable) = (r_buf.walk(), w_buf.walk());
     let mut last_has_next = true;
-    for desc in chain {
+    for desc in chain.take(MAX_CHAIN_DESCRIPTORS) {
         last_has_next = desc.has_next();
         if desc.len() == 0 {
             continue;

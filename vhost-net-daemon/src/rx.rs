@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use common::iov::{self, copy_in_at, copy_out, total_len, GuestIoVecs, IoVecBuf};
-use common::queue::{avail_sane, signal_if_needed, Mem};
+use common::queue::{avail_sane, signal_if_needed, Mem, MAX_CHAIN_DESCRIPTORS};
 use common::serve::GuestMem;
 use vhost_user_backend::VringState;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -111,7 +111,7 @@ fn collect<'m>(
     let start = iovs.len();
     let mut last_has_next = true;
     let mut total: usize = 0;
-    for desc in chain {
+    for desc in chain.take(MAX_CHAIN_DESCRIPTORS) {
         last_has_next = desc.has_next();
         if !desc.is_write_only() || iovs.push(mem, desc.addr(), desc.len()).is_err() {
             iovs.truncate(start);

@@ -7,6 +7,7 @@
 use std::ops::Deref;
 
 use common::iov::{copy_out, total_len, GuestIoVec, IoVecBuf};
+use common::queue::MAX_CHAIN_DESCRIPTORS;
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 
@@ -146,7 +147,7 @@ where
     let mut iovs = scratch.iovs.walk();
     let mut total: u32 = 0;
     let mut last_has_next = true;
-    for desc in chain {
+    for desc in chain.take(MAX_CHAIN_DESCRIPTORS) {
         last_has_next = desc.has_next();
         if desc.is_write_only() {
             return Err(Dropped::Writable);

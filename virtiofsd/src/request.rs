@@ -7,6 +7,7 @@
 use std::mem::size_of;
 use std::ops::Deref;
 
+use common::queue::MAX_CHAIN_DESCRIPTORS;
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader, WriteIn};
 
 use virtio_queue::DescriptorChain;
@@ -98,7 +99,7 @@ where
     let mut head = [0u8; IN_HEADER_LEN + WRITE_IN_LEN];
     let mut have = 0usize;
     let mut last_has_next = true;
-    for desc in chain.clone() {
+    for desc in chain.clone().take(MAX_CHAIN_DESCRIPTORS) {
         last_has_next = desc.has_next();
         let len = desc.len();
         if len > 0 && !mem.check_range(desc.addr(), len as usize) {
