@@ -134,8 +134,13 @@ impl TempDir {
     /// Creates a fresh directory `<tmp>/<prefix>.<pid>.<n>.<nanos>` under
     /// `$TMPDIR` (default `/tmp`).
     pub fn new(prefix: &str) -> Result<Self> {
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// [`TempDir::new`] under `base` (for a test that needs a given file
+    /// system, e.g. tmpfs at `/dev/shm`).
+    pub fn new_in(base: &Path, prefix: &str) -> Result<Self> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
         loop {
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

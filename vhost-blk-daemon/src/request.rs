@@ -140,6 +140,9 @@ pub enum Plan {
     },
     /// fdatasync.
     Flush,
+    /// Discard (`true`) or write zeroes: the ranges
+    /// ([`Parsed::ranges`]) have been checked.
+    Ranges(bool),
     /// Finished already (a bad request), with this outcome.
     Finished(Done),
     /// Anything else: run it synchronously ([`Parsed::execute`]).
@@ -232,8 +235,23 @@ impl<'m> Parsed<'_, 'm> {
                 Err(d) => Plan::Finished(d),
             },
             req_type::FLUSH => Plan::Flush,
+            req_type::DISCARD | req_type::WRITE_ZEROES if config.read_only => {
+                Plan::Finished(done(status::IOERR))
+            }
+            req_type::DISCARD | req_type::WRITE_ZEROES => {
+                let discard = self.ty == req_type::DISCARD;
+                match self.ranges(config, discard) {
+                    Ok(_) => Plan::Ranges(discard),
+                    Err(d) => Plan::Finished(d),
+                }
+            }
             _ => Plan::Sync,
         }
+    }
+
+    /// The checked ranges of a discard or write-zeroes request.
+    pub fn ranges(&self, config: &DeviceConfig, discard: bool) -> Result<Ranges, Done> {
+        check_ranges(discard, config, &self.bufs.readable)
     }
 
     /// The data buffers of a read ([`Plan::Read`]) or a write.
@@ -346,40 +364,81 @@ fn execute(ty: u32, sector: u64, t: &Target<'_>, s: &mut Buffers<'_, '_>) -> Don
     }
 }
 
-fn discard_or_zero(discard: bool, t: &Target<'_>, s: &Buffers<'_, '_>) -> Done {
-    let len = s.readable.total_len();
+/// One byte range of a discard or write-zeroes request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Range {
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// The space may be deallocated (always for a discard).
+    pub unmap: bool,
+}
+
+/// The ranges of one request: at most [`MAX_DISCARD_SEG`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ranges {
+    ranges: [Range; MAX_DISCARD_SEG as usize],
+    n: usize,
+}
+
+impl Ranges {
+    /// The ranges, in the driver's order.
+    pub fn as_slice(&self) -> &[Range] {
+        &self.ranges[..self.n]
+    }
+}
+
+/// Reads and checks every segment of a discard (`discard`) or
+/// write-zeroes request before any touches the image: whole segments,
+/// at most [`MAX_DISCARD_SEG`], known flags (UNMAP for write-zeroes only),
+/// each inside the capacity and at most [`MAX_DISCARD_SECTORS`].
+fn check_ranges(
+    discard: bool,
+    config: &DeviceConfig,
+    readable: &GuestIoVecs<'_, '_>,
+) -> Result<Ranges, Done> {
+    let len = readable.total_len();
     if len == 0 || len % SEGMENT_LEN != 0 || len / SEGMENT_LEN > MAX_DISCARD_SEG as usize {
-        return done(status::IOERR);
+        return Err(done(status::IOERR));
     }
     let mut segs = [0u8; SEGMENT_LEN * MAX_DISCARD_SEG as usize];
-    copy_out(s.readable.as_slice(), &mut segs[..len]);
-    let parse = |c: &[u8]| {
+    copy_out(readable.as_slice(), &mut segs[..len]);
+    let mut out = Ranges::default();
+    for c in segs[..len].chunks_exact(SEGMENT_LEN) {
         let sector = u64::from_le_bytes(c[0..8].try_into().unwrap_or_default());
         let num = u32::from_le_bytes(c[8..12].try_into().unwrap_or_default());
         let flags = u32::from_le_bytes(c[12..16].try_into().unwrap_or_default());
-        (sector, num, flags)
-    };
-    // Check every segment before touching the image.
-    for c in segs[..len].chunks_exact(SEGMENT_LEN) {
-        let (sector, num, flags) = parse(c);
         if flags & !FLAG_UNMAP != 0 || (discard && flags & FLAG_UNMAP != 0) {
-            return done(status::UNSUPP);
+            return Err(done(status::UNSUPP));
         }
-        if num > MAX_DISCARD_SECTORS
-            || in_range(t.config, sector, u64::from(num) * SECTOR).is_none()
-        {
-            return done(status::IOERR);
-        }
-    }
-    for c in segs[..len].chunks_exact(SEGMENT_LEN) {
-        let (sector, num, flags) = parse(c);
-        let (offset, bytes) = (sector * SECTOR, u64::from(num) * SECTOR);
-        let r = if discard {
-            t.disk.discard(offset, bytes)
-        } else {
-            t.disk.write_zeroes(offset, bytes, flags & FLAG_UNMAP != 0)
+        let bytes = u64::from(num) * SECTOR;
+        let offset = match in_range(config, sector, bytes) {
+            Some(offset) if num <= MAX_DISCARD_SECTORS => offset,
+            _ => return Err(done(status::IOERR)),
         };
-        if let Err(e) = r {
+        out.ranges[out.n] = Range {
+            offset,
+            len: bytes,
+            unmap: discard || flags & FLAG_UNMAP != 0,
+        };
+        out.n += 1;
+    }
+    Ok(out)
+}
+
+fn discard_or_zero(discard: bool, t: &Target<'_>, s: &Buffers<'_, '_>) -> Done {
+    let ranges = match check_ranges(discard, t.config, &s.readable) {
+        Ok(r) => r,
+        Err(d) => return d,
+    };
+    for r in ranges.as_slice() {
+        let result = if discard {
+            t.disk.discard(r.offset, r.len)
+        } else {
+            t.disk.write_zeroes(r.offset, r.len, r.unmap)
+        };
+        if let Err(e) = result {
             return host_error(if discard { "discard" } else { "write-zeroes" }, e);
         }
     }

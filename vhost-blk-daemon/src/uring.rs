@@ -3,8 +3,13 @@
 //! and writes as READV/WRITEV and flushes as FSYNC, and returns; requests
 //! complete out of order as their CQEs arrive (the ring's eventfd wakes the
 //! worker), and the guest is signalled once per batch of completions.
-//! GET_ID, discard and write-zeroes, and requests that fail their checks,
-//! finish synchronously as with `--aio sync`; so do reads and writes of a
+//! Discard and write-zeroes of an image file go in as one FALLOCATE per
+//! range (PUNCH_HOLE, or ZERO_RANGE without UNMAP), one range after the
+//! other; what the file system refuses (EOPNOTSUPP) falls back to the
+//! synchronous path. GET_ID, discard and write-zeroes of a block device
+//! (BLKDISCARD/BLKZEROOUT, which io_uring cannot issue), and requests that
+//! fail their checks, finish synchronously as with `--aio sync`; so do
+//! reads and writes of a
 //! buffered image that the page cache serves at once (`RWF_NOWAIT`), and
 //! buffered reads or writes where the filesystem cannot tell (see `start`).
 //!
@@ -26,7 +31,8 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::backend::Blk;
-use crate::request::{self, status, Plan, Scratch, Target};
+use crate::disk::Kind;
+use crate::request::{self, status, Plan, Ranges, Scratch, Target};
 
 /// A buffer the kernel reads or writes, laid out like `struct iovec`
 /// (addresses as integers, so a slot may cross threads).
@@ -60,6 +66,10 @@ struct Slot {
     done: usize,
     total: usize,
     status_addr: GuestAddress,
+    /// A discard's or write-zeroes' ranges, one FALLOCATE each in turn;
+    /// `range` is the one in the kernel.
+    ranges: Ranges,
+    range: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,6 +78,8 @@ enum Op {
     Read,
     Write,
     Flush,
+    Discard,
+    WriteZeroes,
 }
 
 impl Op {
@@ -76,7 +88,14 @@ impl Op {
             Op::Read => "read",
             Op::Write => "write",
             Op::Flush => "flush",
+            Op::Discard => "discard",
+            Op::WriteZeroes => "write-zeroes",
         }
+    }
+
+    /// Whether the op moves bytes (and a short result is resubmitted).
+    fn transfers(self) -> bool {
+        matches!(self, Op::Read | Op::Write)
     }
 }
 
@@ -231,12 +250,26 @@ impl Uring {
             Plan::Read { offset } => (Op::Read, offset),
             Plan::Write { offset } => (Op::Write, offset),
             Plan::Flush => (Op::Flush, 0),
+            // A file's ranges go to the ring as FALLOCATE; a block device
+            // has BLKDISCARD/BLKZEROOUT, which io_uring cannot issue.
+            Plan::Ranges(discard) if blk.disk.kind() == Kind::Regular => {
+                let ranges = match parsed.ranges(target.config, discard) {
+                    Ok(r) => r,
+                    Err(done) => {
+                        parsed.finish(done.status);
+                        self.ready.push((head, done.used_len + 1));
+                        return Ok(());
+                    }
+                };
+                let status_addr = parsed.status_addr;
+                return self.start_ranges(head, discard, ranges, status_addr, mem);
+            }
             Plan::Finished(done) => {
                 parsed.finish(done.status);
                 self.ready.push((head, done.used_len + 1));
                 return Ok(());
             }
-            Plan::Sync => {
+            Plan::Sync | Plan::Ranges(_) => {
                 let len = blk.outcome(self.queue, head, Ok(parsed.execute(&target)));
                 self.ready.push((head, len));
                 return Ok(());
@@ -265,7 +298,7 @@ impl Uring {
         // those here, as with `--aio sync`: through the ring each would go
         // to a kernel worker thread, slower than the page-cache copy it is.
         let mut now = 0;
-        if !blk.disk.direct() && op != Op::Flush {
+        if !blk.disk.direct() && op.transfers() {
             let write = usize::from(op == Op::Write);
             let mut blocking = self.blocking[write];
             if !blocking {
@@ -320,6 +353,42 @@ impl Uring {
         self.push_or_fail(i)
     }
 
+    /// Takes a slot for a discard or write-zeroes of a file and submits
+    /// its first range.
+    fn start_ranges(
+        &mut self,
+        head: u16,
+        discard: bool,
+        ranges: Ranges,
+        status_addr: GuestAddress,
+        mem: &Arc<Mem>,
+    ) -> io::Result<()> {
+        let Some(i) = self.free.pop() else {
+            if let Err(e) = mem.write_obj(status::IOERR, status_addr) {
+                log::warn!("queue {}: status byte: {e}", self.queue);
+            }
+            self.ready.push((head, 1));
+            return Ok(());
+        };
+        let slot = &mut self.slots[i as usize];
+        slot.iovs.clear();
+        slot.mem = Some(mem.clone());
+        slot.head = head;
+        slot.op = if discard {
+            Op::Discard
+        } else {
+            Op::WriteZeroes
+        };
+        slot.start = ranges.as_slice().first().map_or(0, |r| r.offset);
+        slot.total = ranges.as_slice().iter().map(|r| r.len as usize).sum();
+        slot.done = 0;
+        slot.status_addr = status_addr;
+        slot.ranges = ranges;
+        slot.range = 0;
+        self.in_flight += 1;
+        self.push_or_fail(i)
+    }
+
     /// [`Self::push`], or the request fails (IOERR) if the kernel takes
     /// no more.
     fn push_or_fail(&mut self, i: u32) -> io::Result<()> {
@@ -345,6 +414,18 @@ impl Uring {
             Op::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
+            Op::Discard | Op::WriteZeroes => {
+                let r = slot.ranges.as_slice()[slot.range];
+                let mode = if r.unmap {
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                };
+                opcode::Fallocate::new(fd, r.len)
+                    .offset(r.offset)
+                    .mode(mode)
+                    .build()
+            }
         }
         .user_data(u64::from(i));
         loop {
@@ -387,6 +468,9 @@ impl Uring {
             return Ok(());
         };
         let mut st = status::OK;
+        if matches!(slot.op, Op::Discard | Op::WriteZeroes) {
+            return self.range_done(i, res);
+        }
         if res < 0 {
             st = if res == -libc::EOPNOTSUPP {
                 status::UNSUPP
@@ -394,7 +478,7 @@ impl Uring {
                 status::IOERR
             };
             self.log_error(i, io::Error::from_raw_os_error(-res));
-        } else if slot.op != Op::Flush {
+        } else if slot.op.transfers() {
             let n = res as usize;
             slot.done += n;
             if slot.done < slot.total {
@@ -410,12 +494,58 @@ impl Uring {
                 }
             }
         }
-        let slot = &mut self.slots[i as usize];
+        let slot = &self.slots[i as usize];
         let used = if slot.op == Op::Read && st == status::OK {
             slot.total as u32
         } else {
             0
         };
+        self.finish_slot(i, st, used);
+        Ok(())
+    }
+
+    /// A FALLOCATE of slot `i`'s current range came back with `res`: the
+    /// next range goes in, or the request completes. What the file system
+    /// cannot do (EOPNOTSUPP: no ZERO_RANGE on tmpfs, no holes on some)
+    /// is left to the synchronous path for this range and the rest, which
+    /// falls back as `--aio sync` does (a discard is then a no-op, zeroes
+    /// are written).
+    fn range_done(&mut self, i: u32, res: i32) -> io::Result<()> {
+        let slot = &mut self.slots[i as usize];
+        let mut st = status::OK;
+        if res == -libc::EOPNOTSUPP || res == -libc::ENOSYS {
+            let disk = &self.blk.disk;
+            for r in &slot.ranges.as_slice()[slot.range..] {
+                let result = if slot.op == Op::Discard {
+                    disk.discard(r.offset, r.len)
+                } else {
+                    disk.write_zeroes(r.offset, r.len, r.unmap)
+                };
+                if let Err(e) = result {
+                    st = status::IOERR;
+                    self.log_error(i, e);
+                    break;
+                }
+            }
+        } else if res < 0 {
+            st = status::IOERR;
+            self.log_error(i, io::Error::from_raw_os_error(-res));
+        } else {
+            let r = slot.ranges.as_slice()[slot.range];
+            slot.done += r.len as usize;
+            slot.range += 1;
+            if slot.range < slot.ranges.as_slice().len() {
+                return self.push_or_fail(i);
+            }
+        }
+        self.finish_slot(i, st, 0);
+        Ok(())
+    }
+
+    /// Writes slot `i`'s status byte, queues its used entry (`used` data
+    /// bytes and the status) and frees the slot.
+    fn finish_slot(&mut self, i: u32, st: u8, used: u32) {
+        let slot = &mut self.slots[i as usize];
         if let Some(mem) = slot.mem.take() {
             if let Err(e) = mem.write_obj(st, slot.status_addr) {
                 log::warn!("queue {}: status byte: {e}", self.queue);
@@ -424,7 +554,6 @@ impl Uring {
         self.ready.push((slot.head, used + 1));
         self.free.push(i);
         self.in_flight -= 1;
-        Ok(())
     }
 
     fn log_error(&self, i: u32, e: io::Error) {
