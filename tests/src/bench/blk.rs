@@ -188,9 +188,108 @@ pub fn pread_baseline(
     Ok(sample)
 }
 
+/// The device's own limit a block backend is compared with: fio's io_uring
+/// engine on the image itself, `w`'s block size, pattern and depth, one job
+/// (`direct`: O_DIRECT, as a daemon run with `--direct`). Returns
+/// operations/s, MiB/s, mean and p99 completion latency in microseconds.
+pub fn fio_ceiling(
+    image: &std::path::Path,
+    w: &BlkWorkload,
+    direct: bool,
+    duration: Duration,
+) -> Result<FioResult, String> {
+    let rw = match (w.dir, w.random) {
+        (Dir::Read, true) => "randread",
+        (Dir::Read, false) => "read",
+        (Dir::Write, true) => "randwrite",
+        (Dir::Write, false) => "write",
+    };
+    let secs = duration.as_secs().max(1);
+    let out = std::process::Command::new("fio")
+        .args([
+            "--name=ceiling",
+            "--ioengine=io_uring",
+            "--output-format=json",
+            "--time_based",
+            "--numjobs=1",
+            "--randrepeat=0",
+            "--norandommap",
+        ])
+        .arg(format!("--filename={}", image.display()))
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--bs={}", w.bs))
+        .arg(format!("--iodepth={}", w.qd))
+        .arg(format!("--direct={}", u8::from(direct)))
+        .arg(format!("--runtime={secs}"))
+        .output()
+        .map_err(|e| format!("fio: {e} (install fio)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fio {rw} on {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    FioResult::parse(&out.stdout, w.dir)
+}
+
+/// What [`fio_ceiling`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FioResult {
+    /// Operations per second.
+    pub ops_per_s: f64,
+    /// MiB per second.
+    pub mib_per_s: f64,
+    /// Mean completion latency, microseconds.
+    pub mean_us: f64,
+    /// 99th percentile completion latency, microseconds.
+    pub p99_us: f64,
+}
+
+impl FioResult {
+    /// Reads fio's `--output-format=json` report of one job.
+    pub fn parse(json: &[u8], dir: Dir) -> Result<FioResult, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| format!("fio's JSON report: {e}"))?;
+        let side = if dir == Dir::Read { "read" } else { "write" };
+        let job = &v["jobs"][0][side];
+        let num = |f: &serde_json::Value, what: &str| {
+            f.as_f64()
+                .ok_or_else(|| format!("fio's JSON report has no jobs[0].{side}.{what}"))
+        };
+        Ok(FioResult {
+            ops_per_s: num(&job["iops"], "iops")?,
+            mib_per_s: num(&job["bw_bytes"], "bw_bytes")? / (1024.0 * 1024.0),
+            mean_us: num(&job["clat_ns"]["mean"], "clat_ns.mean")? / 1e3,
+            p99_us: num(&job["clat_ns"]["percentile"]["99.000000"], "clat_ns p99")? / 1e3,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fio_reports_are_read_per_direction() {
+        let json = br#"{"jobs": [{"read": {"iops": 1000.5, "bw_bytes": 4194304,
+            "clat_ns": {"mean": 2500.0, "percentile": {"99.000000": 8000}}},
+            "write": {"iops": 0, "bw_bytes": 0, "clat_ns": {"mean": 0}}}]}"#;
+        let r = FioResult::parse(json, Dir::Read).unwrap();
+        assert_eq!(
+            r,
+            FioResult {
+                ops_per_s: 1000.5,
+                mib_per_s: 4.0,
+                mean_us: 2.5,
+                p99_us: 8.0
+            }
+        );
+        // The write side has no percentiles: a clear error, not a zero.
+        let e = FioResult::parse(json, Dir::Write).unwrap_err();
+        assert!(e.contains("jobs[0].write.clat_ns p99"), "{e}");
+        assert!(FioResult::parse(b"not json", Dir::Read).is_err());
+    }
 
     #[test]
     fn standard_names_are_unique_and_found() {

@@ -51,6 +51,12 @@ struct Args {
     /// image our daemon serves (needs --start-ours), the ceiling to compare with.
     #[arg(long, requires = "start_ours")]
     pread_baseline: bool,
+    /// Add a row per block workload: fio's io_uring engine on the image our
+    /// daemon serves (needs --start-ours and fio), same block size, pattern
+    /// and depth, O_DIRECT when our daemon runs with --direct: the device's
+    /// own limit.
+    #[arg(long, requires = "start_ours")]
+    fio_ceiling: bool,
     /// Start qemu-storage-daemon with `cache.direct=on,aio=io_uring` (the
     /// production setting on real disks), to compare with ours `--direct`.
     #[arg(long, requires = "start_references")]
@@ -413,6 +419,28 @@ fn run_pread_baseline(
     Ok(())
 }
 
+/// Rows for --fio-ceiling: each selected block workload as one fio job
+/// (io_uring) on `image`, one sample per repetition.
+fn run_fio_ceiling(args: &Args, image: &Path, rows: &mut Vec<Row>) -> Result<(), String> {
+    let duration = Duration::from_secs_f64(args.duration);
+    let direct = args.ours_args.iter().any(|a| a == "--direct");
+    for w in selected(args, &bench::blk::STANDARD, |w| w.name) {
+        let runs = (0..args.reps)
+            .map(|_| bench::blk::fio_ceiling(image, &w, direct, duration))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = runs.len().max(1) as f64;
+        let mean = |f: fn(&bench::blk::FioResult) -> f64| runs.iter().map(f).sum::<f64>() / n;
+        let mut row = Row::from_samples(w.name, "fio io_uring (ceiling)", &[], None);
+        row.reps = args.reps;
+        row.ops_per_s = mean(|r| r.ops_per_s);
+        row.mib_per_s = mean(|r| r.mib_per_s);
+        row.mean_us = mean(|r| r.mean_us);
+        row.p99_us = mean(|r| r.p99_us);
+        rows.push(row);
+    }
+    Ok(())
+}
+
 fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String> {
     let workloads = selected(args, &bench::fs::ALL, |w| w.name());
     if specs.is_empty() || workloads.is_empty() {
@@ -552,6 +580,9 @@ fn run(args: Args) -> Result<(), String> {
     run_blk(&args, &blk, &mut rows)?;
     if let (true, Some(o)) = (args.pread_baseline, &ours) {
         run_pread_baseline(&args, &o.blk_image, &mut rows)?;
+    }
+    if let (true, Some(o)) = (args.fio_ceiling, &ours) {
+        run_fio_ceiling(&args, &o.blk_image, &mut rows)?;
         // Keep each workload's rows together in the table.
         let order: Vec<String> =
             rows.iter()
