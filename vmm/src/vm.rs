@@ -202,8 +202,8 @@ impl Vm {
     pub fn new(config: &VmConfig, start: Instant) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let max = kvm.get_max_vcpus();
-        if usize::from(config.cpus) > max {
-            return Err(VmError::TooManyVcpus(config.cpus, max));
+        if usize::from(config.cpus.max) > max {
+            return Err(VmError::TooManyVcpus(config.cpus.max, max));
         }
         let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
         let ram = GuestRam::new(&config.memory)?;
@@ -251,7 +251,7 @@ impl Vm {
         vm.create_pit2(pit).map_err(VmError::CreatePit)?;
 
         let mmio64 = layout::pci_mmio64_window(config.memory.size);
-        let rsdp = acpi::write_tables(ram.memory(), config.cpus, mmio64)?;
+        let rsdp = acpi::write_tables(ram.memory(), config.cpus.boot, mmio64)?;
         let entry = boot::load(
             ram.memory(),
             &BootConfig {
@@ -309,13 +309,16 @@ impl Vm {
         let gate = Arc::new(VcpuGate::new());
         let mut counters = Vec::new();
         let mut vcpus = Vec::new();
-        for id in 0..config.cpus {
+        for id in 0..config.cpus.boot {
             let fd = vm
                 .create_vcpu(u64::from(id))
                 .map_err(|source| VmError::CreateVcpu { id, source })?;
             let cpu_err = |source| VmError::Cpu { id, source };
-            vcpu::setup::configure(&fd, &vcpu::setup::cpuid_for(&base_cpuid, id, config.cpus))
-                .map_err(cpu_err)?;
+            vcpu::setup::configure(
+                &fd,
+                &vcpu::setup::cpuid_for(&base_cpuid, id, config.cpus.boot),
+            )
+            .map_err(cpu_err)?;
             if id == 0 {
                 vcpu::setup::setup_boot_vcpu(&fd, ram.memory(), &entry).map_err(cpu_err)?;
             }
@@ -352,7 +355,7 @@ impl Vm {
         }
 
         let control = Arc::new(VmController::new(
-            config.cpus,
+            config.cpus.boot,
             config.memory.size,
             devices.clone(),
             counters,
