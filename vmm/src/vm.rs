@@ -309,16 +309,20 @@ impl Vm {
         let gate = Arc::new(VcpuGate::new());
         let mut counters = Vec::new();
         let mut vcpus = Vec::new();
+        let topology = config.cpus.topology();
         for id in 0..config.cpus.boot {
+            // KVM's vCPU id is the LAPIC's initial APIC id.
             let fd = vm
-                .create_vcpu(u64::from(id))
+                .create_vcpu(u64::from(topology.apic_id(u32::from(id))))
                 .map_err(|source| VmError::CreateVcpu { id, source })?;
             let cpu_err = |source| VmError::Cpu { id, source };
-            vcpu::setup::configure(
-                &fd,
-                &vcpu::setup::cpuid_for(&base_cpuid, id, config.cpus.boot),
-            )
-            .map_err(cpu_err)?;
+            let spec = vcpu::setup::CpuidSpec {
+                topology,
+                index: id,
+                pmu: config.cpus.pmu,
+            };
+            let cpuid = vcpu::setup::cpuid_for(&base_cpuid, &spec).map_err(cpu_err)?;
+            vcpu::setup::configure(&fd, &cpuid).map_err(cpu_err)?;
             if id == 0 {
                 vcpu::setup::setup_boot_vcpu(&fd, ram.memory(), &entry).map_err(cpu_err)?;
             }
