@@ -10,7 +10,10 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_PMU_CAPABILITY,
+    KVM_PIT_SPEAKER_DUMMY, KVM_PMU_CAP_DISABLE,
+};
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::acpi::{self, AcpiError};
@@ -53,6 +56,8 @@ pub enum VmError {
     OpenKvm(#[source] kvm_ioctls::Error),
     #[error("KVM_CREATE_VM")]
     CreateVm(#[source] kvm_ioctls::Error),
+    #[error("KVM_ENABLE_CAP KVM_CAP_PMU_CAPABILITY (pmu=off)")]
+    DisablePmu(#[source] kvm_ioctls::Error),
     #[error("KVM_SET_TSS_ADDR")]
     SetTss(#[source] kvm_ioctls::Error),
     #[error("KVM_CREATE_IRQCHIP")]
@@ -206,6 +211,9 @@ impl Vm {
             return Err(VmError::TooManyVcpus(config.cpus.max, max));
         }
         let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+        if !config.cpus.pmu {
+            disable_pmu(&vm)?;
+        }
         let ram = GuestRam::new(&config.memory)?;
         let vm = Arc::new(vm);
         // The vhost-user handshakes wait on the backends: they run on their
@@ -499,6 +507,25 @@ impl Vm {
         }
         ended.unwrap_or(Ok(VmExit::Stopped))
     }
+}
+
+/// `pmu=off`: KVM's PMU off for the VM's vCPUs when KVM offers it
+/// (KVM_CAP_PMU_CAPABILITY, before any vCPU exists); CPUID leaf 0xA reads
+/// zero either way ([`vcpu::setup::cpuid_for`]).
+fn disable_pmu(vm: &VmFd) -> Result<(), VmError> {
+    let offered = vm.check_extension_raw(u64::from(KVM_CAP_PMU_CAPABILITY));
+    if offered & KVM_PMU_CAP_DISABLE as i32 == 0 {
+        log::info!("pmu=off: KVM offers no PMU capability to disable; CPUID 0xA reads zero");
+        return Ok(());
+    }
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_PMU_CAPABILITY,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from(KVM_PMU_CAP_DISABLE);
+    vm.enable_cap(&cap).map_err(VmError::DisablePmu)?;
+    log::info!("pmu=off: KVM's PMU disabled; CPUID 0xA reads zero");
+    Ok(())
 }
 
 /// How `exit` reads in the log: `powered off`, `reset`, `stopped`.
