@@ -344,6 +344,7 @@ impl Vm {
                 events: events_tx.clone(),
                 gate: gate.clone(),
                 counters: c,
+                host_cpus: config.cpus.host_cpus(id).map(<[usize]>::to_vec),
             });
         }
         let activation = ActivationThread::start().map_err(VmError::Activation)?;
