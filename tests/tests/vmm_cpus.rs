@@ -3,15 +3,19 @@
 //! pinned to the host CPUs `affinity=` names, as its `Cpus_allowed_list`
 //! in `/proc/PID/task/TID/status` shows, while the VMM's other threads
 //! keep the process's set; `vm.info` echoes boot, max, topology, affinity
-//! and `pmu` in Cloud Hypervisor's `CpusConfig` shape.
+//! and `pmu` in Cloud Hypervisor's `CpusConfig` shape. The same through
+//! `vm.create` + `vm.boot` on an empty VMM, with a host CPU it lacks
+//! refused first as a 400 naming `cpus.affinity`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 use vu_driver::fixture::{Daemon, TempDir};
+use vu_driver::http;
 use vu_driver::vmm::{
-    press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_info, wait_for_serial,
+    press_power_button, serial, shutdown_vmm, spawn_test_guest, spawn_vmm, test_guest, vm_info,
+    wait_for_serial,
 };
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
@@ -113,6 +117,55 @@ fn each_vcpu_thread_runs_on_its_host_cpus_and_vm_info_echoes_the_cpus() {
                "pmu": false}),
         "{info}"
     );
+    press_power_button(&api, &vmm, WAIT, || logs(&vmm, &console));
+    shutdown_vmm(&api, &mut vmm, WAIT, |v| logs(v, &console));
+}
+
+#[test]
+fn vm_create_pins_the_vcpus_it_names() {
+    let own = allowed_list(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let host = parse_cpu_list(&own);
+    let last = host[host.len() - 1];
+    let dir = TempDir::new("vmm-cpus-api").unwrap();
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut vmm = spawn_vmm(["--api-socket".as_ref(), api.as_os_str()], &api, &[], WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let body = |host_cpus: Vec<usize>| {
+        json!({
+            "payload": {"kernel": guest, "cmdline": "console=ttyS0 wait-power-button"},
+            "cpus": {"boot_vcpus": 2, "max_vcpus": 2,
+                     "affinity": [{"vcpu": 1, "host_cpus": host_cpus}]},
+            "memory": {"size": 64u64 << 20},
+            "serial": {"mode": "File", "file": console},
+        })
+        .to_string()
+    };
+    let create = |b: String| http::call(&api, "PUT", "/api/v1/vm.create", Some(&b));
+    let (status, answer) = create(body(vec![last, 100_000]));
+    assert_eq!(status, 400, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cpus.affinity") && error.contains("host CPU 100000"),
+        "{answer}"
+    );
+    let (status, answer) = create(body(vec![last]));
+    assert_eq!(status, 204, "{answer}");
+    let (status, answer) = http::call(&api, "PUT", "/api/v1/vm.boot", None);
+    assert_eq!(status, 204, "{answer}\n{}", logs(&vmm, &console));
+    wait_for_serial(&mut vmm, &console, WAITING, BOOT_TIMEOUT, |v| {
+        logs(v, &console)
+    });
+    let threads = thread_cpus(vmm.pid());
+    let of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+    };
+    assert_eq!(of("vcpu1"), Some(last.to_string()), "{threads:?}");
+    assert_eq!(of("vcpu0"), Some(own), "vCPU 0 is not named: {threads:?}");
     press_power_button(&api, &vmm, WAIT, || logs(&vmm, &console));
     shutdown_vmm(&api, &mut vmm, WAIT, |v| logs(v, &console));
 }
