@@ -1,8 +1,9 @@
 //! Our VMM boots the freestanding test guest (`tests/guest-fw`) under KVM:
 //! PVH entry, a port write at entry, COM1 output, the APs started with
 //! INIT-SIPI-SIPI, ACPI power-off, exit code 0; PCI bus 0 enumerated through
-//! CF8/CFC (the host bridge) and the MCFG's ECAM window agreeing with it.
-//! And its command-line errors.
+//! CF8/CFC (the host bridge) and the MCFG's ECAM window agreeing with it;
+//! `--cpus topology=` as the guest reads it in CPUID 0xB/0x1F and the MADT,
+//! `pmu=off` as leaf 0xA. And its command-line errors.
 
 use std::time::Duration;
 
@@ -67,6 +68,69 @@ fn second_cpu_reports_in() {
 #[test]
 fn four_cpus_report_in() {
     assert_booted(&boot_test_guest(4, BOOT_TIMEOUT), 4);
+}
+
+/// What the guest reports of CPUID leaf `leaf`.`sub` (see `report_cpuid`
+/// in the guest): `cpuid 0xb.1: eax 0x2 ebx 0x3 ecx 0x201 edx 0x0`.
+fn cpuid_line(leaf: &str, sub: u32, [eax, ebx, ecx, edx]: [u32; 4]) -> String {
+    format!("cpuid {leaf}.{sub}: eax {eax:#x} ebx {ebx:#x} ecx {ecx:#x} edx {edx:#x}\n")
+}
+
+fn assert_lines(run: &Finished, lines: &[String]) {
+    assert_eq!(run.code(), Some(0), "{}", show(run));
+    for line in lines {
+        assert!(run.stdout.contains(line), "missing {line:?}\n{}", show(run));
+    }
+    assert!(!run.stdout.contains("did not report in"), "{}", show(run));
+}
+
+/// `topology=1:3:1:2` with 4 of 6 vCPUs booted and `pmu=off`: the guest
+/// reads CPUID 0xB and 0x1F as the topology says (3 cores take 2 bits of
+/// the APIC id, so the second package starts at 4), the MADT's 4 enabled
+/// CPUs come up with APIC ids 0, 1, 2, 4 (the other 2 are listed
+/// disabled), and leaf 0xA is zero.
+#[test]
+fn the_guest_sees_the_topology_in_cpuid_and_the_madt() {
+    let args = [
+        "--cpus".into(),
+        "boot=4,max=6,topology=1:3:1:2,pmu=off".into(),
+    ];
+    let run = vu_driver::vmm::run_test_guest(&args, BOOT_TIMEOUT);
+    let mut lines = vec![
+        "acpi: 4 cpu(s), PM1a control port 0x604\n".to_string(),
+        cpuid_line("0xb", 0, [0, 1, 0x100, 0]),
+        cpuid_line("0xb", 1, [2, 3, 0x201, 0]),
+        cpuid_line("0xb", 2, [0, 0, 2, 0]),
+        cpuid_line("0x1f", 0, [0, 1, 0x100, 0]),
+        cpuid_line("0x1f", 1, [2, 3, 0x201, 0]),
+        cpuid_line("0x1f", 2, [2, 3, 0x502, 0]),
+        cpuid_line("0xa", 0, [0, 0, 0, 0]),
+        "all 4 cpu(s) up; powering off\n".to_string(),
+    ];
+    for (n, id) in [(1, 1), (2, 2), (3, 4)] {
+        lines.push(format!("cpu {n}: cpuid 0xb x2apic id {id}\n"));
+        lines.push(format!("cpu {n}: apic id {id} reported in\n"));
+    }
+    assert_lines(&run, &lines);
+    assert!(run.stderr.contains("pmu=off:"), "{}", show(&run));
+}
+
+/// `topology=2:2:1:1`: two threads per core, so 0xB's SMT level shifts
+/// by 1 and counts 2.
+#[test]
+fn two_threads_per_core_in_cpuid() {
+    let args = ["--cpus".into(), "boot=4,topology=2:2:1:1".into()];
+    let run = vu_driver::vmm::run_test_guest(&args, BOOT_TIMEOUT);
+    let mut lines = vec![
+        cpuid_line("0xb", 0, [1, 2, 0x100, 0]),
+        cpuid_line("0xb", 1, [2, 4, 0x201, 0]),
+        cpuid_line("0x1f", 2, [2, 4, 0x502, 0]),
+        "all 4 cpu(s) up; powering off\n".to_string(),
+    ];
+    for n in 1..4 {
+        lines.push(format!("cpu {n}: cpuid 0xb x2apic id {n}\n"));
+    }
+    assert_lines(&run, &lines);
 }
 
 #[test]
@@ -136,6 +200,29 @@ fn odd_memory_size_is_one_line() {
         (&["--memory", "size=lots"], &["--memory", "not a size"]),
         (&["--cpus", "boot=0"], &["--cpus", "boot=0"]),
         (&["--serial", "pty"], &["--serial", "pty"]),
+        (
+            &["--cpus", "boot=2,max=4,topology=1:2:1:1"],
+            &["--cpus", "topology: 1:2:1:1 makes 2 vCPUs, not max 4"],
+        ),
+        (
+            &["--cpus", "boot=2,topology=1:0:2:1"],
+            &["--cpus", "no count may be 0"],
+        ),
+        (
+            &["--cpus", "boot=2,affinity=[2@[0]]"],
+            &["--cpus", "vCPU 2 is not below max 2"],
+        ),
+        (
+            &["--cpus", "boot=1,affinity=[0@[100000]]"],
+            &[
+                "--cpus",
+                "host CPU 100000 is not one this process may run on",
+            ],
+        ),
+        (
+            &["--cpus", "boot=1,affinity=[0@2]"],
+            &["--cpus", "`2` is not [CPUS]"],
+        ),
     ];
     for (option, culprits) in cases {
         refusal(&[&["--kernel", "k"][..], option].concat(), 2, culprits);

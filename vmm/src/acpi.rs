@@ -6,11 +6,14 @@
 //! the reset register (port 0x64, value 0xfe: the i8042 reset). The DSDT holds `_S5_` = 5 and the
 //! PCI host bridge `\_SB_.PCI0` (PNP0A08, segment 0, buses 0..=255, the
 //! configuration ports, the I/O and the 32/64-bit BAR windows); the MCFG
-//! points at the ECAM window ([`layout::PCI_MMCONFIG_START`]).
+//! points at the ECAM window ([`layout::PCI_MMCONFIG_START`]). The MADT
+//! lists `max` vCPUs with the topology's APIC ids, those above `boot`
+//! disabled but online capable.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::aml;
+use crate::cli::CpusConfig;
 use crate::layout;
 
 pub const PM1A_EVT_PORT: u16 = 0x600;
@@ -191,16 +194,34 @@ fn fadt(facs_addr: u64, dsdt_addr: u64) -> Vec<u8> {
     t.finish()
 }
 
-fn madt(cpus: u8) -> Vec<u8> {
-    let mut t = Sdt::new(b"APIC", 4);
+/// MADT Processor Local APIC flags: Enabled, and Online Capable (the OS
+/// may bring it up later; MADT revision 5, ACPI 6.3).
+const LAPIC_ENABLED: u32 = 1;
+const LAPIC_ONLINE_CAPABLE: u32 = 2;
+
+/// The MADT: a local APIC per vCPU up to `max` (uid = index, APIC id from
+/// the topology), those from `boot` on not enabled but online capable;
+/// the I/O APIC with the id after the last local APIC's.
+fn madt(cpus: &CpusConfig) -> Vec<u8> {
+    let mut t = Sdt::new(b"APIC", 5);
     t.put(&(layout::APIC_START as u32).to_le_bytes());
     t.put(&1u32.to_le_bytes()); // PCAT_COMPAT: dual 8259s are present
-    for id in 0..cpus {
-        // Processor Local APIC: uid, APIC id, enabled.
-        t.put(&[0, 8, id, id]).put(&1u32.to_le_bytes());
+    let topology = cpus.topology();
+    let mut next_id = 0u8;
+    for index in 0..cpus.max {
+        // `CpusConfig::check` keeps every id within 8 bits.
+        let apic_id = topology.apic_id(u32::from(index)) as u8;
+        let flags = if index < cpus.boot {
+            LAPIC_ENABLED
+        } else {
+            LAPIC_ONLINE_CAPABLE
+        };
+        // Processor Local APIC: uid, APIC id, flags.
+        t.put(&[0, 8, index, apic_id]).put(&flags.to_le_bytes());
+        next_id = apic_id.saturating_add(1);
     }
     // I/O APIC: id, address, GSI base.
-    t.put(&[1, 12, cpus, 0])
+    t.put(&[1, 12, next_id, 0])
         .put(&(layout::IOAPIC_START as u32).to_le_bytes())
         .put(&0u32.to_le_bytes());
     // Interrupt source override: ISA IRQ 0 -> GSI 2.
@@ -239,10 +260,10 @@ fn rsdp(xsdt_addr: u64) -> Vec<u8> {
     r
 }
 
-/// Builds every table for a guest with `cpus` vCPUs and the 64-bit BAR
+/// Builds every table for a guest with the vCPUs `cpus` and the 64-bit BAR
 /// window `mmio64` (start, size), laid out from `base` (the RSDP first).
 /// Returns the bytes; the RSDP is at `base`.
-pub fn build(cpus: u8, mmio64: (u64, u64), base: GuestAddress) -> Vec<u8> {
+pub fn build(cpus: &CpusConfig, mmio64: (u64, u64), base: GuestAddress) -> Vec<u8> {
     fn align(v: &mut Vec<u8>) {
         v.resize(v.len().next_multiple_of(16), 0);
     }
@@ -272,7 +293,7 @@ pub fn build(cpus: u8, mmio64: (u64, u64), base: GuestAddress) -> Vec<u8> {
 /// Writes the tables into guest memory; returns the RSDP's address.
 pub fn write_tables<M: GuestMemory>(
     mem: &M,
-    cpus: u8,
+    cpus: &CpusConfig,
     mmio64: (u64, u64),
 ) -> Result<GuestAddress, AcpiError> {
     let base = layout::ACPI_START;
@@ -310,7 +331,7 @@ mod tests {
     #[test]
     fn checksums_and_pointers() {
         let base = 0xe0000;
-        let blob = build(2, MMIO64, GuestAddress(base));
+        let blob = build(&CpusConfig::new(2), MMIO64, GuestAddress(base));
         let rsdp = &blob[..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(sum(&rsdp[..20]), 0);
@@ -402,29 +423,77 @@ mod tests {
         assert_eq!(&t[t.len() - 2..], &[0x79, 0]);
     }
 
+    /// The MADT's local APICs as (uid, APIC id, flags), and the I/O
+    /// APIC's id; checks the checksum, length and entry lengths.
+    fn madt_entries(cpus: &CpusConfig) -> (Vec<(u8, u8, u32)>, u8) {
+        let blob = madt(cpus);
+        assert_eq!(sum(&blob), 0);
+        assert_eq!(u32_at(&blob, 4) as usize, blob.len());
+        assert_eq!(blob[8], 5, "revision 5: Online Capable is defined");
+        let mut off = 44;
+        let (mut lapics, mut ioapic) = (Vec::new(), None);
+        while off < blob.len() {
+            let (kind, len) = (blob[off], blob[off + 1] as usize);
+            match kind {
+                0 => {
+                    assert_eq!(len, 8);
+                    lapics.push((blob[off + 2], blob[off + 3], u32_at(&blob, off + 4)));
+                }
+                1 => ioapic = Some(blob[off + 2]),
+                _ => {}
+            }
+            off += len;
+        }
+        assert_eq!(off, blob.len());
+        (lapics, ioapic.expect("an I/O APIC"))
+    }
+
     #[test]
     fn madt_lists_every_cpu() {
-        for cpus in [1u8, 2, 8, 254] {
-            let blob = madt(cpus);
-            assert_eq!(sum(&blob), 0);
-            let mut off = 44;
-            let mut ids = Vec::new();
-            while off < blob.len() {
-                let (kind, len) = (blob[off], blob[off + 1] as usize);
-                if kind == 0 {
-                    assert_eq!(u32_at(&blob, off + 4) & 1, 1);
-                    ids.push(blob[off + 3]);
-                }
-                off += len;
-            }
-            assert_eq!(off, blob.len());
-            assert_eq!(ids, (0..cpus).collect::<Vec<_>>());
+        for n in [1u8, 2, 8, 254] {
+            let (lapics, ioapic) = madt_entries(&CpusConfig::new(n));
+            let want: Vec<_> = (0..n).map(|i| (i, i, LAPIC_ENABLED)).collect();
+            assert_eq!(lapics, want);
+            assert_eq!(ioapic, n);
         }
     }
 
     #[test]
+    fn madt_lists_max_cpus_with_the_topologys_apic_ids() {
+        let cpus = CpusConfig {
+            max: 6,
+            topology: Some(crate::topology::CpuTopology {
+                threads_per_core: 1,
+                cores_per_die: 3,
+                dies_per_package: 1,
+                packages: 2,
+            }),
+            ..CpusConfig::new(2)
+        };
+        let (lapics, ioapic) = madt_entries(&cpus);
+        let (on, off) = (LAPIC_ENABLED, LAPIC_ONLINE_CAPABLE);
+        // 3 cores take 2 bits: the second package's APIC ids start at 4.
+        assert_eq!(
+            lapics,
+            [
+                (0, 0, on),
+                (1, 1, on),
+                (2, 2, off),
+                (3, 4, off),
+                (4, 5, off),
+                (5, 6, off)
+            ]
+        );
+        assert_eq!(ioapic, 7);
+        // Its checksum holds inside the whole set of tables too.
+        let blob = build(&cpus, MMIO64, GuestAddress(0xe0000));
+        let xsdt = table(&blob, 0xe0000, u64_at(&blob, 24));
+        assert_eq!(sum(table(&blob, 0xe0000, u64_at(xsdt, 44))), 0);
+    }
+
+    #[test]
     fn fits_in_legacy_area_with_max_cpus() {
-        let blob = build(254, MMIO64, layout::ACPI_START);
+        let blob = build(&CpusConfig::new(254), MMIO64, layout::ACPI_START);
         assert!(layout::ACPI_START.0 + blob.len() as u64 <= layout::HIGH_RAM_START.0);
     }
 }

@@ -35,6 +35,7 @@ use clap::Parser;
 use devices::vhost_user::DeviceKind;
 
 use crate::seccomp::Mode;
+pub use crate::topology::CpuTopology;
 
 /// The thin KVM core: boots a kernel with guest RAM in a shared file.
 #[derive(Debug, Parser)]
@@ -52,7 +53,15 @@ pub struct Args {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
     pub cmdline: String,
-    /// vCPUs: `boot=N` (1 to 254).
+    /// vCPUs (Cloud Hypervisor's syntax): `boot=N[,max=M,topology=T:C:D:P,
+    /// affinity=[V@[CPUS],...],kvm_hyperv=off,pmu=on|off]`. `boot` vCPUs
+    /// run (1 to 254); `max` (default `boot`) are listed in the MADT, the
+    /// ones above `boot` disabled; `topology` is threads per core, cores
+    /// per die, dies per package, packages, multiplying to `max` (default
+    /// `1:max:1:1`), and gives the APIC ids and CPUID leaves 1, 4, 0xB and
+    /// 0x1F; `affinity` pins each listed vCPU thread to host CPUs (`2,3`
+    /// or `4-7`); `pmu=off` hides the PMU (CPUID 0xA zero, KVM's PMU
+    /// disabled).
     #[arg(long, default_value = "boot=1", value_parser = parse_cpus)]
     pub cpus: CpusConfig,
     /// Guest RAM: `size=SIZE[,file=PATH]`. SIZE takes K, M, G suffixes and
@@ -126,10 +135,170 @@ impl Args {
     }
 }
 
-/// `--cpus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `--cpus` (and `vm.create`'s `cpus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpusConfig {
+    /// vCPUs created at boot.
     pub boot: u8,
+    /// vCPUs the guest is told may exist (the MADT lists them, those
+    /// above `boot` disabled); `boot` when not given.
+    pub max: u8,
+    /// As given; [`CpusConfig::topology`] is the one in effect.
+    pub topology: Option<CpuTopology>,
+    /// Host CPUs per vCPU, each vCPU at most once.
+    pub affinity: Vec<VcpuAffinity>,
+    /// `pmu=off`: no PMU for the guest (CPUID 0xA zero, KVM's PMU off).
+    pub pmu: bool,
+}
+
+/// One vCPU's host CPUs (`affinity=[VCPU@[CPUS]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuAffinity {
+    pub vcpu: u8,
+    pub host_cpus: Vec<usize>,
+}
+
+impl CpusConfig {
+    /// `boot` vCPUs, none more, flat topology, no pinning, a PMU.
+    pub fn new(boot: u8) -> Self {
+        CpusConfig {
+            boot,
+            max: boot,
+            topology: None,
+            affinity: Vec::new(),
+            pmu: true,
+        }
+    }
+
+    /// The topology in effect: as given, or `max` cores of one package.
+    pub fn topology(&self) -> CpuTopology {
+        self.topology.unwrap_or(CpuTopology::flat(self.max))
+    }
+
+    /// The host CPUs vCPU `vcpu` is pinned to, if any.
+    pub fn host_cpus(&self, vcpu: u8) -> Option<&[usize]> {
+        self.affinity
+            .iter()
+            .find(|a| a.vcpu == vcpu)
+            .map(|a| a.host_cpus.as_slice())
+    }
+
+    /// Checks the fields together, and the affinity against `host` (the
+    /// CPUs this process may run on). The error names the key it is
+    /// about, as `vm.create` spells it (`max_vcpus`, `topology`,
+    /// `affinity`), and why.
+    pub fn check(&self, host: &[usize]) -> Result<(), (&'static str, String)> {
+        if self.max < self.boot {
+            return Err((
+                "max_vcpus",
+                format!("max {} is below boot {}", self.max, self.boot),
+            ));
+        }
+        if let Some(t) = &self.topology {
+            let levels = [
+                t.threads_per_core,
+                t.cores_per_die,
+                t.dies_per_package,
+                t.packages,
+            ];
+            if levels.contains(&0) {
+                return Err((
+                    "topology",
+                    format!("{}: no count may be 0", topology_string(t)),
+                ));
+            }
+            if t.count() != u32::from(self.max) {
+                return Err((
+                    "topology",
+                    format!(
+                        "{} makes {} vCPUs, not max {} (threads x cores x dies x packages \
+                         must be max)",
+                        topology_string(t),
+                        t.count(),
+                        self.max
+                    ),
+                ));
+            }
+        }
+        let top = self.topology().apic_id(u32::from(self.max) - 1);
+        if top > u32::from(MAX_VCPUS) {
+            return Err((
+                "topology",
+                format!(
+                    "{} gives APIC ids up to {top}; the MADT's local APIC entries stop at {MAX_VCPUS}",
+                    topology_string(&self.topology())
+                ),
+            ));
+        }
+        for (i, a) in self.affinity.iter().enumerate() {
+            if a.vcpu >= self.max {
+                return Err((
+                    "affinity",
+                    format!("vCPU {} is not below max {}", a.vcpu, self.max),
+                ));
+            }
+            if self.affinity[..i].iter().any(|b| b.vcpu == a.vcpu) {
+                return Err(("affinity", format!("vCPU {} given twice", a.vcpu)));
+            }
+            if a.host_cpus.is_empty() {
+                return Err(("affinity", format!("vCPU {}: no host CPU", a.vcpu)));
+            }
+            if let Some(cpu) = a.host_cpus.iter().find(|c| !host.contains(c)) {
+                return Err((
+                    "affinity",
+                    format!(
+                        "vCPU {}: host CPU {cpu} is not one this process may run on ({})",
+                        a.vcpu,
+                        cpu_list(host)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `threads:cores:dies:packages`.
+pub fn topology_string(t: &CpuTopology) -> String {
+    format!(
+        "{}:{}:{}:{}",
+        t.threads_per_core, t.cores_per_die, t.dies_per_package, t.packages
+    )
+}
+
+/// `0-3,6`: a CPU list as /proc shows it.
+pub fn cpu_list(cpus: &[usize]) -> String {
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            sorted[i].to_string()
+        } else {
+            format!("{}-{}", sorted[i], sorted[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`); empty if it
+/// cannot be read (then any affinity is refused, with this list shown).
+pub fn host_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// `--memory`.
@@ -244,22 +413,148 @@ fn pairs(s: &str) -> Result<Vec<(&str, &str)>, String> {
         .collect()
 }
 
+/// `--cpus boot=N[,max=M,topology=T:C:D:P,affinity=[V@[CPUS],...],kvm_hyperv=off,pmu=on|off]`,
+/// its affinity checked against the CPUs this process may run on.
 pub fn parse_cpus(s: &str) -> Result<CpusConfig, String> {
+    parse_cpus_on(s, &host_cpus())
+}
+
+/// [`parse_cpus`] with `host` as the CPUs this process may run on.
+pub fn parse_cpus_on(s: &str, host: &[usize]) -> Result<CpusConfig, String> {
     let mut boot = None;
-    for (k, v) in pairs(s)? {
+    let mut max = None;
+    let mut topology = None;
+    let mut affinity = Vec::new();
+    let mut pmu = true;
+    for kv in split_outside_brackets(s) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("`{kv}` is not key=value"))?;
+        let count = |v: &str| -> Result<u8, String> {
+            let n: u64 = v
+                .parse()
+                .map_err(|_| format!("{k}={v} is not a number from 1 to {MAX_VCPUS}"))?;
+            check_vcpus(n).map_err(|e| format!("{k}={e}"))
+        };
         match k {
-            "boot" => {
-                let n: u64 = v
-                    .parse()
-                    .map_err(|_| format!("boot={v} is not a number from 1 to {MAX_VCPUS}"))?;
-                boot = Some(check_vcpus(n).map_err(|e| format!("boot={e}"))?);
+            "boot" => boot = Some(count(v)?),
+            "max" => max = Some(count(v)?),
+            "topology" => topology = Some(parse_topology(v)?),
+            "affinity" => affinity = parse_affinity(v)?,
+            "kvm_hyperv" => {
+                if parse_switch(k, v)? {
+                    return Err("kvm_hyperv=on: no Hyper-V enlightenments here".into());
+                }
             }
-            other => return Err(format!("unknown key `{other}` (known: boot)")),
+            "pmu" => pmu = parse_switch(k, v)?,
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` (known: boot, max, topology, affinity, kvm_hyperv, pmu)"
+                ))
+            }
         }
     }
-    Ok(CpusConfig {
-        boot: boot.ok_or("missing boot=N")?,
+    let boot = boot.ok_or("missing boot=N")?;
+    let cpus = CpusConfig {
+        boot,
+        max: max.unwrap_or(boot),
+        topology,
+        affinity,
+        pmu,
+    };
+    cpus.check(host).map_err(|(key, e)| {
+        let key = key.strip_suffix("_vcpus").unwrap_or(key);
+        format!("{key}: {e}")
+    })?;
+    Ok(cpus)
+}
+
+/// `a=b,c=[d,e]` split at the commas outside brackets.
+fn split_outside_brackets(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// `threads:cores:dies:packages`, each 1 to 255.
+pub fn parse_topology(v: &str) -> Result<CpuTopology, String> {
+    let bad = || format!("topology={v} is not threads:cores:dies:packages (e.g. 1:2:1:2)");
+    let n: Vec<u8> = v
+        .split(':')
+        .map(|p| p.parse::<u8>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let [threads_per_core, cores_per_die, dies_per_package, packages] = n[..] else {
+        return Err(bad());
+    };
+    Ok(CpuTopology {
+        threads_per_core,
+        cores_per_die,
+        dies_per_package,
+        packages,
     })
+}
+
+/// `[0@[2,3],1@[4-6]]`: vCPU 0 on host CPUs 2 and 3, vCPU 1 on 4 to 6.
+pub fn parse_affinity(v: &str) -> Result<Vec<VcpuAffinity>, String> {
+    let bad = |why: &str| format!("affinity={v}: {why} (e.g. affinity=[0@[2,3],1@[4-6]])");
+    let inner = v
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .ok_or_else(|| bad("not in brackets"))?;
+    if inner.is_empty() {
+        return Ok(Vec::new());
+    }
+    split_outside_brackets(inner)
+        .into_iter()
+        .map(|entry| {
+            let (vcpu, cpus) = entry
+                .split_once('@')
+                .ok_or_else(|| bad(&format!("`{entry}` is not VCPU@[CPUS]")))?;
+            let vcpu = vcpu
+                .parse()
+                .map_err(|_| bad(&format!("`{vcpu}` is not a vCPU number")))?;
+            let cpus = cpus
+                .strip_prefix('[')
+                .and_then(|s| s.strip_suffix(']'))
+                .ok_or_else(|| bad(&format!("`{cpus}` is not [CPUS]")))?;
+            let host_cpus = parse_cpu_list(cpus).map_err(|e| bad(&e))?;
+            Ok(VcpuAffinity { vcpu, host_cpus })
+        })
+        .collect()
+}
+
+/// `2,3,5-7` → [2, 3, 5, 6, 7].
+fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        let num = |n: &str| {
+            n.parse::<usize>()
+                .map_err(|_| format!("`{item}` is not a CPU number or range"))
+        };
+        match item.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b || b - a > 4096 {
+                    return Err(format!("`{item}` is not a range"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(num(item)?),
+        }
+    }
+    Ok(cpus)
 }
 
 /// A vCPU count from 1 to [`MAX_VCPUS`]; the error starts with the number.
@@ -682,11 +977,98 @@ mod tests {
 
     #[test]
     fn cpus() {
-        assert_eq!(parse_cpus("boot=2"), Ok(CpusConfig { boot: 2 }));
+        assert_eq!(parse_cpus("boot=2"), Ok(CpusConfig::new(2)));
         assert!(parse_cpus("boot=0").is_err());
         assert!(parse_cpus("boot=255").is_err());
         assert!(parse_cpus("max=4").is_err());
         assert!(parse_cpus("boot=two").is_err());
+    }
+
+    #[test]
+    fn cpus_with_max_topology_affinity_and_pmu() {
+        let host = [0, 1, 2, 3, 4, 5, 6];
+        let c = parse_cpus_on(
+            "boot=2,max=4,topology=1:2:1:2,affinity=[0@[2,3],1@[4-6]],kvm_hyperv=off,pmu=off",
+            &host,
+        )
+        .unwrap();
+        assert_eq!((c.boot, c.max, c.pmu), (2, 4, false));
+        let t = c.topology.unwrap();
+        assert_eq!(topology_string(&t), "1:2:1:2");
+        assert_eq!(c.host_cpus(0), Some(&[2, 3][..]));
+        assert_eq!(c.host_cpus(1), Some(&[4, 5, 6][..]));
+        assert_eq!(c.host_cpus(2), None);
+        // Defaults: max = boot, 1:max:1:1, a PMU, no pinning.
+        let c = parse_cpus_on("boot=3", &host).unwrap();
+        assert_eq!((c.max, c.pmu, c.affinity.len()), (3, true, 0));
+        assert_eq!(c.topology(), CpuTopology::flat(3));
+        assert_eq!(
+            parse_cpus_on("boot=1,affinity=[]", &host).unwrap().affinity,
+            []
+        );
+    }
+
+    #[test]
+    fn cpus_errors_name_the_key() {
+        let host = [0, 1];
+        for (bad, says) in [
+            ("boot=4,max=2", "max: max 2 is below boot 4"),
+            (
+                "boot=2,max=4,topology=1:2:1:1",
+                "topology: 1:2:1:1 makes 2 vCPUs, not max 4",
+            ),
+            (
+                "boot=2,topology=0:2:1:1",
+                "topology: 0:2:1:1: no count may be 0",
+            ),
+            (
+                "boot=2,topology=1:2:1",
+                "topology=1:2:1 is not threads:cores:dies:packages",
+            ),
+            (
+                "boot=2,topology=a:b:c:d",
+                "is not threads:cores:dies:packages",
+            ),
+            (
+                "boot=2,affinity=[2@[0]]",
+                "affinity: vCPU 2 is not below max 2",
+            ),
+            ("boot=2,affinity=[0@[0],0@[1]]", "vCPU 0 given twice"),
+            ("boot=2,affinity=[0@[]]", "vCPU 0: no host CPU"),
+            (
+                "boot=2,affinity=[0@[5]]",
+                "host CPU 5 is not one this process may run on (0-1)",
+            ),
+            ("boot=2,affinity=0@[1]", "affinity=0@[1]: not in brackets"),
+            ("boot=2,affinity=[0:[1]]", "`0:[1]` is not VCPU@[CPUS]"),
+            ("boot=2,affinity=[0@1]", "`1` is not [CPUS]"),
+            ("boot=2,affinity=[0@[3-1]]", "`3-1` is not a range"),
+            ("boot=2,affinity=[x@[1]]", "`x` is not a vCPU number"),
+            ("boot=2,kvm_hyperv=on", "no Hyper-V"),
+            ("boot=2,pmu=maybe", "pmu=maybe is not on or off"),
+            ("boot=2,max=255", "max=255 is not from 1 to 254"),
+            ("boot=2,sockets=2", "unknown key `sockets`"),
+            ("boot=2,max", "`max` is not key=value"),
+            // 65 cores take 7 bits: the third package starts at 256.
+            (
+                "boot=1,max=195,topology=1:65:1:3",
+                "gives APIC ids up to 320",
+            ),
+        ] {
+            let e = parse_cpus_on(bad, &host).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // The last APIC id that fits: 1:127:1:2's vCPU 253 is 128 + 126.
+        let c = parse_cpus_on("boot=1,max=254,topology=1:127:1:2", &host).unwrap();
+        assert_eq!(c.topology().apic_id(253), 254);
+    }
+
+    #[test]
+    fn cpu_lists_read_as_proc_shows_them() {
+        assert_eq!(cpu_list(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+        assert_eq!(cpu_list(&[3]), "3");
+        assert_eq!(cpu_list(&[]), "");
+        assert!(!host_cpus().is_empty(), "this process runs somewhere");
     }
 
     #[test]

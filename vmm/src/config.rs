@@ -12,10 +12,9 @@
 //! - inert (`null`, `false`, `0`, `""`, `[]`, `{}`, Cloud Hypervisor's
 //!   `id`s): accepted, nothing to report;
 //! - changing what the guest or the host gets in a way we cannot give
-//!   ([`refusal`]: a disk `path`, `vsock`, `pmem`, hugepages, a
-//!   `max_vcpus` above `boot_vcpus`, ...): refused, the error names the
-//!   field;
-//! - anything else (`rng`, `cpus.topology`, `memory.hotplug_size`,
+//!   ([`refusal`]: `vsock`, `pmem`, `cpus.kvm_hyperv`, ...): refused, the
+//!   error names the field;
+//! - anything else (`rng`, `cpus.max_phys_bits`, `memory.hotplug_size`,
 //!   `platform`, unknown fields): accepted, listed in `vm.info`'s
 //!   `unsupported` as `"<path>: ignored"` lines.
 
@@ -25,7 +24,8 @@ use devices::vhost_user::DeviceKind;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    self, check_memory_size, check_vcpus, Args, MemoryConfig, SerialConfig, VhostUserConfig,
+    self, check_memory_size, check_vcpus, Args, CpuTopology, CpusConfig, MemoryConfig,
+    SerialConfig, VcpuAffinity, VhostUserConfig,
 };
 
 /// The kernel command line when `payload.cmdline` is absent (and the
@@ -38,7 +38,7 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     pub initramfs: Option<PathBuf>,
     pub cmdline: String,
-    pub cpus: u8,
+    pub cpus: CpusConfig,
     pub memory: MemoryConfig,
     pub serial: SerialConfig,
     /// vhost-user devices, plugged in this order from slot 1.
@@ -78,7 +78,7 @@ pub fn from_cli(args: &Args) -> Option<VmPlan> {
         kernel: args.kernel.clone()?,
         initramfs: args.initramfs.clone(),
         cmdline: args.cmdline.clone(),
-        cpus: args.cpus.boot,
+        cpus: args.cpus.clone(),
         memory: args.memory.clone(),
         serial: args.serial.clone(),
         devices: args.vhost_user_devices(),
@@ -133,7 +133,7 @@ pub fn to_api(config: &VmConfig) -> Value {
         .collect();
     json!({
         "payload": payload,
-        "cpus": {"boot_vcpus": config.cpus, "max_vcpus": config.cpus},
+        "cpus": cpus_echo(&config.cpus),
         "memory": memory_echo(&config.memory),
         "serial": serial,
         "console": {"mode": "Off"},
@@ -141,6 +141,30 @@ pub fn to_api(config: &VmConfig) -> Value {
         "fs": fs,
         "net": net,
     })
+}
+
+/// `--cpus` in Cloud Hypervisor's `CpusConfig` shape (`pmu` is ours).
+fn cpus_echo(c: &CpusConfig) -> Value {
+    let mut v = json!({"boot_vcpus": c.boot, "max_vcpus": c.max, "kvm_hyperv": false});
+    if let Some(t) = &c.topology {
+        v["topology"] = json!({
+            "threads_per_core": t.threads_per_core,
+            "cores_per_die": t.cores_per_die,
+            "dies_per_package": t.dies_per_package,
+            "packages": t.packages,
+        });
+    }
+    if !c.affinity.is_empty() {
+        v["affinity"] = c
+            .affinity
+            .iter()
+            .map(|a| json!({"vcpu": a.vcpu, "host_cpus": a.host_cpus}))
+            .collect();
+    }
+    if !c.pmu {
+        v["pmu"] = json!(false);
+    }
+    v
 }
 
 /// `--memory` in Cloud Hypervisor's `MemoryConfig` shape.
@@ -350,23 +374,8 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
     p.finish(&mut unsupported)?;
 
     let cpus = match top.get("cpus") {
-        None => 1,
-        Some(v) => {
-            let mut c = Fields::new("cpus", v)?;
-            let boot = c.u64("boot_vcpus")?;
-            let boot = c.required("boot_vcpus", boot)?;
-            let boot = check_vcpus(boot).map_err(|e| error(c.field("boot_vcpus"), e))?;
-            let max = c.u64("max_vcpus")?;
-            let max = c.required("max_vcpus", max)?;
-            if max != u64::from(boot) {
-                return Err(error(
-                    c.field("max_vcpus"),
-                    format!("{max} is not boot_vcpus ({boot}): no vCPU hotplug here"),
-                ));
-            }
-            c.finish(&mut unsupported)?;
-            boot
-        }
+        None => CpusConfig::new(1),
+        Some(v) => cpus(v, &cli::host_cpus(), &mut unsupported)?,
     };
 
     let memory = match top.get("memory") {
@@ -452,6 +461,105 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
         echo: body.clone(),
         unsupported,
     })
+}
+
+/// `cpus`: `{boot_vcpus, max_vcpus, topology, affinity, kvm_hyperv,
+/// features, pmu}` (`pmu: false` is ours: no PMU for the guest), checked
+/// by the command line's rules, the affinity against `host`.
+fn cpus(
+    v: &Value,
+    host: &[usize],
+    unsupported: &mut Vec<String>,
+) -> Result<CpusConfig, ConfigError> {
+    let mut c = Fields::new("cpus", v)?;
+    let count = |c: &mut Fields, key: &'static str| -> Result<Option<u8>, ConfigError> {
+        c.u64(key)?
+            .map(|n| check_vcpus(n).map_err(|e| error(c.field(key), e)))
+            .transpose()
+    };
+    let boot = count(&mut c, "boot_vcpus")?;
+    let boot = c.required("boot_vcpus", boot)?;
+    let max = count(&mut c, "max_vcpus")?;
+    let max = c.required("max_vcpus", max)?;
+    let topology = match c.get("topology") {
+        None => None,
+        Some(t) => {
+            let mut t = Fields::new(c.field("topology"), t)?;
+            let mut level = |key: &'static str| -> Result<u8, ConfigError> {
+                let n = t.u64(key)?;
+                let n = t.required(key, n)?;
+                u8::try_from(n).map_err(|_| error(t.field(key), format!("{n} is above 255")))
+            };
+            let topology = CpuTopology {
+                threads_per_core: level("threads_per_core")?,
+                cores_per_die: level("cores_per_die")?,
+                dies_per_package: level("dies_per_package")?,
+                packages: level("packages")?,
+            };
+            t.finish(unsupported)?;
+            Some(topology)
+        }
+    };
+    let affinity = match c.get("affinity") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let mut a = Fields::new(format!("{}[{i}]", c.field("affinity")), item)?;
+                let vcpu = a.u64("vcpu")?;
+                let vcpu = a.required("vcpu", vcpu)?;
+                let vcpu = u8::try_from(vcpu)
+                    .map_err(|_| error(a.field("vcpu"), format!("{vcpu} is above 254")))?;
+                let host_cpus = match a.get("host_cpus") {
+                    Some(Value::Array(cpus)) => cpus
+                        .iter()
+                        .map(|n| {
+                            n.as_u64()
+                                .and_then(|n| usize::try_from(n).ok())
+                                .ok_or_else(|| {
+                                    error(a.field("host_cpus"), "is not a list of CPU numbers")
+                                })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                    Some(_) => return Err(error(a.field("host_cpus"), "is not an array")),
+                    None => return Err(error(a.field("host_cpus"), "is required")),
+                };
+                a.finish(unsupported)?;
+                Ok(VcpuAffinity { vcpu, host_cpus })
+            })
+            .collect::<Result<_, ConfigError>>()?,
+        Some(_) => return Err(error(c.field("affinity"), "is not an array")),
+    };
+    if c.bool("kvm_hyperv")? == Some(true) {
+        return Err(error(
+            c.field("kvm_hyperv"),
+            "no Hyper-V enlightenments here",
+        ));
+    }
+    if let Some(f) = c.get("features") {
+        let mut f = Fields::new(c.field("features"), f)?;
+        if f.bool("amx")? == Some(true) {
+            return Err(error(
+                f.field("amx"),
+                "AMX state is not offered to guests here",
+            ));
+        }
+        f.finish(unsupported)?;
+    }
+    let pmu = c.bool("pmu")?.unwrap_or(true);
+    let config = CpusConfig {
+        boot,
+        max,
+        topology,
+        affinity,
+        pmu,
+    };
+    config
+        .check(host)
+        .map_err(|(key, e)| error(c.field(key), e))?;
+    c.finish(unsupported)?;
+    Ok(config)
 }
 
 /// `serial` or `console` (`{mode, file, socket}`); only `serial` has a

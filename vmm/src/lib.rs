@@ -14,7 +14,8 @@
 //!    VM's config from the command line or a `vm.create` body, over
 //!    [`cli`]'s checks), [`layout`] (the
 //!    address map and e820), [`bus`] (port-I/O and MMIO dispatch),
-//!    [`aml`] (the DSDT's AML), [`api`] (the control API's HTTP server
+//!    [`aml`] (the DSDT's AML), [`topology`] (CPU topology and APIC
+//!    ids), [`api`] (the control API's HTTP server
 //!    and the [`api::VmControl`] trait it calls).
 //! 2. Guest setup: [`memory`] (guest RAM in a shared file), [`boot`]
 //!    (kernel, initramfs, cmdline), [`acpi`] (the tables), [`irq`]
@@ -50,6 +51,7 @@ pub mod pci;
 pub mod platform;
 pub mod seccomp;
 pub mod spawned;
+pub mod topology;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;

@@ -131,7 +131,7 @@ impl Vmm {
         log::debug!(
             "VM created: kernel {}, {} vCPU(s), {} MiB, {} vhost-user device(s)",
             plan.config.kernel.display(),
-            plan.config.cpus,
+            plan.config.cpus.boot,
             plan.config.memory.size >> 20,
             plan.config.devices.len()
         );
@@ -197,7 +197,7 @@ fn planned_info(plan: &VmPlan) -> VmInfo {
         config: plan.echo.clone(),
         memory_actual_size: c.memory.size,
         unsupported: plan.unsupported.clone(),
-        cpus: c.cpus,
+        cpus: c.cpus.boot,
         memory: MemoryInfo {
             size: c.memory.size,
         },

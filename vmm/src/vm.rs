@@ -10,7 +10,10 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_PMU_CAPABILITY,
+    KVM_PIT_SPEAKER_DUMMY, KVM_PMU_CAP_DISABLE,
+};
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::acpi::{self, AcpiError};
@@ -53,6 +56,8 @@ pub enum VmError {
     OpenKvm(#[source] kvm_ioctls::Error),
     #[error("KVM_CREATE_VM")]
     CreateVm(#[source] kvm_ioctls::Error),
+    #[error("KVM_ENABLE_CAP KVM_CAP_PMU_CAPABILITY (pmu=off)")]
+    DisablePmu(#[source] kvm_ioctls::Error),
     #[error("KVM_SET_TSS_ADDR")]
     SetTss(#[source] kvm_ioctls::Error),
     #[error("KVM_CREATE_IRQCHIP")]
@@ -202,10 +207,13 @@ impl Vm {
     pub fn new(config: &VmConfig, start: Instant) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let max = kvm.get_max_vcpus();
-        if usize::from(config.cpus) > max {
-            return Err(VmError::TooManyVcpus(config.cpus, max));
+        if usize::from(config.cpus.max) > max {
+            return Err(VmError::TooManyVcpus(config.cpus.max, max));
         }
         let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+        if !config.cpus.pmu {
+            disable_pmu(&vm)?;
+        }
         let ram = GuestRam::new(&config.memory)?;
         let vm = Arc::new(vm);
         // The vhost-user handshakes wait on the backends: they run on their
@@ -251,7 +259,7 @@ impl Vm {
         vm.create_pit2(pit).map_err(VmError::CreatePit)?;
 
         let mmio64 = layout::pci_mmio64_window(config.memory.size);
-        let rsdp = acpi::write_tables(ram.memory(), config.cpus, mmio64)?;
+        let rsdp = acpi::write_tables(ram.memory(), &config.cpus, mmio64)?;
         let entry = boot::load(
             ram.memory(),
             &BootConfig {
@@ -309,13 +317,20 @@ impl Vm {
         let gate = Arc::new(VcpuGate::new());
         let mut counters = Vec::new();
         let mut vcpus = Vec::new();
-        for id in 0..config.cpus {
+        let topology = config.cpus.topology();
+        for id in 0..config.cpus.boot {
+            // KVM's vCPU id is the LAPIC's initial APIC id.
             let fd = vm
-                .create_vcpu(u64::from(id))
+                .create_vcpu(u64::from(topology.apic_id(u32::from(id))))
                 .map_err(|source| VmError::CreateVcpu { id, source })?;
             let cpu_err = |source| VmError::Cpu { id, source };
-            vcpu::setup::configure(&fd, &vcpu::setup::cpuid_for(&base_cpuid, id, config.cpus))
-                .map_err(cpu_err)?;
+            let spec = vcpu::setup::CpuidSpec {
+                topology,
+                index: id,
+                pmu: config.cpus.pmu,
+            };
+            let cpuid = vcpu::setup::cpuid_for(&base_cpuid, &spec).map_err(cpu_err)?;
+            vcpu::setup::configure(&fd, &cpuid).map_err(cpu_err)?;
             if id == 0 {
                 vcpu::setup::setup_boot_vcpu(&fd, ram.memory(), &entry).map_err(cpu_err)?;
             }
@@ -329,6 +344,7 @@ impl Vm {
                 events: events_tx.clone(),
                 gate: gate.clone(),
                 counters: c,
+                host_cpus: config.cpus.host_cpus(id).map(<[usize]>::to_vec),
             });
         }
         let activation = ActivationThread::start().map_err(VmError::Activation)?;
@@ -352,7 +368,7 @@ impl Vm {
         }
 
         let control = Arc::new(VmController::new(
-            config.cpus,
+            config.cpus.boot,
             config.memory.size,
             devices.clone(),
             counters,
@@ -492,6 +508,25 @@ impl Vm {
         }
         ended.unwrap_or(Ok(VmExit::Stopped))
     }
+}
+
+/// `pmu=off`: KVM's PMU off for the VM's vCPUs when KVM offers it
+/// (KVM_CAP_PMU_CAPABILITY, before any vCPU exists); CPUID leaf 0xA reads
+/// zero either way ([`vcpu::setup::cpuid_for`]).
+fn disable_pmu(vm: &VmFd) -> Result<(), VmError> {
+    let offered = vm.check_extension_raw(u64::from(KVM_CAP_PMU_CAPABILITY));
+    if offered & KVM_PMU_CAP_DISABLE as i32 == 0 {
+        log::info!("pmu=off: KVM offers no PMU capability to disable; CPUID 0xA reads zero");
+        return Ok(());
+    }
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_PMU_CAPABILITY,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from(KVM_PMU_CAP_DISABLE);
+    vm.enable_cap(&cap).map_err(VmError::DisablePmu)?;
+    log::info!("pmu=off: KVM's PMU disabled; CPUID 0xA reads zero");
+    Ok(())
 }
 
 /// How `exit` reads in the log: `powered off`, `reset`, `stopped`.

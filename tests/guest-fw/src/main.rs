@@ -3,7 +3,7 @@
 //! At entry (`boot.s`, 32-bit) it writes 0x01 to port 0x80, builds
 //! identity page tables for the low 4 GiB and enters long mode. Then it:
 //! writes a line to the debug port 0x402; prints `hello from the test guest`
-//! on COM1; reports its APIC id; finds the ACPI tables through the PVH start
+//! on COM1; reports its APIC id and CPUID leaves 0xB, 0x1F and 0xA; finds the ACPI tables through the PVH start
 //! info (RSDP -> XSDT or RSDT -> FADT and DSDT, MADT, MCFG); lists PCI bus 0
 //! through CF8/CFC and checks one ECAM read against CF8/CFC; drives every
 //! virtio 1.x PCI function it finds (`virtio`: blk writes and reads back a
@@ -12,9 +12,10 @@
 //! with `blk-loop` on the command line blk then keeps writing and reading
 //! until the power button, see `blk`);
 //! starts every other CPU of the MADT with INIT-SIPI-SIPI through the LAPIC
-//! (real-mode trampoline at 0x10000), each of which prints that it reported
-//! in; and powers off by writing SLP_TYP | SLP_EN to the FADT's PM1a
-//! control port (SLP_TYP from the DSDT's `_S5_`: 5 on our VMM, 0 on QEMU;
+//! (real-mode trampoline at 0x10000), each of which prints its x2APIC id
+//! from CPUID 0xB and that it reported in with its APIC id from CPUID 1;
+//! and powers off by writing SLP_TYP | SLP_EN to the FADT's PM1a control
+//! port (SLP_TYP from the DSDT's `_S5_`: 5 on our VMM, 0 on QEMU;
 //! the i8042 reset is the fallback). It runs under our VMM and under QEMU
 //! (`-kernel`, firmware-assigned BARs; unassigned BARs get an address here).
 //! No SSE, XSAVE or INT3: KVM on our machines is an instruction emulator.
@@ -117,6 +118,7 @@ extern "C" fn bsp_main(start_info: u64) -> ! {
     serial(b"cpu 0: apic id ");
     serial_dec(apic_id() as u64);
     serial(b", bootstrap processor\n");
+    report_cpuid();
 
     let tables = acpi::find(start_info);
     let Some(tables) = tables else {
@@ -162,9 +164,49 @@ extern "C" fn bsp_main(start_info: u64) -> ! {
     halt();
 }
 
+/// Prints the CPUID leaves that describe the topology and the PMU, one
+/// line each: `cpuid 0xb.1: eax 0x1 ebx 0x2 ecx 0x201 edx 0x0` (leaf 0's
+/// EAX, the highest basic leaf, first; 0xB and 0x1F up to their
+/// terminating subleaf, at most 4; 0xA).
+fn report_cpuid() {
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    serial(b"cpuid 0x0: eax ");
+    serial_hex(max as u64);
+    serial(b"\n");
+    for (leaf, name) in [(0xb, &b"0xb"[..]), (0x1f, b"0x1f")] {
+        for sub in 0..4 {
+            let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+            cpuid_line(name, sub, [r.eax, r.ebx, r.ecx, r.edx]);
+            if (r.ecx >> 8) & 0xff == 0 {
+                break;
+            }
+        }
+    }
+    let r = core::arch::x86_64::__cpuid(0xa);
+    cpuid_line(b"0xa", 0, [r.eax, r.ebx, r.ecx, r.edx]);
+}
+
+fn cpuid_line(leaf: &[u8], sub: u32, regs: [u32; 4]) {
+    serial(b"cpuid ");
+    serial(leaf);
+    serial(b".");
+    serial_dec(sub as u64);
+    serial(b":");
+    for (name, v) in [b" eax ", b" ebx ", b" ecx ", b" edx "].iter().zip(regs) {
+        serial(*name);
+        serial_hex(v as u64);
+    }
+    serial(b"\n");
+}
+
 #[no_mangle]
 extern "C" fn ap_main() -> ! {
     let n = AP_REPORTED.load(Ordering::Acquire) + 1;
+    serial(b"cpu ");
+    serial_dec(n as u64);
+    serial(b": cpuid 0xb x2apic id ");
+    serial_dec(core::arch::x86_64::__cpuid_count(0xb, 0).edx as u64);
+    serial(b"\n");
     serial(b"cpu ");
     serial_dec(n as u64);
     serial(b": apic id ");

@@ -37,7 +37,8 @@ fn kata_shaped_config_with_vhost_user_devices() {
     let c = &plan.config;
     assert_eq!(c.kernel, PathBuf::from(&k));
     assert_eq!(c.cmdline, "console=ttyS0 quiet");
-    assert_eq!((c.cpus, c.memory.size), (2, 256 << 20));
+    assert_eq!((c.cpus.boot, c.cpus.max, c.memory.size), (2, 2, 256 << 20));
+    assert_eq!(c.cpus.topology, Some(CpuTopology::flat(2)));
     assert_eq!(c.serial, SerialConfig::Off);
     // Plug order: disks, shares, NICs, as on the command line.
     let kinds: Vec<_> = c.devices.iter().map(|d| d.kind).collect();
@@ -54,11 +55,7 @@ fn kata_shaped_config_with_vhost_user_devices() {
     assert_eq!(plan.echo, body);
     assert_eq!(
         plan.unsupported,
-        [
-            "cpus.topology: ignored",
-            "memory.hotplug_method: ignored",
-            "rng: ignored",
-        ]
+        ["memory.hotplug_method: ignored", "rng: ignored",]
     );
 }
 
@@ -66,7 +63,10 @@ fn kata_shaped_config_with_vhost_user_devices() {
 fn the_minimum_is_a_kernel() {
     let plan = from_api(&json!({"payload": {"kernel": kernel()}})).unwrap();
     let c = &plan.config;
-    assert_eq!((c.cpus, c.memory.size), (1, 512 << 20));
+    assert_eq!(
+        (c.cpus.clone(), c.memory.size),
+        (CpusConfig::new(1), 512 << 20)
+    );
     assert_eq!(c.cmdline, DEFAULT_CMDLINE);
     assert_eq!(c.serial, SerialConfig::Off);
     assert!(c.devices.is_empty() && plan.unsupported.is_empty());
@@ -115,9 +115,59 @@ fn missing_and_malformed_fields_are_named() {
             "0 is not from 1 to 254",
         ),
         (
-            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 1, "max_vcpus": 4}}),
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 4, "max_vcpus": 2}}),
             "cpus.max_vcpus",
-            "no vCPU hotplug",
+            "max 2 is below boot 4",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 2, "max_vcpus": 4,
+                "topology": {"threads_per_core": 1, "cores_per_die": 2,
+                             "dies_per_package": 1, "packages": 1}}}),
+            "cpus.topology",
+            "1:2:1:1 makes 2 vCPUs, not max 4",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 2, "max_vcpus": 2,
+                "topology": {"threads_per_core": 0, "cores_per_die": 2,
+                             "dies_per_package": 1, "packages": 1}}}),
+            "cpus.topology",
+            "no count may be 0",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 2, "max_vcpus": 2,
+                "topology": {"threads_per_core": 1, "cores_per_die": 2, "packages": 1}}}),
+            "cpus.topology.dies_per_package",
+            "is required",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 2, "max_vcpus": 2,
+                "affinity": [{"vcpu": 2, "host_cpus": [0]}]}}),
+            "cpus.affinity",
+            "vCPU 2 is not below max 2",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 1, "max_vcpus": 1,
+                "affinity": [{"vcpu": 0, "host_cpus": [100000]}]}}),
+            "cpus.affinity",
+            "host CPU 100000 is not one this process may run on",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 1, "max_vcpus": 1,
+                "affinity": [{"vcpu": 0, "host_cpus": "0"}]}}),
+            "cpus.affinity[0].host_cpus",
+            "is not an array",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 1, "max_vcpus": 1,
+                "kvm_hyperv": true}}),
+            "cpus.kvm_hyperv",
+            "no Hyper-V",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 1, "max_vcpus": 1,
+                "features": {"amx": true}}}),
+            "cpus.features.amx",
+            "AMX",
         ),
         (
             json!({"payload": {"kernel": k}, "memory": {}}),
@@ -303,9 +353,47 @@ fn the_command_line_gives_the_same_config_and_echoes_it() {
     // The echo, sent back as a vm.create body, is the same config.
     let api = from_api(&cli.echo).unwrap();
     assert_eq!(api.config, cli.config);
-    assert_eq!(cli.echo["cpus"], json!({"boot_vcpus": 2, "max_vcpus": 2}));
+    assert_eq!(
+        cli.echo["cpus"],
+        json!({"boot_vcpus": 2, "max_vcpus": 2, "kvm_hyperv": false})
+    );
     assert_eq!(cli.echo["net"][0]["mac"], "52:54:00:00:00:01");
     assert!(from_cli(&Args::try_parse_from(["vmm", "--api-socket", "/a"]).unwrap()).is_none());
+}
+
+/// `--cpus` with every field, echoed in Cloud Hypervisor's shape, and the
+/// echo sent back as `cpus` of a `vm.create` body is the same config.
+#[test]
+fn cpus_round_trip_through_the_echo() {
+    use clap::Parser;
+    let k = kernel();
+    let host = cli::host_cpus();
+    let (a, b) = (host[0], host[host.len() - 1]);
+    let cpus = format!("boot=2,max=4,topology=1:2:1:2,affinity=[0@[{b}],1@[{a},{b}]],pmu=off");
+    let args = Args::try_parse_from(["vmm", "--kernel", &k, "--cpus", &cpus]).unwrap();
+    let cli = from_cli(&args).unwrap();
+    let mut both = vec![a, b];
+    both.dedup();
+    assert_eq!(
+        cli.echo["cpus"],
+        json!({"boot_vcpus": 2, "max_vcpus": 4, "kvm_hyperv": false,
+               "topology": {"threads_per_core": 1, "cores_per_die": 2,
+                            "dies_per_package": 1, "packages": 2},
+               "affinity": [{"vcpu": 0, "host_cpus": [b]},
+                            {"vcpu": 1, "host_cpus": both}],
+               "pmu": false})
+    );
+    let api = from_api(&cli.echo).unwrap();
+    assert_eq!(api.config.cpus, cli.config.cpus);
+    assert!(api.unsupported.is_empty(), "{:?}", api.unsupported);
+    // Fields we do not act on are reported, not dropped silently.
+    let body = json!({"payload": {"kernel": k},
+                      "cpus": {"boot_vcpus": 1, "max_vcpus": 1, "max_phys_bits": 46,
+                               "features": {"amx": false}}});
+    assert_eq!(
+        from_api(&body).unwrap().unsupported,
+        ["cpus.max_phys_bits: ignored"]
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! vCPUs: each on its own named thread ([`Vcpu`]): KVM_RUN, port-I/O and
+//! vCPUs: each on its own named thread ([`Vcpu`], `vcpu<N>`, pinned to
+//! its host CPUs when `--cpus affinity=` names it): KVM_RUN, port-I/O and
 //! MMIO exits dispatched to the buses and counted ([`VcpuCounters`]),
 //! pauses and stops through the [`VcpuGate`] (which interrupts KVM_RUN with
 //! the [`kick()`] signal), and the end of the VM reported as a [`VmEvent`].
@@ -47,6 +48,17 @@ pub struct Vcpu {
     pub events: Sender<VmEvent>,
     pub gate: Arc<VcpuGate>,
     pub counters: Arc<VcpuCounters>,
+    /// `--cpus affinity=`: the host CPUs this vCPU's thread runs on.
+    pub host_cpus: Option<Vec<usize>>,
+}
+
+/// Pins the calling thread to `cpus`.
+fn pin(cpus: &[usize]) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
 /// How one KVM_RUN ended, once the exit's borrow of the vCPU is over.
@@ -67,6 +79,19 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // Pinned before the vCPU's own filter, which has no
+        // sched_setaffinity (the VMM's, inherited, has).
+        if let Some(cpus) = &self.host_cpus {
+            if let Err(e) = pin(cpus) {
+                let what = format!(
+                    "vCPU {}: sched_setaffinity to host CPUs {}: {e}",
+                    self.id,
+                    crate::cli::cpu_list(cpus)
+                );
+                let _ = self.events.send(VmEvent::Error(what));
+                return;
+            }
+        }
         if let Err(e) = crate::seccomp::apply(crate::seccomp::Role::Vcpu) {
             let what = format!("vCPU {}: {}", self.id, crate::error_chain(&e));
             let _ = self.events.send(VmEvent::Error(what));

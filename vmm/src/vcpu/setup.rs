@@ -1,15 +1,18 @@
 //! x86_64 vCPU state at boot: CPUID from the host (KVM_GET_SUPPORTED_CPUID)
-//! with each vCPU's APIC id, the boot MSRs, LAPIC LINT0/LINT1, the FPU, and
-//! the registers of the boot vCPU for PVH or the 64-bit Linux protocol.
+//! with each vCPU's APIC id and the topology's leaves ([`cpuid_for`]), the
+//! boot MSRs, LAPIC LINT0/LINT1, the FPU, and the registers of the boot
+//! vCPU for PVH or the 64-bit Linux protocol.
 
 use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs,
+    KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Address, Bytes, GuestMemory};
 
 use crate::boot::{BootEntry, BootProtocol};
 use crate::layout;
+use crate::topology::CpuTopology;
 
 /// Errors of vCPU configuration; each names the failing ioctl.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +21,8 @@ pub enum CpuError {
     GetSupportedCpuid(#[source] kvm_ioctls::Error),
     #[error("KVM_SET_CPUID2")]
     SetCpuid(#[source] kvm_ioctls::Error),
+    #[error("CPUID with the topology's leaves has more than {KVM_MAX_CPUID_ENTRIES} entries")]
+    CpuidTooLarge,
     #[error("KVM_SET_MSRS")]
     SetMsrs(#[source] kvm_ioctls::Error),
     #[error("KVM_SET_MSRS set {set} of {total} MSRs")]
@@ -46,23 +51,96 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, CpuError> {
         .map_err(CpuError::GetSupportedCpuid)
 }
 
-/// `base` with vCPU `id`'s APIC id, the vCPU count and the hypervisor bit.
-pub fn cpuid_for(base: &CpuId, id: u8, cpus: u8) -> CpuId {
-    let mut cpuid = base.clone();
-    for e in cpuid.as_mut_slice() {
+/// What a vCPU's CPUID says about it and its neighbours.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuidSpec {
+    pub topology: CpuTopology,
+    /// The vCPU's index (0 is the boot vCPU).
+    pub index: u8,
+    /// `false` for `pmu=off`: leaf 0xA reads zero.
+    pub pmu: bool,
+}
+
+/// Leaf 0xB/0x1F level types (ECX[15:8]).
+const LEVEL_SMT: u32 = 1;
+const LEVEL_CORE: u32 = 2;
+const LEVEL_DIE: u32 = 5;
+
+/// `base` for one vCPU: leaf 1's APIC id (EBX[31:24]), logical processor
+/// count per package (EBX[23:16]), HTT and the hypervisor bit; leaf 4's
+/// cache sharing (EAX[25:14]: L1 and L2 per core, L3 per package) and
+/// cores per package (EAX[31:26]); leaves 0xB (SMT, core) and 0x1F (SMT,
+/// core, die) with their shifts, counts and the x2APIC id in EDX, as Cloud
+/// Hypervisor's `update_cpuid_topology` writes them; on AMD, 0x8000_001E
+/// (APIC id, threads per core, node) and 0x8000_0008 ECX (APIC id size,
+/// count); leaf 0xA zero without a PMU.
+pub fn cpuid_for(base: &CpuId, spec: &CpuidSpec) -> Result<CpuId, CpuError> {
+    let t = &spec.topology;
+    let apic = t.apic_id(u32::from(spec.index));
+    let amd = amd_like(base);
+    let mut entries: Vec<kvm_cpuid_entry2> = base
+        .as_slice()
+        .iter()
+        .filter(|e| e.function != 0xb && e.function != 0x1f)
+        .copied()
+        .collect();
+    for e in &mut entries {
         match e.function {
             1 => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(cpus) << 16) | (u32::from(id) << 24);
+                e.ebx = (e.ebx & 0x0000_ffff) | ((t.per_package() & 0xff) << 16) | (apic << 24);
                 e.ecx |= 1 << 31;
-                if cpus > 1 {
+                if t.per_package() > 1 {
                     e.edx |= 1 << 28; // HTT: the count in EBX[23:16] is valid
+                } else {
+                    e.edx &= !(1 << 28);
                 }
             }
-            0xb | 0x1f => e.edx = u32::from(id),
+            4 if e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 7;
+                let shift = if level <= 2 {
+                    t.core_shift()
+                } else {
+                    t.package_shift()
+                };
+                let sharing = ((1u32 << shift) - 1).min(0xfff);
+                let cores = ((1u32 << (t.package_shift() - t.core_shift())) - 1).min(0x3f);
+                e.eax = (e.eax & 0x3fff) | (sharing << 14) | (cores << 26);
+            }
+            0xa if !spec.pmu => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0),
+            0x8000_0001 if amd && !spec.pmu => e.ecx &= !(1 << 23), // PerfCtrExtCore
+            0x8000_0008 if amd => {
+                e.ecx = (e.ecx & !0xf0ff) | (t.package_shift() << 12) | (t.per_package() - 1);
+            }
+            0x8000_001e if amd => {
+                e.eax = apic;
+                e.ebx = (e.ebx & !0xffff) | ((t.per_core() - 1) << 8) | (apic & 0xff);
+                e.ecx = (e.ecx & !0x7ff)
+                    | ((u32::from(t.dies_per_package) - 1) << 8)
+                    | ((apic >> t.die_shift()) & 0xff);
+            }
             _ => {}
         }
     }
-    cpuid
+    let level = |function, index, shift, count, kind| kvm_cpuid_entry2 {
+        function,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax: shift,
+        ebx: count & 0xffff,
+        ecx: (kind << 8) | index,
+        edx: apic,
+        ..Default::default()
+    };
+    entries.extend([
+        level(0xb, 0, t.core_shift(), t.per_core(), LEVEL_SMT),
+        level(0xb, 1, t.package_shift(), t.per_package(), LEVEL_CORE),
+        level(0xb, 2, 0, 0, 0),
+        level(0x1f, 0, t.core_shift(), t.per_core(), LEVEL_SMT),
+        level(0x1f, 1, t.die_shift(), t.per_die(), LEVEL_CORE),
+        level(0x1f, 2, t.package_shift(), t.per_package(), LEVEL_DIE),
+        level(0x1f, 3, 0, 0, 0),
+    ]);
+    CpuId::from_entries(&entries).map_err(|_| CpuError::CpuidTooLarge)
 }
 
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
@@ -316,17 +394,176 @@ mod tests {
         assert_eq!((data.type_, data.s, data.selector), (3, 1, 16));
     }
 
+    /// A host CPUID with leaf 1, three caches in leaf 4 (L1d, L2, L3),
+    /// leaf 0xA, the host's own 0xB subleaves (to be replaced), and a
+    /// vendor.
+    fn host(vendor: &[u8; 12]) -> CpuId {
+        let word = |i: usize| u32::from_le_bytes(vendor[i..i + 4].try_into().unwrap());
+        let e = |function, index, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        };
+        CpuId::from_entries(&[
+            e(0, 0, 0x1f, word(0), word(8), word(4)),
+            e(1, 0, 0x806f8, 0xff00_0800, 0, 1 << 28),
+            // Type 1 level 1, type 3 level 2, type 3 level 3, the end;
+            // host sharing bits set in each, to be replaced.
+            e(4, 0, 0xfc00_4121, 0, 0, 0),
+            e(4, 1, 0xfc00_4143, 0, 0, 0),
+            e(4, 2, 0xfc1f_c163, 0, 0, 0),
+            e(4, 3, 0, 0, 0, 0),
+            e(0xa, 0, 0x0704_8002, 0xff, 0, 0x603),
+            e(0xb, 0, 9, 9, 9, 9),
+            e(0xb, 1, 9, 9, 9, 9),
+            e(0x8000_0001, 0, 0, 0, 1 << 23, 0),
+            e(0x8000_0008, 0, 0x3030, 0, 0x7007, 0),
+            e(0x8000_001e, 0, 0, 0, 0, 0),
+        ])
+        .unwrap()
+    }
+
+    fn leaf(c: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        let found: Vec<_> = c
+            .as_slice()
+            .iter()
+            .filter(|e| e.function == function && e.index == index)
+            .collect();
+        assert_eq!(found.len(), 1, "leaf {function:#x}.{index}");
+        *found[0]
+    }
+
+    fn topo(threads: u8, cores: u8, dies: u8, packages: u8) -> CpuTopology {
+        CpuTopology {
+            threads_per_core: threads,
+            cores_per_die: cores,
+            dies_per_package: dies,
+            packages,
+        }
+    }
+
+    fn cpuid(t: CpuTopology, index: u8) -> CpuId {
+        let spec = CpuidSpec {
+            topology: t,
+            index,
+            pmu: true,
+        };
+        cpuid_for(&host(b"GenuineIntel"), &spec).unwrap()
+    }
+
+    /// (EAX shift, EBX count, ECX level type, ECX index, EDX x2APIC id).
+    fn level(e: kvm_cpuid_entry2) -> (u32, u32, u32, u32, u32) {
+        (e.eax, e.ebx, e.ecx >> 8, e.ecx & 0xff, e.edx)
+    }
+
     #[test]
-    fn cpuid_carries_the_apic_id() {
-        let mut base = CpuId::new(2).unwrap();
-        base.as_mut_slice()[0].function = 1;
-        base.as_mut_slice()[0].ebx = 0xff00_0800;
-        base.as_mut_slice()[1].function = 0xb;
-        let c = cpuid_for(&base, 3, 4);
-        assert_eq!(c.as_slice()[0].ebx >> 24, 3);
-        assert_eq!((c.as_slice()[0].ebx >> 16) & 0xff, 4);
-        assert_eq!(c.as_slice()[0].ebx & 0xffff, 0x0800);
-        assert_eq!(c.as_slice()[1].edx, 3);
+    fn one_thread_two_cores_two_packages() {
+        let t = topo(1, 2, 1, 2);
+        // vCPU 3: package 1, core 1: APIC id 0b11.
+        let c = cpuid(t, 3);
+        let l1 = leaf(&c, 1, 0);
+        assert_eq!((l1.ebx >> 24, (l1.ebx >> 16) & 0xff), (3, 2));
+        assert_eq!(l1.ebx & 0xffff, 0x0800, "the rest of EBX is the host's");
+        assert_ne!(l1.ecx & (1 << 31), 0, "hypervisor bit");
+        assert_ne!(l1.edx & (1 << 28), 0, "HTT: 2 logical per package");
+        assert_eq!(level(leaf(&c, 0xb, 0)), (0, 1, LEVEL_SMT, 0, 3));
+        assert_eq!(level(leaf(&c, 0xb, 1)), (1, 2, LEVEL_CORE, 1, 3));
+        assert_eq!(level(leaf(&c, 0xb, 2)), (0, 0, 0, 2, 3));
+        assert_eq!(level(leaf(&c, 0x1f, 0)), (0, 1, LEVEL_SMT, 0, 3));
+        assert_eq!(level(leaf(&c, 0x1f, 1)), (1, 2, LEVEL_CORE, 1, 3));
+        assert_eq!(level(leaf(&c, 0x1f, 2)), (1, 2, LEVEL_DIE, 2, 3));
+        assert_eq!(level(leaf(&c, 0x1f, 3)), (0, 0, 0, 3, 3));
+        for e in c
+            .as_slice()
+            .iter()
+            .filter(|e| [0xb, 0x1f].contains(&e.function))
+        {
+            assert_eq!(e.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        }
+        // Leaf 4: L1 and L2 not shared (one thread per core), L3 by the
+        // package's 2; 2 cores per package; the low bits kept.
+        let sharing = |i| (leaf(&c, 4, i).eax >> 14) & 0xfff;
+        assert_eq!([0, 1, 2].map(sharing), [0, 0, 1]);
+        assert_eq!(leaf(&c, 4, 0).eax >> 26, 1);
+        assert_eq!(leaf(&c, 4, 0).eax & 0x3fff, 0x0121);
+        assert_eq!(leaf(&c, 4, 3).eax, 0, "the terminating subleaf untouched");
+        // vCPU 0 and 2 (package 1, core 0).
+        assert_eq!(leaf(&cpuid(t, 0), 0xb, 1).edx, 0);
+        assert_eq!(leaf(&cpuid(t, 2), 0x1f, 0).edx, 2);
+        assert_eq!(leaf(&cpuid(t, 2), 1, 0).ebx >> 24, 2);
+    }
+
+    #[test]
+    fn two_threads_two_cores_one_package() {
+        let t = topo(2, 2, 1, 1);
+        let c = cpuid(t, 3); // core 1, thread 1
+        let l1 = leaf(&c, 1, 0);
+        assert_eq!((l1.ebx >> 24, (l1.ebx >> 16) & 0xff), (3, 4));
+        assert_eq!(level(leaf(&c, 0xb, 0)), (1, 2, LEVEL_SMT, 0, 3));
+        assert_eq!(level(leaf(&c, 0xb, 1)), (2, 4, LEVEL_CORE, 1, 3));
+        assert_eq!(level(leaf(&c, 0x1f, 1)), (2, 4, LEVEL_CORE, 1, 3));
+        assert_eq!(level(leaf(&c, 0x1f, 2)), (2, 4, LEVEL_DIE, 2, 3));
+        // L1 and L2 shared by a core's 2 threads, L3 by all 4.
+        let sharing = |i| (leaf(&c, 4, i).eax >> 14) & 0xfff;
+        assert_eq!([0, 1, 2].map(sharing), [1, 1, 3]);
+        assert_eq!(leaf(&c, 4, 1).eax >> 26, 1, "2 cores per package");
+    }
+
+    #[test]
+    fn three_cores_and_two_dies_leave_gaps_in_apic_ids() {
+        let t = topo(1, 3, 2, 1);
+        let c = cpuid(t, 4); // die 1, core 1: 0b101
+        assert_eq!(leaf(&c, 1, 0).ebx >> 24, 5);
+        assert_eq!(level(leaf(&c, 0x1f, 0)), (0, 1, LEVEL_SMT, 0, 5));
+        assert_eq!(level(leaf(&c, 0x1f, 1)), (2, 3, LEVEL_CORE, 1, 5));
+        assert_eq!(level(leaf(&c, 0x1f, 2)), (3, 6, LEVEL_DIE, 2, 5));
+        assert_eq!(level(leaf(&c, 0xb, 1)), (3, 6, LEVEL_CORE, 1, 5));
+        assert_eq!(leaf(&c, 4, 2).eax >> 26, 7, "8 addressable cores");
+    }
+
+    #[test]
+    fn one_vcpu_has_no_htt_and_pmu_off_zeroes_leaf_0xa() {
+        let c = cpuid(CpuTopology::flat(1), 0);
+        assert_eq!(leaf(&c, 1, 0).edx & (1 << 28), 0);
+        let a = leaf(&c, 0xa, 0);
+        assert_eq!(
+            (a.eax, a.edx),
+            (0x0704_8002, 0x603),
+            "the host's PMU by default"
+        );
+        let spec = CpuidSpec {
+            topology: CpuTopology::flat(1),
+            index: 0,
+            pmu: false,
+        };
+        let a = leaf(&cpuid_for(&host(b"GenuineIntel"), &spec).unwrap(), 0xa, 0);
+        assert_eq!((a.eax, a.ebx, a.ecx, a.edx), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn amd_leaves_follow_the_topology() {
+        let spec = CpuidSpec {
+            topology: topo(2, 2, 1, 2),
+            index: 5, // package 1, core 0, thread 1: 0b101
+            pmu: false,
+        };
+        let c = cpuid_for(&host(b"AuthenticAMD"), &spec).unwrap();
+        let e = leaf(&c, 0x8000_001e, 0);
+        assert_eq!((e.eax, e.ebx, e.ecx), (5, (1 << 8) | 5, 1));
+        let e = leaf(&c, 0x8000_0008, 0);
+        assert_eq!(e.ecx, (2 << 12) | 3, "APIC id size 2, 4 per package");
+        assert_eq!(
+            leaf(&c, 0x8000_0001, 0).ecx & (1 << 23),
+            0,
+            "no PerfCtrExtCore"
+        );
+        // Intel's CPUID keeps AMD's leaves as the host gave them.
+        let intel = cpuid_for(&host(b"GenuineIntel"), &spec).unwrap();
+        assert_eq!(leaf(&intel, 0x8000_0008, 0).ecx, 0x7007);
     }
 
     #[test]
