@@ -4,6 +4,7 @@
 //! left behind), hand each chain to the device, and signal the guest once.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -44,7 +45,8 @@ pub struct RingOptions {
 /// returns the used length. `broken` remembers (per queue) that the driver
 /// published an avail index more than a queue ahead: such a ring is left
 /// alone (logged once) until the frontend sets it up again. With
-/// EVENT_IDX, the ring is polled for `window` after each batch.
+/// EVENT_IDX, the ring is polled for `window` after each batch. At most
+/// [`budget`] chains are taken per call; the rest is kicked again.
 pub fn drain<F>(
     q: usize,
     vring: &Vring,
@@ -65,7 +67,9 @@ where
     }
     let mut used = false;
     let mut finished = [(0u16, 0u32); CHUNK];
-    loop {
+    let budget = budget(state.get_queue());
+    let mut taken = 0;
+    'drain: loop {
         let queue = state.get_queue_mut();
         if event_idx {
             queue.disable_notification(mem).map_err(io::Error::other)?;
@@ -91,6 +95,11 @@ where
                 queue.add_used(mem, head, len).map_err(io::Error::other)?;
             }
             used |= n > 0;
+            taken += n;
+            if taken >= budget {
+                rekick(q, &state);
+                break 'drain;
+            }
             if n < CHUNK {
                 break;
             }
@@ -164,6 +173,28 @@ pub fn avail_sane(q: usize, queue: &Queue, mem: &Mem, broken: &AtomicBool) -> io
     Ok(true)
 }
 
+/// Chains one drain of `queue` takes before it returns to the worker's
+/// event loop: two queues' worth. A driver that keeps its ring full, or a
+/// ring whose used entries land on its own avail index (so it never runs
+/// dry), would otherwise hold the worker, and with it a disconnect or a
+/// SIGTERM waiting to join it, forever. Linux vhost bounds its work per
+/// wake-up the same way (its "weight").
+pub fn budget(queue: &Queue) -> usize {
+    2 * usize::from(queue.size()).max(CHUNK)
+}
+
+/// Writes the ring's kick eventfd, so the worker comes back to a ring that
+/// still has work after its other events (exit, other rings) had a turn.
+fn rekick(q: usize, state: &VringState<GuestMem>) {
+    let Some(kick) = state.get_kick() else {
+        return;
+    };
+    // The eventfd stays open meanwhile: the caller holds the ring state.
+    if let Err(e) = nix::unistd::write(kick.as_raw_fd(), &1u64.to_ne_bytes()) {
+        log::warn!("queue {q}: kicking the ring again after a full budget: {e}");
+    }
+}
+
 /// Signals the guest if the ring's notification rules (EVENT_IDX or
 /// NO_INTERRUPT) want it after new used entries.
 pub fn signal_if_needed(state: &mut VringState<GuestMem>, mem: &Mem) -> io::Result<()> {
@@ -219,8 +250,10 @@ where
     if !state.get_queue().ready() {
         return Ok(());
     }
-    let queue = state.get_queue_mut();
+    let budget = budget(state.get_queue());
+    let mut taken = 0;
     loop {
+        let queue = state.get_queue_mut();
         if event_idx {
             queue
                 .disable_notification(&**mem)
@@ -231,7 +264,13 @@ where
         }
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
             dispatch(chain);
+            taken += 1;
+            if taken >= budget {
+                rekick(q, &state);
+                return Ok(());
+            }
         }
+        let queue = state.get_queue_mut();
         if !event_idx
             || !queue
                 .enable_notification(&**mem)
@@ -491,6 +530,60 @@ mod tests {
                 .recv_timeout(Duration::from_secs(10))
                 .unwrap_or_else(|_| panic!("draining the ring at {avail:#x} never returned"));
             assert_eq!(got, (true, true, true), "ring at {avail:#x}");
+        }
+    }
+
+    /// A driver that keeps its ring full (here: every chain taken makes
+    /// the avail index run two ahead again) cannot hold a worker: each
+    /// drain returns after its budget, with the ring kicked again so the
+    /// worker's other events (exit, other rings) get their turn first.
+    #[test]
+    fn a_ring_that_never_runs_dry_is_drained_a_budget_at_a_time() {
+        use std::os::fd::FromRawFd;
+        use vmm_sys_util::eventfd::EventFd;
+        let (avail, size) = (0x2000u64, 4u16);
+        let idx = GuestAddress(avail + 2);
+        for deferred in [false, true] {
+            let mem = map(&[(0, 0x10000)]);
+            vm_memory::Bytes::write_obj(&mem, 2u16, idx).unwrap();
+            let atomic = GuestMemoryAtomic::new(mem);
+            let vring = Vring::new(atomic.clone(), 256).unwrap();
+            vring.set_queue_size(size);
+            vring.set_queue_info(0x1000, avail, 0x3000).unwrap();
+            vring.set_queue_event_idx(true);
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let dup = nix::unistd::dup(kick.as_raw_fd()).unwrap();
+            // SAFETY: `dup` returned a new descriptor that nothing else owns.
+            vring.set_kick(Some(unsafe { std::fs::File::from_raw_fd(dup) }));
+            let mem = atomic.memory().into_inner();
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let budget = budget(vring.get_ref().get_queue());
+            std::thread::spawn(move || {
+                let broken = AtomicBool::new(false);
+                let mut taken = 0u16;
+                let mut more = |mem: &Mem| {
+                    taken += 1;
+                    vm_memory::Bytes::write_obj(mem, taken.wrapping_add(2), idx).unwrap();
+                };
+                let r = if deferred {
+                    let m = mem.clone();
+                    drain_deferred(0, &vring, &mem, true, &broken, |_| more(&m))
+                } else {
+                    drain(0, &vring, &mem, true, Duration::ZERO, &broken, |_| {
+                        more(&mem);
+                        0
+                    })
+                };
+                let _ = done_tx.send((r.is_ok(), taken));
+            });
+            let (ok, taken) = done_rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("a ring that never runs dry held the worker"));
+            assert!(ok);
+            assert_eq!(usize::from(taken), budget, "deferred: {deferred}");
+            assert_eq!(kick.read().unwrap(), 1, "the ring was not kicked again");
         }
     }
 
