@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use vu_driver::fixture::{Daemon, TempDir};
 use vu_driver::http;
+use vu_driver::process;
 use vu_driver::vmm::{
     press_power_button, serial, shutdown_vmm, spawn_test_guest, spawn_vmm, test_guest, vm_info,
     wait_for_serial,
@@ -47,21 +48,19 @@ fn allowed_list(status: &str) -> String {
 
 /// Each thread of `pid` as (name, Cpus_allowed_list).
 fn thread_cpus(pid: u32) -> Vec<(String, String)> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let path = task.unwrap().path();
-        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
-            continue; // ended meanwhile
-        };
-        let name = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Name:"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        threads.push((name, allowed_list(&status)));
-    }
+    process::threads(pid)
+        .unwrap()
+        .iter()
+        .map(|t| (t.name().to_string(), allowed_list(&t.status)))
+        .collect()
+}
+
+/// The Cpus_allowed_list of `pid`'s thread `name`, if it runs.
+fn cpus_of(threads: &[(String, String)], name: &str) -> Option<String> {
     threads
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, cpus)| cpus.clone())
 }
 
 fn logs(vmm: &Daemon, console: &Path) -> String {
@@ -90,11 +89,7 @@ fn each_vcpu_thread_runs_on_its_host_cpus_and_vm_info_echoes_the_cpus() {
     });
     let threads = thread_cpus(vmm.pid());
     let of = |name: &str| {
-        threads
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, cpus)| cpus.clone())
-            .unwrap_or_else(|| panic!("no {name} thread in {threads:?}"))
+        cpus_of(&threads, name).unwrap_or_else(|| panic!("no {name} thread in {threads:?}"))
     };
     assert_eq!(of("vcpu0"), last.to_string(), "{threads:?}");
     assert_eq!(of("vcpu1"), first.to_string(), "{threads:?}");
@@ -158,12 +153,7 @@ fn vm_create_pins_the_vcpus_it_names() {
         logs(v, &console)
     });
     let threads = thread_cpus(vmm.pid());
-    let of = |name: &str| {
-        threads
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c.clone())
-    };
+    let of = |name: &str| cpus_of(&threads, name);
     assert_eq!(of("vcpu1"), Some(last.to_string()), "{threads:?}");
     assert_eq!(of("vcpu0"), Some(own), "vCPU 0 is not named: {threads:?}");
     press_power_button(&api, &vmm, WAIT, || logs(&vmm, &console));
