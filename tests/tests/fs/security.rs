@@ -24,6 +24,24 @@ use crate::common::*;
 /// How long an OPEN may take before it counts as blocked.
 const NO_BLOCK: Duration = Duration::from_secs(5);
 
+/// The daemon of `run` still answers (see `still_serving`).
+fn still_serves(fs: &mut FsClient, run: &mut Running, what: &str) {
+    let share = run.share.clone();
+    still_serving(fs, &mut run.daemon, &share, what);
+}
+
+/// One `#[test]` per sandbox mode, each running `check(mode)`.
+macro_rules! per_sandbox {
+    ($check:ident: $($name:ident => $mode:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $check($mode);
+            }
+        )+
+    };
+}
+
 /// A request that must fail quickly: an errno, not a hang.
 fn must_refuse<T: std::fmt::Debug>(bad: &mut Failures, what: &str, r: Result<T, FsError>) {
     match r {
@@ -181,25 +199,16 @@ fn setgid_directory(sandbox: &str) {
         }
         Err(e) => bad.push(format!("MKDIR: {e}")),
     }
-    let share = run.share.clone();
-    still_serving(&mut fs, &mut run.daemon, &share, "setgid directory");
+    still_serves(&mut fs, &mut run, "setgid directory");
     bad.assert_none(&format!("(CVE-2022-0358, --sandbox {sandbox})"));
 }
 
-#[test]
-fn setgid_directory_no_sandbox() {
-    setgid_directory("none");
-}
-
-#[test]
-fn setgid_directory_namespace_sandbox() {
-    setgid_directory("namespace");
-}
-
-#[test]
-fn setgid_directory_chroot_sandbox() {
-    setgid_directory("chroot");
-}
+per_sandbox!(
+    setgid_directory:
+    setgid_directory_no_sandbox => "none",
+    setgid_directory_namespace_sandbox => "namespace",
+    setgid_directory_chroot_sandbox => "chroot",
+);
 
 /// What a `/etc/passwd` looks like in the share: anything read through
 /// the symlinks must be this or nothing, never the host's.
@@ -357,20 +366,12 @@ fn symlinks_stay_inside(sandbox: &str) {
     bad.assert_none(&format!("(symlinks, --sandbox {sandbox})"));
 }
 
-#[test]
-fn symlinks_stay_inside_no_sandbox() {
-    symlinks_stay_inside("none");
-}
-
-#[test]
-fn symlinks_stay_inside_namespace_sandbox() {
-    symlinks_stay_inside("namespace");
-}
-
-#[test]
-fn symlinks_stay_inside_chroot_sandbox() {
-    symlinks_stay_inside("chroot");
-}
+per_sandbox!(
+    symlinks_stay_inside:
+    symlinks_stay_inside_no_sandbox => "none",
+    symlinks_stay_inside_namespace_sandbox => "namespace",
+    symlinks_stay_inside_chroot_sandbox => "chroot",
+);
 
 /// Names with `/`, `.`, `..`, empty, absolute or too long are refused
 /// with an errno in every op, and nothing changes on the host, under
@@ -383,20 +384,15 @@ fn bad_names(sandbox: &str) {
     let mut run = run_with(&args, |_| {});
     let mut fs = connect(&run, FsOptions::default());
     let bad = bad_name_matrix(&mut fs, &mut run);
-    let share = run.share.clone();
-    still_serving(&mut fs, &mut run.daemon, &share, "bad names");
+    still_serves(&mut fs, &mut run, "bad names");
     bad.assert_none(&format!("(names, --sandbox {sandbox})"));
 }
 
-#[test]
-fn bad_names_are_refused_namespace_sandbox() {
-    bad_names("namespace");
-}
-
-#[test]
-fn bad_names_are_refused_chroot_sandbox() {
-    bad_names("chroot");
-}
+per_sandbox!(
+    bad_names:
+    bad_names_are_refused_namespace_sandbox => "namespace",
+    bad_names_are_refused_chroot_sandbox => "chroot",
+);
 
 /// The default command line (no `--sandbox`, no `--seccomp`) must
 /// sandbox: the serving process's root is not the host's, nothing of the
@@ -638,8 +634,7 @@ fn default_sandbox_and_seccomp_serve_every_operation() {
     for round in 1..=2 {
         let mut fs = connect(&run, FsOptions::default());
         every_op(&mut fs, &run.share, true);
-        let share = run.share.clone();
-        still_serving(&mut fs, &mut run.daemon, &share, &format!("round {round}"));
+        still_serves(&mut fs, &mut run, &format!("round {round}"));
     }
     run.daemon.signal(libc::SIGTERM).unwrap();
     assert_exits_zero(&mut run.daemon, "SIGTERM", 10);
@@ -654,8 +649,7 @@ fn libvirt_chroot_with_xattr_serves_every_operation() {
     let mut run = dirs.spawn(cmd);
     let mut fs = connect(&run, FsOptions::default());
     every_op(&mut fs, &run.share, true);
-    let share = run.share.clone();
-    still_serving(&mut fs, &mut run.daemon, &share, "chroot");
+    still_serves(&mut fs, &mut run, "chroot");
 }
 
 /// `--sandbox chroot` without xattrs serves every other operation under
@@ -667,6 +661,5 @@ fn chroot_sandbox_serves_every_operation_but_xattrs() {
     let mut run = dirs.spawn(cmd);
     let mut fs = connect(&run, FsOptions::default());
     every_op(&mut fs, &run.share, false);
-    let share = run.share.clone();
-    still_serving(&mut fs, &mut run.daemon, &share, "chroot");
+    still_serves(&mut fs, &mut run, "chroot");
 }
