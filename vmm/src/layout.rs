@@ -67,15 +67,60 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// The RAM regions for `mem_size` bytes: below the 32-bit device hole, and
-/// the rest from 4 GiB. Each is (guest address, size, offset in the file).
-pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, u64, u64)> {
-    let low = mem_size.min(MEM_32BIT_DEVICES_START);
-    let mut regions = vec![(GuestAddress(0), low, 0)];
-    if mem_size > low {
-        regions.push((GuestAddress(RAM_64BIT_START), mem_size - low, low));
+/// The most guest RAM regions: what one vhost-user SET_MEM_TABLE carries
+/// (`VHOST_MEMORY_BASELINE_NREGIONS`).
+pub const MAX_RAM_REGIONS: usize = 8;
+
+/// A piece of guest RAM: all or part of one zone (a zone that reaches the
+/// device hole goes on at 4 GiB, in a second region of the same file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneRegion {
+    /// Index of the zone.
+    pub zone: usize,
+    pub addr: GuestAddress,
+    pub size: u64,
+    /// Offset in the zone's file.
+    pub offset: u64,
+}
+
+/// Guest RAM of zones of `sizes` bytes, one after the other from address
+/// 0: below the 32-bit device hole, then from 4 GiB.
+pub fn zone_regions(sizes: &[u64]) -> Vec<ZoneRegion> {
+    let mut regions = Vec::new();
+    let mut addr = 0u64;
+    for (zone, &size) in sizes.iter().enumerate() {
+        let mut offset = 0;
+        while offset < size {
+            if addr == MEM_32BIT_DEVICES_START {
+                addr = RAM_64BIT_START;
+            }
+            let room = if addr < MEM_32BIT_DEVICES_START {
+                MEM_32BIT_DEVICES_START - addr
+            } else {
+                u64::MAX
+            };
+            let len = (size - offset).min(room);
+            regions.push(ZoneRegion {
+                zone,
+                addr: GuestAddress(addr),
+                size: len,
+                offset,
+            });
+            addr += len;
+            offset += len;
+        }
     }
     regions
+}
+
+/// The RAM regions for `mem_size` bytes in one zone: below the 32-bit
+/// device hole, and the rest from 4 GiB. Each is (guest address, size,
+/// offset in the file).
+pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, u64, u64)> {
+    zone_regions(&[mem_size])
+        .into_iter()
+        .map(|r| (r.addr, r.size, r.offset))
+        .collect()
 }
 
 // The PCI windows sit in the device hole without overlapping.
