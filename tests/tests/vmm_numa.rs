@@ -9,11 +9,13 @@
 
 use std::time::Duration;
 
+use serde_json::json;
 use vu_driver::fixture::TempDir;
 use vu_driver::fw_devices;
+use vu_driver::http;
 use vu_driver::vmm::{
     assert_one_line_refusal, press_power_button, serial, shutdown_vmm,
-    spawn_test_guest_with_memory, wait_for_serial,
+    spawn_test_guest_with_memory, spawn_vmm, test_guest, vm_info, wait_for_serial,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -238,4 +240,86 @@ fn numa_mistakes_are_one_line_naming_the_option() {
         let all: Vec<&str> = base.iter().chain(args.iter()).copied().collect();
         assert_one_line_refusal(&all, 2, culprits, t);
     }
+}
+
+/// The same through `vm.create` + `vm.boot` on an empty VMM (Kata's way):
+/// a host node the host lacks is a 400 naming `memory.zones`; then the
+/// guest reads both nodes, the zone is bound, and `vm.info` echoes the
+/// zones and nodes as sent.
+#[test]
+fn vm_create_takes_memory_zones_and_numa() {
+    let dir = TempDir::new("vmm-numa-api").unwrap();
+    let (api, console) = (dir.join("api.sock"), dir.join("console.txt"));
+    let mut vmm = spawn_vmm(
+        ["--api-socket".as_ref(), api.as_os_str()],
+        &api,
+        &["control API on"],
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let logs = |v: &vu_driver::fixture::Daemon| {
+        format!(
+            "--- serial\n{}\n--- vmm log\n{}",
+            serial(&console),
+            v.log_contents()
+        )
+    };
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let zone = ZONE_MIB << 20;
+    let body = |node: u64| {
+        json!({
+            "payload": {"kernel": guest, "cmdline": "console=ttyS0 wait-power-button"},
+            "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
+            "memory": {"size": 0, "shared": true, "zones": [
+                {"id": "a", "size": zone, "host_numa_node": node},
+                {"id": "b", "size": zone}]},
+            "numa": [
+                {"guest_numa_id": 0, "cpus": [0], "memory_zones": ["a"]},
+                {"guest_numa_id": 1, "cpus": [1], "memory_zones": ["b"],
+                 "distances": [{"destination": 0, "distance": 30}]}],
+            "serial": {"mode": "File", "file": console},
+        })
+    };
+    let create =
+        |b: &serde_json::Value| http::call(&api, "PUT", "/api/v1/vm.create", Some(&b.to_string()));
+    let (status, answer) = create(&body(4095));
+    assert_eq!(status, 400, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("memory.zones: ") && error.contains("no NUMA node 4095"),
+        "{answer}"
+    );
+    let sent = body(0);
+    let (status, answer) = create(&sent);
+    assert_eq!(status, 204, "{answer}");
+    let (status, answer) = http::call(&api, "PUT", "/api/v1/vm.boot", None);
+    assert_eq!(status, 204, "{answer}\n{}", logs(&vmm));
+    wait_for_serial(
+        &mut vmm,
+        &console,
+        "waiting for the power button",
+        TIMEOUT,
+        logs,
+    );
+    let out = serial(&console);
+    for want in [
+        format!("srat: node 1 memory {zone:#x}-{:#x}", 2 * zone),
+        "slit: node 1: 30 10".to_string(),
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "no {want:?}\n{}",
+            logs(&vmm)
+        );
+    }
+    let pid = vmm.pid();
+    let a = mappings(pid, &format!("vmm-mem-{pid}-0-a"));
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(policy(pid, a[0].0), "bind:0");
+    let info = vm_info(&api);
+    assert_eq!(info["config"]["memory"], sent["memory"], "{info}");
+    assert_eq!(info["config"]["numa"], sent["numa"], "{info}");
+    assert_eq!(info["memory_actual_size"], 2 * zone, "{info}");
+    press_power_button(&api, &vmm, WAIT, || logs(&vmm));
+    shutdown_vmm(&api, &mut vmm, WAIT, logs);
 }
