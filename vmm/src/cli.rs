@@ -1,5 +1,7 @@
 //! The command line, in Cloud Hypervisor's style: `--kernel`, `--initramfs`,
 //! `--cmdline`, `--cpus boot=N`, `--memory size=512M[,file=PATH]`,
+//! `--memory-zone id=,size=[,host_numa_node=N]` and `--numa guest_numa_id=,..`
+//! (checked together by [`crate::numa`]),
 //! `--serial stdio|file=PATH|socket=PATH|off`, `--log-level`, `-v`,
 //! `--log-file PATH`, `--seccomp true|false|log`, `--api-socket PATH` (the
 //! control API, [`crate::api`]), and the vhost-user devices, each option
@@ -67,7 +69,8 @@ pub struct Args {
     /// Guest RAM: `size=SIZE[,file=PATH]`. SIZE takes K, M, G suffixes and
     /// is a multiple of 1 MiB. Without `file=`, a file is created under
     /// /dev/shm and removed at once (the mapping and the fd stay), so
-    /// nothing is left behind however the VMM ends.
+    /// nothing is left behind however the VMM ends. `size=0`: guest RAM
+    /// is the `--memory-zone`s (Cloud Hypervisor's rule).
     #[arg(long, default_value = "size=512M", value_parser = parse_memory)]
     pub memory: MemoryConfig,
     /// A part of guest RAM with its own backing (Cloud Hypervisor's
