@@ -8,13 +8,18 @@
 //! configuration ports, the I/O and the 32/64-bit BAR windows); the MCFG
 //! points at the ECAM window ([`layout::PCI_MMCONFIG_START`]). The MADT
 //! lists `max` vCPUs with the topology's APIC ids, those above `boot`
-//! disabled but online capable.
+//! disabled but online capable. With guest NUMA nodes (`--numa`), the SRAT
+//! gives each vCPU's APIC id and each zone's memory range its node
+//! (proximity domain = `guest_numa_id`), and the SLIT the distances
+//! between nodes: without them Linux sees one node, however the host
+//! placed the zones.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::aml;
-use crate::cli::CpusConfig;
+use crate::cli::{CpusConfig, MemoryConfig, NumaNodeConfig};
 use crate::layout;
+use crate::numa;
 
 pub const PM1A_EVT_PORT: u16 = 0x600;
 pub const PM1A_EVT_LEN: u8 = 4;
@@ -237,6 +242,116 @@ fn madt(cpus: &CpusConfig) -> Vec<u8> {
     t.finish()
 }
 
+/// The guest's NUMA nodes as the SRAT and SLIT describe them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumaTopology {
+    pub nodes: Vec<NumaNode>,
+    /// `distances[i][j]`: from node i to node j.
+    pub distances: Vec<Vec<u8>>,
+}
+
+/// One node: its proximity domain, vCPUs' APIC ids and RAM ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumaNode {
+    pub id: u32,
+    pub apic_ids: Vec<u32>,
+    /// (guest address, size) of each region of its zones.
+    pub memory: Vec<(u64, u64)>,
+}
+
+impl NumaTopology {
+    /// The nodes of `nodes` (checked by [`numa::check`]), their vCPUs'
+    /// APIC ids from `cpus`' topology and their zones' regions in guest
+    /// RAM; None without nodes.
+    pub fn new(cpus: &CpusConfig, memory: &MemoryConfig, nodes: &[NumaNodeConfig]) -> Option<Self> {
+        if nodes.is_empty() {
+            return None;
+        }
+        let sizes: Vec<u64> = memory.zones.iter().map(|z| z.size).collect();
+        let regions = layout::zone_regions(&sizes);
+        let topology = cpus.topology();
+        let mut out: Vec<NumaNode> = nodes
+            .iter()
+            .map(|n| NumaNode {
+                id: n.guest_numa_id,
+                apic_ids: n
+                    .cpus
+                    .iter()
+                    .map(|&c| topology.apic_id(u32::from(c)))
+                    .collect(),
+                memory: regions
+                    .iter()
+                    .filter(|r| n.memory_zones.contains(&memory.zones[r.zone].id))
+                    .map(|r| (r.addr.0, r.size))
+                    .collect(),
+            })
+            .collect();
+        out.sort_by_key(|n| n.id);
+        Some(NumaTopology {
+            nodes: out,
+            distances: numa::distances(nodes),
+        })
+    }
+}
+
+/// SRAT affinity flags: Enabled.
+const SRAT_ENABLED: u32 = 1;
+
+/// The SRAT (System Resource Affinity Table, revision 3): a Processor
+/// Local APIC Affinity entry per vCPU of a node (the x2APIC one for an id
+/// above 254), and a Memory Affinity entry per RAM region of its zones.
+fn srat(numa: &NumaTopology) -> Vec<u8> {
+    let mut t = Sdt::new(b"SRAT", 3);
+    t.put(&1u32.to_le_bytes()); // reserved, 1 for compatibility
+    t.put(&[0; 8]);
+    for node in &numa.nodes {
+        let domain = node.id.to_le_bytes();
+        for &apic in &node.apic_ids {
+            if apic < 0xff {
+                // type 0: domain[7:0], APIC id, flags, SAPIC EID,
+                // domain[31:8], clock domain.
+                t.put(&[0, 16, domain[0], apic as u8])
+                    .put(&SRAT_ENABLED.to_le_bytes())
+                    .put(&[0])
+                    .put(&domain[1..4])
+                    .put(&0u32.to_le_bytes());
+            } else {
+                // type 2: reserved, domain, x2APIC id, flags, clock
+                // domain, reserved.
+                t.put(&[2, 24, 0, 0])
+                    .put(&domain)
+                    .put(&apic.to_le_bytes())
+                    .put(&SRAT_ENABLED.to_le_bytes())
+                    .put(&[0; 8]);
+            }
+        }
+        for &(base, len) in &node.memory {
+            // type 1: domain, reserved, base, length, reserved, flags,
+            // reserved.
+            t.put(&[1, 40])
+                .put(&domain)
+                .put(&[0; 2])
+                .put(&base.to_le_bytes())
+                .put(&len.to_le_bytes())
+                .put(&[0; 4])
+                .put(&SRAT_ENABLED.to_le_bytes())
+                .put(&[0; 8]);
+        }
+    }
+    t.finish()
+}
+
+/// The SLIT (System Locality Information Table): the number of nodes,
+/// then a byte per (from, to) pair.
+fn slit(numa: &NumaTopology) -> Vec<u8> {
+    let mut t = Sdt::new(b"SLIT", 1);
+    t.put(&(numa.distances.len() as u64).to_le_bytes());
+    for row in &numa.distances {
+        t.put(row);
+    }
+    t.finish()
+}
+
 fn xsdt(tables: &[u64]) -> Vec<u8> {
     let mut t = Sdt::new(b"XSDT", 1);
     for addr in tables {
@@ -260,10 +375,16 @@ fn rsdp(xsdt_addr: u64) -> Vec<u8> {
     r
 }
 
-/// Builds every table for a guest with the vCPUs `cpus` and the 64-bit BAR
-/// window `mmio64` (start, size), laid out from `base` (the RSDP first).
-/// Returns the bytes; the RSDP is at `base`.
-pub fn build(cpus: &CpusConfig, mmio64: (u64, u64), base: GuestAddress) -> Vec<u8> {
+/// Builds every table for a guest with the vCPUs `cpus`, the NUMA nodes
+/// `numa` (an SRAT and a SLIT when given) and the 64-bit BAR window
+/// `mmio64` (start, size), laid out from `base` (the RSDP first). Returns
+/// the bytes; the RSDP is at `base`.
+pub fn build(
+    cpus: &CpusConfig,
+    numa: Option<&NumaTopology>,
+    mmio64: (u64, u64),
+    base: GuestAddress,
+) -> Vec<u8> {
     fn align(v: &mut Vec<u8>) {
         v.resize(v.len().next_multiple_of(16), 0);
     }
@@ -284,8 +405,16 @@ pub fn build(cpus: &CpusConfig, mmio64: (u64, u64), base: GuestAddress) -> Vec<u
     let mcfg_addr = base.0 + blob.len() as u64;
     blob.extend(mcfg());
     align(&mut blob);
+    let mut tables = vec![fadt_addr, madt_addr, mcfg_addr];
+    if let Some(numa) = numa {
+        for table in [srat(numa), slit(numa)] {
+            tables.push(base.0 + blob.len() as u64);
+            blob.extend(table);
+            align(&mut blob);
+        }
+    }
     let xsdt_addr = base.0 + blob.len() as u64;
-    blob.extend(xsdt(&[fadt_addr, madt_addr, mcfg_addr]));
+    blob.extend(xsdt(&tables));
     blob[..36].copy_from_slice(&rsdp(xsdt_addr));
     blob
 }
@@ -294,10 +423,11 @@ pub fn build(cpus: &CpusConfig, mmio64: (u64, u64), base: GuestAddress) -> Vec<u
 pub fn write_tables<M: GuestMemory>(
     mem: &M,
     cpus: &CpusConfig,
+    numa: Option<&NumaTopology>,
     mmio64: (u64, u64),
 ) -> Result<GuestAddress, AcpiError> {
     let base = layout::ACPI_START;
-    let blob = build(cpus, mmio64, base);
+    let blob = build(cpus, numa, mmio64, base);
     if base.0 + blob.len() as u64 > layout::HIGH_RAM_START.0 {
         return Err(AcpiError::TooLarge(blob.len()));
     }
@@ -331,7 +461,7 @@ mod tests {
     #[test]
     fn checksums_and_pointers() {
         let base = 0xe0000;
-        let blob = build(&CpusConfig::new(2), MMIO64, GuestAddress(base));
+        let blob = build(&CpusConfig::new(2), None, MMIO64, GuestAddress(base));
         let rsdp = &blob[..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(sum(&rsdp[..20]), 0);
@@ -486,14 +616,131 @@ mod tests {
         );
         assert_eq!(ioapic, 7);
         // Its checksum holds inside the whole set of tables too.
-        let blob = build(&cpus, MMIO64, GuestAddress(0xe0000));
+        let blob = build(&cpus, None, MMIO64, GuestAddress(0xe0000));
         let xsdt = table(&blob, 0xe0000, u64_at(&blob, 24));
         assert_eq!(sum(table(&blob, 0xe0000, u64_at(xsdt, 44))), 0);
     }
 
     #[test]
     fn fits_in_legacy_area_with_max_cpus() {
-        let blob = build(&CpusConfig::new(254), MMIO64, layout::ACPI_START);
+        let blob = build(&CpusConfig::new(254), None, MMIO64, layout::ACPI_START);
         assert!(layout::ACPI_START.0 + blob.len() as u64 <= layout::HIGH_RAM_START.0);
+    }
+
+    fn two_nodes() -> NumaTopology {
+        use crate::cli::{parse_memory_zone, parse_numa};
+        let memory = MemoryConfig {
+            size: 96 << 20,
+            zones: vec![
+                parse_memory_zone("id=mem0,size=32M").unwrap(),
+                parse_memory_zone("id=mem1,size=64M").unwrap(),
+            ],
+            ..MemoryConfig::default()
+        };
+        let nodes = [
+            parse_numa("guest_numa_id=1,cpus=[2,3],memory_zones=[mem1]").unwrap(),
+            parse_numa("guest_numa_id=0,cpus=[0,1],memory_zones=[mem0],distances=[1@15]").unwrap(),
+        ];
+        let cpus = CpusConfig {
+            topology: Some(crate::topology::CpuTopology {
+                threads_per_core: 1,
+                cores_per_die: 3,
+                dies_per_package: 1,
+                packages: 2,
+            }),
+            max: 6,
+            ..CpusConfig::new(4)
+        };
+        NumaTopology::new(&cpus, &memory, &nodes).unwrap()
+    }
+
+    #[test]
+    fn numa_topology_from_the_config() {
+        let numa = two_nodes();
+        // Sorted by id; vCPU 3 is the second package's first core: APIC 4.
+        assert_eq!(
+            numa.nodes,
+            [
+                NumaNode {
+                    id: 0,
+                    apic_ids: vec![0, 1],
+                    memory: vec![(0, 32 << 20)]
+                },
+                NumaNode {
+                    id: 1,
+                    apic_ids: vec![2, 4],
+                    memory: vec![(32 << 20, 64 << 20)]
+                },
+            ]
+        );
+        assert_eq!(numa.distances, [vec![10, 15], vec![20, 10]]);
+        assert_eq!(
+            NumaTopology::new(&CpusConfig::new(1), &MemoryConfig::default(), &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn srat_bytes() {
+        let t = srat(&two_nodes());
+        assert_eq!(&t[..4], b"SRAT");
+        assert_eq!(t[8], 3, "revision");
+        assert_eq!(u32_at(&t, 4) as usize, t.len());
+        assert_eq!(sum(&t), 0);
+        assert_eq!(u32_at(&t, 36), 1, "the reserved 1");
+        // 4 local APIC entries (16 bytes) and 2 memory entries (40).
+        assert_eq!(t.len(), 48 + 4 * 16 + 2 * 40);
+        #[rustfmt::skip]
+        let lapic0 = [0, 16, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(&t[48..64], &lapic0);
+        assert_eq!(&t[64..68], &[0, 16, 0, 1], "node 0, APIC 1");
+        let mem0 = &t[80..120];
+        assert_eq!(&mem0[..2], &[1, 40]);
+        assert_eq!(u32_at(mem0, 2), 0, "domain 0");
+        assert_eq!((u64_at(mem0, 8), u64_at(mem0, 16)), (0, 32 << 20));
+        assert_eq!(u32_at(mem0, 28), SRAT_ENABLED);
+        assert_eq!(&t[120..124], &[0, 16, 1, 2], "node 1, APIC 2");
+        assert_eq!(&t[136..140], &[0, 16, 1, 4], "node 1, APIC 4");
+        let mem1 = &t[152..192];
+        assert_eq!(u32_at(mem1, 2), 1, "domain 1");
+        assert_eq!((u64_at(mem1, 8), u64_at(mem1, 16)), (32 << 20, 64 << 20));
+        // An APIC id of 255 or more takes an x2APIC entry.
+        let wide = NumaTopology {
+            nodes: vec![NumaNode {
+                id: 0x0102_0304,
+                apic_ids: vec![300],
+                memory: vec![],
+            }],
+            distances: vec![vec![10]],
+        };
+        let t = srat(&wide);
+        assert_eq!(sum(&t), 0);
+        let x2 = &t[48..72];
+        assert_eq!(&x2[..4], &[2, 24, 0, 0]);
+        assert_eq!(
+            (u32_at(x2, 4), u32_at(x2, 8), u32_at(x2, 12)),
+            (0x0102_0304, 300, SRAT_ENABLED)
+        );
+    }
+
+    #[test]
+    fn slit_bytes_and_the_xsdt() {
+        let numa = two_nodes();
+        let t = slit(&numa);
+        assert_eq!(&t[..4], b"SLIT");
+        assert_eq!(sum(&t), 0);
+        assert_eq!(t.len(), 36 + 8 + 4);
+        assert_eq!(u64_at(&t, 36), 2);
+        assert_eq!(&t[44..], &[10, 15, 20, 10]);
+        // Both are in the XSDT, after the FADT, MADT and MCFG.
+        let base = 0xe0000;
+        let blob = build(&CpusConfig::new(4), Some(&numa), MMIO64, GuestAddress(base));
+        let xsdt = table(&blob, base, u64_at(&blob, 24));
+        assert_eq!(sum(xsdt), 0);
+        assert_eq!(xsdt.len(), 36 + 5 * 8);
+        let srat_t = table(&blob, base, u64_at(xsdt, 36 + 3 * 8));
+        assert_eq!(srat_t, srat(&numa).as_slice());
+        let slit_t = table(&blob, base, u64_at(xsdt, 36 + 4 * 8));
+        assert_eq!(slit_t, t.as_slice());
     }
 }

@@ -14,7 +14,9 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{
+    Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, ReadVolatile,
+};
 
 use crate::layout;
 
@@ -185,8 +187,11 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<BootEntry, BootEr
         Some(p) => Some(load_initramfs(mem, p, loaded.kernel_end, initrd_limit)?),
         None => None,
     };
-    let mem_size: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
-    let e820 = layout::e820_map(mem_size);
+    let ram: Vec<(u64, u64)> = mem
+        .iter()
+        .map(|r| (r.start_addr().raw_value(), r.len()))
+        .collect();
+    let e820 = layout::e820_map(&ram);
 
     match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => {

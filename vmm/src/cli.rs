@@ -1,5 +1,7 @@
 //! The command line, in Cloud Hypervisor's style: `--kernel`, `--initramfs`,
 //! `--cmdline`, `--cpus boot=N`, `--memory size=512M[,file=PATH]`,
+//! `--memory-zone id=,size=[,host_numa_node=N]` and `--numa guest_numa_id=,..`
+//! (checked together by [`crate::numa`]),
 //! `--serial stdio|file=PATH|socket=PATH|off`, `--log-level`, `-v`,
 //! `--log-file PATH`, `--seccomp true|false|log`, `--api-socket PATH` (the
 //! control API, [`crate::api`]), and the vhost-user devices, each option
@@ -67,9 +69,28 @@ pub struct Args {
     /// Guest RAM: `size=SIZE[,file=PATH]`. SIZE takes K, M, G suffixes and
     /// is a multiple of 1 MiB. Without `file=`, a file is created under
     /// /dev/shm and removed at once (the mapping and the fd stay), so
-    /// nothing is left behind however the VMM ends.
+    /// nothing is left behind however the VMM ends. `size=0`: guest RAM
+    /// is the `--memory-zone`s (Cloud Hypervisor's rule).
     #[arg(long, default_value = "size=512M", value_parser = parse_memory)]
     pub memory: MemoryConfig,
+    /// A part of guest RAM with its own backing (Cloud Hypervisor's
+    /// syntax): `id=ID,size=SIZE[,file=PATH,shared=on,hugepages=on,
+    /// hugepage_size=2M|1G,prefault=on,host_numa_node=N]`. Zones follow
+    /// each other in guest RAM in the order given; each is its own file
+    /// (a /dev/shm file, `file=`, or a hugetlbfs memfd) sent to the device
+    /// daemons; `host_numa_node` binds its pages to that host node
+    /// (mbind MPOL_BIND). With zones, `--memory size=0` (or their total).
+    /// Repeatable.
+    #[arg(long = "memory-zone", value_name = "id=ID,size=SIZE[,...]", value_parser = parse_memory_zone)]
+    pub memory_zones: Vec<MemoryZoneConfig>,
+    /// A guest NUMA node (Cloud Hypervisor's syntax): `guest_numa_id=N[,
+    /// cpus=[0-1,4],memory_zones=[mem0,mem1],distances=[1@20,2@30]]`,
+    /// described to the guest in the ACPI SRAT (its vCPUs and zones) and
+    /// SLIT (distances; 10 to itself, 20 to other nodes unless given).
+    /// Node ids run from 0 without gaps; with `--numa`, every zone
+    /// belongs to one node. Repeatable.
+    #[arg(long = "numa", value_name = "guest_numa_id=N[,...]", value_parser = parse_numa)]
+    pub numa: Vec<NumaNodeConfig>,
     /// Serial console on COM1: `stdio`, `file=PATH`, `socket=PATH` (a
     /// listening Unix socket; one client at a time) or `off`.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
@@ -304,6 +325,8 @@ pub fn host_cpus() -> Vec<usize> {
 /// `--memory`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MemoryConfig {
+    /// Guest RAM in bytes: as given, or with zones their total (`--memory
+    /// size=0` on the command line) once [`crate::numa::check`] has run.
     pub size: u64,
     pub file: Option<PathBuf>,
     /// `hugepages=on[,hugepage_size=2M|1G]`: guest RAM from a hugetlbfs
@@ -312,6 +335,67 @@ pub struct MemoryConfig {
     /// `prefault=on` (Cloud Hypervisor) or `prealloc=on` (QEMU's
     /// `-mem-prealloc`): every page is allocated before the guest runs.
     pub prefault: bool,
+    /// `--memory-zone`s: guest RAM is these, in order (then `file` and
+    /// `hugepage_size` are unset; `prefault` applies to every zone).
+    pub zones: Vec<MemoryZoneConfig>,
+}
+
+impl MemoryConfig {
+    /// The zones guest RAM is made of: the `--memory-zone`s, or one zone
+    /// `mem0` of `--memory`'s size and backing.
+    pub fn zones(&self) -> Vec<MemoryZoneConfig> {
+        if !self.zones.is_empty() {
+            return self
+                .zones
+                .iter()
+                .map(|z| MemoryZoneConfig {
+                    prefault: z.prefault || self.prefault,
+                    ..z.clone()
+                })
+                .collect();
+        }
+        vec![MemoryZoneConfig {
+            id: "mem0".into(),
+            size: self.size,
+            file: self.file.clone(),
+            hugepage_size: self.hugepage_size,
+            prefault: self.prefault,
+            host_numa_node: None,
+        }]
+    }
+}
+
+/// `--memory-zone` (and an entry of `vm.create`'s `memory.zones`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemoryZoneConfig {
+    pub id: String,
+    pub size: u64,
+    /// Backing file (kept); a /dev/shm file removed at once otherwise.
+    pub file: Option<PathBuf>,
+    /// `hugepages=on[,hugepage_size=]`: a hugetlbfs memfd.
+    pub hugepage_size: Option<u64>,
+    pub prefault: bool,
+    /// The host node its pages are bound to (mbind MPOL_BIND).
+    pub host_numa_node: Option<u32>,
+}
+
+/// `--numa` (and an entry of `vm.create`'s `numa`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NumaNodeConfig {
+    pub guest_numa_id: u32,
+    /// vCPU indexes (below `--cpus max`).
+    pub cpus: Vec<u8>,
+    /// Distances to other nodes; the rest are 20 (10 to itself).
+    pub distances: Vec<NumaDistance>,
+    /// Ids of the `--memory-zone`s this node's memory is.
+    pub memory_zones: Vec<String>,
+}
+
+/// `distances=[DEST@DIST]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumaDistance {
+    pub destination: u32,
+    pub distance: u8,
 }
 
 /// The huge page sizes `hugepage_size=` takes.
@@ -641,14 +725,165 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
             }
         }
     }
-    let size = check_memory_size(size.ok_or("missing size=SIZE")?)?;
+    let size = size.ok_or("missing size=SIZE")?;
+    if size == 0 {
+        // Guest RAM is the --memory-zones' (checked with them).
+        if file.is_some() || hugepages || hugepage_size.is_some() {
+            return Err(
+                "size=0 (guest RAM from --memory-zone): give file= and hugepages= on each zone"
+                    .into(),
+            );
+        }
+        return Ok(MemoryConfig {
+            prefault,
+            ..MemoryConfig::default()
+        });
+    }
+    let size = check_memory_size(size)?;
     let hugepage_size = check_hugepages(size, hugepages, hugepage_size, file.is_some())?;
     Ok(MemoryConfig {
         size,
         file,
         hugepage_size,
         prefault,
+        zones: Vec::new(),
     })
+}
+
+/// `--memory-zone id=ID,size=SIZE[,file=PATH,shared=on,hugepages=on,
+/// hugepage_size=2M|1G,prefault=on,host_numa_node=N]`.
+pub fn parse_memory_zone(s: &str) -> Result<MemoryZoneConfig, String> {
+    memory_zone_from_pairs(&pairs(s)?)
+}
+
+/// A zone from its `key=value` pairs: the one parser of `--memory-zone`
+/// and of `vm.create`'s `memory.zones` entries. The host node is checked
+/// later, against the host ([`crate::numa::check`]).
+pub fn memory_zone_from_pairs(pairs: &[(&str, &str)]) -> Result<MemoryZoneConfig, String> {
+    let mut id = None;
+    let mut size = None;
+    let mut file = None;
+    let mut hugepages = false;
+    let mut hugepage_size = None;
+    let mut prefault = false;
+    let mut host_numa_node = None;
+    let mut seen: Vec<&str> = Vec::new();
+    for &(k, v) in pairs {
+        if seen.contains(&k) {
+            return Err(format!("`{k}` is given twice"));
+        }
+        seen.push(k);
+        match k {
+            "id" if v.is_empty() => return Err("id= needs a name".into()),
+            "id" => id = Some(v.to_string()),
+            "size" => size = Some(parse_size(v)?),
+            "file" if v.is_empty() => return Err("file= needs a path".into()),
+            "file" => file = Some(PathBuf::from(v)),
+            "hugepages" => hugepages = parse_switch(k, v)?,
+            "hugepage_size" => hugepage_size = Some(parse_size(v)?),
+            "prefault" | "prealloc" => prefault = parse_switch(k, v)?,
+            "shared" if parse_switch(k, v)? => {}
+            "shared" => {
+                return Err(
+                    "shared=off: guest RAM is always shared (the device daemons map it)".into(),
+                )
+            }
+            "host_numa_node" => {
+                host_numa_node = Some(
+                    v.parse()
+                        .map_err(|_| format!("host_numa_node={v} is not a node number"))?,
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` (known: id, size, file, shared, hugepages, \
+                     hugepage_size, prefault, host_numa_node)"
+                ))
+            }
+        }
+    }
+    let id = id.ok_or("missing id=ID")?;
+    let size = size.ok_or_else(|| format!("id={id}: missing size=SIZE"))?;
+    if size == 0 || size % MIB != 0 {
+        return Err(format!(
+            "id={id}: size={size} bytes is not a non-zero multiple of 1 MiB"
+        ));
+    }
+    let hugepage_size = check_hugepages(size, hugepages, hugepage_size, file.is_some())
+        .map_err(|e| format!("id={id}: {e}"))?;
+    Ok(MemoryZoneConfig {
+        id,
+        size,
+        file,
+        hugepage_size,
+        prefault,
+        host_numa_node,
+    })
+}
+
+/// `--numa guest_numa_id=N[,cpus=[0-1,4],memory_zones=[mem0],distances=[1@20]]`.
+pub fn parse_numa(s: &str) -> Result<NumaNodeConfig, String> {
+    let mut node = NumaNodeConfig::default();
+    let mut id = None;
+    // `[a,b]`, or `a` alone.
+    let list = |v: &str| -> String {
+        v.strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or(v)
+            .to_string()
+    };
+    for kv in split_outside_brackets(s) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("`{kv}` is not key=value"))?;
+        match k {
+            "guest_numa_id" => {
+                id = Some(
+                    v.parse()
+                        .map_err(|_| format!("guest_numa_id={v} is not a node number"))?,
+                )
+            }
+            "cpus" => {
+                node.cpus = parse_cpu_list(&list(v))
+                    .map_err(|e| format!("cpus={v}: {e}"))?
+                    .into_iter()
+                    .map(|c| {
+                        u8::try_from(c).map_err(|_| format!("cpus={v}: vCPU {c} is above 254"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "memory_zones" => {
+                node.memory_zones = list(v)
+                    .split(',')
+                    .filter(|z| !z.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+            "distances" => {
+                node.distances = list(v)
+                    .split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(|d| {
+                        let bad =
+                            || format!("distances={v}: `{d}` is not NODE@DISTANCE (e.g. 1@20)");
+                        let (dest, dist) = d.split_once('@').ok_or_else(bad)?;
+                        Ok(NumaDistance {
+                            destination: dest.parse().map_err(|_| bad())?,
+                            distance: dist.parse().map_err(|_| bad())?,
+                        })
+                    })
+                    .collect::<Result<_, String>>()?;
+            }
+            "pci_segments" => return Err("pci_segments: there is one PCI segment here".into()),
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` (known: guest_numa_id, cpus, memory_zones, distances)"
+                ))
+            }
+        }
+    }
+    node.guest_numa_id = id.ok_or("missing guest_numa_id=N")?;
+    Ok(node)
 }
 
 /// The huge page size of `hugepages=on` (`hugepage_size`, default 2M),

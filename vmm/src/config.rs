@@ -25,8 +25,9 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{
     self, check_memory_size, check_vcpus, Args, CpuTopology, CpusConfig, MemoryConfig,
-    SerialConfig, VcpuAffinity, VhostUserConfig,
+    MemoryZoneConfig, NumaDistance, NumaNodeConfig, SerialConfig, VcpuAffinity, VhostUserConfig,
 };
+use crate::numa::{self, HostNuma};
 
 /// The kernel command line when `payload.cmdline` is absent (and the
 /// command line's default).
@@ -39,7 +40,10 @@ pub struct VmConfig {
     pub initramfs: Option<PathBuf>,
     pub cmdline: String,
     pub cpus: CpusConfig,
+    /// Guest RAM; `size` is the zones' total when there are zones.
     pub memory: MemoryConfig,
+    /// Guest NUMA nodes (none: one node, no SRAT or SLIT).
+    pub numa: Vec<NumaNodeConfig>,
     pub serial: SerialConfig,
     /// vhost-user devices, plugged in this order from slot 1.
     pub devices: Vec<VhostUserConfig>,
@@ -72,22 +76,34 @@ fn error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The plan of the command line, or None without `--kernel`.
-pub fn from_cli(args: &Args) -> Option<VmPlan> {
+/// The plan of the command line, or None without `--kernel`; `host` the
+/// host's NUMA nodes. The error (`--memory-zone`, `--numa` and `--memory`
+/// checked together) is one line naming the option.
+pub fn from_cli(args: &Args, host: &HostNuma) -> Result<Option<VmPlan>, String> {
+    let memory = MemoryConfig {
+        zones: args.memory_zones.clone(),
+        ..args.memory.clone()
+    };
+    let memory = numa::check(&memory, &args.numa, args.cpus.max, host)
+        .map_err(|(culprit, e)| format!("{}: {e}", culprit.option()))?;
+    let Some(kernel) = args.kernel.clone() else {
+        return Ok(None);
+    };
     let config = VmConfig {
-        kernel: args.kernel.clone()?,
+        kernel,
         initramfs: args.initramfs.clone(),
         cmdline: args.cmdline.clone(),
         cpus: args.cpus.clone(),
-        memory: args.memory.clone(),
+        memory,
+        numa: args.numa.clone(),
         serial: args.serial.clone(),
         devices: args.vhost_user_devices(),
     };
-    Some(VmPlan {
+    Ok(Some(VmPlan {
         echo: to_api(&config),
         config,
         unsupported: Vec::new(),
-    })
+    }))
 }
 
 /// `config` as a Cloud Hypervisor `VmConfig` (for `vm.info`).
@@ -131,7 +147,7 @@ pub fn to_api(config: &VmConfig) -> Value {
             n
         })
         .collect();
-    json!({
+    let mut vm = json!({
         "payload": payload,
         "cpus": cpus_echo(&config.cpus),
         "memory": memory_echo(&config.memory),
@@ -140,7 +156,24 @@ pub fn to_api(config: &VmConfig) -> Value {
         "disks": disks,
         "fs": fs,
         "net": net,
-    })
+    });
+    if !config.numa.is_empty() {
+        vm["numa"] = config
+            .numa
+            .iter()
+            .map(|n| {
+                json!({
+                    "guest_numa_id": n.guest_numa_id,
+                    "cpus": n.cpus,
+                    "memory_zones": n.memory_zones,
+                    "distances": n.distances.iter()
+                        .map(|d| json!({"destination": d.destination, "distance": d.distance}))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+    }
+    vm
 }
 
 /// `--cpus` in Cloud Hypervisor's `CpusConfig` shape (`pmu` is ours).
@@ -167,8 +200,37 @@ fn cpus_echo(c: &CpusConfig) -> Value {
     v
 }
 
-/// `--memory` in Cloud Hypervisor's `MemoryConfig` shape.
+/// `--memory` in Cloud Hypervisor's `MemoryConfig` shape (with zones,
+/// `size` 0 and the zones in `zones`).
 fn memory_echo(m: &MemoryConfig) -> Value {
+    if !m.zones.is_empty() {
+        let zones: Vec<Value> = m
+            .zones
+            .iter()
+            .map(|z| {
+                let mut v = json!({"id": z.id, "size": z.size, "shared": true});
+                if let Some(file) = &z.file {
+                    v["file"] = json!(file);
+                }
+                if let Some(page) = z.hugepage_size {
+                    v["hugepages"] = json!(true);
+                    v["hugepage_size"] = json!(page);
+                }
+                if z.prefault {
+                    v["prefault"] = json!(true);
+                }
+                if let Some(node) = z.host_numa_node {
+                    v["host_numa_node"] = json!(node);
+                }
+                v
+            })
+            .collect();
+        let mut v = json!({"size": 0, "shared": true, "zones": zones});
+        if m.prefault {
+            v["prefault"] = json!(true);
+        }
+        return v;
+    }
     let mut v = json!({"size": m.size, "shared": true});
     if let Some(page) = m.hugepage_size {
         v["hugepages"] = json!(true);
@@ -202,10 +264,10 @@ pub fn refusal(path: &str) -> Option<&'static str> {
         "net.vhost_mode" => "only vhost_mode Client (the backend listens) is supported",
         "vsock" => "no virtio-vsock device yet (issue 16 step 3)",
         "pmem" | "devices" | "user_devices" | "vdpa" | "generic_vhost_user" | "tpm" | "sgx_epc"
-        | "numa" | "balloon" | "debug_console" => "no such device here yet",
+        | "balloon" | "debug_console" => "no such device here yet",
+        "numa.pci_segments" => "there is one PCI segment here",
         "iommu" | "disks.iommu" | "net.iommu" | "fs.iommu" => "no virtual IOMMU here",
         "landlock_enable" | "landlock_rules" => "no Landlock sandbox for the VMM yet",
-        "memory.zones" => "memory zones are not supported",
         "platform.tdx" | "platform.sev_snp" => "no confidential guests here",
         _ => return None,
     })
@@ -383,39 +445,19 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
             size: 512 << 20,
             ..MemoryConfig::default()
         },
-        Some(v) => {
-            let mut m = Fields::new("memory", v)?;
-            let size = m.u64("size")?;
-            let size = m.required("size", size)?;
-            let size = check_memory_size(size).map_err(|e| error(m.field("size"), e))?;
-            // Guest RAM is always a shared file (vhost-user needs it).
-            if m.bool("shared")? == Some(false) {
-                return Err(error(
-                    m.field("shared"),
-                    "guest RAM is always shared (the device daemons map it)",
-                ));
-            }
-            let hugepages = m.bool("hugepages")?.unwrap_or(false);
-            let page = m.u64("hugepage_size")?;
-            let hugepage_size =
-                cli::check_hugepages(size, hugepages, page, false).map_err(|e| {
-                    let key = if e.starts_with("hugepage_size") || e.contains("sizes are") {
-                        "hugepage_size"
-                    } else {
-                        "hugepages"
-                    };
-                    error(m.field(key), e)
-                })?;
-            let prefault = m.bool("prefault")?.unwrap_or(false);
-            m.finish(&mut unsupported)?;
-            MemoryConfig {
-                size,
-                file: None,
-                hugepage_size,
-                prefault,
-            }
-        }
+        Some(v) => memory(v, &mut unsupported)?,
     };
+    let numa = match top.get("numa") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| numa_node(&format!("numa[{i}]"), item, &mut unsupported))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(error("numa", "is not an array")),
+    };
+    let memory = numa::check(&memory, &numa, cpus.max, HostNuma::get())
+        .map_err(|(culprit, e)| error(culprit.field(), e))?;
 
     let serial = match top.get("serial") {
         None => SerialConfig::Off,
@@ -455,11 +497,190 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
             cmdline,
             cpus,
             memory,
+            numa,
             serial,
             devices,
         },
         echo: body.clone(),
         unsupported,
+    })
+}
+
+/// `memory`: `{size, shared, hugepages, hugepage_size, prefault, zones}`;
+/// `size` 0 with `zones` (checked with `numa` by [`numa::check`]).
+fn memory(v: &Value, unsupported: &mut Vec<String>) -> Result<MemoryConfig, ConfigError> {
+    let mut m = Fields::new("memory", v)?;
+    let size = m.u64("size")?;
+    let size = m.required("size", size)?;
+    let has_zones = m.map.get("zones").is_some_and(|z| !inert(z));
+    let size = if size == 0 && has_zones {
+        0
+    } else {
+        check_memory_size(size).map_err(|e| error(m.field("size"), e))?
+    };
+    // Guest RAM is always a shared file (vhost-user needs it).
+    if m.bool("shared")? == Some(false) {
+        return Err(error(
+            m.field("shared"),
+            "guest RAM is always shared (the device daemons map it)",
+        ));
+    }
+    let hugepages = m.bool("hugepages")?.unwrap_or(false);
+    let page = m.u64("hugepage_size")?;
+    let hugepage_size = if size == 0 {
+        if hugepages || page.is_some() {
+            return Err(error(
+                m.field("hugepages"),
+                "with zones, hugepages goes on each of memory.zones",
+            ));
+        }
+        None
+    } else {
+        cli::check_hugepages(size, hugepages, page, false).map_err(|e| {
+            let key = if e.starts_with("hugepage_size") || e.contains("sizes are") {
+                "hugepage_size"
+            } else {
+                "hugepages"
+            };
+            error(m.field(key), e)
+        })?
+    };
+    let prefault = m.bool("prefault")?.unwrap_or(false);
+    let zones = match m.get("zones") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| memory_zone(&format!("memory.zones[{i}]"), item, unsupported))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(error(m.field("zones"), "is not an array")),
+    };
+    m.finish(unsupported)?;
+    Ok(MemoryConfig {
+        size,
+        file: None,
+        hugepage_size,
+        prefault,
+        zones,
+    })
+}
+
+/// One of `memory.zones`: `{id, size, file, shared, hugepages,
+/// hugepage_size, prefault, host_numa_node}`, by `--memory-zone`'s rules.
+fn memory_zone(
+    path: &str,
+    v: &Value,
+    unsupported: &mut Vec<String>,
+) -> Result<MemoryZoneConfig, ConfigError> {
+    let mut z = Fields::new(path, v)?;
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    for key in ["id", "file"] {
+        if let Some(s) = z.str(key)? {
+            pairs.push((key, s.to_string()));
+        }
+    }
+    for key in ["size", "hugepage_size", "host_numa_node"] {
+        if let Some(n) = z.u64(key)? {
+            pairs.push((key, n.to_string()));
+        }
+    }
+    for key in ["shared", "hugepages", "prefault"] {
+        if let Some(b) = z.bool(key)? {
+            pairs.push((key, b.to_string()));
+        }
+    }
+    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let zone = cli::memory_zone_from_pairs(&borrowed).map_err(|e| {
+        let key = [
+            "hugepage_size",
+            "hugepages",
+            "host_numa_node",
+            "shared",
+            "file",
+            "size",
+        ]
+        .into_iter()
+        .find(|k| e.contains(&format!("{k}=")))
+        .unwrap_or("id");
+        error(z.field(key), e)
+    })?;
+    z.finish(unsupported)?;
+    Ok(zone)
+}
+
+/// One of `numa`: `{guest_numa_id, cpus, distances: [{destination,
+/// distance}], memory_zones}`.
+fn numa_node(
+    path: &str,
+    v: &Value,
+    unsupported: &mut Vec<String>,
+) -> Result<NumaNodeConfig, ConfigError> {
+    let mut n = Fields::new(path, v)?;
+    let id = n.u64("guest_numa_id")?;
+    let id = n.required("guest_numa_id", id)?;
+    let guest_numa_id =
+        u32::try_from(id).map_err(|_| error(n.field("guest_numa_id"), "is too large"))?;
+    let numbers = |n: &mut Fields, key: &'static str| -> Result<Vec<u64>, ConfigError> {
+        match n.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| {
+                    i.as_u64()
+                        .ok_or_else(|| error(n.field(key), "is not a list of numbers"))
+                })
+                .collect(),
+            Some(_) => Err(error(n.field(key), "is not an array")),
+        }
+    };
+    let cpus = numbers(&mut n, "cpus")?
+        .into_iter()
+        .map(|c| {
+            u8::try_from(c).map_err(|_| error(n.field("cpus"), format!("vCPU {c} is above 254")))
+        })
+        .collect::<Result<_, _>>()?;
+    let memory_zones = match n.get("memory_zones") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| error(n.field("memory_zones"), "is not a list of zone ids"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(error(n.field("memory_zones"), "is not an array")),
+    };
+    let distances = match n.get("distances") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let mut d = Fields::new(format!("{}[{i}]", n.field("distances")), item)?;
+                let dest = d.u64("destination")?;
+                let dest = d.required("destination", dest)?;
+                let dist = d.u64("distance")?;
+                let dist = d.required("distance", dist)?;
+                let distance = u8::try_from(dist)
+                    .map_err(|_| error(d.field("distance"), format!("{dist} is above 255")))?;
+                let destination = u32::try_from(dest)
+                    .map_err(|_| error(d.field("destination"), "is too large"))?;
+                d.finish(unsupported)?;
+                Ok(NumaDistance {
+                    destination,
+                    distance,
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?,
+        Some(_) => return Err(error(n.field("distances"), "is not an array")),
+    };
+    n.finish(unsupported)?;
+    Ok(NumaNodeConfig {
+        guest_numa_id,
+        cpus,
+        distances,
+        memory_zones,
     })
 }
 

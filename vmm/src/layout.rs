@@ -67,15 +67,60 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// The RAM regions for `mem_size` bytes: below the 32-bit device hole, and
-/// the rest from 4 GiB. Each is (guest address, size, offset in the file).
-pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, u64, u64)> {
-    let low = mem_size.min(MEM_32BIT_DEVICES_START);
-    let mut regions = vec![(GuestAddress(0), low, 0)];
-    if mem_size > low {
-        regions.push((GuestAddress(RAM_64BIT_START), mem_size - low, low));
+/// The most guest RAM regions: what one vhost-user SET_MEM_TABLE carries
+/// (`VHOST_MEMORY_BASELINE_NREGIONS`).
+pub const MAX_RAM_REGIONS: usize = 8;
+
+/// A piece of guest RAM: all or part of one zone (a zone that reaches the
+/// device hole goes on at 4 GiB, in a second region of the same file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneRegion {
+    /// Index of the zone.
+    pub zone: usize,
+    pub addr: GuestAddress,
+    pub size: u64,
+    /// Offset in the zone's file.
+    pub offset: u64,
+}
+
+/// Guest RAM of zones of `sizes` bytes, one after the other from address
+/// 0: below the 32-bit device hole, then from 4 GiB.
+pub fn zone_regions(sizes: &[u64]) -> Vec<ZoneRegion> {
+    let mut regions = Vec::new();
+    let mut addr = 0u64;
+    for (zone, &size) in sizes.iter().enumerate() {
+        let mut offset = 0;
+        while offset < size {
+            if addr == MEM_32BIT_DEVICES_START {
+                addr = RAM_64BIT_START;
+            }
+            let room = if addr < MEM_32BIT_DEVICES_START {
+                MEM_32BIT_DEVICES_START - addr
+            } else {
+                u64::MAX
+            };
+            let len = (size - offset).min(room);
+            regions.push(ZoneRegion {
+                zone,
+                addr: GuestAddress(addr),
+                size: len,
+                offset,
+            });
+            addr += len;
+            offset += len;
+        }
     }
     regions
+}
+
+/// The RAM regions for `mem_size` bytes in one zone: below the 32-bit
+/// device hole, and the rest from 4 GiB. Each is (guest address, size,
+/// offset in the file).
+pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, u64, u64)> {
+    zone_regions(&[mem_size])
+        .into_iter()
+        .map(|r| (r.addr, r.size, r.offset))
+        .collect()
 }
 
 // The PCI windows sit in the device hole without overlapping.
@@ -98,10 +143,12 @@ pub fn pci_mmio64_window(mem_size: u64) -> (u64, u64) {
     (ram_end.next_multiple_of(1 << 30), PCI_MMIO64_SIZE)
 }
 
-/// The e820 map of a guest with `mem_size` bytes of RAM: low RAM up to the
-/// EBDA, the EBDA..1 MiB legacy area reserved, RAM from 1 MiB to the device
-/// hole, the PCI MMCONFIG window reserved, and RAM above 4 GiB.
-pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
+/// The e820 map of a guest whose RAM is `ram` ((address, size), by
+/// address, from 0: the regions of [`zone_regions`]): low RAM up to the
+/// EBDA, the EBDA..1 MiB legacy area reserved, each region from 1 MiB on
+/// (one entry per zone, so a zone's range is visible), the PCI MMCONFIG
+/// window reserved, and RAM above 4 GiB.
+pub fn e820_map(ram: &[(u64, u64)]) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
             addr: 0,
@@ -114,9 +161,19 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
             kind: E820_RESERVED,
         },
     ];
-    for (addr, size, _) in ram_regions(mem_size) {
-        let start = addr.0.max(HIGH_RAM_START.0);
-        let end = addr.0 + size;
+    let mmconfig = E820Entry {
+        addr: PCI_MMCONFIG_START,
+        size: PCI_MMCONFIG_SIZE,
+        kind: E820_RESERVED,
+    };
+    let mut mmconfig_listed = false;
+    for &(addr, size) in ram {
+        if addr >= RAM_64BIT_START && !mmconfig_listed {
+            map.push(mmconfig);
+            mmconfig_listed = true;
+        }
+        let start = addr.max(HIGH_RAM_START.0);
+        let end = addr + size;
         if end > start {
             map.push(E820Entry {
                 addr: start,
@@ -124,13 +181,9 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
                 kind: E820_RAM,
             });
         }
-        if addr.0 == 0 {
-            map.push(E820Entry {
-                addr: PCI_MMCONFIG_START,
-                size: PCI_MMCONFIG_SIZE,
-                kind: E820_RESERVED,
-            });
-        }
+    }
+    if !mmconfig_listed {
+        map.push(mmconfig);
     }
     map
 }
@@ -142,10 +195,18 @@ mod tests {
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
 
+    /// The (address, size) of each region of one zone of `mem_size`.
+    fn one_zone(mem_size: u64) -> Vec<(u64, u64)> {
+        ram_regions(mem_size)
+            .iter()
+            .map(|(a, s, _)| (a.0, *s))
+            .collect()
+    }
+
     #[test]
     fn small_guest_has_no_ram_above_4g() {
         assert_eq!(ram_regions(64 * MIB), vec![(GuestAddress(0), 64 * MIB, 0)]);
-        let map = e820_map(64 * MIB);
+        let map = e820_map(&one_zone(64 * MIB));
         assert_eq!(
             map,
             vec![
@@ -183,7 +244,7 @@ mod tests {
                 (GuestAddress(4 * GIB), 5 * GIB, 3 * GIB)
             ]
         );
-        let map = e820_map(8 * GIB);
+        let map = e820_map(&one_zone(8 * GIB));
         let ram: u64 = map
             .iter()
             .filter(|e| e.kind == E820_RAM)
@@ -211,6 +272,77 @@ mod tests {
     #[test]
     fn exactly_3g_has_no_high_region() {
         assert_eq!(ram_regions(3 * GIB).len(), 1);
-        assert!(e820_map(3 * GIB).iter().all(|e| e.addr < RAM_64BIT_START));
+        assert!(e820_map(&one_zone(3 * GIB))
+            .iter()
+            .all(|e| e.addr < RAM_64BIT_START));
+    }
+
+    #[test]
+    fn zones_follow_each_other_and_skip_the_hole() {
+        let r = |zone, addr, size, offset| ZoneRegion {
+            zone,
+            addr: GuestAddress(addr),
+            size,
+            offset,
+        };
+        assert_eq!(
+            zone_regions(&[32 * MIB, 64 * MIB]),
+            [r(0, 0, 32 * MIB, 0), r(1, 32 * MIB, 64 * MIB, 0)]
+        );
+        // The second zone reaches the hole: its last GiB sits at 4 GiB, at
+        // that offset of its file; the third follows.
+        assert_eq!(
+            zone_regions(&[2 * GIB, 2 * GIB, GIB]),
+            [
+                r(0, 0, 2 * GIB, 0),
+                r(1, 2 * GIB, GIB, 0),
+                r(1, 4 * GIB, GIB, GIB),
+                r(2, 5 * GIB, GIB, 0)
+            ]
+        );
+        // One zone is ram_regions'.
+        assert_eq!(
+            zone_regions(&[8 * GIB])
+                .iter()
+                .map(|r| (r.addr, r.size, r.offset))
+                .collect::<Vec<_>>(),
+            ram_regions(8 * GIB)
+        );
+    }
+
+    #[test]
+    fn e820_lists_each_zone() {
+        let ram: Vec<(u64, u64)> = zone_regions(&[32 * MIB, 32 * MIB])
+            .iter()
+            .map(|r| (r.addr.0, r.size))
+            .collect();
+        let map = e820_map(&ram);
+        let entries: Vec<_> = map.iter().map(|e| (e.addr, e.size, e.kind)).collect();
+        assert_eq!(
+            entries,
+            [
+                (0, EBDA_START, E820_RAM),
+                (EBDA_START, MIB - EBDA_START, E820_RESERVED),
+                (MIB, 31 * MIB, E820_RAM),
+                (32 * MIB, 32 * MIB, E820_RAM),
+                (PCI_MMCONFIG_START, PCI_MMCONFIG_SIZE, E820_RESERVED),
+            ]
+        );
+        // Across the hole: the MMCONFIG window sits between the zone's
+        // two parts, as for one zone.
+        let ram: Vec<(u64, u64)> = zone_regions(&[2 * GIB, 2 * GIB])
+            .iter()
+            .map(|r| (r.addr.0, r.size))
+            .collect();
+        let kinds: Vec<_> = e820_map(&ram).iter().map(|e| (e.addr, e.kind)).collect();
+        assert_eq!(
+            kinds[2..],
+            [
+                (MIB, E820_RAM),
+                (2 * GIB, E820_RAM),
+                (PCI_MMCONFIG_START, E820_RESERVED),
+                (4 * GIB, E820_RAM)
+            ]
+        );
     }
 }

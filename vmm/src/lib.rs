@@ -47,6 +47,7 @@ pub mod irq;
 pub mod layout;
 pub mod lifecycle;
 pub mod memory;
+pub mod numa;
 pub mod pci;
 pub mod platform;
 pub mod seccomp;

@@ -1,5 +1,5 @@
 //! `vmm [--kernel PATH [--initramfs PATH] [--cmdline ..] [--cpus boot=N]
-//! [--memory size=..[,file=..]] [--serial ..] [--disk socket=..]...
+//! [--memory size=..[,file=..]] [--memory-zone id=..,size=..]... [--numa ..]... [--serial ..] [--disk socket=..]...
 //! [--fs tag=..,socket=..]... [--net socket=..]...] [--api-socket PATH]
 //! [--log-level ..] [-v]... [--log-file PATH] [--seccomp true|false|log]`
 //!
@@ -43,6 +43,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The options checked together (zones, NUMA nodes, the host's nodes,
+    // read here before the seccomp filter).
+    let plan = match config::from_cli(&args, vmm::numa::HostNuma::get()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut logger = env_logger::Builder::new();
     logger.filter_level(args.log_filter()).format_target(false);
     if let Some(path) = &args.log_file {
@@ -76,7 +85,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let (vmm, runner) = Vmm::new(start);
-    if let Some(plan) = config::from_cli(&args) {
+    if let Some(plan) = plan {
         // The command line's VM takes the API's path: create, then boot.
         let booted = vmm.create_plan(plan).and_then(|()| vmm.boot_from_cli());
         if let Err(e) = booted {

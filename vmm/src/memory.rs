@@ -1,8 +1,11 @@
-//! Guest RAM: one file (under /dev/shm by default, or a hugetlbfs memfd
-//! with `hugepages=on`), sized with ftruncate and mapped MAP_SHARED, so
-//! vhost-user backends can map the same pages from the fd. Below 4 GiB RAM
-//! stops at the device hole; the rest sits above 4 GiB, at the matching
-//! offset of the same file (both 1 GiB aligned, so huge pages fit).
+//! Guest RAM: a file per zone (`--memory-zone`, or one zone of `--memory`;
+//! under /dev/shm by default, `file=`, or a hugetlbfs memfd with
+//! `hugepages=on`), sized with ftruncate and mapped MAP_SHARED, so
+//! vhost-user backends can map the same pages from each fd (every region
+//! goes out in SET_MEM_TABLE with its own file and offset). Zones follow
+//! each other from address 0; below 4 GiB RAM stops at the device hole and
+//! goes on at 4 GiB, at the matching offset of the same zone's file
+//! ([`layout::zone_regions`]).
 //! `prefault=on` allocates every page before the guest runs
 //! (MADV_POPULATE_WRITE, or a write per page on kernels before 5.14).
 
@@ -64,6 +67,14 @@ pub enum MemoryError {
         page >> 10
     )]
     NoHugePages { page: u64, needed: u64, free: u64 },
+    /// Binding a zone to its host node (`host_numa_node=`).
+    #[error("memory zone {zone}: host_numa_node={node}: mbind(MPOL_BIND)")]
+    Bind {
+        zone: String,
+        node: u32,
+        #[source]
+        source: std::io::Error,
+    },
     /// Prefaulting (`prefault=on`).
     #[error("prefaulting {size} bytes of guest memory")]
     Prefault {
@@ -73,143 +84,110 @@ pub enum MemoryError {
     },
 }
 
-/// The guest's RAM and the file behind it.
+/// The guest's RAM and the files behind it, one per zone.
 #[derive(Debug)]
 pub struct GuestRam {
     memory: GuestMemoryMmap,
-    file: File,
+    zones: Vec<ZoneFile>,
     size: u64,
+}
+
+/// One zone's file.
+#[derive(Debug)]
+struct ZoneFile {
+    id: String,
+    file: File,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl GuestRam {
-    /// Guest RAM as `config` says: [`with_file`](Self::with_file), or huge
-    /// pages; then prefaulted if asked.
+    /// Guest RAM as `config` says: its zones (or one zone of `--memory`),
+    /// each in its own file ([`with_file`](Self::with_file)'s, or huge
+    /// pages), one after the other in guest RAM
+    /// ([`layout::zone_regions`]); then prefaulted where asked.
     pub fn new(config: &MemoryConfig) -> Result<Self, MemoryError> {
-        let ram = match config.hugepage_size {
-            Some(page) => Self::huge(config.size, page)?,
-            None => Self::with_file(config.size, config.file.as_deref())?,
-        };
-        if config.prefault {
-            ram.prefault()?;
+        let zones = config.zones();
+        let mut files = Vec::with_capacity(zones.len());
+        for z in &zones {
+            let (file, path) = match z.hugepage_size {
+                Some(page) => huge_file(&z.id, z.size, page)?,
+                None => shm_file(&z.id, z.file.as_deref())?,
+            };
+            size_file(&file, &path, z.size)?;
+            files.push((
+                ZoneFile {
+                    id: z.id.clone(),
+                    file,
+                },
+                path,
+            ));
+        }
+        let sizes: Vec<u64> = zones.iter().map(|z| z.size).collect();
+        let ram = Self::map(files, &sizes)?;
+        // Bound before any page is allocated (prefault, the guest), so
+        // every page of the zone comes from its node.
+        for (region, (_, len, host)) in layout::zone_regions(&sizes).iter().zip(ram.regions()) {
+            let z = &zones[region.zone];
+            if let Some(node) = z.host_numa_node {
+                bind(host, len, node).map_err(|source| MemoryError::Bind {
+                    zone: z.id.clone(),
+                    node,
+                    source,
+                })?;
+            }
+            if z.prefault {
+                prefault(host, len)?;
+            }
         }
         Ok(ram)
     }
 
-    /// `size` bytes of huge pages of `page` bytes from a hugetlbfs memfd
-    /// (shareable like any file). Checks first that enough pages are free,
-    /// since the mapping would fail with a bare ENOMEM.
-    fn huge(size: u64, page: u64) -> Result<Self, MemoryError> {
-        let needed = size / page;
-        let free = free_huge_pages(page);
-        if free < needed {
-            return Err(MemoryError::NoHugePages { page, needed, free });
-        }
-        let flags = libc::MFD_CLOEXEC
-            | libc::MFD_HUGETLB
-            | if page == 1 << 30 {
-                libc::MFD_HUGE_1GB
-            } else {
-                libc::MFD_HUGE_2MB
-            };
-        let name = c"vmm-guest-ram";
-        // SAFETY: memfd_create reads the NUL-terminated name and returns a
-        // new descriptor (or -1), which we own from here.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(MemoryError::HugeMemfd {
-                page,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
-        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Self::map(file, Path::new("memfd:vmm-guest-ram (hugetlbfs)"), size)
-    }
-
-    /// Allocates every page now (`prefault=on`): MADV_POPULATE_WRITE on
-    /// each region, or a volatile write per 4 KiB page where the kernel
-    /// lacks it (before 5.14).
-    fn prefault(&self) -> Result<(), MemoryError> {
-        for (_, len, host) in self.regions() {
-            // SAFETY: [host, host + len) is a live shared mapping owned by
-            // `self.memory`; MADV_POPULATE_WRITE only faults its pages in.
-            let r = unsafe {
-                libc::madvise(
-                    host as *mut libc::c_void,
-                    len as usize,
-                    libc::MADV_POPULATE_WRITE,
-                )
-            };
-            if r == 0 {
-                continue;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(MemoryError::Prefault {
-                    size: self.size,
-                    source: e,
-                });
-            }
-            for offset in (0..len).step_by(4096) {
-                let p = (host + offset) as *mut u8;
-                // SAFETY: `p` lies inside the live mapping above; reading
-                // and writing back one byte before the guest runs changes
-                // nothing but allocates the page.
-                unsafe { p.write_volatile(p.read_volatile()) };
-            }
-        }
-        Ok(())
-    }
-
-    /// Maps `size` bytes from `file` (kept), or from a new file under
-    /// `/dev/shm` that is removed as soon as it is mapped.
+    /// `size` bytes in one zone from `file` (kept), or from a new file
+    /// under `/dev/shm` that is removed as soon as it is open.
     pub fn with_file(size: u64, file: Option<&Path>) -> Result<Self, MemoryError> {
-        let (file, path, created) = match file {
-            Some(path) => (open(path, false)?, path.to_path_buf(), false),
-            None => {
-                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-                let path = PathBuf::from(format!("/dev/shm/vmm-mem-{}-{n}", std::process::id()));
-                (open(&path, true)?, path, true)
-            }
+        let (f, path) = shm_file("mem0", file)?;
+        size_file(&f, &path, size)?;
+        let zone = ZoneFile {
+            id: "mem0".into(),
+            file: f,
         };
-        let result = Self::map(file, &path, size);
-        if created {
-            std::fs::remove_file(&path).map_err(|source| MemoryError::Unlink {
+        Self::map(vec![(zone, path)], &[size])
+    }
+
+    /// Maps each zone's regions from its file.
+    fn map(zones: Vec<(ZoneFile, PathBuf)>, sizes: &[u64]) -> Result<Self, MemoryError> {
+        let size = sizes.iter().sum();
+        let mut ranges = Vec::new();
+        for r in layout::zone_regions(sizes) {
+            let (zone, path) = &zones[r.zone];
+            let fd = zone.file.try_clone().map_err(|source| MemoryError::Open {
                 path: path.clone(),
                 source,
             })?;
-        }
-        result
-    }
-
-    fn map(file: File, path: &Path, size: u64) -> Result<Self, MemoryError> {
-        file.set_len(size).map_err(|source| MemoryError::Truncate {
-            path: path.to_path_buf(),
-            size,
-            source,
-        })?;
-        let mut ranges = Vec::new();
-        for (addr, len, offset) in layout::ram_regions(size) {
-            let fd = file.try_clone().map_err(|source| MemoryError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            ranges.push((addr, len as usize, Some(FileOffset::new(fd, offset))));
+            ranges.push((r.addr, r.size as usize, Some(FileOffset::new(fd, r.offset))));
         }
         let memory = GuestMemoryMmap::from_ranges_with_files(ranges)
             .map_err(|source| MemoryError::Map { size, source })?;
-        Ok(GuestRam { memory, file, size })
+        Ok(GuestRam {
+            memory,
+            zones: zones.into_iter().map(|(z, _)| z).collect(),
+            size,
+        })
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }
 
-    /// The file behind guest RAM (for SET_MEM_TABLE).
+    /// The file behind the first zone (all of guest RAM without zones).
     pub fn file(&self) -> &File {
-        &self.file
+        &self.zones[0].file
+    }
+
+    /// Each zone's id and file, in guest RAM's order.
+    pub fn zone_files(&self) -> impl Iterator<Item = (&str, &File)> {
+        self.zones.iter().map(|z| (z.id.as_str(), &z.file))
     }
 
     pub fn size(&self) -> u64 {
@@ -223,6 +201,146 @@ impl GuestRam {
             .map(|r| (r.start_addr(), r.len(), r.as_ptr() as u64))
             .collect()
     }
+}
+
+/// `id` with only letters, digits, `-` and `_` (for a file name).
+fn file_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A hugetlbfs memfd of `page`-byte pages for zone `id` (shareable like
+/// any file). Checks first that enough pages are free for `size`, since
+/// the mapping would fail with a bare ENOMEM.
+fn huge_file(id: &str, size: u64, page: u64) -> Result<(File, PathBuf), MemoryError> {
+    let needed = size / page;
+    let free = free_huge_pages(page);
+    if free < needed {
+        return Err(MemoryError::NoHugePages { page, needed, free });
+    }
+    let flags = libc::MFD_CLOEXEC
+        | libc::MFD_HUGETLB
+        | if page == 1 << 30 {
+            libc::MFD_HUGE_1GB
+        } else {
+            libc::MFD_HUGE_2MB
+        };
+    let name = format!("vmm-guest-ram-{}", file_safe(id));
+    let cname = std::ffi::CString::new(name.clone()).unwrap_or_default();
+    // SAFETY: memfd_create reads the NUL-terminated name and returns a
+    // new descriptor (or -1), which we own from here.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(MemoryError::HugeMemfd {
+            page,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok((file, PathBuf::from(format!("memfd:{name} (hugetlbfs)"))))
+}
+
+/// `file` (kept), or a new file `/dev/shm/vmm-mem-PID-N-ID` for zone
+/// `id`, removed at once (the descriptor keeps it).
+fn shm_file(id: &str, file: Option<&Path>) -> Result<(File, PathBuf), MemoryError> {
+    match file {
+        Some(path) => Ok((open(path, false)?, path.to_path_buf())),
+        None => {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = PathBuf::from(format!(
+                "/dev/shm/vmm-mem-{}-{n}-{}",
+                std::process::id(),
+                file_safe(id)
+            ));
+            let file = open(&path, true)?;
+            std::fs::remove_file(&path).map_err(|source| MemoryError::Unlink {
+                path: path.clone(),
+                source,
+            })?;
+            Ok((file, path))
+        }
+    }
+}
+
+fn size_file(file: &File, path: &Path, size: u64) -> Result<(), MemoryError> {
+    file.set_len(size).map_err(|source| MemoryError::Truncate {
+        path: path.to_path_buf(),
+        size,
+        source,
+    })
+}
+
+/// Binds the pages of the mapping [host, host + len) to host NUMA node
+/// `node`: mbind(MPOL_BIND). On a shared (shmem or hugetlbfs) mapping the
+/// policy belongs to the file's pages, so the daemons' mappings get them
+/// from the node too. (nix has no mbind.)
+fn bind(host: u64, len: u64, node: u32) -> std::io::Result<()> {
+    const BITS: usize = libc::c_ulong::BITS as usize;
+    let node = node as usize;
+    let mut mask = vec![0 as libc::c_ulong; node / BITS + 1];
+    mask[node / BITS] |= 1 << (node % BITS);
+    // The kernel reads `maxnode - 1` bits of the mask (libnuma passes one
+    // more than its size too).
+    let maxnode = mask.len() * BITS + 1;
+    // SAFETY: [host, host + len) is a live mapping of guest RAM that only
+    // gets a memory policy; the mask lives across the call and holds
+    // `maxnode - 1` bits.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            host as *mut libc::c_void,
+            len as libc::c_ulong,
+            libc::MPOL_BIND as libc::c_ulong,
+            mask.as_ptr(),
+            maxnode as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Allocates every page of the mapping [host, host + len) now
+/// (`prefault=on`): MADV_POPULATE_WRITE, or a volatile write per 4 KiB
+/// page where the kernel lacks it (before 5.14).
+fn prefault(host: u64, len: u64) -> Result<(), MemoryError> {
+    // SAFETY: [host, host + len) is a live shared mapping of guest RAM;
+    // MADV_POPULATE_WRITE only faults its pages in.
+    let r = unsafe {
+        libc::madvise(
+            host as *mut libc::c_void,
+            len as usize,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EINVAL) {
+        return Err(MemoryError::Prefault {
+            size: len,
+            source: e,
+        });
+    }
+    for offset in (0..len).step_by(4096) {
+        let p = (host + offset) as *mut u8;
+        // SAFETY: `p` lies inside the live mapping above; reading and
+        // writing back one byte before the guest runs changes nothing but
+        // allocates the page.
+        unsafe { p.write_volatile(p.read_volatile()) };
+    }
+    Ok(())
 }
 
 /// Free huge pages of `page` bytes (0 when the size is not supported).
@@ -321,6 +439,99 @@ mod tests {
         );
         assert!(
             e.contains("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_zone_is_its_own_shared_file_after_the_one_before() {
+        use crate::cli::MemoryZoneConfig;
+        let zone = |id: &str, size| MemoryZoneConfig {
+            id: id.into(),
+            size,
+            ..MemoryZoneConfig::default()
+        };
+        let config = MemoryConfig {
+            size: 6 << 20,
+            zones: vec![zone("mem0", 2 << 20), zone("mem/1", 4 << 20)],
+            ..MemoryConfig::default()
+        };
+        let ram = GuestRam::new(&config).unwrap();
+        assert_eq!(ram.size(), 6 << 20);
+        let regions = ram.regions();
+        let placed: Vec<_> = regions.iter().map(|r| (r.0, r.1)).collect();
+        assert_eq!(
+            placed,
+            [(GuestAddress(0), 2 << 20), (GuestAddress(2 << 20), 4 << 20)]
+        );
+        // A write at 3 MiB lands 1 MiB into the second zone's file.
+        ram.memory()
+            .write_obj(0xfeed_f00du32, GuestAddress(3 << 20))
+            .unwrap();
+        let files: Vec<_> = ram.zone_files().collect();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[1].0, "mem/1");
+        let mut buf = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(files[1].1, &mut buf, 1 << 20).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0xfeed_f00d);
+        assert_eq!(files[0].1.metadata().unwrap().len(), 2 << 20);
+        assert_eq!(files[1].1.metadata().unwrap().len(), 4 << 20);
+        // Each region is sent with its own file (SET_MEM_TABLE's table).
+        let table = devices::vhost_user::MemoryTable::from_guest_memory(ram.memory()).unwrap();
+        let inodes: Vec<u64> = table
+            .regions()
+            .iter()
+            .map(|r| std::os::unix::fs::MetadataExt::ino(&r.file.metadata().unwrap()))
+            .collect();
+        assert_eq!(inodes.len(), 2);
+        assert_ne!(inodes[0], inodes[1]);
+        assert_eq!(table.regions()[1].file_offset, 0);
+    }
+
+    /// `/proc/self/numa_maps`' policy of the mapping at `host` (`bind:0`).
+    fn policy_at(host: u64) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/numa_maps").ok()?;
+        maps.lines().find_map(|l| {
+            let mut words = l.split_whitespace();
+            let addr = u64::from_str_radix(words.next()?, 16).ok()?;
+            (addr == host).then(|| words.next().unwrap_or_default().to_string())
+        })
+    }
+
+    #[test]
+    fn a_zone_with_a_host_node_is_bound_to_it() {
+        use crate::cli::MemoryZoneConfig;
+        if !Path::new("/proc/self/numa_maps").exists() {
+            return; // a kernel without NUMA: nothing to bind
+        }
+        let config = MemoryConfig {
+            size: 4 << 20,
+            zones: vec![
+                MemoryZoneConfig {
+                    id: "near".into(),
+                    size: 2 << 20,
+                    host_numa_node: Some(0),
+                    prefault: true,
+                    ..MemoryZoneConfig::default()
+                },
+                MemoryZoneConfig {
+                    id: "any".into(),
+                    size: 2 << 20,
+                    ..MemoryZoneConfig::default()
+                },
+            ],
+            ..MemoryConfig::default()
+        };
+        let ram = GuestRam::new(&config).unwrap();
+        let regions = ram.regions();
+        assert_eq!(policy_at(regions[0].2).as_deref(), Some("bind:0"));
+        assert_eq!(policy_at(regions[1].2).as_deref(), Some("default"));
+        // A node the host lacks: mbind refuses, the error names the zone.
+        let mut far = config.clone();
+        far.zones[0].host_numa_node = Some(1000);
+        let e = crate::error_chain(&GuestRam::new(&far).unwrap_err());
+        assert!(
+            e.starts_with("memory zone near: host_numa_node=1000: mbind(MPOL_BIND): "),
             "{e}"
         );
     }

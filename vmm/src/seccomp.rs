@@ -275,8 +275,8 @@ const API: &[i64] = &[
 /// (a `/dev/shm` file or a memfd, on hugetlbfs if asked, prefaulted),
 /// vhost-user sockets with fds in both directions, eventfds and epoll,
 /// the serial socket, the kick signal's handler, the vCPUs' signal
-/// masks and CPU affinity, removing the files it made (socket, memory
-/// file).
+/// masks and CPU affinity, binding memory zones to host nodes, removing
+/// the files it made (socket, memory file).
 const VMM: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_lseek,
@@ -333,6 +333,8 @@ const VMM: &[i64] = &[
     libc::SYS_seccomp,
     // A vCPU thread pinning itself (`--cpus affinity=`) before that.
     libc::SYS_sched_setaffinity,
+    // A memory zone bound to its host node (`host_numa_node=`).
+    libc::SYS_mbind,
 ];
 
 /// The ioctl type byte of KVM's requests (`KVMIO`, bits 8-15).

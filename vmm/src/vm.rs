@@ -259,7 +259,8 @@ impl Vm {
         vm.create_pit2(pit).map_err(VmError::CreatePit)?;
 
         let mmio64 = layout::pci_mmio64_window(config.memory.size);
-        let rsdp = acpi::write_tables(ram.memory(), &config.cpus, mmio64)?;
+        let numa = acpi::NumaTopology::new(&config.cpus, &config.memory, &config.numa);
+        let rsdp = acpi::write_tables(ram.memory(), &config.cpus, numa.as_ref(), mmio64)?;
         let entry = boot::load(
             ram.memory(),
             &BootConfig {

@@ -1,9 +1,11 @@
 //! Just enough ACPI: PVH start info -> RSDP -> XSDT (or the RSDT of an
 //! ACPI 1.0 RSDP, as QEMU's firmware builds) -> FADT (PM1a control port,
-//! and the DSDT's `_S5_` sleep type), MADT (the CPUs' APIC ids) and MCFG
-//! (the ECAM window).
+//! and the DSDT's `_S5_` sleep type), MADT (the CPUs' APIC ids), MCFG
+//! (the ECAM window), and the SRAT and SLIT of NUMA guests ([`report_numa`]).
 
 use core::ptr::read_unaligned;
+
+use crate::io::{serial, serial_dec, serial_hex};
 
 /// What the guest needs from the VMM's tables.
 pub struct Tables {
@@ -14,6 +16,9 @@ pub struct Tables {
     pub apic_ids: [u32; 16],
     /// ECAM base of segment 0 (0: no MCFG).
     pub ecam: u64,
+    /// The SRAT and SLIT (0: none).
+    pub srat: u64,
+    pub slit: u64,
 }
 
 pub const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
@@ -63,6 +68,8 @@ pub fn find(start_info: u64) -> Option<Tables> {
         cpus: 0,
         apic_ids: [0; 16],
         ecam: 0,
+        srat: 0,
+        slit: 0,
     };
     for table in root_entries(root, entry_size) {
         let len = r32(table + 4) as u64;
@@ -79,6 +86,10 @@ pub fn find(start_info: u64) -> Option<Tables> {
             if let Some(typ) = s5_slp_typ(dsdt) {
                 tables.s5_slp_typ = typ;
             }
+        } else if sig(table, b"SRAT") {
+            tables.srat = table;
+        } else if sig(table, b"SLIT") {
+            tables.slit = table;
         } else if sig(table, b"MCFG") && len >= 60 {
             // The first allocation: base (u64), segment (u16), buses.
             if r8(table + 52) == 0 && r8(table + 53) == 0 && r8(table + 54) == 0 {
@@ -150,4 +161,69 @@ fn s5_slp_typ(dsdt: u64) -> Option<u16> {
         0x01 => Some(1),                // OneOp
         _ => None,
     }
+}
+
+/// Prints the SRAT's entries and the SLIT's rows, one line each:
+/// `srat: node 1 apic 2`, `srat: node 1 memory 0x2000000-0x6000000`
+/// (end excluded), `slit: node 0: 10 15`. Returns the last memory range's
+/// node, base and size (the far end of guest RAM), if there are two or
+/// more ranges.
+pub fn report_numa(tables: &Tables) -> Option<(u32, u64, u64)> {
+    let (srat, slit) = (tables.srat, tables.slit);
+    let mut last = None;
+    let mut ranges = 0;
+    if srat != 0 {
+        let len = r32(srat + 4) as u64;
+        let mut off = 48;
+        while off + 2 <= len {
+            let (kind, entry_len) = (r8(srat + off), r8(srat + off + 1) as u64);
+            if entry_len == 0 {
+                break;
+            }
+            let e = srat + off;
+            match kind {
+                0 if r32(e + 4) & 1 == 1 => {
+                    let node = r8(e + 2) as u32 | (r32(e + 8) & 0xffff_ff00);
+                    numa_line(b"srat: node ", node, b" apic ");
+                    serial_dec(r8(e + 3) as u64);
+                    serial(b"\n");
+                }
+                2 if r32(e + 12) & 1 == 1 => {
+                    numa_line(b"srat: node ", r32(e + 4), b" x2apic ");
+                    serial_dec(r32(e + 8) as u64);
+                    serial(b"\n");
+                }
+                1 if r32(e + 28) & 1 == 1 => {
+                    let (node, base, size) = (r32(e + 2), r64(e + 8), r64(e + 16));
+                    numa_line(b"srat: node ", node, b" memory ");
+                    serial_hex(base);
+                    serial(b"-");
+                    serial_hex(base + size);
+                    serial(b"\n");
+                    ranges += 1;
+                    last = Some((node, base, size));
+                }
+                _ => {}
+            }
+            off += entry_len;
+        }
+    }
+    if slit != 0 {
+        let n = r64(slit + 36);
+        for i in 0..n.min(16) {
+            numa_line(b"slit: node ", i as u32, b":");
+            for j in 0..n.min(16) {
+                serial(b" ");
+                serial_dec(r8(slit + 44 + i * n + j) as u64);
+            }
+            serial(b"\n");
+        }
+    }
+    last.filter(|_| ranges >= 2)
+}
+
+fn numa_line(head: &[u8], node: u32, tail: &[u8]) {
+    serial(head);
+    serial_dec(node as u64);
+    serial(tail);
 }

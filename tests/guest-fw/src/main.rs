@@ -4,7 +4,8 @@
 //! identity page tables for the low 4 GiB and enters long mode. Then it:
 //! writes a line to the debug port 0x402; prints `hello from the test guest`
 //! on COM1; reports its APIC id and CPUID leaves 0xB, 0x1F and 0xA; finds the ACPI tables through the PVH start
-//! info (RSDP -> XSDT or RSDT -> FADT and DSDT, MADT, MCFG); lists PCI bus 0
+//! info (RSDP -> XSDT or RSDT -> FADT and DSDT, MADT, MCFG) and prints the
+//! SRAT's nodes and the SLIT's distances if there are any; lists PCI bus 0
 //! through CF8/CFC and checks one ECAM read against CF8/CFC; drives every
 //! virtio 1.x PCI function it finds (`virtio`: blk writes and reads back a
 //! sector, fs does FUSE INIT, LOOKUP, OPEN and READ of `hello.txt`, net
@@ -131,6 +132,9 @@ extern "C" fn bsp_main(start_info: u64) -> ! {
     serial(b" cpu(s), PM1a control port ");
     serial_hex(tables.pm1a_cnt as u64);
     serial(b"\n");
+    if let Some(far) = acpi::report_numa(&tables) {
+        blk::use_far_memory(far);
+    }
 
     pci::enumerate();
     pci::check_ecam(tables.ecam);

@@ -349,7 +349,7 @@ fn the_command_line_gives_the_same_config_and_echoes_it() {
         "socket=/n,mac=52:54:00:00:00:01",
     ])
     .unwrap();
-    let cli = from_cli(&args).unwrap();
+    let cli = from_cli(&args, HostNuma::get()).unwrap().unwrap();
     // The echo, sent back as a vm.create body, is the same config.
     let api = from_api(&cli.echo).unwrap();
     assert_eq!(api.config, cli.config);
@@ -358,7 +358,12 @@ fn the_command_line_gives_the_same_config_and_echoes_it() {
         json!({"boot_vcpus": 2, "max_vcpus": 2, "kvm_hyperv": false})
     );
     assert_eq!(cli.echo["net"][0]["mac"], "52:54:00:00:00:01");
-    assert!(from_cli(&Args::try_parse_from(["vmm", "--api-socket", "/a"]).unwrap()).is_none());
+    assert!(from_cli(
+        &Args::try_parse_from(["vmm", "--api-socket", "/a"]).unwrap(),
+        HostNuma::get()
+    )
+    .unwrap()
+    .is_none());
 }
 
 /// `--cpus` with every field, echoed in Cloud Hypervisor's shape, and the
@@ -371,7 +376,7 @@ fn cpus_round_trip_through_the_echo() {
     let (a, b) = (host[0], host[host.len() - 1]);
     let cpus = format!("boot=2,max=4,topology=1:2:1:2,affinity=[0@[{b}],1@[{a},{b}]],pmu=off");
     let args = Args::try_parse_from(["vmm", "--kernel", &k, "--cpus", &cpus]).unwrap();
-    let cli = from_cli(&args).unwrap();
+    let cli = from_cli(&args, HostNuma::get()).unwrap().unwrap();
     let mut both = vec![a, b];
     both.dedup();
     assert_eq!(
@@ -486,4 +491,109 @@ fn hugepages_and_prefault_as_cloud_hypervisor_names_them() {
                        "memory": {"size": 65u64 << 20, "hugepages": true}}));
     assert_eq!(e.field, "memory.hugepages", "{e}");
     assert!(e.to_string().contains("not a multiple"), "{e}");
+}
+
+/// `--memory-zone` and `--numa`, echoed in Cloud Hypervisor's shape
+/// (`memory.size` 0, `memory.zones`, `numa`); the echo sent back as a
+/// `vm.create` body is the same config.
+#[test]
+fn zones_and_numa_round_trip_through_the_echo() {
+    use clap::Parser;
+    let k = kernel();
+    let args = Args::try_parse_from([
+        "vmm",
+        "--kernel",
+        &k,
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=0",
+        "--memory-zone",
+        "id=mem0,size=32M,host_numa_node=0",
+        "--memory-zone",
+        "id=mem1,size=64M,shared=on",
+        "--numa",
+        "guest_numa_id=0,cpus=[0],memory_zones=[mem0],distances=[1@15]",
+        "--numa",
+        "guest_numa_id=1,cpus=[1],memory_zones=[mem1]",
+    ])
+    .unwrap();
+    let host = HostNuma::new(vec![(0, 1 << 30)]);
+    let cli = from_cli(&args, &host).unwrap().unwrap();
+    assert_eq!(cli.config.memory.size, 96 << 20);
+    assert_eq!(cli.echo["memory"]["size"], 0);
+    assert_eq!(
+        cli.echo["memory"]["zones"],
+        json!([{"id": "mem0", "size": 32 << 20, "shared": true, "host_numa_node": 0},
+               {"id": "mem1", "size": 64 << 20, "shared": true}])
+    );
+    assert_eq!(
+        cli.echo["numa"][0],
+        json!({"guest_numa_id": 0, "cpus": [0], "memory_zones": ["mem0"],
+               "distances": [{"destination": 1, "distance": 15}]})
+    );
+    // Needs this host's node 0 (present on every Linux host with NUMA).
+    if HostNuma::get().memory(0).is_some_and(|m| m >= 32 << 20) {
+        let api = from_api(&cli.echo).unwrap();
+        assert_eq!(api.config, cli.config);
+    }
+    // Errors name the option on the command line...
+    let bad =
+        Args::try_parse_from(["vmm", "--kernel", &k, "--memory-zone", "id=mem0,size=32M"]).unwrap();
+    let e = from_cli(&bad, &host).unwrap_err();
+    assert!(
+        e.starts_with("--memory: size=512M but the --memory-zones add up to 32M"),
+        "{e}"
+    );
+}
+
+#[test]
+fn zone_and_numa_fields_are_named() {
+    let k = kernel();
+    let zones = json!([{"id": "a", "size": 33554432u64}, {"id": "b", "size": 33554432u64}]);
+    for (body, field, says) in [
+        (
+            json!({"payload": {"kernel": k}, "memory": {"size": 0, "zones": zones},
+                   "numa": [{"guest_numa_id": 0, "memory_zones": ["a", "c"]}]}),
+            "numa",
+            "memory zone `c` is not a --memory-zone id",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
+                   "memory": {"size": 0, "zones": zones},
+                   "numa": [{"guest_numa_id": 0, "cpus": [0, 1], "memory_zones": ["a"]},
+                            {"guest_numa_id": 1, "cpus": [1], "memory_zones": ["b"]}]}),
+            "numa",
+            "vCPU 1 is in guest_numa_id=0 and guest_numa_id=1",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "memory": {"size": 1073741824u64, "zones": zones}}),
+            "memory.size",
+            "size=1024M but the --memory-zones add up to 64M",
+        ),
+        (
+            json!({"payload": {"kernel": k},
+                   "memory": {"size": 0, "zones": [{"id": "a", "size": 33554432u64,
+                                                     "host_numa_node": 4096}]}}),
+            "memory.zones",
+            "host_numa_node=4096: the host has no NUMA node 4096",
+        ),
+        (
+            json!({"payload": {"kernel": k},
+                   "memory": {"size": 0, "zones": [{"id": "a", "size": 1000}]}}),
+            "memory.zones[0].size",
+            "not a non-zero multiple of 1 MiB",
+        ),
+        (
+            json!({"payload": {"kernel": k}, "memory": {"size": 0, "zones": zones},
+                   "numa": [{"guest_numa_id": 0, "memory_zones": ["a", "b"],
+                             "pci_segments": [1]}]}),
+            "numa[0].pci_segments",
+            "one PCI segment",
+        ),
+    ] {
+        let e = err(body);
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
 }
