@@ -124,8 +124,13 @@ fn vm_create_pins_the_vcpus_it_names() {
     let dir = TempDir::new("vmm-cpus-api").unwrap();
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
-    let mut vmm = spawn_vmm(["--api-socket".as_ref(), api.as_os_str()], &api, &[], WAIT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut vmm = spawn_vmm(
+        ["--api-socket".as_ref(), api.as_os_str()],
+        &api,
+        &["control API on"],
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let body = |host_cpus: Vec<usize>| {
         json!({
