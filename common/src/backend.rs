@@ -102,6 +102,11 @@ impl Worker<'_> {
         self.batch.event_idx
     }
 
+    /// How long to keep looking for work after a batch (`--poll-us`).
+    pub fn window(&self) -> std::time::Duration {
+        self.batch.window
+    }
+
     /// The thread's `n`th ring.
     pub fn vring(&self, n: usize) -> Option<&Vring> {
         self.vrings.get(n)

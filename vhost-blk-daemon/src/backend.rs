@@ -81,9 +81,6 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
         io_errors: RateLimited::default(),
         aio: engine(cli.aio.resolve(cli.direct)),
     };
-    if blk.aio == Aio::IoUring && cli.vhost_user.poll_us > 0 {
-        log::warn!("--poll-us is not applied with --aio io_uring (its queues do not poll yet)");
-    }
     let spec = Spec {
         name: NAME,
         vhost_user: &cli.vhost_user,

@@ -1,4 +1,5 @@
-//! Both I/O engines of `vhost-blk-daemon` (`--aio sync|io_uring`): the
+//! Both I/O engines of `vhost-blk-daemon` (`--aio sync|io_uring`, the
+//! latter also with `--poll-us`): the
 //! whole `blk` suite runs again with io_uring (the daemon reads
 //! `VHOST_BLK_AIO`, so every test here starts it with that engine), and
 //! what only an asynchronous engine can get wrong is checked on each:
@@ -18,11 +19,17 @@ use crate::common::*;
 
 /// The environment variable the daemon takes `--aio` from.
 const AIO_ENV: &str = "VHOST_BLK_AIO";
-const ENGINES: [&str; 2] = ["sync", "io_uring"];
+/// The engines, and io_uring again with `--poll-us` (its worker watches
+/// the completion queue between wake-ups).
+const ENGINES: [&str; 3] = ["sync", "io_uring", "io_uring+poll"];
 
 fn opts(engine: &str) -> BlkDaemonOpts {
+    let extra_args = match engine.split_once('+') {
+        Some((aio, "poll")) => vec!["--aio".into(), aio.into(), "--poll-us".into(), "200".into()],
+        _ => vec!["--aio".into(), engine.into()],
+    };
     BlkDaemonOpts {
-        extra_args: vec!["--aio".into(), engine.into()],
+        extra_args,
         ..BlkDaemonOpts::default()
     }
 }
