@@ -236,7 +236,7 @@ fn a_crash_inside_a_completion_neither_loses_nor_repeats_it() {
 }
 
 /// A real crash with completions out of order: each round is a flush
-/// (through io_uring, waiting for writeback) then 15 writes (on ext4 the
+/// (through io_uring, waiting for writeback) then 31 writes (on ext4 the
 /// engine writes buffered data at once, so they complete before the
 /// flush); the daemon is stopped (SIGSTOP) until the region shows a
 /// request taken and not completed behind one taken later and completed
@@ -245,7 +245,7 @@ fn a_crash_inside_a_completion_neither_loses_nor_repeats_it() {
 /// image, and the used ring holds exactly as many entries as requests.
 #[test]
 fn a_daemon_killed_with_requests_in_flight_completes_each_once_after_restart() {
-    const N: u64 = 16;
+    const N: u64 = 32;
     const LEN: usize = 64 << 10;
     let s = daemon_with("disk.img", 256 << 20, &opts("io_uring"));
     let mut daemon = s.daemon;
