@@ -16,6 +16,7 @@ use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::inflight::{Slot, Tracker};
 use crate::queue::{self, Batch, Mem, RingOptions, Rings};
 use crate::serve::{Connection, GuestMem, Vring};
 
@@ -69,6 +70,15 @@ pub trait Device: Send + Sync + 'static {
     /// Returns once requests taken off the rings are complete (the backend
     /// has already stopped new batches).
     fn quiesce(&self) {}
+    /// Whether the device resubmits requests a previous process left in
+    /// flight (offers VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD through the
+    /// relay): every used entry it writes must then go through
+    /// [`Worker::drain`], [`Worker::drain_deferred`] +
+    /// [`queue::complete_tracked`], or [`queue::add_used`] with
+    /// [`Worker::inflight`]'s tracker.
+    fn tracks_inflight(&self) -> bool {
+        false
+    }
 }
 
 /// A worker thread's view of one event: its rings, the guest memory
@@ -122,6 +132,12 @@ impl Worker<'_> {
         self.rings.broken(self.queue_index(n)?)
     }
 
+    /// The in-flight tracker of the thread's `n`th ring, once the frontend
+    /// set a region (SET_INFLIGHT_FD).
+    pub fn inflight(&self, n: usize) -> Option<Tracker> {
+        Tracker::new(self.batch.inflight.clone()?, self.queue_index(n)?)
+    }
+
     /// The thread's `n`th ring, its queue index and broken flag.
     fn ring(&self, n: usize) -> Option<(&Vring, usize, &AtomicBool)> {
         Some((self.vring(n)?, self.queue_index(n)?, self.broken(n)?))
@@ -136,19 +152,21 @@ impl Worker<'_> {
         let Some((vring, q, broken)) = self.ring(n) else {
             return Ok(());
         };
-        queue::drain(
+        queue::drain_tracked(
             q,
             vring,
             self.mem(),
             self.event_idx(),
             self.batch.window,
             broken,
+            self.inflight(n).as_ref(),
             handle,
         )
     }
 
     /// [`Worker::drain`] for chains completed elsewhere: each goes to
-    /// `dispatch`, and whoever finishes it calls [`queue::complete`].
+    /// `dispatch`, and whoever finishes it calls [`queue::complete_tracked`]
+    /// with [`Worker::inflight`]'s tracker.
     pub fn drain_deferred<F>(&self, n: usize, dispatch: F) -> io::Result<()>
     where
         F: FnMut(DescriptorChain<Arc<Mem>>),
@@ -156,12 +174,13 @@ impl Worker<'_> {
         let Some((vring, q, broken)) = self.ring(n) else {
             return Ok(());
         };
-        queue::drain_deferred(
+        queue::drain_deferred_tracked(
             q,
             vring,
             &self.mem_arc(),
             self.event_idx(),
             broken,
+            self.inflight(n).as_ref(),
             dispatch,
         )
     }
@@ -293,6 +312,12 @@ impl<D: Device> Connection for Backend<D> {
     fn quiesce(&self) {
         self.rings.quiesce();
         self.device.quiesce();
+    }
+
+    fn inflight(&self) -> Option<Arc<Slot>> {
+        self.device
+            .tracks_inflight()
+            .then(|| self.rings.inflight_slot())
     }
 
     fn register_listeners(&self, workers: &[Arc<VringEpollHandler<Arc<Self>>>]) -> io::Result<()> {

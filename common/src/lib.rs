@@ -11,7 +11,8 @@
 //! - [`signals`]: SIGTERM/SIGINT as a pollable file descriptor.
 //! - [`logging`]: stderr logging that journald understands; [`ratelimit`]
 //!   for guest-caused warnings.
-//! - [`iov`]: guest buffers as host iovecs.
+//! - [`iov`]: guest buffers as host iovecs; [`inflight`]: the in-flight
+//!   region (INFLIGHT_SHMFD) that lets a restarted daemon resubmit requests.
 //! - [`queue`]: the batch loop a worker runs on a kick; [`memory`]: a new
 //!   guest memory map checked against its descriptors before workers use it.
 //! - [`relay`]: holds a SET_VRING_ENABLE sent before SET_FEATURES.
@@ -28,6 +29,7 @@
 pub mod backend;
 pub mod cli;
 pub mod daemon;
+pub mod inflight;
 pub mod iov;
 pub mod logging;
 pub mod memory;

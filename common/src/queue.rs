@@ -14,6 +14,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::inflight::{Slot, Tracker, Tracking};
 use crate::memory;
 use crate::serve::{ExitEvents, Gate, GatePass, GuestMem, Vring};
 
@@ -54,6 +55,27 @@ pub fn drain<F>(
     event_idx: bool,
     window: Duration,
     broken: &AtomicBool,
+    handle: F,
+) -> io::Result<()>
+where
+    F: FnMut(DescriptorChain<&Mem>) -> u32,
+{
+    drain_tracked(q, vring, mem, event_idx, window, broken, None, handle)
+}
+
+/// [`drain`] with in-flight tracking: each chain is recorded in
+/// `inflight` when taken and cleared when its used entry is published,
+/// and the ring's first drain after the region was installed first
+/// resubmits what a previous process left in flight ([`recover`]).
+#[allow(clippy::too_many_arguments)]
+pub fn drain_tracked<F>(
+    q: usize,
+    vring: &Vring,
+    mem: &Mem,
+    event_idx: bool,
+    window: Duration,
+    broken: &AtomicBool,
+    inflight: Option<&Tracker>,
     mut handle: F,
 ) -> io::Result<()>
 where
@@ -66,6 +88,21 @@ where
         return Ok(());
     }
     let mut used = false;
+    if let Some(t) = inflight.filter(|t| t.take_recovery()) {
+        let queue = state.get_queue_mut();
+        if let Some((map, mut replay)) = recover(q, queue, mem, t)? {
+            let mut done = Vec::new();
+            for chain in replay.iter(&map).map_err(io::Error::other)? {
+                let head = chain.head_index();
+                t.take(head);
+                done.push((head, handle(chain)));
+            }
+            for (head, len) in done {
+                add_used(queue, mem, head, len, inflight)?;
+            }
+            used = true;
+        }
+    }
     let mut finished = [(0u16, 0u32); CHUNK];
     let budget = budget(state.get_queue());
     let mut taken = 0;
@@ -87,12 +124,15 @@ where
                 while n < CHUNK {
                     let Some(chain) = iter.next() else { break };
                     let head = chain.head_index();
+                    if let Some(t) = inflight {
+                        t.take(head);
+                    }
                     finished[n] = (head, handle(chain));
                     n += 1;
                 }
             }
             for &(head, len) in &finished[..n] {
-                queue.add_used(mem, head, len).map_err(io::Error::other)?;
+                add_used(queue, mem, head, len, inflight)?;
             }
             used |= n > 0;
             taken += n;
@@ -241,6 +281,24 @@ pub fn drain_deferred<F>(
     mem: &Arc<Mem>,
     event_idx: bool,
     broken: &AtomicBool,
+    dispatch: F,
+) -> io::Result<()>
+where
+    F: FnMut(DescriptorChain<Arc<Mem>>),
+{
+    drain_deferred_tracked(q, vring, mem, event_idx, broken, None, dispatch)
+}
+
+/// [`drain_deferred`] with in-flight tracking (see [`drain_tracked`]);
+/// whoever finishes a chain calls [`complete_tracked`] with the same
+/// tracker.
+pub fn drain_deferred_tracked<F>(
+    q: usize,
+    vring: &Vring,
+    mem: &Arc<Mem>,
+    event_idx: bool,
+    broken: &AtomicBool,
+    inflight: Option<&Tracker>,
     mut dispatch: F,
 ) -> io::Result<()>
 where
@@ -249,6 +307,16 @@ where
     let mut state = vring.get_mut();
     if !state.get_queue().ready() {
         return Ok(());
+    }
+    let queue = state.get_queue_mut();
+    if let Some(t) = inflight.filter(|t| t.take_recovery()) {
+        if let Some((map, mut replay)) = recover(q, queue, mem, t)? {
+            let map = Arc::new(map);
+            while let Some(chain) = replay.pop_descriptor_chain(map.clone()) {
+                t.take(chain.head_index());
+                dispatch(chain);
+            }
+        }
     }
     let budget = budget(state.get_queue());
     let mut taken = 0;
@@ -263,6 +331,9 @@ where
             return Ok(());
         }
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+            if let Some(t) = inflight {
+                t.take(chain.head_index());
+            }
             dispatch(chain);
             taken += 1;
             if taken >= budget {
@@ -285,12 +356,114 @@ where
 /// Puts one chain finished off the worker thread on the used ring and
 /// signals the guest if the ring's rules want it.
 pub fn complete(vring: &Vring, mem: &Mem, head: u16, len: u32) -> io::Result<()> {
+    complete_tracked(vring, mem, head, len, None)
+}
+
+/// [`complete`] for a chain taken by [`drain_deferred_tracked`].
+pub fn complete_tracked(
+    vring: &Vring,
+    mem: &Mem,
+    head: u16,
+    len: u32,
+    inflight: Option<&Tracker>,
+) -> io::Result<()> {
     let mut state = vring.get_mut();
-    state
-        .get_queue_mut()
-        .add_used(mem, head, len)
-        .map_err(io::Error::other)?;
+    add_used(state.get_queue_mut(), mem, head, len, inflight)?;
     signal_if_needed(&mut state, mem)
+}
+
+/// Puts `head` on the used ring, telling `inflight` before the used index
+/// moves and after (see [`crate::inflight`]).
+pub fn add_used(
+    queue: &mut Queue,
+    mem: &Mem,
+    head: u16,
+    len: u32,
+    inflight: Option<&Tracker>,
+) -> io::Result<()> {
+    if let Some(t) = inflight {
+        t.before_used(head);
+    }
+    queue.add_used(mem, head, len).map_err(io::Error::other)?;
+    if let Some(t) = inflight {
+        t.after_used(head, queue.next_used());
+    }
+    Ok(())
+}
+
+/// The first batch on `queue` after an in-flight region was installed:
+/// the tracker repairs the region and names the heads a previous process
+/// took and did not complete ([`Tracker::recover`]); new requests are
+/// taken from the ring's used index plus their number (as libvhost-user
+/// does, whatever SET_VRING_BASE said). The heads come back as a ring to
+/// walk: `virtio-queue` makes chains only from an avail ring, so the
+/// replay queue shares the real descriptor table and reads its avail ring
+/// from one page of our own, mapped just above guest memory (a
+/// descriptor that points there reaches only that page). `None` when
+/// nothing is left to resubmit.
+fn recover(
+    q: usize,
+    queue: &mut Queue,
+    mem: &Mem,
+    t: &Tracker,
+) -> io::Result<Option<(Mem, Queue)>> {
+    let used = queue
+        .used_idx(mem, Ordering::Acquire)
+        .map_err(io::Error::other)?
+        .0;
+    let heads = t.recover(used, queue.size());
+    queue.set_next_used(used);
+    queue.set_next_avail(used.wrapping_add(heads.len() as u16));
+    if heads.is_empty() {
+        return Ok(None);
+    }
+    log::info!(
+        "queue {q}: resubmitting {} request(s) left in flight by the previous backend",
+        heads.len()
+    );
+    replay_ring(queue, mem, &heads).map(Some)
+}
+
+/// A queue over `mem` plus one page of ours whose avail ring offers
+/// `heads`, in order, from `queue`'s descriptor table.
+fn replay_ring(queue: &Queue, mem: &Mem, heads: &[u16]) -> io::Result<(Mem, Queue)> {
+    use vm_memory::{Bytes, GuestRegionMmap, MmapRegion};
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let at = mem
+        .last_addr()
+        .0
+        .checked_add(1)
+        .and_then(|a| a.checked_next_multiple_of(0x1000))
+        .ok_or_else(|| invalid("no room above guest memory for the replay ring"))?;
+    let size = usize::from(queue.size());
+    // avail: flags, idx, ring, used_event; then used: flags, idx, ring, avail_event.
+    let avail_len = 4 + 2 * size + 2;
+    let used_at = avail_len.next_multiple_of(4);
+    let len = (used_at + 4 + 8 * size + 2).next_multiple_of(0x1000);
+    let region = MmapRegion::new(len).map_err(io::Error::other)?;
+    let region = GuestRegionMmap::new(region, GuestAddress(at))
+        .ok_or_else(|| invalid("the replay ring's page does not fit"))?;
+    let map = mem
+        .insert_region(Arc::new(region))
+        .map_err(io::Error::other)?;
+    let n = u16::try_from(heads.len()).map_err(|_| invalid("too many heads"))?;
+    map.write_obj(n, GuestAddress(at + 2))
+        .map_err(io::Error::other)?;
+    for (i, &head) in heads.iter().enumerate() {
+        map.write_obj(head, GuestAddress(at + 4 + 2 * i as u64))
+            .map_err(io::Error::other)?;
+    }
+    let mut replay = Queue::new(queue.max_size()).map_err(io::Error::other)?;
+    replay.set_size(queue.size());
+    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+    let (lo, hi) = split(queue.desc_table());
+    replay.set_desc_table_address(lo, hi);
+    let (lo, hi) = split(at);
+    replay.set_avail_ring_address(lo, hi);
+    let (lo, hi) = split(at + used_at as u64);
+    replay.set_used_ring_address(lo, hi);
+    replay.set_ready(true);
+    Ok((map, replay))
 }
 
 /// What a worker holds while it runs a batch: a pass through the SIGTERM
@@ -298,6 +471,8 @@ pub fn complete(vring: &Vring, mem: &Mem, head: u16, len: u32) -> io::Result<()>
 pub struct Batch<'a> {
     _pass: GatePass<'a>,
     mem: Arc<Mem>,
+    /// The in-flight region, once the frontend set one.
+    pub inflight: Option<Arc<Tracking>>,
     /// EVENT_IDX was negotiated.
     pub event_idx: bool,
     /// The polling window after a drain ([`RingOptions::poll`]).
@@ -331,6 +506,7 @@ pub struct Rings {
     gate: Gate,
     exit_events: ExitEvents,
     options: RingOptions,
+    inflight: Arc<Slot>,
 }
 
 impl Rings {
@@ -343,6 +519,7 @@ impl Rings {
             gate: Gate::default(),
             exit_events: ExitEvents::default(),
             options,
+            inflight: Arc::default(),
         }
     }
 
@@ -405,9 +582,15 @@ impl Rings {
         Some(Batch {
             _pass: pass,
             mem,
+            inflight: self.inflight.get(),
             event_idx: self.event_idx.load(Ordering::Relaxed),
             window: self.options.poll,
         })
+    }
+
+    /// Where the relay installs the in-flight region (SET_INFLIGHT_FD).
+    pub fn inflight_slot(&self) -> Arc<Slot> {
+        self.inflight.clone()
     }
 
     /// Queue `q`'s broken flag (see [`drain`]).
@@ -585,6 +768,176 @@ mod tests {
             assert_eq!(usize::from(taken), budget, "deferred: {deferred}");
             assert_eq!(kick.read().unwrap(), 1, "the ring was not kicked again");
         }
+    }
+
+    /// A ring of 8 at 0x1000 (desc), 0x2000 (avail), 0x3000 (used) with
+    /// one-descriptor chains `heads` offered from avail position 0.
+    fn ring_with(mem: &Mem, heads: &[u16]) -> (Vring, GuestMemoryAtomic<Mem>) {
+        use vm_memory::Bytes;
+        for h in 0..8u64 {
+            // addr, len, flags (WRITE), next
+            mem.write_obj(0x8000 + h * 0x100, GuestAddress(0x1000 + 16 * h))
+                .unwrap();
+            mem.write_obj(0x100u32, GuestAddress(0x1008 + 16 * h))
+                .unwrap();
+            mem.write_obj(2u16, GuestAddress(0x100c + 16 * h)).unwrap();
+        }
+        offer(mem, 0, heads);
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        (setup_vring(&atomic), atomic)
+    }
+
+    /// Puts `heads` on the avail ring from position `from`.
+    fn offer(mem: &Mem, from: u16, heads: &[u16]) {
+        use vm_memory::Bytes;
+        for (i, &h) in heads.iter().enumerate() {
+            let slot = u64::from((from + i as u16) % 8);
+            mem.write_obj(h, GuestAddress(0x2004 + 2 * slot)).unwrap();
+        }
+        mem.write_obj(from + heads.len() as u16, GuestAddress(0x2002))
+            .unwrap();
+    }
+
+    /// What a (re)connecting frontend's setup does to a fresh vring, with
+    /// SET_VRING_BASE = the used index in memory.
+    fn setup_vring(atomic: &GuestMemoryAtomic<Mem>) -> Vring {
+        use vm_memory::Bytes;
+        let vring = Vring::new(atomic.clone(), 256).unwrap();
+        vring.set_queue_size(8);
+        let used: u16 = atomic.memory().read_obj(GuestAddress(0x3002)).unwrap();
+        vring.set_queue_next_avail(used);
+        vring.set_queue_info(0x1000, 0x2000, 0x3000).unwrap();
+        vring.set_queue_next_used(used);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        vring
+    }
+
+    /// The used ring's (index, heads in order).
+    fn used_ring(mem: &Mem) -> (u16, Vec<u16>) {
+        use vm_memory::Bytes;
+        let idx: u16 = mem.read_obj(GuestAddress(0x3002)).unwrap();
+        let heads = (0..idx)
+            .map(|i| {
+                let at = 0x3004 + 8 * u64::from(i % 8);
+                mem.read_obj::<u32>(GuestAddress(at)).unwrap() as u16
+            })
+            .collect();
+        (idx, heads)
+    }
+
+    fn tracker_over(file: &std::fs::File) -> Tracker {
+        let size = crate::inflight::queue_region_size(8);
+        let region = crate::inflight::Region::map(file, size, 0, 1, 8).unwrap();
+        Tracker::new(Arc::new(Tracking::new(region)), 0).unwrap()
+    }
+
+    /// Three requests taken by a deferred backend, the third and the first
+    /// completed (out of order), then the backend dies. The next one, over
+    /// the same region and SET_VRING_BASE = used index, gets only the
+    /// second again, then the driver's next request: no head twice on the
+    /// used ring, none lost.
+    #[test]
+    fn a_restarted_backend_resubmits_only_what_was_in_flight() {
+        let mem = map(&[(0, 0x10000)]);
+        let (file, _) = crate::inflight::create_memfd(1, 8).unwrap();
+        let (vring, atomic) = ring_with(&mem, &[5, 6, 7]);
+        let m = atomic.memory().into_inner();
+        let broken = AtomicBool::new(false);
+        let t = tracker_over(&file);
+        let mut taken = Vec::new();
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c| {
+            taken.push(c.head_index())
+        })
+        .unwrap();
+        assert_eq!(taken, [5, 6, 7]);
+        complete_tracked(&vring, &m, 7, 1, Some(&t)).unwrap();
+        complete_tracked(&vring, &m, 5, 1, Some(&t)).unwrap();
+        drop((vring, t));
+
+        // The restart, deferred again: head 6 alone comes back.
+        let vring = setup_vring(&atomic);
+        let t = tracker_over(&file);
+        let mut again = Vec::new();
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c| {
+            again.push(c.head_index())
+        })
+        .unwrap();
+        assert_eq!(again, [6]);
+        assert_eq!(
+            vring.queue_next_avail(),
+            3,
+            "new requests after the three taken"
+        );
+        complete_tracked(&vring, &m, 6, 1, Some(&t)).unwrap();
+
+        // The driver's next request, now on a synchronous backend that
+        // dies again before its next batch: nothing to resubmit.
+        offer(&m, 3, &[5]);
+        let mut sync = Vec::new();
+        drain_tracked(
+            0,
+            &vring,
+            &m,
+            false,
+            Duration::ZERO,
+            &broken,
+            Some(&t),
+            |c| {
+                sync.push(c.head_index());
+                1
+            },
+        )
+        .unwrap();
+        assert_eq!(sync, [5]);
+        let vring = setup_vring(&atomic);
+        let t = tracker_over(&file);
+        drain_tracked(
+            0,
+            &vring,
+            &m,
+            false,
+            Duration::ZERO,
+            &broken,
+            Some(&t),
+            |c| panic!("head {} handled again", c.head_index()),
+        )
+        .unwrap();
+        assert_eq!(used_ring(&m), (4, vec![7, 5, 6, 5]));
+    }
+
+    /// A synchronous backend resubmits in the order the heads were taken,
+    /// before what the driver offered since, each exactly once.
+    #[test]
+    fn resubmitted_heads_come_before_new_ones_in_taken_order() {
+        let mem = map(&[(0, 0x10000)]);
+        let (file, _) = crate::inflight::create_memfd(1, 8).unwrap();
+        let (vring, atomic) = ring_with(&mem, &[3, 1, 4]);
+        let m = atomic.memory().into_inner();
+        let broken = AtomicBool::new(false);
+        let t = tracker_over(&file);
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |_| {}).unwrap();
+        complete_tracked(&vring, &m, 1, 1, Some(&t)).unwrap();
+        offer(&m, 3, &[0, 2]);
+        let vring = setup_vring(&atomic);
+        let t = tracker_over(&file);
+        let mut order = Vec::new();
+        drain_tracked(
+            0,
+            &vring,
+            &m,
+            false,
+            Duration::ZERO,
+            &broken,
+            Some(&t),
+            |c| {
+                order.push(c.head_index());
+                1
+            },
+        )
+        .unwrap();
+        assert_eq!(order, [3, 4, 0, 2]);
+        assert_eq!(used_ring(&m), (5, vec![1, 3, 4, 0, 2]));
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //! passes through unchanged, in order. It costs one copy per control
 //! message; the data path (rings, kicks, calls) never passes through it.
 //!
+//! For a device that tracks requests in flight ([`crate::inflight`]), the
+//! relay also offers VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD (it adds the bit
+//! to the handler's GET_PROTOCOL_FEATURES reply) and answers
+//! GET_INFLIGHT_FD and SET_INFLIGHT_FD itself, which `vhost-user-backend`
+//! refuses: GET with a new zeroed, sealed memfd; SET by mapping the
+//! frontend's region (its size checked first) into the connection's
+//! [`Slot`], where the workers find it.
+//!
 //! The handler's end is a socket in a private directory (0700) that only
 //! the relay connects to, once.
 
@@ -27,9 +35,19 @@ use std::thread::{self, JoinHandle};
 use vhost::vhost_user::Listener;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use crate::inflight::{self, Region, Slot, PROTOCOL_F_INFLIGHT_SHMFD};
+
 /// vhost-user request codes the relay looks at.
 const SET_FEATURES: u32 = 2;
+const GET_PROTOCOL_FEATURES: u32 = 15;
 const SET_VRING_ENABLE: u32 = 18;
+const GET_INFLIGHT_FD: u32 = 31;
+const SET_INFLIGHT_FD: u32 = 32;
+/// `VhostUserInflight` as QEMU and the vhost crate lay it out (C struct:
+/// u64 mmap_size, u64 mmap_offset, u16 num_queues, u16 queue_size,
+/// padding) and the bytes that carry something.
+const INFLIGHT_LEN: usize = 24;
+const INFLIGHT_USED: usize = 20;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 /// Header flags: version 1, reply, need reply.
@@ -344,25 +362,115 @@ impl Reorder {
 }
 
 fn ack(request: u32) -> Message {
+    reply(request, 0u64.to_le_bytes().to_vec(), Vec::new())
+}
+
+fn reply(request: u32, body: Vec<u8>, fds: Vec<OwnedFd>) -> Message {
     let mut m = Message {
         header: [0; HEADER_LEN],
-        body: 0u64.to_le_bytes().to_vec(),
-        fds: Vec::new(),
+        body,
+        fds,
     };
     m.set_word(0, request);
     m.set_word(1, VERSION_1 | REPLY);
-    m.set_word(2, 8);
+    m.set_word(2, m.body.len() as u32);
     m
+}
+
+/// A `VhostUserInflight` body: (mmap_size, mmap_offset, num_queues, queue_size).
+type InflightBody = (u64, u64, u16, u16);
+
+fn parse_inflight(body: &[u8]) -> Option<InflightBody> {
+    let b = body.get(..INFLIGHT_USED)?;
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    Some((u64_at(0), u64_at(8), u16_at(16), u16_at(18)))
+}
+
+fn inflight_body((size, offset, num_queues, queue_size): InflightBody) -> Vec<u8> {
+    let mut b = Vec::with_capacity(INFLIGHT_LEN);
+    b.extend_from_slice(&size.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&num_queues.to_le_bytes());
+    b.extend_from_slice(&queue_size.to_le_bytes());
+    b.resize(INFLIGHT_LEN, 0);
+    b
+}
+
+/// GET_INFLIGHT_FD and SET_INFLIGHT_FD, answered by the relay for a
+/// device that tracks requests in flight: `Some(reply)` to send to the
+/// frontend (`None`: no reply wanted). A request the relay cannot serve
+/// gets a reply the frontend sees as a failure (GET: a zero-sized region
+/// and no descriptor; SET with NEED_REPLY: a non-zero ack); the connection
+/// goes on without tracking.
+fn answer_inflight(m: Message, slot: &Slot, name: &str) -> Option<Message> {
+    let request = m.request();
+    let parsed = parse_inflight(&m.body);
+    if request == GET_INFLIGHT_FD {
+        let created = parsed
+            .ok_or_else(|| format!("a {}-byte body", m.body.len()))
+            .and_then(|(_, _, nq, qs)| {
+                inflight::create_memfd(nq, qs)
+                    .map(|(file, size)| (file, (size, 0, nq, qs)))
+                    .map_err(|e| e.to_string())
+            });
+        return Some(match created {
+            Ok((file, body)) => reply(request, inflight_body(body), vec![OwnedFd::from(file)]),
+            Err(e) => {
+                log::warn!("{name}: GET_INFLIGHT_FD refused: {e}");
+                reply(request, inflight_body((0, 0, 0, 0)), Vec::new())
+            }
+        });
+    }
+    let need_reply = m.flags() & NEED_REPLY != 0;
+    let result = match (parsed, &m.fds[..]) {
+        (Some((size, offset, nq, qs)), [fd]) => {
+            fd.try_clone().map_err(|e| e.to_string()).and_then(|fd| {
+                Region::map(&std::fs::File::from(fd), size, offset, nq, qs)
+                    .map_err(|e| e.to_string())
+            })
+        }
+        (None, _) => Err(format!("a {}-byte body", m.body.len())),
+        (_, fds) => Err(format!("{} descriptors (want 1)", fds.len())),
+    };
+    let code = match result {
+        Ok(region) => {
+            log::info!(
+                "{name}: in-flight region set ({} queue(s) of {})",
+                region.num_queues(),
+                region.queue_size()
+            );
+            slot.install(region);
+            0u64
+        }
+        Err(e) => {
+            log::warn!("{name}: SET_INFLIGHT_FD refused: {e}; requests in flight are not tracked");
+            1
+        }
+    };
+    need_reply.then(|| reply(request, code.to_le_bytes().to_vec(), Vec::new()))
+}
+
+/// Adds INFLIGHT_SHMFD to the handler's GET_PROTOCOL_FEATURES reply.
+fn offer_inflight(m: &mut Message) {
+    if m.request() == GET_PROTOCOL_FEATURES && m.flags() & REPLY != 0 {
+        if let Some(v) = m.u64_body() {
+            m.body[..8].copy_from_slice(&(v | PROTOCOL_F_INFLIGHT_SHMFD).to_le_bytes());
+        }
+    }
 }
 
 /// Relays between `frontend` and `handler` until either side closes; then
 /// shuts both down, so the other side sees the disconnect. `name` (the
-/// daemon's socket) goes into log lines.
+/// daemon's socket) goes into log lines. With `inflight`, the relay offers
+/// INFLIGHT_SHMFD and installs the frontend's region there.
 pub fn spawn(
     frontend: UnixStream,
     handler: UnixStream,
     name: String,
+    inflight: Option<Arc<Slot>>,
 ) -> Result<JoinHandle<()>, RelayError> {
+    let offer = inflight.is_some();
     let f_read = frontend;
     let h_write = handler;
     let h_read = h_write.try_clone().map_err(RelayError::Thread)?;
@@ -381,7 +489,10 @@ pub fn spawn(
         .spawn(move || {
             loop {
                 match recv(&h_read) {
-                    Ok(Some(m)) => {
+                    Ok(Some(mut m)) => {
+                        if offer {
+                            offer_inflight(&mut m);
+                        }
                         let f = f_write2.lock().unwrap_or_else(|e| e.into_inner());
                         if let Err(e) = send(&f, &m) {
                             log::debug!("{name2}: relaying a reply: {e}");
@@ -421,6 +532,18 @@ pub fn spawn(
                 };
                 let request = m.request();
                 last.store(request, Ordering::SeqCst);
+                if let Some(slot) = inflight
+                    .as_ref()
+                    .filter(|_| matches!(request, GET_INFLIGHT_FD | SET_INFLIGHT_FD))
+                {
+                    if let Some(r) = answer_inflight(m, slot, &name) {
+                        let f = f_write.lock().unwrap_or_else(|e| e.into_inner());
+                        if send(&f, &r).is_err() {
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 let (out, ack_it) = reorder.on_message(m);
                 if request == SET_VRING_ENABLE && !out.iter().any(|o| o.request() == request) {
                     log::debug!("{name}: SET_VRING_ENABLE before SET_FEATURES held");
@@ -509,7 +632,7 @@ mod tests {
         let (listener, ours) = dir.pair().unwrap();
         let handler = listener.accept().unwrap().unwrap();
         let (frontend, far) = UnixStream::pair().unwrap();
-        let t = spawn(far, ours, "test".into()).unwrap();
+        let t = spawn(far, ours, "test".into(), None).unwrap();
 
         // An early enable with NEED_REPLY is acked by the relay.
         send(&frontend, &enable(3, true)).unwrap();
@@ -536,6 +659,75 @@ mod tests {
         t.join().unwrap();
     }
 
+    /// A relay for a device that tracks requests in flight: the offer
+    /// gains INFLIGHT_SHMFD; GET_INFLIGHT_FD is answered with a zeroed
+    /// region of the spec's size; SET_INFLIGHT_FD installs a region (acked
+    /// when asked) and refuses one whose file is too small; neither
+    /// reaches the handler.
+    #[test]
+    fn the_relay_serves_the_inflight_region() {
+        use std::os::unix::fs::FileExt;
+        let (frontend, far) = UnixStream::pair().unwrap();
+        let (ours, handler) = UnixStream::pair().unwrap();
+        let slot = Arc::new(Slot::default());
+        let t = spawn(far, ours, "test".into(), Some(slot.clone())).unwrap();
+
+        send(&frontend, &msg(GET_PROTOCOL_FEATURES, VERSION_1, &[])).unwrap();
+        assert_eq!(
+            recv(&handler).unwrap().unwrap().request(),
+            GET_PROTOCOL_FEATURES
+        );
+        send(
+            &handler,
+            &reply(GET_PROTOCOL_FEATURES, 0x3u64.to_le_bytes().to_vec(), vec![]),
+        )
+        .unwrap();
+        let offer = recv(&frontend).unwrap().unwrap().u64_body().unwrap();
+        assert_eq!(offer, 0x3 | PROTOCOL_F_INFLIGHT_SHMFD);
+
+        let get = inflight_body((0, 0, 2, 128));
+        send(&frontend, &msg(GET_INFLIGHT_FD, VERSION_1, &get)).unwrap();
+        let mut got = recv(&frontend).unwrap().unwrap();
+        assert_eq!(got.request(), GET_INFLIGHT_FD);
+        let (size, offset, nq, qs) = parse_inflight(&got.body).unwrap();
+        assert_eq!(
+            (size, offset, nq, qs),
+            (2 * inflight::queue_region_size(128), 0, 2, 128)
+        );
+        assert_eq!(got.body.len(), INFLIGHT_LEN);
+        let file = std::fs::File::from(got.fds.pop().expect("a descriptor"));
+        assert_eq!(file.metadata().unwrap().len(), size);
+        let mut b = vec![1u8; size as usize];
+        file.read_exact_at(&mut b, 0).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        assert!(slot.get().is_none(), "GET installs nothing");
+
+        let mut set = msg(
+            SET_INFLIGHT_FD,
+            VERSION_1 | NEED_REPLY,
+            &inflight_body((size, 0, 2, 128)),
+        );
+        set.fds.push(OwnedFd::from(file.try_clone().unwrap()));
+        send(&frontend, &set).unwrap();
+        assert_eq!(recv(&frontend).unwrap().unwrap().u64_body(), Some(0));
+        assert!(slot.tracker(1).is_some());
+
+        let mut bad = msg(
+            SET_INFLIGHT_FD,
+            VERSION_1 | NEED_REPLY,
+            &inflight_body((size * 2, 0, 2, 128)),
+        );
+        bad.fds.push(OwnedFd::from(file));
+        send(&frontend, &bad).unwrap();
+        assert_eq!(recv(&frontend).unwrap().unwrap().u64_body(), Some(1));
+
+        // The handler saw none of them: the next thing it gets is this.
+        send(&frontend, &msg(1, VERSION_1, &[])).unwrap();
+        assert_eq!(recv(&handler).unwrap().unwrap().request(), 1);
+        drop(frontend);
+        t.join().unwrap();
+    }
+
     #[test]
     fn abstract_names_give_a_connected_pair_each_time() {
         let dir = RelayDir::abstract_names();
@@ -551,7 +743,7 @@ mod tests {
     fn an_oversized_body_ends_the_relay() {
         let (frontend, far) = UnixStream::pair().unwrap();
         let (ours, handler) = UnixStream::pair().unwrap();
-        let t = spawn(far, ours, "test".into()).unwrap();
+        let t = spawn(far, ours, "test".into(), None).unwrap();
         let mut m = msg(1, VERSION_1, &[]);
         m.set_word(2, (MAX_BODY + 1) as u32);
         send(&frontend, &m).unwrap();
@@ -579,7 +771,7 @@ mod tests {
         // The relay itself ends the connection: the handler sees nothing.
         let (frontend, far) = UnixStream::pair().unwrap();
         let (ours, handler) = UnixStream::pair().unwrap();
-        let t = spawn(far, ours, "test".into()).unwrap();
+        let t = spawn(far, ours, "test".into(), None).unwrap();
         send(&frontend, &m).unwrap();
         assert!(recv(&handler).unwrap().is_none());
         t.join().unwrap();

@@ -178,12 +178,16 @@ pub const VHOST_USER_BASE: &[i64] = &[
 
 /// What a daemon adds when its connections pass through the
 /// [`relay`](crate::relay): one Unix socket pair per connection, bound in
-/// a directory of its own (removed on exit) or on abstract names.
+/// a directory of its own (removed on exit) or on abstract names; and
+/// the in-flight region it creates for GET_INFLIGHT_FD (a sealed memfd;
+/// SET_INFLIGHT_FD's fstat and mmap are in the base list).
 pub const RELAY: &[i64] = &[
     libc::SYS_socket,
     libc::SYS_bind,
     libc::SYS_listen,
     libc::SYS_connect,
+    libc::SYS_memfd_create,
+    libc::SYS_ftruncate,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_rmdir,
 ];

@@ -37,6 +37,13 @@ pub trait Connection: VhostUserBackend<Bitmap = (), Vring = Vring> + Send + Sync
     /// requests already taken are complete (see [`Gate`]).
     fn quiesce(&self);
 
+    /// Where the relay installs an in-flight region (SET_INFLIGHT_FD) for
+    /// the connection's workers; `None`: the device does not track
+    /// requests in flight, and INFLIGHT_SHMFD is not offered.
+    fn inflight(&self) -> Option<Arc<crate::inflight::Slot>> {
+        None
+    }
+
     /// Adds the connection's own descriptors (a tap, say) to its worker
     /// threads' event loops, `workers[i]` being thread `i`'s. Their event
     /// ids must be above `num_queues()`. Runs before the frontend's first
@@ -291,12 +298,14 @@ where
                     source: Box::new(e),
                 })?;
                 daemon.start(&mut listener).map_err(daemon_err)?;
-                Some(relay::spawn(frontend, ours, where_.clone()).map_err(|e| {
-                    ServeError::Backend {
-                        socket: where_.clone(),
-                        source: Box::new(e),
-                    }
-                })?)
+                Some(
+                    relay::spawn(frontend, ours, where_.clone(), backend.inflight()).map_err(
+                        |e| ServeError::Backend {
+                            socket: where_.clone(),
+                            source: Box::new(e),
+                        },
+                    )?,
+                )
             }
         };
         connections += 1;

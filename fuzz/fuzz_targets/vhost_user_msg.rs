@@ -407,7 +407,7 @@ fn run(data: &[u8]) {
     drop(listener);
     let (sock, relay) = if setup & 4 != 0 {
         let (frontend, theirs) = UnixStream::pair().expect("socketpair");
-        let r = relay::spawn(theirs, ours, "fuzz".into()).expect("relay");
+        let r = relay::spawn(theirs, ours, "fuzz".into(), None).expect("relay");
         (frontend, Some(r))
     } else {
         (ours, None)

@@ -5,12 +5,14 @@
 //! Message order follows QEMU's `vhost_dev_init` / `vhost_dev_start`, so any
 //! backend that works under QEMU works here.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VringConfigData};
 
@@ -69,6 +71,14 @@ pub enum DeviceError {
     /// A virtqueue could not be set up.
     #[error("virtqueue")]
     Queue(#[from] QueueError),
+    /// The backend came back offering less than was negotiated.
+    #[error("{socket}: after reconnecting, {what} is no longer offered")]
+    Regressed {
+        /// The backend's socket.
+        socket: PathBuf,
+        /// What went missing.
+        what: &'static str,
+    },
 }
 
 impl DeviceError {
@@ -144,6 +154,9 @@ pub struct VuDevice {
     features: u64,
     protocol: VhostUserProtocolFeatures,
     max_queues: Option<u64>,
+    /// The in-flight region (GET_INFLIGHT_FD), when INFLIGHT_SHMFD was
+    /// negotiated: sent again with SET_INFLIGHT_FD on every reconnect.
+    inflight: Option<(VhostUserInflight, File)>,
 }
 
 impl std::fmt::Debug for VuDevice {
@@ -244,6 +257,7 @@ impl VuDevice {
             features,
             protocol,
             max_queues,
+            inflight: None,
         })
     }
 
@@ -292,6 +306,26 @@ impl VuDevice {
         self.acked("SET_FEATURES", |f| f.set_features(features))?;
         let regions = self.mem.regions();
         self.acked("SET_MEM_TABLE", |f| f.set_mem_table(&regions))?;
+        if self
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            // As QEMU's vhost-user-blk: a region from the backend, handed
+            // back before the rings start.
+            let ask = VhostUserInflight {
+                num_queues: opts.num_queues as u16,
+                queue_size: opts.queue_size,
+                ..Default::default()
+            };
+            let (got, file) = self
+                .frontend
+                .get_inflight_fd(&ask)
+                .map_err(self.perr("GET_INFLIGHT_FD"))?;
+            self.acked("SET_INFLIGHT_FD", |f| {
+                f.set_inflight_fd(&got, file.as_raw_fd())
+            })?;
+            self.inflight = Some((got, file));
+        }
         let cfg = QueueConfig {
             size: opts.queue_size,
             event_idx: features & VIRTIO_RING_F_EVENT_IDX != 0,
@@ -300,13 +334,68 @@ impl VuDevice {
         };
         for i in 0..opts.num_queues {
             let q = VirtQueue::new(i as u16, self.mem.clone(), cfg)?;
-            self.start_queue(&q, enable)?;
+            self.start_queue(&q, 0, enable)?;
             self.queues.push(q);
         }
         Ok(())
     }
 
-    fn start_queue(&mut self, q: &VirtQueue, enable: bool) -> Result<()> {
+    /// A backend restarted on the same socket: connects again, checks it
+    /// still offers what was negotiated, and replays the setup as a VMM
+    /// does after a backend crash: features, memory table, the in-flight
+    /// region (SET_INFLIGHT_FD, when negotiated), and each ring as it is
+    /// (nothing reset) with SET_VRING_BASE = its used index in memory, so
+    /// requests taken and not completed are the backend's to resubmit.
+    pub fn reconnect(&mut self, opts: &DeviceOptions) -> Result<()> {
+        let stream = connect_socket(&self.socket, opts.connect_timeout)?;
+        let mut fresh = Self::negotiate(stream, &self.socket, opts)?;
+        let regressed = |what| DeviceError::Regressed {
+            socket: self.socket.clone(),
+            what,
+        };
+        if fresh.features & self.features != self.features {
+            return Err(regressed("a feature acked before"));
+        }
+        if !fresh.protocol.contains(self.protocol) {
+            return Err(regressed("a protocol feature acked before"));
+        }
+        std::mem::swap(&mut self.frontend, &mut fresh.frontend);
+        let features = self.features;
+        self.acked("SET_FEATURES", |f| f.set_features(features))?;
+        let regions = self.mem.regions();
+        self.acked("SET_MEM_TABLE", |f| f.set_mem_table(&regions))?;
+        if let Some((info, file)) = self.inflight.take() {
+            let r = self.acked("SET_INFLIGHT_FD", |f| {
+                f.set_inflight_fd(&info, file.as_raw_fd())
+            });
+            self.inflight = Some((info, file));
+            r?;
+        }
+        let queues = std::mem::take(&mut self.queues);
+        let mut result = Ok(());
+        for q in &queues {
+            let base = match q.used_idx() {
+                Ok(b) => b,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            };
+            if let Err(e) = self.start_queue(q, base, true) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.queues = queues;
+        result
+    }
+
+    /// The in-flight region's file, when INFLIGHT_SHMFD was negotiated.
+    pub fn inflight_region(&self) -> Option<&File> {
+        self.inflight.as_ref().map(|(_, f)| f)
+    }
+
+    fn start_queue(&mut self, q: &VirtQueue, base: u16, enable: bool) -> Result<()> {
         let i = usize::from(q.index());
         let size = q.size();
         let config = VringConfigData {
@@ -319,7 +408,7 @@ impl VuDevice {
             log_addr: None,
         };
         self.acked("SET_VRING_NUM", |f| f.set_vring_num(i, size))?;
-        self.acked("SET_VRING_BASE", |f| f.set_vring_base(i, 0))?;
+        self.acked("SET_VRING_BASE", |f| f.set_vring_base(i, base))?;
         self.acked("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
         self.acked("SET_VRING_CALL", |f| f.set_vring_call(i, q.call_fd()))?;
         self.acked("SET_VRING_KICK", |f| f.set_vring_kick(i, q.kick_fd()))?;

@@ -152,6 +152,12 @@ fn qemu_reconnects_to_a_restarted_blk_daemon_and_no_write_is_lost() {
         Path::new(&stop_file).exists(),
         "the guest was told to stop\n{all}"
     );
+    // QEMU used the daemon's in-flight tracking: it handed the restarted
+    // daemon the region it got before the kills.
+    assert!(
+        blk.log_contents().contains("in-flight region set"),
+        "QEMU sent no SET_INFLIGHT_FD\n{all}"
+    );
 }
 
 const TAP: &str = "vrtap0";

@@ -146,6 +146,13 @@ fn a_killed_blk_daemon_restarted_on_its_socket_is_reconnected_and_the_guest_neve
     assert_eq!(counter(&api, "reconnects"), 1);
     assert_eq!(counter(&api, "reconnecting"), 0);
     assert_eq!(counter(&api, "needs_reset"), 0);
+    // The vmm handed the new daemon the activation's in-flight region
+    // (INFLIGHT_SHMFD) before its ring.
+    assert!(
+        b.daemon.log_contents().contains("in-flight region set"),
+        "{}",
+        show(&console, &vmm, &b.daemon)
+    );
     assert!(
         poll_until(WAIT, || blk_loop_rounds(&console) >= before + 20),
         "{}",

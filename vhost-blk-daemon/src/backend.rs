@@ -306,6 +306,10 @@ impl Device for BlkQueues {
             .unwrap_or_default()
     }
 
+    fn tracks_inflight(&self) -> bool {
+        true
+    }
+
     fn quiesce(&self) {
         for ring in &self.rings {
             ring.lock().unwrap_or_else(|e| e.into_inner()).quiesce();

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::backend::Worker;
+use common::inflight::Tracker;
 use common::iov;
 use common::queue::{self, Mem};
 use common::serve::Vring;
@@ -111,6 +112,8 @@ pub struct Uring {
     /// outside a worker's batch (quiesce, drop).
     vring: Option<Vring>,
     mem: Option<Arc<Mem>>,
+    /// The queue's in-flight tracker, once the frontend set a region.
+    inflight: Option<Tracker>,
     /// Finished requests not yet on the used ring: (head, used length).
     ready: Vec<(u16, u32)>,
     /// Buffered reads, writes run on the worker (the filesystem has no
@@ -148,6 +151,7 @@ impl Uring {
             in_flight: 0,
             vring: None,
             mem: None,
+            inflight: None,
             ready: Vec::new(),
             blocking: [false; 2],
             scratch: Scratch::default(),
@@ -168,6 +172,7 @@ impl Uring {
         }
         let mem = w.mem_arc();
         self.mem = Some(mem.clone());
+        self.inflight = w.inflight(0);
         w.drain_deferred(0, |chain| {
             if let Err(e) = self.start(chain, &mem) {
                 log::error!("queue {}: io_uring submission failed: {e}", self.queue);
@@ -222,6 +227,7 @@ impl Uring {
     /// The ring's eventfd fired: completes what the kernel finished.
     pub fn completions(&mut self, w: &Worker<'_>) -> io::Result<()> {
         self.mem = Some(w.mem_arc());
+        self.inflight = w.inflight(0);
         let _ = self.eventfd.read();
         self.reap_logged();
         self.publish()?;
@@ -616,10 +622,13 @@ impl Uring {
             return Ok(());
         }
         for (head, len) in self.ready.drain(..) {
-            state
-                .get_queue_mut()
-                .add_used(&**mem, head, len)
-                .map_err(io::Error::other)?;
+            queue::add_used(
+                state.get_queue_mut(),
+                mem,
+                head,
+                len,
+                self.inflight.as_ref(),
+            )?;
         }
         queue::signal_if_needed(&mut state, mem)
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use common::backend::{Device, Event, Worker};
 use common::daemon::Service;
-use common::queue::complete;
+use common::queue::complete_tracked;
 use common::ratelimit::RateLimited;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
@@ -123,12 +123,14 @@ impl FsConnection {
             return Ok(());
         };
         let mem = w.mem_arc();
+        let inflight = w.inflight(0);
         w.drain_deferred(0, |chain| {
             let (serving, vring, mem) = (self.serving.clone(), vring.clone(), mem.clone());
+            let inflight = inflight.clone();
             pool.submit(move || {
                 let head = chain.head_index();
                 let len = serving.handle_chain(q, chain, &*mem);
-                if let Err(e) = complete(&vring, &mem, head, len) {
+                if let Err(e) = complete_tracked(&vring, &mem, head, len, inflight.as_ref()) {
                     log::warn!("queue {q} head {head}: returning the reply: {e}");
                 }
             });
@@ -222,6 +224,14 @@ impl Device for FsConnection {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    /// Requests a killed virtiofsd had taken and not answered are
+    /// resubmitted once to the restarted one. Its FUSE session does not
+    /// survive yet (issue 13 item 3), so until the guest's INIT they are
+    /// answered EIO (`request::judge`), and none is answered twice.
+    fn tracks_inflight(&self) -> bool {
+        true
     }
 
     fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {

@@ -10,6 +10,7 @@
 //! the request fails as a lost connection, logged naming the socket and the
 //! request.
 
+use std::fs::File;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
@@ -47,6 +48,15 @@ pub trait VhostUserConn: Send {
     fn get_queue_num(&mut self) -> vhost::Result<u64>;
     /// SET_MEM_TABLE.
     fn set_mem_table(&mut self, regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()>;
+    /// GET_INFLIGHT_FD: a new in-flight region for `num_queues` queues of
+    /// `queue_size`, and its description.
+    fn get_inflight_fd(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> vhost::Result<(VhostUserInflight, File)>;
+    /// SET_INFLIGHT_FD: the region `file` described by `inflight`.
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: &File) -> vhost::Result<()>;
     /// SET_VRING_NUM.
     fn set_vring_num(&mut self, queue: usize, num: u16) -> vhost::Result<()>;
     /// SET_VRING_ADDR (frontend userspace addresses).
@@ -116,6 +126,23 @@ impl VhostUserConn for Frontend {
 
     fn set_mem_table(&mut self, regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()> {
         VhostBackend::set_mem_table(self, regions)
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> vhost::Result<(VhostUserInflight, File)> {
+        let ask = VhostUserInflight {
+            num_queues,
+            queue_size,
+            ..Default::default()
+        };
+        VhostUserFrontend::get_inflight_fd(self, &ask)
+    }
+
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: &File) -> vhost::Result<()> {
+        VhostUserFrontend::set_inflight_fd(self, inflight, file.as_raw_fd())
     }
 
     fn set_vring_num(&mut self, queue: usize, num: u16) -> vhost::Result<()> {
@@ -364,6 +391,20 @@ impl VhostUserConn for TimedFrontend {
     fn set_mem_table(&mut self, regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()> {
         self.timed("SET_MEM_TABLE", |f| {
             VhostUserConn::set_mem_table(f, regions)
+        })
+    }
+    fn get_inflight_fd(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> vhost::Result<(VhostUserInflight, File)> {
+        self.timed("GET_INFLIGHT_FD", |f| {
+            VhostUserConn::get_inflight_fd(f, num_queues, queue_size)
+        })
+    }
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: &File) -> vhost::Result<()> {
+        self.timed("SET_INFLIGHT_FD", |f| {
+            VhostUserConn::set_inflight_fd(f, inflight, file)
         })
     }
     fn set_vring_num(&mut self, queue: usize, num: u16) -> vhost::Result<()> {

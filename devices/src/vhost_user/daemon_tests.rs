@@ -6,6 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use vhost::vhost_user::message::VhostUserInflight;
 use vhost::vhost_user::{Frontend, Listener, VhostUserProtocolFeatures as P};
 use vhost::{VhostUserMemoryRegionInfo, VringConfigData};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
@@ -189,6 +190,8 @@ impl VhostUserConn for Recording {
         set_protocol_features(features: P) -> () = "SET_PROTOCOL_FEATURES";
         get_queue_num() -> u64 = "GET_QUEUE_NUM";
         set_mem_table(regions: &[VhostUserMemoryRegionInfo]) -> () = "SET_MEM_TABLE";
+        get_inflight_fd(num_queues: u16, queue_size: u16) -> (VhostUserInflight, std::fs::File) = "GET_INFLIGHT_FD";
+        set_inflight_fd(inflight: &VhostUserInflight, file: &std::fs::File) -> () = "SET_INFLIGHT_FD";
         set_vring_num(queue: usize, num: u16) -> () = "SET_VRING_NUM";
         set_vring_addr(queue: usize, config: &VringConfigData) -> () = "SET_VRING_ADDR";
         set_vring_base(queue: usize, base: u16) -> () = "SET_VRING_BASE";

@@ -1,6 +1,7 @@
 //! [`VhostUserDevice`]: a [`VirtioDevice`] whose queues a vhost-user backend
 //! serves.
 
+use std::fs::File;
 use std::os::unix::io::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use log::{debug, info, warn};
 use lograte::RateLimited;
+use vhost::vhost_user::message::VhostUserInflight;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vhost::VringConfigData;
 
@@ -26,6 +28,7 @@ fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// Where a device is in its life.
@@ -131,6 +134,11 @@ struct Inner {
     /// What the driver started (DRIVER_OK) since the last reset: what a
     /// reconnect replays.
     activation: Option<Activation>,
+    /// The in-flight region of this activation (GET_INFLIGHT_FD, when the
+    /// backend offers INFLIGHT_SHMFD): handed to every backend that
+    /// serves it (SET_INFLIGHT_FD), so one restarted after a crash
+    /// resubmits what its predecessor left in flight. A driver reset drops it.
+    inflight: Option<(VhostUserInflight, File)>,
 }
 
 /// The driver's acked features and its queues, as given at DRIVER_OK.
@@ -245,6 +253,7 @@ impl VhostUserDevice {
                     started: Vec::new(),
                     features_set: false,
                     activation: None,
+                    inflight: None,
                 }),
                 state: AtomicU8::new(DeviceState::Ready.to_u8()),
                 backend_features: AtomicU64::new(negotiated.backend_features),
@@ -367,10 +376,12 @@ impl Reconnector {
     /// Replays the whole setup over `conn`, if the device still waits for
     /// one: SET_OWNER, features, protocol features, queue count; then, if
     /// the driver had started the device, SET_FEATURES (refused when the
-    /// backend now offers less than the driver acked), SET_MEM_TABLE and
-    /// each ring with its base at the used index in guest memory (requests
-    /// the old backend had taken but not completed are read again), and a
-    /// kick on each ring so that no kick made meanwhile is lost.
+    /// backend now offers less than the driver acked), SET_MEM_TABLE, the
+    /// in-flight region (SET_INFLIGHT_FD, with INFLIGHT_SHMFD) and each ring
+    /// with its base at the used index in guest memory (requests the old
+    /// backend had taken but not completed are resubmitted from the region,
+    /// or read again from the avail ring without one), and a kick on each
+    /// ring so that no kick made meanwhile is lost.
     ///
     /// On success the device is Active (or Ready); a connection lost again
     /// leaves it Reconnecting (retry); any other error marks it Failed
@@ -563,6 +574,7 @@ impl Shared {
             acked,
             queues: queues.to_vec(),
         });
+        inner.inflight = None;
         self.start_rings(inner, acked, queues, &vec![0; queues.len()])?;
         kick_all(inner);
         self.set_state(DeviceState::Active);
@@ -593,6 +605,11 @@ impl Shared {
             .conn
             .set_mem_table(&self.memory.to_vhost())
             .map_err(VhostUserError::SetMemTable)?;
+        if n.protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            self.set_inflight(inner)?;
+        }
         for (q, &base) in queues.iter().zip(bases) {
             let ring = |ring, addr, len| {
                 self.memory
@@ -647,6 +664,28 @@ impl Shared {
         Ok(())
     }
 
+    /// Hands the backend the activation's in-flight region, asking it for
+    /// one first (GET_INFLIGHT_FD) if the activation has none yet. The
+    /// ring bases stay at the used index: a backend that gets the region
+    /// back resubmits what was in flight and takes new requests after it.
+    fn set_inflight(&self, inner: &mut Inner) -> Result<(), VhostUserError> {
+        if inner.inflight.is_none() {
+            let queues = u16::try_from(self.options.queues).unwrap_or(u16::MAX);
+            let region = inner
+                .conn
+                .get_inflight_fd(queues, self.options.queue_size)
+                .map_err(VhostUserError::GetInflightFd)?;
+            inner.inflight = Some(region);
+        }
+        if let Some((info, file)) = &inner.inflight {
+            inner
+                .conn
+                .set_inflight_fd(info, file)
+                .map_err(VhostUserError::SetInflightFd)?;
+        }
+        Ok(())
+    }
+
     /// Starts the rings; an error is logged (and marks the device failed
     /// when the connection is gone).
     fn activate(&self, acked: u64, queues: &[QueueConfig]) -> Result<(), VhostUserError> {
@@ -691,6 +730,7 @@ impl Shared {
         let mut inner = lock(&self.inner);
         self.activation_failed.store(false, Ordering::Release);
         inner.activation = None;
+        inner.inflight = None;
         if !self.connected() {
             // Nothing to stop: the backend is gone (a reconnect finds the
             // device reset).

@@ -44,10 +44,15 @@
 //! renews the connection through a [`Reconnector`], which replays the whole
 //! setup: the handshake, then, if the driver had started the device,
 //! SET_FEATURES (refused, and the device Failed, when the backend now
-//! offers less than the driver acked), SET_MEM_TABLE and each ring with
-//! its base at the used index in guest memory (without in-flight tracking,
-//! as QEMU does: requests the dead backend had taken but not completed are
-//! read again), and one kick per ring.
+//! offers less than the driver acked), SET_MEM_TABLE, the activation's
+//! in-flight region (SET_INFLIGHT_FD, when the backend offers
+//! INFLIGHT_SHMFD: the activation asked the first backend for it with
+//! GET_INFLIGHT_FD) and each ring with its base at the used index in guest
+//! memory, and one kick per ring. With the region, the backend resubmits
+//! what the dead one had taken and not completed, exactly once even when
+//! completions came out of order, and takes new requests after them;
+//! without it, as QEMU does, those requests are read again from the avail
+//! ring (right only if they would have completed in order).
 //!
 //! The configuration layouts of net and fs (what the frontend shows a
 //! driver when the backend serves no GET_CONFIG) are in [`config`].
@@ -191,6 +196,12 @@ pub enum VhostUserError {
     /// SET_MEM_TABLE failed.
     #[error("SET_MEM_TABLE failed")]
     SetMemTable(#[source] vhost::Error),
+    /// GET_INFLIGHT_FD failed.
+    #[error("GET_INFLIGHT_FD failed")]
+    GetInflightFd(#[source] vhost::Error),
+    /// SET_INFLIGHT_FD failed.
+    #[error("SET_INFLIGHT_FD failed")]
+    SetInflightFd(#[source] vhost::Error),
     /// SET_VRING_NUM failed.
     #[error("SET_VRING_NUM failed")]
     SetVringNum(#[source] vhost::Error),
@@ -285,6 +296,8 @@ impl VhostUserError {
             | Self::SetProtocolFeatures(e)
             | Self::GetQueueNum(e)
             | Self::SetMemTable(e)
+            | Self::GetInflightFd(e)
+            | Self::SetInflightFd(e)
             | Self::SetVringNum(e)
             | Self::SetVringAddr(e)
             | Self::SetVringBase(e)

@@ -6,6 +6,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vhost::vhost_user::message::VhostUserInflight;
 use vhost::vhost_user::{Error as VuError, VhostUserProtocolFeatures as P};
 use vhost::{VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
@@ -31,6 +32,10 @@ pub(super) enum Msg {
     GetQueueNum,
     /// (guest address, size, userspace address, file offset) per region.
     SetMemTable(Vec<(u64, u64, u64, u64)>),
+    /// num_queues, queue_size.
+    GetInflightFd(u16, u16),
+    /// mmap_size, num_queues, queue_size.
+    SetInflightFd(u64, u16, u16),
     SetVringNum(usize, u16),
     /// desc, avail, used (frontend userspace addresses).
     SetVringAddr(usize, u64, u64, u64),
@@ -137,6 +142,29 @@ impl VhostUserConn for Fake {
             })
             .collect();
         self.req(Msg::SetMemTable(r))
+    }
+    fn get_inflight_fd(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> vhost::Result<(VhostUserInflight, File)> {
+        self.req(Msg::GetInflightFd(num_queues, queue_size))?;
+        let info = VhostUserInflight {
+            mmap_size: 4096,
+            mmap_offset: 0,
+            num_queues,
+            queue_size,
+        };
+        let file = File::open("/dev/null")
+            .map_err(|e| vhost::Error::VhostUserProtocol(VuError::SocketError(e)))?;
+        Ok((info, file))
+    }
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, _file: &File) -> vhost::Result<()> {
+        self.req(Msg::SetInflightFd(
+            inflight.mmap_size,
+            inflight.num_queues,
+            inflight.queue_size,
+        ))
     }
     fn set_vring_num(&mut self, queue: usize, num: u16) -> vhost::Result<()> {
         self.req(Msg::SetVringNum(queue, num))
@@ -405,6 +433,97 @@ fn activation_sends_every_ring_message_with_need_reply() {
     assert_eq!(dev.state(), DeviceState::Ready);
     dev.reset();
     assert!(s.log().is_empty(), "a second reset sends nothing");
+}
+
+/// With INFLIGHT_SHMFD offered, an activation asks the backend for an
+/// in-flight region and hands it back before the rings start; a backend
+/// that comes back gets the same region again (no new GET) before its
+/// rings, which still start at the used index; a driver reset drops the
+/// region, and the next activation asks for a new one.
+#[test]
+fn the_inflight_region_goes_to_every_backend_of_an_activation() {
+    use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+    let fake = |b: &Arc<Mutex<Backend>>| Fake {
+        b: b.clone(),
+        features: VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES,
+        protocol: all_protocol() | P::INFLIGHT_SHMFD,
+        queue_num: 4,
+        need_reply: false,
+    };
+    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    file.set_len(0x10_0000).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
+        GuestAddress(GUEST_BASE),
+        0x10_0000,
+        Some(FileOffset::new(file, 0)),
+    )])
+    .unwrap();
+    let b = Arc::new(Mutex::new(Backend::default()));
+    let mut options = DeviceOptions::new(DeviceKind::Block);
+    options.reconnect = true;
+    let (queues, size) = (options.queues as u16, options.queue_size);
+    let mut dev = VhostUserDevice::with_conn(
+        Box::new(fake(&b)),
+        "/run/test.sock".into(),
+        options,
+        MemoryTable::from_guest_memory(&mem).unwrap(),
+        Box::new(Events::default()),
+    )
+    .unwrap();
+    let log = |b: &Arc<Mutex<Backend>>| -> Vec<Msg> {
+        std::mem::take(&mut b.lock().unwrap().log)
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect()
+    };
+    // The messages after SET_MEM_TABLE, up to the first ring's.
+    let after_mem_table = |msgs: &[Msg]| -> Vec<Msg> {
+        let at = msgs
+            .iter()
+            .position(|m| matches!(m, Msg::SetMemTable(_)))
+            .expect("SET_MEM_TABLE sent");
+        msgs[at + 1..]
+            .iter()
+            .take_while(|m| !matches!(m, Msg::SetVringNum(..)))
+            .cloned()
+            .collect()
+    };
+    log(&b);
+    dev.activate(VERSION_1, vec![queue(0, GUEST_BASE)]).unwrap();
+    assert_eq!(
+        after_mem_table(&log(&b)),
+        [
+            Msg::GetInflightFd(queues, size),
+            Msg::SetInflightFd(4096, queues, size)
+        ]
+    );
+
+    // Three requests completed; the backend dies and a new one comes.
+    mem.write_obj(3u16, GuestAddress(GUEST_BASE + 0x800 + 2))
+        .unwrap();
+    b.lock().unwrap().dead = true;
+    assert_eq!(dev.check_connection(), DeviceState::Reconnecting);
+    let b2 = Arc::new(Mutex::new(Backend::default()));
+    dev.reconnector().replay(Box::new(fake(&b2))).unwrap();
+    let msgs = log(&b2);
+    assert_eq!(
+        after_mem_table(&msgs),
+        [Msg::SetInflightFd(4096, queues, size)],
+        "{msgs:?}"
+    );
+    assert!(msgs.contains(&Msg::SetVringBase(0, 3)), "{msgs:?}");
+
+    // A driver reset: the next activation gets a new region.
+    dev.reset();
+    log(&b2);
+    dev.activate(VERSION_1, vec![queue(0, GUEST_BASE)]).unwrap();
+    assert_eq!(
+        after_mem_table(&log(&b2)),
+        [
+            Msg::GetInflightFd(queues, size),
+            Msg::SetInflightFd(4096, queues, size)
+        ]
+    );
 }
 
 #[test]

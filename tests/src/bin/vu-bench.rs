@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use vhost::vhost_user::VhostUserProtocolFeatures;
 use vu_driver::bench::net::tap::{self, TapBench};
 use vu_driver::bench::{self, Row};
 use vu_driver::blk::{BlkClient, BlkOptions, SECTOR_SIZE};
@@ -95,6 +96,11 @@ struct Args {
     /// Append results as JSON lines to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The blk frontend acks INFLIGHT_SHMFD when offered (GET/SET_INFLIGHT_FD
+    /// before the rings), so a backend that supports it tracks requests in
+    /// flight: run once with and once without to see what tracking costs.
+    #[arg(long)]
+    inflight: bool,
 }
 
 /// A backend named on the command line.
@@ -174,10 +180,13 @@ fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
         return Ok(());
     }
     let mut targets = connect_all(specs, "blk", |s| {
-        let opts = BlkOptions {
+        let mut opts = BlkOptions {
             max_io: 128 * 1024,
             ..BlkOptions::default()
         };
+        if args.inflight {
+            opts.device.protocol_features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
         let mut client = BlkClient::connect(&s.socket, &opts).map_err(|e| error_chain(&e))?;
         let capacity = client.config().map_err(|e| error_chain(&e))?.capacity * SECTOR_SIZE;
         Ok((client, capacity))

@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod device;
 mod engines;
+mod inflight;
 mod io;
 mod libblkio;
 mod malformed;

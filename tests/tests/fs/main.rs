@@ -11,6 +11,7 @@ mod c_virtiofsd;
 mod cli;
 mod common;
 mod dirs;
+mod inflight;
 mod malformed;
 mod ops;
 mod pool;

@@ -14,6 +14,7 @@ use devices::vhost_user::{
     MemoryRegionInfo, MemoryTable, QueueEventProvider, QueueEvents, VhostUserConn, VhostUserDevice,
 };
 use devices::virtio_pci::VirtioPciDevice;
+use vhost::vhost_user::message::VhostUserInflight;
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vhost::{VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
@@ -78,6 +79,25 @@ impl VhostUserConn for Fake {
     fn set_mem_table(&mut self, _regions: &[VhostUserMemoryRegionInfo]) -> vhost::Result<()> {
         self.maybe_hang("SET_MEM_TABLE");
         Ok(())
+    }
+    fn get_inflight_fd(
+        &mut self,
+        _num_queues: u16,
+        _queue_size: u16,
+    ) -> vhost::Result<(VhostUserInflight, std::fs::File)> {
+        // It offers no INFLIGHT_SHMFD, as the vhost crate's frontend would say.
+        Err(vhost::Error::VhostUserProtocol(
+            vhost::vhost_user::Error::InactiveOperation(VhostUserProtocolFeatures::INFLIGHT_SHMFD),
+        ))
+    }
+    fn set_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+        _file: &std::fs::File,
+    ) -> vhost::Result<()> {
+        Err(vhost::Error::VhostUserProtocol(
+            vhost::vhost_user::Error::InactiveOperation(VhostUserProtocolFeatures::INFLIGHT_SHMFD),
+        ))
     }
     fn set_vring_num(&mut self, _queue: usize, _num: u16) -> vhost::Result<()> {
         Ok(())
