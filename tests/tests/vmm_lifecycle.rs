@@ -370,6 +370,71 @@ fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
     );
 }
 
+/// Descriptors sent with requests (`SCM_RIGHTS`) never stay in the VMM
+/// when the request does not use them: too many, sent to an endpoint
+/// that takes none, with a malformed or unfinished request, or refused
+/// by the VM. Counted in /proc/PID/fd.
+#[test]
+fn descriptors_sent_with_requests_are_closed_unless_used() {
+    let (_dir, kernel, api) = halting_setup("vmm-lifecycle-fds");
+    let mut vmm = spawn_vmm(&["--api-socket", api.to_str().unwrap()], &api);
+    let pid = vmm.pid();
+    assert_eq!(call(&api, "GET", "/api/v1/vmm.ping", None).0, 200);
+    let fds_before = fds(pid);
+    let files: Vec<std::fs::File> = (0..17)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let raw: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let send = |method: &str, path: &str, body: Option<&str>, n: usize| {
+        let bytes = http::request_bytes(method, path, body);
+        let r = http::exchange_with_fds(&api, &bytes, &raw[..n])
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (r.status, r.json_or_null().unwrap_or(Value::Null))
+    };
+    let nic = json!({"mac": "02:00:00:00:00:01"}).to_string();
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-net", Some(&nic), 17),
+        400,
+        &["more than 16 file descriptors"],
+    );
+    assert_refused(
+        send("GET", "/api/v1/vm.info", None, 3),
+        400,
+        &["vm.info takes no file descriptors"],
+    );
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-net", Some(&nic), 2),
+        404,
+        &["vm.create first"],
+    );
+    let config = json!({"payload": {"kernel": kernel}, "memory": {"size": 32u64 << 20}});
+    assert_eq!(create(&api, &config).0, 204);
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-net", Some("{\"mac\": "), 16),
+        400,
+        &["not valid JSON"],
+    );
+    let disk = json!({"vhost_user": true, "vhost_socket": "/run/x.sock"}).to_string();
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-disk", Some(&disk), 1),
+        400,
+        &["disks[].fds", "takes none"],
+    );
+    // Half a request: the server answers 408 once its time is up.
+    let half = b"PUT /api/v1/vm.add-net HTTP/1.1\r\nContent-Length: 100\r\n\r\n{";
+    let r = http::exchange_with_fds(&api, half, &raw[..4]).unwrap();
+    assert_eq!(r.status, 408, "{}", r.body);
+    assert_eq!(vu_driver::vmm::vm_info(&api)["devices"], json!([]));
+    // A connection thread may still be closing: wait for the count.
+    assert!(
+        poll_until(WAIT, || fds(pid) == fds_before),
+        "descriptors left in the VMM: {} now, {fds_before} before: {:?}",
+        fds(pid),
+        fd_targets(pid),
+    );
+    shutdown_vmm(&api, &mut vmm, WAIT, |v| v.log_contents());
+}
+
 /// The command-line form boots through the same create + boot, and its
 /// config reads back in Cloud Hypervisor's shape.
 #[test]

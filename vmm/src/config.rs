@@ -18,6 +18,7 @@
 //!   `platform`, unknown fields): accepted, listed in `vm.info`'s
 //!   `unsupported` as `"<path>: ignored"` lines.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use devices::vhost_user::DeviceKind;
@@ -625,9 +626,24 @@ fn list_key(kind: DeviceKind) -> &'static str {
 /// `vm.add-net` before `vm.boot`; Cloud Hypervisor's cold plug): `body` is
 /// checked as an entry of the `vm.create` array would be (errors name the
 /// field as `disks[N].x`), plugged after the devices of its kind, and
-/// echoed in `vm.info`'s config.
-pub fn add_device(plan: &VmPlan, kind: DeviceKind, body: &Value) -> Result<VmPlan, ConfigError> {
+/// echoed in `vm.info`'s config. `fds` came with the request; none is
+/// taken yet, so any is refused (and closed on return).
+pub fn add_device(
+    plan: &VmPlan,
+    kind: DeviceKind,
+    body: &Value,
+    fds: Vec<OwnedFd>,
+) -> Result<VmPlan, ConfigError> {
     let key = list_key(kind);
+    if !fds.is_empty() {
+        return Err(error(
+            format!("{key}[].fds"),
+            format!(
+                "{} file descriptor(s) came with the request; this device takes none",
+                fds.len()
+            ),
+        ));
+    }
     let mut plan = plan.clone();
     let n = plan
         .config

@@ -311,12 +311,13 @@ impl VmControl for Vmm {
         &self,
         kind: devices::vhost_user::DeviceKind,
         body: &serde_json::Value,
+        fds: Vec<std::os::fd::OwnedFd>,
     ) -> Result<(), ControlError> {
         let mut inner = self.lock();
         let state = match &inner.slot {
             Slot::Empty => return Err(ControlError::NotCreated("add a device")),
             Slot::Created(plan) => {
-                let plan = config::add_device(plan, kind, body)
+                let plan = config::add_device(plan, kind, body, fds)
                     .map_err(|e| ControlError::BadRequest(e.to_string()))?;
                 log::info!("{} added before boot", crate::control::api_kind(kind));
                 inner.slot = Slot::Created(Arc::new(plan));
@@ -458,19 +459,29 @@ mod tests {
         let (vmm, _runner) = Vmm::new(Instant::now());
         let disk = serde_json::json!({"vhost_user": true, "vhost_socket": "/run/b.sock"});
         let kind = devices::vhost_user::DeviceKind::Block;
-        assert_eq!(vmm.add_device(kind, &disk).unwrap_err().status(), 404);
+        assert_eq!(
+            vmm.add_device(kind, &disk, Vec::new())
+                .unwrap_err()
+                .status(),
+            404
+        );
         vmm.create_plan(plan()).unwrap();
-        vmm.add_device(kind, &disk).unwrap();
+        vmm.add_device(kind, &disk, Vec::new()).unwrap();
         let info = vmm.info().unwrap();
         assert_eq!(info.devices.last().unwrap().socket, "/run/b.sock");
         assert_eq!(info.config["disks"].as_array().unwrap().last(), Some(&disk));
         let bad = vmm
-            .add_device(kind, &serde_json::json!({"vhost_user": true}))
+            .add_device(kind, &serde_json::json!({"vhost_user": true}), Vec::new())
             .unwrap_err();
         assert_eq!(bad.status(), 400);
         assert!(bad.to_string().contains("vhost_socket"), "{bad}");
         vmm.set(Slot::Booting(Arc::new(plan())));
-        assert_eq!(vmm.add_device(kind, &disk).unwrap_err().status(), 409);
+        assert_eq!(
+            vmm.add_device(kind, &disk, Vec::new())
+                .unwrap_err()
+                .status(),
+            409
+        );
     }
 
     #[test]

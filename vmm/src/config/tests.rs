@@ -448,9 +448,9 @@ fn devices_added_before_boot_join_the_plan_in_plug_order() {
     }))
     .unwrap();
     let disk = json!({"vhost_user": true, "vhost_socket": "/run/b.sock", "num_queues": 2});
-    let plan = add_device(&plan, DeviceKind::Block, &disk).unwrap();
+    let plan = add_device(&plan, DeviceKind::Block, &disk, Vec::new()).unwrap();
     let fs = json!({"tag": "kataShared", "socket": "/run/fs.sock"});
-    let plan = add_device(&plan, DeviceKind::Fs, &fs).unwrap();
+    let plan = add_device(&plan, DeviceKind::Fs, &fs, Vec::new()).unwrap();
     let order: Vec<_> = plan
         .config
         .devices
@@ -464,9 +464,15 @@ fn devices_added_before_boot_join_the_plan_in_plug_order() {
     assert_eq!(plan.echo["disks"][1], disk);
     assert_eq!(plan.echo["fs"], json!([fs]));
     // Checked as a vm.create entry would be, the field named by its place.
-    let e = add_device(&plan, DeviceKind::Block, &json!({"vhost_user": true})).unwrap_err();
+    let e = add_device(
+        &plan,
+        DeviceKind::Block,
+        &json!({"vhost_user": true}),
+        Vec::new(),
+    )
+    .unwrap_err();
     assert_eq!(e.field, "disks[2].vhost_socket", "{e}");
-    let e = add_device(&plan, DeviceKind::Net, &json!({"tap": "tap0"})).unwrap_err();
+    let e = add_device(&plan, DeviceKind::Net, &json!({"tap": "tap0"}), Vec::new()).unwrap_err();
     assert_eq!(e.field, "net[1].tap", "{e}");
 }
 
