@@ -373,7 +373,8 @@ fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
 /// Descriptors sent with requests (`SCM_RIGHTS`) never stay in the VMM
 /// when the request does not use them: too many, sent to an endpoint
 /// that takes none, with a malformed or unfinished request, or refused
-/// by the VM. Counted in /proc/PID/fd.
+/// by the VM (a NIC's descriptors that are not tap queues). Counted in
+/// /proc/PID/fd.
 #[test]
 fn descriptors_sent_with_requests_are_closed_unless_used() {
     let (_dir, kernel, api) = halting_setup("vmm-lifecycle-fds");
@@ -418,7 +419,12 @@ fn descriptors_sent_with_requests_are_closed_unless_used() {
     assert_refused(
         send("PUT", "/api/v1/vm.add-disk", Some(&disk), 1),
         400,
-        &["disks[].fds", "takes none"],
+        &["disks[0].fds", "takes none"],
+    );
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-net", Some(&nic), 2),
+        400,
+        &["net[0].fds", "not a tap queue"],
     );
     // Half a request: the server answers 408 once its time is up.
     let half = b"PUT /api/v1/vm.add-net HTTP/1.1\r\nContent-Length: 100\r\n\r\n{";

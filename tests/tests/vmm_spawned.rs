@@ -216,3 +216,135 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
     let all = vmm.log_contents();
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
 }
+
+/// A NIC as Kata's `clh.go` adds it: the test opens a queue of a tap in a
+/// network namespace of its own and sends the descriptor with
+/// `vm.add-net` (SCM_RIGHTS; the body is `chclient.NewNetConfig()`'s
+/// defaults and the MAC) before `vm.boot`. The VMM, in the host's
+/// namespace, runs vhost-net-daemon on that queue (`--tap-fd 4`) and the
+/// guest's frame comes out of the tap; `vm.delete` stops the daemon and
+/// closes the VMM's copy of the queue.
+#[test]
+fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
+    use std::os::fd::AsRawFd;
+    use vu_driver::fw_devices::{mac_bytes, ETHER_TYPE, FRAME_WAIT, MAC, NET_PAYLOAD, TAP};
+    use vu_driver::netns::NetNs;
+    use vu_driver::process::fd_count;
+
+    let dir = TempDir::new("vmm-spawned-net").unwrap();
+    let ns = NetNs::new("vspn").unwrap_or_else(|e| panic!("{e}"));
+    ns.disable_ipv6().unwrap_or_else(|e| panic!("{e}"));
+    ns.add_tap(TAP, false, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let packets = ns.packet_socket(TAP).unwrap_or_else(|e| panic!("{e}"));
+    let queue = vu_driver::tap::open_queue(&ns, TAP, vu_driver::tap::QUEUE_FLAGS)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut vmm = vu_driver::vmm::spawn_vmm(
+        ["--api-socket".as_ref(), api.as_os_str()],
+        &api,
+        &["control API on"],
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        vu_driver::http::call(&api, method, path, body)
+    };
+    let config = serde_json::json!({
+        "payload": {"kernel": guest, "cmdline": "console=ttyS0 wait-power-button"},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+        "memory": {"size": 64u64 << 20, "shared": true},
+        "serial": {"mode": "File", "file": console},
+    });
+    let (status, reply) = call("PUT", "/api/v1/vm.create", Some(&config.to_string()));
+    assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
+    let fds_before = fd_count(vmm.pid()).unwrap();
+    let nic = serde_json::json!({
+        "mac": MAC, "ip": "192.168.249.1", "mask": "255.255.255.0",
+        "num_queues": 2, "queue_size": 256, "vhost_user": false,
+        "vhost_mode": "Client", "iommu": false,
+    });
+    let bytes = vu_driver::http::request_bytes("PUT", "/api/v1/vm.add-net", Some(&nic.to_string()));
+    let r = vu_driver::http::exchange_with_fds(&api, &bytes, &[queue.as_raw_fd()]).unwrap();
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vmm.log_contents());
+    // The VMM keeps the queue (for the daemon's restarts); ours goes.
+    drop(queue);
+    assert!(
+        poll_until(WAIT, || fd_count(vmm.pid()).unwrap() == fds_before + 1),
+        "{:?}",
+        vu_driver::process::fd_targets(vmm.pid())
+    );
+    let info = vm_info(&api);
+    assert_eq!(info["devices"][0]["kind"], "net", "{info}");
+    assert_eq!(
+        info["unsupported"],
+        serde_json::json!([
+            "net[0].ip: ignored (the tap queues came configured)",
+            "net[0].mask: ignored (the tap queues came configured)",
+        ]),
+        "{info}"
+    );
+    assert!(children_running(vmm.pid(), "").is_empty());
+
+    let (status, reply) = call("PUT", "/api/v1/vm.boot", None);
+    assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
+    let daemons = children_running(vmm.pid(), "vhost-net-daemon");
+    assert_eq!(daemons.len(), 1, "{}", vmm.log_contents());
+    let cmdline = command_line(daemons[0]);
+    assert!(
+        cmdline.contains("--tap-fd 4") && cmdline.contains(&format!("--mac {MAC}")),
+        "{cmdline}"
+    );
+    let show = || {
+        format!(
+            "--- serial\n{}\n--- vmm\n{}",
+            serial(&console),
+            vmm.log_contents()
+        )
+    };
+    assert!(
+        poll_until(TIMEOUT, || serial(&console)
+            .contains("waiting for the power button")),
+        "{}",
+        show()
+    );
+    let out = serial(&console);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("net: "))
+        .unwrap_or_else(|| panic!("no net line\n{}", show()));
+    assert!(
+        line.starts_with(&format!("net: mac {MAC}; sent a frame")),
+        "{line}\n{}",
+        show()
+    );
+    let frame = packets
+        .recv_matching(FRAME_WAIT, |f| f.len() >= 14 && f[12..14] == ETHER_TYPE)
+        .unwrap_or_else(|e| panic!("reading {TAP}: {e}"))
+        .unwrap_or_else(|| panic!("no frame with EtherType 0x88b5 on {TAP}\n{}", show()));
+    assert_eq!(frame[6..12], mac_bytes()[..], "source of {frame:02x?}");
+    assert_eq!(frame[14..14 + NET_PAYLOAD.len()], *NET_PAYLOAD);
+    let info = vm_info(&api);
+    assert_eq!(info["devices"][0]["backend_state"], "connected", "{info}");
+    let socket = PathBuf::from(info["devices"][0]["socket"].as_str().unwrap_or_default());
+    assert!(socket.is_absolute(), "{info}");
+
+    // vm.delete: the daemon stops, its socket goes, the queue is closed.
+    let (status, reply) = call("PUT", "/api/v1/vm.delete", None);
+    assert_eq!(status, 204, "{reply}");
+    assert!(
+        poll_until(WAIT, || !alive(daemons[0])),
+        "the daemon outlived vm.delete"
+    );
+    assert!(!socket.exists());
+    assert!(
+        poll_until(WAIT, || fd_count(vmm.pid()).unwrap() == fds_before),
+        "{:?}",
+        vu_driver::process::fd_targets(vmm.pid())
+    );
+    let all = vmm.log_contents();
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+}
