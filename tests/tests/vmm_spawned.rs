@@ -226,20 +226,11 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
 /// closes the VMM's copy of the queue.
 #[test]
 fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
-    use std::os::fd::AsRawFd;
-    use vu_driver::fw_devices::{mac_bytes, ETHER_TYPE, FRAME_WAIT, MAC, NET_PAYLOAD, TAP};
-    use vu_driver::netns::NetNs;
+    use vu_driver::fw_devices::{add_net_with_queue, assert_guest_frame, tap_queue, MAC};
     use vu_driver::process::fd_count;
 
     let dir = TempDir::new("vmm-spawned-net").unwrap();
-    let ns = NetNs::new("vspn").unwrap_or_else(|e| panic!("{e}"));
-    ns.disable_ipv6().unwrap_or_else(|e| panic!("{e}"));
-    ns.add_tap(TAP, false, None)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let packets = ns.packet_socket(TAP).unwrap_or_else(|e| panic!("{e}"));
-    let queue = vu_driver::tap::open_queue(&ns, TAP, vu_driver::tap::QUEUE_FLAGS)
-        .unwrap_or_else(|e| panic!("{e}"));
-
+    let tap = tap_queue("vspn");
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
     let mut vmm = vu_driver::vmm::spawn_vmm(
@@ -262,16 +253,10 @@ fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
     let (status, reply) = call("PUT", "/api/v1/vm.create", Some(&config.to_string()));
     assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
     let fds_before = fd_count(vmm.pid()).unwrap();
-    let nic = serde_json::json!({
-        "mac": MAC, "ip": "192.168.249.1", "mask": "255.255.255.0",
-        "num_queues": 2, "queue_size": 256, "vhost_user": false,
-        "vhost_mode": "Client", "iommu": false,
-    });
-    let bytes = vu_driver::http::request_bytes("PUT", "/api/v1/vm.add-net", Some(&nic.to_string()));
-    let r = vu_driver::http::exchange_with_fds(&api, &bytes, &[queue.as_raw_fd()]).unwrap();
-    assert_eq!(r.status, 204, "{}\n{}", r.body, vmm.log_contents());
+    let (status, body) = add_net_with_queue(&api, &tap.queue);
+    assert_eq!(status, 204, "{body}\n{}", vmm.log_contents());
     // The VMM keeps the queue (for the daemon's restarts); ours goes.
-    drop(queue);
+    drop(tap.queue);
     assert!(
         poll_until(WAIT, || fd_count(vmm.pid()).unwrap() == fds_before + 1),
         "{:?}",
@@ -321,12 +306,7 @@ fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
         "{line}\n{}",
         show()
     );
-    let frame = packets
-        .recv_matching(FRAME_WAIT, |f| f.len() >= 14 && f[12..14] == ETHER_TYPE)
-        .unwrap_or_else(|e| panic!("reading {TAP}: {e}"))
-        .unwrap_or_else(|| panic!("no frame with EtherType 0x88b5 on {TAP}\n{}", show()));
-    assert_eq!(frame[6..12], mac_bytes()[..], "source of {frame:02x?}");
-    assert_eq!(frame[14..14 + NET_PAYLOAD.len()], *NET_PAYLOAD);
+    assert_guest_frame(&tap.packets, &tap.ns, &show());
     let info = vm_info(&api);
     assert_eq!(info["devices"][0]["backend_state"], "connected", "{info}");
     let socket = PathBuf::from(info["devices"][0]["socket"].as_str().unwrap_or_default());
