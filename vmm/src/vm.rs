@@ -49,6 +49,8 @@ pub enum VmExit {
     Reset,
     /// Stopped through the control API (`vm.shutdown` or `vmm.shutdown`).
     Stopped,
+    /// `vm.reboot`: the lifecycle builds the VM again from its config.
+    Reboot,
 }
 
 /// Errors of [`Vm`]; each names the step that failed.
@@ -531,6 +533,11 @@ impl Vm {
                     log::info!("vmm.shutdown");
                     break;
                 }
+                Ok(VmEvent::Reboot) => {
+                    // Whatever ended the guest before, it starts again.
+                    ended = Some(Ok(VmExit::Reboot));
+                    break;
+                }
                 Ok(VmEvent::PowerOff) => Ok(VmExit::PowerOff),
                 Ok(VmEvent::Reset) => Ok(VmExit::Reset),
                 Ok(VmEvent::Error(line)) => Err(VmError::Guest(line)),
@@ -593,5 +600,6 @@ pub fn exit_name(exit: VmExit) -> &'static str {
         VmExit::PowerOff => "powered off",
         VmExit::Reset => "reset",
         VmExit::Stopped => "stopped through the API",
+        VmExit::Reboot => "rebooted through the API",
     }
 }

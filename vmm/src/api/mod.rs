@@ -12,6 +12,7 @@
 //! | PUT | `/api/v1/vm.pause` | 204 | |
 //! | PUT | `/api/v1/vm.resume` | 204 | |
 //! | PUT | `/api/v1/vm.shutdown` | 204 | |
+//! | PUT | `/api/v1/vm.reboot` | 204, once the VM built again runs | |
 //! | PUT | `/api/v1/vm.power-button` | 204 | |
 //! | PUT | `/api/v1/vm.add-disk`, `vm.add-fs`, `vm.add-net` | 204 (before `vm.boot`) | an entry of `vm.create`'s `disks`, `fs`, `net`; `vm.add-net` with tap fds |
 //! | PUT | `/api/v1/vmm.shutdown` | 204, then the connection closes | |
@@ -38,6 +39,7 @@
 //! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.resume
 //! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.power-button
 //! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.shutdown
+//! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.reboot
 //! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vmm.shutdown
 //! ```
 //!
@@ -304,6 +306,12 @@ pub trait VmControl: Send + Sync {
     fn resume(&self) -> Result<(), ControlError>;
     /// Stop the guest (`vm.shutdown`).
     fn shutdown(&self) -> Result<(), ControlError>;
+    /// Restart the guest from its kernel with every device reset
+    /// (`vm.reboot`): the VM is built again from its config; returns once
+    /// the new one runs.
+    fn reboot(&self) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported("vm.reboot"))
+    }
     /// Send an ACPI power-button event (`vm.power-button`).
     fn power_button(&self) -> Result<(), ControlError>;
     /// Ask the VMM process to exit (`vmm.shutdown`); see the module docs.

@@ -22,6 +22,7 @@ enum Endpoint {
     VmPause,
     VmResume,
     VmShutdown,
+    VmReboot,
     VmPowerButton,
     VmAdd(DeviceKind),
 }
@@ -38,6 +39,7 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("/api/v1/vm.pause", "PUT", Endpoint::VmPause),
     ("/api/v1/vm.resume", "PUT", Endpoint::VmResume),
     ("/api/v1/vm.shutdown", "PUT", Endpoint::VmShutdown),
+    ("/api/v1/vm.reboot", "PUT", Endpoint::VmReboot),
     ("/api/v1/vm.power-button", "PUT", Endpoint::VmPowerButton),
     (
         "/api/v1/vm.add-disk",
@@ -136,6 +138,7 @@ pub fn handle(req: &Request, fds: Vec<OwnedFd>, ctl: &dyn VmControl) -> Reply {
         Endpoint::VmPause => action(ctl.pause()).into(),
         Endpoint::VmResume => action(ctl.resume()).into(),
         Endpoint::VmShutdown => action(ctl.shutdown()).into(),
+        Endpoint::VmReboot => action(ctl.reboot()).into(),
         Endpoint::VmPowerButton => action(ctl.power_button()).into(),
         Endpoint::VmmShutdown => {
             let result = ctl.vmm_shutdown();
@@ -478,6 +481,10 @@ pub(super) mod tests {
         assert_eq!(code, 500);
         assert_eq!(err["error"], "power button failed: KVM_IRQ_LINE: EINVAL");
         assert_eq!(ControlError::Unsupported("snapshot").status(), 501);
+        // A VM that cannot reboot says so.
+        let (code, err, _) = call(&vm, "PUT", "/api/v1/vm.reboot", b"");
+        assert_eq!(code, 501);
+        assert_eq!(err["error"], "vm.reboot is not supported by this VM");
     }
 
     #[test]
@@ -501,6 +508,7 @@ pub(super) mod tests {
         assert_eq!(code, 405);
         assert_eq!(reply.response.headers, [("Allow", "PUT".to_string())]);
         assert_eq!(call(&vm, "DELETE", "/api/v1/vm.pause", b"").0, 405);
+        assert_eq!(call(&vm, "GET", "/api/v1/vm.reboot", b"").0, 405);
         assert_eq!(call(&vm, "HEAD", "/api/v1/vmm.ping", b"").0, 405);
         assert!(vm.calls.lock().unwrap().is_empty());
     }
