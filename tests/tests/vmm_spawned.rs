@@ -328,3 +328,36 @@ fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
     let all = vmm.log_contents();
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
 }
+
+/// `--net tap=NAME,mac=MAC` on the command line, Cloud Hypervisor's form:
+/// the VMM (run in the tap's network namespace) starts vhost-net-daemon
+/// on that tap itself, the guest's frame comes out of the tap, and the
+/// daemon stops with the VMM.
+#[test]
+fn a_nic_on_a_named_tap_gets_a_daemon_the_vmm_runs() {
+    use vu_driver::fw_devices::{assert_guest_frame, line, tap_queue, MAC, TAP};
+
+    let tap = tap_queue("vsptn");
+    // The daemon attaches to the tap by name; the test's queue goes.
+    drop(tap.queue);
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let vmm = vu_driver::ours::project_binary("vmm").unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = tap.ns.command(&vmm);
+    cmd.arg("--kernel")
+        .arg(&guest)
+        .args(["--memory", "size=64M", "--serial", "stdio", "--net"])
+        .arg(format!("tap={TAP},mac={MAC}"));
+    vu_driver::process::without_systemd_env(&mut cmd);
+    let run = vu_driver::process::run_bounded(&mut cmd, TIMEOUT).unwrap();
+    let all = show_run(&run);
+    assert_eq!(run.code(), Some(0), "{all}");
+    let l = line(&run, "net: ").unwrap_or_else(|| panic!("no net line\n{all}"));
+    assert!(
+        l.starts_with(&format!("net: mac {MAC}; sent a frame")),
+        "{l}\n{all}"
+    );
+    assert_guest_frame(&tap.packets, &tap.ns, &all);
+    // Started by the VMM, stopped (cleanly) with it.
+    assert!(all.contains("net0: started vhost-net-daemon"), "{all}");
+    assert!(all.contains("stopped (TX 1 frames"), "{all}");
+}
