@@ -725,6 +725,31 @@ mod fds {
         assert!(all_closed(&reads, WAIT));
     }
 
+    /// Kata's `vmAddNetPutRequest`: one connection, one `vm.add-net` per
+    /// NIC, each written with its own queues in one `sendmsg`.
+    #[test]
+    fn nics_added_on_one_connection_each_get_their_own_descriptors() {
+        let (server, mut c) = Server::quick_client();
+        let (first, writes) = pipes(1);
+        assert_eq!(
+            c.request_with_fds("PUT", "/api/v1/vm.add-net", NIC, writes)
+                .status,
+            204
+        );
+        assert_eq!(server.vm.kept.lock().unwrap().len(), 1);
+        let (second, writes) = pipes(2);
+        assert_eq!(
+            c.request_with_fds("PUT", "/api/v1/vm.add-net", NIC, writes)
+                .status,
+            204
+        );
+        assert_eq!(server.vm.kept.lock().unwrap().len(), 3);
+        // A request without any on the same connection gets none.
+        assert_eq!(c.request("PUT", "/api/v1/vm.add-net", NIC).status, 204);
+        assert_eq!(server.vm.kept.lock().unwrap().len(), 3);
+        assert!(none_closed(&first) && none_closed(&second));
+    }
+
     #[test]
     fn more_than_sixteen_is_a_400_naming_the_limit_and_all_are_closed() {
         let (server, mut c) = Server::quick_client();
