@@ -66,7 +66,7 @@ impl VmControl for FakeVm {
             config: plan.echo.clone(),
             memory_actual_size: plan.config.memory.size,
             unsupported: plan.unsupported.clone(),
-            cpus: plan.config.cpus,
+            cpus: plan.config.cpus.boot,
             memory: MemoryInfo {
                 size: plan.config.memory.size,
             },
@@ -141,7 +141,7 @@ fuzz_target!(|data: &[u8]| {
             match decoder.decode() {
                 Ok(Decoded::Request(req)) => {
                     assert!(req.body.len() <= LIMITS.max_body);
-                    let reply = handle(&req, &vm);
+                    let reply = handle(&req, Vec::new(), &vm);
                     let keep_alive = req.keep_alive && !reply.close;
                     let head_only = req.method == "HEAD";
                     let bytes = reply.response.to_bytes(keep_alive, head_only);

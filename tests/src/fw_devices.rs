@@ -6,6 +6,7 @@
 //! on the tap) are checked.
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -181,10 +182,16 @@ pub fn assert_net(run: &Finished, n: &Net, msix: bool, daemons: &[&Daemon]) {
             },
         "{l:?}\n{all}"
     );
-    let frame = n
-        .packets
+    assert_guest_frame(&n.packets, &n.ns, &all);
+}
+
+/// Waits for the guest's frame on [`TAP`] in `ns`: broadcast from [`MAC`]
+/// with EtherType 0x88b5 and [`NET_PAYLOAD`], padded to 60 bytes. `all`
+/// says what ran, for a failure.
+pub fn assert_guest_frame(packets: &PacketSocket, ns: &NetNs, all: &str) {
+    let frame = packets
         .recv_matching(FRAME_WAIT, |f| f.len() >= 14 && f[12..14] == ETHER_TYPE)
-        .unwrap_or_else(|e| panic!("reading {TAP} in {}: {e}", n.ns.name()))
+        .unwrap_or_else(|e| panic!("reading {TAP} in {}: {e}", ns.name()))
         .unwrap_or_else(|| panic!("no frame with EtherType 0x88b5 on {TAP}\n{all}"));
     assert_eq!(frame[..6], [0xff; 6], "destination of {frame:02x?}");
     assert_eq!(frame[6..12], mac_bytes()[..], "source of {frame:02x?}");
@@ -198,4 +205,42 @@ pub fn assert_net(run: &Finished, n: &Net, msix: bool, daemons: &[&Daemon]) {
         60,
         "padded to the Ethernet minimum: {frame:02x?}"
     );
+}
+
+/// [`TAP`] in a network namespace of its own (named after `prefix`), a
+/// packet socket on it, and one queue opened as Kata opens it for a VMM
+/// (IFF_VNET_HDR | IFF_NO_PI), to send with `vm.add-net`.
+pub struct TapQueue {
+    pub ns: NetNs,
+    pub packets: PacketSocket,
+    pub queue: OwnedFd,
+}
+
+/// See [`TapQueue`].
+pub fn tap_queue(prefix: &str) -> TapQueue {
+    let ns = NetNs::new(prefix).unwrap_or_else(|e| panic!("{e}"));
+    ns.disable_ipv6().unwrap_or_else(|e| panic!("{e}"));
+    ns.add_tap(TAP, false, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Open before the guest runs: frames queue up in the socket meanwhile.
+    let packets = ns.packet_socket(TAP).unwrap_or_else(|e| panic!("{e}"));
+    let queue =
+        crate::tap::open_queue(&ns, TAP, crate::tap::QUEUE_FLAGS).unwrap_or_else(|e| panic!("{e}"));
+    TapQueue { ns, packets, queue }
+}
+
+/// `vm.add-net` as Kata's `clh.go` sends it: `chclient.NewNetConfig()`'s
+/// defaults and [`MAC`] as the body, `queue` with it (SCM_RIGHTS). The
+/// status and body.
+pub fn add_net_with_queue(api: &std::path::Path, queue: &OwnedFd) -> (u16, String) {
+    use std::os::fd::AsRawFd;
+    let nic = serde_json::json!({
+        "mac": MAC, "ip": "192.168.249.1", "mask": "255.255.255.0",
+        "num_queues": 2, "queue_size": 256, "vhost_user": false,
+        "vhost_mode": "Client", "iommu": false,
+    });
+    let bytes = crate::http::request_bytes("PUT", "/api/v1/vm.add-net", Some(&nic.to_string()));
+    let r = crate::http::exchange_with_fds(api, &bytes, &[queue.as_raw_fd()])
+        .unwrap_or_else(|e| panic!("vm.add-net: {e}"));
+    (r.status, r.body)
 }

@@ -3,6 +3,7 @@
 //! the whole response read until the server closes.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -101,13 +102,35 @@ pub fn exchange(socket: &Path, raw: &[u8]) -> Result<Response, HttpError> {
     parse(&String::from_utf8_lossy(&bytes))
 }
 
-/// `METHOD path` with an optional JSON body.
-pub fn request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Result<Response, HttpError> {
+/// [`exchange`] with `fds` sent along with the request's bytes, in one
+/// message (`SCM_RIGHTS`), as Kata's `clh.go` sends tap queues with
+/// `vm.add-net`. The caller keeps its copies.
+pub fn exchange_with_fds(socket: &Path, raw: &[u8], fds: &[RawFd]) -> Result<Response, HttpError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut stream = UnixStream::connect(socket).map_err(|source| HttpError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[io::IoSlice::new(raw)],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(io::Error::from)?;
+    stream.write_all(&raw[sent..])?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes)?;
+    parse(&String::from_utf8_lossy(&bytes))
+}
+
+/// The bytes of `METHOD path` with an optional JSON body, on a
+/// connection that closes after it.
+pub fn request_bytes(method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
     let body = body.unwrap_or("");
     let mut raw = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAccept: application/json\r\n"
@@ -120,7 +143,17 @@ pub fn request(
     }
     raw.push_str("\r\n");
     raw.push_str(body);
-    exchange(socket, raw.as_bytes())
+    raw.into_bytes()
+}
+
+/// `METHOD path` with an optional JSON body.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<Response, HttpError> {
+    exchange(socket, &request_bytes(method, path, body))
 }
 
 /// `GET path`.

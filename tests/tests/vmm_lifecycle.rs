@@ -370,6 +370,77 @@ fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
     );
 }
 
+/// Descriptors sent with requests (`SCM_RIGHTS`) never stay in the VMM
+/// when the request does not use them: too many, sent to an endpoint
+/// that takes none, with a malformed or unfinished request, or refused
+/// by the VM (a NIC's descriptors that are not tap queues). Counted in
+/// /proc/PID/fd.
+#[test]
+fn descriptors_sent_with_requests_are_closed_unless_used() {
+    let (_dir, kernel, api) = halting_setup("vmm-lifecycle-fds");
+    let mut vmm = spawn_vmm(&["--api-socket", api.to_str().unwrap()], &api);
+    let pid = vmm.pid();
+    assert_eq!(call(&api, "GET", "/api/v1/vmm.ping", None).0, 200);
+    let fds_before = fds(pid);
+    let files: Vec<std::fs::File> = (0..17)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let raw: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let send = |method: &str, path: &str, body: Option<&str>, n: usize| {
+        let bytes = http::request_bytes(method, path, body);
+        let r = http::exchange_with_fds(&api, &bytes, &raw[..n])
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (r.status, r.json_or_null().unwrap_or(Value::Null))
+    };
+    let nic = json!({"mac": "02:00:00:00:00:01"}).to_string();
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-net", Some(&nic), 17),
+        400,
+        &["more than 16 file descriptors"],
+    );
+    assert_refused(
+        send("GET", "/api/v1/vm.info", None, 3),
+        400,
+        &["vm.info takes no file descriptors"],
+    );
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-net", Some(&nic), 2),
+        404,
+        &["vm.create first"],
+    );
+    let config = json!({"payload": {"kernel": kernel}, "memory": {"size": 32u64 << 20}});
+    assert_eq!(create(&api, &config).0, 204);
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-net", Some("{\"mac\": "), 16),
+        400,
+        &["not valid JSON"],
+    );
+    let disk = json!({"vhost_user": true, "vhost_socket": "/run/x.sock"}).to_string();
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-disk", Some(&disk), 1),
+        400,
+        &["disks[0].fds", "takes none"],
+    );
+    assert_refused(
+        send("PUT", "/api/v1/vm.add-net", Some(&nic), 2),
+        400,
+        &["net[0].fds", "not a tap queue"],
+    );
+    // Half a request: the server answers 408 once its time is up.
+    let half = b"PUT /api/v1/vm.add-net HTTP/1.1\r\nContent-Length: 100\r\n\r\n{";
+    let r = http::exchange_with_fds(&api, half, &raw[..4]).unwrap();
+    assert_eq!(r.status, 408, "{}", r.body);
+    assert_eq!(vu_driver::vmm::vm_info(&api)["devices"], json!([]));
+    // A connection thread may still be closing: wait for the count.
+    assert!(
+        poll_until(WAIT, || fds(pid) == fds_before),
+        "descriptors left in the VMM: {} now, {fds_before} before: {:?}",
+        fds(pid),
+        fd_targets(pid),
+    );
+    shutdown_vmm(&api, &mut vmm, WAIT, |v| v.log_contents());
+}
+
 /// The command-line form boots through the same create + boot, and its
 /// config reads back in Cloud Hypervisor's shape.
 #[test]
@@ -411,4 +482,119 @@ fn the_command_line_vm_reports_its_config_in_ch_shape() {
     assert_refused(create(&api, &info["config"]), 409, &["already created"]);
     shutdown_vmm(&api, &mut vmm, WAIT, Daemon::log_contents);
     assert!(!api.exists());
+}
+
+/// `vm.reboot` as Cloud Hypervisor's OpenAPI document has it: the guest
+/// restarts from its kernel and its devices are set up again. A disk
+/// whose vhost-blk-daemon the test runs (the same backend across the
+/// reboot: it sees a disconnect and a new frontend setting up its rings)
+/// and a NIC on a tap queue sent with `vm.add-net` (its vhost-net-daemon,
+/// run by the VMM, is started again on the same queue): after the
+/// reboot the guest writes sector 8 again (the test zeroed it) and sends
+/// its frame again. Refused before vm.create (404), while Created and
+/// after vm.shutdown (409).
+#[test]
+fn vm_reboot_restarts_the_guest_with_its_devices_set_up_again() {
+    use vu_driver::fw_devices::{add_net_with_queue, assert_guest_frame, sector8_expected};
+    use vu_driver::process::children_running;
+
+    let dir = TempDir::new("vmm-lifecycle-reboot").unwrap();
+    let b = fw_devices::blk(&dir);
+    let tap = fw_devices::tap_queue("vrbt");
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let api = dir.join("api.sock");
+    let console_file = dir.join("console.txt");
+    let mut vmm = spawn_vmm(&["--api-socket", api.to_str().unwrap()], &api);
+    let show = |vmm: &Daemon| {
+        format!(
+            "--- serial\n{}\n--- vmm\n{}\n--- blk daemon\n{}",
+            console(&console_file),
+            vmm.log_contents(),
+            b.daemon.log_contents()
+        )
+    };
+    assert_refused(
+        put(&api, "/api/v1/vm.reboot"),
+        404,
+        &["reboot", "vm.create"],
+    );
+    let config = json!({
+        "payload": {"kernel": guest, "cmdline": "console=ttyS0 wait-power-button"},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+        "memory": {"size": 64u64 << 20, "shared": true},
+        "serial": {"mode": "File", "file": console_file},
+        "disks": [{"vhost_user": true, "vhost_socket": b.socket}],
+    });
+    assert_eq!(create(&api, &config).0, 204, "{}", show(&vmm));
+    let (status, body) = add_net_with_queue(&api, &tap.queue);
+    assert_eq!(status, 204, "{body}");
+    assert_refused(put(&api, "/api/v1/vm.reboot"), 409, &["reboot", "Created"]);
+    assert_eq!(put(&api, "/api/v1/vm.boot").0, 204, "{}", show(&vmm));
+
+    // Each boot: the guest's disk and NIC lines, sector 8 written, the
+    // frame on the tap.
+    let sector8 = || std::fs::read(&b.image).unwrap()[8 * 512..9 * 512].to_vec();
+    let booted = |vmm: &Daemon, round: &str| {
+        assert!(
+            poll_until(BOOT_TIMEOUT, || console(&console_file).contains(WAITING)),
+            "{round}: the guest did not come up\n{}",
+            show(vmm)
+        );
+        let out = console(&console_file);
+        let has = |prefix: &str| out.lines().any(|l| l.starts_with(prefix));
+        assert!(
+            has("blk: capacity") && out.contains("wrote and read back sector 8: ok"),
+            "{round}\n{}",
+            show(vmm)
+        );
+        assert!(
+            has(&format!("net: mac {}; sent a frame", fw_devices::MAC)),
+            "{round}\n{}",
+            show(vmm)
+        );
+        assert_eq!(
+            sector8(),
+            sector8_expected(),
+            "{round}: sector 8\n{}",
+            show(vmm)
+        );
+        assert_guest_frame(&tap.packets, &tap.ns, &show(vmm));
+    };
+    booted(&vmm, "first boot");
+    let net_daemons = children_running(vmm.pid(), "vhost-net-daemon");
+    assert_eq!(net_daemons.len(), 1, "{}", show(&vmm));
+
+    // The host forgets what the guest wrote; the reboot answers once the
+    // new VM runs (its console file started anew).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&b.image)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[0; 512], 8 * 512))
+        .unwrap();
+    assert_eq!(put(&api, "/api/v1/vm.reboot").0, 204, "{}", show(&vmm));
+    let (status, info) = call(&api, "GET", "/api/v1/vm.info", None);
+    assert_eq!((status, &info["state"]), (200, &json!("Running")), "{info}");
+    booted(&vmm, "after vm.reboot");
+    let now = children_running(vmm.pid(), "vhost-net-daemon");
+    assert_eq!(now.len(), 1, "{now:?}\n{}", show(&vmm));
+    assert_ne!(now, net_daemons, "the NIC's daemon was not started again");
+    assert!(vmm.log_contents().contains("vm.reboot"), "{}", show(&vmm));
+    let info = vu_driver::vmm::vm_info(&api);
+    for d in info["devices"].as_array().unwrap() {
+        assert_eq!(d["backend_state"], "connected", "{info}");
+    }
+
+    assert_eq!(put(&api, "/api/v1/vm.shutdown").0, 204);
+    assert_refused(put(&api, "/api/v1/vm.reboot"), 409, &["reboot", "Shutdown"]);
+    let all = show(&vmm);
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+    let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists();
+    assert!(
+        poll_until(WAIT, || gone(now[0])),
+        "the NIC's daemon outlived the VMM"
+    );
+    assert!(
+        gone(net_daemons[0]),
+        "the first NIC daemon outlived the reboot"
+    );
 }

@@ -216,3 +216,148 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
     let all = vmm.log_contents();
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
 }
+
+/// A NIC as Kata's `clh.go` adds it: the test opens a queue of a tap in a
+/// network namespace of its own and sends the descriptor with
+/// `vm.add-net` (SCM_RIGHTS; the body is `chclient.NewNetConfig()`'s
+/// defaults and the MAC) before `vm.boot`. The VMM, in the host's
+/// namespace, runs vhost-net-daemon on that queue (`--tap-fd 4`) and the
+/// guest's frame comes out of the tap; `vm.delete` stops the daemon and
+/// closes the VMM's copy of the queue.
+#[test]
+fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
+    use vu_driver::fw_devices::{add_net_with_queue, assert_guest_frame, tap_queue, MAC};
+    use vu_driver::process::fd_count;
+
+    let dir = TempDir::new("vmm-spawned-net").unwrap();
+    let tap = tap_queue("vspn");
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let mut vmm = vu_driver::vmm::spawn_vmm(
+        ["--api-socket".as_ref(), api.as_os_str()],
+        &api,
+        &["control API on"],
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        vu_driver::http::call(&api, method, path, body)
+    };
+    let config = serde_json::json!({
+        "payload": {"kernel": guest, "cmdline": "console=ttyS0 wait-power-button"},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
+        "memory": {"size": 64u64 << 20, "shared": true},
+        "serial": {"mode": "File", "file": console},
+    });
+    let (status, reply) = call("PUT", "/api/v1/vm.create", Some(&config.to_string()));
+    assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
+    let fds_before = fd_count(vmm.pid()).unwrap();
+    let (status, body) = add_net_with_queue(&api, &tap.queue);
+    assert_eq!(status, 204, "{body}\n{}", vmm.log_contents());
+    // The VMM keeps the queue (for the daemon's restarts); ours goes.
+    drop(tap.queue);
+    assert!(
+        poll_until(WAIT, || fd_count(vmm.pid()).unwrap() == fds_before + 1),
+        "{:?}",
+        vu_driver::process::fd_targets(vmm.pid())
+    );
+    let info = vm_info(&api);
+    assert_eq!(info["devices"][0]["kind"], "net", "{info}");
+    assert_eq!(
+        info["unsupported"],
+        serde_json::json!([
+            "net[0].ip: ignored (the tap queues came configured)",
+            "net[0].mask: ignored (the tap queues came configured)",
+        ]),
+        "{info}"
+    );
+    assert!(children_running(vmm.pid(), "").is_empty());
+
+    let (status, reply) = call("PUT", "/api/v1/vm.boot", None);
+    assert_eq!(status, 204, "{reply}\n{}", vmm.log_contents());
+    let daemons = children_running(vmm.pid(), "vhost-net-daemon");
+    assert_eq!(daemons.len(), 1, "{}", vmm.log_contents());
+    let cmdline = command_line(daemons[0]);
+    assert!(
+        cmdline.contains("--tap-fd 4") && cmdline.contains(&format!("--mac {MAC}")),
+        "{cmdline}"
+    );
+    let show = || {
+        format!(
+            "--- serial\n{}\n--- vmm\n{}",
+            serial(&console),
+            vmm.log_contents()
+        )
+    };
+    assert!(
+        poll_until(TIMEOUT, || serial(&console)
+            .contains("waiting for the power button")),
+        "{}",
+        show()
+    );
+    let out = serial(&console);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("net: "))
+        .unwrap_or_else(|| panic!("no net line\n{}", show()));
+    assert!(
+        line.starts_with(&format!("net: mac {MAC}; sent a frame")),
+        "{line}\n{}",
+        show()
+    );
+    assert_guest_frame(&tap.packets, &tap.ns, &show());
+    let info = vm_info(&api);
+    assert_eq!(info["devices"][0]["backend_state"], "connected", "{info}");
+    let socket = PathBuf::from(info["devices"][0]["socket"].as_str().unwrap_or_default());
+    assert!(socket.is_absolute(), "{info}");
+
+    // vm.delete: the daemon stops, its socket goes, the queue is closed.
+    let (status, reply) = call("PUT", "/api/v1/vm.delete", None);
+    assert_eq!(status, 204, "{reply}");
+    assert!(
+        poll_until(WAIT, || !alive(daemons[0])),
+        "the daemon outlived vm.delete"
+    );
+    assert!(!socket.exists());
+    assert!(
+        poll_until(WAIT, || fd_count(vmm.pid()).unwrap() == fds_before),
+        "{:?}",
+        vu_driver::process::fd_targets(vmm.pid())
+    );
+    let all = vmm.log_contents();
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+}
+
+/// `--net tap=NAME,mac=MAC` on the command line, Cloud Hypervisor's form:
+/// the VMM (run in the tap's network namespace) starts vhost-net-daemon
+/// on that tap itself, the guest's frame comes out of the tap, and the
+/// daemon stops with the VMM.
+#[test]
+fn a_nic_on_a_named_tap_gets_a_daemon_the_vmm_runs() {
+    use vu_driver::fw_devices::{assert_guest_frame, line, tap_queue, MAC, TAP};
+
+    let tap = tap_queue("vsptn");
+    // The daemon attaches to the tap by name; the test's queue goes.
+    drop(tap.queue);
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let vmm = vu_driver::ours::project_binary("vmm").unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = tap.ns.command(&vmm);
+    cmd.arg("--kernel")
+        .arg(&guest)
+        .args(["--memory", "size=64M", "--serial", "stdio", "--net"])
+        .arg(format!("tap={TAP},mac={MAC}"));
+    vu_driver::process::without_systemd_env(&mut cmd);
+    let run = vu_driver::process::run_bounded(&mut cmd, TIMEOUT).unwrap();
+    let all = show_run(&run);
+    assert_eq!(run.code(), Some(0), "{all}");
+    let l = line(&run, "net: ").unwrap_or_else(|| panic!("no net line\n{all}"));
+    assert!(
+        l.starts_with(&format!("net: mac {MAC}; sent a frame")),
+        "{l}\n{all}"
+    );
+    assert_guest_frame(&tap.packets, &tap.ns, &all);
+    // Started by the VMM, stopped (cleanly) with it.
+    assert!(all.contains("net0: started vhost-net-daemon"), "{all}");
+    assert!(all.contains("stopped (TX 1 frames"), "{all}");
+}

@@ -18,6 +18,9 @@
 //!   virtio-net; `num_queues` counts RX and TX queues as Cloud Hypervisor does (2 per
 //!   queue pair, default 2, even); the device also has the control queue
 //!   after them, which the backend serves (VIRTIO_NET_F_CTRL_VQ).
+//!   `tap=NAME` instead of `socket=`: the VMM runs `vhost-net-daemon` on
+//!   that (existing) tap itself, as `path=` does for a disk; `vm.add-net`
+//!   may bring the tap's queues as descriptors instead ([`NetTap::Fds`]).
 //!
 //! `queue_size` is the largest ring size offered to the driver, a power of
 //! two up to 32768 (default 256 for disks and NICs, 1024 for shares).
@@ -131,8 +134,9 @@ pub struct Args {
     /// A NIC served by a vhost-user-net backend:
     /// `socket=PATH[,mac=MAC,num_queues=N,queue_size=N]`; `num_queues`
     /// counts RX and TX queues (2 per pair, even), the control queue comes
-    /// after them. Repeatable.
-    #[arg(long = "net", value_name = "socket=PATH[,...]", value_parser = parse_net)]
+    /// after them. `tap=NAME` instead of `socket=`: the VMM runs
+    /// vhost-net-daemon on that existing tap itself. Repeatable.
+    #[arg(long = "net", value_name = "socket=PATH|tap=NAME[,...]", value_parser = parse_net)]
     pub net: Vec<VhostUserConfig>,
 }
 
@@ -429,9 +433,37 @@ pub struct VhostUserConfig {
     /// virtio-net: the MAC shown when the backend does not serve the
     /// configuration space.
     pub mac: Option<[u8; 6]>,
+    /// virtio-net: the tap a `vhost-net-daemon` the VMM runs serves
+    /// (`tap=NAME`, or `vm.add-net`'s descriptors), instead of connecting
+    /// to someone else's backend.
+    pub tap: Option<NetTap>,
     /// `reconnect=`: what happens when the backend's socket closes.
     pub reconnect: Reconnect,
 }
+
+/// The tap of a NIC whose `vhost-net-daemon` the VMM runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetTap {
+    /// `tap=NAME`: an existing tap the daemon attaches to (`--tap NAME`).
+    Name(String),
+    /// Open tap queues, one per queue pair, that came with `vm.add-net`
+    /// (`--tap-fd`); the VMM keeps them for the daemon's restarts.
+    Fds(TapFds),
+}
+
+/// Tap queue descriptors shared by a plan and the daemon that serves
+/// them; closed when the last holder goes. Equal when they are the same
+/// descriptors.
+#[derive(Debug, Clone)]
+pub struct TapFds(pub std::sync::Arc<Vec<std::os::fd::OwnedFd>>);
+
+impl PartialEq for TapFds {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TapFds {}
 
 /// `--disk path=IMAGE[,readonly=on]`: an image the VMM's own
 /// `vhost-blk-daemon` serves.
@@ -974,6 +1006,17 @@ pub fn vhost_user_from_pairs(
     kind: DeviceKind,
     pairs: &[(&str, &str)],
 ) -> Result<VhostUserConfig, String> {
+    vhost_user_with_tap_fds(kind, pairs, None)
+}
+
+/// [`vhost_user_from_pairs`] for a NIC whose tap queues came as
+/// descriptors (`vm.add-net`): one per queue pair, so `num_queues` is
+/// twice their number (its default).
+pub fn vhost_user_with_tap_fds(
+    kind: DeviceKind,
+    pairs: &[(&str, &str)],
+    tap_fds: Option<TapFds>,
+) -> Result<VhostUserConfig, String> {
     let known: &[&str] = match kind {
         DeviceKind::Block => &[
             "socket",
@@ -984,7 +1027,14 @@ pub fn vhost_user_from_pairs(
             "reconnect",
         ],
         DeviceKind::Fs => &["tag", "socket", "num_queues", "queue_size", "reconnect"],
-        DeviceKind::Net => &["socket", "mac", "num_queues", "queue_size", "reconnect"],
+        DeviceKind::Net => &[
+            "socket",
+            "tap",
+            "mac",
+            "num_queues",
+            "queue_size",
+            "reconnect",
+        ],
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut socket = None;
@@ -994,6 +1044,7 @@ pub fn vhost_user_from_pairs(
     let mut queue_size = None;
     let mut tag = None;
     let mut mac = None;
+    let mut tap = tap_fds.map(NetTap::Fds);
     let mut reconnect = Reconnect::default_for(kind);
     for &(k, v) in pairs {
         if !known.contains(&k) {
@@ -1030,11 +1081,32 @@ pub fn vhost_user_from_pairs(
                 ))
             }
             "tag" => tag = Some(v.to_string()),
+            "tap" if v.is_empty() || v.len() >= libc::IFNAMSIZ || v.contains('/') => {
+                return Err(format!(
+                    "tap=`{v}` is not an interface name (1 to {} bytes, no `/`)",
+                    libc::IFNAMSIZ - 1
+                ))
+            }
+            "tap" if tap.is_some() => {
+                return Err(
+                    "tap= names a tap, descriptors came with the request: give one, not both"
+                        .into(),
+                )
+            }
+            "tap" => tap = Some(NetTap::Name(v.to_string())),
             "reconnect" => reconnect = parse_reconnect(v)?,
             _ => mac = Some(parse_mac(v)?),
         }
     }
     let (socket, image) = match (socket, image) {
+        (Some(socket), None) if tap.is_some() => {
+            return Err(format!(
+                "give socket=PATH (a running backend, here {}) or the tap the vmm runs \
+                 vhost-net-daemon on, not both",
+                socket.display()
+            ))
+        }
+        (None, None) if tap.is_some() => (PathBuf::new(), None),
         (Some(_), Some(_)) => {
             return Err(
                 "give socket=PATH (a running backend) or path=IMAGE (the vmm runs \
@@ -1062,6 +1134,9 @@ pub fn vhost_user_from_pairs(
                 "missing socket=PATH (the vhost-user backend's socket) or path=IMAGE".into(),
             )
         }
+        (None, None) if kind == DeviceKind::Net => {
+            return Err("missing socket=PATH (the vhost-user backend's socket) or tap=NAME".into())
+        }
         (None, None) => return Err("missing socket=PATH (the vhost-user backend's socket)".into()),
     };
     if kind == DeviceKind::Fs && tag.is_none() {
@@ -1071,7 +1146,22 @@ pub fn vhost_user_from_pairs(
         DeviceKind::Net => 2,
         DeviceKind::Block | DeviceKind::Fs => 1,
     };
-    let num_queues = num_queues.unwrap_or(default_queues);
+    let num_queues = match &tap {
+        Some(NetTap::Fds(fds)) => {
+            let n = fds.0.len();
+            match num_queues {
+                Some(q) if q != 2 * n => {
+                    return Err(format!(
+                        "num_queues={q} does not match the {n} tap descriptor(s) sent \
+                         (one per queue pair: num_queues={})",
+                        2 * n
+                    ))
+                }
+                _ => 2 * n,
+            }
+        }
+        _ => num_queues.unwrap_or(default_queues),
+    };
     if num_queues == 0 || num_queues > MAX_QUEUES {
         return Err(format!(
             "num_queues={num_queues} is not from 1 to {MAX_QUEUES}"
@@ -1090,6 +1180,7 @@ pub fn vhost_user_from_pairs(
         queue_size: queue_size.unwrap_or_else(|| kind.default_queue_size()),
         tag,
         mac,
+        tap,
         reconnect,
     })
 }
@@ -1397,6 +1488,7 @@ mod tests {
                 queue_size: 256,
                 tag: None,
                 mac: None,
+                tap: None,
                 reconnect: Reconnect::Forever,
             }
         );
@@ -1515,6 +1607,46 @@ mod tests {
                 ("socket=/n,tag=x", "unknown key `tag`"),
             ],
         );
+    }
+
+    #[test]
+    fn a_nic_on_a_tap_the_vmm_serves() {
+        let n = parse_net("tap=tap0,num_queues=4,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(n.tap, Some(NetTap::Name("tap0".into())));
+        assert_eq!((n.socket, n.num_queues), (PathBuf::new(), 4));
+        refuses(
+            parse_net,
+            &[
+                ("tap=t0,socket=/n", "not both"),
+                ("tap=", "not an interface name"),
+                ("tap=a/b", "not an interface name"),
+                ("tap=abcdefghijklmnop", "not an interface name"),
+                (
+                    "num_queues=2",
+                    "missing socket=PATH (the vhost-user backend's socket) or tap=NAME",
+                ),
+            ],
+        );
+        refuses(parse_disk, &[("tap=t0", "unknown key `tap`")]);
+        // Descriptors sent with vm.add-net: one per queue pair.
+        let fds = |n: usize| {
+            let all = (0..n)
+                .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+                .collect();
+            TapFds(std::sync::Arc::new(all))
+        };
+        let two = fds(2);
+        let n = vhost_user_with_tap_fds(DeviceKind::Net, &[], Some(two.clone())).unwrap();
+        assert_eq!((n.num_queues, n.tap), (4, Some(NetTap::Fds(two.clone()))));
+        let e = vhost_user_with_tap_fds(DeviceKind::Net, &[("num_queues", "2")], Some(two.clone()));
+        assert!(e
+            .unwrap_err()
+            .contains("does not match the 2 tap descriptor(s)"));
+        let e = vhost_user_with_tap_fds(DeviceKind::Net, &[("tap", "t0")], Some(two.clone()));
+        assert!(e.unwrap_err().contains("not both"));
+        let e = vhost_user_with_tap_fds(DeviceKind::Net, &[("socket", "/n")], Some(two));
+        assert!(e.unwrap_err().contains("not both"));
+        assert_ne!(fds(1), fds(1), "equal only when the same descriptors");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //!   `platform`, unknown fields): accepted, listed in `vm.info`'s
 //!   `unsupported` as `"<path>: ignored"` lines.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use devices::vhost_user::DeviceKind;
@@ -25,7 +26,8 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{
     self, check_memory_size, check_vcpus, Args, CpuTopology, CpusConfig, MemoryConfig,
-    MemoryZoneConfig, NumaDistance, NumaNodeConfig, SerialConfig, VcpuAffinity, VhostUserConfig,
+    MemoryZoneConfig, NetTap, NumaDistance, NumaNodeConfig, SerialConfig, TapFds, VcpuAffinity,
+    VhostUserConfig,
 };
 use crate::numa::{self, HostNuma};
 
@@ -139,8 +141,13 @@ pub fn to_api(config: &VmConfig) -> Value {
         .collect();
     let net: Vec<Value> = of(DeviceKind::Net)
         .map(|d| {
-            let mut n = json!({"vhost_user": true, "vhost_socket": d.socket,
-                               "num_queues": d.num_queues, "queue_size": d.queue_size});
+            let mut n = match &d.tap {
+                Some(NetTap::Name(tap)) => json!({"tap": tap}),
+                Some(NetTap::Fds(fds)) => json!({"fds": vec![-1; fds.0.len()]}),
+                None => json!({"vhost_user": true, "vhost_socket": d.socket}),
+            };
+            n["num_queues"] = json!(d.num_queues);
+            n["queue_size"] = json!(d.queue_size);
             if let Some(mac) = d.mac {
                 n["mac"] = json!(mac_string(mac));
             }
@@ -257,9 +264,13 @@ pub fn refusal(path: &str) -> Option<&'static str> {
         "payload.firmware" | "payload.igvm" | "payload.host_data" => {
             "only payload.kernel boots here (no firmware, IGVM or confidential guests)"
         }
-        "net.tap" | "net.fds" | "net.ip" | "net.mask" | "net.host_mac" => {
-            "a NIC the VMM runs itself is not supported; serve it with vhost-net-daemon \
-             and give vhost_user: true, vhost_socket"
+        "net.ip" | "net.mask" | "net.host_mac" => {
+            "the VMM does not configure the host's side of a tap; set it up before \
+             (tap queues sent with vm.add-net come configured: ip and mask are ignored there)"
+        }
+        "net.fds" => {
+            "descriptor numbers in a body mean nothing to this process: send the tap \
+             queues with vm.add-net (SCM_RIGHTS), or name the tap (tap)"
         }
         "net.vhost_mode" => "only vhost_mode Client (the backend listens) is supported",
         "vsock" => "no virtio-vsock device yet (issue 16 step 3)",
@@ -484,6 +495,7 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
                 &format!("{key}[{i}]"),
                 kind,
                 item,
+                None,
                 &mut unsupported,
             )?);
         }
@@ -846,8 +858,16 @@ fn list_key(kind: DeviceKind) -> &'static str {
 /// `vm.add-net` before `vm.boot`; Cloud Hypervisor's cold plug): `body` is
 /// checked as an entry of the `vm.create` array would be (errors name the
 /// field as `disks[N].x`), plugged after the devices of its kind, and
-/// echoed in `vm.info`'s config.
-pub fn add_device(plan: &VmPlan, kind: DeviceKind, body: &Value) -> Result<VmPlan, ConfigError> {
+/// echoed in `vm.info`'s config. `fds` came with the request: a NIC's
+/// tap queues, one per queue pair (Cloud Hypervisor's `vm.add-net`; the
+/// VMM runs vhost-net-daemon on them); other devices take none. Those
+/// not kept are closed on return.
+pub fn add_device(
+    plan: &VmPlan,
+    kind: DeviceKind,
+    body: &Value,
+    fds: Vec<OwnedFd>,
+) -> Result<VmPlan, ConfigError> {
     let key = list_key(kind);
     let mut plan = plan.clone();
     let n = plan
@@ -856,7 +876,21 @@ pub fn add_device(plan: &VmPlan, kind: DeviceKind, body: &Value) -> Result<VmPla
         .iter()
         .filter(|d| d.kind == kind)
         .count();
-    let device = device(&format!("{key}[{n}]"), kind, body, &mut plan.unsupported)?;
+    let path = format!("{key}[{n}]");
+    let tap_fds = match kind {
+        _ if fds.is_empty() => None,
+        DeviceKind::Net => Some(tap_queues(&path, fds)?),
+        _ => {
+            return Err(error(
+                format!("{path}.fds"),
+                format!(
+                    "{} file descriptor(s) came with the request; this device takes none",
+                    fds.len()
+                ),
+            ))
+        }
+    };
+    let device = device(&path, kind, body, tap_fds, &mut plan.unsupported)?;
     let at = plan
         .config
         .devices
@@ -871,11 +905,33 @@ pub fn add_device(plan: &VmPlan, kind: DeviceKind, body: &Value) -> Result<VmPla
     Ok(plan)
 }
 
-/// One of `disks`, `fs`, `net`: a device a vhost-user backend serves.
+/// Descriptors sent with `vm.add-net`, checked to be tap queues (opened
+/// from `/dev/net/tun`; the daemon checks their flags when it starts).
+fn tap_queues(path: &str, fds: Vec<OwnedFd>) -> Result<TapFds, ConfigError> {
+    use std::os::fd::AsRawFd;
+    // /dev/net/tun: character device 10, 200.
+    let tun = libc::makedev(10, 200);
+    for (i, fd) in fds.iter().enumerate() {
+        let st = nix::sys::stat::fstat(fd.as_raw_fd())
+            .map_err(|e| error(format!("{path}.fds"), format!("descriptor {i}: fstat: {e}")))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != tun {
+            return Err(error(
+                format!("{path}.fds"),
+                format!("descriptor {i} sent with the request is not a tap queue (/dev/net/tun)"),
+            ));
+        }
+    }
+    Ok(TapFds(std::sync::Arc::new(fds)))
+}
+
+/// One of `disks`, `fs`, `net`: a device a vhost-user backend serves, or
+/// a disk image or tap whose daemon the VMM runs (`tap_fds`: the tap
+/// queues that came with `vm.add-net`).
 fn device(
     path: &str,
     kind: DeviceKind,
     v: &Value,
+    tap_fds: Option<TapFds>,
     unsupported: &mut Vec<String>,
 ) -> Result<VhostUserConfig, ConfigError> {
     let mut d = Fields::new(path, v)?;
@@ -888,8 +944,42 @@ fn device(
         DeviceKind::Block => d.str("path")?.filter(|p| !p.is_empty()),
         _ => None,
     };
+    let tap = match kind {
+        DeviceKind::Net => d.str("tap")?.filter(|t| !t.is_empty()),
+        _ => None,
+    };
     let mut pairs: Vec<(&str, String)> = Vec::new();
-    if let Some(image) = image {
+    if kind == DeviceKind::Net && (tap.is_some() || tap_fds.is_some()) {
+        // A tap: the VMM runs vhost-net-daemon on it.
+        if d.bool("vhost_user")?.unwrap_or(false) {
+            return Err(error(
+                d.field("vhost_user"),
+                "a NIC is either a tap the VMM serves (tap, or its queues sent with \
+                 vm.add-net) or a vhost-user backend (vhost_user, vhost_socket), not both",
+            ));
+        }
+        if let Some(socket) = d.str(socket_key)? {
+            // Refused by the parser, which names both.
+            pairs.push(("socket", socket.to_string()));
+        }
+        if let Some(tap) = tap {
+            pairs.push(("tap", tap.to_string()));
+        } else {
+            // Cloud Hypervisor's clients may send placeholders: the
+            // descriptors that came with the request are the ones used.
+            d.get("fds");
+            // Queues of a tap already set up: Cloud Hypervisor ignores
+            // these too (Kata's client sends its defaults).
+            for key in ["ip", "mask"] {
+                if d.get(key).is_some_and(|v| !inert(v)) {
+                    unsupported.push(format!(
+                        "{}: ignored (the tap queues came configured)",
+                        d.field(key)
+                    ));
+                }
+            }
+        }
+    } else if let Some(image) = image {
         // An image: the VMM runs vhost-blk-daemon on it (raw only).
         if d.bool("vhost_user")?.unwrap_or(false) {
             return Err(error(
@@ -931,7 +1021,7 @@ fn device(
             return Err(error(d.field(culprit), why));
         }
     }
-    if image.is_none() {
+    if image.is_none() && pairs.is_empty() && tap_fds.is_none() {
         let socket = d.str(socket_key)?;
         let socket = d.required(socket_key, socket)?;
         pairs.push(("socket", socket.to_string()));
@@ -957,13 +1047,23 @@ fn device(
             if let Some(mac) = d.str("mac")? {
                 pairs.push(("mac", mac.to_string()));
             }
+            // Cloud Hypervisor's default, which its clients send.
+            match d.str("vhost_mode")? {
+                None | Some("Client") => {}
+                Some(_) => {
+                    return Err(error(
+                        d.field("vhost_mode"),
+                        refusal("net.vhost_mode").unwrap_or_default(),
+                    ))
+                }
+            }
         }
         DeviceKind::Block => {}
     }
     let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let config = cli::vhost_user_from_pairs(kind, &borrowed).map_err(|e| {
+    let config = cli::vhost_user_with_tap_fds(kind, &borrowed, tap_fds).map_err(|e| {
         // Name the JSON field the message is about.
-        let key = ["num_queues", "queue_size", "tag", "mac"]
+        let key = ["num_queues", "queue_size", "tag", "mac", "tap"]
             .into_iter()
             .find(|k| e.starts_with(&format!("{k}=")) || e.starts_with(&format!("{k} ")))
             .unwrap_or(socket_key);

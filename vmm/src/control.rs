@@ -286,6 +286,26 @@ impl VmController {
         Ok(())
     }
 
+    /// End the VM's main loop so that the lifecycle builds the VM again
+    /// (`vm.reboot`): from Running or Paused. The state is held while the
+    /// event goes, so a shutdown cannot slip in between.
+    pub fn reboot(&self) -> Result<(), ControlError> {
+        let state = self.lock_state();
+        if !matches!(*state, VmState::Running | VmState::Paused) {
+            return Err(Self::refuse("reboot", *state));
+        }
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = events
+            .as_ref()
+            .is_some_and(|tx| tx.send(VmEvent::Reboot).is_ok());
+        if sent {
+            log::info!("vm.reboot: ending the VM to build it again");
+            Ok(())
+        } else {
+            Err(ControlError::Unsupported("vm.reboot"))
+        }
+    }
+
     /// End the VM's main loop ([`crate::vm::Vm::run_serving`] returns):
     /// for `vmm.shutdown` and `vm.delete`.
     pub fn vmm_shutdown(&self) -> Result<(), ControlError> {

@@ -14,4 +14,7 @@ pub enum VmEvent {
     Error(String),
     /// `vmm.shutdown`: the main loop returns (only with the control API).
     VmmShutdown,
+    /// `vm.reboot`: the main loop returns so that the VM is built again
+    /// from its config (only with the control API).
+    Reboot,
 }

@@ -1,7 +1,12 @@
 //! [`Vmm`]: the VMM's lifecycle, Cloud Hypervisor's: empty → `vm.create`
 //! (a checked [`VmPlan`], state Created) → `vm.boot` (the [`Vm`] is built
 //! and runs) → `vm.shutdown` (Shutdown) → `vm.delete` (empty again) →
-//! `vmm.shutdown` (the process ends). The command line takes the same
+//! `vmm.shutdown` (the process ends); `vm.reboot` drops the running VM and
+//! builds and boots it again from the same plan, as Cloud Hypervisor
+//! does: the guest restarts from its kernel with fresh RAM, and every
+//! vhost-user device is set up again on a new connection (the backends
+//! see a disconnect and a new frontend, as after a reset; the daemons the
+//! VMM runs are started again). The command line takes the same
 //! path: `--kernel` and friends become a plan ([`crate::config::from_cli`])
 //! that is created and booted as `vm.create` + `vm.boot` would.
 //!
@@ -40,6 +45,8 @@ struct Inner {
     slot: Slot,
     /// `vmm.shutdown` was asked for: the runner returns when the VM ends.
     quitting: bool,
+    /// The `vm.reboot` waiting for the VM built again to run.
+    rebooting: Option<Sender<Result<(), ControlError>>>,
 }
 
 /// What the API threads ask of the main thread.
@@ -91,6 +98,7 @@ impl Vmm {
             inner: Mutex::new(Inner {
                 slot: Slot::Empty,
                 quitting: false,
+                rebooting: None,
             }),
             changed: Condvar::new(),
             commands: Mutex::new(tx),
@@ -307,16 +315,52 @@ impl VmControl for Vmm {
         self.controller("press the power button")?.power_button()
     }
 
+    fn reboot(&self) -> Result<(), ControlError> {
+        let (tx, rx) = channel();
+        {
+            let mut inner = self.lock();
+            let ctl = match &inner.slot {
+                Slot::Empty => return Err(ControlError::NotCreated("reboot")),
+                Slot::Created(_) | Slot::Booting(_) => {
+                    return Err(ControlError::InvalidState {
+                        action: "reboot",
+                        state: VmState::Created,
+                    })
+                }
+                Slot::Booted { ctl, .. } => ctl.clone(),
+            };
+            if inner.quitting {
+                return Err(ControlError::Unsupported("vm.reboot while the VMM ends"));
+            }
+            if inner.rebooting.is_some() {
+                return Err(ControlError::InvalidState {
+                    action: "reboot (a reboot is under way)",
+                    state: ctl.state(),
+                });
+            }
+            // Under the lock: the runner takes the reply only after.
+            ctl.reboot()?;
+            inner.rebooting = Some(tx);
+        }
+        rx.recv().unwrap_or_else(|_| {
+            Err(ControlError::Failed {
+                action: "reboot",
+                source: "the VMM's main thread ended".into(),
+            })
+        })
+    }
+
     fn add_device(
         &self,
         kind: devices::vhost_user::DeviceKind,
         body: &serde_json::Value,
+        fds: Vec<std::os::fd::OwnedFd>,
     ) -> Result<(), ControlError> {
         let mut inner = self.lock();
         let state = match &inner.slot {
             Slot::Empty => return Err(ControlError::NotCreated("add a device")),
             Slot::Created(plan) => {
-                let plan = config::add_device(plan, kind, body)
+                let plan = config::add_device(plan, kind, body, fds)
                     .map_err(|e| ControlError::BadRequest(e.to_string()))?;
                 log::info!("{} added before boot", crate::control::api_kind(kind));
                 inner.slot = Slot::Created(Arc::new(plan));
@@ -351,10 +395,19 @@ impl Runner {
     /// failed VM is an error.
     pub fn run(self, serving: bool) -> Result<Option<VmExit>, VmError> {
         let mut last = None;
+        // A reboot's boot, taken before the next command.
+        let mut next: Option<Command> = None;
         loop {
-            let reply = match self.commands.recv() {
+            let command = match next.take() {
+                Some(c) => Ok(c),
+                None => self.commands.recv(),
+            };
+            let reply = match command {
                 Ok(Command::Boot { reply }) => reply,
-                Ok(Command::Quit) | Err(_) => return Ok(last),
+                Ok(Command::Quit) | Err(_) => {
+                    self.vmm.fail_reboot("the VMM ends");
+                    return Ok(last);
+                }
             };
             let plan = match &self.vmm.lock().slot {
                 Slot::Booting(plan) => plan.clone(),
@@ -398,15 +451,44 @@ impl Runner {
             } else {
                 vm.run()
             };
+            // The VM is gone: its vCPUs joined, its devices' connections
+            // closed, the daemons it ran stopped, its RAM unmapped.
             if !serving || self.vmm.lock().quitting {
+                self.vmm.fail_reboot("the VMM ends");
                 return result.map(Some);
             }
+            if matches!(result, Ok(VmExit::Reboot)) {
+                // Built again from the same plan; the vm.reboot waiting
+                // is answered once the new VM runs.
+                let reply = {
+                    let mut inner = self.vmm.lock();
+                    inner.slot = Slot::Booting(plan);
+                    inner.rebooting.take()
+                };
+                self.vmm.changed.notify_all();
+                log::info!("vm.reboot: building the VM again");
+                next = Some(Command::Boot { reply });
+                continue;
+            }
             // vm.delete ended the main loop: empty again.
+            self.vmm.fail_reboot("the VM was deleted");
             self.vmm.set(Slot::Empty);
             match result {
                 Ok(exit) => last = Some(exit),
                 Err(e) => log::error!("the deleted VM had failed: {}", crate::error_chain(&e)),
             }
+        }
+    }
+}
+
+impl Vmm {
+    /// Answers a `vm.reboot` still waiting when its VM ended otherwise.
+    fn fail_reboot(&self, why: &str) {
+        if let Some(reply) = self.lock().rebooting.take() {
+            let _ = reply.send(Err(ControlError::Failed {
+                action: "reboot",
+                source: why.into(),
+            }));
         }
     }
 }
@@ -432,6 +514,7 @@ mod tests {
         assert_eq!(vmm.boot().unwrap_err().status(), 404);
         assert_eq!(vmm.pause().unwrap_err().status(), 404);
         assert_eq!(vmm.shutdown().unwrap_err().status(), 404);
+        assert_eq!(vmm.reboot().unwrap_err().status(), 404);
         assert!(vmm.counters().is_empty());
         vmm.delete().unwrap();
     }
@@ -448,6 +531,7 @@ mod tests {
         let again = vmm.create(&serde_json::json!({"payload": {"kernel": "/proc/self/exe"}}));
         assert_eq!(again.unwrap_err().status(), 409);
         assert_eq!(vmm.pause().unwrap_err().status(), 409);
+        assert_eq!(vmm.reboot().unwrap_err().status(), 409);
         vmm.delete().unwrap();
         assert_eq!(vmm.info().unwrap_err().status(), 404);
         vmm.create_plan(plan()).unwrap();
@@ -458,19 +542,29 @@ mod tests {
         let (vmm, _runner) = Vmm::new(Instant::now());
         let disk = serde_json::json!({"vhost_user": true, "vhost_socket": "/run/b.sock"});
         let kind = devices::vhost_user::DeviceKind::Block;
-        assert_eq!(vmm.add_device(kind, &disk).unwrap_err().status(), 404);
+        assert_eq!(
+            vmm.add_device(kind, &disk, Vec::new())
+                .unwrap_err()
+                .status(),
+            404
+        );
         vmm.create_plan(plan()).unwrap();
-        vmm.add_device(kind, &disk).unwrap();
+        vmm.add_device(kind, &disk, Vec::new()).unwrap();
         let info = vmm.info().unwrap();
         assert_eq!(info.devices.last().unwrap().socket, "/run/b.sock");
         assert_eq!(info.config["disks"].as_array().unwrap().last(), Some(&disk));
         let bad = vmm
-            .add_device(kind, &serde_json::json!({"vhost_user": true}))
+            .add_device(kind, &serde_json::json!({"vhost_user": true}), Vec::new())
             .unwrap_err();
         assert_eq!(bad.status(), 400);
         assert!(bad.to_string().contains("vhost_socket"), "{bad}");
         vmm.set(Slot::Booting(Arc::new(plan())));
-        assert_eq!(vmm.add_device(kind, &disk).unwrap_err().status(), 409);
+        assert_eq!(
+            vmm.add_device(kind, &disk, Vec::new())
+                .unwrap_err()
+                .status(),
+            409
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! gets `PR_SET_PDEATHSIG` so it never outlives the VMM; on drop it gets
 //! SIGTERM (its clean exit), then SIGKILL after [`STOP_GRACE`].
 //!
+//! Descriptors the daemon needs besides its listener (a NIC's tap queues,
+//! `--tap-fd`) are held by the VMM and passed again at each restart, as
+//! 4, 5, ... ([`DaemonSpec::fds`]).
+//!
 //! The program is found next to the `vmm` executable, else on `PATH`.
 
 use std::ffi::OsString;
@@ -35,6 +39,8 @@ const RESTART_FIRST: Duration = Duration::from_millis(100);
 const RESTART_MAX: Duration = Duration::from_secs(5);
 /// The descriptor the listening socket has in the daemon.
 const LISTEN_FD: i32 = 3;
+/// The most descriptors passed besides the listener.
+pub const MAX_PASSED_FDS: usize = 16;
 
 /// Errors starting a daemon; each names the program or path.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,9 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// More descriptors to pass than [`MAX_PASSED_FDS`].
+    #[error("{program}: {count} descriptors to pass, at most {MAX_PASSED_FDS}")]
+    TooManyFds { program: String, count: usize },
     /// The program could not be started.
     #[error("starting {program}")]
     Start {
@@ -126,6 +135,16 @@ pub struct DaemonSpec {
     pub socket: PathBuf,
     /// Names it in logs (`disk0`).
     pub name: String,
+    /// Descriptors the daemon gets as [`DaemonSpec::fd_number`]s 4, 5, ...
+    /// (at most [`MAX_PASSED_FDS`]), at every start.
+    pub fds: Arc<Vec<OwnedFd>>,
+}
+
+impl DaemonSpec {
+    /// The number the `i`th of [`DaemonSpec::fds`] has in the daemon.
+    pub fn fd_number(i: usize) -> i32 {
+        LISTEN_FD + 1 + i as i32
+    }
 }
 
 /// Where `program` is: next to the running executable, else on `PATH`.
@@ -174,6 +193,12 @@ impl Supervised {
     /// Returns once the daemon runs; an error if it cannot start or exits
     /// within its first moments.
     pub fn start(spec: DaemonSpec) -> Result<Self, SpawnError> {
+        if spec.fds.len() > MAX_PASSED_FDS {
+            return Err(SpawnError::TooManyFds {
+                program: spec.program.clone(),
+                count: spec.fds.len(),
+            });
+        }
         let program = locate(&spec.program)?;
         let _ = std::fs::remove_file(&spec.socket);
         let listener = UnixListener::bind(&spec.socket).map_err(|source| SpawnError::Listen {
@@ -397,10 +422,18 @@ fn wait_until_stop(child: &mut Child, shared: &Shared) -> ExitStatus {
     }
 }
 
-/// Starts `program` with `spec.args` and `--fd 3` on the listener, dying
-/// with its parent thread, stdout to /dev/null, stderr shared with the VMM.
+/// Starts `program` with `spec.args` and `--fd 3` on the listener, and
+/// `spec.fds` as 4, 5, ..., dying with its parent thread, stdout to
+/// /dev/null, stderr shared with the VMM.
 fn spawn(spec: &DaemonSpec, program: &Path, listener: &OwnedFd) -> Result<Child, SpawnError> {
-    let fd = listener.as_raw_fd();
+    // Where each goes: [listener, fds...] to [3, 4, ...]; a fixed array,
+    // so the child allocates nothing.
+    let mut sources = [-1; 1 + MAX_PASSED_FDS];
+    sources[0] = listener.as_raw_fd();
+    for (slot, fd) in sources[1..].iter_mut().zip(spec.fds.iter()) {
+        *slot = fd.as_raw_fd();
+    }
+    let count = 1 + spec.fds.len().min(MAX_PASSED_FDS);
     let mut cmd = Command::new(program);
     cmd.arg("--fd")
         .arg(LISTEN_FD.to_string())
@@ -414,20 +447,29 @@ fn spawn(spec: &DaemonSpec, program: &Path, listener: &OwnedFd) -> Result<Child,
         .env_remove("LISTEN_FDNAMES")
         .env_remove("NOTIFY_SOCKET");
     // SAFETY: the closure runs in the child between fork and exec and
-    // calls only async-signal-safe functions (prctl, dup2, fcntl) on
-    // descriptors it owns there; it allocates nothing.
+    // calls only async-signal-safe functions (prctl, fcntl, dup2) on
+    // descriptors it owns there; it allocates nothing (the array is a
+    // copy on its stack).
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if fd == LISTEN_FD {
-                // Already there: only drop close-on-exec.
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+            // First out of the way of the targets (close-on-exec copies
+            // above them), then each onto its number, which dup2 leaves
+            // without close-on-exec.
+            let mut moved = [-1; 1 + MAX_PASSED_FDS];
+            let above = LISTEN_FD + count as i32;
+            for i in 0..count {
+                moved[i] = libc::fcntl(sources[i], libc::F_DUPFD_CLOEXEC, above);
+                if moved[i] < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, LISTEN_FD) < 0 {
-                return Err(io::Error::last_os_error());
+            }
+            for (i, &fd) in moved.iter().enumerate().take(count) {
+                if libc::dup2(fd, LISTEN_FD + i as i32) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -30,7 +30,9 @@ use crate::platform::{
 };
 use devices::vhost_user::DeviceKind;
 
-use crate::cli::VhostUserConfig;
+use std::ffi::OsString;
+
+use crate::cli::{NetTap, VhostUserConfig};
 use crate::spawned::{DaemonSpec, RuntimeDir, SpawnError, Supervised};
 use crate::vcpu::setup::CpuError;
 use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuGate};
@@ -47,6 +49,8 @@ pub enum VmExit {
     Reset,
     /// Stopped through the control API (`vm.shutdown` or `vmm.shutdown`).
     Stopped,
+    /// `vm.reboot`: the lifecycle builds the VM again from its config.
+    Reboot,
 }
 
 /// Errors of [`Vm`]; each names the step that failed.
@@ -145,8 +149,9 @@ pub struct Vm {
     _backends: Backends,
 }
 
-/// The backend daemons the VMM runs itself (`--disk path=IMAGE`), and the
-/// private directory of their sockets.
+/// The backend daemons the VMM runs itself (`--disk path=IMAGE`, `--net
+/// tap=NAME`, `vm.add-net` with tap queues), and the private directory of
+/// their sockets.
 #[derive(Debug, Default)]
 struct Backends {
     daemons: Vec<Supervised>,
@@ -154,52 +159,107 @@ struct Backends {
 }
 
 impl Backends {
-    /// Starts a `vhost-blk-daemon` for each disk with an image; returns
-    /// them and the device configs, each disk's socket the daemon's.
+    /// Starts a `vhost-blk-daemon` for each disk with an image and a
+    /// `vhost-net-daemon` for each NIC with a tap; returns them and the
+    /// device configs, each such device's socket its daemon's.
     fn start(devices: &[VhostUserConfig]) -> Result<(Backends, Vec<VhostUserConfig>), VmError> {
         let mut backends = Backends::default();
         let mut configs = Vec::with_capacity(devices.len());
-        let mut disk = 0;
+        let (mut disk, mut nic) = (0, 0);
         for d in devices {
             let mut d = d.clone();
-            if let Some(image) = &d.image {
+            let spec = match (&d.image, &d.tap) {
+                (Some(image), _) => {
+                    let mut args: Vec<OsString> = vec![
+                        "--blk-file".into(),
+                        image.path.clone().into(),
+                        "--num-queues".into(),
+                        d.num_queues.to_string().into(),
+                        "--queue-size".into(),
+                        d.queue_size.max(2).to_string().into(),
+                    ];
+                    if image.readonly {
+                        args.push("--read-only".into());
+                    }
+                    // Jailed where it can be (the namespace jail needs
+                    // root's CAP_SYS_ADMIN): an empty root, no capabilities.
+                    if nix::unistd::geteuid().is_root() {
+                        args.extend(["--sandbox".into(), "namespace".into()]);
+                    }
+                    Some(("vhost-blk-daemon", format!("disk{disk}"), args, None))
+                }
+                (None, Some(tap)) => {
+                    let (args, fds) = net_daemon_args(&d, tap);
+                    Some(("vhost-net-daemon", format!("net{nic}"), args, fds))
+                }
+                (None, None) => None,
+            };
+            if let Some((program, name, args, fds)) = spec {
                 let dir = match &backends.dir {
                     Some(dir) => dir,
                     None => backends.dir.insert(RuntimeDir::create()?),
                 };
-                let name = format!("disk{disk}");
-                let mut args: Vec<std::ffi::OsString> = vec![
-                    "--blk-file".into(),
-                    image.path.clone().into(),
-                    "--num-queues".into(),
-                    d.num_queues.to_string().into(),
-                    "--queue-size".into(),
-                    d.queue_size.max(2).to_string().into(),
-                ];
-                if image.readonly {
-                    args.push("--read-only".into());
-                }
-                // Jailed where it can be (the namespace jail needs root's
-                // CAP_SYS_ADMIN): an empty root, no capabilities.
-                if nix::unistd::geteuid().is_root() {
-                    args.extend(["--sandbox".into(), "namespace".into()]);
-                }
                 let daemon = Supervised::start(DaemonSpec {
-                    program: "vhost-blk-daemon".into(),
+                    program: program.into(),
                     args,
                     socket: dir.path().join(format!("{name}.sock")),
                     name,
+                    fds: fds.unwrap_or_default(),
                 })?;
                 d.socket = daemon.socket().to_path_buf();
                 backends.daemons.push(daemon);
             }
-            if d.kind == DeviceKind::Block {
-                disk += 1;
+            match d.kind {
+                DeviceKind::Block => disk += 1,
+                DeviceKind::Net => nic += 1,
+                DeviceKind::Fs => {}
             }
             configs.push(d);
         }
         Ok((backends, configs))
     }
+}
+
+/// `vhost-net-daemon`'s options for NIC `d` on `tap`, and the tap queues
+/// to pass it (as `--tap-fd 4`, `5`, ...).
+fn net_daemon_args(
+    d: &VhostUserConfig,
+    tap: &NetTap,
+) -> (Vec<OsString>, Option<Arc<Vec<std::os::fd::OwnedFd>>>) {
+    let mut args: Vec<OsString> = vec![
+        "--num-queue-pairs".into(),
+        (d.num_queues / 2).to_string().into(),
+        "--queue-size".into(),
+        d.queue_size.max(2).to_string().into(),
+    ];
+    if let Some(mac) = d.mac {
+        let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        args.extend(["--mac".into(), mac.join(":").into()]);
+    }
+    // The namespace jail (an empty root, no network of its own but the
+    // tap's queues, no capabilities) needs root's CAP_SYS_ADMIN.
+    let sandbox = if nix::unistd::geteuid().is_root() {
+        "namespace"
+    } else {
+        "none"
+    };
+    args.extend(["--sandbox".into(), sandbox.into()]);
+    let fds = match tap {
+        NetTap::Name(name) => {
+            args.extend(["--tap".into(), name.into()]);
+            None
+        }
+        NetTap::Fds(fds) => {
+            for i in 0..fds.0.len() {
+                args.extend([
+                    "--tap-fd".into(),
+                    DaemonSpec::fd_number(i).to_string().into(),
+                ]);
+            }
+            Some(fds.0.clone())
+        }
+    };
+    (args, fds)
 }
 
 impl Vm {
@@ -474,6 +534,11 @@ impl Vm {
                     log::info!("vmm.shutdown");
                     break;
                 }
+                Ok(VmEvent::Reboot) => {
+                    // Whatever ended the guest before, it starts again.
+                    ended = Some(Ok(VmExit::Reboot));
+                    break;
+                }
                 Ok(VmEvent::PowerOff) => Ok(VmExit::PowerOff),
                 Ok(VmEvent::Reset) => Ok(VmExit::Reset),
                 Ok(VmEvent::Error(line)) => Err(VmError::Guest(line)),
@@ -536,5 +601,6 @@ pub fn exit_name(exit: VmExit) -> &'static str {
         VmExit::PowerOff => "powered off",
         VmExit::Reset => "reset",
         VmExit::Stopped => "stopped through the API",
+        VmExit::Reboot => "rebooted through the API",
     }
 }

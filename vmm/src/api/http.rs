@@ -85,13 +85,24 @@ pub enum HttpError {
     /// The request did not arrive within [`Limits::request_timeout`].
     #[error("request not received within {0:?}")]
     Timeout(Duration),
+    /// More file descriptors came with one request than [`MAX_REQUEST_FDS`]
+    /// (all of them are closed).
+    #[error("more than {0} file descriptors sent with one request (all were closed)")]
+    TooManyFds(usize),
 }
+
+/// The most file descriptors (`SCM_RIGHTS`) one request may bring:
+/// Cloud Hypervisor's clients send one tap queue per queue pair with
+/// `vm.add-net`, and a NIC has at most 16 pairs here.
+pub const MAX_REQUEST_FDS: usize = 16;
 
 impl HttpError {
     /// The response status for this error.
     pub fn status(&self) -> u16 {
         match self {
-            HttpError::BadRequestLine(_) | HttpError::BadHeader(_) => 400,
+            HttpError::BadRequestLine(_) | HttpError::BadHeader(_) | HttpError::TooManyFds(_) => {
+                400
+            }
             HttpError::Timeout(_) => 408,
             HttpError::LengthRequired => 411,
             HttpError::BodyTooLarge { .. } => 413,

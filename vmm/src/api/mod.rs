@@ -12,11 +12,16 @@
 //! | PUT | `/api/v1/vm.pause` | 204 | |
 //! | PUT | `/api/v1/vm.resume` | 204 | |
 //! | PUT | `/api/v1/vm.shutdown` | 204 | |
+//! | PUT | `/api/v1/vm.reboot` | 204, once the VM built again runs | |
 //! | PUT | `/api/v1/vm.power-button` | 204 | |
+//! | PUT | `/api/v1/vm.add-disk`, `vm.add-fs`, `vm.add-net` | 204 (before `vm.boot`) | an entry of `vm.create`'s `disks`, `fs`, `net`; `vm.add-net` with tap fds |
 //! | PUT | `/api/v1/vmm.shutdown` | 204, then the connection closes | |
 //!
 //! `vm.create` needs its body; other request bodies are accepted (none,
-//! or any JSON value such as `{}`) and ignored. Every error has a JSON body
+//! or any JSON value such as `{}`) and ignored. File descriptors may come
+//! with `vm.add-net` only (`SCM_RIGHTS`, at most [`MAX_REQUEST_FDS`], sent
+//! with the request's first bytes); any other request that brings some is a 400,
+//! and every descriptor a request does not use is closed. Every error has a JSON body
 //! `{"error": "..."}` naming what was wrong: 400 malformed request line,
 //! header or JSON body, or a `vm.create` field that is missing, malformed
 //! or refused (the message starts with the field's path); 404 unknown
@@ -34,6 +39,7 @@
 //! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.resume
 //! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.power-button
 //! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.shutdown
+//! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vm.reboot
 //! curl --unix-socket /tmp/api.sock -X PUT http://localhost/api/v1/vmm.shutdown
 //! ```
 //!
@@ -73,7 +79,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use http::Limits;
+pub use http::{Limits, MAX_REQUEST_FDS};
 
 /// The request decoder and the router without a socket, for the fuzz
 /// targets (`fuzz/`); not part of the API.
@@ -300,6 +306,12 @@ pub trait VmControl: Send + Sync {
     fn resume(&self) -> Result<(), ControlError>;
     /// Stop the guest (`vm.shutdown`).
     fn shutdown(&self) -> Result<(), ControlError>;
+    /// Restart the guest from its kernel with every device reset
+    /// (`vm.reboot`): the VM is built again from its config; returns once
+    /// the new one runs.
+    fn reboot(&self) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported("vm.reboot"))
+    }
     /// Send an ACPI power-button event (`vm.power-button`).
     fn power_button(&self) -> Result<(), ControlError>;
     /// Ask the VMM process to exit (`vmm.shutdown`); see the module docs.
@@ -308,10 +320,13 @@ pub trait VmControl: Send + Sync {
     /// `vm.add-disk`, `vm.add-fs`, `vm.add-net`: one more device of
     /// `kind` (`body` as an entry of `vm.create`'s list), before `vm.boot`
     /// (cold plug; a running VM answers 409, hotplug is not supported yet).
+    /// `fds` came with the request (`vm.add-net`'s tap queues); the ones
+    /// not kept are closed when they are dropped.
     fn add_device(
         &self,
         _kind: devices::vhost_user::DeviceKind,
         _body: &serde_json::Value,
+        _fds: Vec<std::os::fd::OwnedFd>,
     ) -> Result<(), ControlError> {
         Err(ControlError::Unsupported("adding a device"))
     }

@@ -1,5 +1,7 @@
 //! Maps a decoded request to a [`VmControl`] call and the response.
 
+use std::os::fd::OwnedFd;
+
 use serde_json::json;
 
 use devices::vhost_user::DeviceKind;
@@ -20,6 +22,7 @@ enum Endpoint {
     VmPause,
     VmResume,
     VmShutdown,
+    VmReboot,
     VmPowerButton,
     VmAdd(DeviceKind),
 }
@@ -36,6 +39,7 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("/api/v1/vm.pause", "PUT", Endpoint::VmPause),
     ("/api/v1/vm.resume", "PUT", Endpoint::VmResume),
     ("/api/v1/vm.shutdown", "PUT", Endpoint::VmShutdown),
+    ("/api/v1/vm.reboot", "PUT", Endpoint::VmReboot),
     ("/api/v1/vm.power-button", "PUT", Endpoint::VmPowerButton),
     (
         "/api/v1/vm.add-disk",
@@ -66,8 +70,10 @@ impl From<Response> for Reply {
     }
 }
 
-/// Answers one request.
-pub fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
+/// Answers one request. `fds` came with it (`SCM_RIGHTS`); only
+/// `vm.add-net` takes any (its tap queues). What the VM does not keep is
+/// closed when this returns.
+pub fn handle(req: &Request, fds: Vec<OwnedFd>, ctl: &dyn VmControl) -> Reply {
     let Some(&(_, allowed, endpoint)) = ROUTES.iter().find(|(path, _, _)| *path == req.path) else {
         return Response::error(404, format!("unknown path {}", req.path)).into();
     };
@@ -77,6 +83,17 @@ pub fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
             format!("{} takes {allowed}, not {}", req.path, req.method),
         )
         .with_header("Allow", allowed)
+        .into();
+    }
+    if !fds.is_empty() && !matches!(endpoint, Endpoint::VmAdd(_)) {
+        return Response::error(
+            400,
+            format!(
+                "{} takes no file descriptors ({} sent with the request, all closed)",
+                req.path,
+                fds.len()
+            ),
+        )
         .into();
     }
     let body = match check_body(&req.body) {
@@ -104,7 +121,7 @@ pub fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
         },
         Endpoint::VmBoot => action(ctl.boot()).into(),
         Endpoint::VmAdd(kind) => match body {
-            Some(device) => action(ctl.add_device(kind, &device)).into(),
+            Some(device) => action(ctl.add_device(kind, &device, fds)).into(),
             None => Response::error(
                 400,
                 format!("{} needs a body: the device as JSON", req.path),
@@ -121,6 +138,7 @@ pub fn handle(req: &Request, ctl: &dyn VmControl) -> Reply {
         Endpoint::VmPause => action(ctl.pause()).into(),
         Endpoint::VmResume => action(ctl.resume()).into(),
         Endpoint::VmShutdown => action(ctl.shutdown()).into(),
+        Endpoint::VmReboot => action(ctl.reboot()).into(),
         Endpoint::VmPowerButton => action(ctl.power_button()).into(),
         Endpoint::VmmShutdown => {
             let result = ctl.vmm_shutdown();
@@ -178,6 +196,9 @@ pub(super) mod tests {
         pub calls: Mutex<Vec<&'static str>>,
         /// Makes `power_button` fail (500) instead of acting.
         pub broken_button: bool,
+        /// The descriptors `vm.add-net` brought, kept as a VM keeps a
+        /// NIC's tap queues.
+        pub kept: Mutex<Vec<OwnedFd>>,
     }
 
     impl FakeVm {
@@ -186,6 +207,7 @@ pub(super) mod tests {
                 state: Mutex::new(state),
                 calls: Mutex::new(Vec::new()),
                 broken_button: false,
+                kept: Mutex::new(Vec::new()),
             }
         }
 
@@ -289,6 +311,23 @@ pub(super) mod tests {
             self.calls.lock().unwrap().push("vmm-shutdown");
             Ok(())
         }
+
+        /// A NIC keeps its descriptors; other devices take none.
+        fn add_device(
+            &self,
+            kind: DeviceKind,
+            _body: &serde_json::Value,
+            fds: Vec<OwnedFd>,
+        ) -> Result<(), ControlError> {
+            self.calls.lock().unwrap().push("add");
+            if kind != DeviceKind::Net && !fds.is_empty() {
+                return Err(ControlError::BadRequest(
+                    "fds: this device takes none".into(),
+                ));
+            }
+            self.kept.lock().unwrap().extend(fds);
+            Ok(())
+        }
     }
 
     fn req(method: &str, path: &str, body: &[u8]) -> Request {
@@ -303,7 +342,7 @@ pub(super) mod tests {
     }
 
     fn call(vm: &FakeVm, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value, Reply) {
-        let reply = handle(&req(method, path, body), vm);
+        let reply = handle(&req(method, path, body), Vec::new(), vm);
         let json = if reply.response.body.is_empty() {
             serde_json::Value::Null
         } else {
@@ -442,6 +481,10 @@ pub(super) mod tests {
         assert_eq!(code, 500);
         assert_eq!(err["error"], "power button failed: KVM_IRQ_LINE: EINVAL");
         assert_eq!(ControlError::Unsupported("snapshot").status(), 501);
+        // A VM that cannot reboot says so.
+        let (code, err, _) = call(&vm, "PUT", "/api/v1/vm.reboot", b"");
+        assert_eq!(code, 501);
+        assert_eq!(err["error"], "vm.reboot is not supported by this VM");
     }
 
     #[test]
@@ -465,6 +508,7 @@ pub(super) mod tests {
         assert_eq!(code, 405);
         assert_eq!(reply.response.headers, [("Allow", "PUT".to_string())]);
         assert_eq!(call(&vm, "DELETE", "/api/v1/vm.pause", b"").0, 405);
+        assert_eq!(call(&vm, "GET", "/api/v1/vm.reboot", b"").0, 405);
         assert_eq!(call(&vm, "HEAD", "/api/v1/vmm.ping", b"").0, 405);
         assert!(vm.calls.lock().unwrap().is_empty());
     }

@@ -5,9 +5,18 @@
 //! connect and stay idle cannot lock others out; only when every
 //! connection is inside a request (each bounded by
 //! [`Limits::request_timeout`]) is a newcomer answered 503.
+//!
+//! File descriptors sent with a request (`SCM_RIGHTS`, as Kata's `clh.go`
+//! sends tap queues with `vm.add-net`) belong to the request being
+//! received when they arrive: send them with the request's first bytes
+//! (the kernel hands them over with the first byte of the `sendmsg` that
+//! carried them). At most [`MAX_REQUEST_FDS`] per request; more is a 400
+//! and the connection closes. Every descriptor the request's handler does
+//! not take is closed once it is answered, and whatever ends a
+//! connection closes the ones it holds.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::http::{self, Decoded, Decoder, HttpError, Limits, Response};
+use super::http::{self, Decoded, Decoder, HttpError, Limits, Response, MAX_REQUEST_FDS};
 use super::routes;
 use super::VmControl;
 
@@ -441,13 +450,17 @@ fn serve_connection(
     }
     let mut decoder = Decoder::new(*limits);
     let mut buf = [0u8; 4096];
+    // Descriptors received for the request being read.
+    let mut fds: Vec<OwnedFd> = Vec::new();
     let mut started: Option<Instant> = None;
     let mut idle_since = Instant::now();
     loop {
         loop {
             match decoder.next() {
                 Ok(Decoded::Request(req)) => {
-                    let reply = routes::handle(&req, ctl);
+                    // The handler takes what it consumes; the rest is
+                    // closed when `handle` returns.
+                    let reply = routes::handle(&req, std::mem::take(&mut fds), ctl);
                     log::debug!(
                         "API {} {} -> {}",
                         req.method,
@@ -501,14 +514,61 @@ fn serve_connection(
             }
             Ok(Wake::TimedOut | Wake::Stopped | Wake::Evicted) | Err(_) => return,
         }
-        match stream.read(&mut buf) {
+        match receive(stream, &mut buf, &mut fds) {
             // The client closed; half a request gets no answer.
             Ok(0) => return,
             Ok(n) => decoder.feed(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Err(Received::TooManyFds) => {
+                fds.clear();
+                return refuse(stream, &HttpError::TooManyFds(MAX_REQUEST_FDS));
+            }
+            Err(Received::Interrupted) => {}
+            Err(Received::Failed) => return,
         }
     }
+}
+
+/// Why [`receive`] got no bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// EINTR: try again.
+    Interrupted,
+    /// The request brought more than [`MAX_REQUEST_FDS`] descriptors.
+    TooManyFds,
+    /// The connection failed.
+    Failed,
+}
+
+/// Reads bytes into `buf` and the descriptors that come with them into
+/// `fds` (close-on-exec). The number of bytes, 0 at the end of the stream.
+fn receive(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_REQUEST_FDS]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = match recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Ok(m) => m,
+        Err(nix::Error::EINTR) => return Err(Received::Interrupted),
+        Err(_) => return Err(Received::Failed),
+    };
+    for c in msg.cmsgs() {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            for fd in received {
+                // SAFETY: recvmsg just installed this descriptor in our
+                // table; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    // MSG_CTRUNC: the kernel closed the ones that did not fit.
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() > MAX_REQUEST_FDS {
+        return Err(Received::TooManyFds);
+    }
+    Ok(msg.bytes)
 }
 
 /// Answers a request that could not be read, then closes.

@@ -591,3 +591,225 @@ fn binding_the_socket_path() {
     assert!(e.to_string().contains("no/such/api.sock"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod fds {
+    //! Descriptors sent with requests (`SCM_RIGHTS`): `vm.add-net` keeps
+    //! them, everything else closes them. Each is the write end of a pipe
+    //! whose read end the test holds: the read end hangs up once every
+    //! copy of the write end is closed, in the server's table too.
+
+    use std::io::IoSlice;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    use nix::poll::{poll, PollFd, PollFlags};
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+
+    use super::*;
+
+    /// A pipe: (read end, write end).
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        // SAFETY: pipe2 just made both; nothing else owns them.
+        unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w)) }
+    }
+
+    /// `n` pipes; the caller sends the write ends and keeps the read ends.
+    fn pipes(n: usize) -> (Vec<OwnedFd>, Vec<OwnedFd>) {
+        (0..n).map(|_| pipe()).unzip()
+    }
+
+    /// Whether every write end of these pipes is closed, waiting up to
+    /// `wait` for it (a connection thread may still be closing them).
+    fn all_closed(reads: &[OwnedFd], wait: Duration) -> bool {
+        let end = Instant::now() + wait;
+        loop {
+            let mut polls: Vec<PollFd> = reads
+                .iter()
+                .map(|r| PollFd::new(r.as_raw_fd(), PollFlags::POLLIN))
+                .collect();
+            let _ = poll(&mut polls, 0);
+            let hung_up = polls
+                .iter()
+                .filter(|p| p.revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)))
+                .count();
+            if hung_up == reads.len() {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether no write end is closed yet (all are kept somewhere).
+    fn none_closed(reads: &[OwnedFd]) -> bool {
+        let mut polls: Vec<PollFd> = reads
+            .iter()
+            .map(|r| PollFd::new(r.as_raw_fd(), PollFlags::POLLIN))
+            .collect();
+        poll(&mut polls, 0).unwrap() == 0
+    }
+
+    impl Client {
+        /// Sends `bytes` in one message carrying `fds`, then closes our
+        /// copies of them.
+        fn send_with_fds(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) {
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            let cmsg = [ControlMessage::ScmRights(&raw)];
+            let n = sendmsg::<()>(
+                self.stream.as_raw_fd(),
+                &[IoSlice::new(bytes)],
+                &cmsg,
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            assert_eq!(n, bytes.len());
+            drop(fds);
+        }
+
+        /// `method path` with `body`, the descriptors coming with it.
+        fn request_with_fds(
+            &mut self,
+            method: &str,
+            path: &str,
+            body: &str,
+            fds: Vec<OwnedFd>,
+        ) -> Resp {
+            let req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            self.send_with_fds(req.as_bytes(), fds);
+            self.read().expect("a response")
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+    const NIC: &str = r#"{"mac": "02:00:00:00:00:01"}"#;
+
+    #[test]
+    fn vm_add_net_keeps_its_descriptors_and_other_requests_close_theirs() {
+        let (server, mut c) = Server::quick_client();
+        let (reads, writes) = pipes(2);
+        let r = c.request_with_fds("PUT", "/api/v1/vm.add-net", NIC, writes);
+        assert_eq!(r.status, 204, "{:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(server.vm.kept.lock().unwrap().len(), 2);
+        assert!(none_closed(&reads), "a kept descriptor was closed");
+
+        // One that takes none: a 400 naming the endpoint, the descriptor
+        // closed, the connection still served.
+        let (stray, writes) = pipes(1);
+        let r = c.request_with_fds("PUT", "/api/v1/vm.pause", "", writes);
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.error(),
+            "/api/v1/vm.pause takes no file descriptors (1 sent with the request, all closed)"
+        );
+        assert!(all_closed(&stray, WAIT));
+        // A device that refuses them: the VM's error, all closed.
+        let (stray, writes) = pipes(3);
+        let r = c.request_with_fds("PUT", "/api/v1/vm.add-disk", "{}", writes);
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (400, "fds: this device takes none")
+        );
+        assert!(all_closed(&stray, WAIT));
+        assert_eq!(c.ping(), 200);
+        assert!(!server.vm.calls.lock().unwrap().contains(&"pause"));
+
+        // The VM's copies go with it.
+        assert!(none_closed(&reads));
+        server.vm.kept.lock().unwrap().clear();
+        assert!(all_closed(&reads, WAIT));
+    }
+
+    /// Kata's `vmAddNetPutRequest`: one connection, one `vm.add-net` per
+    /// NIC, each written with its own queues in one `sendmsg`.
+    #[test]
+    fn nics_added_on_one_connection_each_get_their_own_descriptors() {
+        let (server, mut c) = Server::quick_client();
+        let (first, writes) = pipes(1);
+        assert_eq!(
+            c.request_with_fds("PUT", "/api/v1/vm.add-net", NIC, writes)
+                .status,
+            204
+        );
+        assert_eq!(server.vm.kept.lock().unwrap().len(), 1);
+        let (second, writes) = pipes(2);
+        assert_eq!(
+            c.request_with_fds("PUT", "/api/v1/vm.add-net", NIC, writes)
+                .status,
+            204
+        );
+        assert_eq!(server.vm.kept.lock().unwrap().len(), 3);
+        // A request without any on the same connection gets none.
+        assert_eq!(c.request("PUT", "/api/v1/vm.add-net", NIC).status, 204);
+        assert_eq!(server.vm.kept.lock().unwrap().len(), 3);
+        assert!(none_closed(&first) && none_closed(&second));
+    }
+
+    #[test]
+    fn more_than_sixteen_is_a_400_naming_the_limit_and_all_are_closed() {
+        let (server, mut c) = Server::quick_client();
+        let (reads, writes) = pipes(super::super::MAX_REQUEST_FDS + 1);
+        let r = c.request_with_fds("PUT", "/api/v1/vm.add-net", NIC, writes);
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.error(),
+            "more than 16 file descriptors sent with one request (all were closed)"
+        );
+        assert!(c.closed());
+        assert!(all_closed(&reads, WAIT));
+        assert!(server.vm.calls.lock().unwrap().is_empty());
+
+        // Sixteen in two messages of one request count together.
+        let mut c = server.connect();
+        let (reads, writes) = pipes(20);
+        let mut writes = writes.into_iter();
+        let head = format!(
+            "PUT /api/v1/vm.add-net HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            NIC.len()
+        );
+        c.send_with_fds(head.as_bytes(), writes.by_ref().take(10).collect());
+        c.send_with_fds(NIC.as_bytes(), writes.collect());
+        let r = c.read().expect("a response");
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&r.body));
+        assert!(all_closed(&reads, WAIT));
+        assert!(server.vm.kept.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_or_unfinished_requests_close_their_descriptors() {
+        let server = Server::quick();
+        // Bad JSON: 400, closed.
+        let mut c = server.connect();
+        let (reads, writes) = pipes(2);
+        let r = c.request_with_fds("PUT", "/api/v1/vm.add-net", "{\"mac\": ", writes);
+        assert_eq!(r.status, 400);
+        assert!(r.error().contains("not valid JSON"), "{}", r.error());
+        assert!(all_closed(&reads, WAIT));
+        // A malformed head: refused, the connection closed, so are they.
+        let mut c = server.connect();
+        let (reads, writes) = pipes(2);
+        let r = c.request_with_fds("PUT", "/api/v1/vm.add-net HTTP/9", "", writes);
+        assert_eq!(r.status, 400);
+        assert!(c.closed());
+        assert!(all_closed(&reads, WAIT));
+        // Half a request, then the client goes.
+        let mut c = server.connect();
+        let (reads, writes) = pipes(3);
+        c.send_with_fds(b"PUT /api/v1/vm.add-net HTTP/1.1\r\nContent-Le", writes);
+        drop(c);
+        assert!(all_closed(&reads, WAIT));
+        // Half a request that times out: 408, closed.
+        let mut c = server.connect();
+        let (reads, writes) = pipes(1);
+        c.send_with_fds(b"PUT /api/v1/vm.add-net HTTP/1.1\r\n", writes);
+        assert_eq!(c.read().expect("a 408").status, 408);
+        assert!(all_closed(&reads, WAIT));
+        assert!(server.vm.kept.lock().unwrap().is_empty());
+        assert!(server.vm.calls.lock().unwrap().is_empty());
+    }
+}

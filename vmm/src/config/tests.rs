@@ -282,7 +282,19 @@ fn what_we_cannot_honour_is_refused_by_its_field() {
             json!({"disks": [{"vhost_user": true, "vhost_socket": "/s", "readonly": true}]}),
             "disks[0].readonly",
         ),
-        (json!({"net": [{"tap": "tap0"}]}), "net[0].tap"),
+        (json!({"net": [{"fds": [3]}]}), "net[0].fds"),
+        (
+            json!({"net": [{"tap": "tap0", "ip": "10.0.0.1"}]}),
+            "net[0].ip",
+        ),
+        (
+            json!({"net": [{"tap": "tap0", "vhost_user": true, "vhost_socket": "/s"}]}),
+            "net[0].vhost_user",
+        ),
+        (
+            json!({"net": [{"tap": "tap0", "vhost_socket": "/s"}]}),
+            "net[0].vhost_socket",
+        ),
         (
             json!({"net": [{"vhost_user": true, "vhost_socket": "/s", "vhost_mode": "Server"}]}),
             "net[0].vhost_mode",
@@ -453,9 +465,9 @@ fn devices_added_before_boot_join_the_plan_in_plug_order() {
     }))
     .unwrap();
     let disk = json!({"vhost_user": true, "vhost_socket": "/run/b.sock", "num_queues": 2});
-    let plan = add_device(&plan, DeviceKind::Block, &disk).unwrap();
+    let plan = add_device(&plan, DeviceKind::Block, &disk, Vec::new()).unwrap();
     let fs = json!({"tag": "kataShared", "socket": "/run/fs.sock"});
-    let plan = add_device(&plan, DeviceKind::Fs, &fs).unwrap();
+    let plan = add_device(&plan, DeviceKind::Fs, &fs, Vec::new()).unwrap();
     let order: Vec<_> = plan
         .config
         .devices
@@ -469,10 +481,86 @@ fn devices_added_before_boot_join_the_plan_in_plug_order() {
     assert_eq!(plan.echo["disks"][1], disk);
     assert_eq!(plan.echo["fs"], json!([fs]));
     // Checked as a vm.create entry would be, the field named by its place.
-    let e = add_device(&plan, DeviceKind::Block, &json!({"vhost_user": true})).unwrap_err();
+    let e = add_device(
+        &plan,
+        DeviceKind::Block,
+        &json!({"vhost_user": true}),
+        Vec::new(),
+    )
+    .unwrap_err();
     assert_eq!(e.field, "disks[2].vhost_socket", "{e}");
-    let e = add_device(&plan, DeviceKind::Net, &json!({"tap": "tap0"})).unwrap_err();
+    let e = add_device(&plan, DeviceKind::Net, &json!({"tap": "a/b"}), Vec::new()).unwrap_err();
     assert_eq!(e.field, "net[1].tap", "{e}");
+}
+
+/// Opens `n` descriptors of `path`.
+fn open_n(path: &str, n: usize) -> Vec<OwnedFd> {
+    (0..n)
+        .map(|_| std::fs::File::open(path).unwrap().into())
+        .collect()
+}
+
+#[test]
+fn vm_add_net_with_tap_queues_as_kata_sends_it() {
+    let k = kernel();
+    let plan = from_api(&json!({"payload": {"kernel": k}})).unwrap();
+    // Kata's clh.go: chclient.NewNetConfig()'s defaults, the MAC, and
+    // the tap queues as SCM_RIGHTS (here /dev/net/tun not yet attached:
+    // the daemon checks the flags when it starts).
+    let body = json!({"mac": "02:00:00:00:00:22", "ip": "192.168.249.1",
+                      "mask": "255.255.255.0", "num_queues": 2, "queue_size": 256,
+                      "vhost_user": false, "vhost_mode": "Client", "iommu": false,
+                      "offload_tso": true});
+    let plan = add_device(&plan, DeviceKind::Net, &body, open_n("/dev/net/tun", 1)).unwrap();
+    let nic = &plan.config.devices[0];
+    assert!(
+        matches!(&nic.tap, Some(NetTap::Fds(f)) if f.0.len() == 1),
+        "{nic:?}"
+    );
+    assert_eq!(nic.mac, Some([2, 0, 0, 0, 0, 0x22]));
+    assert_eq!((nic.num_queues, nic.socket.as_os_str()), (2, "".as_ref()));
+    assert_eq!(
+        plan.unsupported,
+        [
+            "net[0].ip: ignored (the tap queues came configured)",
+            "net[0].mask: ignored (the tap queues came configured)",
+            "net[0].offload_tso: ignored",
+        ]
+    );
+    assert_eq!(plan.echo["net"], json!([body]));
+    // Two queue pairs: num_queues follows the descriptors.
+    let two = add_device(
+        &plan,
+        DeviceKind::Net,
+        &json!({}),
+        open_n("/dev/net/tun", 2),
+    )
+    .unwrap();
+    assert_eq!(two.config.devices[1].num_queues, 4);
+    let e = add_device(
+        &plan,
+        DeviceKind::Net,
+        &json!({"num_queues": 2}),
+        open_n("/dev/net/tun", 2),
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "net[1].num_queues", "{e}");
+    // Not a tap, or sent to a device that takes none.
+    let e = add_device(&plan, DeviceKind::Net, &json!({}), open_n("/dev/null", 1)).unwrap_err();
+    assert_eq!(e.field, "net[1].fds", "{e}");
+    assert!(e.message.contains("not a tap queue"), "{e}");
+    let disk = json!({"vhost_user": true, "vhost_socket": "/run/b.sock"});
+    let e = add_device(&plan, DeviceKind::Block, &disk, open_n("/dev/net/tun", 1)).unwrap_err();
+    assert_eq!(e.field, "disks[0].fds", "{e}");
+    // A tap by name: the daemon attaches to it.
+    let named = add_device(&plan, DeviceKind::Net, &json!({"tap": "tap7"}), Vec::new()).unwrap();
+    assert_eq!(
+        named.config.devices[1].tap,
+        Some(NetTap::Name("tap7".into()))
+    );
+    // A vhost-user NIC may say vhost_mode Client, not Server.
+    let vu = json!({"vhost_user": true, "vhost_socket": "/s", "vhost_mode": "Client"});
+    add_device(&plan, DeviceKind::Net, &vu, Vec::new()).unwrap();
 }
 
 #[test]
