@@ -54,6 +54,26 @@ fuzz_target!(|data: &[u8]| {
             }
             Plan::Flush => assert_eq!(parsed.ty, req_type::FLUSH),
             Plan::Finished(done) => assert_ne!(done.status, request::status::OK),
+            Plan::Ranges(discard) => {
+                assert!(!read_only);
+                let want = if discard {
+                    req_type::DISCARD
+                } else {
+                    req_type::WRITE_ZEROES
+                };
+                assert_eq!(parsed.ty, want);
+                // Every checked range lies inside the image.
+                let ranges = parsed
+                    .ranges(&config, discard)
+                    .expect("planned ranges check");
+                for r in ranges.as_slice() {
+                    assert!(r
+                        .offset
+                        .checked_add(r.len)
+                        .is_some_and(|end| end <= capacity));
+                    assert!(r.unmap || !discard);
+                }
+            }
             Plan::Sync => {}
         }
         let done = parsed.execute(&target);
