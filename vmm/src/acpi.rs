@@ -132,7 +132,22 @@ fn pci_host_bridge(mmio64: (u64, u64)) -> Vec<u8> {
     body.extend(aml::name(b"_UID", &aml::integer(0)));
     body.extend(aml::name(b"_BBN", &aml::integer(0)));
     body.extend(aml::name(b"_CRS", &crs));
-    aml::scope(b"\\_SB_", &aml::device(b"PCI0", &body))
+    aml::device(b"PCI0", &body)
+}
+
+/// COM1 as a PNP0501 device with its ports and IRQ, so the guest finds
+/// the UART by ACPI enumeration rather than legacy probing (as QEMU's and
+/// Cloud Hypervisor's DSDTs describe theirs).
+fn com1() -> Vec<u8> {
+    let crs = aml::resource_template(&[
+        aml::io(layout::COM1_PORT as u16, 8),
+        aml::irq_no_flags(layout::COM1_IRQ as u8),
+    ]);
+    let mut body = Vec::new();
+    body.extend(aml::name(b"_HID", &aml::eisa_id(b"PNP0501")));
+    body.extend(aml::name(b"_UID", &aml::integer(1)));
+    body.extend(aml::name(b"_CRS", &crs));
+    aml::device(b"COM1", &body)
 }
 
 fn dsdt(mmio64: (u64, u64)) -> Vec<u8> {
@@ -140,7 +155,9 @@ fn dsdt(mmio64: (u64, u64)) -> Vec<u8> {
     // Name (_S5_, Package (2) { 5, 5 })
     t.put(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a]);
     t.put(&[S5_SLP_TYP as u8, 0x0a, S5_SLP_TYP as u8]);
-    t.put(&pci_host_bridge(mmio64));
+    let mut sb = pci_host_bridge(mmio64);
+    sb.extend(com1());
+    t.put(&aml::scope(b"\\_SB_", &sb));
     t.finish()
 }
 
@@ -551,6 +568,30 @@ mod tests {
         assert!(find(&t, &aml::dword_memory(0xc000_0000, 0x2000_0000)).is_some());
         assert!(find(&t, &aml::qword_memory(MMIO64.0, MMIO64.1)).is_some());
         assert_eq!(&t[t.len() - 2..], &[0x79, 0]);
+    }
+
+    #[test]
+    fn dsdt_describes_com1_in_the_sb_scope() {
+        let t = dsdt(MMIO64);
+        let scope = find(&t, b"\\_SB_").unwrap();
+        let com1 = find(&t, b"COM1").expect("a COM1 device");
+        assert!(com1 > scope, "COM1 is inside \\_SB_");
+        // DeviceOp, then a PkgLength of one or two bytes, then the name.
+        assert!(
+            t[com1 - 4..com1 - 1].windows(2).any(|w| w == [0x5b, 0x82]),
+            "DeviceOp before COM1"
+        );
+        let mut hid = b"\x08_HID".to_vec();
+        hid.extend(aml::eisa_id(b"PNP0501"));
+        assert!(find(&t[com1..], &hid).is_some());
+        // IO (Decode16, 0x3F8, 0x3F8, 1, 8), IRQNoFlags () {4}, end tag.
+        let crs = [
+            &[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08][..],
+            &[0x22, 0x10, 0x00],
+            &[0x79, 0x00],
+        ]
+        .concat();
+        assert!(find(&t[com1..], &crs).is_some(), "COM1's _CRS");
     }
 
     /// The MADT's local APICs as (uid, APIC id, flags), and the I/O

@@ -140,6 +140,14 @@ pub fn io(base: u16, len: u8) -> Vec<u8> {
     b
 }
 
+/// `IRQNoFlags () {irq}`: an edge-triggered, active-high ISA interrupt.
+pub fn irq_no_flags(irq: u8) -> Vec<u8> {
+    let mask = 1u16 << (irq & 15);
+    let mut b = vec![0x22];
+    b.extend_from_slice(&mask.to_le_bytes());
+    b
+}
+
 /// Type-specific flags of the memory windows: read-write, non-cacheable.
 const MEM_FLAGS_RW: u8 = 0x01;
 

@@ -33,6 +33,10 @@ pub const CMDLINE_START: GuestAddress = GuestAddress(0x20000);
 pub const CMDLINE_MAX_SIZE: usize = 4096;
 pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: GuestAddress = GuestAddress(0xe0000);
+/// COM1, the 16550 UART ([`crate::platform::SerialDevice`]): its ports
+/// and ISA IRQ, which the DSDT describes too.
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
 pub const HIGH_RAM_START: GuestAddress = GuestAddress(0x10_0000);
 
 /// Start of the 32-bit device hole ("PCI hole"): RAM stops here below 4 GiB.

@@ -14,8 +14,7 @@ use super::{read_first_byte, write_first_byte};
 use crate::bus::BusDevice;
 use crate::cli::SerialConfig;
 
-pub const COM1_PORT: u64 = 0x3f8;
-pub const COM1_IRQ: u32 = 4;
+pub use crate::layout::{COM1_IRQ, COM1_PORT};
 
 /// Errors of setting COM1 up.
 #[derive(Debug, thiserror::Error)]
