@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::http::{self, Decoded, Decoder, HttpError, Limits, Response, MAX_REQUEST_FDS};
@@ -237,40 +239,24 @@ fn wait(
             }
         };
         let mut fds = [
-            libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                // A negative fd is ignored by poll.
-                fd: evict.map_or(-1, |e| e.as_raw_fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::new(fd, PollFlags::POLLIN),
+            PollFd::new(stop.fd(), PollFlags::POLLIN),
+            // A negative fd is ignored by poll.
+            PollFd::new(evict.map_or(-1, |e| e.as_raw_fd()), PollFlags::POLLIN),
         ];
-        // SAFETY: poll reads and writes exactly the three pollfds of
-        // `fds`, which we own, for the length we pass.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match poll(&mut fds, timeout_ms) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
         }
-        if fds[1].revents != 0 {
+        let woke = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        if woke(1) {
             return Ok(Wake::Stopped);
         }
-        if fds[0].revents != 0 {
+        if woke(0) {
             return Ok(Wake::Readable);
         }
-        if fds[2].revents != 0 {
+        if woke(2) {
             return Ok(Wake::Evicted);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
