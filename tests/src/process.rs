@@ -61,6 +61,43 @@ pub fn fd_targets(pid: u32) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Who else holds the sockets among `targets` (lines of [`fd_targets`]):
+/// for each `socket:[INODE]`, the processes (pid and command) with a
+/// descriptor on it, and its line in /proc/net/unix (path, state). For the
+/// message of a failed descriptor check: where a leftover socket came from.
+pub fn socket_holders(targets: &[String]) -> Vec<String> {
+    let unix = fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let mut out = Vec::new();
+    for t in targets {
+        let Some(inode) = t.split("socket:[").nth(1).map(|r| r.trim_end_matches(']')) else {
+            continue;
+        };
+        let mut holders = Vec::new();
+        for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let holds = fs::read_dir(p.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|f| {
+                    fs::read_link(f.path())
+                        .is_ok_and(|l| l.to_string_lossy() == format!("socket:[{inode}]"))
+                });
+            if holds {
+                holders.push(format!("{pid} {}", command_line(pid)));
+            }
+        }
+        let line = unix
+            .lines()
+            .find(|l| l.split_whitespace().nth(6) == Some(inode))
+            .unwrap_or("not in /proc/net/unix");
+        out.push(format!("{t}: held by {holders:?}; {line}"));
+    }
+    out
+}
+
 /// The kicks waiting in `pid`'s eventfds (`eventfd-count` in
 /// /proc/PID/fdinfo). A stopped vhost-user daemon's kick eventfd counts the
 /// guest's kicks, so a count means a request sits in a ring, untaken.

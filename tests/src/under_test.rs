@@ -30,6 +30,10 @@ pub mod rings;
 /// How long a daemon may take to come up, and a request to be answered.
 pub const T: Duration = Duration::from_secs(10);
 
+/// What `common::serve` logs once the serving process (the jailed child,
+/// with a namespace sandbox) waits for frontends.
+pub const LISTENING_LINE: &str = "listening on ";
+
 /// One of our daemons, as the shared suites see it.
 #[derive(Debug)]
 pub struct DaemonUnderTest {

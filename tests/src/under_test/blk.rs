@@ -27,7 +27,10 @@ use crate::virtqueue::{QueueError, Used, VirtQueue};
 pub static BLK: DaemonUnderTest = DaemonUnderTest {
     name: "vhost-blk-daemon",
     capabilities: "{\"type\":\"block\",\"features\":[\"read-only\",\"blk-file\"]}\n",
-    ready_line: None,
+    // Logged by the process that serves, after its jail is set up: the
+    // socket exists before the jail forks, so waiting for it alone let a
+    // test measure the supervisor mid-setup.
+    ready_line: Some(crate::under_test::LISTENING_LINE),
     watchdog_args: &["--sandbox", "namespace"],
     contrib: Contrib {
         kind: "block",

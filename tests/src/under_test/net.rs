@@ -33,7 +33,10 @@ use crate::virtqueue::{RawDesc, Used, VirtQueue, VRING_DESC_F_NEXT, VRING_DESC_F
 pub static NET: DaemonUnderTest = DaemonUnderTest {
     name: "vhost-net-daemon",
     capabilities: "{\"type\":\"net\",\"features\":[]}\n",
-    ready_line: None,
+    // Logged by the process that serves, after its jail is set up: the
+    // socket exists before the jail forks, so waiting for it alone let a
+    // test measure the supervisor mid-setup.
+    ready_line: Some(crate::under_test::LISTENING_LINE),
     watchdog_args: &["--sandbox", "namespace"],
     contrib: Contrib {
         kind: "net",
