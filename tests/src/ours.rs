@@ -11,7 +11,6 @@ use crate::fixture::{
 };
 use crate::netns::NetNs;
 use crate::process::{run_bounded, without_systemd_env, Finished};
-use crate::under_test::LISTENING_LINE;
 
 /// The path of one of the workspace's binaries (`vhost-blk-daemon`, ...),
 /// next to the running test executable's profile directory
@@ -122,26 +121,16 @@ pub fn vhost_blk_daemon_command(
 }
 
 /// Spawns our `vhost-blk-daemon` serving `image` on `socket`; ready when the
-/// socket exists and the serving process (a jailed child, by default)
-/// logged that it listens.
+/// socket exists (it is bound and listening in one step).
 pub fn vhost_blk_daemon(image: &Path, socket: &Path, opts: &BlkDaemonOpts) -> Result<Daemon> {
     let cmd = vhost_blk_daemon_command(image, socket, opts)?;
     Daemon::spawn(
         "vhost-blk-daemon",
         cmd,
         socket,
-        &listening(socket),
+        &[Readiness::Path(socket.to_path_buf())],
         DEFAULT_READY_TIMEOUT,
     )
-}
-
-/// Ready: `socket` exists (it is bound before a jail forks) and the
-/// serving process logged [`LISTENING_LINE`].
-fn listening(socket: &Path) -> [Readiness; 2] {
-    [
-        Readiness::Path(socket.to_path_buf()),
-        Readiness::LogLine(LISTENING_LINE.to_string()),
-    ]
 }
 
 /// Whether the environment variable `var` asks for the reference backend
@@ -302,13 +291,13 @@ pub fn vhost_net_daemon_command(ns: &NetNs, socket: &Path, args: &[&str]) -> Res
 }
 
 /// Spawns `vhost-net-daemon` in `ns` serving on `socket` with `args`;
-/// ready as [`vhost_blk_daemon`].
+/// ready when the socket exists.
 pub fn vhost_net_daemon(ns: &NetNs, socket: &Path, args: &[&str]) -> Result<Daemon> {
     Daemon::spawn(
         "vhost-net-daemon",
         vhost_net_daemon_command(ns, socket, args)?,
         socket,
-        &listening(socket),
+        &[Readiness::Path(socket.to_path_buf())],
         DEFAULT_READY_TIMEOUT,
     )
 }
