@@ -30,6 +30,7 @@ use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use virtiofsd::cli::Cli;
 use virtiofsd::fs::Guarded;
+use virtiofsd::persist::Persist;
 use virtiofsd::request::{self, opcode, Verdict, OUT_HEADER_LEN};
 use virtiofsd::setup;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -100,7 +101,7 @@ fn cli(flags: u8, dir: &Path) -> Cli {
 /// One message as a chain on a fresh ring; returns the bytes the server
 /// (or our refusal) wrote into the reply buffer.
 struct Conn {
-    server: Server<Arc<Guarded<PassthroughFs<()>>>>,
+    server: Server<Arc<Guarded<Persist<PassthroughFs<()>>>>>,
     mem: GuestMemoryMmap<()>,
     initialized: bool,
 }
@@ -201,8 +202,13 @@ fuzz_target!(|data: &[u8]| {
     let fs = PassthroughFs::<()>::new(setup::passthrough_config(&cli, &root)).expect("passthrough");
     fs.import().expect("import");
     let fs = Arc::new(
-        Guarded::new(fs, cli.readonly, cli.announce_submounts, cli.writeback)
-            .with_posix_acl(cli.posix_acl),
+        Guarded::new(
+            Persist::new(fs),
+            cli.readonly,
+            cli.announce_submounts,
+            cli.writeback,
+        )
+        .with_posix_acl(cli.posix_acl),
     );
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_LEN)]).expect("memory");
     let mut conn = Conn {

@@ -28,11 +28,12 @@ use vm_memory::GuestMemory;
 
 use crate::cli::TAG_MAX;
 use crate::fs::Guarded;
+use crate::persist::Persist;
 use crate::pool::Pool;
 use crate::request::{self, Verdict};
 
 /// The filesystem every connection serves.
-pub type Fs = Guarded<PassthroughFs<()>>;
+pub type Fs = Guarded<Persist<PassthroughFs<()>>>;
 
 /// The line Kata Containers waits for on stderr before it starts the VM.
 const READY_LINE: &str = "Waiting for vhost-user socket connection...";
@@ -108,10 +109,13 @@ impl FsConnection {
             0 | 1 => None,
             n => Some(Pool::new(n, "fs-pool")?),
         };
+        // A session resumed from the state file: the guest will not send
+        // INIT again.
+        let initialized = device.fs.inner().session_on();
         Ok(FsConnection {
             serving: Arc::new(Serving {
                 device,
-                initialized: AtomicBool::new(false),
+                initialized: AtomicBool::new(initialized),
             }),
             pool,
         })

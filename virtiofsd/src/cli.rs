@@ -139,6 +139,14 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = InodeFileHandles::Never)]
     pub inode_file_handles: InodeFileHandles,
 
+    /// Keep the FUSE session (the node ids and file handles the guest
+    /// holds, and INIT) in FILE, so a restarted daemon resumes it: a
+    /// frontend that reconnects after a crash finds the guest's open
+    /// files, directories and cached names still valid. Created (0600) if
+    /// missing; opened before the sandbox. One file per share and daemon.
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+
     /// Open-file limit (0: leave it; default: raise to min(hard limit, 1000000)).
     #[arg(long, value_name = "N")]
     pub rlimit_nofile: Option<u64>,

@@ -97,6 +97,11 @@ where
         }
     }
 
+    /// The wrapped filesystem.
+    pub fn inner(&self) -> &FS {
+        &self.inner
+    }
+
     /// Negotiates FUSE_POSIX_ACL: the guest kernel enforces ACLs it reads
     /// as `system.posix_acl_*` xattrs (the passthrough needs xattrs on), and
     /// leaves the umask to us (FUSE_DONT_MASK) so a default ACL in the

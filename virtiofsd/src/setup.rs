@@ -6,6 +6,7 @@
 //! `/share` beside a read-only `/proc`, or a chroot), the passthrough,
 //! groups and capabilities; seccomp follows in `common::daemon::run`.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,7 +21,9 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use crate::backend::Share;
 use crate::cli::{Cache, Cli, InodeFileHandles, TAG_MAX};
 use crate::fs::Guarded;
+use crate::persist::Persist;
 use crate::seccomp_fs;
+use crate::state::{StateFile, Table};
 
 /// The program name.
 pub const NAME: &str = "virtiofsd";
@@ -129,7 +132,10 @@ pub fn run(mut cli: Cli) -> Result<(), DaemonError> {
 /// can.
 fn confine(cli: &Cli, shared_dir: &Path, socket: &mut BoundSocket) -> Result<Share, BoxError> {
     let mode = cli.sandbox.mode();
-    sandbox::enter_jail(mode, socket, &[])?;
+    // A regular file: its descriptor reaches nothing else outside the jail.
+    let state = cli.state_file.as_deref().map(open_state).transpose()?;
+    let keep: Vec<i32> = state.iter().map(|f| f.as_raw_fd()).collect();
+    sandbox::enter_jail(mode, socket, &keep)?;
     sandbox::raise_nofile_limit(cli.rlimit_nofile)?;
     // How the root is built. fuse-backend-rs needs /proc/self/fd (to reopen
     // O_PATH inodes, and for their extended attributes) and
@@ -184,6 +190,23 @@ fn confine(cli: &Cli, shared_dir: &Path, socket: &mut BoundSocket) -> Result<Sha
         .map_err(|e| format!("--shared-dir {}: {e}", shared_dir.display()))?;
     sandbox::drop_supplementary_groups()?;
     sandbox::limit_capabilities(KEEP_CAPS)?;
+    let fs = match state {
+        None => Persist::new(fs),
+        Some(file) => {
+            let path = cli.state_file.as_deref().unwrap_or(Path::new(""));
+            let (file, table) = match StateFile::load(file.try_clone()?) {
+                Ok(v) => v,
+                Err(e) => {
+                    // Nothing to resume: the guest's next request gets EIO
+                    // (no INIT), as without the file.
+                    log::warn!("--state-file {}: {e}; starting afresh", path.display());
+                    (StateFile::load_empty(file)?, Table::new())
+                }
+            };
+            Persist::resume(fs, file, table)
+                .map_err(|e| format!("--state-file {}: resuming INIT: {e}", path.display()))?
+        }
+    };
     let fs = Arc::new(
         Guarded::new(fs, cli.readonly, cli.announce_submounts, cli.writeback)
             .with_posix_acl(cli.posix_acl),
@@ -202,6 +225,20 @@ fn confine(cli: &Cli, shared_dir: &Path, socket: &mut BoundSocket) -> Result<Sha
         serving: serving_line(cli, shared_dir),
         exit_on_disconnect: cli.exit_on_disconnect,
     })
+}
+
+/// Opens (creates) the state file, read-write, for the owner only.
+fn open_state(path: &Path) -> Result<std::fs::File, BoxError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("--state-file {}: {e}", path.display()).into())
 }
 
 /// What is shared and how, for the log.
