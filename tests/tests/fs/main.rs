@@ -15,5 +15,6 @@ mod inflight;
 mod malformed;
 mod ops;
 mod pool;
+mod restart;
 mod security;
 mod session;
