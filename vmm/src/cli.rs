@@ -486,13 +486,12 @@ pub enum Reconnect {
 }
 
 impl Reconnect {
-    /// The default of `kind`: forever for blk and net; off for fs, whose
-    /// restarted backend has lost the guest's node ids.
-    pub fn default_for(kind: DeviceKind) -> Self {
-        match kind {
-            DeviceKind::Block | DeviceKind::Net => Self::Forever,
-            DeviceKind::Fs => Self::Off,
-        }
+    /// The default of `kind`: forever. A restarted virtiofsd resumes the
+    /// guest's FUSE session from its `--state-file` (the shipped unit
+    /// passes one); one without answers EIO until the guest sends INIT,
+    /// which is no worse than a device that needs a reset.
+    pub fn default_for(_kind: DeviceKind) -> Self {
+        Self::Forever
     }
 }
 
@@ -1527,7 +1526,7 @@ mod tests {
             .contains("not seconds"));
         assert_eq!(
             parse_fs("tag=t,socket=/f").map(|d| d.reconnect),
-            Ok(Reconnect::Off)
+            Ok(Reconnect::Forever)
         );
         let d = parse_disk("num_queues=4,socket=/b,queue_size=128").unwrap();
         assert_eq!((d.num_queues, d.queue_size, d.device_queues()), (4, 128, 4));
