@@ -279,6 +279,17 @@ pub fn expand_exec(exec: &str, instance: &str, vars: &BTreeMap<String, String>) 
         let word = word.replace("%i", instance);
         if let Some(name) = word.strip_prefix("${").and_then(|w| w.strip_suffix('}')) {
             out.push(vars.get(name).cloned().unwrap_or_default());
+        } else if word.contains("${") {
+            // A variable inside a word (`${STATE_DIRECTORY}/%i.session`).
+            let mut w = word.clone();
+            while let Some((before, rest)) = w.split_once("${") {
+                let Some((name, after)) = rest.split_once('}') else {
+                    break;
+                };
+                let value = vars.get(name).map(String::as_str).unwrap_or_default();
+                w = format!("{before}{value}{after}");
+            }
+            out.push(w);
         } else if let Some(name) = word.strip_prefix('$') {
             let value = vars.get(name).map(String::as_str).unwrap_or_default();
             out.extend(value.split_whitespace().map(str::to_string));
@@ -341,6 +352,10 @@ mod tests {
                 "--xattr",
                 "--readonly"
             ]
+        );
+        assert_eq!(
+            expand_exec("--state-file ${DIR}/%i.session x${UNSET}y", "s0", &vars),
+            ["--state-file", "/srv/a b/s0.session", "xy"]
         );
         let dir = TempDir::new("vutest-unit").unwrap();
         let unit = dir.join("u.service");

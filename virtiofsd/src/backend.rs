@@ -231,9 +231,11 @@ impl Device for FsConnection {
     }
 
     /// Requests a killed virtiofsd had taken and not answered are
-    /// resubmitted once to the restarted one. Its FUSE session does not
-    /// survive yet (issue 13 item 3), so until the guest's INIT they are
-    /// answered EIO (`request::judge`), and none is answered twice.
+    /// resubmitted once to the restarted one, and none is answered twice.
+    /// Without `--state-file` its FUSE session is gone, so until the
+    /// guest's INIT they are answered EIO (`request::judge`); with it they
+    /// run again in the resumed session (not yet told apart from new ones:
+    /// a repeated MKDIR or O_EXCL CREATE answers EEXIST).
     fn tracks_inflight(&self) -> bool {
         true
     }

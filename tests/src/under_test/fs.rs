@@ -176,6 +176,10 @@ impl Env for FsEnv {
             self.served().share.to_str().unwrap(),
         );
         vars.insert("VIRTIOFSD_TAG".into(), "from-unit".into());
+        // What systemd sets for StateDirectory= (the --state-file's).
+        let state = self.scratch.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        vars.insert("STATE_DIRECTORY".into(), state.to_str().unwrap().into());
     }
 
     fn assert_unit_options(&self, socket: &Path, _vars: &BTreeMap<String, String>) {
