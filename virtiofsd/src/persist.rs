@@ -27,8 +27,9 @@ use fuse_backend_rs::api::filesystem::{
 
 use crate::state::{Record, StateFile, Table, ROOT};
 
-/// Deepest parent chain re-resolved (a loop in a damaged file ends here).
-const MAX_DEPTH: usize = 4096;
+/// Longest chain of ancestors found again at once (a loop in a damaged
+/// file ends here).
+const MAX_DEPTH: usize = 1 << 16;
 /// RENAME_EXCHANGE (linux/fs.h).
 const RENAME_EXCHANGE: u32 = 2;
 
@@ -159,30 +160,49 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> Persist<FS> {
     }
 
     /// The passthrough inode of guest node `g`, found again if this
-    /// process has not used it yet.
+    /// process has not used it yet: its ancestors up to one this process
+    /// knows (or the root) are looked up again from the top down, without
+    /// recursion (a guest can make the chain deep).
     fn node(&self, ctx: &Context, g: u64) -> io::Result<u64> {
-        self.node_at(ctx, g, 0)
+        let mut chain = Vec::new();
+        let mut top = {
+            let live = self.lock();
+            let mut at = g;
+            loop {
+                if at == ROOT {
+                    break ROOT;
+                }
+                if let Some(&(x, _)) = live.inner_node.get(&at) {
+                    break x;
+                }
+                let Some(n) = live.table.nodes.get(&at) else {
+                    // An ancestor the guest forgot while holding a child
+                    // (it does not): the child cannot be found.
+                    return Err(err(if at == g { libc::EBADF } else { libc::ESTALE }));
+                };
+                if n.detached || chain.len() >= MAX_DEPTH {
+                    return Err(err(libc::ESTALE));
+                }
+                chain.push(at);
+                at = n.parent;
+            }
+        };
+        for &id in chain.iter().rev() {
+            top = self.found_again(ctx, id, top)?;
+        }
+        Ok(top)
     }
 
-    fn node_at(&self, ctx: &Context, g: u64, depth: usize) -> io::Result<u64> {
-        if g == ROOT {
-            return Ok(ROOT);
-        }
+    /// Looks node `g` up again under its parent's passthrough inode `px`.
+    fn found_again(&self, ctx: &Context, g: u64, px: u64) -> io::Result<u64> {
         let (parent, name, dev, ino) = {
             let live = self.lock();
             if let Some(&(x, _)) = live.inner_node.get(&g) {
                 return Ok(x);
             }
-            let n = live.table.nodes.get(&g).ok_or_else(|| err(libc::EBADF))?;
-            if n.detached {
-                return Err(err(libc::ESTALE));
-            }
+            let n = live.table.nodes.get(&g).ok_or_else(|| err(libc::ESTALE))?;
             (n.parent, n.name.clone(), n.dev, n.ino)
         };
-        if depth >= MAX_DEPTH {
-            return Err(err(libc::ESTALE));
-        }
-        let px = self.node_at(ctx, parent, depth + 1)?;
         let cname = CString::new(name.clone()).map_err(|_| err(libc::ESTALE))?;
         let e = match self.inner.lookup(ctx, px, &cname) {
             Ok(e) if e.inode != 0 => e,
@@ -205,7 +225,7 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> Persist<FS> {
             // Forgotten meanwhile.
             drop(live);
             self.inner.forget(ctx, e.inode, 1);
-            return Err(err(libc::EBADF));
+            return Err(err(libc::ESTALE));
         }
         live.inner_node.insert(g, (e.inode, 1));
         live.by_inner.insert(e.inode, g);
@@ -1114,6 +1134,38 @@ mod tests {
             0,
             "the wrong file's lookup forgotten"
         );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A damaged file whose nodes are each other's parents: ESTALE, no
+    /// hang and no stack overflow.
+    #[test]
+    fn a_parent_loop_in_the_file_is_stale() {
+        let (path, file) = state_file("loop");
+        let mut t = Table::new();
+        for r in [
+            Record::Init(0),
+            Record::Node {
+                id: 2,
+                parent: 3,
+                name: b"a".to_vec(),
+                dev: 7,
+                ino: 1000,
+            },
+            Record::Node {
+                id: 3,
+                parent: 2,
+                name: b"b".to_vec(),
+                dev: 7,
+                ino: 1001,
+            },
+        ] {
+            t.apply(&r);
+        }
+        let (sf, _) = StateFile::load(file).unwrap();
+        let fs = Persist::resume(Names::new(&files(), 100), sf, t).unwrap();
+        let e = fs.getattr(&Context::default(), 2, None).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
         std::fs::remove_file(&path).unwrap();
     }
 }
