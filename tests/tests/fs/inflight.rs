@@ -1,7 +1,8 @@
 //! In-flight I/O tracking in `virtiofsd` (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD):
 //! after a kill and a restart on the same socket, a request the dead
 //! daemon took and did not answer is answered exactly once by the new one
-//! (EIO: its FUSE session did not survive the crash, issue 13 item 3), and
+//! (EIO: its FUSE session did not survive the crash; served when the daemon
+//! resumes it from `--state-file`, issue 13 item 3), and
 //! one it answered is not answered again, even when it answered a later
 //! request first.
 
@@ -32,15 +33,32 @@ fn avail_head(vq: &VirtQueue, i: u16) -> u16 {
 fn a_request_left_in_flight_behind_an_answered_one_is_answered_once_after_a_restart() {
     // Inline, and on a thread pool (completions from its threads).
     for args in [&[][..], &["--thread-pool-size", "4"][..]] {
-        answered_once(args);
+        answered_once(args, false);
     }
 }
 
-fn answered_once(args: &[&str]) {
+/// With `--state-file` the restarted daemon resumes the FUSE session, so
+/// the request left in flight is served, not refused.
+#[test]
+fn with_a_state_file_a_request_left_in_flight_is_served_after_a_restart() {
+    for args in [&[][..], &["--thread-pool-size", "4"][..]] {
+        answered_once(args, true);
+    }
+}
+
+fn answered_once(args: &[&str], state: bool) {
     let dir = TempDir::new("fs-inflight").unwrap();
     let share = dir.join("share");
     std::fs::create_dir(&share).unwrap();
     let socket = dir.join("fs.sock");
+    let state_file = dir.join("fs.state");
+    let state_arg = ["--state-file", state_file.to_str().unwrap()];
+    let args = if state {
+        [args, &state_arg[..]].concat()
+    } else {
+        args.to_vec()
+    };
+    let args = &args[..];
     let mut daemon = virtiofsd(&share, &socket, args).unwrap();
     let mut opts = FsOptions::default();
     opts.device.protocol_features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
@@ -94,7 +112,11 @@ fn answered_once(args: &[&str]) {
     assert!(reply.is_ok(), "{reply:?}");
     let (slot, reply) = p.recv(&mut fs).unwrap();
     assert_eq!(slot, 0, "A, answered by the restarted daemon");
-    assert_eq!(reply.unwrap_err().errno(), Some(libc::EIO));
+    if state {
+        assert!(reply.is_ok(), "in the resumed session: {reply:?}");
+    } else {
+        assert_eq!(reply.unwrap_err().errno(), Some(libc::EIO));
+    }
     // A new request after it; nothing answered twice (a second answer to A
     // or B would come first and match no request in flight).
     p.send(&mut fs, 0, &Request::getattr(1, None)).unwrap();
