@@ -335,14 +335,26 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> Persist<FS> {
     }
 
     /// RELEASE/RELEASEDIR: forgets guest handle `fh`; returns the
-    /// passthrough handle to close, if this process opened one.
-    fn released(&self, fh: u64) -> io::Result<Option<u64>> {
-        let mut live = self.lock();
-        if !live.table.handles.contains_key(&fh) {
-            return Err(err(libc::EBADF));
-        }
-        live.commit(&[Record::Release(fh)]);
-        Ok(live.inner_fh.remove(&fh))
+    /// passthrough handle to close, if this process opened one, and its
+    /// node's passthrough inode (mapped here, since the handle was opened
+    /// on it; else `inode`'s, found again).
+    fn released(&self, ctx: &Context, fh: u64, inode: u64) -> io::Result<Option<(u64, u64)>> {
+        let (h, x) = {
+            let mut live = self.lock();
+            let Some(rec) = live.table.handles.get(&fh).copied() else {
+                return Err(err(libc::EBADF));
+            };
+            live.commit(&[Record::Release(fh)]);
+            let Some(h) = live.inner_fh.remove(&fh) else {
+                return Ok(None);
+            };
+            (h, live.inner_node.get(&rec.node).map(|m| m.0))
+        };
+        let x = match x {
+            Some(x) => x,
+            None => self.node(ctx, inode)?,
+        };
+        Ok(Some((h, x)))
     }
 
     fn forget_one(&self, ctx: &Context, g: u64, count: u64) {
@@ -666,11 +678,10 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        let Some(h) = self.released(handle)? else {
+        let Some((h, x)) = self.released(ctx, handle, inode)? else {
             // Opened by a process before a restart: nothing open here.
             return Ok(());
         };
-        let x = self.node(ctx, inode)?;
         self.inner
             .release(ctx, x, flags, h, flush, flock_release, lock_owner)
     }
@@ -770,10 +781,9 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        let Some(h) = self.released(handle)? else {
+        let Some((h, x)) = self.released(ctx, handle, inode)? else {
             return Ok(());
         };
-        let x = self.node(ctx, inode)?;
         self.inner.releasedir(ctx, x, flags, h)
     }
 
