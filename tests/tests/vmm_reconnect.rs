@@ -14,6 +14,11 @@
 //! button after sending its frame: the NIC is `connecting`, then
 //! `connected` with one reconnect, and the guest reads its status as
 //! DRIVER_OK without DEVICE_NEEDS_RESET.
+//!
+//! And for virtiofsd with `--state-file` (issue #13 step 3) while the guest
+//! keeps READing a file through the node id and handle it got before the
+//! kill (`fs-loop`): the restarted daemon resumes the FUSE session without
+//! a new INIT, the reads go on with the same bytes.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -242,5 +247,81 @@ fn a_killed_net_daemon_restarted_on_its_socket_is_reconnected() {
         .find_map(|l| l.strip_prefix("status 00:01.0 net: 0x"))
         .unwrap_or_else(|| panic!("no net status\n{all}"));
     assert!(status.starts_with("0f ok"), "{status:?}\n{all}");
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+}
+
+/// The highest `fs-loop: round N ok` on the console.
+fn fs_loop_rounds(console: &Path) -> u64 {
+    serial(console)
+        .lines()
+        .filter_map(|l| l.strip_prefix("fs-loop: round ")?.strip_suffix(" ok"))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// virtiofsd with `--state-file` (issue #13 step 3): the test guest keeps
+/// READing `hello.txt` through the node id and handle it got before the
+/// kill (`fs-loop`); the share's device is `connecting` while no daemon
+/// listens, then the restarted daemon resumes the FUSE session (no new
+/// INIT) and the rounds go on with the same bytes, no DEVICE_NEEDS_RESET.
+#[test]
+fn a_killed_virtiofsd_restarted_with_its_state_file_is_reconnected_and_the_guest_reads_on() {
+    let dir = TempDir::new("vmm-reconnect-fs").unwrap();
+    let state = dir.join("fs.state");
+    let args = ["--tag", "myfs", "--state-file", state.to_str().unwrap()];
+    let mut f = fw_devices::fs_share(&dir, &args);
+    // The default for --fs is to reconnect.
+    let (api, console, mut vmm) = guest(
+        &dir,
+        "fs-loop",
+        &[
+            "--fs".into(),
+            format!("tag=myfs,socket={}", f.socket.display()),
+        ],
+    );
+    assert!(
+        poll_until(BOOT_TIMEOUT, || fs_loop_rounds(&console) >= 3),
+        "the guest does not loop over fs reads\n{}",
+        show(&console, &vmm, &f.daemon)
+    );
+    assert_eq!(disk_state(&api), "connected");
+
+    vu_driver::crash::kill_hard(&mut f.daemon, WAIT).unwrap();
+    assert!(
+        poll_until(WAIT, || disk_state(&api) == "connecting"),
+        "{}",
+        show(&console, &vmm, &f.daemon)
+    );
+    assert_eq!(vm_counter(&api, "fs0", "needs_reset"), 0);
+    let before = fs_loop_rounds(&console);
+
+    let _ = std::fs::remove_file(&f.socket);
+    f.daemon = vu_driver::ours::virtiofsd(&dir.join("share"), &f.socket, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        poll_until(WAIT, || fs_loop_rounds(&console) >= before + 10),
+        "the guest's reads did not resume\n{}",
+        show(&console, &vmm, &f.daemon)
+    );
+    assert_eq!(disk_state(&api), "connected");
+    assert_eq!(vm_counter(&api, "fs0", "reconnects"), 1);
+    assert_eq!(vm_counter(&api, "fs0", "needs_reset"), 0);
+    assert!(
+        f.daemon
+            .log_contents()
+            .contains("resuming the FUSE session of the state file"),
+        "{}",
+        show(&console, &vmm, &f.daemon)
+    );
+
+    press_power_button(&api, &vmm, WAIT, || show(&console, &vmm, &f.daemon));
+    let out = serial(&console);
+    let all = show(&console, &vmm, &f.daemon);
+    let stopped = out
+        .lines()
+        .find_map(|l| l.strip_prefix("fs-loop: stopped after "))
+        .unwrap_or_else(|| panic!("no summary\n{all}"));
+    assert!(stopped.ends_with(" rounds, no error"), "{stopped:?}\n{all}");
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
 }

@@ -1,6 +1,12 @@
 //! virtio-fs (spec 5.11): the tag from the device configuration, then FUSE
 //! INIT, LOOKUP of `hello.txt` in the root, OPEN and READ on the first
 //! request queue, and the file's contents printed.
+//!
+//! With `fs-loop` on the command line it then READs the file again through
+//! the same node id and handle until the power button, comparing each
+//! reply with the first and printing `fs-loop: round N ok`; each request
+//! waits up to ~60 s (a restarted daemon), and at the end it prints
+//! `fs-loop: stopped after N rounds, no error` (or the first error).
 
 use crate::io::{serial, serial_dec};
 use crate::virtio::{report_msi, Device};
@@ -25,6 +31,8 @@ struct Session {
     req: u64,
     reply: u64,
     unique: u64,
+    /// ~10 s waits a request gets.
+    waits: u32,
 }
 
 impl Session {
@@ -43,7 +51,12 @@ impl Session {
         put(self.req + IN_HEADER, args);
         w32(self.reply, 0);
         let chain = [Buf(self.req, len, false), Buf(self.reply, REPLY_SIZE, true)];
-        let written = self.q.call(&chain).ok_or("no reply")?;
+        self.q.add(&chain);
+        self.q.kick();
+        let written = (0..self.waits)
+            .find_map(|_| self.q.wait())
+            .map(|(_, len)| len)
+            .ok_or("no reply")?;
         let error = r32(self.reply + 4) as i32;
         if error != 0 || r64(self.reply + 8) != self.unique {
             serial(b"fs: opcode ");
@@ -100,6 +113,7 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
         req: alloc(128, 8).ok_or("out of memory")?,
         reply: alloc(REPLY_SIZE as usize, 8).ok_or("out of memory")?,
         unique: 0,
+        waits: 1,
     };
 
     // fuse_init_in of protocol 7.31: major, minor, max_readahead, flags.
@@ -153,5 +167,46 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
     serial(b"\"");
     report_msi(&s.q);
     serial(b"\n");
+    if crate::wait::cmdline_has(b"fs-loop") {
+        let mut first = [0u8; READ_SIZE as usize];
+        for (i, b) in first.iter_mut().enumerate().take(n as usize) {
+            *b = r8(s.reply + OUT_HEADER + i as u64);
+        }
+        s.waits = 6;
+        read_loop(&mut s, node, read.get(), &first[..n as usize]);
+    }
     Ok(())
+}
+
+/// `fs-loop` (see the module docs).
+fn read_loop(s: &mut Session, node: u64, read: &[u8], first: &[u8]) {
+    let mut n = 0u64;
+    let result = loop {
+        if crate::wait::power_button() {
+            break Ok(());
+        }
+        let got = match s.request(FUSE_READ, node, read) {
+            Ok(got) => got,
+            Err(e) => break Err(e),
+        };
+        let same = got as usize == first.len()
+            && (0..first.len()).all(|i| r8(s.reply + OUT_HEADER + i as u64) == first[i]);
+        if !same {
+            break Err("a READ returned other bytes");
+        }
+        n += 1;
+        serial(b"fs-loop: round ");
+        serial_dec(n);
+        serial(b" ok\n");
+    };
+    serial(b"fs-loop: stopped after ");
+    serial_dec(n);
+    match result {
+        Ok(()) => serial(b" rounds, no error\n"),
+        Err(why) => {
+            serial(b" rounds: ");
+            serial(why.as_bytes());
+            serial(b"\n");
+        }
+    }
 }
