@@ -14,7 +14,7 @@
 //!
 //! A backend that dies is noticed by the `vu-watch` thread
 //! ([`watch`]), which calls [`VhostUserPci::check_backend`]. With
-//! `reconnect=` (the default for blk and net) the device goes to
+//! `reconnect=` (the default for blk, net and fs) the device goes to
 //! Reconnecting, the guest sees nothing, and `vu-watch` retries the socket
 //! path with backoff ([`VhostUserPci::try_reconnect`]); the frontend
 //! replays the whole setup on the new connection. When the time limit runs
