@@ -29,7 +29,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     minutes=$1
     shift
 fi
-ALL=(blk_request net_tx net_ctrl fs_request vmm_http virtio_pci_regs msix vhost_user_msg split_ring)
+ALL=(blk_request net_tx net_ctrl fs_request vmm_http virtio_pci_regs msix vhost_user_msg vhost_user_msg_fs vhost_user_msg_net split_ring)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${ALL[@]}")
 for t in "${targets[@]}"; do
@@ -105,10 +105,10 @@ for t in "${targets[@]}"; do
 done
 
 echo
-printf '%-16s %12s %14s %8s\n' target execs cov/ft crashes
+printf '%-20s %12s %14s %8s\n' target execs cov/ft crashes
 for r in "${rows[@]}"; do
     # shellcheck disable=SC2086
-    printf '%-16s %12s %14s %8s\n' $r
+    printf '%-20s %12s %14s %8s\n' $r
 done
 if [ "$failed" -ne 0 ]; then
     echo "fuzz.sh: crashes found; inputs under tests/fuzz/artifacts/" >&2

@@ -9,6 +9,7 @@ pub mod ring;
 pub mod seeds;
 pub mod split;
 pub mod vu;
+pub mod vu_frontend;
 
 /// A `len`-byte image opened as vhost-blk-daemon opens it (`read_only` or
 /// not), unlinked at once; `name` tells the temp file apart.

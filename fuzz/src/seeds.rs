@@ -786,6 +786,234 @@ pub fn vhost_user_msg() -> Vec<Seed> {
     seeds
 }
 
+/// Negotiation with any device: `features`, the protocol features a
+/// frontend wants of every kind (MQ, REPLY_ACK, CONFIG, INFLIGHT_SHMFD,
+/// RESET_DEVICE, CONFIGURE_MEM_SLOTS, STATUS), owner, a `config_len`-byte
+/// config read, the guest memfd as the memory table.
+fn vu_negotiate_any(s: &mut Script, features: u64, config_len: u32) {
+    use vu::req::*;
+    let protocol =
+        (1u64 << 0) | (1 << 3) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 15) | (1 << 16);
+    s.msg(GET_FEATURES, &[])
+        .msg(SET_FEATURES, &features.to_le_bytes())
+        .msg(GET_PROTOCOL_FEATURES, &[])
+        .msg(SET_PROTOCOL_FEATURES, &protocol.to_le_bytes())
+        .msg(SET_OWNER, &[])
+        .msg(GET_QUEUE_NUM, &[])
+        .msg(GET_MAX_MEM_SLOTS, &[]);
+    let mut get_config = vu::body(&[(0, 4), (config_len.into(), 4), (0, 4)]);
+    get_config.resize(12 + config_len as usize, 0);
+    s.msg(GET_CONFIG, &get_config);
+    let table = vu::mem_table(&[vu::region(0, vu::GUEST_LEN, VU_USER, 0)]);
+    s.msg_fds(SET_MEM_TABLE, &table, 1, FdKind::Guest);
+}
+
+/// A chain on queue `q`'s ring of 8 (laid out as [`vu_blk_chain`]'s):
+/// `out` readable, then `reply` writable bytes; made available as
+/// entry `n`.
+fn vu_chain(s: &mut Script, q: u64, n: u16, out: &[u8], reply: u32) {
+    let base = q * VU_QUEUE;
+    let buf = base + 0x1000 + 0x800 * u64::from(n);
+    s.poke(buf as u16, out);
+    let first = 2 * n;
+    let mut descs = Vec::new();
+    for (k, (addr, len, flags)) in [(buf, out.len() as u32, NEXT), (buf + 0x400, reply, WRITE)]
+        .into_iter()
+        .enumerate()
+    {
+        descs.extend_from_slice(&addr.to_le_bytes());
+        descs.extend_from_slice(&len.to_le_bytes());
+        descs.extend_from_slice(&flags.to_le_bytes());
+        descs.extend_from_slice(&(if k == 0 { first + 1 } else { 0 }).to_le_bytes());
+    }
+    s.poke((base + 16 * u64::from(first)) as u16, &descs);
+    s.poke(
+        (base + 0x100 + 4 + 2 * u64::from(n)) as u16,
+        &first.to_le_bytes(),
+    );
+    s.poke((base + 0x100 + 2) as u16, &(n + 1).to_le_bytes());
+}
+
+/// The in-flight region a frontend asks for and hands back: GET, then
+/// SET with a 4 KiB memfd for `queues` queues of 8.
+fn vu_inflight(s: &mut Script, queues: u64) {
+    use vu::req::*;
+    s.msg(
+        GET_INFLIGHT_FD,
+        &vu::body(&[(0, 8), (0, 8), (queues, 2), (8, 2)]),
+    )
+    .msg_fds(
+        SET_INFLIGHT_FD,
+        &vu::body(&[(4096, 8), (0, 8), (queues, 2), (8, 2)]),
+        1,
+        FdKind::Small,
+    );
+}
+
+/// virtio-fs features: VERSION_1, INDIRECT_DESC, EVENT_IDX,
+/// PROTOCOL_FEATURES.
+const VU_FS_FEATURES: u64 = (1 << 32) | (1 << 28) | (1 << 29) | (1 << 30);
+
+/// virtiofsd connections: a frontend mounting (INIT on the request
+/// queue), in-flight tracking, reset, and hostile ones (rings set up in
+/// reverse, odd memory, a hang-up mid-message).
+pub fn vhost_user_msg_fs() -> Vec<Seed> {
+    use vu::req::*;
+    let mut seeds = Vec::new();
+
+    let mut s = Script::new(0);
+    vu_negotiate_any(&mut s, VU_FS_FEATURES, 40);
+    vu_inflight(&mut s, 2);
+    vu_queue(&mut s, 0, true);
+    vu_queue(&mut s, 1, true);
+    vu_chain(&mut s, 1, 0, &init_message(), 256);
+    s.kick(3)
+        .msg(GET_FEATURES, &[])
+        .msg(GET_VRING_BASE, &vu::vring_state(1, 0))
+        .msg(GET_VRING_BASE, &vu::vring_state(0, 0));
+    seeds.push(("init_inflight".into(), s.finish()));
+
+    // Through the relay, requests on a thread pool; device reset and
+    // status, then served again.
+    let mut s = Script::new(2 | 4);
+    vu_negotiate_any(&mut s, VU_FS_FEATURES, 40);
+    s.msg(SET_STATUS, &0xfu64.to_le_bytes())
+        .msg(GET_STATUS, &[]);
+    vu_queue(&mut s, 0, true);
+    vu_queue(&mut s, 1, true);
+    vu_chain(&mut s, 1, 0, &init_message(), 256);
+    s.kick(3)
+        .msg(GET_FEATURES, &[])
+        .msg(RESET_DEVICE, &[])
+        .msg(RESET_OWNER, &[])
+        .msg(SET_OWNER, &[])
+        .msg(GET_CONFIG, &{
+            let mut b = vu::body(&[(36, 4), (4, 4), (0, 4)]);
+            b.resize(16, 0);
+            b
+        });
+    seeds.push(("relay_pool_reset".into(), s.finish()));
+
+    // Rings set up in reverse (kick first, size last), the in-flight
+    // region set before any ring, a kick before the ring is enabled.
+    let mut s = Script::new(1);
+    vu_negotiate_any(&mut s, VU_FS_FEATURES, 40);
+    vu_inflight(&mut s, 2);
+    s.msg_fds(SET_VRING_KICK, &1u64.to_le_bytes(), 1, FdKind::Event)
+        .msg_fds(SET_VRING_CALL, &1u64.to_le_bytes(), 1, FdKind::Event)
+        .kick(0)
+        .msg(SET_VRING_BASE, &vu::vring_state(1, 0))
+        .msg(
+            SET_VRING_ADDR,
+            &vu::vring_addr(
+                1,
+                VU_USER + VU_QUEUE,
+                VU_USER + VU_QUEUE + 0x200,
+                VU_USER + VU_QUEUE + 0x100,
+            ),
+        )
+        .msg(SET_VRING_NUM, &vu::vring_state(1, 8))
+        .msg(SET_VRING_ENABLE, &vu::vring_state(1, 1));
+    vu_chain(&mut s, 1, 0, &init_message(), 256);
+    s.kick(0).msg(GET_FEATURES, &[]);
+    seeds.push(("rings_reversed".into(), s.finish()));
+
+    // Odd memory: a region past its memfd, one behind a pipe, a region
+    // added over the table, an in-flight fd too small for what it claims.
+    let mut s = Script::new(8);
+    vu_negotiate_any(&mut s, VU_FS_FEATURES, 40);
+    let mut add = 0u64.to_le_bytes().to_vec();
+    add.extend_from_slice(&vu::region(0, 0x1000, VU_USER, 0));
+    s.msg_fds(
+        SET_MEM_TABLE,
+        &vu::mem_table(&[vu::region(0, 0x10000, VU_USER, 0)]),
+        1,
+        FdKind::Small,
+    )
+    .msg_fds(
+        SET_MEM_TABLE,
+        &vu::mem_table(&[vu::region(0, 0x1000, VU_USER, 0)]),
+        1,
+        FdKind::Pipe,
+    )
+    .msg_fds(ADD_MEM_REG, &add, 1, FdKind::Guest)
+    .msg_fds(
+        SET_INFLIGHT_FD,
+        &vu::body(&[(1 << 20, 8), (0, 8), (2, 2), (1024, 2)]),
+        1,
+        FdKind::Small,
+    );
+    seeds.push(("odd_memory".into(), s.finish()));
+
+    // A hang-up mid-message: the header promises 64 bytes, 8 follow.
+    let mut s = Script::new(4);
+    vu_negotiate_any(&mut s, VU_FS_FEATURES, 40);
+    let mut b = s.finish();
+    b.extend_from_slice(&[
+        1,
+        SET_MEM_TABLE,
+        vu::VERSION_1,
+        64,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    seeds.push(("hangup_mid_message".into(), b));
+    seeds
+}
+
+/// vhost-net-daemon connections: a TX frame to the tap, in-flight
+/// tracking, the control queue, two pairs through the relay.
+pub fn vhost_user_msg_net() -> Vec<Seed> {
+    use vu::req::*;
+    let mut seeds = Vec::new();
+    // What the device offers with one pair (and `mtu`), no guest offloads.
+    let features = |mtu: Option<u16>| {
+        vhost_net_daemon::config::NetConfig {
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            pairs: 1,
+            queue_size: 256,
+            mtu,
+            tap_offloads: 0,
+        }
+        .features()
+    };
+
+    let mut s = Script::new(4);
+    vu_negotiate_any(&mut s, features(None), 12);
+    vu_inflight(&mut s, 3);
+    vu_queue(&mut s, 0, true);
+    vu_queue(&mut s, 1, true);
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x08, 0x06]);
+    frame.resize(12 + 60, 0);
+    vu_chain(&mut s, 1, 0, &frame, 0);
+    s.kick(3)
+        .msg(GET_FEATURES, &[])
+        .msg(GET_VRING_BASE, &vu::vring_state(1, 0));
+    seeds.push(("tx_frame".into(), s.finish()));
+
+    // The control queue (queue 2 of one pair): MQ_VQ_PAIRS_SET 1, its
+    // ack byte; the pair set up after it; a device reset.
+    let mut s = Script::new(4 | 8);
+    vu_negotiate_any(&mut s, features(Some(1400)), 12);
+    vu_queue(&mut s, 2, true);
+    vu_chain(&mut s, 2, 0, &[4, 0, 1, 0], 1);
+    s.kick(1);
+    vu_queue(&mut s, 0, true);
+    vu_queue(&mut s, 1, true);
+    s.msg(RESET_DEVICE, &[]).msg(GET_FEATURES, &[]);
+    seeds.push(("ctrl_queue".into(), s.finish()));
+    seeds
+}
+
 /// Split rings: well formed ones at odd places, and what a hostile
 /// driver writes (loops, buffers out of memory or across its hole,
 /// huge lengths, nested and empty indirect tables, an avail index far
@@ -902,6 +1130,8 @@ pub fn all() -> Vec<(&'static str, Vec<Seed>)> {
         ("virtio_pci_regs", virtio_pci_regs()),
         ("msix", msix()),
         ("vhost_user_msg", vhost_user_msg()),
+        ("vhost_user_msg_fs", vhost_user_msg_fs()),
+        ("vhost_user_msg_net", vhost_user_msg_net()),
         ("split_ring", split_ring()),
     ]
 }

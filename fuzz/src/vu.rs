@@ -1,9 +1,11 @@
-//! The `vhost_user_msg` input: what a frontend sends a daemon, as ops.
-//! The target decodes it; [`Script`] encodes it (for the seeds).
+//! The `vhost_user_msg*` input: what a frontend sends a daemon, as ops.
+//! `vu_frontend` decodes it; [`Script`] encodes it (for the seeds).
 //!
-//! Byte 0 sets the daemon up: bit 0 a read-only image, bit 1 two queues,
-//! bit 2 the connection passes through `common::relay`, bit 3 `--aio
-//! io_uring`. Then ops, each starting with a byte `t`:
+//! Byte 0 sets the daemon up; bit 2 is the same for every target: the
+//! connection passes through `common::relay`. `vhost_user_msg`: bit 0 a
+//! read-only image, bit 1 two queues, bit 3 `--aio io_uring`;
+//! `vhost_user_msg_fs` and `_net`: see their targets. Then ops, each
+//! starting with a byte `t`:
 //!
 //! - `t & 3` is 0 or 1: a message, `[request: u8][flags: u8][size:
 //!   le16]` and `size` body bytes (fewer if the input ends: the header
@@ -38,9 +40,13 @@ pub mod req {
     pub const GET_CONFIG: u8 = 24;
     pub const SET_CONFIG: u8 = 25;
     pub const GET_INFLIGHT_FD: u8 = 31;
+    pub const SET_INFLIGHT_FD: u8 = 32;
+    pub const RESET_DEVICE: u8 = 34;
     pub const GET_MAX_MEM_SLOTS: u8 = 36;
     pub const ADD_MEM_REG: u8 = 37;
     pub const REM_MEM_REG: u8 = 38;
+    pub const SET_STATUS: u8 = 39;
+    pub const GET_STATUS: u8 = 40;
 }
 
 /// Header flags: version 1, need reply.
