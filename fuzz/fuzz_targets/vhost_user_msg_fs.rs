@@ -32,6 +32,7 @@ use libfuzzer_sys::fuzz_target;
 use virtiofsd::backend::Share;
 use virtiofsd::cli::{Cli, TAG_MAX};
 use virtiofsd::fs::Guarded;
+use virtiofsd::persist::Persist;
 use virtiofsd::setup;
 
 /// virtiofsd's queues: one request queue (setup.rs `REQUEST_QUEUES`),
@@ -101,9 +102,16 @@ fn share(setup: u8) -> Arc<Share> {
             let fs = PassthroughFs::<()>::new(setup::passthrough_config(&cli, &root))
                 .expect("passthrough");
             fs.import().expect("import");
+            // As the daemon without --state-file: the session layer with
+            // nothing to resume.
             let fs = Arc::new(
-                Guarded::new(fs, cli.readonly, cli.announce_submounts, cli.writeback)
-                    .with_posix_acl(cli.posix_acl),
+                Guarded::new(
+                    Persist::new(fs),
+                    cli.readonly,
+                    cli.announce_submounts,
+                    cli.writeback,
+                )
+                .with_posix_acl(cli.posix_acl),
             );
             let mut tag = [0u8; TAG_MAX];
             tag[..cli.tag.len()].copy_from_slice(cli.tag.as_bytes());
