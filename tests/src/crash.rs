@@ -148,8 +148,23 @@ pub fn kill_hard(daemon: &mut Daemon, timeout: Duration) -> Result<(), String> {
     daemon
         .wait_timeout(timeout)
         .map_err(|e| e.to_string())?
-        .map(|_| ())
-        .ok_or_else(|| format!("{} did not end", daemon.name()))
+        .ok_or_else(|| format!("{} did not end", daemon.name()))?;
+    // The serving child too (gone, or a zombie: its files are closed).
+    let ended = || {
+        std::fs::read_to_string(format!("/proc/{serving}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    };
+    if poll_until(timeout, ended) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}'s serving process {serving} did not end",
+            daemon.name()
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ impl Disk {
             .custom_flags(flags)
             .open(path)
             .map_err(open_err)?;
-        lock(&file, read_only).map_err(|source| DiskError::Locked {
+        lock_waiting(&file, read_only, path).map_err(|source| DiskError::Locked {
             path: path.to_path_buf(),
             source,
         })?;
@@ -274,6 +274,41 @@ fn is_unsupported(e: &io::Error) -> bool {
 }
 
 /// Whole-file OFD lock: shared for read-only, exclusive for read-write.
+/// How long [`lock_waiting`] waits for a conflicting lock to go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`lock`], waiting up to [`LOCK_WAIT`] while another holder has the
+/// image. A daemon restarted after a crash can find its predecessor's lock
+/// still held for a moment: an io_uring's registered files stay open until
+/// the kernel's deferred teardown of the dead process's ring has reaped its
+/// requests in flight, after the process itself is gone. A holder that
+/// stays (another VM on the same image) still gets the error.
+fn lock_waiting(file: &File, read_only: bool, path: &Path) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(10);
+    let mut logged = false;
+    loop {
+        match lock(file, read_only) {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES))
+                    && start.elapsed() < LOCK_WAIT =>
+            {
+                if !logged {
+                    log::warn!(
+                        "--blk-file {} is locked by another process; waiting up to {}s for it",
+                        path.display(),
+                        LOCK_WAIT.as_secs()
+                    );
+                    logged = true;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn lock(file: &File, read_only: bool) -> io::Result<()> {
     let kind = if read_only {
         libc::F_RDLCK
