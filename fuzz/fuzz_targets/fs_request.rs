@@ -18,7 +18,7 @@
 #![no_main]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use clap::Parser;
 use fuse_backend_rs::api::server::Server;
@@ -42,30 +42,6 @@ const USED: u64 = 0x200;
 const REQUEST: u64 = 0x1000;
 const REPLY: u64 = 0x20000;
 const QUEUE: u16 = 4;
-
-fn setup_process() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: plain libc calls on values we own; SIGXFSZ ignored so
-        // an oversized write fails with EFBIG instead of killing us.
-        unsafe {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let limit = libc::rlimit {
-                rlim_cur: 1 << 20,
-                rlim_max: 1 << 20,
-            };
-            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
-        }
-        for set in [
-            caps::CapSet::Effective,
-            caps::CapSet::Permitted,
-            caps::CapSet::Inheritable,
-        ] {
-            let _ = caps::drop(None, set, caps::Capability::CAP_MKNOD);
-        }
-        let _ = caps::drop(None, caps::CapSet::Bounding, caps::Capability::CAP_MKNOD);
-    });
-}
 
 /// A share with a file, a directory, a relative and an absolute symlink
 /// (the latter pointing out of the share).
@@ -192,7 +168,7 @@ impl Conn {
 }
 
 fuzz_target!(|data: &[u8]| {
-    setup_process();
+    fuzz::fuse::setup_process();
     let mut input = Input(data);
     let Some(flags) = input.u8() else { return };
     let dir: PathBuf = std::env::temp_dir().join(format!("fuzz-fs-{}", std::process::id()));

@@ -20,7 +20,7 @@
 #![no_main]
 
 use std::path::Path;
-use std::sync::{Arc, Once, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
 use common::daemon::Service;
@@ -39,30 +39,6 @@ use virtiofsd::setup;
 /// 1024 entries (`QUEUE_SIZE`).
 const REQUEST_QUEUES: u16 = 1;
 const QUEUE_SIZE: u16 = 1024;
-
-fn setup_process() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: plain libc calls on values we own; SIGXFSZ ignored so
-        // an oversized write fails with EFBIG instead of killing us.
-        unsafe {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let limit = libc::rlimit {
-                rlim_cur: 1 << 20,
-                rlim_max: 1 << 20,
-            };
-            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
-        }
-        for set in [
-            caps::CapSet::Effective,
-            caps::CapSet::Permitted,
-            caps::CapSet::Inheritable,
-        ] {
-            let _ = caps::drop(None, set, caps::Capability::CAP_MKNOD);
-        }
-        let _ = caps::drop(None, caps::CapSet::Bounding, caps::Capability::CAP_MKNOD);
-    });
-}
 
 /// A share with a file and a directory.
 fn make_share(dir: &Path) {
@@ -134,7 +110,7 @@ fn share(setup: u8) -> Arc<Share> {
 fn run(data: &[u8]) {
     let mut input = Input(data);
     let Some(setup) = input.u8() else { return };
-    setup_process();
+    fuzz::fuse::setup_process();
     fuzz::vu_frontend::relay_dir("vhost_user_msg_fs");
     let share = share(setup);
     let device = share.connect().expect("connect the device");

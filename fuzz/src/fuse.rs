@@ -42,3 +42,31 @@ pub fn body(fields: &[u64], widths: &[usize], names: &[&str]) -> Vec<u8> {
     }
     b
 }
+
+/// Once per process, for the targets that run virtiofsd over a real share:
+/// files are capped at 1 MiB (an oversized write fails with EFBIG, SIGXFSZ
+/// ignored) and CAP_MKNOD is dropped, so no input fills the disk or makes
+/// device nodes.
+pub fn setup_process() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: plain libc calls on values we own; SIGXFSZ ignored so
+        // an oversized write fails with EFBIG instead of killing us.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+        }
+        for set in [
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+            caps::CapSet::Inheritable,
+        ] {
+            let _ = caps::drop(None, set, caps::Capability::CAP_MKNOD);
+        }
+        let _ = caps::drop(None, caps::CapSet::Bounding, caps::Capability::CAP_MKNOD);
+    });
+}
