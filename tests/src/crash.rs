@@ -1,5 +1,5 @@
 //! What the crash-recovery tests share (a Linux guest under our vmm in
-//! `vmm_linux_reconnect`, under QEMU in `guest_reconnect`): the guest's two
+//! `linux::reconnect`, under QEMU in `qemu::reconnect`): the guest's two
 //! disk writers, what the host expects them to have left in the image, and
 //! a TCP receiver that holds a stream half-read while daemons are killed.
 //!

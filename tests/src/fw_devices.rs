@@ -1,6 +1,6 @@
 //! The test guest's devices and what its virtio drivers must have done
-//! with them, for every frontend that boots it (QEMU in `guest_fw_qemu`,
-//! our VMM in `vmm_devices`): a disk image, a share with `hello.txt`, and a
+//! with them, for every frontend that boots it (QEMU in `qemu::fw`,
+//! our VMM in `vmm::devices`): a disk image, a share with `hello.txt`, and a
 //! tap in a network namespace, each served by our daemon; the guest's
 //! console lines and the host-side traces (the image's sector 8, the frame
 //! on the tap) are checked.

@@ -16,6 +16,7 @@
 //! line ([`crate::guest::ConsoleParser`]).
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::guest::{base64_encode, kit_dir, read_kit, GuestKit, Result};
 
@@ -64,10 +65,17 @@ impl OurLinux {
 
     /// [`OurLinux::locate`] for a test named `test`, which says on stderr
     /// which Linux it boots and why; panics with the error if there is none.
-    pub fn for_test(test: &str) -> Self {
+    /// The test holds the returned turn while its guest runs: one Linux
+    /// guest at a time in a test binary, since where KVM emulates, the
+    /// guest kernel takes a whole core and two would each miss the
+    /// deadlines written for one.
+    pub fn for_test(test: &str) -> (Self, MutexGuard<'static, ()>) {
+        static ONE_GUEST: Mutex<()> = Mutex::new(());
+        // A test that panicked with its turn leaves nothing to repair.
+        let turn = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
         let linux = Self::locate().unwrap_or_else(|e| panic!("{e}"));
         eprintln!("{test}: {} ({})", linux.why, linux.release);
-        linux
+        (linux, turn)
     }
 
     /// Debian's kernel from the guest kit.

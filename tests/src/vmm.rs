@@ -190,6 +190,32 @@ pub fn spawn_test_guest_with_memory(
     spawn_vmm(args, api, &["control API on"], timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `vmm --api-socket API` with no VM yet, as Kata starts it; returned
+/// once the API listens. Panics if it cannot start.
+pub fn spawn_empty_vmm(api: &Path, timeout: Duration) -> Daemon {
+    spawn_vmm(
+        ["--api-socket".as_ref(), api.as_os_str()],
+        api,
+        &["control API on"],
+        timeout,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What a failed test shows: the guest's serial console (the file
+/// `console`), the VMM's log and each of `daemons`' logs.
+pub fn guest_logs(console: &Path, vmm: &Daemon, daemons: &[&Daemon]) -> String {
+    let mut s = format!(
+        "--- serial\n{}\n--- vmm log\n{}",
+        serial(console),
+        vmm.log_contents()
+    );
+    for d in daemons {
+        s += &format!("--- {} log\n{}", d.name(), d.log_contents());
+    }
+    s
+}
+
 /// What the VMM logs when the guest powers off while the API serves on.
 pub const POWERED_OFF: &str = "guest powered off; serving the API until vmm.shutdown";
 

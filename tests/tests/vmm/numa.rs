@@ -14,8 +14,8 @@ use vu_driver::fixture::TempDir;
 use vu_driver::fw_devices;
 use vu_driver::http;
 use vu_driver::vmm::{
-    assert_one_line_refusal, press_power_button, serial, shutdown_vmm,
-    spawn_test_guest_with_memory, spawn_vmm, test_guest, vm_info, wait_for_serial,
+    assert_one_line_refusal, guest_logs, press_power_button, serial, shutdown_vmm,
+    spawn_test_guest_with_memory, test_guest, vm_info, wait_for_serial,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -103,14 +103,7 @@ fn two_zones_two_nodes_bound_described_and_served() {
         &extra,
         TIMEOUT,
     );
-    let show = |vmm: &vu_driver::fixture::Daemon| {
-        format!(
-            "--- serial\n{}\n--- vmm log\n{}--- daemon log\n{}",
-            serial(&console),
-            vmm.log_contents(),
-            b.daemon.log_contents()
-        )
-    };
+    let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &[&b.daemon]);
     wait_for_serial(
         &mut vmm,
         &console,
@@ -250,20 +243,8 @@ fn numa_mistakes_are_one_line_naming_the_option() {
 fn vm_create_takes_memory_zones_and_numa() {
     let dir = TempDir::new("vmm-numa-api").unwrap();
     let (api, console) = (dir.join("api.sock"), dir.join("console.txt"));
-    let mut vmm = spawn_vmm(
-        ["--api-socket".as_ref(), api.as_os_str()],
-        &api,
-        &["control API on"],
-        WAIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let logs = |v: &vu_driver::fixture::Daemon| {
-        format!(
-            "--- serial\n{}\n--- vmm log\n{}",
-            serial(&console),
-            v.log_contents()
-        )
-    };
+    let mut vmm = vu_driver::vmm::spawn_empty_vmm(&api, WAIT);
+    let logs = |v: &vu_driver::fixture::Daemon| guest_logs(&console, v, &[]);
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let zone = ZONE_MIB << 20;
     let body = |node: u64| {

@@ -164,7 +164,7 @@ fn kill_and_restart(
 
 #[test]
 fn linux_guest_rides_out_killed_blk_and_net_daemons() {
-    let linux = OurLinux::for_test("vmm_linux_reconnect");
+    let (linux, _turn) = OurLinux::for_test("linux::reconnect");
     let dir = TempDir::new("vmm-linux-rec").unwrap();
 
     let fs = virtiofsd_share(dir.path(), TAG).unwrap_or_else(|e| panic!("{e}"));

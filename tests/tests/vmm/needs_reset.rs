@@ -19,7 +19,8 @@ use vu_driver::fixture::{poll_until, Daemon};
 use vu_driver::fw_devices::{self, Blk, Fs, Net};
 use vu_driver::process::Finished;
 use vu_driver::vmm::{
-    press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_info as info, wait_for_serial,
+    guest_logs, press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_info as info,
+    wait_for_serial,
 };
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
@@ -31,19 +32,6 @@ const WAITING: &str = "waiting for the power button";
 /// virtio device status bits.
 const DRIVER_READY: u8 = 0x0f; // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 const NEEDS_RESET: u8 = 0x40;
-
-/// The serial console, the VMM's log and every daemon's log.
-fn show(console: &Path, vmm: &Daemon, daemons: &[&Daemon]) -> String {
-    let mut s = format!(
-        "--- serial\n{}--- vmm log\n{}",
-        serial(console),
-        vmm.log_contents()
-    );
-    for d in daemons {
-        s += &format!("--- {} log\n{}", d.name(), d.log_contents());
-    }
-    s
-}
 
 /// The status and JSON body (Null when empty) of one request.
 fn call(api: &Path, method: &str, path: &str) -> (u16, Value) {
@@ -89,7 +77,7 @@ fn vmm_waiting(api: &Path, console: &Path, b: &Blk, f: &Fs, n: &Net) -> Daemon {
         BOOT_TIMEOUT,
     );
     wait_for_serial(&mut vmm, console, WAITING, BOOT_TIMEOUT, |vmm| {
-        show(console, vmm, &[&b.daemon, &f.daemon, &n.daemon])
+        guest_logs(console, vmm, &[&b.daemon, &f.daemon, &n.daemon])
     });
     vmm
 }
@@ -123,7 +111,7 @@ fn a_killed_backend_needs_a_reset_in_the_guest_on_that_device_only() {
     assert!(
         run.stdout.contains("virtio: 3 device(s)\n") && !run.stdout.contains("FAILED"),
         "{}",
-        show(&console, &vmm, &daemons)
+        guest_logs(&console, &vmm, &daemons)
     );
     fw_devices::assert_blk(&run, &b, &daemons);
     fw_devices::assert_fs(&run, "myfs", &daemons);
@@ -152,7 +140,7 @@ fn a_killed_backend_needs_a_reset_in_the_guest_on_that_device_only() {
         poll_until(WAIT, || backend_states(&info(&api)) == want),
         "{}\n{}",
         info(&api),
-        show(&console, &vmm, &[&f.daemon, &n.daemon])
+        guest_logs(&console, &vmm, &[&f.daemon, &n.daemon])
     );
     let vm = info(&api);
     assert_eq!(vm["state"], "Running", "{vm}");
@@ -166,10 +154,10 @@ fn a_killed_backend_needs_a_reset_in_the_guest_on_that_device_only() {
 
     // The power button: the guest reports what it reads and powers off.
     press_power_button(&api, &vmm, WAIT, || {
-        show(&console, &vmm, &[&f.daemon, &n.daemon])
+        guest_logs(&console, &vmm, &[&f.daemon, &n.daemon])
     });
     // The guest is off: its console is complete.
-    let all = show(&console, &vmm, &[&f.daemon, &n.daemon]);
+    let all = guest_logs(&console, &vmm, &[&f.daemon, &n.daemon]);
     let out = serial(&console);
     let pressed = out
         .find("power button pressed\n")

@@ -10,7 +10,8 @@ use vu_driver::fixture::{poll_until, TempDir};
 use vu_driver::fw_devices;
 use vu_driver::process::status_kib;
 use vu_driver::vmm::{
-    press_power_button, serial, shutdown_vmm, spawn_test_guest_with_memory, wait_for_serial,
+    guest_logs, press_power_button, serial, shutdown_vmm, spawn_test_guest_with_memory,
+    wait_for_serial,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -71,14 +72,7 @@ fn guest_ram_on_prefaulted_huge_pages_is_shared_with_the_daemons() {
         &["--disk".into(), format!("socket={}", b.socket.display())],
         TIMEOUT,
     );
-    let show = |vmm: &vu_driver::fixture::Daemon| {
-        format!(
-            "--- serial\n{}\n--- vmm log\n{}--- daemon log\n{}",
-            serial(&console),
-            vmm.log_contents(),
-            b.daemon.log_contents()
-        )
-    };
+    let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &[&b.daemon]);
     wait_for_serial(
         &mut vmm,
         &console,

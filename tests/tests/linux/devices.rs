@@ -125,7 +125,7 @@ fn receive_one(listener: TcpListener) -> mpsc::Receiver<std::io::Result<Vec<u8>>
 
 #[test]
 fn linux_guest_uses_a_share_a_disk_and_a_nic() {
-    let linux = OurLinux::for_test("vmm_linux");
+    let (linux, _turn) = OurLinux::for_test("linux::devices");
     let dir = TempDir::new("vmm-linux").unwrap();
 
     let fs = virtiofsd_share(dir.path(), TAG).unwrap_or_else(|e| panic!("{e}"));

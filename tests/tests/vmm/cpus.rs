@@ -15,7 +15,7 @@ use vu_driver::fixture::{Daemon, TempDir};
 use vu_driver::http;
 use vu_driver::process;
 use vu_driver::vmm::{
-    press_power_button, serial, shutdown_vmm, spawn_test_guest, spawn_vmm, test_guest, vm_info,
+    guest_logs, press_power_button, shutdown_vmm, spawn_test_guest, test_guest, vm_info,
     wait_for_serial,
 };
 
@@ -64,11 +64,7 @@ fn cpus_of(threads: &[(String, String)], name: &str) -> Option<String> {
 }
 
 fn logs(vmm: &Daemon, console: &Path) -> String {
-    format!(
-        "--- serial\n{}--- log\n{}",
-        serial(console),
-        vmm.log_contents()
-    )
+    guest_logs(console, vmm, &[])
 }
 
 #[test]
@@ -124,13 +120,7 @@ fn vm_create_pins_the_vcpus_it_names() {
     let dir = TempDir::new("vmm-cpus-api").unwrap();
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
-    let mut vmm = spawn_vmm(
-        ["--api-socket".as_ref(), api.as_os_str()],
-        &api,
-        &["control API on"],
-        WAIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut vmm = vu_driver::vmm::spawn_empty_vmm(&api, WAIT);
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let body = |host_cpus: Vec<usize>| {
         json!({

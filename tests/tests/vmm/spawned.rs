@@ -12,8 +12,8 @@ use vu_driver::fixture::{create_sparse_image, poll_until, TempDir};
 use vu_driver::fw_devices::{line, sector8_expected, DISK_SIZE};
 use vu_driver::process::{children_running, command_line, serving_pid};
 use vu_driver::vmm::{
-    blk_loop_rounds, press_power_button, run_test_guest, serial, show_run, shutdown_vmm,
-    spawn_test_guest, test_guest, vm_counter, vm_info,
+    blk_loop_rounds, guest_logs, press_power_button, run_test_guest, serial, show_run,
+    shutdown_vmm, spawn_test_guest, test_guest, vm_counter, vm_info,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -75,13 +75,7 @@ fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
         ],
         TIMEOUT,
     );
-    let show = |vmm: &vu_driver::fixture::Daemon| {
-        format!(
-            "--- serial\n{}\n--- vmm log\n{}",
-            serial(&console),
-            vmm.log_contents()
-        )
-    };
+    let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &[]);
     assert!(
         poll_until(TIMEOUT, || blk_loop_rounds(&console) >= 3),
         "the guest does not loop over blk I/O\n{}",
@@ -147,13 +141,7 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
     let (dir, image) = dir_with_image("vmm-spawned-api", "rootfs.img");
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
-    let mut vmm = vu_driver::vmm::spawn_vmm(
-        ["--api-socket".as_ref(), api.as_os_str()],
-        &api,
-        &["control API on"],
-        TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut vmm = vu_driver::vmm::spawn_empty_vmm(&api, TIMEOUT);
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     // The VM, then the guest's root image as clh.go sends it (read-only,
     // raw), cold-plugged with vm.add-disk before vm.boot.
@@ -233,13 +221,7 @@ fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
     let tap = tap_queue("vspn");
     let api = dir.join("api.sock");
     let console = dir.join("console.txt");
-    let mut vmm = vu_driver::vmm::spawn_vmm(
-        ["--api-socket".as_ref(), api.as_os_str()],
-        &api,
-        &["control API on"],
-        TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut vmm = vu_driver::vmm::spawn_empty_vmm(&api, TIMEOUT);
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let call = |method: &str, path: &str, body: Option<&str>| {
         vu_driver::http::call(&api, method, path, body)
