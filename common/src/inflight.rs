@@ -501,6 +501,14 @@ mod tests {
         (Tracking::new(r), file)
     }
 
+    /// The one-queue region in `file` (`size` bytes), mapped afresh as a
+    /// restarted backend maps it.
+    fn tracking(file: &File, size: u64, queue_size: u16) -> Arc<Tracking> {
+        Arc::new(Tracking::new(
+            Region::map(file, size, 0, 1, queue_size).unwrap(),
+        ))
+    }
+
     fn tracker(t: &Arc<Tracking>, q: usize) -> Tracker {
         Tracker::new(t.clone(), q).unwrap()
     }
@@ -586,7 +594,7 @@ mod tests {
         q.after_used(4, 2);
         // A restart: the same file, a new mapping and counters.
         let (file, size) = (_file, queue_region_size(16));
-        let t2 = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 16).unwrap()));
+        let t2 = tracking(&file, size, 16);
         let q2 = tracker(&t2, 0);
         assert!(q2.take_recovery());
         assert_eq!(q2.recover(2, 16), [9]);
@@ -594,21 +602,21 @@ mod tests {
         q2.take(1);
         q2.before_used(9);
         q2.after_used(9, 3);
-        let t3 = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 16).unwrap()));
+        let t3 = tracking(&file, size, 16);
         assert_eq!(tracker(&t3, 0).recover(3, 16), [1]);
     }
 
     #[test]
     fn heads_come_back_in_the_order_they_were_taken() {
         let (file, size) = create_memfd(1, 64).unwrap();
-        let t = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 64).unwrap()));
+        let t = tracking(&file, size, 64);
         let q = tracker(&t, 0);
         q.recover(0, 64);
         let taken = [40u16, 3, 63, 0, 17];
         for &h in &taken {
             q.take(h);
         }
-        let t2 = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 64).unwrap()));
+        let t2 = tracking(&file, size, 64);
         assert_eq!(tracker(&t2, 0).recover(0, 64), taken);
     }
 
@@ -617,38 +625,31 @@ mod tests {
     /// ring's, so `last_batch_head` is cleared, not resubmitted.
     #[test]
     fn a_crash_inside_the_last_completion_is_repaired() {
-        let (file, size) = create_memfd(1, 8).unwrap();
-        let t = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 8).unwrap()));
-        let q = tracker(&t, 0);
-        q.recover(0, 8);
-        q.take(6);
-        q.take(7);
-        q.before_used(7);
-        // ... the used element and used.idx = 1 written, then SIGKILL.
-        let t2 = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 8).unwrap()));
-        assert_eq!(tracker(&t2, 0).recover(1, 8), [6]);
-        // The crash came before used.idx moved: both are resubmitted.
-        let (file, size) = create_memfd(1, 8).unwrap();
-        let t = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 8).unwrap()));
-        let q = tracker(&t, 0);
-        q.recover(0, 8);
-        q.take(6);
-        q.take(7);
-        q.before_used(7);
-        let t2 = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 8).unwrap()));
-        assert_eq!(tracker(&t2, 0).recover(0, 8), [6, 7]);
+        // SIGKILL after the used element and used.idx = 1 were written: 7
+        // is done; before used.idx moved: both are resubmitted.
+        for (used_idx, resubmitted) in [(1, &[6][..]), (0, &[6, 7][..])] {
+            let (file, size) = create_memfd(1, 8).unwrap();
+            let t = tracking(&file, size, 8);
+            let q = tracker(&t, 0);
+            q.recover(0, 8);
+            q.take(6);
+            q.take(7);
+            q.before_used(7);
+            let t2 = tracking(&file, size, 8);
+            assert_eq!(tracker(&t2, 0).recover(used_idx, 8), resubmitted);
+        }
     }
 
     #[test]
     fn heads_outside_the_ring_are_dropped_not_resubmitted() {
         let (file, size) = create_memfd(1, 16).unwrap();
-        let t = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 16).unwrap()));
+        let t = tracking(&file, size, 16);
         let q = tracker(&t, 0);
         q.recover(0, 16);
         q.take(2);
         q.take(12);
         q.take(99); // outside the region: ignored
-        let t2 = Arc::new(Tracking::new(Region::map(&file, size, 0, 1, 16).unwrap()));
+        let t2 = tracking(&file, size, 16);
         // The restarted ring is smaller than the region says.
         assert_eq!(tracker(&t2, 0).recover(0, 8), [2]);
         assert!(Tracker::new(t2, 1).is_none(), "one queue only");

@@ -56,6 +56,13 @@ struct Live {
 }
 
 impl Live {
+    /// `parent/name` is gone: the node it named (if known) has no name.
+    fn detach_name(&mut self, parent: u64, name: &CStr) {
+        if let Some(g) = self.by_name.get(&(parent, name.to_bytes().to_vec())) {
+            self.detach(*g);
+        }
+    }
+
     /// Applies `records` and appends them to the state file.
     fn commit(&mut self, records: &[Record]) {
         for r in records {
@@ -371,9 +378,67 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> Persist<FS> {
     }
 }
 
+/// Writes the [`FileSystem`] methods that only translate ids: the guest's
+/// node id (`inode`) and, where the method takes one, its handle
+/// (`handle`) become the passthrough's; every other argument passes as it
+/// came. `fn m(inode, a: A) -> R;` calls `inner.m(ctx, node, a)`,
+/// `fn m(inode, handle, a: A) -> R;` calls `inner.m(ctx, node, handle, a)`
+/// and `fn m(inode, a: A, handle) -> R;` calls `inner.m(ctx, node, a, handle)`.
+macro_rules! forward {
+    () => {};
+    (fn $m:ident(inode, handle $(, $a:ident: $t:ty)*) -> $r:ty; $($rest:tt)*) => {
+        fn $m(&self, ctx: &Context, inode: u64, handle: u64 $(, $a: $t)*) -> io::Result<$r> {
+            let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
+            self.inner.$m(ctx, x, h $(, $a)*)
+        }
+        forward!($($rest)*);
+    };
+    (fn $m:ident(inode, $a:ident: $t:ty, handle) -> $r:ty; $($rest:tt)*) => {
+        fn $m(&self, ctx: &Context, inode: u64, $a: $t, handle: u64) -> io::Result<$r> {
+            let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
+            self.inner.$m(ctx, x, $a, h)
+        }
+        forward!($($rest)*);
+    };
+    (fn $m:ident(inode $(, $a:ident: $t:ty)*) -> $r:ty; $($rest:tt)*) => {
+        fn $m(&self, ctx: &Context, inode: u64 $(, $a: $t)*) -> io::Result<$r> {
+            self.inner.$m(ctx, self.node(ctx, inode)? $(, $a)*)
+        }
+        forward!($($rest)*);
+    };
+}
+
 impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
     type Inode = u64;
     type Handle = u64;
+
+    forward! {
+        fn readlink(inode) -> Vec<u8>;
+        fn read(inode, handle, w: &mut dyn ZeroCopyWriter, size: u32, offset: u64,
+            lock_owner: Option<u64>, flags: u32) -> usize;
+        fn write(inode, handle, r: &mut dyn ZeroCopyReader, size: u32, offset: u64,
+            lock_owner: Option<u64>, delayed_write: bool, flags: u32, fuse_flags: u32) -> usize;
+        fn flush(inode, handle, lock_owner: u64) -> ();
+        fn fsync(inode, datasync: bool, handle) -> ();
+        fn fallocate(inode, handle, mode: u32, offset: u64, length: u64) -> ();
+        fn statfs(inode) -> statvfs64;
+        fn setxattr(inode, name: &CStr, value: &[u8], flags: u32) -> ();
+        fn getxattr(inode, name: &CStr, size: u32) -> GetxattrReply;
+        fn listxattr(inode, size: u32) -> ListxattrReply;
+        fn removexattr(inode, name: &CStr) -> ();
+        fn readdir(inode, handle, size: u32, offset: u64,
+            add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>) -> ();
+        fn fsyncdir(inode, datasync: bool, handle) -> ();
+        fn access(inode, mask: u32) -> ();
+        fn lseek(inode, handle, offset: u64, whence: u32) -> u64;
+        fn getlk(inode, handle, owner: u64, lock: FileLock, flags: u32) -> FileLock;
+        fn setlk(inode, handle, owner: u64, lock: FileLock, flags: u32) -> ();
+        fn setlkw(inode, handle, owner: u64, lock: FileLock, flags: u32) -> ();
+        fn ioctl(inode, handle, flags: u32, cmd: u32, data: IoctlData,
+            out_size: u32) -> IoctlData<'_>;
+        fn bmap(inode, block: u64, blocksize: u32) -> u64;
+        fn poll(inode, handle, khandle: u64, flags: u32, events: u32) -> u32;
+    }
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         let opts = self.inner.init(capable)?;
@@ -454,10 +519,6 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
         self.inner.setattr(ctx, x, attr, h, valid)
     }
 
-    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
-        self.inner.readlink(ctx, self.node(ctx, inode)?)
-    }
-
     fn symlink(
         &self,
         ctx: &Context,
@@ -502,27 +563,13 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.inner.unlink(ctx, self.node(ctx, parent)?, name)?;
-        let mut live = self.lock();
-        if let Some(g) = live
-            .by_name
-            .get(&(parent, name.to_bytes().to_vec()))
-            .copied()
-        {
-            live.detach(g);
-        }
+        self.lock().detach_name(parent, name);
         Ok(())
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.inner.rmdir(ctx, self.node(ctx, parent)?, name)?;
-        let mut live = self.lock();
-        if let Some(g) = live
-            .by_name
-            .get(&(parent, name.to_bytes().to_vec()))
-            .copied()
-        {
-            live.detach(g);
-        }
+        self.lock().detach_name(parent, name);
         Ok(())
     }
 
@@ -601,73 +648,6 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
         Ok((e, self.opened(e.inode, h, flags, false), o, p))
     }
 
-    fn read(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        w: &mut dyn ZeroCopyWriter,
-        size: u32,
-        offset: u64,
-        lock_owner: Option<u64>,
-        flags: u32,
-    ) -> io::Result<usize> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner
-            .read(ctx, x, h, w, size, offset, lock_owner, flags)
-    }
-
-    fn write(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        r: &mut dyn ZeroCopyReader,
-        size: u32,
-        offset: u64,
-        lock_owner: Option<u64>,
-        delayed_write: bool,
-        flags: u32,
-        fuse_flags: u32,
-    ) -> io::Result<usize> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.write(
-            ctx,
-            x,
-            h,
-            r,
-            size,
-            offset,
-            lock_owner,
-            delayed_write,
-            flags,
-            fuse_flags,
-        )
-    }
-
-    fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.flush(ctx, x, h, lock_owner)
-    }
-
-    fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.fsync(ctx, x, datasync, h)
-    }
-
-    fn fallocate(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        mode: u32,
-        offset: u64,
-        length: u64,
-    ) -> io::Result<()> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.fallocate(ctx, x, h, mode, offset, length)
-    }
-
     fn release(
         &self,
         ctx: &Context,
@@ -686,40 +666,6 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
             .release(ctx, x, flags, h, flush, flock_release, lock_owner)
     }
 
-    fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
-        self.inner.statfs(ctx, self.node(ctx, inode)?)
-    }
-
-    fn setxattr(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        name: &CStr,
-        value: &[u8],
-        flags: u32,
-    ) -> io::Result<()> {
-        self.inner
-            .setxattr(ctx, self.node(ctx, inode)?, name, value, flags)
-    }
-
-    fn getxattr(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        name: &CStr,
-        size: u32,
-    ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, self.node(ctx, inode)?, name, size)
-    }
-
-    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, self.node(ctx, inode)?, size)
-    }
-
-    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
-        self.inner.removexattr(ctx, self.node(ctx, inode)?, name)
-    }
-
     fn opendir(
         &self,
         ctx: &Context,
@@ -728,19 +674,6 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         let (h, o) = self.inner.opendir(ctx, self.node(ctx, inode)?, flags)?;
         Ok((self.opened(inode, h, flags, true), o))
-    }
-
-    fn readdir(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        size: u32,
-        offset: u64,
-        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.readdir(ctx, x, h, size, offset, add_entry)
     }
 
     fn readdirplus(
@@ -775,103 +708,11 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for Persist<FS> {
             })
     }
 
-    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.fsyncdir(ctx, x, datasync, h)
-    }
-
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
         let Some((h, x)) = self.released(ctx, handle, inode)? else {
             return Ok(());
         };
         self.inner.releasedir(ctx, x, flags, h)
-    }
-
-    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
-        self.inner.access(ctx, self.node(ctx, inode)?, mask)
-    }
-
-    fn lseek(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        offset: u64,
-        whence: u32,
-    ) -> io::Result<u64> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.lseek(ctx, x, h, offset, whence)
-    }
-
-    fn getlk(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        owner: u64,
-        lock: FileLock,
-        flags: u32,
-    ) -> io::Result<FileLock> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.getlk(ctx, x, h, owner, lock, flags)
-    }
-
-    fn setlk(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        owner: u64,
-        lock: FileLock,
-        flags: u32,
-    ) -> io::Result<()> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.setlk(ctx, x, h, owner, lock, flags)
-    }
-
-    fn setlkw(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        owner: u64,
-        lock: FileLock,
-        flags: u32,
-    ) -> io::Result<()> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.setlkw(ctx, x, h, owner, lock, flags)
-    }
-
-    fn ioctl(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        flags: u32,
-        cmd: u32,
-        data: IoctlData,
-        out_size: u32,
-    ) -> io::Result<IoctlData<'_>> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.ioctl(ctx, x, h, flags, cmd, data, out_size)
-    }
-
-    fn bmap(&self, ctx: &Context, inode: u64, block: u64, blocksize: u32) -> io::Result<u64> {
-        self.inner
-            .bmap(ctx, self.node(ctx, inode)?, block, blocksize)
-    }
-
-    fn poll(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        khandle: u64,
-        flags: u32,
-        events: u32,
-    ) -> io::Result<u32> {
-        let (x, h) = (self.node(ctx, inode)?, self.handle(ctx, handle)?);
-        self.inner.poll(ctx, x, h, khandle, flags, events)
     }
 
     fn notify_reply(&self) -> io::Result<()> {
