@@ -17,7 +17,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::inflight::{Slot, Tracker};
-use crate::queue::{self, Batch, Mem, RingOptions, Rings};
+use crate::memory::Mem;
+use crate::queue::{self, Batch, RingOptions, Rings};
 use crate::serve::{Connection, GuestMem, Vring};
 
 /// What woke a worker thread.

@@ -26,9 +26,7 @@ use crate::seccomp::{self, SeccompAction, SeccompError};
 use crate::serve::{self, ServeError};
 use crate::signals::{Shutdown, SignalError};
 use crate::socket::{BoundSocket, SocketError};
-
-/// Any error a daemon's own setup returns.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::BoxError;
 
 /// Why a daemon did not run or stopped with an error. The message is the
 /// cause's own: each names the option, path or socket concerned.

@@ -48,3 +48,6 @@ pub use lograte as ratelimit;
 
 #[cfg(test)]
 mod testutil;
+
+/// Any error a daemon's own setup returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

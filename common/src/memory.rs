@@ -18,9 +18,10 @@
 use std::fmt;
 use std::os::unix::fs::FileTypeExt;
 
-use vm_memory::{Address, GuestMemory, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::queue::Mem;
+/// The guest memory map, as a worker borrows it for one batch.
+pub type Mem = GuestMemoryMmap<()>;
 
 /// What the descriptor behind a region is, when it is not a regular file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory};
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::inflight::{Slot, Tracker, Tracking};
-use crate::memory;
+use crate::memory::{self, Mem};
 use crate::serve::{ExitEvents, Gate, GatePass, GuestMem, Vring};
 
 /// Chains handled between two reads of the avail index.
@@ -29,9 +29,6 @@ const CHUNK: usize = 64;
 /// NEXT set) and is returned unused. Without it a ring of looping
 /// zero-length chains cost a worker 32768 descriptor reads per chain.
 pub const MAX_CHAIN_DESCRIPTORS: usize = 1024;
-
-/// Guest memory as a worker borrows it for one batch.
-pub type Mem = GuestMemoryMmap<()>;
 
 /// How workers run their rings (`--poll-us`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -613,7 +610,9 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Barrier;
-    use vm_memory::{GuestAddress, GuestMemory, GuestMemoryAtomic, GuestMemoryRegion};
+    use vm_memory::{
+        GuestAddress, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, GuestMemoryRegion,
+    };
 
     fn map(ranges: &[(u64, usize)]) -> Mem {
         let r: Vec<_> = ranges.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();

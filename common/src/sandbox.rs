@@ -49,9 +49,9 @@ use std::path::{Path, PathBuf};
 use caps::{CapSet, CapsHashSet};
 use clap::ValueEnum;
 
-use crate::daemon::BoxError;
 use crate::seccomp::SeccompAction;
 use crate::socket::BoundSocket;
+use crate::BoxError;
 
 /// The capability names [`limit_capabilities`] takes (from the `caps`
 /// crate), re-exported so daemons need not depend on it.

@@ -20,7 +20,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::iov::{copy_in_at, copy_out, total_len, IoVecBuf};
-use common::queue::{self, Mem, MAX_CHAIN_DESCRIPTORS};
+use common::memory::Mem;
+use common::queue::{self, MAX_CHAIN_DESCRIPTORS};
 use common::vring::Vring;
 use fuzz::split::{Handler, Header, REGIONS};
 use libfuzzer_sys::fuzz_target;

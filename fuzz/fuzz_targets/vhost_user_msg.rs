@@ -15,7 +15,7 @@ use common::daemon::Service;
 use common::ratelimit::RateLimited;
 use fuzz::Input;
 use libfuzzer_sys::fuzz_target;
-use vhost_blk_daemon::backend::Blk;
+use vhost_blk_daemon::device::Blk;
 use vhost_blk_daemon::cli::{Aio, SERIAL_MAX};
 use vhost_blk_daemon::config::DeviceConfig;
 

@@ -13,7 +13,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::queue::Mem;
+use common::memory::Mem;
 use common::serve::GuestMem;
 use common::vring::Vring;
 use vhost_user_backend::VringT;

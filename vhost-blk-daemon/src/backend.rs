@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use common::backend::{Device, Event, Worker};
 use common::daemon::{DaemonError, Relay, Service, Spec};
-use common::queue::Mem;
+use common::memory::Mem;
 use common::ratelimit::RateLimited;
 use common::sandbox;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -22,8 +22,9 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::cli::{Aio, Cli, SERIAL_MAX};
 use crate::config::DeviceConfig;
+use crate::device::Blk;
 use crate::disk::{self, Disk};
-use crate::request::{self, Done, Malformed, Scratch, Target};
+use crate::request::{self, Scratch, Target};
 use crate::uring::{self, Uring};
 
 /// The program name.
@@ -45,23 +46,6 @@ const SECCOMP_BLK: &[i64] = &[
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
 ];
-
-/// What outlives connections: the image and how it is presented.
-#[derive(Debug)]
-pub struct Blk {
-    /// The image.
-    pub disk: Disk,
-    /// Features, limits and config space.
-    pub config: DeviceConfig,
-    /// GET_ID answer.
-    pub serial: [u8; SERIAL_MAX],
-    /// Log every malformed chain at most this way.
-    pub malformed: RateLimited,
-    /// Host I/O errors, likewise.
-    pub io_errors: RateLimited,
-    /// The I/O engine.
-    pub aio: Aio,
-}
 
 /// Opens the image and serves it until SIGTERM.
 pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
@@ -193,33 +177,6 @@ impl Service for Blk {
             self.malformed.count(),
             self.io_errors.count()
         );
-    }
-}
-
-impl Blk {
-    /// The used length of request `head` of queue `q` that ended as `r`,
-    /// logging (rate-limited) a host error or a malformed chain.
-    pub fn outcome(&self, q: usize, head: u16, r: Result<Done, Malformed>) -> u32 {
-        match r {
-            Ok(done) => {
-                if let Some((what, errno)) = done.host_error {
-                    if let Some(n) = self.io_errors.hit() {
-                        log::warn!(
-                            "queue {q} head {head}: {what} on {} failed: {} (host I/O error #{n})",
-                            self.disk.path().display(),
-                            io::Error::from_raw_os_error(errno)
-                        );
-                    }
-                }
-                done.used_len
-            }
-            Err(why) => {
-                if let Some(n) = self.malformed.hit() {
-                    log::warn!("queue {q} head {head}: malformed request dropped: {why} (#{n})");
-                }
-                0
-            }
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod disk;
 pub mod request;
 pub mod uring;

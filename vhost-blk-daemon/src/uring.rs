@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use common::backend::Worker;
 use common::inflight::Tracker;
 use common::iov;
-use common::queue::{self, Mem};
+use common::memory::Mem;
+use common::queue;
 use common::serve::Vring;
 use io_uring::{opcode, squeue, types, IoUring};
 use vhost_user_backend::VringT;
@@ -32,7 +33,7 @@ use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::backend::Blk;
+use crate::device::Blk;
 use crate::disk::Kind;
 use crate::request::{self, status, Plan, Ranges, Scratch, Target};
 

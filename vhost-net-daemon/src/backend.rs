@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use common::backend::{Device, Event, Worker};
 use common::daemon::{DaemonError, Relay, Service, Spec};
-use common::queue::Mem;
+use common::memory::Mem;
 use common::ratelimit::RateLimited;
 use common::sandbox::{self, SandboxMode};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;

@@ -18,7 +18,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use common::iov::{self, copy_in_at, copy_out, total_len, GuestIoVecs, IoVecBuf};
-use common::queue::{avail_sane, signal_if_needed, Mem, MAX_CHAIN_DESCRIPTORS};
+use common::memory::Mem;
+use common::queue::{avail_sane, signal_if_needed, MAX_CHAIN_DESCRIPTORS};
 use common::serve::GuestMem;
 use vhost_user_backend::VringState;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
