@@ -126,9 +126,11 @@ impl OurLinux {
         c
     }
 
-    /// `--kernel K --initramfs I --cmdline C --memory size=M --serial stdio`.
+    /// `--kernel K --initramfs I --cmdline C --memory size=M --serial stdio
+    /// --no-reboot` (the kit's kernel reboots on a panic: that ends the run).
     pub fn vmm_args(&self, script: &str, fs_tag: &str, timeout_s: u64) -> Vec<std::ffi::OsString> {
         vec![
+            "--no-reboot".into(),
             "--kernel".into(),
             self.kernel.clone().into_os_string(),
             "--initramfs".into(),

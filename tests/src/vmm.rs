@@ -123,10 +123,13 @@ pub fn boot_test_guest(cpus: u8, timeout: Duration) -> Finished {
 }
 
 /// Runs the test guest with 64 MiB, serial on stdout, and `extra` (the
-/// devices, `--cpus`) to its end.
+/// devices, `--cpus`) to its end. Here and in the other launchers of the
+/// test guest and Linux, a guest reset ends the VMM (`--no-reboot`): the
+/// guests reset only when they fail, and a test should see that at once.
 pub fn run_test_guest(extra: &[String], timeout: Duration) -> Finished {
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let mut args: Vec<std::ffi::OsString> = vec![
+        "--no-reboot".into(),
         "--kernel".into(),
         guest.into_os_string(),
         "--memory".into(),
@@ -175,6 +178,7 @@ pub fn spawn_test_guest_with_memory(
 ) -> Daemon {
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let mut args: Vec<std::ffi::OsString> = vec![
+        "--no-reboot".into(),
         "--kernel".into(),
         guest.into_os_string(),
         "--cmdline".into(),
@@ -190,16 +194,15 @@ pub fn spawn_test_guest_with_memory(
     spawn_vmm(args, api, &["control API on"], timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `vmm --api-socket API` with no VM yet, as Kata starts it; returned
-/// once the API listens. Panics if it cannot start.
+/// `vmm --api-socket API --no-reboot` with no VM yet, as Kata starts it;
+/// returned once the API listens. Panics if it cannot start.
 pub fn spawn_empty_vmm(api: &Path, timeout: Duration) -> Daemon {
-    spawn_vmm(
-        ["--api-socket".as_ref(), api.as_os_str()],
-        api,
-        &["control API on"],
-        timeout,
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    let args = [
+        "--api-socket".as_ref(),
+        api.as_os_str(),
+        "--no-reboot".as_ref(),
+    ];
+    spawn_vmm(args, api, &["control API on"], timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What a failed test shows: the guest's serial console (the file

@@ -115,6 +115,12 @@ pub struct Args {
     /// Write the log to PATH (appended) instead of stderr.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// A guest reset ends the VM (QEMU's `-no-reboot`; Firecracker's only
+    /// behaviour). Without it a guest reset reboots: the VM is built again
+    /// from its config and boots, as with `vm.reboot` (Cloud Hypervisor's
+    /// and QEMU's behaviour).
+    #[arg(long)]
+    pub no_reboot: bool,
     /// System call filters per thread (Cloud Hypervisor's switch; Kata
     /// passes `--seccomp false`): `true` kills the VMM on a call outside
     /// its thread's list, `log` lets it run and logs it in the kernel

@@ -55,6 +55,8 @@ enum Command {
     /// failure ends the VMM when there is none (the command line's boot).
     Boot {
         reply: Option<Sender<Result<(), ControlError>>>,
+        /// A reboot of the same plan (the serial file is appended to).
+        again: bool,
     },
     /// `vmm.shutdown` with no VM running.
     Quit,
@@ -72,6 +74,8 @@ pub struct Runner {
     vmm: Arc<Vmm>,
     commands: Receiver<Command>,
     start: Instant,
+    /// A guest reset reboots (else it ends the VM: `--no-reboot`).
+    reboot_on_reset: bool,
 }
 
 /// How a failure to build the VM is answered: the caller's config (a
@@ -91,8 +95,9 @@ fn boot_error(e: &VmError) -> ControlError {
 }
 
 impl Vmm {
-    /// An empty VMM and the runner for the main thread.
-    pub fn new(start: Instant) -> (Arc<Vmm>, Runner) {
+    /// An empty VMM and the runner for the main thread; with
+    /// `reboot_on_reset` a guest reset reboots its VM as `vm.reboot` does.
+    pub fn new(start: Instant, reboot_on_reset: bool) -> (Arc<Vmm>, Runner) {
         let (tx, rx) = channel();
         let vmm = Arc::new(Vmm {
             inner: Mutex::new(Inner {
@@ -107,6 +112,7 @@ impl Vmm {
             vmm: vmm.clone(),
             commands: rx,
             start,
+            reboot_on_reset,
         };
         (vmm, runner)
     }
@@ -174,7 +180,10 @@ impl Vmm {
         };
         inner.slot = Slot::Booting(plan);
         drop(inner);
-        self.send(Command::Boot { reply })
+        self.send(Command::Boot {
+            reply,
+            again: false,
+        })
     }
 
     /// Boots the created VM from the command line: a failure ends the
@@ -402,8 +411,8 @@ impl Runner {
                 Some(c) => Ok(c),
                 None => self.commands.recv(),
             };
-            let reply = match command {
-                Ok(Command::Boot { reply }) => reply,
+            let (reply, again) = match command {
+                Ok(Command::Boot { reply, again }) => (reply, again),
                 Ok(Command::Quit) | Err(_) => {
                     self.vmm.fail_reboot("the VMM ends");
                     return Ok(last);
@@ -413,7 +422,7 @@ impl Runner {
                 Slot::Booting(plan) => plan.clone(),
                 _ => continue,
             };
-            let vm = match Vm::new(&plan.config, self.start) {
+            let vm = match Vm::new(&plan.config, self.start, again) {
                 Ok(vm) => vm,
                 Err(e) => {
                     self.vmm.set(Slot::Created(plan));
@@ -442,6 +451,7 @@ impl Runner {
                     ctl: vm.controller(),
                 };
             }
+            let vm = vm.reboot_on_reset(self.reboot_on_reset);
             let result = if serving {
                 vm.run_serving(Box::new(move || {
                     if let Some(reply) = reply {
@@ -453,22 +463,33 @@ impl Runner {
             };
             // The VM is gone: its vCPUs joined, its devices' connections
             // closed, the daemons it ran stopped, its RAM unmapped.
-            if !serving || self.vmm.lock().quitting {
+            if self.vmm.lock().quitting {
                 self.vmm.fail_reboot("the VMM ends");
                 return result.map(Some);
             }
             if matches!(result, Ok(VmExit::Reboot)) {
                 // Built again from the same plan; the vm.reboot waiting
-                // is answered once the new VM runs.
-                let reply = {
+                // (none for a guest reset) is answered once the new VM
+                // runs. A command-line VM that fails to build again ends
+                // the VMM, as its first boot would.
+                let api_reply = {
                     let mut inner = self.vmm.lock();
                     inner.slot = Slot::Booting(plan);
                     inner.rebooting.take()
                 };
                 self.vmm.changed.notify_all();
-                log::info!("vm.reboot: building the VM again");
-                next = Some(Command::Boot { reply });
+                log::info!("rebooting: building the VM again");
+                // With the API serving, a guest reset's rebuild that fails
+                // leaves the plan Created (the answer goes nowhere).
+                let nobody = || serving.then(|| channel().0);
+                next = Some(Command::Boot {
+                    reply: api_reply.or_else(nobody),
+                    again: true,
+                });
                 continue;
+            }
+            if !serving {
+                return result.map(Some);
             }
             // vm.delete ended the main loop: empty again.
             self.vmm.fail_reboot("the VM was deleted");
@@ -509,7 +530,7 @@ mod tests {
 
     #[test]
     fn an_empty_vmm_refuses_what_needs_a_vm() {
-        let (vmm, _runner) = Vmm::new(Instant::now());
+        let (vmm, _runner) = Vmm::new(Instant::now(), true);
         assert_eq!(vmm.info().unwrap_err().status(), 404);
         assert_eq!(vmm.boot().unwrap_err().status(), 404);
         assert_eq!(vmm.pause().unwrap_err().status(), 404);
@@ -521,7 +542,7 @@ mod tests {
 
     #[test]
     fn created_reports_the_config_and_refuses_a_second_create() {
-        let (vmm, _runner) = Vmm::new(Instant::now());
+        let (vmm, _runner) = Vmm::new(Instant::now(), true);
         vmm.create_plan(plan()).unwrap();
         let info = vmm.info().unwrap();
         assert_eq!(info.state, VmState::Created);
@@ -539,7 +560,7 @@ mod tests {
 
     #[test]
     fn devices_are_added_while_created_only() {
-        let (vmm, _runner) = Vmm::new(Instant::now());
+        let (vmm, _runner) = Vmm::new(Instant::now(), true);
         let disk = serde_json::json!({"vhost_user": true, "vhost_socket": "/run/b.sock"});
         let kind = devices::vhost_user::DeviceKind::Block;
         assert_eq!(
@@ -569,7 +590,7 @@ mod tests {
 
     #[test]
     fn vmm_shutdown_when_empty_ends_the_runner() {
-        let (vmm, runner) = Vmm::new(Instant::now());
+        let (vmm, runner) = Vmm::new(Instant::now(), true);
         vmm.vmm_shutdown().unwrap();
         assert!(runner.run(true).unwrap().is_none());
     }

@@ -1,14 +1,14 @@
 //! `vmm [--kernel PATH [--initramfs PATH] [--cmdline ..] [--cpus boot=N]
 //! [--memory size=..[,file=..]] [--memory-zone id=..,size=..]... [--numa ..]... [--serial ..] [--disk socket=..]...
 //! [--fs tag=..,socket=..]... [--net socket=..]...] [--api-socket PATH]
-//! [--log-level ..] [-v]... [--log-file PATH] [--seccomp true|false|log]`
+//! [--log-level ..] [-v]... [--log-file PATH] [--seccomp true|false|log] [--no-reboot]`
 //!
 //! With `--kernel` the VM is created and booted at once; without it (then
 //! `--api-socket` is required) the VMM starts empty and waits for
 //! `vm.create` and `vm.boot`, as Cloud Hypervisor does.
 //!
-//! Exits 0 when the guest powers off or resets (with `--api-socket`: on
-//! `vmm.shutdown`); 1 with one `error:` line when the VM given on the
+//! Exits 0 when the guest powers off, or resets with `--no-reboot` (with
+//! `--api-socket`: on `vmm.shutdown`); a guest reset otherwise reboots; 1 with one `error:` line when the VM given on the
 //! command line cannot be built, the API socket cannot be bound, the log
 //! file cannot be opened, or a vCPU fails; 2 on a bad command line.
 
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         eprintln!("error: {}", vmm::error_chain(&e));
         return ExitCode::FAILURE;
     }
-    let (vmm, runner) = Vmm::new(start);
+    let (vmm, runner) = Vmm::new(start, !args.no_reboot);
     if let Some(plan) = plan {
         // The command line's VM takes the API's path: create, then boot.
         let booted = vmm.create_plan(plan).and_then(|()| vmm.boot_from_cli());

@@ -49,7 +49,8 @@ pub enum VmExit {
     Reset,
     /// Stopped through the control API (`vm.shutdown` or `vmm.shutdown`).
     Stopped,
-    /// `vm.reboot`: the lifecycle builds the VM again from its config.
+    /// `vm.reboot`, or a guest reset without `--no-reboot`: the lifecycle
+    /// builds the VM again from its config.
     Reboot,
 }
 
@@ -145,6 +146,9 @@ pub struct Vm {
     events: Receiver<VmEvent>,
     events_tx: Sender<VmEvent>,
     control: Arc<VmController>,
+    /// A guest reset ends the run as [`VmExit::Reboot`] (else as
+    /// [`VmExit::Reset`]).
+    reboot_on_reset: bool,
     /// The daemons this VMM runs, stopped after every device is gone.
     _backends: Backends,
 }
@@ -263,8 +267,10 @@ fn net_daemon_args(
 }
 
 impl Vm {
-    /// Builds the VM; `start` is when the VMM started (for boot timings).
-    pub fn new(config: &VmConfig, start: Instant) -> Result<Vm, VmError> {
+    /// Builds the VM; `start` is when the VMM started (for boot timings);
+    /// `again`: a reboot of the same config (the serial file is appended
+    /// to, so what the guest wrote before the reboot stays).
+    pub fn new(config: &VmConfig, start: Instant, again: bool) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let max = kvm.get_max_vcpus();
         if usize::from(config.cpus.max) > max {
@@ -340,7 +346,7 @@ impl Vm {
         let (events_tx, events) = channel();
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
-        let serial = SerialDevice::new(&config.serial)?;
+        let serial = SerialDevice::new(&config.serial, again)?;
         vm.register_irqfd(serial.irq(), platform::COM1_IRQ)
             .map_err(|source| VmError::Irqfd {
                 irq: platform::COM1_IRQ,
@@ -448,6 +454,7 @@ impl Vm {
             events,
             events_tx,
             control,
+            reboot_on_reset: false,
             _backends: backends,
         })
     }
@@ -483,6 +490,13 @@ impl Vm {
     /// power button, counters).
     pub fn controller(&self) -> Arc<VmController> {
         self.control.clone()
+    }
+
+    /// With `yes`, a guest reset reboots (the run ends as
+    /// [`VmExit::Reboot`]) instead of ending the VM.
+    pub fn reboot_on_reset(mut self, yes: bool) -> Self {
+        self.reboot_on_reset = yes;
+        self
     }
 
     /// Runs the guest until it powers off or resets, or a vCPU fails.
@@ -540,6 +554,11 @@ impl Vm {
                     break;
                 }
                 Ok(VmEvent::PowerOff) => Ok(VmExit::PowerOff),
+                Ok(VmEvent::Reset) if self.reboot_on_reset && ended.is_none() => {
+                    log::info!("guest reset: rebooting");
+                    ended = Some(Ok(VmExit::Reboot));
+                    break;
+                }
                 Ok(VmEvent::Reset) => Ok(VmExit::Reset),
                 Ok(VmEvent::Error(line)) => Err(VmError::Guest(line)),
                 Err(_) => Err(VmError::NoVcpus),
@@ -601,6 +620,6 @@ pub fn exit_name(exit: VmExit) -> &'static str {
         VmExit::PowerOff => "powered off",
         VmExit::Reset => "reset",
         VmExit::Stopped => "stopped through the API",
-        VmExit::Reboot => "rebooted through the API",
+        VmExit::Reboot => "rebooted",
     }
 }

@@ -15,7 +15,8 @@
 //! starts every other CPU of the MADT with INIT-SIPI-SIPI through the LAPIC
 //! (real-mode trampoline at 0x10000), each of which prints its x2APIC id
 //! from CPUID 0xB and that it reported in with its APIC id from CPUID 1;
-//! and powers off by writing SLP_TYP | SLP_EN to the FADT's PM1a control
+//! and powers off (`reset` on the command line: resets through the
+//! i8042 instead) by writing SLP_TYP | SLP_EN to the FADT's PM1a control
 //! port (SLP_TYP from the DSDT's `_S5_`: 5 on our VMM, 0 on QEMU;
 //! the i8042 reset is the fallback). It runs under our VMM and under QEMU
 //! (`-kernel`, firmware-assigned BARs; unassigned BARs get an address here).
@@ -154,6 +155,13 @@ extern "C" fn bsp_main(start_info: u64) -> ! {
         slot += 1;
     }
     wait::power_button_if_asked(start_info);
+    if wait::cmdline_has(b"reset") {
+        // A guest that reboots: the VMM restarts it, or with --no-reboot
+        // (QEMU's -no-reboot) ends.
+        serial(b"resetting as asked\n");
+        out8(0x64, 0xfe);
+        halt();
+    }
     serial(b"all ");
     serial_dec(AP_REPORTED.load(Ordering::Acquire) as u64 + 1);
     serial(b" cpu(s) up; powering off\n");

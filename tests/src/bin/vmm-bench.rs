@@ -406,7 +406,8 @@ fn memory_stopped(pid: u32) -> Option<Memory> {
 
 fn vmm_command(vmm: &Path, guest: &Path, b: &Backends, mib: u32) -> Command {
     let mut cmd = Command::new(vmm);
-    cmd.arg("--kernel")
+    cmd.arg("--no-reboot")
+        .arg("--kernel")
         .arg(guest)
         .args(["--memory", &format!("size={mib}M"), "--serial", "stdio"])
         .args(b.vmm_args());

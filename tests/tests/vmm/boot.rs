@@ -3,13 +3,16 @@
 //! INIT-SIPI-SIPI, ACPI power-off, exit code 0; PCI bus 0 enumerated through
 //! CF8/CFC (the host bridge) and the MCFG's ECAM window agreeing with it;
 //! `--cpus topology=` as the guest reads it in CPUID 0xB/0x1F and the MADT,
-//! `pmu=off` as leaf 0xA. And its command-line errors.
+//! `pmu=off` as leaf 0xA; a guest reset rebooting, or ending the VMM with
+//! `--no-reboot`. And its command-line errors.
 
 use std::time::Duration;
 
+use vu_driver::fixture::{poll_until, TempDir};
 use vu_driver::process::Finished;
 use vu_driver::vmm::{
-    assert_one_line_refusal, boot_test_guest, run_vmm, show_run as show, test_guest,
+    assert_one_line_refusal, boot_test_guest, guest_logs, run_test_guest, run_vmm, serial,
+    show_run as show, shutdown_vmm, spawn_vmm, test_guest,
 };
 
 /// KVM here emulates every instruction (~1 µs each); the guest needs well
@@ -228,4 +231,64 @@ fn odd_memory_size_is_one_line() {
         refusal(&[&["--kernel", "k"][..], option].concat(), 2, culprits);
     }
     refusal(&["--memory", "size=64M"], 2, &["--kernel"]);
+}
+
+/// A guest reset reboots the VM unless `--no-reboot` (QEMU's flag) is
+/// given: with it the first reset ends the VMM (exit 0, one run of the
+/// guest); without it the VM is built again and the guest runs again,
+/// each run's lines appended to the serial file, until `vmm.shutdown`.
+#[test]
+fn a_guest_reset_reboots_unless_no_reboot() {
+    let reset = ["--cmdline".to_string(), "console=ttyS0 reset".to_string()];
+    let run = run_test_guest(&reset, BOOT_TIMEOUT);
+    assert_eq!(run.code(), Some(0), "{}", show(&run));
+    assert_eq!(
+        run.stdout.matches("resetting as asked").count(),
+        1,
+        "{}",
+        show(&run)
+    );
+    assert!(run.stderr.contains("guest reset after"), "{}", show(&run));
+
+    let dir = TempDir::new("vmm-reboot").unwrap();
+    let (api, console) = (dir.join("api.sock"), dir.join("console.txt"));
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let serial_arg = format!("file={}", console.display());
+    let args = [
+        "--kernel".as_ref(),
+        guest.as_os_str(),
+        reset[0].as_ref(),
+        reset[1].as_ref(),
+        "--memory".as_ref(),
+        "size=64M".as_ref(),
+        "--serial".as_ref(),
+        serial_arg.as_ref(),
+        "--api-socket".as_ref(),
+        api.as_os_str(),
+    ];
+    let mut vmm =
+        spawn_vmm(args, &api, &["control API on"], BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let runs = || {
+        serial(&console)
+            .matches("hello from the test guest")
+            .count()
+    };
+    assert!(
+        poll_until(BOOT_TIMEOUT, || runs() >= 3),
+        "the guest did not run three times\n{}",
+        guest_logs(&console, &vmm, &[])
+    );
+    assert!(
+        serial(&console).matches("resetting as asked").count() >= 2,
+        "{}",
+        guest_logs(&console, &vmm, &[])
+    );
+    assert!(
+        vmm.log_contents().contains("guest reset: rebooting"),
+        "{}",
+        guest_logs(&console, &vmm, &[])
+    );
+    shutdown_vmm(&api, &mut vmm, BOOT_TIMEOUT, |v| {
+        guest_logs(&console, v, &[])
+    });
 }

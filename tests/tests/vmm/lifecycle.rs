@@ -534,13 +534,21 @@ fn vm_reboot_restarts_the_guest_with_its_devices_set_up_again() {
     // Each boot: the guest's disk and NIC lines, sector 8 written, the
     // frame on the tap.
     let sector8 = || std::fs::read(&b.image).unwrap()[8 * 512..9 * 512].to_vec();
-    let booted = |vmm: &Daemon, round: &str| {
+    // Run `run`'s lines: the serial file keeps every run's, appended.
+    let this_run = |run: usize| {
+        let all = console(&console_file);
+        all.split("hello from the test guest")
+            .nth(run)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let booted = |vmm: &Daemon, round: &str, run: usize| {
         assert!(
-            poll_until(BOOT_TIMEOUT, || console(&console_file).contains(WAITING)),
+            poll_until(BOOT_TIMEOUT, || this_run(run).contains(WAITING)),
             "{round}: the guest did not come up\n{}",
             show(vmm)
         );
-        let out = console(&console_file);
+        let out = this_run(run);
         let has = |prefix: &str| out.lines().any(|l| l.starts_with(prefix));
         assert!(
             has("blk: capacity") && out.contains("wrote and read back sector 8: ok"),
@@ -560,12 +568,12 @@ fn vm_reboot_restarts_the_guest_with_its_devices_set_up_again() {
         );
         assert_guest_frame(&tap.packets, &tap.ns, &show(vmm));
     };
-    booted(&vmm, "first boot");
+    booted(&vmm, "first boot", 1);
     let net_daemons = children_running(vmm.pid(), "vhost-net-daemon");
     assert_eq!(net_daemons.len(), 1, "{}", show(&vmm));
 
     // The host forgets what the guest wrote; the reboot answers once the
-    // new VM runs (its console file started anew).
+    // new VM runs (its lines follow the first run's in the console file).
     std::fs::OpenOptions::new()
         .write(true)
         .open(&b.image)
@@ -574,7 +582,7 @@ fn vm_reboot_restarts_the_guest_with_its_devices_set_up_again() {
     assert_eq!(put(&api, "/api/v1/vm.reboot").0, 204, "{}", show(&vmm));
     let (status, info) = call(&api, "GET", "/api/v1/vm.info", None);
     assert_eq!((status, &info["state"]), (200, &json!("Running")), "{info}");
-    booted(&vmm, "after vm.reboot");
+    booted(&vmm, "after vm.reboot", 2);
     let now = children_running(vmm.pid(), "vhost-net-daemon");
     assert_eq!(now.len(), 1, "{now:?}\n{}", show(&vmm));
     assert_ne!(now, net_daemons, "the NIC's daemon was not started again");

@@ -54,17 +54,24 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     /// The UART writing where `config` says; its interrupt eventfd is
-    /// `serial.irq()` (register it as an irqfd on [`COM1_IRQ`]).
-    pub fn new(config: &SerialConfig) -> Result<Self, SerialError> {
+    /// `serial.irq()` (register it as an irqfd on [`COM1_IRQ`]). A file is
+    /// truncated, or with `append` (the same VM rebooted) written on.
+    pub fn new(config: &SerialConfig, append: bool) -> Result<Self, SerialError> {
         let out: SerialOut = match config {
             SerialConfig::Stdio => Box::new(io::stdout()),
             SerialConfig::Off => Box::new(io::sink()),
-            SerialConfig::File(path) => Box::new(std::fs::File::create(path).map_err(
-                |source| SerialError::SerialFile {
-                    path: path.clone(),
-                    source,
-                },
-            )?),
+            SerialConfig::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(path)
+                    .map_err(|source| SerialError::SerialFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
             SerialConfig::Socket(path) => Box::new(SocketOut::listen(path)?),
         };
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
