@@ -121,6 +121,10 @@ pub struct Args {
     /// and QEMU's behaviour).
     #[arg(long)]
     pub no_reboot: bool,
+    /// Write the VMM's pid to PATH, locked while it runs and removed when
+    /// it ends (QEMU's `-pidfile`); a second VMM on a locked file fails.
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
     /// System call filters per thread (Cloud Hypervisor's switch; Kata
     /// passes `--seccomp false`): `true` kills the VMM on a call outside
     /// its thread's list, `log` lets it run and logs it in the kernel

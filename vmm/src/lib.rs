@@ -16,7 +16,8 @@
 //!    address map and e820), [`bus`] (port-I/O and MMIO dispatch),
 //!    [`aml`] (the DSDT's AML), [`topology`] (CPU topology and APIC
 //!    ids), [`api`] (the control API's HTTP server
-//!    and the [`api::VmControl`] trait it calls).
+//!    and the [`api::VmControl`] trait it calls), [`pidfile`]
+//!    (`--pidfile`).
 //! 2. Guest setup: [`memory`] (guest RAM in a shared file), [`boot`]
 //!    (kernel, initramfs, cmdline), [`acpi`] (the tables), [`irq`]
 //!    (MSI-X vectors as KVM GSI routes and irqfds).
@@ -49,6 +50,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod numa;
 pub mod pci;
+pub mod pidfile;
 pub mod platform;
 pub mod seccomp;
 pub mod spawned;

@@ -1,7 +1,7 @@
 //! `vmm [--kernel PATH [--initramfs PATH] [--cmdline ..] [--cpus boot=N]
 //! [--memory size=..[,file=..]] [--memory-zone id=..,size=..]... [--numa ..]... [--serial ..] [--disk socket=..]...
 //! [--fs tag=..,socket=..]... [--net socket=..]...] [--api-socket PATH]
-//! [--log-level ..] [-v]... [--log-file PATH] [--seccomp true|false|log] [--no-reboot]`
+//! [--log-level ..] [-v]... [--log-file PATH] [--seccomp true|false|log] [--no-reboot] [--pidfile PATH]`
 //!
 //! With `--kernel` the VM is created and booted at once; without it (then
 //! `--api-socket` is required) the VMM starts empty and waits for
@@ -10,7 +10,8 @@
 //! Exits 0 when the guest powers off, or resets with `--no-reboot` (with
 //! `--api-socket`: on `vmm.shutdown`); a guest reset otherwise reboots; 1 with one `error:` line when the VM given on the
 //! command line cannot be built, the API socket cannot be bound, the log
-//! file cannot be opened, or a vCPU fails; 2 on a bad command line.
+//! or pid file cannot be opened (or the pid file is locked), or a vCPU
+//! fails; 2 on a bad command line.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -71,6 +72,14 @@ fn main() -> ExitCode {
     }
     logger.init();
 
+    // Held until main returns: removed on every exit but a crash.
+    let _pidfile = match args.pidfile.as_deref().map(vmm::pidfile::PidFile::create) {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        pidfile => pidfile,
+    };
     // Bound before anything else, so a socket in use fails fast.
     let api = match args.api_socket.as_deref().map(api::bind).transpose() {
         Ok(api) => api,

@@ -237,6 +237,7 @@ fn odd_memory_size_is_one_line() {
 /// given: with it the first reset ends the VMM (exit 0, one run of the
 /// guest); without it the VM is built again and the guest runs again,
 /// each run's lines appended to the serial file, until `vmm.shutdown`.
+/// The same VMM writes `--pidfile`.
 #[test]
 fn a_guest_reset_reboots_unless_no_reboot() {
     let reset = ["--cmdline".to_string(), "console=ttyS0 reset".to_string()];
@@ -252,9 +253,12 @@ fn a_guest_reset_reboots_unless_no_reboot() {
 
     let dir = TempDir::new("vmm-reboot").unwrap();
     let (api, console) = (dir.join("api.sock"), dir.join("console.txt"));
+    let pidfile = dir.join("vmm.pid");
     let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let serial_arg = format!("file={}", console.display());
     let args = [
+        "--pidfile".as_ref(),
+        pidfile.as_os_str(),
         "--kernel".as_ref(),
         guest.as_os_str(),
         reset[0].as_ref(),
@@ -288,7 +292,14 @@ fn a_guest_reset_reboots_unless_no_reboot() {
         "{}",
         guest_logs(&console, &vmm, &[])
     );
+    // --pidfile (QEMU's -pidfile): the VMM's pid while it runs, the file
+    // gone when it ends.
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{}\n", vmm.pid())
+    );
     shutdown_vmm(&api, &mut vmm, BOOT_TIMEOUT, |v| {
         guest_logs(&console, v, &[])
     });
+    assert!(!pidfile.exists(), "--pidfile left behind");
 }
