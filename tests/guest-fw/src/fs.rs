@@ -180,33 +180,14 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
 
 /// `fs-loop` (see the module docs).
 fn read_loop(s: &mut Session, node: u64, read: &[u8], first: &[u8]) {
-    let mut n = 0u64;
-    let result = loop {
-        if crate::wait::power_button() {
-            break Ok(());
-        }
-        let got = match s.request(FUSE_READ, node, read) {
-            Ok(got) => got,
-            Err(e) => break Err(e),
-        };
+    let _ = crate::wait::rounds_until_power_button(b"fs-loop", |_| {
+        let got = s.request(FUSE_READ, node, read)?;
         let same = got as usize == first.len()
             && (0..first.len()).all(|i| r8(s.reply + OUT_HEADER + i as u64) == first[i]);
-        if !same {
-            break Err("a READ returned other bytes");
+        if same {
+            Ok(())
+        } else {
+            Err("a READ returned other bytes")
         }
-        n += 1;
-        serial(b"fs-loop: round ");
-        serial_dec(n);
-        serial(b" ok\n");
-    };
-    serial(b"fs-loop: stopped after ");
-    serial_dec(n);
-    match result {
-        Ok(()) => serial(b" rounds, no error\n"),
-        Err(why) => {
-            serial(b" rounds: ");
-            serial(why.as_bytes());
-            serial(b"\n");
-        }
-    }
+    });
 }

@@ -9,7 +9,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::acpi::{r32, r64, r8, root_entries, root_table, sig, XEN_HVM_START_MAGIC};
-use crate::io::{in16, out16, serial};
+use crate::io::{in16, out16, serial, serial_dec};
 
 /// PWRBTN_STS in PM1_STS, PWRBTN_EN in PM1_EN.
 const PWRBTN: u16 = 1 << 8;
@@ -115,4 +115,39 @@ pub fn power_button_if_asked(start_info: u64) {
             core::hint::spin_loop();
         }
     }
+}
+
+/// Runs `round(n)` for n = 0, 1, ... until the power button or the first
+/// error, printing `NAME: round N ok` after each (so the host sees every
+/// one) and then `NAME: stopped after N rounds, no error` or `...: WHY`.
+pub fn rounds_until_power_button(
+    name: &[u8],
+    mut round: impl FnMut(u64) -> Result<(), &'static str>,
+) -> Result<(), &'static str> {
+    let mut n = 0u64;
+    let result = loop {
+        if power_button() {
+            break Ok(());
+        }
+        if let Err(why) = round(n) {
+            break Err(why);
+        }
+        n += 1;
+        serial(name);
+        serial(b": round ");
+        serial_dec(n);
+        serial(b" ok\n");
+    };
+    serial(name);
+    serial(b": stopped after ");
+    serial_dec(n);
+    match result {
+        Ok(()) => serial(b" rounds, no error\n"),
+        Err(why) => {
+            serial(b" rounds: ");
+            serial(why.as_bytes());
+            serial(b"\n");
+        }
+    }
+    result
 }
