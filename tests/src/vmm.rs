@@ -219,6 +219,10 @@ pub fn guest_logs(console: &Path, vmm: &Daemon, daemons: &[&Daemon]) -> String {
     s
 }
 
+/// What the test guest prints once it waits for the power button
+/// (`wait-power-button` on its command line): everything before it is done.
+pub const WAITING: &str = "waiting for the power button";
+
 /// What the VMM logs when the guest powers off while the API serves on.
 pub const POWERED_OFF: &str = "guest powered off; serving the API until vmm.shutdown";
 

@@ -20,14 +20,13 @@ use vu_driver::http::{self, exchange, get};
 use vu_driver::process::{self, Finished};
 use vu_driver::vmm::{
     run_vmm, serial, shutdown_vmm, spawn_test_guest, test_guest, vm_counter as counter,
-    vm_info as info, wait_for_serial, POWERED_OFF,
+    vm_info as info, wait_for_serial, POWERED_OFF, WAITING,
 };
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
 /// reach its wait; the margin is for loaded machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(30);
-const WAITING: &str = "waiting for the power button";
 
 /// The VMM with 2 vCPUs, 64 MiB, the disk on `blk_sock` (`reconnect=off`:
 /// a killed backend fails the disk at once), the API on

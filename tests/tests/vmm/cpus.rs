@@ -16,14 +16,13 @@ use vu_driver::http;
 use vu_driver::process;
 use vu_driver::vmm::{
     guest_logs, press_power_button, shutdown_vmm, spawn_test_guest, test_guest, vm_info,
-    wait_for_serial,
+    wait_for_serial, WAITING,
 };
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
 /// reach its wait; the margin is for loaded machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(30);
-const WAITING: &str = "waiting for the power button";
 
 /// `0-2,5` as a list of CPUs.
 fn parse_cpu_list(s: &str) -> Vec<usize> {

@@ -18,14 +18,13 @@ use vu_driver::ours::bare_command;
 use vu_driver::process::Finished;
 use vu_driver::vmm::{
     assert_disk_share_nic_listed, halting_kernel, serial as console, shutdown_vmm, test_guest,
-    wait_for_serial,
+    wait_for_serial, WAITING,
 };
 
 /// KVM here emulates every instruction: the guest needs seconds; the
 /// margin is for a loaded 2-core machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(30);
-const WAITING: &str = "waiting for the power button";
 
 /// Our `vmm` with `args`, ready once its API socket exists (it appears
 /// already listening).

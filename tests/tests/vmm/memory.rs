@@ -11,7 +11,7 @@ use vu_driver::fw_devices;
 use vu_driver::process::status_kib;
 use vu_driver::vmm::{
     guest_logs, press_power_button, serial, shutdown_vmm, spawn_test_guest_with_memory,
-    wait_for_serial,
+    wait_for_serial, WAITING,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -73,13 +73,7 @@ fn guest_ram_on_prefaulted_huge_pages_is_shared_with_the_daemons() {
         TIMEOUT,
     );
     let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &[&b.daemon]);
-    wait_for_serial(
-        &mut vmm,
-        &console,
-        "waiting for the power button",
-        TIMEOUT,
-        show,
-    );
+    wait_for_serial(&mut vmm, &console, WAITING, TIMEOUT, show);
     // The guest's RAM is the huge pages, all of them taken from the pool
     // (prefaulted; without prefault=on they would be reserved at mmap and
     // taken as the guest touches them).
@@ -109,13 +103,7 @@ fn rss_shmem_kib(name: &str, memory: &str) -> u64 {
     let (api, console) = (dir.join("api.sock"), dir.join("console.txt"));
     let mut vmm =
         spawn_test_guest_with_memory(&api, &console, "wait-power-button", memory, &[], TIMEOUT);
-    wait_for_serial(
-        &mut vmm,
-        &console,
-        "waiting for the power button",
-        TIMEOUT,
-        |v| v.log_contents(),
-    );
+    wait_for_serial(&mut vmm, &console, WAITING, TIMEOUT, |v| v.log_contents());
     let rss = status_kib(vmm.pid(), "RssShmem").unwrap();
     let all = vmm.log_contents();
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());

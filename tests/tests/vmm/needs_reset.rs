@@ -20,7 +20,7 @@ use vu_driver::fw_devices::{self, Blk, Fs, Net};
 use vu_driver::process::Finished;
 use vu_driver::vmm::{
     guest_logs, press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_info as info,
-    wait_for_serial,
+    wait_for_serial, WAITING,
 };
 
 /// KVM here emulates every instruction: the guest needs a few seconds to
@@ -28,7 +28,6 @@ use vu_driver::vmm::{
 /// machines.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(30);
-const WAITING: &str = "waiting for the power button";
 /// virtio device status bits.
 const DRIVER_READY: u8 = 0x0f; // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 const NEEDS_RESET: u8 = 0x40;

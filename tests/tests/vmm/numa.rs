@@ -15,7 +15,7 @@ use vu_driver::fw_devices;
 use vu_driver::http;
 use vu_driver::vmm::{
     assert_one_line_refusal, guest_logs, press_power_button, serial, shutdown_vmm,
-    spawn_test_guest_with_memory, test_guest, vm_info, wait_for_serial,
+    spawn_test_guest_with_memory, test_guest, vm_info, wait_for_serial, WAITING,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -104,13 +104,7 @@ fn two_zones_two_nodes_bound_described_and_served() {
         TIMEOUT,
     );
     let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &[&b.daemon]);
-    wait_for_serial(
-        &mut vmm,
-        &console,
-        "waiting for the power button",
-        TIMEOUT,
-        show,
-    );
+    wait_for_serial(&mut vmm, &console, WAITING, TIMEOUT, show);
     let out = serial(&console);
     // The guest sees both nodes: vCPUs, memory ranges, distances.
     let zone = ZONE_MIB << 20;
@@ -275,13 +269,7 @@ fn vm_create_takes_memory_zones_and_numa() {
     assert_eq!(status, 204, "{answer}");
     let (status, answer) = http::call(&api, "PUT", "/api/v1/vm.boot", None);
     assert_eq!(status, 204, "{answer}\n{}", logs(&vmm));
-    wait_for_serial(
-        &mut vmm,
-        &console,
-        "waiting for the power button",
-        TIMEOUT,
-        logs,
-    );
+    wait_for_serial(&mut vmm, &console, WAITING, TIMEOUT, logs);
     let out = serial(&console);
     for want in [
         format!("srat: node 1 memory {zone:#x}-{:#x}", 2 * zone),

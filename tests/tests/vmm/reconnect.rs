@@ -29,6 +29,7 @@ use vu_driver::fw_devices;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, BlkDaemonOpts};
 use vu_driver::vmm::{
     blk_loop_rounds, press_power_button, serial, shutdown_vmm, spawn_test_guest, vm_counter,
+    WAITING,
 };
 
 /// KVM here emulates the guest's kernel mode: generous for loaded machines.
@@ -205,8 +206,7 @@ fn a_killed_net_daemon_restarted_on_its_socket_is_reconnected() {
         ],
     );
     assert!(
-        poll_until(BOOT_TIMEOUT, || serial(&console)
-            .contains("waiting for the power button")),
+        poll_until(BOOT_TIMEOUT, || serial(&console).contains(WAITING)),
         "{}",
         show(&console, &vmm, &n.daemon)
     );

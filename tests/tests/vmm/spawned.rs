@@ -13,7 +13,7 @@ use vu_driver::fw_devices::{line, sector8_expected, DISK_SIZE};
 use vu_driver::process::{children_running, command_line, serving_pid};
 use vu_driver::vmm::{
     blk_loop_rounds, guest_logs, press_power_button, run_test_guest, serial, show_run,
-    shutdown_vmm, spawn_test_guest, test_guest, vm_counter, vm_info,
+    shutdown_vmm, spawn_test_guest, test_guest, vm_counter, vm_info, WAITING,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -185,8 +185,7 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
     assert_eq!(info["devices"][0]["backend_state"], "connected", "{info}");
     let socket = disk_socket(&api);
     assert!(
-        poll_until(WAIT, || serial(&console)
-            .contains("waiting for the power button")),
+        poll_until(WAIT, || serial(&console).contains(WAITING)),
         "{}",
         vmm.log_contents()
     );
@@ -273,8 +272,7 @@ fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
         )
     };
     assert!(
-        poll_until(TIMEOUT, || serial(&console)
-            .contains("waiting for the power button")),
+        poll_until(TIMEOUT, || serial(&console).contains(WAITING)),
         "{}",
         show()
     );
