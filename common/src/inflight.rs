@@ -129,28 +129,21 @@ fn check_geometry(num_queues: u16, queue_size: u16) -> Result<(), InflightError>
 pub fn create_memfd(num_queues: u16, queue_size: u16) -> Result<(File, u64), InflightError> {
     check_geometry(num_queues, queue_size)?;
     let size = queue_region_size(queue_size) * u64::from(num_queues);
-    // SAFETY: memfd_create with a NUL-terminated name and flags; it
-    // returns a new descriptor (checked) that nothing else owns.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"vhost-user-inflight".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if fd < 0 {
-        return Err(InflightError::Memfd(io::Error::last_os_error()));
-    }
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let fd = memfd_create(
+        c"vhost-user-inflight",
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| InflightError::Memfd(e.into()))?;
     // SAFETY: `fd` was just returned by memfd_create and is owned by no one else.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     let file = File::from(fd);
     file.set_len(size)
         .map_err(|source| InflightError::Truncate { size, source })?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl(F_ADD_SEALS) on a descriptor we own, with an integer
-    // argument; no memory is passed.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(InflightError::Seal(io::Error::last_os_error()));
-    }
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    fcntl(file.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))
+        .map_err(|e| InflightError::Seal(e.into()))?;
     Ok((file, size))
 }
 
