@@ -451,5 +451,4 @@ impl PciBus {
 }
 
 #[cfg(test)]
-#[path = "bus_tests.rs"]
 mod tests;

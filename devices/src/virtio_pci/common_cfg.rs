@@ -363,5 +363,4 @@ impl CommonConfig {
 }
 
 #[cfg(test)]
-#[path = "common_cfg_tests.rs"]
 mod tests;

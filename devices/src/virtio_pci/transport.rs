@@ -546,5 +546,4 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
 }
 
 #[cfg(test)]
-#[path = "transport_tests.rs"]
 mod tests;

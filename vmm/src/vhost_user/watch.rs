@@ -223,5 +223,4 @@ fn unwatch(epoll: &Epoll, fd: &mut Option<RawFd>) {
 }
 
 #[cfg(test)]
-#[path = "watch_tests.rs"]
 mod tests;
