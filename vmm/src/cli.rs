@@ -20,7 +20,9 @@
 //!   after them, which the backend serves (VIRTIO_NET_F_CTRL_VQ).
 //!   `tap=NAME` instead of `socket=`: the VMM runs `vhost-net-daemon` on
 //!   that (existing) tap itself, as `path=` does for a disk; `vm.add-net`
-//!   may bring the tap's queues as descriptors instead ([`NetTap::Fds`]).
+//!   may bring the tap's queues as descriptors instead ([`NetTap::Fds`]),
+//!   and so may `fd=N` / `fd=[N,M]` on the command line (descriptors the
+//!   VMM inherited, duplicated into the plan).
 //!
 //! `queue_size` is the largest ring size offered to the driver, a power of
 //! two up to 32768 (default 256 for disks and NICs, 1024 for shares).
@@ -145,8 +147,10 @@ pub struct Args {
     /// `socket=PATH[,mac=MAC,num_queues=N,queue_size=N]`; `num_queues`
     /// counts RX and TX queues (2 per pair, even), the control queue comes
     /// after them. `tap=NAME` instead of `socket=`: the VMM runs
-    /// vhost-net-daemon on that existing tap itself. Repeatable.
-    #[arg(long = "net", value_name = "socket=PATH|tap=NAME[,...]", value_parser = parse_net)]
+    /// vhost-net-daemon on that existing tap itself; `fd=N` or
+    /// `fd=[N,M,...]`: on tap queues the VMM inherited, one per queue pair
+    /// (Cloud Hypervisor's form). Repeatable.
+    #[arg(long = "net", value_name = "socket=PATH|tap=NAME|fd=N[,...]", value_parser = parse_net)]
     pub net: Vec<VhostUserConfig>,
 }
 
@@ -1224,7 +1228,65 @@ pub fn parse_fs(s: &str) -> Result<VhostUserConfig, String> {
 }
 
 pub fn parse_net(s: &str) -> Result<VhostUserConfig, String> {
-    parse_vhost_user(DeviceKind::Net, s)
+    let parts = split_outside_brackets(s);
+    let (fds, rest): (Vec<&str>, Vec<&str>) = parts.iter().partition(|p| p.starts_with("fd="));
+    match fds[..] {
+        [] => parse_vhost_user(DeviceKind::Net, s),
+        [fd] => {
+            let queues = inherited_tap_queues(&fd["fd=".len()..])?;
+            vhost_user_with_tap_fds(DeviceKind::Net, &pairs(&rest.join(","))?, Some(queues))
+        }
+        _ => Err("`fd` is given twice".into()),
+    }
+}
+
+/// `--net fd=N` or `fd=[N,M,...]` (Cloud Hypervisor's form): open tap
+/// queues this process inherited, one per queue pair. Each is duplicated
+/// (F_DUPFD_CLOEXEC) into a descriptor the plan owns, then checked to be
+/// a tap queue; the inherited number itself is left as it was.
+fn inherited_tap_queues(v: &str) -> Result<TapFds, String> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use nix::fcntl::{fcntl, FcntlArg};
+    let list = v
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .unwrap_or(v);
+    let mut numbers: Vec<i32> = Vec::new();
+    for n in list.split(',') {
+        let fd = match n.trim().parse::<i32>() {
+            Ok(fd) if fd > 2 => fd,
+            _ => return Err(format!("fd=`{n}` is not a descriptor number above 2")),
+        };
+        if numbers.contains(&fd) {
+            return Err(format!("fd={fd} is given twice"));
+        }
+        numbers.push(fd);
+    }
+    let mut fds = Vec::new();
+    for fd in numbers {
+        let copy = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3))
+            .map_err(|e| format!("fd={fd}: not an open descriptor of the vmm ({e})"))?;
+        // SAFETY: F_DUPFD_CLOEXEC just returned `copy`, a new descriptor
+        // that nothing else owns.
+        let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+        check_tap_queue(&copy).map_err(|why| format!("fd={fd} {why}"))?;
+        fds.push(copy);
+    }
+    Ok(TapFds(std::sync::Arc::new(fds)))
+}
+
+/// Whether `fd` is a tap queue: opened from `/dev/net/tun` (character
+/// device 10, 200); the daemon checks its flags when it starts. The error
+/// reads after the descriptor's name: "is not a tap queue ...".
+pub fn check_tap_queue(fd: &std::os::fd::OwnedFd) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())
+        .map_err(|e| format!("cannot be examined (fstat: {e})"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != libc::makedev(10, 200) {
+        return Err("is not a tap queue (/dev/net/tun)".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1614,6 +1676,31 @@ mod tests {
                 ("socket=/n,mac=01:00:5e:00:00:01", "multicast"),
                 ("mac=52:54:00:12:34:56", "missing socket=PATH"),
                 ("socket=/n,tag=x", "unknown key `tag`"),
+            ],
+        );
+    }
+
+    /// `--net fd=`: numbers above 2, each once, open, and tap queues (an
+    /// open /dev/null is not one); the real tap queue is in the `vmm`
+    /// test binary's `spawned` tests.
+    #[test]
+    fn inherited_tap_descriptors_are_checked() {
+        use std::os::fd::AsRawFd;
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let n = null.as_raw_fd();
+        refuses(
+            parse_net,
+            &[
+                ("fd=2", "fd=`2` is not a descriptor number above 2"),
+                ("fd=[3,x]", "fd=`x` is not a descriptor number"),
+                ("fd=[7,7]", "fd=7 is given twice"),
+                ("fd=3,fd=4", "`fd` is given twice"),
+                (
+                    "fd=1000000",
+                    "fd=1000000: not an open descriptor of the vmm",
+                ),
+                (&format!("fd={n}"), &format!("fd={n} is not a tap queue")),
+                (&format!("fd=[{n}],tap=t0"), "is not a tap queue"),
             ],
         );
     }

@@ -905,21 +905,15 @@ pub fn add_device(
     Ok(plan)
 }
 
-/// Descriptors sent with `vm.add-net`, checked to be tap queues (opened
-/// from `/dev/net/tun`; the daemon checks their flags when it starts).
+/// Descriptors sent with `vm.add-net`, checked to be tap queues.
 fn tap_queues(path: &str, fds: Vec<OwnedFd>) -> Result<TapFds, ConfigError> {
-    use std::os::fd::AsRawFd;
-    // /dev/net/tun: character device 10, 200.
-    let tun = libc::makedev(10, 200);
     for (i, fd) in fds.iter().enumerate() {
-        let st = nix::sys::stat::fstat(fd.as_raw_fd())
-            .map_err(|e| error(format!("{path}.fds"), format!("descriptor {i}: fstat: {e}")))?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != tun {
-            return Err(error(
+        cli::check_tap_queue(fd).map_err(|why| {
+            error(
                 format!("{path}.fds"),
-                format!("descriptor {i} sent with the request is not a tap queue (/dev/net/tun)"),
-            ));
-        }
+                format!("descriptor {i} sent with the request {why}"),
+            )
+        })?;
     }
     Ok(TapFds(std::sync::Arc::new(fds)))
 }

@@ -309,6 +309,39 @@ fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
 }
 
+/// `--net fd=3,mac=MAC` on the command line, Cloud Hypervisor's form for
+/// a tap queue opened by whoever starts the VMM (libvirt does this): the
+/// VMM, outside the tap's network namespace, runs vhost-net-daemon on that
+/// queue and the guest's frame comes out of the tap.
+#[test]
+fn a_nic_on_a_tap_descriptor_the_vmm_inherits() {
+    use std::os::fd::AsRawFd;
+    use vu_driver::fw_devices::{assert_guest_frame, line, tap_queue, MAC};
+    use vu_driver::process::inherit_fd_as;
+
+    let tap = tap_queue("vspfd");
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    let vmm = vu_driver::ours::project_binary("vmm").unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = std::process::Command::new(&vmm);
+    cmd.args(["--no-reboot", "--kernel"])
+        .arg(&guest)
+        .args(["--memory", "size=64M", "--serial", "stdio", "--net"])
+        .arg(format!("fd=3,mac={MAC}"));
+    inherit_fd_as(&mut cmd, tap.queue.as_raw_fd(), 3);
+    vu_driver::process::without_systemd_env(&mut cmd);
+    let run = vu_driver::process::run_bounded(&mut cmd, TIMEOUT).unwrap();
+    let all = show_run(&run);
+    assert_eq!(run.code(), Some(0), "{all}");
+    let l = line(&run, "net: ").unwrap_or_else(|| panic!("no net line\n{all}"));
+    assert!(
+        l.starts_with(&format!("net: mac {MAC}; sent a frame")),
+        "{l}\n{all}"
+    );
+    assert_guest_frame(&tap.packets, &tap.ns, &all);
+    assert!(all.contains("net0: started vhost-net-daemon"), "{all}");
+    assert!(all.contains("stopped (TX 1 frames"), "{all}");
+}
+
 /// `--net tap=NAME,mac=MAC` on the command line, Cloud Hypervisor's form:
 /// the VMM (run in the tap's network namespace) starts vhost-net-daemon
 /// on that tap itself, the guest's frame comes out of the tap, and the
