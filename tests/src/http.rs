@@ -90,16 +90,7 @@ pub fn call(
 /// Sends `raw` as is on a new connection to `socket` and reads the
 /// response until the server closes the connection.
 pub fn exchange(socket: &Path, raw: &[u8]) -> Result<Response, HttpError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| HttpError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    stream.write_all(raw)?;
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes)?;
-    parse(&String::from_utf8_lossy(&bytes))
+    exchange_with_fds(socket, raw, &[])
 }
 
 /// [`exchange`] with `fds` sent along with the request's bytes, in one
@@ -113,15 +104,19 @@ pub fn exchange_with_fds(socket: &Path, raw: &[u8], fds: &[RawFd]) -> Result<Res
     })?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let sent = sendmsg::<()>(
-        stream.as_raw_fd(),
-        &[io::IoSlice::new(raw)],
-        &cmsg,
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(io::Error::from)?;
+    let sent = if fds.is_empty() {
+        0
+    } else {
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[io::IoSlice::new(raw)],
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(io::Error::from)?
+    };
     stream.write_all(&raw[sent..])?;
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes)?;
