@@ -55,18 +55,33 @@ pub fn drain<F>(
     event_idx: bool,
     window: Duration,
     broken: &AtomicBool,
-    handle: F,
+    mut handle: F,
 ) -> io::Result<()>
 where
     F: FnMut(DescriptorChain<&Mem>) -> u32,
 {
-    drain_tracked(q, vring, mem, event_idx, window, broken, None, handle)
+    drain_tracked(q, vring, mem, event_idx, window, broken, None, |c, _| {
+        handle(c)
+    })
+}
+
+/// Where a chain handed to a device comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Taken from the avail ring now.
+    New,
+    /// Resubmitted after a restart: a previous process took it and did not
+    /// complete it, so it may have run in part or in full. A device whose
+    /// requests are not all safe to repeat answers those with an error
+    /// (virtiofsd: EIO); blk runs everything again.
+    Resubmitted,
 }
 
 /// [`drain`] with in-flight tracking: each chain is recorded in
 /// `inflight` when taken and cleared when its used entry is published,
 /// and the ring's first drain after the region was installed first
-/// resubmits what a previous process left in flight ([`recover`]).
+/// resubmits what a previous process left in flight ([`recover`]);
+/// `handle` is told each chain's [`Origin`].
 #[allow(clippy::too_many_arguments)]
 pub fn drain_tracked<F>(
     q: usize,
@@ -79,7 +94,7 @@ pub fn drain_tracked<F>(
     mut handle: F,
 ) -> io::Result<()>
 where
-    F: FnMut(DescriptorChain<&Mem>) -> u32,
+    F: FnMut(DescriptorChain<&Mem>, Origin) -> u32,
 {
     let mut state = vring.get_mut();
     // A kick can come before the ring is set up or after it was stopped;
@@ -95,7 +110,7 @@ where
             for chain in replay.iter(&map).map_err(io::Error::other)? {
                 let head = chain.head_index();
                 t.take(head);
-                done.push((head, handle(chain)));
+                done.push((head, handle(chain, Origin::Resubmitted)));
             }
             for (head, len) in done {
                 add_used(queue, mem, head, len, inflight)?;
@@ -127,7 +142,7 @@ where
                     if let Some(t) = inflight {
                         t.take(head);
                     }
-                    finished[n] = (head, handle(chain));
+                    finished[n] = (head, handle(chain, Origin::New));
                     n += 1;
                 }
             }
@@ -281,12 +296,12 @@ pub fn drain_deferred<F>(
     mem: &Arc<Mem>,
     event_idx: bool,
     broken: &AtomicBool,
-    dispatch: F,
+    mut dispatch: F,
 ) -> io::Result<()>
 where
     F: FnMut(DescriptorChain<Arc<Mem>>),
 {
-    drain_deferred_tracked(q, vring, mem, event_idx, broken, None, dispatch)
+    drain_deferred_tracked(q, vring, mem, event_idx, broken, None, |c, _| dispatch(c))
 }
 
 /// [`drain_deferred`] with in-flight tracking (see [`drain_tracked`]);
@@ -302,7 +317,7 @@ pub fn drain_deferred_tracked<F>(
     mut dispatch: F,
 ) -> io::Result<()>
 where
-    F: FnMut(DescriptorChain<Arc<Mem>>),
+    F: FnMut(DescriptorChain<Arc<Mem>>, Origin),
 {
     let mut state = vring.get_mut();
     if !state.get_queue().ready() {
@@ -314,7 +329,7 @@ where
             let map = Arc::new(map);
             while let Some(chain) = replay.pop_descriptor_chain(map.clone()) {
                 t.take(chain.head_index());
-                dispatch(chain);
+                dispatch(chain, Origin::Resubmitted);
             }
         }
     }
@@ -334,7 +349,7 @@ where
             if let Some(t) = inflight {
                 t.take(chain.head_index());
             }
-            dispatch(chain);
+            dispatch(chain, Origin::New);
             taken += 1;
             if taken >= budget {
                 rekick(q, &state);
@@ -846,7 +861,7 @@ mod tests {
         let broken = AtomicBool::new(false);
         let t = tracker_over(&file);
         let mut taken = Vec::new();
-        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c| {
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c, _| {
             taken.push(c.head_index())
         })
         .unwrap();
@@ -859,7 +874,7 @@ mod tests {
         let vring = setup_vring(&atomic);
         let t = tracker_over(&file);
         let mut again = Vec::new();
-        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c| {
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c, _| {
             again.push(c.head_index())
         })
         .unwrap();
@@ -883,7 +898,7 @@ mod tests {
             Duration::ZERO,
             &broken,
             Some(&t),
-            |c| {
+            |c, _| {
                 sync.push(c.head_index());
                 1
             },
@@ -900,7 +915,7 @@ mod tests {
             Duration::ZERO,
             &broken,
             Some(&t),
-            |c| panic!("head {} handled again", c.head_index()),
+            |c, _| panic!("head {} handled again", c.head_index()),
         )
         .unwrap();
         assert_eq!(used_ring(&m), (4, vec![7, 5, 6, 5]));
@@ -916,7 +931,7 @@ mod tests {
         let m = atomic.memory().into_inner();
         let broken = AtomicBool::new(false);
         let t = tracker_over(&file);
-        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |_| {}).unwrap();
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |_, _| {}).unwrap();
         complete_tracked(&vring, &m, 1, 1, Some(&t)).unwrap();
         offer(&m, 3, &[0, 2]);
         let vring = setup_vring(&atomic);
@@ -930,7 +945,7 @@ mod tests {
             Duration::ZERO,
             &broken,
             Some(&t),
-            |c| {
+            |c, _| {
                 order.push(c.head_index());
                 1
             },
