@@ -51,8 +51,8 @@ pub fn use_far_memory((node, base, size): (u32, u64, u64)) {
     }
 }
 
-/// How many ~10 s waits a `blk-loop` request gets.
-const LOOP_WAITS: u32 = 6;
+/// How many ~10 s waits a `*-loop` request gets (a restarting backend).
+pub const LOOP_WAITS: u32 = 6;
 
 pub fn run(d: &mut Device) -> Result<(), &'static str> {
     d.negotiate(0)?;
@@ -158,51 +158,27 @@ impl Request {
 
 /// `blk-loop` (see the module docs).
 fn io_loop(q: &mut Virtq, req: &Request, data: u64, back: u64) -> Result<(), &'static str> {
-    let mut n = 0u64;
-    let result = loop {
-        if crate::wait::power_button() {
-            break Ok(());
-        }
+    crate::wait::rounds(b"blk-loop", |n| {
         let sector = 16 + n % 8;
         for i in 0..512 {
             w8(data + i as u64, loop_byte(n, i));
             w8(back + i as u64, 0);
         }
-        let mut failed = None;
         for (kind, buf) in [(T_OUT, data), (T_IN, back)] {
-            let Some(status) = req.sector_io(q, kind, sector, buf, LOOP_WAITS) else {
-                failed = Some("no completion");
-                break;
-            };
+            let status = req
+                .sector_io(q, kind, sector, buf, LOOP_WAITS)
+                .ok_or("no completion")?;
             if status != 0 {
-                failed = Some(if kind == T_OUT {
+                return Err(if kind == T_OUT {
                     "a write failed"
                 } else {
                     "a read failed"
                 });
-                break;
             }
         }
-        if let Some(why) = failed {
-            break Err(why);
-        }
         if (0..512).any(|i| r8(back + i as u64) != loop_byte(n, i)) {
-            break Err("a sector read back differs");
+            return Err("a sector read back differs");
         }
-        n += 1;
-        serial(b"blk-loop: round ");
-        serial_dec(n);
-        serial(b" ok\n");
-    };
-    serial(b"blk-loop: stopped after ");
-    serial_dec(n);
-    match result {
-        Ok(()) => serial(b" rounds, no error\n"),
-        Err(why) => {
-            serial(b" rounds: ");
-            serial(why.as_bytes());
-            serial(b"\n");
-        }
-    }
-    result
+        Ok(())
+    })
 }

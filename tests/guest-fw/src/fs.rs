@@ -172,7 +172,7 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
         for (i, b) in first.iter_mut().enumerate().take(n as usize) {
             *b = r8(s.reply + OUT_HEADER + i as u64);
         }
-        s.waits = 6;
+        s.waits = crate::blk::LOOP_WAITS;
         read_loop(&mut s, node, read.get(), &first[..n as usize]);
     }
     Ok(())
@@ -180,33 +180,13 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
 
 /// `fs-loop` (see the module docs).
 fn read_loop(s: &mut Session, node: u64, read: &[u8], first: &[u8]) {
-    let mut n = 0u64;
-    let result = loop {
-        if crate::wait::power_button() {
-            break Ok(());
-        }
-        let got = match s.request(FUSE_READ, node, read) {
-            Ok(got) => got,
-            Err(e) => break Err(e),
-        };
+    let _ = crate::wait::rounds(b"fs-loop", |_| {
+        let got = s.request(FUSE_READ, node, read)?;
         let same = got as usize == first.len()
             && (0..first.len()).all(|i| r8(s.reply + OUT_HEADER + i as u64) == first[i]);
         if !same {
-            break Err("a READ returned other bytes");
+            return Err("a READ returned other bytes");
         }
-        n += 1;
-        serial(b"fs-loop: round ");
-        serial_dec(n);
-        serial(b" ok\n");
-    };
-    serial(b"fs-loop: stopped after ");
-    serial_dec(n);
-    match result {
-        Ok(()) => serial(b" rounds, no error\n"),
-        Err(why) => {
-            serial(b" rounds: ");
-            serial(why.as_bytes());
-            serial(b"\n");
-        }
-    }
+        Ok(())
+    });
 }

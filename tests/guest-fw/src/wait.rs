@@ -9,7 +9,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::acpi::{r32, r64, r8, root_entries, root_table, sig, XEN_HVM_START_MAGIC};
-use crate::io::{in16, out16, serial};
+use crate::io::{in16, out16, serial, serial_dec};
 
 /// PWRBTN_STS in PM1_STS, PWRBTN_EN in PM1_EN.
 const PWRBTN: u16 = 1 << 8;
@@ -21,6 +21,43 @@ static START_INFO: AtomicU64 = AtomicU64::new(0);
 /// Remembers the start info (called once at entry).
 pub fn init(start_info: u64) {
     START_INFO.store(start_info, Ordering::Relaxed);
+}
+
+/// The `*-loop` modes' runner: calls `round(n)` for n = 0, 1, ... until
+/// the power button, printing `NAME: round N ok` after each (N = n + 1,
+/// one line per round, so the host sees each completion), then
+/// `NAME: stopped after N rounds, no error` or, at the first failed
+/// round, `...: WHY` and the error.
+pub fn rounds(
+    name: &[u8],
+    mut round: impl FnMut(u64) -> Result<(), &'static str>,
+) -> Result<(), &'static str> {
+    let mut n = 0u64;
+    let result = loop {
+        if power_button() {
+            break Ok(());
+        }
+        if let Err(e) = round(n) {
+            break Err(e);
+        }
+        n += 1;
+        serial(name);
+        serial(b": round ");
+        serial_dec(n);
+        serial(b" ok\n");
+    };
+    serial(name);
+    serial(b": stopped after ");
+    serial_dec(n);
+    match result {
+        Ok(()) => serial(b" rounds, no error\n"),
+        Err(why) => {
+            serial(b" rounds: ");
+            serial(why.as_bytes());
+            serial(b"\n");
+        }
+    }
+    result
 }
 
 /// Whether the kernel command line has the word `word`.
