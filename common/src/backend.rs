@@ -18,7 +18,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::inflight::{Slot, Tracker};
 use crate::memory::Mem;
-use crate::queue::{self, Batch, RingOptions, Rings};
+use crate::queue::{self, Batch, Origin, RingOptions, Rings};
 use crate::serve::{Connection, GuestMem, Vring};
 
 /// What woke a worker thread.
@@ -146,9 +146,18 @@ impl Worker<'_> {
 
     /// Drains the thread's `n`th ring: `handle` runs each chain and returns
     /// its used length; the guest is signalled once per batch.
-    pub fn drain<F>(&self, n: usize, handle: F) -> io::Result<()>
+    pub fn drain<F>(&self, n: usize, mut handle: F) -> io::Result<()>
     where
         F: FnMut(DescriptorChain<&Mem>) -> u32,
+    {
+        self.drain_marked(n, |c, _| handle(c))
+    }
+
+    /// [`Worker::drain`] telling `handle` whether each chain is new or
+    /// resubmitted after a restart ([`Origin`]).
+    pub fn drain_marked<F>(&self, n: usize, handle: F) -> io::Result<()>
+    where
+        F: FnMut(DescriptorChain<&Mem>, Origin) -> u32,
     {
         let Some((vring, q, broken)) = self.ring(n) else {
             return Ok(());
@@ -168,9 +177,18 @@ impl Worker<'_> {
     /// [`Worker::drain`] for chains completed elsewhere: each goes to
     /// `dispatch`, and whoever finishes it calls [`queue::complete_tracked`]
     /// with [`Worker::inflight`]'s tracker.
-    pub fn drain_deferred<F>(&self, n: usize, dispatch: F) -> io::Result<()>
+    pub fn drain_deferred<F>(&self, n: usize, mut dispatch: F) -> io::Result<()>
     where
         F: FnMut(DescriptorChain<Arc<Mem>>),
+    {
+        self.drain_deferred_marked(n, |c, _| dispatch(c))
+    }
+
+    /// [`Worker::drain_deferred`] telling `dispatch` each chain's
+    /// [`Origin`].
+    pub fn drain_deferred_marked<F>(&self, n: usize, dispatch: F) -> io::Result<()>
+    where
+        F: FnMut(DescriptorChain<Arc<Mem>>, Origin),
     {
         let Some((vring, q, broken)) = self.ring(n) else {
             return Ok(());

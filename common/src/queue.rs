@@ -52,18 +52,33 @@ pub fn drain<F>(
     event_idx: bool,
     window: Duration,
     broken: &AtomicBool,
-    handle: F,
+    mut handle: F,
 ) -> io::Result<()>
 where
     F: FnMut(DescriptorChain<&Mem>) -> u32,
 {
-    drain_tracked(q, vring, mem, event_idx, window, broken, None, handle)
+    drain_tracked(q, vring, mem, event_idx, window, broken, None, |c, _| {
+        handle(c)
+    })
+}
+
+/// Where a chain handed to a device comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Taken from the avail ring now.
+    New,
+    /// Resubmitted after a restart: a previous process took it and did not
+    /// complete it, so it may have run in part or in full. A device whose
+    /// requests are not all safe to repeat answers those with an error
+    /// (virtiofsd: EIO); blk runs everything again.
+    Resubmitted,
 }
 
 /// [`drain`] with in-flight tracking: each chain is recorded in
 /// `inflight` when taken and cleared when its used entry is published,
 /// and the ring's first drain after the region was installed first
-/// resubmits what a previous process left in flight ([`recover`]).
+/// resubmits what a previous process left in flight ([`recover`]);
+/// `handle` is told each chain's [`Origin`].
 #[allow(clippy::too_many_arguments)]
 pub fn drain_tracked<F>(
     q: usize,
@@ -76,7 +91,7 @@ pub fn drain_tracked<F>(
     mut handle: F,
 ) -> io::Result<()>
 where
-    F: FnMut(DescriptorChain<&Mem>) -> u32,
+    F: FnMut(DescriptorChain<&Mem>, Origin) -> u32,
 {
     let mut state = vring.get_mut();
     // A kick can come before the ring is set up or after it was stopped;
@@ -92,7 +107,7 @@ where
             for chain in replay.iter(&map).map_err(io::Error::other)? {
                 let head = chain.head_index();
                 t.take(head);
-                done.push((head, handle(chain)));
+                done.push((head, handle(chain, Origin::Resubmitted)));
             }
             for (head, len) in done {
                 add_used(queue, mem, head, len, inflight)?;
@@ -124,7 +139,7 @@ where
                     if let Some(t) = inflight {
                         t.take(head);
                     }
-                    finished[n] = (head, handle(chain));
+                    finished[n] = (head, handle(chain, Origin::New));
                     n += 1;
                 }
             }
@@ -278,12 +293,12 @@ pub fn drain_deferred<F>(
     mem: &Arc<Mem>,
     event_idx: bool,
     broken: &AtomicBool,
-    dispatch: F,
+    mut dispatch: F,
 ) -> io::Result<()>
 where
     F: FnMut(DescriptorChain<Arc<Mem>>),
 {
-    drain_deferred_tracked(q, vring, mem, event_idx, broken, None, dispatch)
+    drain_deferred_tracked(q, vring, mem, event_idx, broken, None, |c, _| dispatch(c))
 }
 
 /// [`drain_deferred`] with in-flight tracking (see [`drain_tracked`]);
@@ -299,7 +314,7 @@ pub fn drain_deferred_tracked<F>(
     mut dispatch: F,
 ) -> io::Result<()>
 where
-    F: FnMut(DescriptorChain<Arc<Mem>>),
+    F: FnMut(DescriptorChain<Arc<Mem>>, Origin),
 {
     let mut state = vring.get_mut();
     if !state.get_queue().ready() {
@@ -311,7 +326,7 @@ where
             let map = Arc::new(map);
             while let Some(chain) = replay.pop_descriptor_chain(map.clone()) {
                 t.take(chain.head_index());
-                dispatch(chain);
+                dispatch(chain, Origin::Resubmitted);
             }
         }
     }
@@ -331,7 +346,7 @@ where
             if let Some(t) = inflight {
                 t.take(chain.head_index());
             }
-            dispatch(chain);
+            dispatch(chain, Origin::New);
             taken += 1;
             if taken >= budget {
                 rekick(q, &state);
@@ -829,10 +844,19 @@ mod tests {
     /// written per chain): the heads it handled, in order.
     fn drain_sync(vring: &Vring, m: &Mem, broken: &AtomicBool, t: &Tracker) -> Vec<u16> {
         let mut heads = Vec::new();
-        drain_tracked(0, vring, m, false, Duration::ZERO, broken, Some(t), |c| {
-            heads.push(c.head_index());
-            1
-        })
+        drain_tracked(
+            0,
+            vring,
+            m,
+            false,
+            Duration::ZERO,
+            broken,
+            Some(t),
+            |c, _| {
+                heads.push(c.head_index());
+                1
+            },
+        )
         .unwrap();
         heads
     }
@@ -857,7 +881,7 @@ mod tests {
         let broken = AtomicBool::new(false);
         let t = tracker_over(&file);
         let mut taken = Vec::new();
-        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c| {
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c, _| {
             taken.push(c.head_index())
         })
         .unwrap();
@@ -870,7 +894,7 @@ mod tests {
         let vring = setup_vring(&atomic);
         let t = tracker_over(&file);
         let mut again = Vec::new();
-        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c| {
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |c, _| {
             again.push(c.head_index())
         })
         .unwrap();
@@ -908,7 +932,7 @@ mod tests {
         let m = atomic.memory().into_inner();
         let broken = AtomicBool::new(false);
         let t = tracker_over(&file);
-        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |_| {}).unwrap();
+        drain_deferred_tracked(0, &vring, &m, false, &broken, Some(&t), |_, _| {}).unwrap();
         complete_tracked(&vring, &m, 1, 1, Some(&t)).unwrap();
         offer(&m, 3, &[0, 2]);
         let vring = setup_vring(&atomic);

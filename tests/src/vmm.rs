@@ -144,9 +144,17 @@ pub fn run_test_guest(extra: &[String], timeout: Duration) -> Finished {
 /// The last `blk-loop: round N ok` on the test guest's console (its
 /// `blk-loop` mode writes, reads back and compares a sector per round).
 pub fn blk_loop_rounds(console: &Path) -> u64 {
+    loop_rounds(console, "blk-loop")
+}
+
+/// The last `MODE: round N ok` on the test guest's console, for its
+/// `blk-loop`, `fs-loop` and `net-loop` modes (one line per completed
+/// request round).
+pub fn loop_rounds(console: &Path, mode: &str) -> u64 {
+    let prefix = format!("{mode}: round ");
     serial(console)
         .lines()
-        .filter_map(|l| l.strip_prefix("blk-loop: round ")?.strip_suffix(" ok"))
+        .filter_map(|l| l.strip_prefix(&prefix)?.strip_suffix(" ok"))
         .filter_map(|n| n.parse().ok())
         .max()
         .unwrap_or(0)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use common::backend::{Device, Event, Worker};
 use common::daemon::Service;
-use common::queue::complete_tracked;
+use common::queue::{complete_tracked, Origin};
 use common::ratelimit::RateLimited;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
@@ -128,12 +128,12 @@ impl FsConnection {
         };
         let mem = w.mem_arc();
         let inflight = w.inflight(0);
-        w.drain_deferred(0, |chain| {
+        w.drain_deferred_marked(0, |chain, origin| {
             let (serving, vring, mem) = (self.serving.clone(), vring.clone(), mem.clone());
             let inflight = inflight.clone();
             pool.submit(move || {
                 let head = chain.head_index();
-                let len = serving.handle_chain(q, chain, &*mem);
+                let len = serving.handle_chain(q, chain, origin, &*mem);
                 if let Err(e) = complete_tracked(&vring, &mem, head, len, inflight.as_ref()) {
                     log::warn!("queue {q} head {head}: returning the reply: {e}");
                 }
@@ -144,7 +144,15 @@ impl FsConnection {
 
 impl Serving {
     /// Runs one FUSE request; returns the bytes written into the chain.
-    fn handle_chain<M>(&self, q: usize, chain: DescriptorChain<M>, mem: &M::Target) -> u32
+    /// A request a previous daemon took and did not answer (`origin`) runs
+    /// again only if it is safe to repeat (`request::judge_resubmitted`).
+    fn handle_chain<M>(
+        &self,
+        q: usize,
+        chain: DescriptorChain<M>,
+        origin: Origin,
+        mem: &M::Target,
+    ) -> u32
     where
         M: Deref + Clone,
         M::Target: GuestMemory + Sized,
@@ -161,17 +169,26 @@ impl Serving {
             Err(e) => return bad(e.to_string()),
         };
         let initialized = self.initialized.load(Ordering::Acquire);
-        match request::judge(&header, &shape, initialized) {
+        let verdict = match origin {
+            Origin::New => request::judge(&header, &shape, initialized),
+            Origin::Resubmitted => request::judge_resubmitted(&header, &shape, initialized),
+        };
+        match verdict {
             Verdict::Serve => {}
             Verdict::Drop => return 0,
             Verdict::Refuse(errno) => {
                 if let Some(n) = self.device.refused.hit() {
                     log::warn!(
-                        "queue {q} head {head}: opcode {} refused with errno {errno} (len {} for {} bytes{}; #{n})",
+                        "queue {q} head {head}: opcode {} refused with errno {errno} (len {} for {} bytes{}{}; #{n})",
                         header.opcode,
                         header.len,
                         shape.readable,
-                        if initialized { "" } else { ", before INIT" }
+                        if initialized { "" } else { ", before INIT" },
+                        if origin == Origin::Resubmitted {
+                            ", resubmitted after a restart"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 let mut writer = match VirtioFsWriter::new(mem, chain) {
@@ -233,9 +250,11 @@ impl Device for FsConnection {
     /// Requests a killed virtiofsd had taken and not answered are
     /// resubmitted once to the restarted one, and none is answered twice.
     /// Without `--state-file` its FUSE session is gone, so until the
-    /// guest's INIT they are answered EIO (`request::judge`); with it they
-    /// run again in the resumed session (not yet told apart from new ones:
-    /// a repeated MKDIR or O_EXCL CREATE answers EEXIST).
+    /// guest's INIT they are answered EIO (`request::judge`); with it
+    /// those safe to repeat (reads, lookups, GETATTR, OPEN...) run again in
+    /// the resumed session and the rest (MKDIR, WRITE, RENAME...) are
+    /// answered EIO (`request::replay_safe`), since the dead daemon may
+    /// have run them already.
     fn tracks_inflight(&self) -> bool {
         true
     }
@@ -257,7 +276,9 @@ impl Device for FsConnection {
         if let (Some(pool), true) = (&self.pool, q >= 1) {
             return self.dispatch(pool, q, w);
         }
-        w.drain(0, |chain| self.serving.handle_chain(q, chain, w.mem()))
+        w.drain_marked(0, |chain, origin| {
+            self.serving.handle_chain(q, chain, origin, w.mem())
+        })
     }
 
     fn quiesce(&self) {

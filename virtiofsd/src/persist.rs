@@ -864,15 +864,7 @@ mod tests {
     }
 
     fn state_file(tag: &str) -> (std::path::PathBuf, std::fs::File) {
-        let path = std::env::temp_dir().join(format!("vfsd-persist-{tag}-{}", std::process::id()));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        (path, f)
+        crate::state::temp_state_file(&format!("persist-{tag}"))
     }
 
     fn files() -> Vec<(&'static str, u64)> {
@@ -960,8 +952,12 @@ mod tests {
         assert_eq!(fs.inner.lookups("a") + fs.inner.lookups("b"), 0);
         // A fresh INIT (a new guest driver) after the restart starts over.
         fs.init(FsOptions::empty()).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let t = Table::replay(&text).unwrap();
+        let reopened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let (_, t) = StateFile::load(reopened).unwrap();
         assert!(t.nodes.is_empty() && t.handles.is_empty(), "{t:?}");
         std::fs::remove_file(&path).unwrap();
     }

@@ -27,6 +27,46 @@ pub mod opcode {
     pub const DESTROY: u32 = Opcode::Destroy as u32;
     /// BATCH_FORGET (no reply).
     pub const BATCH_FORGET: u32 = Opcode::BatchForget as u32;
+    /// SETATTR.
+    pub const SETATTR: u32 = Opcode::Setattr as u32;
+
+    /// Requests that may run twice with the same outcome for the guest:
+    /// they read, or set a state that running them again sets to the same
+    /// value, or (LOOKUP, READDIRPLUS, OPEN, OPENDIR) at worst leave the
+    /// daemon one more lookup count or handle than the guest knows of,
+    /// which costs a node or a descriptor until the session ends and
+    /// nothing the guest sees; a RELEASE run again answers EBADF, which
+    /// the guest ignores. SETATTR is here only
+    /// without FATTR_SIZE (see `replay_safe`). INIT and DESTROY start
+    /// and end a session; running one again is what the guest asked for.
+    pub const REPLAY_SAFE: &[Opcode] = &[
+        Opcode::Lookup,
+        Opcode::Getattr,
+        Opcode::Setattr,
+        Opcode::Readlink,
+        Opcode::Open,
+        Opcode::Read,
+        Opcode::Statfs,
+        Opcode::Release,
+        Opcode::Fsync,
+        Opcode::Getxattr,
+        Opcode::Listxattr,
+        Opcode::Flush,
+        Opcode::Init,
+        Opcode::Opendir,
+        Opcode::Readdir,
+        Opcode::Releasedir,
+        Opcode::Fsyncdir,
+        Opcode::Getlk,
+        Opcode::Access,
+        Opcode::Interrupt,
+        Opcode::Bmap,
+        Opcode::Destroy,
+        Opcode::Poll,
+        Opcode::NotifyReply,
+        Opcode::Readdirplus,
+        Opcode::Lseek,
+    ];
 }
 
 /// `struct fuse_in_header`.
@@ -47,6 +87,8 @@ pub struct Header {
     pub unique: u64,
     /// `fuse_write_in.size` for WRITE requests.
     pub write_size: Option<u32>,
+    /// `fuse_setattr_in.valid` for SETATTR requests.
+    pub setattr_valid: Option<u32>,
 }
 
 /// Bytes on each side of the chain.
@@ -133,12 +175,15 @@ where
     let opcode = u32_at(4);
     let write_size =
         (opcode == opcode::WRITE && have >= IN_HEADER_LEN + 24).then(|| u32_at(IN_HEADER_LEN + 16));
+    let setattr_valid =
+        (opcode == opcode::SETATTR && have >= IN_HEADER_LEN + 4).then(|| u32_at(IN_HEADER_LEN));
     Ok((
         Header {
             len: u32_at(0),
             opcode,
             unique: u64::from_le_bytes(unique),
             write_size,
+            setattr_valid,
         },
         shape,
     ))
@@ -171,6 +216,47 @@ pub fn judge(h: &Header, shape: &Shape, initialized: bool) -> Verdict {
     Verdict::Serve
 }
 
+/// Whether running the request again, after a previous daemon took it
+/// and may have run it in part or in full, gives the guest what it asked
+/// for once ([`opcode::REPLAY_SAFE`]). Not safe: what creates, removes or
+/// renames a name (MKNOD, MKDIR, SYMLINK, LINK, CREATE, UNLINK, RMDIR,
+/// RENAME, RENAME2: the second run answers EEXIST or ENOENT for what the
+/// first did), what writes data (WRITE: O_APPEND appends twice, and a
+/// write run again lands after later writes that overlap it;
+/// FALLOCATE, COPY_FILE_RANGE and SETATTR with a size, a truncation,
+/// likewise), xattr changes (SETXATTR with XATTR_CREATE answers EEXIST,
+/// REMOVEXATTR ENODATA), locks (SETLK, SETLKW: an unlock run again may
+/// drop a lock taken since), IOCTL (unknown effect), FORGET and
+/// BATCH_FORGET (a lookup count taken twice may end a node the guest still
+/// holds, where one not taken only keeps a node), DAX mappings and any
+/// opcode this daemon does not know.
+pub fn replay_safe(h: &Header) -> bool {
+    use fuse_backend_rs::abi::fuse_abi::SetattrValid;
+    if h.opcode == opcode::SETATTR {
+        return h
+            .setattr_valid
+            .is_some_and(|v| v & SetattrValid::SIZE.bits() == 0);
+    }
+    opcode::REPLAY_SAFE.iter().any(|&op| op as u32 == h.opcode)
+}
+
+/// [`judge`] for a request a previous daemon took and did not answer
+/// (`common::queue::Origin::Resubmitted`): one that is not
+/// [`replay_safe`] is answered EIO (a FORGET is dropped), so the guest
+/// hears of it exactly once and nothing runs twice.
+pub fn judge_resubmitted(h: &Header, shape: &Shape, initialized: bool) -> Verdict {
+    match judge(h, shape, initialized) {
+        Verdict::Serve if !replay_safe(h) => {
+            if matches!(h.opcode, opcode::FORGET | opcode::BATCH_FORGET) {
+                Verdict::Drop
+            } else {
+                Verdict::Refuse(libc::EIO)
+            }
+        }
+        v => v,
+    }
+}
+
 /// A `fuse_out_header` carrying `-errno` for request `unique`.
 pub fn error_reply(unique: u64, errno: i32) -> [u8; OUT_HEADER_LEN] {
     let mut r = [0u8; OUT_HEADER_LEN];
@@ -190,6 +276,7 @@ mod tests {
             opcode,
             unique: 7,
             write_size,
+            setattr_valid: None,
         }
     }
 
@@ -252,6 +339,46 @@ mod tests {
                 ("no size", write(None), true, einval),
             ],
         );
+    }
+
+    #[test]
+    fn a_resubmitted_request_runs_again_only_if_safe_to_repeat() {
+        use fuse_backend_rs::abi::fuse_abi::Opcode;
+        let eio = Verdict::Refuse(libc::EIO);
+        let op = |o: Opcode| h(56, o as u32, None);
+        let setattr = |valid| Header {
+            setattr_valid: Some(valid),
+            ..op(Opcode::Setattr)
+        };
+        for (name, header, want) in [
+            ("READ", op(Opcode::Read), Verdict::Serve),
+            ("GETATTR", op(Opcode::Getattr), Verdict::Serve),
+            ("LOOKUP", op(Opcode::Lookup), Verdict::Serve),
+            ("RELEASE", op(Opcode::Release), Verdict::Serve),
+            ("chmod", setattr(1), Verdict::Serve),
+            ("MKDIR", op(Opcode::Mkdir), eio),
+            ("CREATE", op(Opcode::Create), eio),
+            ("UNLINK", op(Opcode::Unlink), eio),
+            ("RENAME2", op(Opcode::Rename2), eio),
+            ("SETXATTR", op(Opcode::Setxattr), eio),
+            ("truncate", setattr(1 | 8), eio),
+            ("SETATTR, no body", op(Opcode::Setattr), eio),
+            ("unknown opcode", h(56, 4000, None), eio),
+            ("FORGET", op(Opcode::Forget), Verdict::Drop),
+            ("BATCH_FORGET", op(Opcode::BatchForget), Verdict::Drop),
+        ] {
+            assert_eq!(judge_resubmitted(&header, &SHAPE, true), want, "{name}");
+            let fresh = judge(&header, &SHAPE, true);
+            assert_eq!(fresh, Verdict::Serve, "{name}, not resubmitted");
+        }
+        // A resubmitted WRITE with a bad size is refused as a new one is.
+        let bad_write = h(56, opcode::WRITE, Some(1));
+        assert_eq!(
+            judge_resubmitted(&bad_write, &SHAPE, true),
+            Verdict::Refuse(libc::EINVAL)
+        );
+        // Before INIT, EIO as for any request.
+        assert_eq!(judge_resubmitted(&op(Opcode::Read), &SHAPE, false), eio);
     }
 
     #[test]

@@ -2,14 +2,45 @@
 //! the node ids and file handles the guest holds, each with what finds it
 //! again (a node: its parent and name, and the device and inode number it
 //! had; a handle: its node and open flags), and the INIT options. The file
-//! is a log of text lines, one [`Record`] each, appended as the session
+//! holds a log of text lines, one [`Record`] each, appended as the session
 //! changes (no fsync: a killed process's writes are in the page cache) and
-//! rewritten as a snapshot when it grows past twice what is live.
+//! compacted to a snapshot when it grows past twice what is live.
+//!
+//! Compaction cannot write a new file and rename it over the old one (the
+//! daemon's jail has no directory it may write), and rewriting the log in
+//! place would lose the session to a kill between the truncation and the
+//! write. So the file starts with a fixed [`HEADER_LEN`]-byte header,
+//! `vfsd-state v1 START END`, that says where the live log starts (START)
+//! and, while a compaction is finishing, where the file must end (END;
+//! 0 when the log runs to the end of the file). A compaction:
+//!
+//! 1. writes the snapshot where it cannot touch the live log: in the free
+//!    space between the header and START if it fits there, else at the
+//!    end of the file after a `cut` line, which ends the old log for a
+//!    load that still reads it (a snapshot cut short by a kill there is
+//!    not read as more records);
+//! 2. `fdatasync`s it;
+//! 3. flips the header, one 64-byte `pwrite` in the file's first page
+//!    (a kill cannot split it), to START = the snapshot and, for a
+//!    snapshot at the front, END = its end: what follows it is the old
+//!    log, now dead;
+//! 4. (front only) truncates the file at END,
+//! 5. (front only) writes the header again with END = 0; only then are
+//!    records appended.
+//!
+//! A kill before step 3 leaves the old header and the old log whole; after
+//! it, the new snapshot is whole (written and synced before), and a load
+//! that finds END set finishes step 4 itself. The file so stays within
+//! about the header plus three times the live records: the front holds at
+//! most the previous log, the end at most one snapshot and its appends. A
+//! file without the header (written by a daemon before this layout) is read
+//! as one log from its first byte and converted at load.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
 /// The node id of the share's root (FUSE_ROOT_ID).
 pub const ROOT: u64 = 1;
@@ -335,8 +366,9 @@ impl Table {
     }
 
     /// The table a log's text adds up to. A last line without its newline
-    /// (a write cut short by the kill) is ignored; any other line that is
-    /// no record is an error.
+    /// (a write cut short by the kill) is ignored, as are empty lines; a
+    /// `cut` line ends the log (what follows is a compaction's snapshot
+    /// not yet in use); any other line that is no record is an error.
     pub fn replay(text: &str) -> Result<Table, StateError> {
         let mut t = Table::new();
         let complete = match text.rfind('\n') {
@@ -344,6 +376,12 @@ impl Table {
             None => "",
         };
         for (i, line) in complete.lines().enumerate() {
+            if line == CUT.trim_end() {
+                break;
+            }
+            if line.is_empty() {
+                continue;
+            }
             let r = Record::parse(line).ok_or_else(|| StateError::Corrupt {
                 line: i + 1,
                 text: line.chars().take(80).collect(),
@@ -358,41 +396,150 @@ impl Table {
     }
 }
 
+/// Bytes of the header at the start of the file (see the module's doc).
+pub const HEADER_LEN: u64 = 64;
+/// The header's first word.
+const MAGIC: &str = "vfsd-state v1";
+
+/// Where the live log lies in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    /// Offset of the log's first record.
+    start: u64,
+    /// Where the file must be cut (a compaction's step 4 not done yet);
+    /// 0: the log runs to the end of the file.
+    end: u64,
+}
+
+impl Header {
+    fn bytes(&self) -> [u8; HEADER_LEN as usize] {
+        let text = format!("{MAGIC} {:016x} {:016x}", self.start, self.end);
+        let mut b = [b' '; HEADER_LEN as usize];
+        b[..text.len()].copy_from_slice(text.as_bytes());
+        b[HEADER_LEN as usize - 1] = b'\n';
+        b
+    }
+
+    /// The header at the start of `data`; `None` for a file without one
+    /// (empty, or a log from before the header). A header that starts
+    /// with the magic word and does not parse is corrupt.
+    fn parse(data: &[u8]) -> Result<Option<Header>, StateError> {
+        if !data.starts_with(MAGIC.as_bytes()) {
+            return Ok(None);
+        }
+        let corrupt = || StateError::Corrupt {
+            line: 0,
+            text: String::from_utf8_lossy(&data[..data.len().min(HEADER_LEN as usize)])
+                .into_owned(),
+        };
+        let text = data
+            .get(..HEADER_LEN as usize)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .ok_or_else(corrupt)?;
+        let w: Vec<&str> = text.split_whitespace().collect();
+        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+        match w[..] {
+            [_, _, start, end] => {
+                let h = Header {
+                    start: hex(start).ok_or_else(corrupt)?,
+                    end: hex(end).ok_or_else(corrupt)?,
+                };
+                if h.start < HEADER_LEN || (h.end != 0 && h.end < h.start) {
+                    return Err(corrupt());
+                }
+                Ok(Some(h))
+            }
+            _ => Err(corrupt()),
+        }
+    }
+}
+
+/// The line that ends a log (see the module's doc).
+const CUT: &str = "cut\n";
+
+/// The steps of a compaction, for the tests' fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The first this many bytes of the snapshot (and what precedes it)
+    /// written.
+    #[cfg(test)]
+    Partial(usize),
+    /// The whole snapshot written and synced.
+    Written,
+    /// The header points at the snapshot.
+    Flipped,
+    /// The file cut after a front snapshot.
+    Truncated,
+}
+
 /// The open state file.
 #[derive(Debug)]
 pub struct StateFile {
     file: File,
-    /// Records in the file.
+    /// Where the live log starts.
+    start: u64,
+    /// The end of the file, where the next record goes.
+    len: u64,
+    /// Records in the log.
     records: usize,
+    /// Tests: the compaction step after which the "kill" comes.
+    #[cfg(test)]
+    kill_after: Option<Step>,
 }
 
 impl StateFile {
-    /// Reads `file` (opened read-write) and returns the table it holds.
-    pub fn load(mut file: File) -> Result<(StateFile, Table), StateError> {
-        let mut text = String::new();
-        file.seek(SeekFrom::Start(0))?;
-        let read = file.read_to_string(&mut text);
-        let table = match read {
-            Ok(_) => Table::replay(&text)?,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(StateError::Corrupt {
-                    line: 0,
-                    text: "not UTF-8".into(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut f = StateFile { file, records: 0 };
+    /// Reads `file` (opened read-write) and returns the table it holds;
+    /// the log is then compacted.
+    pub fn load(file: File) -> Result<(StateFile, Table), StateError> {
+        let (mut f, table) = StateFile::read(file)?;
         // Start from a compact file: the snapshot of what was read.
         f.rewrite(&table)?;
         Ok((f, table))
     }
 
+    /// The table in `file`, whose interrupted compaction (if any) is
+    /// finished.
+    fn read(mut file: File) -> Result<(StateFile, Table), StateError> {
+        let mut data = Vec::new();
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_end(&mut data)?;
+        let (start, log) = match Header::parse(&data)? {
+            Some(h) => {
+                if h.end != 0 && (data.len() as u64) > h.end {
+                    // A compaction killed before its step 4.
+                    file.set_len(h.end)?;
+                    data.truncate(h.end as usize);
+                }
+                let from = (h.start as usize).min(data.len());
+                (h.start, &data[from..])
+            }
+            None => (0, &data[..]),
+        };
+        let text = std::str::from_utf8(log).map_err(|_| StateError::Corrupt {
+            line: 0,
+            text: "not UTF-8".into(),
+        })?;
+        let table = Table::replay(text)?;
+        Ok((StateFile::over(file, start, data.len() as u64), table))
+    }
+
     /// Empties `file` and starts a new log in it.
     pub fn load_empty(file: File) -> Result<StateFile, StateError> {
-        let mut f = StateFile { file, records: 0 };
+        file.set_len(0)?;
+        let mut f = StateFile::over(file, 0, 0);
         f.rewrite(&Table::new())?;
         Ok(f)
+    }
+
+    fn over(file: File, start: u64, len: u64) -> StateFile {
+        StateFile {
+            file,
+            start,
+            len,
+            records: 0,
+            #[cfg(test)]
+            kill_after: None,
+        }
     }
 
     /// Appends records.
@@ -401,12 +548,13 @@ impl StateFile {
             return Ok(());
         }
         let text: String = records.iter().map(Record::line).collect();
-        self.file.write_all(text.as_bytes())?;
+        self.file.write_all_at(text.as_bytes(), self.len)?;
+        self.len += text.len() as u64;
         self.records += records.len();
         Ok(())
     }
 
-    /// Rewrites the file as `table`'s snapshot when it holds more than
+    /// Compacts the log to `table`'s snapshot when it holds more than
     /// twice the live records (and a few).
     pub fn maybe_compact(&mut self, table: &Table) -> Result<(), StateError> {
         if self.records > 2 * table.live() + 64 {
@@ -415,17 +563,81 @@ impl StateFile {
         Ok(())
     }
 
-    /// Replaces the file's contents with `table`'s snapshot, written in
-    /// one call after the truncation.
+    /// Replaces the log with `table`'s snapshot, crash-safely (the steps
+    /// are in the module's doc).
     pub fn rewrite(&mut self, table: &Table) -> Result<(), StateError> {
         let snap = table.snapshot();
         let text: String = snap.iter().map(Record::line).collect();
-        self.file.set_len(0)?;
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(text.as_bytes())?;
+        let len = text.len() as u64;
+        let front = self.start >= HEADER_LEN && HEADER_LEN + len <= self.start;
+        let (at, mut bytes) = if front {
+            (HEADER_LEN, String::new())
+        } else {
+            // After the log; a file shorter than the header (one from
+            // before it) is padded with empty lines up to it.
+            let pad = HEADER_LEN.saturating_sub(self.len) as usize;
+            (self.len, format!("{}{CUT}", "\n".repeat(pad)))
+        };
+        let start = at + bytes.len() as u64;
+        bytes.push_str(&text);
+        #[cfg(test)]
+        if let Some(Step::Partial(n)) = self.kill_after {
+            let n = n.min(bytes.len());
+            self.file.write_all_at(&bytes.as_bytes()[..n], at)?;
+            return Err(killed());
+        }
+        self.file.write_all_at(bytes.as_bytes(), at)?;
+        self.file.sync_data()?;
+        self.step_done(Step::Written)?;
+        let end = if front { start + len } else { 0 };
+        self.file.write_all_at(&Header { start, end }.bytes(), 0)?;
+        self.step_done(Step::Flipped)?;
+        if front {
+            self.file.set_len(end)?;
+            self.step_done(Step::Truncated)?;
+            self.file
+                .write_all_at(&Header { start, end: 0 }.bytes(), 0)?;
+        }
+        self.start = start;
+        self.len = start + len;
         self.records = snap.len();
         Ok(())
     }
+
+    /// Tests: ends the compaction as a kill would after `step`.
+    #[cfg(test)]
+    fn step_done(&self, step: Step) -> Result<(), StateError> {
+        if self.kill_after == Some(step) {
+            return Err(killed());
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    fn step_done(&self, _step: Step) -> Result<(), StateError> {
+        Ok(())
+    }
+}
+
+/// Tests: a new, empty state file (read-write) in the temporary directory,
+/// named after `tag` and the process.
+#[cfg(test)]
+pub(crate) fn temp_state_file(tag: &str) -> (std::path::PathBuf, File) {
+    let path = std::env::temp_dir().join(format!("vfsd-{tag}-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    (path, f)
+}
+
+/// The error a fault-injected kill ends a compaction with.
+#[cfg(test)]
+fn killed() -> StateError {
+    StateError::Io(std::io::Error::other("killed (fault injection)"))
 }
 
 #[cfg(test)]
@@ -538,6 +750,142 @@ mod tests {
         // No INIT: nothing to resume.
         assert_eq!(Table::replay("node 2 1 0 0 x61\n").unwrap(), Table::new());
         assert_eq!(Table::replay("init 5\ndestroy\n").unwrap(), Table::new());
+    }
+
+    /// A state file in a fresh temporary file.
+    fn temp_file(name: &str) -> File {
+        let (path, f) = temp_state_file(name);
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    /// A session of a few nodes (one looked up twice, one detached) and
+    /// handles, applied to `t` and logged to `f`, then `churn` handles
+    /// opened and released.
+    fn log_session(f: &mut StateFile, t: &mut Table, churn: u64) {
+        let mut log = vec![Record::Init(7)];
+        for id in 2..12u64 {
+            log.push(Record::Node {
+                id,
+                parent: ROOT,
+                name: format!("n{id}").into_bytes(),
+                dev: 8,
+                ino: 100 + id,
+            });
+            log.push(Record::Open {
+                fh: id,
+                node: id,
+                flags: 2,
+                dir: false,
+            });
+        }
+        log.extend([Record::Ref(3, 4), Record::Detach(5), Record::Release(6)]);
+        for i in 0..churn {
+            log.push(Record::Open {
+                fh: 100 + i,
+                node: ROOT,
+                flags: 0,
+                dir: true,
+            });
+            log.push(Record::Release(100 + i));
+        }
+        for r in &log {
+            t.apply(r);
+            f.append(std::slice::from_ref(r)).unwrap();
+        }
+    }
+
+    /// The session's content (a snapshot does not keep the next ids to
+    /// give out past the highest live one).
+    fn assert_same(got: &Table, want: &Table, what: &str) {
+        assert_eq!(got.init, want.init, "{what}");
+        assert_eq!(got.nodes, want.nodes, "{what}");
+        assert_eq!(got.handles, want.handles, "{what}");
+    }
+
+    /// A kill at each step of a compaction, with the snapshot at the end of
+    /// the file and at its front, and converting a file from before the
+    /// header: the next load finds the whole session, and the file goes
+    /// on working (records appended after it, loaded again).
+    #[test]
+    fn a_kill_at_any_step_of_a_compaction_loses_nothing() {
+        // Cut short at every few bytes, then after each step; only a
+        // snapshot at the front has the file cut after it.
+        let mut end_steps: Vec<_> = (0..600)
+            .step_by(7)
+            .map(|n| Some(Step::Partial(n)))
+            .collect();
+        end_steps.extend([None, Some(Step::Written), Some(Step::Flipped)]);
+        let steps = [&end_steps[..], &[Some(Step::Truncated)]].concat();
+        for front in [false, true] {
+            for &kill in if front { &steps } else { &end_steps } {
+                let file = temp_file("compact");
+                let (mut f, mut t) = StateFile::load(file.try_clone().unwrap()).unwrap();
+                log_session(&mut f, &mut t, 40);
+                if front {
+                    // The log moves to the end of the file; the front now
+                    // has room for a snapshot.
+                    f.rewrite(&t).unwrap();
+                    log_session(&mut f, &mut t, 40);
+                }
+                f.kill_after = kill;
+                let r = f.rewrite(&t);
+                assert_eq!(r.is_err(), kill.is_some(), "front {front}, kill {kill:?}");
+                if kill.is_none() {
+                    assert_eq!(f.start == HEADER_LEN, front, "where the snapshot went");
+                }
+                drop(f);
+                let (mut f, back) = StateFile::load(file.try_clone().unwrap()).unwrap();
+                assert_same(&back, &t, &format!("front {front}, kill {kill:?}"));
+                let more = Record::Ref(2, 1);
+                t.apply(&more);
+                f.append(&[more]).unwrap();
+                drop(f);
+                let (_, again) = StateFile::load(file).unwrap();
+                assert_same(
+                    &again,
+                    &t,
+                    &format!("appended after, front {front}, kill {kill:?}"),
+                );
+            }
+        }
+        // A file from before the header, short and long.
+        for churn in [0, 40] {
+            for &kill in &end_steps {
+                let mut file = temp_file("legacy");
+                let mut t = Table::new();
+                let mut f = StateFile::over(file.try_clone().unwrap(), 0, 0);
+                log_session(&mut f, &mut t, churn);
+                if churn == 0 {
+                    // Shorter than a header.
+                    file.set_len(0).unwrap();
+                    std::io::Write::write_all(&mut file, b"init 7\n").unwrap();
+                    t = Table::replay("init 7\n").unwrap();
+                }
+                let (mut f, back) = StateFile::read(file.try_clone().unwrap()).unwrap();
+                assert_same(&back, &t, "legacy, read");
+                f.kill_after = kill;
+                assert_eq!(f.rewrite(&t).is_err(), kill.is_some());
+                drop(f);
+                let (_, back) = StateFile::load(file).unwrap();
+                assert_same(&back, &t, &format!("legacy, {churn} churn, kill {kill:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_header_is_corrupt_not_a_log() {
+        let h = Header { start: 64, end: 0 }.bytes();
+        assert_eq!(
+            Header::parse(&h).unwrap(),
+            Some(Header { start: 64, end: 0 })
+        );
+        assert_eq!(Header::parse(b"init 5\n").unwrap(), None);
+        let mut bad = h;
+        bad[20] = b'z';
+        assert!(Header::parse(&bad).is_err());
+        let below = Header { start: 8, end: 0 }.bytes();
+        assert!(Header::parse(&below).is_err(), "a log inside the header");
     }
 
     #[test]

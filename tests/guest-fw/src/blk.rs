@@ -51,8 +51,8 @@ pub fn use_far_memory((node, base, size): (u32, u64, u64)) {
     }
 }
 
-/// How many ~10 s waits a `blk-loop` request gets.
-const LOOP_WAITS: u32 = 6;
+/// How many ~10 s waits a `*-loop` request gets (a restarting backend).
+pub const LOOP_WAITS: u32 = 6;
 
 pub fn run(d: &mut Device) -> Result<(), &'static str> {
     d.negotiate(0)?;
@@ -158,16 +158,16 @@ impl Request {
 
 /// `blk-loop` (see the module docs).
 fn io_loop(q: &mut Virtq, req: &Request, data: u64, back: u64) -> Result<(), &'static str> {
-    crate::wait::rounds_until_power_button(b"blk-loop", |n| {
+    crate::wait::rounds(b"blk-loop", |n| {
         let sector = 16 + n % 8;
         for i in 0..512 {
             w8(data + i as u64, loop_byte(n, i));
             w8(back + i as u64, 0);
         }
         for (kind, buf) in [(T_OUT, data), (T_IN, back)] {
-            let Some(status) = req.sector_io(q, kind, sector, buf, LOOP_WAITS) else {
-                return Err("no completion");
-            };
+            let status = req
+                .sector_io(q, kind, sector, buf, LOOP_WAITS)
+                .ok_or("no completion")?;
             if status != 0 {
                 return Err(if kind == T_OUT {
                     "a write failed"

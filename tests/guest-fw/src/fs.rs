@@ -172,7 +172,7 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
         for (i, b) in first.iter_mut().enumerate().take(n as usize) {
             *b = r8(s.reply + OUT_HEADER + i as u64);
         }
-        s.waits = 6;
+        s.waits = crate::blk::LOOP_WAITS;
         read_loop(&mut s, node, read.get(), &first[..n as usize]);
     }
     Ok(())
@@ -180,14 +180,13 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
 
 /// `fs-loop` (see the module docs).
 fn read_loop(s: &mut Session, node: u64, read: &[u8], first: &[u8]) {
-    let _ = crate::wait::rounds_until_power_button(b"fs-loop", |_| {
+    let _ = crate::wait::rounds(b"fs-loop", |_| {
         let got = s.request(FUSE_READ, node, read)?;
         let same = got as usize == first.len()
             && (0..first.len()).all(|i| r8(s.reply + OUT_HEADER + i as u64) == first[i]);
-        if same {
-            Ok(())
-        } else {
-            Err("a READ returned other bytes")
+        if !same {
+            return Err("a READ returned other bytes");
         }
+        Ok(())
     });
 }

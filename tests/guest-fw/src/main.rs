@@ -10,8 +10,9 @@
 //! virtio 1.x PCI function it finds (`virtio`: blk writes and reads back a
 //! sector, fs does FUSE INIT, LOOKUP, OPEN and READ of `hello.txt`, net
 //! sends one frame; queues are polled, MSI-X is checked in the LAPIC's IRR;
-//! with `blk-loop` on the command line blk then keeps writing and reading
-//! until the power button, see `blk`);
+//! with `blk-loop`, `fs-loop` or `net-loop` on the command line that
+//! device then keeps doing its request until the power button, one
+//! console line per round (`wait::rounds`; see `blk`, `fs`, `net`));
 //! starts every other CPU of the MADT with INIT-SIPI-SIPI through the LAPIC
 //! (real-mode trampoline at 0x10000), each of which prints its x2APIC id
 //! from CPUID 0xB and that it reported in with its APIC id from CPUID 1;

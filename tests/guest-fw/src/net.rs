@@ -1,6 +1,10 @@
 //! virtio-net (spec 5.1): the MAC from the device configuration, two
 //! receive buffers posted on queue 0, and one broadcast Ethernet frame with
-//! a recognizable payload sent on transmit queue 1.
+//! a recognizable payload sent on transmit queue 1. With `net-loop` on the
+//! command line it then sends the frame again until the power button,
+//! printing `net-loop: round N ok` after each is sent (each waited for up
+//! to ~1 min: a restarting backend) and at the end
+//! `net-loop: stopped after N rounds, no error` (or the first error).
 
 use crate::io::{serial, serial_hex_fixed};
 use crate::virtio::{report_msi, Device};
@@ -57,5 +61,15 @@ pub fn run(d: &mut Device) -> Result<(), &'static str> {
     serial(b"; sent a frame");
     report_msi(&tx);
     serial(b"\n");
+    if crate::wait::cmdline_has(b"net-loop") {
+        crate::wait::rounds(b"net-loop", |_| {
+            tx.add(&[Buf(buf, len, false)]);
+            tx.kick();
+            (0..crate::blk::LOOP_WAITS)
+                .any(|_| tx.wait().is_some())
+                .then_some(())
+                .ok_or("a frame was not sent")
+        })?;
+    }
     Ok(())
 }

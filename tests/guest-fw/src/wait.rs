@@ -23,6 +23,43 @@ pub fn init(start_info: u64) {
     START_INFO.store(start_info, Ordering::Relaxed);
 }
 
+/// The `*-loop` modes' runner: calls `round(n)` for n = 0, 1, ... until
+/// the power button, printing `NAME: round N ok` after each (N = n + 1,
+/// one line per round, so the host sees each completion), then
+/// `NAME: stopped after N rounds, no error` or, at the first failed
+/// round, `...: WHY` and the error.
+pub fn rounds(
+    name: &[u8],
+    mut round: impl FnMut(u64) -> Result<(), &'static str>,
+) -> Result<(), &'static str> {
+    let mut n = 0u64;
+    let result = loop {
+        if power_button() {
+            break Ok(());
+        }
+        if let Err(e) = round(n) {
+            break Err(e);
+        }
+        n += 1;
+        serial(name);
+        serial(b": round ");
+        serial_dec(n);
+        serial(b" ok\n");
+    };
+    serial(name);
+    serial(b": stopped after ");
+    serial_dec(n);
+    match result {
+        Ok(()) => serial(b" rounds, no error\n"),
+        Err(why) => {
+            serial(b" rounds: ");
+            serial(why.as_bytes());
+            serial(b"\n");
+        }
+    }
+    result
+}
+
 /// Whether the kernel command line has the word `word`.
 pub fn cmdline_has(word: &[u8]) -> bool {
     has_word(START_INFO.load(Ordering::Relaxed), word)
@@ -115,39 +152,4 @@ pub fn power_button_if_asked(start_info: u64) {
             core::hint::spin_loop();
         }
     }
-}
-
-/// Runs `round(n)` for n = 0, 1, ... until the power button or the first
-/// error, printing `NAME: round N ok` after each (so the host sees every
-/// one) and then `NAME: stopped after N rounds, no error` or `...: WHY`.
-pub fn rounds_until_power_button(
-    name: &[u8],
-    mut round: impl FnMut(u64) -> Result<(), &'static str>,
-) -> Result<(), &'static str> {
-    let mut n = 0u64;
-    let result = loop {
-        if power_button() {
-            break Ok(());
-        }
-        if let Err(why) = round(n) {
-            break Err(why);
-        }
-        n += 1;
-        serial(name);
-        serial(b": round ");
-        serial_dec(n);
-        serial(b" ok\n");
-    };
-    serial(name);
-    serial(b": stopped after ");
-    serial_dec(n);
-    match result {
-        Ok(()) => serial(b" rounds, no error\n"),
-        Err(why) => {
-            serial(b" rounds: ");
-            serial(why.as_bytes());
-            serial(b"\n");
-        }
-    }
-    result
 }

@@ -28,12 +28,15 @@ use vu_driver::ours::{self, BlkDaemonOpts};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// A vhost-user-blk backend: NAME=SOCKET[,pid=PID]. Repeatable.
-    #[arg(long = "blk", value_name = "NAME=SOCKET[,pid=PID]")]
+    /// A vhost-user-blk backend: NAME=SOCKET[,pid=PID][,inflight]. Repeatable.
+    /// `inflight`: this backend's frontend acks INFLIGHT_SHMFD (as
+    /// --inflight does for all), so one run compares tracking on and off.
+    #[arg(long = "blk", value_name = "NAME=SOCKET[,pid=PID][,inflight]")]
     blk: Vec<String>,
-    /// A virtio-fs backend: NAME=SOCKET,dir=SHARED_DIR[,pid=PID]. Repeatable.
-    /// The bench creates its files in SHARED_DIR (host side) before it starts.
-    #[arg(long = "fs", value_name = "NAME=SOCKET,dir=DIR[,pid=PID]")]
+    /// A virtio-fs backend: NAME=SOCKET,dir=SHARED_DIR[,pid=PID][,inflight].
+    /// Repeatable. The bench creates its files in SHARED_DIR (host side)
+    /// before it starts.
+    #[arg(long = "fs", value_name = "NAME=SOCKET,dir=DIR[,pid=PID][,inflight]")]
     fs: Vec<String>,
     /// A virtio-net backend that sends every frame back (macswap or loopback):
     /// NAME=SOCKET[,pid=PID]. Repeatable.
@@ -96,9 +99,11 @@ struct Args {
     /// Append results as JSON lines to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// The blk frontend acks INFLIGHT_SHMFD when offered (GET/SET_INFLIGHT_FD
-    /// before the rings), so a backend that supports it tracks requests in
-    /// flight: run once with and once without to see what tracking costs.
+    /// The blk and fs frontends ack INFLIGHT_SHMFD when offered
+    /// (GET/SET_INFLIGHT_FD before the rings), so a backend that supports
+    /// it tracks requests in flight: run once with and once without, or
+    /// name one backend twice, once with `,inflight`, to see what tracking
+    /// costs.
     #[arg(long)]
     inflight: bool,
 }
@@ -110,6 +115,8 @@ struct Spec {
     socket: PathBuf,
     pid: Option<u32>,
     dir: Option<PathBuf>,
+    /// Ack INFLIGHT_SHMFD for this backend.
+    inflight: bool,
 }
 
 impl Spec {
@@ -121,6 +128,7 @@ impl Spec {
             socket: socket.to_owned(),
             pid: Some(pid),
             dir,
+            inflight: false,
         }
     }
 
@@ -144,8 +152,13 @@ fn parse_spec(s: &str) -> Result<Spec, String> {
         socket: socket.into(),
         pid: None,
         dir: None,
+        inflight: false,
     };
     for p in parts {
+        if p == "inflight" {
+            spec.inflight = true;
+            continue;
+        }
         match p.split_once('=') {
             Some(("pid", v)) => {
                 spec.pid = Some(
@@ -184,7 +197,7 @@ fn run_blk(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), Strin
             max_io: 128 * 1024,
             ..BlkOptions::default()
         };
-        if args.inflight {
+        if args.inflight || s.inflight {
             opts.device.protocol_features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
         }
         let mut client = BlkClient::connect(&s.socket, &opts).map_err(|e| error_chain(&e))?;
@@ -468,7 +481,11 @@ fn run_fs(args: &Args, specs: &[Spec], rows: &mut Vec<Row>) -> Result<(), String
         for w in &workloads {
             w.prepare_host(dir).map_err(|e| error_chain(&e))?;
         }
-        FsClient::connect(&s.socket, FsOptions::default()).map_err(|e| error_chain(&e))
+        let mut opts = FsOptions::default();
+        if args.inflight || s.inflight {
+            opts.device.protocol_features |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
+        FsClient::connect(&s.socket, opts).map_err(|e| error_chain(&e))
     })?;
     let duration = Duration::from_secs_f64(args.duration);
     for w in workloads {
@@ -639,6 +656,8 @@ mod tests {
         assert_eq!(s.socket, PathBuf::from("/tmp/a.sock"));
         assert_eq!(s.pid, Some(12));
         assert_eq!(s.dir, Some(PathBuf::from("/srv")));
+        assert!(!s.inflight);
+        assert!(parse_spec("t=/tmp/a.sock,inflight").unwrap().inflight);
         assert!(parse_spec("noequals").is_err());
         assert!(parse_spec("a=/s,pid=x").is_err());
         assert!(parse_spec("a=/s,bogus=1").is_err());

@@ -57,6 +57,24 @@ impl Request {
             .name(name)
     }
 
+    /// FUSE_MKDIR of `name` in `parent` (umask 0).
+    pub fn mkdir(parent: u64, name: &[u8], mode: u32) -> Result<Self> {
+        Request::new("MKDIR", Opcode::Mkdir, parent)
+            .arg(&MkdirIn { mode, umask: 0 })
+            .name(name)
+    }
+
+    /// FUSE_READ of up to `len` bytes at `offset` through `fh`.
+    pub fn read(fh: u64, nodeid: u64, offset: u64, len: u32) -> Self {
+        let arg = ReadIn {
+            fh,
+            offset,
+            size: len,
+            ..Default::default()
+        };
+        Request::new("READ", Opcode::Read, nodeid).arg(&arg)
+    }
+
     /// FUSE_RELEASE of file handle `fh`.
     pub fn release(fh: u64, nodeid: u64, flags: i32) -> Self {
         let arg = ReleaseIn {
@@ -331,13 +349,7 @@ impl FsClient {
     /// preallocated reply buffer (see [`FsClient::read_data`],
     /// [`FsClient::read_buf_addr`]). Returns the bytes read.
     pub fn read_into(&mut self, fh: u64, nodeid: u64, offset: u64, len: u32) -> Result<u32> {
-        let arg = ReadIn {
-            fh,
-            offset,
-            size: len,
-            ..Default::default()
-        };
-        let req = Request::new("READ", Opcode::Read, nodeid).arg(&arg);
+        let req = Request::read(fh, nodeid, offset, len);
         let n = self.call_in_place(&req, 0, len)?;
         Ok(n)
     }

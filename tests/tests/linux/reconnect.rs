@@ -19,10 +19,22 @@
 //!   byte for byte (frames lost while no daemon ran are retransmitted by
 //!   TCP).
 //!
+//! - **fs**: the guest holds an open descriptor on a file in the share
+//!   (`held`), another appending to one (`log`), its working directory in
+//!   the share, and a copy of 1 MiB through the share (`dd` by 64 KiB
+//!   chunks into one open `copy`). The host SIGKILLs virtiofsd (with
+//!   `--state-file`) twice while the copy runs, each time between two
+//!   chunks (the guest waits for a file the host makes after the restart;
+//!   a WRITE left in flight would be answered EIO by design, as the dead
+//!   daemon may have done it) and starts a new one on the same socket:
+//!   the copy finishes with the same checksum, the held descriptors read
+//!   and append, the working directory lists and takes a new file.
+//!
 //! The guest's data is made in user mode (`seq`), which runs natively even
 //! where KVM emulates the guest's kernel. Needs root (namespace, tap),
 //! `scripts/setup.sh` (the Linux kit) and `cargo build --workspace --bins`.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -34,7 +46,9 @@ use vu_driver::guest::{ConsoleParser, GuestStatus};
 use vu_driver::image::seq_from;
 use vu_driver::linux::OurLinux;
 use vu_driver::netns::NetNs;
-use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd_share, BlkDaemonOpts};
+use vu_driver::ours::{
+    vhost_blk_daemon, vhost_net_daemon, virtiofsd, virtiofsd_share, BlkDaemonOpts,
+};
 use vu_driver::vmm::{
     device_args, serial, shutdown_vmm, spawn_vmm, vm_counter, vm_info, POWERED_OFF,
 };
@@ -71,6 +85,47 @@ vutest-kv io_errors "${{c:-none}}"
     )
 }
 
+/// The fs copy's size and chunk (64 KiB `dd` blocks).
+const COPY: usize = MIB;
+/// The chunks before which the copy waits for the host's `go<N>` file.
+const FS_PAUSES: [u32; 2] = [5, 10];
+
+fn fs_script() -> String {
+    let chunks = COPY / (64 << 10);
+    let [a, b] = FS_PAUSES;
+    format!(
+        r#"set -e
+test -n "$VUTEST_FS" || exit 10
+cd "$VUTEST_FS/w"
+exec 3<held 4>>log 5>&1
+echo start >&4
+c() {{
+i=0
+while [ $i -lt {chunks} ]; do
+if [ $i = {a} ] || [ $i = {b} ]; then
+echo "copy: waiting at $i" >&5
+until [ -e go$i ]; do sleep 1; done
+fi
+dd if=src bs=64k skip=$i count=1 2>/dev/null
+i=$((i+1))
+done
+}}
+c >copy || exit 31
+cmp src copy || exit 32
+vutest-kv src_md5 "$(md5sum <src | cut -d' ' -f1)"
+vutest-kv copy_md5 "$(md5sum <copy | cut -d' ' -f1)"
+read l <&3
+vutest-kv held "$l"
+echo after >&4
+vutest-kv cwd "$(pwd)"
+vutest-kv listed "$(ls | tr '\n' ' ')"
+echo rel >rel
+c="$(dmesg | grep -E '{IO_ERRORS}' | tr '\n' '|' || true)"
+vutest-kv io_errors "${{c:-none}}"
+"#
+    )
+}
+
 /// The last round writer `w` reported done on the console.
 fn rounds(console: &Path, w: u64) -> u64 {
     serial(console)
@@ -97,6 +152,60 @@ struct Vm {
 }
 
 impl Vm {
+    /// Linux with `script`, one vCPU, its console in a file and an API
+    /// socket in `dir`, and `devices`.
+    fn boot(
+        linux: &OurLinux,
+        dir: &TempDir,
+        script: &str,
+        devices: impl IntoIterator<Item = OsString>,
+    ) -> Vm {
+        let api = dir.join("api.sock");
+        let console = dir.join("console.txt");
+        let mut args = linux.vmm_args(script, TAG, SCRIPT_TIMEOUT_S);
+        let serial_at = args.iter().position(|a| a == "--serial").unwrap();
+        args[serial_at + 1] = format!("file={}", console.display()).into();
+        args.extend([
+            "--cpus".into(),
+            "boot=1".into(),
+            "--api-socket".into(),
+            api.clone().into(),
+        ]);
+        args.extend(devices);
+        let vmm = spawn_vmm(args, &api, &["control API on"], BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Vm { api, console, vmm }
+    }
+
+    /// Waits for the guest to power off and checks that its script
+    /// passed; returns what it reported and everything to show on a
+    /// failure.
+    fn passed(&self, daemons: &[&Daemon]) -> (ConsoleParser, String) {
+        assert!(
+            poll_until(WAIT, || self.vmm.log_contents().contains(POWERED_OFF)),
+            "the guest does not power off\n{}",
+            self.show(daemons)
+        );
+        let all = self.show(daemons);
+        let parsed = ConsoleParser::parse(&serial(&self.console));
+        assert!(parsed.errors.is_empty(), "{:?}\n{all}", parsed.errors);
+        let result = parsed
+            .result
+            .as_ref()
+            .unwrap_or_else(|| panic!("no VUTEST-RESULT line\n{all}"));
+        assert_eq!(
+            (result.status, result.exit_code),
+            (GuestStatus::Pass, 0),
+            "{all}"
+        );
+        assert_eq!(
+            parsed.kv.get("io_errors").map(String::as_str),
+            Some("none"),
+            "{all}"
+        );
+        (parsed, all)
+    }
+
     fn show(&self, daemons: &[&Daemon]) -> String {
         let out = serial(&self.console);
         let tail: Vec<&str> = out.lines().rev().take(40).collect();
@@ -194,21 +303,8 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
     };
     let mut net = start_net();
 
-    let api = dir.join("api.sock");
-    let console = dir.join("console.txt");
-    let mut args = linux.vmm_args(&script(), TAG, SCRIPT_TIMEOUT_S);
-    let serial_at = args.iter().position(|a| a == "--serial").unwrap();
-    args[serial_at + 1] = format!("file={}", console.display()).into();
-    args.extend([
-        "--cpus".into(),
-        "boot=1".into(),
-        "--api-socket".into(),
-        api.clone().into(),
-    ]);
-    args.extend(device_args(&blk_sock, TAG, fs_sock, &net_sock, MAC));
-    let vmm =
-        spawn_vmm(args, &api, &["control API on"], BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let mut vm = Vm { api, console, vmm };
+    let devices = device_args(&blk_sock, TAG, fs_sock, &net_sock, MAC);
+    let mut vm = Vm::boot(&linux, &dir, &script(), devices);
 
     // blk: both writers under way, then two kills, each while they write.
     assert!(
@@ -246,27 +342,12 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
         .expect("receiving the guest's TCP stream");
 
     // The guest ends its script and powers off; the VMM serves on.
+    let (parsed, all) = vm.passed(&[&blk, &net, &fs.daemon]);
     assert!(
-        poll_until(WAIT, || vm.vmm.log_contents().contains(POWERED_OFF)),
-        "the guest does not power off\n{}",
-        vm.show(&[&blk, &net, &fs.daemon])
-    );
-    let all = vm.show(&[&blk, &net, &fs.daemon]);
-    let out = serial(&vm.console);
-    let parsed = ConsoleParser::parse(&out);
-    assert!(parsed.errors.is_empty(), "{:?}\n{all}", parsed.errors);
-    let result = parsed
-        .result
-        .as_ref()
-        .unwrap_or_else(|| panic!("no VUTEST-RESULT line\n{all}"));
-    assert_eq!(
-        (result.status, result.exit_code),
-        (GuestStatus::Pass, 0),
+        !serial(&vm.console).lines().any(crash::write_failed),
         "{all}"
     );
-    assert!(!out.lines().any(crash::write_failed), "{all}");
     let kv = |k: &str| parsed.kv.get(k).map(String::as_str);
-    assert_eq!(kv("io_errors"), Some("none"), "{all}");
 
     // The image holds exactly each writer's last round.
     let last = [1, 2].map(|w| {
@@ -297,7 +378,65 @@ fn linux_guest_rides_out_killed_blk_and_net_daemons() {
 }
 
 #[test]
-fn the_script_fits_on_the_command_line() {
+fn linux_guest_rides_out_a_killed_virtiofsd() {
+    let (linux, _turn) = OurLinux::for_test("linux::reconnect (virtiofsd)");
+    let dir = TempDir::new("vmm-linux-rec-fs").unwrap();
+    let share = dir.join("share");
+    let w = share.join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    let src = seq_from(1, COPY);
+    std::fs::write(w.join("src"), &src).unwrap();
+    std::fs::write(w.join("held"), b"before\n").unwrap();
+    let socket = dir.join("fs.sock");
+    let state = dir.join("fs.state");
+    let args = ["--tag", TAG, "--state-file", state.to_str().unwrap()];
+    let start_fs = || virtiofsd(&share, &socket, &args).unwrap_or_else(|e| panic!("{e}"));
+    let mut fs = start_fs();
+    let devices: [OsString; 2] = [
+        "--fs".into(),
+        format!("tag={TAG},socket={}", socket.display()).into(),
+    ];
+    let mut vm = Vm::boot(&linux, &dir, &fs_script(), devices);
+
+    for (n, at) in (1..).zip(FS_PAUSES) {
+        let line = format!("copy: waiting at {at}");
+        assert!(
+            poll_until(BOOT_TIMEOUT, || serial(&vm.console).contains(&line)),
+            "the guest's copy does not reach chunk {at}\n{}",
+            vm.show(&[&fs])
+        );
+        kill_and_restart(&vm, "fs0", n, &mut fs, &socket, start_fs);
+        std::fs::write(w.join(format!("go{at}")), b"").unwrap();
+    }
+
+    let (parsed, all) = vm.passed(&[&fs]);
+    let kv = |k: &str| parsed.kv.get(k).map(String::as_str).unwrap_or_default();
+    assert_eq!(std::fs::read(w.join("copy")).unwrap(), src, "{all}");
+    assert!(!kv("copy_md5").is_empty(), "{all}");
+    assert_eq!(kv("copy_md5"), kv("src_md5"), "{all}");
+    assert_eq!(kv("held"), "before", "{all}");
+    assert_eq!(
+        std::fs::read(w.join("log")).unwrap(),
+        b"start\nafter\n",
+        "{all}"
+    );
+    assert_eq!(kv("cwd"), "/mnt/fs/w", "{all}");
+    assert!(kv("listed").contains("copy"), "{all}");
+    assert_eq!(std::fs::read(w.join("rel")).unwrap(), b"rel\n", "{all}");
+    let log = fs.log_contents();
+    assert!(
+        log.contains("resuming the FUSE session of the state file"),
+        "{all}"
+    );
+    assert_eq!(vm_counter(&vm.api, "fs0", "reconnects"), 2);
+    assert_eq!(vm_counter(&vm.api, "fs0", "needs_reset"), 0);
+    shutdown_vmm(&vm.api, &mut vm.vmm, WAIT, |_| all.clone());
+}
+
+#[test]
+fn the_scripts_fit_on_the_command_line() {
     let linux = OurLinux::locate().unwrap_or_else(|e| panic!("{e}"));
-    assert!(linux.cmdline(&script(), TAG, SCRIPT_TIMEOUT_S).len() < 2048);
+    for s in [script(), fs_script()] {
+        assert!(linux.cmdline(&s, TAG, SCRIPT_TIMEOUT_S).len() < 2048);
+    }
 }
