@@ -178,6 +178,9 @@ fn rss_shmem_kib(name: &str, memory: &str) -> u64 {
 
 #[test]
 fn prefault_puts_all_guest_ram_in_memory_before_the_guest_runs() {
+    // Large enough that the VMM prefaults it with a thread per host CPU
+    // (one per 64 MiB at least).
+    const GUEST_MIB: u64 = 256;
     let guest_kib = GUEST_MIB * 1024;
     // QEMU's word for it (`-mem-prealloc`); Cloud Hypervisor's is
     // prefault=on, which the huge page test uses.

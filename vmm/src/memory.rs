@@ -152,7 +152,7 @@ impl GuestRam {
                 })?;
             }
             if z.prefault {
-                prefault(host, len)?;
+                prefault(host, len, z.hugepage_size.unwrap_or(4096))?;
             }
         }
         Ok(ram)
@@ -369,10 +369,48 @@ fn bind(host: u64, len: u64, node: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Allocates every page of the mapping [host, host + len) now
-/// (`prefault=on`): MADV_POPULATE_WRITE, or a volatile write per 4 KiB
-/// page where the kernel lacks it (before 5.14).
-fn prefault(host: u64, len: u64) -> Result<(), MemoryError> {
+/// The least a prefault thread is given, so small guests use one.
+const PREFAULT_CHUNK_MIN: u64 = 64 << 20;
+/// The most threads a region is prefaulted with (Cloud Hypervisor's cap).
+const PREFAULT_THREADS_MAX: usize = 16;
+
+/// Allocates every page of the mapping [host, host + len) of `page`-byte
+/// pages now (`prefault=on`), in parallel: one thread per CPU this
+/// process may run on (at most [`PREFAULT_THREADS_MAX`], each with at
+/// least [`PREFAULT_CHUNK_MIN`]), each populating its page-aligned share,
+/// since zeroing the pages is most of a large guest's start.
+fn prefault(host: u64, len: u64, page: u64) -> Result<(), MemoryError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cpus
+        .min(PREFAULT_THREADS_MAX)
+        .min((len / PREFAULT_CHUNK_MIN).max(1) as usize);
+    if threads == 1 {
+        return populate(host, len);
+    }
+    let chunk = (len / threads as u64).next_multiple_of(page);
+    let failed = |source| MemoryError::Prefault { size: len, source };
+    std::thread::scope(|scope| {
+        let mut workers = Vec::with_capacity(threads);
+        for (i, offset) in (0..len).step_by(chunk as usize).enumerate() {
+            let size = chunk.min(len - offset);
+            let worker = std::thread::Builder::new()
+                .name(format!("prefault-{i}"))
+                .spawn_scoped(scope, move || populate(host + offset, size))
+                .map_err(failed)?;
+            workers.push(worker);
+        }
+        for worker in workers {
+            worker.join().unwrap_or_else(|_| {
+                Err(failed(std::io::Error::other("a prefault thread panicked")))
+            })?;
+        }
+        Ok(())
+    })
+}
+
+/// Allocates every page of [host, host + len): MADV_POPULATE_WRITE, or a
+/// volatile write per 4 KiB page where the kernel lacks it (before 5.14).
+fn populate(host: u64, len: u64) -> Result<(), MemoryError> {
     // SAFETY: [host, host + len) is a live shared mapping of guest RAM;
     // MADV_POPULATE_WRITE only faults its pages in.
     let r = unsafe {
@@ -486,6 +524,16 @@ mod tests {
         assert_eq!(lazy.file().metadata().unwrap().blocks(), 0);
         let eager = GuestRam::new(&config(true)).unwrap();
         assert_eq!(eager.file().metadata().unwrap().blocks() * 512, 8 << 20);
+        // Large enough for a thread per CPU (up to 4 here): every share
+        // is populated, the last too.
+        let big = 4 * PREFAULT_CHUNK_MIN + (1 << 20);
+        let ram = GuestRam::new(&MemoryConfig {
+            size: big,
+            prefault: true,
+            ..MemoryConfig::default()
+        })
+        .unwrap();
+        assert_eq!(ram.file().metadata().unwrap().blocks() * 512, big);
     }
 
     #[test]
