@@ -259,6 +259,40 @@ pub fn serving_pid(pid: u32) -> u32 {
     }
 }
 
+/// The mappings of `/proc/PID/maps` whose line contains `needle`: (start
+/// address, size in bytes); none once the process is gone.
+pub fn mappings(pid: u32, needle: &str) -> Vec<(u64, u64)> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            let a = u64::from_str_radix(a, 16).ok()?;
+            Some((a, u64::from_str_radix(b, 16).ok()? - a))
+        })
+        .collect()
+}
+
+/// `pid` and its descendants (`/proc/PID/task/*/children`).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = fs::read_dir(format!("/proc/{}/task", all[i]));
+        for task in tasks.into_iter().flatten().flatten() {
+            let children = fs::read_to_string(task.path().join("children"));
+            all.extend(
+                children
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    all
+}
+
 /// Number of lines of `/proc/PID/maps` that contain `needle` (for example
 /// the name of the driver's guest-RAM memfd).
 pub fn mappings_containing(pid: u32, needle: &str) -> io::Result<usize> {

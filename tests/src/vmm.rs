@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fixture::{poll_until, Daemon, Readiness, Result as FixtureResult};
+use crate::fixture::{poll_until, Daemon, Readiness, Result as FixtureResult, TempDir};
+use crate::fw_devices::Blk;
 use crate::ours::{bare_command, run_to_exit};
 use crate::process::Finished;
 
@@ -230,6 +231,87 @@ pub fn guest_logs(console: &Path, vmm: &Daemon, daemons: &[&Daemon]) -> String {
 /// What the test guest prints once it waits for the power button
 /// (`wait-power-button` on its command line): everything before it is done.
 pub const WAITING: &str = "waiting for the power button";
+
+/// The test guest on two `--memory-zone`s made guest NUMA nodes 0 and 1,
+/// with a disk the blk daemon serves: the guest reads the SRAT and does
+/// its sector 9 round trip through the top pages of node 1's memory
+/// (`guest-fw/src/blk.rs`), so the daemon reads and writes that zone.
+pub struct TwoNodeGuest {
+    pub vmm: Daemon,
+    pub blk: Blk,
+    pub api: PathBuf,
+    pub console: PathBuf,
+}
+
+impl TwoNodeGuest {
+    /// Boots it with 2 vCPUs, `--memory-zone zones[i]` and `--numa
+    /// nodes[i]`, in `dir`; returned once the guest waits for the power
+    /// button (panics with the logs if it does not get there).
+    pub fn start(dir: &TempDir, zones: [&str; 2], nodes: [&str; 2]) -> Self {
+        let blk = crate::fw_devices::blk(dir);
+        let (api, console) = (dir.join("api.sock"), dir.join("console.txt"));
+        let mut extra = vec!["--cpus".to_string(), "boot=2".into()];
+        for (zone, node) in zones.iter().zip(nodes) {
+            extra.extend(["--memory-zone".into(), zone.to_string()]);
+            extra.extend(["--numa".into(), node.to_string()]);
+        }
+        extra.extend(["--disk".into(), format!("socket={}", blk.socket.display())]);
+        let mut vmm = spawn_test_guest_with_memory(
+            &api,
+            &console,
+            "wait-power-button",
+            "size=0",
+            &extra,
+            GUEST_TIMEOUT,
+        );
+        wait_for_serial(&mut vmm, &console, WAITING, GUEST_TIMEOUT, |v| {
+            guest_logs(&console, v, &[&blk.daemon])
+        });
+        TwoNodeGuest {
+            vmm,
+            blk,
+            api,
+            console,
+        }
+    }
+
+    /// The serial console, the VMM's and the daemon's logs.
+    pub fn show(&self) -> String {
+        guest_logs(&self.console, &self.vmm, &[&self.blk.daemon])
+    }
+
+    /// The guest's sector 9 round trip went through the pages below
+    /// `node1_end`, the end of node 1's memory.
+    pub fn assert_far_sector(&self, node1_end: u64) {
+        let want = format!(
+            "blk: sector 9 through node 1 memory at {:#x}: ok",
+            node1_end - 0x2000
+        );
+        assert!(
+            serial(&self.console).contains(&want),
+            "no {want:?}\n{}",
+            self.show()
+        );
+    }
+
+    /// What the guest wrote to sector 9 (from node 1's memory) and the
+    /// daemon read back into the page after it: `loop_byte(9, i)` of
+    /// `guest-fw/src/blk.rs`.
+    pub fn far_sector() -> Vec<u8> {
+        (0..512).map(|i| ((9 * 7 + i) % 253) as u8).collect()
+    }
+
+    /// Presses the power button and shuts the VMM down (its status 0).
+    pub fn power_off(&mut self) {
+        let wait = Duration::from_secs(60);
+        press_power_button(&self.api, &self.vmm, wait, || self.show());
+        let all = self.show();
+        shutdown_vmm(&self.api, &mut self.vmm, wait, |_| all.clone());
+    }
+}
+
+/// How long the test guest may take to boot on a loaded machine.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the VMM logs when the guest powers off while the API serves on.
 pub const POWERED_OFF: &str = "guest powered off; serving the API until vmm.shutdown";

@@ -14,9 +14,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::mmap::{FromRangesError, MmapRegionBuilder};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 
-use crate::cli::MemoryConfig;
+use crate::cli::{MemoryConfig, MemoryZoneConfig, HUGEPAGE_SIZES};
 use crate::layout;
 
 /// Errors of [`GuestRam`].
@@ -58,15 +61,23 @@ pub enum MemoryError {
         #[source]
         source: std::io::Error,
     },
-    /// Fewer free huge pages than guest RAM needs.
+    /// Fewer free huge pages than the zones with `hugepages=on` need
+    /// together (`total` is the pool's size now).
     #[error(
-        "guest RAM needs {needed} huge pages of {} MiB, {free} are free; reserve them with \
-         `echo {needed} > /sys/kernel/mm/hugepages/hugepages-{}kB/nr_hugepages` \
+        "hugepages=on ({zones}): guest RAM needs {needed} huge pages of {} MiB, {free} are \
+         free; reserve them with `echo {} > /sys/kernel/mm/hugepages/hugepages-{}kB/nr_hugepages` \
          (sysctl vm.nr_hugepages for 2 MiB pages) or boot with hugepages=",
         page >> 20,
+        total + needed - free,
         page >> 10
     )]
-    NoHugePages { page: u64, needed: u64, free: u64 },
+    NoHugePages {
+        zones: String,
+        page: u64,
+        needed: u64,
+        free: u64,
+        total: u64,
+    },
     /// Binding a zone to its host node (`host_numa_node=`).
     #[error("memory zone {zone}: host_numa_node={node}: mbind(MPOL_BIND)")]
     Bind {
@@ -97,6 +108,8 @@ pub struct GuestRam {
 struct ZoneFile {
     id: String,
     file: File,
+    /// On hugetlbfs (`hugepages=on`).
+    huge: bool,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -108,10 +121,11 @@ impl GuestRam {
     /// ([`layout::zone_regions`]); then prefaulted where asked.
     pub fn new(config: &MemoryConfig) -> Result<Self, MemoryError> {
         let zones = config.zones();
+        check_huge_pages(&zones)?;
         let mut files = Vec::with_capacity(zones.len());
         for z in &zones {
             let (file, path) = match z.hugepage_size {
-                Some(page) => huge_file(&z.id, z.size, page)?,
+                Some(page) => huge_file(&z.id, page)?,
                 None => shm_file(&z.id, z.file.as_deref())?,
             };
             size_file(&file, &path, z.size)?;
@@ -119,6 +133,7 @@ impl GuestRam {
                 ZoneFile {
                     id: z.id.clone(),
                     file,
+                    huge: z.hugepage_size.is_some(),
                 },
                 path,
             ));
@@ -137,7 +152,7 @@ impl GuestRam {
                 })?;
             }
             if z.prefault {
-                prefault(host, len)?;
+                prefault(host, len, z.hugepage_size.unwrap_or(4096))?;
             }
         }
         Ok(ram)
@@ -151,24 +166,44 @@ impl GuestRam {
         let zone = ZoneFile {
             id: "mem0".into(),
             file: f,
+            huge: false,
         };
         Self::map(vec![(zone, path)], &[size])
     }
 
-    /// Maps each zone's regions from its file.
+    /// Maps each zone's regions from its file, MAP_SHARED. A zone on huge
+    /// pages is mapped without MAP_NORESERVE (vm-memory's default), so the
+    /// mapping reserves its pages in the host's pool (HugePages_Rsvd), as
+    /// QEMU's `-mem-path` does: a page the guest touches later is there,
+    /// where with MAP_NORESERVE an emptied pool would be a SIGBUS.
     fn map(zones: Vec<(ZoneFile, PathBuf)>, sizes: &[u64]) -> Result<Self, MemoryError> {
         let size = sizes.iter().sum();
-        let mut ranges = Vec::new();
+        let map_err = |source| MemoryError::Map { size, source };
+        let mut regions = Vec::new();
         for r in layout::zone_regions(sizes) {
             let (zone, path) = &zones[r.zone];
             let fd = zone.file.try_clone().map_err(|source| MemoryError::Open {
                 path: path.clone(),
                 source,
             })?;
-            ranges.push((r.addr, r.size as usize, Some(FileOffset::new(fd, r.offset))));
+            let flags = if zone.huge {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_SHARED | libc::MAP_NORESERVE
+            };
+            let mapping = MmapRegionBuilder::new(r.size as usize)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(flags)
+                .with_file_offset(FileOffset::new(fd, r.offset))
+                .with_hugetlbfs(zone.huge)
+                .build()
+                .map_err(|e| map_err(e.into()))?;
+            regions.push(
+                GuestRegionMmap::new(mapping, r.addr)
+                    .ok_or_else(|| map_err(FromRangesError::InvalidGuestRegion))?,
+            );
         }
-        let memory = GuestMemoryMmap::from_ranges_with_files(ranges)
-            .map_err(|source| MemoryError::Map { size, source })?;
+        let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.into()))?;
         Ok(GuestRam {
             memory,
             zones: zones.into_iter().map(|(z, _)| z).collect(),
@@ -216,15 +251,39 @@ fn file_safe(id: &str) -> String {
         .collect()
 }
 
-/// A hugetlbfs memfd of `page`-byte pages for zone `id` (shareable like
-/// any file). Checks first that enough pages are free for `size`, since
-/// the mapping would fail with a bare ENOMEM.
-fn huge_file(id: &str, size: u64, page: u64) -> Result<(File, PathBuf), MemoryError> {
-    let needed = size / page;
-    let free = free_huge_pages(page);
-    if free < needed {
-        return Err(MemoryError::NoHugePages { page, needed, free });
+/// Checks that the pool of each huge page size has free pages for all
+/// the zones that take theirs from it (with `hugepages=on`), since
+/// mapping them would fail with a bare ENOMEM. The zones are summed: each
+/// zone's mapping reserves its pages, so a check per zone would pass every
+/// one and the second mapping would still fail.
+fn check_huge_pages(zones: &[MemoryZoneConfig]) -> Result<(), MemoryError> {
+    for page in HUGEPAGE_SIZES {
+        let on: Vec<&MemoryZoneConfig> = zones
+            .iter()
+            .filter(|z| z.hugepage_size == Some(page))
+            .collect();
+        let needed: u64 = on.iter().map(|z| z.size / page).sum();
+        if needed == 0 {
+            continue;
+        }
+        let free = huge_pages(page, "free_hugepages");
+        if free < needed {
+            let ids: Vec<&str> = on.iter().map(|z| z.id.as_str()).collect();
+            return Err(MemoryError::NoHugePages {
+                zones: format!("zone {}", ids.join(", ")),
+                page,
+                needed,
+                free,
+                total: huge_pages(page, "nr_hugepages"),
+            });
+        }
     }
+    Ok(())
+}
+
+/// A hugetlbfs memfd of `page`-byte pages for zone `id` (shareable like
+/// any file); [`check_huge_pages`] has checked the pool.
+fn huge_file(id: &str, page: u64) -> Result<(File, PathBuf), MemoryError> {
     let flags = libc::MFD_CLOEXEC
         | libc::MFD_HUGETLB
         | if page == 1 << 30 {
@@ -310,10 +369,48 @@ fn bind(host: u64, len: u64, node: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Allocates every page of the mapping [host, host + len) now
-/// (`prefault=on`): MADV_POPULATE_WRITE, or a volatile write per 4 KiB
-/// page where the kernel lacks it (before 5.14).
-fn prefault(host: u64, len: u64) -> Result<(), MemoryError> {
+/// The least a prefault thread is given, so small guests use one.
+const PREFAULT_CHUNK_MIN: u64 = 64 << 20;
+/// The most threads a region is prefaulted with (Cloud Hypervisor's cap).
+const PREFAULT_THREADS_MAX: usize = 16;
+
+/// Allocates every page of the mapping [host, host + len) of `page`-byte
+/// pages now (`prefault=on`), in parallel: one thread per CPU this
+/// process may run on (at most [`PREFAULT_THREADS_MAX`], each with at
+/// least [`PREFAULT_CHUNK_MIN`]), each populating its page-aligned share,
+/// since zeroing the pages is most of a large guest's start.
+fn prefault(host: u64, len: u64, page: u64) -> Result<(), MemoryError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cpus
+        .min(PREFAULT_THREADS_MAX)
+        .min((len / PREFAULT_CHUNK_MIN).max(1) as usize);
+    if threads == 1 {
+        return populate(host, len);
+    }
+    let chunk = (len / threads as u64).next_multiple_of(page);
+    let failed = |source| MemoryError::Prefault { size: len, source };
+    std::thread::scope(|scope| {
+        let mut workers = Vec::with_capacity(threads);
+        for (i, offset) in (0..len).step_by(chunk as usize).enumerate() {
+            let size = chunk.min(len - offset);
+            let worker = std::thread::Builder::new()
+                .name(format!("prefault-{i}"))
+                .spawn_scoped(scope, move || populate(host + offset, size))
+                .map_err(failed)?;
+            workers.push(worker);
+        }
+        for worker in workers {
+            worker.join().unwrap_or_else(|_| {
+                Err(failed(std::io::Error::other("a prefault thread panicked")))
+            })?;
+        }
+        Ok(())
+    })
+}
+
+/// Allocates every page of [host, host + len): MADV_POPULATE_WRITE, or a
+/// volatile write per 4 KiB page where the kernel lacks it (before 5.14).
+fn populate(host: u64, len: u64) -> Result<(), MemoryError> {
     // SAFETY: [host, host + len) is a live shared mapping of guest RAM;
     // MADV_POPULATE_WRITE only faults its pages in.
     let r = unsafe {
@@ -345,8 +442,14 @@ fn prefault(host: u64, len: u64) -> Result<(), MemoryError> {
 
 /// Free huge pages of `page` bytes (0 when the size is not supported).
 pub fn free_huge_pages(page: u64) -> u64 {
+    huge_pages(page, "free_hugepages")
+}
+
+/// The pool of `page`-byte huge pages' count `what` (`free_hugepages`,
+/// `nr_hugepages`) in sysfs; 0 when the size is not supported.
+fn huge_pages(page: u64, what: &str) -> u64 {
     std::fs::read_to_string(format!(
-        "/sys/kernel/mm/hugepages/hugepages-{}kB/free_hugepages",
+        "/sys/kernel/mm/hugepages/hugepages-{}kB/{what}",
         page >> 10
     ))
     .ok()
@@ -421,12 +524,23 @@ mod tests {
         assert_eq!(lazy.file().metadata().unwrap().blocks(), 0);
         let eager = GuestRam::new(&config(true)).unwrap();
         assert_eq!(eager.file().metadata().unwrap().blocks() * 512, 8 << 20);
+        // Large enough for a thread per CPU (up to 4 here): every share
+        // is populated, the last too.
+        let big = 4 * PREFAULT_CHUNK_MIN + (1 << 20);
+        let ram = GuestRam::new(&MemoryConfig {
+            size: big,
+            prefault: true,
+            ..MemoryConfig::default()
+        })
+        .unwrap();
+        assert_eq!(ram.file().metadata().unwrap().blocks() * 512, big);
     }
 
     #[test]
     fn too_few_free_huge_pages_is_one_clear_error() {
         let page = 2 << 20;
-        let needed = free_huge_pages(page) + 1;
+        let (free, total) = (free_huge_pages(page), huge_pages(page, "nr_hugepages"));
+        let needed = free + 1;
         let config = MemoryConfig {
             size: needed * page,
             hugepage_size: Some(page),
@@ -434,18 +548,50 @@ mod tests {
         };
         let e = GuestRam::new(&config).unwrap_err().to_string();
         assert!(
-            e.contains(&format!("needs {needed} huge pages of 2 MiB")),
+            e.starts_with(&format!(
+                "hugepages=on (zone mem0): guest RAM needs {needed} huge pages of 2 MiB"
+            )),
             "{e}"
         );
         assert!(
-            e.contains("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"),
+            e.contains(&format!(
+                "`echo {} > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`",
+                total + 1
+            )),
+            "{e}"
+        );
+        // Zones on huge pages are counted together: a page each more than
+        // is free between them.
+        let zone = |id: &str, pages: u64| MemoryZoneConfig {
+            id: id.into(),
+            size: pages * page,
+            hugepage_size: Some(page),
+            ..MemoryZoneConfig::default()
+        };
+        let config = MemoryConfig {
+            size: (free + 3) * page,
+            zones: vec![
+                zone("a", free + 1),
+                MemoryZoneConfig {
+                    hugepage_size: None,
+                    ..zone("plain", 1)
+                },
+                zone("b", 1),
+            ],
+            ..MemoryConfig::default()
+        };
+        let e = GuestRam::new(&config).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "hugepages=on (zone a, b): guest RAM needs {} huge pages",
+                free + 2
+            )),
             "{e}"
         );
     }
 
     #[test]
     fn each_zone_is_its_own_shared_file_after_the_one_before() {
-        use crate::cli::MemoryZoneConfig;
         let zone = |id: &str, size| MemoryZoneConfig {
             id: id.into(),
             size,
@@ -500,7 +646,6 @@ mod tests {
 
     #[test]
     fn a_zone_with_a_host_node_is_bound_to_it() {
-        use crate::cli::MemoryZoneConfig;
         if !Path::new("/proc/self/numa_maps").exists() {
             return; // a kernel without NUMA: nothing to bind
         }

@@ -8,6 +8,7 @@
 //! guest RAM, [`crate::memory`] backs and binds each, [`crate::acpi`]
 //! describes the nodes in the SRAT and SLIT.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use crate::cli::{check_memory_size, MemoryConfig, NumaNodeConfig};
@@ -124,6 +125,14 @@ pub fn check(
     host: &HostNuma,
 ) -> Result<MemoryConfig, (Culprit, String)> {
     let zones = &memory.zones;
+    if let Some(path) = &memory.file {
+        check_file(path).map_err(|e| (Culprit::Memory, e))?;
+    }
+    for z in zones {
+        if let Some(path) = &z.file {
+            check_file(path).map_err(|e| (Culprit::Zones, format!("id={}: {e}", z.id)))?;
+        }
+    }
     let mut memory = memory.clone();
     if zones.is_empty() {
         if memory.size == 0 {
@@ -224,6 +233,27 @@ pub fn check(
     check_nodes(&memory, nodes, max_vcpus).map_err(|e| (Culprit::Numa, e))?;
     memory.size = total;
     Ok(memory)
+}
+
+/// A `file=` guest RAM can live in: a file (created if missing, so its
+/// directory must exist), not a directory. Checked with the options, so a
+/// mistake is named before any VM is built.
+fn check_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(format!(
+            "file={}: is a directory; give a file (created if missing)",
+            path.display()
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => Err(format!(
+                "file={}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            )),
+            _ => Ok(()),
+        },
+    }
 }
 
 /// The `--numa` rules: ids 0..N-1 each once, each vCPU below `max_vcpus`
@@ -435,6 +465,19 @@ mod tests {
                 &[][..],
                 &[][..],
                 "--memory: size=0 takes guest RAM from --memory-zone",
+            ),
+            (
+                "size=32M,file=/",
+                &[][..],
+                &[][..],
+                "--memory: file=/: is a directory; give a file (created if missing)",
+            ),
+            (
+                "size=0",
+                &["id=mem0,size=32M,file=/nonexistent-dir/ram"][..],
+                &[][..],
+                "--memory-zone: id=mem0: file=/nonexistent-dir/ram: directory \
+                 /nonexistent-dir does not exist",
             ),
             (
                 "size=0",

@@ -179,13 +179,17 @@ extern "C" fn bsp_main(start_info: u64) -> ! {
 
 /// Prints the CPUID leaves that describe the topology and the PMU, one
 /// line each: `cpuid 0xb.1: eax 0x1 ebx 0x2 ecx 0x201 edx 0x0` (leaf 0's
-/// EAX, the highest basic leaf, first; 0xB and 0x1F up to their
-/// terminating subleaf, at most 4; 0xA).
+/// EAX, the highest basic leaf, first; leaf 4's caches decoded, see
+/// [`report_caches`]; 0xB and 0x1F up to their terminating subleaf, at
+/// most 4; 0xA).
 fn report_cpuid() {
     let max = core::arch::x86_64::__cpuid(0).eax;
     serial(b"cpuid 0x0: eax ");
     serial_hex(max as u64);
     serial(b"\n");
+    if max >= 4 {
+        report_caches();
+    }
     for (leaf, name) in [(0xb, &b"0xb"[..]), (0x1f, b"0x1f")] {
         for sub in 0..4 {
             let r = core::arch::x86_64::__cpuid_count(leaf, sub);
@@ -197,6 +201,28 @@ fn report_cpuid() {
     }
     let r = core::arch::x86_64::__cpuid(0xa);
     cpuid_line(b"0xa", 0, [r.eax, r.ebx, r.ecx, r.edx]);
+}
+
+/// Leaf 4's topology fields per cache (the rest of the leaf is the
+/// host's cache geometry), up to the first null cache type, at most 8:
+/// `cpuid 0x4.2: level 2, shared by 2 thread(s), 4 core(s) per package`
+/// (EAX[7:5], EAX[25:14] + 1, EAX[31:26] + 1).
+fn report_caches() {
+    for sub in 0..8 {
+        let eax = core::arch::x86_64::__cpuid_count(4, sub).eax;
+        if eax & 0x1f == 0 {
+            break;
+        }
+        serial(b"cpuid 0x4.");
+        serial_dec(sub as u64);
+        serial(b": level ");
+        serial_dec(((eax >> 5) & 7) as u64);
+        serial(b", shared by ");
+        serial_dec((((eax >> 14) & 0xfff) + 1) as u64);
+        serial(b" thread(s), ");
+        serial_dec(((eax >> 26) + 1) as u64);
+        serial(b" core(s) per package\n");
+    }
 }
 
 fn cpuid_line(leaf: &[u8], sub: u32, regs: [u32; 4]) {

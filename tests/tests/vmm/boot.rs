@@ -2,7 +2,7 @@
 //! PVH entry, a port write at entry, COM1 output, the APs started with
 //! INIT-SIPI-SIPI, ACPI power-off, exit code 0; PCI bus 0 enumerated through
 //! CF8/CFC (the host bridge) and the MCFG's ECAM window agreeing with it;
-//! `--cpus topology=` as the guest reads it in CPUID 0xB/0x1F and the MADT,
+//! `--cpus topology=` as the guest reads it in CPUID 4, 0xB/0x1F and the MADT,
 //! `pmu=off` as leaf 0xA; a guest reset rebooting, or ending the VMM with
 //! `--no-reboot`. And its command-line errors.
 
@@ -79,6 +79,46 @@ fn cpuid_line(leaf: &str, sub: u32, [eax, ebx, ecx, edx]: [u32; 4]) -> String {
     format!("cpuid {leaf}.{sub}: eax {eax:#x} ebx {ebx:#x} ecx {ecx:#x} edx {edx:#x}\n")
 }
 
+/// The guest's leaf 4 lines (`report_caches` in the guest): each cache's
+/// (level, threads sharing it, cores per package).
+fn caches(run: &Finished) -> Vec<(u32, u32, u32)> {
+    run.stdout
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.strip_prefix("cpuid 0x4.")?.split_once(": level ")?;
+            let (level, rest) = rest.split_once(", shared by ")?;
+            let (threads, rest) = rest.split_once(" thread(s), ")?;
+            let cores = rest.strip_suffix(" core(s) per package")?;
+            Some((
+                level.parse().ok()?,
+                threads.parse().ok()?,
+                cores.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Leaf 4 as the topology says: L1 and L2 shared by a core's threads, L3
+/// by the package's (each rounded up to a power of two, as the APIC id's
+/// fields are), and the cores per package (rounded the same way).
+fn assert_caches(run: &Finished, core_threads: u32, package_threads: u32, cores: u32) {
+    let seen = caches(run);
+    assert!(!seen.is_empty(), "no cpuid 0x4 line\n{}", show(run));
+    for &(level, threads, per_package) in &seen {
+        let want = if level <= 2 {
+            core_threads
+        } else {
+            package_threads
+        };
+        assert_eq!(
+            (threads, per_package),
+            (want, cores),
+            "level {level} cache\n{}",
+            show(run)
+        );
+    }
+}
+
 fn assert_lines(run: &Finished, lines: &[String]) {
     assert_eq!(run.code(), Some(0), "{}", show(run));
     for line in lines {
@@ -115,6 +155,8 @@ fn the_guest_sees_the_topology_in_cpuid_and_the_madt() {
         lines.push(format!("cpu {n}: apic id {id} reported in\n"));
     }
     assert_lines(&run, &lines);
+    // One thread per core; 3 cores in a package take 2 bits: 4.
+    assert_caches(&run, 1, 4, 4);
     assert!(run.stderr.contains("pmu=off:"), "{}", show(&run));
 }
 
@@ -134,6 +176,8 @@ fn two_threads_per_core_in_cpuid() {
         lines.push(format!("cpu {n}: cpuid 0xb x2apic id {n}\n"));
     }
     assert_lines(&run, &lines);
+    // L1 and L2 shared by a core's 2 threads, L3 by the package's 4; 2 cores.
+    assert_caches(&run, 2, 4, 2);
 }
 
 #[test]

@@ -11,54 +11,16 @@ use std::time::Duration;
 
 use serde_json::json;
 use vu_driver::fixture::TempDir;
-use vu_driver::fw_devices;
 use vu_driver::http;
+use vu_driver::process::{mappings, process_tree};
 use vu_driver::vmm::{
-    assert_one_line_refusal, guest_logs, press_power_button, serial, shutdown_vmm,
-    spawn_test_guest_with_memory, test_guest, vm_info, wait_for_serial, WAITING,
+    assert_one_line_refusal, guest_logs, press_power_button, serial, shutdown_vmm, test_guest,
+    vm_info, wait_for_serial, TwoNodeGuest, WAITING,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(60);
 const ZONE_MIB: u64 = 32;
-
-/// The mappings of `/proc/PID/maps` whose path contains `name`:
-/// (start address, size in bytes).
-fn mappings(pid: u32, name: &str) -> Vec<(u64, u64)> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    maps.lines()
-        .filter(|l| l.contains(name))
-        .map(|l| {
-            let range = l.split_whitespace().next().unwrap();
-            let (a, b) = range.split_once('-').unwrap();
-            let (a, b) = (
-                u64::from_str_radix(a, 16).unwrap(),
-                u64::from_str_radix(b, 16).unwrap(),
-            );
-            (a, b - a)
-        })
-        .collect()
-}
-
-/// `pid` and its descendants (`/proc/PID/task/*/children`).
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i]));
-        for task in tasks.into_iter().flatten().flatten() {
-            let children = std::fs::read_to_string(task.path().join("children"));
-            all.extend(
-                children
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-        i += 1;
-    }
-    all
-}
 
 /// The memory policy `/proc/PID/numa_maps` shows for the mapping at
 /// `start` (`bind:0`, `default`).
@@ -76,36 +38,18 @@ fn policy(pid: u32, start: u64) -> String {
 #[test]
 fn two_zones_two_nodes_bound_described_and_served() {
     let dir = TempDir::new("vmm-numa").unwrap();
-    let b = fw_devices::blk(&dir);
-    let (api, console) = (dir.join("api.sock"), dir.join("console.txt"));
-    let extra: Vec<String> = [
-        "--cpus",
-        "boot=2",
-        "--memory-zone",
-        &format!("id=near,size={ZONE_MIB}M,host_numa_node=0,shared=on"),
-        "--memory-zone",
-        &format!("id=far,size={ZONE_MIB}M"),
-        "--numa",
-        "guest_numa_id=0,cpus=[0],memory_zones=[near]",
-        "--numa",
-        "guest_numa_id=1,cpus=[1],memory_zones=[far],distances=[0@25]",
-        "--disk",
-        &format!("socket={}", b.socket.display()),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut vmm = spawn_test_guest_with_memory(
-        &api,
-        &console,
-        "wait-power-button",
-        "size=0",
-        &extra,
-        TIMEOUT,
+    let mut g = TwoNodeGuest::start(
+        &dir,
+        [
+            &format!("id=near,size={ZONE_MIB}M,host_numa_node=0,shared=on"),
+            &format!("id=far,size={ZONE_MIB}M"),
+        ],
+        [
+            "guest_numa_id=0,cpus=[0],memory_zones=[near]",
+            "guest_numa_id=1,cpus=[1],memory_zones=[far],distances=[0@25]",
+        ],
     );
-    let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &[&b.daemon]);
-    wait_for_serial(&mut vmm, &console, WAITING, TIMEOUT, show);
-    let out = serial(&console);
+    let out = serial(&g.console);
     // The guest sees both nodes: vCPUs, memory ranges, distances.
     let zone = ZONE_MIB << 20;
     for want in [
@@ -119,38 +63,30 @@ fn two_zones_two_nodes_bound_described_and_served() {
         assert!(
             out.lines().any(|l| l == want),
             "no line {want:?}\n{}",
-            show(&vmm)
+            g.show()
         );
     }
     // Both vCPUs ran, and the daemon served the guest's sectors: sector 8
     // from the pool in the first zone, sector 9 from the top of the second.
-    assert!(
-        out.contains("cpu 1: apic id 1 reported in"),
-        "{}",
-        show(&vmm)
-    );
+    assert!(out.contains("cpu 1: apic id 1 reported in"), "{}", g.show());
     assert!(
         out.contains("wrote and read back sector 8: ok"),
         "{}",
-        show(&vmm)
+        g.show()
     );
-    let far_line = format!(
-        "blk: sector 9 through node 1 memory at {:#x}: ok",
-        2 * zone - 0x2000
-    );
-    assert!(out.contains(&far_line), "no {far_line:?}\n{}", show(&vmm));
+    g.assert_far_sector(2 * zone);
     // The VMM maps each zone from its own file, of the zone's size; the
     // first is bound to host node 0, the second has no policy.
-    let pid = vmm.pid();
+    let pid = g.vmm.pid();
     let near = mappings(pid, &format!("vmm-mem-{pid}-0-near"));
     let far = mappings(pid, &format!("vmm-mem-{pid}-1-far"));
-    assert_eq!(near.len(), 1, "{near:?}\n{}", show(&vmm));
+    assert_eq!(near.len(), 1, "{near:?}\n{}", g.show());
     assert_eq!((near[0].1, far.len(), far[0].1), (zone, 1, zone));
     assert_eq!(policy(pid, near[0].0), "bind:0");
     assert_eq!(policy(pid, far[0].0), "default");
     // The daemon (its sandboxed child, which serves) mapped both zones'
     // files too, each whole (SET_MEM_TABLE).
-    let daemons = process_tree(b.daemon.pid());
+    let daemons = process_tree(g.blk.daemon.pid());
     for name in [
         format!("vmm-mem-{pid}-0-near"),
         format!("vmm-mem-{pid}-1-far"),
@@ -159,16 +95,13 @@ fn two_zones_two_nodes_bound_described_and_served() {
         assert!(
             m.iter().any(|&(_, size)| size == zone),
             "no daemon process of {daemons:?} maps {name}: {m:?}\n{}",
-            show(&vmm)
+            g.show()
         );
     }
-    press_power_button(&api, &vmm, WAIT, || show(&vmm));
-    let all = show(&vmm);
-    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+    g.power_off();
     // The far sector is in the image.
-    let image = std::fs::read(&b.image).unwrap();
-    let want: Vec<u8> = (0..512).map(|i| ((9 * 7 + i) % 253) as u8).collect();
-    assert_eq!(image[9 * 512..10 * 512], want[..]);
+    let image = std::fs::read(&g.blk.image).unwrap();
+    assert_eq!(image[9 * 512..10 * 512], TwoNodeGuest::far_sector()[..]);
 }
 
 #[test]

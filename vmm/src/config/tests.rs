@@ -668,6 +668,13 @@ fn zone_and_numa_fields_are_named() {
         ),
         (
             json!({"payload": {"kernel": k},
+                   "memory": {"size": 0, "zones": [{"id": "a", "size": 33554432u64,
+                                                     "file": "/"}]}}),
+            "memory.zones",
+            "id=a: file=/: is a directory",
+        ),
+        (
+            json!({"payload": {"kernel": k},
                    "memory": {"size": 0, "zones": [{"id": "a", "size": 1000}]}}),
             "memory.zones[0].size",
             "not a non-zero multiple of 1 MiB",
