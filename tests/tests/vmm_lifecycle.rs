@@ -2,7 +2,9 @@
 //! 16 step 1): `vmm --api-socket PATH -v --seccomp false` with no kernel,
 //! `vmm.ping`, `vm.create` with the `VmConfig` clh.go builds, `vm.boot`,
 //! the test guest driving our three daemons, `vm.info` in CH's shape,
-//! `vm.shutdown`, `vm.delete`, `vmm.shutdown` (exit 0, socket removed). And
+//! `vm.shutdown`, `vm.delete`, `vmm.shutdown` (exit 0, socket removed),
+//! the vsock's `vhost-device-vsock` the VMM ran gone with its hybrid
+//! socket. And
 //! the bad input: each a 4xx with a JSON error naming the field or file,
 //! the VMM left as it was.
 
@@ -17,8 +19,8 @@ use vu_driver::http;
 use vu_driver::ours::bare_command;
 use vu_driver::process::Finished;
 use vu_driver::vmm::{
-    assert_disk_share_nic_listed, halting_kernel, serial as console, shutdown_vmm, test_guest,
-    wait_for_serial,
+    assert_devices_listed, halting_kernel, serial as console, shutdown_vmm, test_guest,
+    wait_for_serial, with_vsock_backend,
 };
 
 /// KVM here emulates every instruction: the guest needs seconds; the
@@ -27,10 +29,11 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(30);
 const WAITING: &str = "waiting for the power button";
 
-/// Our `vmm` with `args`, ready once its API socket exists (it appears
-/// already listening).
+/// Our `vmm` with `args` (and rust-vmm's vsock backend on its PATH),
+/// ready once its API socket exists (it appears already listening).
 fn spawn_vmm(args: &[&str], api: &Path) -> Daemon {
     let mut cmd: Command = bare_command("vmm").unwrap_or_else(|e| panic!("{e}"));
+    with_vsock_backend(&mut cmd);
     cmd.args(args);
     Daemon::spawn("vmm", cmd, api, &[Readiness::Path(api.to_path_buf())], WAIT)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -141,20 +144,15 @@ fn kata_launch_sequence_with_our_three_daemons() {
         &["vm.create"],
     );
 
-    // The body exactly as clh.go shapes it: its hybrid vsock is refused
-    // by name (no vsock device yet), and nothing is created.
+    // The body as clh.go shapes it (its hybrid vsock: the VMM runs
+    // vhost-device-vsock), with the disk and NIC Kata would add later
+    // (vm.add-disk, vm.add-net) as vhost-user devices of our daemons.
     let mut config = kata_vm_create(&Launch {
         kernel: &guest,
         console: &console_file,
         fs: &f.socket,
         vsock: &vsock,
     });
-    assert_refused(create(&api, &config), 400, &["vsock", "no virtio-vsock"]);
-    assert_refused(call(&api, "GET", "/api/v1/vm.info", None), 404, &[]);
-
-    // Without the vsock, and with the disk and NIC Kata would add later
-    // (vm.add-disk, vm.add-net) as vhost-user devices of our daemons.
-    config.as_object_mut().unwrap().remove("vsock");
     config["disks"] = json!([{
         "vhost_user": true, "vhost_socket": b.socket, "num_queues": 1, "queue_size": 128,
     }]);
@@ -195,10 +193,24 @@ fn kata_launch_sequence_with_our_three_daemons() {
         .iter()
         .map(|d| d["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["block", "fs", "net"], "{info}");
+    assert_eq!(kinds, ["block", "fs", "net", "vsock"], "{info}");
     for d in devices {
         assert_eq!(d["backend_state"], "connected", "{info}");
     }
+    // The hybrid socket Kata's shim connects to, served by a daemon the
+    // VMM runs.
+    assert!(
+        vsock.exists(),
+        "no hybrid vsock socket at {}",
+        vsock.display()
+    );
+    let spawned = children(vmm.pid());
+    assert!(
+        spawned
+            .iter()
+            .any(|(_, name)| name.starts_with("vhost-device-vs")),
+        "no vhost-device-vsock among the vmm's children: {spawned:?}"
+    );
     assert_eq!(put(&api, "/api/v1/vm.boot").0, 409);
     assert_refused(create(&api, &config), 409, &["already created"]);
     assert_eq!(put(&api, "/api/v1/vm.pause").0, 204);
@@ -220,6 +232,12 @@ fn kata_launch_sequence_with_our_three_daemons() {
         404,
         &["vm.create"],
     );
+    assert!(
+        children(vmm.pid()).is_empty(),
+        "daemons left after vm.delete: {:?}",
+        children(vmm.pid())
+    );
+    assert!(!vsock.exists(), "the hybrid vsock socket was left behind");
     let status = shutdown_vmm(&api, &mut vmm, WAIT, log);
     assert!(!api.exists(), "the API socket was left behind");
 
@@ -230,12 +248,34 @@ fn kata_launch_sequence_with_our_three_daemons() {
         stderr: log(&vmm),
     };
     let daemons = [&b.daemon, &f.daemon, &n.daemon];
-    assert_disk_share_nic_listed(&run.stdout, || fw_devices::show(&run, &daemons));
+    // The vsock (virtio id 19) after them; the test guest has no driver.
+    assert_devices_listed(&run.stdout, &["pci 00:04.0 1af4:1053"], || {
+        fw_devices::show(&run, &daemons)
+    });
     fw_devices::assert_blk(&run, &b, &daemons);
     fw_devices::assert_fs(&run, fw_devices::TAG, &daemons);
     fw_devices::assert_net(&run, &n, true, &daemons);
     // `-v` raised the log to debug; `--seccomp false` was heard.
     assert!(run.stderr.contains("--seccomp false"), "{}", run.stderr);
+}
+
+/// The processes whose parent is `pid`: (pid, comm, which the kernel cuts
+/// to 15 bytes).
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // pid (comm) state ppid ...: comm may hold spaces.
+            let (head, tail) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            let ppid: u32 = tail.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some((child, comm))
+        })
+        .collect()
 }
 
 /// Entries in /proc/PID/fd.
@@ -328,8 +368,22 @@ fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
         400,
         &["fs[0].tag: is required"],
     );
-    // None of that created anything.
+    let lost = dir.join("no-such-dir").join("clh.sock");
+    assert_refused(
+        create(&api, &ok(json!({"vsock": {"cid": 3, "socket": lost}}))),
+        400,
+        &["vsock.socket", "no-such-dir"],
+    );
+    let clh = dir.join("clh.sock");
+    assert_refused(
+        create(&api, &ok(json!({"vsock": {"cid": 2, "socket": clh}}))),
+        400,
+        &["vsock.cid", "cid=2 is reserved"],
+    );
+    // None of that created or started anything.
     assert_refused(call(&api, "GET", "/api/v1/vm.info", None), 404, &[]);
+    assert!(children(pid).is_empty(), "{:?}", children(pid));
+    assert!(!clh.exists());
 
     // A config whose disk socket nobody serves: created, then vm.boot
     // fails naming the socket, and the VM is dropped whole.
