@@ -170,6 +170,30 @@ fn bad_device_options_are_one_line() {
             "socket=/s,num_queues=3",
             &["--net", "num_queues=3 is odd"],
         ),
+        (
+            "--vsock",
+            "cid=2,socket=/tmp/clh.sock",
+            &["--vsock", "cid=2 is reserved"],
+        ),
+        (
+            "--vsock",
+            "cid=3,socket=/no/such/dir/clh.sock",
+            &[
+                "--vsock",
+                "socket=/no/such/dir/clh.sock",
+                "directory /no/such/dir",
+            ],
+        ),
+        (
+            "--vhost-user",
+            "socket=/s,type=teapot",
+            &["--vhost-user", "type=teapot is not"],
+        ),
+        (
+            "--vhost-user",
+            "socket=/s",
+            &["--vhost-user", "missing type="],
+        ),
     ];
     for (option, value, culprits) in cases {
         refusal(&["--kernel", "k", option, value], 2, culprits);
