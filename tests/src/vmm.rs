@@ -115,9 +115,12 @@ pub fn vsock_backend_dir() -> FixtureResult<PathBuf> {
 pub const VSOCK_BACKEND: &str = "vhost-device-vsock";
 
 /// Puts [`vsock_backend_dir`] first on `vmm`'s `PATH`, for `--vsock` (or
-/// `vm.create`'s `vsock`): the vmm finds its vsock backend there.
+/// `vm.create`'s `vsock`): the vmm finds its vsock backend there. Where
+/// it is missing, a vsock test fails on the vmm's error naming the program.
 pub fn with_vsock_backend(vmm: &mut Command) {
-    let dir = vsock_backend_dir().unwrap_or_else(|e| panic!("{e}"));
+    let Ok(dir) = vsock_backend_dir() else {
+        return;
+    };
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs = std::iter::once(dir).chain(std::env::split_paths(&path));
     vmm.env(
@@ -421,6 +424,7 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let mut cmd = bare_command("vmm")?;
+    with_vsock_backend(&mut cmd);
     cmd.args(args);
     let ready: Vec<Readiness> = ready_lines
         .iter()

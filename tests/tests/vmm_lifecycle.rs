@@ -17,7 +17,7 @@ use vu_driver::fixture::{poll_until, Daemon, Readiness, TempDir};
 use vu_driver::fw_devices;
 use vu_driver::http;
 use vu_driver::ours::bare_command;
-use vu_driver::process::Finished;
+use vu_driver::process::{children_running, Finished};
 use vu_driver::vmm::{
     assert_devices_listed, halting_kernel, serial as console, shutdown_vmm, test_guest,
     wait_for_serial, with_vsock_backend,
@@ -204,12 +204,10 @@ fn kata_launch_sequence_with_our_three_daemons() {
         "no hybrid vsock socket at {}",
         vsock.display()
     );
-    let spawned = children(vmm.pid());
-    assert!(
-        spawned
-            .iter()
-            .any(|(_, name)| name.starts_with("vhost-device-vs")),
-        "no vhost-device-vsock among the vmm's children: {spawned:?}"
+    assert_eq!(
+        children_running(vmm.pid(), "vhost-device-vsock").len(),
+        1,
+        "no vhost-device-vsock among the vmm's children"
     );
     assert_eq!(put(&api, "/api/v1/vm.boot").0, 409);
     assert_refused(create(&api, &config), 409, &["already created"]);
@@ -232,11 +230,8 @@ fn kata_launch_sequence_with_our_three_daemons() {
         404,
         &["vm.create"],
     );
-    assert!(
-        children(vmm.pid()).is_empty(),
-        "daemons left after vm.delete: {:?}",
-        children(vmm.pid())
-    );
+    let left = children_running(vmm.pid(), "");
+    assert!(left.is_empty(), "daemons left after vm.delete: {left:?}");
     assert!(!vsock.exists(), "the hybrid vsock socket was left behind");
     let status = shutdown_vmm(&api, &mut vmm, WAIT, log);
     assert!(!api.exists(), "the API socket was left behind");
@@ -257,25 +252,6 @@ fn kata_launch_sequence_with_our_three_daemons() {
     fw_devices::assert_net(&run, &n, true, &daemons);
     // `-v` raised the log to debug; `--seccomp false` was heard.
     assert!(run.stderr.contains("--seccomp false"), "{}", run.stderr);
-}
-
-/// The processes whose parent is `pid`: (pid, comm, which the kernel cuts
-/// to 15 bytes).
-fn children(pid: u32) -> Vec<(u32, String)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let child: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
-            // pid (comm) state ppid ...: comm may hold spaces.
-            let (head, tail) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1.to_string();
-            let ppid: u32 = tail.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == pid).then_some((child, comm))
-        })
-        .collect()
 }
 
 /// Entries in /proc/PID/fd.
@@ -382,7 +358,7 @@ fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
     );
     // None of that created or started anything.
     assert_refused(call(&api, "GET", "/api/v1/vm.info", None), 404, &[]);
-    assert!(children(pid).is_empty(), "{:?}", children(pid));
+    assert!(children_running(pid, "").is_empty());
     assert!(!clh.exists());
 
     // A config whose disk socket nobody serves: created, then vm.boot
@@ -550,7 +526,6 @@ fn the_command_line_vm_reports_its_config_in_ch_shape() {
 #[test]
 fn vm_reboot_restarts_the_guest_with_its_devices_set_up_again() {
     use vu_driver::fw_devices::{add_net_with_queue, assert_guest_frame, sector8_expected};
-    use vu_driver::process::children_running;
 
     let dir = TempDir::new("vmm-lifecycle-reboot").unwrap();
     let b = fw_devices::blk(&dir);
