@@ -27,14 +27,13 @@
 //! (the kits) and `cargo build --workspace --bins`; anything missing is a
 //! failure.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use vu_driver::fixture::{create_sparse_image, poll_until, TempDir};
+use vu_driver::fixture::{create_sparse_image, TempDir};
 use vu_driver::guest::{ConsoleParser, GuestStatus};
 use vu_driver::image;
 use vu_driver::linux::OurLinux;
@@ -42,6 +41,7 @@ use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd_share, BlkDaemonOpts};
 use vu_driver::process::Finished;
 use vu_driver::vmm::{device_args, run_vmm_with_vsock};
+use vu_driver::vsock::{self, AGENT_PORT};
 
 const TAG: &str = "kataShared";
 const TAP: &str = "vmmlin0";
@@ -64,24 +64,21 @@ const GUEST_BLOCK: u64 = 48;
 const COMPLAINTS: &str = "MP-BIOS bug|Firmware Bug|ACPI Error|ACPI Warning|ACPI BIOS";
 /// The guest's wall clock may differ from the host's by this much.
 const CLOCK_SLACK_S: u64 = 60;
-/// The guest's vsock context id and the port its echo server listens on.
+/// The guest's vsock context id.
 const VSOCK_CID: u64 = 3;
-const VSOCK_PORT: u32 = 1024;
 /// What the host sends through the vsock and must get back.
 const VSOCK_BYTES: usize = 16 * 1024;
-/// The file `vsock-echo` creates in the share once it listens.
-const VSOCK_READY: &str = "vsock-ready";
 
 /// The guest's script (busybox sh); every check reports a value and a
 /// failure exits non-zero with its own code.
 fn script() -> String {
     format!(
         r#"set -e
+{vsock_start}
 test -n "$VUTEST_FS" || exit 10
 vutest-kv release "$(uname -r)"
 vutest-kv clock "$(date +%s)"
 vutest-kv shared "$(cat "$VUTEST_FS/hello.txt")"
-vsock-echo {VSOCK_PORT} 1 "$VUTEST_FS/{VSOCK_READY}" >/tmp/ve 2>&1 & ve=$!
 uname -r >"$VUTEST_FS/from-guest.txt"
 vutest-kv disk_read "$(dd if=/dev/vda bs=64k skip={HOST_BLOCK} count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
 seq 1000000 | head -c {MIB} >/tmp/w
@@ -94,9 +91,9 @@ vutest-kv ping_received "$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp
 timeout 120 nc {HOST_IP} {TCP_PORT} </tmp/w || exit 22
 c="$(dmesg | grep -E '{COMPLAINTS}' | tr '\n' '|' || true)"
 vutest-kv complaints "${{c:-none}}"
-wait $ve || {{ cat /tmp/ve; exit 31; }}
-vutest-kv vsock_cid "$(sed -n 's/.*local cid //p' /tmp/ve)"
-"#
+{vsock_end}"#,
+        vsock_start = vsock::guest_echo_start(),
+        vsock_end = vsock::guest_echo_end(),
     )
 }
 
@@ -143,46 +140,6 @@ fn receive_one(listener: TcpListener) -> mpsc::Receiver<std::io::Result<Vec<u8>>
     rx
 }
 
-/// Kata's shim reaching its agent: once `ready` exists, connects to the
-/// hybrid vsock socket `hybrid`, writes `CONNECT <port>\n`, reads the
-/// reply line, sends [`VSOCK_BYTES`] and reads as many back, on a thread;
-/// the reply line and the bytes echoed arrive on the returned channel.
-fn vsock_echo(
-    ready: PathBuf,
-    hybrid: PathBuf,
-) -> mpsc::Receiver<Result<(String, Vec<u8>), String>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let run = || -> Result<(String, Vec<u8>), String> {
-            if !poll_until(VMM_TIMEOUT, || ready.exists()) {
-                return Err(format!("{} never appeared", ready.display()));
-            }
-            let mut conn = UnixStream::connect(&hybrid)
-                .map_err(|e| format!("connecting to {}: {e}", hybrid.display()))?;
-            conn.set_read_timeout(Some(Duration::from_secs(120)))
-                .map_err(|e| e.to_string())?;
-            conn.write_all(format!("CONNECT {VSOCK_PORT}\n").as_bytes())
-                .map_err(|e| format!("writing CONNECT: {e}"))?;
-            let mut line = Vec::new();
-            let mut byte = [0u8];
-            while byte[0] != b'\n' {
-                conn.read_exact(&mut byte)
-                    .map_err(|e| format!("reading the reply to CONNECT (so far {line:?}): {e}"))?;
-                line.push(byte[0]);
-            }
-            let payload = image::pattern(0x5eed_0001, VSOCK_BYTES);
-            conn.write_all(&payload)
-                .map_err(|e| format!("writing {VSOCK_BYTES} bytes: {e}"))?;
-            let mut echoed = vec![0u8; VSOCK_BYTES];
-            conn.read_exact(&mut echoed)
-                .map_err(|e| format!("reading the echo: {e}"))?;
-            Ok((String::from_utf8_lossy(&line).into_owned(), echoed))
-        };
-        let _ = tx.send(run());
-    });
-    rx
-}
-
 #[test]
 fn linux_guest_uses_a_share_a_disk_and_a_nic() {
     let linux = OurLinux::for_test("vmm_linux");
@@ -211,7 +168,14 @@ fn linux_guest_uses_a_share_a_disk_and_a_nic() {
         .unwrap_or_else(|e| panic!("{e}"));
 
     let hybrid = dir.join("vsock.sock");
-    let echoed = vsock_echo(share.join(VSOCK_READY), hybrid.clone());
+    let payload = image::pattern(0x5eed_0001, VSOCK_BYTES);
+    let echoed = vsock::echo_in_background(
+        share.join(vsock::READY_FILE),
+        hybrid.clone(),
+        AGENT_PORT,
+        payload.clone(),
+        VMM_TIMEOUT,
+    );
 
     let mut args = linux.vmm_args(&script(), TAG, SCRIPT_TIMEOUT_S);
     args.extend(["--cpus".into(), "boot=1".into()]);
@@ -281,16 +245,17 @@ fn linux_guest_uses_a_share_a_disk_and_a_nic() {
     );
     assert_eq!(kv("complaints"), Some("none"), "{}", show(&run));
     // The agent channel: hybrid vsock to the guest's port and back.
-    let (reply, echo) = echoed
+    let echoed = echoed
         .recv_timeout(Duration::from_secs(30))
         .expect("the vsock thread did not finish")
         .unwrap_or_else(|e| panic!("vsock: {e}\n{}", show(&run)));
+    let reply = &echoed.reply;
     assert!(
         reply.starts_with("OK ") && reply.ends_with('\n'),
-        "CONNECT {VSOCK_PORT} got {reply:?}"
+        "CONNECT {AGENT_PORT} got {reply:?}"
     );
     assert!(
-        echo == image::pattern(0x5eed_0001, VSOCK_BYTES),
+        echoed.bytes == payload,
         "the vsock echo differs from what the host sent"
     );
     // The cid the guest has is the one the device's configuration gave.
