@@ -10,7 +10,9 @@
 #      olddefconfig), then check that every option of the fragment came out
 #      as written, and `make vmlinux`;
 #   4. pack the initramfs: busybox, tests/guest/init as /init, the other
-#      files of tests/guest in /bin, an empty /lib/modules/load-order.
+#      files of tests/guest in /bin, the C programs of tests/guest/src
+#      (vsock-echo: busybox has no AF_VSOCK) built with gcc -static into
+#      /bin, an empty /lib/modules/load-order.
 #
 # Output: target/guest-kit/linux/{vmlinux,initrd.cpio,kernel-release}
 # (the kit directory follows VUTEST_KIT_DIR, the work tree
@@ -156,7 +158,8 @@ RELEASE="$(cat "$OUT/kernel-release")"
 # --- 4. initramfs -------------------------------------------------------------
 INITRD="$OUT/initrd.cpio"
 mapfile -t GUEST_FILES < <(initramfs_guest_files "$GUEST_SRC")
-INITRD_STAMP="$RELEASE $(hash_files "${GUEST_FILES[@]}" "$ROOT/scripts/lib-initramfs.sh" "$SELF") \
+mapfile -t GUEST_C < <(initramfs_guest_programs "$GUEST_SRC")
+INITRD_STAMP="$RELEASE $(hash_files "${GUEST_FILES[@]}" "${GUEST_C[@]}" "$ROOT/scripts/lib-initramfs.sh" "$SELF") \
 $(sha256sum <"$BUSYBOX" | cut -d' ' -f1)"
 if [ -s "$INITRD" ] && [ "$(cat "$OUT/initrd.stamp" 2>/dev/null || true)" = "$INITRD_STAMP" ]; then
     SUMMARY+=("initrd=up-to-date")

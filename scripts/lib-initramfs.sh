@@ -4,6 +4,7 @@
 # everything built in, uncompressed). Sourced, not run.
 #
 #   initramfs_guest_files GUEST_SRC   the files of tests/guest that go in
+#   initramfs_guest_programs GUEST_SRC  the C programs built into /bin
 #   initramfs_stage STAGE BUSYBOX GUEST_SRC KERNEL_LABEL
 #   initramfs_pack STAGE              the newc cpio (owner 0:0) on stdout
 #
@@ -24,9 +25,20 @@ initramfs_guest_files() {
     done
 }
 
+# The C sources in GUEST_SRC/src (vsock-echo.c: busybox has no AF_VSOCK),
+# one a line, sorted; each is built static into /bin by initramfs_stage.
+initramfs_guest_programs() {
+    local f
+    for f in "$1"/src/*.c; do
+        [ -f "$f" ] && printf '%s\n' "$f"
+    done
+    return 0
+}
+
 # Fill the empty directory STAGE: the directory tree, BUSYBOX with a link
 # for each of its applets in /bin, GUEST_SRC/init as /init, the other guest
-# files in /bin, /etc/vutest-kernel (KERNEL_LABEL), /dev/console and an empty
+# files in /bin, the guest programs built with `gcc -static` in /bin,
+# /etc/vutest-kernel (KERNEL_LABEL), /dev/console and an empty
 # /lib/modules/load-order (init insmods what it lists, in order).
 initramfs_stage() {
     local stage="$1" busybox="$2" guest_src="$3" label="$4" applet f
@@ -46,6 +58,13 @@ initramfs_stage() {
     while IFS= read -r f; do
         [ "$(basename "$f")" = init ] || install -m 0755 "$f" "$stage/bin/$(basename "$f")"
     done < <(initramfs_guest_files "$guest_src")
+    # Static: the initramfs has no libc.
+    while IFS= read -r f; do
+        gcc -static -s -O2 -Wall -Wextra -Werror -o "$stage/bin/$(basename "$f" .c)" "$f" || {
+            echo "initramfs_stage: building $f failed" >&2
+            return 1
+        }
+    done < <(initramfs_guest_programs "$guest_src")
     : >"$stage/lib/modules/load-order"
     echo "$label" >"$stage/etc/vutest-kernel"
     # The kernel opens /dev/console for init before init mounts devtmpfs

@@ -8,8 +8,10 @@
 #   4. build the guest initramfs (busybox, virtio/fuse/ext4 modules, tests/guest/init,
 #      and setfattr/getfattr from Debian's `attr` with the libraries they need);
 #   5. build the Linux kit for our own vmm (scripts/build-linux-kit.sh).
+# Also installs rust-vmm's vhost-device-vsock (crates.io, pinned) into
+# target/guest-kit/bin, the backend the vmm runs for --vsock.
 #
-# Output: target/guest-kit/{vmlinuz,initrd.gz,kernel-version} and
+# Output: target/guest-kit/{vmlinuz,initrd.gz,kernel-version,bin/vhost-device-vsock} and
 # target/guest-kit/linux/{vmlinux,initrd.cpio}
 # (override the directory with VUTEST_KIT_DIR). Work already done is skipped:
 # a second run takes well under a second.
@@ -28,18 +30,20 @@ GUEST_SRC="$ROOT/tests/guest"
 
 PACKAGES=(
     qemu-system-x86 qemu-system-common qemu-utils busybox-static kmod cpio
-    fio e2fsprogs iproute2 systemd gzip dpdk-dev attr mount
+    fio e2fsprogs iproute2 systemd gzip dpdk-dev attr mount gcc libc6-dev
 )
 # Programs busybox lacks, copied into the initramfs with the shared
 # libraries `ldd` lists for them (package attr: xattr tests over virtio-fs).
 GUEST_PROGRAMS=(/usr/bin/setfattr /usr/bin/getfattr)
 # Loaded by the guest's init in this order (insmod, no modprobe needed).
 # ext4 (which also mounts ext2) needs crc16, mbcache and jbd2 (modinfo
-# depends) and soft-depends on crc32c (metadata checksums).
+# depends) and soft-depends on crc32c (metadata checksums); virtio-vsock
+# (the agent channel: tests/guest/src/vsock-echo.c) is three modules.
 MODULES=(
     virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
     failover net_failover virtio_net virtio_blk fuse virtiofs
     crc16 mbcache jbd2 crc32c_generic ext4
+    vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
 )
 
 # shellcheck source=scripts/lib-log.sh
@@ -98,6 +102,20 @@ elif cargo install cargo-fuzz --locked >&2; then
 else
     log "warning: 'cargo install cargo-fuzz --locked' failed; scripts/fuzz.sh cannot run"
     SUMMARY+=("cargo-fuzz=FAILED")
+fi
+
+# --- 2c. rust-vmm's vhost-device-vsock (the vmm's --vsock backend) -------------
+# Pinned, into $KIT/bin, where the tests put it on the vmm's PATH; skipped
+# when that version is there. A failure is a warning: only the vsock tests
+# need it.
+VSOCK_VERSION=0.3.0
+if [ "$("$KIT/bin/vhost-device-vsock" --version 2>/dev/null || true)" = "vhost-device-vsock $VSOCK_VERSION" ]; then
+    SUMMARY+=("vhost-device-vsock=ok")
+elif cargo install --locked vhost-device-vsock --version "$VSOCK_VERSION" --root "$KIT" >&2; then
+    SUMMARY+=("vhost-device-vsock=installed")
+else
+    log "warning: 'cargo install vhost-device-vsock' failed; the vmm's --vsock tests cannot run"
+    SUMMARY+=("vhost-device-vsock=FAILED")
 fi
 
 # --- 3. Debian's kernel -----------------------------------------------------
@@ -215,7 +233,8 @@ done
 INITRD="$KIT/initrd.gz"
 STAMP="$KIT/initrd.inputs"
 mapfile -t GUEST_FILES < <(initramfs_guest_files "$GUEST_SRC")
-inputs=("${GUEST_FILES[@]}" "$BUSYBOX" "${BASH_SOURCE[0]}" "$ROOT/scripts/lib-initramfs.sh"
+mapfile -t GUEST_C < <(initramfs_guest_programs "$GUEST_SRC")
+inputs=("${GUEST_FILES[@]}" "${GUEST_C[@]}" "$BUSYBOX" "${BASH_SOURCE[0]}" "$ROOT/scripts/lib-initramfs.sh"
     "${MODULE_FILES[@]}" "${GUEST_PROGRAMS[@]}" "${GUEST_LIBS[@]}")
 want_stamp="$KVER ${MODULES[*]}"
 rebuild=0

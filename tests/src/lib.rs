@@ -13,6 +13,7 @@
 //!   [`contrib`]: the project's systemd units and QEMU descriptors;
 //!   [`lifecycle`]: leak, signal, notify and watchdog checks any daemon's tests make.
 //! - [`under_test`]: our three daemons described for the suites every daemon runs.
+//! - [`vsock`]: the host's side of a hybrid vsock (`CONNECT <port>`) and the guests' echo server.
 
 pub mod bench;
 pub mod blk;
@@ -39,6 +40,7 @@ pub mod tap;
 pub mod under_test;
 pub mod virtqueue;
 pub mod vmm;
+pub mod vsock;
 
 /// `e` and each of its causes, `: `-separated on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -98,6 +98,50 @@ where
     run_to_exit("vmm", args, timeout)
 }
 
+/// The directory of rust-vmm's `vhost-device-vsock`, the backend our vmm
+/// runs for `--vsock`: the kit's `bin/`, where `scripts/setup.sh`
+/// installs it. Missing is an error naming the command that installs it.
+pub fn vsock_backend_dir() -> FixtureResult<PathBuf> {
+    let dir = crate::guest::kit_dir().join("bin");
+    if dir.join(VSOCK_BACKEND).is_file() {
+        return Ok(dir);
+    }
+    Err(crate::fixture::FixtureError::MissingBinary {
+        name: VSOCK_BACKEND.into(),
+        looked: format!("{} (scripts/setup.sh installs it)", dir.display()),
+    })
+}
+
+/// rust-vmm's vsock backend.
+pub const VSOCK_BACKEND: &str = "vhost-device-vsock";
+
+/// Puts [`vsock_backend_dir`] first on `vmm`'s `PATH`, for `--vsock` (or
+/// `vm.create`'s `vsock`): the vmm finds its vsock backend there. Where
+/// it is missing, a vsock test fails on the vmm's error naming the program.
+pub fn with_vsock_backend(vmm: &mut Command) {
+    let Ok(dir) = vsock_backend_dir() else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::iter::once(dir).chain(std::env::split_paths(&path));
+    vmm.env(
+        "PATH",
+        std::env::join_paths(dirs).unwrap_or_else(|e| panic!("PATH: {e}")),
+    );
+}
+
+/// [`run_vmm`] [`with_vsock_backend`].
+pub fn run_vmm_with_vsock<I, S>(args: I, timeout: Duration) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut cmd = bare_command("vmm").unwrap_or_else(|e| panic!("{e}"));
+    with_vsock_backend(&mut cmd);
+    cmd.args(args.into_iter().map(Into::into));
+    crate::process::run_bounded(&mut cmd, timeout).unwrap_or_else(|e| panic!("running vmm: {e}"))
+}
+
 /// Our vmm's options for a disk, a share and a NIC whose backends serve on
 /// these sockets: `--disk socket=BLK --fs tag=TAG,socket=FS --net
 /// socket=NET,mac=MAC`.
@@ -408,12 +452,19 @@ pub fn shutdown_vmm(
 /// that order from slot 1, and counts three virtio devices; `context()`
 /// (the logs) is shown for a missing line.
 pub fn assert_disk_share_nic_listed(stdout: &str, context: impl Fn() -> String) {
-    for line in [
+    assert_devices_listed(stdout, &[], context)
+}
+
+/// [`assert_disk_share_nic_listed`] with more virtio devices after them,
+/// each the console's `pci` line of its slot (`00:04.0 1af4:1053`).
+pub fn assert_devices_listed(stdout: &str, more: &[&str], context: impl Fn() -> String) {
+    let count = format!("virtio: {} device(s)\n", 3 + more.len());
+    let lines = [
         "pci 00:01.0 1af4:1042 class 0180\n",
         "pci 00:02.0 1af4:105a class 0180\n",
         "pci 00:03.0 1af4:1041 class 0200\n",
-        "virtio: 3 device(s)\n",
-    ] {
+    ];
+    for line in lines.iter().chain(more).chain([&count.as_str()]) {
         assert!(stdout.contains(line), "missing {line:?}\n{}", context());
     }
 }
@@ -496,6 +547,7 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let mut cmd = bare_command("vmm")?;
+    with_vsock_backend(&mut cmd);
     cmd.args(args);
     let ready: Vec<Readiness> = ready_lines
         .iter()

@@ -24,6 +24,13 @@
 //!   and so may `fd=N` / `fd=[N,M]` on the command line (descriptors the
 //!   VMM inherited, duplicated into the plan).
 //!
+//! - `--vsock cid=N,socket=PATH`: virtio-vsock as Cloud Hypervisor and Kata
+//!   use it; the VMM runs rust-vmm's `vhost-device-vsock` itself, whose
+//!   hybrid socket at PATH takes the host's `CONNECT <port>\n`.
+//! - `--vhost-user socket=PATH,type=vsock|rng|console|<id>[,num_queues=N,
+//!   queue_size=N,config_size=N,reconnect=SECS]`: any virtio device a
+//!   vhost-user backend serves ([`generic`]).
+//!
 //! `queue_size` is the largest ring size offered to the driver, a power of
 //! two up to 32768 (default 256 for disks and NICs, 1024 for shares).
 //!
@@ -35,6 +42,8 @@
 //! Without `--kernel`, `--api-socket` is required and the VMM starts empty:
 //! the VM comes from `vm.create` + `vm.boot` (see [`crate::config`], which
 //! turns these options and a `vm.create` body into the same config).
+
+mod generic;
 
 use std::path::PathBuf;
 
@@ -152,6 +161,18 @@ pub struct Args {
     /// (Cloud Hypervisor's form). Repeatable.
     #[arg(long = "net", value_name = "socket=PATH|tap=NAME|fd=N[,...]", value_parser = parse_net)]
     pub net: Vec<VhostUserConfig>,
+    /// virtio-vsock as Cloud Hypervisor gives it: `cid=N,socket=PATH`; the
+    /// VMM runs `vhost-device-vsock` (rust-vmm), whose hybrid socket at
+    /// PATH takes `CONNECT <port>\n` from the host. `cid` is 3 or more.
+    #[arg(long = "vsock", value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VhostUserConfig>,
+    /// Any virtio device a vhost-user backend serves:
+    /// `socket=PATH,type=vsock|rng|console|<virtio id>[,num_queues=N,
+    /// queue_size=N,config_size=N,reconnect=SECS]`; the device
+    /// configuration is read with GET_CONFIG (`config_size` bytes, the
+    /// type's own length by default). Repeatable.
+    #[arg(long = "vhost-user", value_name = "socket=PATH,type=TYPE[,...]", value_parser = parse_generic)]
+    pub vhost_user: Vec<VhostUserConfig>,
 }
 
 impl Args {
@@ -165,11 +186,14 @@ impl Args {
         levels[(at + usize::from(self.verbose)).min(levels.len() - 1)]
     }
 
-    /// Every vhost-user device, in plug order: disks, shares, NICs.
+    /// Every vhost-user device, in plug order: disks, shares, NICs, the
+    /// vsock, the generic devices.
     pub fn vhost_user_devices(&self) -> Vec<VhostUserConfig> {
         let mut all = self.disks.clone();
         all.extend(self.fs.iter().cloned());
         all.extend(self.net.iter().cloned());
+        all.extend(self.vsock.iter().cloned());
+        all.extend(self.vhost_user.iter().cloned());
         all
     }
 }
@@ -453,7 +477,16 @@ pub struct VhostUserConfig {
     pub tap: Option<NetTap>,
     /// `reconnect=`: what happens when the backend's socket closes.
     pub reconnect: Reconnect,
+    /// virtio-vsock: the guest's cid and the hybrid socket a
+    /// `vhost-device-vsock` the VMM runs listens on (`--vsock`), instead of
+    /// connecting to someone else's backend.
+    pub vsock: Option<HybridVsock>,
+    /// `--vhost-user config_size=`: how many bytes of device
+    /// configuration GET_CONFIG asks for (None: the kind's length).
+    pub config_size: Option<usize>,
 }
+
+pub use generic::{parse_generic, parse_vsock, vsock_from_pairs, HybridVsock, MAX_CONFIG_SIZE};
 
 /// The tap of a NIC whose `vhost-net-daemon` the VMM runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -514,8 +547,8 @@ impl VhostUserConfig {
     /// queue + `num_queues`; net `num_queues` + the control queue.
     pub fn device_queues(&self) -> usize {
         match self.kind {
-            DeviceKind::Block => self.num_queues,
             DeviceKind::Fs | DeviceKind::Net => self.num_queues + 1,
+            _ => self.num_queues,
         }
     }
 }
@@ -1048,6 +1081,7 @@ pub fn vhost_user_with_tap_fds(
             "queue_size",
             "reconnect",
         ],
+        _ => &["socket", "num_queues", "queue_size", "reconnect"],
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut socket = None;
@@ -1156,8 +1190,9 @@ pub fn vhost_user_with_tap_fds(
         return Err("missing tag=TAG (the tag the guest mounts)".into());
     }
     let default_queues = match kind {
-        DeviceKind::Net => 2,
-        DeviceKind::Block | DeviceKind::Fs => 1,
+        DeviceKind::Fs => 1,
+        // RX and TX (net), every queue (the rest).
+        k => k.default_queues(),
     };
     let num_queues = match &tap {
         Some(NetTap::Fds(fds)) => {
@@ -1195,6 +1230,8 @@ pub fn vhost_user_with_tap_fds(
         mac,
         tap,
         reconnect,
+        vsock: None,
+        config_size: None,
     })
 }
 
@@ -1295,7 +1332,10 @@ mod tests {
 
     /// Checks that `parse` refuses each input with an error that says the
     /// text paired with it; a failure names the input.
-    fn refuses(parse: fn(&str) -> Result<VhostUserConfig, String>, cases: &[(&str, &str)]) {
+    pub(super) fn refuses(
+        parse: fn(&str) -> Result<VhostUserConfig, String>,
+        cases: &[(&str, &str)],
+    ) {
         for (bad, says) in cases {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
@@ -1561,6 +1601,8 @@ mod tests {
                 mac: None,
                 tap: None,
                 reconnect: Reconnect::Forever,
+                vsock: None,
+                config_size: None,
             }
         );
         assert_eq!(d.device_queues(), 1);

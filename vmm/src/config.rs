@@ -154,6 +154,15 @@ pub fn to_api(config: &VmConfig) -> Value {
             n
         })
         .collect();
+    let generic: Vec<Value> = config
+        .devices
+        .iter()
+        .filter(|d| plug_rank(d.kind) == plug_rank(DeviceKind::Rng))
+        .map(|d| {
+            json!({"socket": d.socket, "type": d.kind.device_type(),
+                   "num_queues": d.num_queues, "queue_size": d.queue_size})
+        })
+        .collect();
     let mut vm = json!({
         "payload": payload,
         "cpus": cpus_echo(&config.cpus),
@@ -164,6 +173,13 @@ pub fn to_api(config: &VmConfig) -> Value {
         "fs": fs,
         "net": net,
     });
+    if let Some(v) = of(DeviceKind::Vsock).find_map(|d| d.vsock.as_ref()) {
+        vm["vsock"] = json!({"cid": v.cid, "socket": v.socket});
+    }
+    if !generic.is_empty() {
+        // Ours: Cloud Hypervisor has no generic vhost-user device.
+        vm["vhost_user"] = json!(generic);
+    }
     if !config.numa.is_empty() {
         vm["numa"] = config
             .numa
@@ -273,11 +289,12 @@ pub fn refusal(path: &str) -> Option<&'static str> {
              queues with vm.add-net (SCM_RIGHTS), or name the tap (tap)"
         }
         "net.vhost_mode" => "only vhost_mode Client (the backend listens) is supported",
-        "vsock" => "no virtio-vsock device yet (issue 16 step 3)",
         "pmem" | "devices" | "user_devices" | "vdpa" | "generic_vhost_user" | "tpm" | "sgx_epc"
         | "balloon" | "debug_console" => "no such device here yet",
         "numa.pci_segments" => "there is one PCI segment here",
-        "iommu" | "disks.iommu" | "net.iommu" | "fs.iommu" => "no virtual IOMMU here",
+        "iommu" | "disks.iommu" | "net.iommu" | "fs.iommu" | "vsock.iommu" => {
+            "no virtual IOMMU here"
+        }
         "landlock_enable" | "landlock_rules" => "no Landlock sandbox for the VMM yet",
         "platform.tdx" | "platform.sev_snp" => "no confidential guests here",
         _ => return None,
@@ -500,6 +517,9 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
             )?);
         }
     }
+    if let Some(v) = top.get("vsock") {
+        devices.push(vsock(v, &mut unsupported)?);
+    }
     top.finish(&mut unsupported)?;
 
     Ok(VmPlan {
@@ -516,6 +536,27 @@ pub fn from_api(body: &Value) -> Result<VmPlan, ConfigError> {
         echo: body.clone(),
         unsupported,
     })
+}
+
+/// `vsock`: `{cid, socket, iommu, pci_segment, id}` (Cloud Hypervisor's
+/// `VsockConfig`): the VMM runs `vhost-device-vsock` with its hybrid
+/// socket at `socket`; checked as `--vsock` is.
+fn vsock(v: &Value, unsupported: &mut Vec<String>) -> Result<VhostUserConfig, ConfigError> {
+    let mut f = Fields::new("vsock", v)?;
+    let cid = f.u64("cid")?;
+    let cid = f.required("cid", cid)?.to_string();
+    let socket = f.str("socket")?;
+    let socket = f.required("socket", socket)?;
+    let config = cli::vsock_from_pairs(&[("cid", &cid), ("socket", socket)]).map_err(|e| {
+        let key = if e.starts_with("cid=") {
+            "cid"
+        } else {
+            "socket"
+        };
+        error(f.field(key), e)
+    })?;
+    f.finish(unsupported)?;
+    Ok(config)
 }
 
 /// `memory`: `{size, shared, hugepages, hugepage_size, prefault, zones}`;
@@ -836,12 +877,15 @@ fn console_mode(
     Ok(config)
 }
 
-/// Plug order: disks, shares, NICs (as `vm.create` and the command line).
+/// Plug order: disks, shares, NICs, the vsock, generic devices (as
+/// `vm.create` and the command line).
 fn plug_rank(kind: DeviceKind) -> u8 {
     match kind {
         DeviceKind::Block => 0,
         DeviceKind::Fs => 1,
         DeviceKind::Net => 2,
+        DeviceKind::Vsock => 3,
+        DeviceKind::Rng | DeviceKind::Console | DeviceKind::Other(_) => 4,
     }
 }
 
@@ -851,6 +895,8 @@ fn list_key(kind: DeviceKind) -> &'static str {
         DeviceKind::Block => "disks",
         DeviceKind::Fs => "fs",
         DeviceKind::Net => "net",
+        DeviceKind::Vsock => "vsock",
+        DeviceKind::Rng | DeviceKind::Console | DeviceKind::Other(_) => "vhost_user",
     }
 }
 
@@ -868,6 +914,9 @@ pub fn add_device(
     body: &Value,
     fds: Vec<OwnedFd>,
 ) -> Result<VmPlan, ConfigError> {
+    if kind == DeviceKind::Vsock {
+        return add_vsock(plan, body, fds);
+    }
     let key = list_key(kind);
     let mut plan = plan.clone();
     let n = plan
@@ -902,6 +951,33 @@ pub fn add_device(
         Some(Value::Array(list)) => list.push(body.clone()),
         _ => plan.echo[key] = Value::Array(vec![body.clone()]),
     }
+    Ok(plan)
+}
+
+/// `plan` with the vsock `body` (`vm.add-vsock` before `vm.boot`): a VM
+/// has at most one, as in Cloud Hypervisor.
+fn add_vsock(plan: &VmPlan, body: &Value, fds: Vec<OwnedFd>) -> Result<VmPlan, ConfigError> {
+    if !fds.is_empty() {
+        return Err(error(
+            "vsock.fds",
+            format!(
+                "{} file descriptor(s) came with the request; a vsock takes none",
+                fds.len()
+            ),
+        ));
+    }
+    if plan
+        .config
+        .devices
+        .iter()
+        .any(|d| d.kind == DeviceKind::Vsock)
+    {
+        return Err(error("vsock", "the VM has a vsock already (one per VM)"));
+    }
+    let mut plan = plan.clone();
+    let device = vsock(body, &mut plan.unsupported)?;
+    plan.config.devices.push(device);
+    plan.echo["vsock"] = body.clone();
     Ok(plan)
 }
 
@@ -1052,7 +1128,7 @@ fn device(
                 }
             }
         }
-        DeviceKind::Block => {}
+        _ => {}
     }
     let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let config = cli::vhost_user_with_tap_fds(kind, &borrowed, tap_fds).map_err(|e| {

@@ -42,16 +42,17 @@ pub struct VmController {
     events: Mutex<Option<Sender<VmEvent>>>,
 }
 
-/// `block`, `fs` or `net`, as `vm.info` spells the kind.
+/// `block`, `fs`, `net`, `vsock`, `rng`, `console` or `generic`, as
+/// `vm.info` spells the kind.
 pub fn api_kind(kind: DeviceKind) -> &'static str {
     match kind {
         DeviceKind::Block => "block",
-        DeviceKind::Fs => "fs",
-        DeviceKind::Net => "net",
+        k => k.name(),
     }
 }
 
-/// Device ids in plug order, numbered per kind: `disk0`, `fs0`, `net0`.
+/// Device ids in plug order, numbered per kind: `disk0`, `fs0`, `net0`,
+/// `vsock0`, `rng0`, `console0`, `generic0`.
 pub fn device_ids(kinds: impl IntoIterator<Item = DeviceKind>) -> Vec<String> {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     kinds
@@ -59,8 +60,7 @@ pub fn device_ids(kinds: impl IntoIterator<Item = DeviceKind>) -> Vec<String> {
         .map(|kind| {
             let prefix = match kind {
                 DeviceKind::Block => "disk",
-                DeviceKind::Fs => "fs",
-                DeviceKind::Net => "net",
+                k => k.name(),
             };
             let n = seen.entry(prefix).or_default();
             let id = format!("{prefix}{n}");

@@ -16,6 +16,14 @@
 //! `--tap-fd`) are held by the VMM and passed again at each restart, as
 //! 4, 5, ... ([`DaemonSpec::fds`]).
 //!
+//! A third-party daemon that binds its socket itself
+//! ([`Listen::Own`]: rust-vmm's `vhost-device-vsock` for `--vsock`) gets
+//! the path in its arguments instead; the VMM waits for the socket to
+//! appear before it reports the daemon started, and the device's
+//! reconnect retries the path while a restarted one binds it again. Files
+//! such a daemon leaves behind ([`DaemonSpec::leaves`]: the hybrid vsock
+//! socket) are removed once it stopped.
+//!
 //! The program is found next to the `vmm` executable, else on `PATH`.
 
 use std::ffi::OsString;
@@ -41,6 +49,18 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 const LISTEN_FD: i32 = 3;
 /// The most descriptors passed besides the listener.
 pub const MAX_PASSED_FDS: usize = 16;
+/// How long a daemon that binds its own socket has to do it at its start.
+pub const OWN_SOCKET_WAIT: Duration = Duration::from_secs(10);
+
+/// How a daemon gets its listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// The VMM binds [`DaemonSpec::socket`] and passes it as `--fd 3`.
+    Fd,
+    /// The daemon binds [`DaemonSpec::socket`] itself (its arguments name
+    /// it); it is started once the socket accepts.
+    Own,
+}
 
 /// Errors starting a daemon; each names the program or path.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +95,9 @@ pub enum SpawnError {
     /// The daemon exited before the VMM could use it.
     #[error("{program} exited at once ({status}); see its error above")]
     ExitedAtOnce { program: PathBuf, status: String },
+    /// A daemon binding its own socket did not within [`OWN_SOCKET_WAIT`].
+    #[error("{program} did not listen on {socket} within {OWN_SOCKET_WAIT:?}")]
+    NoSocket { program: PathBuf, socket: PathBuf },
 }
 
 /// A private directory (0700) for the sockets of the daemons this VMM
@@ -138,6 +161,11 @@ pub struct DaemonSpec {
     /// Descriptors the daemon gets as [`DaemonSpec::fd_number`]s 4, 5, ...
     /// (at most [`MAX_PASSED_FDS`]), at every start.
     pub fds: Arc<Vec<OwnedFd>>,
+    /// Who binds the socket.
+    pub listen: Listen,
+    /// Files the daemon makes outside the runtime directory, removed once
+    /// it stopped (`vhost-device-vsock`'s hybrid socket).
+    pub leaves: Vec<PathBuf>,
 }
 
 impl DaemonSpec {
@@ -201,11 +229,15 @@ impl Supervised {
         }
         let program = locate(&spec.program)?;
         let _ = std::fs::remove_file(&spec.socket);
-        let listener = UnixListener::bind(&spec.socket).map_err(|source| SpawnError::Listen {
-            path: spec.socket.clone(),
-            source,
-        })?;
-        let listener = OwnedFd::from(listener);
+        let listener = match spec.listen {
+            Listen::Fd => Some(OwnedFd::from(UnixListener::bind(&spec.socket).map_err(
+                |source| SpawnError::Listen {
+                    path: spec.socket.clone(),
+                    source,
+                },
+            )?)),
+            Listen::Own => None,
+        };
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             pid: AtomicU32::new(0),
@@ -261,11 +293,15 @@ impl Supervised {
     }
 
     /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; waits for the
-    /// supervising thread (which sends them).
+    /// supervising thread (which sends them), then removes what the daemon
+    /// left ([`DaemonSpec::leaves`]).
     pub fn stop(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+            for f in &self.spec.leaves {
+                let _ = std::fs::remove_file(f);
+            }
         }
     }
 }
@@ -281,7 +317,7 @@ impl Drop for Supervised {
 fn supervise(
     spec: &DaemonSpec,
     program: &Path,
-    listener: &OwnedFd,
+    listener: &Option<OwnedFd>,
     shared: &Shared,
     started: std::sync::mpsc::Sender<Result<(), SpawnError>>,
 ) {
@@ -310,7 +346,23 @@ fn supervise(
         if let Some(tx) = started.take() {
             // A daemon that refuses its options exits at once: report that
             // instead of a device whose backend never answers.
-            match wait_for(&mut child, shared, Duration::from_millis(500)) {
+            let first = match spec.listen {
+                Listen::Fd => wait_for(&mut child, shared, Duration::from_millis(500)),
+                Listen::Own => match wait_for_socket(&mut child, shared, &spec.socket) {
+                    Ok(exited) => exited,
+                    Err(()) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        shared.pid.store(0, Ordering::Release);
+                        let _ = tx.send(Err(SpawnError::NoSocket {
+                            program: program.to_path_buf(),
+                            socket: spec.socket.clone(),
+                        }));
+                        return;
+                    }
+                },
+            };
+            match first {
                 Some(status) => {
                     shared.pid.store(0, Ordering::Release);
                     let _ = tx.send(Err(SpawnError::ExitedAtOnce {
@@ -389,6 +441,46 @@ fn wait_for(child: &mut Child, shared: &Shared, limit: Duration) -> Option<ExitS
     }
 }
 
+/// Waits until a [`Listen::Own`] daemon listens on its socket
+/// (`Ok(None)`), or exits (`Ok(Some)`); `Err` after [`OWN_SOCKET_WAIT`] or
+/// a stop. Read from `/proc/net/unix`, not by connecting: a vhost-user
+/// backend takes a probe connection for its frontend, and many serve again
+/// only after binding anew.
+fn wait_for_socket(
+    child: &mut Child,
+    shared: &Shared,
+    socket: &Path,
+) -> Result<Option<ExitStatus>, ()> {
+    let end = Instant::now() + OWN_SOCKET_WAIT;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Ok(Some(s));
+        }
+        if is_listening(socket) {
+            return Ok(None);
+        }
+        if Instant::now() >= end || shared.stopping.load(Ordering::Acquire) {
+            return Err(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a Unix socket bound at `path` listens (`__SO_ACCEPTCON` in its
+/// `/proc/net/unix` flags).
+fn is_listening(path: &Path) -> bool {
+    const SO_ACCEPTCON: u32 = 1 << 16;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return path.exists();
+    };
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.len() >= 8
+            && Path::new(cols[7]) == path
+            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & SO_ACCEPTCON != 0)
+    })
+}
+
 /// Waits for `child` to exit; once a stop is asked for, sends it SIGTERM
 /// (its clean exit) and, [`STOP_GRACE`] later, SIGKILL.
 fn wait_until_stop(child: &mut Child, shared: &Shared) -> ExitStatus {
@@ -422,22 +514,30 @@ fn wait_until_stop(child: &mut Child, shared: &Shared) -> ExitStatus {
     }
 }
 
-/// Starts `program` with `spec.args` and `--fd 3` on the listener, and
-/// `spec.fds` as 4, 5, ..., dying with its parent thread, stdout to
-/// /dev/null, stderr shared with the VMM.
-fn spawn(spec: &DaemonSpec, program: &Path, listener: &OwnedFd) -> Result<Child, SpawnError> {
+/// Starts `program` with `spec.args` (after `--fd 3` on the listener,
+/// if the VMM holds it), and `spec.fds` as 4, 5, ..., dying with its
+/// parent thread, stdout to /dev/null, stderr shared with the VMM.
+fn spawn(
+    spec: &DaemonSpec,
+    program: &Path,
+    listener: &Option<OwnedFd>,
+) -> Result<Child, SpawnError> {
     // Where each goes: [listener, fds...] to [3, 4, ...]; a fixed array,
-    // so the child allocates nothing.
+    // so the child allocates nothing. Without a listener, 3 stays unused
+    // (a slot of -1 is skipped).
     let mut sources = [-1; 1 + MAX_PASSED_FDS];
-    sources[0] = listener.as_raw_fd();
+    if let Some(l) = listener {
+        sources[0] = l.as_raw_fd();
+    }
     for (slot, fd) in sources[1..].iter_mut().zip(spec.fds.iter()) {
         *slot = fd.as_raw_fd();
     }
     let count = 1 + spec.fds.len().min(MAX_PASSED_FDS);
     let mut cmd = Command::new(program);
-    cmd.arg("--fd")
-        .arg(LISTEN_FD.to_string())
-        .args(&spec.args)
+    if listener.is_some() {
+        cmd.arg("--fd").arg(LISTEN_FD.to_string());
+    }
+    cmd.args(&spec.args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -461,12 +561,18 @@ fn spawn(spec: &DaemonSpec, program: &Path, listener: &OwnedFd) -> Result<Child,
             let mut moved = [-1; 1 + MAX_PASSED_FDS];
             let above = LISTEN_FD + count as i32;
             for i in 0..count {
+                if sources[i] < 0 {
+                    continue;
+                }
                 moved[i] = libc::fcntl(sources[i], libc::F_DUPFD_CLOEXEC, above);
                 if moved[i] < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
             for (i, &fd) in moved.iter().enumerate().take(count) {
+                if fd < 0 {
+                    continue;
+                }
                 if libc::dup2(fd, LISTEN_FD + i as i32) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -483,6 +589,17 @@ fn spawn(spec: &DaemonSpec, program: &Path, listener: &OwnedFd) -> Result<Child,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listening_socket_is_seen_in_proc_net_unix() {
+        let dir = RuntimeDir::create().unwrap();
+        let path = dir.path().join("l.sock");
+        assert!(!is_listening(&path));
+        let listener = UnixListener::bind(&path).unwrap();
+        assert!(is_listening(&path));
+        drop(listener);
+        assert!(!is_listening(&path), "a closed listener's file stays");
+    }
 
     #[test]
     fn a_missing_program_is_named() {

@@ -6,6 +6,7 @@
 //! the control API) returns on `vmm.shutdown`. [`Vm::controller`] is what
 //! the API acts on.
 
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,8 +33,13 @@ use devices::vhost_user::DeviceKind;
 
 use std::ffi::OsString;
 
-use crate::cli::{NetTap, VhostUserConfig};
-use crate::spawned::{DaemonSpec, RuntimeDir, SpawnError, Supervised};
+use crate::cli::{HybridVsock, NetTap, VhostUserConfig};
+use crate::spawned::{DaemonSpec, Listen, RuntimeDir, SpawnError, Supervised};
+
+/// The vsock backend the VMM runs for `--vsock` (rust-vmm's, from
+/// crates.io; `scripts/setup.sh` installs it), found next to the `vmm` or
+/// on `PATH`.
+pub const VSOCK_DAEMON: &str = "vhost-device-vsock";
 use crate::vcpu::setup::CpuError;
 use crate::vcpu::{self, Vcpu, VcpuCounters, VcpuGate};
 use crate::vhost_user::{
@@ -198,29 +204,63 @@ impl Backends {
                 }
                 (None, None) => None,
             };
-            if let Some((program, name, args, fds)) = spec {
-                let dir = match &backends.dir {
-                    Some(dir) => dir,
-                    None => backends.dir.insert(RuntimeDir::create()?),
-                };
-                let daemon = Supervised::start(DaemonSpec {
+            let dir = match (&spec, &d.vsock, &backends.dir) {
+                (None, None, _) => None,
+                (_, _, Some(dir)) => Some(dir),
+                _ => Some(&*backends.dir.insert(RuntimeDir::create()?)),
+            };
+            let spec = match (spec, &d.vsock, dir) {
+                (Some((program, name, args, fds)), _, Some(dir)) => Some(DaemonSpec {
                     program: program.into(),
                     args,
                     socket: dir.path().join(format!("{name}.sock")),
                     name,
                     fds: fds.unwrap_or_default(),
-                })?;
+                    listen: Listen::Fd,
+                    leaves: Vec::new(),
+                }),
+                (None, Some(vsock), Some(dir)) => {
+                    Some(vsock_daemon(&d, vsock, dir.path().join("vsock.sock")))
+                }
+                _ => None,
+            };
+            if let Some(spec) = spec {
+                let daemon = Supervised::start(spec)?;
                 d.socket = daemon.socket().to_path_buf();
                 backends.daemons.push(daemon);
             }
             match d.kind {
                 DeviceKind::Block => disk += 1,
                 DeviceKind::Net => nic += 1,
-                DeviceKind::Fs => {}
+                _ => {}
             }
             configs.push(d);
         }
         Ok((backends, configs))
+    }
+}
+
+/// rust-vmm's `vhost-device-vsock` for vsock `d`: it binds its vhost-user
+/// socket at `socket` itself (it takes no `--fd`) and the hybrid socket
+/// at `vsock.socket`, which it leaves behind when it ends. Not jailed: it
+/// has no sandbox of its own (its process is the VMM's child, dies with
+/// it, and runs without the VMM's seccomp filter).
+fn vsock_daemon(d: &VhostUserConfig, vsock: &HybridVsock, socket: PathBuf) -> DaemonSpec {
+    let vm = format!(
+        "guest-cid={},socket={},uds-path={},queue-size={}",
+        vsock.cid,
+        socket.display(),
+        vsock.socket.display(),
+        d.queue_size
+    );
+    DaemonSpec {
+        program: VSOCK_DAEMON.into(),
+        args: vec!["--vm".into(), vm.into()],
+        socket,
+        name: "vsock0".into(),
+        fds: Arc::default(),
+        listen: Listen::Own,
+        leaves: vec![vsock.socket.clone()],
     }
 }
 

@@ -1,7 +1,8 @@
 //! The device configuration layouts the frontend shows when a backend does
 //! not serve GET_CONFIG, and reads back to compare with what it asked
-//! for: `virtio_net_config` (from `virtio-bindings`) and
-//! `virtio_fs_config` (virtio 1.2 §5.11.4; `virtio-bindings` has none).
+//! for: `virtio_net_config` (from `virtio-bindings`),
+//! `virtio_fs_config` (virtio 1.2 §5.11.4; `virtio-bindings` has none) and
+//! `virtio_vsock_config` (§5.10.4).
 
 use std::mem::{offset_of, size_of};
 
@@ -28,6 +29,24 @@ pub const MAC_LEN: usize = 6;
 /// Length of `virtio_blk_config` up to `write_zeroes_may_unmap` and its
 /// padding.
 pub const BLK_CONFIG_LEN: usize = offset_of!(virtio_blk_config, max_secure_erase_sectors);
+
+/// Length of `virtio_vsock_config`: `guest_cid` (le64).
+pub const VSOCK_CONFIG_LEN: usize = size_of::<u64>();
+/// Length of `virtio_console_config`: `cols`, `rows` (le16), `max_nr_ports`,
+/// `emerg_wr` (le32).
+pub const CONSOLE_CONFIG_LEN: usize = 12;
+
+/// A `virtio_vsock_config`: the guest's context id.
+pub fn vsock_config(guest_cid: u64) -> Vec<u8> {
+    guest_cid.to_le_bytes().to_vec()
+}
+
+/// The `guest_cid` of a `virtio_vsock_config` (None if it is short).
+pub fn vsock_cid(config: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        config.get(..VSOCK_CONFIG_LEN)?.try_into().ok()?,
+    ))
+}
 
 /// A `virtio_fs_config`: `tag` (cut to [`FS_TAG_LEN`] bytes) and the
 /// number of request queues.
@@ -93,6 +112,14 @@ mod tests {
         let full = "t".repeat(40);
         assert_eq!(fs_tag(&fs_config(Some(&full), 1)), "t".repeat(36));
         assert_eq!(fs_tag(&fs_config(None, 1)), "");
+    }
+
+    #[test]
+    fn vsock_config_is_the_guest_cid_le64() {
+        let c = vsock_config(0x1_0000_0003);
+        assert_eq!(c, [3, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(vsock_cid(&c), Some(0x1_0000_0003));
+        assert_eq!(vsock_cid(&c[..7]), None);
     }
 
     #[test]

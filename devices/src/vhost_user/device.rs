@@ -86,7 +86,8 @@ pub struct DeviceOptions {
     /// Largest queue size (a power of two).
     pub queue_size: u16,
     /// The device configuration shown when the backend does not serve
-    /// GET_CONFIG (without CONFIG), `kind.config_len()` long.
+    /// GET_CONFIG (without CONFIG); its length is what GET_CONFIG asks for
+    /// (`kind.config_len()` by default; none: no GET_CONFIG).
     pub config: Vec<u8>,
     /// A lost connection makes the device [`DeviceState::Reconnecting`]
     /// (for a [`Reconnector`] to renew) instead of
@@ -104,6 +105,12 @@ impl DeviceOptions {
             config: vec![0; kind.config_len()],
             reconnect: false,
         }
+    }
+
+    /// The queues the backend serves: all but the kind's
+    /// [`vmm_queues`](DeviceKind::vmm_queues) (virtio-vsock's event queue).
+    pub fn backend_queues(&self) -> usize {
+        self.queues.saturating_sub(self.kind.vmm_queues())
     }
 }
 
@@ -216,7 +223,7 @@ impl VhostUserDevice {
         events: Box<dyn QueueEventProvider>,
     ) -> Result<Self, VhostUserError> {
         let path = path.as_ref().to_path_buf();
-        let conn = connect_socket(&path, options.queues)?;
+        let conn = connect_socket(&path, options.backend_queues())?;
         Self::with_conn(conn, path, options, memory, events)
     }
 
@@ -230,7 +237,6 @@ impl VhostUserDevice {
     ) -> Result<Self, VhostUserError> {
         let negotiated = handshake(conn.as_mut(), &options)?;
         let mut config = options.config.clone();
-        config.resize(options.kind.config_len(), 0);
         if let Some(c) = fetch_config(conn.as_mut(), negotiated, &options, &path)? {
             config = c;
         }
@@ -369,7 +375,7 @@ impl Reconnector {
     /// [`VhostUserError::Connect`] when nobody listens yet; see
     /// [`replay`](Self::replay) for the rest.
     pub fn try_connect(&self) -> Result<(), VhostUserError> {
-        let conn = connect_socket(&self.shared.path, self.shared.options.queues)?;
+        let conn = connect_socket(&self.shared.path, self.shared.options.backend_queues())?;
         self.replay(conn)
     }
 
@@ -610,7 +616,14 @@ impl Shared {
         {
             self.set_inflight(inner)?;
         }
-        for (q, &base) in queues.iter().zip(bases) {
+        // The queues the VMM keeps (vsock's event queue) are not the
+        // backend's: the driver's buffers wait there.
+        let backend_queues = self.options.backend_queues();
+        for (q, &base) in queues
+            .iter()
+            .zip(bases)
+            .filter(|(q, _)| usize::from(q.index) < backend_queues)
+        {
             let ring = |ring, addr, len| {
                 self.memory
                     .translate(addr, len)
@@ -670,7 +683,7 @@ impl Shared {
     /// back resubmits what was in flight and takes new requests after it.
     fn set_inflight(&self, inner: &mut Inner) -> Result<(), VhostUserError> {
         if inner.inflight.is_none() {
-            let queues = u16::try_from(self.options.queues).unwrap_or(u16::MAX);
+            let queues = u16::try_from(self.options.backend_queues()).unwrap_or(u16::MAX);
             let region = inner
                 .conn
                 .get_inflight_fd(queues, self.options.queue_size)
@@ -860,10 +873,10 @@ fn handshake(
     }
     if protocol.contains(VhostUserProtocolFeatures::MQ) {
         let offered = conn.get_queue_num().map_err(VhostUserError::GetQueueNum)?;
-        if offered < options.queues as u64 {
+        if offered < options.backend_queues() as u64 {
             return Err(VhostUserError::QueueCount {
                 offered,
-                wanted: options.queues,
+                wanted: options.backend_queues(),
             });
         }
     }
@@ -885,10 +898,11 @@ fn fetch_config(
     if !negotiated
         .protocol
         .contains(VhostUserProtocolFeatures::CONFIG)
+        || options.config.is_empty()
     {
         return Ok(None);
     }
-    match conn.get_config(0, options.kind.config_len() as u32) {
+    match conn.get_config(0, options.config.len() as u32) {
         Ok(c) => Ok(Some(c)),
         Err(e) => {
             let e = VhostUserError::GetConfig(e);

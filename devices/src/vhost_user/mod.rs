@@ -1,5 +1,7 @@
 //! The generic vhost-user frontend (issue #6): one [`VhostUserDevice`] for
-//! every device type; blk, net and fs differ only in their [`DeviceKind`].
+//! every device type; blk, net, fs, vsock, rng, console and any other
+//! type by number differ only in their [`DeviceKind`] (and
+//! [`DeviceOptions`]: queue count, configuration length and defaults).
 //!
 //! At construction the device connects to the backend's socket and sends
 //! SET_OWNER, GET_FEATURES, GET_PROTOCOL_FEATURES / SET_PROTOCOL_FEATURES
@@ -73,14 +75,19 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
 use thiserror::Error;
-use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_FS, VIRTIO_ID_NET};
+use virtio_bindings::virtio_ids::{
+    VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_FS, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES (bit 30): vhost-user's own feature bit,
 /// never shown to the guest.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
-/// Which virtio device a backend implements, with its defaults.
+/// Which virtio device a backend implements, with its defaults. blk, fs
+/// and net are the project's own daemons; the rest is the generic device
+/// (`--vhost-user type=...`): any device type any vhost-user backend
+/// serves, its configuration read with GET_CONFIG.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
     /// virtio-net (type 1): one RX/TX pair.
@@ -89,6 +96,16 @@ pub enum DeviceKind {
     Block,
     /// virtio-fs (type 26): the high-priority queue and one request queue.
     Fs,
+    /// virtio-vsock (type 19): RX, TX and the event queue, which stays in
+    /// the VMM (as QEMU's vhost-user-vsock keeps it): the backend serves
+    /// RX and TX only.
+    Vsock,
+    /// virtio-rng (type 4): one request queue.
+    Rng,
+    /// virtio-console (type 3): port 0's receive and transmit queues.
+    Console,
+    /// Any other virtio device type, by number.
+    Other(u32),
 }
 
 impl DeviceKind {
@@ -98,41 +115,83 @@ impl DeviceKind {
             Self::Net => VIRTIO_ID_NET,
             Self::Block => VIRTIO_ID_BLOCK,
             Self::Fs => VIRTIO_ID_FS,
+            Self::Vsock => VIRTIO_ID_VSOCK,
+            Self::Rng => VIRTIO_ID_RNG,
+            Self::Console => VIRTIO_ID_CONSOLE,
+            Self::Other(t) => t,
         }
+    }
+
+    /// The kind of virtio device type `t` (a named kind where there is one).
+    pub fn from_device_type(t: u32) -> Self {
+        [
+            Self::Net,
+            Self::Block,
+            Self::Fs,
+            Self::Vsock,
+            Self::Rng,
+            Self::Console,
+        ]
+        .into_iter()
+        .find(|k| k.device_type() == t)
+        .unwrap_or(Self::Other(t))
     }
 
     /// Queues used when the caller does not ask for a number.
     pub fn default_queues(self) -> usize {
         match self {
-            Self::Net | Self::Fs => 2,
-            Self::Block => 1,
+            Self::Net | Self::Fs | Self::Console => 2,
+            Self::Vsock => 3,
+            Self::Block | Self::Rng | Self::Other(_) => 1,
+        }
+    }
+
+    /// How many of the device's last queues stay in the VMM, never handed
+    /// to the backend: virtio-vsock's event queue (the device only uses
+    /// it to tell the driver of a transport reset, which a VMM without
+    /// migration never sends; the driver's buffers simply wait there).
+    pub fn vmm_queues(self) -> usize {
+        match self {
+            Self::Vsock => 1,
+            _ => 0,
         }
     }
 
     /// Largest queue size offered to the driver.
     pub fn default_queue_size(self) -> u16 {
         match self {
-            Self::Net | Self::Block => 256,
             Self::Fs => 1024,
+            _ => 256,
         }
     }
 
     /// Length of the device configuration: `virtio_net_config` up to `mtu`
     /// (12), `virtio_blk_config` up to `write_zeroes_may_unmap` and its
-    /// padding (60), `virtio_fs_config` (40).
+    /// padding (60), `virtio_fs_config` (40), `virtio_vsock_config` (8),
+    /// `virtio_console_config` (12), none for rng, and none known for
+    /// another type (the caller gives one).
     pub fn config_len(self) -> usize {
         match self {
             Self::Net => config::NET_CONFIG_LEN,
             Self::Block => config::BLK_CONFIG_LEN,
             Self::Fs => config::FS_CONFIG_LEN,
+            Self::Vsock => config::VSOCK_CONFIG_LEN,
+            Self::Console => config::CONSOLE_CONFIG_LEN,
+            Self::Rng | Self::Other(_) => 0,
         }
     }
 
-    fn name(self) -> &'static str {
+    /// `blk`, `fs`, `net`, `vsock`, `rng`, `console`, or `generic` for
+    /// another type (logs and `vm.info`).
+    pub fn name(self) -> &'static str {
         match self {
             Self::Net => "net",
             Self::Block => "blk",
             Self::Fs => "fs",
+            Self::Vsock => "vsock",
+            Self::Rng => "rng",
+            Self::Console => "console",
+            Self::Other(_) => "generic",
         }
     }
 }

@@ -313,6 +313,35 @@ fn device(
     (dev, Setup { b, asked })
 }
 
+/// A device with `options` over a fake backend offering
+/// PROTOCOL_FEATURES, `protocol`, `queue_num` queues and `config`.
+fn with_fake(
+    options: DeviceOptions,
+    protocol: P,
+    queue_num: u64,
+    config: Vec<u8>,
+) -> (Result<VhostUserDevice, VhostUserError>, Arc<Mutex<Backend>>) {
+    let b = Arc::new(Mutex::new(Backend {
+        config,
+        ..Default::default()
+    }));
+    let fake = Fake {
+        b: b.clone(),
+        features: VHOST_USER_F_PROTOCOL_FEATURES,
+        protocol,
+        queue_num,
+        need_reply: false,
+    };
+    let dev = VhostUserDevice::with_conn(
+        Box::new(fake),
+        "/run/x.sock".into(),
+        options,
+        table(),
+        Box::new(Events::default()),
+    );
+    (dev, b)
+}
+
 /// A device of `kind` connected to a fake backend that offers
 /// PROTOCOL_FEATURES and every protocol feature the frontend uses.
 fn connected(kind: DeviceKind) -> (VhostUserDevice, Setup) {
@@ -379,6 +408,94 @@ fn kinds_have_their_ids_and_defaults() {
         assert_eq!(kind.default_queues(), queues);
         assert_eq!(kind.config_len(), len);
         assert!(kind.default_queue_size().is_power_of_two());
+    }
+}
+
+#[test]
+fn generic_kinds_have_their_ids_and_defaults() {
+    for (kind, ty, queues, vmm, len) in [
+        (DeviceKind::Vsock, 19, 3, 1, 8),
+        (DeviceKind::Rng, 4, 1, 0, 0),
+        (DeviceKind::Console, 3, 2, 0, 12),
+        (DeviceKind::Other(42), 42, 1, 0, 0),
+    ] {
+        assert_eq!(kind.device_type(), ty);
+        assert_eq!(DeviceKind::from_device_type(ty), kind);
+        assert_eq!((kind.default_queues(), kind.vmm_queues()), (queues, vmm));
+        assert_eq!(kind.config_len(), len);
+    }
+    assert_eq!(DeviceKind::from_device_type(26), DeviceKind::Fs);
+}
+
+/// virtio-vsock: the config comes from GET_CONFIG (8 bytes, the cid), the
+/// backend is asked for 2 queues, and of the driver's 3 rings only RX and
+/// TX go to it: the event queue stays with the VMM.
+#[test]
+fn vsock_keeps_its_event_queue_and_reads_the_cid_from_the_backend() {
+    let (mut dev, s) = connected(DeviceKind::Vsock);
+    let log = no_reply(&s.log());
+    assert!(log.contains(&Msg::GetConfig(0, 8)), "{log:?}");
+    let mut cid = [0u8; 8];
+    dev.read_config(0, &mut cid);
+    assert_eq!(cid, [1, 2, 3, 4, 5, 6, 7, 8], "the backend's config");
+    assert_eq!((dev.device_type(), dev.num_queues()), (19, 3));
+    dev.activate(
+        VERSION_1,
+        vec![
+            queue(0, GUEST_BASE),
+            queue(1, GUEST_BASE + 0x1000),
+            queue(2, GUEST_BASE + 0x2000),
+        ],
+    )
+    .unwrap();
+    let rings: Vec<usize> = s
+        .log()
+        .into_iter()
+        .filter_map(|(m, _)| match m {
+            Msg::SetVringNum(q, _) => Some(q),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rings, [0, 1], "the event queue went to the backend");
+    assert_eq!(*s.asked.lock().unwrap(), vec![(0, 1), (1, 2)]);
+    // A reset stops the backend's two rings only.
+    dev.reset();
+    let stopped: Vec<Msg> = s.log().into_iter().map(|(m, _)| m).collect();
+    assert_eq!(
+        stopped,
+        [Msg::GetVringBase(1), Msg::GetVringBase(0), Msg::ResetDevice]
+    );
+}
+
+/// A backend offering fewer queues than the device has is fine as long
+/// as it serves those the VMM does not keep.
+#[test]
+fn vsock_needs_only_the_backends_queues() {
+    let (dev, _) = with_fake(DeviceOptions::new(DeviceKind::Vsock), P::MQ, 2, Vec::new());
+    assert_eq!(dev.unwrap().num_queues(), 3);
+}
+
+/// A generic device's configuration is as long as its options say: none
+/// (no GET_CONFIG at all) or the size asked for.
+#[test]
+fn a_generic_device_reads_the_config_size_it_was_given() {
+    for (len, asked) in [(0usize, None), (16, Some(Msg::GetConfig(0, 16)))] {
+        let mut options = DeviceOptions::new(DeviceKind::Other(42));
+        options.config = vec![0; len];
+        let (dev, b) = with_fake(options, P::CONFIG, 1, (1..=16).collect());
+        let dev = dev.unwrap();
+        let got = b
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .find(|(m, _)| matches!(m, Msg::GetConfig(..)))
+            .map(|(m, _)| m.clone());
+        assert_eq!(got, asked);
+        let mut buf = [0xffu8; 2];
+        dev.read_config(0, &mut buf);
+        assert_eq!(buf, if len == 0 { [0, 0] } else { [1, 2] });
+        assert_eq!(dev.device_type(), 42);
     }
 }
 
@@ -610,22 +727,8 @@ fn config_without_the_config_feature_is_local() {
 
 #[test]
 fn mq_backend_with_too_few_queues_is_refused() {
-    let b = Arc::new(Mutex::new(Backend::default()));
-    let fake = Fake {
-        b,
-        features: VHOST_USER_F_PROTOCOL_FEATURES,
-        protocol: P::MQ,
-        queue_num: 1,
-        need_reply: false,
-    };
-    let err = VhostUserDevice::with_conn(
-        Box::new(fake),
-        "/run/x.sock".into(),
-        DeviceOptions::new(DeviceKind::Net),
-        table(),
-        Box::new(Events::default()),
-    )
-    .unwrap_err();
+    let (dev, _) = with_fake(DeviceOptions::new(DeviceKind::Net), P::MQ, 1, Vec::new());
+    let err = dev.unwrap_err();
     assert!(matches!(
         err,
         VhostUserError::QueueCount {

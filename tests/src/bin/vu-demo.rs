@@ -11,7 +11,9 @@
 //! driver and then the VMs (they serve again after a frontend leaves). Our
 //! `vmm` boots Linux first: Debian's kernel where KVM is hardware-accelerated,
 //! the Linux kit's small kernel where `/dev/kvm` emulates guest kernel code
-//! (our machines; `vu_driver::linux`), saying which and why. Then Debian's
+//! (our machines; `vu_driver::linux`), saying which and why; it also has
+//! a vsock (a vhost-device-vsock the vmm runs) and echoes what the host
+//! sends to port 1024 through the hybrid socket. Then Debian's
 //! Linux under `qemu-system-x86_64 -accel tcg` uses the same backends as a
 //! third-party frontend.
 
@@ -29,6 +31,7 @@ use vu_driver::net::frame::{parse_udp, UdpFrame};
 use vu_driver::net::{NetClient, NetOptions, VirtioNetHdr};
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{self, BlkDaemonOpts};
+use vu_driver::vsock;
 
 /// Run a VM with a virtio-fs share, a virtio-blk disk and a virtio-net NIC,
 /// each served by its own vhost-user backend process.
@@ -199,7 +202,16 @@ fn vmm_phase(b: &Backends) -> Result<(), String> {
     println!("== VM: Linux under our vmm (KVM), each device through its backend process");
     let linux = vu_driver::linux::OurLinux::locate().map_err(err("Linux for our vmm"))?;
     println!("vmm: {} ({})", linux.why, linux.release);
-    let mut args = linux.vmm_args(&linux_script(), b.tag, 400);
+    // Kata's agent channel too: a vsock whose vhost-device-vsock the vmm
+    // runs; the guest echoes on port 1024 what the host sends through the
+    // hybrid socket.
+    let script = format!(
+        "{}{}{}",
+        vsock::guest_echo_start(),
+        linux_script(),
+        vsock::guest_echo_end()
+    );
+    let mut args = linux.vmm_args(&script, b.tag, 400);
     args.extend(vu_driver::vmm::device_args(
         b.blkd.socket(),
         b.tag,
@@ -207,8 +219,21 @@ fn vmm_phase(b: &Backends) -> Result<(), String> {
         b.netd.socket(),
         "02:00:00:00:02:02",
     ));
+    let hybrid = b.share.parent().unwrap_or(b.share).join("vsock.sock");
+    args.extend([
+        "--vsock".into(),
+        format!("cid=3,socket={}", hybrid.display()).into(),
+    ]);
+    let payload = pattern(4096);
+    let echoed = vsock::echo_in_background(
+        b.share.join(vsock::READY_FILE),
+        hybrid.clone(),
+        vsock::AGENT_PORT,
+        payload.clone(),
+        Duration::from_secs(600),
+    );
     let started = std::time::Instant::now();
-    let run = vu_driver::vmm::run_vmm(args, Duration::from_secs(600));
+    let run = vu_driver::vmm::run_vmm_with_vsock(args, Duration::from_secs(600));
     let console = vu_driver::guest::ConsoleParser::parse(&run.stdout);
     print_kv(&console.kv);
     let passed = console
@@ -222,6 +247,21 @@ fn vmm_phase(b: &Backends) -> Result<(), String> {
         ));
     }
     check_linux(b.share, &console.kv)?;
+    let echoed = echoed
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| "vsock: the host's connection did not finish".to_string())?
+        .map_err(|e| format!("vsock: {e}"))?;
+    if echoed.bytes != payload {
+        return Err("vsock: the guest's echo differs from what the host sent".into());
+    }
+    println!(
+        "host: CONNECT {} on {} answered {:?}; {} bytes echoed by the guest (cid {})",
+        vsock::AGENT_PORT,
+        hybrid.display(),
+        echoed.reply.trim_end(),
+        echoed.bytes.len(),
+        console.kv.get("vsock_cid").map_or("?", String::as_str)
+    );
     println!(
         "host: the guest powered off and our vmm exited 0 after {:.1?}",
         started.elapsed()

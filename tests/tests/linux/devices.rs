@@ -3,14 +3,23 @@
 //! `/dev/kvm` is an instruction emulator ([`OurLinux::locate`]). One vCPU,
 //! serial on stdout, and our three daemons: virtiofsd sharing a directory
 //! as `kataShared`, vhost-blk-daemon on an image, and vhost-net-daemon on a
-//! tap in a private network namespace with the host side at 10.0.7.1/24.
+//! tap in a private network namespace with the host side at 10.0.7.1/24;
+//! and Kata's agent channel: `--vsock cid=3,socket=PATH`, for which the
+//! VMM runs rust-vmm's vhost-device-vsock itself.
 //!
 //! The guest's script (run by the kit's `/init`) reads a file of the share
 //! and writes one; reads 1 MiB the host put on the disk and writes 1 MiB
 //! the host then finds in the image; pings the host side and sends 1 MiB
 //! over TCP to a listener the test runs in the namespace; reports its wall
 //! clock (from our CMOS RTC) and whether the kernel complained about our
-//! platform (timer wiring, ACPI, MSRs). Then it powers off (ACPI S5) and the VMM must exit 0.
+//! platform (timer wiring, ACPI, MSRs). Meanwhile the kit's `vsock-echo`
+//! serves AF_VSOCK port 1024 (where kata-agent listens) and, once it
+//! listens, creates a file in the share; the host then connects to the
+//! hybrid socket, writes `CONNECT 1024\n`, reads `OK <port>\n` and gets its
+//! bytes back, as Kata's shim reaches its agent. The script waits for that
+//! connection to end and reports the guest's cid (`guest_cid` of the
+//! device configuration, read through `/dev/vsock`). Then it powers off (ACPI S5) and the VMM must exit
+//! 0, the hybrid socket gone with its daemon.
 //!
 //! The data the guest writes is made in user mode (`seq`), which runs
 //! natively even on the emulator; /dev/urandom would cost ~29 s per MiB of
@@ -31,7 +40,8 @@ use vu_driver::linux::OurLinux;
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd_share, BlkDaemonOpts};
 use vu_driver::process::Finished;
-use vu_driver::vmm::{device_args, run_vmm};
+use vu_driver::vmm::{device_args, run_vmm_with_vsock};
+use vu_driver::vsock::{self, AGENT_PORT};
 
 const TAG: &str = "kataShared";
 const TAP: &str = "vmmlin0";
@@ -54,12 +64,17 @@ const GUEST_BLOCK: u64 = 48;
 const COMPLAINTS: &str = "MP-BIOS bug|Firmware Bug|ACPI Error|ACPI Warning|ACPI BIOS";
 /// The guest's wall clock may differ from the host's by this much.
 const CLOCK_SLACK_S: u64 = 60;
+/// The guest's vsock context id.
+const VSOCK_CID: u64 = 3;
+/// What the host sends through the vsock and must get back.
+const VSOCK_BYTES: usize = 16 * 1024;
 
 /// The guest's script (busybox sh); every check reports a value and a
 /// failure exits non-zero with its own code.
 fn script() -> String {
     format!(
         r#"set -e
+{vsock_start}
 test -n "$VUTEST_FS" || exit 10
 vutest-kv release "$(uname -r)"
 vutest-kv clock "$(date +%s)"
@@ -76,7 +91,9 @@ vutest-kv ping_received "$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp
 timeout 120 nc {HOST_IP} {TCP_PORT} </tmp/w || exit 22
 c="$(dmesg | grep -E '{COMPLAINTS}' | tr '\n' '|' || true)"
 vutest-kv complaints "${{c:-none}}"
-"#
+{vsock_end}"#,
+        vsock_start = vsock::guest_echo_start(),
+        vsock_end = vsock::guest_echo_end(),
     )
 }
 
@@ -150,11 +167,25 @@ fn linux_guest_uses_a_share_a_disk_and_a_nic() {
     let _net = vhost_net_daemon(&ns, &net_sock, &["--tap", TAP, "--mac", MAC])
         .unwrap_or_else(|e| panic!("{e}"));
 
+    let hybrid = dir.join("vsock.sock");
+    let payload = image::pattern(0x5eed_0001, VSOCK_BYTES);
+    let echoed = vsock::echo_in_background(
+        share.join(vsock::READY_FILE),
+        hybrid.clone(),
+        AGENT_PORT,
+        payload.clone(),
+        VMM_TIMEOUT,
+    );
+
     let mut args = linux.vmm_args(&script(), TAG, SCRIPT_TIMEOUT_S);
     args.extend(["--cpus".into(), "boot=1".into()]);
     args.extend(device_args(&blk_sock, TAG, fs_sock, &net_sock, MAC));
+    args.extend([
+        "--vsock".into(),
+        format!("cid={VSOCK_CID},socket={}", hybrid.display()).into(),
+    ]);
     let started = now_s();
-    let run = run_vmm(args, VMM_TIMEOUT);
+    let run = run_vmm_with_vsock(args, VMM_TIMEOUT);
     let ended = now_s();
 
     let console = ConsoleParser::parse(&run.stdout);
@@ -213,6 +244,32 @@ fn linux_guest_uses_a_share_a_disk_and_a_nic() {
         "guest clock {clock}, host {started}..{ended}"
     );
     assert_eq!(kv("complaints"), Some("none"), "{}", show(&run));
+    // The agent channel: hybrid vsock to the guest's port and back.
+    let echoed = echoed
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the vsock thread did not finish")
+        .unwrap_or_else(|e| panic!("vsock: {e}\n{}", show(&run)));
+    let reply = &echoed.reply;
+    assert!(
+        reply.starts_with("OK ") && reply.ends_with('\n'),
+        "CONNECT {AGENT_PORT} got {reply:?}"
+    );
+    assert!(
+        echoed.bytes == payload,
+        "the vsock echo differs from what the host sent"
+    );
+    // The cid the guest has is the one the device's configuration gave.
+    assert_eq!(
+        kv("vsock_cid"),
+        Some(VSOCK_CID.to_string().as_str()),
+        "{}",
+        show(&run)
+    );
+    assert!(
+        !hybrid.exists(),
+        "{} is left behind after the VMM exited",
+        hybrid.display()
+    );
     assert!(run.stderr.contains("guest powered off"), "{}", show(&run));
     assert_eq!(run.code(), Some(0), "{}", show(&run));
 }

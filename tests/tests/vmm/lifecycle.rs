@@ -2,7 +2,9 @@
 //! 16 step 1): `vmm --api-socket PATH -v --seccomp false` with no kernel,
 //! `vmm.ping`, `vm.create` with the `VmConfig` clh.go builds, `vm.boot`,
 //! the test guest driving our three daemons, `vm.info` in CH's shape,
-//! `vm.shutdown`, `vm.delete`, `vmm.shutdown` (exit 0, socket removed). And
+//! `vm.shutdown`, `vm.delete`, `vmm.shutdown` (exit 0, socket removed),
+//! the vsock's `vhost-device-vsock` the VMM ran gone with its hybrid
+//! socket. And
 //! the bad input: each a 4xx with a JSON error naming the field or file,
 //! the VMM left as it was.
 
@@ -15,10 +17,10 @@ use vu_driver::fixture::{poll_until, Daemon, Readiness, TempDir};
 use vu_driver::fw_devices;
 use vu_driver::http;
 use vu_driver::ours::bare_command;
-use vu_driver::process::Finished;
+use vu_driver::process::{children_running, Finished};
 use vu_driver::vmm::{
-    assert_disk_share_nic_listed, halting_kernel, serial as console, shutdown_vmm, test_guest,
-    wait_for_serial, WAITING,
+    assert_devices_listed, halting_kernel, serial as console, shutdown_vmm, test_guest,
+    wait_for_serial, with_vsock_backend, WAITING,
 };
 
 /// KVM here emulates every instruction: the guest needs seconds; the
@@ -26,10 +28,11 @@ use vu_driver::vmm::{
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Our `vmm` with `args`, ready once its API socket exists (it appears
-/// already listening).
+/// Our `vmm` with `args` (and rust-vmm's vsock backend on its PATH),
+/// ready once its API socket exists (it appears already listening).
 fn spawn_vmm(args: &[&str], api: &Path) -> Daemon {
     let mut cmd: Command = bare_command("vmm").unwrap_or_else(|e| panic!("{e}"));
+    with_vsock_backend(&mut cmd);
     cmd.args(args);
     Daemon::spawn("vmm", cmd, api, &[Readiness::Path(api.to_path_buf())], WAIT)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -140,20 +143,15 @@ fn kata_launch_sequence_with_our_three_daemons() {
         &["vm.create"],
     );
 
-    // The body exactly as clh.go shapes it: its hybrid vsock is refused
-    // by name (no vsock device yet), and nothing is created.
+    // The body as clh.go shapes it (its hybrid vsock: the VMM runs
+    // vhost-device-vsock), with the disk and NIC Kata would add later
+    // (vm.add-disk, vm.add-net) as vhost-user devices of our daemons.
     let mut config = kata_vm_create(&Launch {
         kernel: &guest,
         console: &console_file,
         fs: &f.socket,
         vsock: &vsock,
     });
-    assert_refused(create(&api, &config), 400, &["vsock", "no virtio-vsock"]);
-    assert_refused(call(&api, "GET", "/api/v1/vm.info", None), 404, &[]);
-
-    // Without the vsock, and with the disk and NIC Kata would add later
-    // (vm.add-disk, vm.add-net) as vhost-user devices of our daemons.
-    config.as_object_mut().unwrap().remove("vsock");
     config["disks"] = json!([{
         "vhost_user": true, "vhost_socket": b.socket, "num_queues": 1, "queue_size": 128,
     }]);
@@ -194,10 +192,22 @@ fn kata_launch_sequence_with_our_three_daemons() {
         .iter()
         .map(|d| d["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["block", "fs", "net"], "{info}");
+    assert_eq!(kinds, ["block", "fs", "net", "vsock"], "{info}");
     for d in devices {
         assert_eq!(d["backend_state"], "connected", "{info}");
     }
+    // The hybrid socket Kata's shim connects to, served by a daemon the
+    // VMM runs.
+    assert!(
+        vsock.exists(),
+        "no hybrid vsock socket at {}",
+        vsock.display()
+    );
+    assert_eq!(
+        children_running(vmm.pid(), "vhost-device-vsock").len(),
+        1,
+        "no vhost-device-vsock among the vmm's children"
+    );
     assert_eq!(put(&api, "/api/v1/vm.boot").0, 409);
     assert_refused(create(&api, &config), 409, &["already created"]);
     assert_eq!(put(&api, "/api/v1/vm.pause").0, 204);
@@ -219,6 +229,9 @@ fn kata_launch_sequence_with_our_three_daemons() {
         404,
         &["vm.create"],
     );
+    let left = children_running(vmm.pid(), "");
+    assert!(left.is_empty(), "daemons left after vm.delete: {left:?}");
+    assert!(!vsock.exists(), "the hybrid vsock socket was left behind");
     let status = shutdown_vmm(&api, &mut vmm, WAIT, log);
     assert!(!api.exists(), "the API socket was left behind");
 
@@ -229,7 +242,10 @@ fn kata_launch_sequence_with_our_three_daemons() {
         stderr: log(&vmm),
     };
     let daemons = [&b.daemon, &f.daemon, &n.daemon];
-    assert_disk_share_nic_listed(&run.stdout, || fw_devices::show(&run, &daemons));
+    // The vsock (virtio id 19) after them; the test guest has no driver.
+    assert_devices_listed(&run.stdout, &["pci 00:04.0 1af4:1053"], || {
+        fw_devices::show(&run, &daemons)
+    });
     fw_devices::assert_blk(&run, &b, &daemons);
     fw_devices::assert_fs(&run, fw_devices::TAG, &daemons);
     fw_devices::assert_net(&run, &n, true, &daemons);
@@ -327,8 +343,22 @@ fn bad_input_is_a_4xx_naming_the_field_and_leaves_nothing() {
         400,
         &["fs[0].tag: is required"],
     );
-    // None of that created anything.
+    let lost = dir.join("no-such-dir").join("clh.sock");
+    assert_refused(
+        create(&api, &ok(json!({"vsock": {"cid": 3, "socket": lost}}))),
+        400,
+        &["vsock.socket", "no-such-dir"],
+    );
+    let clh = dir.join("clh.sock");
+    assert_refused(
+        create(&api, &ok(json!({"vsock": {"cid": 2, "socket": clh}}))),
+        400,
+        &["vsock.cid", "cid=2 is reserved"],
+    );
+    // None of that created or started anything.
     assert_refused(call(&api, "GET", "/api/v1/vm.info", None), 404, &[]);
+    assert!(children_running(pid, "").is_empty());
+    assert!(!clh.exists());
 
     // A config whose disk socket nobody serves: created, then vm.boot
     // fails naming the socket, and the VM is dropped whole.
@@ -495,7 +525,6 @@ fn the_command_line_vm_reports_its_config_in_ch_shape() {
 #[test]
 fn vm_reboot_restarts_the_guest_with_its_devices_set_up_again() {
     use vu_driver::fw_devices::{add_net_with_queue, assert_guest_frame, sector8_expected};
-    use vu_driver::process::children_running;
 
     let dir = TempDir::new("vmm-lifecycle-reboot").unwrap();
     let b = fw_devices::blk(&dir);

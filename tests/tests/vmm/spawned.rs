@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vu_driver::fixture::{create_sparse_image, poll_until, TempDir};
+use vu_driver::fixture::{create_sparse_image, poll_until, Daemon, TempDir};
 use vu_driver::fw_devices::{line, sector8_expected, DISK_SIZE};
 use vu_driver::process::{children_running, command_line, serving_pid};
 use vu_driver::vmm::{
@@ -60,22 +60,21 @@ fn the_guest_uses_an_image_served_by_a_daemon_the_vmm_runs() {
     );
 }
 
+/// The test guest in `mode` with `extra` options under a VMM serving its
+/// API; the VMM, its API socket and the console file, both in `dir`.
+fn spawn_guest(dir: &Path, mode: &str, extra: &[String]) -> (Daemon, PathBuf, PathBuf) {
+    let api = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let vmm = spawn_test_guest(&api, &console, mode, extra, TIMEOUT);
+    (vmm, api, console)
+}
+
 #[test]
 fn a_spawned_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
     let (dir, image) = dir_with_image("vmm-spawned-restart", "disk.img");
-    let api = dir.join("api.sock");
-    let console = dir.join("console.txt");
-    let mut vmm = spawn_test_guest(
-        &api,
-        &console,
-        "blk-loop",
-        &[
-            "--disk".into(),
-            format!("path={},num_queues=1", image.display()),
-        ],
-        TIMEOUT,
-    );
-    let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &[]);
+    let disk = format!("path={},num_queues=1", image.display());
+    let (mut vmm, api, console) = spawn_guest(dir.path(), "blk-loop", &["--disk".into(), disk]);
+    let show = |vmm: &Daemon| guest_logs(&console, vmm, &[]);
     assert!(
         poll_until(TIMEOUT, || blk_loop_rounds(&console) >= 3),
         "the guest does not loop over blk I/O\n{}",
@@ -373,4 +372,54 @@ fn a_nic_on_a_named_tap_gets_a_daemon_the_vmm_runs() {
     // Started by the VMM, stopped (cleanly) with it.
     assert!(all.contains("net0: started vhost-net-daemon"), "{all}");
     assert!(all.contains("stopped (TX 1 frames"), "{all}");
+}
+
+/// `--vsock`: the VMM runs rust-vmm's vhost-device-vsock (which binds its
+/// own socket) as it runs our daemons: one child, the hybrid socket where
+/// asked; SIGKILLed, it is started again, binds anew, the device
+/// reconnects; when the VMM ends neither the daemon nor the hybrid socket
+/// is left.
+#[test]
+fn a_spawned_vsock_daemon_that_dies_is_restarted_and_nothing_is_left_behind() {
+    let dir = TempDir::new("vmm-spawned-vsock").unwrap();
+    let hybrid = dir.join("clh.sock");
+    let vsock = format!("cid=3,socket={}", hybrid.display());
+    let (mut vmm, api, console) =
+        spawn_guest(dir.path(), "wait-power-button", &["--vsock".into(), vsock]);
+    let show = |vmm: &Daemon| guest_logs(&console, vmm, &[]);
+    // The API serves before the VM is built: wait for the daemon.
+    assert!(
+        poll_until(WAIT, || vmm.log_contents().contains("vu-watch: watching")),
+        "{}",
+        show(&vmm)
+    );
+    let daemons = children_running(vmm.pid(), "vhost-device-vsock");
+    assert_eq!(daemons.len(), 1, "{daemons:?}\n{}", show(&vmm));
+    let first = daemons[0];
+    assert!(
+        command_line(first).contains("guest-cid=3,socket="),
+        "{}",
+        command_line(first)
+    );
+    assert!(hybrid.exists(), "{}", show(&vmm));
+    assert_eq!(vm_info(&api)["devices"][0]["kind"], "vsock");
+
+    // SAFETY: kill(2) with a pid and a signal touches no memory.
+    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+    assert!(
+        poll_until(WAIT, || vm_counter(&api, "vsock0", "reconnects") == 1),
+        "{}",
+        show(&vmm)
+    );
+    let now = children_running(vmm.pid(), "vhost-device-vsock");
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], first);
+    assert!(hybrid.exists(), "{}", show(&vmm));
+    assert_eq!(vm_counter(&api, "vsock0", "needs_reset"), 0);
+
+    press_power_button(&api, &vmm, WAIT, || show(&vmm));
+    let all = show(&vmm);
+    shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+    assert!(!alive(now[0]), "the vsock daemon outlived the VMM");
+    assert!(!hybrid.exists(), "{} is left behind", hybrid.display());
 }

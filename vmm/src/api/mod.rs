@@ -14,7 +14,7 @@
 //! | PUT | `/api/v1/vm.shutdown` | 204 | |
 //! | PUT | `/api/v1/vm.reboot` | 204, once the VM built again runs | |
 //! | PUT | `/api/v1/vm.power-button` | 204 | |
-//! | PUT | `/api/v1/vm.add-disk`, `vm.add-fs`, `vm.add-net` | 204 (before `vm.boot`) | an entry of `vm.create`'s `disks`, `fs`, `net`; `vm.add-net` with tap fds |
+//! | PUT | `/api/v1/vm.add-disk`, `vm.add-fs`, `vm.add-net`, `vm.add-vsock` | 204 (before `vm.boot`) | an entry of `vm.create`'s `disks`, `fs`, `net`, or its `vsock` (one); `vm.add-net` with tap fds |
 //! | PUT | `/api/v1/vmm.shutdown` | 204, then the connection closes | |
 //!
 //! `vm.create` needs its body; other request bodies are accepted (none,

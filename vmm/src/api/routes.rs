@@ -52,6 +52,11 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
         "PUT",
         Endpoint::VmAdd(DeviceKind::Net),
     ),
+    (
+        "/api/v1/vm.add-vsock",
+        "PUT",
+        Endpoint::VmAdd(DeviceKind::Vsock),
+    ),
 ];
 
 /// A response, and whether the connection closes after it.

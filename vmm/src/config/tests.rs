@@ -300,9 +300,19 @@ fn what_we_cannot_honour_is_refused_by_its_field() {
             "net[0].vhost_mode",
         ),
         (
-            json!({"vsock": {"cid": 3, "socket": "/run/clh.sock"}}),
-            "vsock",
+            json!({"vsock": {"cid": 2, "socket": "/run/clh.sock"}}),
+            "vsock.cid",
         ),
+        (
+            json!({"vsock": {"cid": 3, "socket": "/no/such/dir/clh.sock"}}),
+            "vsock.socket",
+        ),
+        (
+            json!({"vsock": {"cid": 3, "socket": "/tmp/clh.sock", "iommu": true}}),
+            "vsock.iommu",
+        ),
+        (json!({"vsock": {"socket": "/tmp/clh.sock"}}), "vsock.cid"),
+        (json!({"vsock": [3]}), "vsock"),
         (json!({"pmem": [{"file": "/img"}]}), "pmem"),
         (json!({"iommu": true}), "iommu"),
         (
@@ -491,6 +501,43 @@ fn devices_added_before_boot_join_the_plan_in_plug_order() {
     assert_eq!(e.field, "disks[2].vhost_socket", "{e}");
     let e = add_device(&plan, DeviceKind::Net, &json!({"tap": "a/b"}), Vec::new()).unwrap_err();
     assert_eq!(e.field, "net[1].tap", "{e}");
+}
+
+/// Kata's `vsock: {cid, socket}` in `vm.create`, or `vm.add-vsock`
+/// before boot: one vsock, whose daemon the VMM runs; echoed in vm.info.
+#[test]
+fn a_vsock_from_vm_create_or_vm_add_vsock() {
+    let k = kernel();
+    let sock = std::env::temp_dir().join("vmm-config-clh.sock");
+    let vsock =
+        json!({"cid": 3, "socket": sock, "iommu": false, "pci_segment": 0, "id": "_vsock0"});
+    let plan = from_api(&json!({"payload": {"kernel": k}, "vsock": vsock})).unwrap();
+    let d = &plan.config.devices[0];
+    assert_eq!((d.kind, d.device_queues()), (DeviceKind::Vsock, 3));
+    let v = d.vsock.as_ref().unwrap();
+    assert_eq!((v.cid, v.socket.as_path()), (3, sock.as_path()));
+    assert!(plan.unsupported.is_empty(), "{:?}", plan.unsupported);
+    assert_eq!(
+        to_api(&plan.config)["vsock"],
+        json!({"cid": 3, "socket": sock})
+    );
+    // A second one is refused; without one, vm.add-vsock adds it.
+    let e = add_device(&plan, DeviceKind::Vsock, &vsock, Vec::new()).unwrap_err();
+    assert_eq!(e.field, "vsock", "{e}");
+    let plan = from_api(&json!({"payload": {"kernel": k}})).unwrap();
+    let e = add_device(
+        &plan,
+        DeviceKind::Vsock,
+        &json!({"cid": 1, "socket": sock}),
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "vsock.cid", "{e}");
+    let e = add_device(&plan, DeviceKind::Vsock, &vsock, open_n("/dev/null", 1)).unwrap_err();
+    assert_eq!(e.field, "vsock.fds", "{e}");
+    let plan = add_device(&plan, DeviceKind::Vsock, &vsock, Vec::new()).unwrap();
+    assert_eq!(plan.config.devices[0].kind, DeviceKind::Vsock);
+    assert_eq!(plan.echo["vsock"], vsock);
 }
 
 /// Opens `n` descriptors of `path`.

@@ -38,7 +38,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use devices::pci::{BusError, MsiSink, PciAddress, PciDevice, MSIX_NO_VECTOR};
-use devices::vhost_user::config::{fs_config, fs_tag, net_config, net_mac};
+use devices::vhost_user::config::{
+    fs_config, fs_tag, net_config, net_mac, vsock_cid, vsock_config,
+};
 use devices::vhost_user::{
     DeviceKind, DeviceOptions, DeviceState, MemoryTable, QueueEventProvider, QueueEvents,
     Reconnector, VhostUserDevice, VhostUserError,
@@ -91,13 +93,9 @@ pub struct DeviceError {
     pub source: SetupError,
 }
 
-/// `blk`, `fs` or `net`.
+/// `blk`, `fs`, `net`, `vsock`, `rng`, `console` or `generic`.
 pub fn kind_name(kind: DeviceKind) -> &'static str {
-    match kind {
-        DeviceKind::Block => "blk",
-        DeviceKind::Fs => "fs",
-        DeviceKind::Net => "net",
-    }
+    kind.name()
 }
 
 /// What `vm.info` reports about a device.
@@ -119,7 +117,9 @@ pub struct DeviceInfo {
 
 /// The frontend's options for `config`: queue count and size, and the
 /// configuration shown when the backend does not serve GET_CONFIG (the fs
-/// tag and request queue count; the NIC's MAC, link up, queue pairs).
+/// tag and request queue count; the NIC's MAC, link up, queue pairs; the
+/// vsock's cid; `config_size` zeros for a generic device), whose length is
+/// what GET_CONFIG asks for.
 pub fn device_options(config: &VhostUserConfig) -> DeviceOptions {
     let mut options = DeviceOptions::new(config.kind);
     options.queues = config.device_queues();
@@ -134,23 +134,34 @@ pub fn device_options(config: &VhostUserConfig) -> DeviceOptions {
             let pairs = u16::try_from(config.num_queues / 2).unwrap_or(u16::MAX);
             options.config = net_config(config.mac, pairs);
         }
-        DeviceKind::Block => {}
+        DeviceKind::Vsock => {
+            if let Some(v) = &config.vsock {
+                options.config = vsock_config(v.cid);
+            }
+        }
+        DeviceKind::Block | DeviceKind::Rng | DeviceKind::Console | DeviceKind::Other(_) => {}
+    }
+    if let Some(n) = config.config_size {
+        options.config.resize(n, 0);
     }
     options
 }
 
 /// The guest sees the backend's configuration when it serves one: say so
-/// when its fs tag or MAC is not what the command line asked for.
+/// when its fs tag, MAC or vsock cid is not what the command line asked
+/// for.
 fn warn_if_backend_differs(config: &VhostUserConfig, device: &VhostUserDevice) {
-    let (field, ours) = match (config.kind, &config.tag, config.mac) {
-        (DeviceKind::Fs, Some(tag), _) => ("tag", tag.clone()),
-        (DeviceKind::Net, _, Some(mac)) => ("MAC", net_mac(&mac)),
+    let (field, ours) = match (config.kind, &config.tag, config.mac, &config.vsock) {
+        (DeviceKind::Fs, Some(tag), _, _) => ("tag", tag.clone()),
+        (DeviceKind::Net, _, Some(mac), _) => ("MAC", net_mac(&mac)),
+        (DeviceKind::Vsock, _, _, Some(v)) => ("cid", v.cid.to_string()),
         _ => return,
     };
     let mut served = vec![0u8; config.kind.config_len()];
     device.read_config(0, &mut served);
     let theirs = match config.kind {
         DeviceKind::Net => net_mac(&served),
+        DeviceKind::Vsock => vsock_cid(&served).unwrap_or_default().to_string(),
         _ => fs_tag(&served),
     };
     if theirs != ours {
