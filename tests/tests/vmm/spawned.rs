@@ -315,30 +315,14 @@ fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
 #[test]
 fn a_nic_on_a_tap_descriptor_the_vmm_inherits() {
     use std::os::fd::AsRawFd;
-    use vu_driver::fw_devices::{assert_guest_frame, line, tap_queue, MAC};
+    use vu_driver::fw_devices::{tap_queue, MAC};
     use vu_driver::process::inherit_fd_as;
 
     let tap = tap_queue("vspfd");
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
     let vmm = vu_driver::ours::project_binary("vmm").unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = std::process::Command::new(&vmm);
-    cmd.args(["--no-reboot", "--kernel"])
-        .arg(&guest)
-        .args(["--memory", "size=64M", "--serial", "stdio", "--net"])
-        .arg(format!("fd=3,mac={MAC}"));
     inherit_fd_as(&mut cmd, tap.queue.as_raw_fd(), 3);
-    vu_driver::process::without_systemd_env(&mut cmd);
-    let run = vu_driver::process::run_bounded(&mut cmd, TIMEOUT).unwrap();
-    let all = show_run(&run);
-    assert_eq!(run.code(), Some(0), "{all}");
-    let l = line(&run, "net: ").unwrap_or_else(|| panic!("no net line\n{all}"));
-    assert!(
-        l.starts_with(&format!("net: mac {MAC}; sent a frame")),
-        "{l}\n{all}"
-    );
-    assert_guest_frame(&tap.packets, &tap.ns, &all);
-    assert!(all.contains("net0: started vhost-net-daemon"), "{all}");
-    assert!(all.contains("stopped (TX 1 frames"), "{all}");
+    run_with_a_nic(cmd, &format!("fd=3,mac={MAC}"), &tap.ns, &tap.packets);
 }
 
 /// `--net tap=NAME,mac=MAC` on the command line, Cloud Hypervisor's form:
@@ -347,18 +331,35 @@ fn a_nic_on_a_tap_descriptor_the_vmm_inherits() {
 /// daemon stops with the VMM.
 #[test]
 fn a_nic_on_a_named_tap_gets_a_daemon_the_vmm_runs() {
-    use vu_driver::fw_devices::{assert_guest_frame, line, tap_queue, MAC, TAP};
+    use vu_driver::fw_devices::{tap_queue, TapQueue, MAC, TAP};
 
-    let tap = tap_queue("vsptn");
+    let TapQueue { ns, packets, queue } = tap_queue("vsptn");
     // The daemon attaches to the tap by name; the test's queue goes.
-    drop(tap.queue);
-    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    drop(queue);
     let vmm = vu_driver::ours::project_binary("vmm").unwrap_or_else(|e| panic!("{e}"));
-    let mut cmd = tap.ns.command(&vmm);
-    cmd.arg("--kernel")
+    run_with_a_nic(
+        ns.command(&vmm),
+        &format!("tap={TAP},mac={MAC}"),
+        &ns,
+        &packets,
+    );
+}
+
+/// Runs `vmm` (`cmd`) with the test guest and `--net net` to its end: the
+/// guest's frame comes out of the tap in `ns` (read on `packets`), through
+/// a vhost-net-daemon the VMM started and stopped (cleanly) with itself.
+fn run_with_a_nic(
+    mut cmd: std::process::Command,
+    net: &str,
+    ns: &vu_driver::netns::NetNs,
+    packets: &vu_driver::netns::PacketSocket,
+) {
+    use vu_driver::fw_devices::{assert_guest_frame, line, MAC};
+
+    let guest = test_guest().unwrap_or_else(|e| panic!("{e}"));
+    cmd.args(["--no-reboot", "--kernel"])
         .arg(&guest)
-        .args(["--memory", "size=64M", "--serial", "stdio", "--net"])
-        .arg(format!("tap={TAP},mac={MAC}"));
+        .args(["--memory", "size=64M", "--serial", "stdio", "--net", net]);
     vu_driver::process::without_systemd_env(&mut cmd);
     let run = vu_driver::process::run_bounded(&mut cmd, TIMEOUT).unwrap();
     let all = show_run(&run);
@@ -368,8 +369,7 @@ fn a_nic_on_a_named_tap_gets_a_daemon_the_vmm_runs() {
         l.starts_with(&format!("net: mac {MAC}; sent a frame")),
         "{l}\n{all}"
     );
-    assert_guest_frame(&tap.packets, &tap.ns, &all);
-    // Started by the VMM, stopped (cleanly) with it.
+    assert_guest_frame(packets, ns, &all);
     assert!(all.contains("net0: started vhost-net-daemon"), "{all}");
     assert!(all.contains("stopped (TX 1 frames"), "{all}");
 }
