@@ -52,6 +52,11 @@ pub struct OurLinux {
     base_cmdline: String,
 }
 
+/// What Linux prints when it finds our platform wanting (the timer's
+/// wiring, ACPI tables and registers, MSRs): a `grep -E` pattern for the
+/// guest's dmesg.
+pub const PLATFORM_COMPLAINTS: &str = "MP-BIOS bug|Firmware Bug|ACPI Error|ACPI Warning|ACPI BIOS";
+
 impl OurLinux {
     /// The Linux for this machine: Debian's where KVM is fast, else the
     /// small kit. An error names the missing kit file and the script that
@@ -129,6 +134,18 @@ impl OurLinux {
     /// `--kernel K --initramfs I --cmdline C --memory size=M --serial stdio
     /// --no-reboot` (the kit's kernel reboots on a panic: that ends the run).
     pub fn vmm_args(&self, script: &str, fs_tag: &str, timeout_s: u64) -> Vec<std::ffi::OsString> {
+        self.vmm_args_with_memory(script, fs_tag, timeout_s, &format!("size={}", self.memory))
+    }
+
+    /// [`vmm_args`](Self::vmm_args) with `--memory memory` (`size=0` for
+    /// `--memory-zone`s the caller adds).
+    pub fn vmm_args_with_memory(
+        &self,
+        script: &str,
+        fs_tag: &str,
+        timeout_s: u64,
+        memory: &str,
+    ) -> Vec<std::ffi::OsString> {
         vec![
             "--no-reboot".into(),
             "--kernel".into(),
@@ -138,7 +155,7 @@ impl OurLinux {
             "--cmdline".into(),
             self.cmdline(script, fs_tag, timeout_s).into(),
             "--memory".into(),
-            format!("size={}", self.memory).into(),
+            memory.into(),
             "--serial".into(),
             "stdio".into(),
         ]

@@ -12,7 +12,7 @@
 //! gives each vCPU's APIC id and each zone's memory range its node
 //! (proximity domain = `guest_numa_id`), and the SLIT the distances
 //! between nodes: without them Linux sees one node, however the host
-//! placed the zones.
+//! placed the zones; the host bridge then has `_PXM` 0.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -106,8 +106,11 @@ fn gas_io(port: u16, bit_width: u8) -> [u8; 12] {
     g
 }
 
-/// The PCI host bridge: `Scope (\_SB) { Device (PCI0) { .. } }`.
-fn pci_host_bridge(mmio64: (u64, u64)) -> Vec<u8> {
+/// The PCI host bridge: `Scope (\_SB) { Device (PCI0) { .. } }`. With
+/// guest NUMA nodes, `_PXM` puts it (and so its devices) in node 0, as
+/// Cloud Hypervisor's default PCI segment is; without it Linux logs
+/// "Unknown NUMA node; performance will be reduced" for the bus.
+fn pci_host_bridge(mmio64: (u64, u64), numa: bool) -> Vec<u8> {
     let io_start = layout::PCI_IO_START as u16;
     let io_end = (layout::PCI_IO_START + layout::PCI_IO_SIZE - 1) as u16;
     let crs = aml::resource_template(&[
@@ -131,6 +134,9 @@ fn pci_host_bridge(mmio64: (u64, u64)) -> Vec<u8> {
     body.extend(aml::name(b"_SEG", &aml::integer(0)));
     body.extend(aml::name(b"_UID", &aml::integer(0)));
     body.extend(aml::name(b"_BBN", &aml::integer(0)));
+    if numa {
+        body.extend(aml::name(b"_PXM", &aml::integer(0)));
+    }
     body.extend(aml::name(b"_CRS", &crs));
     aml::device(b"PCI0", &body)
 }
@@ -150,12 +156,12 @@ fn com1() -> Vec<u8> {
     aml::device(b"COM1", &body)
 }
 
-fn dsdt(mmio64: (u64, u64)) -> Vec<u8> {
+fn dsdt(mmio64: (u64, u64), numa: bool) -> Vec<u8> {
     let mut t = Sdt::new(b"DSDT", 2);
     // Name (_S5_, Package (2) { 5, 5 })
     t.put(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a]);
     t.put(&[S5_SLP_TYP as u8, 0x0a, S5_SLP_TYP as u8]);
-    let mut sb = pci_host_bridge(mmio64);
+    let mut sb = pci_host_bridge(mmio64, numa);
     sb.extend(com1());
     t.put(&aml::scope(b"\\_SB_", &sb));
     t.finish()
@@ -411,7 +417,7 @@ pub fn build(
     debug_assert_eq!(facs_addr % 64, 0);
     blob.extend(facs());
     let dsdt_addr = base.0 + blob.len() as u64;
-    blob.extend(dsdt(mmio64));
+    blob.extend(dsdt(mmio64, numa.is_some()));
     align(&mut blob);
     let fadt_addr = base.0 + blob.len() as u64;
     blob.extend(fadt(facs_addr, dsdt_addr));
@@ -540,7 +546,12 @@ mod tests {
 
     #[test]
     fn dsdt_has_the_pci_host_bridge() {
-        let t = dsdt(MMIO64);
+        let t = dsdt(MMIO64, false);
+        assert!(find(&t, b"_PXM").is_none());
+        // With guest nodes, the bridge is in node 0.
+        let numa = dsdt(MMIO64, true);
+        assert_eq!(sum(&numa), 0);
+        assert!(find(&numa, &[0x08, b'_', b'P', b'X', b'M', 0]).is_some());
         assert_eq!(sum(&t), 0);
         assert_eq!(u32_at(&t, 4) as usize, t.len());
         let scope = find(&t, b"\\_SB_").expect("\\_SB_ scope");
@@ -572,7 +583,7 @@ mod tests {
 
     #[test]
     fn dsdt_describes_com1_in_the_sb_scope() {
-        let t = dsdt(MMIO64);
+        let t = dsdt(MMIO64, false);
         let scope = find(&t, b"\\_SB_").unwrap();
         let com1 = find(&t, b"COM1").expect("a COM1 device");
         assert!(com1 > scope, "COM1 is inside \\_SB_");

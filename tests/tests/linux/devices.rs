@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vu_driver::fixture::{create_sparse_image, TempDir};
 use vu_driver::guest::{ConsoleParser, GuestStatus};
 use vu_driver::image;
-use vu_driver::linux::OurLinux;
+use vu_driver::linux::{OurLinux, PLATFORM_COMPLAINTS};
 use vu_driver::netns::NetNs;
 use vu_driver::ours::{vhost_blk_daemon, vhost_net_daemon, virtiofsd_share, BlkDaemonOpts};
 use vu_driver::process::Finished;
@@ -59,9 +59,6 @@ const MIB: u64 = 1 << 20;
 /// writes its data (the host reads it), in 64 KiB blocks.
 const HOST_BLOCK: u64 = 16;
 const GUEST_BLOCK: u64 = 48;
-/// What Linux prints when it finds our platform wanting (the timer's
-/// wiring, ACPI tables and registers, MSRs).
-const COMPLAINTS: &str = "MP-BIOS bug|Firmware Bug|ACPI Error|ACPI Warning|ACPI BIOS";
 /// The guest's wall clock may differ from the host's by this much.
 const CLOCK_SLACK_S: u64 = 60;
 /// The guest's vsock context id.
@@ -89,7 +86,7 @@ vutest-kv mac "$(cat /sys/class/net/eth0/address)"
 if ! ping -c 3 -i 0.2 -w 60 {HOST_IP} >/tmp/ping 2>&1; then cat /tmp/ping; exit 21; fi
 vutest-kv ping_received "$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping)"
 timeout 120 nc {HOST_IP} {TCP_PORT} </tmp/w || exit 22
-c="$(dmesg | grep -E '{COMPLAINTS}' | tr '\n' '|' || true)"
+c="$(dmesg | grep -E '{PLATFORM_COMPLAINTS}' | tr '\n' '|' || true)"
 vutest-kv complaints "${{c:-none}}"
 {vsock_end}"#,
         vsock_start = vsock::guest_echo_start(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use vu_driver::fixture::{poll_until, TempDir};
 use vu_driver::fw_devices;
-use vu_driver::process::{mappings, process_tree, status_kib};
+use vu_driver::process::{mappings, process_tree, status_kib, Finished};
 use vu_driver::vmm::{
     assert_one_line_refusal, guest_logs, press_power_button, serial, shutdown_vmm,
     spawn_test_guest_with_memory, test_guest, wait_for_serial, TwoNodeGuest, WAITING,
@@ -101,6 +101,10 @@ fn reserve_huge_pages(pages: u64) -> HugePool {
     pool
 }
 
+/// Guest RAM on prefaulted huge pages with a disk, a share and a NIC:
+/// every page is taken from the pool (HugePages_Total - HugePages_Free
+/// grows by the guest's RAM) and each daemon, mapping the hugetlbfs memfd,
+/// serves its device (a sector, a file over FUSE, a frame on the tap).
 #[test]
 fn guest_ram_on_prefaulted_huge_pages_is_shared_with_the_daemons() {
     let pages = GUEST_MIB * 1024 / PAGE_KIB;
@@ -109,16 +113,26 @@ fn guest_ram_on_prefaulted_huge_pages_is_shared_with_the_daemons() {
     let used_before = huge_pages_in_use();
     let dir = TempDir::new("vmm-huge").unwrap();
     let b = fw_devices::blk(&dir);
+    let f = fw_devices::fs_share(&dir, &[]);
+    let n = fw_devices::net(&dir);
     let (api, console) = (dir.join("api.sock"), dir.join("console.txt"));
     let mut vmm = spawn_test_guest_with_memory(
         &api,
         &console,
         "wait-power-button",
         &format!("size={GUEST_MIB}M,hugepages=on,prefault=on"),
-        &["--disk".into(), format!("socket={}", b.socket.display())],
+        &[
+            "--disk".into(),
+            format!("socket={}", b.socket.display()),
+            "--fs".into(),
+            format!("tag={},socket={}", fw_devices::TAG, f.socket.display()),
+            "--net".into(),
+            format!("socket={},mac={}", n.socket.display(), fw_devices::MAC),
+        ],
         TIMEOUT,
     );
-    let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &[&b.daemon]);
+    let daemons = [&b.daemon, &f.daemon, &n.daemon];
+    let show = |vmm: &vu_driver::fixture::Daemon| guest_logs(&console, vmm, &daemons);
     wait_for_serial(&mut vmm, &console, WAITING, TIMEOUT, show);
     // The guest's RAM is the huge pages, all of them taken from the pool
     // (prefaulted; without prefault=on they would be reserved at mmap and
@@ -130,16 +144,30 @@ fn guest_ram_on_prefaulted_huge_pages_is_shared_with_the_daemons() {
         show(&vmm)
     );
     assert_eq!(huge_pages_in_use() - used_before, pages, "{}", show(&vmm));
-    // The daemon mapped them too and served the guest's sector.
-    let out = serial(&console);
-    assert!(
-        out.contains("blk: capacity") && out.contains("wrote and read back sector 8: ok"),
-        "{}",
-        show(&vmm)
-    );
+    // Each daemon's serving process maps the memfd.
+    for d in daemons {
+        let procs = process_tree(d.pid());
+        assert!(
+            procs
+                .iter()
+                .any(|&p| !mappings(p, "vmm-guest-ram-mem0").is_empty()),
+            "{} ({procs:?}) does not map the huge page memfd\n{}",
+            d.name(),
+            show(&vmm)
+        );
+    }
     press_power_button(&api, &vmm, WAIT, || show(&vmm));
     let all = show(&vmm);
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
+    // And each served its device.
+    let run = Finished {
+        status: None,
+        stdout: serial(&console),
+        stderr: vmm.log_contents(),
+    };
+    fw_devices::assert_blk(&run, &b, &daemons);
+    fw_devices::assert_fs(&run, fw_devices::TAG, &daemons);
+    fw_devices::assert_net(&run, &n, true, &daemons);
     assert!(poll_until(WAIT, || huge("free_hugepages") == free_before));
 }
 
