@@ -97,24 +97,23 @@ pub enum Relay {
     Off,
     /// Its sockets in a private directory ([`crate::relay::RelayDir::create`]).
     Dir,
-    /// Its sockets on abstract names: for a daemon in a network namespace
-    /// of its own, whose jailed root has no directory to bind in.
+    /// Its sockets on abstract names: for a jailed daemon, whose root has
+    /// no directory to bind in.
     Abstract,
 }
 
 impl Relay {
-    /// The relay a daemon jailed in `mode` gets: abstract names in its
-    /// network namespace of its own, a private directory without a jail;
-    /// none in a chroot, whose root has no directory to bind in and where
-    /// an abstract name (in the host's network namespace) would be open to
-    /// any local process. Through the relay, a message with more
-    /// descriptors than a vhost-user message may carry is refused by name
-    /// and ends the connection (the vhost crate alone drops it unlogged
-    /// and reads on).
+    /// The relay a daemon jailed in `mode` gets: abstract names in a jail
+    /// (in the namespace jail's network namespace of its own; in a
+    /// chroot's, the host's, guarded as
+    /// [`RelayDir::abstract_names`] says), a private directory without a
+    /// jail. Through the relay, a message with more descriptors than a
+    /// vhost-user message may carry is refused by name and ends the
+    /// connection (the vhost crate alone drops it unlogged and reads on),
+    /// and a device may track requests in flight.
     pub fn for_sandbox(mode: SandboxMode) -> Self {
         match mode {
-            SandboxMode::Namespace => Relay::Abstract,
-            SandboxMode::Chroot => Relay::Off,
+            SandboxMode::Namespace | SandboxMode::Chroot => Relay::Abstract,
             SandboxMode::None => Relay::Dir,
         }
     }
