@@ -9,7 +9,10 @@ use std::path::Path;
 
 use vu_driver::blk::{BlkClient, BlkOptions};
 use vu_driver::ours::BlkDaemonOpts;
-use vu_driver::process::{fd_targets, seccomp_mode, serving_pid, status_field};
+use vu_driver::process::{
+    assert_held, assert_namespaces_apart, fd_targets, jail_namespaces, seccomp_mode, serving_pid,
+    status_field,
+};
 
 use crate::common::*;
 
@@ -33,18 +36,10 @@ fn jailed(mode: &str, aio: &str) {
     }
     // The supervisor outside the namespaces (the process we started) is
     // held as tightly as the child that serves.
-    for (who, pid) in [("serving process", pid), ("supervisor", s.daemon.pid())] {
-        for field in ["CapEff", "CapPrm"] {
-            let value = status_field(pid, field).unwrap();
-            assert_eq!(value, "0000000000000000", "{mode}: the {who}'s {field}");
-        }
-        assert_eq!(
-            status_field(pid, "NoNewPrivs").unwrap(),
-            "1",
-            "{mode}: {who}"
-        );
-        assert_eq!(seccomp_mode(pid).unwrap(), 2, "{mode}: {who}");
-    }
+    const NONE: &str = "0000000000000000";
+    assert_held(pid, &format!("{mode}: the serving process"), NONE);
+    assert_held(s.daemon.pid(), &format!("{mode}: the supervisor"), NONE);
+    assert_namespaces_apart(pid, mode, jail_namespaces(mode));
     // The root is empty: nothing of the host by path.
     let root: Vec<_> = fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()

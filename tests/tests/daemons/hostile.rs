@@ -17,8 +17,7 @@ for_each_daemon!(
     add_mem_reg_with_a_region_larger_than_its_fd_is_refused,
     add_mem_reg_past_the_advertised_slots_is_refused,
     a_message_with_253_descriptors_is_refused_by_name,
-    a_message_with_253_descriptors_is_refused_by_name_in_a_chroot
-        ignore(net = "vhost-net-daemon refuses --sandbox chroot"),
+    a_message_with_253_descriptors_is_refused_by_name_in_a_chroot,
 );
 
 /// The size of the memfd behind a lying region.

@@ -686,24 +686,14 @@ fn jail_holds_only_the_share(sandbox: &str) {
             log_tail(&run.daemon, 10)
         )
     });
-    let status = |pid, field| vu_driver::process::status_field(pid, field).unwrap();
-    let seccomp = |pid| vu_driver::process::seccomp_mode(pid).unwrap();
-    assert_eq!(status(pid, "CapEff"), FS_CAPS, "{sandbox}: serving CapEff");
-    assert_eq!(status(pid, "NoNewPrivs"), "1", "{sandbox}: serving");
-    assert_eq!(seccomp(pid), 2, "{sandbox}: serving");
-    let supervisor = run.daemon.pid();
+    use vu_driver::process::{assert_held, assert_namespaces_apart, jail_namespaces};
+    assert_held(pid, &format!("{sandbox}: the serving process"), FS_CAPS);
     if sandbox == "namespace" {
+        let supervisor = run.daemon.pid();
         assert_ne!(pid, supervisor, "no supervised child");
-        for field in ["CapEff", "CapPrm"] {
-            assert_eq!(
-                status(supervisor, field),
-                "0000000000000000",
-                "the supervisor's {field}"
-            );
-        }
-        assert_eq!(status(supervisor, "NoNewPrivs"), "1", "the supervisor");
-        assert_eq!(seccomp(supervisor), 2, "the supervisor");
+        assert_held(supervisor, "the supervisor", "0000000000000000");
     }
+    assert_namespaces_apart(pid, sandbox, jail_namespaces(sandbox));
     let mut root: Vec<String> = fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
