@@ -89,6 +89,10 @@ pub struct Spec<'a> {
     /// Pass each connection through a [`relay`](crate::relay) (for
     /// frontends that enable rings before setting features).
     pub relay: Relay,
+    /// The daemon opens and removes no file by path once confined (a
+    /// jailed vhost-blk-daemon or vhost-net-daemon): its filter drops
+    /// [`seccomp::FILES`] ([`seccomp::apply_without_files`]).
+    pub no_files: bool,
 }
 
 /// Whether and how connections pass through a [`relay`](crate::relay).
@@ -177,7 +181,11 @@ where
     }
     let mut ioctls = seccomp::VHOST_USER_IOCTLS.to_vec();
     ioctls.extend_from_slice(spec.ioctls);
-    seccomp::apply(spec.seccomp, &allowed, &ioctls)?;
+    if spec.no_files {
+        seccomp::apply_without_files(spec.seccomp, &allowed, &ioctls)?;
+    } else {
+        seccomp::apply(spec.seccomp, &allowed, &ioctls)?;
+    }
     service.ready();
     let options = spec.vhost_user.ring_options();
     serve::serve(

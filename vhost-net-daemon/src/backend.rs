@@ -91,6 +91,9 @@ pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
         syscalls: &[],
         ioctls: TAP_IOCTLS,
         relay: Relay::for_sandbox(cli.sandbox),
+        // The tap's queues are open; the socket file is not ours to
+        // remove in a jail.
+        no_files: cli.sandbox != common::sandbox::SandboxMode::None,
     };
     let mode = cli.sandbox;
     let taps: Vec<RawFd> = (0..usize::from(pairs))

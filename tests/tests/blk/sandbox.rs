@@ -40,6 +40,11 @@ fn jailed(mode: &str, aio: &str) {
     assert_held(pid, &format!("{mode}: the serving process"), NONE);
     assert_held(s.daemon.pid(), &format!("{mode}: the supervisor"), NONE);
     assert_namespaces_apart(pid, mode, jail_namespaces(mode));
+    // Its filter leaves out opening and removing files by path.
+    assert!(
+        log.contains("no file opened or removed by path"),
+        "{mode}: the filter still allows files\n{log}"
+    );
     // The root is empty: nothing of the host by path.
     let root: Vec<_> = fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()

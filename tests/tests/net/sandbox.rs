@@ -60,6 +60,11 @@ fn jailed(mode: &str) {
     for (who, pid) in held {
         assert_held(pid, &format!("{mode}: the {who}"), "0000000000000000");
     }
+    // Its filter leaves out opening and removing files by path.
+    assert!(
+        log.contains("no file opened or removed by path"),
+        "{mode}: the filter still allows files\n{log}"
+    );
     // The daemon starts in the test's network namespace, apart from ours
     // whatever the jail.
     let mut own = jail_namespaces(mode).to_vec();
