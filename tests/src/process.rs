@@ -259,6 +259,20 @@ pub fn jail_namespaces(mode: &str) -> &'static [&'static str] {
     }
 }
 
+/// The uid nobody, as a jail started by an unprivileged user sees it.
+pub const NOBODY: u32 = 65534;
+
+/// Asserts that `pid` runs in a user namespace of its own mapping
+/// [`NOBODY`] (who started it) to 0 inside.
+pub fn assert_maps_nobody_to_root(pid: u32) {
+    let uid_map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "65534", "1"],
+        "the jail's user namespace maps nobody to 0"
+    );
+}
+
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmSize`, `RssShmem`, ...)
 /// in KiB.
 pub fn status_kib(pid: u32, field: &str) -> io::Result<u64> {

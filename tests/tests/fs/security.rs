@@ -738,12 +738,7 @@ fn the_namespace_jail_works_without_root() {
     let pid = serving_process(&run)
         .unwrap_or_else(|| panic!("no sandboxed process; log:\n{}", log_tail(&run.daemon, 10)));
     assert_ne!(pid, run.daemon.pid(), "no supervised child");
-    let uid_map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
-    assert_eq!(
-        uid_map.split_whitespace().collect::<Vec<_>>(),
-        ["0", "65534", "1"],
-        "the jail's user namespace maps nobody to 0"
-    );
+    vu_driver::process::assert_maps_nobody_to_root(pid);
     assert_eq!(vu_driver::process::seccomp_mode(pid).unwrap(), 2);
     assert_eq!(
         vu_driver::process::status_field(pid, "NoNewPrivs").unwrap(),

@@ -17,15 +17,19 @@ use crate::common::*;
 
 /// A frame each way between a new client and the tap's host side.
 fn frames_cross(r: &Rig, what: &str) {
-    let mut net = r.client();
+    frames_cross_at(r.socket(), &r.pkt, what);
+}
+
+/// [`frames_cross`] for the daemon on `socket`, the tap's host side `pkt`.
+fn frames_cross_at(socket: &std::path::Path, pkt: &vu_driver::netns::PacketSocket, what: &str) {
+    let mut net = vu_driver::net::NetClient::connect(socket, &Default::default()).unwrap();
     let frame = UdpFrame {
         src_mac: GUEST_MAC,
         ..UdpFrame::default()
     }
     .build(what.as_bytes());
     net.send(0, &VirtioNetHdr::plain(), &frame).unwrap();
-    let got = r
-        .pkt
+    let got = pkt
         .recv_matching(T, |b| {
             parse_udp(b).is_some_and(|v| v.payload == what.as_bytes())
         })
@@ -36,7 +40,7 @@ fn frames_cross(r: &Rig, what: &str) {
         ..UdpFrame::default()
     }
     .build(what.as_bytes());
-    r.pkt.send(&back).unwrap();
+    pkt.send(&back).unwrap();
     let got = driver_until(&mut net, 0, T, |b| b == back.as_slice());
     assert_eq!(got.last().map(|(_, f)| f), Some(&back), "{what}: RX");
 }
@@ -104,4 +108,47 @@ fn the_namespace_jail_holds_nothing_but_the_tap_and_serves() {
 #[test]
 fn the_chroot_jail_holds_nothing_but_the_tap_and_serves() {
     jailed("chroot");
+}
+
+/// Not root: the namespace jail builds on a user namespace of its own
+/// (nobody mapped to 0 inside); the tap belongs to nobody, so attaching
+/// its queue needs no capability. Frames cross both ways.
+#[test]
+fn the_namespace_jail_works_without_root() {
+    const NOBODY: &str = "65534";
+    let ns = vu_driver::netns::NetNs::new("vnd").unwrap();
+    ns.disable_ipv6().unwrap();
+    let tap = ["tuntap", "add", TAP, "mode", "tap", "vnet_hdr"];
+    ns.ip(&[&tap[..], &["user", NOBODY, "group", NOBODY]].concat())
+        .unwrap();
+    ns.ip(&["link", "set", TAP, "up"]).unwrap();
+    let dir = vu_driver::fixture::TempDir::new("vnd-unpriv").unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let socket = dir.join("net.sock");
+    let mut cmd = ns.command(std::path::Path::new("setpriv"));
+    cmd.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"]);
+    cmd.arg(vu_driver::ours::project_binary("vhost-net-daemon").unwrap());
+    vu_driver::process::without_systemd_env(&mut cmd);
+    cmd.arg("--socket-path").arg(&socket);
+    cmd.args([
+        "--tap",
+        TAP,
+        "--mac",
+        GUEST_MAC_ARG,
+        "--sandbox",
+        "namespace",
+    ]);
+    let daemon = vu_driver::fixture::Daemon::spawn_on("vhost-net-daemon", cmd, &socket)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pkt = ns.packet_socket(TAP).unwrap();
+    frames_cross_at(&socket, &pkt, "as nobody");
+    let pid = serving_pid(daemon.pid());
+    let log = daemon.log_contents();
+    assert_ne!(pid, daemon.pid(), "no supervised child\n{log}");
+    assert_held(pid, "the serving process", "0000000000000000");
+    vu_driver::process::assert_maps_nobody_to_root(pid);
+    let root = fs::read_dir(format!("/proc/{pid}/root")).unwrap().count();
+    assert_eq!(root, 0, "the jail's root is not empty\n{log}");
+    frames_cross_at(&socket, &pkt, "as nobody, a second frontend");
+    drop(daemon);
 }
