@@ -87,6 +87,10 @@ pub struct Spec<'a> {
     /// Pass each connection through a [`relay`](crate::relay) (for
     /// frontends that enable rings before setting features).
     pub relay: Relay,
+    /// The daemon opens and removes no file by path once confined (a
+    /// jailed vhost-blk-daemon or vhost-net-daemon): its filter drops
+    /// [`seccomp::FILES`] ([`seccomp::apply_without_files`]).
+    pub no_files: bool,
 }
 
 /// Whether and how connections pass through a [`relay`](crate::relay).
@@ -95,24 +99,23 @@ pub enum Relay {
     Off,
     /// Its sockets in a private directory ([`crate::relay::RelayDir::create`]).
     Dir,
-    /// Its sockets on abstract names: for a daemon in a network namespace
-    /// of its own, whose jailed root has no directory to bind in.
+    /// Its sockets on abstract names: for a jailed daemon, whose root has
+    /// no directory to bind in.
     Abstract,
 }
 
 impl Relay {
-    /// The relay a daemon jailed in `mode` gets: abstract names in its
-    /// network namespace of its own, a private directory without a jail;
-    /// none in a chroot, whose root has no directory to bind in and where
-    /// an abstract name (in the host's network namespace) would be open to
-    /// any local process. Through the relay, a message with more
-    /// descriptors than a vhost-user message may carry is refused by name
-    /// and ends the connection (the vhost crate alone drops it unlogged
-    /// and reads on).
+    /// The relay a daemon jailed in `mode` gets: abstract names in a jail
+    /// (in the namespace jail's network namespace of its own; in a
+    /// chroot's, the host's, guarded as
+    /// [`RelayDir::abstract_names`] says), a private directory without a
+    /// jail. Through the relay, a message with more descriptors than a
+    /// vhost-user message may carry is refused by name and ends the
+    /// connection (the vhost crate alone drops it unlogged and reads on),
+    /// and a device may track requests in flight.
     pub fn for_sandbox(mode: SandboxMode) -> Self {
         match mode {
-            SandboxMode::Namespace => Relay::Abstract,
-            SandboxMode::Chroot => Relay::Off,
+            SandboxMode::Namespace | SandboxMode::Chroot => Relay::Abstract,
             SandboxMode::None => Relay::Dir,
         }
     }
@@ -176,7 +179,11 @@ where
     }
     let mut ioctls = seccomp::VHOST_USER_IOCTLS.to_vec();
     ioctls.extend_from_slice(spec.ioctls);
-    seccomp::apply(spec.seccomp, &allowed, &ioctls)?;
+    if spec.no_files {
+        seccomp::apply_without_files(spec.seccomp, &allowed, &ioctls)?;
+    } else {
+        seccomp::apply(spec.seccomp, &allowed, &ioctls)?;
+    }
     service.ready();
     let options = spec.vhost_user.ring_options();
     serve::serve(

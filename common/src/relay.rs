@@ -86,9 +86,8 @@ pub enum RelayError {
 
 /// Where relays make the handler's sockets: a private directory made once
 /// (before the daemon's seccomp filter goes on) and removed on drop; or,
-/// in a jail with a network namespace of its own (whose root has no
-/// directory to bind in), abstract socket names, which only processes of
-/// that namespace (the jailed daemon alone) can reach.
+/// in a jail (whose root has no directory to bind in), abstract socket
+/// names, each listening for our one connection only.
 #[derive(Debug)]
 pub struct RelayDir {
     /// None: abstract names.
@@ -128,9 +127,12 @@ impl RelayDir {
         })
     }
 
-    /// Abstract socket names instead of a directory: only for a daemon in
-    /// a network namespace of its own (the namespace sandbox), where no
-    /// other process can connect first.
+    /// Abstract socket names instead of a directory, for a jailed daemon
+    /// whose root has no private directory to bind in: in the namespace
+    /// jail its network namespace of its own holds them; in the chroot
+    /// jail they are in the host's, where
+    /// [`abstract_pair`](Self::abstract_pair) makes sure the handler
+    /// accepts our connection and no other.
     pub fn abstract_names() -> Self {
         RelayDir {
             dir: None,
@@ -158,20 +160,91 @@ impl RelayDir {
     }
 }
 
+/// How many abstract names [`RelayDir::pair`] tries before giving up, when
+/// another process connects to each first.
+const ABSTRACT_ATTEMPTS: u32 = 16;
+
 impl RelayDir {
-    /// [`pair`](Self::pair) on the abstract name `vhost-user-relay.PID.N`.
+    /// [`pair`](Self::pair) on a fresh abstract name
+    /// `vhost-user-relay.PID.N.RANDOM`.
+    ///
+    /// Safe in the host's network namespace too (the chroot jail has no
+    /// other): the listener's queue holds one connection (backlog 0), and
+    /// ours is made non-blocking, so it is queued only if nobody else's
+    /// is. If another process connected between our `listen` and our
+    /// `connect`, ours fails with EAGAIN and the name is dropped, with
+    /// the other connection unaccepted. So the handler's one `accept`
+    /// returns ours; a connection made after ours waits until that
+    /// `accept` and is reset when the listener is dropped.
     fn abstract_pair(n: u64) -> Result<(Listener, UnixStream), RelayError> {
-        use std::os::linux::net::SocketAddrExt;
-        let name = format!("vhost-user-relay.{}.{n}", std::process::id());
-        let err = |source| RelayError::Socket {
+        let mut last = None;
+        for _ in 0..ABSTRACT_ATTEMPTS {
+            let mut random = [0u8; 8];
+            // SAFETY: getrandom writes at most `random.len()` bytes into it.
+            let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+            let tag = if got == random.len() as isize {
+                u64::from_le_bytes(random)
+            } else {
+                // Uniqueness still comes from the pid and the counter.
+                0
+            };
+            let name = format!("vhost-user-relay.{}.{n}.{tag:016x}", std::process::id());
+            match Self::abstract_pair_at(&name) {
+                Ok(Some(pair)) => return Ok(pair),
+                Ok(None) => {
+                    log::warn!("relay socket @{name}: another process connected first; trying another name");
+                    last = Some(RelayError::Socket {
+                        path: PathBuf::from(format!("@{name}")),
+                        source: io::Error::from(io::ErrorKind::AddrInUse),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(RelayError::Socket {
+            path: PathBuf::from("@vhost-user-relay"),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        }))
+    }
+
+    /// One attempt of [`abstract_pair`](Self::abstract_pair) on `name`:
+    /// `None` when our connection could not be the one queued (the name is
+    /// taken, or another connection came first).
+    fn abstract_pair_at(name: &str) -> Result<Option<(Listener, UnixStream)>, RelayError> {
+        use nix::sys::socket::{
+            bind, connect, listen, socket, AddressFamily, SockFlag, SockType, UnixAddr,
+        };
+        let err = |source: io::Error| RelayError::Socket {
             path: PathBuf::from(format!("@{name}")),
             source,
         };
-        let addr =
-            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(err)?;
-        let listener = UnixListener::bind_addr(&addr).map_err(err)?;
-        let ours = UnixStream::connect_addr(&addr).map_err(err)?;
-        Ok((Listener::from(listener), ours))
+        let nix_err = |e: nix::Error| err(io::Error::from(e));
+        let addr = UnixAddr::new_abstract(name.as_bytes()).map_err(nix_err)?;
+        let stream = || {
+            socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .map_err(nix_err)
+        };
+        // SAFETY: `socket` just returned this descriptor, owned nowhere else.
+        let listener = unsafe { UnixListener::from_raw_fd(stream()?) };
+        listener.set_nonblocking(false).map_err(err)?;
+        match bind(listener.as_raw_fd(), &addr) {
+            Err(nix::Error::EADDRINUSE) => return Ok(None),
+            r => r.map_err(nix_err)?,
+        }
+        listen(listener.as_raw_fd(), 0).map_err(nix_err)?;
+        // SAFETY: as above.
+        let ours = unsafe { UnixStream::from_raw_fd(stream()?) };
+        match connect(ours.as_raw_fd(), &addr) {
+            Err(nix::Error::EAGAIN) => return Ok(None),
+            r => r.map_err(nix_err)?,
+        }
+        ours.set_nonblocking(false).map_err(err)?;
+        Ok(Some((Listener::from(listener), ours)))
     }
 }
 
@@ -737,6 +810,38 @@ mod tests {
             send(&ours, &ack(7)).unwrap();
             assert_eq!(recv(&handler).unwrap().unwrap().request(), 7);
         }
+    }
+
+    /// In the host's network namespace (the chroot jail) anyone may
+    /// connect to an abstract name: a name taken is not used, and once
+    /// ours is queued nobody else's is, so the handler's accept is ours.
+    #[test]
+    fn an_abstract_listener_queues_our_connection_and_no_other() {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        let name = format!("vhost-user-relay-test.{}", std::process::id());
+        let (listener, ours) = RelayDir::abstract_pair_at(&name).unwrap().unwrap();
+        assert!(
+            RelayDir::abstract_pair_at(&name).unwrap().is_none(),
+            "a name in use was taken again"
+        );
+        let other = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        // SAFETY: `socket` just returned it; closed on drop.
+        let other = unsafe { OwnedFd::from_raw_fd(other) };
+        let addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+        assert_eq!(
+            connect(other.as_raw_fd(), &addr),
+            Err(nix::Error::EAGAIN),
+            "a second connection was queued behind ours"
+        );
+        let handler = listener.accept().unwrap().unwrap();
+        send(&ours, &ack(9)).unwrap();
+        assert_eq!(recv(&handler).unwrap().unwrap().request(), 9);
     }
 
     #[test]

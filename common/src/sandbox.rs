@@ -1,7 +1,7 @@
 //! The process sandbox a daemon enters before it serves a guest, after the
 //! Rust virtiofsd's `sandbox.rs` (and QEMU's C virtiofsd before it):
 //!
-//! - [`enter_namespaces`]: new pid, mount and network namespaces; the
+//! - [`enter_namespaces`]: new pid, mount, network, IPC and UTS namespaces; the
 //!   process forks, the parent stays outside as a supervisor that forwards
 //!   signals and exits with the child's status, the child serves.
 //! - [`prepare_root`] and [`pivot`]: the root becomes a read-only tmpfs
@@ -70,7 +70,7 @@ pub const FORWARDED_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Sig
 /// How the daemon isolates itself (`--sandbox`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SandboxMode {
-    /// New pid, mount and network namespaces; `pivot_root` into a
+    /// New pid, mount, network, IPC and UTS namespaces; `pivot_root` into a
     /// read-only root holding only the share and this namespace's `/proc`.
     /// Needs CAP_SYS_ADMIN.
     Namespace,
@@ -103,7 +103,7 @@ pub enum SandboxError {
         threads: usize,
     },
     /// unshare(2) failed.
-    #[error("cannot create new pid, mount and network namespaces (unshare needs CAP_SYS_ADMIN; use --sandbox chroot or none otherwise): {0}")]
+    #[error("cannot create new pid, mount, network, IPC and UTS namespaces (unshare needs CAP_SYS_ADMIN; use --sandbox chroot or none otherwise): {0}")]
     Unshare(#[source] io::Error),
     /// Blocking signals or creating the parent-death pipe failed.
     #[error("cannot prepare the sandbox supervisor ({what}): {source}")]
@@ -234,7 +234,7 @@ fn sigmask(how: SigmaskHow, set: &SigSet) -> io::Result<SigSet> {
     Ok(old)
 }
 
-/// Moves the process into new pid, mount and network namespaces
+/// Moves the process into new pid, mount, network, IPC and UTS namespaces
 /// ([`SandboxMode::Namespace`]; other modes do nothing).
 ///
 /// A new pid namespace applies to children only, so this forks: the
@@ -305,7 +305,13 @@ fn fork_into_namespaces(mode: SandboxMode) -> Result<Option<Supervisor>, (Sandbo
     let uid = nix::unistd::geteuid();
     let gid = nix::unistd::getegid();
     let userns = !uid.is_root();
-    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET;
+    // IPC and UTS too: no System V or POSIX message queue objects of the
+    // host, and a host name the jail cannot change for anyone else.
+    let mut flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
     if userns {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
@@ -366,7 +372,7 @@ fn fork_into_namespaces(mode: SandboxMode) -> Result<Option<Supervisor>, (Sandbo
         Ok(ForkResult::Parent { child }) => {
             drop(alive_r);
             log::debug!(
-                "sandbox: serving from pid {child}, in new pid, mount and network namespaces"
+                "sandbox: serving from pid {child}, in new pid, mount, network, IPC and UTS namespaces"
             );
             Ok(Some((child, waited, alive_w)))
         }

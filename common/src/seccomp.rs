@@ -152,6 +152,8 @@ pub const VHOST_USER_BASE: &[i64] = &[
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
+    // Answered ENOENT by a second filter instead in a file-less jail
+    // ([`FILES`], [`apply_without_files`]).
     libc::SYS_openat,
     libc::SYS_getrandom,
     // Sockets: accepting the frontend, vhost-user messages with their
@@ -174,6 +176,18 @@ pub const VHOST_USER_BASE: &[i64] = &[
     libc::SYS_geteuid,
     libc::SYS_getgid,
     libc::SYS_getegid,
+];
+
+/// The base list's calls that reach the file system by path: a daemon
+/// that needs none once jailed (vhost-blk-daemon and vhost-net-daemon hold
+/// their image or tap already, and in a jail the socket file is removed by
+/// the supervisor or left behind) is filtered without them
+/// ([`apply_without_files`]).
+pub const FILES: &[i64] = &[
+    libc::SYS_openat,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
 ];
 
 /// What a daemon adds when its connections pass through the
@@ -305,6 +319,44 @@ pub fn apply(action: SeccompAction, allowed: &[i64], ioctls: &[u64]) -> Result<(
     Ok(())
 }
 
+/// [`apply`] for a daemon that opens and removes no file once jailed:
+/// `allowed` less [`FILES`], and a filter before it under which `openat`
+/// fails with ENOENT (the runtime's reads under `/proc` and `/sys`, such
+/// as glibc's of `/proc/sys/vm/overcommit_memory`, cope with that; in an
+/// empty root they would find nothing anyway). The main filter still
+/// lists `openat`, so that this answer, not `action`, is what a call
+/// meets (the kernel takes the strictest of a thread's filters).
+pub fn apply_without_files(
+    action: SeccompAction,
+    allowed: &[i64],
+    ioctls: &[u64],
+) -> Result<(), SeccompError> {
+    if to_seccompiler(action).is_none() {
+        return apply(action, allowed, ioctls);
+    }
+    let mut narrowed: Vec<i64> = allowed
+        .iter()
+        .copied()
+        .filter(|nr| !FILES.contains(nr))
+        .collect();
+    let enoent = seccompiler::SeccompAction::Errno(libc::ENOENT as u32);
+    let arch = std::env::consts::ARCH;
+    let target =
+        TargetArch::try_from(arch).map_err(|source| SeccompError::Arch { arch, source })?;
+    let count = 1;
+    let build_err = |source| SeccompError::Build { count, source };
+    let rules = BTreeMap::from([(libc::SYS_openat, Vec::new())]);
+    let filter = SeccompFilter::new(rules, seccompiler::SeccompAction::Allow, enoent, target)
+        .map_err(build_err)?;
+    let answer =
+        BpfProgram::try_from(filter).map_err(|source| SeccompError::Compile { count, source })?;
+    seccompiler::apply_filter_all_threads(&answer).map_err(SeccompError::Install)?;
+    narrowed.push(libc::SYS_openat);
+    apply(action, &narrowed, ioctls)?;
+    log::info!("seccomp: no file opened or removed by path (openat answers ENOENT)");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +398,28 @@ mod tests {
             getppid();
             Ok(0)
         })
+    }
+
+    /// A file-less jail's filter: opening a file that exists fails with
+    /// ENOENT, removing one kills.
+    #[test]
+    fn without_files_opens_answer_enoent_and_unlink_kills() {
+        in_child(|| {
+            apply_without_files(SeccompAction::Kill, VHOST_USER_BASE, VHOST_USER_IOCTLS)
+                .map_err(|e| e.to_string())?;
+            match std::fs::File::open("/proc/self/status") {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
+                other => Err(format!("open under the filter: {other:?}")),
+            }
+        })
+        .assert_exit(0);
+        in_child(|| {
+            apply_without_files(SeccompAction::Kill, VHOST_USER_BASE, VHOST_USER_IOCTLS)
+                .map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file("/nonexistent-vhost-user-test");
+            Ok(0)
+        })
+        .assert_killed_by(libc::SIGSYS);
     }
 
     #[test]

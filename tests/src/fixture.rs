@@ -314,6 +314,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// [`spawn`](Self::spawn), ready once `socket` exists (30 s at most).
+    pub fn spawn_on(name: &str, cmd: Command, socket: &Path) -> Result<Self> {
+        let ready = [Readiness::Path(socket.to_path_buf())];
+        Self::spawn(name, cmd, socket, &ready, Duration::from_secs(30))
+    }
+
     /// Spawns `cmd` (stdin null, stdout+stderr to a log file) and waits up to
     /// `timeout` until every condition in `ready` holds. Fails early, with
     /// the log, if the process exits first.

@@ -213,6 +213,66 @@ pub fn status_field(pid: u32, field: &str) -> io::Result<String> {
         })
 }
 
+/// The namespaces a jail may leave (`pid`, `mnt`, `net`, `ipc`, `uts`,
+/// `user`), each with whether `pid` is in another one than this process.
+pub fn namespaces_apart(pid: u32) -> io::Result<Vec<(&'static str, bool)>> {
+    ["pid", "mnt", "net", "ipc", "uts", "user"]
+        .into_iter()
+        .map(|ns| {
+            let theirs = fs::read_link(format!("/proc/{pid}/ns/{ns}"))?;
+            let ours = fs::read_link(format!("/proc/self/ns/{ns}"))?;
+            Ok((ns, theirs != ours))
+        })
+        .collect()
+}
+
+/// Asserts what a jailed process holds: `caps` (hex, as `/proc/PID/status`
+/// shows it) as its effective and permitted capabilities, NoNewPrivs 1
+/// and a seccomp filter; `who` names it in the failure.
+pub fn assert_held(pid: u32, who: &str, caps: &str) {
+    for field in ["CapEff", "CapPrm"] {
+        let value = status_field(pid, field).unwrap();
+        assert_eq!(value, caps, "{who}: {field}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs").unwrap(), "1", "{who}");
+    assert_eq!(seccomp_mode(pid).unwrap(), 2, "{who}: Seccomp");
+}
+
+/// Asserts that `pid` is in namespaces of its own exactly for those
+/// named in `own` (of those [`namespaces_apart`] looks at).
+pub fn assert_namespaces_apart(pid: u32, who: &str, own: &[&str]) {
+    let apart = namespaces_apart(pid).unwrap();
+    let want: Vec<(&str, bool)> = apart
+        .iter()
+        .map(|&(ns, _)| (ns, own.contains(&ns)))
+        .collect();
+    assert_eq!(apart, want, "{who}: namespaces apart from the host's");
+}
+
+/// The namespaces a jail in `mode` (`namespace`, `chroot`) has of its own,
+/// run as root from the host's: all but the user namespace, or the mount
+/// namespace alone.
+pub fn jail_namespaces(mode: &str) -> &'static [&'static str] {
+    match mode {
+        "namespace" => &["pid", "mnt", "net", "ipc", "uts"],
+        _ => &["mnt"],
+    }
+}
+
+/// The uid nobody, as a jail started by an unprivileged user sees it.
+pub const NOBODY: u32 = 65534;
+
+/// Asserts that `pid` runs in a user namespace of its own mapping
+/// [`NOBODY`] (who started it) to 0 inside.
+pub fn assert_maps_nobody_to_root(pid: u32) {
+    let uid_map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "65534", "1"],
+        "the jail's user namespace maps nobody to 0"
+    );
+}
+
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmSize`, `RssShmem`, ...)
 /// in KiB.
 pub fn status_kib(pid: u32, field: &str) -> io::Result<u64> {

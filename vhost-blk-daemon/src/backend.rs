@@ -72,6 +72,9 @@ pub fn run(cli: Cli, path: &Path) -> Result<(), DaemonError> {
         syscalls: SECCOMP_BLK,
         ioctls: &[disk::BLKDISCARD, disk::BLKZEROOUT],
         relay: Relay::for_sandbox(cli.sandbox),
+        // The image is open; the socket file is not ours to remove in a
+        // jail.
+        no_files: cli.sandbox != common::sandbox::SandboxMode::None,
     };
     let mode = cli.sandbox;
     let image = std::os::fd::AsRawFd::as_raw_fd(blk.disk.file());

@@ -51,7 +51,7 @@ pub struct Cli {
     pub seccomp: SeccompAction,
 
     /// The jail, entered once the image and the socket are open:
-    /// `namespace` (new pid, mount and network namespaces; an empty
+    /// `namespace` (new pid, mount, network, IPC and UTS namespaces; an empty
     /// read-only root; no capabilities; a supervising parent removes the
     /// socket file at exit), `chroot` (a private mount namespace with the
     /// same empty root, no pid or network isolation), or `none`.

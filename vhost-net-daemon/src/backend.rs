@@ -14,7 +14,7 @@ use common::backend::{Device, Event, Worker};
 use common::daemon::{DaemonError, Relay, Service, Spec};
 use common::memory::Mem;
 use common::ratelimit::RateLimited;
-use common::sandbox::{self, SandboxMode};
+use common::sandbox;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
@@ -68,13 +68,6 @@ const TAP_IOCTLS: &[u64] = &[libc::TUNSETOFFLOAD, libc::TUNSETQUEUE];
 /// Opens the tap and serves it until SIGTERM, each connection through the
 /// relay (QEMU's vhost-user-net enables rings before it sets features).
 pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
-    if cli.sandbox == SandboxMode::Chroot {
-        return Err(DaemonError::Usage(
-            "--sandbox chroot is not offered by vhost-net-daemon (its relay needs a network \
-             namespace of its own): use namespace or none"
-                .into(),
-        ));
-    }
     let tap = open_tap(&cli, pairs).map_err(DaemonError::setup)?;
     let tap_offloads =
         tap.probe_offloads(offload::CSUM | offload::TSO4 | offload::TSO6 | offload::TSO_ECN);
@@ -98,14 +91,18 @@ pub fn run(cli: Cli, pairs: u16) -> Result<(), DaemonError> {
         syscalls: &[],
         ioctls: TAP_IOCTLS,
         relay: Relay::for_sandbox(cli.sandbox),
+        // The tap's queues are open; the socket file is not ours to
+        // remove in a jail.
+        no_files: cli.sandbox != common::sandbox::SandboxMode::None,
     };
     let mode = cli.sandbox;
     let taps: Vec<RawFd> = (0..usize::from(pairs))
         .filter_map(|i| net.tap.fd(i))
         .collect();
-    // The jail (`--sandbox namespace`), entered with the tap open: new
-    // pid, mount and network namespaces, inherited files closed but the
-    // tap's queues, an empty read-only root, no capabilities.
+    // The jail, entered with the tap open: (`namespace`) new pid, mount,
+    // network, IPC and UTS namespaces or (`chroot`) a private mount
+    // namespace; inherited files closed but the tap's queues, an empty
+    // read-only root, no capabilities.
     common::daemon::run(spec, move |socket| {
         sandbox::enter_empty_jail(mode, socket, &taps)?;
         Ok(net)

@@ -54,11 +54,11 @@ pub struct Cli {
     pub seccomp: SeccompAction,
 
     /// The jail, entered once the tap is open: `namespace` (new pid,
-    /// mount and network namespaces, the tap's descriptors only; an empty
-    /// read-only root; no capabilities: attaching a tap queue needs none
-    /// unless the tap has an owner other than the daemon's user) or
-    /// `none`. (`chroot` is refused: the relay's sockets need a network
-    /// namespace of their own without a directory.)
+    /// mount, network, IPC and UTS namespaces, the tap's descriptors only;
+    /// an empty read-only root; no capabilities: attaching a tap queue
+    /// needs none unless the tap has an owner other than the daemon's
+    /// user), `chroot` (a private mount namespace with the same empty
+    /// root, no pid or network isolation), or `none`.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
     pub sandbox: SandboxMode,
 }

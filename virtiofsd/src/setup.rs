@@ -119,6 +119,8 @@ pub fn run(mut cli: Cli) -> Result<(), DaemonError> {
         syscalls: seccomp_fs::VIRTIOFSD,
         ioctls: &[],
         relay: Relay::for_sandbox(cli.sandbox.mode()),
+        // The passthrough opens files for the guest.
+        no_files: false,
     };
     common::daemon::run(spec, |socket| confine(&cli, &shared_dir, socket))
 }

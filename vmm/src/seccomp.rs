@@ -141,28 +141,43 @@ pub fn apply(role: Role) -> Result<(), SeccompError> {
         seccompiler::apply_filter(program).map_err(|source| SeccompError::Install { role, source })
     };
     // The role's filter last: it may not allow installing another.
-    if role != Role::Vmm {
-        install(&no_opens(role)?)?;
+    for program in answers(role)? {
+        install(&program)?;
     }
     install(&build(role, action)?)?;
     log::debug!("seccomp: {role:?} filter on this thread");
     Ok(())
 }
 
-/// A filter under which `openat` fails with ENOENT and all else runs, as
-/// crosvm's policies answer it: a vCPU or API thread opens no file, but
-/// glibc's allocator opens `/proc/sys/vm/overcommit_memory` the first
-/// time a thread's heap shrinks (and copes when it cannot). The role's
-/// own filter lists `openat` so that this answer, not a kill, is the
-/// one that counts (the kernel takes the strictest of a thread's
-/// filters: kill, then errno, then allow).
-fn no_opens(role: Role) -> Result<BpfProgram, SeccompError> {
+/// A filter under which the calls in `nrs` fail with `errno` and all else
+/// runs.
+fn answer(role: Role, nrs: &[i64], errno: i32) -> Result<BpfProgram, SeccompError> {
     let err = |source| SeccompError::Build { role, source };
-    let rules = BTreeMap::from([(libc::SYS_openat, Vec::new())]);
+    let rules = nrs.iter().map(|&nr| (nr, Vec::new())).collect();
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(err)?;
-    let enoent = SeccompAction::Errno(libc::ENOENT as u32);
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, enoent, arch).map_err(err)?;
+    let action = SeccompAction::Errno(errno as u32);
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch).map_err(err)?;
     BpfProgram::try_from(filter).map_err(err)
+}
+
+/// The filters `role` gets before its own, each answering a call with an
+/// error instead of running it. The role's own filter lists the call, so
+/// that this answer, not a kill, is the one that counts (the kernel takes
+/// the strictest of a thread's filters: kill, then errno, then allow).
+///
+/// - [`Role::Vmm`] (and so every thread): `clone3` answers ENOSYS. Its
+///   flags sit in a structure a filter cannot read, so only `clone`,
+///   whose flags are an argument, is checked to start a thread (see
+///   [`arg_rules`]); glibc falls back to it, as under Docker's profile.
+/// - [`Role::Vcpu`], [`Role::Api`]: `openat` answers ENOENT, as crosvm's
+///   policies answer it: a vCPU or API thread opens no file, but glibc's
+///   allocator opens `/proc/sys/vm/overcommit_memory` the first time a
+///   thread's heap shrinks (and copes when it cannot).
+fn answers(role: Role) -> Result<Vec<BpfProgram>, SeccompError> {
+    Ok(match role {
+        Role::Vmm => vec![answer(role, &[libc::SYS_clone3], libc::ENOSYS)?],
+        Role::Vcpu | Role::Api => vec![answer(role, &[libc::SYS_openat], libc::ENOENT)?],
+    })
 }
 
 /// Starts `f` on a thread named `name` that no filter holds: one started
@@ -235,7 +250,7 @@ const THREADS: &[i64] = &[
 /// console and the log; a device's config read peeks at its socket for a
 /// hang-up; a reset, power-off or failure goes to the main thread.
 const VCPU: &[i64] = &[
-    // Answered ENOENT by a second filter (see `no_opens`).
+    // Answered ENOENT by a second filter (see `answers`).
     libc::SYS_openat,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
@@ -250,7 +265,7 @@ const VCPU: &[i64] = &[
 /// the main thread over channels; a pause kicks the vCPUs (`tgkill`);
 /// `vm.create` checks that the files it names exist.
 const API: &[i64] = &[
-    // Answered ENOENT by a second filter (see `no_opens`).
+    // Answered ENOENT by a second filter (see `answers`).
     libc::SYS_openat,
     libc::SYS_accept4,
     libc::SYS_recvfrom,
@@ -374,6 +389,84 @@ fn calls(role: Role) -> Vec<i64> {
     calls
 }
 
+/// The futex operations a thread may ask for (the low 7 bits of the
+/// operation, without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME): what
+/// Rust's locks, glibc's condition variables and thread joins use; not
+/// the priority-inheritance or `futex_waitv` families.
+const FUTEX_OPS: &[u64] = &[
+    libc::FUTEX_WAIT as u64,
+    libc::FUTEX_WAKE as u64,
+    libc::FUTEX_REQUEUE as u64,
+    libc::FUTEX_CMP_REQUEUE as u64,
+    libc::FUTEX_WAKE_OP as u64,
+    libc::FUTEX_WAIT_BITSET as u64,
+    libc::FUTEX_WAKE_BITSET as u64,
+];
+
+/// The fcntl commands: descriptor and status flags (non-blocking sockets,
+/// close-on-exec; debug builds check a descriptor is open with
+/// F_GETFD) and close-on-exec duplicates (`try_clone`).
+const FCNTL_CMDS: &[u64] = &[
+    libc::F_GETFD as u64,
+    libc::F_SETFD as u64,
+    libc::F_GETFL as u64,
+    libc::F_SETFL as u64,
+    libc::F_DUPFD_CLOEXEC as u64,
+];
+
+/// The prctl options: a thread naming itself (`std::thread::Builder`),
+/// and NoNewPrivs before a vCPU or API thread installs its own filter.
+const PRCTL_OPTIONS: &[u64] = &[
+    libc::PR_SET_NAME as u64,
+    libc::PR_GET_NAME as u64,
+    libc::PR_SET_NO_NEW_PRIVS as u64,
+];
+
+/// The argument checks of calls other than `ioctl`, as Cloud Hypervisor's
+/// lists make them and beyond (a call absent from a role's list stays
+/// refused whatever its arguments):
+/// - `mmap`, `mprotect`: never executable memory (no code is loaded after
+///   start; guest memory and the allocator's are read/write);
+/// - `futex`: [`FUTEX_OPS`]; `fcntl`: [`FCNTL_CMDS`]; `prctl`:
+///   [`PRCTL_OPTIONS`];
+/// - `clone`: threads only (CLONE_THREAD set), never a new process: the
+///   daemons the VMM runs are started from unfiltered threads
+///   ([`spawn_unfiltered`]);
+/// - `socket`, `socketpair`: AF_UNIX only (vhost-user, the API, the
+///   serial socket); the VMM speaks no network protocol.
+fn arg_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+    use SeccompCmpArgLen::{Dword, Qword};
+    let arg = |n, len, op, value| SeccompCondition::new(n, len, op, value);
+    let one = |n, len, op, value| -> Result<Vec<SeccompRule>, BackendError> {
+        Ok(vec![SeccompRule::new(vec![arg(n, len, op, value)?])?])
+    };
+    let any_of = |n, mask: Option<u64>, values: &[u64]| -> Result<Vec<SeccompRule>, BackendError> {
+        values
+            .iter()
+            .map(|&v| {
+                let op = mask.map_or(SeccompCmpOp::Eq, SeccompCmpOp::MaskedEq);
+                SeccompRule::new(vec![arg(n, Dword, op, v)?])
+            })
+            .collect()
+    };
+    let no_exec = || one(2, Qword, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0);
+    let thread = libc::CLONE_THREAD as u64;
+    let unix = libc::AF_UNIX as u64;
+    Ok(BTreeMap::from([
+        (libc::SYS_mmap, no_exec()?),
+        (libc::SYS_mprotect, no_exec()?),
+        (libc::SYS_futex, any_of(1, Some(0x7f), FUTEX_OPS)?),
+        (libc::SYS_fcntl, any_of(1, None, FCNTL_CMDS)?),
+        (libc::SYS_prctl, any_of(0, None, PRCTL_OPTIONS)?),
+        (
+            libc::SYS_clone,
+            one(0, Qword, SeccompCmpOp::MaskedEq(thread), thread)?,
+        ),
+        (libc::SYS_socket, one(0, Dword, SeccompCmpOp::Eq, unix)?),
+        (libc::SYS_socketpair, one(0, Dword, SeccompCmpOp::Eq, unix)?),
+    ]))
+}
+
 /// `role`'s ioctl rules: KVM's requests (by type byte) for the vCPUs and
 /// the main thread, the socket and terminal requests for the main thread
 /// and the API.
@@ -408,8 +501,11 @@ fn ioctl_rules(role: Role) -> Result<Vec<SeccompRule>, BackendError> {
 /// `mismatch`.
 fn build(role: Role, mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
     let err = |source| SeccompError::Build { role, source };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        calls(role).into_iter().map(|nr| (nr, Vec::new())).collect();
+    let mut args = arg_rules().map_err(err)?;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = calls(role)
+        .into_iter()
+        .map(|nr| (nr, args.remove(&nr).unwrap_or_default()))
+        .collect();
     rules.insert(libc::SYS_ioctl, ioctl_rules(role).map_err(err)?);
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(err)?;
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(err)?;
@@ -494,10 +590,7 @@ mod tests {
     /// Runs `call` in a child process under `role`'s filters (killing on
     /// a mismatch); how the child ended (its exit code is `call`'s).
     fn in_child_under(role: Role, call: fn() -> i32) -> nix::sys::wait::WaitStatus {
-        let mut programs = Vec::new();
-        if role != Role::Vmm {
-            programs.push(no_opens(role).unwrap());
-        }
+        let mut programs = answers(role).unwrap();
         programs.push(build(role, SeccompAction::KillProcess).unwrap());
         // SAFETY: the child only installs the prepared filters (prctl and
         // seccomp(2), no allocation), makes the call and `_exit`s.
@@ -520,6 +613,9 @@ mod tests {
         }
     }
 
+    /// A call outside a role's list, or inside it with arguments its
+    /// checks refuse, kills; clone3 and a vCPU's or the API's opens get an
+    /// error; threads still start.
     #[test]
     fn a_call_outside_a_threads_list_kills_the_process_and_opens_fail() {
         use nix::sys::signal::Signal;
@@ -551,8 +647,94 @@ mod tests {
                 _ => 1,
             }
         }
+        /// Calls the VMM's lists allow, with arguments their checks refuse.
+        fn open_an_inet_socket() -> i32 {
+            // SAFETY: a plain socket(2); the descriptor is closed.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            if fd >= 0 {
+                // SAFETY: `fd` was just opened here.
+                unsafe { libc::close(fd) };
+            }
+            0
+        }
+        /// Maps an anonymous page with `prot`, then (if `then` is not
+        /// 0) changes it to `then`, and unmaps it.
+        fn anonymous_page(prot: i32, then: i32) -> i32 {
+            // SAFETY: an anonymous private mapping nobody else knows of,
+            // its protection changed and unmapped again.
+            unsafe {
+                let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+                let p = libc::mmap(std::ptr::null_mut(), 4096, prot, flags, -1, 0);
+                if p != libc::MAP_FAILED {
+                    if then != 0 {
+                        libc::mprotect(p, 4096, then);
+                    }
+                    libc::munmap(p, 4096);
+                }
+            }
+            0
+        }
+        fn map_executable_memory() -> i32 {
+            anonymous_page(libc::PROT_READ | libc::PROT_EXEC, 0)
+        }
+        fn make_a_page_executable() -> i32 {
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            anonymous_page(rw, libc::PROT_READ | libc::PROT_EXEC)
+        }
+        fn set_an_fd_owner() -> i32 {
+            // SAFETY: fcntl on fd 0 with a harmless command.
+            unsafe { libc::fcntl(0, libc::F_SETOWN, 0) };
+            0
+        }
+        fn a_pi_futex() -> i32 {
+            let word = 0u32;
+            // SAFETY: FUTEX_UNLOCK_PI on a local word (EPERM if it ran).
+            unsafe { libc::syscall(libc::SYS_futex, &word, libc::FUTEX_UNLOCK_PI, 0, 0, 0, 0) };
+            0
+        }
+        fn prctl_dumpable() -> i32 {
+            // SAFETY: reads a flag of this process.
+            unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+            0
+        }
+        fn fork_a_process() -> i32 {
+            // SAFETY: the child (if the call ran) exits at once, without
+            // destructors.
+            match unsafe { libc::fork() } {
+                // SAFETY: ends the child at once, no destructors or atexit.
+                0 => unsafe { libc::_exit(0) },
+                _ => 0,
+            }
+        }
+        /// 0 if clone3 answers ENOSYS (glibc then starts threads with
+        /// clone), else 1.
+        fn clone3_is_enosys() -> i32 {
+            // SAFETY: clone3 with no argument structure creates nothing
+            // (EFAULT/EINVAL if it ran).
+            let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            i32::from(!(r == -1 && errno == Some(libc::ENOSYS)))
+        }
+        /// 0 if a thread starts and is joined under the filter.
+        fn start_a_thread() -> i32 {
+            match std::thread::Builder::new().name("t".into()).spawn(|| 7) {
+                Ok(t) => i32::from(t.join().ok() != Some(7)),
+                Err(_) => 1,
+            }
+        }
         for (role, call, killed) in [
-            (Role::Vcpu, open_socket as fn() -> i32, true),
+            (Role::Vmm, open_an_inet_socket as fn() -> i32, true),
+            (Role::Vmm, map_executable_memory, true),
+            (Role::Vcpu, map_executable_memory, true),
+            (Role::Api, make_a_page_executable, true),
+            (Role::Vmm, set_an_fd_owner, true),
+            (Role::Vmm, a_pi_futex, true),
+            (Role::Api, prctl_dumpable, true),
+            (Role::Vmm, fork_a_process, true),
+            (Role::Vmm, clone3_is_enosys, false),
+            (Role::Vmm, start_a_thread, false),
+            (Role::Api, start_a_thread, false),
+            (Role::Vcpu, open_socket, true),
             (Role::Api, open_socket, true),
             (Role::Vmm, open_socket, false),
             (Role::Vcpu, ask_kvm_for_a_vm, false),

@@ -446,3 +446,32 @@ fn the_supervisor_runs_at_exit_once_the_child_ended_and_the_child_never() {
         "the supervising parent did not run at_exit"
     );
 }
+
+/// Before any jail: files and directories inherited are closed (a
+/// directory is a way out of any root) and named for the log; the kept
+/// ones, sockets and pipes stay.
+#[test]
+fn inherited_files_are_closed_but_the_kept_ones_and_sockets() {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    let (_dir, share) = share("sandbox-close-inherited");
+    let out = in_child(move || {
+        let dir = File::open(&share).map_err(|e| e.to_string())?.into_raw_fd();
+        let kept = File::open(share.join("marker"))
+            .map_err(|e| e.to_string())?
+            .into_raw_fd();
+        let (a, _b) = UnixStream::pair().map_err(|e| e.to_string())?;
+        let closed = close_inherited_files_except(&[kept]).map_err(|e| e.to_string())?;
+        let open = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok();
+        check(!open(dir), || format!("directory fd {dir} still open"))?;
+        check(open(kept), || format!("kept fd {kept} closed"))?;
+        check(open(a.as_raw_fd()), || "a socket was closed".into())?;
+        check(
+            closed
+                .iter()
+                .any(|c| c.starts_with(&format!("fd {dir} -> "))),
+            || format!("fd {dir} not named in {closed:?}"),
+        )?;
+        Ok(0)
+    });
+    out.assert_exit(0);
+}

@@ -32,15 +32,22 @@ fn opts(engine: &str) -> BlkDaemonOpts {
     }
 }
 
+/// [`opts`] in the jail `sandbox` (`namespace`, the default, or `chroot`).
+fn jailed_opts(engine: &str, sandbox: &str) -> BlkDaemonOpts {
+    let mut o = opts(engine);
+    o.extra_args.extend(["--sandbox".into(), sandbox.into()]);
+    o
+}
+
 /// Starts the daemon again on `socket`. The dead one's image lock goes
 /// only once the kernel has torn down its io_uring (which holds the image
 /// as a registered file), so a start that finds the image locked is
 /// retried until `LONG` has passed.
-fn restart(image: &std::path::Path, socket: &std::path::Path, engine: &str) -> Daemon {
+fn restart(image: &std::path::Path, socket: &std::path::Path, opts: &BlkDaemonOpts) -> Daemon {
     let deadline = std::time::Instant::now() + LONG;
     loop {
         let _ = std::fs::remove_file(socket);
-        match vhost_blk_daemon(image, socket, &opts(engine)) {
+        match vhost_blk_daemon(image, socket, opts) {
             Ok(d) => return d,
             Err(e) if std::time::Instant::now() < deadline => {
                 eprintln!("restarting the daemon: {e}; again");
@@ -144,7 +151,12 @@ fn next_used_token(vq: &mut VirtQueue) -> u64 {
 /// the region caught up). The restarted daemon completes A exactly once
 /// (its data is on the image again), not B, then a new request.
 fn later_completed_first(engine: &str, inside_b: bool) {
-    let s = daemon(&opts(engine));
+    later_completed_first_in(&opts(engine), inside_b);
+}
+
+/// [`later_completed_first`] with the daemon started with `opts`.
+fn later_completed_first_in(opts: &BlkDaemonOpts, inside_b: bool) {
+    let s = daemon(opts);
     let mut c = BlkClient::connect(s.daemon.socket(), &client_opts()).unwrap();
     let (a_data, b_data) = (pattern(1, 4096), pattern(2, 4096));
     let mut q = c.queue(0);
@@ -186,7 +198,7 @@ fn later_completed_first(engine: &str, inside_b: bool) {
     }
     host_write(&s.image, 0, &[0u8; 4096]);
 
-    let restarted = restart(&s.image, daemon.socket(), engine);
+    let restarted = restart(&s.image, daemon.socket(), opts);
     c.device().reconnect(&client_opts().device).unwrap();
     let vq = c.device().queue(0);
     assert_eq!(
@@ -225,6 +237,15 @@ fn later_completed_first(engine: &str, inside_b: bool) {
 fn a_request_left_in_flight_behind_a_later_completed_one_is_resubmitted_once() {
     for engine in ENGINES {
         later_completed_first(engine, false);
+    }
+}
+
+/// The chroot jail's connections pass through the relay too, so it
+/// offers INFLIGHT_SHMFD and resubmits what a crash left in flight.
+#[test]
+fn in_the_chroot_jail_a_request_left_in_flight_is_resubmitted_once() {
+    for engine in ENGINES {
+        later_completed_first_in(&jailed_opts(engine, "chroot"), false);
     }
 }
 
@@ -301,7 +322,7 @@ fn a_daemon_killed_with_requests_in_flight_completes_each_once_after_restart() {
          overtaken by a later one"
     );
     kill_hard(&mut daemon, LONG).unwrap();
-    let restarted = restart(&s.image, daemon.socket(), "io_uring");
+    let restarted = restart(&s.image, daemon.socket(), &opts("io_uring"));
     c.device().reconnect(&client_opts().device).unwrap();
     let mut q = c.queue(0);
     let mut done = Vec::new();

@@ -9,7 +9,10 @@ use std::path::Path;
 
 use vu_driver::blk::{BlkClient, BlkOptions};
 use vu_driver::ours::BlkDaemonOpts;
-use vu_driver::process::{fd_targets, seccomp_mode, serving_pid, status_field};
+use vu_driver::process::{
+    assert_held, assert_namespaces_apart, fd_targets, jail_namespaces, seccomp_mode, serving_pid,
+    status_field,
+};
 
 use crate::common::*;
 
@@ -33,18 +36,15 @@ fn jailed(mode: &str, aio: &str) {
     }
     // The supervisor outside the namespaces (the process we started) is
     // held as tightly as the child that serves.
-    for (who, pid) in [("serving process", pid), ("supervisor", s.daemon.pid())] {
-        for field in ["CapEff", "CapPrm"] {
-            let value = status_field(pid, field).unwrap();
-            assert_eq!(value, "0000000000000000", "{mode}: the {who}'s {field}");
-        }
-        assert_eq!(
-            status_field(pid, "NoNewPrivs").unwrap(),
-            "1",
-            "{mode}: {who}"
-        );
-        assert_eq!(seccomp_mode(pid).unwrap(), 2, "{mode}: {who}");
-    }
+    const NONE: &str = "0000000000000000";
+    assert_held(pid, &format!("{mode}: the serving process"), NONE);
+    assert_held(s.daemon.pid(), &format!("{mode}: the supervisor"), NONE);
+    assert_namespaces_apart(pid, mode, jail_namespaces(mode));
+    // Its filter leaves out opening and removing files by path.
+    assert!(
+        log.contains("no file opened or removed by path"),
+        "{mode}: the filter still allows files\n{log}"
+    );
     // The root is empty: nothing of the host by path.
     let root: Vec<_> = fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()
@@ -112,14 +112,8 @@ fn the_namespace_jail_works_without_root() {
     };
     let mut cmd = vu_driver::ours::vhost_blk_daemon_command(&image, &socket, &opts).unwrap();
     cmd.uid(NOBODY).gid(NOBODY);
-    let daemon = vu_driver::fixture::Daemon::spawn(
-        "vhost-blk-daemon",
-        cmd,
-        &socket,
-        &[vu_driver::fixture::Readiness::Path(socket.clone())],
-        std::time::Duration::from_secs(30),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let daemon = vu_driver::fixture::Daemon::spawn_on("vhost-blk-daemon", cmd, &socket)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut c = BlkClient::connect(&socket, &BlkOptions::default()).unwrap();
     let data = pattern(5, 4096);
     assert_status_ok(write_req(&mut c, 16, &data), 1, "write");
@@ -130,12 +124,7 @@ fn the_namespace_jail_works_without_root() {
     assert_ne!(pid, daemon.pid(), "no supervised child\n{log}");
     assert_eq!(status_field(pid, "CapEff").unwrap(), "0000000000000000");
     assert_eq!(seccomp_mode(pid).unwrap(), 2);
-    let uid_map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
-    assert_eq!(
-        uid_map.split_whitespace().collect::<Vec<_>>(),
-        ["0", "65534", "1"],
-        "the jail's user namespace maps nobody to 0"
-    );
+    vu_driver::process::assert_maps_nobody_to_root(pid);
     let root = fs::read_dir(format!("/proc/{pid}/root")).unwrap().count();
     assert_eq!(root, 0, "the jail's root is not empty\n{log}");
 }

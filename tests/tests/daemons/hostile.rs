@@ -17,6 +17,7 @@ for_each_daemon!(
     add_mem_reg_with_a_region_larger_than_its_fd_is_refused,
     add_mem_reg_past_the_advertised_slots_is_refused,
     a_message_with_253_descriptors_is_refused_by_name,
+    a_message_with_253_descriptors_is_refused_by_name_in_a_chroot,
 );
 
 /// The size of the memfd behind a lying region.
@@ -43,8 +44,15 @@ fn assert_logged(daemon: &Daemon, from: usize, parts: &[&str]) {
 /// A daemon over a fresh environment that has served round 0 (so a later
 /// round checks that its data is still there).
 fn served(d: &DaemonUnderTest, test: &str) -> (Box<dyn Env>, Daemon) {
+    served_with(d, test, &[])
+}
+
+/// [`served`], the daemon started with `args` added.
+fn served_with(d: &DaemonUnderTest, test: &str, args: &[&str]) -> (Box<dyn Env>, Daemon) {
     let env = d.env(test);
-    let daemon = d.start(&*env);
+    let mut cmd = d.socket_command(&*env);
+    cmd.args(args);
+    let daemon = d.spawn(cmd, env.socket(), true);
     d.serve(&*env, env.socket(), 0);
     (env, daemon)
 }
@@ -232,9 +240,19 @@ fn add_mem_reg_past_the_advertised_slots_is_refused(d: &DaemonUnderTest) {
 /// unanswered and read the next one as if nothing happened), the daemon
 /// serves on.
 fn a_message_with_253_descriptors_is_refused_by_name(d: &DaemonUnderTest) {
+    refuses_253_descriptors(d, "fds-253", &[]);
+}
+
+/// The same in the chroot jail, whose connections pass through the same
+/// relay (on guarded abstract names in the host's network namespace).
+fn a_message_with_253_descriptors_is_refused_by_name_in_a_chroot(d: &DaemonUnderTest) {
+    refuses_253_descriptors(d, "fds-253-chroot", &["--sandbox", "chroot"]);
+}
+
+fn refuses_253_descriptors(d: &DaemonUnderTest, test: &str, args: &[&str]) {
     use std::io::Read;
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-    let (env, mut daemon) = served(d, "fds-253");
+    let (env, mut daemon) = served_with(d, test, args);
     let from = daemon.log_contents().len();
     let mut stream = connect_socket(env.socket(), T).unwrap();
     let files: Vec<std::fs::File> = (0..253)

@@ -195,6 +195,20 @@ fn bad_vring_num(d: &DaemonUnderTest, num: u16) {
         refused,
         "a ring of size {num} was accepted (SET_VRING_NUM and SET_VRING_ADDR acked)"
     );
+    // The refusal is logged naming the request, not as a bare "invalid
+    // message" (issue 14).
+    let named = poll_until(T, || {
+        daemon
+            .log_contents()
+            .lines()
+            .any(|l| l.contains("SET_VRING_NUM") || l.contains("SET_VRING_ADDR"))
+    });
+    assert!(
+        named,
+        "{}: the refusal does not name the request:\n{}",
+        d.name,
+        daemon.log_contents()
+    );
     drop(dev);
     assert_eq!(daemon.try_wait().unwrap(), None, "the daemon exited");
     d.serve(&*env, socket, 0);

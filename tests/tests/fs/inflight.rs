@@ -39,6 +39,13 @@ fn a_request_left_in_flight_behind_an_answered_one_is_answered_once_after_a_rest
     }
 }
 
+/// The chroot jail's connections pass through the relay too, so it
+/// offers INFLIGHT_SHMFD and answers what a crash left in flight.
+#[test]
+fn in_the_chroot_jail_a_request_left_in_flight_is_answered_once_after_a_restart() {
+    answered_once(&["--sandbox", "chroot"], false);
+}
+
 /// With `--state-file` the restarted daemon resumes the FUSE session, so
 /// the request left in flight is served, not refused.
 #[test]

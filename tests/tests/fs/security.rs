@@ -663,3 +663,86 @@ fn chroot_sandbox_serves_every_operation_but_xattrs() {
     every_op(&mut fs, &run.share, false);
     still_serves(&mut fs, &mut run, "chroot");
 }
+
+/// CapEff of virtiofsd's serving process: what `KEEP_CAPS` in
+/// `virtiofsd/src/setup.rs` lists (CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH,
+/// FOWNER, FSETID, SETGID, SETUID, MKNOD, SETFCAP) and nothing else.
+const FS_CAPS: &str = "00000000880000df";
+
+/// Issue 14's per-mode checks of the jail: the serving process holds
+/// exactly the passthrough's capabilities, NoNewPrivs 1 and seccomp 2; in
+/// namespace mode the supervisor outside holds none, with NoNewPrivs and
+/// seccomp too; the root holds the share and its namespace's `/proc`,
+/// nothing else of the host.
+fn jail_holds_only_the_share(sandbox: &str) {
+    let dirs = Dirs::new();
+    let cmd = dirs.command(&["--sandbox", sandbox]);
+    let mut run = dirs.spawn(cmd);
+    let mut fs = connect(&run, FsOptions::default());
+    fs.getattr(ROOT_ID, None).unwrap();
+    let pid = serving_process(&run).unwrap_or_else(|| {
+        panic!(
+            "{sandbox}: no sandboxed process; log:\n{}",
+            log_tail(&run.daemon, 10)
+        )
+    });
+    use vu_driver::process::{assert_held, assert_namespaces_apart, jail_namespaces};
+    assert_held(pid, &format!("{sandbox}: the serving process"), FS_CAPS);
+    if sandbox == "namespace" {
+        let supervisor = run.daemon.pid();
+        assert_ne!(pid, supervisor, "no supervised child");
+        assert_held(supervisor, "the supervisor", "0000000000000000");
+    }
+    assert_namespaces_apart(pid, sandbox, jail_namespaces(sandbox));
+    let mut root: Vec<String> = fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    // Chroot mode as root gets the same root in a private mount namespace
+    // (a plain chroot into the share is the fallback without one).
+    assert_eq!(root, ["proc", "share"], "{sandbox}: the jail's root");
+    let share = file_id(fs::metadata(&run.share).unwrap());
+    let inside = fs::metadata(format!("/proc/{pid}/root/share")).map(file_id);
+    assert_eq!(
+        inside.ok(),
+        Some(share),
+        "{sandbox}: /share is not the share"
+    );
+    still_serves(&mut fs, &mut run, "after the checks");
+}
+
+per_sandbox!(jail_holds_only_the_share:
+    the_namespace_jail_holds_only_the_share_and_its_capabilities => "namespace",
+    the_chroot_jail_holds_only_the_share_and_its_capabilities => "chroot",
+);
+
+/// Not root: the namespace jail builds on a user namespace of its own
+/// (nobody mapped to 0 inside) and serves; what the guest creates belongs
+/// to nobody on the host.
+#[test]
+fn the_namespace_jail_works_without_root() {
+    const NOBODY: u32 = 65534;
+    let dirs = Dirs::new();
+    for dir in [dirs.top.path(), &dirs.share, dirs.sock_dir.path()] {
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let mut cmd = dirs.command(&["--sandbox", "namespace"]);
+    cmd.uid(NOBODY).gid(NOBODY);
+    let mut run = dirs.spawn(cmd);
+    let mut fs = connect(&run, FsOptions::default());
+    let d = fs.mkdir(ROOT_ID, "made-in-jail", 0o755).unwrap();
+    fs.getattr(d.nodeid, None).unwrap();
+    let host = fs::metadata(run.share.join("made-in-jail")).unwrap();
+    assert_eq!((host.uid(), host.gid()), (NOBODY, NOBODY));
+    let pid = serving_process(&run)
+        .unwrap_or_else(|| panic!("no sandboxed process; log:\n{}", log_tail(&run.daemon, 10)));
+    assert_ne!(pid, run.daemon.pid(), "no supervised child");
+    vu_driver::process::assert_maps_nobody_to_root(pid);
+    assert_eq!(vu_driver::process::seccomp_mode(pid).unwrap(), 2);
+    assert_eq!(
+        vu_driver::process::status_field(pid, "NoNewPrivs").unwrap(),
+        "1"
+    );
+    still_serves(&mut fs, &mut run, "as nobody");
+}

@@ -321,12 +321,13 @@ fn each_thread_runs_under_its_roles_seccomp_filter() {
         // KVM's own kernel workers (kvm-nx-lpage-recovery) show in the
         // task list too; they are not the VMM's.
         for (name, mode, filters) in threads.iter().filter(|(n, ..)| !n.starts_with("kvm-")) {
-            // The VMM's, then for a vCPU or the API: its own and the one
-            // that answers `openat` with ENOENT.
+            // The VMM's and the one that answers `clone3` with ENOSYS,
+            // then for a vCPU or the API: its own and the one that answers
+            // `openat` with ENOENT.
             let want = match (seccomp, name.as_str()) {
                 ("false", _) | (_, "vmm-launcher") => 0,
-                (_, n) if n.starts_with("vcpu") || n.starts_with("vmm-api") => 3,
-                _ => 1,
+                (_, n) if n.starts_with("vcpu") || n.starts_with("vmm-api") => 4,
+                _ => 2,
             };
             assert_eq!(
                 (*filters, *mode),
