@@ -60,6 +60,18 @@ fn the_guest_uses_an_image_served_by_a_daemon_the_vmm_runs() {
     );
 }
 
+/// `vm.delete`: the daemon the VMM ran for the device (`daemon`) stops
+/// and its socket goes.
+fn delete_vm_and_its_daemon(api: &Path, daemon: u32, socket: &Path) {
+    let (status, reply) = vu_driver::http::call(api, "PUT", "/api/v1/vm.delete", None);
+    assert_eq!(status, 204, "{reply}");
+    assert!(
+        poll_until(WAIT, || !alive(daemon)),
+        "the daemon outlived vm.delete"
+    );
+    assert!(!socket.exists(), "{} is left behind", socket.display());
+}
+
 /// The test guest in `mode` with `extra` options under a VMM serving its
 /// API; the VMM, its API socket and the console file, both in `dir`.
 fn spawn_guest(dir: &Path, mode: &str, extra: &[String]) -> (Daemon, PathBuf, PathBuf) {
@@ -192,13 +204,7 @@ fn kata_rootfs_disk_through_the_api_gets_a_daemon_until_vm_delete() {
     assert!(serial(&console).contains("blk: "), "{}", serial(&console));
     assert!(std::fs::read(&image).unwrap().iter().all(|b| *b == 0));
 
-    let (status, reply) = call("PUT", "/api/v1/vm.delete", None);
-    assert_eq!(status, 204, "{reply}");
-    assert!(
-        poll_until(WAIT, || !alive(daemons[0])),
-        "the daemon outlived vm.delete"
-    );
-    assert!(!socket.exists());
+    delete_vm_and_its_daemon(&api, daemons[0], &socket);
     let all = vmm.log_contents();
     shutdown_vmm(&api, &mut vmm, WAIT, |_| all.clone());
 }
@@ -292,13 +298,7 @@ fn a_tap_queue_sent_with_vm_add_net_carries_the_guests_frames() {
     assert!(socket.is_absolute(), "{info}");
 
     // vm.delete: the daemon stops, its socket goes, the queue is closed.
-    let (status, reply) = call("PUT", "/api/v1/vm.delete", None);
-    assert_eq!(status, 204, "{reply}");
-    assert!(
-        poll_until(WAIT, || !alive(daemons[0])),
-        "the daemon outlived vm.delete"
-    );
-    assert!(!socket.exists());
+    delete_vm_and_its_daemon(&api, daemons[0], &socket);
     assert!(
         poll_until(WAIT, || fd_count(vmm.pid()).unwrap() == fds_before),
         "{:?}",
