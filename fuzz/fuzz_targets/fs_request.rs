@@ -43,17 +43,6 @@ const REQUEST: u64 = 0x1000;
 const REPLY: u64 = 0x20000;
 const QUEUE: u16 = 4;
 
-/// A share with a file, a directory, a relative and an absolute symlink
-/// (the latter pointing out of the share).
-fn make_share(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.join("d")).expect("share");
-    std::fs::write(dir.join("f"), b"0123456789abcdef".repeat(300)).expect("file");
-    std::fs::write(dir.join("d/g"), b"g\n").expect("file");
-    std::os::unix::fs::symlink("f", dir.join("l")).expect("symlink");
-    std::os::unix::fs::symlink("/etc/hostname", dir.join("out")).expect("symlink");
-}
-
 fn cli(flags: u8, dir: &Path) -> Cli {
     let mut args: Vec<String> = vec!["virtiofsd".into(), "--shared-dir".into()];
     args.push(dir.display().to_string());
@@ -172,7 +161,7 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let Some(flags) = input.u8() else { return };
     let dir: PathBuf = std::env::temp_dir().join(format!("fuzz-fs-{}", std::process::id()));
-    make_share(&dir);
+    fuzz::fuse::make_share(&dir);
     let cli = cli(flags, &dir);
     let root = dir.display().to_string();
     let fs = PassthroughFs::<()>::new(setup::passthrough_config(&cli, &root)).expect("passthrough");

@@ -19,34 +19,17 @@
 
 #![no_main]
 
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
 use common::daemon::Service;
-use common::ratelimit::RateLimited;
-use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 use virtiofsd::backend::Share;
-use virtiofsd::cli::{Cli, TAG_MAX};
-use virtiofsd::fs::Guarded;
+use virtiofsd::cli::Cli;
 use virtiofsd::persist::Persist;
 use virtiofsd::setup;
-
-/// virtiofsd's queues: one request queue (setup.rs `REQUEST_QUEUES`),
-/// 1024 entries (`QUEUE_SIZE`).
-const REQUEST_QUEUES: u16 = 1;
-const QUEUE_SIZE: u16 = 1024;
-
-/// A share with a file and a directory.
-fn make_share(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.join("d")).expect("share");
-    std::fs::write(dir.join("f"), b"0123456789abcdef".repeat(300)).expect("file");
-    std::fs::write(dir.join("d/g"), b"g\n").expect("file");
-}
 
 /// The share of setup bits 0, 1 and 3, made once per process over its
 /// own temporary directory.
@@ -56,7 +39,7 @@ fn share(setup: u8) -> Arc<Share> {
     SHARES[i]
         .get_or_init(|| {
             let dir = std::env::temp_dir().join(format!("fuzz-vu-fs-{i}-{}", std::process::id()));
-            make_share(&dir);
+            fuzz::fuse::make_share(&dir);
             let root = dir.display().to_string();
             let mut args = vec![
                 "virtiofsd",
@@ -80,29 +63,11 @@ fn share(setup: u8) -> Arc<Share> {
             fs.import().expect("import");
             // As the daemon without --state-file: the session layer with
             // nothing to resume.
-            let fs = Arc::new(
-                Guarded::new(
-                    Persist::new(fs),
-                    cli.readonly,
-                    cli.announce_submounts,
-                    cli.writeback,
-                )
-                .with_posix_acl(cli.posix_acl),
-            );
-            let mut tag = [0u8; TAG_MAX];
-            tag[..cli.tag.len()].copy_from_slice(cli.tag.as_bytes());
-            Arc::new(Share {
-                server: Server::new(fs.clone()),
-                fs,
-                tag,
-                request_queues: REQUEST_QUEUES,
-                queue_size: QUEUE_SIZE,
-                pool_size: cli.thread_pool_size,
-                malformed: RateLimited::default(),
-                refused: RateLimited::default(),
-                serving: format!("fuzz share {root}"),
-                exit_on_disconnect: false,
-            })
+            Arc::new(setup::share_over(
+                Persist::new(fs),
+                &cli,
+                format!("fuzz share {root}"),
+            ))
         })
         .clone()
 }

@@ -70,3 +70,15 @@ pub fn setup_process() {
         let _ = caps::drop(None, caps::CapSet::Bounding, caps::Capability::CAP_MKNOD);
     });
 }
+
+/// The share both virtiofsd targets serve, made afresh in `dir`: a file,
+/// a directory with a file, a relative symlink and an absolute one (the
+/// latter pointing out of the share).
+pub fn make_share(dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("d")).expect("share");
+    std::fs::write(dir.join("f"), b"0123456789abcdef".repeat(300)).expect("file");
+    std::fs::write(dir.join("d/g"), b"g\n").expect("file");
+    std::os::unix::fs::symlink("f", dir.join("l")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/hostname", dir.join("out")).expect("symlink");
+}

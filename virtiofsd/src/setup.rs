@@ -209,13 +209,20 @@ fn confine(cli: &Cli, shared_dir: &Path, socket: &mut BoundSocket) -> Result<Sha
                 .map_err(|e| format!("--state-file {}: resuming INIT: {e}", path.display()))?
         }
     };
+    Ok(share_over(fs, cli, serving_line(cli, shared_dir)))
+}
+
+/// The share `cli` describes over the session layer `fs` (the fuzz
+/// targets build theirs the same way, without the jail), logging `serving`
+/// once it serves.
+pub fn share_over(fs: Persist<PassthroughFs<()>>, cli: &Cli, serving: String) -> Share {
     let fs = Arc::new(
         Guarded::new(fs, cli.readonly, cli.announce_submounts, cli.writeback)
             .with_posix_acl(cli.posix_acl),
     );
     let mut tag = [0u8; TAG_MAX];
     tag[..cli.tag.len()].copy_from_slice(cli.tag.as_bytes());
-    Ok(Share {
+    Share {
         server: Server::new(fs.clone()),
         fs,
         tag,
@@ -224,9 +231,9 @@ fn confine(cli: &Cli, shared_dir: &Path, socket: &mut BoundSocket) -> Result<Sha
         pool_size: cli.thread_pool_size,
         malformed: RateLimited::default(),
         refused: RateLimited::default(),
-        serving: serving_line(cli, shared_dir),
+        serving,
         exit_on_disconnect: cli.exit_on_disconnect,
-    })
+    }
 }
 
 /// Opens (creates) the state file, read-write, for the owner only.
