@@ -15,9 +15,9 @@ use common::daemon::Service;
 use common::ratelimit::RateLimited;
 use fuzz::Input;
 use libfuzzer_sys::fuzz_target;
-use vhost_blk_daemon::device::Blk;
 use vhost_blk_daemon::cli::{Aio, SERIAL_MAX};
 use vhost_blk_daemon::config::DeviceConfig;
+use vhost_blk_daemon::device::Blk;
 
 const IMAGE_LEN: u64 = 64 * 1024;
 
