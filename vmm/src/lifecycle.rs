@@ -426,14 +426,17 @@ impl Runner {
                 Ok(vm) => vm,
                 Err(e) => {
                     self.vmm.set(Slot::Created(plan));
-                    match reply {
-                        Some(reply) => {
-                            log::error!("vm.boot: {}", crate::error_chain(&e));
-                            let _ = reply.send(Err(boot_error(&e)));
-                            continue;
-                        }
-                        None => return Err(e),
+                    // The command line's VM that cannot be built ends the
+                    // VMM; with the API serving, a rebuild after a guest
+                    // reset leaves the plan Created, as a failed vm.boot.
+                    if reply.is_none() && !(serving && again) {
+                        return Err(e);
                     }
+                    log::error!("vm.boot: {}", crate::error_chain(&e));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(boot_error(&e)));
+                    }
+                    continue;
                 }
             };
             {
@@ -479,11 +482,8 @@ impl Runner {
                 };
                 self.vmm.changed.notify_all();
                 log::info!("rebooting: building the VM again");
-                // With the API serving, a guest reset's rebuild that fails
-                // leaves the plan Created (the answer goes nowhere).
-                let nobody = || serving.then(|| channel().0);
                 next = Some(Command::Boot {
-                    reply: api_reply.or_else(nobody),
+                    reply: api_reply,
                     again: true,
                 });
                 continue;
