@@ -172,6 +172,14 @@ impl Backends {
     /// Starts a `vhost-blk-daemon` for each disk with an image and a
     /// `vhost-net-daemon` for each NIC with a tap; returns them and the
     /// device configs, each such device's socket its daemon's.
+    /// The private directory of the daemons' sockets, made on first use.
+    fn dir(&mut self) -> Result<&RuntimeDir, VmError> {
+        match self.dir {
+            Some(ref dir) => Ok(dir),
+            None => Ok(self.dir.insert(RuntimeDir::create()?)),
+        }
+    }
+
     fn start(devices: &[VhostUserConfig]) -> Result<(Backends, Vec<VhostUserConfig>), VmError> {
         let mut backends = Backends::default();
         let mut configs = Vec::with_capacity(devices.len());
@@ -204,25 +212,21 @@ impl Backends {
                 }
                 (None, None) => None,
             };
-            let dir = match (&spec, &d.vsock, &backends.dir) {
-                (None, None, _) => None,
-                (_, _, Some(dir)) => Some(dir),
-                _ => Some(&*backends.dir.insert(RuntimeDir::create()?)),
-            };
-            let spec = match (spec, &d.vsock, dir) {
-                (Some((program, name, args, fds)), _, Some(dir)) => Some(DaemonSpec {
+            let spec = match (spec, &d.vsock) {
+                (Some((program, name, args, fds)), _) => Some(DaemonSpec {
                     program: program.into(),
                     args,
-                    socket: dir.path().join(format!("{name}.sock")),
+                    socket: backends.dir()?.path().join(format!("{name}.sock")),
                     name,
                     fds: fds.unwrap_or_default(),
                     listen: Listen::Fd,
                     leaves: Vec::new(),
                 }),
-                (None, Some(vsock), Some(dir)) => {
-                    Some(vsock_daemon(&d, vsock, dir.path().join("vsock.sock")))
+                (None, Some(vsock)) => {
+                    let socket = backends.dir()?.path().join("vsock.sock");
+                    Some(vsock_daemon(&d, vsock, socket))
                 }
-                _ => None,
+                (None, None) => None,
             };
             if let Some(spec) = spec {
                 let daemon = Supervised::start(spec)?;
